@@ -1,0 +1,819 @@
+# -*- test-case-name: tests.test_config -*-
+"""
+Immutable, validated configuration objects, built from command-line flags or
+from a TOML file.
+
+Everything here is plain data: no reactor, no sockets.  L{fromFlags} and
+L{fromTOML} return a L{ProxyConfig} or raise L{ConfigError} with a one-line
+message naming what was wrong (for TOML, with the key path, e.g.
+C{listeners[1].routes[0].upstrems}).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import sys
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+
+import attr
+
+from txproxy.errors import ConfigError
+
+if sys.version_info >= (3, 11):  # pragma: no cover
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = [
+    "ConfigError",
+    "Rate",
+    "PortSet",
+    "CIDRSet",
+    "UpstreamURL",
+    "HealthCheck",
+    "RouteConfig",
+    "ListenerConfig",
+    "ProxyConfig",
+    "MODES",
+    "parseRate",
+    "parsePorts",
+    "parseCIDRs",
+    "parseRoute",
+    "parseUpstreamURL",
+    "fromFlags",
+    "fromTOML",
+    "loadFile",
+]
+
+MODES = ("forward", "tcp", "transparent", "reverse", "sni")
+BALANCE_POLICIES = ("roundrobin", "leastconn", "hash")
+ACCESS_LOG_FORMATS = ("json", "combined")
+PROXY_PROTOCOL_VERSIONS = ("v1", "v2")
+
+Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+
+
+# ---------------------------------------------------------------------------
+# Value types
+
+
+@attr.s(frozen=True, slots=True, auto_attribs=True)
+class Rate:
+    """
+    A token refill rate: C{tokens} every C{seconds}.
+
+    @ivar perSecond: the rate in tokens per second.
+    """
+
+    tokens: float
+    seconds: float
+    text: str = attr.ib(eq=False, default="")
+
+    @property
+    def perSecond(self) -> float:
+        return self.tokens / self.seconds
+
+    def __str__(self) -> str:
+        return self.text or f"{self.tokens:g}/{self.seconds:g}s"
+
+
+_RATE_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parseRate(text: str) -> Rate:
+    """
+    Parse C{N/s}, C{N/m} or C{N/h} (N may be a fraction, e.g. C{0.5/s}).
+
+    @raise ConfigError: on anything else, or on a rate that is not positive.
+    """
+    n, sep, unit = str(text).strip().partition("/")
+    if not sep or unit not in _RATE_UNITS:
+        raise ConfigError(f"bad rate {text!r}: expected N/s, N/m or N/h (e.g. 10/s)")
+    try:
+        tokens = float(n)
+    except ValueError:
+        raise ConfigError(f"bad rate {text!r}: {n!r} is not a number")
+    if not (tokens > 0) or math.isinf(tokens):
+        raise ConfigError(f"bad rate {text!r}: must be a positive number of tokens")
+    return Rate(tokens, _RATE_UNITS[unit], str(text).strip())
+
+
+@attr.s(frozen=True, slots=True, auto_attribs=True)
+class PortSet:
+    """
+    A set of TCP ports, as given to C{--connect-ports}: single ports and
+    inclusive ranges, or every port.
+    """
+
+    ranges: Tuple[Tuple[int, int], ...]
+    anyPort: bool = False
+    text: str = attr.ib(eq=False, default="")
+
+    def __contains__(self, port: object) -> bool:
+        if not isinstance(port, int):
+            return False
+        if self.anyPort:
+            return 0 < port < 65536
+        for low, high in self.ranges:
+            if low <= port <= high:
+                return True
+        return False
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def parsePorts(text: str) -> PortSet:
+    """
+    Parse C{443,8443,9000-9100} or C{*}.
+    """
+    text = str(text).strip()
+    if text == "*":
+        return PortSet((), True, "*")
+    ranges: List[Tuple[int, int]] = []
+    for part in text.split(","):
+        part = part.strip()
+        low_s, dash, high_s = part.partition("-")
+        try:
+            low = int(low_s)
+            high = int(high_s) if dash else low
+        except ValueError:
+            raise ConfigError(f"bad port list {text!r}: {part!r} is not a port or a range")
+        if not (0 < low <= high < 65536):
+            raise ConfigError(f"bad port list {text!r}: {part!r} is out of range 1-65535")
+        ranges.append((low, high))
+    return PortSet(tuple(ranges), False, text)
+
+
+@attr.s(frozen=True, slots=True, auto_attribs=True)
+class CIDRSet:
+    """
+    A set of IPv4/IPv6 networks.  Membership takes an address string; an
+    IPv4-mapped IPv6 address (C{::ffff:10.0.0.1}) is checked as IPv4.
+    """
+
+    networks: Tuple[Network, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.networks)
+
+    def __contains__(self, address: object) -> bool:
+        if not self.networks or not isinstance(address, str):
+            return False
+        try:
+            ip = ipaddress.ip_address(address.split("%", 1)[0])
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        for net in self.networks:
+            if ip.version == net.version and ip in net:
+                return True
+        return False
+
+    def __str__(self) -> str:
+        return ",".join(str(n) for n in self.networks)
+
+
+def parseCIDRs(values: Iterable[str], option: str = "CIDR") -> CIDRSet:
+    """
+    Parse address ranges (C{10.0.0.0/8}, C{::1}, C{192.0.2.7}).
+    """
+    nets: List[Network] = []
+    for value in values:
+        try:
+            nets.append(ipaddress.ip_network(str(value).strip(), strict=False))
+        except ValueError:
+            raise ConfigError(f"bad {option} {value!r}: not an IP address or network")
+    return CIDRSet(tuple(nets))
+
+
+@attr.s(frozen=True, slots=True, auto_attribs=True)
+class UpstreamURL:
+    """
+    A backend named by a route: C{http://host:port}, C{https://host:port}
+    or C{tcp://host:port}.
+    """
+
+    scheme: str
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def parseUpstreamURL(text: str, schemes: Sequence[str] = ("http", "https", "tcp")) -> UpstreamURL:
+    """
+    Parse C{scheme://host[:port]}; IPv6 hosts are written in brackets.
+    """
+    text = str(text).strip()
+    scheme, sep, rest = text.partition("://")
+    scheme = scheme.lower()
+    if not sep or scheme not in schemes:
+        raise ConfigError(
+            f"bad upstream URL {text!r}: expected {' or '.join(s + '://host:port' for s in schemes)}"
+        )
+    rest = rest.rstrip("/")
+    if not rest or "/" in rest or "@" in rest:
+        raise ConfigError(f"bad upstream URL {text!r}: expected {scheme}://host:port with no path")
+    if rest.startswith("["):
+        host, bracket, tail = rest[1:].partition("]")
+        if not bracket or (tail and not tail.startswith(":")):
+            raise ConfigError(f"bad upstream URL {text!r}: unbalanced [IPv6] brackets")
+        portText = tail[1:] if tail else ""
+    else:
+        host, colon, portText = rest.rpartition(":")
+        if not colon:
+            host, portText = rest, ""
+    if not host:
+        raise ConfigError(f"bad upstream URL {text!r}: no host")
+    if portText:
+        try:
+            port = int(portText)
+        except ValueError:
+            raise ConfigError(f"bad upstream URL {text!r}: bad port {portText!r}")
+        if not 0 < port < 65536:
+            raise ConfigError(f"bad upstream URL {text!r}: port out of range")
+    elif scheme in _DEFAULT_PORTS:
+        port = _DEFAULT_PORTS[scheme]
+    else:
+        raise ConfigError(f"bad upstream URL {text!r}: a port is required")
+    return UpstreamURL(scheme, host.lower(), port)
+
+
+@attr.s(frozen=True, slots=True, auto_attribs=True)
+class HealthCheck:
+    """
+    An active health check for every backend of a route.
+
+    @ivar kind: C{"tcp"} (connect only) or C{"http"} (C{GET path}, expecting
+        a 2xx or 3xx status).
+    @ivar rise: consecutive successes that mark a down backend up.
+    @ivar fall: consecutive failures that mark an up backend down.
+    """
+
+    kind: str = "tcp"
+    path: str = "/"
+    interval: float = 5.0
+    timeout: float = 2.0
+    rise: int = 2
+    fall: int = 3
+
+
+@attr.s(frozen=True, slots=True, auto_attribs=True)
+class RouteConfig:
+    """
+    One route: requests (or SNI names) matching C{host} and C{prefix} go to
+    the pool of C{upstreams}.
+
+    @ivar host: an exact name, C{*.suffix}, or C{*} (default route);
+        lower-case.
+    @ivar prefix: a path prefix starting with C{/}, or C{""} for any path.
+    @ivar weights: one positive integer per upstream.
+    @ivar ejectAfter: consecutive connect failures that eject a backend
+        (passive health); C{0} disables passive ejection.
+    @ivar ejectFor: seconds an ejected backend is left out.
+    """
+
+    host: str
+    upstreams: Tuple[UpstreamURL, ...]
+    prefix: str = ""
+    balance: str = "roundrobin"
+    weights: Tuple[int, ...] = ()
+    stripPrefix: bool = False
+    hostRewrite: Optional[str] = None
+    healthCheck: Optional[HealthCheck] = None
+    ejectAfter: int = 3
+    ejectFor: float = 30.0
+    tlsVerify: bool = True
+    caBundle: Optional[str] = None
+    proxyProtocolSend: Optional[str] = None
+
+
+def _checkHostPattern(host: str, text: str) -> str:
+    host = host.strip().lower()
+    if host == "*":
+        return host
+    bare = host[2:] if host.startswith("*.") else host
+    if not bare or "*" in bare or any(c in bare for c in " /\\@:"):
+        raise ConfigError(f"bad route {text!r}: {host!r} is not a host name, *.suffix or *")
+    return host
+
+
+def parseRoute(text: str) -> RouteConfig:
+    """
+    Parse C{HOST[/PATHPREFIX]=URL[,URL...]}.
+    """
+    left, eq, right = str(text).partition("=")
+    if not eq or not left.strip() or not right.strip():
+        raise ConfigError(f"bad route {text!r}: expected HOST[/PATHPREFIX]=URL[,URL...]")
+    left = left.strip()
+    slash = left.find("/")
+    host, prefix = (left, "") if slash < 0 else (left[:slash], left[slash:])
+    if prefix == "/":
+        prefix = ""
+    urls = tuple(parseUpstreamURL(u) for u in right.split(",") if u.strip())
+    if not urls:
+        raise ConfigError(f"bad route {text!r}: no upstream URL")
+    return RouteConfig(host=_checkHostPattern(host, text), upstreams=urls, prefix=prefix)
+
+
+# ---------------------------------------------------------------------------
+# Listener and process configuration
+
+
+@attr.s(frozen=True, slots=True, auto_attribs=True)
+class ListenerConfig:
+    """
+    One listener group: every endpoint in C{listen} shares the mode and the
+    policy.  Field names are the long option names in camelCase.
+    """
+
+    listen: Tuple[str, ...]
+    mode: str = "forward"
+    name: str = ""
+    upstreams: Tuple[str, ...] = ()
+    balance: str = "roundrobin"
+    routes: Tuple[RouteConfig, ...] = ()
+    certs: Optional[str] = None
+    clientCA: Optional[str] = None
+    proxyProtocolSend: Optional[str] = None
+    trustedProxies: CIDRSet = CIDRSet()
+    connectPorts: PortSet = PortSet(((443, 443),), False, "443")
+    auth: Optional[str] = None
+    allow: CIDRSet = CIDRSet()
+    deny: CIDRSet = CIDRSet()
+    denyDest: CIDRSet = CIDRSet()
+    rate: Optional[Rate] = None
+    burst: Optional[int] = None
+    maxConns: Optional[int] = None
+    maxConnsPerClient: Optional[int] = None
+    connectTimeout: float = 10.0
+    responseTimeout: float = 60.0
+    idleTimeout: float = 300.0
+    headerTimeout: float = 10.0
+    maxHeadSize: int = 65536
+    backlog: int = 511
+
+    @property
+    def effectiveBurst(self) -> int:
+        """
+        C{burst}, or the tokens refilled in one second (at least one) when
+        C{--burst} was not given.
+        """
+        if self.burst is not None:
+            return self.burst
+        if self.rate is None:
+            return 0
+        return max(1, int(math.ceil(self.rate.perSecond)))
+
+
+@attr.s(frozen=True, slots=True, auto_attribs=True)
+class ProxyConfig:
+    """
+    The whole process: its listeners and the process-wide settings.
+    """
+
+    listeners: Tuple[ListenerConfig, ...]
+    admin: Tuple[str, ...] = ()
+    workers: int = 1
+    redis: Optional[str] = None
+    drainTimeout: float = 30.0
+    accessLog: Optional[str] = None
+    accessLogFormat: str = "combined"
+    configFile: Optional[str] = None
+
+
+# ---------------------------------------------------------------------------
+# The option table shared by flags and TOML.
+#
+# name (flag spelling), kind, field; kind says how a raw value is converted.
+
+_Converter = Callable[[Any, str], Any]
+
+
+def _number(kind: type, minimum: float, allowZero: bool = False) -> _Converter:
+    def convert(value: Any, where: str) -> Any:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        try:
+            n = kind(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if isinstance(value, float) and kind is int and value != int(value):
+            raise ConfigError(f"{where}: expected a whole number, got {value!r}")
+        if n != n or math.isinf(n) or n < minimum or (n == 0 and not allowZero and minimum <= 0):
+            low = "zero or more" if allowZero else f"at least {minimum:g}" if minimum > 0 else "more than zero"
+            raise ConfigError(f"{where}: must be {low}, got {value!r}")
+        return n
+
+    return convert
+
+
+def _string(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{where}: expected a non-empty string, got {value!r}")
+    return value
+
+
+def _choice(choices: Sequence[str]) -> _Converter:
+    def convert(value: Any, where: str) -> str:
+        if value not in choices:
+            raise ConfigError(f"{where}: expected one of {', '.join(choices)}, got {value!r}")
+        return str(value)
+
+    return convert
+
+
+def _wrap(fn: Callable[[str], Any]) -> _Converter:
+    def convert(value: Any, where: str) -> Any:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        try:
+            return fn(value)
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}")
+
+    return convert
+
+
+def _timeout(value: Any, where: str) -> float:
+    return float(_number(float, 0.0)(value, where))
+
+
+# (option name, field name, converter, repeatable)
+_LISTENER_OPTIONS: List[Tuple[str, str, _Converter, bool]] = [
+    ("mode", "mode", _choice(MODES), False),
+    ("name", "name", _string, False),
+    ("upstream", "upstreams", _string, True),
+    ("balance", "balance", _choice(BALANCE_POLICIES), False),
+    ("route", "routes", _wrap(parseRoute), True),
+    ("certs", "certs", _string, False),
+    ("client-ca", "clientCA", _string, False),
+    ("proxy-protocol-send", "proxyProtocolSend", _choice(PROXY_PROTOCOL_VERSIONS), False),
+    ("trusted-proxies", "trustedProxies", _string, True),
+    ("connect-ports", "connectPorts", _wrap(parsePorts), False),
+    ("auth", "auth", _string, False),
+    ("allow", "allow", _string, True),
+    ("deny", "deny", _string, True),
+    ("deny-dest", "denyDest", _string, True),
+    ("rate", "rate", _wrap(parseRate), False),
+    ("burst", "burst", _number(int, 1), False),
+    ("max-conns", "maxConns", _number(int, 1), False),
+    ("max-conns-per-client", "maxConnsPerClient", _number(int, 1), False),
+    ("connect-timeout", "connectTimeout", _timeout, False),
+    ("response-timeout", "responseTimeout", _timeout, False),
+    ("idle-timeout", "idleTimeout", _timeout, False),
+    ("header-timeout", "headerTimeout", _timeout, False),
+    ("max-head-size", "maxHeadSize", _number(int, 256), False),
+    ("backlog", "backlog", _number(int, 1), False),
+]
+
+_CIDR_FIELDS = {"trustedProxies", "allow", "deny", "denyDest"}
+
+_PROCESS_OPTIONS: List[Tuple[str, str, _Converter, bool]] = [
+    ("admin", "admin", _string, True),
+    ("workers", "workers", _number(int, 1), False),
+    ("redis", "redis", _string, False),
+    ("drain-timeout", "drainTimeout", _number(float, 0.0, allowZero=True), False),
+    ("access-log", "accessLog", _string, False),
+    ("access-log-format", "accessLogFormat", _choice(ACCESS_LOG_FORMATS), False),
+]
+
+LISTENER_OPTION_NAMES = tuple(o[0] for o in _LISTENER_OPTIONS)
+PROCESS_OPTION_NAMES = tuple(o[0] for o in _PROCESS_OPTIONS)
+
+
+def _checkRedisURL(url: str, where: str) -> str:
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise ConfigError(f"{where}: bad Redis URL {url!r}")
+    if parts.scheme != "redis" or not parts.hostname:
+        raise ConfigError(f"{where}: bad Redis URL {url!r}: expected redis://host:port/db")
+    db = parts.path.strip("/")
+    if db and not db.isdigit():
+        raise ConfigError(f"{where}: bad Redis URL {url!r}: database must be a number")
+    if port is not None and not 0 < port < 65536:
+        raise ConfigError(f"{where}: bad Redis URL {url!r}: port out of range")
+    return url
+
+
+# ---------------------------------------------------------------------------
+# Building and cross-checking
+
+
+def _finishListener(values: Dict[str, Any], where: str) -> ListenerConfig:
+    for field in _CIDR_FIELDS:
+        if field in values:
+            option = field
+            values[field] = _wrapCIDRs(values[field], f"{where}{option}")
+    if "listen" not in values or not values["listen"]:
+        values["listen"] = ("tcp:3128",)
+    for key in ("upstreams", "routes", "listen"):
+        if key in values:
+            values[key] = tuple(values[key])
+    listener = ListenerConfig(**values)
+    _crossCheck(listener, where)
+    return listener
+
+
+def _wrapCIDRs(values: Sequence[str], where: str) -> CIDRSet:
+    try:
+        return parseCIDRs(values)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}")
+
+
+def _crossCheck(l: ListenerConfig, where: str) -> None:
+    w = where.rstrip(".") or "options"
+    if l.mode == "tcp" and not l.upstreams:
+        raise ConfigError(f"{w}: mode tcp needs at least one --upstream")
+    if l.mode != "tcp" and l.upstreams:
+        raise ConfigError(f"{w}: --upstream is only for mode tcp (mode is {l.mode})")
+    if l.mode in ("reverse", "sni") and not l.routes:
+        raise ConfigError(f"{w}: mode {l.mode} needs at least one --route")
+    if l.mode not in ("reverse", "sni") and l.routes:
+        raise ConfigError(f"{w}: --route is only for modes reverse and sni (mode is {l.mode})")
+    for route in l.routes:
+        schemes = ("tcp",) if l.mode == "sni" else ("http", "https")
+        for u in route.upstreams:
+            if u.scheme not in schemes:
+                raise ConfigError(
+                    f"{w}: route {route.host}{route.prefix}: {u} is not allowed in mode {l.mode} "
+                    f"(use {' or '.join(s + '://' for s in schemes)})"
+                )
+        if l.mode == "sni" and route.prefix:
+            raise ConfigError(f"{w}: route {route.host}{route.prefix}: sni routes take no path prefix")
+        if route.weights and len(route.weights) != len(route.upstreams):
+            raise ConfigError(f"{w}: route {route.host}{route.prefix}: one weight per upstream is needed")
+    if l.proxyProtocolSend and l.mode == "forward":
+        raise ConfigError(f"{w}: --proxy-protocol-send is not for mode forward")
+    if l.burst is not None and l.rate is None:
+        raise ConfigError(f"{w}: --burst needs --rate")
+    if l.auth is not None and l.mode != "forward":
+        raise ConfigError(f"{w}: --auth is only for mode forward")
+
+
+def _applyOption(
+    table: List[Tuple[str, str, _Converter, bool]],
+    values: Dict[str, Any],
+    option: str,
+    raw: Any,
+    where: str,
+) -> bool:
+    for name, field, convert, repeatable in table:
+        if name != option:
+            continue
+        if field in _CIDR_FIELDS:
+            convert = _string
+        if repeatable:
+            values.setdefault(field, []).append(convert(raw, where))
+        else:
+            values[field] = convert(raw, where)
+        return True
+    return False
+
+
+def fromFlags(
+    listen: Sequence[str],
+    options: Sequence[Tuple[str, Any]],
+    configFile: Optional[str] = None,
+) -> ProxyConfig:
+    """
+    Build a L{ProxyConfig} from command-line flags.
+
+    @param listen: the C{--listen} values, in order (empty: C{tcp:3128}).
+    @param options: C{(option name, raw string value)} pairs in the order
+        given, repeatable options once per occurrence.
+    @param configFile: the C{--config} path; when given, listener options
+        are an error and process options override the file's.
+    """
+    listenerValues: Dict[str, Any] = {}
+    processValues: Dict[str, Any] = {}
+    for option, raw in options:
+        where = f"--{option}"
+        if _applyOption(_PROCESS_OPTIONS, processValues, option, raw, where):
+            continue
+        if configFile is not None:
+            raise ConfigError(f"--{option} cannot be combined with --config; set it in {configFile}")
+        if not _applyOption(_LISTENER_OPTIONS, listenerValues, option, raw, where):
+            raise ConfigError(f"unknown option --{option}")
+    if "redis" in processValues:
+        _checkRedisURL(processValues["redis"], "--redis")
+    if configFile is not None:
+        if listen:
+            raise ConfigError(f"--listen cannot be combined with --config; set it in {configFile}")
+        base = loadFile(configFile)
+        overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in processValues.items()}
+        return attr.evolve(base, **overrides)
+    listenerValues["listen"] = tuple(listen) or ("tcp:3128",)
+    listener = _finishListener(listenerValues, "")
+    process = {k: tuple(v) if isinstance(v, list) else v for k, v in processValues.items()}
+    return ProxyConfig(listeners=(listener,), **process)
+
+
+def loadFile(path: str) -> ProxyConfig:
+    """
+    Read and validate a TOML config file.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror or e}")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text")
+    try:
+        parsed = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: invalid TOML: {e}")
+    try:
+        config = fromTOML(parsed)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}")
+    return attr.evolve(config, configFile=path)
+
+
+def _listOf(value: Any, where: str) -> List[Any]:
+    if isinstance(value, list):
+        return value
+    return [value]
+
+
+_ROUTE_KEYS = (
+    "host",
+    "prefix",
+    "upstreams",
+    "balance",
+    "weights",
+    "strip_prefix",
+    "host_rewrite",
+    "health_check",
+    "eject_after",
+    "eject_for",
+    "tls_verify",
+    "ca_bundle",
+    "proxy_protocol_send",
+)
+_HEALTH_KEYS = ("type", "path", "interval", "timeout", "rise", "fall")
+
+
+def _bool(value: Any, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    return value
+
+
+def _routeFromTOML(table: Any, where: str) -> RouteConfig:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: expected a table")
+    for key in table:
+        if key not in _ROUTE_KEYS:
+            raise ConfigError(f"{where}.{key}: unknown key")
+    if "host" not in table:
+        raise ConfigError(f"{where}.host: missing")
+    if "upstreams" not in table:
+        raise ConfigError(f"{where}.upstreams: missing")
+    host = _string(table["host"], f"{where}.host")
+    prefix = table.get("prefix", "")
+    if not isinstance(prefix, str) or (prefix and not prefix.startswith("/")):
+        raise ConfigError(f"{where}.prefix: expected a path starting with /, got {prefix!r}")
+    if prefix == "/":
+        prefix = ""
+    ups = _listOf(table["upstreams"], f"{where}.upstreams")
+    if not ups:
+        raise ConfigError(f"{where}.upstreams: at least one URL is needed")
+    urls = []
+    for i, u in enumerate(ups):
+        urls.append(_wrap(parseUpstreamURL)(u, f"{where}.upstreams[{i}]"))
+    kwargs: Dict[str, Any] = {"host": _checkHostPattern(host, host), "prefix": prefix, "upstreams": tuple(urls)}
+    if "balance" in table:
+        kwargs["balance"] = _choice(BALANCE_POLICIES)(table["balance"], f"{where}.balance")
+    if "weights" in table:
+        ws = table["weights"]
+        if not isinstance(ws, list):
+            raise ConfigError(f"{where}.weights: expected a list of numbers")
+        kwargs["weights"] = tuple(_number(int, 1)(w, f"{where}.weights[{i}]") for i, w in enumerate(ws))
+    if "strip_prefix" in table:
+        kwargs["stripPrefix"] = _bool(table["strip_prefix"], f"{where}.strip_prefix")
+    if "host_rewrite" in table:
+        kwargs["hostRewrite"] = _string(table["host_rewrite"], f"{where}.host_rewrite")
+    if "eject_after" in table:
+        kwargs["ejectAfter"] = _number(int, 0, allowZero=True)(table["eject_after"], f"{where}.eject_after")
+    if "eject_for" in table:
+        kwargs["ejectFor"] = _timeout(table["eject_for"], f"{where}.eject_for")
+    if "tls_verify" in table:
+        kwargs["tlsVerify"] = _bool(table["tls_verify"], f"{where}.tls_verify")
+    if "ca_bundle" in table:
+        kwargs["caBundle"] = _string(table["ca_bundle"], f"{where}.ca_bundle")
+    if "proxy_protocol_send" in table:
+        kwargs["proxyProtocolSend"] = _choice(PROXY_PROTOCOL_VERSIONS)(
+            table["proxy_protocol_send"], f"{where}.proxy_protocol_send"
+        )
+    if "health_check" in table:
+        hc = table["health_check"]
+        hw = f"{where}.health_check"
+        if not isinstance(hc, dict):
+            raise ConfigError(f"{hw}: expected a table")
+        for key in hc:
+            if key not in _HEALTH_KEYS:
+                raise ConfigError(f"{hw}.{key}: unknown key")
+        h: Dict[str, Any] = {}
+        if "type" in hc:
+            h["kind"] = _choice(("tcp", "http"))(hc["type"], f"{hw}.type")
+        if "path" in hc:
+            path = _string(hc["path"], f"{hw}.path")
+            if not path.startswith("/"):
+                raise ConfigError(f"{hw}.path: must start with /")
+            h["path"] = path
+        for key in ("interval", "timeout"):
+            if key in hc:
+                h[key] = _timeout(hc[key], f"{hw}.{key}")
+        for key in ("rise", "fall"):
+            if key in hc:
+                h[key] = _number(int, 1)(hc[key], f"{hw}.{key}")
+        kwargs["healthCheck"] = HealthCheck(**h)
+    return RouteConfig(**kwargs)
+
+
+def fromTOML(data: Mapping[str, Any]) -> ProxyConfig:
+    """
+    Build a L{ProxyConfig} from a parsed TOML document.
+    """
+    processValues: Dict[str, Any] = {}
+    listeners: List[ListenerConfig] = []
+    processKeys = {name.replace("-", "_"): name for name in PROCESS_OPTION_NAMES}
+    for key, value in data.items():
+        if key == "listeners":
+            continue
+        if key not in processKeys:
+            raise ConfigError(f"{key}: unknown key")
+        option = processKeys[key]
+        if option == "admin":
+            for i, v in enumerate(_listOf(value, key)):
+                _applyOption(_PROCESS_OPTIONS, processValues, option, v, key)
+        else:
+            _applyOption(_PROCESS_OPTIONS, processValues, option, value, key)
+    if "redis" in processValues:
+        _checkRedisURL(processValues["redis"], "redis")
+    tables = data.get("listeners")
+    if tables is None:
+        raise ConfigError("listeners: at least one [[listeners]] table is needed")
+    if not isinstance(tables, list):
+        raise ConfigError("listeners: expected [[listeners]] tables")
+    listenerKeys = {name.replace("-", "_"): name for name in LISTENER_OPTION_NAMES}
+    # Repeatable options are written in the plural where that reads best.
+    listenerKeys["upstreams"] = "upstream"
+    for i, table in enumerate(tables):
+        where = f"listeners[{i}]"
+        if not isinstance(table, dict):
+            raise ConfigError(f"{where}: expected a table")
+        values: Dict[str, Any] = {}
+        routes: List[RouteConfig] = []
+        for key, value in table.items():
+            kw = f"{where}.{key}"
+            if key == "listen":
+                eps = _listOf(value, kw)
+                if not eps:
+                    raise ConfigError(f"{kw}: at least one endpoint is needed")
+                values["listen"] = tuple(_string(e, f"{kw}[{j}]") for j, e in enumerate(eps))
+            elif key == "routes":
+                if not isinstance(value, list):
+                    raise ConfigError(f"{kw}: expected [[{where.split('[')[0]}.routes]] tables")
+                for j, rt in enumerate(value):
+                    routes.append(_routeFromTOML(rt, f"{kw}[{j}]"))
+            elif key in listenerKeys:
+                option = listenerKeys[key]
+                spec = [o for o in _LISTENER_OPTIONS if o[0] == option][0]
+                if spec[3]:
+                    items = _listOf(value, kw)
+                    for j, v in enumerate(items):
+                        _applyOption(_LISTENER_OPTIONS, values, option, v, f"{kw}[{j}]" if isinstance(value, list) else kw)
+                else:
+                    _applyOption(_LISTENER_OPTIONS, values, option, value, kw)
+            else:
+                raise ConfigError(f"{kw}: unknown key")
+        if routes:
+            values["routes"] = list(values.get("routes", [])) + routes
+        values.setdefault("name", f"listener{i}")
+        listeners.append(_finishListener(values, f"{where}."))
+    if not listeners:
+        raise ConfigError("listeners: at least one [[listeners]] table is needed")
+    names = [l.name for l in listeners]
+    for n in names:
+        if names.count(n) > 1:
+            raise ConfigError(f"listeners: name {n!r} is used twice")
+    process = {k: tuple(v) if isinstance(v, list) else v for k, v in processValues.items()}
+    return ProxyConfig(listeners=tuple(listeners), **process)
