@@ -29,7 +29,7 @@ Usage::
 from __future__ import annotations
 
 import re
-from typing import List, Optional, Tuple
+from typing import List, Optional, Set, Tuple
 
 import attr
 
@@ -230,7 +230,7 @@ def parseClientHelloBody(body: bytes, raw: bytes = b"") -> ClientHello:
         # fill the rest of the message exactly.
         extensions = _Cursor(cursor.vector(2, "extensions", 0, 0xFFFF), "extensions")
         cursor.expectEnd()
-        seen = set()
+        seen: Set[int] = set()
         while extensions.remaining():
             extensionType = extensions.uint(2, "extension_type")
             data = extensions.vector(2, "extension_data", 0, 0xFFFF)
@@ -327,6 +327,14 @@ class ClientHelloReader:
                     "ClientHello larger than the %d-byte limit" % (self.maxSize,)
                 )
             if len(self._buffer) < end:
+                if len(self._handshake) < _HANDSHAKE_HEADER:
+                    # Check the handshake header from a partial record, so
+                    # that a wrong message type or a huge length is refused
+                    # without waiting for the whole record.
+                    start = self._recordStart + _RECORD_HEADER
+                    self._checkHandshakeHeader(
+                        bytes(self._handshake) + bytes(self._buffer[start : start + 4])
+                    )
                 break
             self._handshake += self._buffer[self._recordStart + _RECORD_HEADER : end]
             self._recordStart = end
@@ -368,22 +376,33 @@ class ClientHelloReader:
                     "record length %d exceeds %d" % (length, _MAX_RECORD_PAYLOAD)
                 )
 
+    def _checkHandshakeHeader(self, header: bytes) -> None:
+        """
+        Check as much of the handshake message header as is known.
+
+        @param header: up to the first 4 bytes of the handshake layer.
+        """
+        if not header:
+            return
+        if header[0] != _HANDSHAKE_CLIENT_HELLO:
+            raise ClientHelloError("handshake message type %d is not ClientHello" % (header[0],))
+        if len(header) >= _HANDSHAKE_HEADER:
+            length = int.from_bytes(header[1:4], "big")
+            if length + _HANDSHAKE_HEADER > self.maxSize:
+                raise ClientHelloError(
+                    "ClientHello of %d bytes exceeds the %d-byte limit" % (length, self.maxSize)
+                )
+
     def _checkHandshake(self) -> Optional[ClientHello]:
         """
         Look at the handshake bytes gathered so far; parse the ClientHello if
         it is complete.
         """
         handshake = self._handshake
-        if handshake[0] != _HANDSHAKE_CLIENT_HELLO:
-            raise ClientHelloError("handshake message type %d is not ClientHello" % (handshake[0],))
+        self._checkHandshakeHeader(bytes(handshake[:_HANDSHAKE_HEADER]))
         if len(handshake) < _HANDSHAKE_HEADER:
             return None
-        length = int.from_bytes(handshake[1:4], "big")
-        if length + _HANDSHAKE_HEADER > self.maxSize:
-            raise ClientHelloError(
-                "ClientHello of %d bytes exceeds the %d-byte limit" % (length, self.maxSize)
-            )
-        total = _HANDSHAKE_HEADER + length
+        total = _HANDSHAKE_HEADER + int.from_bytes(handshake[1:4], "big")
         if len(handshake) < total:
             return None
         if len(handshake) > total:
