@@ -1,0 +1,209 @@
+# -*- test-case-name: tests.test_http_parser -*-
+"""
+Header helpers for proxies, and short plain-text error responses.
+
+Every helper takes and returns headers as a tuple of C{(name, value)}
+pairs and compares names case-insensitively.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from typing import FrozenSet, Iterable, Tuple
+
+from ._parser import Header, Headers, ResponseHead, _connectionTokens, serializeResponseHead
+
+#: Fields a proxy removes before forwarding, whether or not C{Connection}
+#: lists them.  RFC 9110 section 7.6.1 names C{Proxy-Connection},
+#: C{Keep-Alive}, C{TE}, C{Transfer-Encoding} and C{Upgrade} (besides
+#: C{Connection} itself); C{Proxy-Authorization} and C{Proxy-Authenticate}
+#: are meant for this proxy (sections 11.7.1 and 11.7.2).  C{Trailer} is
+#: not here: RFC 9110 section 6.6.2 makes it an end-to-end field (RFC 2616
+#: listed it by mistake), and a chunked body relayed verbatim keeps its
+#: trailers.  Pass C{extra=(b"trailer",)} to drop it anyway.
+HOP_BY_HOP = frozenset(
+    [
+        b"connection",
+        b"proxy-connection",
+        b"keep-alive",
+        b"te",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-authorization",
+        b"proxy-authenticate",
+    ]
+)
+
+_STATUS_PHRASES = {
+    100: b"Continue",
+    101: b"Switching Protocols",
+    200: b"OK",
+    400: b"Bad Request",
+    403: b"Forbidden",
+    404: b"Not Found",
+    405: b"Method Not Allowed",
+    407: b"Proxy Authentication Required",
+    408: b"Request Timeout",
+    411: b"Length Required",
+    413: b"Content Too Large",
+    421: b"Misdirected Request",
+    429: b"Too Many Requests",
+    431: b"Request Header Fields Too Large",
+    500: b"Internal Server Error",
+    501: b"Not Implemented",
+    502: b"Bad Gateway",
+    503: b"Service Unavailable",
+    504: b"Gateway Timeout",
+    505: b"HTTP Version Not Supported",
+}
+
+#: The interim response to an C{Expect: 100-continue} request.
+CONTINUE_RESPONSE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+def statusPhrase(status: int) -> bytes:
+    """
+    The standard reason phrase of a status code.
+
+    @param status: an HTTP status code.
+    @return: its reason phrase (RFC 9110), or C{b"Unknown"}.
+    """
+    phrase = _STATUS_PHRASES.get(status)
+    if phrase is None:
+        try:
+            phrase = HTTPStatus(status).phrase.encode("ascii")
+        except ValueError:
+            phrase = b"Unknown"
+    return phrase
+
+
+def connectionTokens(headers: Headers) -> FrozenSet[bytes]:
+    """
+    The connection options listed by every C{Connection} header.
+
+    @param headers: the headers.
+    @return: the options, lower-cased (for example C{b"close"},
+        C{b"keep-alive"}, C{b"upgrade"}, or names of hop-by-hop fields).
+    """
+    return _connectionTokens(headers)
+
+
+def removeHopByHop(
+    headers: Headers, keep: Iterable[bytes] = (), extra: Iterable[bytes] = ()
+) -> Headers:
+    """
+    Remove the hop-by-hop fields: L{HOP_BY_HOP} and every field that
+    C{Connection} lists (RFC 9110 section 7.6.1).
+
+    C{Connection} may list C{Content-Length}; the body framing is then
+    gone from the result, so always finish with L{applyFraming} when a body
+    follows.
+
+    @param headers: the received headers.
+    @param keep: lower-case names to keep anyway (for example
+        C{b"upgrade"} when relaying an upgrade, C{b"proxy-authorization"}
+        when chaining to a proxy that wants it).  C{Connection} itself can
+        be kept but is then forwarded as received.
+    @param extra: more lower-case names to remove.
+    @return: the remaining headers, in order.
+    """
+    remove = set(HOP_BY_HOP)
+    remove.update(_connectionTokens(headers))
+    remove.update(extra)
+    remove.difference_update(keep)
+    return tuple((name, value) for name, value in headers if name.lower() not in remove)
+
+
+def removeHeader(headers: Headers, name: bytes) -> Headers:
+    """
+    Remove every field called C{name}.
+
+    @param headers: the headers.
+    @param name: a header name (any case).
+    @return: the headers without it.
+    """
+    name = name.lower()
+    return tuple(pair for pair in headers if pair[0].lower() != name)
+
+
+def replaceHeader(headers: Headers, name: bytes, value: bytes) -> Headers:
+    """
+    Set C{name} to a single C{value}: the first field with that name takes
+    the new value (and the given spelling of the name), the others are
+    removed; if there was none the field is added at the end.
+
+    @param headers: the headers.
+    @param name: a header name.
+    @param value: its new value.
+    @return: the new headers.
+    """
+    lower = name.lower()
+    result = []
+    done = False
+    for pair in headers:
+        if pair[0].lower() == lower:
+            if not done:
+                result.append((name, value))
+                done = True
+        else:
+            result.append(pair)
+    if not done:
+        result.append((name, value))
+    return tuple(result)
+
+
+def appendVia(headers: Headers, version: bytes, pseudonym: bytes = b"txproxy") -> Headers:
+    """
+    Add this proxy to C{Via} (RFC 9110 section 7.6.3), after any existing
+    C{Via} entries.
+
+    @param headers: the headers.
+    @param version: the HTTP version of the received message
+        (C{b"HTTP/1.1"} becomes C{1.1}, as the protocol name C{HTTP} is
+        omitted).
+    @param pseudonym: how this proxy names itself.
+    @return: the headers with a new C{Via} field last.
+    """
+    if version.startswith(b"HTTP/"):
+        version = version[5:]
+    return tuple(headers) + ((b"Via", version + b" " + pseudonym),)
+
+
+def _safeText(text: str) -> bytes:
+    """
+    One line of printable UTF-8.
+    """
+    cleaned = "".join(c if c.isprintable() else " " for c in text)
+    return cleaned.strip().encode("utf-8", "replace")
+
+
+def errorResponse(
+    status: int,
+    reason: str = "",
+    extraHeaders: Iterable[Header] = (),
+    close: bool = True,
+) -> bytes:
+    """
+    A complete, short, plain-text HTTP/1.1 response for an error.
+
+    @param status: the status code; its standard phrase is the status
+        line's reason (see L{statusPhrase}).
+    @param reason: the body text, one line (control characters are turned
+        into spaces); the standard phrase when empty.
+    @param extraHeaders: more header fields, for example C{Retry-After} or
+        C{Proxy-Authenticate}.
+    @param close: whether to add C{Connection: close}.
+    @return: the status line, headers and body.
+    @raise ValueError: if C{extraHeaders} holds an invalid name or value.
+    """
+    phrase = statusPhrase(status)
+    body = (_safeText(reason) or phrase) + b"\n"
+    headers: Tuple[Header, ...] = (
+        (b"Content-Type", b"text/plain; charset=utf-8"),
+        (b"Content-Length", b"%d" % (len(body),)),
+    )
+    if close:
+        headers += ((b"Connection", b"close"),)
+    headers += tuple(extraHeaders)
+    head = ResponseHead(b"HTTP/1.1", status, phrase, headers)
+    return serializeResponseHead(head) + body
