@@ -443,6 +443,15 @@ def _wrap(fn: Callable[[str], Any]) -> _Converter:
     return convert
 
 
+def _cidr(value: Any, where: str) -> str:
+    value = _string(value, where)
+    try:
+        parseCIDRs([value])
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}")
+    return value
+
+
 def _timeout(value: Any, where: str) -> float:
     return float(_number(float, 0.0)(value, where))
 
@@ -457,12 +466,12 @@ _LISTENER_OPTIONS: List[Tuple[str, str, _Converter, bool]] = [
     ("certs", "certs", _string, False),
     ("client-ca", "clientCA", _string, False),
     ("proxy-protocol-send", "proxyProtocolSend", _choice(PROXY_PROTOCOL_VERSIONS), False),
-    ("trusted-proxies", "trustedProxies", _string, True),
+    ("trusted-proxies", "trustedProxies", _cidr, True),
     ("connect-ports", "connectPorts", _wrap(parsePorts), False),
     ("auth", "auth", _string, False),
-    ("allow", "allow", _string, True),
-    ("deny", "deny", _string, True),
-    ("deny-dest", "denyDest", _string, True),
+    ("allow", "allow", _cidr, True),
+    ("deny", "deny", _cidr, True),
+    ("deny-dest", "denyDest", _cidr, True),
     ("rate", "rate", _wrap(parseRate), False),
     ("burst", "burst", _number(int, 1), False),
     ("max-conns", "maxConns", _number(int, 1), False),
@@ -515,8 +524,7 @@ def _checkRedisURL(url: str, where: str) -> str:
 def _finishListener(values: Dict[str, Any], where: str) -> ListenerConfig:
     for field in _CIDR_FIELDS:
         if field in values:
-            option = field
-            values[field] = _wrapCIDRs(values[field], f"{where}{option}")
+            values[field] = parseCIDRs(values[field])
     if "listen" not in values or not values["listen"]:
         values["listen"] = ("tcp:3128",)
     for key in ("upstreams", "routes", "listen"):
@@ -525,13 +533,6 @@ def _finishListener(values: Dict[str, Any], where: str) -> ListenerConfig:
     listener = ListenerConfig(**values)
     _crossCheck(listener, where)
     return listener
-
-
-def _wrapCIDRs(values: Sequence[str], where: str) -> CIDRSet:
-    try:
-        return parseCIDRs(values)
-    except ConfigError as e:
-        raise ConfigError(f"{where}: {e}")
 
 
 def _crossCheck(l: ListenerConfig, where: str) -> None:
@@ -574,8 +575,6 @@ def _applyOption(
     for name, field, convert, repeatable in table:
         if name != option:
             continue
-        if field in _CIDR_FIELDS:
-            convert = _string
         if repeatable:
             values.setdefault(field, []).append(convert(raw, where))
         else:

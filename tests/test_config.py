@@ -1,0 +1,246 @@
+# -*- test-case-name: tests.test_config -*-
+"""
+Tests for L{txproxy.config}: flags and TOML into validated objects, and the
+one-line errors for every kind of mistake.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from txproxy import config
+from txproxy.config import ConfigError, fromFlags, fromTOML, loadFile
+
+
+class ValueParsingTests(SynchronousTestCase):
+    def test_rates(self) -> None:
+        """
+        Rates are N/s, N/m or N/h, fractions allowed, and convert to tokens
+        per second.
+        """
+        self.assertEqual(config.parseRate("10/s").perSecond, 10)
+        self.assertEqual(config.parseRate("0.5/s").perSecond, 0.5)
+        self.assertEqual(config.parseRate("120/m").perSecond, 2)
+        self.assertAlmostEqual(config.parseRate("36/h").perSecond, 0.01)
+
+    def test_badRates(self) -> None:
+        """
+        Anything else is a one-line error naming the value.
+        """
+        for bad in ["10", "10/d", "x/s", "-1/s", "0/s", "inf/s", "nan/s", ""]:
+            e = self.assertRaises(ConfigError, config.parseRate, bad)
+            self.assertIn("bad rate", str(e))
+            self.assertNotIn("\n", str(e))
+
+    def test_ports(self) -> None:
+        """
+        Port lists take single ports and ranges; C{*} is any port.
+        """
+        ports = config.parsePorts("443,8443,9000-9100")
+        for p in (443, 8443, 9000, 9050, 9100):
+            self.assertIn(p, ports)
+        for p in (80, 8999, 9101, 0):
+            self.assertNotIn(p, ports)
+        self.assertIn(22, config.parsePorts("*"))
+        self.assertNotIn(70000, config.parsePorts("*"))
+
+    def test_badPorts(self) -> None:
+        """
+        Out-of-range ports, reversed ranges and junk are rejected.
+        """
+        for bad in ["", "0", "65536", "100-50", "a", "1,,2", "1-2-3"]:
+            self.assertRaises(ConfigError, config.parsePorts, bad)
+
+    def test_cidrs(self) -> None:
+        """
+        CIDR sets match IPv4 and IPv6 addresses, IPv4-mapped IPv6 as IPv4,
+        and never match junk.
+        """
+        nets = config.parseCIDRs(["10.0.0.0/8", "::1", "2001:db8::/32"])
+        self.assertIn("10.1.2.3", nets)
+        self.assertIn("::ffff:10.1.2.3", nets)
+        self.assertIn("::1", nets)
+        self.assertIn("2001:db8::5", nets)
+        self.assertNotIn("11.0.0.1", nets)
+        self.assertNotIn("not an ip", nets)
+        self.assertRaises(ConfigError, config.parseCIDRs, ["10.0.0.0/33"])
+
+    def test_routes(self) -> None:
+        """
+        Routes parse host, optional prefix and a pool of URLs.
+        """
+        r = config.parseRoute("API.example.com/v1=http://10.0.0.1:8080,https://[::1]:8443")
+        self.assertEqual(r.host, "api.example.com")
+        self.assertEqual(r.prefix, "/v1")
+        self.assertEqual(
+            r.upstreams,
+            (config.UpstreamURL("http", "10.0.0.1", 8080), config.UpstreamURL("https", "::1", 8443)),
+        )
+        self.assertEqual(config.parseRoute("*.example.com=http://a").upstreams[0].port, 80)
+        self.assertEqual(config.parseRoute("*=tcp://a:1").host, "*")
+
+    def test_badRoutes(self) -> None:
+        """
+        Malformed routes are one-line errors.
+        """
+        for bad in ["a.test", "=http://x:1", "a=", "a=ftp://x:1", "a=tcp://x", "a*b=http://x",
+                    "a=http://x:99999", "a=http://x:1/path", "a=http://[::1:80"]:
+            e = self.assertRaises(ConfigError, config.parseRoute, bad)
+            self.assertNotIn("\n", str(e))
+
+
+class FlagTests(SynchronousTestCase):
+    def test_defaults(self) -> None:
+        """
+        With no flags: one forward listener on tcp:3128 with the documented
+        defaults.
+        """
+        c = fromFlags([], [])
+        (listener,) = c.listeners
+        self.assertEqual(listener.listen, ("tcp:3128",))
+        self.assertEqual(listener.mode, "forward")
+        self.assertIn(443, listener.connectPorts)
+        self.assertNotIn(80, listener.connectPorts)
+        self.assertEqual(listener.maxHeadSize, 65536)
+        self.assertEqual(c.drainTimeout, 30)
+
+    def test_repeatableOptions(self) -> None:
+        """
+        Repeatable flags accumulate in order; every --listen shares one
+        listener config.
+        """
+        c = fromFlags(["tcp:1", "tcp:2"], [("deny-dest", "10.0.0.0/8"), ("deny-dest", "::1")])
+        (listener,) = c.listeners
+        self.assertEqual(listener.listen, ("tcp:1", "tcp:2"))
+        self.assertIn("10.9.9.9", listener.denyDest)
+        self.assertIn("::1", listener.denyDest)
+
+    def test_burstDefaultsToOneSecondOfRate(self) -> None:
+        """
+        Without --burst the bucket holds one second of the rate, at least 1.
+        """
+        self.assertEqual(fromFlags([], [("rate", "10/s")]).listeners[0].effectiveBurst, 10)
+        self.assertEqual(fromFlags([], [("rate", "0.5/s")]).listeners[0].effectiveBurst, 1)
+        self.assertEqual(fromFlags([], [("rate", "1/s"), ("burst", "5")]).listeners[0].effectiveBurst, 5)
+
+    def test_crossChecks(self) -> None:
+        """
+        Options that make no sense together are rejected with a reason.
+        """
+        cases = [
+            ([("mode", "tcp")], "needs at least one --upstream"),
+            ([("upstream", "tcp:a:1")], "only for mode tcp"),
+            ([("mode", "reverse")], "needs at least one --route"),
+            ([("route", "a=http://b")], "only for modes reverse and sni"),
+            ([("mode", "sni"), ("route", "a=http://b:1")], "not allowed in mode sni"),
+            ([("mode", "reverse"), ("route", "a=tcp://b:1")], "not allowed in mode reverse"),
+            ([("burst", "5")], "--burst needs --rate"),
+            ([("proxy-protocol-send", "v1")], "not for mode forward"),
+            ([("mode", "tcp"), ("upstream", "tcp:a:1"), ("auth", "f")], "only for mode forward"),
+            ([("mode", "bogus")], "expected one of"),
+            ([("connect-timeout", "0")], "must be"),
+            ([("connect-timeout", "soon")], "expected a number"),
+            ([("max-head-size", "10")], "at least 256"),
+            ([("redis", "http://x")], "bad Redis URL"),
+            ([("redis", "redis://x:1/abc")], "database must be a number"),
+        ]
+        for options, message in cases:
+            e = self.assertRaises(ConfigError, fromFlags, [], options)
+            self.assertIn(message, str(e), options)
+
+    def test_configExcludesListenerFlags(self) -> None:
+        """
+        --config and listener flags don't mix; process flags override the
+        file.
+        """
+        path = self._write('[[listeners]]\nlisten = ["tcp:1"]\n')
+        e = self.assertRaises(ConfigError, fromFlags, [], [("mode", "tcp")], path)
+        self.assertIn("cannot be combined with --config", str(e))
+        self.assertRaises(ConfigError, fromFlags, ["tcp:2"], [], path)
+        c = fromFlags([], [("drain-timeout", "5")], path)
+        self.assertEqual(c.drainTimeout, 5)
+        self.assertEqual(c.configFile, path)
+
+    def _write(self, text: str) -> str:
+        fd, path = tempfile.mkstemp(suffix=".toml")
+        os.write(fd, text.encode())
+        os.close(fd)
+        self.addCleanup(os.remove, path)
+        return path
+
+
+class TOMLTests(SynchronousTestCase):
+    def test_fullFile(self) -> None:
+        """
+        A file with several listeners, routes and process settings parses
+        into the same objects the flags make.
+        """
+        data: Any = {
+            "admin": "tcp:9901:interface=127.0.0.1",
+            "redis": "redis://127.0.0.1:6379/0",
+            "drain_timeout": 5,
+            "access_log": "-",
+            "access_log_format": "json",
+            "listeners": [
+                {"listen": ["tcp:3128"], "connect_ports": "443,8443", "rate": "10/s", "burst": 20,
+                 "allow": ["10.0.0.0/8"], "idle_timeout": 30},
+                {"listen": "tcp:2222", "mode": "tcp", "upstreams": ["tcp:10.0.0.5:22"], "name": "ssh"},
+                {"listen": ["tcp:8080"], "mode": "reverse", "routes": [
+                    {"host": "a.test", "prefix": "/api", "upstreams": ["http://127.0.0.1:9000"],
+                     "balance": "leastconn", "health_check": {"type": "http", "path": "/health", "rise": 1}},
+                ]},
+            ],
+        }
+        c = fromTOML(data)
+        self.assertEqual(c.admin, ("tcp:9901:interface=127.0.0.1",))
+        self.assertEqual(c.accessLogFormat, "json")
+        first, ssh, rev = c.listeners
+        self.assertEqual(first, fromFlags(["tcp:3128"], [
+            ("connect-ports", "443,8443"), ("rate", "10/s"), ("burst", "20"), ("allow", "10.0.0.0/8"),
+            ("idle-timeout", "30"), ("name", "listener0")]).listeners[0])
+        self.assertEqual(ssh.name, "ssh")
+        self.assertEqual(ssh.listen, ("tcp:2222",))
+        route = rev.routes[0]
+        self.assertEqual(route.balance, "leastconn")
+        self.assertEqual(route.healthCheck, config.HealthCheck(kind="http", path="/health", rise=1))
+
+    def test_errorsNameTheirPath(self) -> None:
+        """
+        Unknown keys and type errors name the key path.
+        """
+        cases = [
+            ({"listeners": [{}, {"mode": "reverse", "routes": [{"host": "a", "upstrems": []}]}]},
+             "listeners[1].routes[0].upstrems: unknown key"),
+            ({"listeners": [{"burst": "x", "rate": "1/s"}]}, "listeners[0].burst: expected a number"),
+            ({"listeners": [{"allow": ["10.0.0.0/8", "nope"]}]}, "listeners[0].allow[1]"),
+            ({"listeners": [{"idle_timeout": True}]}, "listeners[0].idle_timeout"),
+            ({"listeners": [{"mode": "reverse", "routes": [{"host": "a", "upstreams": ["http://x"],
+                                                           "health_check": {"rise": 0}}]}]},
+             "listeners[0].routes[0].health_check.rise"),
+            ({"listenrs": []}, "listenrs: unknown key"),
+            ({}, "at least one [[listeners]]"),
+            ({"listeners": [{"name": "a"}, {"name": "a"}]}, "used twice"),
+            ({"listeners": [{"listen": []}]}, "listeners[0].listen"),
+            ({"workers": 0, "listeners": [{}]}, "workers"),
+        ]
+        for data, message in cases:
+            e = self.assertRaises(ConfigError, fromTOML, data)
+            self.assertIn(message, str(e))
+
+    def test_loadFileErrors(self) -> None:
+        """
+        Unreadable files and invalid TOML are one-line errors naming the file.
+        """
+        e = self.assertRaises(ConfigError, loadFile, "/nonexistent/x.toml")
+        self.assertIn("cannot read config file", str(e))
+        fd, path = tempfile.mkstemp(suffix=".toml")
+        os.write(fd, b"[[listeners]\n")
+        os.close(fd)
+        self.addCleanup(os.remove, path)
+        e = self.assertRaises(ConfigError, loadFile, path)
+        self.assertIn("invalid TOML", str(e))
+        self.assertNotIn("\n", str(e))

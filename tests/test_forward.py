@@ -1,0 +1,458 @@
+# -*- test-case-name: tests.test_forward -*-
+"""
+Tests for L{txproxy.forward}: CONNECT tunnels and their policy, on fake
+transports, a fake connector and a fake clock.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import tempfile
+from typing import Any, List
+
+from twisted.internet import defer, error
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from txproxy.accesslog import AccessRecord
+from txproxy.forward import ForwardProxyProtocol
+from txproxy.hooks import Refuse, Target, TunnelRequest
+from txproxy.testing import FakeConnector, connect, forwardFactory
+
+CONNECT = b"CONNECT example.test:443 HTTP/1.1\r\nHost: example.test:443\r\n\r\n"
+
+
+class _Log:
+    def __init__(self) -> None:
+        self.records: List[AccessRecord] = []
+
+    def log(self, record: AccessRecord) -> None:
+        self.records.append(record)
+
+
+def _status(value: bytes) -> int:
+    return int(value.split(b" ", 2)[1])
+
+
+class ForwardTestCase(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.connector = FakeConnector({"example.test": ["192.0.2.10", "192.0.2.11"]})
+        self.log = _Log()
+
+    def factory(self, **options: Any) -> Any:
+        protocol = options.pop("protocol", None)
+        f = forwardFactory(self.connector, self.clock, protocol=protocol, **options)
+        f.accessLog = self.log
+        return f
+
+    def open(self, factory: Any = None, peer: Any = ("127.0.0.1", 40000)) -> Any:
+        return connect(factory or self.factory(), peer)
+
+
+class ConnectTunnelTests(ForwardTestCase):
+    def test_tunnelOpensAndRelays(self) -> None:
+        """
+        A CONNECT to an allowed port dials the first resolved address,
+        answers 200 once connected, and relays both ways.
+        """
+        proto, client = self.open()
+        proto.dataReceived(CONNECT)
+        self.assertEqual(client.value(), b"")
+        self.assertTrue(client.paused)
+        attempt = self.connector.last
+        self.assertEqual((attempt.host, attempt.port), ("192.0.2.10", 443))
+        upstream = attempt.succeed()
+        self.assertEqual(client.value(), b"HTTP/1.1 200 Connection established\r\n\r\n")
+        self.assertFalse(client.paused)
+        client.clear()
+        proto.dataReceived(b"client hello")
+        attempt.protocol.dataReceived(b"server hello")
+        self.assertEqual(upstream.value(), b"client hello")
+        self.assertEqual(client.value(), b"server hello")
+
+    def test_bytesAfterHeadAreNotLost(self) -> None:
+        """
+        Bytes sent in the same segment as the CONNECT head, or while the
+        upstream is being reached, are delivered upstream first.
+        """
+        proto, client = self.open()
+        proto.dataReceived(CONNECT + b"early")
+        proto.dataReceived(b"-later")
+        upstream = self.connector.last.succeed()
+        self.assertEqual(upstream.value(), b"early-later")
+
+    def test_headSplitAtEveryByte(self) -> None:
+        """
+        The head may arrive one byte at a time.
+        """
+        proto, client = self.open()
+        for i in range(len(CONNECT)):
+            proto.dataReceived(CONNECT[i : i + 1])
+        self.assertEqual(len(self.connector.attempts), 1)
+
+    def test_halfCloseBeforeConnect(self) -> None:
+        """
+        A client that sends CONNECT, data and FIN at once still gets its
+        tunnel; the FIN is forwarded after the data.
+        """
+        proto, client = self.open()
+        proto.dataReceived(CONNECT + b"request")
+        client.peerHalfClosed()
+        upstream = self.connector.last.succeed()
+        self.assertEqual(upstream.value(), b"request")
+        self.assertTrue(upstream.writeClosed)
+        self.connector.last.protocol.dataReceived(b"response")
+        self.assertIn(b"response", client.value())
+
+    def test_accessLogRecordsTunnel(self) -> None:
+        """
+        One access record per tunnel, with the bytes each way, the duration
+        and the address dialled.
+        """
+        proto, client = self.open()
+        proto.dataReceived(CONNECT)
+        upstream = self.connector.last.succeed()
+        proto.dataReceived(b"12345")
+        self.connector.last.protocol.dataReceived(b"abc")
+        self.clock.advance(2)
+        client.peerClosed()
+        (record,) = self.log.records
+        self.assertEqual((record.status, record.method, record.target), (200, "CONNECT", "example.test:443"))
+        self.assertEqual((record.bytesUp, record.bytesDown), (5, 3))
+        self.assertEqual(record.duration, 2)
+        self.assertEqual(record.upstream, "192.0.2.10:443")
+        self.assertEqual(record.client, "127.0.0.1")
+
+    def test_clientGoneWhileConnectingCancels(self) -> None:
+        """
+        If the client leaves while the upstream is being reached, the
+        connection attempt is cancelled (no leaked upstream connection).
+        """
+        proto, client = self.open()
+        proto.dataReceived(CONNECT)
+        client.peerClosed()
+        self.assertTrue(self.connector.last.cancelled)
+
+    def test_ipv6Target(self) -> None:
+        """
+        A bracketed IPv6 authority is dialled as an IPv6 literal.
+        """
+        proto, client = self.open()
+        proto.dataReceived(b"CONNECT [2001:db8::1]:443 HTTP/1.1\r\nHost: [2001:db8::1]:443\r\n\r\n")
+        self.assertEqual(self.connector.last.host, "2001:db8::1")
+
+
+class ConnectErrorTests(ForwardTestCase):
+    def assertRefused(self, status: int, data: bytes = CONNECT, factory: Any = None, peer: Any = ("127.0.0.1", 4)) -> Any:
+        proto, client = self.open(factory, peer)
+        proto.dataReceived(data)
+        value = client.value()
+        self.assertTrue(value.startswith(b"HTTP/1.1 "), value)
+        self.assertEqual(_status(value), status, value)
+        self.assertIn(b"Connection: close", value)
+        self.assertNotIn(b"Traceback", value)
+        return proto, client
+
+    def test_portNotAllowed(self) -> None:
+        """
+        CONNECT to a port outside --connect-ports is 403, before any dial.
+        """
+        self.assertRefused(403, b"CONNECT example.test:22 HTTP/1.1\r\nHost: example.test:22\r\n\r\n")
+        self.assertEqual(self.connector.attempts, [])
+
+    def test_anyPortAllowed(self) -> None:
+        """
+        With --connect-ports '*', any port may be reached.
+        """
+        proto, client = self.open(self.factory(connect_ports="*"))
+        proto.dataReceived(b"CONNECT example.test:22 HTTP/1.1\r\nHost: example.test:22\r\n\r\n")
+        self.assertEqual(self.connector.last.port, 22)
+
+    def test_denyDestCheckedOnResolvedAddress(self) -> None:
+        """
+        --deny-dest is checked on the resolved addresses: a name that
+        resolves into a denied range is refused with 403 and never dialled.
+        """
+        self.connector.hosts["rebind.test"] = ["127.0.0.1"]
+        self.assertRefused(
+            403,
+            b"CONNECT rebind.test:443 HTTP/1.1\r\nHost: rebind.test:443\r\n\r\n",
+            self.factory(deny_dest="127.0.0.0/8"),
+        )
+        self.assertEqual(self.connector.attempts, [])
+
+    def test_denyDestSkipsDeniedAddresses(self) -> None:
+        """
+        Denied addresses are skipped; an allowed one of the same name is
+        dialled.
+        """
+        proto, client = self.open(self.factory(deny_dest="192.0.2.10/32"))
+        proto.dataReceived(CONNECT)
+        self.assertEqual(self.connector.last.host, "192.0.2.11")
+
+    def test_unresolvable(self) -> None:
+        """
+        A name that does not resolve is 502.
+        """
+        self.assertRefused(502, b"CONNECT nowhere.test:443 HTTP/1.1\r\nHost: nowhere.test:443\r\n\r\n")
+
+    def test_refused(self) -> None:
+        """
+        When every address refuses, the answer is 502; the next address is
+        tried first.
+        """
+        proto, client = self.open()
+        proto.dataReceived(CONNECT)
+        self.connector.last.fail()
+        self.assertEqual(self.connector.last.host, "192.0.2.11")
+        self.connector.last.fail()
+        self.assertEqual(_status(client.value()), 502)
+
+    def test_connectTimeout(self) -> None:
+        """
+        No answer within --connect-timeout is 504, and the attempt is
+        cancelled.
+        """
+        proto, client = self.open(self.factory(connect_timeout="5"))
+        proto.dataReceived(CONNECT)
+        self.clock.advance(4.9)
+        self.assertEqual(client.value(), b"")
+        self.clock.advance(0.2)
+        self.assertEqual(_status(client.value()), 504)
+        self.assertTrue(self.connector.last.cancelled)
+
+    def test_malformedConnect(self) -> None:
+        """
+        Malformed CONNECT lines and authorities are 400.
+        """
+        for bad in [
+            b"CONNECT example.test HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"CONNECT example.test:99999 HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"CONNECT :443 HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"CONNECT example.test:443\r\n\r\n",
+            b"CONNECT  example.test:443 HTTP/1.1\r\n\r\n",
+            b"garbage\r\n\r\n",
+        ]:
+            self.assertRefused(400, bad)
+
+    def test_headTooLarge(self) -> None:
+        """
+        A head over --max-head-size is 431, even before it is complete.
+        """
+        big = b"CONNECT example.test:443 HTTP/1.1\r\nX: " + b"a" * 70000
+        self.assertRefused(431, big)
+        proto, client = self.open(self.factory(max_head_size="1024"))
+        proto.dataReceived(b"CONNECT example.test:443 HTTP/1.1\r\nX: " + b"a" * 1100 + b"\r\n\r\n")
+        self.assertEqual(_status(client.value()), 431)
+
+    def test_headTimeout(self) -> None:
+        """
+        A head not complete within --header-timeout gets 408 and the
+        connection is then closed.
+        """
+        proto, client = self.open(self.factory(header_timeout="3"))
+        proto.dataReceived(b"CONNECT example.test:443 HTTP/1.1\r\n")
+        self.clock.advance(3)
+        self.assertEqual(_status(client.value()), 408)
+        self.assertTrue(client.writeClosed)
+        self.clock.advance(5)
+        self.assertTrue(client.closed)
+
+    def test_otherMethodsNotImplemented(self) -> None:
+        """
+        Until HTTP forwarding lands, other methods get 501.
+        """
+        self.assertRefused(501, b"GET http://example.test/ HTTP/1.1\r\nHost: example.test\r\n\r\n")
+
+    def test_errorClosesAfterLinger(self) -> None:
+        """
+        After an error response the proxy half-closes, discards what the
+        client still sends, and closes when the client does.
+        """
+        proto, client = self.assertRefused(403, b"CONNECT example.test:22 HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertTrue(client.writeClosed)
+        proto.dataReceived(b"more junk")
+        client.peerHalfClosed()
+        self.assertTrue(client.closed)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_clientACL(self) -> None:
+        """
+        --deny wins inside --allow; with any --allow, unlisted clients are
+        denied; denied clients get 403.
+        """
+        factory = self.factory(allow="10.0.0.0/8", deny="10.9.0.0/16")
+        self.assertRefused(403, factory=factory, peer=("10.9.1.1", 5))
+        self.assertRefused(403, factory=factory, peer=("192.168.1.1", 5))
+        proto, client = self.open(factory, ("10.1.1.1", 5))
+        proto.dataReceived(CONNECT)
+        self.assertEqual(len(self.connector.attempts), 1)
+
+    def test_errorIsLogged(self) -> None:
+        """
+        A refused request is logged with its status.
+        """
+        self.assertRefused(403, b"CONNECT example.test:22 HTTP/1.1\r\nHost: x\r\n\r\n")
+        (record,) = self.log.records
+        self.assertEqual(record.status, 403)
+
+
+class AuthTests(ForwardTestCase):
+    def setUp(self) -> None:
+        super().setUp()
+        fd, self.path = tempfile.mkstemp()
+        # "secret" as {SHA}, and "pw" as bcrypt (cost 4 keeps the test fast).
+        import bcrypt
+
+        hashed = bcrypt.hashpw(b"pw", bcrypt.gensalt(4)).decode().replace("$2b$", "$2y$")
+        os.write(fd, f"alice:{{SHA}}5en6G6MezRroT3XKqkdPOmY/BfQ=\nbob:{hashed}\n".encode())
+        os.close(fd)
+        self.addCleanup(os.remove, self.path)
+
+    def connectWith(self, creds: bytes = b"") -> Any:
+        proto, client = self.open(self.factory(auth=self.path))
+        header = b"Proxy-Authorization: Basic " + base64.b64encode(creds) + b"\r\n" if creds else b""
+        proto.dataReceived(b"CONNECT example.test:443 HTTP/1.1\r\nHost: x\r\n" + header + b"\r\n")
+        return proto, client
+
+    def test_missingCredentials(self) -> None:
+        """
+        Without credentials: 407 with a Basic challenge.
+        """
+        proto, client = self.connectWith()
+        self.assertEqual(_status(client.value()), 407)
+        self.assertIn(b'Proxy-Authenticate: Basic realm="txproxy"', client.value())
+
+    def test_wrongCredentials(self) -> None:
+        """
+        Wrong password or unknown user: 407.
+        """
+        for creds in [b"alice:wrong", b"eve:secret", b"alice", b"bob:nope"]:
+            proto, client = self.connectWith(creds)
+            self.assertEqual(_status(client.value()), 407, creds)
+
+    def test_goodCredentials(self) -> None:
+        """
+        SHA and bcrypt users are let through and logged by name.
+        """
+        for creds in [b"alice:secret", b"bob:pw"]:
+            proto, client = self.connectWith(creds)
+            self.assertEqual(client.value(), b"", creds)
+            self.assertEqual(proto.client.user, creds.split(b":")[0].decode())
+
+
+class HookTests(ForwardTestCase):
+    def test_allowTunnelFalseIs403(self) -> None:
+        """
+        A subclass returning False from allowTunnel refuses with 403.
+        """
+
+        class Deny(ForwardProxyProtocol):
+            def allowTunnel(self, request: TunnelRequest) -> bool:
+                return request.target.host != "example.test"
+
+        proto, client = self.open(self.factory(protocol=Deny))
+        proto.dataReceived(CONNECT)
+        self.assertEqual(_status(client.value()), 403)
+
+    def test_allowTunnelMayRefuseWithStatusAsynchronously(self) -> None:
+        """
+        A hook may return a Deferred, and may fail with Refuse for another
+        status.
+        """
+        pending: List[defer.Deferred] = []
+
+        class Later(ForwardProxyProtocol):
+            def allowTunnel(self, request: TunnelRequest) -> Any:
+                d: defer.Deferred = defer.Deferred()
+                pending.append(d)
+                return d
+
+        proto, client = self.open(self.factory(protocol=Later))
+        proto.dataReceived(CONNECT)
+        self.assertEqual(client.value(), b"")
+        pending[0].errback(Refuse(451, "unavailable for legal reasons"))
+        self.assertEqual(_status(client.value()), 451)
+
+    def test_chooseTargetRewritesDestination(self) -> None:
+        """
+        chooseTarget can send the tunnel elsewhere; --deny-dest still
+        applies to the new destination.
+        """
+
+        class Rewrite(ForwardProxyProtocol):
+            def chooseTarget(self, request: TunnelRequest) -> Target:
+                return Target("198.51.100.7", 8443)
+
+        proto, client = self.open(self.factory(protocol=Rewrite))
+        proto.dataReceived(CONNECT)
+        self.assertEqual((self.connector.last.host, self.connector.last.port), ("198.51.100.7", 8443))
+        proto, client = self.open(self.factory(protocol=Rewrite, deny_dest="198.51.100.0/24"))
+        proto.dataReceived(CONNECT)
+        self.assertEqual(_status(client.value()), 403)
+
+    def test_dataHooksObserveAndRewrite(self) -> None:
+        """
+        clientData and upstreamData see every relayed chunk and may rewrite
+        it; tunnelOpened and tunnelClosed run once each.
+        """
+        events: List[Any] = []
+
+        class Observe(ForwardProxyProtocol):
+            def tunnelOpened(self, request: TunnelRequest, upstreamAddress: str) -> None:
+                events.append(("open", upstreamAddress))
+
+            def clientData(self, data: bytes) -> bytes:
+                return data.replace(b"secret", b"******")
+
+            def upstreamData(self, data: bytes) -> bytes:
+                events.append(("down", data))
+                return data
+
+            def tunnelClosed(self, record: AccessRecord) -> None:
+                events.append(("closed", record.bytesUp))
+
+        proto, client = self.open(self.factory(protocol=Observe))
+        proto.dataReceived(CONNECT)
+        upstream = self.connector.last.succeed()
+        proto.dataReceived(b"my secret")
+        self.connector.last.protocol.dataReceived(b"ok")
+        client.peerClosed()
+        self.assertEqual(upstream.value(), b"my ******")
+        self.assertEqual(events, [("open", "192.0.2.10:443"), ("down", b"ok"), ("closed", 9)])
+
+    def test_upstreamFailedHook(self) -> None:
+        """
+        upstreamFailed is told why the upstream could not be reached.
+        """
+        failures: List[Any] = []
+
+        class Watch(ForwardProxyProtocol):
+            def upstreamFailed(self, request: TunnelRequest, reason: Any) -> None:
+                failures.append(reason.type)
+
+        proto, client = self.open(self.factory(protocol=Watch))
+        proto.dataReceived(CONNECT)
+        self.connector.last.fail(error.ConnectionRefusedError())
+        self.connector.last.fail(error.ConnectionRefusedError())
+        self.assertEqual(failures, [error.ConnectionRefusedError])
+
+
+class DrainTests(ForwardTestCase):
+    def test_idleConnectionClosesOnDrain(self) -> None:
+        """
+        A connection with no request in progress closes at once on drain; a
+        tunnel does not.
+        """
+        factory = self.factory()
+        idle, idleT = self.open(factory)
+        busy, busyT = self.open(factory)
+        busy.dataReceived(CONNECT)
+        self.connector.last.succeed()
+        for p in list(factory.protocols):
+            p.drain()
+        self.assertTrue(idleT.closed)
+        self.assertFalse(busyT.closed)
+        self.assertEqual(factory.protocols, {busy})

@@ -1,0 +1,89 @@
+# -*- test-case-name: tests.test_connector -*-
+"""
+The default L{IUpstreamConnector}: resolves names with the reactor's name
+resolver and connects with plain TCP client endpoints.
+"""
+
+from __future__ import annotations
+
+from typing import Any, List, Optional
+
+from twisted.internet import defer
+from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, clientFromString
+from twisted.internet.interfaces import IResolutionReceiver
+from zope.interface import implementer
+
+from txproxy.errors import ResolveError
+from txproxy.interfaces import IUpstreamConnector
+
+__all__ = ["Connector", "isIPLiteral"]
+
+
+def isIPLiteral(host: str) -> bool:
+    """
+    Whether C{host} is an IPv4 or IPv6 address literal.
+    """
+    return isIPAddress(host) or isIPv6Address(host)
+
+
+@implementer(IResolutionReceiver)
+class _Collector:
+    def __init__(self) -> None:
+        self.addresses: List[str] = []
+        self.done: defer.Deferred[List[str]] = defer.Deferred()
+
+    def resolutionBegan(self, resolution: Any) -> None:
+        pass
+
+    def addressResolved(self, address: Any) -> None:
+        if isinstance(address, (IPv4Address, IPv6Address)) and address.host not in self.addresses:
+            self.addresses.append(address.host)
+
+    def resolutionComplete(self) -> None:
+        self.done.callback(self.addresses)
+
+
+@implementer(IUpstreamConnector)
+class Connector:
+    """
+    Connects to upstreams over TCP.
+
+    @ivar connectTimeout: seconds a TCP connect may take.
+    @ivar bindAddress: optional local address to connect from.
+    """
+
+    def __init__(self, reactor: Any = None, connectTimeout: float = 10.0, bindAddress: Optional[str] = None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as _reactor
+
+            reactor = _reactor
+        self.reactor = reactor
+        self.connectTimeout = connectTimeout
+        self.bindAddress = bindAddress
+
+    def resolve(self, host: str, port: int) -> "defer.Deferred[List[str]]":
+        """
+        Resolve C{host}; IPv4 addresses are tried first, then IPv6.
+        """
+        if isIPLiteral(host):
+            return defer.succeed([host])
+        collector = _Collector()
+        self.reactor.nameResolver.resolveHostName(collector, host, port)
+
+        def check(addresses: List[str]) -> List[str]:
+            if not addresses:
+                raise ResolveError(f"cannot resolve {host}")
+            return sorted(addresses, key=lambda a: ":" in a)
+
+        return collector.done.addCallback(check)
+
+    def endpointFor(self, host: str, port: int) -> Any:
+        bind = (self.bindAddress, 0) if self.bindAddress else None
+        if isIPv6Address(host):
+            return TCP6ClientEndpoint(self.reactor, host, port, timeout=self.connectTimeout, bindAddress=bind)
+        return TCP4ClientEndpoint(self.reactor, host, port, timeout=self.connectTimeout, bindAddress=bind)
+
+    def endpointForDescription(self, description: str) -> Any:
+        return clientFromString(self.reactor, description)

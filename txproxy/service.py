@@ -1,0 +1,266 @@
+# -*- test-case-name: tests.test_service -*-
+"""
+Service assembly: one L{MultiService} holding the shared services and one
+listener service per C{--listen} endpoint.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Callable, Dict, List, Optional
+
+from twisted.application.service import MultiService, Service
+from twisted.internet import defer
+from twisted.internet.endpoints import _WrapperServerEndpoint, serverFromString
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.logger import Logger
+from twisted.protocols.haproxy._wrapper import HAProxyProtocolWrapper, HAProxyWrappingFactory
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from txproxy.accesslog import openAccessLog
+from txproxy.config import ListenerConfig, ProxyConfig
+from txproxy.connector import Connector
+from txproxy.errors import ConfigError
+
+__all__ = ["ProxyService", "ListenerService", "makeService", "serverEndpoint", "StartupError"]
+
+log = Logger()
+
+
+class StartupError(Exception):
+    """
+    The proxy cannot start (a port is in use, a certificate is unreadable).
+    Its text is the one line printed on standard error.
+    """
+
+
+@implementer(IHalfCloseableProtocol)
+class _HalfCloseableHAProxyWrapper(HAProxyProtocolWrapper):
+    """
+    Twisted's PROXY-protocol wrapper, passing half-close through to the
+    wrapped protocol (Twisted's own turns a client's FIN into a full close).
+    """
+
+    def readConnectionLost(self) -> None:
+        p = IHalfCloseableProtocol(self.wrappedProtocol, None)
+        if p is not None:
+            p.readConnectionLost()
+        else:
+            self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        p = IHalfCloseableProtocol(self.wrappedProtocol, None)
+        if p is not None:
+            p.writeConnectionLost()
+
+
+class _HalfCloseableHAProxyFactory(HAProxyWrappingFactory):
+    protocol = _HalfCloseableHAProxyWrapper
+
+
+def serverEndpoint(reactor: Any, description: str) -> Any:
+    """
+    Build a server endpoint from a Twisted endpoint string.  C{haproxy:}
+    prefixes get a PROXY-protocol wrapper that keeps half-close working.
+
+    @raise ConfigError: the description is not a valid endpoint.
+    """
+    try:
+        if description.startswith("haproxy:"):
+            inner = serverFromString(reactor, description[len("haproxy:") :])
+            return _WrapperServerEndpoint(inner, _HalfCloseableHAProxyFactory)
+        return serverFromString(reactor, description)
+    except Exception as e:  # serverFromString raises many kinds for bad input
+        detail = str(e) or type(e).__name__
+        if isinstance(e, (IOError, OSError)) and getattr(e, "strerror", None):
+            detail = f"{e.strerror}: {getattr(e, 'filename', '')}".rstrip(": ")
+        raise ConfigError(f"bad --listen endpoint {description!r}: {detail}")
+
+
+class ListenerService(Service):
+    """
+    Listens on one endpoint with one factory, from start to stop.
+
+    Listening happens in C{privilegedStartService} (so a privileged port can
+    be bound before privileges are shed) and synchronously: a failure raises
+    L{StartupError} instead of being logged and forgotten.
+    """
+
+    port: Any = None
+
+    def __init__(self, description: str, endpoint: Any, factory: Any) -> None:
+        self.description = description
+        self.endpoint = endpoint
+        self.factory = factory
+
+    def privilegedStartService(self) -> None:
+        Service.privilegedStartService(self)
+        self._listen()
+
+    def startService(self) -> None:
+        Service.startService(self)
+        if self.port is None:
+            self._listen()
+
+    def _listen(self) -> None:
+        results: List[Any] = []
+        self.endpoint.listen(self.factory).addBoth(results.append)
+        if not results:
+            raise StartupError(f"cannot listen on {self.description}: listening did not complete")
+        result = results[0]
+        if isinstance(result, Failure):
+            e = result.value
+            detail = getattr(e, "socketError", None) or e
+            detail = getattr(detail, "strerror", None) or str(detail) or type(e).__name__
+            raise StartupError(f"cannot listen on {self.description}: {detail}")
+        self.port = result
+        log.info("txproxy {mode} listening on {address}", mode=getattr(self.factory, "mode", ""), address=self.description)
+
+    def stopListening(self) -> "defer.Deferred[None]":
+        """
+        Close the listening socket now (new connections are refused).
+        """
+        port, self.port = self.port, None
+        if port is None:
+            return defer.succeed(None)
+        return defer.maybeDeferred(port.stopListening)
+
+    def stopService(self) -> "defer.Deferred[None]":
+        Service.stopService(self)
+        return self.stopListening()
+
+
+def _factoryFor(listener: ListenerConfig, services: "ProxyService", reactor: Any) -> Any:
+    connector = Connector(reactor, listener.connectTimeout)
+    limits = services.limitsFor(listener)
+    if listener.mode == "forward":
+        from txproxy.forward import ForwardProxyFactory
+
+        factory = ForwardProxyFactory(listener, connector, reactor, limits, services.accessLog, services.metrics)
+        factory.mode = "forward"
+        return factory
+    raise ConfigError(f"mode {listener.mode} is not supported yet")
+
+
+class ProxyService(MultiService):
+    """
+    The whole proxy: shared services plus the listener services.
+
+    Stopping it drains: listening sockets close at once, idle connections
+    close, open requests and tunnels get up to C{drainTimeout} seconds, and
+    whatever is left is then closed.
+
+    @ivar draining: whether a stop has begun.
+    """
+
+    draining = False
+
+    def __init__(self, config: ProxyConfig, reactor: Any = None) -> None:
+        super().__init__()
+        if reactor is None:
+            from twisted.internet import reactor as _reactor
+
+            reactor = _reactor
+        self.config = config
+        self.reactor = reactor
+        self.accessLog = openAccessLog(config.accessLog, config.accessLogFormat)
+        self.metrics: Any = None
+        self.limiter: Any = None
+        self.listenerServices: List[ListenerService] = []
+        self.factories: Dict[str, Any] = {}
+        for index, listener in enumerate(config.listeners):
+            name = listener.name or f"listener{index}"
+            factory = _factoryFor(listener, self, reactor)
+            self.factories[name] = factory
+            for description in listener.listen:
+                endpoint = serverEndpoint(reactor, description)
+                svc = ListenerService(description, endpoint, factory)
+                svc.setServiceParent(self)
+                self.listenerServices.append(svc)
+
+    def limitsFor(self, listener: ListenerConfig) -> Any:
+        """
+        The L{txproxy.limiter.ListenerLimits} for C{listener}, or L{None}
+        when it sets no limit.
+        """
+        return None
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except StartupError as e:
+            self._startupFailed(e)
+
+    def startService(self) -> None:
+        try:
+            super().startService()
+        except StartupError as e:
+            self._startupFailed(e)
+        reactorName = type(self.reactor).__module__ + "." + type(self.reactor).__name__
+        log.info("txproxy running on {reactor}", reactor=reactorName)
+
+    def _startupFailed(self, e: Exception) -> None:
+        for svc in self.listenerServices:
+            if svc.port is not None:
+                svc.stopListening()
+        stderr = sys.__stderr__ or sys.stderr
+        stderr.write(f"txproxy: error: {e}\n")
+        stderr.flush()
+        raise SystemExit(1)
+
+    def stopService(self) -> "defer.Deferred[None]":
+        self.draining = True
+        Service.stopService(self)
+        stops = [svc.stopListening() for svc in self.listenerServices]
+        d = defer.gatherResults(stops, consumeErrors=True)
+        d.addBoth(lambda _: self._drain())
+        d.addBoth(lambda _: self._stopChildren())
+        return d
+
+    def _openProtocols(self) -> List[Any]:
+        protos: List[Any] = []
+        for factory in self.factories.values():
+            protos.extend(getattr(factory, "protocols", ()))
+        return protos
+
+    def _drain(self) -> "defer.Deferred[None]":
+        for proto in self._openProtocols():
+            drain = getattr(proto, "drain", None)
+            if drain is not None:
+                drain()
+        done: defer.Deferred[None] = defer.Deferred()
+        deadline = self.reactor.seconds() + self.config.drainTimeout
+
+        def check() -> None:
+            remaining = self._openProtocols()
+            if not remaining:
+                done.callback(None)
+                return
+            if self.reactor.seconds() >= deadline:
+                log.info("drain timeout: closing {n} connections", n=len(remaining))
+                for proto in remaining:
+                    if getattr(proto, "relay", None) is not None:
+                        proto.relay.abort("drain")
+                    elif proto.transport is not None:
+                        proto.transport.abortConnection()
+                done.callback(None)
+                return
+            self.reactor.callLater(0.05, check)
+
+        check()
+        return done
+
+    def _stopChildren(self) -> "defer.Deferred[Any]":
+        others = [s for s in self if not isinstance(s, ListenerService)]
+        results = [defer.maybeDeferred(s.stopService) for s in reversed(others) if s.running]
+        if self.accessLog is not None:
+            self.accessLog.close()
+        return defer.gatherResults(results, consumeErrors=True)
+
+
+def makeService(config: ProxyConfig, reactor: Any = None) -> ProxyService:
+    """
+    Build the proxy service for C{config}.
+    """
+    return ProxyService(config, reactor)

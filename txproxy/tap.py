@@ -1,0 +1,227 @@
+# -*- test-case-name: tests.test_tap -*-
+"""
+The C{twistd txproxy} command line: options and C{makeService}.
+
+The option names are a fixed contract (see the CLI reference in the docs).
+Any mistake prints exactly one line on standard error and exits with status
+2 (no usage text, no traceback).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, List, Optional, Sequence, Tuple
+
+from twisted.python import usage
+
+from txproxy import config as _config
+from txproxy.errors import ConfigError
+
+__all__ = ["Options", "makeService", "parseCommandLine"]
+
+_LISTENER_HELP = {
+    "mode": "forward (default) | tcp | transparent | reverse | sni.",
+    "name": "A name for this listener group in logs and metrics.",
+    "upstream": "tcp mode: upstream client endpoint (tcp:HOST:PORT); repeatable, several make a pool.",
+    "balance": "tcp mode pool policy: roundrobin (default) | leastconn | hash.",
+    "route": "reverse/sni modes: HOST[/PATHPREFIX]=URL[,URL...]; repeatable.",
+    "certs": "TLS listeners: folder of *.pem files (key + chain) chosen by SNI; re-read on SIGHUP.",
+    "client-ca": "TLS listeners: CA bundle to verify client certificates against.",
+    "proxy-protocol-send": "v1 | v2: send a PROXY protocol header to each upstream connection.",
+    "trusted-proxies": "CIDR whose X-Forwarded-For/Forwarded headers are kept; repeatable.",
+    "connect-ports": "Ports a CONNECT may reach: 443,8443,9000-9100 or * (default 443).",
+    "auth": "htpasswd file (bcrypt or {SHA}); require Proxy-Authorization: Basic.",
+    "allow": "Client CIDR allowed (repeatable; with any --allow, others are denied).",
+    "deny": "Client CIDR denied (repeatable; wins over --allow).",
+    "deny-dest": "Destination CIDR the proxy refuses to reach, checked on resolved addresses; repeatable.",
+    "rate": "Per-client token bucket rate: N/s, N/m or N/h (fractions allowed).",
+    "burst": "Token bucket size (default: one second of --rate, at least 1).",
+    "max-conns": "Total concurrent client connections.",
+    "max-conns-per-client": "Concurrent connections per client IP.",
+    "connect-timeout": "Seconds to reach an upstream (default 10).",
+    "response-timeout": "Seconds for an upstream to send its response head (default 60).",
+    "idle-timeout": "Seconds of inactivity before a connection or tunnel is closed (default 300).",
+    "header-timeout": "Seconds to receive a complete request head (default 10).",
+    "max-head-size": "Largest request head accepted, in bytes (default 65536).",
+    "backlog": "Listen backlog (default 511).",
+}
+_PROCESS_HELP = {
+    "admin": "Admin HTTP endpoint serving /metrics and /healthz (e.g. tcp:9901:interface=127.0.0.1).",
+    "workers": "Number of processes sharing each listening port (default 1).",
+    "redis": "redis://host:port/db: share limits through Redis.",
+    "drain-timeout": "Seconds open requests and tunnels may take to finish on SIGTERM (default 30).",
+    "access-log": "Access log path, or - for standard output.",
+    "access-log-format": "combined (default) | json.",
+}
+
+
+class Options(usage.Options):
+    """
+    Options for C{twistd txproxy}.  After parsing, C{self.config} holds the
+    validated L{txproxy.config.ProxyConfig}.
+    """
+
+    synopsis = "[options]"
+    longdesc = (
+        "txproxy: an HTTP forward proxy (absolute-URI requests and CONNECT), TCP relay, "
+        "transparent proxy, TLS-terminating reverse proxy and SNI router."
+    )
+    optParameters: List[List[Any]] = [
+        ["config", None, None, "A TOML file describing listeners (instead of the listener flags)."],
+    ]
+    _repeatable = {o for o, _, _, r in _config._LISTENER_OPTIONS + _config._PROCESS_OPTIONS if r}
+    for _name in _config.LISTENER_OPTION_NAMES + _config.PROCESS_OPTION_NAMES:
+        if _name not in _repeatable:
+            optParameters.append([_name, None, None, (_LISTENER_HELP.get(_name) or _PROCESS_HELP[_name])])
+    del _name
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.listen: List[str] = []
+        self.ordered: List[Tuple[str, Any]] = []
+        self.config: Optional[_config.ProxyConfig] = None
+
+    def opt_listen(self, value: str) -> None:
+        """
+        Server endpoint to listen on (tcp:3128, ssl:8443:privateKey=k.pem:certKey=c.pem,
+        unix:/path, haproxy:tcp:3128); repeatable; default tcp:3128.
+        """
+        self.listen.append(value)
+
+    def _repeat(name: str, doc: str) -> Any:  # type: ignore[misc]
+        def opt(self: "Options", value: str) -> None:
+            self.ordered.append((name, value))
+
+        opt.__doc__ = doc
+        return opt
+
+    opt_upstream = _repeat("upstream", _LISTENER_HELP["upstream"])
+    opt_route = _repeat("route", _LISTENER_HELP["route"])
+    opt_allow = _repeat("allow", _LISTENER_HELP["allow"])
+    opt_deny = _repeat("deny", _LISTENER_HELP["deny"])
+    opt_deny_dest = _repeat("deny-dest", _LISTENER_HELP["deny-dest"])
+    opt_trusted_proxies = _repeat("trusted-proxies", _LISTENER_HELP["trusted-proxies"])
+    opt_admin = _repeat("admin", _PROCESS_HELP["admin"])
+    del _repeat
+
+    def postOptions(self) -> None:
+        options = list(self.ordered)
+        for name in _config.LISTENER_OPTION_NAMES + _config.PROCESS_OPTION_NAMES:
+            if name in self._repeatable:
+                continue
+            value = self.get(name)
+            if value is not None:
+                options.append((name, value))
+        try:
+            self.config = buildConfig(self.listen, options, self.get("config"))
+        except ConfigError as e:
+            raise usage.UsageError(str(e))
+
+    def parseOptions(self, options: Optional[Sequence[str]] = None) -> None:
+        """
+        Parse, and on any mistake print one line to standard error and exit
+        with status 2.
+        """
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            _fail(str(e))
+
+
+def _fail(message: str) -> None:
+    stderr = sys.__stderr__ or sys.stderr
+    stderr.write(f"txproxy: error: {message}\n")
+    stderr.flush()
+    raise SystemExit(2)
+
+
+def _checkSupported(config: _config.ProxyConfig) -> None:
+    """
+    Reject, by name, settings whose implementation has not landed yet.
+    """
+    supported = {"forward"}
+    for listener in config.listeners:
+        if listener.mode not in supported:
+            raise ConfigError(f"mode {listener.mode} is not supported yet")
+        for option, value in (
+            ("rate", listener.rate),
+            ("max-conns", listener.maxConns),
+            ("max-conns-per-client", listener.maxConnsPerClient),
+            ("client-ca", listener.clientCA),
+            ("certs", listener.certs),
+        ):
+            if value is not None:
+                raise ConfigError(f"--{option} is not supported yet")
+    for option, value in (("admin", config.admin), ("redis", config.redis)):
+        if value:
+            raise ConfigError(f"--{option} is not supported yet")
+    if config.workers != 1:
+        raise ConfigError("--workers is not supported yet")
+
+
+def buildConfig(listen: Sequence[str], options: Sequence[Tuple[str, Any]], configFile: Optional[str]) -> _config.ProxyConfig:
+    """
+    Build and check the whole configuration, including that every endpoint
+    string parses and every referenced file loads.
+
+    @raise ConfigError: with a one-line message.
+    """
+    config = _config.fromFlags(listen, options, configFile)
+    _checkSupported(config)
+    checkResources(config)
+    return config
+
+
+def checkResources(config: _config.ProxyConfig, reactor: Any = None) -> None:
+    """
+    Check what the config refers to outside itself: endpoint strings parse
+    (and their certificate files load), auth files read, the access log
+    opens.
+    """
+    from txproxy.service import serverEndpoint
+
+    if reactor is None:
+        from twisted.internet import reactor as _reactor
+
+        reactor = _reactor
+    for listener in config.listeners:
+        for description in listener.listen:
+            serverEndpoint(reactor, description)
+        if listener.auth:
+            from txproxy.auth import Htpasswd
+
+            Htpasswd(listener.auth)
+    if config.accessLog and config.accessLog != "-":
+        try:
+            open(config.accessLog, "a").close()
+        except OSError as e:
+            raise ConfigError(f"cannot open access log {config.accessLog}: {e.strerror}")
+
+
+def parseCommandLine(argv: Sequence[str]) -> _config.ProxyConfig:
+    """
+    Parse C{argv} (without the program name) into a L{ProxyConfig}.
+
+    @raise ConfigError: on any mistake (unlike L{Options.parseOptions},
+        which exits).
+    """
+    options = Options()
+    try:
+        usage.Options.parseOptions(options, list(argv))
+    except usage.UsageError as e:
+        raise ConfigError(str(e))
+    assert options.config is not None
+    return options.config
+
+
+def makeService(options: Options) -> Any:
+    """
+    Build the service tree for parsed C{options}.
+    """
+    from txproxy.service import makeService as _make
+
+    assert options.config is not None
+    try:
+        return _make(options.config)
+    except ConfigError as e:
+        _fail(str(e))
