@@ -13,9 +13,9 @@ from typing import Any, List, Optional
 from twisted.internet.address import HostnameAddress, IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import StringTransport
-from twisted.protocols.haproxy._wrapper import HAProxyWrappingFactory
 from twisted.protocols.haproxy._v1parser import V1Parser
 from twisted.protocols.haproxy._v2parser import V2Parser
+from twisted.protocols.haproxy._wrapper import HAProxyWrappingFactory
 from twisted.trial.unittest import SynchronousTestCase
 
 from txproxy.proxyprotocol import V2_SIGNATURE, formatV1, formatV2, headerFor
