@@ -1,0 +1,718 @@
+# -*- test-case-name: tests.test_limiter -*-
+"""
+Rate limits and connection caps: the in-memory backend, the service that
+chooses between it and the Redis backend, and the small adapter protocols
+call.
+
+Three layers:
+
+  - L{MemoryLimiter}: an L{ILimiter} over process memory.  Token buckets are
+    kept in GCRA form (one float per key, the "theoretical arrival time"):
+    refill is computed lazily from the clock, a bucket that has refilled is
+    indistinguishable from a missing one and is dropped by an amortised sweep.
+  - L{LimiterService}: the L{ILimiter} the rest of txproxy is handed.  It
+    wraps the in-memory backend and, when C{--redis} is given, a
+    L{txproxy.redislimiter.RedisLimiter}; it implements the outage policy
+    (never wait more than C{redisTimeout} on Redis, fall back to memory, go
+    back when Redis answers again) and keeps the counters the metrics use.
+  - L{ListenerLimits}: what a listener's factory and protocols call:
+    L{ListenerLimits.admitConnection} and L{ListenerLimits.admitRequest}.
+
+Token bucket semantics, shared by both backends (see L{ILimiter.take}): a
+bucket holds at most C{burst} tokens and refills at C{rate} tokens per
+second; a take of C{cost} tokens succeeds when at least C{cost} tokens are
+there, and otherwise fails with C{retryAfter} set to the seconds until they
+will be (assuming nobody else takes any).  A denied take consumes nothing.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple
+
+import attr
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import Attribute, Interface, implementer
+
+from txproxy.interfaces import ILimiter
+
+if TYPE_CHECKING:  # pragma: no cover
+    from txproxy.config import ListenerConfig, ProxyConfig
+
+__all__ = [
+    "ALLOWED",
+    "Decision",
+    "HTTP_STATUS",
+    "ILease",
+    "LimiterService",
+    "ListenerLimits",
+    "MemoryLimiter",
+    "REASON_MAX_CONNS",
+    "REASON_MAX_CONNS_PER_CLIENT",
+    "REASON_RATE",
+    "bucketKey",
+    "checkBucket",
+]
+
+REASON_RATE = "rate"
+REASON_MAX_CONNS = "max-conns"
+REASON_MAX_CONNS_PER_CLIENT = "max-conns-per-client"
+
+#: The HTTP status a denial maps to (CLI.md): the rate limit and the
+#: per-client cap are the client's fault (429), the total cap is ours (503).
+HTTP_STATUS: Dict[str, int] = {
+    REASON_RATE: 429,
+    REASON_MAX_CONNS_PER_CLIENT: 429,
+    REASON_MAX_CONNS: 503,
+}
+
+#: Tolerance, in tokens, for floating-point error in bucket arithmetic.  The
+#: Redis scripts use the same value so that both backends decide alike.
+EPSILON = 1e-9
+
+
+class ILease(Interface):
+    """
+    An admitted connection's hold on a slot of the connection caps.
+
+    (Defined here rather than in L{txproxy.interfaces} only because this
+    module introduced it; it may move there without changing its name.)
+    """
+
+    def release() -> "Deferred[None]":  # type: ignore[empty-body]
+        """
+        Give the slot back.  Idempotent: only the first call counts.  Call it
+        when the connection closes, however it closes.
+
+        @return: a Deferred that fires with L{None} once the release has been
+            recorded by the backend (at once for the memory backend).  It
+            never fails: a release that cannot reach Redis is counted and
+            the lease then expires by itself.
+        """
+
+
+@attr.s(frozen=True, slots=True, auto_attribs=True)
+class Decision:
+    """
+    The answer to one admission question.
+
+    @ivar allowed: whether the connection or request may proceed.
+    @ivar reason: L{None} when allowed; otherwise C{"rate"} (token bucket
+        empty), C{"max-conns"} (the scope's total cap) or
+        C{"max-conns-per-client"} (the client's cap).  L{HTTP_STATUS} maps
+        each to the status an HTTP mode answers.
+    @ivar retryAfter: seconds until enough tokens will be available, for a
+        C{"rate"} denial; C{0} otherwise (including cap denials: nobody
+        knows when a connection will close).
+    @ivar lease: an L{ILease} when C{acquire} admitted a connection, else
+        L{None}.  Whoever receives it must call C{release()} when the
+        connection closes.
+    """
+
+    allowed: bool
+    reason: Optional[str] = None
+    retryAfter: float = 0.0
+    lease: Optional[Any] = None
+
+    @property
+    def retryAfterSeconds(self) -> int:
+        """
+        C{retryAfter} rounded up to whole seconds for a C{Retry-After}
+        header: at least 1 for any denial, 0 when allowed.
+        """
+        if self.allowed:
+            return 0
+        whole = int(self.retryAfter)
+        if whole < self.retryAfter:
+            whole += 1
+        return max(1, whole)
+
+
+#: The one allowed decision without a lease; shared, never copied.
+ALLOWED = Decision(True)
+_DENIED_MAX_CONNS = Decision(False, REASON_MAX_CONNS)
+_DENIED_MAX_CONNS_PER_CLIENT = Decision(False, REASON_MAX_CONNS_PER_CLIENT)
+
+
+def checkBucket(rate: float, burst: float, cost: float) -> None:
+    """
+    Reject token bucket parameters that no bucket could honour.
+
+    @raise ValueError: unless C{0 < cost <= burst} and C{rate > 0}.
+    """
+    if not rate > 0:
+        raise ValueError(f"rate must be positive, not {rate!r}")
+    if not 0 < cost <= burst:
+        raise ValueError(f"cost must be positive and at most burst ({burst!r}), not {cost!r}")
+
+
+def escapeScope(scope: str) -> str:
+    """
+    Escape C{scope} so that it contains no C{|}: keys built as
+    C{scope|client} are then unambiguous whatever the client string holds.
+    """
+    if "%" in scope or "|" in scope:
+        return scope.replace("%", "%25").replace("|", "%7C")
+    return scope
+
+
+def bucketKey(scope: str, client: str) -> str:
+    """
+    The token bucket key of C{client} in C{scope}: C{<escaped scope>|<client>}.
+    """
+    return escapeScope(scope) + "|" + client
+
+
+# ---------------------------------------------------------------------------
+# The in-memory backend
+
+
+@implementer(ILease)
+class _MemoryLease:
+    """
+    A slot in a L{MemoryLimiter}'s connection counts.
+    """
+
+    __slots__ = ("_limiter", "_scope", "_client", "_released")
+
+    def __init__(self, limiter: MemoryLimiter, scope: str, client: str) -> None:
+        self._limiter = limiter
+        self._scope = scope
+        self._client = client
+        self._released = False
+
+    def release(self) -> "Deferred[None]":
+        if not self._released:
+            self._released = True
+            self._limiter._release(self._scope, self._client)
+        return succeed(None)
+
+
+class _ScopeCount:
+    """
+    Open leases in one scope: the total and per client (clients with none
+    are absent).
+    """
+
+    __slots__ = ("total", "clients")
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.clients: Dict[str, int] = {}
+
+
+@implementer(ILimiter)
+class MemoryLimiter:
+    """
+    Token buckets and connection caps in process memory.
+
+    Buckets are stored in GCRA form: for each key, the time C{tat} at which
+    the bucket will be full again (a bucket with C{tat <= now} is full).  So a
+    bucket is one float, refill needs no timer, and a full bucket carries no
+    information: it is dropped.  Keys live in an L{OrderedDict} in
+    least-recently-used order; every L{take} moves its key to the end and
+    removes at most two full buckets from the front.  Hence the memory
+    bound, with C{W} the longest time any bucket takes to refill
+    (C{burst / rate} over the configured limits): the limiter never holds
+    more than I{(keys taken from during the last C{W} seconds) + 1} buckets,
+    however many distinct clients came before (see
+    C{MemoryLimiterTests.test_millionClientsBoundedMemory}).  Each decision
+    costs O(1); nothing is ever scanned.
+
+    Connection counts hold one small entry per scope and per client with an
+    open lease, so they are bounded by the open connections.
+
+    @ivar clock: where time comes from.
+    """
+
+    _sweepPerTake = 2
+
+    def __init__(self, clock: Optional[IReactorTime] = None) -> None:
+        """
+        @param clock: the time source; the global reactor when L{None}.
+        """
+        if clock is None:
+            from twisted.internet import reactor as clock  # type: ignore[no-redef]
+        self.clock: IReactorTime = clock  # type: ignore[assignment]
+        self._buckets: "OrderedDict[str, float]" = OrderedDict()
+        self._scopes: Dict[str, _ScopeCount] = {}
+
+    @property
+    def bucketCount(self) -> int:
+        """
+        How many buckets are held (full buckets are not held, once swept).
+        """
+        return len(self._buckets)
+
+    @property
+    def leaseCount(self) -> int:
+        """
+        How many leases are open, in all scopes.
+        """
+        return sum(s.total for s in self._scopes.values())
+
+    def take(self, key: str, rate: float, burst: float, cost: float = 1.0) -> "Deferred[Decision]":
+        """
+        See L{ILimiter.take}.  The Deferred has already fired.
+        """
+        return succeed(self.takeNow(key, rate, burst, cost))
+
+    def takeNow(self, key: str, rate: float, burst: float, cost: float = 1.0) -> Decision:
+        """
+        L{take}, answered synchronously.
+
+        @raise ValueError: on parameters no bucket could honour (see
+            L{checkBucket}).
+        """
+        if not (rate > 0 and 0 < cost <= burst):
+            checkBucket(rate, burst, cost)
+        now = self.clock.seconds()
+        buckets = self._buckets
+        tat = buckets.get(key)
+        base = tat if tat is not None and tat > now else now
+        available = burst - (base - now) * rate
+        if available + EPSILON < cost:
+            decision = Decision(False, REASON_RATE, (cost - available) / rate)
+        else:
+            buckets[key] = base + cost / rate
+            if tat is not None:
+                buckets.move_to_end(key)
+            decision = ALLOWED
+        # Amortised expiry: the least recently used buckets sit in front.
+        for _ in range(self._sweepPerTake):
+            if not buckets:
+                break
+            front = next(iter(buckets))
+            if buckets[front] > now:
+                break
+            del buckets[front]
+        return decision
+
+    def acquire(
+        self, scope: str, client: str, maxTotal: Optional[int], maxPerClient: Optional[int]
+    ) -> "Deferred[Decision]":
+        """
+        See L{ILimiter.acquire}.  The Deferred has already fired.
+        """
+        return succeed(self.acquireNow(scope, client, maxTotal, maxPerClient))
+
+    def acquireNow(
+        self, scope: str, client: str, maxTotal: Optional[int], maxPerClient: Optional[int]
+    ) -> Decision:
+        """
+        L{acquire}, answered synchronously.  The per-client cap is checked
+        before the total cap, as in the Redis backend.
+        """
+        counts = self._scopes.get(scope)
+        if counts is None:
+            total = perClient = 0
+        else:
+            total = counts.total
+            perClient = counts.clients.get(client, 0)
+        if maxPerClient is not None and perClient >= maxPerClient:
+            return _DENIED_MAX_CONNS_PER_CLIENT
+        if maxTotal is not None and total >= maxTotal:
+            return _DENIED_MAX_CONNS
+        if counts is None:
+            counts = self._scopes[scope] = _ScopeCount()
+        counts.total += 1
+        counts.clients[client] = perClient + 1
+        return Decision(True, None, 0.0, _MemoryLease(self, scope, client))
+
+    def _release(self, scope: str, client: str) -> None:
+        counts = self._scopes.get(scope)
+        if counts is None:  # pragma: no cover (a lease is released once)
+            return
+        counts.total -= 1
+        left = counts.clients.get(client, 1) - 1
+        if left > 0:
+            counts.clients[client] = left
+        else:
+            counts.clients.pop(client, None)
+        if counts.total <= 0:
+            del self._scopes[scope]
+
+
+# ---------------------------------------------------------------------------
+# The service: backend choice and the outage policy
+
+
+class RedisTimeout(Exception):
+    """
+    Redis did not answer a limiter decision within the service's timeout.
+    """
+
+
+@implementer(ILimiter)
+class LimiterService(Service):
+    """
+    The process's limiter: an L{ILimiter} and a service.
+
+    Without a Redis backend every decision is answered by the in-memory
+    L{MemoryLimiter} at once.  With one, decisions go to Redis, and the
+    outage policy applies:
+
+      - no decision waits on Redis more than C{redisTimeout} seconds;
+      - a decision that fails or times out is answered by the memory
+        limiter instead, and the service switches to I{fallback}: later
+        decisions go straight to memory (no queue builds up behind a dead
+        Redis).  The switch is logged once (a warning) and counted
+        (L{fallbacks});
+      - while in fallback, Redis is probed (C{PING}) every C{probeInterval}
+        seconds; the first answer switches back (logged once, counted in
+        L{recoveries});
+      - an answer that arrives after its decision timed out is dropped, and
+        if it carried a lease, the lease is released at once.
+
+    Leases taken from memory during an outage stay with memory until they
+    are released; Redis does not count them, so just after Redis returns the
+    shared caps may admit up to the fallback's open connections too many,
+    for as long as those connections last.
+
+    Counters, for the metrics (plain attributes, only ever incremented):
+
+    @ivar decisions: decisions answered, by outcome: C{"allowed"} and each
+        denial reason.
+    @ivar redisErrors: Redis calls that failed (timeouts included).
+    @ivar redisTimeouts: Redis calls that timed out.
+    @ivar fallbacks: switches from Redis to memory.
+    @ivar recoveries: switches back from memory to Redis.
+    @ivar usingFallback: whether decisions currently go to memory although a
+        Redis backend is configured.
+    @ivar memory: the in-memory backend.
+    @ivar redis: the Redis backend, or L{None}.
+    """
+
+    name = "limiter"
+    log = Logger()
+
+    #: Seconds between two logged denials (others are only counted).
+    denialLogInterval = 10.0
+
+    def __init__(
+        self,
+        redis: Optional[Any] = None,
+        clock: Optional[IReactorTime] = None,
+        memory: Optional[MemoryLimiter] = None,
+        redisTimeout: float = 0.25,
+        probeInterval: float = 1.0,
+    ) -> None:
+        """
+        @param redis: the shared backend, usually a
+            L{txproxy.redislimiter.RedisLimiter}: an L{ILimiter} with a
+            C{ping()} method returning a Deferred, and optionally C{start()}
+            and C{stop()} (called by L{startService} and L{stopService}).
+            L{None}: memory only.
+        @param clock: for timeouts, probes and denial logging; the global
+            reactor when L{None}.
+        @param memory: the in-memory backend; a new one on C{clock} when
+            L{None}.
+        @param redisTimeout: the most seconds a decision waits on Redis.
+        @param probeInterval: seconds between probes of Redis during an
+            outage.
+        """
+        if clock is None:
+            from twisted.internet import reactor as clock  # type: ignore[no-redef]
+        self._clock: IReactorTime = clock  # type: ignore[assignment]
+        self.memory = memory if memory is not None else MemoryLimiter(self._clock)
+        self.redis = redis
+        self.redisTimeout = redisTimeout
+        self.probeInterval = probeInterval
+        self.usingFallback = False
+        self.decisions: Dict[str, int] = {
+            "allowed": 0,
+            REASON_RATE: 0,
+            REASON_MAX_CONNS: 0,
+            REASON_MAX_CONNS_PER_CLIENT: 0,
+        }
+        self.redisErrors = 0
+        self.redisTimeouts = 0
+        self.fallbacks = 0
+        self.recoveries = 0
+        self._probing = False
+        self._prober: Optional[LoopingCall] = None
+        self._nextDenialLog = 0.0
+        self._unloggedDenials = 0
+
+    @classmethod
+    def fromConfig(
+        cls, config: "ProxyConfig", reactor: Optional[Any] = None, **kwargs: Any
+    ) -> "LimiterService":
+        """
+        Build the service C{config} asks for: memory only, or Redis (with
+        the memory fallback) when C{config.redis} is set.  Nothing connects
+        until the service starts.
+
+        @param reactor: the reactor (clock and TCP); the global one when
+            L{None}.
+        @param kwargs: passed to the constructor (C{redisTimeout},
+            C{probeInterval}).
+        """
+        redis = None
+        if config.redis:
+            from txproxy.redislimiter import RedisLimiter
+
+            redis = RedisLimiter.fromURL(config.redis, reactor=reactor)
+        return cls(redis=redis, clock=reactor, **kwargs)
+
+    def limitsFor(self, listener: "ListenerConfig", scope: Optional[str] = None) -> "ListenerLimits":
+        """
+        The L{ListenerLimits} of C{listener}, with buckets and caps in
+        C{scope} (default: the listener's name).
+        """
+        return ListenerLimits(self, listener, scope if scope is not None else listener.name)
+
+    # -- Service
+
+    def startService(self) -> None:
+        Service.startService(self)
+        if self.redis is not None:
+            start = getattr(self.redis, "start", None)
+            if start is not None:
+                start()
+            self._prober = LoopingCall(self._probe)
+            self._prober.clock = self._clock
+            self._prober.start(self.probeInterval, now=False)
+
+    def stopService(self) -> "Optional[Deferred[None]]":
+        Service.stopService(self)
+        if self._prober is not None and self._prober.running:
+            self._prober.stop()
+        self._prober = None
+        if self.redis is not None:
+            stop = getattr(self.redis, "stop", None)
+            if stop is not None:
+                result: "Optional[Deferred[None]]" = stop()
+                return result
+        return None
+
+    # -- ILimiter
+
+    def take(self, key: str, rate: float, burst: float, cost: float = 1.0) -> "Deferred[Decision]":
+        """
+        See L{ILimiter.take}.
+        """
+        if self.redis is None or self.usingFallback:
+            return succeed(self._count(self.memory.takeNow(key, rate, burst, cost)))
+        checkBucket(rate, burst, cost)
+        return self._viaRedis(self.redis.take, self.memory.takeNow, (key, rate, burst, cost))
+
+    def acquire(
+        self, scope: str, client: str, maxTotal: Optional[int], maxPerClient: Optional[int]
+    ) -> "Deferred[Decision]":
+        """
+        See L{ILimiter.acquire}.
+        """
+        if self.redis is None or self.usingFallback:
+            return succeed(self._count(self.memory.acquireNow(scope, client, maxTotal, maxPerClient)))
+        return self._viaRedis(
+            self.redis.acquire, self.memory.acquireNow, (scope, client, maxTotal, maxPerClient)
+        )
+
+    # -- internals
+
+    def _count(self, decision: Decision) -> Decision:
+        reason = decision.reason
+        if reason is None:
+            self.decisions["allowed"] += 1
+            return decision
+        self.decisions[reason] = self.decisions.get(reason, 0) + 1
+        now = self._clock.seconds()
+        if now < self._nextDenialLog:
+            self._unloggedDenials += 1
+            return decision
+        self._nextDenialLog = now + self.denialLogInterval
+        self.log.info(
+            "limiter denied a {kind} ({reason}, retry after {retryAfter:.3f}s); "
+            "{unlogged} other denials since the last one logged",
+            kind="connection" if reason != REASON_RATE else "request or connection",
+            reason=reason,
+            retryAfter=decision.retryAfter,
+            unlogged=self._unloggedDenials,
+        )
+        self._unloggedDenials = 0
+        return decision
+
+    def _viaRedis(
+        self,
+        call: Callable[..., "Deferred[Decision]"],
+        fallback: Callable[..., Decision],
+        args: Tuple[Any, ...],
+    ) -> "Deferred[Decision]":
+        try:
+            d = call(*args)
+        except Exception:
+            self._redisFailed(Failure())
+            return succeed(self._count(fallback(*args)))
+        if d.called:
+            # Answered locally (a batched token, a cached denial) or failed
+            # at once (not connected): no timer needed.
+            result: "Deferred[Decision]" = Deferred()
+            d.addBoth(self._redisAnswered, result, None, fallback, args)
+            return result
+        result = Deferred()
+        timer = self._clock.callLater(self.redisTimeout, self._timedOut, result, fallback, args)
+        d.addBoth(self._redisAnswered, result, timer, fallback, args)
+        return result
+
+    def _redisAnswered(
+        self,
+        answer: Any,
+        result: "Deferred[Decision]",
+        timer: Optional[IDelayedCall],
+        fallback: Callable[..., Decision],
+        args: Tuple[Any, ...],
+    ) -> None:
+        if result.called:
+            # Too late: the decision was already made from memory.
+            if isinstance(answer, Failure):
+                self.redisErrors += 1
+            elif answer.lease is not None:
+                answer.lease.release()
+            return None
+        if timer is not None:
+            timer.cancel()
+        if isinstance(answer, Failure):
+            self._redisFailed(answer)
+            result.callback(self._count(fallback(*args)))
+        else:
+            result.callback(self._count(answer))
+        return None
+
+    def _timedOut(
+        self, result: "Deferred[Decision]", fallback: Callable[..., Decision], args: Tuple[Any, ...]
+    ) -> None:
+        self.redisTimeouts += 1
+        self._redisFailed(Failure(RedisTimeout(f"no answer from Redis in {self.redisTimeout:g}s")))
+        result.callback(self._count(fallback(*args)))
+
+    def _redisFailed(self, why: Failure) -> None:
+        self.redisErrors += 1
+        if self.usingFallback:
+            return
+        self.usingFallback = True
+        self.fallbacks += 1
+        self.log.warn(
+            "Redis limiter unavailable ({why}); falling back to per-process limits in memory",
+            why=why.getErrorMessage(),
+        )
+
+    def _probe(self) -> "Optional[Deferred[None]]":
+        if not self.usingFallback or self._probing or self.redis is None:
+            return None
+        self._probing = True
+        done: "Deferred[None]" = Deferred()
+
+        def answered(answer: Any) -> None:
+            if done.called:
+                if isinstance(answer, Failure):
+                    self.redisErrors += 1
+                return None
+            timer.cancel()
+            self._probing = False
+            if isinstance(answer, Failure):
+                self.redisErrors += 1
+            elif self.usingFallback:
+                self.usingFallback = False
+                self.recoveries += 1
+                self.log.info("Redis limiter reachable again; using the shared limits")
+            done.callback(None)
+            return None
+
+        def timedOut() -> None:
+            self._probing = False
+            self.redisErrors += 1
+            self.redisTimeouts += 1
+            done.callback(None)
+
+        timer = self._clock.callLater(self.redisTimeout, timedOut)
+        try:
+            d = self.redis.ping()
+        except Exception:
+            d = Deferred()
+            d.errback(Failure())
+        d.addBoth(answered)
+        return done
+
+
+# ---------------------------------------------------------------------------
+# The adapter protocols call
+
+
+class ListenerLimits:
+    """
+    One listener's limits, as its factory and protocols ask for them.
+
+    Token buckets are keyed by C{scope} and client (L{bucketKey}) and
+    connection caps are counted in C{scope}, so listeners with different
+    scopes never share a bucket or a cap.
+
+    @ivar limiter: the L{ILimiter} asked (usually the L{LimiterService}).
+    @ivar scope: the namespace of this listener's buckets and caps.
+    @ivar rate: tokens per second, or L{None} when no C{--rate} is set.
+    @ivar burst: the bucket size (C{ListenerConfig.effectiveBurst}).
+    @ivar maxConns: C{--max-conns} or L{None}.
+    @ivar maxConnsPerClient: C{--max-conns-per-client} or L{None}.
+    """
+
+    def __init__(self, limiter: ILimiter, listener: "ListenerConfig", scope: str) -> None:
+        self.limiter = limiter
+        self.scope = scope
+        self.rate: Optional[float] = listener.rate.perSecond if listener.rate is not None else None
+        self.burst = listener.effectiveBurst
+        self.maxConns: Optional[int] = listener.maxConns
+        self.maxConnsPerClient: Optional[int] = listener.maxConnsPerClient
+        self._prefix = escapeScope(scope) + "|"
+        self._capped = self.maxConns is not None or self.maxConnsPerClient is not None
+
+    def admitConnection(self, client: str, countRate: bool) -> "Deferred[Decision]":
+        """
+        Decide whether a new connection from C{client} is admitted.  Call it
+        once per accepted connection, before reading from it.
+
+        The token bucket is checked first (when C{countRate}), then the caps
+        (per client, then total); a connection denied by the rate never
+        holds a lease, and one denied by a cap has spent its token.
+
+        @param client: the client address (the PROXY header's, when the
+            listener is C{haproxy:}).
+        @param countRate: whether this connection costs a token: true in the
+            TCP modes (one token per connection), false in the HTTP modes
+            (which call L{admitRequest} per request instead).
+        @return: a Deferred firing with a L{Decision}; when it is allowed
+            and a cap is configured, its C{lease} must be released when the
+            connection closes.  With no limits configured, an already fired
+            Deferred of the shared L{ALLOWED} decision.
+        """
+        rated = countRate and self.rate is not None
+        if not self._capped:
+            if not rated:
+                return succeed(ALLOWED)
+            return self.limiter.take(self._prefix + client, self.rate, self.burst)  # type: ignore[arg-type]
+        if not rated:
+            return self.limiter.acquire(self.scope, client, self.maxConns, self.maxConnsPerClient)
+        d = self.limiter.take(self._prefix + client, self.rate, self.burst)  # type: ignore[arg-type]
+        d.addCallback(self._thenAcquire, client)
+        return d
+
+    def _thenAcquire(self, decision: Decision, client: str) -> Any:
+        if not decision.allowed:
+            return decision
+        return self.limiter.acquire(self.scope, client, self.maxConns, self.maxConnsPerClient)
+
+    def admitRequest(self, client: str) -> "Deferred[Decision]":
+        """
+        Decide whether one request from C{client} may proceed: one token (a
+        C{CONNECT} is one request).  HTTP modes call it per request.
+
+        @return: a Deferred firing with a L{Decision} (never with a lease);
+            with no C{--rate}, an already fired Deferred of L{ALLOWED}.
+        """
+        if self.rate is None:
+            return succeed(ALLOWED)
+        return self.limiter.take(self._prefix + client, self.rate, self.burst)

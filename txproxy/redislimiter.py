@@ -1,0 +1,716 @@
+# -*- test-case-name: tests.test_redislimiter,tests.test_limiter -*-
+"""
+The Redis backend of L{txproxy.interfaces.ILimiter}: limits shared by every
+txproxy process that names the same Redis (C{--redis redis://host:port/db}).
+
+Every decision Redis makes is one atomic Lua script run with C{EVALSHA}; a
+C{NOSCRIPT} answer (Redis restarted, or C{SCRIPT FLUSH}) loads the script
+again and retries once.  Time is Redis's C{TIME}, read inside the script, so
+proxies' clocks never mix.
+
+Data model (C{P} is the key prefix, C{txproxy:} by default):
+
+  - C{P tb:<scope>|<client>}: a string, the bucket's GCRA "theoretical
+    arrival time" (Redis time, in seconds) at which the bucket is full
+    again.  The script sets it with C{PX} so the key expires exactly when
+    the bucket has refilled: a missing key is a full bucket.
+  - C{P cc:<scope>}: a sorted set of the scope's open lease ids, each scored
+    by the Redis time it expires at.
+  - C{P cc:<scope>|<client>}: the same for one client.
+
+  (C{<scope>} is escaped so that it holds no C{|}.)  A lease is added to
+  both sets by the acquire script, which first prunes expired members and
+  checks the caps (per client, then total); the holder refreshes its leases'
+  scores every C{leaseTTL / 3} seconds (a L{LoopingCall} on the injected
+  clock, one script call per 256 leases) and removes them on release.  Both
+  sets are given a C{PEXPIRE} no shorter than the latest member's expiry,
+  so they vanish once empty.  A process that dies stops refreshing: its
+  leases expire within C{leaseTTL} (30 s by default) and are pruned by the
+  next acquire.  Nothing can leak for longer.
+
+Local token batching.  Asking Redis for every request would cost a round
+trip each; instead a process asks for up to C{k} tokens at once and spends
+them locally.  C{k} adapts per key: it starts at 1, doubles (up to C{kMax})
+whenever the tokens of the previous grant were spent while still valid, and
+halves when they expired unspent, so a quiet key never hoards.  A denial is
+also remembered locally until its C{retryAfter} (exact: other processes can
+only make the wait longer).
+
+  - C{kMax = max(1, min(batchSize, floor(burst * batchFraction)))} (32 and
+    0.1 by default): no batching at all for a burst under 20.
+  - Locally held tokens are valid for C{kMax / rate} seconds after the
+    request that fetched them was sent, then dropped.
+
+I{Over-admission bound}: across I{all} processes sharing a bucket, the
+requests admitted in any window of C{w} seconds are at most
+C{burst + rate * w + kMax}, i.e. at most C{kMax} more than one exact bucket
+would admit, whatever the number of processes.  Proof sketch: tokens held
+locally at time C{a} were granted during C{(a - tau, a]} with
+C{tau = kMax / rate}; the bucket's level at C{a} plus those grants is at
+most C{burst + rate * tau} (since the last time in that interval the bucket
+was full, level plus grants only grew by the refill); admissions in
+C{[a, a + w]} are at most that plus the refill C{rate * w}.  With the
+defaults C{kMax <= burst / 10}, well within the burst.  (Network latency
+adds its own C{rate * rtt}, as for any remote limiter.)
+
+Tests only: C{overrideRedisTime} makes the scripts take "now" from an
+argument instead of C{TIME} so that the shared behaviour suite can run on a
+fake clock against a real Redis.  It selects a I{different} script text
+(with a different SHA): the production scripts have no time argument at
+all, so no caller can feed them a proxy's clock by mistake.  Real-time
+behaviour is tested separately with small real waits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+from collections import OrderedDict
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from urllib.parse import unquote, urlsplit
+
+from twisted.internet.defer import Deferred, fail, gatherResults, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from txproxy.interfaces import ILimiter
+from txproxy.limiter import (
+    ALLOWED,
+    EPSILON,
+    REASON_MAX_CONNS,
+    REASON_MAX_CONNS_PER_CLIENT,
+    REASON_RATE,
+    Decision,
+    ILease,
+    checkBucket,
+    escapeScope,
+)
+
+__all__ = ["RedisLimiter", "RedisUnavailable"]
+
+_DENIED_MAX_CONNS = Decision(False, REASON_MAX_CONNS)
+_DENIED_MAX_CONNS_PER_CLIENT = Decision(False, REASON_MAX_CONNS_PER_CLIENT)
+_REFRESH_CHUNK = 256
+
+
+class RedisUnavailable(Exception):
+    """
+    No connection to Redis is open (it is down, or not yet reached).
+    """
+
+
+# ---------------------------------------------------------------------------
+# Scripts
+
+_NOW_FROM_REDIS = """\
+if redis.replicate_commands then redis.replicate_commands() end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+"""
+
+_NOW_FROM_ARGUMENT = """\
+local now = tonumber(ARGV[#ARGV])
+"""
+
+_FORMAT = """\
+local function fmt(x) return string.format('%.17g', x) end
+"""
+
+# KEYS[1] bucket; ARGV rate, burst, cost, want.  Returns {granted, retryAfter}
+# as strings (Lua numbers would be truncated to integers in the reply).
+_TAKE = """\
+local rate = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local cost = tonumber(ARGV[3])
+local want = tonumber(ARGV[4])
+local base = now
+local stored = redis.call('GET', KEYS[1])
+if stored then
+  local tat = tonumber(stored)
+  if tat and tat > now then base = tat end
+end
+local available = burst - (base - now) * rate
+if available + EPSILON < cost then
+  return {'0', fmt((cost - available) / rate)}
+end
+local grant = want
+if grant > available then grant = cost + math.floor(available - cost + EPSILON) end
+local tat = base + grant / rate
+redis.call('SET', KEYS[1], fmt(tat), 'PX', math.max(1, math.ceil((tat - now) * 1000)))
+return {fmt(grant), '0'}
+"""
+
+# Keep a set's TTL at least ms milliseconds.
+_EXTEND = """\
+local function extend(key, ms)
+  local left = redis.call('PTTL', key)
+  if left < ms then redis.call('PEXPIRE', key, ms) end
+end
+"""
+
+# KEYS[1] scope set, KEYS[2] client set; ARGV id, ttl, maxTotal, maxPerClient
+# (0: no cap).  Returns 'ok' or the denial reason.
+_ACQUIRE = """\
+local ttl = tonumber(ARGV[2])
+local maxTotal = tonumber(ARGV[3])
+local maxPerClient = tonumber(ARGV[4])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', fmt(now))
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', fmt(now))
+if maxPerClient > 0 and redis.call('ZCARD', KEYS[2]) >= maxPerClient then
+  return 'max-conns-per-client'
+end
+if maxTotal > 0 and redis.call('ZCARD', KEYS[1]) >= maxTotal then
+  return 'max-conns'
+end
+local expires = fmt(now + ttl)
+local ms = math.ceil(ttl * 1000)
+redis.call('ZADD', KEYS[1], expires, ARGV[1])
+redis.call('ZADD', KEYS[2], expires, ARGV[1])
+extend(KEYS[1], ms)
+extend(KEYS[2], ms)
+return 'ok'
+"""
+
+# KEYS: (scope set, client set) pairs; ARGV ttl, then one id per pair.
+_REFRESH = """\
+local ttl = tonumber(ARGV[1])
+local expires = fmt(now + ttl)
+local ms = math.ceil(ttl * 1000)
+for i = 1, #KEYS, 2 do
+  local id = ARGV[(i + 1) / 2 + 1]
+  redis.call('ZADD', KEYS[i], expires, id)
+  redis.call('ZADD', KEYS[i + 1], expires, id)
+  extend(KEYS[i], ms)
+  extend(KEYS[i + 1], ms)
+end
+return #KEYS / 2
+"""
+
+# KEYS[1] scope set, KEYS[2] client set; ARGV id.
+_RELEASE = """\
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+return 'ok'
+"""
+
+
+class _Script:
+    """
+    A Lua script and its SHA1, as C{EVALSHA} wants it.
+    """
+
+    def __init__(self, name: str, body: str, overrideTime: bool) -> None:
+        now = _NOW_FROM_ARGUMENT if overrideTime else _NOW_FROM_REDIS
+        self.name = name
+        self.source = (
+            f"-- txproxy limiter: {name}\n" + _FORMAT + _EXTEND + now
+            + body.replace("EPSILON", repr(EPSILON))
+        )
+        self.sha = hashlib.sha1(self.source.encode("utf-8")).hexdigest()
+
+
+def _scripts(overrideTime: bool) -> Dict[str, _Script]:
+    return {
+        name: _Script(name, body, overrideTime)
+        for name, body in (("take", _TAKE), ("acquire", _ACQUIRE), ("refresh", _REFRESH), ("release", _RELEASE))
+    }
+
+
+_PRODUCTION_SCRIPTS = _scripts(False)
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    return str(value)
+
+
+# ---------------------------------------------------------------------------
+# Connections
+
+
+class _PoolClient:
+    """
+    A txredisapi connection pool that fails fast.
+
+    txredisapi's lazy handler queues commands while no connection is open;
+    behind a dead Redis that queue would grow without bound.  This client
+    sends each command on an open connection of the pool (round robin) and
+    fails at once with L{RedisUnavailable} when there is none; reconnecting
+    (with backoff) is left to txredisapi.
+
+    txredisapi is imported only when the pool starts: it imports the global
+    reactor at module level.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        dbid: Optional[int],
+        password: Optional[str],
+        username: Optional[str],
+        reactor: Any,
+        poolSize: int,
+        connectTimeout: float,
+        replyTimeout: float,
+        initialDelay: float,
+        maxDelay: float,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self._dbid = dbid
+        self._password = password
+        self._username = username
+        self._reactor = reactor
+        self._poolSize = poolSize
+        self._connectTimeout = connectTimeout
+        self._replyTimeout = replyTimeout
+        self._initialDelay = initialDelay
+        self._maxDelay = maxDelay
+        self._factory: Any = None
+        self._next = 0
+
+    def start(self) -> None:
+        if self._factory is not None:
+            return
+        import txredisapi
+        from twisted.internet.abstract import isIPAddress, isIPv6Address
+        from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
+
+        reactor = self._reactor
+        if reactor is None:
+            from twisted.internet import reactor  # type: ignore[no-redef]
+        if isIPAddress(self.host):
+            endpoint: Any = TCP4ClientEndpoint(reactor, self.host, self.port, timeout=self._connectTimeout)
+        elif isIPv6Address(self.host):
+            endpoint = TCP6ClientEndpoint(reactor, self.host, self.port, timeout=self._connectTimeout)
+        else:
+            endpoint = HostnameEndpoint(reactor, self.host, self.port, timeout=self._connectTimeout)
+        factory = txredisapi.RedisFactory(
+            f"{self.host}:{self.port}",
+            self._dbid,
+            self._poolSize,
+            isLazy=True,
+            handler=txredisapi.ConnectionHandler,
+            charset="utf-8",
+            password=self._password,
+            replyTimeout=self._replyTimeout,
+            convertNumbers=False,
+            username=self._username,
+        )
+        factory.initialDelay = self._initialDelay
+        factory.maxDelay = self._maxDelay
+        # Connection failures are expected during an outage; the limiter
+        # service logs those once.  txredisapi would log every attempt.
+        factory.noisy = False
+        self._factory = factory
+        factory.startConnecting(endpoint)
+
+    @property
+    def connected(self) -> bool:
+        factory = self._factory
+        return factory is not None and any(c.connected for c in factory.pool)
+
+    def execute(self, *args: Any) -> "Deferred[Any]":
+        factory = self._factory
+        if factory is not None:
+            pool = factory.pool
+            n = len(pool)
+            for _ in range(n):
+                self._next = (self._next + 1) % n
+                connection = pool[self._next]
+                if connection.connected:
+                    return connection.execute_command(*args)  # type: ignore[no-any-return]
+        return fail(RedisUnavailable(f"not connected to Redis at {self.host}:{self.port}"))
+
+    def stop(self) -> "Deferred[None]":
+        factory, self._factory = self._factory, None
+        if factory is None:
+            return succeed(None)
+        d: "Deferred[None]" = factory.disconnect()
+        d.addErrback(lambda f: None)
+        return d
+
+
+def _parseURL(url: str) -> Tuple[str, int, Optional[int], Optional[str], Optional[str]]:
+    parts = urlsplit(url)
+    if parts.scheme != "redis" or not parts.hostname:
+        raise ValueError(f"bad Redis URL {url!r}: expected redis://host:port/db")
+    db = parts.path.strip("/")
+    return (
+        parts.hostname,
+        parts.port or 6379,
+        int(db) if db else None,
+        unquote(parts.password) if parts.password else None,
+        unquote(parts.username) if parts.username else None,
+    )
+
+
+# ---------------------------------------------------------------------------
+# Leases and local state
+
+
+@implementer(ILease)
+class _RedisLease:
+    """
+    One connection's lease: an id in its scope's and its client's sets.
+    """
+
+    __slots__ = ("_limiter", "id", "keys", "_released")
+
+    def __init__(self, limiter: RedisLimiter, leaseId: str, keys: Tuple[str, str]) -> None:
+        self._limiter = limiter
+        self.id = leaseId
+        self.keys = keys
+        self._released = False
+
+    def release(self) -> "Deferred[None]":
+        if self._released:
+            return succeed(None)
+        self._released = True
+        return self._limiter._release(self)
+
+
+class _Local:
+    """
+    What a process knows about one bucket: tokens granted to it and not yet
+    spent (valid until C{validUntil}, local clock), the last grant's batch
+    size, and a remembered denial.
+    """
+
+    __slots__ = ("tokens", "validUntil", "batch", "deniedUntil", "deniedCost")
+
+    def __init__(self) -> None:
+        self.tokens = 0.0
+        self.validUntil = 0.0
+        self.batch = 1
+        self.deniedUntil = 0.0
+        self.deniedCost = 0.0
+
+
+# ---------------------------------------------------------------------------
+# The backend
+
+
+@implementer(ILimiter)
+class RedisLimiter:
+    """
+    Token buckets and connection caps in Redis, shared by processes.
+
+    See the module docstring for the data model, batching and its bound.
+
+    @ivar redisCalls: script calls sent to Redis (decisions, refreshes and
+        releases).
+    @ivar localHits: takes answered from locally held tokens or a
+        remembered denial, without a round trip.
+    @ivar scriptLoads: C{NOSCRIPT} answers that made us load a script.
+    @ivar refreshErrors: lease refreshes that failed (the leases' scores
+        then lapse until the next refresh succeeds).
+    @ivar releaseErrors: releases that could not reach Redis (those leases
+        expire by themselves within C{leaseTTL}).
+    """
+
+    log = Logger()
+    _sweepPerTake = 2
+
+    def __init__(
+        self,
+        client: Any,
+        clock: Optional[IReactorTime] = None,
+        prefix: str = "txproxy:",
+        leaseTTL: float = 30.0,
+        batchSize: int = 32,
+        batchFraction: float = 0.1,
+        overrideRedisTime: Optional[Callable[[], float]] = None,
+    ) -> None:
+        """
+        @param client: the connection: an object with C{execute(*args)}
+            returning a Deferred of the reply, and optionally C{start()}
+            and C{stop()}.  L{RedisLimiter.fromURL} builds one.
+        @param clock: for local token validity, denials and lease refresh;
+            the global reactor when L{None}.
+        @param prefix: prepended to every key.
+        @param leaseTTL: seconds a lease lives in Redis without a refresh.
+        @param batchSize: the most tokens fetched at once (C{1} disables
+            batching).
+        @param batchFraction: the most tokens fetched at once, as a fraction
+            of the burst; together with C{batchSize} this sets C{kMax}, the
+            over-admission bound.
+        @param overrideRedisTime: B{tests only}: when given, the scripts take
+            "now" from this callable instead of Redis C{TIME} (different
+            script texts).  Never set it in production: processes would mix
+            clocks.
+        """
+        if clock is None:
+            from twisted.internet import reactor as clock  # type: ignore[no-redef]
+        self._clock: IReactorTime = clock  # type: ignore[assignment]
+        self._client = client
+        self.prefix = prefix
+        self.leaseTTL = leaseTTL
+        self.batchSize = max(1, int(batchSize))
+        self.batchFraction = batchFraction
+        self._now = overrideRedisTime
+        self._scripts = _scripts(True) if overrideRedisTime is not None else _PRODUCTION_SCRIPTS
+        self._local: "OrderedDict[str, _Local]" = OrderedDict()
+        self._leases: Dict[str, _RedisLease] = {}
+        self._processId = os.urandom(6).hex()
+        self._ids = itertools.count(1)
+        self._refresher: Optional[LoopingCall] = None
+        self.redisCalls = 0
+        self.localHits = 0
+        self.scriptLoads = 0
+        self.refreshErrors = 0
+        self.releaseErrors = 0
+
+    @classmethod
+    def fromURL(
+        cls,
+        url: str,
+        reactor: Optional[Any] = None,
+        poolSize: int = 1,
+        connectTimeout: float = 1.0,
+        replyTimeout: float = 2.0,
+        initialDelay: float = 0.1,
+        maxDelay: float = 2.0,
+        **kwargs: Any,
+    ) -> "RedisLimiter":
+        """
+        A limiter on the Redis at C{url} (C{redis://[user:password@]host[:port][/db]}).
+        Nothing connects before L{start}.
+
+        @param reactor: for TCP and time; the global reactor when L{None}.
+        @param poolSize: connections to keep open.  One is plenty: commands
+            are pipelined and Redis runs them one at a time anyway.
+        @param connectTimeout: seconds a connection attempt may take.
+        @param replyTimeout: seconds after which a connection whose reply
+            is overdue is dropped and reconnected (a hung Redis).
+        @param initialDelay: seconds before the first reconnection attempt.
+        @param maxDelay: the longest wait between reconnection attempts.
+        @param kwargs: passed to the constructor.
+        """
+        host, port, dbid, password, username = _parseURL(url)
+        client = _PoolClient(
+            host, port, dbid, password, username, reactor, poolSize,
+            connectTimeout, replyTimeout, initialDelay, maxDelay,
+        )
+        return cls(client, clock=reactor, **kwargs)
+
+    # -- life cycle
+
+    def start(self) -> None:
+        """
+        Connect, and refresh held leases every C{leaseTTL / 3} seconds.
+        """
+        start = getattr(self._client, "start", None)
+        if start is not None:
+            start()
+        if self._refresher is None:
+            self._refresher = LoopingCall(self.refreshLeases)
+            self._refresher.clock = self._clock
+            self._refresher.start(self.leaseTTL / 3.0, now=False)
+
+    def stop(self) -> "Deferred[None]":
+        """
+        Stop refreshing and disconnect.  Leases still held are not released:
+        they expire in Redis within C{leaseTTL}.  (This is also what a crash
+        looks like to the other processes.)
+        """
+        if self._refresher is not None:
+            if self._refresher.running:
+                self._refresher.stop()
+            self._refresher = None
+        stop = getattr(self._client, "stop", None)
+        if stop is None:
+            return succeed(None)
+        result: "Deferred[None]" = stop()
+        return result
+
+    def ping(self) -> "Deferred[Any]":
+        """
+        Send C{PING}; the Deferred fails when Redis is not reachable.
+        """
+        return self._client.execute("PING")  # type: ignore[no-any-return]
+
+    # -- script calls
+
+    def _eval(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> "Deferred[Any]":
+        script = self._scripts[name]
+        if self._now is not None:
+            args = list(args) + [repr(float(self._now()))]
+        self.redisCalls += 1
+        d = self._client.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+        d.addErrback(self._noScript, script, keys, args)
+        return d
+
+    def _noScript(self, failure: Failure, script: _Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        if not str(failure.value).startswith("NOSCRIPT"):
+            return failure
+        self.scriptLoads += 1
+        d = self._client.execute("SCRIPT", "LOAD", script.source)
+        d.addCallback(lambda _: self._client.execute("EVALSHA", script.sha, len(keys), *keys, *args))
+        return d
+
+    # -- ILimiter: token buckets
+
+    def maxBatch(self, burst: float) -> int:
+        """
+        C{kMax} for a bucket of C{burst} tokens: the most tokens fetched at
+        once, and the bound on over-admission.
+        """
+        return max(1, min(self.batchSize, int(burst * self.batchFraction)))
+
+    def take(self, key: str, rate: float, burst: float, cost: float = 1.0) -> "Deferred[Decision]":
+        """
+        See L{ILimiter.take}.  Answered locally (an already fired Deferred)
+        from tokens this process holds or a denial it remembers; otherwise
+        by one script call.
+        """
+        if not (rate > 0 and 0 < cost <= burst):
+            checkBucket(rate, burst, cost)
+        now = self._clock.seconds()
+        local = self._local
+        state = local.get(key)
+        if state is None:
+            state = local[key] = _Local()
+        else:
+            local.move_to_end(key)
+            if now < state.validUntil and state.tokens + EPSILON >= cost:
+                state.tokens -= cost
+                self.localHits += 1
+                return succeed(ALLOWED)
+            if now < state.deniedUntil and cost >= state.deniedCost:
+                self.localHits += 1
+                return succeed(Decision(False, REASON_RATE, state.deniedUntil - now))
+            kMax = self.maxBatch(burst)
+            if now < state.validUntil:
+                # The last grant was spent before it lapsed: a busy key.
+                state.batch = min(kMax, state.batch * 2)
+            else:
+                state.batch = max(1, min(kMax, state.batch // 2))
+            if now >= state.validUntil:
+                state.tokens = 0.0
+        for _ in range(self._sweepPerTake):
+            front = next(iter(local))
+            entry = local[front]
+            if entry.validUntil > now or entry.deniedUntil > now or front == key:
+                break
+            del local[front]
+        want = max(cost, float(state.batch))
+        d = self._eval(
+            "take", [self.prefix + "tb:" + key], [repr(float(rate)), repr(float(burst)), repr(float(cost)), repr(want)]
+        )
+        d.addCallback(self._took, key, rate, burst, cost, now)
+        return d
+
+    def _took(self, reply: Any, key: str, rate: float, burst: float, cost: float, sentAt: float) -> Decision:
+        granted = float(_text(reply[0]))
+        state = self._local.get(key)
+        if state is None:
+            state = self._local[key] = _Local()
+        if granted <= 0:
+            retryAfter = float(_text(reply[1]))
+            state.deniedUntil = sentAt + retryAfter
+            state.deniedCost = cost
+            return Decision(False, REASON_RATE, retryAfter)
+        validUntil = sentAt + self.maxBatch(burst) / rate
+        leftover = granted - cost
+        now = self._clock.seconds()
+        if state.tokens > EPSILON and now < state.validUntil:
+            # Tokens never outlive the validity of their own grant.
+            state.validUntil = min(state.validUntil, validUntil)
+            state.tokens += leftover
+        else:
+            state.validUntil = validUntil
+            state.tokens = leftover
+        state.deniedUntil = 0.0
+        return ALLOWED
+
+    @property
+    def localStateCount(self) -> int:
+        """
+        How many buckets this process holds local state for.
+        """
+        return len(self._local)
+
+    # -- ILimiter: connection caps
+
+    def _leaseKeys(self, scope: str, client: str) -> Tuple[str, str]:
+        total = self.prefix + "cc:" + escapeScope(scope)
+        return total, total + "|" + client
+
+    def acquire(
+        self, scope: str, client: str, maxTotal: Optional[int], maxPerClient: Optional[int]
+    ) -> "Deferred[Decision]":
+        """
+        See L{ILimiter.acquire}.  The per-client cap is checked before the
+        total cap.
+        """
+        leaseId = f"{self._processId}:{next(self._ids)}"
+        keys = self._leaseKeys(scope, client)
+        d = self._eval(
+            "acquire",
+            keys,
+            [leaseId, repr(float(self.leaseTTL)), str(maxTotal or 0), str(maxPerClient or 0)],
+        )
+        d.addCallback(self._acquired, leaseId, keys)
+        return d
+
+    def _acquired(self, reply: Any, leaseId: str, keys: Tuple[str, str]) -> Decision:
+        status = _text(reply)
+        if status == REASON_MAX_CONNS_PER_CLIENT:
+            return _DENIED_MAX_CONNS_PER_CLIENT
+        if status == REASON_MAX_CONNS:
+            return _DENIED_MAX_CONNS
+        lease = _RedisLease(self, leaseId, keys)
+        self._leases[leaseId] = lease
+        return Decision(True, None, 0.0, lease)
+
+    def _release(self, lease: _RedisLease) -> "Deferred[None]":
+        self._leases.pop(lease.id, None)
+        d = self._eval("release", lease.keys, [lease.id])
+
+        def done(result: Any) -> None:
+            if isinstance(result, Failure):
+                self.releaseErrors += 1
+            return None
+
+        d.addBoth(done)
+        return d
+
+    @property
+    def leaseCount(self) -> int:
+        """
+        How many leases this process holds.
+        """
+        return len(self._leases)
+
+    def refreshLeases(self) -> "Deferred[None]":
+        """
+        Push back the expiry of every lease this process holds to
+        C{leaseTTL} from now.  Called every C{leaseTTL / 3} seconds once
+        L{start}ed; the Deferred never fails.
+        """
+        leases = list(self._leases.values())
+        if not leases:
+            return succeed(None)
+        calls: List["Deferred[Any]"] = []
+        for i in range(0, len(leases), _REFRESH_CHUNK):
+            chunk = leases[i : i + _REFRESH_CHUNK]
+            keys: List[str] = []
+            for lease in chunk:
+                keys.extend(lease.keys)
+            d = self._eval("refresh", keys, [repr(float(self.leaseTTL))] + [lease.id for lease in chunk])
+            d.addErrback(self._refreshFailed)
+            calls.append(d)
+        result = gatherResults(calls)
+        result.addCallback(lambda _: None)
+        return result
+
+    def _refreshFailed(self, failure: Failure) -> None:
+        self.refreshErrors += 1
+        return None
