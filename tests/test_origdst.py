@@ -277,7 +277,7 @@ class LocalNetworksTests(SynchronousTestCase):
         C{if_inet6} is local; broadcast and unicast routes are not.
         """
         self.patch(origdst, "_LINUX", True)
-        files = {"/proc/net/fib_trie": FIB_TRIE, "/proc/net/if_inet6": IF_INET6}
+        files = {"/proc/net/fib_trie": FIB_TRIE, "/proc/thread-self/net/if_inet6": IF_INET6}
         networks = localNetworks(lambda path: files.get(path, ""))
         self.assertEqual(
             networks,

@@ -201,10 +201,12 @@ def localNetworks(readText: Callable[[str], str] = _readText) -> FrozenSet[_IPNe
     """
     The addresses of this host, as seen from the current network namespace.
 
-    How: on Linux, the kernel's own list of local destinations: every
-    C{host LOCAL} entry of C{/proc/net/fib_trie} (IPv4: each address on each
+    How: on Linux, the kernel's own list of local destinations, for the
+    calling thread's network namespace: every C{host LOCAL} entry of
+    C{/proc/net/fib_trie} (IPv4: each address on each
     interface, plus local ranges such as all of C{127.0.0.0/8}) and every
-    address of C{/proc/net/if_inet6} (IPv6).  A binding test
+    address of C{/proc/net/if_inet6} (IPv6), both read from
+    C{/proc/thread-self/net/} when it exists.  A binding test
     (C{bind()} succeeding) is not used because C{ip_nonlocal_bind}, common
     on failover setups, makes every address bindable.  C{127.0.0.0/8} and
     C{::1} are always included, also where C{/proc} is not readable or on
@@ -223,9 +225,22 @@ def localNetworks(readText: Callable[[str], str] = _readText) -> FrozenSet[_IPNe
         ipaddress.ip_network("::1/128"),
     ]
     if _LINUX:
-        networks += _parseFibTrie(readText("/proc/net/fib_trie"))
-        networks += _parseIfInet6(readText("/proc/net/if_inet6"))
+        networks += _parseFibTrie(_readFirst(readText, "fib_trie"))
+        networks += _parseIfInet6(_readFirst(readText, "if_inet6"))
     return frozenset(networks)
+
+
+def _readFirst(readText: Callable[[str], str], name: str) -> str:
+    """
+    Read C{name} from the calling thread's network namespace
+    (C{/proc/thread-self/net}, Linux 3.17+), else from C{/proc/net} (the
+    main thread's, the same unless a thread called C{setns}).
+    """
+    for folder in ("/proc/thread-self/net/", "/proc/net/"):
+        text = readText(folder + name)
+        if text:
+            return text
+    return ""
 
 
 def _ipAndPort(address: Any) -> Optional[Tuple[_IPAddress, int]]:
