@@ -199,6 +199,35 @@ class ProxyService(MultiService):
             self._startupFailed(e)
         reactorName = type(self.reactor).__module__ + "." + type(self.reactor).__name__
         log.info("txproxy running on {reactor}", reactor=reactorName)
+        if self.installSignalHandlers:
+            self.reactor.callWhenRunning(self._installSignalHandlers)
+
+    #: Whether to take over SIGTERM/SIGINT (drain, then exit 0) and SIGHUP
+    #: (reload) once the reactor runs.
+    installSignalHandlers = True
+
+    def _installSignalHandlers(self) -> None:
+        """
+        SIGTERM and SIGINT stop the reactor, which stops this service (a
+        drain) and exits with status 0: a requested stop is a success, so the
+        process does not re-raise the signal at exit as twistd otherwise does.
+        """
+        import signal
+
+        def stop(signum: int, frame: Any) -> None:
+            log.info("received signal {signum}: draining", signum=signum)
+            self.reactor.callFromThread(self._stopReactor)
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+
+    def _stopReactor(self) -> None:
+        from twisted.internet.error import ReactorNotRunning
+
+        try:
+            self.reactor.stop()
+        except ReactorNotRunning:  # a second signal while draining
+            pass
 
     def _startupFailed(self, e: Exception) -> None:
         for svc in self.listenerServices:

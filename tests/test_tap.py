@@ -1,0 +1,146 @@
+# -*- test-case-name: tests.test_tap -*-
+"""
+Tests for L{txproxy.tap} and the twistd plugin: option parsing into config,
+one-line errors, and service assembly.
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+from typing import Any, List
+
+from twisted.application.service import IServiceMaker
+from twisted.internet.testing import MemoryReactorClock
+from twisted.plugin import getPlugins
+from twisted.trial.unittest import SynchronousTestCase
+
+from txproxy import tap
+from txproxy.errors import ConfigError
+from txproxy.service import ListenerService, ProxyService
+
+
+class OptionsTests(SynchronousTestCase):
+    def test_pluginIsDiscovered(self) -> None:
+        """
+        twistd finds a service maker with tapname txproxy naming txproxy.tap.
+        """
+        makers = [m for m in getPlugins(IServiceMaker) if m.tapname == "txproxy"]
+        self.assertEqual(len(makers), 1)
+        self.assertEqual(makers[0].module, "txproxy.tap")
+
+    def test_flagsBecomeConfig(self) -> None:
+        """
+        Every flag lands in the config, repeatable ones in order.
+        """
+        config = tap.parseCommandLine([
+            "--listen", "tcp:1", "--listen", "tcp:2", "--connect-ports", "443,8443",
+            "--deny-dest", "10.0.0.0/8", "--deny-dest", "192.168.0.0/16", "--header-timeout", "3",
+            "--access-log", "-", "--access-log-format", "json", "--drain-timeout", "7",
+        ])
+        (listener,) = config.listeners
+        self.assertEqual(listener.listen, ("tcp:1", "tcp:2"))
+        self.assertIn(8443, listener.connectPorts)
+        self.assertIn("192.168.1.1", listener.denyDest)
+        self.assertIn("10.1.1.1", listener.denyDest)
+        self.assertEqual(listener.headerTimeout, 3)
+        self.assertEqual((config.accessLog, config.accessLogFormat, config.drainTimeout), ("-", "json", 7))
+
+    def test_defaultListen(self) -> None:
+        """
+        Without --listen the proxy listens on tcp:3128.
+        """
+        self.assertEqual(tap.parseCommandLine([]).listeners[0].listen, ("tcp:3128",))
+
+    def test_notSupportedYetIsAnError(self) -> None:
+        """
+        Options whose implementation has not landed are rejected by name,
+        never silently ignored.
+        """
+        for args, name in [(["--mode", "sni", "--route", "a=tcp://b:1"], "mode sni"),
+                           (["--admin", "tcp:9901"], "--admin")]:
+            e = self.assertRaises(ConfigError, tap.parseCommandLine, args)
+            self.assertIn(name, str(e))
+            self.assertIn("not supported yet", str(e))
+
+    def test_parseOptionsPrintsOneLineAndExits2(self) -> None:
+        """
+        Options.parseOptions turns a mistake into one stderr line and exit
+        status 2.
+        """
+        err = io.StringIO()
+        self.patch(sys, "__stderr__", err)
+        e = self.assertRaises(SystemExit, tap.Options().parseOptions, ["--burst", "x"])
+        self.assertEqual(e.code, 2)
+        self.assertEqual(err.getvalue().count("\n"), 1)
+        self.assertIn("--burst", err.getvalue())
+
+    def test_helpListsEveryContractOption(self) -> None:
+        """
+        --help documents every option of the CLI contract.
+        """
+        text = str(tap.Options())
+        for name in ["listen", "mode", "upstream", "route", "certs", "proxy-protocol-send", "trusted-proxies",
+                     "config", "connect-ports", "auth", "allow", "deny", "deny-dest", "rate", "burst",
+                     "max-conns", "max-conns-per-client", "redis", "connect-timeout", "response-timeout",
+                     "idle-timeout", "header-timeout", "max-head-size", "admin", "access-log",
+                     "access-log-format", "workers", "drain-timeout"]:
+            self.assertIn(f"--{name}", text)
+
+
+class ServiceTests(SynchronousTestCase):
+    def test_oneListenerServicePerEndpoint(self) -> None:
+        """
+        Each --listen becomes one listener service sharing the factory, and
+        starting listens on each.
+        """
+        reactor = MemoryReactorClock()
+        config = tap.parseCommandLine(["--listen", "tcp:1111", "--listen", "tcp:2222"])
+        svc = ProxyService(config, reactor)
+        svc.installSignalHandlers = False
+        listeners = [s for s in svc if isinstance(s, ListenerService)]
+        self.assertEqual(len(listeners), 2)
+        self.assertIs(listeners[0].factory, listeners[1].factory)
+        svc.privilegedStartService()
+        svc.startService()
+        self.assertEqual(sorted(p[0] for p in reactor.tcpServers), [1111, 2222])
+
+    def test_stopClosesListenersAndDrains(self) -> None:
+        """
+        Stopping closes the listening ports at once and finishes when no
+        connection is open.
+        """
+        reactor = MemoryReactorClock()
+        svc = ProxyService(tap.parseCommandLine(["--listen", "tcp:1111"]), reactor)
+        svc.installSignalHandlers = False
+        svc.startService()
+        port = svc.listenerServices[0].port
+        d = svc.stopService()
+        self.successResultOf(d)
+        self.assertFalse(port.listening if hasattr(port, "listening") else False)
+        self.assertIsNone(svc.listenerServices[0].port)
+
+    def test_drainTimeoutAbortsTunnels(self) -> None:
+        """
+        Connections still open at the drain timeout are aborted.
+        """
+        from txproxy.testing import FakeConnector, connect
+
+        reactor = MemoryReactorClock()
+        svc = ProxyService(tap.parseCommandLine(["--listen", "tcp:1111", "--drain-timeout", "5",
+                                                 "--connect-ports", "*"]), reactor)
+        svc.installSignalHandlers = False
+        factory = svc.factories["listener0"]
+        factory.connector = FakeConnector()
+        svc.startService()
+        proto, transport = connect(factory)
+        proto.dataReceived(b"CONNECT 192.0.2.1:22 HTTP/1.1\r\nHost: x\r\n\r\n")
+        factory.connector.last.succeed()
+        d = svc.stopService()
+        reactor.advance(4)
+        self.assertNoResult(d)
+        self.assertFalse(transport.aborted)
+        for _ in range(30):
+            reactor.advance(0.05)
+        self.successResultOf(d)
+        self.assertTrue(transport.aborted)
