@@ -491,14 +491,16 @@ class RedisLimiter:
             is overdue is dropped and reconnected (a hung Redis).
         @param initialDelay: seconds before the first reconnection attempt.
         @param maxDelay: the longest wait between reconnection attempts.
-        @param kwargs: passed to the constructor.
+        @param kwargs: passed to the constructor (C{clock} defaults to
+            C{reactor}).
         """
         host, port, dbid, password, username = _parseURL(url)
         client = _PoolClient(
             host, port, dbid, password, username, reactor, poolSize,
             connectTimeout, replyTimeout, initialDelay, maxDelay,
         )
-        return cls(client, clock=reactor, **kwargs)
+        kwargs.setdefault("clock", reactor)
+        return cls(client, **kwargs)
 
     # -- life cycle
 
@@ -535,6 +537,17 @@ class RedisLimiter:
         Send C{PING}; the Deferred fails when Redis is not reachable.
         """
         return self._client.execute("PING")  # type: ignore[no-any-return]
+
+    def loadScripts(self) -> "Deferred[None]":
+        """
+        Load every script into Redis now (C{SCRIPT LOAD}).  Optional: a
+        script missing when it is needed is loaded then (one extra round
+        trip, counted in L{scriptLoads}).
+        """
+        calls = [self._client.execute("SCRIPT", "LOAD", script.source) for script in self._scripts.values()]
+        result = gatherResults(calls, consumeErrors=True)
+        result.addCallback(lambda _: None)
+        return result
 
     # -- script calls
 

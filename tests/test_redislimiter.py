@@ -1,0 +1,387 @@
+# -*- test-case-name: tests.test_redislimiter -*-
+"""
+Tests for L{txproxy.redislimiter} against a real C{redis-server} that each
+test starts on a free loopback port (L{tests.redisserver}; never skipped).
+
+The shared behaviour suite runs with the scripts' time taken from the test's
+fake clock (C{overrideRedisTime}; see the module docstring of
+L{txproxy.redislimiter} for why that is safe), so it needs no sleeping.  The
+tests of real Redis time, real lease expiry and of the outage policy wait on
+real I/O, briefly.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, List
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks, succeed
+from twisted.internet.task import Clock, deferLater
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+from twisted.trial import unittest
+
+from tests.redisserver import RedisServer
+from tests.test_limiter import LimiterBehaviourMixin
+from txproxy.limiter import ALLOWED, LimiterService
+from txproxy.redislimiter import RedisLimiter, RedisUnavailable
+
+
+def startRedis(case: unittest.TestCase) -> RedisServer:
+    server = RedisServer().start()
+    case.addCleanup(server.cleanup)
+    return server
+
+
+def sleep(seconds: float) -> "Deferred[None]":
+    return deferLater(reactor, seconds, lambda: None)  # type: ignore[arg-type]
+
+
+@inlineCallbacks
+def waitFor(predicate: Callable[[], Any], timeout: float = 3.0) -> Any:
+    """
+    Poll C{predicate} every 5 ms of real time until it is true.
+    """
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still false after {timeout}s: {predicate}")
+        yield sleep(0.005)
+
+
+class RedisCase(unittest.TestCase):
+    """
+    Each test gets its own redis-server and a way to make limiters on it.
+    """
+
+    timeout = 20
+    leaseTTL = 10.0
+
+    def setUp(self) -> "Deferred[Any]":
+        self.server = startRedis(self)
+        self.clock = Clock()
+        return self._setLimiter()
+
+    @inlineCallbacks
+    def _setLimiter(self) -> Any:
+        self.limiter = yield self.makeLimiter()
+
+    @inlineCallbacks
+    def makeLimiter(self, fakeTime: bool = True, **kwargs: Any) -> Any:
+        """
+        A started, connected L{RedisLimiter} on the test's server: on the fake
+        clock and with the scripts' time overridden by it, unless
+        C{fakeTime} is false (then real reactor and Redis C{TIME}).
+        """
+        if fakeTime:
+            kwargs.setdefault("clock", self.clock)
+            kwargs.setdefault("overrideRedisTime", self.clock.seconds)
+        kwargs.setdefault("leaseTTL", self.leaseTTL)
+        limiter = RedisLimiter.fromURL(self.server.url, **kwargs)
+        limiter.start()
+        self.addCleanup(limiter.stop)
+        yield waitFor(lambda: limiter._client.connected)
+        yield limiter.loadScripts()
+        return limiter
+
+
+class RedisLimiterBehaviourTests(LimiterBehaviourMixin, RedisCase):
+    """
+    The shared behaviour, on L{RedisLimiter} and a real Redis.
+    """
+
+    def settle(self) -> "Deferred[Any]":
+        # One connection: a PING is answered after everything sent before.
+        return self.limiter.ping()
+
+    @inlineCallbacks
+    def crashAndSurvive(self) -> Any:
+        yield self.limiter.stop()
+        survivor = yield self.makeLimiter()
+        return survivor
+
+    def assertBucketExpires(self, key: str, seconds: float) -> "Deferred[Any]":
+        pttl = self.server.command("PTTL", "txproxy:tb:" + key)
+        self.assertGreater(pttl, 0)
+        self.assertLessEqual(pttl, seconds * 1000)
+        return succeed(None)
+
+
+class RedisLimiterTests(RedisCase):
+    """
+    Guarantees of the Redis backend beyond the shared behaviour.
+    """
+
+    @inlineCallbacks
+    def test_crashedLeaseCountsUntilTTL(self) -> Any:
+        """
+        A crashed holder's lease still counts for other processes until it
+        expires, then it is pruned from both sets.
+        """
+        self.assertTrue((yield self.limiter.acquire("s", "c", 1, None)).allowed)
+        yield self.limiter.stop()
+        survivor = yield self.makeLimiter()
+        self.clock.advance(self.leaseTTL - 1)
+        self.assertEqual((yield survivor.acquire("s", "d", 1, None)).reason, "max-conns")
+        self.clock.advance(2)
+        decision = yield survivor.acquire("s", "d", 1, None)
+        self.assertTrue(decision.allowed)
+        self.assertEqual(self.server.command("ZRANGE", "txproxy:cc:s", 0, -1), [decision.lease.id])
+        # c's own set is pruned when c next asks, or expires by itself.
+        self.assertLessEqual(self.server.command("PTTL", "txproxy:cc:s|c"), self.leaseTTL * 1000)
+
+    @inlineCallbacks
+    def test_dataModel(self) -> Any:
+        """
+        A lease is one member of the scope's and the client's sorted sets,
+        scored by its expiry; both sets expire by themselves; release
+        removes it; bucket keys carry a TTL.
+        """
+        self.clock.advance(100)
+        decision = yield self.limiter.acquire("s", "10.0.0.1", 5, 5)
+        lease = decision.lease
+        members = self.server.command("ZRANGE", "txproxy:cc:s", 0, -1, "WITHSCORES")
+        self.assertEqual(members, [lease.id, "110"])
+        self.assertEqual(self.server.command("ZRANGE", "txproxy:cc:s|10.0.0.1", 0, -1), [lease.id])
+        for key in ("txproxy:cc:s", "txproxy:cc:s|10.0.0.1"):
+            self.assertGreater(self.server.command("PTTL", key), 9000)
+            self.assertLessEqual(self.server.command("PTTL", key), 10000)
+        yield lease.release()
+        self.assertEqual(self.server.command("EXISTS", "txproxy:cc:s"), 0)
+        self.assertEqual(self.limiter.leaseCount, 0)
+        yield self.limiter.take("web|10.0.0.1", 1.0, 5)
+        self.assertEqual(self.server.command("GET", "txproxy:tb:web|10.0.0.1"), "101")
+        self.assertLessEqual(self.server.command("PTTL", "txproxy:tb:web|10.0.0.1"), 1000)
+
+    @inlineCallbacks
+    def test_refreshLoop(self) -> Any:
+        """
+        The holder's L{LoopingCall}, on the injected clock, pushes its
+        leases' expiry forward every C{leaseTTL / 3}.
+        """
+        lease = (yield self.limiter.acquire("s", "c", None, None)).lease
+        self.clock.advance(self.leaseTTL / 3)
+        yield self.limiter.ping()
+        score = self.server.command("ZSCORE", "txproxy:cc:s", lease.id)
+        self.assertAlmostEqual(float(score), self.leaseTTL / 3 + self.leaseTTL)
+
+    @inlineCallbacks
+    def test_batchingSavesRoundTrips(self) -> Any:
+        """
+        A busy key fetches growing batches (up to C{kMax}), so a thousand
+        takes cost a few dozen round trips, and still exactly C{burst} are
+        admitted.
+        """
+        self.assertEqual(self.limiter.maxBatch(1000), 32)
+        admitted = 0
+        for _ in range(1001):
+            decision = yield self.limiter.take("k", 1000.0, 1000)
+            admitted += decision.allowed
+        self.assertEqual(admitted, 1000)
+        self.assertLess(self.limiter.redisCalls, 45)
+        self.assertGreater(self.limiter.localHits, 950)
+
+    @inlineCallbacks
+    def test_noBatchingForSmallBursts(self) -> Any:
+        """
+        Under a burst of 20 (with the default fraction 0.1) every token is
+        fetched on its own: the limit is exact.
+        """
+        self.assertEqual(self.limiter.maxBatch(19), 1)
+        for _ in range(5):
+            yield self.limiter.take("k", 1.0, 19)
+        self.assertEqual(self.limiter.redisCalls, 5)
+
+    @inlineCallbacks
+    def test_deniedUntilRetryAfterLocally(self) -> Any:
+        """
+        After a denial, takes until C{retryAfter} are denied locally (other
+        processes can only make the wait longer), with a shrinking wait.
+        """
+        yield self.limiter.take("k", 1.0, 1)
+        yield self.limiter.take("k", 1.0, 1)
+        calls = self.limiter.redisCalls
+        self.clock.advance(0.25)
+        decision = yield self.limiter.take("k", 1.0, 1)
+        self.assertEqual((decision.reason, decision.retryAfter), ("rate", 0.75))
+        self.assertEqual(self.limiter.redisCalls, calls)
+        self.clock.advance(0.75)
+        self.assertIs((yield self.limiter.take("k", 1.0, 1)), ALLOWED)
+        self.assertEqual(self.limiter.redisCalls, calls + 1)
+
+    @inlineCallbacks
+    def test_overAdmissionBound(self) -> Any:
+        """
+        Two processes sharing a bucket, both asking for six times the rate:
+        over any window of C{w} seconds they admit at most
+        C{burst + rate * w + kMax} together, and not much less than
+        C{burst + rate * w} over the whole run; each alone would have been
+        admitted more than the shared limit.
+        """
+        rate, burst = 100.0, 100
+        a, b = self.limiter, (yield self.makeLimiter())
+        kMax = a.maxBatch(burst)
+        self.assertEqual(kMax, 10)
+        admitted: List[float] = []
+        attempts = 0
+        step = 0.01
+        for i in range(300):
+            self.clock.advance(step)
+            for limiter in (a, b, a, b, a, b):
+                attempts += 1
+                if (yield limiter.take("k", rate, burst)).allowed:
+                    admitted.append(self.clock.seconds())
+        duration = 300 * step
+        self.assertLessEqual(len(admitted), burst + rate * duration + kMax)
+        self.assertGreaterEqual(len(admitted), 0.9 * (burst + rate * duration))
+        self.assertGreater(attempts / 2, burst + rate * duration)
+        for start in range(len(admitted)):
+            for end in range(start, len(admitted)):
+                window = admitted[end] - admitted[start]
+                self.assertLessEqual(end - start + 1, burst + rate * window + kMax + 1e-6)
+
+    @inlineCallbacks
+    def test_noscriptReloads(self) -> Any:
+        """
+        After C{SCRIPT FLUSH} (as after a restart), a decision gets
+        C{NOSCRIPT}, loads the script and still answers.
+        """
+        yield self.limiter.take("k", 1.0, 1)
+        self.assertEqual(self.limiter.scriptLoads, 0)
+        self.assertEqual(self.server.command("SCRIPT", "FLUSH"), "OK")
+        self.assertEqual((yield self.limiter.take("k", 1.0, 1)).reason, "rate")
+        self.assertTrue((yield self.limiter.acquire("s", "c", 1, 1)).allowed)
+        self.assertEqual(self.limiter.scriptLoads, 2)
+        self.assertTrue((yield self.limiter.acquire("s", "d", 2, 2)).allowed)
+        self.assertEqual(self.limiter.scriptLoads, 2)
+
+    @inlineCallbacks
+    def test_notConnectedFailsFast(self) -> Any:
+        """
+        With no open connection a decision fails at once with
+        L{RedisUnavailable}: nothing queues behind a dead Redis.
+        """
+        self.server.kill()
+        yield waitFor(lambda: not self.limiter._client.connected)
+        d = self.limiter.take("k", 1.0, 1)
+        self.failureResultOf(d, RedisUnavailable)
+        self.failureResultOf(self.limiter.acquire("s", "c", 1, 1), RedisUnavailable)
+        self.failureResultOf(self.limiter.ping(), RedisUnavailable)
+        yield self.limiter.refreshLeases()
+
+    @inlineCallbacks
+    def test_productionScriptsUseRedisTime(self) -> Any:
+        """
+        Without the test override the scripts read C{TIME} and take no time
+        argument: a bucket refills in real time.
+        """
+        limiter = yield self.makeLimiter(fakeTime=False)
+        self.assertNotEqual(limiter._scripts["take"].sha, self.limiter._scripts["take"].sha)
+        self.assertIn("redis.call('TIME')", limiter._scripts["take"].source)
+        self.assertNotIn("ARGV[#ARGV]", limiter._scripts["take"].source)
+        self.assertIs((yield limiter.take("rt", 20.0, 1)), ALLOWED)
+        denied = yield limiter.take("rt", 20.0, 1)
+        self.assertEqual(denied.reason, "rate")
+        self.assertGreater(denied.retryAfter, 0.0)
+        self.assertLessEqual(denied.retryAfter, 0.05)
+        yield sleep(denied.retryAfter + 0.01)
+        self.assertIs((yield limiter.take("rt", 20.0, 1)), ALLOWED)
+        stored = float(self.server.command("GET", "txproxy:tb:rt"))
+        redisNow = self.server.command("TIME")
+        self.assertLess(abs(stored - (float(redisNow[0]) + float(redisNow[1]) / 1e6)), 1.0)
+
+    @inlineCallbacks
+    def test_realLeaseExpiryAfterCrash(self) -> Any:
+        """
+        In real time: a holder refreshing its leases keeps them past
+        C{leaseTTL}; once it crashes they lapse within C{leaseTTL}.
+        """
+        holder = yield self.makeLimiter(fakeTime=False, leaseTTL=0.3)
+        other = yield self.makeLimiter(fakeTime=False, leaseTTL=0.3)
+        self.assertTrue((yield holder.acquire("s", "c", 1, None)).allowed)
+        yield sleep(0.5)
+        self.assertEqual((yield other.acquire("s", "d", 1, None)).reason, "max-conns")
+        yield holder.stop()
+        yield sleep(0.35)
+        self.assertTrue((yield other.acquire("s", "d", 1, None)).allowed)
+
+
+class LimiterServiceRedisTests(unittest.TestCase):
+    """
+    L{LimiterService} over a real Redis that dies, freezes and comes back.
+    """
+
+    timeout = 20
+
+    @inlineCallbacks
+    def setUp(self) -> Any:
+        self.server = startRedis(self)
+        self.events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        self.redis = RedisLimiter.fromURL(self.server.url)
+        self.service = LimiterService(self.redis, redisTimeout=0.25, probeInterval=0.2)
+        self.service.startService()
+        self.addCleanup(self.service.stopService)
+        yield waitFor(lambda: self.redis._client.connected)
+
+    def lines(self, text: str) -> List[str]:
+        return [formatEvent(e) for e in self.events if text in formatEvent(e)]
+
+    @inlineCallbacks
+    def timed(self, d: "Deferred[Any]") -> Any:
+        started = time.monotonic()
+        result = yield d
+        return result, time.monotonic() - started
+
+    @inlineCallbacks
+    def test_killAndRestart(self) -> Any:
+        """
+        Redis killed mid-run: the next decision is answered from memory well
+        within the timeout, the switch is logged once; after a restart (all
+        scripts gone: NOSCRIPT) the service goes back to Redis, logged once.
+        """
+        self.assertIs((yield self.service.take("k", 1.0, 1)), ALLOWED)
+        self.assertEqual(self.server.command("EXISTS", "txproxy:tb:k"), 1)
+        loads = self.redis.scriptLoads
+        self.server.kill()
+        decision, elapsed = yield self.timed(self.service.take("k", 1.0, 1))
+        self.assertIs(decision, ALLOWED)  # memory's own bucket
+        self.assertLess(elapsed, 0.3)
+        self.assertTrue(self.service.usingFallback)
+        for _ in range(20):
+            yield self.service.acquire("s", "c", 1, 1)
+        self.assertEqual(self.service.fallbacks, 1)
+        self.assertEqual(len(self.lines("falling back")), 1)
+        self.server.start()
+        yield waitFor(lambda: not self.service.usingFallback, timeout=5.0)
+        self.assertEqual(len(self.lines("reachable again")), 1)
+        self.assertIs((yield self.service.take("k2", 1.0, 1)), ALLOWED)
+        self.assertEqual(self.server.command("EXISTS", "txproxy:tb:k2"), 1)
+        self.assertEqual(self.redis.scriptLoads, loads + 1)
+        self.assertEqual((self.service.fallbacks, self.service.recoveries), (1, 1))
+
+    @inlineCallbacks
+    def test_frozenRedisTimesOut(self) -> Any:
+        """
+        A Redis that accepts but does not answer costs one decision at most
+        C{redisTimeout}; the late answer is dropped (its lease released);
+        when Redis thaws the service goes back to it.
+        """
+        self.assertTrue((yield self.service.acquire("s", "warm", 5, 5)).allowed)
+        self.server.pause()
+        try:
+            decision, elapsed = yield self.timed(self.service.acquire("s", "c", 5, 5))
+        finally:
+            self.server.resume()
+        self.assertTrue(decision.allowed)
+        self.assertGreaterEqual(elapsed, 0.2)
+        self.assertLess(elapsed, 0.5)
+        self.assertEqual(self.service.redisTimeouts, 1)
+        self.assertTrue(self.service.usingFallback)
+        yield waitFor(lambda: not self.service.usingFallback, timeout=5.0)
+        yield self.redis.ping()
+        # The acquire Redis answered late was released: only "warm" is left.
+        self.assertEqual(self.server.command("ZCARD", "txproxy:cc:s|c"), 0)
+        self.assertEqual(self.server.command("ZCARD", "txproxy:cc:s"), 1)
+        self.assertEqual(len(self.lines("falling back")), 1)
+        self.assertEqual(len(self.lines("reachable again")), 1)
