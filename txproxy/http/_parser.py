@@ -517,9 +517,17 @@ def _serializeHeaders(headers: Headers) -> bytes:
     return b"".join([name + b": " + value + b"\r\n" for name, value in headers])
 
 
-def _checkSerialized(data: bytes, start: int, what: str) -> None:
+def _checkSerialized(data: bytes, start: int, headers: Headers, what: str) -> None:
     end = len(data) - 2
-    if len(_HEADER_LINE.findall(data, start, end)) != data.count(b"\n", start, end):
+    parsed = _HEADER_LINE.findall(data, start, end)
+    # One matching line per header, and every line matched: no value or
+    # name holds a line break or control character.  Equal names: no name
+    # holds a colon.
+    if (
+        len(parsed) != len(headers)
+        or len(parsed) != data.count(b"\n", start, end)
+        or [pair[0] for pair in parsed] != [pair[0] for pair in headers]
+    ):
         raise ValueError(f"{what} has an invalid header name or value")
 
 
@@ -542,7 +550,7 @@ def serializeRequestHead(head: RequestHead, validate: bool = True) -> bytes:
         match = _REQUEST_LINE.match(data)
         if match is None or match.end() != len(line):
             raise ValueError("Request head has an invalid request line")
-        _checkSerialized(data, len(line), "Request head")
+        _checkSerialized(data, len(line), head.headers, "Request head")
     return data
 
 
@@ -564,5 +572,5 @@ def serializeResponseHead(head: ResponseHead, validate: bool = True) -> bytes:
         match = _STATUS_LINE.match(data)
         if match is None or match.end() != len(line) or not 100 <= head.status <= 599:
             raise ValueError("Response head has an invalid status line")
-        _checkSerialized(data, len(line), "Response head")
+        _checkSerialized(data, len(line), head.headers, "Response head")
     return data

@@ -39,6 +39,8 @@ def _splitHostPort(value: bytes, requirePort: bool, defaultPort: int) -> Tuple[s
             raise HTTPError(400, "Unterminated IPv6 literal")
         literal = value[1:close]
         rest = value[close + 1 :]
+        if b"%" in literal:
+            raise HTTPError(400, "IPv6 zone identifiers are not allowed")
         try:
             ipaddress.IPv6Address(literal.decode("ascii"))
         except ValueError:
@@ -70,12 +72,23 @@ def _splitHostPort(value: bytes, requirePort: bool, defaultPort: int) -> Tuple[s
     return host, port
 
 
+_HOST_FAST = re.compile(
+    rb"[A-Za-z0-9_](?:[A-Za-z0-9_\-.]{0,251}[A-Za-z0-9_\-])?\.?(?::([0-9]{1,4}))?"
+)
+
+
 def _checkHostValue(value: bytes) -> None:
     """
     Check a non-empty C{Host} header value.
 
     @raise HTTPError: C{400} if it is not valid.
     """
+    match = _HOST_FAST.fullmatch(value)
+    if match is not None:
+        port = match.group(1)
+        if port is None or port.strip(b"0"):
+            return
+    # IPv6 literals, 5-digit ports, port 0 and errors take the slow path.
     _splitHostPort(value, False, 0)
 
 
