@@ -260,11 +260,11 @@ class ConnectErrorTests(ForwardTestCase):
         self.clock.advance(5)
         self.assertTrue(client.closed)
 
-    def test_otherMethodsNotImplemented(self) -> None:
+    def test_unknownTransferCodingIs501(self) -> None:
         """
-        Until HTTP forwarding lands, other methods get 501.
+        A request with a transfer coding the proxy cannot frame is 501.
         """
-        self.assertRefused(501, b"GET http://example.test/ HTTP/1.1\r\nHost: example.test\r\n\r\n")
+        self.assertRefused(501, b"POST http://example.test/ HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n")
 
     def test_errorClosesAfterLinger(self) -> None:
         """

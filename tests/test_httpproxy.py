@@ -1,0 +1,465 @@
+# -*- test-case-name: tests.test_httpproxy -*-
+"""
+Tests for the HTTP proxy core (L{txproxy.httpproxy}) through the forward
+proxy: absolute-URI requests, bodies, keep-alive, the upstream pool,
+errors and hooks, on fake transports and a fake clock.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, List, Tuple
+
+from twisted.internet import error
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from txproxy.forward import ForwardProxyProtocol
+from txproxy.http import RequestHead, ResponseHead, replaceHeader
+from txproxy.httpproxy import HTTPRequest
+from txproxy.testing import FakeConnector, FakeTransport, connect, forwardFactory
+
+GET = b"GET http://origin.test/path?q=1 HTTP/1.1\r\nHost: origin.test\r\nProxy-Connection: keep-alive\r\nUser-Agent: t\r\n\r\n"
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Type: text/plain\r\n\r\nhello"
+
+
+def _heads(data: bytes) -> List[bytes]:
+    return re.findall(rb"HTTP/1\.1 \d{3} ", data)
+
+
+class ProxyTestCase(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.connector = FakeConnector({"origin.test": ["192.0.2.20"]})
+        self.records: List[Any] = []
+
+    def factory(self, **options: Any) -> Any:
+        protocol = options.pop("protocol", None)
+        f = forwardFactory(self.connector, self.clock, protocol=protocol, **options)
+        f.accessLog = self
+        return f
+
+    def log(self, record: Any) -> None:
+        self.records.append(record)
+
+    def open(self, factory: Any = None) -> Tuple[Any, FakeTransport]:
+        return connect(factory or self.factory())
+
+    def request(self, data: bytes = GET, factory: Any = None) -> Tuple[Any, FakeTransport, FakeTransport]:
+        proto, client = self.open(factory)
+        proto.dataReceived(data)
+        upstream = self.connector.last.succeed()
+        return proto, client, upstream
+
+    def respond(self, data: bytes) -> None:
+        self.connector.last.protocol.dataReceived(data)
+
+
+class ForwardingTests(ProxyTestCase):
+    def test_requestRewrittenForOrigin(self) -> None:
+        """
+        The upstream receives an origin-form request line, HTTP/1.1, the
+        Host of the URI, a Via, and no hop-by-hop or proxy headers.
+        """
+        proto, client, upstream = self.request(
+            b"GET http://origin.test:8080/a?b HTTP/1.0\r\nHost: wrong.test\r\nProxy-Connection: keep-alive\r\n"
+            b"Connection: x-hop\r\nX-Hop: 1\r\nKeep-Alive: 5\r\nProxy-Authorization: Basic eDp5\r\nAccept: */*\r\n\r\n"
+        )
+        self.assertEqual((self.connector.last.host, self.connector.last.port), ("192.0.2.20", 8080))
+        sent = upstream.value()
+        self.assertTrue(sent.startswith(b"GET /a?b HTTP/1.1\r\n"), sent)
+        self.assertIn(b"Host: origin.test:8080\r\n", sent)
+        self.assertIn(b"Via: 1.0 txproxy\r\n", sent)
+        self.assertIn(b"Accept: */*\r\n", sent)
+        for gone in [b"wrong.test", b"Proxy-Connection", b"X-Hop", b"Keep-Alive", b"Proxy-Authorization", b"Connection:"]:
+            self.assertNotIn(gone, sent)
+
+    def test_responseRelayed(self) -> None:
+        """
+        The response comes back with Via added and its body intact, and is
+        logged with status and bytes.
+        """
+        proto, client, upstream = self.request()
+        self.respond(OK)
+        out = client.value()
+        self.assertTrue(out.startswith(b"HTTP/1.1 200 OK\r\n"))
+        self.assertIn(b"Via: 1.1 txproxy\r\n", out)
+        self.assertTrue(out.endswith(b"\r\n\r\nhello"))
+        (record,) = self.records
+        self.assertEqual((record.status, record.method, record.bytesDown), (200, "GET", 5))
+        self.assertEqual(record.target, "http://origin.test:80/path?q=1")
+
+    def test_keepAliveReusesUpstream(self) -> None:
+        """
+        A second request on the same client connection reuses the pooled
+        upstream connection: no new connection attempt.
+        """
+        proto, client, upstream = self.request()
+        self.respond(OK)
+        upstream.clear()
+        proto.dataReceived(GET)
+        self.assertEqual(len(self.connector.attempts), 1)
+        self.assertTrue(upstream.value().startswith(b"GET /path?q=1 HTTP/1.1"))
+        self.respond(OK)
+        self.assertEqual(len(_heads(client.value())), 2)
+        self.assertFalse(client.disconnecting)
+
+    def test_poolSharedAcrossClients(self) -> None:
+        """
+        Another client connection to the same origin reuses the idle
+        upstream connection.
+        """
+        factory = self.factory()
+        proto, client, upstream = self.request(factory=factory)
+        self.respond(OK)
+        other, otherClient = self.open(factory)
+        other.dataReceived(GET)
+        self.assertEqual(len(self.connector.attempts), 1)
+        self.respond(OK)
+        self.assertIn(b"hello", otherClient.value())
+
+    def test_pipelinedAnsweredInOrder(self) -> None:
+        """
+        Pipelined requests are forwarded one at a time and answered in order.
+        """
+        proto, client = self.open()
+        proto.dataReceived(GET.replace(b"/path", b"/one") + GET.replace(b"/path", b"/two"))
+        upstream = self.connector.last.succeed()
+        self.assertIn(b"/one", upstream.value())
+        self.assertNotIn(b"/two", upstream.value())
+        self.respond(OK.replace(b"hello", b"first"))
+        self.assertIn(b"/two", upstream.value())
+        self.respond(OK.replace(b"hello", b"secnd"))
+        out = client.value()
+        self.assertLess(out.index(b"first"), out.index(b"secnd"))
+
+    def test_clientConnectionClose(self) -> None:
+        """
+        Connection: close from the client: the response says close and the
+        connection closes after it; the upstream stays pooled.
+        """
+        factory = self.factory()
+        proto, client, upstream = self.request(GET.replace(b"User-Agent", b"Connection: close\r\nUser-Agent"), factory)
+        self.respond(OK)
+        self.assertIn(b"Connection: close\r\n", client.value())
+        self.assertTrue(client.disconnecting)
+        self.assertEqual(len(factory.pool), 1)
+
+    def test_upstreamConnectionCloseNotPooled(self) -> None:
+        """
+        An upstream that says Connection: close is not reused.
+        """
+        factory = self.factory()
+        proto, client, upstream = self.request(factory=factory)
+        self.respond(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok")
+        self.assertTrue(upstream.disconnecting)
+        self.assertEqual(len(factory.pool), 0)
+        self.assertNotIn(b"Connection: close", client.value())
+
+    def test_http10ClientKeepAlive(self) -> None:
+        """
+        An HTTP/1.0 client asking for keep-alive gets Connection: keep-alive;
+        one that does not is closed after the response.
+        """
+        proto, client, upstream = self.request(b"GET http://origin.test/ HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        self.respond(OK)
+        self.assertIn(b"Connection: keep-alive\r\n", client.value())
+        self.assertFalse(client.disconnecting)
+        proto, client, upstream = self.request(b"GET http://origin.test/ HTTP/1.0\r\n\r\n")
+        self.respond(OK)
+        self.assertTrue(client.disconnecting)
+
+
+class BodyTests(ProxyTestCase):
+    def test_requestBodyContentLength(self) -> None:
+        """
+        A Content-Length request body is streamed upstream as it arrives,
+        including bytes that came with the head.
+        """
+        proto, client = self.open()
+        proto.dataReceived(b"POST http://origin.test/up HTTP/1.1\r\nHost: origin.test\r\nContent-Length: 10\r\n\r\n0123")
+        upstream = self.connector.last.succeed()
+        proto.dataReceived(b"456789")
+        sent = upstream.value()
+        self.assertIn(b"Content-Length: 10\r\n", sent)
+        self.assertTrue(sent.endswith(b"\r\n\r\n0123456789"))
+        self.respond(OK)
+        self.assertEqual(self.records[0].bytesUp, 10)
+
+    def test_requestBodyChunked(self) -> None:
+        """
+        A chunked request body is relayed verbatim, trailers included, and
+        the next request after it is recognised.
+        """
+        body = b"5\r\nhello\r\n0\r\nX-Trailer: 1\r\n\r\n"
+        proto, client = self.open()
+        proto.dataReceived(b"POST http://origin.test/ HTTP/1.1\r\nHost: o\r\nTransfer-Encoding: chunked\r\n\r\n")
+        upstream = self.connector.last.succeed()
+        for i in range(len(body)):
+            proto.dataReceived(body[i : i + 1])
+        self.assertIn(b"Transfer-Encoding: chunked\r\n", upstream.value())
+        self.assertTrue(upstream.value().endswith(b"\r\n\r\n" + body))
+        proto.dataReceived(GET)
+        self.respond(OK)
+        self.assertIn(b"GET /path", upstream.value())
+
+    def test_chunkedResponseToHTTP11(self) -> None:
+        """
+        A chunked response is relayed as chunked to an HTTP/1.1 client,
+        across several segments, and the upstream is pooled after the last
+        chunk.
+        """
+        factory = self.factory()
+        proto, client, upstream = self.request(factory=factory)
+        self.respond(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n")
+        self.assertEqual(len(factory.pool), 0)
+        self.respond(b"0\r\n\r\n")
+        out = client.value()
+        self.assertIn(b"Transfer-Encoding: chunked\r\n", out)
+        self.assertTrue(out.endswith(b"3\r\nabc\r\n0\r\n\r\n"))
+        self.assertEqual(len(factory.pool), 1)
+
+    def test_chunkedResponseToHTTP10(self) -> None:
+        """
+        An HTTP/1.0 client gets a chunked response decoded and
+        close-delimited.
+        """
+        proto, client, upstream = self.request(b"GET http://origin.test/ HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        self.respond(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
+        out = client.value()
+        self.assertNotIn(b"chunked", out)
+        self.assertTrue(out.endswith(b"\r\n\r\nabc"))
+        self.assertIn(b"Connection: close", out)
+        self.assertTrue(client.disconnecting)
+
+    def test_closeDelimitedResponse(self) -> None:
+        """
+        A response without length ends when the upstream closes; the client
+        connection closes after it.
+        """
+        proto, client, upstream = self.request()
+        self.respond(b"HTTP/1.1 200 OK\r\n\r\npart1")
+        self.respond(b"part2")
+        self.assertFalse(client.disconnecting)
+        upstream.peerClosed()
+        self.assertTrue(client.value().endswith(b"part1part2"))
+        self.assertTrue(client.disconnecting)
+        self.assertEqual(self.records[0].status, 200)
+
+    def test_noBodyResponses(self) -> None:
+        """
+        HEAD, 204 and 304 responses have no body, whatever their headers say.
+        """
+        factory = self.factory()
+        proto, client, upstream = self.request(GET.replace(b"GET", b"HEAD"), factory)
+        self.respond(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n")
+        self.assertIn(b"Content-Length: 100", client.value())
+        self.assertEqual(len(factory.pool), 1)
+        client.clear()
+        proto.dataReceived(GET)
+        self.respond(b"HTTP/1.1 304 Not Modified\r\nETag: x\r\n\r\n")
+        self.assertTrue(client.value().startswith(b"HTTP/1.1 304"))
+        self.assertFalse(client.disconnecting)
+
+    def test_continueForwarded(self) -> None:
+        """
+        Expect: 100-continue goes upstream; the upstream's 100 Continue comes
+        back before the final response.
+        """
+        proto, client = self.open()
+        proto.dataReceived(b"PUT http://origin.test/x HTTP/1.1\r\nHost: o\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n")
+        upstream = self.connector.last.succeed()
+        self.assertIn(b"Expect: 100-continue", upstream.value())
+        self.respond(b"HTTP/1.1 100 Continue\r\n\r\n")
+        self.assertEqual(client.value(), b"HTTP/1.1 100 Continue\r\n\r\n")
+        proto.dataReceived(b"abc")
+        self.respond(b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n")
+        self.assertIn(b"HTTP/1.1 201 Created", client.value())
+
+    def test_responseCutMidBody(self) -> None:
+        """
+        An upstream that closes mid-body makes the proxy close the client
+        connection instead of inventing an end.
+        """
+        proto, client, upstream = self.request()
+        self.respond(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly this")
+        upstream.peerClosed()
+        self.assertTrue(client.disconnecting)
+        self.assertTrue(client.value().endswith(b"only this"))
+
+    def test_upgradeBecomesTunnel(self) -> None:
+        """
+        A WebSocket upgrade keeps its Upgrade/Connection headers upstream;
+        after 101 the connection is relayed both ways.
+        """
+        proto, client = self.open()
+        proto.dataReceived(b"GET http://origin.test/ws HTTP/1.1\r\nHost: o\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+        upstream = self.connector.last.succeed()
+        self.assertIn(b"Upgrade: websocket", upstream.value())
+        self.assertIn(b"Connection: upgrade", upstream.value())
+        self.respond(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nframe1")
+        self.assertIn(b"101 Switching Protocols", client.value())
+        self.assertTrue(client.value().endswith(b"frame1"))
+        upstream.clear()
+        proto.dataReceived(b"frame2")
+        self.assertEqual(upstream.value(), b"frame2")
+        self.assertIsNotNone(proto.relay)
+
+
+class ErrorTests(ProxyTestCase):
+    def assertStatus(self, client: FakeTransport, status: int) -> None:
+        self.assertTrue(client.value().startswith(b"HTTP/1.1 %d " % status), client.value())
+
+    def test_smuggling(self) -> None:
+        """
+        Ambiguous framing is 400 and never reaches an upstream.
+        """
+        for bad in [
+            b"POST http://o/ HTTP/1.1\r\nHost: o\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST http://o/ HTTP/1.1\r\nHost: o\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
+            b"POST http://o/ HTTP/1.1\r\nHost: o\r\nTransfer-Encoding: gzip\r\n\r\n",
+            b"POST http://o/ HTTP/1.1\r\nHost: o\r\nContent-Length: -1\r\n\r\n",
+            b"GET http://o/ HTTP/1.1\r\nHost : o\r\n\r\n",
+            b"GET http://o/ HTTP/1.1\r\nHost: o\r\n folded\r\n\r\n",
+        ]:
+            proto, client = self.open()
+            proto.dataReceived(bad)
+            self.assertStatus(client, 400)
+        self.assertEqual(self.connector.attempts, [])
+
+    def test_badChunkInRequestBody(self) -> None:
+        """
+        A malformed chunk size in a request body is 400 and the upstream is
+        dropped.
+        """
+        proto, client = self.open()
+        proto.dataReceived(b"POST http://origin.test/ HTTP/1.1\r\nHost: o\r\nTransfer-Encoding: chunked\r\n\r\n")
+        upstream = self.connector.last.succeed()
+        proto.dataReceived(b"zz\r\n")
+        self.assertStatus(client, 400)
+        self.assertTrue(upstream.aborted)
+
+    def test_originFormAndHttpsAre400(self) -> None:
+        """
+        An origin-form target or an https:// absolute URI is not something a
+        forward proxy forwards: 400.
+        """
+        for bad in [b"GET / HTTP/1.1\r\nHost: o\r\n\r\n", b"GET https://o/ HTTP/1.1\r\nHost: o\r\n\r\n"]:
+            proto, client = self.open()
+            proto.dataReceived(bad)
+            self.assertStatus(client, 400)
+
+    def test_refusedIs502(self) -> None:
+        """
+        An origin refusing the connection is 502.
+        """
+        proto, client = self.open()
+        proto.dataReceived(GET)
+        self.connector.last.fail(error.ConnectionRefusedError())
+        self.assertStatus(client, 502)
+
+    def test_responseTimeoutIs504(self) -> None:
+        """
+        No response head within --response-timeout is 504 and the upstream
+        is closed.
+        """
+        proto, client, upstream = self.request(factory=self.factory(response_timeout="5"))
+        self.clock.advance(4.9)
+        self.assertEqual(client.value(), b"")
+        self.clock.advance(0.2)
+        self.assertStatus(client, 504)
+        self.assertTrue(upstream.disconnecting)
+
+    def test_badResponseIs502(self) -> None:
+        """
+        A malformed response head is 502.
+        """
+        proto, client, upstream = self.request()
+        self.respond(b"HTTP/1.1 200 OK\r\nBad Header\r\n\r\n")
+        self.assertStatus(client, 502)
+
+    def test_staleConnectionRetried(self) -> None:
+        """
+        A pooled connection closed by the server before answering is retried
+        once on a fresh connection for an idempotent request.
+        """
+        proto, client, upstream = self.request()
+        self.respond(OK)
+        proto.dataReceived(GET)
+        upstream.peerClosed()
+        self.assertEqual(len(self.connector.attempts), 2)
+        fresh = self.connector.last.succeed()
+        self.assertIn(b"GET /path", fresh.value())
+        self.respond(OK)
+        self.assertEqual(len(_heads(client.value())), 2)
+
+    def test_deniedDestination(self) -> None:
+        """
+        --deny-dest applies to absolute-URI requests, on the resolved address.
+        """
+        proto, client = self.open(self.factory(deny_dest="192.0.2.0/24"))
+        proto.dataReceived(GET)
+        self.assertStatus(client, 403)
+
+    def test_idleKeepAliveClosed(self) -> None:
+        """
+        A keep-alive connection with no new request is closed quietly after
+        the keep-alive timeout (bounded by --idle-timeout).
+        """
+        proto, client, upstream = self.request(factory=self.factory(idle_timeout="20"))
+        self.respond(OK)
+        self.clock.advance(19)
+        self.assertFalse(client.disconnecting)
+        self.clock.advance(2)
+        self.assertTrue(client.disconnecting)
+
+    def test_stalledBodyClosedByIdleTimeout(self) -> None:
+        """
+        A response body that stops flowing is cut after --idle-timeout.
+        """
+        proto, client, upstream = self.request(factory=self.factory(idle_timeout="8"))
+        self.respond(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nsome")
+        self.clock.pump([1] * 7)
+        self.assertFalse(client.disconnecting)
+        self.clock.pump([1] * 4)
+        self.assertTrue(client.disconnecting)
+        self.assertTrue(upstream.aborted)
+
+
+class HTTPHookTests(ProxyTestCase):
+    def test_allowRequestFalseIs403(self) -> None:
+        """
+        allowRequest returning False answers 403 without dialling.
+        """
+
+        class Deny(ForwardProxyProtocol):
+            def allowRequest(self, request: HTTPRequest) -> bool:
+                return request.target.host != "origin.test"
+
+        proto, client = self.open(self.factory(protocol=Deny))
+        proto.dataReceived(GET)
+        self.assertTrue(client.value().startswith(b"HTTP/1.1 403"))
+        self.assertEqual(self.connector.attempts, [])
+
+    def test_rewriteHeadsAndObserveBody(self) -> None:
+        """
+        rewriteRequest and rewriteResponse change what is sent; the body
+        observer sees decoded bytes of a chunked response.
+        """
+        seen: List[bytes] = []
+
+        class Rewrite(ForwardProxyProtocol):
+            def rewriteRequest(self, request: HTTPRequest, head: RequestHead) -> RequestHead:
+                return RequestHead(head.method, head.target, head.version, replaceHeader(head.headers, b"X-Added", b"1"))
+
+            def rewriteResponse(self, request: HTTPRequest, head: ResponseHead) -> ResponseHead:
+                return ResponseHead(head.version, head.status, head.reason, replaceHeader(head.headers, b"X-Seen", b"yes"))
+
+            def responseBodyData(self, request: HTTPRequest, data: bytes) -> None:
+                seen.append(data)
+
+        proto, client, upstream = self.request(factory=self.factory(protocol=Rewrite))
+        self.assertIn(b"X-Added: 1\r\n", upstream.value())
+        self.respond(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n")
+        self.assertIn(b"X-Seen: yes\r\n", client.value())
+        self.assertEqual(b"".join(seen), b"abcde")

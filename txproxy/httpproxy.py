@@ -1,0 +1,1537 @@
+# -*- test-case-name: tests.test_httpproxy -*-
+"""
+The HTTP/1.1 proxy core shared by the forward and reverse proxies.
+
+L{HTTPProxyProtocol} owns one client connection: it reads request heads
+(with the header timeout and size limit), applies the listener's policy
+(client ACL, connection caps, authentication, rate limit), asks its subclass
+where each request goes, takes an upstream connection from the
+L{UpstreamPool} (or dials one), streams the request body up and the response
+body down without buffering either whole, keeps both connections alive when
+HTTP allows it, answers pipelined requests in order, and hands upgraded
+connections (and C{CONNECT} tunnels) to the L{Relay}.
+
+The per-request hot path is: one head parse, one head serialization each
+way, and direct writes; no Deferred is created for a request whose policy
+and routing decisions are synchronous and whose upstream connection is
+already pooled.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import attr
+from twisted.internet import defer, error
+from twisted.internet.interfaces import IHalfCloseableProtocol, IReactorTime
+from twisted.internet.protocol import Factory, Protocol, ServerFactory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from txproxy.accesslog import AccessRecord
+from txproxy.auth import Htpasswd, parseBasic
+from txproxy.config import ListenerConfig
+from txproxy.errors import PolicyDenied, ResolveError
+from txproxy.hooks import ClientInfo, Refuse, Target
+from txproxy.http import (
+    CONTINUE_RESPONSE,
+    ChunkedDecoder,
+    ChunkedReader,
+    HeadReader,
+    HTTPError,
+    LengthReader,
+    RequestHead,
+    ResponseHead,
+    errorResponse,
+    findHeadEnd,
+    parseRequestHead,
+    parseResponseHead,
+    requestFraming,
+    responseFraming,
+    serializeRequestHead,
+    serializeResponseHead,
+)
+from txproxy.http._headers import connectionTokens
+from txproxy.relay import Relay, RelayedProtocol, fastSender
+
+__all__ = [
+    "HTTPRequest",
+    "HTTPProxyProtocol",
+    "HTTPProxyFactory",
+    "UpstreamHTTPProtocol",
+    "UpstreamPool",
+    "clientInfoFor",
+]
+
+log = Logger()
+
+# Client connection states.
+_HEAD, _WAIT, _EXCHANGE, _TUNNEL, _LINGER, _CLOSED, _CLOSING = range(7)
+# Response states.
+_RESP_HEAD, _RESP_BODY, _RESP_DONE = range(3)
+
+#: Seconds to keep reading (and discarding) after an error response, so the
+#: client reads the response instead of a reset.
+LINGER_SECONDS = 2.0
+
+#: Pipelined bytes buffered beyond the current request before reading from
+#: the client pauses.
+PIPELINE_LIMIT = 256 * 1024
+
+_HTTP11 = b"HTTP/1.1"
+_IDEMPOTENT = frozenset([b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"])
+# Hop-by-hop fields removed in both directions (RFC 9110 section 7.6.1),
+# plus whatever Connection lists.
+_HOP = frozenset(
+    [
+        b"connection",
+        b"proxy-connection",
+        b"keep-alive",
+        b"te",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-authorization",
+        b"proxy-authenticate",
+        b"trailer",
+    ]
+)
+
+
+def clientInfoFor(transport: Any) -> ClientInfo:
+    """
+    Build a L{ClientInfo} from a transport's peer (the PROXY header's source
+    address on C{haproxy:} listeners).
+    """
+    peer = transport.getPeer()
+    host = getattr(peer, "host", None)
+    if host is None:
+        return ClientInfo(str(getattr(peer, "name", "") or "unix"), 0)
+    return ClientInfo(host, getattr(peer, "port", 0))
+
+
+def statusForFailure(f: Failure) -> Tuple[int, str]:
+    """
+    Map a failure to reach an upstream onto a status code and a short reason.
+    """
+    if f.check(Refuse):
+        return f.value.status, f.value.reason
+    if f.check(PolicyDenied):
+        return 403, str(f.value) or "destination not allowed"
+    if f.check(HTTPError):
+        return f.value.status, f.value.reason
+    if f.check(ResolveError, error.DNSLookupError):
+        return 502, "cannot resolve the destination"
+    if f.check(error.TimeoutError, defer.TimeoutError, defer.CancelledError):
+        return 504, "timed out connecting to the destination"
+    if f.check(error.ConnectionRefusedError):
+        return 502, "the destination refused the connection"
+    return 502, "cannot connect to the destination"
+
+
+def overrides(obj: Any, name: str, base: type) -> bool:
+    """
+    Whether C{obj}'s class overrides method C{name} of C{base} (hooks that
+    are not overridden are not called at all).
+    """
+    return getattr(type(obj), name) is not getattr(base, name)
+
+
+@attr.s(frozen=True, slots=True, auto_attribs=True)
+class HTTPRequest:
+    """
+    A request as hooks see it.
+
+    @ivar client: who sent it.
+    @ivar head: the request head as received.
+    @ivar scheme: C{"http"} or C{"https"} (the scheme of the URL requested).
+    @ivar target: where it goes (host and port of the origin or backend).
+    @ivar path: the path and query, origin-form.
+    """
+
+    client: ClientInfo
+    head: RequestHead
+    scheme: str
+    target: Target
+    path: bytes
+
+    @property
+    def method(self) -> bytes:
+        return self.head.method
+
+
+class _OneShotFactory(Factory):
+    """
+    A factory that hands out one pre-built protocol (for endpoint connects).
+    """
+
+    noisy = False
+
+    def __init__(self, proto: Protocol) -> None:
+        self.proto = proto
+
+    def buildProtocol(self, addr: Any) -> Protocol:
+        return self.proto
+
+
+# ---------------------------------------------------------------------------
+# Upstream connections and their pool
+
+
+@implementer(IHalfCloseableProtocol)
+class UpstreamHTTPProtocol(RelayedProtocol):
+    """
+    One connection to an upstream HTTP server, used by one client exchange
+    at a time and pooled in between.
+
+    @ivar owner: the L{HTTPProxyProtocol} whose request this connection is
+        serving, or L{None} when idle.
+    @ivar key: the pool key (origin) this connection belongs to.
+    @ivar requests: how many requests it has carried.
+    @ivar idleSince: clock time it was returned to the pool.
+    """
+
+    owner: Optional["HTTPProxyProtocol"] = None
+    key = ""
+    requests = 0
+    idleSince = 0.0
+    pool: Optional["UpstreamPool"] = None
+    lost = False
+
+    def dataReceived(self, data: bytes) -> None:
+        owner = self.owner
+        if owner is not None:
+            owner._responseData(data)
+        elif self.relay is None:
+            # Bytes on an idle connection: the server is confused; drop it.
+            self._discard()
+
+    def readConnectionLost(self) -> None:
+        if self.relay is not None:
+            self.relay.upstreamReadLost()
+        elif self.owner is not None:
+            self.owner._upstreamEnded(self, None)
+        else:
+            self._discard()
+
+    def connectionLost(self, reason: Failure = Failure(error.ConnectionDone())) -> None:
+        self.lost = True
+        if self.pool is not None:
+            self.pool.remove(self)
+        if self.relay is not None:
+            self.relay.upstreamLost(reason)
+        elif self.owner is not None:
+            self.owner._upstreamEnded(self, reason)
+
+    def _discard(self) -> None:
+        if self.pool is not None:
+            self.pool.remove(self)
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+
+class UpstreamPool:
+    """
+    Idle keep-alive connections to upstreams, keyed by origin.
+
+    Connections are reused most-recently-idle first (the least likely to
+    have been closed by the server).  A connection is never reused unless
+    its last response was read to the end.
+
+    @ivar maxIdlePerKey: idle connections kept per origin.
+    @ivar maxIdle: idle connections kept in total.
+    @ivar idleTimeout: seconds an idle connection is kept.
+    """
+
+    def __init__(self, clock: IReactorTime, maxIdlePerKey: int = 32, maxIdle: int = 1024, idleTimeout: float = 30.0) -> None:
+        self.clock = clock
+        self.maxIdlePerKey = maxIdlePerKey
+        self.maxIdle = maxIdle
+        self.idleTimeout = idleTimeout
+        self._idle: Dict[str, List[UpstreamHTTPProtocol]] = {}
+        self._count = 0
+        self._sweep: Any = None
+        self.reused = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def get(self, key: str) -> Optional[UpstreamHTTPProtocol]:
+        """
+        An idle connection to C{key}, taken out of the pool, or L{None}.
+        """
+        conns = self._idle.get(key)
+        if not conns:
+            return None
+        deadline = self.clock.seconds() - self.idleTimeout
+        while conns:
+            proto = conns.pop()
+            self._count -= 1
+            proto.pool = None
+            if proto.lost or proto.idleSince < deadline:
+                if proto.transport is not None:
+                    proto.transport.loseConnection()
+                continue
+            if not conns:
+                del self._idle[key]
+            self.reused += 1
+            return proto
+        del self._idle[key]
+        return None
+
+    def put(self, proto: UpstreamHTTPProtocol) -> None:
+        """
+        Return C{proto} to the pool (it must be idle and reusable).
+        """
+        if proto.lost:
+            return
+        conns = self._idle.setdefault(proto.key, [])
+        if len(conns) >= self.maxIdlePerKey or self._count >= self.maxIdle:
+            if proto.transport is not None:
+                proto.transport.loseConnection()
+            if not conns:
+                del self._idle[proto.key]
+            return
+        proto.idleSince = self.clock.seconds()
+        proto.pool = self
+        conns.append(proto)
+        self._count += 1
+        if self._sweep is None:
+            self._sweep = self.clock.callLater(self.idleTimeout, self._sweepIdle)
+
+    def remove(self, proto: UpstreamHTTPProtocol) -> None:
+        """
+        Forget C{proto} (it closed or misbehaved while idle).
+        """
+        conns = self._idle.get(proto.key)
+        proto.pool = None
+        if conns and proto in conns:
+            conns.remove(proto)
+            self._count -= 1
+            if not conns:
+                del self._idle[proto.key]
+
+    def _sweepIdle(self) -> None:
+        self._sweep = None
+        deadline = self.clock.seconds() - self.idleTimeout
+        for key in list(self._idle):
+            for proto in list(self._idle.get(key, ())):
+                if proto.idleSince <= deadline:
+                    self.remove(proto)
+                    if proto.transport is not None:
+                        proto.transport.loseConnection()
+        if self._count:
+            self._sweep = self.clock.callLater(self.idleTimeout / 2.0, self._sweepIdle)
+
+    def closeAll(self) -> None:
+        """
+        Close every idle connection and stop the sweeper.
+        """
+        if self._sweep is not None and self._sweep.active():
+            self._sweep.cancel()
+        self._sweep = None
+        for key in list(self._idle):
+            for proto in list(self._idle.get(key, ())):
+                self.remove(proto)
+                if proto.transport is not None:
+                    proto.transport.loseConnection()
+
+
+# ---------------------------------------------------------------------------
+# The client side
+
+
+@implementer(IHalfCloseableProtocol)
+class HTTPProxyProtocol(Protocol):
+    """
+    One client connection to an HTTP proxy (forward or reverse).
+
+    Subclasses implement L{routeRequest} (where a request goes) and may
+    override L{tunnelRequested} (C{CONNECT}).  User-facing hooks, in the
+    order they run for each request:
+
+      1. L{allowRequest}, after the configured policy allowed it;
+      2. L{rewriteRequest}, on the head about to be sent upstream;
+      3. L{rewriteResponse}, on the response head about to be sent back;
+      4. L{requestBodyData} / L{responseBodyData}, with the decoded body
+         bytes (only when overridden);
+      5. L{requestFinished}, once, with the access record.
+
+    @ivar factory: the L{HTTPProxyFactory}.
+    @ivar client: the L{ClientInfo} of this connection (C{user} is set once
+        authenticated).
+    @ivar relay: the L{Relay} once the connection became a tunnel.
+    """
+
+    #: The protocol built for each new upstream connection.
+    upstreamProtocol: Callable[[], UpstreamHTTPProtocol] = UpstreamHTTPProtocol
+    #: The mode name in access records.
+    mode = "http"
+
+    factory: "HTTPProxyFactory"
+    client: ClientInfo
+    relay: Optional[Relay] = None
+
+    _state = _HEAD
+    _timer: Any = None
+    _timerKind = ""
+    _lease: Any = None
+    _admission: Any = None
+    _reader: Optional[HeadReader] = None
+    _input = b""  # client bytes not yet consumed (next request, or early body)
+    _clientReadLost = False
+    _pending: Optional[defer.Deferred] = None
+    _start: Optional[float] = None
+    _startWall = 0.0
+    _head: Optional[RequestHead] = None
+    _request: Optional[HTTPRequest] = None
+    _upstream: Optional[UpstreamHTTPProtocol] = None
+    _upstreamAddress = ""
+    _reqReader: Any = None
+    _reqDecoder: Any = None
+    _respState = _RESP_HEAD
+    _respReader: Any = None
+    _respDecoder: Any = None
+    _respHeadReader: Optional[HeadReader] = None
+    _respHead: Optional[ResponseHead] = None
+    _respReceived = False
+    _clientKeepAlive = True
+    _upstreamReusable = True
+    _bytesUp = 0
+    _bytesDown = 0
+    _retried = False
+    _toClient: Any = None
+    _progress = 0
+    _progressMark = -1
+    _progressSince = 0.0
+    _upgrading = False
+
+    # -- hooks
+
+    def allowRequest(self, request: HTTPRequest) -> Any:
+        """
+        Decide whether to serve C{request}.  Runs once per request, after
+        the configured policy (ACL, authentication, rate limit) allowed it.
+
+        @return: C{True}, C{False} (C{403}), or a Deferred firing with one;
+            raise L{Refuse} for another status.
+        """
+        return True
+
+    def rewriteRequest(self, request: HTTPRequest, head: RequestHead) -> Any:
+        """
+        Rewrite the head about to be sent upstream (hop-by-hop fields are
+        already removed, C{Via} added).  Runs once per request.
+
+        @return: a L{RequestHead} (or a Deferred firing with one).
+        """
+        return head
+
+    def rewriteResponse(self, request: HTTPRequest, head: ResponseHead) -> ResponseHead:
+        """
+        Rewrite the response head about to be sent to the client (framing
+        and hop-by-hop fields are already handled).  Runs once per final
+        response; must return synchronously.
+        """
+        return head
+
+    def requestBodyData(self, request: HTTPRequest, data: bytes) -> None:
+        """
+        Observe decoded request body bytes as they are relayed.  Called only
+        when overridden.
+        """
+
+    def responseBodyData(self, request: HTTPRequest, data: bytes) -> None:
+        """
+        Observe decoded response body bytes as they are relayed.  Called
+        only when overridden.
+        """
+
+    def requestFinished(self, record: AccessRecord) -> None:
+        """
+        Called once per request (or tunnel) with its access record.
+        """
+
+    # -- for subclasses
+
+    def routeRequest(self, head: RequestHead) -> Any:
+        """
+        Decide where a (non-CONNECT) request goes.  Implemented by
+        subclasses.
+
+        @return: an L{HTTPRequest} (or a Deferred firing with one); raise
+            L{HTTPError} or L{Refuse} to answer with an error.
+        """
+        raise HTTPError(501, "Not implemented")
+
+    def poolKey(self, request: HTTPRequest) -> str:
+        """
+        The upstream pool key for C{request}: requests with the same key may
+        share connections.
+        """
+        return f"{request.scheme}://{request.target}"
+
+    def connectUpstream(self, request: HTTPRequest) -> "defer.Deferred[UpstreamHTTPProtocol]":
+        """
+        Open a new connection for C{request}.  The default resolves the
+        target, applies C{--deny-dest} to the resolved addresses and dials
+        the first allowed ones in turn.
+        """
+        return self.dialTarget(request.target, self.upstreamProtocol)
+
+    def upstreamHead(self, request: HTTPRequest) -> RequestHead:
+        """
+        The head to send upstream for C{request}: hop-by-hop fields removed,
+        origin-form target, C{Via} added.  Subclasses add their own fields.
+        """
+        head = request.head
+        remove = set(_HOP)
+        remove.update(connectionTokens(head.headers))
+        keep = self._upgradeKeep(head)
+        headers = [(n, v) for n, v in head.headers if n.lower() not in remove or n.lower() in keep]
+        if keep:
+            headers.append((b"Connection", b"upgrade"))
+        framing = self._framing
+        if framing.kind == "chunked":
+            headers.append((b"Transfer-Encoding", b"chunked"))
+        elif framing.kind == "length" and not any(n.lower() == b"content-length" for n, _ in headers):
+            headers.append((b"Content-Length", b"%d" % framing.length))
+        headers.append((b"Via", head.version[5:] + b" " + self.factory.pseudonym))
+        return RequestHead(head.method, request.path, _HTTP11, tuple(headers))
+
+    def _upgradeKeep(self, head: RequestHead) -> Tuple[bytes, ...]:
+        if head.get(b"upgrade") is not None and b"upgrade" in connectionTokens(head.headers):
+            return (b"upgrade",)
+        return ()
+
+    def tunnelRequested(self, head: RequestHead) -> None:
+        """
+        A C{CONNECT} request arrived (the client is paused; the bytes after
+        the head are in C{self._input}).  The default refuses it.
+        """
+        self._refuse(405, "CONNECT is not allowed here")
+
+    # -- connection set-up
+
+    def connectionMade(self) -> None:
+        self.client = clientInfoFor(self.transport)
+        factory = self.factory
+        factory.connectionOpened(self)
+        self._setTimer(factory.listener.headerTimeout, "head")
+        limits = factory.limits
+        if limits is not None:
+            self._admission = limits.admitConnection(self.client.host, False)
+            self._admission.addCallback(self._admitted)
+
+    def _admitted(self, decision: Any) -> Any:
+        self._admission = decision
+        if decision.allowed:
+            self._lease = decision.lease
+            if self._state == _CLOSED and self._lease is not None:
+                self._lease.release()
+                self._lease = None
+        return decision
+
+    # -- timers: one per connection, its meaning set by the state
+
+    def _setTimer(self, seconds: float, kind: str) -> None:
+        self._timerKind = kind
+        timer = self._timer
+        if timer is not None and timer.active():
+            timer.reset(seconds)
+        else:
+            self._timer = self.factory.clock.callLater(seconds, self._timedOut)
+
+    def _cancelTimer(self) -> None:
+        timer, self._timer = self._timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _timedOut(self) -> None:
+        self._timer = None
+        kind = self._timerKind
+        if kind == "head":
+            if self._state == _HEAD:
+                if self._reader is None and self._head is not None:
+                    # Idle keep-alive connection: close quietly.
+                    self.transport.loseConnection()  # type: ignore[union-attr]
+                else:
+                    self._refuse(408, "request head not received in time")
+        elif kind == "idle":
+            if self._state == _HEAD and self._reader is None:
+                self._state = _CLOSING
+                self.transport.loseConnection()  # type: ignore[union-attr]
+        elif kind == "linger":
+            self.transport.loseConnection()  # type: ignore[union-attr]
+        elif kind == "response":
+            if self._state == _EXCHANGE and self._respState == _RESP_HEAD and not self._respReceived:
+                self._dropUpstream()
+                self._refuse(504, "the upstream did not answer in time")
+        elif kind == "progress":
+            self._checkProgress()
+
+    def _checkProgress(self) -> None:
+        """
+        While a body streams: close both sides when neither moved a byte for
+        the idle timeout (checked, never reset per chunk).
+        """
+        idle = self.factory.listener.idleTimeout
+        now = self.factory.clock.seconds()
+        mark = self._bytesUp + self._bytesDown
+        if mark != self._progressMark:
+            self._progressMark = mark
+            self._progressSince = now
+        elif now - self._progressSince >= idle:
+            self._dropUpstream(abort=True)
+            self.transport.loseConnection()  # type: ignore[union-attr]
+            return
+        self._setTimer(max(idle / 4.0, 0.01), "progress")
+
+    # -- the head
+
+    def dataReceived(self, data: bytes) -> None:
+        state = self._state
+        if state == _HEAD:
+            reader = self._reader
+            if reader is None:
+                if self._timerKind == "idle":
+                    self._setTimer(self.factory.listener.headerTimeout, "head")
+                end = findHeadEnd(data) if not data.startswith(b"\r\n") else -1
+                if end >= 0:
+                    if end > self.factory.listener.maxHeadSize:
+                        self._refuse(431, "request head too large")
+                    else:
+                        self._headReceived(data[:end], data[end:])
+                    return
+                reader = self._reader = HeadReader(self.factory.listener.maxHeadSize)
+            try:
+                head = reader.feed(data)
+            except HTTPError as e:
+                self._reader = None
+                self._refuse(e.status, e.reason)
+                return
+            if head is not None:
+                self._reader = None
+                self._headReceived(head, reader.leftover)
+        elif state == _EXCHANGE:
+            self._requestData(data)
+        elif state == _WAIT:
+            self._input += data
+        # _LINGER, _CLOSED, _CLOSING: discard.
+
+    def _headReceived(self, headBytes: bytes, rest: bytes) -> None:
+        factory = self.factory
+        self._start = factory.clock.seconds()
+        self._startWall = time.time()
+        self._bytesUp = self._bytesDown = 0
+        self._request = None
+        self._upstreamAddress = ""
+        self._retried = False
+        try:
+            head = parseRequestHead(headBytes)
+        except HTTPError as e:
+            self._head = None
+            self._refuse(e.status, e.reason)
+            return
+        self._head = head
+        self._input = rest
+        self._cancelTimer()
+        self._state = _WAIT
+        self.transport.pauseProducing()  # type: ignore[union-attr]
+        if head.method == b"CONNECT":
+            self.tunnelRequested(head)
+            return
+        try:
+            self._framing = requestFraming(head)
+        except HTTPError as e:
+            self._refuse(e.status, e.reason)
+            return
+        self._clientKeepAlive = head.keepAlive
+        try:
+            refusal = self.checkPolicy(head)
+        except Refuse as e:
+            self._refuseWith(e)
+            return
+        if refusal is not None:
+            # The limiter answers asynchronously (Redis).
+            refusal.addCallbacks(lambda _: self._route(head), self._failed)
+            refusal.addErrback(self._unexpected)
+            return
+        self._route(head)
+
+    def _route(self, head: RequestHead) -> None:
+        try:
+            routed = self.routeRequest(head)
+        except Exception:
+            self._failed(Failure())
+            return
+        if isinstance(routed, defer.Deferred):
+            routed.addCallbacks(self._routed, self._failed).addErrback(self._unexpected)
+        else:
+            self._routed(routed)
+
+    def _routed(self, request: HTTPRequest) -> None:
+        if self._state != _WAIT:
+            return
+        self._request = request
+        if overrides(self, "allowRequest", HTTPProxyProtocol):
+            d = defer.maybeDeferred(self.allowRequest, request)
+
+            def decided(allowed: Any) -> None:
+                if not allowed:
+                    raise Refuse(403, "request not allowed")
+                self._prepare(request)
+
+            d.addCallback(decided).addErrback(self._failed).addErrback(self._unexpected)
+            return
+        self._prepare(request)
+
+    def _prepare(self, request: HTTPRequest) -> None:
+        if self._state != _WAIT:
+            return
+        try:
+            head = self.upstreamHead(request)
+        except HTTPError as e:
+            self._refuse(e.status, e.reason)
+            return
+        if overrides(self, "rewriteRequest", HTTPProxyProtocol):
+            d = defer.maybeDeferred(self.rewriteRequest, request, head)
+            d.addCallback(lambda h: self._acquire(request, h)).addErrback(self._failed).addErrback(self._unexpected)
+            return
+        self._acquire(request, head)
+
+    def _acquire(self, request: HTTPRequest, head: RequestHead) -> None:
+        if self._state != _WAIT:
+            return
+        self._outHead = head
+        key = self.poolKey(request)
+        upstream = self.factory.pool.get(key)
+        if upstream is not None:
+            self._exchange(upstream, reused=True)
+            return
+        d = self.connectUpstream(request)
+        timeout = self.factory.listener.connectTimeout
+        d.addTimeout(timeout, self.factory.clock)
+        self._pending = d
+
+        def connected(upstream: UpstreamHTTPProtocol) -> None:
+            self._pending = None
+            upstream.key = key
+            if self._state != _WAIT:
+                upstream.transport.loseConnection()  # type: ignore[union-attr]
+                return
+            self._exchange(upstream, reused=False)
+
+        def failed(f: Failure) -> None:
+            self._pending = None
+            self._failed(f)
+
+        d.addCallbacks(connected, failed).addErrback(self._unexpected)
+
+    # -- dialling
+
+    def dialTarget(self, target: Target, protocolFactory: Callable[[], Any]) -> defer.Deferred:
+        """
+        Resolve C{target}, drop addresses in C{--deny-dest} (L{PolicyDenied}
+        when none is left), and connect to the first allowed address that
+        answers (at most three are tried).
+
+        @return: a Deferred firing with the connected protocol; the address
+            dialled is in C{self._upstreamAddress}.
+        """
+        factory = self.factory
+        d = factory.connector.resolve(target.host, target.port)
+        denyDest = factory.listener.denyDest
+
+        def pick(addresses: List[str]) -> List[str]:
+            allowed = [a for a in addresses if a not in denyDest] if denyDest else addresses
+            if not allowed:
+                raise PolicyDenied(f"destination {target.host} is not allowed")
+            return allowed[:3]
+
+        def dial(candidates: List[str]) -> Any:
+            def attempt(index: int) -> Any:
+                address = candidates[index]
+                proto = protocolFactory()
+                d = factory.connector.endpointFor(address, target.port).connect(_OneShotFactory(proto))
+
+                def ok(p: Any) -> Any:
+                    host = f"[{address}]" if ":" in address else address
+                    self._upstreamAddress = f"{host}:{target.port}"
+                    return p
+
+                def failed(f: Failure) -> Any:
+                    if index + 1 < len(candidates) and f.check(error.ConnectError) and not f.check(error.TimeoutError):
+                        return attempt(index + 1)
+                    return f
+
+                return d.addCallbacks(ok, failed)
+
+            return attempt(0)
+
+        return d.addCallback(pick).addCallback(dial)
+
+    # -- policy
+
+    def checkPolicy(self, head: RequestHead) -> Optional[defer.Deferred]:
+        """
+        The configured policy, in the order a user expects: client ACL,
+        connection caps, authentication, rate limit.
+
+        @raise Refuse: when refused.
+        @return: L{None} when decided, or a Deferred when the limiter has to
+            be waited for (it fails with L{Refuse} when refused).
+        """
+        factory = self.factory
+        if not factory.clientAllowed(self.client.host):
+            raise Refuse(403, "client not allowed")
+        admission = self._admission
+        if admission is not None:
+            if isinstance(admission, defer.Deferred):
+                return admission.addCallback(lambda _: self.checkPolicy(head))
+            if not admission.allowed:
+                raise self._limitRefusal(admission)
+        htpasswd = factory.htpasswd
+        if htpasswd is not None:
+            creds = parseBasic(head.get(b"proxy-authorization"))
+            if creds is None or not htpasswd.check(*creds):
+                raise Refuse(407, "proxy authentication required")
+            if self.client.user != creds[0]:
+                self.client = ClientInfo(self.client.host, self.client.port, creds[0])
+        limits = factory.limits
+        if limits is not None and factory.listener.rate is not None:
+            d = limits.admitRequest(self.client.host)
+            if d.called and not isinstance(d.result, Failure):
+                decision = d.result
+                if not decision.allowed:
+                    raise self._limitRefusal(decision)
+                return None
+
+            def checked(decision: Any) -> None:
+                if not decision.allowed:
+                    raise self._limitRefusal(decision)
+
+            return d.addCallback(checked)
+        return None
+
+    def _limitRefusal(self, decision: Any) -> Refuse:
+        if decision.reason == "max-conns":
+            return Refuse(503, "proxy at capacity")
+        refusal = Refuse(429, "too many requests")
+        refusal.retryAfter = decision.retryAfter  # type: ignore[attr-defined]
+        return refusal
+
+    # -- the exchange
+
+    def _exchange(self, upstream: UpstreamHTTPProtocol, reused: bool) -> None:
+        self._state = _EXCHANGE
+        self._upstream = upstream
+        upstream.owner = self
+        upstream.requests += 1
+        self._reused = reused
+        self._respState = _RESP_HEAD
+        self._respHeadReader = None
+        self._respHead = None
+        self._respReceived = False
+        self._respReader = None
+        self._respDecoder = None
+        self._upstreamReusable = True
+        self._upgrading = bool(self._upgradeKeep(self._head))  # type: ignore[arg-type]
+        if not self._upstreamAddress:
+            peer = upstream.transport.getPeer()  # type: ignore[union-attr]
+            host = getattr(peer, "host", "")
+            self._upstreamAddress = f"[{host}]:{peer.port}" if ":" in host else f"{host}:{getattr(peer, 'port', 0)}"
+        if self._toClient is None:
+            self._toClient = fastSender(self.transport)  # type: ignore[arg-type]
+        head = self._outHead
+        try:
+            data = serializeRequestHead(head)
+        except ValueError as e:
+            self._dropUpstream()
+            self._refuse(500, f"invalid request head from a hook: {e}")
+            return
+        framing = self._framing
+        input_, self._input = self._input, b""
+        if framing.kind == "none":
+            self._reqReader = None
+            self._pipelined(input_)
+            fastSender(upstream.transport)(data)  # type: ignore[arg-type]
+        else:
+            self._reqReader = LengthReader(framing.length) if framing.kind == "length" else ChunkedReader(400)
+            if overrides(self, "requestBodyData", HTTPProxyProtocol):
+                self._reqDecoder = ChunkedDecoder(400) if framing.kind == "chunked" else None
+            self._toUpstream = fastSender(upstream.transport)  # type: ignore[arg-type]
+            self._toUpstream(data)
+            upstream.transport.registerProducer(self.transport, True)  # type: ignore[union-attr]
+            if input_:
+                self._requestData(input_)
+        self._setTimer(self.factory.listener.responseTimeout, "response")
+        if self._state == _EXCHANGE:
+            self.transport.resumeProducing()  # type: ignore[union-attr]
+
+    def _pipelined(self, data: bytes) -> None:
+        if data:
+            self._input += data
+            if len(self._input) > PIPELINE_LIMIT:
+                self.transport.pauseProducing()  # type: ignore[union-attr]
+
+    def _requestData(self, data: bytes) -> None:
+        reader = self._reqReader
+        if reader is None:
+            self._pipelined(data)
+            return
+        try:
+            body = reader.feed(data)
+        except HTTPError as e:
+            self._reqReader = None
+            self._upstreamReusable = False
+            self._dropUpstream(abort=True)
+            if self._respState == _RESP_HEAD and not self._respReceived:
+                self._refuse(e.status, e.reason)
+            else:
+                self.transport.loseConnection()  # type: ignore[union-attr]
+            return
+        if body:
+            self._bytesUp += len(body)
+            self._toUpstream(body)
+            if self._reqDecoder is not None or overrides(self, "requestBodyData", HTTPProxyProtocol):
+                decoded = self._reqDecoder.feed(body) if self._reqDecoder is not None else body
+                if decoded and self._request is not None:
+                    self.requestBodyData(self._request, decoded)
+        if reader.ended:
+            self._reqReader = None
+            upstream = self._upstream
+            if upstream is not None and upstream.transport is not None:
+                upstream.transport.unregisterProducer()
+            self._pipelined(reader.leftover)
+            if self._respState == _RESP_DONE:
+                self._finish()
+
+    def _responseData(self, data: bytes) -> None:
+        state = self._respState
+        if state == _RESP_BODY:
+            reader = self._respReader
+            if reader is None:  # close-delimited
+                self._bytesDown += len(data)
+                self._toClient(data)
+                self._observeResponse(data)
+                return
+            try:
+                body = reader.feed(data)
+            except HTTPError:
+                self._upstreamReusable = False
+                self._dropUpstream(abort=True)
+                self.transport.loseConnection()  # type: ignore[union-attr]
+                return
+            if body:
+                self._bytesDown += len(body)
+                self._writeBody(body)
+            if reader.ended:
+                if reader.leftover:
+                    self._upstreamReusable = False
+                self._responseDone()
+            return
+        if state == _RESP_HEAD:
+            self._respReceived = True
+            headReader = self._respHeadReader
+            if headReader is None:
+                end = findHeadEnd(data)
+                if 0 <= end <= self.factory.maxResponseHeadSize:
+                    self._responseHead(data[:end], data[end:])
+                    return
+                headReader = self._respHeadReader = HeadReader(self.factory.maxResponseHeadSize, 502)
+            try:
+                headBytes = headReader.feed(data)
+            except HTTPError as e:
+                self._badResponse(e.reason)
+                return
+            if headBytes is not None:
+                self._respHeadReader = None
+                self._responseHead(headBytes, headReader.leftover)
+            return
+        # _RESP_DONE: anything more is unsolicited.
+        if data:
+            self._upstreamReusable = False
+
+    def _badResponse(self, reason: str) -> None:
+        self._upstreamReusable = False
+        self._dropUpstream(abort=True)
+        if self._respHead is None:
+            self._refuse(502, f"bad response from the upstream: {reason}")
+        else:
+            self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def _responseHead(self, headBytes: bytes, rest: bytes) -> None:
+        try:
+            resp = parseResponseHead(headBytes)
+        except HTTPError as e:
+            self._badResponse(e.reason)
+            return
+        head = self._head
+        assert head is not None
+        status = resp.status
+        if status < 200:
+            if status == 101 and self._upgrading:
+                self._upgrade(resp, rest)
+                return
+            if status == 101:
+                self._badResponse("unexpected 101 Switching Protocols")
+                return
+            if head.version == _HTTP11:
+                if status == 100:
+                    self._toClient(CONTINUE_RESPONSE)
+                else:
+                    self._toClient(self._clientResponseHead(resp, interim=True))
+            if rest:
+                self._responseData(rest)
+            return
+        try:
+            framing = responseFraming(head.method, resp)
+        except HTTPError as e:
+            self._badResponse(e.reason)
+            return
+        self._respHead = resp
+        self._setTimer(max(self.factory.listener.idleTimeout / 4.0, 0.01), "progress")
+        self._progressMark = -1
+        if not resp.keepAlive:
+            self._upstreamReusable = False
+        kind = framing.kind
+        chunkedToClient = False
+        if kind == "chunked":
+            if head.version == _HTTP11 and framing.codings == (b"chunked",):
+                self._respReader = ChunkedReader(502)
+                chunkedToClient = True
+            else:
+                # An HTTP/1.0 client cannot read chunked: decode, close-delimit.
+                self._respReader = ChunkedDecoder(502)
+                self._clientKeepAlive = False
+        elif kind == "length":
+            self._respReader = LengthReader(framing.length)  # type: ignore[arg-type]
+        elif kind == "close":
+            self._respReader = None
+            self._clientKeepAlive = False
+            self._upstreamReusable = False
+        else:
+            self._respReader = None
+        if chunkedToClient and overrides(self, "responseBodyData", HTTPProxyProtocol):
+            self._respDecoder = ChunkedDecoder(502)
+        out = self._clientResponseHead(resp, framing=framing, chunked=chunkedToClient)
+        self._respState = _RESP_BODY
+        if kind == "none":
+            self._toClient(out)
+            self._bytesDown += 0
+            if rest:
+                self._upstreamReusable = False
+            self._responseDone()
+            return
+        if kind == "close":
+            self._toClient(out)
+            if rest:
+                self._bytesDown += len(rest)
+                self._toClient(rest)
+                self._observeResponse(rest)
+            self._registerResponseProducer()
+            return
+        reader = self._respReader
+        try:
+            body = reader.feed(rest) if rest else b""
+        except HTTPError as e:
+            self._badResponse(e.reason)
+            return
+        if body:
+            self._bytesDown += len(body)
+            if self._respDecoder is None and not isinstance(reader, ChunkedDecoder) and not overrides(
+                self, "responseBodyData", HTTPProxyProtocol
+            ):
+                self._toClient(out + body)
+            else:
+                self._toClient(out)
+                self._writeBody(body)
+        else:
+            self._toClient(out)
+        if reader.ended:
+            if reader.leftover:
+                self._upstreamReusable = False
+            self._responseDone()
+        else:
+            self._registerResponseProducer()
+
+    def _registerResponseProducer(self) -> None:
+        upstream = self._upstream
+        if upstream is not None and upstream.transport is not None and self.transport is not None:
+            self.transport.registerProducer(upstream.transport, True)  # type: ignore[attr-defined]
+            self._respProducer = True
+
+    _respProducer = False
+
+    def _writeBody(self, body: bytes) -> None:
+        self._toClient(body)
+        self._observeResponse(body)
+
+    def _observeResponse(self, body: bytes) -> None:
+        if self._request is None or not overrides(self, "responseBodyData", HTTPProxyProtocol):
+            return
+        decoder = self._respDecoder
+        decoded = decoder.feed(body) if decoder is not None else body
+        if decoded:
+            self.responseBodyData(self._request, decoded)
+
+    def _clientResponseHead(self, resp: ResponseHead, framing: Any = None, chunked: bool = False, interim: bool = False) -> bytes:
+        remove = set(_HOP)
+        remove.update(connectionTokens(resp.headers))
+        headers = [(n, v) for n, v in resp.headers if n.lower() not in remove]
+        if not interim:
+            if framing is not None and framing.kind in ("chunked", "close"):
+                headers = [(n, v) for n, v in headers if n.lower() != b"content-length"]
+            if chunked:
+                headers.append((b"Transfer-Encoding", b"chunked"))
+            head = self._head
+            if not self._clientKeepAlive or self.factory.draining:
+                self._clientKeepAlive = False
+                headers.append((b"Connection", b"close"))
+            elif head is not None and head.version != _HTTP11:
+                headers.append((b"Connection", b"keep-alive"))
+        headers.append((b"Via", resp.version[5:] + b" " + self.factory.pseudonym))
+        out = ResponseHead(_HTTP11, resp.status, resp.reason, tuple(headers))
+        if not interim and self._request is not None and overrides(self, "rewriteResponse", HTTPProxyProtocol):
+            out = self.rewriteResponse(self._request, out)
+        return serializeResponseHead(out, validate=not interim and overrides(self, "rewriteResponse", HTTPProxyProtocol))
+
+    def _responseDone(self) -> None:
+        self._respState = _RESP_DONE
+        if self._reqReader is None:
+            self._finish()
+        else:
+            # The response ended before the request body: the upstream
+            # cannot be reused (it may not have read the rest), and the
+            # client connection must close after this response.
+            self._upstreamReusable = False
+            self._clientKeepAlive = False
+            self._reqReader = None
+            self._finish()
+
+    def _finish(self) -> None:
+        upstream, self._upstream = self._upstream, None
+        if upstream is not None:
+            upstream.owner = None
+            transport = upstream.transport
+            if self._respProducer and self.transport is not None:
+                self.transport.unregisterProducer()  # type: ignore[attr-defined]
+                self._respProducer = False
+            if self._upstreamReusable and not upstream.lost and transport is not None and not self.factory.draining:
+                if transport.producer is not None:  # type: ignore[attr-defined]
+                    transport.unregisterProducer()
+                self.factory.pool.put(upstream)
+            elif transport is not None:
+                if transport.producer is not None:  # type: ignore[attr-defined]
+                    transport.unregisterProducer()
+                transport.loseConnection()
+        resp = self._respHead
+        self._log(resp.status if resp is not None else 502)
+        if not self._clientKeepAlive or self._clientReadLost:
+            self._state = _CLOSING
+            self._cancelTimer()
+            self.transport.loseConnection()  # type: ignore[union-attr]
+            return
+        self._state = _HEAD
+        self._setTimer(self.factory.keepAliveTimeout, "idle")
+        pending, self._input = self._input, b""
+        self.transport.resumeProducing()  # type: ignore[union-attr]
+        if pending:
+            self.dataReceived(pending)
+
+    def _upgrade(self, resp: ResponseHead, rest: bytes) -> None:
+        upstream = self._upstream
+        assert upstream is not None and self.transport is not None
+        self._upstream = None
+        upstream.owner = None
+        if upstream.transport.producer is not None:  # type: ignore[union-attr]
+            upstream.transport.unregisterProducer()  # type: ignore[union-attr]
+        remove = set(_HOP) - {b"upgrade", b"connection"}
+        headers = [(n, v) for n, v in resp.headers if n.lower() not in remove]
+        headers.append((b"Via", resp.version[5:] + b" " + self.factory.pseudonym))
+        out = ResponseHead(_HTTP11, 101, resp.reason, tuple(headers))
+        self.transport.write(serializeResponseHead(out, validate=False))
+        self._respHead = resp
+        self._startTunnel(upstream, rest, status=101)
+
+    # -- tunnels (CONNECT, upgrades)
+
+    def _startTunnel(self, upstream: RelayedProtocol, fromUpstream: bytes = b"", status: int = 200,
+                     filterUp: Any = None, filterDown: Any = None) -> Relay:
+        self._state = _TUNNEL
+        self._cancelTimer()
+        relay = Relay(
+            self.transport,  # type: ignore[arg-type]
+            upstream.transport,  # type: ignore[arg-type]
+            self.factory.clock,
+            self.factory.listener.idleTimeout,
+            filterUp,
+            filterDown,
+        )
+        self.relay = relay
+        upstream.relay = relay
+        upstream.dataReceived = relay.fromUpstream  # type: ignore[method-assign]
+        self.dataReceived = relay.fromClient  # type: ignore[method-assign]
+        pending, self._input = self._input, b""
+        relay.finished.addCallback(self._tunnelEnded, status)
+        relay.start(pending, fromUpstream + upstream.takePending())
+        if upstream._lostReason is not None:
+            relay.upstreamLost(upstream._lostReason)
+        elif upstream._readLost:
+            relay.upstreamReadLost()
+        if self._clientReadLost:
+            relay.clientReadLost()
+        return relay
+
+    def _tunnelEnded(self, relay: Relay, status: int) -> None:
+        self._bytesUp += relay.bytesUp
+        self._bytesDown += relay.bytesDown
+        self._log(status, relay.closeReason or "")
+
+    # -- upstream trouble
+
+    def _upstreamEnded(self, upstream: UpstreamHTTPProtocol, reason: Optional[Failure]) -> None:
+        """
+        The upstream closed (or half-closed) while serving this client.
+        """
+        if upstream is not self._upstream:
+            return
+        if self._respState == _RESP_BODY and self._respReader is None:
+            # Close-delimited body: this is its end.
+            self._upstreamReusable = False
+            self._responseDone()
+            return
+        if self._respState == _RESP_DONE:
+            return
+        self._upstreamReusable = False
+        self._upstream = None
+        upstream.owner = None
+        if upstream.transport is not None:
+            upstream.transport.loseConnection()
+        if self._respState == _RESP_HEAD and not self._respReceived:
+            head = self._head
+            if (
+                self._reused
+                and not self._retried
+                and head is not None
+                and head.method in _IDEMPOTENT
+                and self._framing.kind == "none"
+            ):
+                # A pooled connection the server had closed: try once on a
+                # fresh connection.
+                self._retried = True
+                self._state = _WAIT
+                if self._respProducer:
+                    self.transport.unregisterProducer()  # type: ignore[union-attr]
+                    self._respProducer = False
+                self.transport.pauseProducing()  # type: ignore[union-attr]
+                assert self._request is not None
+                self.factory.pool.remove(upstream)
+                self._acquireFresh(self._request)
+                return
+            self._refuse(502, "the upstream closed the connection before answering")
+            return
+        if self._respHead is None:
+            self._refuse(502, "the upstream sent an incomplete response head")
+            return
+        # Cut mid-body: close the client rather than invent an end.
+        self._log(self._respHead.status, "upstream closed mid-body")
+        self._state = _CLOSING
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def _acquireFresh(self, request: HTTPRequest) -> None:
+        key = self.poolKey(request)
+        d = self.connectUpstream(request)
+        d.addTimeout(self.factory.listener.connectTimeout, self.factory.clock)
+        self._pending = d
+
+        def connected(upstream: UpstreamHTTPProtocol) -> None:
+            self._pending = None
+            upstream.key = key
+            if self._state != _WAIT:
+                upstream.transport.loseConnection()  # type: ignore[union-attr]
+                return
+            self._exchange(upstream, reused=False)
+
+        def failed(f: Failure) -> None:
+            self._pending = None
+            self._failed(f)
+
+        d.addCallbacks(connected, failed).addErrback(self._unexpected)
+
+    def _dropUpstream(self, abort: bool = False) -> None:
+        upstream, self._upstream = self._upstream, None
+        if upstream is None:
+            return
+        upstream.owner = None
+        transport = upstream.transport
+        if transport is None:
+            return
+        if self._respProducer and self.transport is not None:
+            self.transport.unregisterProducer()  # type: ignore[attr-defined]
+            self._respProducer = False
+        if transport.producer is not None:  # type: ignore[attr-defined]
+            transport.unregisterProducer()
+        if abort:
+            transport.abortConnection()  # type: ignore[attr-defined]
+        else:
+            transport.loseConnection()
+
+    # -- errors
+
+    def _failed(self, f: Failure) -> None:
+        if self._state in (_LINGER, _CLOSED, _CLOSING):
+            return
+        status, reason = statusForFailure(f)
+        if status == 502 and not f.check(Refuse, PolicyDenied, HTTPError, ResolveError, error.ConnectError,
+                                         error.TimeoutError, defer.TimeoutError, defer.CancelledError,
+                                         error.DNSLookupError, error.ConnectionLost):
+            log.failure("Unexpected error for a request from {client}", f, client=self.client.host)
+        if status in (502, 504):
+            self.upstreamFailed(self._hookRequest(), f)
+        self._refuseWith(f.value if f.check(Refuse) else Refuse(status, reason))
+
+    def upstreamFailed(self, request: Any, reason: Failure) -> None:
+        """
+        Called when the upstream of a request or tunnel could not be reached
+        (before the error status is sent).
+
+        @param request: the L{HTTPRequest}, or the
+            L{txproxy.hooks.TunnelRequest} of a C{CONNECT}.
+        """
+
+    def _hookRequest(self) -> Any:
+        return self._request
+
+    def _unexpected(self, f: Failure) -> None:
+        log.failure("Unexpected error handling a request from {client}", f, client=self.client.host)
+        if self._state in (_WAIT, _EXCHANGE):
+            self._dropUpstream(abort=True)
+            self._refuse(500, "internal error")
+
+    def _refuseWith(self, refusal: Refuse) -> None:
+        self._refuse(refusal.status, refusal.reason, retryAfter=getattr(refusal, "retryAfter", None))
+
+    def _refuse(self, status: int, reason: str, retryAfter: Optional[float] = None) -> None:
+        """
+        Answer C{status} with a short plain body, then close gracefully: stop
+        writing, keep reading (and discarding) for a moment so the client
+        sees the response rather than a reset.
+        """
+        if self._state in (_LINGER, _CLOSED, _CLOSING):
+            return
+        if self._pending is not None:
+            d, self._pending = self._pending, None
+            d.cancel()
+        extra: List[Tuple[bytes, bytes]] = []
+        if status == 407:
+            extra.append((b"Proxy-Authenticate", b'Basic realm="' + self.factory.realm.encode() + b'"'))
+        if retryAfter is not None:
+            extra.append((b"Retry-After", str(max(1, int(retryAfter + 0.999))).encode()))
+        if status == 405:
+            extra.append((b"Allow", b"GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH"))
+        response = errorResponse(status, reason, extra)
+        self._state = _LINGER
+        self._input = b""
+        self._reqReader = None
+        transport = self.transport
+        assert transport is not None
+        if self._respProducer:
+            transport.unregisterProducer()  # type: ignore[attr-defined]
+            self._respProducer = False
+        transport.write(response)
+        self._bytesDown += len(response)
+        self._log(status, reason)
+        self._setTimer(LINGER_SECONDS, "linger")
+        transport.resumeProducing()  # type: ignore[attr-defined]
+        loseWrite = getattr(transport, "loseWriteConnection", None)
+        if loseWrite is not None and not self._clientReadLost:
+            loseWrite()
+        else:
+            transport.loseConnection()
+
+    # -- logging
+
+    def _log(self, status: int, reason: str = "") -> None:
+        head = self._head
+        factory = self.factory
+        clock = factory.clock
+        start = self._start if self._start is not None else clock.seconds()
+        request = self._request
+        if head is not None and head.method == b"CONNECT":
+            target = head.target.decode("latin-1")
+        elif request is not None:
+            target = f"{request.scheme}://{request.target}{request.path.decode('latin-1')}"
+        elif head is not None:
+            target = head.target.decode("latin-1")
+        else:
+            target = "-"
+        record = AccessRecord(
+            client=self.client.host,
+            method=head.method.decode("latin-1") if head is not None else "-",
+            target=target,
+            status=status,
+            start=self._startWall or time.time(),
+            duration=max(0.0, clock.seconds() - start),
+            bytesUp=self._bytesUp,
+            bytesDown=self._bytesDown,
+            user=self.client.user,
+            version=head.version.decode("latin-1") if head is not None else "HTTP/1.1",
+            upstream=self._upstreamAddress,
+            userAgent=(head.get(b"user-agent") or b"").decode("latin-1") if head is not None else "",
+            referer=(head.get(b"referer") or b"").decode("latin-1") if head is not None else "",
+            mode=self.mode,
+            listener=factory.listener.name,
+            reason=reason,
+        )
+        factory.requestFinished(self, record)
+        if overrides(self, "requestFinished", HTTPProxyProtocol):
+            self.requestFinished(record)
+
+    # -- draining, end of input and loss
+
+    def drain(self) -> None:
+        """
+        The proxy is stopping: close now if between requests; otherwise the
+        current response is sent with C{Connection: close} (or the tunnel
+        runs on until the drain timeout).
+        """
+        if self._state == _HEAD and self._reader is None and self.transport is not None:
+            self._state = _CLOSING
+            self.transport.loseConnection()
+
+    def readConnectionLost(self) -> None:
+        self._clientReadLost = True
+        state = self._state
+        if self.relay is not None:
+            self.relay.clientReadLost()
+        elif state == _WAIT and self._head is not None and self._head.method == b"CONNECT":
+            # CONNECT, first bytes and FIN at once: open the tunnel anyway
+            # and forward the FIN.
+            pass
+        elif state == _EXCHANGE or state == _WAIT:
+            # The client is done sending; answer this request, then close.
+            self._clientKeepAlive = False
+        elif state == _LINGER:
+            self.transport.loseConnection()  # type: ignore[union-attr]
+        else:
+            self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def writeConnectionLost(self) -> None:
+        if self._state == _LINGER and self._clientReadLost:
+            self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def connectionLost(self, reason: Failure = Failure(error.ConnectionDone())) -> None:
+        state, self._state = self._state, _CLOSED
+        self._cancelTimer()
+        if self.relay is not None:
+            self.relay.clientLost(reason)
+        if self._pending is not None:
+            d, self._pending = self._pending, None
+            d.cancel()
+        if state == _EXCHANGE and self._upstream is not None:
+            self._log(self._respHead.status if self._respHead is not None else 499, "client closed")
+            self._upstreamReusable = False
+            self._dropUpstream(abort=True)
+        if self._lease is not None:
+            self._lease.release()
+            self._lease = None
+        self.factory.connectionClosed(self)
+
+
+class HTTPProxyFactory(ServerFactory):
+    """
+    Builds protocols for one HTTP listener and holds what they share.
+
+    @ivar listener: the L{ListenerConfig}.
+    @ivar connector: the L{IUpstreamConnector} used to resolve and dial.
+    @ivar clock: the L{IReactorTime} for every timer.
+    @ivar limits: a L{txproxy.limiter.ListenerLimits}, or L{None}.
+    @ivar accessLog: an L{IAccessLog}, or L{None}.
+    @ivar htpasswd: the loaded C{--auth} file, or L{None}.
+    @ivar pool: the L{UpstreamPool} of idle upstream connections.
+    @ivar protocols: the open client connections.
+    @ivar draining: set when the proxy stops: responses then carry
+        C{Connection: close} and no connection is returned to the pool.
+    """
+
+    protocol: Any = HTTPProxyProtocol
+    noisy = False
+    #: The realm named in C{Proxy-Authenticate}.
+    realm = "txproxy"
+    #: How this proxy names itself in C{Via}.
+    pseudonym = b"txproxy"
+    #: Seconds an idle keep-alive client connection is kept open.
+    keepAliveTimeout = 75.0
+    #: Largest response head accepted from an upstream.
+    maxResponseHeadSize = 65536
+    mode = "http"
+
+    def __init__(
+        self,
+        listener: ListenerConfig,
+        connector: Any,
+        clock: Optional[IReactorTime] = None,
+        limits: Any = None,
+        accessLog: Any = None,
+        metrics: Any = None,
+    ) -> None:
+        if clock is None:
+            from twisted.internet import reactor as clock  # type: ignore[assignment]
+        self.listener = listener
+        self.connector = connector
+        self.clock = clock
+        self.limits = limits
+        self.accessLog = accessLog
+        self.metrics = metrics
+        self.htpasswd = Htpasswd(listener.auth) if listener.auth else None
+        self.protocols: set = set()
+        self.pool = UpstreamPool(clock)  # type: ignore[arg-type]
+        self.requestsTotal = 0
+        self.draining = False
+        if listener.idleTimeout < self.keepAliveTimeout:
+            self.keepAliveTimeout = listener.idleTimeout
+
+    def clientAllowed(self, host: str) -> bool:
+        """
+        Apply C{--allow}/C{--deny}: C{--deny} wins; with any C{--allow},
+        unlisted clients are denied.
+        """
+        listener = self.listener
+        if listener.deny and host in listener.deny:
+            return False
+        if listener.allow:
+            return host in listener.allow
+        return True
+
+    def connectionOpened(self, proto: Any) -> None:
+        """
+        Called by each protocol when its connection is made.
+        """
+        self.protocols.add(proto)
+        if self.metrics is not None:
+            self.metrics.connectionOpened(self.listener)
+
+    def connectionClosed(self, proto: Any) -> None:
+        """
+        Called by each protocol when its connection is lost.
+        """
+        self.protocols.discard(proto)
+        if self.metrics is not None:
+            self.metrics.connectionClosed(self.listener)
+
+    def requestFinished(self, proto: Any, record: AccessRecord) -> None:
+        """
+        Called once per request or tunnel with its record: access log and
+        counters.
+        """
+        self.requestsTotal += 1
+        if self.accessLog is not None:
+            self.accessLog.log(record)
+        if self.metrics is not None:
+            self.metrics.requestFinished(self.listener, record)
+
+    def stopFactory(self) -> None:
+        self.pool.closeAll()
