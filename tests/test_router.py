@@ -293,8 +293,10 @@ class RouteTableTests(SynchronousTestCase):
                 calls.append(key)
                 return dict.get(self, key, default)
 
+        table._exactRoot = CountingDict(table._exactRoot)
         table._exact = CountingDict(table._exact)
-        r = table.match("h9999.test", "/x/y/z")
+        table._wildcards = CountingDict(table._wildcards)
+        r = table.match("H9999.test:443", "/x/y/z")
         assert r is not None
         self.assertEqual(r.config.host, "h9999.test")
         self.assertEqual(calls, ["h9999.test"])

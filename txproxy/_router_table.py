@@ -165,18 +165,23 @@ class RouteTable:
     @ivar routes: every L{Route}, in configuration order.
     """
 
-    __slots__ = ("routes", "_exact", "_wildcards", "_default")
+    __slots__ = ("routes", "_exactRoot", "_exact", "_wildcards", "_default")
 
     routes: Tuple[Route, ...]
 
     def __init__(
         self,
         routes: Tuple[Route, ...],
+        exactRoot: Dict[str, Route],
         exact: Dict[str, _HostEntry],
         wildcards: Dict[str, _HostEntry],
         default: Optional[_HostEntry],
     ) -> None:
+        # exactRoot: hosts whose only route has no prefix (the common case,
+        # answered by one dict lookup); exact: hosts with prefixed routes.
+        # Both hold each name with and without a trailing dot.
         self.routes = routes
+        self._exactRoot = exactRoot
         self._exact = exact
         self._wildcards = wildcards
         self._default = default
@@ -204,6 +209,7 @@ class RouteTable:
         groups: Dict[str, List[Route]] = {}
         for route in built:
             groups.setdefault(route.config.host.lower(), []).append(route)
+        exactRoot: Dict[str, Route] = {}
         exact: Dict[str, _HostEntry] = {}
         wildcards: Dict[str, _HostEntry] = {}
         default: Optional[_HostEntry] = None
@@ -216,8 +222,14 @@ class RouteTable:
                 # host at each dot without building new strings.
                 wildcards[host[1:]] = entry
             else:
-                exact[normalizeHost(host)] = entry
-        return cls(built, exact, wildcards, default)
+                name = normalizeHost(host)
+                for key in (name, name + "."):
+                    if entry.byPrefix:
+                        exact[key] = entry
+                    else:
+                        assert entry.root is not None
+                        exactRoot[key] = entry.root
+        return cls(built, exactRoot, exact, wildcards, default)
 
     def match(self, host: str, path: str = "") -> Optional[Route]:
         """
@@ -230,8 +242,15 @@ class RouteTable:
         @return: the matching L{Route}, or L{None}.
         """
         h = host.lower()
-        if ":" in h or h.endswith("."):
-            h = normalizeHost(h)
+        i = h.find(":")
+        if i >= 0:
+            if h.find(":", i + 1) < 0:
+                h = h[:i]  # name:port, the usual case
+            else:
+                h = normalizeHost(h)  # [v6]:port
+        route = self._exactRoot.get(h)
+        if route is not None:
+            return route
         entry = self._exact.get(h)
         if entry is not None:
             route = entry.lookup(path)
@@ -239,6 +258,8 @@ class RouteTable:
                 return route
         wildcards = self._wildcards
         if wildcards:
+            if h.endswith("."):
+                h = h[:-1]
             i = h.find(".")
             while i >= 0:
                 entry = wildcards.get(h[i:])
