@@ -456,3 +456,73 @@ class DrainTests(ForwardTestCase):
         self.assertTrue(idleT.closed)
         self.assertFalse(busyT.closed)
         self.assertEqual(factory.protocols, {busy})
+
+
+class LimitTests(ForwardTestCase):
+    def limited(self, **options: Any) -> Any:
+        from txproxy.limiter import ListenerLimits, MemoryLimiter
+
+        factory = self.factory(**options)
+        factory.limits = ListenerLimits(MemoryLimiter(self.clock), factory.listener, "test")
+        return factory
+
+    def test_rateLimitIs429WithRetryAfter(self) -> None:
+        """
+        Over --rate/--burst, a CONNECT (one request) gets 429 with
+        Retry-After; after the refill it is allowed again.
+        """
+        factory = self.limited(rate="1/s", burst="2")
+        for _ in range(2):
+            proto, client = self.open(factory)
+            proto.dataReceived(CONNECT)
+            self.assertEqual(client.value(), b"")
+        proto, client = self.open(factory)
+        proto.dataReceived(CONNECT)
+        self.assertEqual(_status(client.value()), 429)
+        self.assertIn(b"Retry-After: 1\r\n", client.value())
+        self.clock.advance(1)
+        proto, client = self.open(factory)
+        proto.dataReceived(CONNECT)
+        self.assertEqual(client.value(), b"")
+
+    def test_rateLimitCountsEveryRequest(self) -> None:
+        """
+        In HTTP forwarding each request on a keep-alive connection costs a
+        token.
+        """
+        factory = self.limited(rate="1/m", burst="1")
+        proto, client = self.open(factory)
+        proto.dataReceived(b"GET http://example.test/ HTTP/1.1\r\nHost: example.test\r\n\r\n")
+        self.connector.last.succeed()
+        self.connector.last.protocol.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        proto.dataReceived(b"GET http://example.test/ HTTP/1.1\r\nHost: example.test\r\n\r\n")
+        self.assertIn(b"HTTP/1.1 429 ", client.value())
+        self.assertIn(b"Retry-After: 60\r\n", client.value())
+
+    def test_maxConnsIs503(self) -> None:
+        """
+        Over --max-conns the next connection's request gets 503; closing one
+        frees a slot.
+        """
+        factory = self.limited(max_conns="1")
+        first, firstT = self.open(factory)
+        second, secondT = self.open(factory)
+        second.dataReceived(CONNECT)
+        self.assertEqual(_status(secondT.value()), 503)
+        firstT.peerClosed()
+        third, thirdT = self.open(factory)
+        third.dataReceived(CONNECT)
+        self.assertEqual(thirdT.value(), b"")
+
+    def test_maxConnsPerClientIs429(self) -> None:
+        """
+        Over --max-conns-per-client: 429 for that client, others unaffected.
+        """
+        factory = self.limited(max_conns_per_client="1")
+        self.open(factory, ("10.0.0.1", 1))
+        proto, client = self.open(factory, ("10.0.0.1", 2))
+        proto.dataReceived(CONNECT)
+        self.assertEqual(_status(client.value()), 429)
+        proto, client = self.open(factory, ("10.0.0.2", 1))
+        proto.dataReceived(CONNECT)
+        self.assertEqual(client.value(), b"")

@@ -57,7 +57,7 @@ class OptionsTests(SynchronousTestCase):
         Options whose implementation has not landed are rejected by name,
         never silently ignored.
         """
-        for args, name in [(["--mode", "sni", "--route", "a=tcp://b:1"], "mode sni"),
+        for args, name in [(["--mode", "reverse", "--route", "a=http://b:1"], "mode reverse"),
                            (["--admin", "tcp:9901"], "--admin")]:
             e = self.assertRaises(ConfigError, tap.parseCommandLine, args)
             self.assertIn(name, str(e))

@@ -616,6 +616,7 @@ def fromFlags(
         overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in processValues.items()}
         return attr.evolve(base, **overrides)
     listenerValues["listen"] = tuple(listen) or ("tcp:3128",)
+    listenerValues.setdefault("name", "listener0")
     listener = _finishListener(listenerValues, "")
     process = {k: tuple(v) if isinstance(v, list) else v for k, v in processValues.items()}
     return ProxyConfig(listeners=(listener,), **process)

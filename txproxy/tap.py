@@ -139,20 +139,17 @@ def _checkSupported(config: _config.ProxyConfig) -> None:
     """
     Reject, by name, settings whose implementation has not landed yet.
     """
-    supported = {"forward"}
+    supported = {"forward", "tcp", "transparent", "sni"}
     for listener in config.listeners:
         if listener.mode not in supported:
             raise ConfigError(f"mode {listener.mode} is not supported yet")
         for option, value in (
-            ("rate", listener.rate),
-            ("max-conns", listener.maxConns),
-            ("max-conns-per-client", listener.maxConnsPerClient),
             ("client-ca", listener.clientCA),
             ("certs", listener.certs),
         ):
             if value is not None:
                 raise ConfigError(f"--{option} is not supported yet")
-    for option, value in (("admin", config.admin), ("redis", config.redis)):
+    for option, value in (("admin", config.admin),):
         if value:
             raise ConfigError(f"--{option} is not supported yet")
     if config.workers != 1:
