@@ -38,27 +38,32 @@ only make the wait longer).
 
   - C{kMax = max(1, min(batchSize, floor(burst * batchFraction)))} (32 and
     0.1 by default): no batching at all for a burst under 20.
-  - Locally held tokens are valid for C{kMax / rate} seconds after the
-    request that fetched them was sent, then dropped.
+  - Locally held tokens are valid for C{tau = burst * batchFraction / rate}
+    seconds after the request that fetched them was sent, then dropped.
 
 I{Over-admission bound}: across I{all} processes sharing a bucket, the
 requests admitted in any window of C{w} seconds are at most
-C{burst + rate * w + kMax}, i.e. at most C{kMax} more than one exact bucket
-would admit, whatever the number of processes.  Proof sketch: tokens held
-locally at time C{a} were granted during C{(a - tau, a]} with
-C{tau = kMax / rate}; the bucket's level at C{a} plus those grants is at
-most C{burst + rate * tau} (since the last time in that interval the bucket
-was full, level plus grants only grew by the refill); admissions in
-C{[a, a + w]} are at most that plus the refill C{rate * w}.  With the
-defaults C{kMax <= burst / 10}, well within the burst.  (Network latency
-adds its own C{rate * rtt}, as for any remote limiter.)
+C{burst + rate * w + rate * tau}, i.e. at most C{burst * batchFraction}
+(10% of the burst by default) more than one exact bucket would admit,
+whatever the number of processes or of decisions in flight.  Proof sketch: tokens held
+locally at time C{a} were granted during C{(a - tau, a]}; the bucket's level
+at C{a} plus those grants is at most C{burst + rate * tau} (since the last
+time in that interval the bucket was full, level plus grants only grew by
+the refill); admissions in C{[a, a + w]} are at most that plus the refill
+C{rate * w}.  (Network latency adds its own C{rate * rtt}, as for any remote
+limiter.)  Batching also lets a process hold tokens another process then
+cannot use: under-admission, bounded the same way and lasting at most
+C{tau}.
 
 Tests only: C{overrideRedisTime} makes the scripts take "now" from an
 argument instead of C{TIME} so that the shared behaviour suite can run on a
 fake clock against a real Redis.  It selects a I{different} script text
 (with a different SHA): the production scripts have no time argument at
-all, so no caller can feed them a proxy's clock by mistake.  Real-time
-behaviour is tested separately with small real waits.
+all, so no caller can feed them a proxy's clock by mistake.  Because keys
+still expire in Redis's real time, the test scripts stretch every TTL by
+L{TEST_TTL_SLACK_MS} (harmless: an outlived key reads as a full bucket or an
+expired lease).  Real-time behaviour, exact TTLs included, is tested
+separately with small real waits.
 """
 
 from __future__ import annotations
@@ -110,10 +115,18 @@ _NOW_FROM_REDIS = """\
 if redis.replicate_commands then redis.replicate_commands() end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local ttlSlack = 0
 """
 
-_NOW_FROM_ARGUMENT = """\
+# Keys still expire in Redis's real time, which a test's fake clock does not
+# follow: stretch every TTL so that no key vanishes before the fake time
+# says it may.  (A key that outlives its TTL changes nothing: a stored
+# time in the past reads as a full bucket, an expired lease is pruned.)
+TEST_TTL_SLACK_MS = 60000
+
+_NOW_FROM_ARGUMENT = f"""\
 local now = tonumber(ARGV[#ARGV])
+local ttlSlack = {TEST_TTL_SLACK_MS}
 """
 
 _FORMAT = """\
@@ -140,13 +153,14 @@ end
 local grant = want
 if grant > available then grant = cost + math.floor(available - cost + EPSILON) end
 local tat = base + grant / rate
-redis.call('SET', KEYS[1], fmt(tat), 'PX', math.max(1, math.ceil((tat - now) * 1000)))
+redis.call('SET', KEYS[1], fmt(tat), 'PX', math.max(1, math.ceil((tat - now) * 1000)) + ttlSlack)
 return {fmt(grant), '0'}
 """
 
 # Keep a set's TTL at least ms milliseconds.
 _EXTEND = """\
 local function extend(key, ms)
+  ms = ms + ttlSlack
   local left = redis.call('PTTL', key)
   if left < ms then redis.call('PEXPIRE', key, ms) end
 end
@@ -207,7 +221,7 @@ class _Script:
         now = _NOW_FROM_ARGUMENT if overrideTime else _NOW_FROM_REDIS
         self.name = name
         self.source = (
-            f"-- txproxy limiter: {name}\n" + _FORMAT + _EXTEND + now
+            f"-- txproxy limiter: {name}\n" + _FORMAT + now + _EXTEND
             + body.replace("EPSILON", repr(EPSILON))
         )
         self.sha = hashlib.sha1(self.source.encode("utf-8")).hexdigest()
@@ -438,9 +452,8 @@ class RedisLimiter:
         @param leaseTTL: seconds a lease lives in Redis without a refresh.
         @param batchSize: the most tokens fetched at once (C{1} disables
             batching).
-        @param batchFraction: the most tokens fetched at once, as a fraction
-            of the burst; together with C{batchSize} this sets C{kMax}, the
-            over-admission bound.
+        @param batchFraction: the over-admission bound, as a fraction of the
+            burst; also caps the tokens fetched at once (C{kMax}).
         @param overrideRedisTime: B{tests only}: when given, the scripts take
             "now" from this callable instead of Redis C{TIME} (different
             script texts).  Never set it in production: processes would mix
@@ -573,9 +586,16 @@ class RedisLimiter:
     def maxBatch(self, burst: float) -> int:
         """
         C{kMax} for a bucket of C{burst} tokens: the most tokens fetched at
-        once, and the bound on over-admission.
+        at once.
         """
         return max(1, min(self.batchSize, int(burst * self.batchFraction)))
+
+    def holdFor(self, rate: float, burst: float) -> float:
+        """
+        C{tau}: how long tokens fetched for a bucket stay valid locally.
+        C{rate * tau} bounds the over-admission of all processes together.
+        """
+        return burst * self.batchFraction / rate
 
     def take(self, key: str, rate: float, burst: float, cost: float = 1.0) -> "Deferred[Decision]":
         """
@@ -630,7 +650,7 @@ class RedisLimiter:
             state.deniedUntil = sentAt + retryAfter
             state.deniedCost = cost
             return Decision(False, REASON_RATE, retryAfter)
-        validUntil = sentAt + self.maxBatch(burst) / rate
+        validUntil = sentAt + self.holdFor(rate, burst)
         leftover = granted - cost
         now = self._clock.seconds()
         if state.tokens > EPSILON and now < state.validUntil:
