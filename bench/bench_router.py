@@ -50,11 +50,15 @@ def _routes(n: int, shape: str) -> List[RouteConfig]:
         return [RouteConfig(host=f"h{i}.example.com", upstreams=UPSTREAM) for i in range(n)]
     if shape == "wildcard":
         return [RouteConfig(host=f"*.d{i}.example.com", upstreams=UPSTREAM) for i in range(n)]
-    routes = [RouteConfig(host="api.test", prefix=f"/svc{i}/v1", upstreams=UPSTREAM) for i in range(n)]
+    routes = [
+        RouteConfig(host="api.test", prefix=f"/svc{i}/v1", upstreams=UPSTREAM) for i in range(n)
+    ]
     return routes + [RouteConfig(host="api.test", upstreams=UPSTREAM)]
 
 
-def _queries(n: int, shape: str, rng: random.Random, distinct: int = LOOKUPS) -> List[Tuple[str, str]]:
+def _queries(
+    n: int, shape: str, rng: random.Random, distinct: int = LOOKUPS
+) -> List[Tuple[str, str]]:
     names = rng.sample(range(n), min(n, distinct))
     picks = [names[i % len(names)] for i in range(LOOKUPS)]
     if shape == "exact":
@@ -105,7 +109,9 @@ def _linearScan(routes: Sequence[RouteConfig]) -> Callable[[str, str], Optional[
 
 def main() -> None:
     rng = random.Random(42)
-    print(f"# {platform.python_implementation()} {platform.python_version()} on {platform.machine()}")
+    print(
+        f"# {platform.python_implementation()} {platform.python_version()} on {platform.machine()}"
+    )
     print("# ns per RouteTable.match(), best of 7; hot10: 1000 lookups over 10 names,")
     print("# wide: 1000 lookups over min(routes, 1000) names")
     print(f"{'case':<10}{'routes':>8}{'hot10 ns':>10}{'wide ns':>10}{'build ms':>10}")
@@ -124,13 +130,16 @@ def main() -> None:
                     got = _label(match(*q))
                     assert got == _expected(shape, q), (shape, q, got)
 
-                def run(queries: List[Tuple[str, str]] = queries, match: Callable[..., object] = match) -> None:
+                def run(
+                    queries: List[Tuple[str, str]] = queries, match: Callable[..., object] = match
+                ) -> None:
                     for host, path in queries:
                         match(host, path)
 
                 timings.append(_bestNs(run, len(queries)))
             results[(shape, n)] = timings[0]
             print(f"{shape:<10}{n:>8}{timings[0]:>10.0f}{timings[1]:>10.0f}{buildMs:>10.1f}")
+
     def noop(host: str, path: str) -> None:
         return None
 
@@ -160,7 +169,9 @@ def main() -> None:
         scan = _linearScan(routes)
         queries = _queries(n, "exact", rng)[: 1000 if n <= 10 else 50]
 
-        def runScan(queries: List[Tuple[str, str]] = queries, scan: Callable[..., object] = scan) -> None:
+        def runScan(
+            queries: List[Tuple[str, str]] = queries, scan: Callable[..., object] = scan
+        ) -> None:
             for host, path in queries:
                 scan(host, path)
 

@@ -19,7 +19,8 @@ from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import EventLoggingObserver, StringTransport
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
@@ -204,7 +205,9 @@ class RouteTableTests(SynchronousTestCase):
         Without a C{*} route an unknown host matches nothing, and
         C{*.example.com} does not match C{example.com} itself.
         """
-        table = RouteTable.build([parseRoute("*.example.com=http://a:1"), parseRoute("a.test/x=http://a:1")])
+        table = RouteTable.build(
+            [parseRoute("*.example.com=http://a:1"), parseRoute("a.test/x=http://a:1")]
+        )
         self.assertIsNone(table.match("example.com", "/"))
         self.assertIsNone(table.match("other.test", "/"))
         self.assertIsNone(table.match("a.test", "/y"))
@@ -214,7 +217,9 @@ class RouteTableTests(SynchronousTestCase):
         """
         SNI routing passes a name and no path; it gets the host's route.
         """
-        table = RouteTable.build([parseRoute("a.test=tcp://10.0.0.1:443"), parseRoute("*=tcp://10.0.0.2:443")])
+        table = RouteTable.build(
+            [parseRoute("a.test=tcp://10.0.0.1:443"), parseRoute("*=tcp://10.0.0.2:443")]
+        )
         r = table.match("A.TEST")
         assert r is not None
         self.assertEqual(r.config.host, "a.test")
@@ -229,7 +234,12 @@ class RouteTableTests(SynchronousTestCase):
         assert r is not None
         self.assertEqual(r.prefix, "/api")
         with self.assertRaises(ConfigError) as e:
-            RouteTable.build([route("a.test=http://a:1", prefix="/api/"), route("a.test=http://b:1", prefix="/api")])
+            RouteTable.build(
+                [
+                    route("a.test=http://a:1", prefix="/api/"),
+                    route("a.test=http://b:1", prefix="/api"),
+                ]
+            )
         self.assertIn("a.test/api", str(e.exception))
 
     def test_duplicateRouteRejected(self) -> None:
@@ -238,9 +248,13 @@ class RouteTableTests(SynchronousTestCase):
         L{ConfigError}; host case does not make them different.
         """
         self.assertRaises(
-            ConfigError, RouteTable.build, [parseRoute("a.test=http://a:1"), route("A.test=http://b:1", host="A.test")]
+            ConfigError,
+            RouteTable.build,
+            [parseRoute("a.test=http://a:1"), route("A.test=http://b:1", host="A.test")],
         )
-        self.assertRaises(ConfigError, RouteTable.build, [parseRoute("*=http://a:1"), parseRoute("*=http://b:1")])
+        self.assertRaises(
+            ConfigError, RouteTable.build, [parseRoute("*=http://a:1"), parseRoute("*=http://b:1")]
+        )
 
     def test_routesInOrderAndGivenPools(self) -> None:
         """
@@ -324,7 +338,9 @@ class PoolTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
 
-    def pool(self, n: int = 3, weights: Sequence[int] = (), balance: str = "roundrobin", **kw: Any) -> Pool:
+    def pool(
+        self, n: int = 3, weights: Sequence[int] = (), balance: str = "roundrobin", **kw: Any
+    ) -> Pool:
         return Pool(
             backends(*[f"http://10.0.0.{i + 1}:80" for i in range(n)], weights=weights),
             balance,
@@ -371,7 +387,9 @@ class PoolTests(SynchronousTestCase):
         pool = self.pool(3)
         pool.backends[1].healthy = False
         self.assertEqual(self.keys([pool.pick() for _ in range(4)]), [".0.1", ".0.3"] * 2)
-        self.assertEqual(self.keys([pool.pick(exclude=(pool.backends[0],)) for _ in range(2)]), [".0.3"] * 2)
+        self.assertEqual(
+            self.keys([pool.pick(exclude=(pool.backends[0],)) for _ in range(2)]), [".0.3"] * 2
+        )
 
     def test_allDownReturnsNone(self) -> None:
         """
@@ -563,9 +581,16 @@ class PoolTests(SynchronousTestCase):
         settings; a URL named twice becomes one backend with the summed
         weight.
         """
-        rc = route("a.test=http://a:1,http://b:1,http://a:1", weights=(1, 2, 3), balance="leastconn", ejectAfter=5)
+        rc = route(
+            "a.test=http://a:1,http://b:1,http://a:1",
+            weights=(1, 2, 3),
+            balance="leastconn",
+            ejectAfter=5,
+        )
         pool = Pool.fromRoute(rc, self.clock)
-        self.assertEqual([(b.key, b.weight) for b in pool.backends], [("http://a:1", 4), ("http://b:1", 2)])
+        self.assertEqual(
+            [(b.key, b.weight) for b in pool.backends], [("http://a:1", 4), ("http://b:1", 2)]
+        )
         self.assertEqual((pool.balance, pool.ejectAfter), ("leastconn", 5))
 
     def test_connectionCounters(self) -> None:
@@ -590,7 +615,9 @@ class PoolTests(SynchronousTestCase):
 class PassiveEjectionTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
-        self.pool = Pool(backends("http://10.0.0.1:80", "http://10.0.0.2:80"), "roundrobin", self.clock, 3, 30.0)
+        self.pool = Pool(
+            backends("http://10.0.0.1:80", "http://10.0.0.2:80"), "roundrobin", self.clock, 3, 30.0
+        )
         self.a, self.b = self.pool.backends
 
     def test_ejectAfterConsecutiveFailures(self) -> None:
@@ -672,7 +699,9 @@ class PoolConnectTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.connector = FakeConnector()
-        self.pool = Pool(backends("http://10.0.0.1:80", "http://10.0.0.2:80"), "roundrobin", self.clock, 1, 30.0)
+        self.pool = Pool(
+            backends("http://10.0.0.1:80", "http://10.0.0.2:80"), "roundrobin", self.clock, 1, 30.0
+        )
         self.a, self.b = self.pool.backends
 
     def connectTo(self, backend: Backend) -> Deferred[Any]:
@@ -773,7 +802,11 @@ class PoolConnectTests(SynchronousTestCase):
         attempt like a refused connect.
         """
         self.connector.hosts["app.internal"] = ["10.9.9.9", "10.9.9.8"]
-        pool = Pool(backends("http://app.internal:8080", "http://nowhere.internal:80"), "roundrobin", self.clock)
+        pool = Pool(
+            backends("http://app.internal:8080", "http://nowhere.internal:80"),
+            "roundrobin",
+            self.clock,
+        )
         d = pool.connect(self.connectTo)
         self.assertEqual(self.connector.last().endpoint.target, "10.9.9.9:8080")
         self.connector.last().succeed()
@@ -895,12 +928,22 @@ class HealthCheckTests(SynchronousTestCase):
         before a status line; it closes the connection once it has read the
         status.
         """
-        svc = self.service(route("a.test=http://10.0.0.1:80", healthCheck=attr.evolve(HTTPHC, rise=1, fall=1)))
+        svc = self.service(
+            route("a.test=http://10.0.0.1:80", healthCheck=attr.evolve(HTTPHC, rise=1, fall=1))
+        )
         b = self.backend(svc)
         outcomes = []
-        for answer in [b"HTTP/1.1 200 OK\r\n", b"HTTP/1.0 503 Busy\r\n", b"HTTP/1.1 301 Moved\r\n",
-                       b"HTTP/1.1 404 Not Found\r\n", b"SSH-2.0-OpenSSH\r\n", b"HTTP/1.1 204\r\n", None,
-                       b"HTTP/1.1 2", b"HTTP/1.1 500 Oops\n"]:
+        for answer in [
+            b"HTTP/1.1 200 OK\r\n",
+            b"HTTP/1.0 503 Busy\r\n",
+            b"HTTP/1.1 301 Moved\r\n",
+            b"HTTP/1.1 404 Not Found\r\n",
+            b"SSH-2.0-OpenSSH\r\n",
+            b"HTTP/1.1 204\r\n",
+            None,
+            b"HTTP/1.1 2",
+            b"HTTP/1.1 500 Oops\n",
+        ]:
             self.clock.advance(5 if self.connector.attempts else 0)
             protocol, transport = self.connector.last().succeed()
             if answer is None:
@@ -977,7 +1020,9 @@ class HealthCheckTests(SynchronousTestCase):
         connector first; a name that does not resolve is a failed check.
         """
         self.connector.hosts["app.internal"] = ["10.1.2.3"]
-        svc = self.service(route("a.test=http://app.internal:80,http://gone.internal:80", healthCheck=HC))
+        svc = self.service(
+            route("a.test=http://app.internal:80,http://gone.internal:80", healthCheck=HC)
+        )
         self.clock.advance(0)
         self.assertEqual([a.endpoint.target for a in self.connector.attempts], ["10.1.2.3:80"])
         self.assertFalse(self.backend(svc, index=1).healthy)
@@ -1023,6 +1068,40 @@ class HealthCheckTests(SynchronousTestCase):
         self.assertEqual(self.connector.attempts, [])
         self.assertTrue(self.backend(svc).healthy)
 
+    def test_httpHostHeaderOmitsDefaultPort(self) -> None:
+        """
+        The HTTP check's C{Host} is the backend's name alone when it uses
+        port 80.
+        """
+        self.connector.hosts["app.internal"] = ["10.1.2.3"]
+        self.service(route("a.test=http://app.internal:80", healthCheck=HTTPHC))
+        self.clock.advance(0)
+        _, transport = self.connector.last().succeed()
+        self.assertIn(b"\r\nHost: app.internal\r\n", transport.value())
+
+    def test_transitionsAndEjectionsLogged(self) -> None:
+        """
+        A backend going down or up, and a passive ejection, are each logged
+        once, with the backend's key.
+        """
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        svc = self.service(route("a.test=http://10.0.0.1:80", healthCheck=attr.evolve(HC, rise=1)))
+        self.runCheck(False)
+        self.runCheck(False)
+        self.runCheck(True)
+        pool = svc.tableFor("web").routes[0].pool
+        for _ in range(4):
+            pool.reportConnectFailure(pool.backends[0])
+        texts = [formatEvent(e) for e in events if e.get("log_namespace") == "txproxy.router"]
+        self.assertEqual(
+            texts,
+            [
+                "backend http://10.0.0.1:80 is down: Connection was refused by other side.",
+                "backend http://10.0.0.1:80 is up",
+                "backend http://10.0.0.1:80 of web:a.test/ ejected for 30.0s after 3 connect failures",
+            ],
+        )
+
     def test_connectorIsAnUpstreamConnector(self) -> None:
         """
         The fake connector these tests use provides L{IUpstreamConnector},
@@ -1050,7 +1129,10 @@ class RouterServiceTests(SynchronousTestCase):
             [
                 reverse("web", parseRoute("a.test=http://10.0.0.1:80")),
                 ListenerConfig(
-                    listen=("tcp:443",), mode="sni", name="tls", routes=(parseRoute("*=tcp://10.0.0.2:443"),)
+                    listen=("tcp:443",),
+                    mode="sni",
+                    name="tls",
+                    routes=(parseRoute("*=tcp://10.0.0.2:443"),),
                 ),
                 ListenerConfig(
                     listen=("tcp:22",),
@@ -1068,12 +1150,16 @@ class RouterServiceTests(SynchronousTestCase):
         self.assertIsNotNone(svc.tableFor("tls").match("x.test"))
         pool = svc.poolFor("ssh")
         self.assertEqual(pool.balance, "leastconn")
-        self.assertEqual([b.key for b in pool.backends], ["tcp:host=10.0.0.5:port=22", "tcp:10.0.0.6:22"])
+        self.assertEqual(
+            [b.key for b in pool.backends], ["tcp:host=10.0.0.5:port=22", "tcp:10.0.0.6:22"]
+        )
         self.assertRaises(KeyError, svc.tableFor, "fwd")
         self.assertRaises(KeyError, svc.poolFor, "web")
         b = pool.pick()
         assert b is not None
-        self.successResultOf(endpointForBackend(self.connector, b)).connect(Factory.forProtocol(Protocol))
+        self.successResultOf(endpointForBackend(self.connector, b)).connect(
+            Factory.forProtocol(Protocol)
+        )
         self.assertEqual(self.connector.last().endpoint.target, "tcp:host=10.0.0.5:port=22")
 
     def test_reloadKeepsBackendState(self) -> None:
@@ -1094,7 +1180,13 @@ class RouterServiceTests(SynchronousTestCase):
         b.connectionStarted()
         for _ in range(3):
             pool.reportConnectFailure(b)
-        svc.setListeners([reverse("web", attr.evolve(rc, weights=(1, 5)), parseRoute("b.test=http://10.0.0.9:80"))])
+        svc.setListeners(
+            [
+                reverse(
+                    "web", attr.evolve(rc, weights=(1, 5)), parseRoute("b.test=http://10.0.0.9:80")
+                )
+            ]
+        )
         newPool = svc.tableFor("web").routes[0].pool
         self.assertIsNot(newPool, pool)
         self.assertEqual(list(newPool.backends), [a, b])
@@ -1112,17 +1204,25 @@ class RouterServiceTests(SynchronousTestCase):
         checked on the next reactor turn; existing checks keep their
         schedule.
         """
-        svc = RouterService([reverse("web", route("a.test=http://10.0.0.1:80", healthCheck=HC))], self.connector, self.clock)
+        svc = RouterService(
+            [reverse("web", route("a.test=http://10.0.0.1:80", healthCheck=HC))],
+            self.connector,
+            self.clock,
+        )
         svc.startService()
         self.addCleanup(svc.stopService)
         self.clock.advance(0)
         self.connector.last().succeed()
         self.clock.advance(1)
-        svc.setListeners([reverse("web", route("a.test=http://10.0.0.1:80,http://10.0.0.2:80", healthCheck=HC))])
+        svc.setListeners(
+            [reverse("web", route("a.test=http://10.0.0.1:80,http://10.0.0.2:80", healthCheck=HC))]
+        )
         new = svc.tableFor("web").routes[0].pool.backends[1]
         self.assertEqual((new.healthy, new.health.checked), (True, False))
         self.clock.advance(0)
-        self.assertEqual([a.endpoint.target for a in self.connector.attempts], ["10.0.0.1:80", "10.0.0.2:80"])
+        self.assertEqual(
+            [a.endpoint.target for a in self.connector.attempts], ["10.0.0.1:80", "10.0.0.2:80"]
+        )
         self.clock.advance(4)
         self.assertEqual(len(self.connector.attempts), 3)
 
@@ -1151,7 +1251,11 @@ class RouterServiceTests(SynchronousTestCase):
         interval but keeps the verdict; dropping the check returns the
         backend to healthy and unchecked.
         """
-        svc = RouterService([reverse("web", route("a.test=http://10.0.0.1:80", healthCheck=HC))], self.connector, self.clock)
+        svc = RouterService(
+            [reverse("web", route("a.test=http://10.0.0.1:80", healthCheck=HC))],
+            self.connector,
+            self.clock,
+        )
         svc.startService()
         self.addCleanup(svc.stopService)
         self.clock.advance(0)
@@ -1176,10 +1280,18 @@ class RouterServiceTests(SynchronousTestCase):
         good = reverse("web", parseRoute("a.test=http://10.0.0.1:80"))
         svc = RouterService([good], self.connector, self.clock)
         table = svc.tableFor("web")
-        bad = reverse("web", parseRoute("b.test=http://10.0.0.1:80"), parseRoute("b.test=http://10.0.0.2:80"))
+        bad = reverse(
+            "web", parseRoute("b.test=http://10.0.0.1:80"), parseRoute("b.test=http://10.0.0.2:80")
+        )
         self.assertRaises(ConfigError, svc.setListeners, [bad])
-        self.assertRaises(ConfigError, svc.setListeners, [good, reverse("web", parseRoute("c.test=http://c:1"))])
-        self.assertRaises(ConfigError, svc.setListeners, [reverse("web", route("a.test=http://a:1", balance="random"))])
+        self.assertRaises(
+            ConfigError, svc.setListeners, [good, reverse("web", parseRoute("c.test=http://c:1"))]
+        )
+        self.assertRaises(
+            ConfigError,
+            svc.setListeners,
+            [reverse("web", route("a.test=http://a:1", balance="random"))],
+        )
         self.assertIs(svc.tableFor("web"), table)
         self.assertEqual(svc.listeners, (good,))
 
@@ -1188,7 +1300,9 @@ class RouterServiceTests(SynchronousTestCase):
         Tables and pools are replaced together: a reader holding the old
         table keeps a consistent old view while new lookups see the new one.
         """
-        svc = RouterService([reverse("web", parseRoute("a.test=http://10.0.0.1:80"))], self.connector, self.clock)
+        svc = RouterService(
+            [reverse("web", parseRoute("a.test=http://10.0.0.1:80"))], self.connector, self.clock
+        )
         old = svc.tableFor("web")
         svc.setListeners([reverse("web", parseRoute("a.test=http://10.0.0.2:80"))])
         self.assertEqual(old.match("a.test").pool.backends[0].key, "http://10.0.0.1:80")  # type: ignore[union-attr]
@@ -1233,7 +1347,11 @@ class RouterServiceTests(SynchronousTestCase):
         """
         Before C{startService} nothing is scheduled, even across reloads.
         """
-        svc = RouterService([reverse("web", route("a.test=http://10.0.0.1:80", healthCheck=HC))], self.connector, self.clock)
+        svc = RouterService(
+            [reverse("web", route("a.test=http://10.0.0.1:80", healthCheck=HC))],
+            self.connector,
+            self.clock,
+        )
         svc.setListeners([reverse("web", route("a.test=http://10.0.0.2:80", healthCheck=HC))])
         self.assertEqual(self.clock.getDelayedCalls(), [])
         self.assertEqual(self.connector.attempts, [])
@@ -1246,7 +1364,9 @@ class RouterServiceTests(SynchronousTestCase):
         svc = RouterService(
             [
                 reverse("web", route("a.test/api=http://10.0.0.1:80", healthCheck=HC)),
-                ListenerConfig(listen=("tcp:22",), mode="tcp", name="ssh", upstreams=("tcp:10.0.0.6:22",)),
+                ListenerConfig(
+                    listen=("tcp:22",), mode="tcp", name="ssh", upstreams=("tcp:10.0.0.6:22",)
+                ),
             ],
             self.connector,
             self.clock,
@@ -1260,10 +1380,15 @@ class RouterServiceTests(SynchronousTestCase):
         web, ssh = snap["listeners"]
         self.assertEqual((web["name"], web["mode"]), ("web", "reverse"))
         rt = web["routes"][0]
-        self.assertEqual((rt["host"], rt["prefix"], rt["upstreams"]), ("a.test", "/api", ["http://10.0.0.1:80"]))
+        self.assertEqual(
+            (rt["host"], rt["prefix"], rt["upstreams"]), ("a.test", "/api", ["http://10.0.0.1:80"])
+        )
         backend = rt["pool"]["backends"][0]
         self.assertEqual(
-            {k: backend[k] for k in ("key", "healthy", "checked", "available", "activeConnections", "weight")},
+            {
+                k: backend[k]
+                for k in ("key", "healthy", "checked", "available", "activeConnections", "weight")
+            },
             {
                 "key": "http://10.0.0.1:80",
                 "healthy": False,

@@ -30,7 +30,7 @@ from typing import Any, List, Optional
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -109,7 +109,7 @@ class _HTTPCheckProtocol(Protocol):
 
     def _cancel(self, d: Deferred[int]) -> None:
         if self.transport is not None:
-            self.transport.abortConnection()  # type: ignore[attr-defined]
+            self.transport.abortConnection()
 
     def connectionMade(self) -> None:
         assert self.transport is not None
@@ -127,7 +127,12 @@ class _HTTPCheckProtocol(Protocol):
         line = self._buffer[:end].rstrip(b"\r")
         parts = line.split(None, 2)
         code = -1
-        if len(parts) >= 2 and parts[0].startswith(b"HTTP/1.") and len(parts[1]) == 3 and parts[1].isdigit():
+        if (
+            len(parts) >= 2
+            and parts[0].startswith(b"HTTP/1.")
+            and len(parts[1]) == 3
+            and parts[1].isdigit()
+        ):
             code = int(parts[1])
         if code < 0:
             self._finish(HealthCheckFailed(f"bad status line {line[:80]!r}"))
@@ -145,7 +150,7 @@ class _HTTPCheckProtocol(Protocol):
             assert isinstance(outcome, int)
             self.result.callback(outcome)
 
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if not self.result.called:
             self.result.errback(HealthCheckFailed("connection closed before a status line"))
 
@@ -289,5 +294,7 @@ class HealthChecker:
             if state.healthy:
                 _log.info("backend {backend} is up", backend=self._backend.key)
             else:
-                _log.warn("backend {backend} is down: {error}", backend=self._backend.key, error=error)
+                _log.warn(
+                    "backend {backend} is down: {error}", backend=self._backend.key, error=error
+                )
         self._next = self._clock.callLater(self.check.interval, self._run)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 from bisect import bisect_left
-from typing import Any, Callable, Container, Dict, List, Optional, Sequence, Tuple, TypeVar
+from typing import Any, Callable, Container, Dict, List, Optional, Sequence, Tuple, TypeVar, cast
 
 from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
@@ -67,7 +67,14 @@ class HealthState:
     @ivar lastError: why the last failed check failed, or L{None}.
     """
 
-    __slots__ = ("healthy", "checked", "consecutiveSuccesses", "consecutiveFailures", "lastCheckAt", "lastError")
+    __slots__ = (
+        "healthy",
+        "checked",
+        "consecutiveSuccesses",
+        "consecutiveFailures",
+        "lastCheckAt",
+        "lastError",
+    )
 
     def __init__(self) -> None:
         self.healthy = True
@@ -77,7 +84,9 @@ class HealthState:
         self.lastCheckAt: Optional[float] = None
         self.lastError: Optional[str] = None
 
-    def record(self, ok: bool, now: float, rise: int, fall: int, error: Optional[str] = None) -> bool:
+    def record(
+        self, ok: bool, now: float, rise: int, fall: int, error: Optional[str] = None
+    ) -> bool:
         """
         Record one check result.
 
@@ -296,7 +305,9 @@ class Pool:
         @raise ConfigError: on an unknown policy or an empty pool.
         """
         if balance not in BALANCE_POLICIES:
-            raise ConfigError(f"unknown balance policy {balance!r}: expected {', '.join(BALANCE_POLICIES)}")
+            raise ConfigError(
+                f"unknown balance policy {balance!r}: expected {', '.join(BALANCE_POLICIES)}"
+            )
         if not backends:
             raise ConfigError(f"pool {name or '?'}: no backends")
         self.backends: Tuple[Backend, ...] = tuple(backends)
@@ -342,7 +353,7 @@ class Pool:
         if clock is None:
             from twisted.internet import reactor
 
-            clock = self._clock = reactor  # type: ignore[assignment]
+            clock = self._clock = cast(IReactorTime, reactor)
         assert clock is not None
         return clock.seconds()
 
@@ -542,7 +553,7 @@ class Pool:
             backend.connectionFinished()
             if result.called:
                 return
-            if cancelled[0] or f.check(CancelledError):
+            if cancelled[0] or isinstance(f.value, CancelledError):
                 result.errback(f)
                 return
             self.reportConnectFailure(backend)

@@ -26,7 +26,7 @@ L{txproxy._router_health} (active checks).
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, cast
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
@@ -178,7 +178,7 @@ class RouterService(Service):
         if self._clock is None:
             from twisted.internet import reactor
 
-            self._clock = reactor  # type: ignore[assignment]
+            self._clock = cast(IReactorTime, reactor)
         assert self._clock is not None
         return self._clock
 
@@ -259,7 +259,12 @@ class RouterService(Service):
                         backends[ident] = b
                         members.append(b)
                     routePools[rc] = Pool(
-                        members, rc.balance, clock, rc.ejectAfter, rc.ejectFor, name=f"{name}:{host}{prefix or '/'}"
+                        members,
+                        rc.balance,
+                        clock,
+                        rc.ejectAfter,
+                        rc.ejectFor,
+                        name=f"{name}:{host}{prefix or '/'}",
                     )
                 tables[name] = RouteTable.build(listener.routes, routePools)
             elif listener.mode == "tcp":
@@ -343,7 +348,9 @@ class RouterService(Service):
                 continue
             if checker is not None:
                 checker.stop()
-            checker = HealthChecker(entry.backend, entry.check, entry.state, self.clock, self._getConnector())
+            checker = HealthChecker(
+                entry.backend, entry.check, entry.state, self.clock, self._getConnector()
+            )
             checker.subscribers = entry.subscribers
             self._checkers[ck] = checker
             if self.running:
@@ -395,7 +402,9 @@ class RouterService(Service):
                 ]
                 listeners.append({"name": name, "mode": listener.mode, "routes": routes})
             elif name in state.pools:
-                listeners.append({"name": name, "mode": listener.mode, "pool": state.pools[name].snapshot(now)})
+                listeners.append(
+                    {"name": name, "mode": listener.mode, "pool": state.pools[name].snapshot(now)}
+                )
         checks = [
             {
                 "backend": key,
