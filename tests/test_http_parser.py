@@ -1323,3 +1323,56 @@ class ChunkedReaderTests(SynchronousTestCase):
         self.assertEqual(reader.feed(b"5\r\nhello\r\n1"), b"5\r\nhello\r\n")
         self.assertEqual(reader.feed(b"0"), b"")
         self.assertEqual(reader.feed(b"\r\n"), b"10\r\n")
+
+
+class HeadReaderLimitTests(SynchronousTestCase):
+    """
+    More tests for L{HeadReader}'s size limit.
+    """
+
+    def test_leadingEmptyLinesAndHeadTogether(self) -> None:
+        """
+        Leading empty lines and the head itself count together towards the
+        limit.
+        """
+        reader = HeadReader(maxSize=len(GET) + 2)
+        self.assertEqual(reader.feed(b"\r\n" + GET), GET)
+        reader = HeadReader(maxSize=len(GET) + 1)
+        self.assertEqual(self.assertRaises(HTTPError, reader.feed, b"\r\n" + GET).status, 431)
+
+    def test_crSplitFromLF(self) -> None:
+        """
+        A leading empty line whose CR and LF arrive separately is skipped.
+        """
+        reader = HeadReader()
+        self.assertIsNone(reader.feed(b"\r"))
+        self.assertIsNone(reader.feed(b"\n\r"))
+        self.assertEqual(reader.feed(b"\n" + GET), GET)
+
+
+class LinearTimeTests(SynchronousTestCase):
+    """
+    Adversarial heads cost linear time.  Before the header pattern was
+    made unambiguous, the first of these took about a minute; the bound
+    here is generous so that a loaded machine cannot fail it.
+    """
+
+    def test_pathologicalHeaderValues(self) -> None:
+        """
+        64 KiB heads built to make a backtracking pattern go quadratic are
+        refused in well under two seconds in all.
+        """
+        import time
+
+        n = 65000
+        heads = [
+            b"GET / HTTP/1.1\r\nHost: a\r\nX:" + b" " * n + b"\x01\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nX: a" + b" " * n + b"\x01\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nX: " + b"a \t" * (n // 3) + b"\x01\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\n" + b"a: b\x01\r\n" * (n // 8) + b"\r\n",
+        ]
+        started = time.process_time()
+        for head in heads:
+            self.assertRaises(HTTPError, parseRequestHead, head)
+            self.assertRaises(HTTPError, parseResponseHead, b"HTTP/1.1 200 OK" + head[14:])
+        self.assertLess(time.process_time() - started, 2.0)

@@ -1,0 +1,373 @@
+# -*- test-case-name: tests.test_http_fuzz -*-
+"""
+Hypothesis fuzzing of L{txproxy.http}: nothing but L{HTTPError} may escape
+the parsers and readers, and what they accept must survive serializing and
+parsing again unchanged (and, where httptools is installed, agree with
+llhttp).
+
+Example counts are bounded so the module runs in a few seconds.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from twisted.trial.unittest import SynchronousTestCase
+
+from txproxy.http import (
+    ChunkedDecoder,
+    ChunkedReader,
+    HeadReader,
+    HTTPError,
+    RequestHead,
+    ResponseHead,
+    findHeadEnd,
+    parseAbsoluteURI,
+    parseAuthority,
+    parseRequestHead,
+    parseResponseHead,
+    requestFraming,
+    responseFraming,
+    serializeRequestHead,
+    serializeResponseHead,
+)
+
+try:
+    import httptools  # type: ignore[import-untyped]
+except ImportError:  # pragma: no cover - PyPy
+    httptools = None
+
+# llhttp knows only registered methods; compare with it on these.
+LLHTTP_METHODS = frozenset([b"GET", b"POST", b"PUT", b"DELETE", b"HEAD", b"OPTIONS", b"CONNECT", b"PATCH"])
+
+FUZZ = settings(
+    max_examples=100,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+
+TCHARS = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+# Bytes that matter to HTTP framing, mixed into otherwise plausible text.
+NASTY = [b" ", b"\t", b"\r", b"\n", b"\r\n", b":", b",", b";", b"\x00", b"\x7f", b"\x80", b"\xff",
+         b"\x0b", b"\"", b"\\", b"=", b"chunked", b"Content-Length", b"Transfer-Encoding",
+         b"Host", b"HTTP/1.1", b"0", b"-1"]
+
+token = st.binary(min_size=1, max_size=12).map(
+    lambda b: bytes(TCHARS[x % len(TCHARS)] for x in b)
+)
+plain = st.binary(max_size=20).map(lambda b: bytes(0x20 + x % 0x5F for x in b))
+piece = st.one_of(token, plain, st.sampled_from(NASTY), st.binary(max_size=4))
+text = st.lists(piece, max_size=6).map(b"".join)
+
+headerNames = st.one_of(
+    token, st.sampled_from([b"Host", b"Content-Length", b"Transfer-Encoding", b"Connection"])
+)
+headerValues = st.one_of(
+    plain,
+    st.sampled_from([b"chunked", b"gzip, chunked", b"5", b"5, 5", b"close", b"a.example:80"]),
+    text,
+)
+
+
+@st.composite
+def requestHeads(draw: st.DrawFn) -> bytes:
+    """
+    Mostly plausible request heads, with nasty bytes mixed in.
+    """
+    method = draw(
+        st.one_of(token, st.sampled_from([b"GET", b"POST", b"CONNECT", b"OPTIONS"]), text)
+    )
+    target = draw(
+        st.one_of(
+            plain.map(lambda b: b"/" + b.replace(b" ", b"")),
+            st.sampled_from([b"*", b"a.example:443", b"http://a.example/x", b"[::1]:80"]),
+            text,
+        )
+    )
+    version = draw(st.sampled_from([b"HTTP/1.1", b"HTTP/1.0", b"HTTP/2.0", b"HTTP/1.1 "]))
+    sep = draw(st.sampled_from([b" ", b" ", b" ", b"\t", b"  "]))
+    lines = [method + sep + target + b" " + version]
+    if draw(st.booleans()):
+        lines.append(b"Host: " + draw(st.one_of(st.just(b"a.example"), headerValues)))
+    for name, colon, value in draw(
+        st.lists(st.tuples(headerNames, st.sampled_from([b": ", b":", b" : ", b":\t"]), headerValues), max_size=6)
+    ):
+        lines.append(name + colon + value)
+    eol = draw(st.sampled_from([b"\r\n", b"\r\n", b"\r\n", b"\n"]))
+    return eol.join(lines) + b"\r\n\r\n"
+
+
+@st.composite
+def responseHeads(draw: st.DrawFn) -> bytes:
+    """
+    Mostly plausible response heads, with nasty bytes mixed in.
+    """
+    version = draw(st.sampled_from([b"HTTP/1.1", b"HTTP/1.0", b"HTTP/2", b"http/1.1"]))
+    status = draw(st.one_of(st.integers(0, 1000).map(lambda i: b"%d" % i), text))
+    reason = draw(st.one_of(plain, text))
+    lines = [version + b" " + status + b" " + reason]
+    for name, value in draw(st.lists(st.tuples(headerNames, headerValues), max_size=6)):
+        lines.append(name + b": " + value)
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+def stripped(headers: Tuple[Tuple[bytes, bytes], ...]) -> Tuple[Tuple[bytes, bytes], ...]:
+    return tuple((name, value.strip(b" \t")) for name, value in headers)
+
+
+def checkHeaders(case: SynchronousTestCase, headers: Tuple[Tuple[bytes, bytes], ...]) -> None:
+    """
+    Every parsed header is a token name and a value without line breaks,
+    control characters or surrounding whitespace.
+    """
+    for name, value in headers:
+        case.assertTrue(name and all(c in TCHARS for c in name), name)
+        case.assertFalse(any(c < 0x20 and c != 9 or c == 0x7F for c in value), value)
+        case.assertEqual(value, value.strip(b" \t"))
+
+
+class ParserFuzzTests(SynchronousTestCase):
+    """
+    Fuzzing the head parsers.
+    """
+
+    @FUZZ
+    @given(st.binary(max_size=300))
+    def test_requestArbitraryBytes(self, data: bytes) -> None:
+        """
+        Arbitrary bytes either parse as a request head or raise
+        L{HTTPError}; nothing else escapes.
+        """
+        try:
+            parseRequestHead(data)
+        except HTTPError:
+            pass
+
+    @FUZZ
+    @given(st.binary(max_size=300))
+    def test_responseArbitraryBytes(self, data: bytes) -> None:
+        """
+        Arbitrary bytes either parse as a response head or raise
+        L{HTTPError} C{502}.
+        """
+        try:
+            parseResponseHead(data)
+        except HTTPError as error:
+            self.assertEqual(error.status, 502)
+
+    @FUZZ
+    @given(requestHeads())
+    def test_requestRoundTrip(self, data: bytes) -> None:
+        """
+        A request head that parses has clean headers, a framing decision
+        (or an L{HTTPError}), and serializes to bytes that parse to the
+        same head and serialize to the same bytes again.  Where httptools
+        is installed, llhttp reads the same method, target and headers.
+        """
+        try:
+            head = parseRequestHead(data)
+        except HTTPError as error:
+            self.assertIn(error.status, (400, 431, 505))
+            return
+        checkHeaders(self, head.headers)
+        try:
+            requestFraming(head)
+        except HTTPError as error:
+            self.assertIn(error.status, (400, 501))
+        if head.method == b"CONNECT":
+            parseAuthority(head.target)
+        elif head.target.startswith(b"http://"):
+            try:
+                parseAbsoluteURI(head.target)
+            except HTTPError as error:
+                self.assertEqual(error.status, 400)
+        wire = serializeRequestHead(head)
+        again = parseRequestHead(wire)
+        self.assertEqual(again, head)
+        self.assertEqual(serializeRequestHead(again), wire)
+        end = findHeadEnd(data)
+        self.assertEqual(end, len(data))
+        if httptools is not None and head.method in LLHTTP_METHODS:
+            self.assertEqual(llhttpRequest(wire), (head.method, head.target, head.headers))
+
+    @FUZZ
+    @given(responseHeads())
+    def test_responseRoundTrip(self, data: bytes) -> None:
+        """
+        A response head that parses has clean headers, a framing decision
+        (or an L{HTTPError} C{502}), and round-trips through the
+        serializer.
+        """
+        try:
+            head = parseResponseHead(data)
+        except HTTPError as error:
+            self.assertEqual(error.status, 502)
+            return
+        checkHeaders(self, head.headers)
+        for method in (b"GET", b"HEAD", b"CONNECT"):
+            try:
+                responseFraming(method, head)
+            except HTTPError as error:
+                self.assertEqual(error.status, 502)
+        wire = serializeResponseHead(head)
+        self.assertEqual(parseResponseHead(wire), head)
+
+    @FUZZ
+    @given(
+        st.tuples(text, text, st.sampled_from([b"HTTP/1.1", b"HTTP/1.0"])),
+        st.lists(st.tuples(st.one_of(token, text), st.one_of(plain, text)), max_size=5),
+    )
+    def test_serializeNeverInjects(
+        self, line: Tuple[bytes, bytes, bytes], headers: List[Tuple[bytes, bytes]]
+    ) -> None:
+        """
+        Serializing an arbitrary request head either raises C{ValueError}
+        or gives bytes that parse back (when they parse at all) to exactly
+        that head, values stripped: no header or line can be injected.
+        """
+        head = RequestHead(line[0], line[1], line[2], headers)
+        try:
+            wire = serializeRequestHead(head)
+        except ValueError:
+            return
+        try:
+            parsed = parseRequestHead(wire)
+        except HTTPError:
+            return
+        self.assertEqual(parsed, RequestHead(head.method, head.target, head.version, stripped(head.headers)))
+
+    @FUZZ
+    @given(st.integers(0, 999), text, st.lists(st.tuples(st.one_of(token, text), text), max_size=5))
+    def test_serializeResponseNeverInjects(
+        self, status: int, reason: bytes, headers: List[Tuple[bytes, bytes]]
+    ) -> None:
+        """
+        Serializing an arbitrary response head either raises C{ValueError}
+        or gives bytes that parse back to exactly that head.
+        """
+        head = ResponseHead(b"HTTP/1.1", status, reason, headers)
+        try:
+            wire = serializeResponseHead(head)
+        except ValueError:
+            return
+        self.assertEqual(
+            parseResponseHead(wire), ResponseHead(b"HTTP/1.1", status, reason, stripped(head.headers))
+        )
+
+    @FUZZ
+    @given(requestHeads(), st.lists(st.integers(1, 40), max_size=10))
+    def test_headReaderAgreesWithFindHeadEnd(self, data: bytes, cuts: List[int]) -> None:
+        """
+        L{HeadReader} fed in arbitrary pieces finds the same head as
+        L{findHeadEnd} on the whole buffer.
+        """
+        data = data + b"NEXT"
+        reader = HeadReader()
+        head: Optional[bytes] = None
+        pos = 0
+        for size in cuts + [len(data)]:
+            head = reader.feed(data[pos : pos + size])
+            pos += size
+            if head is not None:
+                break
+        end = findHeadEnd(data)
+        self.assertEqual(head, data[:end])
+        self.assertEqual(reader.leftover + data[pos:], data[end:])
+
+
+def llhttpRequest(wire: bytes) -> Tuple[bytes, bytes, Tuple[Tuple[bytes, bytes], ...]]:
+    """
+    Parse a request head with httptools (llhttp).
+    """
+    headers: List[Tuple[bytes, bytes]] = []
+    url = [b""]
+
+    class Collector:
+        def on_url(self, data: bytes) -> None:
+            url[0] += data
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            headers.append((name, value))
+
+    parser = httptools.HttpRequestParser(Collector())
+    try:
+        parser.feed_data(wire)
+    except httptools.HttpParserUpgrade:
+        pass
+    return parser.get_method(), url[0], stripped(tuple(headers))
+
+
+@st.composite
+def chunkedBodies(draw: st.DrawFn) -> Tuple[bytes, bytes, List[Tuple[bytes, bytes]]]:
+    """
+    Valid chunked bodies: (raw, decoded data, trailers).
+    """
+    raw = []
+    data = []
+    for chunk in draw(st.lists(st.binary(min_size=1, max_size=40), max_size=5)):
+        size = draw(st.sampled_from([b"%x", b"%X", b"%04x"])) % len(chunk)
+        ext = draw(st.sampled_from([b"", b";a", b";a=b", b" ; a = \"x;y\"", b";a=b;c"]))
+        raw.append(size + ext + b"\r\n" + chunk + b"\r\n")
+        data.append(chunk)
+    raw.append(b"0\r\n")
+    trailers = draw(st.lists(st.tuples(token, plain.map(lambda b: b.strip(b" "))), max_size=3))
+    for name, value in trailers:
+        raw.append(name + b": " + value + b"\r\n")
+    raw.append(b"\r\n")
+    return b"".join(raw), b"".join(data), trailers
+
+
+class ChunkedFuzzTests(SynchronousTestCase):
+    """
+    Fuzzing L{ChunkedReader} and L{ChunkedDecoder}.
+    """
+
+    @FUZZ
+    @given(st.lists(st.one_of(text, st.binary(max_size=30)), max_size=8))
+    def test_arbitraryPieces(self, pieces: List[bytes]) -> None:
+        """
+        Arbitrary pieces either are read (returning only a prefix of the
+        input, never more) or raise L{HTTPError} C{400}.
+        """
+        reader = ChunkedReader()
+        out = []
+        try:
+            for piece in pieces:
+                out.append(reader.feed(piece))
+        except HTTPError as error:
+            self.assertEqual(error.status, 400)
+            return
+        whole = b"".join(pieces)
+        self.assertTrue(whole.startswith(b"".join(out)))
+        if reader.ended:
+            self.assertEqual(b"".join(out) + reader.leftover, whole)
+
+    @FUZZ
+    @given(chunkedBodies(), st.lists(st.integers(1, 30), max_size=12), st.binary(max_size=10))
+    def test_validBodies(
+        self,
+        body: Tuple[bytes, bytes, List[Tuple[bytes, bytes]]],
+        cuts: List[int],
+        after: bytes,
+    ) -> None:
+        """
+        A valid chunked body cut anywhere is relayed byte for byte, decoded
+        to its data and trailers, and the bytes after it are left over.
+        """
+        raw, data, trailers = body
+        stream = raw + after
+        pieces = []
+        pos = 0
+        for size in cuts + [len(stream)]:
+            pieces.append(stream[pos : pos + size])
+            pos += size
+        reader = ChunkedReader()
+        decoder = ChunkedDecoder()
+        self.assertEqual(b"".join(reader.feed(p) for p in pieces), raw)
+        self.assertEqual(b"".join(decoder.feed(p) for p in pieces), data)
+        self.assertTrue(reader.ended and decoder.ended)
+        self.assertEqual(reader.leftover, after)
+        self.assertEqual(decoder.trailers, trailers)
