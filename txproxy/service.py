@@ -14,9 +14,13 @@ from twisted.internet import defer
 from twisted.internet.endpoints import _WrapperServerEndpoint, serverFromString
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.logger import Logger
+from twisted.internet.protocol import Protocol
+from twisted.protocols.haproxy._exceptions import InvalidProxyHeader
+from twisted.protocols.haproxy._v1parser import V1Parser
+from twisted.protocols.haproxy._v2parser import V2Parser
 from twisted.protocols.haproxy._wrapper import HAProxyProtocolWrapper, HAProxyWrappingFactory
 from twisted.python.failure import Failure
-from zope.interface import implementer
+from zope.interface import directlyProvides, implementer, providedBy
 
 from txproxy.accesslog import openAccessLog
 from txproxy.config import ListenerConfig, ProxyConfig
@@ -39,20 +43,61 @@ class StartupError(Exception):
 class _HalfCloseableHAProxyWrapper(HAProxyProtocolWrapper):
     """
     Twisted's PROXY-protocol wrapper, passing half-close through to the
-    wrapped protocol (Twisted's own turns a client's FIN into a full close).
+    wrapped protocol (Twisted's own turns a client's FIN into a full close),
+    and connecting the wrapped protocol only once the header has been read
+    (Twisted's connects it at once, so its C{connectionMade} would see the
+    proxy's address instead of the client address the header carries: the
+    one ACLs, limits and logs must use).  A connection closed before a
+    complete header never reaches the wrapped protocol.
     """
+
+    def makeConnection(self, transport: Any) -> None:
+        directlyProvides(self, providedBy(transport))
+        Protocol.makeConnection(self, transport)
+        self.factory.registerProtocol(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._proxyInfo is not None:
+            self.wrappedProtocol.dataReceived(data)
+            return
+        parser = self._parser
+        if parser is None:
+            if len(data) >= 16 and data[:12] == V2Parser.PREFIX and data[12] & 0xF0 == 0x20:
+                self._parser = parser = V2Parser()
+            elif len(data) >= 8 and data[:5] == V1Parser.PROXYSTR:
+                self._parser = parser = V1Parser()
+            else:
+                self.loseConnection()
+                return
+        try:
+            info, remaining = parser.feed(data)
+        except InvalidProxyHeader:
+            self.loseConnection()
+            return
+        if info is None:
+            return
+        self._proxyInfo = info
+        self.wrappedProtocol.makeConnection(self)
+        if remaining:
+            self.wrappedProtocol.dataReceived(remaining)
 
     def readConnectionLost(self) -> None:
         p = IHalfCloseableProtocol(self.wrappedProtocol, None)
-        if p is not None:
+        if p is not None and self._proxyInfo is not None:
             p.readConnectionLost()
         else:
             self.transport.loseConnection()
 
     def writeConnectionLost(self) -> None:
         p = IHalfCloseableProtocol(self.wrappedProtocol, None)
-        if p is not None:
+        if p is not None and self._proxyInfo is not None:
             p.writeConnectionLost()
+
+    def connectionLost(self, reason: Failure) -> None:
+        if self._proxyInfo is not None:
+            super().connectionLost(reason)
+        else:
+            self.factory.unregisterProtocol(self)
 
 
 class _HalfCloseableHAProxyFactory(HAProxyWrappingFactory):
@@ -140,6 +185,20 @@ def _factoryFor(listener: ListenerConfig, services: "ProxyService", reactor: Any
         factory = ForwardProxyFactory(listener, connector, reactor, limits, services.accessLog, services.metrics)
         factory.mode = "forward"
         return factory
+    if listener.mode in ("tcp", "transparent", "sni"):
+        from txproxy.sni import SNIRouterFactory
+        from txproxy.tcp import TCPProxyFactory, TransparentFactory
+
+        cls = {"tcp": TCPProxyFactory, "transparent": TransparentFactory, "sni": SNIRouterFactory}[listener.mode]
+        return cls(
+            listener,
+            connector,
+            reactor,
+            router=services.router,
+            limits=limits,
+            accessLog=services.accessLog,
+            metrics=services.metrics,
+        )
     raise ConfigError(f"mode {listener.mode} is not supported yet")
 
 
@@ -167,6 +226,11 @@ class ProxyService(MultiService):
         self.accessLog = openAccessLog(config.accessLog, config.accessLogFormat)
         self.metrics: Any = None
         self.limiter: Any = None
+        from txproxy.router import RouterService
+
+        #: Routes and pools of the tcp, sni (and reverse) listeners.
+        self.router = RouterService(config.listeners, Connector(reactor), reactor)
+        self.router.setServiceParent(self)
         self.listenerServices: List[ListenerService] = []
         self.factories: Dict[str, Any] = {}
         for index, listener in enumerate(config.listeners):

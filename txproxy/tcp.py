@@ -1,0 +1,835 @@
+# -*- test-case-name: tests.test_tcp -*-
+"""
+Plain TCP relaying: C{--mode tcp} (port forwarding to a pool of upstreams)
+and C{--mode transparent} (to the original destination of an iptables
+C{REDIRECT}ed connection).
+
+Per accepted connection: the client ACL is applied, reading from the client
+is paused, an upstream is picked (the listener's pool in the router, round
+robin by default, or the original destination) and dialled; a refused or
+timed-out connect is retried once on the next pool member; once connected, an
+optional PROXY protocol header is written upstream, then the bytes the client
+already sent, and both transports are handed to the L{Relay}.
+
+Subclass L{TCPProxyProtocol} and override its hooks (L{chooseUpstream},
+L{relayOpened}, L{clientData}/L{upstreamData}, L{upstreamFailed},
+L{connectionEnded}); set your subclass as the C{protocol} of a
+L{TCPProxyFactory} or L{TransparentFactory}.
+
+Every client connection produces exactly one L{AccessRecord}.  Its C{status}
+borrows HTTP's codes so that one log format serves every mode: C{200}
+relayed; C{400} transparent connection with no original destination; C{403}
+client denied by C{--allow}/C{--deny} or a loop to the proxy's own listener;
+C{499} the client left before the upstream was reached; C{502} upstream
+refused or unreachable; C{503} no healthy backend; C{504} connect timeout.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from twisted.internet import defer, error
+from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet.interfaces import IHalfCloseableProtocol, IReactorTime
+from twisted.internet.protocol import ClientFactory, Protocol, ServerFactory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from txproxy.accesslog import AccessRecord
+from txproxy.config import ListenerConfig
+from txproxy.connector import Connector
+from txproxy.errors import ResolveError
+from txproxy.hooks import ClientInfo, Target
+from txproxy.origdst import isOwnListener, localNetworks, originalDestination
+from txproxy.proxyprotocol import headerFor
+from txproxy.relay import Relay, RelayedProtocol
+
+__all__ = [
+    "TCPProxyProtocol",
+    "TCPProxyFactory",
+    "TransparentFactory",
+    "UpstreamProtocol",
+    "RelayingFactory",
+]
+
+log = Logger()
+
+_OPEN, _HELLO, _CONNECTING, _RELAYING, _CLOSED = range(5)
+
+#: Seconds L{TransparentFactory} keeps the host's local networks before
+#: reading them again (for the loop guard).
+LOCAL_NETWORKS_TTL = 30.0
+
+_hookCache: Dict[Tuple[type, str], bool] = {}
+
+
+def _overrides(obj: Any, name: str, base: type) -> bool:
+    """
+    Whether C{obj}'s class overrides the hook C{name} of C{base} (cached per
+    class, so the per-connection cost is one dict lookup).
+    """
+    key = (type(obj), name)
+    found = _hookCache.get(key)
+    if found is None:
+        found = _hookCache[key] = getattr(type(obj), name) is not getattr(base, name)
+    return found
+
+
+def _formatAddress(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _clientInfo(transport: Any) -> ClientInfo:
+    peer = transport.getPeer()
+    host = getattr(peer, "host", None)
+    if host is None:
+        return ClientInfo(str(getattr(peer, "name", "") or "unix"), 0)
+    return ClientInfo(host, peer.port)
+
+
+def parseTCPDescription(description: str) -> Optional[Tuple[str, int, Optional[float]]]:
+    """
+    Read the host, port and optional timeout of a simple C{tcp:} client
+    endpoint description (C{tcp:10.0.0.5:22}, C{tcp:host=10.0.0.5:port=22},
+    C{...:timeout=3}) whose host is an IP address literal.
+
+    @return: C{(host, port, timeout)}, or L{None} for anything else (names,
+        other endpoint types, other parameters, escapes): those are dialled
+        through their endpoint.
+    """
+    kind, sep, rest = description.strip().partition(":")
+    if kind != "tcp" or not sep or "\\" in rest:
+        return None
+    args: List[str] = []
+    kwargs: Dict[str, str] = {}
+    for part in rest.split(":"):
+        if "=" in part:
+            k, _, v = part.partition("=")
+            kwargs[k] = v
+        else:
+            args.append(part)
+    if set(kwargs) - {"host", "port", "timeout"} or len(args) > 2:
+        return None
+    names = ["host", "port"]
+    for name, value in zip(names, args):
+        if name in kwargs:
+            return None
+        kwargs[name] = value
+    host = kwargs.get("host", "")
+    try:
+        port = int(kwargs.get("port", ""))
+        timeout = float(kwargs["timeout"]) if "timeout" in kwargs else None
+    except ValueError:
+        return None
+    if not 0 < port < 65536 or not (isIPAddress(host) or isIPv6Address(host)):
+        return None
+    return host, port, timeout
+
+
+class NoOriginalDestination(Exception):
+    """
+    A transparent-mode connection whose original destination is unknown
+    (it was not redirected, or conntrack has no entry for it).
+    """
+
+
+@implementer(IHalfCloseableProtocol)
+class UpstreamProtocol(RelayedProtocol):
+    """
+    The upstream side of a TCP-mode relay.  It tells its owner (the client
+    side's protocol) when it is connected; until the relay is attached it
+    keeps what the upstream sends (a server that speaks first).
+
+    @ivar owner: the client-side protocol that dialled it.
+    """
+
+    owner: Any = None
+
+    def connectionMade(self) -> None:
+        owner = self.owner
+        if owner is not None:
+            owner._upstreamConnected(self)
+
+
+class _Dial(ClientFactory):
+    """
+    The client factory of one upstream connection attempt: builds the
+    owner's upstream protocol and reports a failed connect to it.
+    """
+
+    noisy = False
+
+    def __init__(self, owner: Any) -> None:
+        self.owner = owner
+        self.failed = False
+
+    def buildProtocol(self, addr: Any) -> Protocol:
+        p = self.owner.upstreamProtocol()
+        p.owner = self.owner
+        p.factory = self
+        return p  # type: ignore[no-any-return]
+
+    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
+        if not self.failed:
+            self.failed = True
+            self.owner._dialFailed(reason)
+
+
+def _statusFor(f: Failure) -> Tuple[int, str]:
+    from txproxy.router import NoHealthyBackend
+
+    if f.check(NoHealthyBackend):
+        return 503, "no healthy backend"
+    if f.check(error.TimeoutError, defer.TimeoutError):
+        return 504, "upstream connect timed out"
+    if f.check(error.ConnectionRefusedError):
+        return 502, "upstream refused the connection"
+    if f.check(ResolveError, error.DNSLookupError):
+        return 502, "cannot resolve the upstream"
+    return 502, "cannot connect to the upstream"
+
+
+@implementer(IHalfCloseableProtocol)
+class _RelayingProtocol(Protocol):
+    """
+    What the TCP, transparent and SNI modes share: dialling (with one retry
+    on the next pool member), the PROXY header, the relay, the record.
+    Subclasses decide where to go and call L{_connectPool} or
+    L{_connectTarget}.
+    """
+
+    #: The protocol class built for the upstream side.
+    upstreamProtocol: Callable[[], UpstreamProtocol] = UpstreamProtocol
+
+    factory: "RelayingFactory"
+    client: ClientInfo
+    relay: Optional[Relay] = None
+    backend: Any = None
+    upstreamAddress = ""
+    target = "-"
+    _state = _OPEN
+    _pending: Optional[List[bytes]] = None
+    _clientReadLost = False
+    _dialing: Any = None
+    _dialBackend: Any = None
+    _tried: Tuple[Any, ...] = ()
+    _pool: Any = None
+    _proxyVersion: Optional[str] = None
+    _proxyDestination: Any = None
+    _start = 0.0
+    _startWall = 0.0
+    _recorded = False
+    _lease: Any = None
+
+    # -- hooks shared by every TCP mode
+
+    def relayOpened(self, upstreamAddress: str) -> None:
+        """
+        Called once the upstream is connected, just before relaying starts
+        (any PROXY header is already queued).  Only called when overridden.
+
+        @param upstreamAddress: the C{ip:port} dialled.
+        """
+
+    def clientData(self, data: bytes) -> bytes:
+        """
+        Observe or rewrite a chunk the client sent.  Called for every chunk,
+        only when a subclass overrides it (the default relay path calls no
+        hook per chunk).
+
+        @return: the bytes to send upstream (C{b""} to drop the chunk).
+        """
+        return data
+
+    def upstreamData(self, data: bytes) -> bytes:
+        """
+        Observe or rewrite a chunk the upstream sent.  Called for every
+        chunk, only when a subclass overrides it.
+
+        @return: the bytes to send to the client.
+        """
+        return data
+
+    def upstreamFailed(self, reason: Failure) -> None:
+        """
+        Called once when no upstream could be reached (after the retry), just
+        before the client connection is closed.
+
+        @param reason: the last connect failure (L{NoHealthyBackend} when the
+            pool had no backend to try).
+        """
+
+    def connectionEnded(self, record: AccessRecord) -> None:
+        """
+        Called once per client connection, when it is over (relayed and
+        closed, refused, or failed), with its access record.
+        """
+
+    # -- set-up
+
+    def connectionMade(self) -> None:
+        transport = self.transport
+        factory = self.factory
+        factory.connectionOpened(self)
+        self.client = client = _clientInfo(transport)
+        self._start = factory.clock.seconds()
+        self._startWall = time.time()
+        if factory._acl and not factory.clientAllowed(client.host):
+            self._refuse(403, "client not allowed")
+            return
+        self._begin()
+
+    def _begin(self) -> None:
+        """
+        Decide where to go and start connecting (subclasses).
+        """
+        raise NotImplementedError()
+
+    def dataReceived(self, data: bytes) -> None:
+        # Before the relay: keep what the client sends (the relay replaces
+        # this method with its own per-chunk handler once it starts).
+        if self._state >= _RELAYING:
+            return
+        pending = self._pending
+        if pending is None:
+            self._pending = [data]
+        else:
+            pending.append(data)
+
+    # -- dialling
+
+    def _pause(self) -> None:
+        self.transport.pauseProducing()  # type: ignore[union-attr]
+
+    def _connectPool(self, pool: Any) -> None:
+        """
+        Connect to a backend of C{pool}; a failed connect is retried on
+        another backend, up to C{factory.connectAttempts} backends.
+        """
+        self._pool = pool
+        self._state = _CONNECTING
+        self._nextBackend(None)
+
+    def _nextBackend(self, last: Optional[Failure]) -> None:
+        tried = self._tried
+        backend = None
+        if len(tried) < self.factory.connectAttempts:
+            backend = self._pool.pick(self.client.host, tried)
+        if backend is None:
+            if last is None:
+                from txproxy.router import NoHealthyBackend
+
+                last = Failure(NoHealthyBackend(f"no healthy backend in {self._pool.name or 'pool'}"))
+            self._failed(last)
+            return
+        self._tried = tried + (backend,)
+        backend.connectionStarted()
+        self._dialBackend = backend
+        factory = self.factory
+        address = factory._directAddress(backend)
+        if address is not None:
+            self._dialAddress(address[0], address[1], address[2])
+        elif backend.description is not None:
+            self._dialEndpoint(factory.connector.endpointForDescription(backend.description))
+        else:
+            from txproxy.router import endpointForBackend
+
+            d = endpointForBackend(factory.connector, backend)
+            d.addCallbacks(self._dialEndpoint, self._dialFailed)
+
+    def _connectTarget(self, host: str, port: int) -> None:
+        """
+        Connect to one destination, without retry.
+        """
+        self._state = _CONNECTING
+        if isIPAddress(host) or isIPv6Address(host):
+            self._dialAddress(host, port, None)
+            return
+        d = self.factory.connector.resolve(host, port)
+        d.addCallbacks(lambda addresses: self._dialAddress(addresses[0], port, None), self._dialFailed)
+
+    def _connectDescription(self, description: str) -> None:
+        """
+        Connect to a client endpoint description, without retry.
+        """
+        self._state = _CONNECTING
+        parsed = parseTCPDescription(description)
+        if parsed is not None and self.factory._reactor is not None:
+            self._dialAddress(*parsed)
+        else:
+            self._dialEndpoint(self.factory.connector.endpointForDescription(description))
+
+    def _dialAddress(self, host: str, port: int, timeout: Optional[float]) -> None:
+        if self._state != _CONNECTING:
+            return
+        self.upstreamAddress = _formatAddress(host, port)
+        factory = self.factory
+        reactor = factory._reactor
+        if reactor is not None:
+            # The common case: straight to connectTCP, no Deferred, no
+            # endpoint wrapper between the socket and the relay.
+            self._dialing = reactor.connectTCP(
+                host,
+                port,
+                _Dial(self),
+                timeout if timeout is not None else factory.listener.connectTimeout,
+                factory._bindAddress,
+            )
+        else:
+            self._dialEndpoint(factory.connector.endpointFor(host, port))
+
+    def _dialEndpoint(self, endpoint: Any) -> None:
+        if self._state != _CONNECTING:
+            if self._dialBackend is not None:
+                self._dialBackend.connectionFinished()
+                self._dialBackend = None
+            return
+        d = endpoint.connect(_Dial(self))
+        timeout = self.factory.listener.connectTimeout
+        if timeout:
+            d.addTimeout(timeout, self.factory.clock)
+        self._dialing = d
+        d.addErrback(self._dialFailed)
+
+    def _cancelDial(self) -> None:
+        dialing, self._dialing = self._dialing, None
+        if dialing is None:
+            return
+        if isinstance(dialing, defer.Deferred):
+            dialing.cancel()
+        else:
+            try:
+                dialing.stopConnecting()
+            except error.NotConnectingError:
+                pass
+
+    def _dialFailed(self, f: Failure) -> None:
+        self._dialing = None
+        backend, self._dialBackend = self._dialBackend, None
+        if backend is not None:
+            backend.connectionFinished()
+        if self._state != _CONNECTING:
+            return
+        if backend is not None and self._pool is not None:
+            self._pool.reportConnectFailure(backend)
+            if f.check(error.ConnectError, defer.TimeoutError, ResolveError):
+                self._nextBackend(f)
+                return
+        self._failed(f)
+
+    def _failed(self, f: Failure) -> None:
+        if self.target == "-" and self._tried:
+            self.target = self._tried[-1].key
+        status, reason = _statusFor(f)
+        log.debug("{mode} {client}: {reason}", mode=self.factory.mode, client=self.client.host, reason=reason)
+        if _overrides(self, "upstreamFailed", _RelayingProtocol):
+            self.upstreamFailed(f)
+        self._refuse(status, reason)
+
+    def _upstreamConnected(self, upstream: UpstreamProtocol) -> None:
+        self._dialing = None
+        backend, self._dialBackend = self._dialBackend, None
+        if self._state != _CONNECTING:
+            # The client left while we were connecting.
+            if backend is not None:
+                backend.connectionFinished()
+            upstream.owner = None
+            upstream.transport.loseConnection()  # type: ignore[union-attr]
+            return
+        if backend is not None:
+            self.backend = backend
+            self._pool.reportConnectSuccess(backend)
+            if self.target == "-":
+                self.target = backend.key
+        self._startRelay(upstream)
+
+    # -- relaying
+
+    def _startRelay(self, upstream: UpstreamProtocol) -> None:
+        self._state = _RELAYING
+        transport = self.transport
+        upTransport = upstream.transport
+        assert transport is not None and upTransport is not None
+        version = self._proxyVersion
+        if version:
+            destination = self._proxyDestination or transport.getHost()
+            upTransport.write(headerFor(version, transport.getPeer(), destination))
+        factory = self.factory
+        cls = _RelayingProtocol
+        relay = Relay(
+            transport,
+            upTransport,
+            factory.clock,
+            factory.listener.idleTimeout,
+            self.clientData if _overrides(self, "clientData", cls) else None,
+            self.upstreamData if _overrides(self, "upstreamData", cls) else None,
+        )
+        self.relay = relay
+        upstream.relay = relay
+        upstream.dataReceived = relay.fromUpstream  # type: ignore[method-assign]
+        self.dataReceived = relay.fromClient  # type: ignore[method-assign]
+        relay.finished.addCallback(self._relayEnded)
+        if not self.upstreamAddress:
+            peer = upTransport.getPeer()
+            self.upstreamAddress = _formatAddress(getattr(peer, "host", "?"), getattr(peer, "port", 0))
+        if _overrides(self, "relayOpened", cls):
+            self.relayOpened(self.upstreamAddress)
+        pending, self._pending = self._pending, None
+        relay.start(b"".join(pending) if pending else b"", upstream.takePending())
+        if upstream._lostReason is not None:
+            relay.upstreamLost(upstream._lostReason)
+        elif upstream._readLost:
+            relay.upstreamReadLost()
+        if self._clientReadLost:
+            relay.clientReadLost()
+
+    def _relayEnded(self, relay: Relay) -> None:
+        backend, self.backend = self.backend, None
+        if backend is not None:
+            backend.connectionFinished()
+        self._finish(200, relay.bytesUp, relay.bytesDown, relay.closeReason or "")
+
+    # -- ending
+
+    def _refuse(self, status: int, reason: str, alert: bytes = b"") -> None:
+        """
+        Close the client connection without relaying, recording why.
+        """
+        if self._state == _CLOSED:
+            return
+        self._state = _CLOSED
+        self._pending = None
+        self._finish(status, 0, len(alert), reason)
+        transport = self.transport
+        assert transport is not None
+        if alert:
+            transport.write(alert)
+        transport.loseConnection()
+
+    def _finish(self, status: int, up: int, down: int, reason: str) -> None:
+        if self._recorded:
+            return
+        self._recorded = True
+        factory = self.factory
+        client = self.client
+        record = AccessRecord(
+            client=client.host,
+            method=factory.method,
+            target=self.target,
+            status=status,
+            start=self._startWall,
+            duration=max(0.0, factory.clock.seconds() - self._start),
+            bytesUp=up,
+            bytesDown=down,
+            version="-",
+            upstream=self.upstreamAddress,
+            mode=factory.mode,
+            listener=factory.listener.name,
+            reason=reason,
+        )
+        factory.requestFinished(self, record)
+        if _overrides(self, "connectionEnded", _RelayingProtocol):
+            self.connectionEnded(record)
+
+    def drain(self) -> None:
+        """
+        The proxy is stopping.  Relayed connections are left to finish (the
+        service aborts what is left at the drain deadline).
+        """
+
+    # -- end of input and loss
+
+    def readConnectionLost(self) -> None:
+        self._clientReadLost = True
+        relay = self.relay
+        if relay is not None:
+            relay.clientReadLost()
+        elif self._state == _OPEN or self._state == _HELLO:
+            # Nothing to relay yet and nothing more will come.
+            self._refuse(400, "client closed before sending enough to route")
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure = Failure(error.ConnectionDone())) -> None:
+        state, self._state = self._state, _CLOSED
+        if self.relay is not None:
+            self.relay.clientLost(reason)
+        else:
+            if state == _CONNECTING:
+                self._cancelDial()
+            self._pending = None
+            self._connectionLostEarly(state)
+        self.factory.connectionClosed(self)
+
+    def _connectionLostEarly(self, state: int) -> None:
+        if state != _CLOSED:
+            self._finish(499, 0, 0, "client closed before the upstream was connected")
+
+
+class TCPProxyProtocol(_RelayingProtocol):
+    """
+    One client connection in C{tcp} or C{transparent} mode.
+
+    Hooks, in order: L{chooseUpstream} (once, before dialling), then
+    L{relayOpened}, L{clientData}/L{upstreamData} (per chunk), and
+    L{connectionEnded} (once); L{upstreamFailed} when no upstream could be
+    reached.  Each hook is only called when a subclass overrides it.
+
+    @ivar client: the L{ClientInfo} (the address a PROXY header carried, on
+        a C{haproxy:} listener).
+    @ivar relay: the L{Relay} once relaying, else L{None}.
+    @ivar backend: the router's L{Backend} connected to (pool mode), else
+        L{None}.
+    @ivar upstreamAddress: the C{ip:port} dialled (C{""} before).
+    @ivar target: what the access log names as the target: the backend's
+        description, or the original destination.
+    """
+
+    def chooseUpstream(self, client: ClientInfo) -> Any:
+        """
+        Pick this connection's upstream.  Runs once per connection, before
+        anything is dialled, only when overridden.
+
+        @param client: who connected.
+        @return: L{None} for the default (the listener's pool in C{tcp}
+            mode, with its balancing and retry; the original destination in
+            C{transparent} mode), or a L{Target}, or a client endpoint
+            description (C{"tcp:10.0.0.5:22"}); a chosen upstream is tried
+            once.  May return a Deferred firing with one of those.  Raise
+            (or fail with) any exception to close the connection.
+        """
+        return None
+
+    def _begin(self) -> None:
+        self._pause()
+        factory = self.factory
+        self._proxyVersion = factory.listener.proxyProtocolSend
+        if factory.transparent:
+            transport = self.transport
+            dest = factory.originalDestination(transport)
+            if dest is None:
+                self._refuse(400, "no original destination (the connection was not redirected)")
+                return
+            if factory.isLoop(dest, transport):
+                self._refuse(403, "the original destination is this proxy's own listener")
+                return
+            self.target = _formatAddress(dest[0], dest[1])
+            self._proxyDestination = dest
+        if _overrides(self, "chooseUpstream", TCPProxyProtocol):
+            self._state = _CONNECTING
+            d = defer.maybeDeferred(self.chooseUpstream, self.client)
+            d.addCallbacks(self._chosen, self._chooseFailed)
+            return
+        self._chosen(None)
+
+    def _chooseFailed(self, f: Failure) -> None:
+        if self._state == _CLOSED:
+            return
+        log.failure("chooseUpstream failed for {client}", f, client=self.client.host)
+        self._refuse(502, "chooseUpstream failed")
+
+    def _chosen(self, choice: Any) -> None:
+        if self._state == _CLOSED:
+            return
+        if choice is None:
+            factory = self.factory
+            if factory.transparent:
+                host, port = self._proxyDestination
+                self._connectTarget(host, port)
+            else:
+                self._connectPool(factory.router.poolFor(factory.listener.name))
+        elif isinstance(choice, Target):
+            self.target = str(choice)
+            self._connectTarget(choice.host, choice.port)
+        else:
+            self.target = str(choice)
+            self._connectDescription(str(choice))
+
+
+class RelayingFactory(ServerFactory):
+    """
+    What the TCP-mode factories share.
+
+    @ivar listener: the L{ListenerConfig}.
+    @ivar connector: the L{IUpstreamConnector} used for endpoints and names.
+    @ivar clock: the L{IReactorTime} for every timer.
+    @ivar router: the L{txproxy.router.RouterService} holding this
+        listener's pool or route table.
+    @ivar accessLog: an L{IAccessLog}, or L{None}.
+    @ivar protocols: the open client connections.
+    @ivar connectAttempts: how many pool members one connection tries.
+    """
+
+    noisy = False
+    mode = "tcp"
+    #: The C{method} field of access records.
+    method = "TCP"
+    transparent = False
+    connectAttempts = 2
+
+    def __init__(
+        self,
+        listener: ListenerConfig,
+        connector: Any = None,
+        clock: Optional[IReactorTime] = None,
+        router: Any = None,
+        limits: Any = None,
+        accessLog: Any = None,
+        metrics: Any = None,
+    ) -> None:
+        """
+        @param router: a L{RouterService} that knows C{listener}; when
+            L{None}, a private one is built for this listener.
+        @param limits: accepted for symmetry with the other factories; not
+            applied yet in TCP modes.
+        """
+        if clock is None:
+            from twisted.internet import reactor as clock  # type: ignore[assignment]
+        if connector is None:
+            connector = Connector(clock, listener.connectTimeout)
+        self.listener = listener
+        self.connector = connector
+        self.clock = clock
+        self.limits = limits
+        self.accessLog = accessLog
+        self.metrics = metrics
+        self.protocols: set = set()
+        self.requestsTotal = 0
+        if router is None and listener.mode in ("tcp", "sni"):
+            from txproxy.router import RouterService
+
+            router = RouterService([listener], connector, clock)
+        self.router = router
+        self._acl = bool(listener.allow or listener.deny)
+        # Dial IP literals with connectTCP directly when the connector is the
+        # stock one (tests pass fakes, which get the endpoint path).
+        if type(connector) is Connector:
+            self._reactor = connector.reactor
+            self._bindAddress = (connector.bindAddress, 0) if connector.bindAddress else None
+        else:
+            self._reactor = None
+            self._bindAddress = None
+        self._direct: Dict[str, Optional[Tuple[str, int, Optional[float]]]] = {}
+
+    def _directAddress(self, backend: Any) -> Optional[Tuple[str, int, Optional[float]]]:
+        """
+        The C{(ip, port, timeout)} to hand to C{connectTCP} for C{backend},
+        or L{None} when it must go through its endpoint.
+        """
+        if self._reactor is None:
+            return None
+        key = backend.key
+        try:
+            return self._direct[key]
+        except KeyError:
+            pass
+        if backend.description is not None:
+            found = parseTCPDescription(backend.description)
+        else:
+            url = backend.url
+            ip = url is not None and (isIPAddress(url.host) or isIPv6Address(url.host))
+            found = (url.host, url.port, None) if ip else None
+        self._direct[key] = found
+        return found
+
+    def clientAllowed(self, host: str) -> bool:
+        """
+        Apply C{--allow}/C{--deny}: C{--deny} wins; with any C{--allow},
+        unlisted clients are denied.
+        """
+        listener = self.listener
+        if listener.deny and host in listener.deny:
+            return False
+        if listener.allow:
+            return host in listener.allow
+        return True
+
+    def connectionOpened(self, proto: Any) -> None:
+        """
+        Called by each protocol when its connection is made.
+        """
+        self.protocols.add(proto)
+        if self.metrics is not None:
+            self.metrics.connectionOpened(self.listener)
+
+    def connectionClosed(self, proto: Any) -> None:
+        """
+        Called by each protocol when its connection is lost.
+        """
+        self.protocols.discard(proto)
+        if self.metrics is not None:
+            self.metrics.connectionClosed(self.listener)
+
+    def requestFinished(self, proto: Any, record: AccessRecord) -> None:
+        """
+        Called once per client connection with its record: access log and
+        counters.
+        """
+        self.requestsTotal += 1
+        if self.accessLog is not None:
+            self.accessLog.log(record)
+        if self.metrics is not None:
+            self.metrics.requestFinished(self.listener, record)
+
+
+class TCPProxyFactory(RelayingFactory):
+    """
+    C{--mode tcp}: relays every connection to a member of the listener's
+    upstream pool (kept by the router: balancing, passive ejection).
+    """
+
+    protocol = TCPProxyProtocol
+    mode = "tcp"
+
+
+class TransparentFactory(RelayingFactory):
+    """
+    C{--mode transparent}: relays every connection to its original
+    destination (C{SO_ORIGINAL_DST}/C{IP6T_SO_ORIGINAL_DST}); a connection
+    whose original destination is this proxy's own listener is closed.
+
+    The proxy's own upstream connections must not be redirected again: match
+    them out of the C{REDIRECT} rule (by owner, mark or source), see the
+    TCP modes guide.
+    """
+
+    protocol = TCPProxyProtocol
+    mode = "transparent"
+    transparent = True
+
+    #: C{(transport) -> (host, port) or None}; swap it in tests.
+    originalDestination = staticmethod(originalDestination)
+
+    _local: Any = None
+    _localAt = float("-inf")
+
+    def localAddresses(self) -> Any:
+        """
+        This host's networks (for the loop guard), re-read every
+        L{LOCAL_NETWORKS_TTL} seconds.
+        """
+        now = self.clock.seconds()
+        if self._local is None or now - self._localAt > LOCAL_NETWORKS_TTL:
+            self._local = localNetworks()
+            self._localAt = now
+        return self._local
+
+    def isLoop(self, destination: Tuple[str, int], transport: Any) -> bool:
+        """
+        Whether relaying C{transport}'s connection to C{destination} would
+        reach this proxy's own listener.
+        """
+        host = transport.getHost()
+        listening = [host]
+        port = getattr(transport, "server", None)
+        if port is not None and hasattr(port, "getHost"):
+            listening.append(port.getHost())
+        local = list(self.localAddresses())
+        if getattr(host, "host", None):
+            # The accepted connection's own address is local, whatever
+            # /proc says.
+            local.append(host.host.split("%", 1)[0])
+        return isOwnListener(destination, listening, local)
