@@ -505,6 +505,13 @@ class HTTPProxyProtocol(Protocol):
             return (b"upgrade",)
         return ()
 
+    def upstreamReleased(self, upstream: UpstreamHTTPProtocol) -> None:
+        """
+        Called once per request when its upstream connection is released:
+        returned to the pool, closed, or handed to a tunnel.  Subclasses
+        that count requests per backend override it.
+        """
+
     def tunnelRequested(self, head: RequestHead) -> None:
         """
         A C{CONNECT} request arrived (the client is paused; the bytes after
@@ -655,12 +662,12 @@ class HTTPProxyProtocol(Protocol):
             return
         if refusal is not None:
             # The limiter answers asynchronously (Redis).
-            refusal.addCallbacks(lambda _: self._route(head), self._failed)
+            refusal.addCallbacks(lambda _: self._routeHead(head), self._failed)
             refusal.addErrback(self._unexpected)
             return
-        self._route(head)
+        self._routeHead(head)
 
-    def _route(self, head: RequestHead) -> None:
+    def _routeHead(self, head: RequestHead) -> None:
         try:
             routed = self.routeRequest(head)
         except Exception:
@@ -705,7 +712,11 @@ class HTTPProxyProtocol(Protocol):
         if self._state != _WAIT:
             return
         self._outHead = head
-        key = self.poolKey(request)
+        try:
+            key = self.poolKey(request)
+        except Exception:
+            self._failed(Failure())
+            return
         upstream = self.factory.pool.get(key)
         if upstream is not None:
             self._exchange(upstream, reused=True)
@@ -1115,6 +1126,7 @@ class HTTPProxyProtocol(Protocol):
         upstream, self._upstream = self._upstream, None
         if upstream is not None:
             upstream.owner = None
+            self.upstreamReleased(upstream)
             transport = upstream.transport
             if self._respProducer and self.transport is not None:
                 self.transport.unregisterProducer()  # type: ignore[attr-defined]
@@ -1146,6 +1158,7 @@ class HTTPProxyProtocol(Protocol):
         assert upstream is not None and self.transport is not None
         self._upstream = None
         upstream.owner = None
+        self.upstreamReleased(upstream)
         if upstream.transport.producer is not None:  # type: ignore[union-attr]
             upstream.transport.unregisterProducer()  # type: ignore[union-attr]
         remove = set(_HOP) - {b"upgrade", b"connection"}
@@ -1208,6 +1221,7 @@ class HTTPProxyProtocol(Protocol):
         self._upstreamReusable = False
         self._upstream = None
         upstream.owner = None
+        self.upstreamReleased(upstream)
         if upstream.transport is not None:
             upstream.transport.loseConnection()
         if self._respState == _RESP_HEAD and not self._respReceived:
@@ -1242,7 +1256,11 @@ class HTTPProxyProtocol(Protocol):
         self.transport.loseConnection()  # type: ignore[union-attr]
 
     def _acquireFresh(self, request: HTTPRequest) -> None:
-        key = self.poolKey(request)
+        try:
+            key = self.poolKey(request)
+        except Exception:
+            self._failed(Failure())
+            return
         d = self.connectUpstream(request)
         d.addTimeout(self.factory.listener.connectTimeout, self.factory.clock)
         self._pending = d
@@ -1266,6 +1284,7 @@ class HTTPProxyProtocol(Protocol):
         if upstream is None:
             return
         upstream.owner = None
+        self.upstreamReleased(upstream)
         transport = upstream.transport
         if transport is None:
             return

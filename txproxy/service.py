@@ -199,6 +199,20 @@ def _factoryFor(listener: ListenerConfig, services: "ProxyService", reactor: Any
             accessLog=services.accessLog,
             metrics=services.metrics,
         )
+    if listener.mode == "reverse":
+        from txproxy.reverse import ReverseProxyFactory
+
+        tls = bool(listener.certs) or any(d.split(":", 1)[0] in ("ssl", "haproxy") and "ssl:" in d for d in listener.listen)
+        return ReverseProxyFactory(
+            listener,
+            connector,
+            reactor,
+            limits,
+            services.accessLog,
+            services.metrics,
+            router=services.router,
+            tls=tls,
+        )
     raise ConfigError(f"mode {listener.mode} is not supported yet")
 
 
@@ -225,7 +239,11 @@ class ProxyService(MultiService):
         self.reactor = reactor
         self.accessLog = openAccessLog(config.accessLog, config.accessLogFormat)
         self.metrics: Any = None
-        self.limiter: Any = None
+        from txproxy.limiter import LimiterService
+
+        #: Token buckets and connection caps, in memory or in Redis.
+        self.limiter = LimiterService.fromConfig(config, reactor)
+        self.limiter.setServiceParent(self)
         from txproxy.router import RouterService
 
         #: Routes and pools of the tcp, sni (and reverse) listeners.
@@ -246,9 +264,11 @@ class ProxyService(MultiService):
     def limitsFor(self, listener: ListenerConfig) -> Any:
         """
         The L{txproxy.limiter.ListenerLimits} for C{listener}, or L{None}
-        when it sets no limit.
+        when it sets no limit (so its protocols skip the limiter entirely).
         """
-        return None
+        if listener.rate is None and listener.maxConns is None and listener.maxConnsPerClient is None:
+            return None
+        return self.limiter.limitsFor(listener)
 
     def privilegedStartService(self) -> None:
         try:

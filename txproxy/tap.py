@@ -139,7 +139,7 @@ def _checkSupported(config: _config.ProxyConfig) -> None:
     """
     Reject, by name, settings whose implementation has not landed yet.
     """
-    supported = {"forward", "tcp", "transparent", "sni"}
+    supported = {"forward", "tcp", "transparent", "sni", "reverse"}
     for listener in config.listeners:
         if listener.mode not in supported:
             raise ConfigError(f"mode {listener.mode} is not supported yet")
