@@ -57,8 +57,7 @@ class OptionsTests(SynchronousTestCase):
         Options whose implementation has not landed are rejected by name,
         never silently ignored.
         """
-        for args, name in [(["--mode", "reverse", "--route", "a=http://b:1"], "mode reverse"),
-                           (["--admin", "tcp:9901"], "--admin")]:
+        for args, name in [(["--mode", "reverse", "--route", "a=http://b:1", "--client-ca", "ca.pem"], "--client-ca")]:
             e = self.assertRaises(ConfigError, tap.parseCommandLine, args)
             self.assertIn(name, str(e))
             self.assertIn("not supported yet", str(e))
