@@ -15,6 +15,8 @@ from collections import Counter
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import attr
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.protocol import Factory, Protocol
@@ -328,6 +330,68 @@ class RouteTableTests(SynchronousTestCase):
         self.assertIs(router.HealthChecker, _router_health.HealthChecker)
         for name in router.__all__:
             self.assertTrue(hasattr(router, name), name)
+
+
+def referenceMatch(routes: Sequence[RouteConfig], host: str, path: str) -> Optional[RouteConfig]:
+    """
+    The documented matching rules, written the slow and obvious way.
+    """
+    h = normalizeHost(host)
+    path = path.split("?", 1)[0]
+
+    def prefixOf(rc: RouteConfig) -> str:
+        return rc.prefix.rstrip("/")
+
+    def fits(rc: RouteConfig) -> bool:
+        p = prefixOf(rc)
+        return p == "" or path == p or path.startswith(p + "/")
+
+    patterns = [h]
+    patterns += sorted(
+        {rc.host for rc in routes if rc.host.startswith("*.") and h.endswith(rc.host[1:])},
+        key=len,
+        reverse=True,
+    )
+    patterns.append("*")
+    for pattern in patterns:
+        candidates = [rc for rc in routes if rc.host == pattern and fits(rc)]
+        if candidates:
+            return max(candidates, key=lambda rc: len(prefixOf(rc)))
+    return None
+
+
+_labels = st.sampled_from(["a", "b", "ab"])
+_names = st.lists(_labels, min_size=1, max_size=3).map(".".join)
+_segments = st.lists(st.sampled_from(["x", "y", "xy"]), min_size=0, max_size=3)
+_prefixes = _segments.map(lambda segs: "".join("/" + s for s in segs))
+_patterns = st.one_of(_names, _names.map(lambda n: "*." + n), st.just("*"))
+
+
+class RouteTablePropertyTests(SynchronousTestCase):
+    @settings(max_examples=200, deadline=None)
+    @given(
+        routes=st.lists(st.tuples(_patterns, _prefixes), min_size=1, max_size=12, unique=True),
+        host=_names,
+        port=st.sampled_from(["", ":80"]),
+        path=st.tuples(_segments, st.sampled_from(["", "/", "?q=/x"])).map(
+            lambda t: "".join("/" + s for s in t[0]) + t[1]
+        ),
+    )
+    def test_agreesWithReference(
+        self, routes: List[Tuple[str, str]], host: str, port: str, path: str
+    ) -> None:
+        """
+        For random route sets and requests, L{RouteTable.match} returns the
+        route that the documented rules, applied by brute force, pick.
+        """
+        configs = [
+            RouteConfig(host=h, prefix=p, upstreams=(parseUpstreamURL("http://10.0.0.1:80"),))
+            for h, p in routes
+        ]
+        table = RouteTable.build(configs)
+        got = table.match(host.upper() + port, path or "/")
+        want = referenceMatch(configs, host, path or "/")
+        self.assertEqual(None if got is None else got.config, want)
 
 
 # ---------------------------------------------------------------------------

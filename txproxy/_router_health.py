@@ -10,8 +10,9 @@ writes its verdicts into a shared L{HealthState}.  Checks:
     C{Connection: close} and C{User-Agent: txproxy-health-check}, and read
     the status line; a 2xx or 3xx status is a success.  The rest of the
     response is not read: the connection is closed at once.
-  - C{https://} backends get the C{tcp} check whatever the kind (a TLS
-    handshake and an HTTP check over TLS are not done yet).
+  - only C{http://} backends get the C{http} check: C{https://} backends
+    (and C{tcp://} ones in sni mode) get the C{tcp} check whatever the kind
+    (a TLS handshake and an HTTP check over TLS are not done yet).
 
 The first check runs as soon as the checker starts (on the next reactor
 turn), the next one C{interval} seconds after the previous one finished, so

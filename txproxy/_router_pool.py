@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import hashlib
 from bisect import bisect_left
+from functools import reduce
+from math import gcd
 from typing import Any, Callable, Container, Dict, List, Optional, Sequence, Tuple, TypeVar, cast
 
 from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
@@ -278,7 +280,8 @@ class Pool:
         joins or leaves only about 1/N of the clients move; a backend that is
         down hands its clients to the next points on the ring and gets them
         back when it returns.  An empty C{clientKey} falls back to round
-        robin.  The ring is built on the first hashed pick.
+        robin.  The ring is built on the first hashed pick; weights are
+        divided by their greatest common divisor first.
 
     Passive health: L{reportConnectFailure} counts failures in a row; at
     C{ejectAfter} (C{0}: never) the backend is ejected for C{ejectFor}
@@ -417,9 +420,11 @@ class Pool:
         return best
 
     def _buildRing(self) -> Tuple[List[int], List[int]]:
+        # Weights 2:4 make the same ring as 1:2, with half the points.
+        unit = reduce(gcd, (b.weight for b in self.backends))
         points: List[Tuple[int, int]] = []
         for i, b in enumerate(self.backends):
-            for v in range(b.weight * VIRTUAL_NODES):
+            for v in range(b.weight // unit * VIRTUAL_NODES):
                 points.append((_hash64(f"{b.key}#{v}"), i))
         points.sort()
         return [p for p, _ in points], [i for _, i in points]

@@ -132,6 +132,11 @@ class RouterService(Service):
         health, counters and ejection; its weight is updated;
       - new backends start I{unchecked}, counted as healthy until their first
         check (see L{HealthState});
+      - connection counters, weights and passive ejection belong to a
+        backend I{in one route} (as servers belong to one backend in
+        HAProxy); the active-check verdict belongs to the address, shared
+        by every route that checks it the same way;
+      - a tcp-mode upstream given twice counts as one backend of weight 2;
       - active checks run once per (backend address, check kind, check path)
         however many routes share them; when routes disagree on interval,
         timeout, rise or fall the first route in configuration order wins.
