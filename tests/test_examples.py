@@ -444,3 +444,56 @@ class BlocklistLoopbackTests(TestCase):
         response = yield tunnelled.done
         yield tunnelled.lost
         self.assertEqual(response, established + b"ping")
+
+
+class ConfigExampleTests(SynchronousTestCase):
+    """
+    The TOML files in C{examples/config/}, which the docs include, stay
+    valid.
+    """
+
+    def path(self, name: str) -> str:
+        return os.path.join(EXAMPLES, "config", name)
+
+    def test_forwardConfigStarts(self) -> None:
+        """
+        C{forward.toml} passes every start-up check of C{twistd txproxy
+        --config} (options, supported features, endpoint strings), with the
+        settings its comments describe.
+        """
+        from txproxy.tap import parseCommandLine
+
+        config = parseCommandLine(["--config", self.path("forward.toml")])
+        [listener] = config.listeners
+        self.assertEqual(listener.listen, ("tcp:3128:interface=127.0.0.1",))
+        self.assertEqual(str(listener.connectPorts), "443,8443")
+        self.assertIn("10.1.2.3", listener.denyDest)
+        self.assertIn("169.254.169.254", listener.denyDest)
+        self.assertNotIn("93.184.215.14", listener.denyDest)
+        self.assertEqual((config.accessLog, config.drainTimeout), ("-", 10.0))
+
+    def test_fullConfigIsValid(self) -> None:
+        """
+        C{full.toml}, the complete example, loads: every key in it is known
+        and well-typed, and its routes carry the settings written there.
+        """
+        from txproxy.config import loadFile
+
+        config = loadFile(self.path("full.toml"))
+        self.assertEqual(
+            [(lc.name, lc.mode) for lc in config.listeners],
+            [("office", "forward"), ("ssh", "tcp"), ("web", "reverse"), ("sni", "sni")],
+        )
+        web = config.listeners[2]
+        self.assertEqual(
+            [(r.host, r.prefix) for r in web.routes][:2],
+            [("www.example.com", ""), ("www.example.com", "/api/")],
+        )
+        self.assertEqual(web.routes[0].weights, (3, 1))
+        assert web.routes[0].healthCheck is not None
+        self.assertEqual(
+            (web.routes[0].healthCheck.kind, web.routes[0].healthCheck.path), ("http", "/healthz")
+        )
+        self.assertTrue(web.routes[1].stripPrefix)
+        self.assertEqual(config.listeners[3].routes[0].proxyProtocolSend, "v1")
+        self.assertEqual(config.listeners[0].effectiveBurst, 20)
