@@ -133,8 +133,12 @@ _FORMAT = """\
 local function fmt(x) return string.format('%.17g', x) end
 """
 
-# KEYS[1] bucket; ARGV rate, burst, cost, want.  Returns {granted, retryAfter}
-# as strings (Lua numbers would be truncated to integers in the reply).
+# Replies are status replies ({ok = ...}, "+..." on the wire), never bulk
+# strings or arrays: txredisapi parses a bulk reply with more pipelined data
+# behind it one reactor iteration at a time, which would cap throughput.
+# Numbers travel as text (a Lua number would be truncated to an integer).
+
+# KEYS[1] bucket; ARGV rate, burst, cost, want.  Returns "granted retryAfter".
 _TAKE = """\
 local rate = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
@@ -148,13 +152,13 @@ if stored then
 end
 local available = burst - (base - now) * rate
 if available + EPSILON < cost then
-  return {'0', fmt((cost - available) / rate)}
+  return {ok = '0 ' .. fmt((cost - available) / rate)}
 end
 local grant = want
 if grant > available then grant = cost + math.floor(available - cost + EPSILON) end
 local tat = base + grant / rate
 redis.call('SET', KEYS[1], fmt(tat), 'PX', math.max(1, math.ceil((tat - now) * 1000)) + ttlSlack)
-return {fmt(grant), '0'}
+return {ok = fmt(grant) .. ' 0'}
 """
 
 # Keep a set's TTL at least ms milliseconds.
@@ -175,10 +179,10 @@ local maxPerClient = tonumber(ARGV[4])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', fmt(now))
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', fmt(now))
 if maxPerClient > 0 and redis.call('ZCARD', KEYS[2]) >= maxPerClient then
-  return 'max-conns-per-client'
+  return {ok = 'max-conns-per-client'}
 end
 if maxTotal > 0 and redis.call('ZCARD', KEYS[1]) >= maxTotal then
-  return 'max-conns'
+  return {ok = 'max-conns'}
 end
 local expires = fmt(now + ttl)
 local ms = math.ceil(ttl * 1000)
@@ -186,7 +190,7 @@ redis.call('ZADD', KEYS[1], expires, ARGV[1])
 redis.call('ZADD', KEYS[2], expires, ARGV[1])
 extend(KEYS[1], ms)
 extend(KEYS[2], ms)
-return 'ok'
+return {ok = 'ok'}
 """
 
 # KEYS: (scope set, client set) pairs; ARGV ttl, then one id per pair.
@@ -201,14 +205,14 @@ for i = 1, #KEYS, 2 do
   extend(KEYS[i], ms)
   extend(KEYS[i + 1], ms)
 end
-return #KEYS / 2
+return {ok = 'ok'}
 """
 
 # KEYS[1] scope set, KEYS[2] client set; ARGV id.
 _RELEASE = """\
 redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
-return 'ok'
+return {ok = 'ok'}
 """
 
 
@@ -641,12 +645,13 @@ class RedisLimiter:
         return d
 
     def _took(self, reply: Any, key: str, rate: float, burst: float, cost: float, sentAt: float) -> Decision:
-        granted = float(_text(reply[0]))
+        grantedText, retryText = _text(reply).split(" ", 1)
+        granted = float(grantedText)
         state = self._local.get(key)
         if state is None:
             state = self._local[key] = _Local()
         if granted <= 0:
-            retryAfter = float(_text(reply[1]))
+            retryAfter = float(retryText)
             state.deniedUntil = sentAt + retryAfter
             state.deniedCost = cost
             return Decision(False, REASON_RATE, retryAfter)
