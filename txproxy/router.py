@@ -154,9 +154,6 @@ class RouterService(Service):
     @ivar clock: the L{IReactorTime} for check timers and ejection times.
     """
 
-    #: How many backends L{Pool.connect} tries per request by default.
-    connectAttempts = 2
-
     def __init__(
         self,
         listeners: Sequence[ListenerConfig] = (),
