@@ -1513,6 +1513,22 @@ class HTTPProxyFactory(ServerFactory):
         if listener.idleTimeout < self.keepAliveTimeout:
             self.keepAliveTimeout = listener.idleTimeout
 
+    def reloadListener(self, listener: ListenerConfig, dryRun: bool = False) -> None:
+        """
+        Take a reloaded configuration for this listener: new requests use its
+        policy, timeouts and auth file.
+
+        @param dryRun: only check that it can be applied (the auth file
+            reads), change nothing.
+        @raise ConfigError: when it cannot be applied.
+        """
+        htpasswd = Htpasswd(listener.auth) if listener.auth else None
+        if dryRun:
+            return
+        self.listener = listener
+        self.htpasswd = htpasswd
+        self.keepAliveTimeout = min(type(self).keepAliveTimeout, listener.idleTimeout)
+
     def clientAllowed(self, host: str) -> bool:
         """
         Apply C{--allow}/C{--deny}: C{--deny} wins; with any C{--allow},

@@ -9,6 +9,8 @@ from __future__ import annotations
 import sys
 from typing import Any, Callable, Dict, List, Optional
 
+import attr
+
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer
 from twisted.internet.endpoints import _WrapperServerEndpoint, serverFromString
@@ -302,8 +304,116 @@ class ProxyService(MultiService):
             log.info("received signal {signum}: draining", signum=signum)
             self.reactor.callFromThread(self._stopReactor)
 
+        def hup(signum: int, frame: Any) -> None:
+            self.reactor.callFromThread(self.reload)
+
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGHUP, hup)
+
+    #: Successful and failed reloads, and the clock time of the last success.
+    reloads = 0
+    reloadFailures = 0
+    lastReload: Optional[float] = None
+
+    def reload(self) -> bool:
+        """
+        Re-read the configuration (SIGHUP) and apply it without dropping open
+        connections: routes, upstreams, limits, policy, certificates and auth
+        files change for new requests; listeners that appeared start
+        listening, listeners that disappeared stop (their open connections
+        run on).  A configuration with any error is rejected whole with one
+        log line and the old one keeps serving.
+
+        Without C{--config} the flags cannot change; certificates and auth
+        files are still re-read.
+
+        @return: whether the new configuration was applied.
+        """
+        from txproxy.tap import checkResources
+
+        try:
+            if self.config.configFile is not None:
+                from txproxy.config import loadFile
+
+                new = attr.evolve(
+                    loadFile(self.config.configFile),
+                    admin=self.config.admin,
+                    workers=self.config.workers,
+                    redis=self.config.redis,
+                    drainTimeout=self.config.drainTimeout,
+                    accessLog=self.config.accessLog,
+                    accessLogFormat=self.config.accessLogFormat,
+                    configFile=self.config.configFile,
+                )
+            else:
+                new = self.config
+            checkResources(new, self.reactor)
+            self._apply(new)
+        except Exception as e:
+            self.reloadFailures += 1
+            detail = str(e) if isinstance(e, ConfigError) else f"{type(e).__name__}: {e}"
+            log.error("reload rejected, keeping the running configuration: {detail}", detail=detail)
+            return False
+        self.reloads += 1
+        self.lastReload = self.reactor.seconds()
+        log.info("reloaded configuration ({n} listeners)", n=len(new.listeners))
+        return True
+
+    def _apply(self, new: ProxyConfig) -> None:
+        """
+        Swap in C{new}: everything that can fail is built first, then the
+        changes are made.
+        """
+        old = {l.name: l for l in self.config.listeners}
+        keep: Dict[str, Any] = {}
+        build: Dict[str, Any] = {}
+        for listener in new.listeners:
+            previous = old.get(listener.name)
+            if previous is not None and previous.listen == listener.listen and previous.mode == listener.mode:
+                keep[listener.name] = listener
+            else:
+                build[listener.name] = listener
+        # Build (may raise) before changing anything.
+        endpoints = {name: [(d, serverEndpoint(self.reactor, d)) for d in l.listen] for name, l in build.items()}
+        self.router.setListeners(new.listeners)
+        factories = {name: _factoryFor(l, self, self.reactor) for name, l in build.items()}
+        refreshed = {}
+        for name, listener in keep.items():
+            factory = self.factories[name]
+            refreshed[name] = (factory, listener, self.limitsFor(listener))
+            reloadHook = getattr(factory, "reloadListener", None)
+            if reloadHook is not None:
+                reloadHook(listener, dryRun=True)
+        # Apply.
+        for name, (factory, listener, limits) in refreshed.items():
+            reloadHook = getattr(factory, "reloadListener", None)
+            if reloadHook is not None:
+                reloadHook(listener)
+            else:
+                factory.listener = listener
+            factory.limits = limits
+        gone = [name for name in self.factories if name not in keep]
+        for svc in list(self.listenerServices):
+            owner = next((n for n, f in self.factories.items() if f is svc.factory), None)
+            if owner in gone:
+                svc.stopListening()
+                svc.disownServiceParent()
+                self.listenerServices.remove(svc)
+        for name in gone:
+            self.factories.pop(name, None)
+        self.config = new
+        for name, factory in factories.items():
+            self.factories[name] = factory
+            for description, endpoint in endpoints[name]:
+                svc = ListenerService(description, endpoint, factory)
+                try:
+                    svc.setServiceParent(self)
+                except StartupError as e:
+                    log.error("reload: {error}", error=str(e))
+                    svc.disownServiceParent()
+                    continue
+                self.listenerServices.append(svc)
 
     def _stopReactor(self) -> None:
         from twisted.internet.error import ReactorNotRunning

@@ -1,0 +1,102 @@
+# -*- test-case-name: tests.test_reload -*-
+"""
+Tests for L{txproxy.service.ProxyService.reload}: a re-read configuration is
+applied whole or not at all, without dropping connections.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+from twisted.internet.testing import MemoryReactorClock
+from twisted.trial.unittest import SynchronousTestCase
+
+from txproxy.config import loadFile
+from txproxy.service import ProxyService
+from txproxy.testing import FakeConnector, connect
+
+BASE = """
+[[listeners]]
+name = "web"
+listen = ["tcp:8080"]
+mode = "reverse"
+[[listeners.routes]]
+host = "a.test"
+upstreams = ["http://192.0.2.1:80"]
+
+[[listeners]]
+name = "fwd"
+listen = ["tcp:3128"]
+rate = "10/s"
+"""
+
+
+class ReloadTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        fd, self.path = tempfile.mkstemp(suffix=".toml")
+        os.close(fd)
+        self.addCleanup(os.remove, self.path)
+        self.write(BASE)
+        self.reactor = MemoryReactorClock()
+        self.service = ProxyService(loadFile(self.path), self.reactor)
+        self.service.installSignalHandlers = False
+        self.service.startService()
+
+    def write(self, text: str) -> None:
+        with open(self.path, "w") as f:
+            f.write(text)
+
+    def ports(self) -> list:
+        return sorted(svc.port.getHost().port for svc in self.service.listenerServices if svc.port is not None)
+
+    def test_routeAdded(self) -> None:
+        """
+        A route added to the file is used by new requests after a reload,
+        and backend state of kept routes survives.
+        """
+        router = self.service.router
+        self.assertIsNone(router.routeFor("web", "b.test", "/"))
+        backend = router.routeFor("web", "a.test", "/").pool.backends[0]
+        backend.consecutiveFailures = 2
+        self.write(BASE.replace('[[listeners]]\nname = "fwd"', '[[listeners.routes]]\nhost = "b.test"\n'
+                                'upstreams = ["http://192.0.2.2:80"]\n\n[[listeners]]\nname = "fwd"'))
+        self.assertTrue(self.service.reload())
+        self.assertIsNotNone(router.routeFor("web", "b.test", "/"))
+        self.assertIs(router.routeFor("web", "a.test", "/").pool.backends[0], backend)
+        self.assertEqual(self.service.reloads, 1)
+
+    def test_badConfigRejectedWhole(self) -> None:
+        """
+        A file with an error changes nothing and is counted as a failure.
+        """
+        self.write(BASE.replace('rate = "10/s"', 'rate = "fast"'))
+        self.assertFalse(self.service.reload())
+        self.assertEqual(self.service.reloadFailures, 1)
+        self.assertEqual(self.service.factories["fwd"].listener.rate.perSecond, 10)
+
+    def test_limitsAndPolicyChange(self) -> None:
+        """
+        Changed limits and policy apply to the running factory (its open
+        connections are untouched).
+        """
+        factory = self.service.factories["fwd"]
+        factory.connector = FakeConnector()
+        proto, transport = connect(factory)
+        self.write(BASE.replace('rate = "10/s"', 'rate = "1/s"\nconnect_ports = "443,8443"'))
+        self.assertTrue(self.service.reload())
+        self.assertIs(self.service.factories["fwd"], factory)
+        self.assertEqual(factory.listener.rate.perSecond, 1)
+        self.assertIn(8443, factory.listener.connectPorts)
+        self.assertFalse(transport.disconnecting)
+
+    def test_listenersAddedAndRemoved(self) -> None:
+        """
+        A new listener starts listening; a removed one stops.
+        """
+        self.assertEqual(self.ports(), [3128, 8080])
+        self.write(BASE.replace('name = "fwd"\nlisten = ["tcp:3128"]', 'name = "fwd2"\nlisten = ["tcp:3129"]'))
+        self.assertTrue(self.service.reload())
+        self.assertEqual(self.ports(), [3129, 8080])
+        self.assertIn("fwd2", self.service.factories)
+        self.assertNotIn("fwd", self.service.factories)
