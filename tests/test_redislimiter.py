@@ -19,7 +19,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import EventLoggingObserver
-from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
 from tests.redisserver import RedisServer
@@ -231,7 +231,7 @@ class RedisLimiterTests(RedisCase):
         admitted: List[float] = []
         attempts = 0
         step = 0.01
-        for i in range(300):
+        for _ in range(300):
             self.clock.advance(step)
             for limiter in (a, b, a, b, a, b):
                 attempts += 1

@@ -37,7 +37,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import Attribute, Interface, implementer
+from zope.interface import Interface, implementer
 
 from txproxy.interfaces import ILimiter
 
@@ -237,7 +237,7 @@ class MemoryLimiter:
         @param clock: the time source; the global reactor when L{None}.
         """
         if clock is None:
-            from twisted.internet import reactor as clock  # type: ignore[no-redef]
+            from twisted.internet import reactor as clock
         self.clock: IReactorTime = clock  # type: ignore[assignment]
         self._buckets: "OrderedDict[str, float]" = OrderedDict()
         self._scopes: Dict[str, _ScopeCount] = {}
@@ -417,7 +417,7 @@ class LimiterService(Service):
             outage.
         """
         if clock is None:
-            from twisted.internet import reactor as clock  # type: ignore[no-redef]
+            from twisted.internet import reactor as clock
         self._clock: IReactorTime = clock  # type: ignore[assignment]
         self.memory = memory if memory is not None else MemoryLimiter(self._clock)
         self.redis = redis
@@ -528,9 +528,8 @@ class LimiterService(Service):
             return decision
         self._nextDenialLog = now + self.denialLogInterval
         self.log.info(
-            "limiter denied a {kind} ({reason}, retry after {retryAfter:.3f}s); "
+            "limiter denied admission ({reason}, retry after {retryAfter:.3f}s); "
             "{unlogged} other denials since the last one logged",
-            kind="connection" if reason != REASON_RATE else "request or connection",
             reason=reason,
             retryAfter=decision.retryAfter,
             unlogged=self._unloggedDenials,

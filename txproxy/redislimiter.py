@@ -298,11 +298,15 @@ class _PoolClient:
             return
         import txredisapi
         from twisted.internet.abstract import isIPAddress, isIPv6Address
-        from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
+        from twisted.internet.endpoints import (
+            HostnameEndpoint,
+            TCP4ClientEndpoint,
+            TCP6ClientEndpoint,
+        )
 
         reactor = self._reactor
         if reactor is None:
-            from twisted.internet import reactor  # type: ignore[no-redef]
+            from twisted.internet import reactor
         if isIPAddress(self.host):
             endpoint: Any = TCP4ClientEndpoint(reactor, self.host, self.port, timeout=self._connectTimeout)
         elif isIPv6Address(self.host):
@@ -464,7 +468,7 @@ class RedisLimiter:
             clocks.
         """
         if clock is None:
-            from twisted.internet import reactor as clock  # type: ignore[no-redef]
+            from twisted.internet import reactor as clock
         self._clock: IReactorTime = clock  # type: ignore[assignment]
         self._client = client
         self.prefix = prefix
@@ -562,9 +566,7 @@ class RedisLimiter:
         trip, counted in L{scriptLoads}).
         """
         calls = [self._client.execute("SCRIPT", "LOAD", script.source) for script in self._scripts.values()]
-        result = gatherResults(calls, consumeErrors=True)
-        result.addCallback(lambda _: None)
-        return result
+        return gatherResults(calls, consumeErrors=True).addCallback(lambda _: None)
 
     # -- script calls
 
@@ -590,7 +592,7 @@ class RedisLimiter:
     def maxBatch(self, burst: float) -> int:
         """
         C{kMax} for a bucket of C{burst} tokens: the most tokens fetched at
-        at once.
+        once.
         """
         return max(1, min(self.batchSize, int(burst * self.batchFraction)))
 
@@ -745,9 +747,7 @@ class RedisLimiter:
             d = self._eval("refresh", keys, [repr(float(self.leaseTTL))] + [lease.id for lease in chunk])
             d.addErrback(self._refreshFailed)
             calls.append(d)
-        result = gatherResults(calls)
-        result.addCallback(lambda _: None)
-        return result
+        return gatherResults(calls).addCallback(lambda _: None)
 
     def _refreshFailed(self, failure: Failure) -> None:
         self.refreshErrors += 1
