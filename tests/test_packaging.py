@@ -25,9 +25,12 @@ class WheelTests(SynchronousTestCase):
         options.
         """
         work = tempfile.mkdtemp(prefix="txproxy-wheel-")
+        # trial -j passes its sys.path to workers as PYTHONPATH; a fresh venv
+        # must not see the test environment's packages.
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "PIP_PREFIX")}
         build = subprocess.run(
             [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", work, REPO],
-            capture_output=True, timeout=600,
+            capture_output=True, timeout=600, env=env,
         )
         self.assertEqual(build.returncode, 0, build.stderr)
         (wheel,) = glob.glob(os.path.join(work, "txproxy-*.whl"))
@@ -38,13 +41,13 @@ class WheelTests(SynchronousTestCase):
         self.assertNotIn("twisted/__init__.py", names)
         self.assertNotIn("twisted/plugins/__init__.py", names)
         venv = os.path.join(work, "venv")
-        subprocess.run([sys.executable, "-m", "venv", venv], check=True, timeout=300)
+        subprocess.run([sys.executable, "-m", "venv", venv], check=True, timeout=300, env=env)
         pip = os.path.join(venv, "bin", "pip")
-        install = subprocess.run([pip, "install", "-q", wheel], capture_output=True, timeout=900)
+        install = subprocess.run([pip, "install", "-q", wheel], capture_output=True, timeout=900, env=env)
         self.assertEqual(install.returncode, 0, install.stderr)
         twistd = os.path.join(venv, "bin", "twistd")
-        listed = subprocess.run([twistd, "--help"], capture_output=True, cwd=work, timeout=120)
+        listed = subprocess.run([twistd, "--help"], capture_output=True, cwd=work, timeout=120, env=env)
         self.assertIn(b"txproxy", listed.stdout)
-        help_ = subprocess.run([twistd, "txproxy", "--help"], capture_output=True, cwd=work, timeout=120)
+        help_ = subprocess.run([twistd, "txproxy", "--help"], capture_output=True, cwd=work, timeout=120, env=env)
         self.assertEqual(help_.returncode, 0, help_.stderr)
         self.assertIn(b"--connect-ports", help_.stdout)
