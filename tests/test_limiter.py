@@ -729,6 +729,110 @@ class LimiterServiceTests(unittest.SynchronousTestCase):
         self.assertFalse(service.redis._client.connected)
 
 
+class ConnectingBackend(FakeSharedBackend):
+    """
+    A shared backend that is still connecting: C{whenConnected()} returns
+    C{connected}, which the test fires.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.connected: Deferred = Deferred()
+
+    def whenConnected(self) -> Deferred:
+        return self.connected
+
+
+class LimiterServiceStartupTests(unittest.SynchronousTestCase):
+    """
+    L{LimiterService} between start-up and Redis's first connection.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.backend = ConnectingBackend()
+        self.service = LimiterService(self.backend, clock=self.clock)
+        self.events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        self.service.startService()
+        self.addCleanup(self.service.stopService)
+
+    def warnings(self) -> List[str]:
+        from twisted.logger import formatEvent
+
+        return [formatEvent(e) for e in self.events if e["log_level"] == LogLevel.warn]
+
+    def test_decisionWaitsForFirstConnection(self) -> None:
+        """
+        A decision made while Redis is still connecting waits for the
+        connection and is then made by Redis, within the one
+        C{redisTimeout} overall; nothing is logged as an outage.
+        """
+        d = self.service.take("k", 1.0, 1)
+        self.clock.advance(0.1)
+        self.assertNoResult(d)
+        self.assertEqual(self.backend.calls, [])
+        self.backend.connected.callback(None)
+        self.assertEqual(len(self.backend.calls), 1)
+        self.clock.advance(0.14)
+        self.assertNoResult(d)
+        self.clock.advance(0.01)  # 0.25s after the decision was asked for
+        self.assertIs(self.successResultOf(d), ALLOWED)
+        self.assertEqual(self.service.redisTimeouts, 1)
+
+    def test_connectedThenRedisAnswers(self) -> None:
+        """
+        Once connected, the waiting decision is Redis's and later ones go to
+        Redis directly; the connection is logged (info), no fallback.
+        """
+        d = self.service.acquire("s", "c", 1, 1)
+        self.backend.connected.callback(None)
+        lease = FakeLease()
+        self.backend.calls[0][2].callback(Decision(True, None, 0.0, lease))
+        self.assertIs(self.successResultOf(d).lease, lease)
+        self.service.take("k", 1.0, 1)
+        self.assertEqual(len(self.backend.calls), 2)
+        self.assertEqual((self.service.fallbacks, self.service.usingFallback), (0, False))
+        self.assertEqual(self.warnings(), [])
+
+    def test_notConnectedInTimeUsesMemory(self) -> None:
+        """
+        A decision still waiting after C{redisTimeout} is answered from
+        memory; start-up is not counted as an outage.
+        """
+        d = self.service.take("k", 1.0, 1)
+        self.clock.advance(0.25)
+        self.assertIs(self.successResultOf(d), ALLOWED)
+        self.assertEqual(self.backend.calls, [])
+        self.assertEqual((self.service.fallbacks, self.service.redisErrors), (0, 0))
+        self.assertEqual(self.warnings(), [])
+
+    def test_startupGraceExpires(self) -> None:
+        """
+        Redis still unreachable C{startupGrace} seconds after start-up is an
+        outage: logged once, counted, probed; a late connection changes
+        nothing until a probe succeeds.
+        """
+        self.clock.advance(self.service.startupGrace)
+        self.assertEqual((self.service.fallbacks, self.service.usingFallback), (1, True))
+        self.assertEqual(len(self.warnings()), 1)
+        self.clock.advance(1.0)
+        self.assertEqual(len(self.backend.pings), 1)
+        self.backend.connected.callback(None)
+        self.assertTrue(self.service.usingFallback)
+        self.backend.pings[0].callback("PONG")
+        self.assertFalse(self.service.usingFallback)
+
+    def test_stopWhileWaiting(self) -> None:
+        """
+        Stopping the service answers waiting decisions from memory and leaves
+        no timer behind.
+        """
+        d = self.service.take("k", 1.0, 1)
+        self.service.stopService()
+        self.assertIs(self.successResultOf(d), ALLOWED)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
 # ---------------------------------------------------------------------------
 # ListenerLimits
 

@@ -394,6 +394,10 @@ class LimiterService(Service):
     #: Seconds between two logged denials (others are only counted).
     denialLogInterval = 10.0
 
+    #: Seconds Redis has to accept the first connection after start-up
+    #: before its absence counts (and is logged) as an outage.
+    startupGrace = 2.0
+
     def __init__(
         self,
         redis: Optional[Any] = None,
@@ -436,6 +440,9 @@ class LimiterService(Service):
         self.recoveries = 0
         self._probing = False
         self._prober: Optional[LoopingCall] = None
+        self._starting = False
+        self._startupTimer: Optional[IDelayedCall] = None
+        self._waiters: Dict[int, Tuple[Callable[[], None], Callable[[], None], IDelayedCall]] = {}
         self._nextDenialLog = 0.0
         self._unloggedDenials = 0
 
@@ -470,20 +477,65 @@ class LimiterService(Service):
     # -- Service
 
     def startService(self) -> None:
+        """
+        Start the Redis backend (it connects) and the prober.
+
+        Until the first connection is up, a decision waits for it (at most
+        C{redisTimeout} in all, then it is answered from memory, without
+        counting a fallback or logging); if Redis is still not reachable
+        C{startupGrace} seconds after start-up, that becomes an ordinary
+        fallback (logged once, probed).
+        """
         Service.startService(self)
-        if self.redis is not None:
-            start = getattr(self.redis, "start", None)
-            if start is not None:
-                start()
-            self._prober = LoopingCall(self._probe)
-            self._prober.clock = self._clock
-            self._prober.start(self.probeInterval, now=False)
+        if self.redis is None:
+            return
+        start = getattr(self.redis, "start", None)
+        if start is not None:
+            start()
+        self._prober = LoopingCall(self._probe)
+        self._prober.clock = self._clock
+        self._prober.start(self.probeInterval, now=False)
+        whenConnected = getattr(self.redis, "whenConnected", None)
+        if whenConnected is None:
+            return
+        connected = whenConnected()
+        if connected.called:
+            connected.addErrback(lambda f: None)
+            return
+        self.usingFallback = True
+        self._starting = True
+        timer = self._clock.callLater(self.startupGrace, self._startupTimedOut)
+
+        def up(_: object) -> None:
+            if timer.active():
+                timer.cancel()
+            if self._starting:
+                self._starting = False
+                self.usingFallback = False
+                self.log.info("connected to Redis: limits are shared")
+                self._releaseWaiters(True)
+
+        connected.addCallbacks(up, lambda f: None)
+        self._startupTimer = timer
+
+    def _startupTimedOut(self) -> None:
+        if not self._starting:  # pragma: no cover
+            return
+        self._starting = False
+        self.usingFallback = False
+        self._releaseWaiters(False)
+        self._redisFailed(Failure(RedisTimeout(f"not connected {self.startupGrace:g}s after start-up")))
 
     def stopService(self) -> "Optional[Deferred[None]]":
         Service.stopService(self)
         if self._prober is not None and self._prober.running:
             self._prober.stop()
         self._prober = None
+        self._starting = False
+        self._releaseWaiters(False)
+        if self._startupTimer is not None and self._startupTimer.active():
+            self._startupTimer.cancel()
+        self._startupTimer = None
         if self.redis is not None:
             stop = getattr(self.redis, "stop", None)
             if stop is not None:
@@ -498,6 +550,9 @@ class LimiterService(Service):
         See L{ILimiter.take}.
         """
         if self.redis is None or self.usingFallback:
+            if self._starting:
+                checkBucket(rate, burst, cost)
+                return self._afterConnecting(self.redis.take, self.memory.takeNow, (key, rate, burst, cost))
             return succeed(self._count(self.memory.takeNow(key, rate, burst, cost)))
         checkBucket(rate, burst, cost)
         return self._viaRedis(self.redis.take, self.memory.takeNow, (key, rate, burst, cost))
@@ -509,6 +564,10 @@ class LimiterService(Service):
         See L{ILimiter.acquire}.
         """
         if self.redis is None or self.usingFallback:
+            if self._starting:
+                return self._afterConnecting(
+                    self.redis.acquire, self.memory.acquireNow, (scope, client, maxTotal, maxPerClient)
+                )
             return succeed(self._count(self.memory.acquireNow(scope, client, maxTotal, maxPerClient)))
         return self._viaRedis(
             self.redis.acquire, self.memory.acquireNow, (scope, client, maxTotal, maxPerClient)
@@ -537,11 +596,45 @@ class LimiterService(Service):
         self._unloggedDenials = 0
         return decision
 
+    def _afterConnecting(
+        self,
+        call: Callable[..., "Deferred[Decision]"],
+        fallback: Callable[..., Decision],
+        args: Tuple[Any, ...],
+    ) -> "Deferred[Decision]":
+        # Start-up: wait for the first connection, but never longer than
+        # redisTimeout in all.
+        result: "Deferred[Decision]" = Deferred()
+        started = self._clock.seconds()
+
+        def proceed() -> None:
+            timer.cancel()
+            left = self.redisTimeout - (self._clock.seconds() - started)
+            self._viaRedis(call, fallback, args, max(0.0, left)).chainDeferred(result)
+
+        def expire() -> None:
+            self._waiters.pop(id(result), None)
+            result.callback(self._count(fallback(*args)))
+
+        timer = self._clock.callLater(self.redisTimeout, expire)
+        self._waiters[id(result)] = (proceed, expire, timer)
+        return result
+
+    def _releaseWaiters(self, connected: bool) -> None:
+        waiters, self._waiters = self._waiters, {}
+        for proceed, expire, timer in waiters.values():
+            if connected:
+                proceed()
+            else:
+                timer.cancel()
+                expire()
+
     def _viaRedis(
         self,
         call: Callable[..., "Deferred[Decision]"],
         fallback: Callable[..., Decision],
         args: Tuple[Any, ...],
+        timeout: Optional[float] = None,
     ) -> "Deferred[Decision]":
         try:
             d = call(*args)
@@ -555,7 +648,9 @@ class LimiterService(Service):
             d.addBoth(self._redisAnswered, result, None, fallback, args)
             return result
         result = Deferred()
-        timer = self._clock.callLater(self.redisTimeout, self._timedOut, result, fallback, args)
+        timer = self._clock.callLater(
+            self.redisTimeout if timeout is None else timeout, self._timedOut, result, fallback, args
+        )
         d.addBoth(self._redisAnswered, result, timer, fallback, args)
         return result
 
@@ -602,7 +697,7 @@ class LimiterService(Service):
         )
 
     def _probe(self) -> "Optional[Deferred[None]]":
-        if not self.usingFallback or self._probing or self.redis is None:
+        if not self.usingFallback or self._probing or self._starting or self.redis is None:
             return None
         self._probing = True
         done: "Deferred[None]" = Deferred()

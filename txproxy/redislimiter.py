@@ -338,6 +338,26 @@ class _PoolClient:
         factory = self._factory
         return factory is not None and any(c.connected for c in factory.pool)
 
+    def whenConnected(self) -> "Deferred[None]":
+        """
+        A Deferred firing once the pool's first connection is up (at once if
+        one is open now).  It never fails: a pool that never connects just
+        never fires it.
+        """
+        if self.connected:
+            return succeed(None)
+        d: "Deferred[None]" = Deferred()
+        factory = self._factory
+        if factory is not None and factory.deferred is not None:
+
+            def connected(result: Any) -> Any:
+                if not d.called:
+                    d.callback(None)
+                return result
+
+            factory.deferred.addBoth(connected)
+        return d
+
     def execute(self, *args: Any) -> "Deferred[Any]":
         factory = self._factory
         if factory is not None:
@@ -551,6 +571,18 @@ class RedisLimiter:
         if stop is None:
             return succeed(None)
         result: "Deferred[None]" = stop()
+        return result
+
+    def whenConnected(self) -> "Deferred[None]":
+        """
+        A Deferred firing once Redis is first reachable after L{start} (at
+        once if it is now).  L{LimiterService} uses it to tell start-up from
+        an outage.
+        """
+        whenConnected = getattr(self._client, "whenConnected", None)
+        if whenConnected is None:
+            return succeed(None)
+        result: "Deferred[None]" = whenConnected()
         return result
 
     def ping(self) -> "Deferred[Any]":
