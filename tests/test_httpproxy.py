@@ -74,6 +74,17 @@ class ForwardingTests(ProxyTestCase):
         for gone in [b"wrong.test", b"Proxy-Connection", b"X-Hop", b"Keep-Alive", b"Proxy-Authorization", b"Connection:"]:
             self.assertNotIn(gone, sent)
 
+    def test_xForwardedForOptional(self) -> None:
+        """
+        With --x-forwarded-for on, the client address is appended to the
+        chain; by default nothing is added.
+        """
+        proto, client, upstream = self.request()
+        self.assertNotIn(b"X-Forwarded-For", upstream.value())
+        proto, client, upstream = self.request(
+            GET.replace(b"User-Agent", b"X-Forwarded-For: 10.9.9.9\r\nUser-Agent"), self.factory(x_forwarded_for="on"))
+        self.assertIn(b"X-Forwarded-For: 10.9.9.9, 127.0.0.1\r\n", upstream.value())
+
     def test_responseRelayed(self) -> None:
         """
         The response comes back with Via added and its body intact, and is

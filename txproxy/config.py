@@ -360,6 +360,7 @@ class ListenerConfig:
     headerTimeout: float = 10.0
     maxHeadSize: int = 65536
     backlog: int = 511
+    xForwardedFor: bool = False
 
     @property
     def effectiveBurst(self) -> int:
@@ -443,6 +444,17 @@ def _wrap(fn: Callable[[str], Any]) -> _Converter:
     return convert
 
 
+def _onOff(value: Any, where: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("on", "yes", "true", "1"):
+        return True
+    if text in ("off", "no", "false", "0"):
+        return False
+    raise ConfigError(f"{where}: expected on or off, got {value!r}")
+
+
 def _cidr(value: Any, where: str) -> str:
     value = _string(value, where)
     try:
@@ -482,6 +494,7 @@ _LISTENER_OPTIONS: List[Tuple[str, str, _Converter, bool]] = [
     ("header-timeout", "headerTimeout", _timeout, False),
     ("max-head-size", "maxHeadSize", _number(int, 256), False),
     ("backlog", "backlog", _number(int, 1), False),
+    ("x-forwarded-for", "xForwardedFor", _onOff, False),
 ]
 
 _CIDR_FIELDS = {"trustedProxies", "allow", "deny", "denyDest"}

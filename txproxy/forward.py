@@ -213,6 +213,10 @@ class ForwardProxyProtocol(HTTPProxyProtocol):
         if target.port != 80:
             hostValue = f"{hostValue}:{target.port}"
         headers = replaceHeader(head.headers, b"Host", hostValue.encode("idna") if not hostValue.isascii() else hostValue.encode())
+        if self.factory.listener.xForwardedFor:
+            chain = [v for n, v in headers if n.lower() == b"x-forwarded-for"]
+            chain.append(self.client.host.encode("latin-1"))
+            headers = replaceHeader(headers, b"X-Forwarded-For", b", ".join(chain))
         method = head.method
         if method in (b"OPTIONS", b"TRACE"):
             maxForwards = request.head.get(b"max-forwards")
