@@ -12,8 +12,9 @@ real I/O, briefly.
 
 from __future__ import annotations
 
+import socket
 import time
-from typing import Any, Callable, List
+from typing import Any, Callable, Dict, List
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
@@ -22,6 +23,7 @@ from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
+from tests.procs import Twistd, freePort
 from tests.redisserver import RedisServer
 from tests.test_limiter import LimiterBehaviourMixin
 from txproxy.limiter import ALLOWED, LimiterService
@@ -392,3 +394,81 @@ class LimiterServiceRedisTests(unittest.TestCase):
         self.assertEqual(self.server.command("ZCARD", "txproxy:cc:s"), 1)
         self.assertEqual(len(self.lines("falling back")), 1)
         self.assertEqual(len(self.lines("reachable again")), 1)
+
+
+def _status(port: int, dead: int) -> int:
+    """
+    One forward-proxy request through the proxy on C{port} to a closed
+    port: C{502} when the limiter admitted it, C{429} when it did not.
+    """
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(
+            f"GET http://127.0.0.1:{dead}/ HTTP/1.1\r\nHost: 127.0.0.1:{dead}\r\n"
+            "Connection: close\r\n\r\n".encode()
+        )
+        data = b""
+        while b"\r\n" not in data:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    return int(data.split(b" ", 2)[1])
+
+
+class TwoProcessesShareRedisTests(unittest.SynchronousTestCase):
+    """
+    Two real C{twistd -n txproxy} processes naming the same Redis share one
+    limit; without C{--redis} each keeps its own.
+    """
+
+    burst = 6
+
+    def _proxies(self, redis: bool, count: int = 2) -> List[Twistd]:
+        procs = []
+        for _ in range(count):
+            port = freePort()
+            args = ["--listen", f"tcp:{port}:interface=127.0.0.1", "--rate", "1/m", "--burst", str(self.burst)]
+            if redis:
+                args += ["--redis", self.server.url]
+            proc = Twistd(args, port=port)
+            self.addCleanup(proc.stop)
+            procs.append(proc.start(wait=False))
+        return procs
+
+    def _admitted(self, procs: List[Twistd], each: int) -> Dict[int, int]:
+        from tests.procs import waitForPort
+
+        for proc in procs:
+            assert proc.port is not None
+            waitForPort(proc.port, proc=proc.proc)
+        dead = freePort()
+        admitted = {proc.port or 0: 0 for proc in procs}
+        for _ in range(each):
+            for proc in procs:
+                status = _status(proc.port or 0, dead)
+                self.assertIn(status, (502, 429))
+                admitted[proc.port or 0] += status == 502
+        return admitted
+
+    def test_sharedLimit(self) -> None:
+        """
+        Asked twice the burst each (rate 1/m: no refill to speak of), two
+        processes sharing Redis admit C{burst} together (the batching bound
+        is zero for a burst under 20), so each fewer than C{burst}; a process
+        without Redis, asked as much, admits C{burst} alone.
+        """
+        self.server = startRedis(self)  # type: ignore[arg-type]
+        shared = self._proxies(redis=True)
+        alone = self._proxies(redis=False, count=1)
+        started = time.monotonic()
+        together = self._admitted(shared, self.burst)
+        elapsed = time.monotonic() - started
+        self.assertLessEqual(sum(together.values()), self.burst + elapsed / 60.0)
+        self.assertGreaterEqual(sum(together.values()), self.burst)
+        for n in together.values():
+            self.assertLess(n, self.burst)
+        separately = self._admitted(alone, 2 * self.burst)
+        self.assertEqual(list(separately.values()), [self.burst])
+        for proc in shared:
+            self.assertIn("connected to Redis", proc.stdout() + proc.stderr())
+            self.assertNotIn("falling back", proc.stdout() + proc.stderr())
