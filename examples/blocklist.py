@@ -1,6 +1,7 @@
 # -*- test-case-name: tests.test_examples -*-
 """
-A forward proxy that refuses C{CONNECT} tunnels to hosts on a block-list.
+A forward proxy that refuses to reach hosts on a block-list: C{CONNECT}
+tunnels to them and plain C{http://} requests for them both get C{403}.
 
 A block-list entry is either an exact host name (C{example.com}) or a
 suffix pattern (C{*.ads.example}, which matches C{a.ads.example} and
@@ -34,6 +35,7 @@ from typing import Any, Iterable, List, Optional, Sequence
 from txproxy.config import ListenerConfig
 from txproxy.forward import ForwardProxyFactory, ForwardProxyProtocol
 from txproxy.hooks import Refuse, TunnelRequest
+from txproxy.httpproxy import HTTPRequest
 
 __all__ = ["Blocklist", "BlocklistProxy", "BlocklistFactory", "makeFactory", "main"]
 
@@ -71,19 +73,28 @@ class Blocklist:
 
 class BlocklistProxy(ForwardProxyProtocol):
     """
-    Refuses, with C{403}, a C{CONNECT} to any host on its factory's
-    block-list.  Everything else behaves as txproxy's forward proxy does.
+    Refuses, with C{403}, a C{CONNECT} to, or an C{http://} request for,
+    any host on its factory's block-list.  Everything else behaves as
+    txproxy's forward proxy does.
     """
 
     factory: "BlocklistFactory"
 
-    def allowTunnel(self, request: TunnelRequest) -> bool:
-        # Runs once per CONNECT, after the configured policy (ACLs,
-        # --auth, --connect-ports) has allowed it.
-        if self.factory.blocklist.blocks(request.target.host):
+    def _check(self, host: str) -> None:
+        if self.factory.blocklist.blocks(host):
             # Refuse sets the status and the one-line body the client sees;
             # returning False would answer "403 tunnel not allowed".
-            raise Refuse(403, f"{request.target.host} is blocked by this proxy")
+            raise Refuse(403, f"{host} is blocked by this proxy")
+
+    def allowTunnel(self, request: TunnelRequest) -> bool:
+        # Runs once per CONNECT, after the configured policy (ACLs,
+        # --auth, rate limit, --connect-ports) has allowed it.
+        self._check(request.target.host)
+        return True
+
+    def allowRequest(self, request: HTTPRequest) -> bool:
+        # The same for each plain request (GET http://host/path ...).
+        self._check(request.target.host)
         return True
 
 

@@ -139,6 +139,21 @@ class BlocklistProxyTests(SynchronousTestCase):
         self.assertEqual(self.connector.attempts, [])
         self.assertTrue(client.writeClosed or client.disconnecting)
 
+    def test_plainHTTPRequestForBlockedHostIs403(self) -> None:
+        """
+        A plain C{GET http://...} for a blocked host is refused the same way
+        and never dialled; one for another host is forwarded.
+        """
+        proto, client = connect(self.factory())
+        proto.dataReceived(b"GET http://example.com/ HTTP/1.1\r\nHost: example.com\r\n\r\n")
+        self.assertEqual(status(client.value()), 403)
+        self.assertIn(b"example.com is blocked by this proxy", client.value())
+        self.assertEqual(self.connector.attempts, [])
+        proto, client = connect(self.factory())
+        proto.dataReceived(b"GET http://allowed.test/x HTTP/1.1\r\nHost: allowed.test\r\n\r\n")
+        upstream = self.connector.last.succeed()
+        self.assertTrue(upstream.value().startswith(b"GET /x HTTP/1.1\r\n"), upstream.value())
+
     def test_blockedBySuffix(self) -> None:
         """
         A name under a C{*.suffix} entry is refused, whatever its case.
@@ -497,3 +512,31 @@ class ConfigExampleTests(SynchronousTestCase):
         self.assertTrue(web.routes[1].stripPrefix)
         self.assertEqual(config.listeners[3].routes[0].proxyProtocolSend, "v1")
         self.assertEqual(config.listeners[0].effectiveBurst, 20)
+
+
+class BlocklistTacTests(SynchronousTestCase):
+    """
+    C{examples/blocklist.tac}, the twistd way to run the block-list proxy.
+    """
+
+    def test_tacDefinesAnApplicationServingTheBlocklistFactory(self) -> None:
+        """
+        Loading the .tac file (as C{twistd -y} does, with examples/ on the
+        path) gives an application with one endpoint service whose factory
+        blocks the names the file lists, and starts nothing.
+        """
+        from twisted.application import service
+        from twisted.persisted import sob
+
+        sys.path.insert(0, EXAMPLES)
+        self.addCleanup(sys.path.remove, EXAMPLES)
+        self.addCleanup(sys.modules.pop, "blocklist", None)
+        application = sob.loadValueFromFile(os.path.join(EXAMPLES, "blocklist.tac"), "application")
+        [svc] = list(service.IServiceCollection(application))
+        self.assertFalse(svc.running)
+        factory = svc.factory
+        self.assertEqual(type(factory).__name__, "BlocklistFactory")
+        self.assertTrue(factory.blocklist.blocks("example.com"))
+        self.assertTrue(factory.blocklist.blocks("www.example.net"))
+        self.assertFalse(factory.blocklist.blocks("example.org"))
+        self.assertEqual(factory.listener.listen, ("tcp:3128:interface=127.0.0.1",))
