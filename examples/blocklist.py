@@ -83,7 +83,7 @@ class BlocklistProxy(ForwardProxyProtocol):
     def _check(self, host: str) -> None:
         if self.factory.blocklist.blocks(host):
             # Refuse sets the status and the one-line body the client sees;
-            # returning False would answer "403 tunnel not allowed".
+            # returning False from the hooks below gives a generic 403.
             raise Refuse(403, f"{host} is blocked by this proxy")
 
     def allowTunnel(self, request: TunnelRequest) -> bool:
