@@ -9,14 +9,12 @@ from __future__ import annotations
 from typing import Any, List, Optional, Tuple
 
 from twisted.internet import defer, error
-from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from txproxy.accesslog import AccessRecord
-from txproxy.config import fromFlags
 from txproxy.connector import Connector
 from txproxy.hooks import ClientInfo, Target
 from txproxy.proxyprotocol import formatV2

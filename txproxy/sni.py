@@ -163,7 +163,7 @@ class SNIRouterProtocol(_RelayingProtocol):
             self._cancelTimer()
             self._refuse(503, "proxy stopping")
 
-    def connectionLost(self, reason: Failure = Failure(Exception())) -> None:
+    def connectionLost(self, reason: Optional[Failure] = None) -> None:
         self._cancelTimer()
         super().connectionLost(reason)
 

@@ -553,7 +553,7 @@ class _RelayingProtocol(Protocol):
     def writeConnectionLost(self) -> None:
         pass
 
-    def connectionLost(self, reason: Failure = Failure(error.ConnectionDone())) -> None:
+    def connectionLost(self, reason: Optional[Failure] = None) -> None:
         state, self._state = self._state, _CLOSED
         if self.relay is not None:
             self.relay.clientLost(reason)
