@@ -1336,6 +1336,42 @@ class RouterServiceTests(SynchronousTestCase):
         self.assertEqual((b.healthy, b.health.checked), (True, False))
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
+    def test_reloadDroppingCheckOnOneRouteDetaches(self) -> None:
+        """
+        When one of two routes sharing a checked backend drops its check,
+        that route's backend no longer follows the other route's verdicts.
+        """
+        both = [
+            route("a.test=http://10.0.0.1:80", healthCheck=HC),
+            route("b.test=http://10.0.0.1:80", healthCheck=HC),
+        ]
+        svc = RouterService([reverse("web", *both)], self.connector, self.clock)
+        svc.startService()
+        self.addCleanup(svc.stopService)
+        svc.setListeners([reverse("web", both[0], parseRoute("b.test=http://10.0.0.1:80"))])
+        self.clock.advance(0)
+        self.connector.last().fail()
+        a = svc.routeFor("web", "a.test").pool.backends[0]  # type: ignore[union-attr]
+        b = svc.routeFor("web", "b.test").pool.backends[0]  # type: ignore[union-attr]
+        self.assertFalse(a.healthy)
+        self.assertTrue(b.healthy)
+        self.assertIsNot(a.health, b.health)
+
+    def test_tcpEmptyUpstreamIgnored(self) -> None:
+        """
+        A blank tcp-mode upstream string is skipped, not made a backend.
+        """
+        svc = RouterService(
+            [
+                ListenerConfig(
+                    listen=("tcp:22",), mode="tcp", name="ssh", upstreams=(" ", "tcp:10.0.0.6:22")
+                )
+            ],
+            self.connector,
+            self.clock,
+        )
+        self.assertEqual([b.key for b in svc.poolFor("ssh").backends], ["tcp:10.0.0.6:22"])
+
     def test_badReloadChangesNothing(self) -> None:
         """
         A reload with an error raises L{ConfigError} and leaves the tables,

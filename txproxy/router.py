@@ -26,7 +26,7 @@ L{txproxy._router_health} (active checks).
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, cast
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple, cast
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
@@ -242,6 +242,7 @@ class RouterService(Service):
         backends: Dict[_BackendIdentity, Backend] = {}
         needed: Dict[_CheckIdentity, _NeededCheck] = {}
         oldStates = {ck: c.state for ck, c in self._checkers.items()}
+        sharedStates = {id(state) for state in oldStates.values()}
         clock = self._clock
         for listener in listeners:
             name = listener.name
@@ -257,7 +258,7 @@ class RouterService(Service):
                         if b is None:
                             b = Backend.fromURL(url, weight)
                         b.weight = weight
-                        self._attachHealth(b, rc.healthCheck, oldStates, needed)
+                        self._attachHealth(b, rc.healthCheck, oldStates, sharedStates, needed)
                         backends[ident] = b
                         members.append(b)
                     routePools[rc] = Pool(
@@ -273,7 +274,8 @@ class RouterService(Service):
                 weights: Dict[str, int] = {}
                 for desc in listener.upstreams:
                     desc = desc.strip()
-                    weights[desc] = weights.get(desc, 0) + 1
+                    if desc:
+                        weights[desc] = weights.get(desc, 0) + 1
                 members = []
                 for desc, weight in weights.items():
                     ident = (name, "", "", desc)
@@ -324,10 +326,11 @@ class RouterService(Service):
         backend: Backend,
         check: Optional[HealthCheck],
         oldStates: Mapping[_CheckIdentity, HealthState],
+        sharedStates: Set[int],
         needed: Dict[_CheckIdentity, _NeededCheck],
     ) -> None:
         if check is None:
-            if backend.health.checked:
+            if backend.health.checked or id(backend.health) in sharedStates:
                 # Its route dropped the check: back to "healthy, unchecked".
                 backend.health = HealthState()
             return
