@@ -512,6 +512,7 @@ class ConfigExampleTests(SynchronousTestCase):
         self.assertTrue(web.routes[1].stripPrefix)
         self.assertEqual(config.listeners[3].routes[0].proxyProtocolSend, "v1")
         self.assertEqual(config.listeners[0].effectiveBurst, 20)
+        self.assertTrue(config.listeners[0].xForwardedFor)
 
 
 class BlocklistTacTests(SynchronousTestCase):
