@@ -267,15 +267,38 @@ class RedisLimiterTests(RedisCase):
     def test_notConnectedFailsFast(self) -> Any:
         """
         With no open connection a decision fails at once with
-        L{RedisUnavailable}: nothing queues behind a dead Redis.
+        L{RedisUnavailable}: nothing queues behind a dead Redis.  Refreshes
+        and releases that cannot reach Redis are counted, never raised.
         """
+        held = (yield self.limiter.acquire("s", "c", None, None)).lease
+        other = (yield self.limiter.acquire("s", "d", None, None)).lease
         self.server.kill()
         yield waitFor(lambda: not self.limiter._client.connected)
         d = self.limiter.take("k", 1.0, 1)
         self.failureResultOf(d, RedisUnavailable)
         self.failureResultOf(self.limiter.acquire("s", "c", 1, 1), RedisUnavailable)
         self.failureResultOf(self.limiter.ping(), RedisUnavailable)
+        self.assertIsNone(self.successResultOf(self.limiter.refreshLeases()))
+        self.assertEqual(self.limiter.refreshErrors, 1)
+        self.assertIsNone(self.successResultOf(other.release()))
+        self.assertEqual(self.limiter.releaseErrors, 1)
+        self.assertEqual(self.limiter.leaseCount, 1)
+        yield held.release()
+
+    @inlineCallbacks
+    def test_leasesSurviveRedisRestart(self) -> Any:
+        """
+        A Redis restarted empty learns the holder's open leases again at the
+        next refresh (which re-adds them), so the caps count them again.
+        """
+        held = (yield self.limiter.acquire("s", "c", 1, None)).lease
+        self.server.restart()
+        yield waitFor(lambda: not self.limiter._client.connected)
+        yield waitFor(lambda: self.limiter._client.connected, timeout=5.0)
+        self.assertEqual(self.server.command("EXISTS", "txproxy:cc:s"), 0)
         yield self.limiter.refreshLeases()
+        self.assertEqual(self.server.command("ZRANGE", "txproxy:cc:s", 0, -1), [held.id])
+        self.assertEqual((yield self.limiter.acquire("s", "d", 1, None)).reason, "max-conns")
 
     @inlineCallbacks
     def test_productionScriptsUseRedisTime(self) -> Any:
