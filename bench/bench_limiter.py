@@ -28,6 +28,27 @@ in flight):
 
 Prints one line per case: decisions/s, and for Redis the round trips per
 decision.
+
+A run on 2026-11-27 (CPython 3.11.7, 2 vCPUs shared with other jobs, load
+average about 7, so absolute numbers are low and noisy; the ratios are the
+point):
+
+    memory takeNow, one hot key                              964,463 /s
+    memory takeNow, 10,000 clients round robin               761,988 /s
+    memory takeNow, all distinct clients (sweep at work)     677,897 /s
+    memory ListenerLimits.admitRequest via LimiterService    253,710 /s
+    no limits configured: admitRequest (pre-fired constant)  464,098 /s
+    memory acquire + release                                 403,783 /s
+    redis take, one hot key, batching on                      41,876 /s  0.033 trips/decision
+    redis take, one hot key, batching off                      3,009 /s  1.000
+    redis take, 10,000 clients round robin                     2,539 /s  1.000
+    redis take, one client far over its limit                 30,838 /s  0.024
+    redis acquire + release (2 scripts)                        1,116 /s  2.000
+    redis ListenerLimits.admitRequest via LimiterService      18,207 /s  0.044
+
+On the same machine a bare txredisapi C{PING} ran at about 40 us of CPU
+and a limiter round trip at about 70 us: the Redis path is bound by
+txredisapi's per-command cost, which batching avoids for busy keys.
 """
 
 from __future__ import annotations
