@@ -1,0 +1,445 @@
+# -*- test-case-name: tests.test_metrics -*-
+"""
+Prometheus metrics for one txproxy process, on a private
+L{prometheus_client.CollectorRegistry} (never the global one).
+
+The hot counters (connections, requests, bytes) are plain Python integers on
+a per-listener L{ListenerStats} object, bound once per listener; they become
+Prometheus samples only when someone scrapes C{/metrics}.  A connection,
+request or tunnel therefore costs a dictionary lookup and a few integer
+additions, never a lock or a C{.labels()} lookup.  Bytes of tunnels that
+are still open are read from their relays (C{relay.bytesUp/bytesDown}) at
+scrape time and added to the totals of finished ones, so a long download
+shows up while it runs without any work per relayed chunk.
+
+Series (every one carries C{listener}, C{mode} and C{worker} labels unless
+noted):
+
+  - C{txproxy_connections_total}: client connections accepted;
+  - C{txproxy_active_connections}: client connections open now;
+  - C{txproxy_requests_total{method,code}}: requests and tunnels answered;
+  - C{txproxy_bytes_total{direction}}: C{upstream} (toward upstreams) and
+    C{downstream} (toward clients);
+  - C{txproxy_upstream_connect_seconds}, C{txproxy_upstream_response_head_seconds}:
+    histograms fed by L{Metrics.upstreamConnected} and
+    L{Metrics.responseHeadReceived};
+  - C{txproxy_limiter_decisions_total{decision}}, C{txproxy_redis_errors_total},
+    C{txproxy_redis_timeouts_total}, C{txproxy_redis_fallbacks_total},
+    C{txproxy_redis_fallback_active} (read from the limiter service at scrape
+    time; C{worker} label only);
+  - C{txproxy_reloads_total{result}}, C{txproxy_last_reload_success_timestamp_seconds};
+  - C{txproxy_backend_up}, C{txproxy_backend_ejected},
+    C{txproxy_backend_active_connections}, C{txproxy_backend_connections_total},
+    C{txproxy_backend_failures_total} (C{listener}, C{route}, C{backend},
+    C{worker}), from the callables given to L{Metrics.addBackendSource};
+  - C{txproxy_draining}, C{txproxy_start_time_seconds}, and the standard
+    C{process_*} series (open and maximum file descriptors, memory, CPU).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+__all__ = [
+    "Metrics",
+    "ListenerStats",
+    "BackendState",
+    "backendStatesFromRouter",
+    "CONTENT_TYPE_LATEST",
+]
+
+#: Methods counted under their own name; any other is counted as C{other}
+#: (a client must not be able to create series at will).
+KNOWN_METHODS = frozenset(
+    ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "-"]
+)
+
+#: Buckets (seconds) for the upstream connect and response-head histograms.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+#: The state of one backend at scrape time: C{listener}, C{route},
+#: C{backend} (strings) and C{healthy}, C{ejected} (booleans),
+#: C{activeConnections}, C{totalConnections}, C{totalFailures} (numbers).
+#: Missing keys are left out of the series.
+BackendState = Mapping[str, Any]
+
+
+class ListenerStats:
+    """
+    The hot counters of one listener group.  Plain integers, incremented by
+    L{Metrics} on the reactor thread and read at scrape time.
+
+    @ivar name: the listener's name (the C{listener} label).
+    @ivar mode: its mode (the C{mode} label).
+    @ivar opened: connections accepted.
+    @ivar closed: connections closed.
+    @ivar requests: C{(method, code)} to the number of requests answered.
+    @ivar bytesUp: bytes sent toward upstreams by finished requests/tunnels.
+    @ivar bytesDown: bytes sent toward clients by finished requests/tunnels.
+    @ivar factories: the protocol factories serving this listener; their
+        C{protocols} sets are read at scrape time for live tunnel bytes.
+    """
+
+    __slots__ = ("name", "mode", "opened", "closed", "requests", "bytesUp", "bytesDown", "factories",
+                 "connectTime", "headTime")
+
+    def __init__(self, name: str, mode: str) -> None:
+        self.name = name
+        self.mode = mode
+        self.opened = 0
+        self.closed = 0
+        self.requests: Dict[Tuple[str, str], int] = {}
+        self.bytesUp = 0
+        self.bytesDown = 0
+        self.factories: List[Any] = []
+        self.connectTime: Any = None
+        self.headTime: Any = None
+
+    def liveBytes(self) -> Tuple[int, int]:
+        """
+        Bytes moved so far by relays that have not finished (their bytes are
+        not yet in L{bytesUp}/L{bytesDown}).
+        """
+        up = down = 0
+        for factory in self.factories:
+            for proto in list(getattr(factory, "protocols", ())):
+                relay = getattr(proto, "relay", None)
+                if relay is not None and relay.endedAt is None:
+                    up += relay.bytesUp
+                    down += relay.bytesDown
+        return up, down
+
+
+class _Collector:
+    """
+    Turns the L{ListenerStats} and the registered sources into metric
+    families at scrape time.
+    """
+
+    def __init__(self, metrics: "Metrics") -> None:
+        self.metrics = metrics
+
+    def describe(self) -> List[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        m = self.metrics
+        worker = m.worker
+        base = ["listener", "mode", "worker"]
+        conns = CounterMetricFamily("txproxy_connections", "Client connections accepted.", labels=base)
+        active = GaugeMetricFamily("txproxy_active_connections", "Client connections open now.", labels=base)
+        reqs = CounterMetricFamily(
+            "txproxy_requests", "Requests and tunnels answered, by method and status code.",
+            labels=base + ["method", "code"],
+        )
+        nbytes = CounterMetricFamily(
+            "txproxy_bytes",
+            "Bytes relayed: direction=upstream toward upstreams, direction=downstream toward clients "
+            "(open tunnels included).",
+            labels=base + ["direction"],
+        )
+        for stats in m.listeners():
+            labels = [stats.name, stats.mode, worker]
+            conns.add_metric(labels, stats.opened)
+            active.add_metric(labels, stats.opened - stats.closed)
+            for (method, code), n in list(stats.requests.items()):
+                reqs.add_metric(labels + [method, code], n)
+            liveUp, liveDown = stats.liveBytes()
+            nbytes.add_metric(labels + ["upstream"], stats.bytesUp + liveUp)
+            nbytes.add_metric(labels + ["downstream"], stats.bytesDown + liveDown)
+        yield conns
+        yield active
+        yield reqs
+        yield nbytes
+
+        draining = GaugeMetricFamily("txproxy_draining", "1 once a stop (drain) has begun.", labels=["worker"])
+        draining.add_metric([worker], 1.0 if m.isDraining() else 0.0)
+        yield draining
+        started = GaugeMetricFamily("txproxy_start_time_seconds", "When this process started (POSIX time).",
+                                    labels=["worker"])
+        started.add_metric([worker], m.startTime)
+        yield started
+
+        yield from self._limiter(worker)
+        yield from self._backends(worker)
+
+    def _limiter(self, worker: str) -> Iterator[Metric]:
+        limiter = self.metrics.limiterSource() if self.metrics.limiterSource is not None else None
+        if limiter is None:
+            return
+        decisions = CounterMetricFamily(
+            "txproxy_limiter_decisions", "Limiter decisions: allowed, or the reason of a denial.",
+            labels=["worker", "decision"],
+        )
+        for reason, n in sorted(getattr(limiter, "decisions", {}).items()):
+            decisions.add_metric([worker, str(reason)], n)
+        yield decisions
+        for attr, name, doc in (
+            ("redisErrors", "txproxy_redis_errors", "Redis calls that failed (timeouts included)."),
+            ("redisTimeouts", "txproxy_redis_timeouts", "Redis calls that timed out."),
+            ("fallbacks", "txproxy_redis_fallbacks", "Switches from Redis to the in-memory limiter."),
+            ("recoveries", "txproxy_redis_recoveries", "Switches back from the in-memory limiter to Redis."),
+        ):
+            c = CounterMetricFamily(name, doc, labels=["worker"])
+            c.add_metric([worker], getattr(limiter, attr, 0))
+            yield c
+        g = GaugeMetricFamily("txproxy_redis_fallback_active",
+                              "1 while limits are kept in memory because Redis is unreachable.", labels=["worker"])
+        g.add_metric([worker], 1.0 if getattr(limiter, "usingFallback", False) else 0.0)
+        yield g
+
+    def _backends(self, worker: str) -> Iterator[Metric]:
+        sources = self.metrics.backendSources
+        if not sources:
+            return
+        labels = ["listener", "route", "backend", "worker"]
+        up = GaugeMetricFamily("txproxy_backend_up", "1 when the backend is healthy and not ejected.", labels=labels)
+        ejected = GaugeMetricFamily("txproxy_backend_ejected", "1 while passive health checks eject the backend.",
+                                    labels=labels)
+        active = GaugeMetricFamily("txproxy_backend_active_connections", "Connections open to the backend.",
+                                   labels=labels)
+        total = CounterMetricFamily("txproxy_backend_connections", "Connections made to the backend.", labels=labels)
+        failures = CounterMetricFamily("txproxy_backend_failures", "Failed connects to the backend.", labels=labels)
+        for source in sources:
+            for state in source():
+                key = [str(state.get("listener", "")), str(state.get("route", "")), str(state.get("backend", "")),
+                       worker]
+                if "healthy" in state:
+                    up.add_metric(key, 1.0 if state["healthy"] and not state.get("ejected") else 0.0)
+                if "ejected" in state:
+                    ejected.add_metric(key, 1.0 if state["ejected"] else 0.0)
+                if "activeConnections" in state:
+                    active.add_metric(key, state["activeConnections"])
+                if "totalConnections" in state:
+                    total.add_metric(key, state["totalConnections"])
+                if "totalFailures" in state:
+                    failures.add_metric(key, state["totalFailures"])
+        yield from (up, ejected, active, total, failures)
+
+
+class Metrics:
+    """
+    The metrics of one process.
+
+    Hot-path methods (L{connectionOpened}, L{connectionClosed},
+    L{requestFinished}) take the listener's L{ListenerConfig}; the
+    L{ListenerStats} for it is found by identity, bound on first use or by
+    L{bindListener}.
+
+    @ivar registry: the L{CollectorRegistry} every series lives on.
+    @ivar worker: the C{worker} label value (C{"0"} outside C{--workers}).
+    @ivar backendSources: callables yielding L{BackendState}s at scrape time.
+    @ivar limiterSource: a callable returning the limiter service (with its
+        counters) or L{None}, read at scrape time.
+    """
+
+    def __init__(self, worker: str = "0", processMetrics: bool = True) -> None:
+        """
+        @param worker: the C{worker} label value.
+        @param processMetrics: whether to add the standard C{process_*}
+            series (file descriptors, memory, CPU) to the registry.
+        """
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.worker = worker
+        self.startTime = time.time()
+        self.backendSources: List[Callable[[], Iterable[BackendState]]] = []
+        self.limiterSource: Optional[Callable[[], Any]] = None
+        self.drainingSource: Optional[Callable[[], bool]] = None
+        self._byListener: Dict[int, Tuple[Any, ListenerStats]] = {}
+        self._byName: Dict[Tuple[str, str], ListenerStats] = {}
+        self.registry.register(_Collector(self))
+        if processMetrics:
+            from prometheus_client import PlatformCollector, ProcessCollector
+
+            ProcessCollector(registry=self.registry)
+            PlatformCollector(registry=self.registry)
+        self._connectTime = Histogram(
+            "txproxy_upstream_connect_seconds", "Seconds to connect to an upstream.",
+            ["listener", "mode", "worker"], buckets=LATENCY_BUCKETS, registry=self.registry,
+        )
+        self._headTime = Histogram(
+            "txproxy_upstream_response_head_seconds",
+            "Seconds from sending a request upstream to receiving its response head.",
+            ["listener", "mode", "worker"], buckets=LATENCY_BUCKETS, registry=self.registry,
+        )
+        self._reloads = Counter("txproxy_reloads", "Configuration reloads (SIGHUP), by result.",
+                                ["result", "worker"], registry=self.registry)
+        self._reloadsOK = self._reloads.labels("success", worker)
+        self._reloadsFailed = self._reloads.labels("failure", worker)
+        self._lastReload = Gauge("txproxy_last_reload_success_timestamp_seconds",
+                                 "When the configuration was last loaded successfully (POSIX time).",
+                                 ["worker"], registry=self.registry).labels(worker)
+        self._lastReload.set(self.startTime)
+
+    # -- binding
+
+    def bindListener(self, listener: Any, name: Optional[str] = None, mode: Optional[str] = None,
+                     factory: Any = None) -> ListenerStats:
+        """
+        Bind the counters of C{listener} (a L{ListenerConfig}) and return
+        them.  Stats are kept by C{(name, mode)}: a listener rebuilt by a
+        reload keeps counting where the old one stopped.
+
+        @param factory: the protocol factory serving it; its open
+            connections' relays are read at scrape time.
+        """
+        name = name or getattr(listener, "name", "") or "default"
+        mode = mode or getattr(listener, "mode", "") or "forward"
+        stats = self._byName.get((name, mode))
+        if stats is None:
+            stats = self._byName[(name, mode)] = ListenerStats(name, mode)
+            labels = (name, mode, self.worker)
+            stats.connectTime = self._connectTime.labels(*labels)
+            stats.headTime = self._headTime.labels(*labels)
+        # Keep the listener object alive with its stats so its id is not reused.
+        self._byListener[id(listener)] = (listener, stats)
+        if factory is not None and factory not in stats.factories:
+            stats.factories.append(factory)
+        return stats
+
+    def unbindFactory(self, factory: Any) -> None:
+        """
+        Stop reading C{factory}'s open connections (a listener removed by a
+        reload); its finished totals stay.
+        """
+        for stats in self._byName.values():
+            if factory in stats.factories:
+                stats.factories.remove(factory)
+
+    def statsFor(self, listener: Any) -> ListenerStats:
+        """
+        The L{ListenerStats} of C{listener}, bound on first use.
+        """
+        entry = self._byListener.get(id(listener))
+        if entry is not None:
+            return entry[1]
+        return self.bindListener(listener)
+
+    def listeners(self) -> List[ListenerStats]:
+        """
+        Every bound L{ListenerStats}.
+        """
+        return list(self._byName.values())
+
+    # -- the hot path
+
+    def connectionOpened(self, listener: Any) -> None:
+        """
+        A client connection was accepted on C{listener}.
+        """
+        entry = self._byListener.get(id(listener))
+        (entry[1] if entry is not None else self.bindListener(listener)).opened += 1
+
+    def connectionClosed(self, listener: Any) -> None:
+        """
+        A client connection of C{listener} was closed.
+        """
+        entry = self._byListener.get(id(listener))
+        (entry[1] if entry is not None else self.bindListener(listener)).closed += 1
+
+    def requestFinished(self, listener: Any, record: Any) -> None:
+        """
+        A request or tunnel of C{listener} ended with the
+        L{txproxy.accesslog.AccessRecord} C{record}.
+        """
+        entry = self._byListener.get(id(listener))
+        stats = entry[1] if entry is not None else self.bindListener(listener)
+        method = record.method
+        if method not in KNOWN_METHODS:
+            method = "other"
+        key = (method, str(record.status))
+        requests = stats.requests
+        requests[key] = requests.get(key, 0) + 1
+        stats.bytesUp += record.bytesUp
+        stats.bytesDown += record.bytesDown
+
+    def upstreamConnected(self, listener: Any, seconds: float) -> None:
+        """
+        An upstream connection of C{listener} was established after
+        C{seconds}.
+        """
+        self.statsFor(listener).connectTime.observe(seconds)
+
+    def responseHeadReceived(self, listener: Any, seconds: float) -> None:
+        """
+        An upstream of C{listener} sent its response head C{seconds} after
+        the request was sent.
+        """
+        self.statsFor(listener).headTime.observe(seconds)
+
+    # -- process events
+
+    def reloadSucceeded(self, when: Optional[float] = None) -> None:
+        """
+        A configuration reload was applied.
+        """
+        self._reloadsOK.inc()
+        self._lastReload.set(when if when is not None else time.time())
+
+    def reloadFailed(self) -> None:
+        """
+        A configuration reload was rejected (the old configuration serves on).
+        """
+        self._reloadsFailed.inc()
+
+    def isDraining(self) -> bool:
+        return bool(self.drainingSource()) if self.drainingSource is not None else False
+
+    # -- sources read at scrape time
+
+    def addBackendSource(self, source: Callable[[], Iterable[BackendState]]) -> None:
+        """
+        Register C{source}, called at every scrape, yielding the state of
+        each backend as a L{BackendState} mapping.  (The router registers
+        one; see L{backendStatesFromRouter}.)
+        """
+        self.backendSources.append(source)
+
+    def setLimiterSource(self, source: Callable[[], Any]) -> None:
+        """
+        Register C{source}, returning the limiter service (or L{None}) at
+        scrape time; its counters (C{decisions}, C{redisErrors}, ...) are
+        exported.
+        """
+        self.limiterSource = source
+
+    # -- exposition
+
+    def exposition(self) -> bytes:
+        """
+        Every series, in the Prometheus text format.
+        """
+        return generate_latest(self.registry)
+
+
+def backendStatesFromRouter(router: Any) -> Iterator[BackendState]:
+    """
+    Turn a L{txproxy.router.RouterService}'s C{snapshot()} into
+    L{BackendState}s.
+    """
+    snapshot = router.snapshot()
+    for listener in snapshot.get("listeners", ()):
+        name = listener.get("name", "")
+        pools: List[Tuple[str, Any]] = []
+        if "pool" in listener:
+            pools.append(("", listener["pool"]))
+        for route in listener.get("routes", ()):
+            pools.append((f"{route.get('host', '')}{route.get('prefix', '') if route.get('prefix') != '/' else ''}",
+                          route.get("pool", {})))
+        for routeName, pool in pools:
+            for b in pool.get("backends", ()):
+                yield {
+                    "listener": name,
+                    "route": routeName,
+                    "backend": b.get("address", b.get("key", "")),
+                    "healthy": b.get("healthy", True),
+                    "ejected": b.get("ejected", False),
+                    "activeConnections": b.get("activeConnections", 0),
+                    "totalConnections": b.get("totalConnections", 0),
+                    "totalFailures": b.get("totalFailures", 0),
+                }
