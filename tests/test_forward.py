@@ -60,7 +60,6 @@ class ConnectTunnelTests(ForwardTestCase):
         proto, client = self.open()
         proto.dataReceived(CONNECT)
         self.assertEqual(client.value(), b"")
-        self.assertTrue(client.paused)
         attempt = self.connector.last
         self.assertEqual((attempt.host, attempt.port), ("192.0.2.10", 443))
         upstream = attempt.succeed()
@@ -82,6 +81,20 @@ class ConnectTunnelTests(ForwardTestCase):
         proto.dataReceived(b"-later")
         upstream = self.connector.last.succeed()
         self.assertEqual(upstream.value(), b"early-later")
+
+    def test_earlyBytesBoundedWhileConnecting(self) -> None:
+        """
+        A client that streams before its tunnel is open is buffered up to a
+        limit, then paused until the relay takes over.
+        """
+        proto, client = self.open()
+        proto.dataReceived(CONNECT)
+        self.assertFalse(client.paused)
+        proto.dataReceived(b"x" * (300 * 1024))
+        self.assertTrue(client.paused)
+        upstream = self.connector.last.succeed()
+        self.assertFalse(client.paused)
+        self.assertEqual(len(upstream.value()), 300 * 1024)
 
     def test_headSplitAtEveryByte(self) -> None:
         """

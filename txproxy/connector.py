@@ -13,12 +13,13 @@ from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, clientFromString
 from twisted.internet.interfaces import IResolutionReceiver
+from twisted.internet.protocol import ClientFactory
 from zope.interface import implementer
 
 from txproxy.errors import ResolveError
 from txproxy.interfaces import IUpstreamConnector
 
-__all__ = ["Connector", "isIPLiteral"]
+__all__ = ["Connector", "connectProtocol", "isIPLiteral"]
 
 
 def isIPLiteral(host: str) -> bool:
@@ -43,6 +44,61 @@ class _Collector:
 
     def resolutionComplete(self) -> None:
         self.done.callback(self.addresses)
+
+
+class _DialFactory(ClientFactory):
+    """
+    Connects one pre-built protocol and fires a Deferred with it once its
+    C{connectionMade} has run (the protocol calls C{onConnected}).
+    """
+
+    noisy = False
+
+    def __init__(self, proto: Any) -> None:
+        self.proto = proto
+        self.connector: Any = None
+        self.deferred: defer.Deferred = defer.Deferred(self._cancel)
+        proto.onConnected = self._connected
+
+    def _connected(self, proto: Any) -> None:
+        if not self.deferred.called:
+            self.deferred.callback(proto)
+
+    def _cancel(self, d: defer.Deferred) -> None:
+        connector = self.connector
+        if connector is None:
+            return
+        if connector.state == "connecting":
+            connector.stopConnecting()
+        elif connector.state == "connected" and connector.transport is not None:
+            connector.transport.abortConnection()
+
+    def buildProtocol(self, addr: Any) -> Any:
+        return self.proto
+
+    def clientConnectionFailed(self, connector: Any, reason: Any) -> None:
+        if not self.deferred.called:
+            self.deferred.errback(reason)
+
+
+def connectProtocol(connector: Any, host: str, port: int, proto: Any) -> "defer.Deferred[Any]":
+    """
+    Connect C{proto} to C{host}:C{port} through C{connector}: its C{connect}
+    method when it has one (no endpoint wrapper between the socket and the
+    protocol), else its C{endpointFor}.
+
+    @return: a Deferred firing with C{proto} once connected; cancelling it
+        abandons the attempt.
+    """
+    connect = getattr(connector, "connect", None)
+    if connect is not None:
+        return connect(host, port, proto)  # type: ignore[no-any-return]
+    from twisted.internet.protocol import Factory
+
+    factory = Factory()
+    factory.noisy = False
+    factory.buildProtocol = lambda addr: proto  # type: ignore[method-assign]
+    return connector.endpointFor(host, port).connect(factory)  # type: ignore[no-any-return]
 
 
 @implementer(IUpstreamConnector)
@@ -87,3 +143,15 @@ class Connector:
 
     def endpointForDescription(self, description: str) -> Any:
         return clientFromString(self.reactor, description)
+
+    def connect(self, host: str, port: int, proto: Any) -> "defer.Deferred[Any]":
+        """
+        Connect C{proto} (which calls its C{onConnected} attribute from
+        C{connectionMade}, as L{txproxy.relay.RelayedProtocol} does) to the
+        IP address C{host}, straight through C{connectTCP}: one protocol
+        object per connection, no endpoint wrapper on the data path.
+        """
+        dial = _DialFactory(proto)
+        bind = (self.bindAddress, 0) if self.bindAddress else None
+        dial.connector = self.reactor.connectTCP(host, port, dial, self.connectTimeout, bind)
+        return dial.deferred

@@ -133,6 +133,9 @@ class ForwardProxyProtocol(HTTPProxyProtocol):
         d.addErrback(self._unexpected)
         self._pending = d
 
+    def _wantsRecord(self) -> bool:
+        return super()._wantsRecord() or overrides(self, "tunnelClosed", ForwardProxyProtocol)
+
     def _hookRequest(self) -> Any:
         return self._tunnel if self._tunnel is not None else self._request
 

@@ -33,6 +33,7 @@ from zope.interface import implementer
 from txproxy.accesslog import AccessRecord
 from txproxy.auth import Htpasswd, parseBasic
 from txproxy.config import ListenerConfig
+from txproxy.connector import connectProtocol
 from txproxy.errors import PolicyDenied, ResolveError
 from txproxy.hooks import ClientInfo, Refuse, Target
 from txproxy.http import (
@@ -53,7 +54,7 @@ from txproxy.http import (
     serializeRequestHead,
     serializeResponseHead,
 )
-from txproxy.http._headers import connectionTokens
+from txproxy.http._parser import _connectionTokens as _connectionTokensOf
 from txproxy.relay import Relay, RelayedProtocol, fastSender
 
 __all__ = [
@@ -99,6 +100,46 @@ _HOP = frozenset(
 )
 
 
+def _endToEnd(headers: Any, keep: Any = ()) -> Tuple[List[Tuple[bytes, bytes]], frozenset, bool]:
+    """
+    One pass over C{headers}: the end-to-end fields (hop-by-hop ones and
+    whatever C{Connection} lists removed, except names in C{keep}), the
+    C{Connection} tokens, and whether a C{Content-Length} was kept.
+    """
+    out = []
+    connection = None
+    hasLength = False
+    hop = _HOP
+    for pair in headers:
+        lower = pair[0].lower()
+        if lower in hop and lower not in keep:
+            if lower == b"connection":
+                connection = (connection or []) + [pair[1]]
+            continue
+        if lower == b"content-length":
+            hasLength = True
+        out.append(pair)
+    if connection is None:
+        return out, _NO_TOKENS, hasLength
+    tokens = frozenset(t.strip(b" \t").lower() for v in connection for t in v.split(b",") if t.strip(b" \t"))
+    remove = tokens - frozenset(keep)
+    if remove:
+        out = [pair for pair in out if pair[0].lower() not in remove]
+        hasLength = hasLength and b"content-length" not in remove
+    return out, tokens, hasLength
+
+
+_NO_TOKENS: frozenset = frozenset()
+
+
+def _serializeHead(firstLine: bytes, headers: Any) -> bytes:
+    """
+    Serialize a head whose fields are known to be valid (parsed, or added
+    by the proxy itself).
+    """
+    return firstLine + b"".join([name + b": " + value + b"\r\n" for name, value in headers]) + b"\r\n"
+
+
 def clientInfoFor(transport: Any) -> ClientInfo:
     """
     Build a L{ClientInfo} from a transport's peer (the PROXY header's source
@@ -130,12 +171,20 @@ def statusForFailure(f: Failure) -> Tuple[int, str]:
     return 502, "cannot connect to the destination"
 
 
+_OVERRIDES: Dict[Tuple[type, str, type], bool] = {}
+
+
 def overrides(obj: Any, name: str, base: type) -> bool:
     """
     Whether C{obj}'s class overrides method C{name} of C{base} (hooks that
-    are not overridden are not called at all).
+    are not overridden are not called at all).  Cached per class.
     """
-    return getattr(type(obj), name) is not getattr(base, name)
+    key = (type(obj), name, base)
+    try:
+        return _OVERRIDES[key]
+    except KeyError:
+        result = _OVERRIDES[key] = getattr(type(obj), name) is not getattr(base, name)
+        return result
 
 
 @attr.s(frozen=True, slots=True, auto_attribs=True)
@@ -486,22 +535,20 @@ class HTTPProxyProtocol(Protocol):
         origin-form target, C{Via} added.  Subclasses add their own fields.
         """
         head = request.head
-        remove = set(_HOP)
-        remove.update(connectionTokens(head.headers))
         keep = self._upgradeKeep(head)
-        headers = [(n, v) for n, v in head.headers if n.lower() not in remove or n.lower() in keep]
+        headers, _, hasLength = _endToEnd(head.headers, keep)
         if keep:
             headers.append((b"Connection", b"upgrade"))
         framing = self._framing
         if framing.kind == "chunked":
             headers.append((b"Transfer-Encoding", b"chunked"))
-        elif framing.kind == "length" and not any(n.lower() == b"content-length" for n, _ in headers):
+        elif framing.kind == "length" and not hasLength:
             headers.append((b"Content-Length", b"%d" % framing.length))
         headers.append((b"Via", head.version[5:] + b" " + self.factory.pseudonym))
         return RequestHead(head.method, request.path, _HTTP11, tuple(headers))
 
     def _upgradeKeep(self, head: RequestHead) -> Tuple[bytes, ...]:
-        if head.get(b"upgrade") is not None and b"upgrade" in connectionTokens(head.headers):
+        if self._upgrading:
             return (b"upgrade",)
         return ()
 
@@ -625,6 +672,8 @@ class HTTPProxyProtocol(Protocol):
             self._requestData(data)
         elif state == _WAIT:
             self._input += data
+            if len(self._input) > PIPELINE_LIMIT:
+                self._pauseInput()
         # _LINGER, _CLOSED, _CLOSING: discard.
 
     def _headReceived(self, headBytes: bytes, rest: bytes) -> None:
@@ -643,9 +692,9 @@ class HTTPProxyProtocol(Protocol):
             return
         self._head = head
         self._input = rest
-        self._cancelTimer()
+        # The head timer keeps running (harmlessly: it only acts on a head
+        # in progress) until the exchange resets it to the response timeout.
         self._state = _WAIT
-        self.transport.pauseProducing()  # type: ignore[union-attr]
         if head.method == b"CONNECT":
             self.tunnelRequested(head)
             return
@@ -654,7 +703,12 @@ class HTTPProxyProtocol(Protocol):
         except HTTPError as e:
             self._refuse(e.status, e.reason)
             return
-        self._clientKeepAlive = head.keepAlive
+        tokens = _connectionTokensOf(head.headers)
+        if head.version == _HTTP11:
+            self._clientKeepAlive = b"close" not in tokens
+        else:
+            self._clientKeepAlive = b"keep-alive" in tokens and b"close" not in tokens
+        self._upgrading = b"upgrade" in tokens and head.get(b"upgrade") is not None
         try:
             refusal = self.checkPolicy(head)
         except Refuse as e:
@@ -765,7 +819,7 @@ class HTTPProxyProtocol(Protocol):
             def attempt(index: int) -> Any:
                 address = candidates[index]
                 proto = protocolFactory()
-                d = factory.connector.endpointFor(address, target.port).connect(_OneShotFactory(proto))
+                d = connectProtocol(factory.connector, address, target.port, proto)
 
                 def ok(p: Any) -> Any:
                     host = f"[{address}]" if ":" in address else address
@@ -848,7 +902,6 @@ class HTTPProxyProtocol(Protocol):
         self._respReader = None
         self._respDecoder = None
         self._upstreamReusable = True
-        self._upgrading = bool(self._upgradeKeep(self._head))  # type: ignore[arg-type]
         if not self._upstreamAddress:
             peer = upstream.transport.getPeer()  # type: ignore[union-attr]
             host = getattr(peer, "host", "")
@@ -857,7 +910,10 @@ class HTTPProxyProtocol(Protocol):
             self._toClient = fastSender(self.transport)  # type: ignore[arg-type]
         head = self._outHead
         try:
-            data = serializeRequestHead(head)
+            if overrides(self, "rewriteRequest", HTTPProxyProtocol):
+                data = serializeRequestHead(head)
+            else:
+                data = _serializeHead(head.method + b" " + head.target + b" HTTP/1.1\r\n", head.headers)
         except ValueError as e:
             self._dropUpstream()
             self._refuse(500, f"invalid request head from a hook: {e}")
@@ -879,13 +935,28 @@ class HTTPProxyProtocol(Protocol):
                 self._requestData(input_)
         self._setTimer(self.factory.listener.responseTimeout, "response")
         if self._state == _EXCHANGE:
+            self._resumeInput()
+
+    _inputPaused = False
+
+    def _pauseInput(self) -> None:
+        """
+        Stop reading from the client (too much buffered ahead).
+        """
+        if not self._inputPaused:
+            self._inputPaused = True
+            self.transport.pauseProducing()  # type: ignore[union-attr]
+
+    def _resumeInput(self) -> None:
+        if self._inputPaused:
+            self._inputPaused = False
             self.transport.resumeProducing()  # type: ignore[union-attr]
 
     def _pipelined(self, data: bytes) -> None:
         if data:
             self._input += data
             if len(self._input) > PIPELINE_LIMIT:
-                self.transport.pauseProducing()  # type: ignore[union-attr]
+                self._pauseInput()
 
     def _requestData(self, data: bytes) -> None:
         reader = self._reqReader
@@ -1003,7 +1074,6 @@ class HTTPProxyProtocol(Protocol):
             self._badResponse(e.reason)
             return
         self._respHead = resp
-        self._setTimer(max(self.factory.listener.idleTimeout / 4.0, 0.01), "progress")
         self._progressMark = -1
         if not resp.keepAlive:
             self._upstreamReusable = False
@@ -1043,6 +1113,7 @@ class HTTPProxyProtocol(Protocol):
                 self._toClient(rest)
                 self._observeResponse(rest)
             self._registerResponseProducer()
+            self._watchProgress()
             return
         reader = self._respReader
         try:
@@ -1067,6 +1138,13 @@ class HTTPProxyProtocol(Protocol):
             self._responseDone()
         else:
             self._registerResponseProducer()
+            self._watchProgress()
+
+    def _watchProgress(self) -> None:
+        """
+        A body is streaming: from now on the timer checks that bytes move.
+        """
+        self._setTimer(max(self.factory.listener.idleTimeout / 4.0, 0.01), "progress")
 
     def _registerResponseProducer(self) -> None:
         upstream = self._upstream
@@ -1089,9 +1167,7 @@ class HTTPProxyProtocol(Protocol):
             self.responseBodyData(self._request, decoded)
 
     def _clientResponseHead(self, resp: ResponseHead, framing: Any = None, chunked: bool = False, interim: bool = False) -> bytes:
-        remove = set(_HOP)
-        remove.update(connectionTokens(resp.headers))
-        headers = [(n, v) for n, v in resp.headers if n.lower() not in remove]
+        headers, _, _ = _endToEnd(resp.headers)
         if not interim:
             if framing is not None and framing.kind in ("chunked", "close"):
                 headers = [(n, v) for n, v in headers if n.lower() != b"content-length"]
@@ -1104,10 +1180,10 @@ class HTTPProxyProtocol(Protocol):
             elif head is not None and head.version != _HTTP11:
                 headers.append((b"Connection", b"keep-alive"))
         headers.append((b"Via", resp.version[5:] + b" " + self.factory.pseudonym))
-        out = ResponseHead(_HTTP11, resp.status, resp.reason, tuple(headers))
         if not interim and self._request is not None and overrides(self, "rewriteResponse", HTTPProxyProtocol):
-            out = self.rewriteResponse(self._request, out)
-        return serializeResponseHead(out, validate=not interim and overrides(self, "rewriteResponse", HTTPProxyProtocol))
+            out = self.rewriteResponse(self._request, ResponseHead(_HTTP11, resp.status, resp.reason, tuple(headers)))
+            return serializeResponseHead(out, validate=True)
+        return _serializeHead(b"HTTP/1.1 %d %s\r\n" % (resp.status, resp.reason), headers)
 
     def _responseDone(self) -> None:
         self._respState = _RESP_DONE
@@ -1149,7 +1225,7 @@ class HTTPProxyProtocol(Protocol):
         self._state = _HEAD
         self._setTimer(self.factory.keepAliveTimeout, "idle")
         pending, self._input = self._input, b""
-        self.transport.resumeProducing()  # type: ignore[union-attr]
+        self._resumeInput()
         if pending:
             self.dataReceived(pending)
 
@@ -1174,6 +1250,7 @@ class HTTPProxyProtocol(Protocol):
     def _startTunnel(self, upstream: RelayedProtocol, fromUpstream: bytes = b"", status: int = 200,
                      filterUp: Any = None, filterDown: Any = None) -> Relay:
         self._state = _TUNNEL
+        self._inputPaused = False  # the relay resumes and owns flow control
         self._cancelTimer()
         relay = Relay(
             self.transport,  # type: ignore[arg-type]
@@ -1240,7 +1317,6 @@ class HTTPProxyProtocol(Protocol):
                 if self._respProducer:
                     self.transport.unregisterProducer()  # type: ignore[union-attr]
                     self._respProducer = False
-                self.transport.pauseProducing()  # type: ignore[union-attr]
                 assert self._request is not None
                 self.factory.pool.remove(upstream)
                 self._acquireFresh(self._request)
@@ -1364,6 +1440,7 @@ class HTTPProxyProtocol(Protocol):
         self._bytesDown += len(response)
         self._log(status, reason)
         self._setTimer(LINGER_SECONDS, "linger")
+        self._inputPaused = False
         transport.resumeProducing()  # type: ignore[attr-defined]
         loseWrite = getattr(transport, "loseWriteConnection", None)
         if loseWrite is not None and not self._clientReadLost:
@@ -1376,6 +1453,9 @@ class HTTPProxyProtocol(Protocol):
     def _log(self, status: int, reason: str = "") -> None:
         head = self._head
         factory = self.factory
+        if factory.accessLog is None and factory.metrics is None and not self._wantsRecord():
+            factory.requestsTotal += 1
+            return
         clock = factory.clock
         start = self._start if self._start is not None else clock.seconds()
         request = self._request
@@ -1408,6 +1488,13 @@ class HTTPProxyProtocol(Protocol):
         factory.requestFinished(self, record)
         if overrides(self, "requestFinished", HTTPProxyProtocol):
             self.requestFinished(record)
+
+    def _wantsRecord(self) -> bool:
+        """
+        Whether a hook wants each request's access record (when no access
+        log or metrics do, the record is not built at all).
+        """
+        return overrides(self, "requestFinished", HTTPProxyProtocol)
 
     # -- draining, end of input and loss
 

@@ -119,6 +119,15 @@ class RelayedProtocol(Protocol):
     _pending: Optional[list] = None
     _readLost = False
     _lostReason: Optional[Failure] = None
+    #: Called with this protocol from C{connectionMade}, once (set by
+    #: L{txproxy.connector.Connector.connect}).
+    onConnected: Optional[Callable[[Any], None]] = None
+
+    def connectionMade(self) -> None:
+        callback = self.onConnected
+        if callback is not None:
+            self.onConnected = None
+            callback(self)
 
     def dataReceived(self, data: bytes) -> None:
         if self._pending is None:
