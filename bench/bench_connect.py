@@ -138,7 +138,8 @@ def run_peer(peer: B.Peer, be: B.Backend, args) -> dict:
         print(f"# WARNING {peer.name}: other load before the run: core0 {bg.get(B.GEN_CPU, 0):.0%}, "
               f"core1 {bg.get(B.PROXY_CPU, 0):.0%} busy -- numbers are disturbed", flush=True)
     tmp = B.mktemp(peer.name)
-    sink, echo = f"127.0.0.1:{be.sink}", f"127.0.0.1:{be.echo}"
+    bulk_port = be.source if args.bulk_mode == "recv" else be.sink
+    sink, echo = f"127.0.0.1:{bulk_port}", f"127.0.0.1:{be.echo}"
     server = None
     if peer.start is None:
         port, pid, via_sink, via_echo = None, None, None, None
@@ -152,15 +153,15 @@ def run_peer(peer: B.Peer, be: B.Backend, args) -> dict:
         pid, via_sink, via_echo = server.pid, sink, echo
         res["command"] = " ".join(server.argv)
         res["rss_start_kb"] = B.rss_kb(pid)
-    bport = port or be.sink
+    bport = port or bulk_port
     eport = port or be.echo
     try:
         # warm-up: code paths, allocator, JIT
         B.log(f"[{peer.name}] warm-up")
-        B.bulk(bport, 256 << 20, via_sink)
+        B.bulk(bport, 256 << 20, via_sink, args.bulk_mode)
         B.connrate(eport, 2.0 + peer.warmup, min(args.clients, 32), via_echo)
         if peer.warmup:
-            B.bulk(bport, 1 << 30, via_sink)
+            B.bulk(bport, 1 << 30, via_sink, args.bulk_mode)
 
         B.log(f"[{peer.name}] bulk {args.repeats} x {args.bulk} bytes")
         samples = [B.measured(lambda: B.bulk(bport, args.bulk, via_sink, args.bulk_mode), pid,
@@ -195,11 +196,15 @@ def main() -> int:
     ap.add_argument("--bulk", type=int, default=1 << 30, help="bytes per bulk run (default 1 GiB)")
     ap.add_argument("--bulk-mode", choices=["send", "recv"], default="send",
                     help="send: client -> sink (default); recv: source -> client")
+    ap.add_argument("--nice", type=int, default=0,
+                    help="run proxies, generators and backends at this niceness (e.g. -10 on a "
+                         "shared machine: every peer gets the same; default 0)")
     ap.add_argument("--wait-quiet", type=float, default=60.0,
                     help="before each peer, wait up to this many seconds for both cores to be "
                          "under 15%% busy (default 60); the load seen is reported")
     ap.add_argument("--hold", type=int, help="tunnels held for the memory test (default 9000, 0 skips)")
     args = ap.parse_args()
+    B.NICE = args.nice
     args.repeats = args.repeats or (1 if args.quick else 3)
     args.seconds = args.seconds or (3.0 if args.quick else 5.0)
     if args.hold is None:

@@ -138,10 +138,10 @@ def run_peer(peer: B.Peer, be: B.Backend, redis_port: int, redis_pid: int, args)
     tests = args.tests
     try:
         if "bulk" in tests:
-            s = Session(peer, be.sink, res, "bulk")
+            s = Session(peer, be.source if args.bulk_mode == "recv" else be.sink, res, "bulk")
             try:
                 B.log(f"[{peer.name}] bulk: warm-up, {args.repeats} x {args.bulk} bytes")
-                B.bulk(s.port, (1 << 30) if peer.warmup else (256 << 20))
+                B.bulk(s.port, (1 << 30) if peer.warmup else (256 << 20), None, args.bulk_mode)
                 res["bulk_gbps"] = B.summarize([
                     B.measured(lambda: B.bulk(s.port, args.bulk, None, args.bulk_mode), s.pid,
                                be.pid, "gbps") for _ in range(args.repeats)])
@@ -193,10 +193,14 @@ def main() -> int:
     ap.add_argument("--bulk-mode", choices=["send", "recv"], default="send")
     ap.add_argument("--hold", type=int, help="connections held for the memory test (default 9000)")
     ap.add_argument("--ping-n", type=int, help="requests per redis-benchmark run (default 200000)")
+    ap.add_argument("--nice", type=int, default=0,
+                    help="run proxies, generators and backends at this niceness (e.g. -10 on a "
+                         "shared machine: every peer gets the same; default 0)")
     ap.add_argument("--wait-quiet", type=float, default=60.0,
                     help="before each relay, wait up to this many seconds for both cores to be "
                          "under 15%% busy (default 60); the load seen is reported")
     args = ap.parse_args()
+    B.NICE = args.nice
     args.repeats = args.repeats or (1 if args.quick else 3)
     args.seconds = args.seconds or (3.0 if args.quick else 5.0)
     if args.hold is None:

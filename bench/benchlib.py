@@ -27,6 +27,13 @@ OUT = os.path.join(HERE, "out")
 REPO = os.path.dirname(HERE)
 PROXY_CPU = "1"
 GEN_CPU = "0"
+NICE = 0  # set by --nice: run everything we start at this niceness (negative: ahead of other load)
+
+
+def pinned(cpu: str) -> list[str]:
+    """Command prefix: pin to `cpu` (and renice when --nice was given)."""
+    pre = ["nice", "-n", str(NICE)] if NICE else []
+    return pre + ["taskset", "-c", cpu]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 
@@ -196,7 +203,7 @@ class Server:
                  env: Optional[dict] = None, cwd: Optional[str] = None,
                  stdout=None):
         self.name = name
-        self.argv = ["taskset", "-c", cpu] + argv
+        self.argv = pinned(cpu) + argv
         self.logpath = os.path.join(tmpdir, name + ".log")
         self._log = open(self.logpath, "wb")
         self.proc = subprocess.Popen(
@@ -259,7 +266,7 @@ class Backend:
 
 def _run_json(argv: list[str], timeout: float) -> dict:
     try:
-        p = subprocess.run(["taskset", "-c", GEN_CPU] + argv, capture_output=True,
+        p = subprocess.run(pinned(GEN_CPU) + argv, capture_output=True,
                            timeout=timeout)
     except subprocess.TimeoutExpired:
         return {"error": "timeout"}
@@ -349,7 +356,7 @@ def hold_memory(proxy_pid: int, port: int, count: int, clients: int = 200,
     them, and report the proxy tree's RSS growth per connection."""
     time.sleep(settle)
     base, base_pss, base_procs = rss_kb(proxy_pid), pss_kb(proxy_pid), len(tree(proxy_pid))
-    argv = ["taskset", "-c", GEN_CPU, tool("connrate"), "-p", str(port), "-c", str(clients),
+    argv = pinned(GEN_CPU) + [tool("connrate"), "-p", str(port), "-c", str(clients),
             "-H", str(count), "-t", str(limit_s), "-T", "10000"]
     if target:
         argv += ["-C", target]
@@ -385,7 +392,7 @@ def hold_memory(proxy_pid: int, port: int, count: int, clients: int = 200,
 
 def redis_bench(port: int, requests: int, clients: int = 50, timeout: float = 120) -> dict:
     """redis-benchmark -t ping_inline through `port`; requests/s and its own CPU."""
-    argv = ["taskset", "-c", GEN_CPU, "redis-benchmark", "-h", "127.0.0.1", "-p", str(port),
+    argv = pinned(GEN_CPU) + ["redis-benchmark", "-h", "127.0.0.1", "-p", str(port),
             "-t", "ping_inline", "-c", str(clients), "-n", str(requests), "--csv"]
     import resource
     r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -484,7 +491,7 @@ def print_table(headers: list[str], rows: list[list[str]]) -> str:
 
 
 def machine_info() -> dict:
-    info = {"nproc": os.cpu_count(), "kernel": os.uname().release,
+    info = {"nproc": os.cpu_count(), "kernel": os.uname().release, "nice": NICE,
             "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     try:
         with open("/proc/loadavg") as f:

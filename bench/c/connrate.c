@@ -57,7 +57,7 @@ static int hold_mode;
 
 static long cycles, e_connect, e_reset, e_status, e_timeout, e_short;
 static long held, held_closed;
-#define LATB 20000 /* 10 us buckets up to 200 ms */
+#define LATB 200000 /* 10 us buckets up to 2 s */
 static long lat_hist[LATB + 1];
 
 static double now(void) {
