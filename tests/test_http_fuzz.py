@@ -274,7 +274,11 @@ class ParserFuzzTests(SynchronousTestCase):
             if head is not None:
                 break
         end = findHeadEnd(data)
-        self.assertEqual(head, data[:end])
+        # The reader drops the empty lines before the head.
+        skip = 0
+        while data.startswith(b"\r\n", skip):
+            skip += 2
+        self.assertEqual(head, data[skip:end])
         self.assertEqual(reader.leftover + data[pos:], data[end:])
 
 

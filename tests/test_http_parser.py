@@ -21,6 +21,11 @@ from txproxy.http import (
     LengthReader,
     RequestHead,
     ResponseHead,
+    _body,
+    _errors,
+    _headers,
+    _parser,
+    _uri,
     appendVia,
     applyFraming,
     connectionTokens,
@@ -40,7 +45,6 @@ from txproxy.http import (
     serializeResponseHead,
     statusPhrase,
 )
-from txproxy.http import _body, _errors, _headers, _parser, _uri
 
 GET = b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n"
 
@@ -342,10 +346,15 @@ class FindHeadEndTests(SynchronousTestCase):
 
     def test_bareLineFeedBeforeCRLF(self) -> None:
         """
-        A bare-LF blank line before a later CRLFCRLF ends the head there.
+        A bare-LF blank line before a later CRLFCRLF ends the head there,
+        for L{findHeadEnd} and L{HeadReader} alike.
         """
         data = b"GET / HTTP/1.1\r\nHost: a\r\n\nX: y\r\n\r\n"
-        self.assertEqual(findHeadEnd(data), data.index(b"\n\n") + 2)
+        end = data.index(b"\n\n") + 2
+        self.assertEqual(findHeadEnd(data), end)
+        reader = HeadReader()
+        self.assertEqual(reader.feed(data), data[:end])
+        self.assertEqual(self.assertRaises(HTTPError, parseRequestHead, data[:end]).status, 400)
 
 
 class HeadReaderTests(SynchronousTestCase):
@@ -1376,3 +1385,27 @@ class LinearTimeTests(SynchronousTestCase):
             self.assertRaises(HTTPError, parseRequestHead, head)
             self.assertRaises(HTTPError, parseResponseHead, b"HTTP/1.1 200 OK" + head[14:])
         self.assertLess(time.process_time() - started, 2.0)
+
+
+class RemoveHopByHopCasesTests(SynchronousTestCase):
+    """
+    L{removeHopByHop} gives the same answer on its precomputed fast paths
+    as the general rule.
+    """
+
+    def test_connectionOptions(self) -> None:
+        """
+        For C{Connection} values listing only standard options, or also
+        other names, every listed field and every standard hop-by-hop field
+        is removed, and nothing else.
+        """
+        others = ((b"Close", b"x"), (b"X-A", b"1"), (b"Host", b"h"), (b"Keep-Alive", b"5"))
+        for value in [b"close", b"keep-alive", b"Upgrade", b"close, keep-alive", b"x-a", b"x-a, close", b""]:
+            headers = ((b"Connection", value),) + others
+            listed = {token.strip().lower() for token in value.split(b",")}
+            expected = tuple(
+                pair
+                for pair in others
+                if pair[0].lower() not in listed and pair[0].lower() != b"keep-alive"
+            )
+            self.assertEqual(removeHopByHop(headers), expected, value)

@@ -32,8 +32,8 @@ from ._headers import (
 from ._parser import (
     DEFAULT_MAX_HEAD_SIZE,
     DEFAULT_MAX_HEADERS,
-    HeadReader,
     Headers,
+    HeadReader,
     RequestHead,
     ResponseHead,
     findHeadEnd,

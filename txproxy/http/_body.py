@@ -218,6 +218,7 @@ def applyFraming(headers: Headers, framing: Framing) -> Headers:
     )
     kind = framing.kind
     if kind == "length":
+        assert framing.length is not None
         return kept + ((b"Content-Length", b"%d" % (framing.length,)),)
     if framing.codings and kind != "none":
         return kept + ((b"Transfer-Encoding", b", ".join(framing.codings)),)

@@ -33,6 +33,9 @@ HOP_BY_HOP = frozenset(
         b"proxy-authenticate",
     ]
 )
+_HOP_BY_HOP_SIZES = frozenset(len(name) for name in HOP_BY_HOP)
+_HOP_BY_HOP_CLOSE = HOP_BY_HOP | frozenset([b"close"])
+_HOP_BY_HOP_CLOSE_SIZES = frozenset(len(name) for name in _HOP_BY_HOP_CLOSE)
 
 _STATUS_PHRASES = {
     100: b"Continue",
@@ -107,11 +110,22 @@ def removeHopByHop(
     @param extra: more lower-case names to remove.
     @return: the remaining headers, in order.
     """
-    remove = set(HOP_BY_HOP)
-    remove.update(_connectionTokens(headers))
-    remove.update(extra)
-    remove.difference_update(keep)
-    return tuple((name, value) for name, value in headers if name.lower() not in remove)
+    tokens = _connectionTokens(headers)
+    if keep or extra or not tokens <= _HOP_BY_HOP_CLOSE:
+        remove = (HOP_BY_HOP | tokens | frozenset(extra)) - frozenset(keep)
+        sizes = frozenset(len(name) for name in remove)
+    elif b"close" in tokens:
+        # The usual cases (Connection: close, keep-alive, upgrade) use
+        # precomputed sets.
+        remove = _HOP_BY_HOP_CLOSE
+        sizes = _HOP_BY_HOP_CLOSE_SIZES
+    else:
+        remove = HOP_BY_HOP
+        sizes = _HOP_BY_HOP_SIZES
+    # Comparing lengths first spares most names a lower() call.
+    return tuple(
+        [pair for pair in headers if len(pair[0]) not in sizes or pair[0].lower() not in remove]
+    )
 
 
 def removeHeader(headers: Headers, name: bytes) -> Headers:

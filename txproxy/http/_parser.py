@@ -48,7 +48,7 @@ smuggling:
 from __future__ import annotations
 
 import re
-from typing import Iterable, List, Optional, Sequence, Tuple
+from typing import FrozenSet, Iterable, List, Optional, Sequence, Tuple
 
 import attr
 
@@ -74,12 +74,14 @@ _TOKEN = re.compile(rb"[" + _TCHAR + rb"]+")
 # and a bare CR or LF can never be inside a match).
 #
 # The value starts and ends with a visible character, and the trailing
-# whitespace is only tried after a value: so no two whitespace runs can
-# trade characters, and a failing line costs linear time, not quadratic
-# (Python 3.9 has no possessive quantifiers).
+# whitespace is only tried right after a visible character (the
+# lookbehind): so no two whitespace runs can trade characters, and a
+# failing line costs linear time, not quadratic (Python 3.9 has no
+# possessive quantifiers).  The value group always participates in the
+# match: PyPy's findall() gives str '' for a group that does not.
 _HEADER_LINE = re.compile(
-    rb"^([" + _TCHAR + rb"]+):[ \t]*(?:([" + _VALUE_VCHAR + rb"](?:[" + _VALUE_CHAR + rb"]*["
-    + _VALUE_VCHAR + rb"])?)[ \t]*)?\r\n",
+    rb"^([" + _TCHAR + rb"]+):[ \t]*((?:[" + _VALUE_VCHAR + rb"](?:[" + _VALUE_CHAR + rb"]*["
+    + _VALUE_VCHAR + rb"])?)?)(?:(?<=[" + _VALUE_VCHAR + rb"])[ \t]+)?\r\n",
     re.MULTILINE,
 )
 _REQUEST_LINE = re.compile(
@@ -105,7 +107,7 @@ def _tupleOfPairs(headers: Iterable[Sequence[bytes]]) -> Headers:
     """
     if type(headers) is tuple:
         # Parsed heads already hold tuples of tuples (findall's output).
-        return headers  # type: ignore[return-value]
+        return headers
     return tuple((name, value) for name, value in headers)
 
 
@@ -124,15 +126,20 @@ def _getAll(headers: Headers, name: bytes) -> List[bytes]:
     return [v for n, v in headers if len(n) == size and n.lower() == name]
 
 
-def _connectionTokens(headers: Headers) -> frozenset:
-    tokens = []
+_NO_TOKENS: FrozenSet[bytes] = frozenset()
+
+
+def _connectionTokens(headers: Headers) -> FrozenSet[bytes]:
+    tokens = None
     for n, v in headers:
         if len(n) == 10 and n.lower() == b"connection":
-            for item in v.split(b","):
+            if tokens is None:
+                tokens = []
+            for item in v.lower().split(b","):
                 item = item.strip(b" \t")
                 if item:
-                    tokens.append(item.lower())
-    return frozenset(tokens)
+                    tokens.append(item)
+    return _NO_TOKENS if tokens is None else frozenset(tokens)
 
 
 def _keepAlive(version: bytes, headers: Headers) -> bool:
@@ -252,7 +259,9 @@ def findHeadEnd(buffer: bytes, start: int = 0) -> int:
     Empty lines (CRLF) at C{start} are skipped (RFC 9112 section 2.2).  The
     head ends with the first CRLFCRLF after them.  If a bare-LF blank line
     (C{LF LF}) comes first, its end is returned instead, so that the parser
-    rejects the head at once rather than the caller waiting for more.
+    rejects the head at once rather than the caller waiting for more.  (So
+    the answer never depends on how many bytes past the head have arrived,
+    and L{HeadReader} agrees with this function however input is split.)
 
     This rescans from C{start} on every call; to feed a head in pieces
     without rescanning use L{HeadReader}.
@@ -355,6 +364,8 @@ class HeadReader:
         tail = self._tail
         window = tail + data if tail else data
         end = window.find(b"\r\n\r\n")
+        # As in findHeadEnd, a bare-LF blank line that comes first ends the
+        # head, so that the parser rejects it at once.
         bare = window.find(b"\n\n", 0, len(window) if end < 0 else end + 1)
         if bare >= 0:
             end = bare + 2
