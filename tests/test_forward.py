@@ -539,3 +539,57 @@ class LimitTests(ForwardTestCase):
         proto, client = self.open(factory, ("10.0.0.2", 1))
         proto.dataReceived(CONNECT)
         self.assertEqual(client.value(), b"")
+
+
+class HookFailureTests(ForwardTestCase):
+    def test_buggyHookIs500(self) -> None:
+        """
+        An exception (not Refuse) from a hook is a 500, logged, and is not
+        reported as an upstream failure.
+        """
+        failures: List[Any] = []
+
+        class Buggy(ForwardProxyProtocol):
+            def allowTunnel(self, request: TunnelRequest) -> bool:
+                raise ZeroDivisionError("oops")
+
+            def upstreamFailed(self, request: Any, reason: Any) -> None:
+                failures.append(reason)
+
+        proto, client = self.open(self.factory(protocol=Buggy))
+        proto.dataReceived(CONNECT)
+        self.assertEqual(_status(client.value()), 500)
+        self.assertEqual(failures, [])
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+
+    def test_tunnelOpenedFailureClosesTunnel(self) -> None:
+        """
+        An exception from tunnelOpened (after the 200 went out) closes both
+        sides instead of writing an error into the tunnel.
+        """
+
+        class Buggy(ForwardProxyProtocol):
+            def tunnelOpened(self, request: TunnelRequest, upstreamAddress: str) -> None:
+                raise ValueError("oops")
+
+        proto, client = self.open(self.factory(protocol=Buggy))
+        proto.dataReceived(CONNECT)
+        upstream = self.connector.last.succeed()
+        self.assertEqual(client.value(), b"HTTP/1.1 200 Connection established\r\n\r\n")
+        self.assertTrue(client.aborted and upstream.aborted)
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+
+    def test_portRefusalCostsNoToken(self) -> None:
+        """
+        A CONNECT refused for its port does not spend a rate-limit token.
+        """
+        from txproxy.limiter import ListenerLimits, MemoryLimiter
+
+        factory = self.factory(rate="1/m", burst="1")
+        factory.limits = ListenerLimits(MemoryLimiter(self.clock), factory.listener, "t")
+        proto, client = self.open(factory)
+        proto.dataReceived(b"CONNECT example.test:22 HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertEqual(_status(client.value()), 403)
+        proto, client = self.open(factory)
+        proto.dataReceived(CONNECT)
+        self.assertEqual(client.value(), b"")

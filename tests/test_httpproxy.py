@@ -76,13 +76,16 @@ class ForwardingTests(ProxyTestCase):
 
     def test_xForwardedForOptional(self) -> None:
         """
-        With --x-forwarded-for on, the client address is appended to the
-        chain; by default nothing is added.
+        With --x-forwarded-for on, the client address is sent in
+        X-Forwarded-For, extending the received chain only from
+        --trusted-proxies; by default nothing is added.
         """
         proto, client, upstream = self.request()
         self.assertNotIn(b"X-Forwarded-For", upstream.value())
-        proto, client, upstream = self.request(
-            GET.replace(b"User-Agent", b"X-Forwarded-For: 10.9.9.9\r\nUser-Agent"), self.factory(x_forwarded_for="on"))
+        forged = GET.replace(b"User-Agent", b"X-Forwarded-For: 10.9.9.9\r\nUser-Agent")
+        proto, client, upstream = self.request(forged, self.factory(x_forwarded_for="on"))
+        self.assertIn(b"X-Forwarded-For: 127.0.0.1\r\n", upstream.value())
+        proto, client, upstream = self.request(forged, self.factory(x_forwarded_for="on", trusted_proxies="127.0.0.0/8"))
         self.assertIn(b"X-Forwarded-For: 10.9.9.9, 127.0.0.1\r\n", upstream.value())
 
     def test_responseRelayed(self) -> None:

@@ -143,3 +143,27 @@ class ServiceTests(SynchronousTestCase):
             reactor.advance(0.05)
         self.successResultOf(d)
         self.assertTrue(transport.aborted)
+
+
+class BacklogTests(SynchronousTestCase):
+    def test_backlogAddedToEndpoints(self) -> None:
+        """
+        --backlog reaches tcp, ssl and unix endpoint strings (also behind
+        haproxy:), unless the string sets its own.
+        """
+        from txproxy.service import withBacklog
+
+        self.assertEqual(withBacklog("tcp:80", 1024), "tcp:80:backlog=1024")
+        self.assertEqual(withBacklog("haproxy:tcp:80", 64), "haproxy:tcp:80:backlog=64")
+        self.assertEqual(withBacklog("tcp:80:backlog=5", 1024), "tcp:80:backlog=5")
+        self.assertEqual(withBacklog("unix:/tmp/s", 8), "unix:/tmp/s:backlog=8")
+
+    def test_backlogUsedWhenListening(self) -> None:
+        """
+        The listening port gets the configured backlog.
+        """
+        reactor = MemoryReactorClock()
+        svc = ProxyService(tap.parseCommandLine(["--listen", "tcp:1111", "--backlog", "77"]), reactor)
+        svc.installSignalHandlers = False
+        svc.startService()
+        self.assertEqual(reactor.tcpServers[0][2], 77)

@@ -479,7 +479,7 @@ _LISTENER_OPTIONS: List[Tuple[str, str, _Converter, bool]] = [
     ("client-ca", "clientCA", _string, False),
     ("proxy-protocol-send", "proxyProtocolSend", _choice(PROXY_PROTOCOL_VERSIONS), False),
     ("trusted-proxies", "trustedProxies", _cidr, True),
-    ("connect-ports", "connectPorts", _wrap(parsePorts), False),
+    ("connect-ports", "connectPorts", lambda v, w: _wrap(parsePorts)(str(v) if isinstance(v, int) and not isinstance(v, bool) else v, w), False),
     ("auth", "auth", _string, False),
     ("allow", "allow", _cidr, True),
     ("deny", "deny", _cidr, True),
@@ -490,7 +490,7 @@ _LISTENER_OPTIONS: List[Tuple[str, str, _Converter, bool]] = [
     ("max-conns-per-client", "maxConnsPerClient", _number(int, 1), False),
     ("connect-timeout", "connectTimeout", _timeout, False),
     ("response-timeout", "responseTimeout", _timeout, False),
-    ("idle-timeout", "idleTimeout", _timeout, False),
+    ("idle-timeout", "idleTimeout", _number(float, 0.0, allowZero=True), False),
     ("header-timeout", "headerTimeout", _timeout, False),
     ("max-head-size", "maxHeadSize", _number(int, 256), False),
     ("backlog", "backlog", _number(int, 1), False),
@@ -549,33 +549,40 @@ def _finishListener(values: Dict[str, Any], where: str) -> ListenerConfig:
 
 
 def _crossCheck(l: ListenerConfig, where: str) -> None:
-    w = where.rstrip(".") or "options"
+    w = where.rstrip(".")
+    pre = f"{w}: " if w else ""
+    if l.xForwardedFor and l.mode != "forward":
+        raise ConfigError(f"{pre}--x-forwarded-for is only for mode forward (mode reverse always sets it)")
+    if l.trustedProxies and l.mode not in ("forward", "reverse"):
+        raise ConfigError(f"{pre}--trusted-proxies is only for modes forward and reverse")
+    if l.balance != "roundrobin" and l.mode != "tcp":
+        raise ConfigError(f"{pre}--balance is only for mode tcp (routes set their own balance)")
     if l.mode == "tcp" and not l.upstreams:
-        raise ConfigError(f"{w}: mode tcp needs at least one --upstream")
+        raise ConfigError(f"{pre}mode tcp needs at least one --upstream")
     if l.mode != "tcp" and l.upstreams:
-        raise ConfigError(f"{w}: --upstream is only for mode tcp (mode is {l.mode})")
+        raise ConfigError(f"{pre}--upstream is only for mode tcp (mode is {l.mode})")
     if l.mode in ("reverse", "sni") and not l.routes:
-        raise ConfigError(f"{w}: mode {l.mode} needs at least one --route")
+        raise ConfigError(f"{pre}mode {l.mode} needs at least one --route")
     if l.mode not in ("reverse", "sni") and l.routes:
-        raise ConfigError(f"{w}: --route is only for modes reverse and sni (mode is {l.mode})")
+        raise ConfigError(f"{pre}--route is only for modes reverse and sni (mode is {l.mode})")
     for route in l.routes:
         schemes = ("tcp",) if l.mode == "sni" else ("http", "https")
         for u in route.upstreams:
             if u.scheme not in schemes:
                 raise ConfigError(
-                    f"{w}: route {route.host}{route.prefix}: {u} is not allowed in mode {l.mode} "
+                    f"{pre}route {route.host}{route.prefix}: {u} is not allowed in mode {l.mode} "
                     f"(use {' or '.join(s + '://' for s in schemes)})"
                 )
         if l.mode == "sni" and route.prefix:
-            raise ConfigError(f"{w}: route {route.host}{route.prefix}: sni routes take no path prefix")
+            raise ConfigError(f"{pre}route {route.host}{route.prefix}: sni routes take no path prefix")
         if route.weights and len(route.weights) != len(route.upstreams):
-            raise ConfigError(f"{w}: route {route.host}{route.prefix}: one weight per upstream is needed")
+            raise ConfigError(f"{pre}route {route.host}{route.prefix}: one weight per upstream is needed")
     if l.proxyProtocolSend and l.mode == "forward":
-        raise ConfigError(f"{w}: --proxy-protocol-send is not for mode forward")
+        raise ConfigError(f"{pre}--proxy-protocol-send is not for mode forward")
     if l.burst is not None and l.rate is None:
-        raise ConfigError(f"{w}: --burst needs --rate")
+        raise ConfigError(f"{pre}--burst needs --rate")
     if l.auth is not None and l.mode != "forward":
-        raise ConfigError(f"{w}: --auth is only for mode forward")
+        raise ConfigError(f"{pre}--auth is only for mode forward")
 
 
 def _applyOption(

@@ -6,7 +6,8 @@ and C{CONNECT} tunnels.
 Subclass L{ForwardProxyProtocol} and override its hooks to filter, rewrite
 or observe; set your subclass as the C{protocol} of a L{ForwardProxyFactory}
 (or subclass the factory).  Every hook may return a plain value or a
-L{Deferred} unless its docstring says otherwise.  The defaults allow
+L{Deferred} unless its docstring says it is synchronous (the per-chunk
+and notification hooks are).  The defaults allow
 everything the configured policy allows.
 """
 
@@ -15,11 +16,13 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from twisted.internet import defer
+from twisted.logger import Logger
 
 from txproxy.accesslog import AccessRecord
 from txproxy.hooks import Refuse, Target, TunnelRequest
 from txproxy.http import HTTPError, RequestHead, parseAbsoluteURI, parseAuthority, replaceHeader
 from txproxy.httpproxy import (
+    _CLOSING,
     _WAIT,
     LINGER_SECONDS,
     HTTPProxyFactory,
@@ -33,6 +36,8 @@ from txproxy.relay import RelayedProtocol
 __all__ = ["ForwardProxyProtocol", "ForwardProxyFactory", "clientInfoFor", "LINGER_SECONDS"]
 
 _CONNECTED = b"HTTP/1.1 200 Connection established\r\n\r\n"
+
+log = Logger()
 
 
 class ForwardProxyProtocol(HTTPProxyProtocol):
@@ -88,6 +93,8 @@ class ForwardProxyProtocol(HTTPProxyProtocol):
     def tunnelOpened(self, request: TunnelRequest, upstreamAddress: str) -> None:
         """
         Called once the upstream is connected and C{200} was sent.
+        Synchronous (a returned Deferred is ignored); an exception closes
+        the tunnel.
 
         @param upstreamAddress: the C{ip:port} dialled.
         """
@@ -95,7 +102,8 @@ class ForwardProxyProtocol(HTTPProxyProtocol):
     def clientData(self, data: bytes) -> bytes:
         """
         Observe or rewrite a chunk the client sent through the tunnel.
-        Called for every chunk, only when a subclass overrides it.
+        Called for every chunk, only when a subclass overrides it; must
+        answer synchronously (bytes, not a Deferred).
 
         @return: the bytes to send upstream (C{b""} to drop the chunk).
         """
@@ -104,7 +112,8 @@ class ForwardProxyProtocol(HTTPProxyProtocol):
     def upstreamData(self, data: bytes) -> bytes:
         """
         Observe or rewrite a chunk the upstream sent through the tunnel.
-        Called for every chunk, only when a subclass overrides it.
+        Called for every chunk, only when a subclass overrides it; must
+        answer synchronously (bytes, not a Deferred).
 
         @return: the bytes to send to the client.
         """
@@ -113,6 +122,7 @@ class ForwardProxyProtocol(HTTPProxyProtocol):
     def tunnelClosed(self, record: AccessRecord) -> None:
         """
         Called once when a tunnel has ended, with its access record.
+        Synchronous.
         """
 
     # -- CONNECT
@@ -140,11 +150,11 @@ class ForwardProxyProtocol(HTTPProxyProtocol):
         return self._tunnel if self._tunnel is not None else self._request
 
     def _checkTunnelPolicy(self, head: RequestHead) -> Any:
-        d = self.checkPolicy(head)
-        if d is not None:
-            return d.addCallback(lambda _: self._checkPort())
-        self._checkPort()
-        return None
+        return self.checkPolicy(head)
+
+    def checkBeforeRate(self, head: RequestHead) -> None:
+        if head.method == b"CONNECT":
+            self._checkPort()
 
     def _checkPort(self) -> None:
         tunnel = self._tunnel
@@ -193,8 +203,22 @@ class ForwardProxyProtocol(HTTPProxyProtocol):
         filterUp = self.clientData if overrides(self, "clientData", ForwardProxyProtocol) else None
         filterDown = self.upstreamData if overrides(self, "upstreamData", ForwardProxyProtocol) else None
         if overrides(self, "tunnelOpened", ForwardProxyProtocol):
-            self.tunnelOpened(tunnel, self._upstreamAddress)
+            try:
+                self.tunnelOpened(tunnel, self._upstreamAddress)
+            except Exception:
+                # The 200 is out: the only honest answer left is to close.
+                log.failure("tunnelOpened failed for {client}", client=self.client.host)
+                upstream.transport.abortConnection()  # type: ignore[union-attr]
+                self._state = _CLOSING
+                self.transport.abortConnection()  # type: ignore[attr-defined]
+                return
         self._startTunnel(upstream, b"", 200, filterUp, filterDown)
+
+    def _tunnelEnded(self, relay: Any, status: int) -> Any:
+        record = super()._tunnelEnded(relay, status)
+        if record is not None and overrides(self, "tunnelClosed", ForwardProxyProtocol):
+            self.tunnelClosed(record)
+        return record
 
     # -- absolute-URI requests
 
@@ -216,8 +240,11 @@ class ForwardProxyProtocol(HTTPProxyProtocol):
         if target.port != 80:
             hostValue = f"{hostValue}:{target.port}"
         headers = replaceHeader(head.headers, b"Host", hostValue.encode("idna") if not hostValue.isascii() else hostValue.encode())
-        if self.factory.listener.xForwardedFor:
-            chain = [v for n, v in headers if n.lower() == b"x-forwarded-for"]
+        listener = self.factory.listener
+        if listener.xForwardedFor:
+            # Kept and extended only from --trusted-proxies, else replaced.
+            trusted = bool(listener.trustedProxies) and self.client.host in listener.trustedProxies
+            chain = [v for n, v in headers if n.lower() == b"x-forwarded-for"] if trusted else []
             chain.append(self.client.host.encode("latin-1"))
             headers = replaceHeader(headers, b"X-Forwarded-For", b", ".join(chain))
         method = head.method
@@ -242,9 +269,4 @@ class ForwardProxyFactory(HTTPProxyFactory):
 
     protocol = ForwardProxyProtocol
     mode = "forward"
-
-    def requestFinished(self, proto: Any, record: AccessRecord) -> None:
-        super().requestFinished(proto, record)
-        if record.method == "CONNECT" and record.status == 200 and overrides(proto, "tunnelClosed", ForwardProxyProtocol):
-            proto.tunnelClosed(record)
 

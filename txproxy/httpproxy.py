@@ -168,7 +168,24 @@ def statusForFailure(f: Failure) -> Tuple[int, str]:
         return 504, "timed out connecting to the destination"
     if f.check(error.ConnectionRefusedError):
         return 502, "the destination refused the connection"
-    return 502, "cannot connect to the destination"
+    if f.check(error.ConnectError, error.ConnectionLost, error.ConnectionDone, OSError):
+        return 502, "cannot connect to the destination"
+    if type(f.value).__name__ == "NoHealthyBackend":
+        return 503, "no healthy backend"
+    return 500, "internal error"
+
+
+#: Failures that mean "the upstream could not be reached" (upstreamFailed).
+_UPSTREAM_FAILURES = (
+    ResolveError,
+    error.DNSLookupError,
+    error.TimeoutError,
+    defer.TimeoutError,
+    error.ConnectError,
+    error.ConnectionLost,
+    error.ConnectionDone,
+    OSError,
+)
 
 
 _OVERRIDES: Dict[Tuple[type, str, type], bool] = {}
@@ -864,6 +881,7 @@ class HTTPProxyProtocol(Protocol):
                 raise Refuse(407, "proxy authentication required")
             if self.client.user != creds[0]:
                 self.client = ClientInfo(self.client.host, self.client.port, creds[0])
+        self.checkBeforeRate(head)
         limits = factory.limits
         if limits is not None and factory.listener.rate is not None:
             d = limits.admitRequest(self.client.host)
@@ -879,6 +897,14 @@ class HTTPProxyProtocol(Protocol):
 
             return d.addCallback(checked)
         return None
+
+    def checkBeforeRate(self, head: RequestHead) -> None:
+        """
+        Mode-specific refusals that must not cost a rate-limit token (the
+        forward proxy's C{--connect-ports}).
+
+        @raise Refuse: when refused.
+        """
 
     def _limitRefusal(self, decision: Any) -> Refuse:
         if decision.reason == "max-conns":
@@ -1142,9 +1168,14 @@ class HTTPProxyProtocol(Protocol):
 
     def _watchProgress(self) -> None:
         """
-        A body is streaming: from now on the timer checks that bytes move.
+        A body is streaming: from now on the timer checks that bytes move
+        (unless C{--idle-timeout 0} disabled that).
         """
-        self._setTimer(max(self.factory.listener.idleTimeout / 4.0, 0.01), "progress")
+        idle = self.factory.listener.idleTimeout
+        if idle:
+            self._setTimer(max(idle / 4.0, 0.01), "progress")
+        else:
+            self._cancelTimer()
 
     def _registerResponseProducer(self) -> None:
         upstream = self._upstream
@@ -1275,10 +1306,10 @@ class HTTPProxyProtocol(Protocol):
             relay.clientReadLost()
         return relay
 
-    def _tunnelEnded(self, relay: Relay, status: int) -> None:
+    def _tunnelEnded(self, relay: Relay, status: int) -> Optional[AccessRecord]:
         self._bytesUp += relay.bytesUp
         self._bytesDown += relay.bytesDown
-        self._log(status, relay.closeReason or "")
+        return self._log(status, relay.closeReason or "")
 
     # -- upstream trouble
 
@@ -1380,11 +1411,10 @@ class HTTPProxyProtocol(Protocol):
         if self._state in (_LINGER, _CLOSED, _CLOSING):
             return
         status, reason = statusForFailure(f)
-        if status == 502 and not f.check(Refuse, PolicyDenied, HTTPError, ResolveError, error.ConnectError,
-                                         error.TimeoutError, defer.TimeoutError, defer.CancelledError,
-                                         error.DNSLookupError, error.ConnectionLost):
+        if status == 500:
+            # A bug (in a hook, say): log it; the client gets a plain 500.
             log.failure("Unexpected error for a request from {client}", f, client=self.client.host)
-        if status in (502, 504):
+        elif f.check(*_UPSTREAM_FAILURES):
             self.upstreamFailed(self._hookRequest(), f)
         self._refuseWith(f.value if f.check(Refuse) else Refuse(status, reason))
 
@@ -1450,12 +1480,12 @@ class HTTPProxyProtocol(Protocol):
 
     # -- logging
 
-    def _log(self, status: int, reason: str = "") -> None:
+    def _log(self, status: int, reason: str = "") -> Optional[AccessRecord]:
         head = self._head
         factory = self.factory
         if factory.accessLog is None and factory.metrics is None and not self._wantsRecord():
             factory.requestsTotal += 1
-            return
+            return None
         clock = factory.clock
         start = self._start if self._start is not None else clock.seconds()
         request = self._request
@@ -1488,6 +1518,7 @@ class HTTPProxyProtocol(Protocol):
         factory.requestFinished(self, record)
         if overrides(self, "requestFinished", HTTPProxyProtocol):
             self.requestFinished(record)
+        return record
 
     def _wantsRecord(self) -> bool:
         """
@@ -1597,7 +1628,7 @@ class HTTPProxyFactory(ServerFactory):
         self.pool = UpstreamPool(clock)  # type: ignore[arg-type]
         self.requestsTotal = 0
         self.draining = False
-        if listener.idleTimeout < self.keepAliveTimeout:
+        if listener.idleTimeout and listener.idleTimeout < self.keepAliveTimeout:
             self.keepAliveTimeout = listener.idleTimeout
 
     def reloadListener(self, listener: ListenerConfig, dryRun: bool = False) -> None:
@@ -1614,7 +1645,7 @@ class HTTPProxyFactory(ServerFactory):
             return
         self.listener = listener
         self.htpasswd = htpasswd
-        self.keepAliveTimeout = min(type(self).keepAliveTimeout, listener.idleTimeout)
+        self.keepAliveTimeout = min(type(self).keepAliveTimeout, listener.idleTimeout or type(self).keepAliveTimeout)
 
     def clientAllowed(self, host: str) -> bool:
         """

@@ -106,13 +106,29 @@ class _HalfCloseableHAProxyFactory(HAProxyWrappingFactory):
     protocol = _HalfCloseableHAProxyWrapper
 
 
-def serverEndpoint(reactor: Any, description: str) -> Any:
+def serverEndpoint(
+    reactor: Any,
+    description: str,
+    certs: Optional[str] = None,
+    clientCA: Optional[str] = None,
+    acceptableProtocols: Any = (b"http/1.1",),
+) -> Any:
     """
     Build a server endpoint from a Twisted endpoint string.  C{haproxy:}
     prefixes get a PROXY-protocol wrapper that keeps half-close working.
 
-    @raise ConfigError: the description is not a valid endpoint.
+    C{ssl:} strings, and any string when C{certs} is given, terminate TLS
+    with L{txproxy.tls.tlsServerEndpoint} (SNI certificates from C{certs},
+    optional client certificates, ALPN C{acceptableProtocols}); the result
+    is a L{txproxy.tls.TLSServerEndpoint}, whose C{reload} re-reads them.
+
+    @raise ConfigError: the description is not a valid endpoint, or its
+        certificates do not load.
     """
+    from txproxy.tls import isTLSListener, tlsServerEndpoint
+
+    if isTLSListener(description, certs):
+        return tlsServerEndpoint(reactor, description, certs, clientCA, acceptableProtocols)
     try:
         if description.startswith("haproxy:"):
             inner = serverFromString(reactor, description[len("haproxy:") :])
@@ -123,6 +139,36 @@ def serverEndpoint(reactor: Any, description: str) -> Any:
         if isinstance(e, (IOError, OSError)) and getattr(e, "strerror", None):
             detail = f"{e.strerror}: {getattr(e, 'filename', '')}".rstrip(": ")
         raise ConfigError(f"bad --listen endpoint {description!r}: {detail}")
+
+
+def listenerEndpoint(reactor: Any, description: str, listener: ListenerConfig) -> Any:
+    """
+    L{serverEndpoint} for one of C{listener}'s strings, with its TLS
+    settings: C{certs} and C{client_ca}, ALPN C{http/1.1} in the HTTP modes
+    (none in the TCP modes).  C{sni} mode passes TLS through, so a TLS
+    listener there is refused.
+
+    @raise ConfigError: as L{serverEndpoint}.
+    """
+    from txproxy.tls import isTLSListener
+
+    tls = isTLSListener(description, listener.certs)
+    if tls and listener.mode == "sni":
+        raise ConfigError(f"bad --listen endpoint {description!r}: sni mode passes TLS through; listen with tcp:, without --certs")
+    protocols = (b"http/1.1",) if listener.mode in ("forward", "reverse") else ()
+    return serverEndpoint(reactor, description, listener.certs, listener.clientCA, protocols)
+
+
+def withBacklog(description: str, backlog: int) -> str:
+    """
+    Add C{backlog=N} (C{--backlog}) to a C{tcp}, C{tcp6}, C{ssl} or C{unix}
+    endpoint string that does not set its own.
+    """
+    inner = description[len("haproxy:"):] if description.startswith("haproxy:") else description
+    kind = inner.split(":", 1)[0]
+    if kind not in ("tcp", "tcp6", "ssl", "unix") or "backlog=" in inner:
+        return description
+    return f"{description}:backlog={backlog}"
 
 
 class ListenerService(Service):
@@ -240,7 +286,10 @@ class ProxyService(MultiService):
         self.config = config
         self.reactor = reactor
         self.accessLog = openAccessLog(config.accessLog, config.accessLogFormat)
-        self.metrics: Any = None
+        from txproxy.admin import metricsFor
+
+        #: Prometheus metrics when something reads them (--admin, --workers).
+        self.metrics: Any = metricsFor(config)
         from txproxy.limiter import LimiterService
 
         #: Token buckets and connection caps, in memory or in Redis.
@@ -258,10 +307,14 @@ class ProxyService(MultiService):
             factory = _factoryFor(listener, self, reactor)
             self.factories[name] = factory
             for description in listener.listen:
-                endpoint = serverEndpoint(reactor, description)
+                endpoint = serverEndpoint(reactor, withBacklog(description, listener.backlog))
                 svc = ListenerService(description, endpoint, factory)
                 svc.setServiceParent(self)
                 self.listenerServices.append(svc)
+        from txproxy.admin import attachAdmin
+
+        #: The --admin site (/metrics, /healthz, /status); stopped after the drain.
+        self.admin = attachAdmin(self)
 
     def limitsFor(self, listener: ListenerConfig) -> Any:
         """
@@ -348,6 +401,9 @@ class ProxyService(MultiService):
                 )
             else:
                 new = self.config
+            from txproxy.tap import _checkSupported
+
+            _checkSupported(new)
             checkResources(new, self.reactor)
             self._apply(new)
         except Exception as e:
@@ -375,7 +431,10 @@ class ProxyService(MultiService):
             else:
                 build[listener.name] = listener
         # Build (may raise) before changing anything.
-        endpoints = {name: [(d, serverEndpoint(self.reactor, d)) for d in l.listen] for name, l in build.items()}
+        endpoints = {
+            name: [(d, serverEndpoint(self.reactor, withBacklog(d, l.backlog))) for d in l.listen]
+            for name, l in build.items()
+        }
         self.router.setListeners(new.listeners)
         factories = {name: _factoryFor(l, self, self.reactor) for name, l in build.items()}
         refreshed = {}
