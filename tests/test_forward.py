@@ -593,3 +593,48 @@ class HookFailureTests(ForwardTestCase):
         proto, client = self.open(factory)
         proto.dataReceived(CONNECT)
         self.assertEqual(client.value(), b"")
+
+
+class RateKeyTests(ForwardTestCase):
+    def test_rateByUser(self) -> None:
+        """
+        With --rate-key user, an authenticated user's requests share one
+        bucket from any address.
+        """
+        import base64
+
+        from txproxy.limiter import ListenerLimits, MemoryLimiter
+
+        fd, path = tempfile.mkstemp()
+        os.write(fd, b"alice:{SHA}5en6G6MezRroT3XKqkdPOmY/BfQ=\n")
+        os.close(fd)
+        self.addCleanup(os.remove, path)
+        factory = self.factory(rate="1/m", burst="1", rate_key="user", auth=path)
+        factory.limits = ListenerLimits(MemoryLimiter(self.clock), factory.listener, "t")
+        auth = b"Proxy-Authorization: Basic " + base64.b64encode(b"alice:secret") + b"\r\n"
+        request = b"CONNECT example.test:443 HTTP/1.1\r\nHost: x\r\n" + auth + b"\r\n"
+        proto, client = self.open(factory, ("10.0.0.1", 1))
+        proto.dataReceived(request)
+        self.assertEqual(client.value(), b"")
+        proto, client = self.open(factory, ("10.0.0.2", 1))
+        proto.dataReceived(request)
+        self.assertEqual(_status(client.value()), 429)
+
+    def test_rateKeyHook(self) -> None:
+        """
+        A subclass can count requests by anything, here an API key header.
+        """
+        from txproxy.limiter import ListenerLimits, MemoryLimiter
+
+        class ByKey(ForwardProxyProtocol):
+            def rateKey(self, head: Any) -> str:
+                return (head.get(b"x-api-key") or b"none").decode()
+
+        factory = self.factory(rate="1/m", burst="1", protocol=ByKey)
+        factory.limits = ListenerLimits(MemoryLimiter(self.clock), factory.listener, "t")
+        for key, expected in [(b"k1", b""), (b"k2", b""), (b"k1", b"429")]:
+            proto, client = self.open(factory)
+            proto.dataReceived(b"CONNECT example.test:443 HTTP/1.1\r\nHost: x\r\nX-API-Key: " + key + b"\r\n\r\n")
+            self.assertIn(expected, client.value())
+            if not expected:
+                self.assertEqual(client.value(), b"")

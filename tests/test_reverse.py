@@ -233,3 +233,22 @@ class HookTests(ReverseTestCase):
         self.assertEqual(self.connector.last.port, 2)
         proto, client = self.get(factory, extra=b"X-Backend: 9\r\n")
         self.assertTrue(client.value().startswith(b"HTTP/1.1 503 "))
+
+
+class RateKeyTests(ReverseTestCase):
+    def test_rateByRoute(self) -> None:
+        """
+        With --rate-key route, all clients of a route share one bucket, and
+        another route has its own.
+        """
+        from txproxy.limiter import ListenerLimits, MemoryLimiter
+
+        factory = self.factory("a.test=http://192.0.2.1:1", "b.test=http://192.0.2.2:2", rate="1/m", burst="1",
+                               rate_key="route")
+        factory.limits = ListenerLimits(MemoryLimiter(self.clock), factory.listener, "web")
+        proto, client = self.get(factory, peer=("10.0.0.1", 1))
+        self.assertEqual(client.value(), b"")
+        proto, client = self.get(factory, peer=("10.0.0.2", 1))
+        self.assertTrue(client.value().startswith(b"HTTP/1.1 429 "))
+        proto, client = self.get(factory, host=b"b.test", peer=("10.0.0.2", 1))
+        self.assertEqual(client.value(), b"")

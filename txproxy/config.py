@@ -361,6 +361,7 @@ class ListenerConfig:
     maxHeadSize: int = 65536
     backlog: int = 511
     xForwardedFor: bool = False
+    rateKey: str = "client"
 
     @property
     def effectiveBurst(self) -> int:
@@ -495,6 +496,7 @@ _LISTENER_OPTIONS: List[Tuple[str, str, _Converter, bool]] = [
     ("max-head-size", "maxHeadSize", _number(int, 256), False),
     ("backlog", "backlog", _number(int, 1), False),
     ("x-forwarded-for", "xForwardedFor", _onOff, False),
+    ("rate-key", "rateKey", _choice(("client", "user", "route")), False),
 ]
 
 _CIDR_FIELDS = {"trustedProxies", "allow", "deny", "denyDest"}
@@ -555,6 +557,10 @@ def _crossCheck(l: ListenerConfig, where: str) -> None:
         raise ConfigError(f"{pre}--x-forwarded-for is only for mode forward (mode reverse always sets it)")
     if l.trustedProxies and l.mode not in ("forward", "reverse"):
         raise ConfigError(f"{pre}--trusted-proxies is only for modes forward and reverse")
+    if l.rateKey == "user" and l.mode != "forward":
+        raise ConfigError(f"{pre}--rate-key user is only for mode forward (with --auth)")
+    if l.rateKey == "route" and l.mode != "reverse":
+        raise ConfigError(f"{pre}--rate-key route is only for mode reverse")
     if l.balance != "roundrobin" and l.mode != "tcp":
         raise ConfigError(f"{pre}--balance is only for mode tcp (routes set their own balance)")
     if l.mode == "tcp" and not l.upstreams:

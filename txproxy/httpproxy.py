@@ -883,8 +883,8 @@ class HTTPProxyProtocol(Protocol):
                 self.client = ClientInfo(self.client.host, self.client.port, creds[0])
         self.checkBeforeRate(head)
         limits = factory.limits
-        if limits is not None and factory.listener.rate is not None:
-            d = limits.admitRequest(self.client.host)
+        if limits is not None and factory.listener.rate is not None and factory.listener.rateKey != "route":
+            d = limits.admitRequest(self.rateKey(head))
             if d.called and not isinstance(d.result, Failure):
                 decision = d.result
                 if not decision.allowed:
@@ -897,6 +897,18 @@ class HTTPProxyProtocol(Protocol):
 
             return d.addCallback(checked)
         return None
+
+    def rateKey(self, head: RequestHead) -> str:
+        """
+        The token bucket a request is counted in (C{--rate}).  Runs once per
+        request when a rate is set; synchronous.  The default follows
+        C{--rate-key}: the client address, or the authenticated user name
+        (the address for anonymous requests).  Override to count by anything
+        else (an API key header, say).
+        """
+        if self.factory.listener.rateKey == "user" and self.client.user is not None:
+            return "user:" + self.client.user
+        return self.client.host
 
     def checkBeforeRate(self, head: RequestHead) -> None:
         """

@@ -145,7 +145,22 @@ class ReverseProxyProtocol(HTTPProxyProtocol):
         if route is None:
             raise Refuse(404, f"no route for {host or 'this request'}")
         self._route = route
-        return HTTPRequest(self.client, head, scheme, Target(host, port), path)
+        request = HTTPRequest(self.client, head, scheme, Target(host, port), path)
+        listener = self.factory.listener
+        limits = self.factory.limits
+        if listener.rateKey == "route" and limits is not None and listener.rate is not None:
+            # One bucket per route, shared by every client.
+            d = limits.admitRequest(f"route:{route.config.host}{route.prefix}")
+
+            def checked(decision: Any) -> HTTPRequest:
+                if not decision.allowed:
+                    raise self._limitRefusal(decision)
+                return request
+
+            if d.called:
+                return checked(d.result)
+            return d.addCallback(checked)
+        return request
 
     def poolKey(self, request: HTTPRequest) -> str:
         backend = self.chooseBackend(request, self._route)
