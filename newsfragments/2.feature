@@ -1,0 +1,1 @@
+txproxy runs as `twistd -n txproxy`: an HTTP forward proxy for CONNECT tunnels with client ACLs, htpasswd authentication, `--connect-ports`, `--deny-dest` checked on resolved addresses, connect/header timeouts, head size limit, access logs (combined or JSON), drain on SIGTERM, and a relay with flow control, half-close and idle timeouts shared by every mode.

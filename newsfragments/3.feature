@@ -1,0 +1,1 @@
+Forward mode proxies absolute-URI HTTP/1.1 requests: strict parsing (request smuggling cases are 400), streamed Content-Length, chunked and close-delimited bodies, keep-alive and pipelining, a pooled upstream connection cache, hop-by-hop header rules, Via, optional X-Forwarded-For, and hooks to allow, rewrite and observe requests and responses.

@@ -1,0 +1,1 @@
+`--rate`/`--burst`, `--max-conns` and `--max-conns-per-client` limit clients (429 with Retry-After, 503), per client, per authenticated user (`--rate-key user`) or per route (`--rate-key route`), in memory or shared through Redis (`--redis`), falling back to local limits while Redis is unreachable.
