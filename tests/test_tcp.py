@@ -647,3 +647,36 @@ class ServiceTests(SynchronousTestCase):
             (factory,) = service.factories.values()
             self.assertIsInstance(factory, cls)
             self.assertIs(factory.router, service.router)
+
+
+class _Metrics:
+    def __init__(self) -> None:
+        self.events: List[Any] = []
+
+    def connectionOpened(self, listener: Any) -> None:
+        self.events.append("opened")
+
+    def connectionClosed(self, listener: Any) -> None:
+        self.events.append("closed")
+
+    def upstreamConnected(self, listener: Any, seconds: float) -> None:
+        self.events.append(("connected", seconds))
+
+    def requestFinished(self, listener: Any, record: AccessRecord) -> None:
+        self.events.append(("finished", record.status, record.bytesUp))
+
+
+class MetricsTests(TCPTestCase):
+    def test_metricsEvents(self) -> None:
+        """
+        The factory reports each connection's opening, its upstream connect
+        time, its record and its closing to the metrics.
+        """
+        factory = self.factory()
+        factory.metrics = metrics = _Metrics()
+        proto, client = self.open(factory)
+        self.clock.advance(0.25)
+        self.connector.last.succeed()
+        proto.dataReceived(b"abc")
+        client.peerClosed()
+        self.assertEqual(metrics.events, ["opened", ("connected", 0.25), ("finished", 200, 3), "closed"])

@@ -128,13 +128,6 @@ def parseTCPDescription(description: str) -> Optional[Tuple[str, int, Optional[f
     return host, port, timeout
 
 
-class NoOriginalDestination(Exception):
-    """
-    A transparent-mode connection whose original destination is unknown
-    (it was not redirected, or conntrack has no entry for it).
-    """
-
-
 @implementer(IHalfCloseableProtocol)
 class UpstreamProtocol(RelayedProtocol):
     """
@@ -443,6 +436,9 @@ class _RelayingProtocol(Protocol):
             self._pool.reportConnectSuccess(backend)
             if self.target == "-":
                 self.target = backend.key
+        factory = self.factory
+        if factory.metrics is not None:
+            factory.metrics.upstreamConnected(factory.listener, factory.clock.seconds() - self._start)
         self._startRelay(upstream)
 
     # -- relaying
@@ -706,7 +702,7 @@ class RelayingFactory(ServerFactory):
         self._acl = bool(listener.allow or listener.deny)
         # Dial IP literals with connectTCP directly when the connector is the
         # stock one (tests pass fakes, which get the endpoint path).
-        if type(connector) is Connector:
+        if type(connector) is Connector and hasattr(connector.reactor, "connectTCP"):
             self._reactor = connector.reactor
             self._bindAddress = (connector.bindAddress, 0) if connector.bindAddress else None
         else:
