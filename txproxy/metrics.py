@@ -41,9 +41,17 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import generate_latest
+
+try:
+    from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4 as CONTENT_TYPE_LATEST
+except ImportError:  # prometheus-client before 0.22: the latest was 0.0.4
+    from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+#: The content type of L{Metrics.exposition}: the classic text format
+#: (version 0.0.4), which every Prometheus version reads.
 
 __all__ = [
     "Metrics",
@@ -100,19 +108,21 @@ class ListenerStats:
         self.connectTime: Any = None
         self.headTime: Any = None
 
-    def liveBytes(self) -> Tuple[int, int]:
-        """
-        Bytes moved so far by relays that have not finished (their bytes are
-        not yet in L{bytesUp}/L{bytesDown}).
-        """
-        up = down = 0
-        for factory in self.factories:
-            for proto in list(getattr(factory, "protocols", ())):
-                relay = getattr(proto, "relay", None)
-                if relay is not None and relay.endedAt is None:
-                    up += relay.bytesUp
-                    down += relay.bytesDown
-        return up, down
+
+
+def _liveBytes(factory: Any) -> Tuple[int, int]:
+    """
+    Bytes moved so far by the relays of C{factory}'s open connections that
+    have not finished (a finished relay's bytes are in its access record,
+    hence already in the totals).
+    """
+    up = down = 0
+    for proto in list(getattr(factory, "protocols", ())):
+        relay = getattr(proto, "relay", None)
+        if relay is not None and relay.endedAt is None:
+            up += relay.bytesUp
+            down += relay.bytesDown
+    return up, down
 
 
 class _Collector:
@@ -143,13 +153,14 @@ class _Collector:
             "(open tunnels included).",
             labels=base + ["direction"],
         )
+        live = m.liveBytes()
         for stats in m.listeners():
             labels = [stats.name, stats.mode, worker]
             conns.add_metric(labels, stats.opened)
             active.add_metric(labels, stats.opened - stats.closed)
             for (method, code), n in list(stats.requests.items()):
                 reqs.add_metric(labels + [method, code], n)
-            liveUp, liveDown = stats.liveBytes()
+            liveUp, liveDown = live.get(stats, (0, 0))
             nbytes.add_metric(labels + ["upstream"], stats.bytesUp + liveUp)
             nbytes.add_metric(labels + ["downstream"], stats.bytesDown + liveDown)
         yield conns
@@ -164,6 +175,18 @@ class _Collector:
                                     labels=["worker"])
         started.add_metric([worker], m.startTime)
         yield started
+
+        ok, failed, last = m.reloadState()
+        reloads = CounterMetricFamily("txproxy_reloads", "Configuration reloads (SIGHUP), by result.",
+                                      labels=["worker", "result"])
+        reloads.add_metric([worker, "success"], ok)
+        reloads.add_metric([worker, "failure"], failed)
+        yield reloads
+        lastOK = GaugeMetricFamily("txproxy_last_reload_success_timestamp_seconds",
+                                   "When the configuration was last loaded successfully (POSIX time; "
+                                   "the start time until the first reload).", labels=["worker"])
+        lastOK.add_metric([worker], last)
+        yield lastOK
 
         yield from self._limiter(worker)
         yield from self._backends(worker)
@@ -250,6 +273,8 @@ class Metrics:
         self.backendSources: List[Callable[[], Iterable[BackendState]]] = []
         self.limiterSource: Optional[Callable[[], Any]] = None
         self.drainingSource: Optional[Callable[[], bool]] = None
+        self.reloadSource: Optional[Callable[[], Any]] = None
+        self.factorySource: Optional[Callable[[], Iterable[Any]]] = None
         self._byListener: Dict[int, Tuple[Any, ListenerStats]] = {}
         self._byName: Dict[Tuple[str, str], ListenerStats] = {}
         self.registry.register(_Collector(self))
@@ -267,14 +292,9 @@ class Metrics:
             "Seconds from sending a request upstream to receiving its response head.",
             ["listener", "mode", "worker"], buckets=LATENCY_BUCKETS, registry=self.registry,
         )
-        self._reloads = Counter("txproxy_reloads", "Configuration reloads (SIGHUP), by result.",
-                                ["result", "worker"], registry=self.registry)
-        self._reloadsOK = self._reloads.labels("success", worker)
-        self._reloadsFailed = self._reloads.labels("failure", worker)
-        self._lastReload = Gauge("txproxy_last_reload_success_timestamp_seconds",
-                                 "When the configuration was last loaded successfully (POSIX time).",
-                                 ["worker"], registry=self.registry).labels(worker)
-        self._lastReload.set(self.startTime)
+        self.reloadsSucceeded = 0
+        self.reloadsFailed = 0
+        self.lastReloadTime = self.startTime
 
     # -- binding
 
@@ -288,7 +308,9 @@ class Metrics:
         @param factory: the protocol factory serving it; its open
             connections' relays are read at scrape time.
         """
-        name = name or getattr(listener, "name", "") or "default"
+        # An unnamed listener only comes from flags, which make exactly one:
+        # the service calls it listener0.
+        name = name or getattr(listener, "name", "") or "listener0"
         mode = mode or getattr(listener, "mode", "") or "forward"
         stats = self._byName.get((name, mode))
         if stats is None:
@@ -378,14 +400,66 @@ class Metrics:
         """
         A configuration reload was applied.
         """
-        self._reloadsOK.inc()
-        self._lastReload.set(when if when is not None else time.time())
+        self.reloadsSucceeded += 1
+        self.lastReloadTime = when if when is not None else time.time()
 
     def reloadFailed(self) -> None:
         """
         A configuration reload was rejected (the old configuration serves on).
         """
-        self._reloadsFailed.inc()
+        self.reloadsFailed += 1
+
+    def reloadState(self) -> Tuple[int, int, float]:
+        """
+        C{(successes, failures, POSIX time of the last success)}: from the
+        reload source when one is set (see L{setReloadSource}), else from
+        L{reloadSucceeded} and L{reloadFailed}.
+        """
+        source = self.reloadSource() if self.reloadSource is not None else None
+        if source is None:
+            return self.reloadsSucceeded, self.reloadsFailed, self.lastReloadTime
+        last = getattr(source, "lastReload", None)
+        return (getattr(source, "reloads", 0), getattr(source, "reloadFailures", 0),
+                last if last is not None else self.startTime)
+
+    def setReloadSource(self, source: Callable[[], Any]) -> None:
+        """
+        Register C{source}, returning an object with C{reloads},
+        C{reloadFailures} and C{lastReload} (POSIX seconds or L{None})
+        counters, read at scrape time (the L{ProxyService} keeps them).
+        """
+        self.reloadSource = source
+
+    def setFactorySource(self, source: Callable[[], Iterable[Any]]) -> None:
+        """
+        Register C{source}, returning the protocol factories serving now
+        (each with C{listener} and C{protocols}); read at scrape time for
+        the bytes of open tunnels.
+        """
+        self.factorySource = source
+
+    def liveBytes(self) -> Dict[ListenerStats, Tuple[int, int]]:
+        """
+        Bytes of unfinished relays, by listener stats.
+        """
+        seen = set()
+        out: Dict[ListenerStats, Tuple[int, int]] = {}
+        pairs: List[Tuple[ListenerStats, Any]] = []
+        for stats in self._byName.values():
+            for factory in stats.factories:
+                pairs.append((stats, factory))
+        if self.factorySource is not None:
+            for factory in self.factorySource():
+                pairs.append((self.statsFor(factory.listener), factory))
+        for stats, factory in pairs:
+            if id(factory) in seen:
+                continue
+            seen.add(id(factory))
+            up, down = _liveBytes(factory)
+            if up or down:
+                u, d = out.get(stats, (0, 0))
+                out[stats] = (u + up, d + down)
+        return out
 
     def isDraining(self) -> bool:
         return bool(self.drainingSource()) if self.drainingSource is not None else False

@@ -151,9 +151,6 @@ def _checkSupported(config: _config.ProxyConfig) -> None:
         ):
             if value is not None:
                 raise ConfigError(f"--{option} is not supported yet")
-    for option, value in (("admin", config.admin),):
-        if value:
-            raise ConfigError(f"--{option} is not supported yet")
     if config.workers != 1:
         raise ConfigError("--workers is not supported yet")
 

@@ -1,0 +1,128 @@
+# -*- test-case-name: tests.test_integration_ops -*-
+"""
+Integration tests for operations: real C{twistd -n txproxy} processes, the
+admin endpoint over real HTTP, drain on SIGTERM, and C{--workers}.
+Every process is stopped by its PID; every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import time
+import urllib.error
+import urllib.request
+from typing import Any, Dict, List, Optional, Tuple
+
+from prometheus_client.parser import text_string_to_metric_families
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.procs import ThreadedServer, Twistd, connectThrough, echoHandler, freePort, waitForPort
+
+
+def fetch(port: int, path: str, accept: str = "*/*", timeout: float = 5.0) -> Tuple[int, Dict[str, str], bytes]:
+    """
+    GET C{path} from the admin endpoint on loopback C{port}.
+    """
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers={"Accept": accept})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, {k.lower(): v for k, v in resp.headers.items()}, resp.read()
+    except urllib.error.HTTPError as e:
+        return e.code, {k.lower(): v for k, v in e.headers.items()}, e.read()
+
+
+def metricValues(text: str, name: str, **labels: str) -> List[float]:
+    out = []
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                out.append(s.value)
+    return out
+
+
+def waitUntil(predicate: Any, timeout: float = 10.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class AdminIntegrationTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.echo = ThreadedServer(echoHandler)
+        self.addCleanup(self.echo.stop)
+        self.port, self.adminPort = freePort(), freePort()
+        self.proxy = Twistd(
+            ["--listen", f"tcp:{self.port}:interface=127.0.0.1", "--connect-ports", "*",
+             "--admin", f"tcp:{self.adminPort}:interface=127.0.0.1", "--drain-timeout", "10"],
+            self.port,
+        ).start()
+        self.addCleanup(self.proxy.stop)
+        waitForPort(self.adminPort, proc=self.proxy.proc)
+
+    def test_adminEndpointsOverHTTP(self) -> None:
+        """
+        A real proxy serves C{/healthz} (200), C{/metrics} (parsable, with a
+        tunnel's connection and bytes counted while it is open) and
+        C{/status} (JSON and HTML).
+        """
+        self.assertEqual(fetch(self.adminPort, "/healthz")[:3:2], (200, b"ok\n"))
+        # waitForPort's probe was a connection too.
+        before = metricValues(fetch(self.adminPort, "/metrics")[2].decode(), "txproxy_connections_total")[0]
+        sock, status, _ = connectThrough(self.port, f"127.0.0.1:{self.echo.port}")
+        self.assertEqual(status, 200)
+        sock.sendall(b"x" * 1000)
+        got = b""
+        while len(got) < 1000:
+            got += sock.recv(65536)
+        status, headers, body = fetch(self.adminPort, "/metrics")
+        self.assertEqual(status, 200)
+        text = body.decode()
+        self.assertEqual(metricValues(text, "txproxy_connections_total", mode="forward"), [before + 1])
+        self.assertEqual(metricValues(text, "txproxy_active_connections"), [1.0])
+        self.assertEqual(metricValues(text, "txproxy_bytes_total", direction="upstream"), [1000.0])
+        self.assertEqual(metricValues(text, "txproxy_bytes_total", direction="downstream"), [1000.0])
+        sock.close()
+        text = waitUntil(lambda: (lambda t: t if metricValues(t, "txproxy_requests_total", code="200") == [1.0] else None)(
+            fetch(self.adminPort, "/metrics")[2].decode()), what="the tunnel's request to be counted")
+        self.assertEqual(metricValues(text, "txproxy_bytes_total", direction="upstream"), [1000.0])
+        status, headers, body = fetch(self.adminPort, "/status", "application/json")
+        data = json.loads(body)
+        self.assertEqual(data["listeners"][0]["mode"], "forward")
+        self.assertEqual(data["listeners"][0]["addresses"][0]["bound"], f"127.0.0.1:{self.port}")
+        status, headers, body = fetch(self.adminPort, "/status", "text/html")
+        self.assertTrue(headers["content-type"].startswith("text/html"))
+        self.assertIn(b"txproxy status", body)
+
+    def test_drainHealthz503ThenExit0(self) -> None:
+        """
+        On SIGTERM with a tunnel open: the proxy port refuses at once,
+        C{/healthz} answers 503 while the tunnel finishes, and the process
+        exits 0 once it has.
+        """
+        sock, status, _ = connectThrough(self.port, f"127.0.0.1:{self.echo.port}")
+        self.assertEqual(status, 200)
+        self.proxy.signal(signal.SIGTERM)
+        waitUntil(lambda: fetch(self.adminPort, "/healthz")[0] == 503, what="/healthz 503")
+
+        def refused() -> bool:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return False
+            except OSError:
+                return True
+
+        waitUntil(refused, what="the proxy port to refuse")
+        sock.sendall(b"still here")
+        self.assertEqual(sock.recv(100), b"still here")
+        self.assertEqual(fetch(self.adminPort, "/healthz")[0], 503)
+        sock.shutdown(socket.SHUT_WR)
+        sock.recv(100)
+        sock.close()
+        self.assertEqual(self.proxy.wait(15), 0)
