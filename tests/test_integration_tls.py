@@ -1,0 +1,353 @@
+# -*- test-case-name: tests.test_integration_tls -*-
+"""
+Real-socket tests of L{txproxy.tls}: a TLS listener built by
+L{txproxy.tls.tlsServerEndpoint} in a subprocess (this module run as a
+script: a tiny HTTP server answering with the certificate names it served,
+C{421} for a Host outside them, reloading its certificates on C{SIGHUP}),
+probed with C{openssl s_client}, C{curl} and Python's C{ssl}.
+
+The reverse proxy that will use this listener is not part of this module;
+once C{twistd txproxy --mode reverse} exists, its own integration tests
+cover the whole path.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, Optional, Sequence
+
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
+
+from tests.procs import REPO, TestCA
+
+_TIMEOUT = 20.0
+
+
+def _need(tool: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        raise SkipTest(f"{tool} is not installed")
+    return path
+
+
+class TLSServerProcess:
+    """
+    This module run as a TLS HTTP server in a subprocess.
+
+    @ivar port: its listening port, once started.
+    """
+
+    def __init__(self, description: str, certsDir: Optional[str], clientCA: Optional[str] = None) -> None:
+        self.description = description
+        self.certsDir = certsDir
+        self.clientCA = clientCA
+        self.dir = tempfile.mkdtemp(prefix="txproxy-tls-server-")
+        self.stdoutPath = os.path.join(self.dir, "stdout.log")
+        self.stderrPath = os.path.join(self.dir, "stderr.log")
+        self.proc: Optional[subprocess.Popen] = None
+        self.port = 0
+
+    def start(self) -> "TLSServerProcess":
+        env = dict(os.environ)
+        env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+        args = [sys.executable, "-m", "tests.test_integration_tls", self.description, self.certsDir or "", self.clientCA or ""]
+        with open(self.stdoutPath, "wb") as out, open(self.stderrPath, "wb") as err:
+            self.proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+        line = self.waitForLine(r"^listening (\d+)$")
+        self.port = int(line.split()[1])
+        return self
+
+    def output(self) -> str:
+        with open(self.stdoutPath, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+
+    def waitForLine(self, pattern: str, after: int = 0) -> str:
+        """
+        Wait for a line of output matching C{pattern}, among the lines past
+        the first C{after}.
+        """
+        assert self.proc is not None
+        deadline = time.monotonic() + _TIMEOUT
+        while time.monotonic() < deadline:
+            for line in self.output().splitlines()[after:]:
+                if re.match(pattern, line):
+                    return line
+            if self.proc.poll() is not None:
+                with open(self.stderrPath, "rb") as f:
+                    err = f.read().decode("utf-8", "replace")
+                raise RuntimeError(f"TLS server exited with {self.proc.returncode}: {err[-2000:]}")
+            time.sleep(0.05)
+        raise RuntimeError(f"no line matching {pattern!r} in {self.output()!r}")
+
+    def reload(self) -> str:
+        """
+        Send C{SIGHUP}; return the server's report (C{reloaded} or
+        C{reload failed: ...}).
+        """
+        assert self.proc is not None
+        before = len(self.output().splitlines())
+        os.kill(self.proc.pid, signal.SIGHUP)
+        return self.waitForLine(r"^reload", before)
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        shutil.rmtree(self.dir, True)
+
+
+def sClient(port: int, serverName: Optional[str], caPath: str, extra: Sequence[str] = ()) -> "subprocess.CompletedProcess[str]":
+    """
+    Run C{openssl s_client} against the server; return its result.
+    """
+    args = [_need("openssl"), "s_client", "-connect", f"127.0.0.1:{port}", "-CAfile", caPath, "-verify_return_error"]
+    args += ["-servername", serverName] if serverName else ["-noservername"]
+    args += list(extra)
+    return subprocess.run(args, input="", capture_output=True, text=True, timeout=_TIMEOUT)
+
+
+def subjectCN(output: str) -> Optional[str]:
+    """
+    The leaf certificate's CN in C{openssl s_client} output.
+    """
+    m = re.search(r"^subject=.*?CN ?= ?([^,\n/]+)", output, re.MULTILINE)
+    return m.group(1).strip() if m else None
+
+
+def curl(port: int, name: str, caPath: str, extra: Sequence[str] = ()) -> "subprocess.CompletedProcess[str]":
+    """
+    C{curl https://NAME:PORT/} with NAME resolved to the loopback address,
+    printing the body then the status code.
+    """
+    args = [_need("curl"), "-sS", "--max-time", "10", "--resolve", f"{name}:{port}:127.0.0.1", "--cacert", caPath]
+    args += ["-w", "\n%{http_code}\n", *extra, f"https://{name}:{port}/"]
+    return subprocess.run(args, capture_output=True, text=True, timeout=_TIMEOUT)
+
+
+class TLSListenerIntegrationTests(SynchronousTestCase):
+    """
+    A real listener: C{ssl:} with its own certificate (own.test) plus a
+    C{--certs} folder with a.test and b.test.
+    """
+
+    def setUp(self) -> None:
+        _need("openssl")
+        _need("curl")
+        self.ca = TestCA()
+        self.addCleanup(shutil.rmtree, self.ca.dir, True)
+        self.certs = tempfile.mkdtemp(prefix="txproxy-certs-")
+        self.addCleanup(shutil.rmtree, self.certs, True)
+        self.ca.issue(["a.test"], os.path.join(self.certs, "a.pem"))
+        self.ca.issue(["b.test", "*.b.test"], os.path.join(self.certs, "b.pem"))
+        own = self.ca.issue(["own.test"], "own.pem")
+        self.server = TLSServerProcess(f"ssl:0:privateKey={own}:interface=127.0.0.1", self.certs)
+        self.addCleanup(self.server.stop)
+        self.server.start()
+
+    def test_sClientSeesCertificateBySNI(self) -> None:
+        """
+        C{openssl s_client -servername} gets the certificate for that name,
+        verified against the test CA, with ALPN C{http/1.1}.
+        """
+        for name, cn in (("a.test", "a.test"), ("b.test", "b.test"), ("x.b.test", "b.test"), ("own.test", "own.test")):
+            result = sClient(self.server.port, name, self.ca.caPath, ["-alpn", "h2,http/1.1"])
+            self.assertEqual(subjectCN(result.stdout), cn, result.stdout + result.stderr)
+            self.assertIn("Verify return code: 0 (ok)", result.stdout)
+            self.assertIn("ALPN protocol: http/1.1", result.stdout)
+
+    def test_sClientDefaultCertificate(self) -> None:
+        """
+        Without SNI, or with an unknown name, the listener's own certificate
+        is served.
+        """
+        for name in (None, "unknown.test"):
+            result = sClient(self.server.port, name, self.ca.caPath, ["-verify_return_error"])
+            self.assertEqual(subjectCN(result.stdout), "own.test", result.stdout + result.stderr)
+
+    def test_oldProtocolsRefused(self) -> None:
+        """
+        TLS 1.1 is refused; TLS 1.2 and 1.3 are accepted.
+        """
+        old = sClient(self.server.port, "a.test", self.ca.caPath, ["-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0"])
+        self.assertNotEqual(old.returncode, 0)
+        self.assertIsNone(subjectCN(old.stdout))
+        for flag, version in (("-tls1_2", "TLSv1.2"), ("-tls1_3", "TLSv1.3")):
+            result = sClient(self.server.port, "a.test", self.ca.caPath, [flag])
+            self.assertIn(f"New, {version}, Cipher", result.stdout, result.stderr)
+
+    def test_curl(self) -> None:
+        """
+        curl with C{--resolve} and the test CA reaches each name and the
+        server learns which certificate it served.
+        """
+        for name, names in (("a.test", "a.test"), ("b.test", "*.b.test,b.test"), ("x.b.test", "*.b.test,b.test")):
+            result = curl(self.server.port, name, self.ca.caPath)
+            self.assertEqual(result.returncode, 0, result.stderr)
+            body, code = result.stdout.rstrip("\n").rsplit("\n", 1)
+            self.assertEqual(code, "200")
+            self.assertIn(f"names={names} ", body)
+            self.assertIn(f"sni={name} ", body)
+            self.assertIn("alpn=http/1.1", body)
+
+    def test_domainFronting421(self) -> None:
+        """
+        A request whose Host is not a name of the certificate served on its
+        connection gets C{421}.
+        """
+        result = curl(self.server.port, "a.test", self.ca.caPath, ["-H", "Host: b.test"])
+        self.assertEqual(result.stdout.rstrip("\n").rsplit("\n", 1)[1], "421")
+        result = curl(self.server.port, "x.b.test", self.ca.caPath, ["-H", "Host: y.b.test"])
+        self.assertEqual(result.stdout.rstrip("\n").rsplit("\n", 1)[1], "200")
+
+    def test_reloadOnSIGHUP(self) -> None:
+        """
+        After C{SIGHUP} new connections see a certificate added to the
+        folder, a connection opened before keeps working, and a broken file
+        makes the reload fail while the old certificates stay in use.
+        """
+        context = ssl.create_default_context(cafile=self.ca.caPath)
+        raw = socket.create_connection(("127.0.0.1", self.server.port), timeout=_TIMEOUT)
+        old = context.wrap_socket(raw, server_hostname="a.test")
+        self.addCleanup(old.close)
+        self.assertTrue(_request(old, "a.test").startswith(b"HTTP/1.1 200"))
+
+        self.ca.issue(["c.test"], os.path.join(self.certs, "c.pem"))
+        self.assertEqual(self.server.reload(), "reloaded")
+        result = sClient(self.server.port, "c.test", self.ca.caPath)
+        self.assertEqual(subjectCN(result.stdout), "c.test", result.stdout + result.stderr)
+        response = _request(old, "a.test")
+        self.assertTrue(response.startswith(b"HTTP/1.1 200"), response)
+        self.assertIn(b"names=a.test ", response)
+
+        with open(os.path.join(self.certs, "d.pem"), "w") as f:
+            f.write("not a certificate\n")
+        report = self.server.reload()
+        self.assertTrue(report.startswith("reload failed: "), report)
+        self.assertIn("d.pem", report)
+        for name in ("a.test", "c.test"):
+            result = sClient(self.server.port, name, self.ca.caPath)
+            self.assertEqual(subjectCN(result.stdout), name, result.stdout + result.stderr)
+
+
+class ClientCertificateIntegrationTests(SynchronousTestCase):
+    """
+    A C{tcp:} listener with C{--certs} and a client CA.
+    """
+
+    def test_clientCertificate(self) -> None:
+        """
+        curl without a client certificate fails; with one from the CA it
+        gets through.
+        """
+        _need("curl")
+        ca = TestCA()
+        self.addCleanup(shutil.rmtree, ca.dir, True)
+        certs = tempfile.mkdtemp(prefix="txproxy-certs-")
+        self.addCleanup(shutil.rmtree, certs, True)
+        ca.issue(["a.test"], os.path.join(certs, "a.pem"))
+        client = ca.issue(["client.test"], "client.pem")
+        server = TLSServerProcess("tcp:0:interface=127.0.0.1", certs, ca.caPath)
+        self.addCleanup(server.stop)
+        server.start()
+        refused = curl(server.port, "a.test", ca.caPath)
+        self.assertNotEqual(refused.returncode, 0)
+        accepted = curl(server.port, "a.test", ca.caPath, ["--cert", client, "--key", client])
+        self.assertEqual(accepted.returncode, 0, accepted.stderr)
+        self.assertIn("names=a.test ", accepted.stdout)
+
+
+def _request(sock: Any, host: str) -> bytes:
+    """
+    Send one keep-alive request on C{sock}; return the whole response.
+    """
+    sock.sendall(f"GET / HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(re.search(rb"Content-Length: (\d+)", head).group(1))  # type: ignore[union-attr]
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return head + b"\r\n\r\n" + body
+
+
+def _serve(description: str, certsDir: Optional[str], clientCA: Optional[str]) -> None:
+    """
+    The subprocess: listen with L{tlsServerEndpoint} and answer every
+    request with what the HTTP layer can learn about its TLS connection.
+    """
+    from twisted.internet import reactor
+    from twisted.internet.protocol import Factory, Protocol
+
+    from txproxy.tls import hostMatchesNames, requestedServerName, servedNames, tlsServerEndpoint
+
+    class Responder(Protocol):
+        buffer = b""
+
+        def dataReceived(self, data: bytes) -> None:
+            self.buffer += data
+            while b"\r\n\r\n" in self.buffer:
+                head, _, self.buffer = self.buffer.partition(b"\r\n\r\n")
+                host = ""
+                for line in head.split(b"\r\n")[1:]:
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"host":
+                        host = value.strip().decode("latin-1")
+                names = servedNames(self.transport)
+                if hostMatchesNames(host, names):
+                    status = b"200 OK"
+                else:
+                    status = b"421 Misdirected Request"
+                alpn = getattr(self.transport, "negotiatedProtocol", None) or b"-"
+                body = (
+                    f"names={','.join(sorted(names))} sni={requestedServerName(self.transport)} alpn={alpn.decode()}\n"
+                ).encode()
+                self.transport.write(
+                    b"HTTP/1.1 " + status + b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+                )
+
+    endpoint = tlsServerEndpoint(reactor, description, certsDir or None, clientCA or None)
+
+    def listening(port: Any) -> None:
+        print(f"listening {port.getHost().port}", flush=True)
+
+    def failed(f: Any) -> None:
+        print(f"failed {f.getErrorMessage()}", flush=True)
+        reactor.stop()
+
+    def reload() -> None:
+        try:
+            endpoint.reload()
+        except Exception as e:
+            print(f"reload failed: {e}", flush=True)
+        else:
+            print("reloaded", flush=True)
+
+    signal.signal(signal.SIGHUP, lambda *a: reactor.callFromThread(reload))
+    endpoint.listen(Factory.forProtocol(Responder)).addCallbacks(listening, failed)
+    reactor.run()
+
+
+if __name__ == "__main__":
+    _serve(sys.argv[1], sys.argv[2], sys.argv[3])
