@@ -126,3 +126,104 @@ class AdminIntegrationTests(SynchronousTestCase):
         sock.recv(100)
         sock.close()
         self.assertEqual(self.proxy.wait(15), 0)
+
+
+def statusJSON(adminPort: int) -> Dict[str, Any]:
+    return json.loads(fetch(adminPort, "/status", "application/json")[2])
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is not alive for our purposes.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+class WorkersIntegrationTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.echo = ThreadedServer(echoHandler)
+        self.addCleanup(self.echo.stop)
+        self.port, self.adminPort = freePort(), freePort()
+        self.proxy = Twistd(
+            ["--listen", f"tcp:{self.port}:interface=127.0.0.1", "--connect-ports", "*", "--workers", "2",
+             "--admin", f"tcp:{self.adminPort}:interface=127.0.0.1", "--drain-timeout", "5"],
+        ).start()
+        self.addCleanup(self._stop)
+        waitForPort(self.adminPort, proc=self.proxy.proc, timeout=30)
+        # Both workers up and listening (each reports its listener bound).
+        waitUntil(lambda: self._listening() == 2, timeout=30, what="two workers listening")
+
+    def _listening(self) -> int:
+        data = statusJSON(self.adminPort)
+        return sum(1 for w in data["workers"] if w.get("status") and w["status"]["listeners"][0]["addresses"][0]["listening"])
+
+    def _stop(self) -> None:
+        pids = [w["pid"] for w in statusJSON(self.adminPort)["workers"] if w["pid"]] if self.proxy.proc.poll() is None else []
+        self.proxy.stop()
+        for pid in pids:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+    def tunnel(self) -> None:
+        sock, status, _ = connectThrough(self.port, f"127.0.0.1:{self.echo.port}")
+        self.assertEqual(status, 200)
+        sock.sendall(b"ping")
+        self.assertEqual(sock.recv(10), b"ping")
+        sock.close()
+
+    def test_workersShareThePortAndMetricsSayWhich(self) -> None:
+        """
+        With C{--workers 2} both workers accept on the one port, and the
+        supervisor's C{/metrics} counts each worker's connections under its
+        C{worker} label.
+        """
+        for _ in range(40):
+            self.tunnel()
+
+        def perWorker() -> Any:
+            text = fetch(self.adminPort, "/metrics")[2].decode()
+            counts = {}
+            for family in text_string_to_metric_families(text):
+                for s in family.samples:
+                    if s.name == "txproxy_requests_total" and s.labels.get("code") == "200":
+                        counts[s.labels["worker"]] = counts.get(s.labels["worker"], 0) + s.value
+            return counts if sum(counts.values()) == 40 else None
+
+        counts = waitUntil(perWorker, what="40 requests counted")
+        self.assertEqual(sorted(counts), ["1", "2"])
+        self.assertTrue(all(v > 0 for v in counts.values()), counts)
+
+    def test_killedWorkerIsRestarted(self) -> None:
+        """
+        A worker killed by its PID is replaced by a new process in its slot,
+        and the proxy keeps serving.
+        """
+        before = statusJSON(self.adminPort)["workers"]
+        victim = before[0]["pid"]
+        os.kill(victim, signal.SIGKILL)
+
+        def replaced() -> Any:
+            w = statusJSON(self.adminPort)["workers"][0]
+            return w if w["running"] and w["pid"] not in (None, victim) else None
+
+        w = waitUntil(replaced, timeout=20, what="the worker to be restarted")
+        self.assertEqual(w["restarts"], 1)
+        self.assertEqual(w["lastExit"], "signal 9")
+        waitUntil(lambda: self._listening() == 2, timeout=30, what="the new worker to listen")
+        for _ in range(5):
+            self.tunnel()
+
+    def test_sigtermExits0AndStopsWorkers(self) -> None:
+        """
+        SIGTERM to the supervisor stops every worker and exits 0.
+        """
+        pids = [w["pid"] for w in statusJSON(self.adminPort)["workers"]]
+        self.proxy.signal(signal.SIGTERM)
+        self.assertEqual(self.proxy.wait(20), 0)
+        waitUntil(lambda: not any(alive(p) for p in pids), timeout=5, what="the workers to exit")

@@ -228,8 +228,11 @@ def attachAdmin(service: Any) -> Optional[AdminService]:
     Reads the service's C{metrics}, C{factories}, C{config}, and, when they
     exist, C{limiter} and C{router}.
     """
-    from txproxy.workers import workerAdminEndpoint, workerId
+    from txproxy.workers import setUpWorkerProcess, workerAdminEndpoint, workerId
 
+    if workerId() is not None:
+        # The worker side of --workers: die with the supervisor.
+        setUpWorkerProcess()
     metrics = getattr(service, "metrics", None)
     if metrics is not None:
         for index, (name, factory) in enumerate(service.factories.items()):

@@ -184,7 +184,10 @@ class ListenerService(Service):
 
     def __init__(self, description: str, endpoint: Any, factory: Any) -> None:
         self.description = description
-        self.endpoint = endpoint
+        from txproxy.workers import reusePortIfWorker
+
+        # In a --workers worker, TCP ports are bound with SO_REUSEPORT.
+        self.endpoint = reusePortIfWorker(endpoint)
         self.factory = factory
 
     def privilegedStartService(self) -> None:
@@ -541,8 +544,14 @@ class ProxyService(MultiService):
         return defer.gatherResults(results, consumeErrors=True)
 
 
-def makeService(config: ProxyConfig, reactor: Any = None) -> ProxyService:
+def makeService(config: ProxyConfig, reactor: Any = None) -> Any:
     """
-    Build the proxy service for C{config}.
+    Build the proxy service for C{config}: a L{ProxyService}, or with
+    C{--workers} N > 1 the supervisor that runs N of them
+    (L{txproxy.workers.WorkerSupervisor}).
     """
+    from txproxy.workers import WorkerSupervisor, workerId
+
+    if config.workers > 1 and workerId() is None:
+        return WorkerSupervisor(config, reactor)
     return ProxyService(config, reactor)

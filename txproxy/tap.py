@@ -151,8 +151,6 @@ def _checkSupported(config: _config.ProxyConfig) -> None:
         ):
             if value is not None:
                 raise ConfigError(f"--{option} is not supported yet")
-    if config.workers != 1:
-        raise ConfigError("--workers is not supported yet")
 
 
 def buildConfig(listen: Sequence[str], options: Sequence[Tuple[str, Any]], configFile: Optional[str]) -> _config.ProxyConfig:
