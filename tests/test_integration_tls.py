@@ -271,6 +271,77 @@ class ClientCertificateIntegrationTests(SynchronousTestCase):
         self.assertIn("names=a.test ", accepted.stdout)
 
 
+def _backendHandler(conn: socket.socket) -> None:
+    """
+    A backend answering each request with its request line.
+    """
+    data = b""
+    while True:
+        while b"\r\n\r\n" not in data:
+            chunk = conn.recv(65536)
+            if not chunk:
+                return
+            data += chunk
+        head, _, data = data.partition(b"\r\n\r\n")
+        body = b"backend saw " + head.split(b"\r\n")[0] + b"\n"
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+
+
+class ReverseProxyTLSIntegrationTests(SynchronousTestCase):
+    """
+    C{twistd -n txproxy --mode reverse} on an C{ssl:} listener (its own
+    certificate, a.test): TLS ends at the listener, a Host outside the
+    certificate's names gets C{421}.
+    """
+
+    def setUp(self) -> None:
+        from tests.procs import ThreadedServer, Twistd, freePort
+
+        _need("curl")
+        _need("openssl")
+        self.ca = TestCA()
+        self.addCleanup(shutil.rmtree, self.ca.dir, True)
+        cert = self.ca.issue(["a.test", "*.a.test"], "a.pem")
+        self.backend = ThreadedServer(_backendHandler)
+        self.addCleanup(self.backend.stop)
+        self.port = freePort()
+        upstream = f"http://127.0.0.1:{self.backend.port}"
+        self.proxy = Twistd(
+            [
+                "--mode", "reverse",
+                "--listen", f"ssl:{self.port}:privateKey={cert}:interface=127.0.0.1",
+                "--route", f"a.test={upstream}",
+                "--route", f"x.a.test={upstream}",
+                "--route", f"b.test={upstream}",
+            ],
+            port=self.port,
+        )
+        self.proxy.start()
+        self.addCleanup(self.proxy.stop)
+
+    def test_requestsAnd421(self) -> None:
+        """
+        curl reaches the backend through the TLS listener with ALPN
+        C{http/1.1}; a Host the certificate does not name gets C{421}; the
+        proxy logs no error.
+        """
+        result = curl(self.port, "a.test", self.ca.caPath, ["-v"])
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("backend saw GET / HTTP/1.1", result.stdout)
+        self.assertTrue(result.stdout.rstrip().endswith("200"), result.stdout)
+        self.assertIn("ALPN: server accepted http/1.1", result.stderr)
+        result = curl(self.port, "x.a.test", self.ca.caPath)
+        self.assertTrue(result.stdout.rstrip().endswith("200"), result.stdout)
+        result = curl(self.port, "a.test", self.ca.caPath, ["-H", "Host: b.test"])
+        self.assertTrue(result.stdout.rstrip().endswith("421"), result.stdout)
+        result = sClient(self.port, "a.test", self.ca.caPath, ["-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0"])
+        self.assertNotEqual(result.returncode, 0)
+        self.assertEqual(self.proxy.stop(), 0)
+        log = self.proxy.stdout() + self.proxy.stderr()
+        self.assertNotIn("Traceback", log)
+        self.assertNotIn("Unhandled", log)
+
+
 def _request(sock: Any, host: str) -> bytes:
     """
     Send one keep-alive request on C{sock}; return the whole response.

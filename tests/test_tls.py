@@ -1069,6 +1069,34 @@ class EndpointTests(SynchronousTestCase):
         self.assertEqual(servedNames(loop.serverApp.transport), frozenset({"a.test"}))
         self.assertEqual(loop.serverApp.transport.getPeer().host, "192.0.2.7")
 
+    def test_loseWriteConnectionIsTLSClose(self) -> None:
+        """
+        C{loseWriteConnection} on a listener's TLS transport sends the
+        buffered data and C{close_notify} (never a TCP half-close under
+        TLS); the connection closes when the peer answers.  Called again
+        (a linger timer) before the peer answers, C{loseConnection} closes
+        the TCP connection.
+        """
+        endpoint = tlsServerEndpoint(self.reactor, f"ssl:8443:privateKey={self.own}")
+        self.successResultOf(endpoint.listen(Factory.forProtocol(_Recorder)))
+        listening = self.reactor.tcpServers[0][1]
+        loop = Loopback(None, RawClient(b"own.test"), listening, clock=self.reactor)
+        self.assertTrue(loop.established)
+        loop.serverApp.transport.write(b"bye")
+        loop.serverApp.transport.loseWriteConnection()
+        self.assertFalse(loop.serverTransport.disconnecting)
+        loop.pump()
+        self.assertEqual(loop.clientApp.received, b"bye")
+        self.assertIsNotNone(loop.clientApp.lost)
+        self.assertTrue(loop.serverTransport.disconnecting)
+
+        silent = Loopback(None, RawClient(b"own.test"), listening, clock=self.reactor)
+        silent.serverApp.transport.loseWriteConnection()
+        self.reactor.advance(0)
+        self.assertFalse(silent.serverTransport.disconnecting)
+        silent.serverApp.transport.loseConnection()
+        self.assertTrue(silent.serverTransport.disconnecting)
+
     def test_badStrings(self) -> None:
         """
         Malformed strings, unsupported options and unreadable files are

@@ -800,6 +800,45 @@ def requestedServerName(transport: Any) -> Optional[str]:
 # Listening endpoints
 
 
+class _ServerTLSProtocol(TLSMemoryBIOFactory.protocol):  # type: ignore[misc, valid-type]
+    """
+    Twisted's TLS protocol with a TLS-level C{loseWriteConnection}.
+
+    Without it, C{loseWriteConnection} on the TLS transport reaches the TCP
+    transport below (through L{ProtocolWrapper}'s attribute passing): a TCP
+    half-close under TLS, sending FIN with no C{close_notify}, possibly
+    before buffered TLS data, and making Twisted's later TCP close
+    re-entrant.
+    """
+
+    _writeShut = False
+
+    def loseWriteConnection(self) -> None:
+        """
+        End our side of the stream: buffered data, then C{close_notify}.
+        Bytes the peer still sends are delivered; the connection closes
+        once the peer answers with its own C{close_notify} or goes away.
+        """
+        self._writeShut = True
+        self.loseConnection()
+
+    def loseConnection(self) -> None:
+        """
+        Close with C{close_notify}; called again after
+        L{loseWriteConnection} (a linger timer), stop waiting for the peer
+        and close the TCP connection.
+        """
+        if self._writeShut and self.disconnecting and self.connected:
+            if self.transport is not None:
+                self.transport.loseConnection()
+            return
+        super().loseConnection()
+
+
+class _ServerTLSFactory(TLSMemoryBIOFactory):
+    protocol = _ServerTLSProtocol
+
+
 @implementer(IStreamServerEndpoint)
 class TLSServerEndpoint:
     """
@@ -831,7 +870,7 @@ class TLSServerEndpoint:
         """
         Listen with C{protocolFactory} behind TLS.
         """
-        wrapped = TLSMemoryBIOFactory(self.options, False, protocolFactory, self._clock)
+        wrapped = _ServerTLSFactory(self.options, False, protocolFactory, self._clock)
         return self.endpoint.listen(wrapped)  # type: ignore[no-any-return]
 
     def prepareReload(self, certsDir: Any = KEEP, clientCA: Any = KEEP) -> Callable[[], None]:
