@@ -279,3 +279,36 @@ class MergeTests(SynchronousTestCase):
         """
         text = mergeExpositions({"1": "a_total{ 1\n", "2": "b 2.0\n"}).decode()
         self.assertIn('b{worker="2"} 2.0', text)
+
+
+class FdLimitTests(SynchronousTestCase):
+    def test_cappedEnough(self) -> None:
+        """
+        No warning when the limit covers two descriptors per capped
+        connection plus a reserve.
+        """
+        config = fromFlags(["tcp:0"], [("max-conns", "1000")])
+        self.assertIsNone(workers.fdLimitWarning(config, 2064))
+
+    def test_cappedTooLow(self) -> None:
+        """
+        A limit below twice C{--max-conns} is warned about, naming both.
+        """
+        config = fromFlags(["tcp:0"], [("max-conns", "10000")])
+        message = workers.fdLimitWarning(config, 1024)
+        self.assertIn("1024", message)
+        self.assertIn("--max-conns 10000", message)
+
+    def test_uncappedLow(self) -> None:
+        """
+        Without C{--max-conns}, a limit below 4096 is warned about.
+        """
+        config = fromFlags(["tcp:0"], [])
+        self.assertIn("no --max-conns", workers.fdLimitWarning(config, 1024))
+        self.assertIsNone(workers.fdLimitWarning(config, 65536))
+
+    def test_unlimited(self) -> None:
+        """
+        An unlimited limit (RLIM_INFINITY, -1) is never warned about.
+        """
+        self.assertIsNone(workers.fdLimitWarning(fromFlags(["tcp:0"], []), -1))

@@ -341,6 +341,9 @@ class ProxyService(MultiService):
             self._startupFailed(e)
         reactorName = type(self.reactor).__module__ + "." + type(self.reactor).__name__
         log.info("txproxy running on {reactor}", reactor=reactorName)
+        from txproxy.workers import warnAboutFdLimit
+
+        warnAboutFdLimit(self.config)
         if self.installSignalHandlers:
             self.reactor.callWhenRunning(self._installSignalHandlers)
 

@@ -685,3 +685,64 @@ class SupervisorAdminSource:
 
     def statusData(self) -> "defer.Deferred[Dict[str, Any]]":
         return self.supervisor.statusData()
+
+
+# ---------------------------------------------------------------------------
+# File descriptor limit
+
+#: Below this many descriptors a proxy with no --max-conns is warned about.
+UNCAPPED_FD_MINIMUM = 4096
+
+#: Descriptors kept for everything but connections (listeners, logs, Redis,
+#: health checks, the admin site).
+FD_RESERVE = 64
+
+
+def fdLimitWarning(config: Any, softLimit: int) -> Optional[str]:
+    """
+    The start-up warning for a process whose open-file limit is
+    C{softLimit}, or L{None} when it is enough.
+
+    Every proxied connection holds two descriptors (client and upstream), so
+    listeners with C{--max-conns} need about twice the sum of their caps;
+    without a cap on some listener, anything below L{UNCAPPED_FD_MINIMUM}
+    is warned about.
+    """
+    caps = [getattr(l, "maxConns", None) for l in config.listeners]
+    if softLimit < 0:  # RLIM_INFINITY
+        return None
+    if all(c is not None for c in caps):
+        need = 2 * sum(caps) + FD_RESERVE
+        if softLimit >= need:
+            return None
+        return (
+            f"the open-file limit (ulimit -n) is {softLimit}, below the {need} descriptors that "
+            f"--max-conns {sum(caps)} can use (two per proxied connection); raise it "
+            f"(LimitNOFILE= in systemd, ulimit -n) or connections will fail with EMFILE"
+        )
+    if softLimit >= UNCAPPED_FD_MINIMUM:
+        return None
+    return (
+        f"the open-file limit (ulimit -n) is {softLimit} and no --max-conns caps connections: "
+        f"at about {max(1, (softLimit - FD_RESERVE) // 2)} concurrent connections accept will fail with EMFILE; "
+        f"raise the limit (LimitNOFILE= in systemd, ulimit -n) or set --max-conns"
+    )
+
+
+def warnAboutFdLimit(config: Any) -> Optional[str]:
+    """
+    Log L{fdLimitWarning} for this process's soft C{RLIMIT_NOFILE}, once, at
+    start-up.
+
+    @return: the warning logged, or L{None}.
+    """
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (ImportError, OSError, ValueError):  # pragma: no cover - not POSIX
+        return None
+    message = fdLimitWarning(config, soft)
+    if message is not None:
+        log.warn("txproxy: {message}", message=message)
+    return message
