@@ -41,6 +41,7 @@ from txproxy.tls import (
     clientTLSOptions,
     hostMatchesNames,
     isTLSListener,
+    isTLSTransport,
     loadCertificateFile,
     prepareReload,
     requestedServerName,
@@ -790,6 +791,20 @@ class ServerTLSTests(SynchronousTestCase):
         self.assertEqual(servedNames(StringTransport()), frozenset())
         self.assertEqual(servedNames(None), frozenset())
         self.assertIsNone(requestedServerName(StringTransport()))
+        self.assertFalse(isTLSTransport(StringTransport()))
+        self.assertFalse(isTLSTransport(None))
+
+    def test_isTLSTransport(self) -> None:
+        """
+        L{isTLSTransport} recognises a TLS connection, even one whose
+        certificate has no DNS name (so no served names).
+        """
+        folder = os.path.join(self.f.root, "ip")
+        os.mkdir(folder)
+        writeCertificate(os.path.join(folder, "ip.pem"), ["127.0.0.1"])
+        loop = Loopback(ServerTLSOptions(folder), RawClient())
+        self.assertTrue(isTLSTransport(loop.serverApp.transport))
+        self.assertEqual(servedNames(loop.serverApp.transport), frozenset())
 
     def test_tls13ByDefault(self) -> None:
         """

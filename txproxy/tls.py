@@ -99,6 +99,7 @@ __all__ = [
     "clientTLSOptions",
     "hostMatchesNames",
     "isTLSListener",
+    "isTLSTransport",
     "loadCertificateFile",
     "prepareReload",
     "requestedServerName",
@@ -755,6 +756,22 @@ def _sslErrorText(e: SSL.Error) -> str:
         return str(e)
 
 
+def _tlsHandle(transport: Any) -> Optional[SSL.Connection]:
+    getHandle = getattr(transport, "getHandle", None)
+    handle = getHandle() if getHandle is not None else None
+    return handle if isinstance(handle, SSL.Connection) else None
+
+
+def isTLSTransport(transport: Any) -> bool:
+    """
+    Whether C{transport} (an application protocol's) is a TLS connection:
+    decide C{https} versus C{http}, and whether the C{421} check applies,
+    per connection, since one listener group may mix C{tcp:} and C{ssl:}
+    strings.
+    """
+    return _tlsHandle(transport) is not None
+
+
 def servedNames(transport: Any) -> FrozenSet[str]:
     """
     The names of the certificate served on a TLS connection (wildcard
@@ -768,11 +785,8 @@ def servedNames(transport: Any) -> FrozenSet[str]:
     @return: an empty set when the transport is not one of our TLS
         connections (plain TCP: there is nothing to check).
     """
-    getHandle = getattr(transport, "getHandle", None)
-    if getHandle is None:
-        return frozenset()
-    handle = getHandle()
-    if not isinstance(handle, SSL.Connection):
+    handle = _tlsHandle(transport)
+    if handle is None:
         return frozenset()
     context = handle.get_context()
     entry = getattr(context, "entry", None)
@@ -786,9 +800,8 @@ def requestedServerName(transport: Any) -> Optional[str]:
     The server name (SNI) the client sent on a TLS connection, lower-case,
     or L{None} (no SNI, or not TLS).
     """
-    getHandle = getattr(transport, "getHandle", None)
-    handle = getHandle() if getHandle is not None else None
-    if not isinstance(handle, SSL.Connection):
+    handle = _tlsHandle(transport)
+    if handle is None:
         return None
     name = handle.get_servername()
     if not name:
