@@ -111,9 +111,9 @@ def start_proxypy(tmp: str, port: int, **_):
 
 PEERS = [
     B.Peer("direct", None, lambda: None, note="no proxy: client straight to the backend"),
-    B.Peer("txproxy", start_txproxy(B.CPY), lambda: B.txproxy_available(B.CPY),
+    B.Peer("txproxy", start_txproxy(B.CPY), lambda: B.txproxy_available(B.CPY), python=B.CPY,
            note="CPython /tmp/venv"),
-    B.Peer("txproxy-pypy", start_txproxy(B.PYPY), lambda: B.txproxy_available(B.PYPY),
+    B.Peer("txproxy-pypy", start_txproxy(B.PYPY), lambda: B.txproxy_available(B.PYPY), python=B.PYPY,
            warmup=8.0, note="PyPy /tmp/pypyvenv"),
     B.Peer("squid", start_squid, lambda: B.have("squid"), note="squid -N (one process)"),
     B.Peer("tinyproxy", start_tinyproxy, lambda: B.have("tinyproxy"),
@@ -132,6 +132,8 @@ def run_peer(peer: B.Peer, be: B.Backend, args) -> dict:
     if why:
         print(f"# skipping {peer.name}: {why}", flush=True)
         return {"skipped": why}
+    if peer.python:
+        res["txproxy_origin"] = B.txproxy_origin(peer.python)
     bg = B.wait_quiet(args.wait_quiet)
     res["background_busy"] = bg
     if max(bg.get(B.GEN_CPU, 0), bg.get(B.PROXY_CPU, 0)) >= 0.15:

@@ -85,9 +85,9 @@ def start_portforward(python: str):
 
 PEERS = [
     B.Peer("direct", None, lambda: None, note="no relay"),
-    B.Peer("txproxy", start_txproxy(B.CPY), lambda: B.txproxy_available(B.CPY),
+    B.Peer("txproxy", start_txproxy(B.CPY), lambda: B.txproxy_available(B.CPY), python=B.CPY,
            note="--mode tcp, CPython /tmp/venv"),
-    B.Peer("txproxy-pypy", start_txproxy(B.PYPY), lambda: B.txproxy_available(B.PYPY),
+    B.Peer("txproxy-pypy", start_txproxy(B.PYPY), lambda: B.txproxy_available(B.PYPY), python=B.PYPY,
            warmup=8.0, note="--mode tcp, PyPy /tmp/pypyvenv"),
     B.Peer("haproxy", start_haproxy, lambda: B.have("haproxy"), note="mode tcp, nbthread 1"),
     B.Peer("socat", start_socat, lambda: B.have("socat"), note="fork per connection"),
@@ -130,6 +130,8 @@ def run_peer(peer: B.Peer, be: B.Backend, redis_port: int, redis_pid: int, args)
     if why:
         print(f"# skipping {peer.name}: {why}", flush=True)
         return {"skipped": why}
+    if peer.python:
+        res["txproxy_origin"] = B.txproxy_origin(peer.python)
     bg = B.wait_quiet(args.wait_quiet)
     res["background_busy"] = bg
     if max(bg.get(B.GEN_CPU, 0), bg.get(B.PROXY_CPU, 0)) >= 0.15:

@@ -427,6 +427,20 @@ class Peer:
     available: Callable[[], Optional[str]]   # None if usable, else why not
     warmup: float = 0.0                      # extra seconds of load before measuring (JIT)
     note: str = ""
+    python: Optional[str] = None             # txproxy rows: the interpreter
+
+
+def txproxy_origin(python: str) -> str:
+    """Which txproxy code and Twisted `python` runs (with PYTHONPATH=REPO)."""
+    p = subprocess.run([python, "-c", "import sys, txproxy, twisted; print(sys.version.split()[0], "
+                        "'twisted', twisted.__version__, txproxy.__file__)"],
+                       capture_output=True, text=True, cwd=REPO, timeout=60,
+                       env=dict(os.environ, PYTHONPATH=REPO))
+    commit = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"],
+                            capture_output=True, text=True, timeout=10).stdout.strip()
+    dirty = subprocess.run(["git", "-C", REPO, "status", "--porcelain", "txproxy", "twisted"],
+                           capture_output=True, text=True, timeout=10).stdout.strip()
+    return f"{p.stdout.strip()} @ {commit}{' + uncommitted changes' if dirty else ''}"
 
 
 def have(cmd: str) -> Optional[str]:
