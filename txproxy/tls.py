@@ -35,14 +35,23 @@ name C{*.example.com}, which covers exactly one more label on the left
 comparison ignores case and one trailing dot.  When two certificates claim
 a name, the one that expires last wins (ties: the default certificate,
 then file name order), so a renewed certificate may be dropped beside the
-old one.
+old one.  Expired certificates are served anyway, with a logged warning.
+
+Every certificate gets its own OpenSSL context, built once per load, all
+with the same settings (L{ServerTLSOptions}): TLS 1.2 and later,
+L{MODERN_CIPHERS} in the server's order, ALPN C{http/1.1}, session tickets,
+no renegotiation or compression, and, with a client CA bundle, required
+client certificates.  A connection starts on the default certificate's
+context and the SNI callback switches it to the one the name selects.
 
 Reloading (C{SIGHUP}): L{TLSServerEndpoint.reload} (or
 L{ServerTLSOptions.reload}) re-reads the folder, the default certificate's
 files and the client CA bundle, all or nothing: on any error the old set
 stays in use and L{ConfigError} is raised.  Connections accepted after a
 successful reload use the new certificates; open connections are not
-touched.
+touched.  L{prepareReload} does the same for several endpoints at once,
+in two steps (read everything, then install), for a reload that must
+succeed or fail as a whole.
 
 No domain fronting
 ==================
@@ -50,6 +59,12 @@ No domain fronting
 L{servedNames} tells the HTTP layer which names the certificate served
 on a connection carries; L{hostMatchesNames} checks a request's C{Host}
 against them.  The reverse proxy answers C{421} when it does not match.
+L{isTLSTransport} tells whether a connection is TLS at all (one listener
+group may mix C{tcp:} and C{ssl:} strings).
+
+A listener's TLS transport implements C{loseWriteConnection} as a TLS
+close (C{close_notify} after the buffered data) rather than letting it
+reach the TCP transport below.
 
 Upstreams
 =========
@@ -125,6 +140,7 @@ _VERSIONS: Dict[str, int] = {
     "1.2": SSL.TLS1_2_VERSION,
     "1.3": SSL.TLS1_3_VERSION,
 }
+
 
 class _Keep:
     def __repr__(self) -> str:
