@@ -14,6 +14,16 @@ rounds, and report the median time per unit of work:
   scrape    one /metrics exposition with OPEN tunnels open
 
   /tmp/venv/bin/python bench/bench_metrics.py [--tunnels 20000] [--rounds 7]
+
+With --real, instead: real twistd processes on loopback, bench/out/connrate
+(CONNECT + 200 + 64-byte echo + close, 32 parallel clients) against
+bench/out/backend, for each variant in turn, ROUNDS times (median):
+
+  plain        txproxy, no --admin (no metrics object at all)
+  admin        txproxy --admin (metrics counted, /metrics scraped once a second)
+  workers2     txproxy --workers 2 --admin (two processes, SO_REUSEPORT)
+
+  /tmp/venv/bin/python bench/bench_metrics.py --real [--seconds 10] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ import os
 import statistics
 import sys
 import time
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -107,13 +118,130 @@ def calls(n: int = 300000) -> float:
     return (time.perf_counter() - t0) / n
 
 
+# ---------------------------------------------------------------- --real
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOOLS = os.path.join(REPO, "bench", "out")
+
+
+def _freePort() -> int:
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def _waitListening(port: int, count: int, timeout: float = 60.0) -> None:
+    """
+    Wait until C{count} sockets listen on C{port} (ss), i.e. every worker.
+    """
+    import subprocess
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = subprocess.run(["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True).stdout
+        if len([l for l in out.splitlines() if l.strip()]) >= count:
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"{count} listeners on {port} not up after {timeout}s")
+
+
+def _scraper(adminPort: int, stop: Any) -> None:
+    import urllib.request
+
+    while not stop.is_set():
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{adminPort}/metrics", timeout=2).read()
+        except OSError:
+            pass
+        stop.wait(1.0)
+
+
+def realRun(variant: str, echoPort: int, seconds: int, clients: int) -> dict:
+    import json
+    import signal
+    import subprocess
+    import tempfile
+    import threading
+
+    port, adminPort = _freePort(), _freePort()
+    args = [sys.executable, "-m", "twisted", "txproxy", "--listen", f"tcp:{port}:interface=127.0.0.1:backlog=1024",
+            "--connect-ports", "*"]
+    nproc = 1
+    if variant in ("admin", "workers2"):
+        args += ["--admin", f"tcp:{adminPort}:interface=127.0.0.1"]
+    if variant == "workers2":
+        args += ["--workers", "2"]
+        nproc = 2
+    logf = tempfile.TemporaryFile()
+    proxy = subprocess.Popen(args, cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO), stdout=logf, stderr=logf,
+                             stdin=subprocess.DEVNULL, start_new_session=True)
+    stop = threading.Event()
+    try:
+        _waitListening(port, nproc)
+        scraper = None
+        if variant != "plain":
+            scraper = threading.Thread(target=_scraper, args=(adminPort, stop), daemon=True)
+            scraper.start()
+        out = subprocess.run([os.path.join(TOOLS, "connrate"), "-p", str(port), "-c", str(clients), "-t", str(seconds),
+                              "-C", f"127.0.0.1:{echoPort}", "-s", "64"], capture_output=True, text=True,
+                             timeout=seconds + 60).stdout
+        result = json.loads(out.strip().splitlines()[-1])
+    finally:
+        stop.set()
+        os.kill(proxy.pid, signal.SIGTERM)
+        try:
+            proxy.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proxy.pid, signal.SIGKILL)
+            proxy.wait()
+    return result
+
+
+def real(a: Any) -> None:
+    import subprocess
+
+    backend = subprocess.Popen([os.path.join(TOOLS, "backend"), "-a", "127.0.0.1", "-t", "3600"],
+                               stdout=subprocess.PIPE, text=True)
+    try:
+        ready = backend.stdout.readline().split()  # type: ignore[union-attr]
+        echoPort = int(dict(kv.split("=") for kv in ready[1:])["echo"])
+        variants = a.variants.split(",")
+        rates: dict = {v: [] for v in variants}
+        for r in range(a.rounds):
+            for v in variants if r % 2 == 0 else list(reversed(variants)):
+                res = realRun(v, echoPort, a.seconds, a.clients)
+                rate = res.get("cycles_per_s") or res.get("rate") or res.get("cycles/s")
+                rates[v].append(float(rate))
+                print(f"  round {r + 1} {v:9s} {float(rate):9.0f} tunnels/s  errors={res.get('errors')}",
+                      file=sys.stderr, flush=True)
+        base = statistics.median(rates[variants[0]])
+        for v in variants:
+            m = statistics.median(rates[v])
+            print(f"{v:9s} {m:9.0f} tunnels/s (median of {a.rounds}: {', '.join(f'{x:.0f}' for x in rates[v])})"
+                  f"  {100 * (m - base) / base:+6.1f}% vs {variants[0]}")
+    finally:
+        backend.terminate()
+        backend.wait()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--real", action="store_true")
+    ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--clients", type=int, default=32)
+    ap.add_argument("--variants", default="plain,admin,workers2")
     ap.add_argument("--tunnels", type=int, default=20000)
     ap.add_argument("--chunks", type=int, default=200000)
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--open", type=int, default=10000)
     a = ap.parse_args()
+    if a.real:
+        real(a)
+        return
     for name, fn, n in (("tunnels", tunnels, a.tunnels), ("chunks", chunks, a.chunks)):
         off, on = [], []
         fn(n // 10, False), fn(n // 10, True)  # warm up

@@ -227,3 +227,142 @@ class WorkersIntegrationTests(SynchronousTestCase):
         self.proxy.signal(signal.SIGTERM)
         self.assertEqual(self.proxy.wait(20), 0)
         waitUntil(lambda: not any(alive(p) for p in pids), timeout=5, what="the workers to exit")
+
+
+class StatusPageBrowserTests(SynchronousTestCase):
+    """
+    The C{/status} page, checked in a real browser (headless Chromium).
+    Set C{TXPROXY_STATUS_SCREENSHOT=PATH} to keep the screenshot (the docs'
+    picture is made this way).
+    """
+
+    def test_statusPageInChromium(self) -> None:
+        """
+        Headless Chromium renders C{/status} of a proxy with a forward and a
+        tcp listener: the DOM lists both listeners, their modes, the tcp
+        pool's backends, and the limiter; the screenshot is a real image.
+        """
+        import shutil
+        import subprocess
+        import tempfile
+
+        exe = shutil.which("chromium") or shutil.which("chromium-browser")
+        if exe is None:
+            raise AssertionError("chromium is not installed (scripts/test installs it)")
+        echo = ThreadedServer(echoHandler)
+        self.addCleanup(echo.stop)
+        fport, tport, aport, dead = freePort(), freePort(), freePort(), freePort()
+        work = tempfile.mkdtemp(prefix="txproxy-status-")
+        config = os.path.join(work, "txproxy.toml")
+        with open(config, "w") as f:
+            f.write(f"""
+admin = "tcp:{aport}:interface=127.0.0.1"
+drain_timeout = 5
+
+[[listeners]]
+name = "office"
+listen = ["tcp:{fport}:interface=127.0.0.1"]
+mode = "forward"
+connect_ports = "*"
+rate = "100/s"
+max_conns = 1000
+
+[[listeners]]
+name = "ssh"
+listen = ["tcp:{tport}:interface=127.0.0.1"]
+mode = "tcp"
+upstreams = ["tcp:127.0.0.1:{echo.port}", "tcp:127.0.0.1:{dead}"]
+balance = "leastconn"
+""")
+        proxy = Twistd(["--config", config], fport).start()
+        self.addCleanup(proxy.stop)
+        waitForPort(aport, proc=proxy.proc)
+        sock, status, _ = connectThrough(fport, f"127.0.0.1:{echo.port}")
+        self.addCleanup(sock.close)
+        self.assertEqual(status, 200)
+        shot = os.environ.get("TXPROXY_STATUS_SCREENSHOT") or os.path.join(work, "status.png")
+        base = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--hide-scrollbars",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                f"--user-data-dir={os.path.join(work, 'profile')}", "--window-size=1200,900"]
+        url = f"http://127.0.0.1:{aport}/status"
+        dom = subprocess.run(base + ["--dump-dom", url], capture_output=True, timeout=120).stdout.decode()
+        for text in ("txproxy status", "office", "forward", "ssh", "tcp", f"127.0.0.1:{echo.port}", "Limiter", "serving"):
+            self.assertIn(text, dom)
+        subprocess.run(base + [f"--screenshot={shot}", url], capture_output=True, timeout=120)
+        with open(shot, "rb") as f:
+            png = f.read()
+        self.assertTrue(png.startswith(b"\x89PNG"))
+        self.assertGreater(len(png), 10000)
+
+
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+
+
+class OperationsExamplesTests(SynchronousTestCase):
+    """
+    The operations examples stay valid: one TOML file per mode, the systemd
+    unit, the Grafana dashboard.
+    """
+
+    def test_configPerModeParses(self) -> None:
+        """
+        Each mode's example config loads with L{txproxy.config.loadFile},
+        has the mode its name says, and binds the admin endpoint to loopback.
+        """
+        from txproxy.config import loadFile
+
+        expected = {"tcp.toml": "tcp", "transparent.toml": "transparent", "reverse.toml": "reverse",
+                    "sni.toml": "sni", "production.toml": "forward"}
+        for name, mode in expected.items():
+            config = loadFile(os.path.join(EXAMPLES, "config", name))
+            self.assertEqual([l.mode for l in config.listeners], [mode], name)
+            self.assertTrue(config.admin and all("interface=127.0.0.1" in a for a in config.admin), name)
+        production = loadFile(os.path.join(EXAMPLES, "config", "production.toml"))
+        self.assertEqual((production.workers, production.redis), (2, "redis://127.0.0.1:6379/0"))
+
+    def test_systemdUnit(self) -> None:
+        """
+        The systemd unit runs twistd in the foreground with --config,
+        reloads with SIGHUP, stops with SIGTERM to the main process, and
+        waits longer than the default drain timeout.
+        """
+        with open(os.path.join(EXAMPLES, "systemd", "txproxy.service")) as f:
+            unit = f.read()
+        settings = dict(line.split("=", 1) for line in unit.splitlines() if "=" in line and not line.startswith("#"))
+        self.assertIn(" -n ", settings["ExecStart"])
+        self.assertIn("txproxy --config", settings["ExecStart"])
+        self.assertEqual(settings["ExecReload"], "/bin/kill -HUP $MAINPID")
+        self.assertEqual((settings["KillMode"], settings["KillSignal"]), ("mixed", "SIGTERM"))
+        self.assertGreater(int(settings["TimeoutStopSec"]), 30)
+        self.assertGreaterEqual(int(settings["LimitNOFILE"]), 65536)
+
+    def test_dashboardUsesRealSeries(self) -> None:
+        """
+        Every txproxy series the Grafana dashboard queries is one txproxy
+        exports (a single process's or the supervisor's).
+        """
+        import re
+
+        from txproxy.metrics import Metrics
+
+        with open(os.path.join(EXAMPLES, "grafana", "txproxy-dashboard.json")) as f:
+            dashboard = json.load(f)
+        exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", ())]
+        used = {n for e in exprs for n in re.findall(r"\b((?:txproxy|process)_[a-z_]+)\b", e)}
+        m = Metrics()
+        m.addBackendSource(lambda: [{"listener": "l", "route": "r", "backend": "b", "healthy": True, "ejected": False,
+                                     "activeConnections": 0, "totalConnections": 0, "totalFailures": 0}])
+        m.setLimiterSource(lambda: type("L", (), {"decisions": {"allowed": 0}})())
+        from txproxy.testing import forwardFactory
+
+        from txproxy.accesslog import AccessRecord
+
+        listener = forwardFactory().listener
+        m.connectionOpened(listener)
+        m.requestFinished(listener, AccessRecord(client="c", method="GET", target="t", status=200, start=0.0))
+        m.upstreamConnected(listener, 0.1)
+        m.responseHeadReceived(listener, 0.1)
+        exported = {s.name for f in text_string_to_metric_families(m.exposition().decode()) for s in f.samples}
+        exported |= {"txproxy_workers_running", "txproxy_workers_configured", "txproxy_worker_restarts_total"}
+        self.assertEqual(used - exported, set())
+        self.assertGreater(len(used), 15)
