@@ -258,3 +258,22 @@ class NoAdminTests(SynchronousTestCase):
         service = ProxyService(fromFlags(["tcp:3128"], []), MemoryReactorClock())
         self.assertIsNone(service.metrics)
         self.assertIsNone(service.admin)
+
+
+class ReloadMetricsTests(SynchronousTestCase):
+    def test_reloadsExported(self) -> None:
+        """
+        The service's reload counters appear in C{/metrics}: a successful
+        reload counts as a success and sets the last-success time.
+        """
+        reactor = MemoryReactorClock()
+        reactor.advance(1700000000)
+        service = ProxyService(fromFlags(["tcp:3128"], [("admin", "tcp:9901")]), reactor)
+        self.assertTrue(service.reload())
+        service.reloadFailures += 1
+        families = {f.name: f for f in text_string_to_metric_families(service.metrics.exposition().decode())}
+        results = {s.labels["result"]: s.value for s in families["txproxy_reloads"].samples
+                   if s.name == "txproxy_reloads_total"}
+        self.assertEqual(results, {"success": 1.0, "failure": 1.0})
+        (last,) = families["txproxy_last_reload_success_timestamp_seconds"].samples
+        self.assertEqual(last.value, 1700000000)

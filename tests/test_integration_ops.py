@@ -366,3 +366,35 @@ class OperationsExamplesTests(SynchronousTestCase):
         exported |= {"txproxy_workers_running", "txproxy_workers_configured", "txproxy_worker_restarts_total"}
         self.assertEqual(used - exported, set())
         self.assertGreater(len(used), 15)
+
+
+class WorkersReloadIntegrationTests(SynchronousTestCase):
+    def test_sighupReachesEveryWorker(self) -> None:
+        """
+        SIGHUP to the supervisor is forwarded: every worker reloads its
+        config file (counted in its C{txproxy_reloads_total}).
+        """
+        import tempfile
+
+        port, adminPort = freePort(), freePort()
+        work = tempfile.mkdtemp(prefix="txproxy-reload-")
+        config = os.path.join(work, "txproxy.toml")
+        with open(config, "w") as f:
+            f.write(f'admin = "tcp:{adminPort}:interface=127.0.0.1"\nworkers = 2\ndrain_timeout = 5\n\n'
+                    f'[[listeners]]\nname = "fwd"\nlisten = ["tcp:{port}:interface=127.0.0.1"]\nconnect_ports = "*"\n')
+        proxy = Twistd(["--config", config]).start()
+        self.addCleanup(proxy.stop)
+        waitForPort(adminPort, proc=proxy.proc, timeout=30)
+
+        def reloads() -> Dict[str, float]:
+            text = fetch(adminPort, "/metrics")[2].decode()
+            out = {}
+            for family in text_string_to_metric_families(text):
+                for s in family.samples:
+                    if s.name == "txproxy_reloads_total" and s.labels.get("result") == "success":
+                        out[s.labels["worker"]] = s.value
+            return out
+
+        waitUntil(lambda: len(reloads()) == 2, timeout=30, what="both workers' metrics")
+        proxy.signal(signal.SIGHUP)
+        waitUntil(lambda: reloads() == {"1": 1.0, "2": 1.0}, timeout=15, what="both workers to reload")
