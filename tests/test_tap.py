@@ -52,15 +52,14 @@ class OptionsTests(SynchronousTestCase):
         """
         self.assertEqual(tap.parseCommandLine([]).listeners[0].listen, ("tcp:3128",))
 
-    def test_notSupportedYetIsAnError(self) -> None:
+    def test_clientCANeedsTLS(self) -> None:
         """
-        Options whose implementation has not landed are rejected by name,
+        --client-ca on a listener that does not terminate TLS is an error,
         never silently ignored.
         """
-        for args, name in [(["--mode", "reverse", "--route", "a=http://b:1", "--client-ca", "ca.pem"], "--client-ca")]:
-            e = self.assertRaises(ConfigError, tap.parseCommandLine, args)
-            self.assertIn(name, str(e))
-            self.assertIn("not supported yet", str(e))
+        e = self.assertRaises(ConfigError, tap.parseCommandLine,
+                              ["--mode", "reverse", "--route", "a=http://b:1", "--client-ca", "ca.pem"])
+        self.assertIn("--client-ca needs a TLS listener", str(e))
 
     def test_parseOptionsPrintsOneLineAndExits2(self) -> None:
         """

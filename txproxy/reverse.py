@@ -118,7 +118,9 @@ class ReverseProxyProtocol(HTTPProxyProtocol):
 
     def _isTLS(self) -> bool:
         if self._scheme is None:
-            self._scheme = "https" if self.factory.tls else "http"
+            from txproxy.tls import isTLSTransport
+
+            self._scheme = "https" if isTLSTransport(self.transport) else "http"
         return self._scheme == "https"
 
     def routeRequest(self, head: RequestHead) -> HTTPRequest:

@@ -310,7 +310,7 @@ class ProxyService(MultiService):
             factory = _factoryFor(listener, self, reactor)
             self.factories[name] = factory
             for description in listener.listen:
-                endpoint = serverEndpoint(reactor, withBacklog(description, listener.backlog))
+                endpoint = listenerEndpoint(reactor, withBacklog(description, listener.backlog), listener)
                 svc = ListenerService(description, endpoint, factory)
                 svc.setServiceParent(self)
                 self.listenerServices.append(svc)
@@ -432,15 +432,30 @@ class ProxyService(MultiService):
         build: Dict[str, Any] = {}
         for listener in new.listeners:
             previous = old.get(listener.name)
-            if previous is not None and previous.listen == listener.listen and previous.mode == listener.mode:
+            if (
+                previous is not None
+                and previous.listen == listener.listen
+                and previous.mode == listener.mode
+                and previous.backlog == listener.backlog
+                and (previous.certs is None) == (listener.certs is None)
+            ):
                 keep[listener.name] = listener
             else:
                 build[listener.name] = listener
         # Build (may raise) before changing anything.
         endpoints = {
-            name: [(d, serverEndpoint(self.reactor, withBacklog(d, l.backlog))) for d in l.listen]
+            name: [(d, listenerEndpoint(self.reactor, withBacklog(d, l.backlog), l)) for d in l.listen]
             for name, l in build.items()
         }
+        # Certificates of kept TLS listeners are re-read (all or nothing);
+        # open connections keep the certificates they were served.
+        tlsCommits = []
+        for svc in self.listenerServices:
+            prepare = getattr(svc.endpoint, "prepareReload", None)
+            owner = next((n for n, f in self.factories.items() if f is svc.factory), None)
+            if prepare is not None and owner in keep:
+                listener = keep[owner]
+                tlsCommits.append(prepare(certsDir=listener.certs, clientCA=listener.clientCA))
         self.router.setListeners(new.listeners)
         factories = {name: _factoryFor(l, self, self.reactor) for name, l in build.items()}
         refreshed = {}
@@ -451,6 +466,8 @@ class ProxyService(MultiService):
             if reloadHook is not None:
                 reloadHook(listener, dryRun=True)
         # Apply.
+        for commit in tlsCommits:
+            commit()
         for name, (factory, listener, limits) in refreshed.items():
             reloadHook = getattr(factory, "reloadListener", None)
             if reloadHook is not None:

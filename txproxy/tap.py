@@ -145,12 +145,6 @@ def _checkSupported(config: _config.ProxyConfig) -> None:
     for listener in config.listeners:
         if listener.mode not in supported:
             raise ConfigError(f"mode {listener.mode} is not supported yet")
-        for option, value in (
-            ("client-ca", listener.clientCA),
-            ("certs", listener.certs),
-        ):
-            if value is not None:
-                raise ConfigError(f"--{option} is not supported yet")
 
 
 def buildConfig(listen: Sequence[str], options: Sequence[Tuple[str, Any]], configFile: Optional[str]) -> _config.ProxyConfig:
@@ -172,15 +166,19 @@ def checkResources(config: _config.ProxyConfig, reactor: Any = None) -> None:
     (and their certificate files load), auth files read, the access log
     opens.
     """
-    from txproxy.service import serverEndpoint
+    from txproxy.service import listenerEndpoint, withBacklog
 
     if reactor is None:
         from twisted.internet import reactor as _reactor
 
         reactor = _reactor
+    from txproxy.tls import isTLSListener
+
     for listener in config.listeners:
+        if listener.clientCA and not any(isTLSListener(d, listener.certs) for d in listener.listen):
+            raise ConfigError("--client-ca needs a TLS listener (ssl: or --certs)")
         for description in listener.listen:
-            serverEndpoint(reactor, description)
+            listenerEndpoint(reactor, withBacklog(description, listener.backlog), listener)
         if listener.auth:
             from txproxy.auth import Htpasswd
 
