@@ -614,6 +614,38 @@ class HAProxyListenerTests(TCPTestCase):
         self.assertEqual(self.connector.attempts, [])
         self.assertEqual(self.log.records[0].status, 403)
 
+    def test_headerSplitAtEveryByte(self) -> None:
+        """
+        A version 2 header arriving in pieces connects the protocol once,
+        when complete; the bytes after it are relayed.
+        """
+        header = formatV2(("198.51.100.7", 5555), ("203.0.113.1", 443))
+        # (The first segment must hold the 16-byte fixed part: like
+        # Twisted's wrapper, the version is decided on it.)
+        for cut in range(16, len(header)):
+            self.connector.attempts.clear()
+            factory = self.factory()
+            wrapper, transport = self.wrapped(factory)
+            wrapper.dataReceived(header[:cut])
+            self.assertEqual(self.connector.attempts, [])
+            wrapper.dataReceived(header[cut:] + b"data")
+            upstream = self.connector.last.succeed()
+            self.assertEqual(upstream.value(), b"data")
+            (proto,) = factory.protocols
+            self.assertEqual(proto.client.host, "198.51.100.7")
+
+    def test_finBeforeHeaderCloses(self) -> None:
+        """
+        A client that half-closes before a complete header is closed; no
+        protocol was made.
+        """
+        factory = self.factory()
+        wrapper, transport = self.wrapped(factory)
+        wrapper.dataReceived(b"PROXY TCP4 198.51")
+        wrapper.readConnectionLost()
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(factory.protocols, set())
+
     def test_noHeaderNeverReachesProtocol(self) -> None:
         """
         A connection without a valid header is closed before the protocol
