@@ -302,6 +302,18 @@ class TCPModeTests(TCPTestCase):
         self.assertEqual(len(self.connector.attempts), 1)
         self.assertEqual([r.status for r in self.log.records], [403, 403])
 
+    def test_reloadAppliesNewACL(self) -> None:
+        """
+        A reload that adds C{--deny} applies it to new connections.
+        """
+        factory = self.factory()
+        factory.reloadListener(listenerConfig(mode="tcp", upstream=UP1, deny="127.0.0.0/8"), dryRun=True)
+        proto, client = self.open(factory)
+        self.assertFalse(client.closed)
+        factory.reloadListener(listenerConfig(mode="tcp", upstream=UP1, deny="127.0.0.0/8"))
+        proto, client = self.open(factory)
+        self.assertTrue(client.closed)
+
     def test_proxyHeaderV1First(self) -> None:
         """
         With C{--proxy-protocol-send v1}, the upstream receives the header,

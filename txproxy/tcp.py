@@ -710,6 +710,17 @@ class RelayingFactory(ServerFactory):
             self._bindAddress = None
         self._direct: Dict[str, Optional[Tuple[str, int, Optional[float]]]] = {}
 
+    def reloadListener(self, listener: ListenerConfig, dryRun: bool = False) -> None:
+        """
+        A configuration reload kept this listener with new settings: use
+        them for new connections (open ones keep what they started with;
+        the router swaps pools and routes itself).
+        """
+        if dryRun:
+            return
+        self.listener = listener
+        self._acl = bool(listener.allow or listener.deny)
+
     def _directAddress(self, backend: Any) -> Optional[Tuple[str, int, Optional[float]]]:
         """
         The C{(ip, port, timeout)} to hand to C{connectTCP} for C{backend},
