@@ -143,7 +143,7 @@ def _waitListening(port: int, count: int, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         out = subprocess.run(["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True).stdout
-        if len([l for l in out.splitlines() if l.strip()]) >= count:
+        if len([line for line in out.splitlines() if line.strip()]) >= count:
             return
         time.sleep(0.2)
     raise RuntimeError(f"{count} listeners on {port} not up after {timeout}s")

@@ -14,7 +14,7 @@ import socket
 import time
 import urllib.error
 import urllib.request
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Tuple
 
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.trial.unittest import SynchronousTestCase
@@ -315,7 +315,7 @@ class OperationsExamplesTests(SynchronousTestCase):
                     "sni.toml": "sni", "production.toml": "forward"}
         for name, mode in expected.items():
             config = loadFile(os.path.join(EXAMPLES, "config", name))
-            self.assertEqual([l.mode for l in config.listeners], [mode], name)
+            self.assertEqual([listener.mode for listener in config.listeners], [mode], name)
             self.assertTrue(config.admin and all("interface=127.0.0.1" in a for a in config.admin), name)
         production = loadFile(os.path.join(EXAMPLES, "config", "production.toml"))
         self.assertEqual((production.workers, production.redis), (2, "redis://127.0.0.1:6379/0"))
@@ -353,9 +353,8 @@ class OperationsExamplesTests(SynchronousTestCase):
         m.addBackendSource(lambda: [{"listener": "l", "route": "r", "backend": "b", "healthy": True, "ejected": False,
                                      "activeConnections": 0, "totalConnections": 0, "totalFailures": 0}])
         m.setLimiterSource(lambda: type("L", (), {"decisions": {"allowed": 0}})())
-        from txproxy.testing import forwardFactory
-
         from txproxy.accesslog import AccessRecord
+        from txproxy.testing import forwardFactory
 
         listener = forwardFactory().listener
         m.connectionOpened(listener)

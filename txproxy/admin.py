@@ -49,7 +49,8 @@ log = Logger()
 
 def _wantsJSON(request: Request) -> bool:
     accept = (request.getHeader("accept") or "").lower()
-    if b"json" in request.args.get(b"format", []):
+    args: Dict[bytes, List[bytes]] = request.args or {}
+    if b"json" in args.get(b"format", []):
         return True
     return "application/json" in accept
 
@@ -148,10 +149,14 @@ def adminRoot(source: Any) -> Resource:
     The admin site's resource tree for C{source}.
     """
     root = Resource()
-    root.putChild(b"", IndexResource())
-    root.putChild(b"metrics", MetricsResource(source))
-    root.putChild(b"healthz", HealthResource(source))
-    root.putChild(b"status", StatusResource(source))
+    children: Dict[bytes, Any] = {
+        b"": IndexResource(),
+        b"metrics": MetricsResource(source),
+        b"healthz": HealthResource(source),
+        b"status": StatusResource(source),
+    }
+    for path, child in children.items():
+        root.putChild(path, child)
     return root
 
 
@@ -164,7 +169,7 @@ class AdminSite(Site):
     noisy = False
     mode = "admin"
 
-    def log(self, request: Request) -> None:
+    def log(self, request: Any) -> None:
         pass
 
 
@@ -176,8 +181,6 @@ class AdminService(MultiService):
     and only then stops this service, so C{/healthz} answers C{503} during
     the whole drain.
     """
-
-    name = "admin"
 
     def __init__(self, endpoints: Sequence[str], source: Any, reactor: Any = None) -> None:
         super().__init__()
@@ -212,7 +215,7 @@ def metricsFor(config: Any) -> Optional[Metrics]:
     is given or the process is a C{--workers} worker (the supervisor scrapes
     it), else L{None} (nothing would read it, so nothing is counted).
     """
-    from txproxy.workers import workerAdminEndpoint, workerId
+    from txproxy.workers import workerId
 
     wid = workerId()
     if not config.admin and wid is None:
@@ -235,7 +238,7 @@ def attachAdmin(service: Any) -> Optional[AdminService]:
         setUpWorkerProcess()
     metrics = getattr(service, "metrics", None)
     if metrics is not None:
-        for index, (name, factory) in enumerate(service.factories.items()):
+        for name, factory in service.factories.items():
             listener = getattr(factory, "listener", None)
             if listener is not None:
                 metrics.bindListener(listener, name, getattr(listener, "mode", None), factory)
@@ -453,29 +456,29 @@ def _processSection(data: Dict[str, Any]) -> str:
                f"reloads {_e(data.get('reloads', 0))} ok / {_e(data.get('reloadFailures', 0))} rejected</span></p>")
     out.append("<h2>Listeners</h2><table><tr><th>name</th><th>mode</th><th>addresses</th>"
                "<th>open connections</th><th>open tunnels</th><th>requests</th><th>limits</th></tr>")
-    for l in data.get("listeners", ()):
+    for lst in data.get("listeners", ()):
         addrs = "<br>".join(
             f"{_e(a['endpoint'])} <span class=muted>{_e(a.get('bound'))}</span>"
             + ("" if a.get("listening", True) else ' <span class="bad">closed</span>')
-            for a in l.get("addresses", ())
+            for a in lst.get("addresses", ())
         )
-        limits = ", ".join(f"{_e(k)}={_e(v)}" for k, v in l.get("limits", {}).items())
+        limits = ", ".join(f"{_e(k)}={_e(v)}" for k, v in lst.get("limits", {}).items())
         out.append(
-            f"<tr><td>{_e(l.get('name'))}</td><td>{_e(l.get('mode'))}</td><td>{addrs}</td>"
-            f"<td class=num>{_e(l.get('openConnections'))}</td><td class=num>{_e(l.get('openTunnels'))}</td>"
-            f"<td class=num>{_e(l.get('requestsTotal'))}</td><td>{limits}</td></tr>"
+            f"<tr><td>{_e(lst.get('name'))}</td><td>{_e(lst.get('mode'))}</td><td>{addrs}</td>"
+            f"<td class=num>{_e(lst.get('openConnections'))}</td><td class=num>{_e(lst.get('openTunnels'))}</td>"
+            f"<td class=num>{_e(lst.get('requestsTotal'))}</td><td>{limits}</td></tr>"
         )
     out.append("</table>")
     router = data.get("router")
     if router and router.get("listeners"):
         out.append("<h2>Routes and backends</h2>")
-        for l in router["listeners"]:
-            if "pool" in l:
-                out.append(f"<h3>{_e(l.get('name'))} <span class=muted>({_e(l.get('mode'))}, "
-                           f"{_e(l['pool'].get('balance'))})</span></h3>{_backendRows(l['pool'])}")
-            for r in l.get("routes", ()):
+        for lst in router["listeners"]:
+            if "pool" in lst:
+                out.append(f"<h3>{_e(lst.get('name'))} <span class=muted>({_e(lst.get('mode'))}, "
+                           f"{_e(lst['pool'].get('balance'))})</span></h3>{_backendRows(lst['pool'])}")
+            for r in lst.get("routes", ()):
                 pool = r.get("pool", {})
-                out.append(f"<h3>{_e(l.get('name'))}: {_e(r.get('host'))}{_e(r.get('prefix') if r.get('prefix') != '/' else '')} "
+                out.append(f"<h3>{_e(lst.get('name'))}: {_e(r.get('host'))}{_e(r.get('prefix') if r.get('prefix') != '/' else '')} "
                            f"<span class=muted>({_e(pool.get('balance'))})</span></h3>{_backendRows(pool)}")
     limiter = data.get("limiter")
     if limiter:

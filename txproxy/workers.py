@@ -271,13 +271,13 @@ class _Fetch(Protocol):
         self.chunks: List[bytes] = []
 
     def connectionMade(self) -> None:
-        assert self.transport is not None
-        self.transport.write(b"GET " + self.path + b" HTTP/1.0\r\nHost: worker\r\n\r\n")
+        transport: Any = self.transport
+        transport.write(b"GET " + self.path + b" HTTP/1.0\r\nHost: worker\r\n\r\n")
 
     def dataReceived(self, data: bytes) -> None:
         self.chunks.append(data)
 
-    def connectionLost(self, reason: Failure = Failure(error.ConnectionDone())) -> None:
+    def connectionLost(self, reason: Optional[Failure] = None) -> None:
         done, self.done = self.done, None
         if done is None or done.called:
             return
@@ -433,7 +433,7 @@ class WorkerSupervisor(MultiService):
         self.restartsTotal = 0
         self.startedAt = time.time()
         self.workers = [_Worker(self, n) for n in range(1, config.workers + 1)]
-        from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
+        from prometheus_client import CollectorRegistry, ProcessCollector
 
         self.registry = CollectorRegistry(auto_describe=False)
         ProcessCollector(registry=self.registry)
@@ -580,7 +580,12 @@ class WorkerSupervisor(MultiService):
                 proto.transport.abortConnection()
 
         result: "defer.Deferred[bytes]" = defer.Deferred(cancel)
-        connecting.addErrback(lambda f: result.called or result.errback(f))
+
+        def failed(f: Failure) -> None:
+            if not result.called:
+                result.errback(f)
+
+        connecting.addErrback(failed)
         proto.done = result
         result.addTimeout(timeout, self.reactor)
         return result
@@ -588,14 +593,17 @@ class WorkerSupervisor(MultiService):
     def _fromWorkers(self, path: bytes) -> "defer.Deferred[Dict[int, Optional[bytes]]]":
         running = [w for w in self.workers if w.running]
 
-        def one(w: _Worker) -> Any:
-            d = self.fetchWorker(w, path)
-            d.addErrback(lambda f: (log.debug("admin: worker {n}: {e}", n=w.number, e=f.getErrorMessage()), None)[1])
-            return d
+        def one(w: _Worker) -> "defer.Deferred[Optional[bytes]]":
+            def unreachable(f: Failure) -> None:
+                log.debug("admin: worker {n}: {e}", n=w.number, e=f.getErrorMessage())
+                return None
 
-        d = defer.gatherResults([one(w) for w in running])
-        d.addCallback(lambda bodies: {w.number: body for w, body in zip(running, bodies)})
-        return d
+            return self.fetchWorker(w, path).addErrback(unreachable)
+
+        def byNumber(bodies: List[Optional[bytes]]) -> Dict[int, Optional[bytes]]:
+            return {w.number: body for w, body in zip(running, bodies)}
+
+        return defer.gatherResults([one(w) for w in running]).addCallback(byNumber)
 
     def metricsText(self) -> "defer.Deferred[bytes]":
         from prometheus_client.exposition import generate_latest
@@ -708,16 +716,17 @@ def fdLimitWarning(config: Any, softLimit: int) -> Optional[str]:
     without a cap on some listener, anything below L{UNCAPPED_FD_MINIMUM}
     is warned about.
     """
-    caps = [getattr(l, "maxConns", None) for l in config.listeners]
+    caps: List[Optional[int]] = [getattr(listener, "maxConns", None) for listener in config.listeners]
     if softLimit < 0:  # RLIM_INFINITY
         return None
     if all(c is not None for c in caps):
-        need = 2 * sum(caps) + FD_RESERVE
+        total = sum(c for c in caps if c is not None)
+        need = 2 * total + FD_RESERVE
         if softLimit >= need:
             return None
         return (
             f"the open-file limit (ulimit -n) is {softLimit}, below the {need} descriptors that "
-            f"--max-conns {sum(caps)} can use (two per proxied connection); raise it "
+            f"--max-conns {total} can use (two per proxied connection); raise it "
             f"(LimitNOFILE= in systemd, ulimit -n) or connections will fail with EMFILE"
         )
     if softLimit >= UNCAPPED_FD_MINIMUM:
