@@ -397,3 +397,134 @@ class WorkersReloadIntegrationTests(SynchronousTestCase):
         waitUntil(lambda: len(reloads()) == 2, timeout=30, what="both workers' metrics")
         proxy.signal(signal.SIGHUP)
         waitUntil(lambda: reloads() == {"1": 1.0, "2": 1.0}, timeout=15, what="both workers to reload")
+
+
+def _keepAliveOrigin(conn: socket.socket) -> None:
+    """
+    An HTTP/1.1 origin: answers every request on the connection with 1000
+    bytes, until the client closes.
+    """
+    buf = b""
+    while True:
+        while b"\r\n\r\n" not in buf:
+            data = conn.recv(65536)
+            if not data:
+                return
+            buf += data
+        _, _, buf = buf.partition(b"\r\n\r\n")
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\nContent-Type: text/plain\r\n\r\n" + b"k" * 1000)
+
+
+def _slowSource(conn: socket.socket) -> None:
+    """
+    Sends 2 MiB in 64 KiB chunks over about 3 seconds, then closes.
+    """
+    for _ in range(32):
+        conn.sendall(b"d" * 65536)
+        time.sleep(0.1)
+
+
+class ReloadUnderLoadTests(SynchronousTestCase):
+    def test_tenReloadsDuringLoadDropNothing(self) -> None:
+        """
+        Ten SIGHUP reloads (each with a changed file) while keep-alive
+        clients make requests and long downloads run through CONNECT
+        tunnels: every request gets its 200 and full body, every download
+        all its bytes, and all ten reloads succeed.
+        """
+        import tempfile
+        import threading
+
+        origin = ThreadedServer(_keepAliveOrigin)
+        self.addCleanup(origin.stop)
+        source = ThreadedServer(_slowSource)
+        self.addCleanup(source.stop)
+        port, adminPort = freePort(), freePort()
+        work = tempfile.mkdtemp(prefix="txproxy-reload-load-")
+        config = os.path.join(work, "txproxy.toml")
+
+        def writeConfig(n: int) -> None:
+            with open(config + ".new", "w") as f:
+                f.write(f'admin = "tcp:{adminPort}:interface=127.0.0.1"\ndrain_timeout = 5\n\n'
+                        f'[[listeners]]\nname = "fwd"\nlisten = ["tcp:{port}:interface=127.0.0.1"]\n'
+                        f'connect_ports = "*"\nmax_conns = {1000 + n}\nidle_timeout = {300 + n}\n')
+            os.replace(config + ".new", config)
+
+        writeConfig(0)
+        proxy = Twistd(["--config", config], port).start()
+        self.addCleanup(proxy.stop)
+        waitForPort(adminPort, proc=proxy.proc)
+        stop = threading.Event()
+        errors: List[str] = []
+        counts = {"requests": 0, "downloads": 0}
+        lock = threading.Lock()
+
+        def keepAlive() -> None:
+            try:
+                s = socket.create_connection(("127.0.0.1", port), timeout=10)
+                url = f"http://127.0.0.1:{origin.port}/x"
+                while not stop.is_set():
+                    s.sendall(f"GET {url} HTTP/1.1\r\nHost: 127.0.0.1:{origin.port}\r\n\r\n".encode())
+                    buf = b""
+                    while b"\r\n\r\n" not in buf:
+                        data = s.recv(65536)
+                        if not data:
+                            raise OSError("connection closed by the proxy")
+                        buf += data
+                    head, _, body = buf.partition(b"\r\n\r\n")
+                    if not head.startswith(b"HTTP/1.1 200"):
+                        raise OSError(f"status {head[:30]!r}")
+                    while len(body) < 1000:
+                        data = s.recv(65536)
+                        if not data:
+                            raise OSError("body cut short")
+                        body += data
+                    if body != b"k" * 1000:
+                        raise OSError("wrong body")
+                    with lock:
+                        counts["requests"] += 1
+                s.close()
+            except Exception as e:
+                errors.append(f"keep-alive: {e}")
+
+        def download() -> None:
+            try:
+                s, status, rest = connectThrough(port, f"127.0.0.1:{source.port}")
+                if status != 200:
+                    raise OSError(f"CONNECT status {status}")
+                got = len(rest)
+                s.settimeout(10)
+                while True:
+                    data = s.recv(262144)
+                    if not data:
+                        break
+                    got += len(data)
+                s.close()
+                if got != 32 * 65536:
+                    raise OSError(f"downloaded {got} bytes")
+                with lock:
+                    counts["downloads"] += 1
+            except Exception as e:
+                errors.append(f"download: {e}")
+
+        threads = [threading.Thread(target=keepAlive) for _ in range(4)]
+        threads += [threading.Thread(target=download) for _ in range(3)]
+        for t in threads:
+            t.start()
+        time.sleep(0.3)
+        for n in range(1, 11):
+            writeConfig(n)
+            proxy.signal(signal.SIGHUP)
+            time.sleep(0.2)
+        waitUntil(lambda: counts["downloads"] + sum(1 for e in errors if e.startswith("download")) == 3,
+                  timeout=20, what="the downloads to finish")
+        stop.set()
+        for t in threads:
+            t.join(15)
+        self.assertEqual(errors, [])
+        self.assertEqual(counts["downloads"], 3)
+        self.assertGreater(counts["requests"], 20)
+        text = fetch(adminPort, "/metrics")[2].decode()
+        self.assertEqual(metricValues(text, "txproxy_reloads_total", result="success"), [10.0])
+        self.assertEqual(metricValues(text, "txproxy_reloads_total", result="failure"), [0.0])
+        self.assertEqual(statusJSON(adminPort)["listeners"][0]["limits"]["maxConns"], 1010)
