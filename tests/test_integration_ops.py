@@ -528,3 +528,39 @@ class ReloadUnderLoadTests(SynchronousTestCase):
         self.assertEqual(metricValues(text, "txproxy_reloads_total", result="success"), [10.0])
         self.assertEqual(metricValues(text, "txproxy_reloads_total", result="failure"), [0.0])
         self.assertEqual(statusJSON(adminPort)["listeners"][0]["limits"]["maxConns"], 1010)
+
+
+class DrainTimeoutIntegrationTests(SynchronousTestCase):
+    def test_idleClosedAtOnceTunnelClosedAtDeadline(self) -> None:
+        """
+        On SIGTERM an idle client connection is closed at once; a tunnel
+        still open at C{--drain-timeout} is closed then, and the process
+        exits 0 shortly after.
+        """
+        echo = ThreadedServer(echoHandler)
+        self.addCleanup(echo.stop)
+        port = freePort()
+        proxy = Twistd(["--listen", f"tcp:{port}:interface=127.0.0.1", "--connect-ports", "*",
+                        "--drain-timeout", "1.5"], port).start()
+        self.addCleanup(proxy.stop)
+        idle = socket.create_connection(("127.0.0.1", port), timeout=5)
+        tunnel, status, _ = connectThrough(port, f"127.0.0.1:{echo.port}")
+        self.assertEqual(status, 200)
+        started = time.monotonic()
+        proxy.signal(signal.SIGTERM)
+        self.assertEqual(idle.recv(10), b"")
+        idleClosed = time.monotonic() - started
+        tunnel.settimeout(10)
+        tunnel.sendall(b"during drain")
+        self.assertEqual(tunnel.recv(100), b"during drain")
+        try:
+            self.assertEqual(tunnel.recv(100), b"")
+        except ConnectionResetError:
+            pass  # an abort at the deadline may reset
+        tunnelClosed = time.monotonic() - started
+        self.assertEqual(proxy.wait(10), 0)
+        self.assertLess(idleClosed, 1.0)
+        self.assertGreaterEqual(tunnelClosed, 1.4)
+        self.assertLess(tunnelClosed, 5.0)
+        idle.close()
+        tunnel.close()
