@@ -120,9 +120,9 @@ def _rss(pid: int) -> int:
 
 
 class CurlTests(SynchronousTestCase):
-    def curl(self, *args: str) -> subprocess.CompletedProcess:
+    def curl(self, *args: str, input: bytes = b"") -> subprocess.CompletedProcess:
         return subprocess.run(["curl", "-sS", "--max-time", "20", "-x", f"http://127.0.0.1:{proxy().port}", *args],
-                              capture_output=True)
+                              capture_output=True, input=input, timeout=60)
 
     def test_get(self) -> None:
         """
@@ -136,8 +136,9 @@ class CurlTests(SynchronousTestCase):
         """
         A request body arrives whole.
         """
-        result = self.curl("--data-binary", "@-", f"http://127.0.0.1:{origin().server_port}/post")
+        result = self.curl("--data-binary", "@-", f"http://127.0.0.1:{origin().server_port}/post", input=b"hello body")
         self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(json.loads(result.stdout), {"received": 10, "head": "hello body"})
 
     def test_postLargeBody(self) -> None:
         """
@@ -147,7 +148,7 @@ class CurlTests(SynchronousTestCase):
         result = subprocess.run(
             ["curl", "-sS", "--max-time", "30", "-x", f"http://127.0.0.1:{proxy().port}", "--data-binary", "@-",
              "-H", "Content-Type: application/octet-stream", f"http://127.0.0.1:{origin().server_port}/post"],
-            input=data, capture_output=True,
+            input=data, capture_output=True, timeout=60,
         )
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertEqual(json.loads(result.stdout)["received"], len(data))
