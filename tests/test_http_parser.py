@@ -1356,6 +1356,7 @@ class HeadReaderLimitTests(SynchronousTestCase):
         reader = HeadReader()
         self.assertIsNone(reader.feed(b"\r"))
         self.assertIsNone(reader.feed(b"\n\r"))
+        self.assertEqual(reader.bufferedSize, 3)
         self.assertEqual(reader.feed(b"\n" + GET), GET)
 
 

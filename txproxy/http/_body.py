@@ -77,6 +77,9 @@ UNTIL_CLOSE = Framing("close")
 
 
 def _framingHeaders(headers: Headers) -> Tuple[List[bytes], List[bytes]]:
+    """
+    The values of C{Transfer-Encoding} and of C{Content-Length}.
+    """
     te: List[bytes] = []
     cl: List[bytes] = []
     for name, value in headers:
@@ -91,6 +94,11 @@ def _framingHeaders(headers: Headers) -> Tuple[List[bytes], List[bytes]]:
 
 
 def _contentLength(values: List[bytes], status: int) -> int:
+    """
+    The one length that the C{Content-Length} values agree on.
+
+    @raise HTTPError: C{status}, if they are invalid or disagree.
+    """
     result = None
     for value in values:
         for item in value.split(b","):
@@ -109,6 +117,11 @@ def _contentLength(values: List[bytes], status: int) -> int:
 
 
 def _codings(values: List[bytes], status: int) -> Tuple[bytes, ...]:
+    """
+    The lower-cased transfer codings listed by C{Transfer-Encoding}.
+
+    @raise HTTPError: C{status}, for an invalid or empty list.
+    """
     codings = []
     for value in values:
         for item in value.split(b","):
@@ -282,7 +295,13 @@ class ChunkedReader:
     to be valid and belong to this message.  Chunk data is returned as soon
     as it arrives; a size line or trailer line is held back until it is
     complete and checked.  Once the final blank line has been returned,
-    L{ended} is true and the bytes past the body are in L{leftover}.
+    L{ended} is true and the bytes past the body are in L{leftover}.  After
+    an L{HTTPError} the reader is spent: close the connection.
+
+    Holding back incomplete lines means a relay never forwards a chunk-size
+    line or trailer it has not checked, so a malformed body is cut off
+    before the malformed part (the connection is then closed) instead of
+    reaching the peer.
 
     @cvar maxLineLength: the longest chunk-size line (extensions included).
     @cvar maxTrailerSize: the largest trailer section.

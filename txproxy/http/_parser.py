@@ -112,6 +112,9 @@ def _tupleOfPairs(headers: Iterable[Sequence[bytes]]) -> Headers:
 
 
 def _get(headers: Headers, name: bytes) -> Optional[bytes]:
+    """
+    The first value of C{name} (case-insensitive), or L{None}.
+    """
     name = name.lower()
     size = len(name)
     for n, v in headers:
@@ -121,6 +124,9 @@ def _get(headers: Headers, name: bytes) -> Optional[bytes]:
 
 
 def _getAll(headers: Headers, name: bytes) -> List[bytes]:
+    """
+    Every value of C{name} (case-insensitive), in order.
+    """
     name = name.lower()
     size = len(name)
     return [v for n, v in headers if len(n) == size and n.lower() == name]
@@ -130,6 +136,9 @@ _NO_TOKENS: FrozenSet[bytes] = frozenset()
 
 
 def _connectionTokens(headers: Headers) -> FrozenSet[bytes]:
+    """
+    The lower-cased options of every C{Connection} field.
+    """
     tokens = None
     for n, v in headers:
         if len(n) == 10 and n.lower() == b"connection":
@@ -143,6 +152,9 @@ def _connectionTokens(headers: Headers) -> FrozenSet[bytes]:
 
 
 def _keepAlive(version: bytes, headers: Headers) -> bool:
+    """
+    Whether C{Connection} and the version leave the connection open.
+    """
     tokens = _connectionTokens(headers)
     if version == _HTTP11:
         return b"close" not in tokens
@@ -348,6 +360,7 @@ class HeadReader:
             if self._pendingCR:
                 data = b"\r" + data
                 self._pendingCR = False
+                self._size -= 1
             skip = 0
             while data.startswith(b"\r\n", skip):
                 skip += 2
@@ -533,6 +546,9 @@ def parseResponseHead(data: bytes, maxHeaders: int = DEFAULT_MAX_HEADERS) -> Res
 
 
 def _serializeHeaders(headers: Headers) -> bytes:
+    """
+    One C{name: value CRLF} line per header.
+    """
     return b"".join([name + b": " + value + b"\r\n" for name, value in headers])
 
 
