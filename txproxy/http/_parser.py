@@ -395,9 +395,12 @@ class HeadReader:
         size = self._size + cut
         if size > self.maxSize:
             raise self._tooLarge()
-        self._chunks.append(data[:cut])
-        head = b"".join(self._chunks)
-        leftover = data[cut:]
+        if cut == len(data):
+            piece, leftover = data, b""
+        else:
+            piece, leftover = data[:cut], data[cut:]
+        chunks = self._chunks
+        head = b"".join(chunks + [piece]) if chunks else piece
         self.reset()
         self.leftover = leftover
         return head
