@@ -575,3 +575,89 @@ class FramingDifferentialTests(SynchronousTestCase):
         if not refused:
             self.assertTrue(done)
         self.assertFalse(llhttpCompletes(stream[: end - 1])[1])
+
+
+@st.composite
+def plausibleResponses(draw: st.DrawFn) -> bytes:
+    """
+    Response heads that mostly parse, with framing fields in the mix.
+    """
+    rnd = draw(st.randoms(use_true_random=True))
+    version = rnd.choice([b"HTTP/1.1", b"HTTP/1.1", b"HTTP/1.0"])
+    status = rnd.choice([b"200", b"200", b"204", b"304", b"100", b"404", b"500", b"101"])
+    lines = [version + b" " + status + b" Reason"]
+    for _ in range(rnd.randint(0, 4)):
+        kind = rnd.choice(["other", "length", "coding", "connection"])
+        lines.append(draw(FIELDS[kind][0]) + b": " + draw(FIELDS[kind][1]))
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+def llhttpResponseCompletes(stream: bytes) -> Tuple[bool, bool]:
+    """
+    Give llhttp a response stream (to a C{GET}).
+
+    @return: whether llhttp refused it, and whether it saw a complete
+        message.
+    """
+    state = {"done": False}
+
+    class Collector:
+        def on_message_complete(self) -> None:
+            state["done"] = True
+
+    parser = httptools.HttpResponseParser(Collector())
+    try:
+        parser.feed_data(stream)
+    except (httptools.HttpParserError, httptools.HttpParserUpgrade):
+        return True, state["done"]
+    return False, state["done"]
+
+
+class ResponseFramingDifferentialTests(SynchronousTestCase):
+    """
+    Where L{parseResponseHead} and L{responseFraming} accept a response to
+    a C{GET} with a length or chunked body, llhttp must find the same end.
+    """
+
+    if httptools is None:  # pragma: no cover - PyPy
+        skip = "httptools is not installed"
+
+    @FUZZ
+    @given(plausibleResponses(), st.sampled_from([b"", b"hello", b"5\r\nhello\r\n0\r\n\r\n"]))
+    def test_sameEndAsLLHTTP(self, data: bytes, body: bytes) -> None:
+        """
+        The end of an accepted response with a length or chunked body is
+        where llhttp completes the message, unless llhttp refuses it.
+        Interim (1xx) and close-delimited responses are left out: llhttp
+        treats those as the start of a stream, not a whole message.
+        """
+        try:
+            head = parseResponseHead(data)
+            framing = responseFraming(b"GET", head)
+        except HTTPError:
+            return
+        if head.status < 200:
+            return
+        stream = data + body + b"HTTP/1.1 200 OK\r\n"
+        if framing.kind == "none":
+            end = len(data)
+        elif framing.kind == "length":
+            assert framing.length is not None
+            end = len(data) + framing.length
+        elif framing.kind == "chunked":
+            reader = ChunkedReader(502)
+            try:
+                reader.feed(stream[len(data) :])
+            except HTTPError:
+                return
+            if not reader.ended:
+                return
+            end = len(stream) - len(reader.leftover)
+        else:
+            return
+        if end > len(stream):
+            return
+        refused, done = llhttpResponseCompletes(stream[:end])
+        if not refused:
+            self.assertTrue(done)
+        self.assertFalse(llhttpResponseCompletes(stream[: end - 1])[1])

@@ -807,7 +807,7 @@ class RequestFramingTests(SynchronousTestCase):
             (((CL, b"999999999999999999"),), Framing("length", 10**18 - 1)),
             (((TE, b"chunked"),), Framing("chunked", None, (b"chunked",))),
             (((TE, b"Chunked"),), Framing("chunked", None, (b"chunked",))),
-            (((b"transfer-encoding", b", chunked ,"),), Framing("chunked", None, (b"chunked",))),
+            (((b"transfer-encoding", b"CHUNKED"),), Framing("chunked", None, (b"chunked",))),
         ]
         for headers, expected in cases:
             self.assertEqual(requestFraming(request(*headers)), expected, headers)
@@ -839,6 +839,9 @@ class RequestFramingTests(SynchronousTestCase):
             (((TE, b"chunked, chunked"),), 400, "chunked twice"),
             (((TE, b"chunked"), (TE, b"chunked")), 400, "chunked twice over two lines"),
             (((TE, b""),), 400, "empty TE"),
+            (((TE, b"chunked,"),), 400, "TE with a trailing empty element"),
+            (((TE, b", chunked"),), 400, "TE with a leading empty element"),
+            (((TE, b"gzip,,chunked"),), 400, "TE with an inner empty element"),
             (((TE, b" , "),), 400, "TE of empty elements"),
             (((TE, b"chunked;x=1"),), 400, "TE with parameters"),
             (((TE, b"\"chunked\""),), 400, "quoted TE"),
@@ -931,6 +934,8 @@ class ResponseFramingTests(SynchronousTestCase):
             response((TE, b"chunked, gzip")),
             response((TE, b"chunked, chunked")),
             response((TE, b"")),
+            response((TE, b"chunked,")),
+            response((TE, b"gzip, ,chunked")),
             response((CL, b"5"), (CL, b"6")),
             response((CL, b"x")),
             response((CL, b"-5")),

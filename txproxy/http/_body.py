@@ -10,8 +10,10 @@ Choices made where the RFC leaves room:
   - A request whose codings end in C{chunked} but include another coding
     (C{gzip, chunked}, or a token we do not know): C{501}, as RFC 9112
     section 6.1 suggests.  Transfer codings with parameters: C{400}.
-    Empty list elements (C{chunked, }) are ignored (RFC 9110 section
-    5.6.1).
+    Empty list elements (C{chunked,}, C{, chunked}, an empty value) are
+    C{400} too: RFC 9110 section 5.6.1 says to skip them, but other parsers
+    (llhttp) read C{chunked,} as not ending in C{chunked}, and on this
+    header any disagreement is a smuggling risk.
   - Several C{Content-Length} values (separate lines or a comma list) are
     accepted when they are all the same number (RFC 9110 section 8.6), and
     are one C{400} otherwise.  A value must be digits only and below
@@ -127,12 +129,13 @@ def _codings(values: List[bytes], status: int) -> Tuple[bytes, ...]:
         for item in value.split(b","):
             item = item.strip(b" \t")
             if not item:
-                continue
+                # RFC 9110 section 5.6.1 would have us skip empty list
+                # elements, but llhttp reads "chunked," as not ending in
+                # chunked: refuse rather than disagree on framing.
+                raise HTTPError(status, "Empty element in Transfer-Encoding")
             if not _TOKEN.fullmatch(item):
                 raise HTTPError(status, "Invalid Transfer-Encoding")
             codings.append(item.lower())
-    if not codings:
-        raise HTTPError(status, "Empty Transfer-Encoding")
     return tuple(codings)
 
 
