@@ -15,9 +15,11 @@ Choices made where the RFC leaves room:
     (llhttp) read C{chunked,} as not ending in C{chunked}, and on this
     header any disagreement is a smuggling risk.
   - Several C{Content-Length} values (separate lines or a comma list) are
-    accepted when they are all the same number (RFC 9110 section 8.6), and
-    are one C{400} otherwise.  A value must be digits only and below
-    10**18.  Forward a single normalized value (L{applyFraming} does).
+    accepted when they are byte for byte the same (RFC 9110 section 8.6
+    allows reading them as one), and are C{400} otherwise, even when they
+    are the same number spelt differently (C{5} and C{05}).  A value must
+    be digits only and below 10**18.  Forward a single normalized value
+    (L{applyFraming} does): llhttp, for one, refuses repeated values.
   - Responses: C{Transfer-Encoding} together with C{Content-Length}, or in
     an HTTP/1.0 response, or with C{chunked} not last, is C{502} (RFC 9112
     section 6.1 says such a message "ought to be handled as an error");
@@ -101,21 +103,26 @@ def _contentLength(values: List[bytes], status: int) -> int:
 
     @raise HTTPError: C{status}, if they are invalid or disagree.
     """
-    result = None
-    for value in values:
-        for item in value.split(b","):
-            item = item.strip(b" \t")
-            if not item.isdigit():
-                raise HTTPError(status, "Invalid Content-Length")
-            if len(item.lstrip(b"0")) > _MAX_CONTENT_LENGTH_DIGITS:
-                raise HTTPError(status, "Content-Length too large")
-            length = int(item)
-            if result is None:
-                result = length
-            elif result != length:
-                raise HTTPError(status, "Conflicting Content-Length values")
-    assert result is not None
-    return result
+    first: Optional[bytes] = None
+    if len(values) == 1 and values[0].isdigit():
+        # The usual case: one plain value.
+        first = values[0]
+    else:
+        for value in values:
+            for item in value.split(b","):
+                item = item.strip(b" \t")
+                if first is None:
+                    first = item
+                elif item != first:
+                    # Byte for byte: "5" and "05" are the same number, but
+                    # a peer that reads the field as received (or in
+                    # octal) might not think so.
+                    raise HTTPError(status, "Conflicting Content-Length values")
+        if first is None or not first.isdigit():
+            raise HTTPError(status, "Invalid Content-Length")
+    if len(first.lstrip(b"0")) > _MAX_CONTENT_LENGTH_DIGITS:
+        raise HTTPError(status, "Content-Length too large")
+    return int(first)
 
 
 def _codings(values: List[bytes], status: int) -> Tuple[bytes, ...]:
