@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 
@@ -126,66 +127,93 @@ PEERS = [
 
 # ------------------------------------------------------------------ run
 
-def run_peer(peer: B.Peer, be: B.Backend, args) -> dict:
-    res: dict = {"note": peer.note}
-    why = peer.available()
-    if why:
-        print(f"# skipping {peer.name}: {why}", flush=True)
-        return {"skipped": why}
-    if peer.python:
-        res["txproxy_origin"] = B.txproxy_origin(peer.python)
-    bg = B.wait_quiet(args.wait_quiet)
-    res["background_busy"] = bg
-    if max(bg.get(B.GEN_CPU, 0), bg.get(B.PROXY_CPU, 0)) >= 0.15:
-        print(f"# WARNING {peer.name}: other load before the run: core0 {bg.get(B.GEN_CPU, 0):.0%}, "
-              f"core1 {bg.get(B.PROXY_CPU, 0):.0%} busy -- numbers are disturbed", flush=True)
-    tmp = B.mktemp(peer.name)
-    bulk_port = be.source if args.bulk_mode == "recv" else be.sink
-    sink, echo = f"127.0.0.1:{bulk_port}", f"127.0.0.1:{be.echo}"
-    server = None
-    if peer.start is None:
-        port, pid, via_sink, via_echo = None, None, None, None
-    else:
-        port = B.free_port()
-        try:
-            server = B.start_and_wait(peer.start(tmp, port), port, timeout=30)
-        except Exception as e:  # noqa: BLE001
-            print(f"# skipping {peer.name}: failed to start: {e}", flush=True)
-            return {"skipped": f"failed to start: {e}"}
-        pid, via_sink, via_echo = server.pid, sink, echo
-        res["command"] = " ".join(server.argv)
-        res["rss_start_kb"] = B.rss_kb(pid)
-    bport = port or bulk_port
-    eport = port or be.echo
+class Running:
+    """One started peer (or the direct baseline) and its samples."""
+
+    def __init__(self, peer: B.Peer, be: B.Backend, args):
+        self.peer, self.name = peer, peer.name
+        self.res: dict = {"note": peer.note}
+        self.server = None
+        self.ok = False
+        why = peer.available()
+        if why:
+            print(f"# skipping {peer.name}: {why}", flush=True)
+            self.res = {"skipped": why}
+            return
+        if peer.python:
+            self.res["txproxy_origin"] = B.txproxy_origin(peer.python)
+        bulk_port = be.source if args.bulk_mode == "recv" else be.sink
+        sink, self.echo = f"127.0.0.1:{bulk_port}", f"127.0.0.1:{be.echo}"
+        if peer.start is None:
+            self.port, self.pid, self.via_sink, self.via_echo = None, None, None, None
+        else:
+            self.port = B.free_port()
+            try:
+                self.server = B.start_and_wait(peer.start(B.mktemp(peer.name), self.port),
+                                               self.port, timeout=30)
+            except Exception as e:  # noqa: BLE001
+                print(f"# skipping {peer.name}: failed to start: {e}", flush=True)
+                self.res = {"skipped": f"failed to start: {e}"}
+                return
+            self.pid, self.via_sink, self.via_echo = self.server.pid, sink, self.echo
+            self.res["command"] = " ".join(self.server.argv)
+            self.res["rss_start_kb"] = B.rss_kb(self.pid)
+        self.bport = self.port or bulk_port
+        self.eport = self.port or be.echo
+        self.ok = True
+        self.bulk: list = []
+        self.setup: list = []
+
+    def stop(self) -> None:
+        if self.server is not None:
+            if not self.server.alive():
+                self.res["died"] = self.server.log_tail()
+            self.res["log_tail"] = self.server.log_tail(5)
+            self.server.stop()
+
+
+def run_all(peers: list, be: B.Backend, args, results: dict, background: dict) -> None:
+    running = []
     try:
-        # warm-up: code paths, allocator, JIT
-        B.log(f"[{peer.name}] warm-up")
-        B.bulk(bport, 256 << 20, via_sink, args.bulk_mode)
-        B.connrate(eport, 2.0 + peer.warmup, min(args.clients, 32), via_echo)
-        if peer.warmup:
-            B.bulk(bport, 1 << 30, via_sink, args.bulk_mode)
+        for peer in peers:
+            r = Running(peer, be, args)
+            results[peer.name] = r.res
+            if r.ok:
+                running.append(r)
+        for r in running:
+            # warm-up: code paths, allocator, JIT
+            B.log(f"[{r.name}] warm-up")
+            B.bulk(r.bport, 256 << 20, r.via_sink, args.bulk_mode)
+            B.connrate(r.eport, 2.0 + r.peer.warmup, min(args.clients, 32), r.via_echo)
+            if r.peer.warmup:
+                B.bulk(r.bport, 1 << 30, r.via_sink, args.bulk_mode)
 
-        B.log(f"[{peer.name}] bulk {args.repeats} x {args.bulk} bytes")
-        samples = [B.measured(lambda: B.bulk(bport, args.bulk, via_sink, args.bulk_mode), pid,
-                              be.pid, "gbps") for _ in range(args.repeats)]
-        res["bulk_gbps"] = B.summarize(samples)
+        def do_bulk(r):
+            B.log(f"[{r.name}] bulk {args.bulk} bytes")
+            r.bulk.append(B.measured(lambda: B.bulk(r.bport, args.bulk, r.via_sink, args.bulk_mode),
+                                     r.pid, be.pid, "gbps"))
 
-        B.log(f"[{peer.name}] set-up rate {args.repeats} x {args.seconds}s, {args.clients} clients")
-        samples = [B.measured(lambda: B.connrate(eport, args.seconds, args.clients, via_echo), pid,
-                              be.pid, "rate") for _ in range(args.repeats)]
-        res["setup_per_s"] = B.summarize(samples)
-        res["setup_p99_ms"] = [s.extra.get("p99_ms") for s in samples]
+        def do_setup(r):
+            B.log(f"[{r.name}] set-up rate {args.seconds}s, {args.clients} clients")
+            r.setup.append(B.measured(lambda: B.connrate(r.eport, args.seconds, args.clients,
+                                                         r.via_echo), r.pid, be.pid, "rate"))
 
-        if pid and args.hold:
-            B.log(f"[{peer.name}] memory: holding {args.hold} tunnels")
-            res["memory"] = B.hold_memory(pid, port, args.hold, target=echo)
-        if server is not None and not server.alive():
-            res["died"] = server.log_tail()
+        background["bulk"] = B.rounds(running, args, "bulk", do_bulk)
+        background["setup"] = B.rounds(running, args, "set-up", do_setup)
+        for r in running:
+            r.res["bulk_gbps"] = B.summarize(r.bulk)
+            r.res["setup_per_s"] = B.summarize(r.setup)
+            r.res["setup_p99_ms"] = [x.extra.get("p99_ms") for x in r.setup]
+        if args.hold:
+            background["memory"] = []
+            for r in running:
+                if r.pid:
+                    background["memory"].append(B.wait_quiet(args.wait_quiet))
+                    B.log(f"[{r.name}] memory: holding {args.hold} tunnels")
+                    r.res["memory"] = B.hold_memory(r.pid, r.port, args.hold, target=r.echo)
     finally:
-        if server is not None:
-            res["log_tail"] = server.log_tail(5)
-            server.stop()
-    return res
+        for r in running:
+            r.stop()
 
 
 def main() -> int:
@@ -202,10 +230,13 @@ def main() -> int:
                     help="run proxies, generators and backends at this niceness (e.g. -10 on a "
                          "shared machine: every peer gets the same; default 0)")
     ap.add_argument("--wait-quiet", type=float, default=60.0,
-                    help="before each peer, wait up to this many seconds for both cores to be "
+                    help="before each round, wait up to this many seconds for both cores to be "
                          "under 15%% busy (default 60); the load seen is reported")
     ap.add_argument("--hold", type=int, help="tunnels held for the memory test (default 9000, 0 skips)")
     args = ap.parse_args()
+    # a SIGTERM (e.g. from `timeout`) unwinds normally, so every server we
+    # started is stopped by the finally blocks
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     B.NICE = args.nice
     args.repeats = args.repeats or (1 if args.quick else 3)
     args.seconds = args.seconds or (3.0 if args.quick else 5.0)
@@ -225,20 +256,20 @@ def main() -> int:
     tmp = B.mktemp("backend")
     be = B.Backend(tmp)
     results: dict = {}
+    background: dict = {}
     t0 = time.time()
     try:
-        for peer in peers:
-            results[peer.name] = run_peer(peer, be, args)
+        run_all(peers, be, args, results, background)
     finally:
         be.stop()
 
     direct = results.get("direct", {}).get("bulk_gbps", {}).get("median")
-    headers = ["proxy", "bg c0/c1", "bulk GB/s med (min-max)", "/direct", "cpu", "core1",
+    headers = ["proxy", "bulk GB/s med (min-max)", "/direct", "cpu", "core1",
                "tunnels/s med (min-max)", "cpu", "core1", "core0", "KiB/tunnel (held)"]
     rows = []
     for name, r in results.items():
         if "skipped" in r:
-            rows.append([name, "", "skipped: " + r["skipped"].splitlines()[0][:70]] + [""] * 8)
+            rows.append([name, "skipped: " + r["skipped"].splitlines()[0][:70]] + [""] * 8)
             continue
         b, s, m = r.get("bulk_gbps", {}), r.get("setup_per_s", {}), r.get("memory", {})
         ratio = f"{b['median'] / direct:.2f}" if direct and "median" in b else "-"
@@ -247,8 +278,7 @@ def main() -> int:
             mem = f"{m['kb_per_conn']:.1f} ({m['held']}{', Pss' if m.get('metric', '').startswith('Pss') else ''})"
         elif m:
             mem = f"failed ({m.get('held')})"
-        bg = r.get("background_busy", {})
-        rows.append([name, f"{B.pct(bg.get(B.GEN_CPU))}/{B.pct(bg.get(B.PROXY_CPU))}", B.cell(b, ".2f"), ratio, B.pct(b.get("proxy_cpu")), B.pct(b.get("core1_busy")),
+        rows.append([name, B.cell(b, ".2f"), ratio, B.pct(b.get("proxy_cpu")), B.pct(b.get("core1_busy")),
                      B.cell(s, ".0f"), B.pct(s.get("proxy_cpu")), B.pct(s.get("core1_busy")),
                      B.pct(s.get("core0_cpu")), mem])
     print()
@@ -257,9 +287,12 @@ def main() -> int:
     table = B.print_table(headers, rows)
     print("cpu = the proxy's process tree (share of one core); core1 = core 1 busy from /proc/stat "
           "(proxy + softirq + anything else: other load shows as core1 >> cpu, also in the direct row); "
-          "core0 = generator + backend processes; bg = both cores' busy share in the second before the peer "
-          "started (other people's load). GB = 10^9 bytes.")
+          "core0 = generator + backend processes. GB = 10^9 bytes. Peers measured interleaved, round by round.")
+    bgtxt = "; ".join(f"{k}: " + " ".join(f"{B.pct(b.get(B.GEN_CPU))}/{B.pct(b.get(B.PROXY_CPU))}" for b in v)
+                      for k, v in background.items())
+    print(f"background busy core0/core1 before each round (other people's load; >15% = disturbed): {bgtxt}")
     data = {"bench": "connect", "args": vars(args), "machine": B.machine_info(),
+            "background_busy_before_rounds": background,
             "elapsed_s": round(time.time() - t0, 1), "results": results, "table": table}
     print("JSON:", B.write_json("bench_connect", data))
     return 0

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 
@@ -124,61 +125,100 @@ class Session:
             self.server.stop()
 
 
-def run_peer(peer: B.Peer, be: B.Backend, redis_port: int, redis_pid: int, args) -> dict:
-    res: dict = {"note": peer.note}
-    why = peer.available()
-    if why:
-        print(f"# skipping {peer.name}: {why}", flush=True)
-        return {"skipped": why}
-    if peer.python:
-        res["txproxy_origin"] = B.txproxy_origin(peer.python)
-    bg = B.wait_quiet(args.wait_quiet)
-    res["background_busy"] = bg
-    if max(bg.get(B.GEN_CPU, 0), bg.get(B.PROXY_CPU, 0)) >= 0.15:
-        print(f"# WARNING {peer.name}: other load before the run: core0 {bg.get(B.GEN_CPU, 0):.0%}, "
-              f"core1 {bg.get(B.PROXY_CPU, 0):.0%} busy -- numbers are disturbed", flush=True)
+def run_all(peers: list, be: B.Backend, redis_port: int, redis_pid, args, results: dict,
+            background: dict) -> None:
+    """Start every relay (one process per upstream: sink, echo, redis), warm
+    them up, then measure interleaved, round by round."""
     tests = args.tests
+    up = {"bulk": be.source if args.bulk_mode == "recv" else be.sink, "echo": be.echo,
+          "ping": redis_port}
+    wanted = [k for k, t in (("bulk", {"bulk"}), ("echo", {"connrate", "memory"}), ("ping", {"ping"}))
+              if t & tests]
+    running = []  # (peer, res, {key: Session})
     try:
+        for peer in peers:
+            why = peer.available()
+            if why:
+                print(f"# skipping {peer.name}: {why}", flush=True)
+                results[peer.name] = {"skipped": why}
+                continue
+            res: dict = {"note": peer.note}
+            results[peer.name] = res
+            if peer.python:
+                res["txproxy_origin"] = B.txproxy_origin(peer.python)
+            sessions = {}
+            try:
+                for key in wanted:
+                    sessions[key] = Session(peer, up[key], res, key)
+            except RuntimeError as e:
+                print(f"# {peer.name} failed: {e}", flush=True)
+                res["failed"] = str(e)
+                for key, s in sessions.items():
+                    s.close(res, key)
+                continue
+            running.append((peer, res, sessions))
+            res["samples"] = {"bulk": [], "conn": [], "ping": []}
+
+        for peer, res, ss in running:
+            B.log(f"[{peer.name}] warm-up")
+            if "bulk" in ss:
+                B.bulk(ss["bulk"].port, (1 << 30) if peer.warmup else (256 << 20), None, args.bulk_mode)
+            if "echo" in ss:
+                B.connrate(ss["echo"].port, 2.0 + peer.warmup, min(args.clients, 32))
+            if "ping" in ss:
+                B.redis_bench(ss["ping"].port, max(args.ping_n // 4, 20000) * (4 if peer.warmup else 1))
+
+        # rounds() wants objects with .name; wrap the tuples
+        class R:
+            def __init__(self, t):
+                self.peer, self.res, self.ss = t
+                self.name = self.peer.name
+        rs = [R(t) for t in running]
+
+        def do_bulk(r):
+            s = r.ss["bulk"]
+            B.log(f"[{r.name}] bulk {args.bulk} bytes")
+            r.res["samples"]["bulk"].append(B.measured(
+                lambda: B.bulk(s.port, args.bulk, None, args.bulk_mode), s.pid, be.pid, "gbps"))
+
+        def do_conn(r):
+            s = r.ss["echo"]
+            B.log(f"[{r.name}] connrate {args.seconds}s, {args.clients} clients")
+            r.res["samples"]["conn"].append(B.measured(
+                lambda: B.connrate(s.port, args.seconds, args.clients), s.pid, be.pid, "rate"))
+
+        def do_ping(r):
+            s = r.ss["ping"]
+            B.log(f"[{r.name}] redis-benchmark ping_inline -n {args.ping_n}")
+            r.res["samples"]["ping"].append(B.measured(
+                lambda: B.redis_bench(s.port, args.ping_n), s.pid, redis_pid, "rps"))
+
         if "bulk" in tests:
-            s = Session(peer, be.source if args.bulk_mode == "recv" else be.sink, res, "bulk")
-            try:
-                B.log(f"[{peer.name}] bulk: warm-up, {args.repeats} x {args.bulk} bytes")
-                B.bulk(s.port, (1 << 30) if peer.warmup else (256 << 20), None, args.bulk_mode)
-                res["bulk_gbps"] = B.summarize([
-                    B.measured(lambda: B.bulk(s.port, args.bulk, None, args.bulk_mode), s.pid,
-                               be.pid, "gbps") for _ in range(args.repeats)])
-            finally:
-                s.close(res, "bulk")
-        if "connrate" in tests or "memory" in tests:
-            s = Session(peer, be.echo, res, "echo")
-            try:
-                B.log(f"[{peer.name}] connrate: warm-up, {args.repeats} x {args.seconds}s")
-                B.connrate(s.port, 2.0 + peer.warmup, min(args.clients, 32))
-                if "connrate" in tests:
-                    samples = [B.measured(lambda: B.connrate(s.port, args.seconds, args.clients),
-                                          s.pid, be.pid, "rate") for _ in range(args.repeats)]
-                    res["conn_per_s"] = B.summarize(samples)
-                    res["conn_p99_ms"] = [x.extra.get("p99_ms") for x in samples]
-                if "memory" in tests and s.pid and args.hold:
-                    n = min(args.hold, HOLD_CAP.get(peer.name, args.hold))
-                    B.log(f"[{peer.name}] memory: holding {n} connections")
-                    res["memory"] = B.hold_memory(s.pid, s.port, n)
-            finally:
-                s.close(res, "echo")
+            background["bulk"] = B.rounds(rs, args, "bulk", do_bulk)
+        if "connrate" in tests:
+            background["connrate"] = B.rounds(rs, args, "connrate", do_conn)
         if "ping" in tests:
-            s = Session(peer, redis_port, res, "ping")
-            try:
-                B.log(f"[{peer.name}] redis ping: warm-up, {args.repeats} x {args.ping_n} requests")
-                B.redis_bench(s.port, max(args.ping_n // 4, 20000) * (4 if peer.warmup else 1))
-                res["ping_per_s"] = B.summarize([
-                    B.measured(lambda: B.redis_bench(s.port, args.ping_n), s.pid, redis_pid, "rps")
-                    for _ in range(args.repeats)])
-            finally:
-                s.close(res, "ping")
-    except RuntimeError as e:
-        print(f"# {peer.name} failed: {e}", flush=True)
-        res["failed"] = str(e)
-    return res
+            background["ping"] = B.rounds(rs, args, "ping", do_ping)
+        if "memory" in tests and args.hold:
+            background["memory"] = []
+            for r in rs:
+                s = r.ss["echo"]
+                if s.pid:
+                    background["memory"].append(B.wait_quiet(args.wait_quiet))
+                    n = min(args.hold, HOLD_CAP.get(r.name, args.hold))
+                    B.log(f"[{r.name}] memory: holding {n} connections")
+                    r.res["memory"] = B.hold_memory(s.pid, s.port, n)
+        for r in rs:
+            smp = r.res.pop("samples")
+            for key, name in (("bulk", "bulk_gbps"), ("conn", "conn_per_s"), ("ping", "ping_per_s")):
+                if smp[key]:
+                    r.res[name] = B.summarize(smp[key])
+            if smp["conn"]:
+                r.res["conn_p99_ms"] = [x.extra.get("p99_ms") for x in smp["conn"]]
+    finally:
+        for peer, res, ss in running:
+            for key, s in ss.items():
+                s.close(res, key)
 
 
 def main() -> int:
@@ -199,9 +239,12 @@ def main() -> int:
                     help="run proxies, generators and backends at this niceness (e.g. -10 on a "
                          "shared machine: every peer gets the same; default 0)")
     ap.add_argument("--wait-quiet", type=float, default=60.0,
-                    help="before each relay, wait up to this many seconds for both cores to be "
+                    help="before each round, wait up to this many seconds for both cores to be "
                          "under 15%% busy (default 60); the load seen is reported")
     args = ap.parse_args()
+    # a SIGTERM (e.g. from `timeout`) unwinds normally, so every server we
+    # started is stopped by the finally blocks
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     B.NICE = args.nice
     args.repeats = args.repeats or (1 if args.quick else 3)
     args.seconds = args.seconds or (3.0 if args.quick else 5.0)
@@ -225,6 +268,7 @@ def main() -> int:
     be = B.Backend(tmp)
     redis = None
     results: dict = {}
+    background: dict = {}
     t0 = time.time()
     try:
         redis_port = B.free_port()
@@ -238,8 +282,7 @@ def main() -> int:
                     "--save", "", "--appendonly", "no", "--protected-mode", "no",
                     "--dir", tmp, "--maxclients", "10000", "--loglevel", "warning"],
                     B.GEN_CPU, tmp), redis_port)
-        for peer in peers:
-            results[peer.name] = run_peer(peer, be, redis_port, redis.pid if redis else None, args)
+        run_all(peers, be, redis_port, redis.pid if redis else None, args, results, background)
     finally:
         if redis is not None:
             redis.stop()
@@ -247,27 +290,25 @@ def main() -> int:
 
     base = {k: results.get("direct", {}).get(k, {}).get("median")
             for k in ("bulk_gbps", "conn_per_s", "ping_per_s")}
-    headers = ["relay", "bg c0/c1", "bulk GB/s med (min-max)", "/direct", "cpu", "core1",
+    headers = ["relay", "bulk GB/s med (min-max)", "/direct", "cpu", "core1",
                "conn/s med (min-max)", "cpu", "core1", "core0", "PING/s med (min-max)", "cpu",
                "core0", "KiB/conn (held)"]
     rows = []
     for name, r in results.items():
         if "skipped" in r:
-            rows.append([name, "", "skipped: " + r["skipped"].splitlines()[0][:70]] + [""] * 11)
+            rows.append([name, "skipped: " + r["skipped"].splitlines()[0][:70]] + [""] * 11)
             continue
         if "failed" in r and not any(k in r for k in ("bulk_gbps", "conn_per_s", "ping_per_s")):
-            rows.append([name, "", "failed: " + r["failed"].splitlines()[-1][:70]] + [""] * 11)
+            rows.append([name, "failed: " + r["failed"].splitlines()[-1][:70]] + [""] * 11)
             continue
         b, c, p, m = (r.get(k, {}) for k in ("bulk_gbps", "conn_per_s", "ping_per_s", "memory"))
-        bg = r.get("background_busy", {})
         ratio = f"{b['median'] / base['bulk_gbps']:.2f}" if base["bulk_gbps"] and "median" in b else "-"
         mem = "-"
         if "kb_per_conn" in m:
             mem = f"{m['kb_per_conn']:.1f} ({m['held']}{', Pss' if m.get('metric', '').startswith('Pss') else ''})"
         elif m:
             mem = f"failed ({m.get('held')})"
-        rows.append([name, f"{B.pct(bg.get(B.GEN_CPU))}/{B.pct(bg.get(B.PROXY_CPU))}",
-                     B.cell(b, ".2f"), ratio, B.pct(b.get("proxy_cpu")), B.pct(b.get("core1_busy")),
+        rows.append([name, B.cell(b, ".2f"), ratio, B.pct(b.get("proxy_cpu")), B.pct(b.get("core1_busy")),
                      B.cell(c, ".0f"), B.pct(c.get("proxy_cpu")), B.pct(c.get("core1_busy")),
                      B.pct(c.get("core0_cpu")),
                      B.cell(p, ".0f"), B.pct(p.get("proxy_cpu")), B.pct(p.get("core0_cpu")), mem])
@@ -278,10 +319,12 @@ def main() -> int:
     table = B.print_table(headers, rows)
     print("cpu = the relay's process tree (share of one core); core1 = core 1 busy from /proc/stat "
           "(relay + softirq + anything else); core0 = generator + backend (or redis-benchmark + "
-          "redis-server); bg = both cores' busy share before the relay started (other people's "
-          "load). GB = 10^9 bytes.")
+          "redis-server). GB = 10^9 bytes. Relays measured interleaved, round by round.")
+    bgtxt = "; ".join(f"{k}: " + " ".join(f"{B.pct(b.get(B.GEN_CPU))}/{B.pct(b.get(B.PROXY_CPU))}" for b in v)
+                      for k, v in background.items())
+    print(f"background busy core0/core1 before each round (other people's load; >15% = disturbed): {bgtxt}")
     data = {"bench": "tcp", "args": {k: (sorted(v) if isinstance(v, set) else v) for k, v in vars(args).items()},
-            "machine": B.machine_info(), "elapsed_s": round(time.time() - t0, 1),
+            "machine": B.machine_info(), "background_busy_before_rounds": background, "elapsed_s": round(time.time() - t0, 1),
             "results": results, "table": table}
     print("JSON:", B.write_json("bench_tcp", data))
     return 0

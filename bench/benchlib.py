@@ -417,6 +417,23 @@ def redis_bench(port: int, requests: int, clients: int = 50, timeout: float = 12
     return {"error": (err.decode() or out.decode()).strip()[-300:] or f"exit {p.returncode}"}
 
 
+def rounds(running: list, args, what: str, fn) -> list:
+    """Interleave: round r measures every peer once (order reversed on odd
+    rounds), so slow drifts and other people's load hit all peers alike."""
+    bgs = []
+    for rep in range(args.repeats):
+        bg = wait_quiet(args.wait_quiet)
+        bgs.append(bg)
+        flag = "" if max(bg.get(GEN_CPU, 0), bg.get(PROXY_CPU, 0)) < 0.15 else \
+            "  WARNING: machine busy before this round, numbers disturbed"
+        log(f"{what} round {rep + 1}/{args.repeats}: background core0 {bg.get(GEN_CPU, 0):.0%} "
+              f"core1 {bg.get(PROXY_CPU, 0):.0%}{flag}")
+        order = running if rep % 2 == 0 else list(reversed(running))
+        for r in order:
+            fn(r)
+    return bgs
+
+
 # ---------------------------------------------------------------- peers
 
 @dataclass
