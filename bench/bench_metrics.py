@@ -10,6 +10,12 @@ rounds, and report the median time per unit of work:
   tunnels   CONNECT + 200 + 4 relayed chunks + close, per tunnel
   chunks    relayed chunks through one open tunnel (metrics do no per-chunk
             work, so this is the control)
+  interleaved  tunnels as above, both variants in alternating batches of 250
+            (the more robust comparison on a busy machine)
+            Without an access log, the HTTP core skips building each
+            request's AccessRecord unless metrics are on, so that variant
+            also measures building the record; a second run with a (null)
+            access log in both isolates the metrics' own cost.
   calls     the three metrics calls a connection with one tunnel makes
   scrape    one /metrics exposition with OPEN tunnels open
 
@@ -73,6 +79,47 @@ def tunnels(n: int, withMetrics: bool) -> float:
     dt = time.perf_counter() - t0
     connector.attempts.clear()
     return dt / n
+
+
+class NullLog:
+    """
+    An access log that drops records (so both variants build them).
+    """
+
+    def log(self, record: object) -> None:
+        pass
+
+
+def interleaved(n: int, batch: int = 250, accessLog: bool = False) -> "tuple[float, float]":
+    """
+    Tunnels with and without metrics in alternating batches of C{batch}
+    (order swapped every batch), so machine noise and drift hit both alike.
+
+    @return: seconds per tunnel without, and with, metrics.
+    """
+    plain, plainConn = makeFactory(False)
+    counted, countedConn = makeFactory(True)
+    if accessLog:
+        plain.accessLog = counted.accessLog = NullLog()
+    spent = {False: 0.0, True: 0.0}
+    done = {False: 0, True: 0}
+    order = [False, True]
+    while done[False] < n:
+        for withMetrics in order:
+            factory, connector = (counted, countedConn) if withMetrics else (plain, plainConn)
+            t0 = time.perf_counter()
+            for _ in range(batch):
+                proto, client = connect(factory)
+                proto.dataReceived(CONNECT)
+                up = connector.attempts[-1].protocol
+                proto.dataReceived(b"a" * 512)
+                up.dataReceived(b"b" * 4096)
+                client.peerClosed()
+            spent[withMetrics] += time.perf_counter() - t0
+            done[withMetrics] += batch
+            connector.attempts.clear()
+        order.reverse()
+    return spent[False] / done[False], spent[True] / done[True]
 
 
 def chunks(n: int, withMetrics: bool) -> float:
@@ -256,7 +303,18 @@ def main() -> None:
         mo, mn = statistics.median(off), statistics.median(on)
         print(f"{name:8s} without metrics {mo * 1e6:8.2f} us   with metrics {mn * 1e6:8.2f} us   "
               f"overhead {100 * (mn - mo) / mo:+5.1f}%  (median of {a.rounds} rounds of {n})")
-    print(f"calls    {calls() * 1e6:8.2f} us for connectionOpened + connectionClosed + requestFinished")
+    interleaved(2000)
+    off, on = zip(*(interleaved(a.tunnels) for _ in range(a.rounds)))
+    mo, mn = statistics.median(off), statistics.median(on)
+    print(f"interleaved tunnels: without {mo * 1e6:8.2f} us   with {mn * 1e6:8.2f} us   "
+          f"overhead {100 * (mn - mo) / mo:+5.1f}%  (batches of 250 alternating, median of {a.rounds} runs of {a.tunnels})")
+    off, on = zip(*(interleaved(a.tunnels, accessLog=True) for _ in range(a.rounds)))
+    lo, ln = statistics.median(off), statistics.median(on)
+    print(f"interleaved tunnels, access log on in both: without {lo * 1e6:8.2f} us   with {ln * 1e6:8.2f} us   "
+          f"overhead {100 * (ln - lo) / lo:+5.1f}%")
+    c = calls()
+    print(f"calls    {c * 1e6:8.2f} us for connectionOpened + connectionClosed + requestFinished "
+          f"= {100 * c / mo:.2f}% of one tunnel's proxy work")
     s = scrape(a.open)
     print(f"scrape   {s * 1e3:8.2f} ms per /metrics exposition with {a.open} open tunnels")
 

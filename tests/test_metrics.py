@@ -6,7 +6,7 @@ L{ForwardProxyProtocol} on fake transports, and the exposition parses.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Tuple
+from typing import Dict, Tuple
 
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.task import Clock
@@ -121,6 +121,16 @@ class MetricsTrafficTests(SynchronousTestCase):
         record = AccessRecord(client="c", method="BREW", target="-", status=501, start=0.0)
         self.metrics.requestFinished(self.factory.listener, record)
         self.assertEqual(value(self.metrics, "txproxy_requests_total", method="other", code="501"), 1)
+
+    def test_countRequestWithoutRecord(self) -> None:
+        """
+        L{Metrics.countRequest} counts like L{Metrics.requestFinished},
+        without an access record.
+        """
+        self.metrics.countRequest(self.factory.listener, "GET", 404, 10, 20)
+        self.assertEqual(value(self.metrics, "txproxy_requests_total", method="GET", code="404"), 1)
+        self.assertEqual(value(self.metrics, "txproxy_bytes_total", direction="upstream"), 10)
+        self.assertEqual(value(self.metrics, "txproxy_bytes_total", direction="downstream"), 20)
 
     def test_listenerBoundOnFirstUse(self) -> None:
         """

@@ -369,16 +369,22 @@ class Metrics:
         A request or tunnel of C{listener} ended with the
         L{txproxy.accesslog.AccessRecord} C{record}.
         """
+        self.countRequest(listener, record.method, record.status, record.bytesUp, record.bytesDown)
+
+    def countRequest(self, listener: Any, method: str, status: int, bytesUp: int, bytesDown: int) -> None:
+        """
+        L{requestFinished} without an access record: for a protocol that
+        has no access log to feed, so it need not build the record.
+        """
         entry = self._byListener.get(id(listener))
         stats = entry[1] if entry is not None else self.bindListener(listener)
-        method = record.method
         if method not in KNOWN_METHODS:
             method = "other"
-        key = (method, str(record.status))
+        key = (method, str(status))
         requests = stats.requests
         requests[key] = requests.get(key, 0) + 1
-        stats.bytesUp += record.bytesUp
-        stats.bytesDown += record.bytesDown
+        stats.bytesUp += bytesUp
+        stats.bytesDown += bytesDown
 
     def upstreamConnected(self, listener: Any, seconds: float) -> None:
         """
