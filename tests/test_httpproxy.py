@@ -200,6 +200,21 @@ class BodyTests(ProxyTestCase):
         self.respond(OK)
         self.assertEqual(self.records[0].bytesUp, 10)
 
+    def test_contentLengthNormalized(self) -> None:
+        """
+        A repeated or listed Content-Length that framing accepted travels on
+        as one normalized value, in both directions.
+        """
+        proto, client = self.open()
+        proto.dataReceived(b"POST http://origin.test/ HTTP/1.1\r\nHost: o\r\nContent-Length: 3, 3\r\n"
+                           b"Content-Length: 3\r\n\r\nabc")
+        upstream = self.connector.last.succeed()
+        self.assertEqual(upstream.value().count(b"Content-Length"), 1)
+        self.assertIn(b"Content-Length: 3\r\n", upstream.value())
+        self.respond(b"HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\n\r\nok")
+        self.assertEqual(client.value().count(b"Content-Length"), 1)
+        self.assertIn(b"Content-Length: 2\r\n", client.value())
+
     def test_requestBodyChunked(self) -> None:
         """
         A chunked request body is relayed verbatim, trailers included, and

@@ -54,7 +54,7 @@ from txproxy.http import (
     serializeRequestHead,
     serializeResponseHead,
 )
-from txproxy.http._parser import _connectionTokens as _connectionTokensOf
+from txproxy.http import connectionTokens as _connectionTokensOf
 from txproxy.relay import Relay, RelayedProtocol, fastSender
 
 __all__ = [
@@ -95,7 +95,6 @@ _HOP = frozenset(
         b"upgrade",
         b"proxy-authorization",
         b"proxy-authenticate",
-        b"trailer",
     ]
 )
 
@@ -103,8 +102,10 @@ _HOP = frozenset(
 def _endToEnd(headers: Any, keep: Any = ()) -> Tuple[List[Tuple[bytes, bytes]], frozenset, bool]:
     """
     One pass over C{headers}: the end-to-end fields (hop-by-hop ones and
-    whatever C{Connection} lists removed, except names in C{keep}), the
-    C{Connection} tokens, and whether a C{Content-Length} was kept.
+    whatever C{Connection} lists removed, except names in C{keep}; every
+    C{Content-Length} removed too, for the caller to write one normalized
+    value from the framing), the C{Connection} tokens, and whether a
+    C{Content-Length} was there.
     """
     out = []
     connection = None
@@ -117,7 +118,10 @@ def _endToEnd(headers: Any, keep: Any = ()) -> Tuple[List[Tuple[bytes, bytes]], 
                 connection = (connection or []) + [pair[1]]
             continue
         if lower == b"content-length":
+            # Re-added as one normalized value by the caller (a received
+            # "5, 5" or a repeated field must not travel on).
             hasLength = True
+            continue
         out.append(pair)
     if connection is None:
         return out, _NO_TOKENS, hasLength
@@ -559,7 +563,7 @@ class HTTPProxyProtocol(Protocol):
         framing = self._framing
         if framing.kind == "chunked":
             headers.append((b"Transfer-Encoding", b"chunked"))
-        elif framing.kind == "length" and not hasLength:
+        elif framing.kind == "length":
             headers.append((b"Content-Length", b"%d" % framing.length))
         headers.append((b"Via", head.version[5:] + b" " + self.factory.pseudonym))
         return RequestHead(head.method, request.path, _HTTP11, tuple(headers))
@@ -1210,12 +1214,22 @@ class HTTPProxyProtocol(Protocol):
             self.responseBodyData(self._request, decoded)
 
     def _clientResponseHead(self, resp: ResponseHead, framing: Any = None, chunked: bool = False, interim: bool = False) -> bytes:
-        headers, _, _ = _endToEnd(resp.headers)
+        headers, _, hadLength = _endToEnd(resp.headers)
         if not interim:
-            if framing is not None and framing.kind in ("chunked", "close"):
-                headers = [(n, v) for n, v in headers if n.lower() != b"content-length"]
+            kind = framing.kind if framing is not None else "none"
+            if kind == "length":
+                headers.append((b"Content-Length", b"%d" % framing.length))
+            elif kind == "none" and hadLength:
+                # HEAD and 304 answers may announce the length they omit.
+                value = resp.get(b"content-length") or b""
+                first = value.split(b",")[0].strip()
+                if first.isdigit():
+                    headers.append((b"Content-Length", first))
             if chunked:
                 headers.append((b"Transfer-Encoding", b"chunked"))
+            elif kind == "chunked":
+                # Decoded for an HTTP/1.0 client: its trailers are dropped.
+                headers = [(n, v) for n, v in headers if n.lower() != b"trailer"]
             head = self._head
             if not self._clientKeepAlive or self.factory.draining:
                 self._clientKeepAlive = False
