@@ -12,7 +12,11 @@ from typing import Any, Dict, List
 
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import error
-from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint, UNIXServerEndpoint, serverFromString
+from twisted.internet.endpoints import (
+    TCP4ServerEndpoint,
+    TCP6ServerEndpoint,
+    UNIXServerEndpoint,
+)
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
@@ -20,7 +24,13 @@ from twisted.trial.unittest import SynchronousTestCase
 from txproxy import workers
 from txproxy.config import fromFlags
 from txproxy.errors import ConfigError
-from txproxy.workers import ReusePortEndpoint, WorkerSupervisor, _pluginArgs, mergeExpositions, reusePort
+from txproxy.workers import (
+    ReusePortEndpoint,
+    WorkerSupervisor,
+    _pluginArgs,
+    mergeExpositions,
+    reusePort,
+)
 
 
 class FakeProcess:
@@ -88,6 +98,18 @@ class SupervisorTests(SynchronousTestCase):
         self.assertEqual([s["env"]["TXPROXY_WORKER_ID"] for s in self.reactor.spawned], ["1", "2"])
         self.assertTrue(first["env"]["TXPROXY_WORKER_ADMIN"].startswith("unix:" + self.sup.runDir))
         self.assertEqual(first["env"]["TXPROXY_SUPERVISOR_PID"], str(os.getpid()))
+
+    def test_workersRunOnTheSupervisorsReactor(self) -> None:
+        """
+        Workers are started on the same kind of reactor as the supervisor
+        (C{twistd --reactor poll} gives C{python -m twisted --reactor=poll}).
+        """
+        from twisted.internet.pollreactor import PollReactor
+
+        sup = WorkerSupervisor(self.sup.config, self.reactor, argv=["twistd", "txproxy"], executable="py")
+        self.addCleanup(lambda: __import__("shutil").rmtree(sup.runDir, ignore_errors=True))
+        sup.reactor = PollReactor.__new__(PollReactor)
+        self.assertEqual(sup.workerArgv(), ["py", "-m", "twisted", "--log-format=text", "--reactor=poll", "txproxy"])
 
     def test_deadWorkerRestartedWithBackoff(self) -> None:
         """

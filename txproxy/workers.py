@@ -391,6 +391,17 @@ class _Worker:
         }
 
 
+#: Reactor modules and the name C{python -m twisted --reactor} knows them by,
+#: so workers run on the supervisor's reactor.
+_REACTOR_NAMES = {
+    "twisted.internet.epollreactor": "epoll",
+    "twisted.internet.pollreactor": "poll",
+    "twisted.internet.selectreactor": "select",
+    "twisted.internet.asyncioreactor": "asyncio",
+    "twisted.internet.kqreactor": "kqueue",
+}
+
+
 def _pluginArgs(argv: Sequence[str]) -> List[str]:
     """
     The arguments after the C{txproxy} subcommand in C{twistd ... txproxy
@@ -463,7 +474,11 @@ class WorkerSupervisor(MultiService):
         The command line of a worker: this interpreter running
         C{python -m twisted txproxy} with the supervisor's txproxy arguments.
         """
-        return [self.executable, "-m", "twisted", "--log-format=text", "txproxy", *_pluginArgs(self.argv)]
+        args = [self.executable, "-m", "twisted", "--log-format=text"]
+        reactorName = _REACTOR_NAMES.get(type(self.reactor).__module__)
+        if reactorName is not None:
+            args.append(f"--reactor={reactorName}")
+        return args + ["txproxy", *_pluginArgs(self.argv)]
 
     # -- start and stop
 
