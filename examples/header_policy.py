@@ -35,10 +35,17 @@ class HeaderPolicyProtocol(ForwardProxyProtocol):
 
     def rewriteRequest(self, request: HTTPRequest, head: RequestHead) -> RequestHead:
         user = (request.client.user or "anonymous").encode("utf-8")
-        return RequestHead(head.method, head.target, head.version, replaceHeader(head.headers, b"X-Proxy-User", user))
+        return RequestHead(
+            head.method,
+            head.target,
+            head.version,
+            replaceHeader(head.headers, b"X-Proxy-User", user),
+        )
 
     def rewriteResponse(self, request: HTTPRequest, head: ResponseHead) -> ResponseHead:
-        return ResponseHead(head.version, head.status, head.reason, removeHeader(head.headers, b"Server"))
+        return ResponseHead(
+            head.version, head.status, head.reason, removeHeader(head.headers, b"Server")
+        )
 
 
 class HeaderPolicyFactory(ForwardProxyFactory):
@@ -57,7 +64,9 @@ def makeFactory(deniedHosts: Iterable[str], **options: Any) -> HeaderPolicyFacto
     from txproxy.config import fromFlags
     from txproxy.connector import Connector
 
-    listener = fromFlags(["tcp:0"], [(k.replace("_", "-"), v) for k, v in options.items()]).listeners[0]
+    listener = fromFlags(
+        ["tcp:0"], [(k.replace("_", "-"), v) for k, v in options.items()]
+    ).listeners[0]
     factory = HeaderPolicyFactory(listener, Connector())
     factory.deniedHosts = frozenset(h.lower() for h in deniedHosts)
     return factory
