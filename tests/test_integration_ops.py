@@ -145,6 +145,14 @@ def alive(pid: int) -> bool:
         return False
 
 
+def _isTxproxy(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"txproxy" in f.read()
+    except OSError:
+        return False
+
+
 class WorkersIntegrationTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.echo = ThreadedServer(echoHandler)
@@ -158,16 +166,22 @@ class WorkersIntegrationTests(SynchronousTestCase):
         waitForPort(self.adminPort, proc=self.proxy.proc, timeout=30)
         # Both workers up and listening (each reports its listener bound).
         waitUntil(lambda: self._listening() == 2, timeout=30, what="two workers listening")
+        self.workerPids = [w["pid"] for w in statusJSON(self.adminPort)["workers"] if w["pid"]]
 
     def _listening(self) -> int:
         data = statusJSON(self.adminPort)
         return sum(1 for w in data["workers"] if w.get("status") and w["status"]["listeners"][0]["addresses"][0]["listening"])
 
     def _stop(self) -> None:
-        pids = [w["pid"] for w in statusJSON(self.adminPort)["workers"] if w["pid"]] if self.proxy.proc.poll() is None else []
+        pids = list(self.workerPids)
+        if self.proxy.proc.poll() is None:
+            try:
+                pids += [w["pid"] for w in statusJSON(self.adminPort)["workers"] if w["pid"]]
+            except (OSError, ValueError):
+                pass
         self.proxy.stop()
-        for pid in pids:
-            if alive(pid):
+        for pid in set(pids):
+            if alive(pid) and _isTxproxy(pid):
                 os.kill(pid, signal.SIGKILL)
 
     def tunnel(self) -> None:
@@ -218,6 +232,16 @@ class WorkersIntegrationTests(SynchronousTestCase):
         waitUntil(lambda: self._listening() == 2, timeout=30, what="the new worker to listen")
         for _ in range(5):
             self.tunnel()
+
+    def test_workersDieWithKilledSupervisor(self) -> None:
+        """
+        Workers do not outlive a supervisor killed with SIGKILL: each gets
+        SIGTERM from the kernel (PR_SET_PDEATHSIG), drains and exits.
+        """
+        pids = [w["pid"] for w in statusJSON(self.adminPort)["workers"]]
+        self.proxy.signal(signal.SIGKILL)
+        self.proxy.wait(5)
+        waitUntil(lambda: not any(alive(p) for p in pids), timeout=15, what="the workers to exit")
 
     def test_sigtermExits0AndStopsWorkers(self) -> None:
         """
