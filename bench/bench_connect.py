@@ -226,6 +226,8 @@ def main() -> int:
     ap.add_argument("--bulk", type=int, default=1 << 30, help="bytes per bulk run (default 1 GiB)")
     ap.add_argument("--bulk-mode", choices=["send", "recv"], default="send",
                     help="send: client -> sink (default); recv: source -> client")
+    ap.add_argument("--keep-temp", action="store_true",
+                    help="keep the /tmp/txbench-* dirs (configs and logs) after the run")
     ap.add_argument("--nice", type=int, default=0,
                     help="run proxies, generators and backends at this niceness (e.g. -10 on a "
                          "shared machine: every peer gets the same; default 0)")
@@ -262,6 +264,8 @@ def main() -> int:
         run_all(peers, be, args, results, background)
     finally:
         be.stop()
+        if not args.keep_temp:
+            B.cleanup_temps()
 
     direct = results.get("direct", {}).get("bulk_gbps", {}).get("median")
     headers = ["proxy", "bulk GB/s med (min-max)", "/direct", "cpu", "core1",

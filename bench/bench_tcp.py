@@ -235,6 +235,8 @@ def main() -> int:
     ap.add_argument("--bulk-mode", choices=["send", "recv"], default="send")
     ap.add_argument("--hold", type=int, help="connections held for the memory test (default 9000)")
     ap.add_argument("--ping-n", type=int, help="requests per redis-benchmark run (default 200000)")
+    ap.add_argument("--keep-temp", action="store_true",
+                    help="keep the /tmp/txbench-* dirs (configs and logs) after the run")
     ap.add_argument("--nice", type=int, default=0,
                     help="run proxies, generators and backends at this niceness (e.g. -10 on a "
                          "shared machine: every peer gets the same; default 0)")
@@ -287,6 +289,8 @@ def main() -> int:
         if redis is not None:
             redis.stop()
         be.stop()
+        if not args.keep_temp:
+            B.cleanup_temps()
 
     base = {k: results.get("direct", {}).get(k, {}).get("median")
             for k in ("bulk_gbps", "conn_per_s", "ping_per_s")}

@@ -484,8 +484,18 @@ def start_and_wait(server: Server, port: int, timeout: float = 20.0) -> Server:
     return server
 
 
+_TEMPS: list[str] = []
+
+
+def cleanup_temps() -> None:
+    """Remove the temp dirs (configs, logs) made by mktemp in this run."""
+    while _TEMPS:
+        shutil.rmtree(_TEMPS.pop(), ignore_errors=True)
+
+
 def mktemp(prefix: str) -> str:
     d = tempfile.mkdtemp(prefix=f"txbench-{prefix}-")
+    _TEMPS.append(d)
     os.chmod(d, 0o777)  # squid drops to the proxy user and writes its logs here
     return d
 
