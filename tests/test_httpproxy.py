@@ -492,3 +492,31 @@ class HTTPHookTests(ProxyTestCase):
         self.respond(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n")
         self.assertIn(b"X-Seen: yes\r\n", client.value())
         self.assertEqual(b"".join(seen), b"abcde")
+
+
+class MetricsTests(ProxyTestCase):
+    def test_requestCountedAndTimed(self) -> None:
+        """
+        With metrics and no access log, a forwarded request is counted by
+        method and status, and its connect and response-head times are
+        observed (on the fake clock).
+        """
+        from prometheus_client.parser import text_string_to_metric_families
+
+        from txproxy.metrics import Metrics
+
+        factory = self.factory()
+        factory.accessLog = None
+        factory.metrics = metrics = Metrics()
+        proto, client = self.open(factory)
+        proto.dataReceived(GET)
+        self.clock.advance(0.25)
+        upstream = self.connector.last.succeed()
+        self.clock.advance(0.5)
+        self.respond(OK)
+        families = {f.name: f for f in text_string_to_metric_families(metrics.exposition().decode())}
+        requests = [s for s in families["txproxy_requests"].samples if s.name == "txproxy_requests_total"]
+        self.assertEqual([(s.labels["method"], s.labels["code"], s.value) for s in requests], [("GET", "200", 1.0)])
+        sums = {s.name: s.value for f in families.values() for s in f.samples if s.name.endswith("_sum")}
+        self.assertIn(0.25, [v for k, v in sums.items() if "connect" in k])
+        self.assertIn(0.5, [v for k, v in sums.items() if "head" in k or "response" in k])

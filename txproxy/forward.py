@@ -188,6 +188,15 @@ class ForwardProxyProtocol(HTTPProxyProtocol):
             timeout = self.factory.listener.connectTimeout
             if timeout:
                 d.addTimeout(timeout, self.factory.clock)
+            metrics = self.factory.metrics
+            if metrics is not None:
+                start = self.factory.clock.seconds()
+
+                def connected(proto: Any) -> Any:
+                    metrics.upstreamConnected(self.factory.listener, self.factory.clock.seconds() - start)
+                    return proto
+
+                d.addCallback(connected)
             return d
 
         return d.addCallback(dial)

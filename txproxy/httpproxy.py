@@ -476,6 +476,7 @@ class HTTPProxyProtocol(Protocol):
     _progressMark = -1
     _progressSince = 0.0
     _upgrading = False
+    _sentAt: Optional[float] = None
 
     # -- hooks
 
@@ -800,9 +801,13 @@ class HTTPProxyProtocol(Protocol):
         timeout = self.factory.listener.connectTimeout
         d.addTimeout(timeout, self.factory.clock)
         self._pending = d
+        dialStart = self.factory.clock.seconds()
 
         def connected(upstream: UpstreamHTTPProtocol) -> None:
             self._pending = None
+            metrics = self.factory.metrics
+            if metrics is not None:
+                metrics.upstreamConnected(self.factory.listener, self.factory.clock.seconds() - dialStart)
             upstream.key = key
             if self._state != _WAIT:
                 upstream.transport.loseConnection()  # type: ignore[union-attr]
@@ -976,6 +981,8 @@ class HTTPProxyProtocol(Protocol):
             if input_:
                 self._requestData(input_)
         self._setTimer(self.factory.listener.responseTimeout, "response")
+        if self.factory.metrics is not None:
+            self._sentAt = self.factory.clock.seconds()
         if self._state == _EXCHANGE:
             self._resumeInput()
 
@@ -1095,6 +1102,10 @@ class HTTPProxyProtocol(Protocol):
         head = self._head
         assert head is not None
         status = resp.status
+        metrics = self.factory.metrics
+        if metrics is not None and self._sentAt is not None:
+            metrics.responseHeadReceived(self.factory.listener, self.factory.clock.seconds() - self._sentAt)
+            self._sentAt = None
         if status < 200:
             if status == 101 and self._upgrading:
                 self._upgrade(resp, rest)
@@ -1509,8 +1520,12 @@ class HTTPProxyProtocol(Protocol):
     def _log(self, status: int, reason: str = "") -> Optional[AccessRecord]:
         head = self._head
         factory = self.factory
-        if factory.accessLog is None and factory.metrics is None and not self._wantsRecord():
+        if factory.accessLog is None and not self._wantsRecord():
             factory.requestsTotal += 1
+            metrics = factory.metrics
+            if metrics is not None:
+                method = head.method.decode("latin-1") if head is not None else "-"
+                metrics.countRequest(factory.listener, method, status, self._bytesUp, self._bytesDown)
             return None
         clock = factory.clock
         start = self._start if self._start is not None else clock.seconds()
