@@ -1,0 +1,1 @@
+`--mode tcp` relays to a pool of `--upstream`s (retrying a refused member once), `--mode transparent` relays iptables-redirected connections to their original destination, `--mode sni` routes TLS by the ClientHello's server name without decrypting, and `--proxy-protocol-send v1|v2` tells upstreams the client's address; `haproxy:` listeners accept the PROXY protocol in every mode.
