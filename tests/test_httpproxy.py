@@ -520,3 +520,18 @@ class MetricsTests(ProxyTestCase):
         sums = {s.name: s.value for f in families.values() for s in f.samples if s.name.endswith("_sum")}
         self.assertIn(0.25, [v for k, v in sums.items() if "connect" in k])
         self.assertIn(0.5, [v for k, v in sums.items() if "head" in k or "response" in k])
+
+
+class MaxForwardsTests(ProxyTestCase):
+    def test_maxForwardsZeroAnsweredHere(self) -> None:
+        """
+        OPTIONS with Max-Forwards: 0 is answered by the proxy (200), never
+        forwarded; a positive value is decremented.
+        """
+        proto, client = self.open()
+        proto.dataReceived(b"OPTIONS http://origin.test/ HTTP/1.1\r\nHost: origin.test\r\nMax-Forwards: 0\r\n\r\n")
+        self.assertTrue(client.value().startswith(b"HTTP/1.1 200 "), client.value())
+        self.assertEqual(self.connector.attempts, [])
+        proto, client, upstream = self.request(
+            b"OPTIONS http://origin.test/ HTTP/1.1\r\nHost: origin.test\r\nMax-Forwards: 3\r\n\r\n")
+        self.assertIn(b"Max-Forwards: 2\r\n", upstream.value())

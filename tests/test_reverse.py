@@ -252,3 +252,46 @@ class RateKeyTests(ReverseTestCase):
         self.assertTrue(client.value().startswith(b"HTTP/1.1 429 "))
         proto, client = self.get(factory, host=b"b.test", peer=("10.0.0.2", 1))
         self.assertEqual(client.value(), b"")
+
+
+class ConnectFailureTests(ReverseTestCase):
+    def test_connectTimeoutRetriedAndCounted(self) -> None:
+        """
+        A connect that times out is retried on the other backend within the
+        request's budget and counts toward passive ejection.
+        """
+        factory = self.factory("a.test=http://192.0.2.1:1,http://192.0.2.2:2", connect_timeout="5")
+        proto, client = self.get(factory)
+        first = self.connector.last
+        first.fail(error.TimeoutError())
+        second = self.connector.last
+        self.assertNotEqual(first.port, second.port)
+        second.succeed()
+        self.respond()
+        self.assertIn(b"200 OK", client.value())
+        backends = {b.url.port: b for b in factory.router.routeFor("web", "a.test", "/").pool.backends}
+        self.assertEqual(backends[first.port].consecutiveFailures, 1)
+
+    def test_httpsPoolKeyIncludesTLSSettings(self) -> None:
+        """
+        Pooled https connections are keyed by the route's verification
+        settings too, so routes that verify differently never share one.
+        """
+        route = lambda verify: config.RouteConfig(  # noqa: E731
+            host="a.test" if verify else "b.test", upstreams=(config.UpstreamURL("https", "192.0.2.9", 443),),
+            tlsVerify=verify)
+        listener = config.ListenerConfig(listen=("tcp:0",), mode="reverse", name="web", routes=(route(True), route(False)))
+        router = RouterService([listener], self.connector, self.clock)
+        factory = ReverseProxyFactory(listener, self.connector, self.clock, router=router)
+        keys = []
+        for host in (b"a.test", b"b.test"):
+            proto, client = connect(factory)
+            proto._head = None
+            from txproxy.httpproxy import HTTPRequest
+            from txproxy.hooks import Target
+            from txproxy.http import RequestHead
+
+            head = RequestHead(b"GET", b"/", b"HTTP/1.1", ((b"Host", host),))
+            request = proto.routeRequest(head)
+            keys.append(proto.poolKey(request))
+        self.assertNotEqual(keys[0], keys[1])

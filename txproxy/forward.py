@@ -265,8 +265,9 @@ class ForwardProxyProtocol(HTTPProxyProtocol):
                 except ValueError:
                     raise HTTPError(400, "bad Max-Forwards")
                 if remaining <= 0:
-                    # The request stops here (RFC 9110 section 7.6.2).
-                    raise Refuse(200, "Max-Forwards reached this proxy")
+                    # The request stops here: this proxy answers it (RFC 9110
+                    # section 7.6.2).
+                    raise Refuse(200, "Max-Forwards reached txproxy")
                 headers = replaceHeader(headers, b"Max-Forwards", b"%d" % (remaining - 1))
         return RequestHead(head.method, head.target, head.version, headers)
 

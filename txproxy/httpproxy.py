@@ -438,6 +438,9 @@ class HTTPProxyProtocol(Protocol):
     upstreamProtocol: Callable[[], UpstreamHTTPProtocol] = UpstreamHTTPProtocol
     #: The mode name in access records.
     mode = "http"
+    #: Upstreams L{connectUpstream} may try for one request, each within
+    #: C{--connect-timeout}; the whole acquisition is bounded by their sum.
+    connectAttempts = 1
 
     factory: "HTTPProxyFactory"
     client: ClientInfo
@@ -778,6 +781,12 @@ class HTTPProxyProtocol(Protocol):
         except HTTPError as e:
             self._refuse(e.status, e.reason)
             return
+        except Refuse as e:
+            self._refuseWith(e)
+            return
+        except Exception:
+            self._failed(Failure())
+            return
         if overrides(self, "rewriteRequest", HTTPProxyProtocol):
             d = defer.maybeDeferred(self.rewriteRequest, request, head)
             d.addCallback(lambda h: self._acquire(request, h)).addErrback(self._failed).addErrback(self._unexpected)
@@ -798,7 +807,7 @@ class HTTPProxyProtocol(Protocol):
             self._exchange(upstream, reused=True)
             return
         d = self.connectUpstream(request)
-        timeout = self.factory.listener.connectTimeout
+        timeout = self.factory.listener.connectTimeout * self.connectAttempts
         d.addTimeout(timeout, self.factory.clock)
         self._pending = d
         dialStart = self.factory.clock.seconds()
@@ -1406,7 +1415,7 @@ class HTTPProxyProtocol(Protocol):
             self._failed(Failure())
             return
         d = self.connectUpstream(request)
-        d.addTimeout(self.factory.listener.connectTimeout, self.factory.clock)
+        d.addTimeout(self.factory.listener.connectTimeout * self.connectAttempts, self.factory.clock)
         self._pending = d
 
         def connected(upstream: UpstreamHTTPProtocol) -> None:

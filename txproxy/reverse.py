@@ -15,6 +15,7 @@ from typing import Any, List, Optional, Tuple
 from twisted.internet import defer, error
 from twisted.python.failure import Failure
 
+from txproxy.connector import connectProtocol, isIPLiteral
 from txproxy.hooks import Refuse, Target
 from txproxy.http import RequestHead, parseAbsoluteURI, parseHostHeader
 from txproxy.httpproxy import HTTPProxyFactory, HTTPProxyProtocol, HTTPRequest, UpstreamHTTPProtocol, _OneShotFactory
@@ -91,6 +92,7 @@ class ReverseProxyProtocol(HTTPProxyProtocol):
     """
 
     mode = "reverse"
+    connectAttempts = 2
     _route: Any = None
     _backend: Any = None
     _counted: Any = None
@@ -169,6 +171,12 @@ class ReverseProxyProtocol(HTTPProxyProtocol):
         if backend is None:
             raise Refuse(503, "no healthy backend")
         self._setBackend(backend)
+        url = backend.url
+        if url is not None and url.scheme == "https":
+            # Connections verified one way must never serve a route that
+            # asks for another (tls_verify, ca_bundle).
+            config = self._route.config
+            return f"{backend.key}|verify={config.tlsVerify}|ca={config.caBundle or ''}"
         return backend.key
 
     def _setBackend(self, backend: Any) -> None:
@@ -242,6 +250,10 @@ class ReverseProxyProtocol(HTTPProxyProtocol):
         factory = self.factory
         proto = self.upstreamProtocol()
         url = backend.url
+        if url is not None and url.scheme == "http" and isIPLiteral(url.host):
+            # The common case: straight to connectTCP, no endpoint wrapper.
+            self._upstreamAddress = f"[{url.host}]:{url.port}" if ":" in url.host else f"{url.host}:{url.port}"
+            return connectProtocol(factory.connector, url.host, url.port, proto)
         d = endpointForBackend(factory.connector, backend)
 
         def connect(endpoint: Any) -> Any:

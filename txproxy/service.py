@@ -156,7 +156,17 @@ def listenerEndpoint(reactor: Any, description: str, listener: ListenerConfig) -
     if tls and listener.mode == "sni":
         raise ConfigError(f"bad --listen endpoint {description!r}: sni mode passes TLS through; listen with tcp:, without --certs")
     protocols = (b"http/1.1",) if listener.mode in ("forward", "reverse") else ()
-    return serverEndpoint(reactor, description, listener.certs, listener.clientCA, protocols)
+    try:
+        return serverEndpoint(reactor, description, listener.certs, listener.clientCA, protocols)
+    except ConfigError as e:
+        # Name the string the user wrote, not the one with --backlog added.
+        original = _withoutBacklog(description, listener.backlog)
+        raise ConfigError(str(e).replace(repr(description), repr(original)))
+
+
+def _withoutBacklog(description: str, backlog: int) -> str:
+    suffix = f":backlog={backlog}"
+    return description[: -len(suffix)] if description.endswith(suffix) else description
 
 
 def withBacklog(description: str, backlog: int) -> str:

@@ -179,6 +179,12 @@ def checkResources(config: _config.ProxyConfig, reactor: Any = None) -> None:
             raise ConfigError("--client-ca needs a TLS listener (ssl: or --certs)")
         for description in listener.listen:
             listenerEndpoint(reactor, withBacklog(description, listener.backlog), listener)
+        for route in listener.routes:
+            if route.caBundle is not None:
+                try:
+                    open(route.caBundle, "rb").close()
+                except OSError as e:
+                    raise ConfigError(f"route {route.host}{route.prefix}: cannot read ca_bundle {route.caBundle}: {e.strerror}")
         if listener.auth:
             from txproxy.auth import Htpasswd
 
