@@ -14,7 +14,9 @@ backend run on core 0.  For each proxy:
            process) after the other tests warmed the proxy up; RSS growth of
            the proxy's process tree / tunnels (KiB per tunnel)
 
-bulk and setup are repeated REPEATS times (median, min-max).  The proxy's
+All proxies are started and warmed up first; bulk and setup then run in
+REPEATS rounds, each round measuring every proxy once (interleaved, so other
+load on this shared machine hits all alike); median and min-max.  The proxy's
 CPU use (fraction of its one core) and core 0's use (generator + backend)
 are printed next to each rate: a proxy near 100% is the bottleneck; core 0
 near 100% with the proxy well below means the load generator is the limit.
@@ -260,6 +262,7 @@ def main() -> int:
     results: dict = {}
     background: dict = {}
     t0 = time.time()
+    machine = B.machine_info()
     try:
         run_all(peers, be, args, results, background)
     finally:
@@ -295,7 +298,8 @@ def main() -> int:
     bgtxt = "; ".join(f"{k}: " + " ".join(f"{B.pct(b.get(B.GEN_CPU))}/{B.pct(b.get(B.PROXY_CPU))}" for b in v)
                       for k, v in background.items())
     print(f"background busy core0/core1 before each round (other people's load; >15% = disturbed): {bgtxt}")
-    data = {"bench": "connect", "args": vars(args), "machine": B.machine_info(),
+    machine["loadavg_at_end"] = open("/proc/loadavg").read().split()[:3]
+    data = {"bench": "connect", "args": vars(args), "machine": machine,
             "background_busy_before_rounds": background,
             "elapsed_s": round(time.time() - t0, 1), "results": results, "table": table}
     print("JSON:", B.write_json("bench_connect", data))

@@ -18,7 +18,9 @@ each test with the right upstream.  For each relay:
   ping     redis-benchmark -t ping_inline -c 50 -n PING_N through the relay to
            a redis-server we start: requests/s (per-message relay cost)
 
-Each measurement is repeated REPEATS times (median, min-max).  Next to each
+All relays are started and warmed up first; each measurement then runs in
+REPEATS rounds, each round measuring every relay once (interleaved, so other
+load on this shared machine hits all alike); median and min-max.  Next to each
 rate: the relay's CPU (share of its one core), core 1's total busy share
 (other load shows up there), core 0's use by generator + backend.
 
@@ -272,6 +274,7 @@ def main() -> int:
     results: dict = {}
     background: dict = {}
     t0 = time.time()
+    machine = B.machine_info()
     try:
         redis_port = B.free_port()
         if "ping" in args.tests:
@@ -327,8 +330,10 @@ def main() -> int:
     bgtxt = "; ".join(f"{k}: " + " ".join(f"{B.pct(b.get(B.GEN_CPU))}/{B.pct(b.get(B.PROXY_CPU))}" for b in v)
                       for k, v in background.items())
     print(f"background busy core0/core1 before each round (other people's load; >15% = disturbed): {bgtxt}")
+    machine["loadavg_at_end"] = open("/proc/loadavg").read().split()[:3]
     data = {"bench": "tcp", "args": {k: (sorted(v) if isinstance(v, set) else v) for k, v in vars(args).items()},
-            "machine": B.machine_info(), "background_busy_before_rounds": background, "elapsed_s": round(time.time() - t0, 1),
+            "machine": machine, "background_busy_before_rounds": background,
+            "elapsed_s": round(time.time() - t0, 1),
             "results": results, "table": table}
     print("JSON:", B.write_json("bench_tcp", data))
     return 0
