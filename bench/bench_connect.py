@@ -271,12 +271,12 @@ def main() -> int:
             B.cleanup_temps()
 
     direct = results.get("direct", {}).get("bulk_gbps", {}).get("median")
-    headers = ["proxy", "bulk GB/s med (min-max)", "/direct", "cpu", "core1",
-               "tunnels/s med (min-max)", "cpu", "core1", "core0", "KiB/tunnel (held)"]
+    headers = ["proxy", "bulk GB/s med (min-max)", "/direct", "cpu", "core1", "cpu s/GB",
+               "tunnels/s med (min-max)", "cpu", "core1", "core0", "cpu us/tunnel", "KiB/tunnel (held)"]
     rows = []
     for name, r in results.items():
         if "skipped" in r:
-            rows.append([name, "skipped: " + r["skipped"].splitlines()[0][:70]] + [""] * 8)
+            rows.append([name, "skipped: " + r["skipped"].splitlines()[0][:70]] + [""] * 10)
             continue
         b, s, m = r.get("bulk_gbps", {}), r.get("setup_per_s", {}), r.get("memory", {})
         ratio = f"{b['median'] / direct:.2f}" if direct and "median" in b else "-"
@@ -286,15 +286,17 @@ def main() -> int:
         elif m:
             mem = f"failed ({m.get('held')})"
         rows.append([name, B.cell(b, ".2f"), ratio, B.pct(b.get("proxy_cpu")), B.pct(b.get("core1_busy")),
+                     B.per_unit(b, 1, ".2f"),
                      B.cell(s, ".0f"), B.pct(s.get("proxy_cpu")), B.pct(s.get("core1_busy")),
-                     B.pct(s.get("core0_cpu")), mem])
+                     B.pct(s.get("core0_cpu")), B.per_unit(s, 1e6), mem])
     print()
     print(f"CONNECT tunnels, one core per proxy; {args.repeats} repeat(s); bulk {args.bulk} bytes "
           f"({args.bulk_mode}); set-up: {args.clients} clients x {args.seconds:g}s")
     table = B.print_table(headers, rows)
     print("cpu = the proxy's process tree (share of one core); core1 = core 1 busy from /proc/stat "
           "(proxy + softirq + anything else: other load shows as core1 >> cpu, also in the direct row); "
-          "core0 = generator + backend processes. GB = 10^9 bytes. Peers measured interleaved, round by round.")
+          "core0 = generator + backend processes; cpu s/GB and cpu us/tunnel = the proxy's own CPU per unit "
+          "of work (robust to other load). GB = 10^9 bytes. Peers measured interleaved, round by round.")
     bgtxt = "; ".join(f"{k}: " + " ".join(f"{B.pct(b.get(B.GEN_CPU))}/{B.pct(b.get(B.PROXY_CPU))}" for b in v)
                       for k, v in background.items())
     print(f"background busy core0/core1 before each round (other people's load; >15% = disturbed): {bgtxt}")

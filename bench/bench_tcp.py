@@ -297,16 +297,16 @@ def main() -> int:
 
     base = {k: results.get("direct", {}).get(k, {}).get("median")
             for k in ("bulk_gbps", "conn_per_s", "ping_per_s")}
-    headers = ["relay", "bulk GB/s med (min-max)", "/direct", "cpu", "core1",
-               "conn/s med (min-max)", "cpu", "core1", "core0", "PING/s med (min-max)", "cpu",
-               "core0", "KiB/conn (held)"]
+    headers = ["relay", "bulk GB/s med (min-max)", "/direct", "cpu", "core1", "cpu s/GB",
+               "conn/s med (min-max)", "cpu", "core1", "core0", "cpu us/conn",
+               "PING/s med (min-max)", "cpu", "core0", "cpu us/req", "KiB/conn (held)"]
     rows = []
     for name, r in results.items():
         if "skipped" in r:
-            rows.append([name, "skipped: " + r["skipped"].splitlines()[0][:70]] + [""] * 11)
+            rows.append([name, "skipped: " + r["skipped"].splitlines()[0][:70]] + [""] * 14)
             continue
         if "failed" in r and not any(k in r for k in ("bulk_gbps", "conn_per_s", "ping_per_s")):
-            rows.append([name, "failed: " + r["failed"].splitlines()[-1][:70]] + [""] * 11)
+            rows.append([name, "failed: " + r["failed"].splitlines()[-1][:70]] + [""] * 14)
             continue
         b, c, p, m = (r.get(k, {}) for k in ("bulk_gbps", "conn_per_s", "ping_per_s", "memory"))
         ratio = f"{b['median'] / base['bulk_gbps']:.2f}" if base["bulk_gbps"] and "median" in b else "-"
@@ -316,9 +316,11 @@ def main() -> int:
         elif m:
             mem = f"failed ({m.get('held')})"
         rows.append([name, B.cell(b, ".2f"), ratio, B.pct(b.get("proxy_cpu")), B.pct(b.get("core1_busy")),
+                     B.per_unit(b, 1, ".2f"),
                      B.cell(c, ".0f"), B.pct(c.get("proxy_cpu")), B.pct(c.get("core1_busy")),
-                     B.pct(c.get("core0_cpu")),
-                     B.cell(p, ".0f"), B.pct(p.get("proxy_cpu")), B.pct(p.get("core0_cpu")), mem])
+                     B.pct(c.get("core0_cpu")), B.per_unit(c, 1e6),
+                     B.cell(p, ".0f"), B.pct(p.get("proxy_cpu")), B.pct(p.get("core0_cpu")),
+                     B.per_unit(p, 1e6, ".1f"), mem])
     print()
     print(f"TCP relays, one core per relay; {args.repeats} repeat(s); bulk {args.bulk} bytes "
           f"({args.bulk_mode}); connrate {args.clients} clients x {args.seconds:g}s; "
@@ -326,7 +328,8 @@ def main() -> int:
     table = B.print_table(headers, rows)
     print("cpu = the relay's process tree (share of one core); core1 = core 1 busy from /proc/stat "
           "(relay + softirq + anything else); core0 = generator + backend (or redis-benchmark + "
-          "redis-server). GB = 10^9 bytes. Relays measured interleaved, round by round.")
+          "redis-server); cpu s/GB, us/conn, us/req = the relay's own CPU per unit of work (robust to "
+          "other load). GB = 10^9 bytes. Relays measured interleaved, round by round.")
     bgtxt = "; ".join(f"{k}: " + " ".join(f"{B.pct(b.get(B.GEN_CPU))}/{B.pct(b.get(B.PROXY_CPU))}" for b in v)
                       for k, v in background.items())
     print(f"background busy core0/core1 before each round (other people's load; >15% = disturbed): {bgtxt}")

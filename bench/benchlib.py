@@ -335,6 +335,12 @@ def summarize(samples: list[Sample]) -> dict:
         out.update(median=statistics.median(vals), min=min(vals), max=max(vals))
     if cpus:
         out["proxy_cpu"] = statistics.median(cpus)
+        # the proxy's own CPU per unit of work (per GB, per connection, per
+        # request): much less sensitive to other load than the rate itself
+        per = [s.proxy_cpu / s.value for s in samples
+               if s.proxy_cpu is not None and s.value]
+        if per:
+            out["cpu_per_unit"] = statistics.median(per)
     if c0:
         out["core0_cpu"] = statistics.median(c0)
     c1 = [s.core1 for s in samples if s.core1 is not None and s.value is not None]
@@ -513,6 +519,11 @@ def cell(summary: dict, spec: str, scale: float = 1.0) -> str:
     if summary["n"] == 1:
         return format(m, spec)
     return f"{format(m, spec)} ({format(lo, spec)}-{format(hi, spec)})"
+
+
+def per_unit(summary: dict, scale: float, spec: str = ".0f") -> str:
+    v = summary.get("cpu_per_unit")
+    return "-" if v is None else format(v * scale, spec)
 
 
 def pct(v: Optional[float]) -> str:
