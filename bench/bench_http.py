@@ -533,6 +533,12 @@ def run_group(g: Group, ctx: Ctx, origin_pid: int, args, results: dict, backgrou
                 if p99:
                     summ["p99_ms"] = statistics.median(p99)
                     summ["p99_ms_samples"] = p99
+                # requests per second of the proxy's own CPU: less sensitive than req/s to
+                # other load taking the proxy's core (the machine is shared)
+                eff = [s.value / s.proxy_cpu for s in ss if s.value is not None and s.proxy_cpu]
+                if eff:
+                    summ["per_cpu_s"] = statistics.median(eff)
+                    summ["per_cpu_s_samples"] = eff
                 summ["errors_total"] = sum(s.extra.get("errors", 0) for s in ss)
                 summ["samples_full"] = [None if s.value is None else round(s.value, 1) for s in ss]
                 r.res[m.name] = summ
@@ -572,16 +578,17 @@ def report_group(g: Group, results: dict, background: dict, args) -> list[str]:
             if m.tls_only and not v.tls:
                 continue
             if "skipped" in r:
-                rows.append([v.name, "skipped: " + r["skipped"].splitlines()[0][:60], "", "", "", "", "", ""])
+                rows.append([v.name, "skipped: " + r["skipped"].splitlines()[0][:60], "", "", "", "", "", "", ""])
                 continue
             s = r.get(m.name, {})
-            rows.append([v.name, B.cell(s, ".0f"), B.fmt(s.get("p99_ms"), ".1f"), B.pct(s.get("proxy_cpu")),
+            rows.append([v.name, B.cell(s, ".0f"), B.fmt(s.get("per_cpu_s"), ".0f"),
+                         B.fmt(s.get("p99_ms"), ".1f"), B.pct(s.get("proxy_cpu")),
                          B.pct(s.get("core1_busy")), B.pct(s.get("core0_cpu")),
                          str(s.get("errors_total", "-")), r.get("tls", "") if m.tls_only else v.note])
         print()
         print(f"== {m.title}; {args.repeats} x {args.seconds:g}s")
-        t = B.print_table(["peer", "req/s med (min-max)", "p99 ms", "cpu", "core1", "core0", "errors",
-                           "note"], rows)
+        t = B.print_table(["peer", "req/s med (min-max)", "req/CPU-s", "p99 ms", "cpu", "core1", "core0",
+                           "errors", "note"], rows)
         bg = " ".join(f"{B.pct(b.get(B.GEN_CPU))}/{B.pct(b.get(B.PROXY_CPU))}" for b in background.get(m.name, []))
         print(f"background busy core0/core1 before each round: {bg}")
         texts.append(f"== {m.title}\n{t}")
@@ -593,9 +600,12 @@ def report_group(g: Group, results: dict, background: dict, args) -> list[str]:
             a, b = res.get(num, {}).get(m.name), res.get(den, {}).get(m.name)
             if a is None or b is None:
                 continue
-            rrows.append([f"{num} / {den}", ratio_text(a, b)])
+            eff = "-"
+            if a.get("per_cpu_s") and b.get("per_cpu_s"):
+                eff = f"{a['per_cpu_s'] / b['per_cpu_s']:.2f}"
+            rrows.append([f"{num} / {den}", ratio_text(a, b), eff])
         if rrows:
-            rt = B.print_table(["ratio (req/s)", "of medians (per-round min-max)"], rrows)
+            rt = B.print_table(["ratio", "req/s: of medians (per-round min-max)", "req/CPU-s"], rrows)
             texts.append(rt)
         for text, mname, num0, den, need in g.targets:
             if mname != m.name:
@@ -701,7 +711,8 @@ def main() -> int:
             redis.stop()
         origin.stop()
     router = run_router(args) if "router" in sel_groups else None
-    print("\ncpu = the proxy's process tree, share of ONE core (near 100%: the proxy is the limit); "
+    print("\nreq/CPU-s = req/s divided by the proxy's CPU (requests per second of proxy CPU), median of rounds; "
+          "cpu = the proxy's process tree, share of ONE core (near 100%: the proxy is the limit); "
           "core1 = core 1 busy (proxy + softirq + anything else); core0 = wrk/ab + origin nginx "
           "(near 100% with cpu well below: the load generator is the limit). Peers interleaved round by round; "
           "ratios < ~10% apart are noise here.")
