@@ -724,3 +724,55 @@ class MetricsTests(TCPTestCase):
         proto.dataReceived(b"abc")
         client.peerClosed()
         self.assertEqual(metrics.events, ["opened", ("connected", 0.25), ("finished", 200, 3), "closed"])
+
+
+class TCPLimitTests(SynchronousTestCase):
+    """
+    The limiter in TCP modes: refused connections are closed at once.
+    """
+
+    def setUp(self) -> None:
+        from twisted.internet.task import Clock
+
+        from txproxy.limiter import ListenerLimits, MemoryLimiter
+        from txproxy.tcp import TCPProxyFactory
+        from txproxy.testing import FakeConnector, listenerConfig
+
+        self.clock = Clock()
+        self.connector = FakeConnector()
+        self.makeFactory = lambda **kw: self._factory(TCPProxyFactory, ListenerLimits, MemoryLimiter, listenerConfig, **kw)
+
+    def _factory(self, cls, ListenerLimits, MemoryLimiter, listenerConfig, **options):  # type: ignore[no-untyped-def]
+        listener = listenerConfig(mode="tcp", upstream="tcp:192.0.2.1:22", **options)
+        factory = cls(listener, self.connector, self.clock)
+        factory.limits = ListenerLimits(MemoryLimiter(self.clock), listener, "tcp")
+        return factory
+
+    def test_rateClosesAtOnce(self) -> None:
+        """
+        Over --rate/--burst a connection is closed without dialling.
+        """
+        from txproxy.testing import connect
+
+        factory = self.makeFactory(rate="1/m", burst="1")
+        proto, transport = connect(factory)
+        self.assertFalse(transport.disconnecting)
+        self.assertEqual(len(self.connector.attempts), 1)
+        proto, transport = connect(factory)
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(len(self.connector.attempts), 1)
+
+    def test_maxConnsLeaseReleased(self) -> None:
+        """
+        --max-conns closes the connection over the cap; closing one frees
+        its slot.
+        """
+        from txproxy.testing import connect
+
+        factory = self.makeFactory(max_conns="1")
+        first, firstT = connect(factory)
+        second, secondT = connect(factory)
+        self.assertTrue(secondT.disconnecting)
+        firstT.peerClosed()
+        third, thirdT = connect(factory)
+        self.assertFalse(thirdT.disconnecting)

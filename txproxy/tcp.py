@@ -272,7 +272,36 @@ class _RelayingProtocol(Protocol):
         if factory._acl and not factory.clientAllowed(client.host):
             self._refuse(403, "client not allowed")
             return
+        limits = factory.limits
+        if limits is not None:
+            # --rate (one token per connection), --max-conns,
+            # --max-conns-per-client: over any of them, closed at once.
+            d = limits.admitConnection(client.host, True)
+            if d.called and not isinstance(d.result, Failure):
+                self._admitted(d.result)
+            else:
+                d.addCallback(self._admitted)
+                d.addErrback(self._admissionFailed)
+            return
         self._begin()
+
+    _lease: Any = None
+
+    def _admitted(self, decision: Any) -> None:
+        if self._state == _CLOSED:
+            if decision.lease is not None:
+                decision.lease.release()
+            return
+        if not decision.allowed:
+            status = 503 if decision.reason == "max-conns" else 429
+            self._refuse(status, f"limit: {decision.reason}")
+            return
+        self._lease = decision.lease
+        self._begin()
+
+    def _admissionFailed(self, f: Failure) -> None:
+        log.failure("limiter failed for {client}", f, client=self.client.host)
+        self._refuse(503, "limiter failed")
 
     def _begin(self) -> None:
         """
@@ -551,6 +580,9 @@ class _RelayingProtocol(Protocol):
 
     def connectionLost(self, reason: Optional[Failure] = None) -> None:
         state, self._state = self._state, _CLOSED
+        lease, self._lease = self._lease, None
+        if lease is not None:
+            lease.release()
         if self.relay is not None:
             self.relay.clientLost(reason)
         else:
@@ -679,8 +711,9 @@ class RelayingFactory(ServerFactory):
         """
         @param router: a L{RouterService} that knows C{listener}; when
             L{None}, a private one is built for this listener.
-        @param limits: accepted for symmetry with the other factories; not
-            applied yet in TCP modes.
+        @param limits: a L{txproxy.limiter.ListenerLimits}, or L{None}:
+            each connection takes a token and a lease (closed at once when
+            refused).
         """
         if clock is None:
             from twisted.internet import reactor as clock  # type: ignore[assignment]
