@@ -966,3 +966,73 @@ class ListenerLimitsTests(unittest.SynchronousTestCase):
         limits = service.limitsFor(listener(name="web", rate="1/s"))
         self.assertEqual((limits.scope, limits.limiter), ("web", service))
         self.assertEqual(service.limitsFor(listener(), "x").scope, "x")
+
+
+class OutagePolicyTests(unittest.SynchronousTestCase):
+    """
+    --redis-outage: what answers while Redis is unreachable.
+    """
+
+    def service(self, policy: str) -> "LimiterService":
+        from twisted.internet.defer import fail
+        from twisted.internet.task import Clock
+
+        class DeadRedis:
+            def take(self, *a: object) -> object:
+                return fail(ConnectionRefusedError())
+
+            def acquire(self, *a: object) -> object:
+                return fail(ConnectionRefusedError())
+
+            def ping(self) -> object:
+                return fail(ConnectionRefusedError())
+
+        svc = LimiterService(redis=DeadRedis(), clock=Clock(), outagePolicy=policy)
+        svc.usingFallback = True
+        return svc
+
+    def test_memoryPolicy(self) -> None:
+        """
+        memory (the default): the process's own bucket answers.
+        """
+        svc = self.service("memory")
+        self.assertTrue(self.successResultOf(svc.take("k", 1.0, 1)).allowed)
+        self.assertFalse(self.successResultOf(svc.take("k", 1.0, 1)).allowed)
+
+    def test_openPolicy(self) -> None:
+        """
+        open: everything is admitted while Redis is down.
+        """
+        svc = self.service("open")
+        for _ in range(5):
+            self.assertTrue(self.successResultOf(svc.take("k", 1.0, 1)).allowed)
+        decision = self.successResultOf(svc.acquire("s", "c", 1, 1))
+        self.assertTrue(decision.allowed)
+        decision.lease.release()
+
+    def test_closedPolicy(self) -> None:
+        """
+        closed: everything is refused while Redis is down.
+        """
+        svc = self.service("closed")
+        self.assertFalse(self.successResultOf(svc.take("k", 1.0, 100)).allowed)
+        self.assertEqual(self.successResultOf(svc.acquire("s", "c", 10, 10)).reason, "max-conns")
+
+    def test_noRedisIgnoresPolicy(self) -> None:
+        """
+        Without Redis the policy has no effect: memory limits apply.
+        """
+        from twisted.internet.task import Clock
+
+        svc = LimiterService(clock=Clock(), outagePolicy="open")
+        self.assertTrue(self.successResultOf(svc.take("k", 1.0, 1)).allowed)
+        self.assertFalse(self.successResultOf(svc.take("k", 1.0, 1)).allowed)
+
+    def test_fromConfig(self) -> None:
+        """
+        --redis-outage reaches the service.
+        """
+        from txproxy.config import fromFlags
+
+        config = fromFlags([], [("redis", "redis://127.0.0.1:1/0"), ("redis-outage", "closed")])
+        self.assertEqual(LimiterService.fromConfig(config).outagePolicy, "closed")

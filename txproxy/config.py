@@ -389,6 +389,7 @@ class ProxyConfig:
     drainTimeout: float = 30.0
     accessLog: Optional[str] = None
     accessLogFormat: str = "combined"
+    redisOutage: str = "memory"
     configFile: Optional[str] = None
 
 
@@ -508,6 +509,7 @@ _PROCESS_OPTIONS: List[Tuple[str, str, _Converter, bool]] = [
     ("drain-timeout", "drainTimeout", _number(float, 0.0, allowZero=True), False),
     ("access-log", "accessLog", _string, False),
     ("access-log-format", "accessLogFormat", _choice(ACCESS_LOG_FORMATS), False),
+    ("redis-outage", "redisOutage", _choice(("memory", "open", "closed")), False),
 ]
 
 LISTENER_OPTION_NAMES = tuple(o[0] for o in _LISTENER_OPTIONS)

@@ -342,6 +342,31 @@ class MemoryLimiter:
 # The service: backend choice and the outage policy
 
 
+#: The choices for C{--redis-outage}.
+OUTAGE_POLICIES = ("memory", "open", "closed")
+
+
+class _NoLease:
+    def release(self) -> "Deferred[None]":
+        return succeed(None)
+
+
+def _admitAll(key: str, rate: float, burst: float, cost: float = 1.0) -> Decision:
+    return ALLOWED
+
+
+def _leaseAll(scope: str, client: str, maxTotal: Optional[int], maxPerClient: Optional[int]) -> Decision:
+    return Decision(True, None, 0.0, _NoLease())
+
+
+def _refuseRate(key: str, rate: float, burst: float, cost: float = 1.0) -> Decision:
+    return Decision(False, REASON_RATE, 1.0)
+
+
+def _refuseConnection(scope: str, client: str, maxTotal: Optional[int], maxPerClient: Optional[int]) -> Decision:
+    return _DENIED_MAX_CONNS
+
+
 class RedisTimeout(Exception):
     """
     Redis did not answer a limiter decision within the service's timeout.
@@ -405,6 +430,7 @@ class LimiterService(Service):
         memory: Optional[MemoryLimiter] = None,
         redisTimeout: float = 0.25,
         probeInterval: float = 1.0,
+        outagePolicy: str = "memory",
     ) -> None:
         """
         @param redis: the shared backend, usually a
@@ -428,6 +454,25 @@ class LimiterService(Service):
         self.redisTimeout = redisTimeout
         self.probeInterval = probeInterval
         self.usingFallback = False
+        if outagePolicy not in OUTAGE_POLICIES:
+            raise ValueError(f"unknown Redis outage policy {outagePolicy!r}")
+        #: What answers while Redis is unreachable: C{"memory"} (this
+        #: process's own limits), C{"open"} (admit everything) or
+        #: C{"closed"} (refuse everything).
+        self.outagePolicy = outagePolicy
+        if redis is None:
+            # No Redis, no outage: memory answers, whatever the policy says.
+            self._fallbackTake = self.memory.takeNow
+            self._fallbackAcquire = self.memory.acquireNow
+        elif outagePolicy == "open":
+            self._fallbackTake = _admitAll
+            self._fallbackAcquire = _leaseAll
+        elif outagePolicy == "closed":
+            self._fallbackTake = _refuseRate
+            self._fallbackAcquire = _refuseConnection
+        else:
+            self._fallbackTake = self.memory.takeNow
+            self._fallbackAcquire = self.memory.acquireNow
         self.decisions: Dict[str, int] = {
             "allowed": 0,
             REASON_RATE: 0,
@@ -465,6 +510,7 @@ class LimiterService(Service):
             from txproxy.redislimiter import RedisLimiter
 
             redis = RedisLimiter.fromURL(config.redis, reactor=reactor)
+        kwargs.setdefault("outagePolicy", getattr(config, "redisOutage", "memory"))
         return cls(redis=redis, clock=reactor, **kwargs)
 
     def limitsFor(self, listener: "ListenerConfig", scope: Optional[str] = None) -> "ListenerLimits":
@@ -552,10 +598,10 @@ class LimiterService(Service):
         if self.redis is None or self.usingFallback:
             if self._starting:
                 checkBucket(rate, burst, cost)
-                return self._afterConnecting(self.redis.take, self.memory.takeNow, (key, rate, burst, cost))
-            return succeed(self._count(self.memory.takeNow(key, rate, burst, cost)))
+                return self._afterConnecting(self.redis.take, self._fallbackTake, (key, rate, burst, cost))
+            return succeed(self._count(self._fallbackTake(key, rate, burst, cost)))
         checkBucket(rate, burst, cost)
-        return self._viaRedis(self.redis.take, self.memory.takeNow, (key, rate, burst, cost))
+        return self._viaRedis(self.redis.take, self._fallbackTake, (key, rate, burst, cost))
 
     def acquire(
         self, scope: str, client: str, maxTotal: Optional[int], maxPerClient: Optional[int]
@@ -566,11 +612,11 @@ class LimiterService(Service):
         if self.redis is None or self.usingFallback:
             if self._starting:
                 return self._afterConnecting(
-                    self.redis.acquire, self.memory.acquireNow, (scope, client, maxTotal, maxPerClient)
+                    self.redis.acquire, self._fallbackAcquire, (scope, client, maxTotal, maxPerClient)
                 )
-            return succeed(self._count(self.memory.acquireNow(scope, client, maxTotal, maxPerClient)))
+            return succeed(self._count(self._fallbackAcquire(scope, client, maxTotal, maxPerClient)))
         return self._viaRedis(
-            self.redis.acquire, self.memory.acquireNow, (scope, client, maxTotal, maxPerClient)
+            self.redis.acquire, self._fallbackAcquire, (scope, client, maxTotal, maxPerClient)
         )
 
     # -- internals

@@ -413,6 +413,7 @@ class ProxyService(MultiService):
                     drainTimeout=self.config.drainTimeout,
                     accessLog=self.config.accessLog,
                     accessLogFormat=self.config.accessLogFormat,
+                    redisOutage=self.config.redisOutage,
                     configFile=self.config.configFile,
                 )
             else:

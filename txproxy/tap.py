@@ -54,6 +54,7 @@ _PROCESS_HELP = {
     "drain-timeout": "Seconds open requests and tunnels may take to finish on SIGTERM (default 30).",
     "access-log": "Access log path, or - for standard output.",
     "access-log-format": "combined (default) | json.",
+    "redis-outage": "While Redis is unreachable: memory (default: each process's own limits) | open (admit all) | closed (refuse all).",
 }
 
 
