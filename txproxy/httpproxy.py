@@ -25,11 +25,12 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import attr
 from twisted.internet import defer, error
 from twisted.internet.interfaces import IHalfCloseableProtocol, IReactorTime
-from twisted.internet.protocol import Factory, Protocol, ServerFactory
+from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from txproxy._factory import ListenerFactory
 from txproxy.accesslog import AccessRecord
 from txproxy.auth import Htpasswd, parseBasic
 from txproxy.config import ListenerConfig
@@ -806,17 +807,24 @@ class HTTPProxyProtocol(Protocol):
         if upstream is not None:
             self._exchange(upstream, reused=True)
             return
+        self._connectFresh(request, key)
+
+    def _connectFresh(self, request: HTTPRequest, key: str) -> None:
+        """
+        Dial a new upstream connection for C{request} (pool key C{key}) and
+        start the exchange on it.
+        """
+        factory = self.factory
         d = self.connectUpstream(request)
-        timeout = self.factory.listener.connectTimeout * self.connectAttempts
-        d.addTimeout(timeout, self.factory.clock)
+        d.addTimeout(factory.listener.connectTimeout * self.connectAttempts, factory.clock)
         self._pending = d
-        dialStart = self.factory.clock.seconds()
+        dialStart = factory.clock.seconds()
 
         def connected(upstream: UpstreamHTTPProtocol) -> None:
             self._pending = None
-            metrics = self.factory.metrics
+            metrics = factory.metrics
             if metrics is not None:
-                metrics.upstreamConnected(self.factory.listener, self.factory.clock.seconds() - dialStart)
+                metrics.upstreamConnected(factory.listener, factory.clock.seconds() - dialStart)
             upstream.key = key
             if self._state != _WAIT:
                 upstream.transport.loseConnection()  # type: ignore[union-attr]
@@ -1414,23 +1422,7 @@ class HTTPProxyProtocol(Protocol):
         except Exception:
             self._failed(Failure())
             return
-        d = self.connectUpstream(request)
-        d.addTimeout(self.factory.listener.connectTimeout * self.connectAttempts, self.factory.clock)
-        self._pending = d
-
-        def connected(upstream: UpstreamHTTPProtocol) -> None:
-            self._pending = None
-            upstream.key = key
-            if self._state != _WAIT:
-                upstream.transport.loseConnection()  # type: ignore[union-attr]
-                return
-            self._exchange(upstream, reused=False)
-
-        def failed(f: Failure) -> None:
-            self._pending = None
-            self._failed(f)
-
-        d.addCallbacks(connected, failed).addErrback(self._unexpected)
+        self._connectFresh(request, key)
 
     def _dropUpstream(self, abort: bool = False) -> None:
         upstream, self._upstream = self._upstream, None
@@ -1628,7 +1620,7 @@ class HTTPProxyProtocol(Protocol):
         self.factory.connectionClosed(self)
 
 
-class HTTPProxyFactory(ServerFactory):
+class HTTPProxyFactory(ListenerFactory):
     """
     Builds protocols for one HTTP listener and holds what they share.
 
@@ -1696,45 +1688,6 @@ class HTTPProxyFactory(ServerFactory):
         self.listener = listener
         self.htpasswd = htpasswd
         self.keepAliveTimeout = min(type(self).keepAliveTimeout, listener.idleTimeout or type(self).keepAliveTimeout)
-
-    def clientAllowed(self, host: str) -> bool:
-        """
-        Apply C{--allow}/C{--deny}: C{--deny} wins; with any C{--allow},
-        unlisted clients are denied.
-        """
-        listener = self.listener
-        if listener.deny and host in listener.deny:
-            return False
-        if listener.allow:
-            return host in listener.allow
-        return True
-
-    def connectionOpened(self, proto: Any) -> None:
-        """
-        Called by each protocol when its connection is made.
-        """
-        self.protocols.add(proto)
-        if self.metrics is not None:
-            self.metrics.connectionOpened(self.listener)
-
-    def connectionClosed(self, proto: Any) -> None:
-        """
-        Called by each protocol when its connection is lost.
-        """
-        self.protocols.discard(proto)
-        if self.metrics is not None:
-            self.metrics.connectionClosed(self.listener)
-
-    def requestFinished(self, proto: Any, record: AccessRecord) -> None:
-        """
-        Called once per request or tunnel with its record: access log and
-        counters.
-        """
-        self.requestsTotal += 1
-        if self.accessLog is not None:
-            self.accessLog.log(record)
-        if self.metrics is not None:
-            self.metrics.requestFinished(self.listener, record)
 
     def stopFactory(self) -> None:
         self.pool.closeAll()

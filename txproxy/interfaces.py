@@ -10,7 +10,12 @@ them the fakes in L{txproxy.testing}.
 
 from __future__ import annotations
 
-from zope.interface import Attribute, Interface
+from typing import TYPE_CHECKING
+
+from zope.interface import Interface
+
+if TYPE_CHECKING:  # pragma: no cover
+    from twisted.internet.defer import Deferred
 
 
 class IUpstreamConnector(Interface):

@@ -7,7 +7,7 @@ listener service per C{--listen} endpoint.
 from __future__ import annotations
 
 import sys
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import attr
 

@@ -32,11 +32,12 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from twisted.internet import defer, error
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.interfaces import IHalfCloseableProtocol, IReactorTime
-from twisted.internet.protocol import ClientFactory, Protocol, ServerFactory
+from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from txproxy._factory import ListenerFactory
 from txproxy.accesslog import AccessRecord
 from txproxy.config import ListenerConfig
 from txproxy.connector import Connector
@@ -677,7 +678,7 @@ class TCPProxyProtocol(_RelayingProtocol):
             self._connectDescription(str(choice))
 
 
-class RelayingFactory(ServerFactory):
+class RelayingFactory(ListenerFactory):
     """
     What the TCP-mode factories share.
 
@@ -774,46 +775,6 @@ class RelayingFactory(ServerFactory):
             found = (url.host, url.port, None) if ip else None
         self._direct[key] = found
         return found
-
-    def clientAllowed(self, host: str) -> bool:
-        """
-        Apply C{--allow}/C{--deny}: C{--deny} wins; with any C{--allow},
-        unlisted clients are denied.
-        """
-        listener = self.listener
-        if listener.deny and host in listener.deny:
-            return False
-        if listener.allow:
-            return host in listener.allow
-        return True
-
-    def connectionOpened(self, proto: Any) -> None:
-        """
-        Called by each protocol when its connection is made.
-        """
-        self.protocols.add(proto)
-        if self.metrics is not None:
-            self.metrics.connectionOpened(self.listener)
-
-    def connectionClosed(self, proto: Any) -> None:
-        """
-        Called by each protocol when its connection is lost.
-        """
-        self.protocols.discard(proto)
-        if self.metrics is not None:
-            self.metrics.connectionClosed(self.listener)
-
-    def requestFinished(self, proto: Any, record: AccessRecord) -> None:
-        """
-        Called once per client connection with its record: access log and
-        counters.
-        """
-        self.requestsTotal += 1
-        if self.accessLog is not None:
-            self.accessLog.log(record)
-        if self.metrics is not None:
-            self.metrics.requestFinished(self.listener, record)
-
 
 class TCPProxyFactory(RelayingFactory):
     """
