@@ -444,3 +444,30 @@ class StartupErrorTests(SynchronousTestCase):
         self.addCleanup(busy.close)
         port = busy.getsockname()[1]
         self.assertOneLineError(["--listen", f"tcp:{port}:interface=127.0.0.1"], f"cannot listen on tcp:{port}", 1)
+
+
+class ListenerKindsTests(SynchronousTestCase):
+    def test_unixAndTcp6Listeners(self) -> None:
+        """
+        One forward listener group on a UNIX socket and on tcp6 ::1: a
+        CONNECT tunnel works through each.
+        """
+        echo = sharedEcho()
+        sockPath = os.path.join(tempfile.mkdtemp(prefix="txproxy-unix-"), "proxy.sock")
+        port6 = freePort("::1")
+        proxy = Twistd(["--listen", f"unix:{sockPath}", "--listen", f"tcp6:{port6}:interface=\\:\\:1",
+                        "--connect-ports", "*"]).start(wait=False)
+        self.addCleanup(proxy.stop)
+        waitForPort(port6, host="::1", proc=proxy.proc)
+        for family, address in ((socket.AF_UNIX, sockPath), (socket.AF_INET6, ("::1", port6))):
+            s = socket.socket(family, socket.SOCK_STREAM)
+            s.settimeout(10)
+            s.connect(address)
+            target = f"127.0.0.1:{echo.port}".encode()
+            s.sendall(b"CONNECT " + target + b" HTTP/1.1\r\nHost: " + target + b"\r\n\r\nvia-listener")
+            head, rest = readHead(s)
+            self.assertTrue(head.startswith(b"HTTP/1.1 200 "), (family, head))
+            while len(rest) < len(b"via-listener"):
+                rest += s.recv(100)
+            self.assertEqual(rest, b"via-listener")
+            s.close()
