@@ -7,6 +7,7 @@ one-line errors for every kind of mistake.
 from __future__ import annotations
 
 import os
+import socket
 import tempfile
 from typing import Any
 
@@ -230,6 +231,65 @@ class TOMLTests(SynchronousTestCase):
         for data, message in cases:
             e = self.assertRaises(ConfigError, fromTOML, data)
             self.assertIn(message, str(e))
+
+    def test_socketTuningKeys(self) -> None:
+        """
+        C{tcp_nodelay}, C{keepalive}, the keep-alive timers and the buffer
+        sizes are listener keys of the file (default: no-delay on,
+        keep-alive off, kernel buffers).
+        """
+        default = fromTOML({"listeners": [{}]}).listeners[0]
+        self.assertEqual(
+            (default.tcpNoDelay, default.keepAlive, default.keepAliveIdle, default.sendBuffer, default.receiveBuffer),
+            (True, False, None, None, None),
+        )
+        keys = {"tcp_nodelay": False, "keepalive": True, "send_buffer": 262144, "receive_buffer": 1024}
+        if hasattr(socket, "TCP_KEEPIDLE"):
+            keys.update(keepalive_idle=60, keepalive_interval=10, keepalive_count=5)
+        listener = fromTOML({"listeners": [keys]}).listeners[0]
+        self.assertEqual(
+            (listener.tcpNoDelay, listener.keepAlive, listener.sendBuffer, listener.receiveBuffer),
+            (False, True, 262144, 1024),
+        )
+        if hasattr(socket, "TCP_KEEPIDLE"):
+            self.assertEqual(
+                (listener.keepAliveIdle, listener.keepAliveInterval, listener.keepAliveCount), (60, 10, 5)
+            )
+
+    def test_socketTuningErrorsNameTheirPath(self) -> None:
+        """
+        Bad tuning values are one-line errors naming the key path: not a
+        boolean, not a whole number, zero or negative, absurdly large, or a
+        keep-alive timer without C{keepalive = true}.
+        """
+        cases = [
+            ({"tcp_nodelay": "yes"}, "listeners[1].tcp_nodelay: expected true or false, got 'yes'"),
+            ({"keepalive": 1}, "listeners[1].keepalive: expected true or false"),
+            ({"send_buffer": 0}, "listeners[1].send_buffer: must be at least 1024, got 0"),
+            ({"send_buffer": -5}, "listeners[1].send_buffer: must be at least 1024"),
+            ({"receive_buffer": 2**31}, "listeners[1].receive_buffer: must be at most 1073741824"),
+            ({"receive_buffer": "64k"}, "listeners[1].receive_buffer: expected a number"),
+            ({"receive_buffer": 65536.5}, "listeners[1].receive_buffer: expected a whole number"),
+            ({"keepalive": True, "keepalive_idle": 0}, "listeners[1].keepalive_idle: must be at least 1"),
+            ({"keepalive": True, "keepalive_interval": 40000}, "listeners[1].keepalive_interval: must be at most 32767"),
+            ({"keepalive": True, "keepalive_count": 128}, "listeners[1].keepalive_count: must be at most 127"),
+            ({"keepalive_idle": 60}, "listeners[1].keepalive_idle: needs keepalive = true"),
+            ({"keepalive": False, "keepalive_count": 3}, "listeners[1].keepalive_count: needs keepalive = true"),
+            ({"tcp-nodelay": True}, "listeners[1].tcp-nodelay: unknown key"),
+        ]
+        for keys, message in cases:
+            e = self.assertRaises(ConfigError, fromTOML, {"listeners": [{}, keys]})
+            self.assertIn(message, str(e), keys)
+            self.assertNotIn("\n", str(e))
+
+    def test_socketTuningHasNoFlags(self) -> None:
+        """
+        The tuning keys are the file's only: no flag spells them.
+        """
+        for name in ("tcp-nodelay", "keepalive", "keepalive-idle", "send-buffer", "receive-buffer"):
+            self.assertNotIn(name, config.LISTENER_OPTION_NAMES)
+            e = self.assertRaises(ConfigError, fromFlags, [], [(name, "1")])
+            self.assertIn(f"unknown option --{name}", str(e))
 
     def test_loadFileErrors(self) -> None:
         """

@@ -513,6 +513,12 @@ class ConfigExampleTests(SynchronousTestCase):
         self.assertEqual(config.listeners[3].routes[0].proxyProtocolSend, "v1")
         self.assertEqual(config.listeners[0].effectiveBurst, 20)
         self.assertTrue(config.listeners[0].xForwardedFor)
+        ssh = config.listeners[1]
+        self.assertEqual(
+            (ssh.tcpNoDelay, ssh.keepAlive, ssh.keepAliveIdle, ssh.keepAliveInterval, ssh.keepAliveCount),
+            (True, True, 600, 60, 5),
+        )
+        self.assertEqual((ssh.sendBuffer, ssh.receiveBuffer), (262144, 262144))
 
 
 class BlocklistTacTests(SynchronousTestCase):

@@ -7,13 +7,17 @@ reported.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Tuple
 
 from twisted.internet.protocol import ServerFactory
+from twisted.logger import Logger
 
 from txproxy.accesslog import AccessRecord
+from txproxy.tuning import SocketOption, applySocketOptions, socketOptions
 
 __all__ = ["ListenerFactory"]
+
+log = Logger()
 
 
 class ListenerFactory(ServerFactory):
@@ -34,6 +38,12 @@ class ListenerFactory(ServerFactory):
     accessLog: Any = None
     metrics: Any = None
     requestsTotal = 0
+    #: The socket options of accepted connections, and the listener
+    #: configuration they were computed from (recomputed when a reload
+    #: gives the factory another one).
+    _socketOptions: Tuple[SocketOption, ...] = ()
+    _socketOptionsFor: Any = None
+    _socketOptionsFailed = False
 
     def clientAllowed(self, host: str) -> bool:
         """
@@ -49,9 +59,26 @@ class ListenerFactory(ServerFactory):
 
     def connectionOpened(self, proto: Any) -> None:
         """
-        Called by each protocol when its connection is made.
+        Called by each protocol when its connection is made: the
+        listener's socket options (C{tcp_nodelay}, C{keepalive}, ...; see
+        L{txproxy.tuning}) are set on the accepted socket, and the
+        connection is counted.
         """
         self.protocols.add(proto)
+        listener = self.listener
+        if listener is not self._socketOptionsFor:
+            self._socketOptions = socketOptions(listener)
+            self._socketOptionsFor = listener
+        if self._socketOptions:
+            failed = applySocketOptions(proto.transport, self._socketOptions)
+            if failed is not None and not self._socketOptionsFailed:
+                self._socketOptionsFailed = True
+                log.warn(
+                    "listener {name}: cannot set socket options on accepted connections: {error}"
+                    " (logged once)",
+                    name=listener.name,
+                    error=failed,
+                )
         if self.metrics is not None:
             self.metrics.connectionOpened(self.listener)
 

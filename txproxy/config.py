@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import socket
 import sys
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -333,6 +334,19 @@ class ListenerConfig:
     """
     One listener group: every endpoint in C{listen} shares the mode and the
     policy.  Field names are the long option names in camelCase.
+
+    The socket tuning of accepted TCP connections has no flag (TOML keys
+    only; see L{txproxy.tuning}):
+
+    @ivar tcpNoDelay: C{tcp_nodelay}: set C{TCP_NODELAY} (default on).
+    @ivar keepAlive: C{keepalive}: set C{SO_KEEPALIVE} (default off).
+    @ivar keepAliveIdle: C{keepalive_idle}: C{TCP_KEEPIDLE} seconds, or
+        L{None} for the kernel's default.
+    @ivar keepAliveInterval: C{keepalive_interval}: C{TCP_KEEPINTVL}
+        seconds, or L{None}.
+    @ivar keepAliveCount: C{keepalive_count}: C{TCP_KEEPCNT}, or L{None}.
+    @ivar sendBuffer: C{send_buffer}: C{SO_SNDBUF} bytes, or L{None}.
+    @ivar receiveBuffer: C{receive_buffer}: C{SO_RCVBUF} bytes, or L{None}.
     """
 
     listen: Tuple[str, ...]
@@ -362,6 +376,13 @@ class ListenerConfig:
     backlog: int = 511
     xForwardedFor: bool = False
     rateKey: str = "client"
+    tcpNoDelay: bool = True
+    keepAlive: bool = False
+    keepAliveIdle: Optional[int] = None
+    keepAliveInterval: Optional[int] = None
+    keepAliveCount: Optional[int] = None
+    sendBuffer: Optional[int] = None
+    receiveBuffer: Optional[int] = None
 
     @property
     def effectiveBurst(self) -> int:
@@ -470,6 +491,16 @@ def _timeout(value: Any, where: str) -> float:
     return float(_number(float, 0.0)(value, where))
 
 
+def _bounded(value: Any, where: str, low: int, high: int) -> int:
+    """
+    A whole number from C{low} to C{high}.
+    """
+    n = int(_number(int, low)(value, where))
+    if n > high:
+        raise ConfigError(f"{where}: must be at most {high}, got {value!r}")
+    return n
+
+
 # (option name, field name, converter, repeatable)
 _LISTENER_OPTIONS: List[Tuple[str, str, _Converter, bool]] = [
     ("mode", "mode", _choice(MODES), False),
@@ -511,6 +542,31 @@ _PROCESS_OPTIONS: List[Tuple[str, str, _Converter, bool]] = [
     ("access-log-format", "accessLogFormat", _choice(ACCESS_LOG_FORMATS), False),
     ("redis-outage", "redisOutage", _choice(("memory", "open", "closed")), False),
 ]
+
+#: Largest C{send_buffer}/C{receive_buffer} accepted (1 GiB): anything
+#: larger is a typo (the kernel would cap it at C{net.core.wmem_max} /
+#: C{net.core.rmem_max} anyway).
+MAX_SOCKET_BUFFER = 1 << 30
+
+# Listener keys only a TOML file can set (no command-line flag): socket
+# tuning of accepted connections.  (key, field, converter)
+_TOML_LISTENER_OPTIONS: List[Tuple[str, str, _Converter]] = [
+    ("tcp_nodelay", "tcpNoDelay", lambda v, w: _bool(v, w)),
+    ("keepalive", "keepAlive", lambda v, w: _bool(v, w)),
+    # Linux caps: MAX_TCP_KEEPIDLE, MAX_TCP_KEEPINTVL (32767 s), MAX_TCP_KEEPCNT (127).
+    ("keepalive_idle", "keepAliveIdle", lambda v, w: _bounded(v, w, 1, 32767)),
+    ("keepalive_interval", "keepAliveInterval", lambda v, w: _bounded(v, w, 1, 32767)),
+    ("keepalive_count", "keepAliveCount", lambda v, w: _bounded(v, w, 1, 127)),
+    ("send_buffer", "sendBuffer", lambda v, w: _bounded(v, w, 1024, MAX_SOCKET_BUFFER)),
+    ("receive_buffer", "receiveBuffer", lambda v, w: _bounded(v, w, 1024, MAX_SOCKET_BUFFER)),
+]
+
+#: The socket constant each keep-alive key needs (Linux has all three).
+_KEEPALIVE_CONSTANTS = (
+    ("keepalive_idle", "keepAliveIdle", "TCP_KEEPIDLE"),
+    ("keepalive_interval", "keepAliveInterval", "TCP_KEEPINTVL"),
+    ("keepalive_count", "keepAliveCount", "TCP_KEEPCNT"),
+)
 
 LISTENER_OPTION_NAMES = tuple(o[0] for o in _LISTENER_OPTIONS)
 PROCESS_OPTION_NAMES = tuple(o[0] for o in _PROCESS_OPTIONS)
@@ -591,6 +647,14 @@ def _crossCheck(l: ListenerConfig, where: str) -> None:
         raise ConfigError(f"{pre}--burst needs --rate")
     if l.auth is not None and l.mode != "forward":
         raise ConfigError(f"{pre}--auth is only for mode forward")
+    key = f"{w}." if w else ""
+    for name, field, constant in _KEEPALIVE_CONSTANTS:
+        if getattr(l, field) is None:
+            continue
+        if not l.keepAlive:
+            raise ConfigError(f"{key}{name}: needs keepalive = true")
+        if not hasattr(socket, constant):
+            raise ConfigError(f"{key}{name}: not supported on this platform (no {constant})")
 
 
 def _applyOption(
@@ -804,6 +868,7 @@ def fromTOML(data: Mapping[str, Any]) -> ProxyConfig:
     listenerKeys = {name.replace("-", "_"): name for name in LISTENER_OPTION_NAMES}
     # Repeatable options are written in the plural where that reads best.
     listenerKeys["upstreams"] = "upstream"
+    tomlOnly = {key: (field, convert) for key, field, convert in _TOML_LISTENER_OPTIONS}
     for i, table in enumerate(tables):
         where = f"listeners[{i}]"
         if not isinstance(table, dict):
@@ -822,6 +887,9 @@ def fromTOML(data: Mapping[str, Any]) -> ProxyConfig:
                     raise ConfigError(f"{kw}: expected [[{where.split('[')[0]}.routes]] tables")
                 for j, rt in enumerate(value):
                     routes.append(_routeFromTOML(rt, f"{kw}[{j}]"))
+            elif key in tomlOnly:
+                field, convert = tomlOnly[key]
+                values[field] = convert(value, kw)
             elif key in listenerKeys:
                 option = listenerKeys[key]
                 spec = [o for o in _LISTENER_OPTIONS if o[0] == option][0]

@@ -1,0 +1,314 @@
+# -*- test-case-name: tests.test_tuning -*-
+"""
+Tests for L{txproxy.tuning} and the socket options every listener factory
+sets on accepted connections (C{tcp_nodelay}, C{keepalive*},
+C{send_buffer}, C{receive_buffer}): on fake handles that record
+C{setsockopt}, through a reload, and once on a real loopback connection.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import tempfile
+from typing import Any, Dict, List, Tuple
+
+from twisted.internet import defer
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock
+from twisted.logger import globalLogPublisher
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from txproxy.config import ListenerConfig, fromTOML, loadFile
+from txproxy.forward import ForwardProxyProtocol
+from txproxy.tcp import TCPProxyFactory
+from txproxy.testing import FakeConnector, FakeTransport, forwardFactory
+from txproxy.tuning import applySocketOptions, socketOf, socketOptions
+
+NODELAY = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+KEEPALIVE = (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+LINUX = sys.platform.startswith("linux")
+
+
+class RecordingSocket:
+    """
+    A socket double: records C{setsockopt} calls; fails the options named
+    in C{failing}.
+    """
+
+    def __init__(self, family: int = socket.AF_INET, failing: Tuple[int, ...] = ()) -> None:
+        self.family = family
+        self.failing = failing
+        self.calls: List[Tuple[int, int, int]] = []
+
+    def setsockopt(self, level: int, name: int, value: int) -> None:
+        if name in self.failing:
+            raise OSError(22, "Invalid argument")
+        self.calls.append((level, name, value))
+
+
+class SocketTransport(FakeTransport):
+    """
+    A L{FakeTransport} whose C{getHandle} is a L{RecordingSocket}, as a
+    Twisted TCP transport's is its socket.
+    """
+
+    def __init__(self, handle: Any, peer: Tuple[str, int] = ("192.0.2.7", 40000)) -> None:
+        super().__init__(peer)
+        self.handle = handle
+
+    def getHandle(self) -> Any:
+        return self.handle
+
+
+def connectWithHandle(factory: Any, handle: Any) -> Any:
+    transport = SocketTransport(handle)
+    proto = factory.buildProtocol(transport.getPeer())
+    transport.protocol = proto
+    proto.makeConnection(transport)
+    return proto
+
+
+def tomlListener(**keys: Any) -> ListenerConfig:
+    return fromTOML({"listeners": [dict({"listen": ["tcp:0"]}, **keys)]}).listeners[0]
+
+
+class SocketOptionsTests(SynchronousTestCase):
+    def test_defaultIsNoDelayOnly(self) -> None:
+        """
+        By default only C{TCP_NODELAY} is set: keep-alive is off and the
+        buffers are the kernel's.
+        """
+        self.assertEqual(socketOptions(ListenerConfig(listen=("tcp:0",))), (NODELAY,))
+
+    def test_nothingWhenNoDelayOff(self) -> None:
+        """
+        With C{tcp_nodelay = false} and nothing else set the list is empty:
+        nothing is done per connection.
+        """
+        self.assertEqual(socketOptions(tomlListener(tcp_nodelay=False)), ())
+
+    def test_everyOption(self) -> None:
+        """
+        Every key becomes its option, keep-alive timers after
+        C{SO_KEEPALIVE}.
+        """
+        if not LINUX:
+            raise self.skipTest("TCP_KEEPIDLE/TCP_KEEPINTVL/TCP_KEEPCNT are Linux options")
+        listener = tomlListener(keepalive=True, keepalive_idle=60, keepalive_interval=10, keepalive_count=5,
+                                send_buffer=262144, receive_buffer=131072)
+        self.assertEqual(socketOptions(listener), (
+            NODELAY,
+            KEEPALIVE,
+            (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 60),
+            (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 10),
+            (socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 5),
+            (socket.SOL_SOCKET, socket.SO_SNDBUF, 262144),
+            (socket.SOL_SOCKET, socket.SO_RCVBUF, 131072),
+        ))
+
+
+class SocketOfTests(SynchronousTestCase):
+    def test_plainTransport(self) -> None:
+        """
+        A TCP transport's handle is its socket.
+        """
+        sock = RecordingSocket()
+        self.assertIs(socketOf(SocketTransport(sock)), sock)
+
+    def test_throughWrappers(self) -> None:
+        """
+        A TLS transport's handle is not a socket (it is the OpenSSL
+        connection): the socket is the wrapped transport's.
+        """
+        sock = RecordingSocket(socket.AF_INET6)
+
+        class TLSLike:
+            transport = SocketTransport(sock)
+
+            def getHandle(self) -> Any:
+                return object()
+
+        self.assertIs(socketOf(TLSLike()), sock)
+
+    def test_unixAndFakesLeftAlone(self) -> None:
+        """
+        A UNIX socket, or a transport without C{getHandle}, gets nothing.
+        """
+        unix = RecordingSocket(socket.AF_UNIX)
+        self.assertIsNone(socketOf(SocketTransport(unix)))
+        self.assertIsNone(socketOf(FakeTransport()))
+        self.assertIsNone(applySocketOptions(SocketTransport(unix), (NODELAY,)))
+        self.assertEqual(unix.calls, [])
+
+    def test_everyOptionTriedAndFirstErrorReturned(self) -> None:
+        """
+        One failing option does not stop the others; the error is returned.
+        """
+        sock = RecordingSocket(failing=(socket.TCP_NODELAY,))
+        failed = applySocketOptions(SocketTransport(sock), (NODELAY, KEEPALIVE))
+        self.assertIsInstance(failed, OSError)
+        self.assertEqual(sock.calls, [KEEPALIVE])
+
+
+class AcceptedConnectionTests(SynchronousTestCase):
+    """
+    Every mode's factory sets its listener's options when a connection is
+    made (C{ListenerFactory.connectionOpened}).
+    """
+
+    def test_forwardModeSetsOptions(self) -> None:
+        """
+        An HTTP-mode connection gets C{TCP_NODELAY} and C{SO_KEEPALIVE} on
+        its socket, once, at C{connectionMade}.
+        """
+        factory = forwardFactory(listener=tomlListener(keepalive=True, receive_buffer=65536))
+        sock = RecordingSocket()
+        connectWithHandle(factory, sock)
+        self.assertEqual(sock.calls, [NODELAY, KEEPALIVE, (socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)])
+
+    def test_tcpModeSetsOptions(self) -> None:
+        """
+        A C{tcp}-mode connection gets the same options.
+        """
+        listener = tomlListener(mode="tcp", upstreams=["tcp:192.0.2.1:22"], keepalive=True)
+        factory = TCPProxyFactory(listener, FakeConnector(), MemoryReactorClock())
+        sock = RecordingSocket()
+        connectWithHandle(factory, sock)
+        self.assertEqual(sock.calls, [NODELAY, KEEPALIVE])
+
+    def test_nothingSetWhenListIsEmpty(self) -> None:
+        """
+        C{tcp_nodelay = false} with nothing else: the socket is not touched.
+        """
+        factory = forwardFactory(listener=tomlListener(tcp_nodelay=False))
+        sock = RecordingSocket()
+        connectWithHandle(factory, sock)
+        self.assertEqual(sock.calls, [])
+
+    def test_failureLoggedOnceAndConnectionServed(self) -> None:
+        """
+        A C{setsockopt} error is logged once per listener, the other options
+        are still set and the connection is served.
+        """
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        factory = forwardFactory(listener=tomlListener(keepalive=True))
+        for _ in range(2):
+            sock = RecordingSocket(failing=(socket.SO_KEEPALIVE,))
+            proto = connectWithHandle(factory, sock)
+            self.assertEqual(sock.calls, [NODELAY])
+            self.assertFalse(proto.transport.disconnecting)
+        warnings = [e for e in events if "socket options" in e.get("log_format", "")]
+        self.assertEqual(len(warnings), 1)
+
+    def test_reloadedListenerUsedForNewConnections(self) -> None:
+        """
+        After C{reloadListener} the new settings apply to new connections.
+        """
+        factory = forwardFactory(listener=tomlListener())
+        first = RecordingSocket()
+        connectWithHandle(factory, first)
+        factory.reloadListener(tomlListener(tcp_nodelay=False, keepalive=True))
+        second = RecordingSocket()
+        connectWithHandle(factory, second)
+        self.assertEqual((first.calls, second.calls), ([NODELAY], [KEEPALIVE]))
+
+
+class ReloadTests(SynchronousTestCase):
+    """
+    C{SIGHUP}: changed tuning keys are accepted and keep the listener (and
+    its listening socket).
+    """
+
+    def test_changedValuesApplied(self) -> None:
+        """
+        A reload that turns keep-alive on and changes a buffer size keeps
+        the factory and applies the new options to the next connection.
+        """
+        from txproxy.service import ProxyService
+
+        fd, path = tempfile.mkstemp(suffix=".toml")
+        os.close(fd)
+        self.addCleanup(os.remove, path)
+        base = '[[listeners]]\nname = "fwd"\nlisten = ["tcp:3128"]\nsend_buffer = 65536\n'
+        with open(path, "w") as f:
+            f.write(base)
+        service = ProxyService(loadFile(path), MemoryReactorClock())
+        service.installSignalHandlers = False
+        service.startService()
+        factory = service.factories["fwd"]
+        with open(path, "w") as f:
+            f.write(base.replace("65536", "131072") + "keepalive = true\ntcp_nodelay = false\n")
+        self.assertTrue(service.reload())
+        self.assertIs(service.factories["fwd"], factory)
+        sock = RecordingSocket()
+        connectWithHandle(factory, sock)
+        self.assertEqual(sock.calls, [KEEPALIVE, (socket.SOL_SOCKET, socket.SO_SNDBUF, 131072)])
+
+
+class _Opened(ForwardProxyProtocol):
+    """
+    Fires the factory's C{opened} Deferred with the server-side socket once
+    the connection is made (and its options set), and C{closed} once it is
+    lost.
+    """
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.factory.opened.callback(self.transport.getHandle())
+
+    def connectionLost(self, reason: Any = None) -> None:
+        super().connectionLost(reason)
+        self.factory.closed.callback(None)
+
+
+class _Client(Protocol):
+    def __init__(self) -> None:
+        self.closed: defer.Deferred = defer.Deferred()
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.closed.callback(None)
+
+
+class LoopbackTests(TestCase):
+    """
+    On a real listening port and a real loopback connection, the accepted
+    socket carries the options (read back with C{getsockopt}).
+    """
+
+    def test_acceptedSocketHasOptions(self) -> defer.Deferred:
+        """
+        C{SO_KEEPALIVE}, C{TCP_NODELAY}, C{SO_RCVBUF} (and on Linux
+        C{TCP_KEEPIDLE}, C{TCP_KEEPCNT}) read back from the accepted socket.
+        """
+        from twisted.internet import reactor
+        from twisted.internet.endpoints import TCP4ClientEndpoint
+
+        keys: Dict[str, Any] = {"keepalive": True, "receive_buffer": 65536}
+        if LINUX:
+            keys.update(keepalive_idle=77, keepalive_count=4)
+        factory = forwardFactory(listener=tomlListener(**keys), protocol=_Opened, clock=reactor)
+        factory.opened = defer.Deferred()
+        factory.closed = defer.Deferred()
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.addCleanup(port.stopListening)
+        client = _Client()
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+        connected = endpoint.connect(Factory.forProtocol(lambda: client))
+
+        def check(sock: socket.socket) -> defer.Deferred:
+            try:
+                self.assertEqual(sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE), 1)
+                self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), 1)
+                # Linux doubles SO_RCVBUF for its bookkeeping.
+                self.assertGreaterEqual(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF), 65536)
+                if LINUX:
+                    self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE), 77)
+                    self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT), 4)
+            finally:
+                assert client.transport is not None
+                client.transport.loseConnection()
+            return defer.gatherResults([client.closed, factory.closed])
+
+        return defer.gatherResults([factory.opened, connected]).addCallback(lambda results: check(results[0]))

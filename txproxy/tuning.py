@@ -1,0 +1,114 @@
+# -*- test-case-name: tests.test_tuning -*-
+"""
+Socket options of accepted connections: a listener's C{tcp_nodelay},
+C{keepalive}, C{keepalive_idle}, C{keepalive_interval}, C{keepalive_count},
+C{send_buffer} and C{receive_buffer} (TOML keys, no flags).
+
+L{socketOptions} turns a listener's settings into C{(level, option, value)}
+triples once per configuration; L{applySocketOptions} sets them on one
+connection's socket.  L{txproxy._factory.ListenerFactory.connectionOpened},
+which every mode's protocol calls from C{connectionMade}, does both: the
+per-connection cost is one C{setsockopt} per option, and nothing at all when
+the list is empty (C{tcp_nodelay = false} and nothing else set).
+
+Options go on the connection's own socket, found through the TLS and
+PROXY-protocol wrappers; C{unix:} connections and transports without a
+socket (test fakes) are left alone.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any, List, Optional, Tuple
+
+__all__ = ["SocketOption", "socketOptions", "socketOf", "applySocketOptions"]
+
+#: C{(level, option name, value)}, as given to C{socket.setsockopt}.
+SocketOption = Tuple[int, int, int]
+
+_INET = (socket.AF_INET, socket.AF_INET6)
+
+#: How many wrapping transports (TLS, PROXY protocol) to look through.
+_MAX_WRAPPERS = 4
+
+
+def socketOptions(listener: Any) -> Tuple[SocketOption, ...]:
+    """
+    The socket options C{listener} (a L{txproxy.config.ListenerConfig})
+    asks for, in the order they are set.  Options left at the kernel's
+    default are not listed: C{TCP_NODELAY} is listed unless C{tcp_nodelay}
+    is false, C{SO_KEEPALIVE} only when C{keepalive} is true.
+
+    @raise ValueError: a keep-alive setting whose socket constant this
+        platform lacks (the config check refuses those first).
+    """
+    # getattr: a listener-like object from a user's test may predate these.
+    options: List[SocketOption] = []
+    if getattr(listener, "tcpNoDelay", True):
+        options.append((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1))
+    if getattr(listener, "keepAlive", False):
+        options.append((socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1))
+        for value, constant in (
+            (getattr(listener, "keepAliveIdle", None), "TCP_KEEPIDLE"),
+            (getattr(listener, "keepAliveInterval", None), "TCP_KEEPINTVL"),
+            (getattr(listener, "keepAliveCount", None), "TCP_KEEPCNT"),
+        ):
+            if value is not None:
+                name = getattr(socket, constant, None)
+                if name is None:
+                    raise ValueError(f"{constant} is not available on this platform")
+                options.append((socket.IPPROTO_TCP, name, int(value)))
+    sendBuffer = getattr(listener, "sendBuffer", None)
+    if sendBuffer is not None:
+        options.append((socket.SOL_SOCKET, socket.SO_SNDBUF, int(sendBuffer)))
+    receiveBuffer = getattr(listener, "receiveBuffer", None)
+    if receiveBuffer is not None:
+        options.append((socket.SOL_SOCKET, socket.SO_RCVBUF, int(receiveBuffer)))
+    return tuple(options)
+
+
+def socketOf(transport: Any) -> Optional[Any]:
+    """
+    The TCP socket under C{transport}: its C{getHandle()} when that is a
+    socket, else the handle of the transport it wraps (a TLS transport's
+    handle is its C{OpenSSL.SSL.Connection}; a PROXY-protocol wrapper passes
+    C{getHandle} through).
+
+    @return: an object with C{setsockopt} whose C{family} is IPv4 or IPv6
+        (or that has no C{family}, as a test double may not), or L{None}:
+        no socket (a fake transport) or not a TCP one (C{unix:}).
+    """
+    for _ in range(_MAX_WRAPPERS):
+        getHandle = getattr(transport, "getHandle", None)
+        if getHandle is None:
+            return None
+        handle = getHandle()
+        if hasattr(handle, "setsockopt"):
+            family = getattr(handle, "family", None)
+            return handle if family is None or family in _INET else None
+        transport = getattr(transport, "transport", None)
+        if transport is None:
+            return None
+    return None
+
+
+def applySocketOptions(transport: Any, options: Tuple[SocketOption, ...]) -> Optional[OSError]:
+    """
+    Set C{options} on C{transport}'s socket (see L{socketOf}); nothing when
+    it has none.  Every option is tried even when one fails.
+
+    @return: the first error, or L{None} when all were set (or there was
+        no TCP socket to set them on).
+    """
+    sock = socketOf(transport)
+    if sock is None:
+        return None
+    failed: Optional[OSError] = None
+    setsockopt = sock.setsockopt
+    for level, name, value in options:
+        try:
+            setsockopt(level, name, value)
+        except OSError as e:
+            if failed is None:
+                failed = e
+    return failed
