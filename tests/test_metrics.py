@@ -6,7 +6,7 @@ L{ForwardProxyProtocol} on fake transports, and the exposition parses.
 
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import Any, Dict, List, Tuple
 
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.task import Clock
@@ -153,6 +153,152 @@ class MetricsTrafficTests(SynchronousTestCase):
         self.metrics.bindListener(again.listener, factory=again)
         connect(again)
         self.assertEqual(value(self.metrics, "txproxy_connections_total", listener="web"), 2)
+
+
+class _Records:
+    def __init__(self) -> None:
+        self.records: List[AccessRecord] = []
+
+    def log(self, record: AccessRecord) -> None:
+        self.records.append(record)
+
+
+class RouteLabelTests(SynchronousTestCase):
+    """
+    C{txproxy_requests_total} carries a C{route} label: the configured route
+    (C{host[/prefix]}) in reverse and sni modes, C{-} when no route handled
+    the request and in the other modes.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.connector = FakeConnector()
+        self.metrics = Metrics(processMetrics=False)
+
+    def reverseFactory(self, accessLog: Any = None) -> Any:
+        from txproxy.config import fromFlags
+        from txproxy.reverse import ReverseProxyFactory
+        from txproxy.router import RouterService
+
+        listener = fromFlags(["tcp:0"], [
+            ("mode", "reverse"), ("name", "web"),
+            ("route", "a.test=http://192.0.2.1:8001"),
+            ("route", "a.test/api/=http://192.0.2.2:8002"),
+            ("route", "*=http://192.0.2.3:8003"),
+        ]).listeners[0]
+        router = RouterService([listener], self.connector, self.clock)
+        return ReverseProxyFactory(listener, self.connector, self.clock, accessLog=accessLog,
+                                   metrics=self.metrics, router=router)
+
+    def exchange(self, proto: Any, host: bytes, path: bytes = b"/") -> None:
+        """
+        One request and its response (on a new or a pooled upstream
+        connection).
+        """
+        attempts = len(self.connector.attempts)
+        proto.dataReceived(b"GET " + path + b" HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
+        if len(self.connector.attempts) > attempts:
+            self.connector.last.succeed()
+        self.connector.last.protocol.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    def requests(self, **labels: str) -> float:
+        return value(self.metrics, "txproxy_requests_total", **labels)
+
+    def test_reverseRequestCountedUnderItsRoute(self) -> None:
+        """
+        A completed reverse request moves the counter of its route, named
+        by host and normalised prefix; without an access log (the HTTP
+        core's record-less path) and with one.
+        """
+        for accessLog in (None, _Records()):
+            self.metrics = Metrics(processMetrics=False)
+            factory = self.reverseFactory(accessLog)
+            proto, client = connect(factory)
+            self.exchange(proto, b"a.test", b"/api/v1")
+            self.exchange(proto, b"a.test", b"/")
+            self.exchange(proto, b"elsewhere.test", b"/")
+            self.assertEqual(self.requests(route="a.test/api", code="200", method="GET", listener="web"), 1)
+            self.assertEqual(self.requests(route="a.test", code="200"), 1)
+            self.assertEqual(self.requests(route="*", code="200"), 1)
+            self.assertEqual(self.requests(route="-"), 0)
+
+    def test_noRouteIsDash(self) -> None:
+        """
+        A 404 counts under C{route="-"}, also right after a routed request
+        on the same connection; the label does not leak into later
+        reports.
+        """
+        from txproxy.config import fromFlags
+        from txproxy.reverse import ReverseProxyFactory
+        from txproxy.router import RouterService
+
+        listener = fromFlags(["tcp:0"], [("mode", "reverse"), ("name", "web"),
+                                         ("route", "a.test=http://192.0.2.1:8001")]).listeners[0]
+        router = RouterService([listener], self.connector, self.clock)
+        factory = ReverseProxyFactory(listener, self.connector, self.clock, metrics=self.metrics, router=router)
+        proto, client = connect(factory)
+        self.exchange(proto, b"a.test")
+        proto.dataReceived(b"GET / HTTP/1.1\r\nHost: nope.test\r\n\r\n")
+        self.assertIn(b"HTTP/1.1 404 ", client.value())
+        self.assertEqual(self.requests(route="a.test", code="200"), 1)
+        self.assertEqual(self.requests(route="-", code="404"), 1)
+        self.assertEqual(self.metrics.statsFor(listener).route, "-")
+        self.metrics.countRequest(listener, "GET", 400, 0, 0)
+        self.assertEqual(self.requests(route="-", code="400"), 1)
+
+    def test_routeNotFromHostHeader(self) -> None:
+        """
+        The label is the route's configured name, never the Host header:
+        many names through the default route make one series.
+        """
+        factory = self.reverseFactory()
+        for i in range(5):
+            proto, client = connect(factory)
+            self.exchange(proto, b"host%d.test" % i)
+        self.assertEqual(self.requests(route="*", code="200"), 5)
+        routes = {dict(ls)["route"] for (n, ls) in samples(self.metrics) if n == "txproxy_requests_total"}
+        self.assertEqual(routes, {"*"})
+
+    def test_sniConnectionCountedUnderItsRoute(self) -> None:
+        """
+        An sni connection counts under its route's host pattern; a name no
+        route matches counts under C{-}.
+        """
+        from tests.test_clienthello import FIXTURES
+        from txproxy.sni import SNIRouterFactory
+        from txproxy.testing import listenerConfig
+
+        listener = listenerConfig(mode="sni", name="tls", route=["*.a.test=tcp://192.0.2.2:9443"])
+        factory = SNIRouterFactory(listener, self.connector, self.clock, metrics=self.metrics)
+        proto, client = connect(factory)
+        proto.dataReceived(FIXTURES["openssl-multirecord.bin"])  # multi.a.test
+        self.connector.last.succeed()
+        client.peerClosed()
+        proto, client = connect(factory)
+        proto.dataReceived(FIXTURES["openssl-sni.bin"])  # a.test: no route
+        self.assertEqual(self.requests(route="*.a.test", code="200", listener="tls", mode="sni"), 1)
+        self.assertEqual(self.requests(route="-", code="404"), 1)
+
+    def test_forwardIsDash(self) -> None:
+        """
+        Forward-mode requests (no routes) count under C{route="-"}.
+        """
+        factory = forwardFactory(self.connector, self.clock, name="fwd")
+        factory.metrics = self.metrics
+        proto, client = connect(factory)
+        proto.dataReceived(b"CONNECT example.test:25 HTTP/1.1\r\nHost: example.test\r\n\r\n")
+        self.assertEqual(self.requests(route="-", code="403", listener="fwd"), 1)
+
+    def test_countRequestTakesRoute(self) -> None:
+        """
+        L{Metrics.countRequest} takes the route label as an argument
+        (default C{-}).
+        """
+        listener = forwardFactory(name="l").listener
+        self.metrics.countRequest(listener, "GET", 200, 1, 2, route="b.test/x")
+        self.metrics.countRequest(listener, "GET", 200, 1, 2)
+        self.assertEqual(self.requests(route="b.test/x"), 1)
+        self.assertEqual(self.requests(route="-"), 1)
 
 
 class MetricsProcessTests(SynchronousTestCase):

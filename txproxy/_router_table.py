@@ -87,18 +87,22 @@ class Route:
     @ivar config: the L{RouteConfig} it was built from.
     @ivar pool: the L{Pool} of backends requests on this route go to.
     @ivar prefix: the normalised prefix (C{""} for any path).
+    @ivar name: C{host} and normalised prefix (C{www.example.com/api},
+        C{*.example.com}, C{*}): the C{route} label of its metrics.
     """
 
-    __slots__ = ("config", "pool", "prefix")
+    __slots__ = ("config", "pool", "prefix", "name")
 
     config: RouteConfig
     pool: Pool
     prefix: str
+    name: str
 
     def __init__(self, config: RouteConfig, pool: Pool) -> None:
         self.config = config
         self.pool = pool
         self.prefix = normalizePrefix(config.prefix)
+        self.name = f"{config.host}{self.prefix}"
 
     def upstreamPath(self, path: str) -> str:
         """

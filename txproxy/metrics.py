@@ -17,7 +17,11 @@ noted):
 
   - C{txproxy_connections_total}: client connections accepted;
   - C{txproxy_active_connections}: client connections open now;
-  - C{txproxy_requests_total{method,code}}: requests and tunnels answered;
+  - C{txproxy_requests_total{method,code,route}}: requests and tunnels
+    answered; C{route} is the configured route that handled it (reverse:
+    C{host[/prefix]}; sni: C{host}), C{-} when none did (a 404, a refusal
+    before routing, and every C{forward}, C{tcp} and C{transparent}
+    request);
   - C{txproxy_bytes_total{direction}}: C{upstream} (toward upstreams) and
     C{downstream} (toward clients);
   - C{txproxy_upstream_connect_seconds}, C{txproxy_upstream_response_head_seconds}:
@@ -86,7 +90,12 @@ class ListenerStats:
     @ivar mode: its mode (the C{mode} label).
     @ivar opened: connections accepted.
     @ivar closed: connections closed.
-    @ivar requests: C{(method, code)} to the number of requests answered.
+    @ivar requests: C{(method, code, route)} to the number of requests
+        answered.
+    @ivar route: the C{route} label of the request being reported right
+        now, for a protocol whose reporting code cannot pass it: it sets
+        it (from L{Metrics.statsFor}) just before its report and puts
+        C{"-"} back just after; see L{Metrics.countRequest}.
     @ivar bytesUp: bytes sent toward upstreams by finished requests/tunnels.
     @ivar bytesDown: bytes sent toward clients by finished requests/tunnels.
     @ivar factories: the protocol factories serving this listener; their
@@ -94,14 +103,15 @@ class ListenerStats:
     """
 
     __slots__ = ("name", "mode", "opened", "closed", "requests", "bytesUp", "bytesDown", "factories",
-                 "connectTime", "headTime")
+                 "connectTime", "headTime", "route")
 
     def __init__(self, name: str, mode: str) -> None:
         self.name = name
         self.mode = mode
         self.opened = 0
         self.closed = 0
-        self.requests: Dict[Tuple[str, str], int] = {}
+        self.requests: Dict[Tuple[str, str, str], int] = {}
+        self.route = "-"
         self.bytesUp = 0
         self.bytesDown = 0
         self.factories: List[Any] = []
@@ -144,8 +154,9 @@ class _Collector:
         conns = CounterMetricFamily("txproxy_connections", "Client connections accepted.", labels=base)
         active = GaugeMetricFamily("txproxy_active_connections", "Client connections open now.", labels=base)
         reqs = CounterMetricFamily(
-            "txproxy_requests", "Requests and tunnels answered, by method and status code.",
-            labels=base + ["method", "code"],
+            "txproxy_requests",
+            "Requests and tunnels answered, by method, status code and route (- when no route).",
+            labels=base + ["method", "code", "route"],
         )
         nbytes = CounterMetricFamily(
             "txproxy_bytes",
@@ -158,8 +169,8 @@ class _Collector:
             labels = [stats.name, stats.mode, worker]
             conns.add_metric(labels, stats.opened)
             active.add_metric(labels, stats.opened - stats.closed)
-            for (method, code), n in list(stats.requests.items()):
-                reqs.add_metric(labels + [method, code], n)
+            for (method, code, route), n in list(stats.requests.items()):
+                reqs.add_metric(labels + [method, code, route], n)
             liveUp, liveDown = live.get(stats, (0, 0))
             nbytes.add_metric(labels + ["upstream"], stats.bytesUp + liveUp)
             nbytes.add_metric(labels + ["downstream"], stats.bytesDown + liveDown)
@@ -371,16 +382,27 @@ class Metrics:
         """
         self.countRequest(listener, record.method, record.status, record.bytesUp, record.bytesDown)
 
-    def countRequest(self, listener: Any, method: str, status: int, bytesUp: int, bytesDown: int) -> None:
+    def countRequest(self, listener: Any, method: str, status: int, bytesUp: int, bytesDown: int,
+                     route: str = "-") -> None:
         """
         L{requestFinished} without an access record: for a protocol that
         has no access log to feed, so it need not build the record.
+
+        @param route: the C{route} label: the name of the configured route
+            that handled the request (C{host[/prefix]}), or C{"-"}.  When
+            C{"-"}, the listener stats' C{route} is used: the reverse and
+            sni protocols set it around their report (see
+            L{ListenerStats.route}).  Route names come from the
+            configuration, never from the request, so the series stay
+            bounded.
         """
         entry = self._byListener.get(id(listener))
         stats = entry[1] if entry is not None else self.bindListener(listener)
         if method not in KNOWN_METHODS:
             method = "other"
-        key = (method, str(status))
+        if route == "-":
+            route = stats.route
+        key = (method, str(status), route)
         requests = stats.requests
         requests[key] = requests.get(key, 0) + 1
         stats.bytesUp += bytesUp

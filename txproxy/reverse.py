@@ -272,7 +272,20 @@ class ReverseProxyProtocol(HTTPProxyProtocol):
 
     def _log(self, status: int, reason: str = "") -> None:
         self._releaseBackend()
-        super()._log(status, reason)
+        # The route this request was routed to (the HTTP core sets _request
+        # once routeRequest has answered for this request) is the metrics'
+        # route label, which the HTTP core cannot pass itself.
+        route = self._route if self._request is not None else None
+        metrics = self.factory.metrics
+        if route is None or metrics is None:
+            super()._log(status, reason)
+            return
+        stats = metrics.statsFor(self.factory.listener)
+        stats.route = route.name
+        try:
+            super()._log(status, reason)
+        finally:
+            stats.route = "-"
 
     def connectionLost(self, reason: Failure = Failure(error.ConnectionDone())) -> None:
         super().connectionLost(reason)

@@ -167,6 +167,21 @@ class SNIRouterProtocol(_RelayingProtocol):
         self._cancelTimer()
         super().connectionLost(reason)
 
+    def _finish(self, status: int, up: int, down: int, reason: str) -> None:
+        # The matched route's name is the metrics' route label (the
+        # relaying core reports without one).
+        route = self.route
+        metrics = self.factory.metrics
+        if route is None or metrics is None:
+            super()._finish(status, up, down, reason)
+            return
+        stats = metrics.statsFor(self.factory.listener)
+        stats.route = route.name
+        try:
+            super()._finish(status, up, down, reason)
+        finally:
+            stats.route = "-"
+
     def _connectionLostEarly(self, state: int) -> None:
         if state == _HELLO:
             self._finish(400, 0, 0, "client closed before its ClientHello was complete")
