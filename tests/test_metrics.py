@@ -122,6 +122,22 @@ class MetricsTrafficTests(SynchronousTestCase):
         self.metrics.requestFinished(self.factory.listener, record)
         self.assertEqual(value(self.metrics, "txproxy_requests_total", method="other", code="501"), 1)
 
+    def test_tcpModesCountedUnderTheirMethod(self) -> None:
+        """
+        A C{tcp}-mode connection counts under method C{TCP} (and C{sni}
+        mode under C{TLS}), the method of their access records, not
+        C{other}.
+        """
+        from txproxy.tcp import TCPProxyFactory
+        from txproxy.testing import listenerConfig
+
+        listener = listenerConfig(mode="tcp", name="ssh", upstream="tcp:192.0.2.5:22")
+        factory = TCPProxyFactory(listener, self.connector, self.clock, metrics=self.metrics)
+        proto, client = connect(factory)
+        self.connector.last.succeed()
+        client.peerClosed()
+        self.assertEqual(value(self.metrics, "txproxy_requests_total", listener="ssh", method="TCP", code="200"), 1)
+
     def test_countRequestWithoutRecord(self) -> None:
         """
         L{Metrics.countRequest} counts like L{Metrics.requestFinished},
@@ -276,7 +292,7 @@ class RouteLabelTests(SynchronousTestCase):
         client.peerClosed()
         proto, client = connect(factory)
         proto.dataReceived(FIXTURES["openssl-sni.bin"])  # a.test: no route
-        self.assertEqual(self.requests(route="*.a.test", code="200", listener="tls", mode="sni"), 1)
+        self.assertEqual(self.requests(route="*.a.test", code="200", method="TLS", listener="tls", mode="sni"), 1)
         self.assertEqual(self.requests(route="-", code="404"), 1)
 
     def test_forwardIsDash(self) -> None:

@@ -66,9 +66,10 @@ __all__ = [
 ]
 
 #: Methods counted under their own name; any other is counted as C{other}
-#: (a client must not be able to create series at will).
+#: (a client must not be able to create series at will).  C{TCP} and C{TLS}
+#: are the methods of the C{tcp}/C{transparent} and C{sni} modes' records.
 KNOWN_METHODS = frozenset(
-    ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "-"]
+    ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "-", "TCP", "TLS"]
 )
 
 #: Buckets (seconds) for the upstream connect and response-head histograms.
