@@ -13,6 +13,7 @@ from typing import Any, List
 
 from twisted.internet import defer, error
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from txproxy.accesslog import AccessRecord
@@ -638,3 +639,100 @@ class RateKeyTests(ForwardTestCase):
             self.assertIn(expected, client.value())
             if not expected:
                 self.assertEqual(client.value(), b"")
+
+
+class DirectDialTests(SynchronousTestCase):
+    """
+    With the stock L{Connector}, a C{CONNECT} to an IP literal under a
+    synchronous policy is dialled straight through C{connectTCP} (no
+    Deferred, no endpoint); these tests drive that path on a memory reactor.
+    """
+
+    def setUp(self) -> None:
+        from twisted.internet.testing import MemoryReactorClock
+
+        from txproxy.connector import Connector
+
+        self.reactor = MemoryReactorClock()
+        self.log = _Log()
+        self.factory = forwardFactory(Connector(self.reactor), self.reactor, connect_timeout=7.0)
+        self.factory.accessLog = self.log
+
+    def open(self, target: bytes = b"192.0.2.10:443") -> Any:
+        proto, client = connect(self.factory)
+        proto.dataReceived(b"CONNECT " + target + b" HTTP/1.1\r\nHost: " + target + b"\r\n\r\nearly")
+        return proto, client
+
+    def test_dialsWithConnectTCP(self) -> None:
+        """
+        The tunnel is dialled with C{connectTCP} with the connect timeout;
+        once connected, C{200} is sent, early bytes reach the upstream, and
+        the record names the address dialled.
+        """
+        from txproxy.testing import FakeTransport
+
+        proto, client = self.open()
+        [(host, port, dial, timeout, bind)] = self.reactor.tcpClients
+        self.assertEqual((host, port, timeout, bind), ("192.0.2.10", 443, 7.0, None))
+        upstream = dial.buildProtocol(None)
+        upTransport = FakeTransport(("192.0.2.10", 443))
+        upTransport.protocol = upstream
+        upstream.makeConnection(upTransport)
+        self.assertEqual(client.value(), b"HTTP/1.1 200 Connection established\r\n\r\n")
+        self.assertEqual(upTransport.value(), b"early")
+        upstream.dataReceived(b"pong")
+        self.assertTrue(client.value().endswith(b"pong"))
+        client.peerClosed()
+        upTransport.peerClosed()
+        [record] = self.log.records
+        self.assertEqual((record.status, record.upstream, record.bytesUp, record.bytesDown), (200, "192.0.2.10:443", 5, 4))
+
+    def test_refused(self) -> None:
+        """
+        A refused connect answers C{502}; the record has no upstream.
+        """
+        proto, client = self.open()
+        [(_, _, dial, _, _)] = self.reactor.tcpClients
+        dial.clientConnectionFailed(self.reactor.connectors[0], Failure(error.ConnectionRefusedError()))
+        self.assertEqual(_status(client.value()), 502)
+        self.assertEqual(self.log.records[0].upstream, "")
+
+    def test_timeout(self) -> None:
+        """
+        connectTCP's own timeout answers C{504}.
+        """
+        proto, client = self.open()
+        [(_, _, dial, _, _)] = self.reactor.tcpClients
+        dial.clientConnectionFailed(self.reactor.connectors[0], Failure(error.TimeoutError()))
+        self.assertEqual(_status(client.value()), 504)
+
+    def test_clientLeavesWhileDialling(self) -> None:
+        """
+        A client that leaves while the upstream is being dialled stops the
+        attempt; a connection that completes anyway is aborted.
+        """
+        from txproxy.testing import FakeTransport
+
+        proto, client = self.open()
+        [(_, _, dial, _, _)] = self.reactor.tcpClients
+        connector = self.reactor.connectors[0]
+        client.peerClosed()
+        self.assertTrue(connector.stoppedConnecting)
+        upstream = dial.buildProtocol(None)
+        upTransport = FakeTransport(("192.0.2.10", 443))
+        upTransport.protocol = upstream
+        upstream.makeConnection(upTransport)
+        self.assertTrue(upTransport.aborted)
+        self.assertEqual(client.value(), b"")
+
+    def test_denyDest(self) -> None:
+        """
+        C{--deny-dest} applies to IP literals on the direct path too: C{403},
+        nothing dialled.
+        """
+        from txproxy.testing import listenerConfig
+
+        self.factory.listener = listenerConfig(deny_dest=["192.0.2.0/24"])
+        proto, client = self.open()
+        self.assertEqual(_status(client.value()), 403)
+        self.assertEqual(self.reactor.tcpClients, [])

@@ -261,6 +261,49 @@ class RelayIdleTests(SynchronousTestCase):
         client.peerClosed()
         self.assertEqual(clock.getDelayedCalls(), [])
 
+    def test_relaysShareOneTimer(self) -> None:
+        """
+        Relays with the same clock and idle timeout share one timer (no
+        timer per connection); each is judged on its own traffic, and the
+        timer goes away with the last relay.
+        """
+        relay, client, upstream, clock, cp, up = _pair(idleTimeout=10)
+        relay.start()
+        busy = Relay(FakeTransport(), FakeTransport(), clock, 10)
+        busy.start()
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
+        for _ in range(12):
+            clock.advance(1)
+            busy.fromClient(b"x")
+        self.assertTrue(client.aborted)
+        self.assertEqual(relay.closeReason, "idle")
+        self.assertIsNone(busy.closeReason)
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
+        busy.abort()
+        busy.clientLost()
+        busy.upstreamLost()
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_finishedDeferredAndOnEnded(self) -> None:
+        """
+        C{onEnded} is called and C{finished} fires (even when first asked for
+        after the end) once both sides are closed.
+        """
+        relay, client, upstream, clock, cp, up = _pair()
+        ended: List[Relay] = []
+        relay.onEnded = ended.append
+        early: List[Relay] = []
+        relay.finished.addCallback(early.append)
+        relay.start()
+        client.peerClosed()
+        self.assertEqual((ended, early), ([relay], [relay]))
+        other, client2, _, _, _, _ = _pair()
+        other.start()
+        client2.peerClosed()
+        late: List[Relay] = []
+        other.finished.addCallback(late.append)
+        self.assertEqual(late, [other])
+
 
 class FastSenderTests(SynchronousTestCase):
     def test_nonTCPTransportUsesWrite(self) -> None:

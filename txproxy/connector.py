@@ -19,7 +19,7 @@ from zope.interface import implementer
 from txproxy.errors import ResolveError
 from txproxy.interfaces import IUpstreamConnector
 
-__all__ = ["Connector", "connectProtocol", "isIPLiteral"]
+__all__ = ["Connector", "connectProtocol", "directDial", "isIPLiteral"]
 
 
 def isIPLiteral(host: str) -> bool:
@@ -155,3 +155,17 @@ class Connector:
         bind = (self.bindAddress, 0) if self.bindAddress else None
         dial.connector = self.reactor.connectTCP(host, port, dial, self.connectTimeout, bind)
         return dial.deferred
+
+
+def directDial(connector: Any) -> Any:
+    """
+    Whether IP literals may be dialled with C{connectTCP} directly (no
+    endpoint, no Deferred): only through the stock L{Connector} on a reactor
+    with C{connectTCP} (tests pass fakes, which take the endpoint path).
+
+    @return: C{(reactor, bindAddress)}; C{(None, None)} when not.
+    """
+    if type(connector) is Connector and hasattr(connector.reactor, "connectTCP"):
+        bind = (connector.bindAddress, 0) if connector.bindAddress else None
+        return connector.reactor, bind
+    return None, None

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from twisted.internet import defer
+from twisted.internet import defer, error
+from twisted.internet.protocol import ClientFactory
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from txproxy.accesslog import AccessRecord
 from txproxy.hooks import Refuse, Target, TunnelRequest
@@ -31,6 +33,7 @@ from txproxy.httpproxy import (
     clientInfoFor,
     overrides,
 )
+from txproxy.connector import isIPLiteral
 from txproxy.relay import RelayedProtocol
 
 __all__ = ["ForwardProxyProtocol", "ForwardProxyFactory", "clientInfoFor", "LINGER_SECONDS"]
@@ -136,7 +139,22 @@ class ForwardProxyProtocol(HTTPProxyProtocol):
         self._clientKeepAlive = False
         request = TunnelRequest(self.client, Target(host, port), head)
         self._tunnel = request
-        d = defer.maybeDeferred(self._checkTunnelPolicy, head)
+        reactor = self.factory._directReactor
+        if reactor is not None and not overrides(self, "chooseTarget", ForwardProxyProtocol) \
+                and not overrides(self, "allowTunnel", ForwardProxyProtocol) and isIPLiteral(host):
+            # The common case, without a Deferred: a synchronous policy
+            # decision and an IP literal, dialled with connectTCP.
+            try:
+                refusal = self._checkTunnelPolicy(head)
+            except Exception:
+                self._failed(Failure())
+                return
+            if refusal is None:
+                self._dialDirect(reactor, self._tunnel.target)  # type: ignore[union-attr]
+                return
+            d = refusal
+        else:
+            d = defer.maybeDeferred(self._checkTunnelPolicy, head)
         d.addCallback(lambda _: self._askTunnelHook())
         d.addCallback(self._chooseAndDial)
         d.addCallbacks(self._tunnelConnected, self._failed)
@@ -200,6 +218,39 @@ class ForwardProxyProtocol(HTTPProxyProtocol):
             return d
 
         return d.addCallback(dial)
+
+    def _dialDirect(self, reactor: Any, target: Target) -> None:
+        """
+        Dial the IP literal C{target} with C{connectTCP} (its own timeout),
+        after C{--deny-dest}.
+        """
+        host = target.host
+        denyDest = self.factory.listener.denyDest
+        if denyDest and host in denyDest:
+            self._refuse(403, f"destination {host} is not allowed")
+            return
+        factory = self.factory
+        dial = _TunnelDial(self, self.tunnelProtocol)
+        self._pending = dial  # type: ignore[assignment]
+        self._upstreamAddress = f"[{host}]:{target.port}" if ":" in host else f"{host}:{target.port}"
+        dial.connector = reactor.connectTCP(
+            host, target.port, dial, factory.listener.connectTimeout or None, factory._bindAddress
+        )
+
+    def _directConnected(self, upstream: RelayedProtocol, started: float) -> None:
+        factory = self.factory
+        metrics = factory.metrics
+        if metrics is not None:
+            metrics.upstreamConnected(factory.listener, factory.clock.seconds() - started)
+        try:
+            self._tunnelConnected(upstream)
+        except Exception:
+            self._unexpected(Failure())
+
+    def _directFailed(self, reason: Failure) -> None:
+        self._pending = None
+        self._upstreamAddress = ""
+        self._failed(reason)
 
     def _tunnelConnected(self, upstream: RelayedProtocol) -> None:
         self._pending = None
@@ -270,6 +321,48 @@ class ForwardProxyProtocol(HTTPProxyProtocol):
                     raise Refuse(200, "Max-Forwards reached txproxy")
                 headers = replaceHeader(headers, b"Max-Forwards", b"%d" % (remaining - 1))
         return RequestHead(head.method, head.target, head.version, headers)
+
+
+class _TunnelDial(ClientFactory):
+    """
+    The client factory of one directly dialled tunnel upstream: reports the
+    connection (or its failure) to the client's protocol.  It stands in for
+    the Deferred in C{owner._pending}: L{cancel} abandons the attempt.
+    """
+
+    noisy = False
+    connector: Any = None
+
+    def __init__(self, owner: ForwardProxyProtocol, protocol: Any) -> None:
+        self.owner: Optional[ForwardProxyProtocol] = owner
+        self.protocol = protocol
+        self.started = owner.factory.clock.seconds()
+
+    def buildProtocol(self, addr: Any) -> Any:
+        p = self.protocol()
+        p.onConnected = self._connected
+        return p
+
+    def _connected(self, upstream: Any) -> None:
+        owner, self.owner = self.owner, None
+        if owner is None:
+            upstream.transport.abortConnection()
+            return
+        owner._directConnected(upstream, self.started)
+
+    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
+        owner, self.owner = self.owner, None
+        if owner is not None:
+            owner._directFailed(reason)
+
+    def cancel(self) -> None:
+        self.owner = None
+        connector = self.connector
+        if connector is not None:
+            try:
+                connector.stopConnecting()
+            except error.NotConnectingError:
+                pass
 
 
 class ForwardProxyFactory(HTTPProxyFactory):

@@ -34,7 +34,7 @@ from txproxy._factory import ListenerFactory
 from txproxy.accesslog import AccessRecord
 from txproxy.auth import Htpasswd, parseBasic
 from txproxy.config import ListenerConfig
-from txproxy.connector import connectProtocol
+from txproxy.connector import connectProtocol, directDial
 from txproxy.errors import PolicyDenied, ResolveError
 from txproxy.hooks import ClientInfo, Refuse, Target
 from txproxy.http import (
@@ -1352,7 +1352,7 @@ class HTTPProxyProtocol(Protocol):
         upstream.dataReceived = relay.fromUpstream  # type: ignore[method-assign]
         self.dataReceived = relay.fromClient  # type: ignore[method-assign]
         pending, self._input = self._input, b""
-        relay.finished.addCallback(self._tunnelEnded, status)
+        relay.onEnded = lambda relay: self._tunnelEnded(relay, status)
         relay.start(pending, fromUpstream + upstream.takePending())
         if upstream._lostReason is not None:
             relay.upstreamLost(upstream._lostReason)
@@ -1671,6 +1671,7 @@ class HTTPProxyFactory(ListenerFactory):
         self.protocols: set = set()
         self.pool = UpstreamPool(clock)  # type: ignore[arg-type]
         self.requestsTotal = 0
+        self._directReactor, self._bindAddress = directDial(connector)
         self.draining = False
         if listener.idleTimeout and listener.idleTimeout < self.keepAliveTimeout:
             self.keepAliveTimeout = listener.idleTimeout

@@ -31,9 +31,11 @@ protocol for the upstream side; mode protocols delegate the client side.
 from __future__ import annotations
 
 from errno import EAGAIN, ENOBUFS, EWOULDBLOCK
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Dict, Optional, Set
+from weakref import WeakKeyDictionary
 
-from twisted.internet import defer
+from twisted.internet import defer, tcp
+from twisted.internet.main import CONNECTION_DONE
 from twisted.internet.interfaces import IHalfCloseableProtocol, IReactorTime, ITransport
 from twisted.internet.protocol import Protocol
 from twisted.protocols.policies import ProtocolWrapper
@@ -60,8 +62,6 @@ def _plainTCP(transport: Any) -> Any:
     as used by C{haproxy:} listeners once the PROXY header is consumed) are
     looked through; TLS transports are not.
     """
-    from twisted.internet import tcp
-
     while type(transport).write is ProtocolWrapper.write:
         transport = transport.transport
     if isinstance(transport, tcp.Connection) and not getattr(transport, "TLS", False):
@@ -100,6 +100,75 @@ def fastSender(transport: ITransport) -> Callable[[bytes], None]:
             write(data[sent:])
 
     return sendOrBuffer
+
+
+def _idleTCP(transport: Any) -> Any:
+    """
+    The plain TCP connection under C{transport} when it is open and has
+    nothing buffered (so that a close or half-close need not wait for the
+    poller), else L{None}.
+    """
+    conn = _plainTCP(transport)
+    if (
+        conn is None
+        or conn._tempDataLen
+        or conn.dataBuffer
+        or not conn.connected
+        or conn.disconnecting
+        or conn._writeDisconnecting
+        or conn.producerPaused
+    ):
+        return None
+    return conn
+
+
+class _IdleSweeper:
+    """
+    The idle checks of every relay with the same clock and idle timeout: one
+    timer, every quarter of the timeout, instead of one timer per relay
+    (which costs a heap entry and a callLater per connection).
+    """
+
+    _byClock: "WeakKeyDictionary[Any, Dict[float, _IdleSweeper]]" = WeakKeyDictionary()
+
+    @classmethod
+    def forRelay(cls, relay: "Relay") -> "_IdleSweeper":
+        clock = relay.clock
+        sweepers = cls._byClock.get(clock)
+        if sweepers is None:
+            sweepers = cls._byClock[clock] = {}
+        timeout = relay.idleTimeout
+        sweeper = sweepers.get(timeout)  # type: ignore[arg-type]
+        if sweeper is None:
+            sweeper = sweepers[timeout] = cls(clock, max(timeout / 4.0, 0.01))  # type: ignore[index,operator]
+        return sweeper
+
+    def __init__(self, clock: IReactorTime, tick: float) -> None:
+        self.clock = clock
+        self.tick = tick
+        self.relays: Set[Relay] = set()
+        self._call: Any = None
+
+    def add(self, relay: "Relay") -> None:
+        self.relays.add(relay)
+        if self._call is None:
+            self._call = self.clock.callLater(self.tick, self._sweep)
+
+    def discard(self, relay: "Relay") -> None:
+        relays = self.relays
+        relays.discard(relay)
+        if not relays and self._call is not None:
+            # No timer left behind once nothing is relayed.
+            self._call.cancel()
+            self._call = None
+
+    def _sweep(self) -> None:
+        self._call = None
+        now = self.clock.seconds()
+        for relay in list(self.relays):
+            relay._checkIdle(now)
+        if self.relays:
+            self._call = self.clock.callLater(self.tick, self._sweep)
 
 
 @implementer(IHalfCloseableProtocol)
@@ -180,7 +249,8 @@ class Relay:
         "bytesDown",
         "startedAt",
         "endedAt",
-        "finished",
+        "_finished",
+        "onEnded",
         "closeReason",
         "_toUpstream",
         "_toClient",
@@ -188,7 +258,7 @@ class Relay:
         "_upstreamReadDone",
         "_clientGone",
         "_upstreamGone",
-        "_idleCall",
+        "_sweeper",
         "_idleMark",
         "_idleSince",
         "_filterUp",
@@ -224,13 +294,14 @@ class Relay:
         self.bytesDown = 0
         self.startedAt = clock.seconds()
         self.endedAt: Optional[float] = None
-        self.finished: defer.Deferred[Relay] = defer.Deferred()
+        self._finished: Optional[defer.Deferred[Relay]] = None
+        self.onEnded: Optional[Callable[[Relay], Any]] = None
         self.closeReason: Optional[str] = None
         self._clientReadDone = False
         self._upstreamReadDone = False
         self._clientGone = False
         self._upstreamGone = False
-        self._idleCall: Any = None
+        self._sweeper: Optional[_IdleSweeper] = None
         self._idleMark = -1
         self._idleSince = self.startedAt
         self._filterUp = filterUp
@@ -285,25 +356,23 @@ class Relay:
         resume = getattr(self.client, "resumeProducing", None)
         if resume is not None:
             resume()
-        if self.idleTimeout:
+        if self.idleTimeout and self.endedAt is None:
             self._idleMark = self.bytesUp + self.bytesDown
             self._idleSince = self.clock.seconds()
-            self._idleCall = self.clock.callLater(self._idleTick(), self._checkIdle)
+            self._sweeper = _IdleSweeper.forRelay(self)
+            self._sweeper.add(self)
 
-    def _idleTick(self) -> float:
-        return max(self.idleTimeout / 4.0, 0.01)  # type: ignore[operator]
-
-    def _checkIdle(self) -> None:
-        self._idleCall = None
-        now = self.clock.seconds()
+    def _checkIdle(self, now: float) -> None:
+        """
+        Called by the idle sweeper every quarter of the idle timeout: close
+        both sides when no byte moved for the idle timeout.
+        """
         mark = self.bytesUp + self.bytesDown
         if mark != self._idleMark:
             self._idleMark = mark
             self._idleSince = now
         elif now - self._idleSince >= self.idleTimeout:  # type: ignore[operator]
             self.abort("idle")
-            return
-        self._idleCall = self.clock.callLater(self._idleTick(), self._checkIdle)
 
     # -- end of input (half-close)
 
@@ -330,6 +399,15 @@ class Relay:
 
     def _halfClose(self, transport: Any, gone: bool) -> None:
         if gone:
+            return
+        conn = _idleTCP(transport)
+        if conn is not None:
+            # Nothing to flush: shut down now, rather than registering for
+            # writability to do it on the next loop iteration (what
+            # loseWriteConnection does).
+            conn._writeDisconnecting = True
+            conn._writeDisconnected = True
+            conn._closeWriteConnection()
             return
         loseWrite = getattr(transport, "loseWriteConnection", None)
         if loseWrite is None:
@@ -373,6 +451,13 @@ class Relay:
             transport.unregisterProducer()
         except Exception:  # pragma: no cover - transports that lost it already
             pass
+        conn = _idleTCP(transport)
+        if conn is not None:
+            # Nothing to flush: close now (as loseConnection does once its
+            # buffer is empty), without a round trip through the poller.
+            conn.disconnecting = True
+            conn.connectionLost(Failure(CONNECTION_DONE))
+            return
         transport.loseConnection()
 
     def abort(self, reason: str = "aborted") -> None:
@@ -393,10 +478,26 @@ class Relay:
     def _maybeFinished(self) -> None:
         if self._clientGone and self._upstreamGone and self.endedAt is None:
             self.endedAt = self.clock.seconds()
-            if self._idleCall is not None and self._idleCall.active():
-                self._idleCall.cancel()
-            self._idleCall = None
-            self.finished.callback(self)
+            sweeper, self._sweeper = self._sweeper, None
+            if sweeper is not None:
+                sweeper.discard(self)
+            onEnded = self.onEnded
+            if onEnded is not None:
+                onEnded(self)
+            if self._finished is not None:
+                self._finished.callback(self)
+
+    @property
+    def finished(self) -> "defer.Deferred[Relay]":
+        """
+        A L{Deferred} firing with this relay when both sides are closed (made
+        on first use; the modes use the cheaper L{onEnded} callback).
+        """
+        if self._finished is None:
+            self._finished = defer.Deferred()
+            if self.endedAt is not None:
+                self._finished.callback(self)
+        return self._finished
 
     @property
     def active(self) -> bool:

@@ -351,11 +351,20 @@ class ProxyService(MultiService):
             self._startupFailed(e)
         reactorName = type(self.reactor).__module__ + "." + type(self.reactor).__name__
         log.info("txproxy running on {reactor}", reactor=reactorName)
+        if self.streamlineReactor:
+            from txproxy._loop import streamline
+
+            streamline(self.reactor)
         from txproxy.workers import warnAboutFdLimit
 
         warnAboutFdLimit(self.config)
         if self.installSignalHandlers:
             self.reactor.callWhenRunning(self._installSignalHandlers)
+
+    #: Whether to give an epoll reactor txproxy's lean dispatch loop (see
+    #: L{txproxy._loop}; legacy log lines from event handlers then lose
+    #: their per-connection system prefix).
+    streamlineReactor = True
 
     #: Whether to take over SIGTERM/SIGINT (drain, then exit 0) and SIGHUP
     #: (reload) once the reactor runs.

@@ -40,7 +40,7 @@ from zope.interface import implementer
 from txproxy._factory import ListenerFactory
 from txproxy.accesslog import AccessRecord
 from txproxy.config import ListenerConfig
-from txproxy.connector import Connector
+from txproxy.connector import Connector, directDial
 from txproxy.errors import ResolveError
 from txproxy.hooks import ClientInfo, Target
 from txproxy.origdst import isOwnListener, localNetworks, originalDestination
@@ -496,7 +496,7 @@ class _RelayingProtocol(Protocol):
         upstream.relay = relay
         upstream.dataReceived = relay.fromUpstream  # type: ignore[method-assign]
         self.dataReceived = relay.fromClient  # type: ignore[method-assign]
-        relay.finished.addCallback(self._relayEnded)
+        relay.onEnded = self._relayEnded
         if not self.upstreamAddress:
             peer = upTransport.getPeer()
             self.upstreamAddress = _formatAddress(getattr(peer, "host", "?"), getattr(peer, "port", 0))
@@ -736,12 +736,7 @@ class RelayingFactory(ListenerFactory):
         self._acl = bool(listener.allow or listener.deny)
         # Dial IP literals with connectTCP directly when the connector is the
         # stock one (tests pass fakes, which get the endpoint path).
-        if type(connector) is Connector and hasattr(connector.reactor, "connectTCP"):
-            self._reactor = connector.reactor
-            self._bindAddress = (connector.bindAddress, 0) if connector.bindAddress else None
-        else:
-            self._reactor = None
-            self._bindAddress = None
+        self._reactor, self._bindAddress = directDial(connector)
         self._direct: Dict[str, Optional[Tuple[str, int, Optional[float]]]] = {}
 
     def reloadListener(self, listener: ListenerConfig, dryRun: bool = False) -> None:

@@ -1,0 +1,134 @@
+# -*- test-case-name: tests.test_loop -*-
+"""
+Tests for L{txproxy._loop}: the lean dispatch loop keeps the epoll
+reactor's event semantics.  Each test builds its own L{EPollReactor} (not
+the global one) and drives its C{doIteration} by hand over a socketpair.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any, List
+
+from twisted.internet import main
+from twisted.internet.abstract import FileDescriptor
+from twisted.internet.epollreactor import EPollReactor
+from twisted.internet.interfaces import IHalfCloseableDescriptor
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+
+from txproxy._loop import streamline
+
+
+@implementer(IHalfCloseableDescriptor)
+class _Reader(FileDescriptor):
+    """
+    Reads one end of a socketpair and records what happened.
+    """
+
+    def __init__(self, reactor: Any, sock: socket.socket, fail: bool = False) -> None:
+        super().__init__(reactor)
+        self.sock = sock
+        self.fail = fail
+        self.events: List[Any] = []
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def doRead(self) -> Any:
+        if self.fail:
+            raise ZeroDivisionError("bug in doRead")
+        data = self.sock.recv(100)
+        if not data:
+            return main.CONNECTION_DONE
+        self.events.append(data)
+        return None
+
+    def doWrite(self) -> Any:
+        self.events.append("writable")
+        self.stopWriting()
+        return None
+
+    def readConnectionLost(self, reason: Failure) -> None:
+        self.events.append(("readLost", reason.type))
+        self.stopReading()
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.events.append(("lost", reason.type))
+        super().connectionLost(reason)
+
+
+class StreamlineTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.reactor = EPollReactor()
+        self.addCleanup(self.reactor._poller.close)
+        self.a, self.b = socket.socketpair()
+        self.addCleanup(self.a.close)
+        self.addCleanup(self.b.close)
+        self.a.setblocking(False)
+
+    def test_onlyPlainEPollReactor(self) -> None:
+        """
+        Only an L{EPollReactor} instance gets the loop, once.
+        """
+        self.assertTrue(streamline(self.reactor))
+        self.assertFalse(streamline(self.reactor))
+
+        class Custom(EPollReactor):
+            pass
+
+        other = Custom()
+        self.addCleanup(other._poller.close)
+        self.assertFalse(streamline(other))
+        self.assertFalse(streamline(object()))
+
+    def test_readsAndWrites(self) -> None:
+        """
+        Input reaches C{doRead}; writability reaches C{doWrite}.
+        """
+        streamline(self.reactor)
+        reader = _Reader(self.reactor, self.a)
+        self.reactor.addReader(reader)
+        self.b.send(b"hello")
+        self.reactor.doIteration(0)
+        self.assertEqual(reader.events, [b"hello"])
+        self.reactor.addWriter(reader)
+        self.reactor.doIteration(0)
+        self.assertEqual(reader.events, [b"hello", "writable"])
+        self.reactor.removeReader(reader)
+
+    def test_halfClose(self) -> None:
+        """
+        End-of-input on a half-closeable descriptor is a
+        C{readConnectionLost}, as with the stock loop.
+        """
+        streamline(self.reactor)
+        reader = _Reader(self.reactor, self.a)
+        self.reactor.addReader(reader)
+        self.b.shutdown(socket.SHUT_WR)
+        self.reactor.doIteration(0)
+        self.assertEqual(reader.events, [("readLost", main.CONNECTION_DONE.__class__)])
+
+    def test_exceptionDisconnectsAndLoopGoesOn(self) -> None:
+        """
+        An exception from C{doRead} is logged and disconnects that
+        descriptor; the loop keeps running for the others.
+        """
+        streamline(self.reactor)
+        bad = _Reader(self.reactor, self.a, fail=True)
+        c, d = socket.socketpair()
+        self.addCleanup(c.close)
+        self.addCleanup(d.close)
+        c.setblocking(False)
+        good = _Reader(self.reactor, c)
+        self.reactor.addReader(bad)
+        self.reactor.addReader(good)
+        self.b.send(b"x")
+        d.send(b"y")
+        self.reactor.doIteration(0)
+        self.assertEqual(good.events, [b"y"])
+        self.assertEqual(bad.events, [("lost", ZeroDivisionError)])
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        self.assertNotIn(bad, self.reactor.getReaders())
+        self.reactor.removeReader(good)
