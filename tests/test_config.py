@@ -282,6 +282,67 @@ class TOMLTests(SynchronousTestCase):
             self.assertIn(message, str(e), keys)
             self.assertNotIn("\n", str(e))
 
+    def test_upstreamTablesWithProxyProtocol(self) -> None:
+        """
+        tcp-mode C{upstreams} and route C{upstreams} may mix strings and
+        tables (C{endpoint}/C{url} and C{proxy_protocol_send}: C{v1}, C{v2}
+        or C{none}); a route's own C{proxy_protocol_send} may be C{none}.
+        """
+        c = fromTOML({"listeners": [
+            {"mode": "tcp", "proxy_protocol_send": "v1", "upstreams": [
+                "tcp:10.0.0.5:22",
+                {"endpoint": "tcp:10.0.0.6:22", "proxy_protocol_send": "v2"},
+                {"endpoint": " tcp:10.0.0.7:22", "proxy_protocol_send": "none"},
+                {"endpoint": "tcp:10.0.0.8:22"},
+            ]},
+            {"mode": "sni", "routes": [{"host": "a.test", "proxy_protocol_send": "none", "upstreams": [
+                {"url": "tcp://10.0.0.9:443", "proxy_protocol_send": "v2"}, "tcp://10.0.0.10:443",
+            ]}]},
+        ]})
+        tcp, sni = c.listeners
+        self.assertEqual(tcp.upstreams, ("tcp:10.0.0.5:22", "tcp:10.0.0.6:22", " tcp:10.0.0.7:22", "tcp:10.0.0.8:22"))
+        self.assertEqual(tcp.proxyProtocolSend, "v1")
+        self.assertEqual(tcp.proxyProtocolByUpstream, (("tcp:10.0.0.6:22", "v2"), ("tcp:10.0.0.7:22", "none")))
+        route = sni.routes[0]
+        self.assertEqual([str(u) for u in route.upstreams], ["tcp://10.0.0.9:443", "tcp://10.0.0.10:443"])
+        self.assertEqual(route.proxyProtocolByUpstream, (("tcp://10.0.0.9:443", "v2"),))
+        self.assertEqual(route.proxyProtocolSend, "none")
+        plain = fromTOML({"listeners": [{"mode": "tcp", "upstreams": ["tcp:10.0.0.5:22"]}]}).listeners[0]
+        self.assertEqual(plain.proxyProtocolByUpstream, ())
+
+    def test_upstreamTableErrorsNameTheirPath(self) -> None:
+        """
+        Mistakes in upstream tables name their key path.
+        """
+        tcp = {"mode": "tcp"}
+        cases = [
+            (dict(tcp, upstreams=[{"endpoint": "tcp:a:1", "proxy_protocol_send": "v3"}]),
+             "listeners[1].upstreams[0].proxy_protocol_send: expected one of v1, v2, none, got 'v3'"),
+            (dict(tcp, upstreams=["tcp:a:1", {"url": "tcp:a:2"}]), "listeners[1].upstreams[1].url: unknown key"),
+            (dict(tcp, upstreams=[{"proxy_protocol_send": "v1"}]), "listeners[1].upstreams[0].endpoint: missing"),
+            (dict(tcp, upstreams=[{"endpoint": 22}]),
+             "listeners[1].upstreams[0].endpoint: expected a non-empty string"),
+            (dict(tcp, upstreams=["tcp:a:1", {"endpoint": "tcp:a:1", "proxy_protocol_send": "v1"}]),
+             "listeners[1].upstreams[1]: tcp:a:1 is also upstreams[0], with another proxy_protocol_send"),
+            (dict(tcp, upstreams=["tcp:a:1"], proxy_protocol_send="none"),
+             "listeners[1].proxy_protocol_send: expected one of v1, v2, got 'none'"),
+            ({"mode": "sni", "routes": [{"host": "a", "upstreams": [{"url": "tcp://a:1", "proxy_protocol": "v1"}]}]},
+             "listeners[1].routes[0].upstreams[0].proxy_protocol: unknown key"),
+            ({"mode": "sni", "routes": [{"host": "a", "upstreams": [{"url": "tcp:/a", "proxy_protocol_send": "v1"}]}]},
+             "listeners[1].routes[0].upstreams[0].url: bad upstream URL"),
+            ({"mode": "sni", "routes": [{"host": "a", "upstreams": [{"proxy_protocol_send": "v1"}]}]},
+             "listeners[1].routes[0].upstreams[0].url: missing"),
+            ({"mode": "sni", "routes": [{"host": "a", "proxy_protocol_send": "v9", "upstreams": ["tcp://a:1"]}]},
+             "listeners[1].routes[0].proxy_protocol_send: expected one of v1, v2, none"),
+            ({"mode": "reverse", "routes": [{"host": "a", "upstreams": [
+                {"url": "http://a:1", "proxy_protocol_send": "v1"}]}]},
+             "listeners[1]: route a: an upstream's own proxy_protocol_send is only for modes tcp and sni"),
+        ]
+        for keys, message in cases:
+            e = self.assertRaises(ConfigError, fromTOML, {"listeners": [{}, keys]})
+            self.assertIn(message, str(e), keys)
+            self.assertNotIn("\n", str(e))
+
     def test_socketTuningHasNoFlags(self) -> None:
         """
         The tuning keys are the file's only: no flag spells them.

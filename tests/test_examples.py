@@ -519,6 +519,10 @@ class ConfigExampleTests(SynchronousTestCase):
             (True, True, 600, 60, 5),
         )
         self.assertEqual((ssh.sendBuffer, ssh.receiveBuffer), (262144, 262144))
+        self.assertEqual(ssh.proxyProtocolByUpstream, (("tcp:host=10.0.0.6:port=22", "none"),))
+        self.assertEqual(
+            config.listeners[3].routes[0].proxyProtocolByUpstream, (("tcp://10.0.2.11:443", "v2"),)
+        )
 
 
 class BlocklistTacTests(SynchronousTestCase):

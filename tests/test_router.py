@@ -1262,6 +1262,37 @@ class RouterServiceTests(SynchronousTestCase):
         b.connectionFinished()
         self.assertEqual(newPool.backends[1].activeConnections, 0)
 
+    def test_backendProxyProtocol(self) -> None:
+        """
+        A backend carries its upstream's own C{proxy_protocol_send}
+        (C{"none"} as C{""}, unset as L{None}), in tcp pools and sni routes;
+        a reload that keeps the backend updates it.
+        """
+        def listeners(tcpSetting: Any, sniSetting: Any) -> List[ListenerConfig]:
+            sni = RouteConfig(
+                host="*",
+                upstreams=(parseUpstreamURL("tcp://10.0.0.2:443"), parseUpstreamURL("tcp://10.0.0.3:443")),
+                proxyProtocolByUpstream=sniSetting,
+            )
+            return [
+                ListenerConfig(listen=("tcp:443",), mode="sni", name="tls", routes=(sni,)),
+                ListenerConfig(listen=("tcp:22",), mode="tcp", name="ssh",
+                               upstreams=(" tcp:10.0.0.5:22", "tcp:10.0.0.6:22"),
+                               proxyProtocolByUpstream=tcpSetting),
+            ]
+
+        svc = RouterService(
+            listeners((("tcp:10.0.0.5:22", "v2"),), (("tcp://10.0.0.3:443", "none"),)), self.connector, self.clock
+        )
+        ssh = svc.poolFor("ssh").backends
+        tls = svc.tableFor("tls").routes[0].pool.backends
+        self.assertEqual([b.proxyProtocol for b in ssh], ["v2", None])
+        self.assertEqual([b.proxyProtocol for b in tls], [None, ""])
+        svc.setListeners(listeners((("tcp:10.0.0.6:22", "v1"),), ()))
+        self.assertEqual(list(svc.poolFor("ssh").backends), list(ssh))
+        self.assertEqual([b.proxyProtocol for b in ssh], [None, "v1"])
+        self.assertEqual([b.proxyProtocol for b in tls], [None, None])
+
     def test_reloadNewBackendStartsHealthyUnchecked(self) -> None:
         """
         A backend added by a reload starts healthy and unchecked and is

@@ -192,6 +192,48 @@ class SNIRoutingTests(SNITestCase):
         self.assertEqual(upstream.value(), b"PROXY TCP4 198.51.100.7 127.0.0.1 5556 3128\r\n" + HELLO_B)
 
 
+    def test_proxyHeaderPerUpstream(self) -> None:
+        """
+        In one route, an upstream with its own C{proxy_protocol_send} gets
+        that header and the other upstream the route's; a route's C{"none"}
+        turns the listener's off.
+        """
+        from txproxy.config import fromTOML
+
+        config = fromTOML(
+            {
+                "listeners": [
+                    {
+                        "listen": ["tcp:0"],
+                        "mode": "sni",
+                        "proxy_protocol_send": "v1",
+                        "routes": [
+                            {
+                                "host": "b.test",
+                                "proxy_protocol_send": "none",
+                                "upstreams": [
+                                    {"url": "tcp://192.0.2.3:9443", "proxy_protocol_send": "v2"},
+                                    "tcp://192.0.2.4:9443",
+                                ],
+                            },
+                        ],
+                    }
+                ]
+            }
+        )
+        factory = SNIRouterFactory(config.listeners[0], self.connector, self.clock)
+        proto, client = self.open(factory, ("198.51.100.7", 5555))
+        proto.dataReceived(HELLO_B)
+        self.assertEqual(self.connector.last.host, "192.0.2.3")
+        upstream = self.connector.last.succeed()
+        self.assertEqual(upstream.value(), formatV2(("198.51.100.7", 5555), ("127.0.0.1", 3128)) + HELLO_B)
+        proto, client = self.open(factory, ("198.51.100.7", 5556))
+        proto.dataReceived(HELLO_B)
+        self.assertEqual(self.connector.last.host, "192.0.2.4")
+        upstream = self.connector.last.succeed()
+        self.assertEqual(upstream.value(), HELLO_B)
+
+
 class SNIRefusalTests(SNITestCase):
     def assertClosed(self, client: FakeTransport, status: int, reasonPart: str) -> None:
         self.assertTrue(client.closed)

@@ -335,6 +335,61 @@ class TCPModeTests(TCPTestCase):
         header = formatV2(("198.51.100.7", 5555), ("127.0.0.1", 3128))
         self.assertEqual(upstream.value(), header + b"data")
 
+    def tomlFactory(self, **keys: Any) -> Any:
+        from txproxy.config import fromTOML
+
+        listener = fromTOML({"listeners": [dict({"listen": ["tcp:0"], "mode": "tcp"}, **keys)]}).listeners[0]
+        return TCPProxyFactory(listener, self.connector, self.clock, accessLog=self.log)
+
+    def test_proxyHeaderPerUpstream(self) -> None:
+        """
+        An upstream written as a table with its own C{proxy_protocol_send}
+        gets that header; another upstream of the same pool without the
+        setting gets none (no listener default).
+        """
+        factory = self.tomlFactory(upstreams=[{"endpoint": UP1, "proxy_protocol_send": "v2"}, UP2])
+        proto, client = self.open(factory, ("198.51.100.7", 5555))
+        self.assertEqual(self.connector.last.host, "192.0.2.10")
+        upstream = self.connector.last.succeed()
+        proto.dataReceived(b"one")
+        self.assertEqual(upstream.value(), formatV2(("198.51.100.7", 5555), ("127.0.0.1", 3128)) + b"one")
+        proto, client = self.open(factory, ("198.51.100.7", 5556))
+        self.assertEqual(self.connector.last.host, "192.0.2.11")
+        upstream = self.connector.last.succeed()
+        proto.dataReceived(b"two")
+        self.assertEqual(upstream.value(), b"two")
+
+    def test_proxyHeaderPerUpstreamOverridesListener(self) -> None:
+        """
+        With a listener-wide C{proxy_protocol_send}, an upstream's own
+        setting wins (C{"none"}: no header); the others get the listener's.
+        """
+        factory = self.tomlFactory(
+            proxy_protocol_send="v1",
+            upstreams=[{"endpoint": UP1, "proxy_protocol_send": "none"}, UP2],
+        )
+        proto, client = self.open(factory, ("198.51.100.7", 5555))
+        upstream = self.connector.last.succeed()
+        proto.dataReceived(b"one")
+        self.assertEqual(upstream.value(), b"one")
+        proto, client = self.open(factory, ("198.51.100.7", 5556))
+        upstream = self.connector.last.succeed()
+        proto.dataReceived(b"two")
+        self.assertEqual(upstream.value(), b"PROXY TCP4 198.51.100.7 127.0.0.1 5556 3128\r\ntwo")
+
+    def test_proxyHeaderOfRetriedUpstream(self) -> None:
+        """
+        When the first upstream refuses and the next one is tried, the
+        header is the one of the upstream actually connected.
+        """
+        factory = self.tomlFactory(upstreams=[{"endpoint": UP1, "proxy_protocol_send": "v2"},
+                                              {"endpoint": UP2, "proxy_protocol_send": "v1"}])
+        proto, client = self.open(factory, ("198.51.100.7", 5555))
+        self.connector.last.fail(error.ConnectionRefusedError())
+        self.assertEqual(self.connector.last.port, 6380)
+        upstream = self.connector.last.succeed()
+        self.assertEqual(upstream.value(), b"PROXY TCP4 198.51.100.7 127.0.0.1 5555 3128\r\n")
+
     def test_unresolvableDescriptionUsesEndpoint(self) -> None:
         """
         Upstreams named by host name go through the connector's endpoint for

@@ -136,6 +136,10 @@ class Backend:
     @ivar ejectedUntil: clock time until which passive ejection keeps the
         backend out, or L{None}.
     @ivar ejections: how many times it was ejected.
+    @ivar proxyProtocol: the PROXY header this backend gets (tcp and sni
+        modes), overriding its route's and listener's: C{"v1"}, C{"v2"},
+        C{""} for none, or L{None} to use theirs.  Set from the
+        upstream's own C{proxy_protocol_send} at every (re)load.
     """
 
     __slots__ = (
@@ -150,6 +154,7 @@ class Backend:
         "totalFailures",
         "ejectedUntil",
         "ejections",
+        "proxyProtocol",
     )
 
     def __init__(
@@ -159,6 +164,7 @@ class Backend:
         description: Optional[str] = None,
         weight: int = 1,
         health: Optional[HealthState] = None,
+        proxyProtocol: Optional[str] = None,
     ) -> None:
         if weight < 1:
             raise ConfigError(f"backend {key}: weight must be at least 1, got {weight!r}")
@@ -173,6 +179,7 @@ class Backend:
         self.totalFailures = 0
         self.ejectedUntil: Optional[float] = None
         self.ejections = 0
+        self.proxyProtocol = proxyProtocol
 
     @classmethod
     def fromURL(cls, url: UpstreamURL, weight: int = 1) -> Backend:

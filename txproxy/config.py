@@ -51,6 +51,9 @@ MODES = ("forward", "tcp", "transparent", "reverse", "sni")
 BALANCE_POLICIES = ("roundrobin", "leastconn", "hash")
 ACCESS_LOG_FORMATS = ("json", "combined")
 PROXY_PROTOCOL_VERSIONS = ("v1", "v2")
+#: What a route or one upstream may set C{proxy_protocol_send} to: a version,
+#: or C{"none"} (no header, whatever the listener or route says).
+PROXY_PROTOCOL_OVERRIDES = PROXY_PROTOCOL_VERSIONS + ("none",)
 
 Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
@@ -280,6 +283,13 @@ class RouteConfig:
     @ivar ejectAfter: consecutive connect failures that eject a backend
         (passive health); C{0} disables passive ejection.
     @ivar ejectFor: seconds an ejected backend is left out.
+    @ivar proxyProtocolSend: C{"v1"}, C{"v2"} or C{"none"}: the PROXY
+        header for this route's upstreams (sni mode), instead of the
+        listener's; L{None}: the listener's.
+    @ivar proxyProtocolByUpstream: C{(str(url), "v1" | "v2" | "none")} for
+        the upstreams written as tables with their own
+        C{proxy_protocol_send}, which wins over the route's and the
+        listener's.
     """
 
     host: str
@@ -295,6 +305,7 @@ class RouteConfig:
     tlsVerify: bool = True
     caBundle: Optional[str] = None
     proxyProtocolSend: Optional[str] = None
+    proxyProtocolByUpstream: Tuple[Tuple[str, str], ...] = ()
 
 
 def _checkHostPattern(host: str, text: str) -> str:
@@ -347,6 +358,10 @@ class ListenerConfig:
     @ivar keepAliveCount: C{keepalive_count}: C{TCP_KEEPCNT}, or L{None}.
     @ivar sendBuffer: C{send_buffer}: C{SO_SNDBUF} bytes, or L{None}.
     @ivar receiveBuffer: C{receive_buffer}: C{SO_RCVBUF} bytes, or L{None}.
+    @ivar proxyProtocolByUpstream: tcp mode: C{(description,
+        "v1" | "v2" | "none")} for the upstreams written as tables with
+        their own C{proxy_protocol_send} (TOML only), which wins over
+        C{proxyProtocolSend}; descriptions are stripped.
     """
 
     listen: Tuple[str, ...]
@@ -383,6 +398,7 @@ class ListenerConfig:
     keepAliveCount: Optional[int] = None
     sendBuffer: Optional[int] = None
     receiveBuffer: Optional[int] = None
+    proxyProtocolByUpstream: Tuple[Tuple[str, str], ...] = ()
 
     @property
     def effectiveBurst(self) -> int:
@@ -641,6 +657,11 @@ def _crossCheck(l: ListenerConfig, where: str) -> None:
             raise ConfigError(f"{pre}route {route.host}{route.prefix}: sni routes take no path prefix")
         if route.weights and len(route.weights) != len(route.upstreams):
             raise ConfigError(f"{pre}route {route.host}{route.prefix}: one weight per upstream is needed")
+        if route.proxyProtocolByUpstream and l.mode != "sni":
+            raise ConfigError(
+                f"{pre}route {route.host}{route.prefix}: an upstream's own proxy_protocol_send "
+                f"is only for modes tcp and sni (mode is {l.mode})"
+            )
     if l.proxyProtocolSend and l.mode == "forward":
         raise ConfigError(f"{pre}--proxy-protocol-send is not for mode forward")
     if l.burst is not None and l.rate is None:
@@ -768,6 +789,64 @@ def _bool(value: Any, where: str) -> bool:
     return value
 
 
+_UPSTREAM_TABLE_KEYS = ("proxy_protocol_send",)
+
+#: The "setting" of an upstream written as a plain string (no table).
+_PLAIN: Any = object()
+
+
+def _upstreamTable(item: Any, where: str, key: str) -> Tuple[Any, Any]:
+    """
+    Read one element of an C{upstreams} list: a string, or a table with
+    the string under C{key} (C{url} in routes, C{endpoint} in tcp mode) and
+    an optional C{proxy_protocol_send}.
+
+    @return: C{(the string, its proxy_protocol_send or None)}, or
+        C{(item, _PLAIN)} for a plain element (checked by the caller).
+    """
+    if not isinstance(item, dict):
+        return item, _PLAIN
+    for k in item:
+        if k != key and k not in _UPSTREAM_TABLE_KEYS:
+            raise ConfigError(f"{where}.{k}: unknown key")
+    if key not in item:
+        raise ConfigError(f"{where}.{key}: missing")
+    version = None
+    if "proxy_protocol_send" in item:
+        version = _choice(PROXY_PROTOCOL_OVERRIDES)(item["proxy_protocol_send"], f"{where}.proxy_protocol_send")
+    return item[key], version
+
+
+class _PerUpstream:
+    """
+    Collects the per-upstream C{proxy_protocol_send} settings of one pool;
+    an upstream listed twice (one backend of weight 2) must say the same
+    both times.
+    """
+
+    def __init__(self) -> None:
+        self._seen: Dict[str, Tuple[Optional[str], str]] = {}
+        self._settings: List[Tuple[str, str]] = []
+
+    def add(self, key: str, version: Any, where: str) -> None:
+        version = None if version is _PLAIN else version
+        seen = self._seen.get(key)
+        if seen is not None:
+            if seen[0] != version:
+                raise ConfigError(
+                    f"{where}: {key} is also {seen[1]}, with another proxy_protocol_send "
+                    f"({seen[0] or 'unset'} there, {version or 'unset'} here)"
+                )
+            return
+        self._seen[key] = (version, where.rsplit(".", 1)[-1])
+        if version is not None:
+            self._settings.append((key, version))
+
+    @property
+    def settings(self) -> Tuple[Tuple[str, str], ...]:
+        return tuple(self._settings)
+
+
 def _routeFromTOML(table: Any, where: str) -> RouteConfig:
     if not isinstance(table, dict):
         raise ConfigError(f"{where}: expected a table")
@@ -788,9 +867,16 @@ def _routeFromTOML(table: Any, where: str) -> RouteConfig:
     if not ups:
         raise ConfigError(f"{where}.upstreams: at least one URL is needed")
     urls = []
+    perUpstream = _PerUpstream()
     for i, u in enumerate(ups):
-        urls.append(_wrap(parseUpstreamURL)(u, f"{where}.upstreams[{i}]"))
+        uw = f"{where}.upstreams[{i}]"
+        u, version = _upstreamTable(u, uw, "url")
+        url = _wrap(parseUpstreamURL)(u, f"{uw}.url" if version is not _PLAIN else uw)
+        urls.append(url)
+        perUpstream.add(str(url), version, uw)
     kwargs: Dict[str, Any] = {"host": _checkHostPattern(host, host), "prefix": prefix, "upstreams": tuple(urls)}
+    if perUpstream.settings:
+        kwargs["proxyProtocolByUpstream"] = perUpstream.settings
     if "balance" in table:
         kwargs["balance"] = _choice(BALANCE_POLICIES)(table["balance"], f"{where}.balance")
     if "weights" in table:
@@ -811,7 +897,7 @@ def _routeFromTOML(table: Any, where: str) -> RouteConfig:
     if "ca_bundle" in table:
         kwargs["caBundle"] = _string(table["ca_bundle"], f"{where}.ca_bundle")
     if "proxy_protocol_send" in table:
-        kwargs["proxyProtocolSend"] = _choice(PROXY_PROTOCOL_VERSIONS)(
+        kwargs["proxyProtocolSend"] = _choice(PROXY_PROTOCOL_OVERRIDES)(
             table["proxy_protocol_send"], f"{where}.proxy_protocol_send"
         )
     if "health_check" in table:
@@ -869,6 +955,7 @@ def fromTOML(data: Mapping[str, Any]) -> ProxyConfig:
     # Repeatable options are written in the plural where that reads best.
     listenerKeys["upstreams"] = "upstream"
     tomlOnly = {key: (field, convert) for key, field, convert in _TOML_LISTENER_OPTIONS}
+    upstreamSettings: Dict[int, _PerUpstream] = {}
     for i, table in enumerate(tables):
         where = f"listeners[{i}]"
         if not isinstance(table, dict):
@@ -887,6 +974,16 @@ def fromTOML(data: Mapping[str, Any]) -> ProxyConfig:
                     raise ConfigError(f"{kw}: expected [[{where.split('[')[0]}.routes]] tables")
                 for j, rt in enumerate(value):
                     routes.append(_routeFromTOML(rt, f"{kw}[{j}]"))
+            elif key in ("upstreams", "upstream"):
+                perUpstream = upstreamSettings.setdefault(i, _PerUpstream())
+                for j, item in enumerate(_listOf(value, kw)):
+                    iw = f"{kw}[{j}]" if isinstance(value, list) else kw
+                    item, version = _upstreamTable(item, iw, "endpoint")
+                    description = _string(item, f"{iw}.endpoint" if version is not _PLAIN else iw)
+                    values.setdefault("upstreams", []).append(description)
+                    perUpstream.add(description.strip(), version, iw)
+                if perUpstream.settings:
+                    values["proxyProtocolByUpstream"] = perUpstream.settings
             elif key in tomlOnly:
                 field, convert = tomlOnly[key]
                 values[field] = convert(value, kw)

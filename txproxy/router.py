@@ -129,7 +129,7 @@ class RouterService(Service):
       - a backend is the same across a reload when its listener name, route
         host, normalised route prefix and key (URL, or tcp-mode endpoint
         description) are the same; it keeps its L{Backend} object and so its
-        health, counters and ejection; its weight is updated;
+        health, counters and ejection; its weight and C{proxyProtocol} are updated;
       - new backends start I{unchecked}, counted as healthy until their first
         check (see L{HealthState});
       - connection counters, weights and passive ejection belong to a
@@ -252,12 +252,14 @@ class RouterService(Service):
                     prefix = normalizePrefix(rc.prefix)
                     host = rc.host.lower()
                     members: List[Backend] = []
+                    proxyProtocols = dict(rc.proxyProtocolByUpstream)
                     for key, (url, weight) in _mergeURLs(rc).items():
                         ident = (name, host, prefix, key)
                         b = old.backends.get(ident)
                         if b is None:
                             b = Backend.fromURL(url, weight)
                         b.weight = weight
+                        b.proxyProtocol = _proxyProtocol(proxyProtocols.get(key))
                         self._attachHealth(b, rc.healthCheck, oldStates, sharedStates, needed)
                         backends[ident] = b
                         members.append(b)
@@ -277,12 +279,14 @@ class RouterService(Service):
                     if desc:
                         weights[desc] = weights.get(desc, 0) + 1
                 members = []
+                proxyProtocols = dict(listener.proxyProtocolByUpstream)
                 for desc, weight in weights.items():
                     ident = (name, "", "", desc)
                     b = old.backends.get(ident)
                     if b is None:
                         b = Backend.fromDescription(desc, weight)
                     b.weight = weight
+                    b.proxyProtocol = _proxyProtocol(proxyProtocols.get(desc))
                     if b.health.checked:
                         b.health = HealthState()
                     backends[ident] = b
@@ -428,6 +432,16 @@ class RouterService(Service):
             for (key, kind, path), c in sorted(self._checkers.items())
         ]
         return {"time": now, "listeners": listeners, "healthChecks": checks}
+
+
+def _proxyProtocol(setting: Optional[str]) -> Optional[str]:
+    """
+    A C{proxy_protocol_send} setting of one upstream as
+    L{Backend.proxyProtocol}: C{"none"} becomes C{""}.
+    """
+    if setting is None:
+        return None
+    return "" if setting == "none" else setting
 
 
 def _mergeURLs(rc: RouteConfig) -> Dict[str, Tuple[UpstreamURL, int]]:

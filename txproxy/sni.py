@@ -9,9 +9,9 @@ L{SNIRouterFactory.maxHelloSize} bytes, within C{--header-timeout}
 seconds); its server name picks a route from the router's table for this
 listener (exact name, then C{*.suffix} wildcards, then C{*}); a backend of
 the route's pool is dialled (retried once on another member); an optional
-PROXY header (the route's C{proxy_protocol_send}, else the listener's) is
-written, then the buffered bytes are replayed upstream unchanged and the
-two connections are relayed.
+PROXY header (the backend's own C{proxy_protocol_send}, else the route's,
+else the listener's) is written, then the buffered bytes are replayed
+upstream unchanged and the two connections are relayed.
 
 A connection is closed, and its access record and a log line say why, when
 the bytes are not a TLS ClientHello (C{400}), carry no SNI (C{400}), name a
@@ -130,7 +130,12 @@ class SNIRouterProtocol(_RelayingProtocol):
             return
         self.route = route
         self._pause()
-        self._proxyVersion = route.config.proxyProtocolSend or factory.listener.proxyProtocolSend
+        # The route's proxy_protocol_send ("none": no header), else the
+        # listener's; a backend's own setting wins over both (_startRelay).
+        version = route.config.proxyProtocolSend
+        if version is None:
+            version = factory.listener.proxyProtocolSend
+        self._proxyVersion = None if version == "none" else version
         if _overrides(self, "chooseUpstream", SNIRouterProtocol):
             self._state = _CONNECTING
             d = defer.maybeDeferred(self.chooseUpstream, self.client, hello)

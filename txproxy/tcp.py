@@ -479,6 +479,10 @@ class _RelayingProtocol(Protocol):
         upTransport = upstream.transport
         assert transport is not None and upTransport is not None
         version = self._proxyVersion
+        backend = self.backend
+        if backend is not None and backend.proxyProtocol is not None:
+            # The upstream's own proxy_protocol_send ("" for none) wins.
+            version = backend.proxyProtocol
         if version:
             destination = self._proxyDestination or transport.getHost()
             upTransport.write(headerFor(version, transport.getPeer(), destination))
