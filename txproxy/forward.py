@@ -139,7 +139,7 @@ class ForwardProxyProtocol(HTTPProxyProtocol):
         self._clientKeepAlive = False
         request = TunnelRequest(self.client, Target(host, port), head)
         self._tunnel = request
-        reactor = self.factory._directReactor
+        reactor = self.factory.directDialer()
         if reactor is not None and not overrides(self, "chooseTarget", ForwardProxyProtocol) \
                 and not overrides(self, "allowTunnel", ForwardProxyProtocol) and isIPLiteral(host):
             # The common case, without a Deferred: a synchronous policy

@@ -1671,10 +1671,26 @@ class HTTPProxyFactory(ListenerFactory):
         self.protocols: set = set()
         self.pool = UpstreamPool(clock)  # type: ignore[arg-type]
         self.requestsTotal = 0
-        self._directReactor, self._bindAddress = directDial(connector)
+        self._directFor: Any = None
         self.draining = False
         if listener.idleTimeout and listener.idleTimeout < self.keepAliveTimeout:
             self.keepAliveTimeout = listener.idleTimeout
+
+    _directReactor: Any = None
+    _bindAddress: Any = None
+
+    def directDialer(self) -> Any:
+        """
+        The reactor to dial IP literals on with C{connectTCP} directly, or
+        L{None} when the connector must be used (see
+        L{txproxy.connector.directDial}); re-checked when C{connector} is
+        replaced.
+        """
+        connector = self.connector
+        if connector is not self._directFor:
+            self._directReactor, self._bindAddress = directDial(connector)
+            self._directFor = connector
+        return self._directReactor
 
     def reloadListener(self, listener: ListenerConfig, dryRun: bool = False) -> None:
         """

@@ -46,6 +46,10 @@ __all__ = ["Relay", "RelayedProtocol", "fastSender"]
 
 _AGAIN = (EAGAIN, EWOULDBLOCK, ENOBUFS)
 
+#: The reason given to a connection the relay closes itself (shared, as the
+#: reactor shares its own: building a Failure costs more than the close).
+_CONNECTION_DONE = Failure(CONNECTION_DONE)
+
 #: Read size and write high-water mark for relayed TCP transports.  Twisted's
 #: default (64 KiB) costs throughput on bulk transfers; 256 KiB halves the
 #: Python calls per byte and still bounds memory per connection direction.
@@ -70,14 +74,21 @@ def _plainTCP(transport: Any) -> Any:
     return None
 
 
-def fastSender(transport: ITransport) -> Callable[[bytes], None]:
+_NOT_LOOKED_UP: Any = object()
+
+
+def fastSender(transport: ITransport, conn: Any = _NOT_LOOKED_UP) -> Callable[[bytes], None]:
     """
     Return a callable that writes to C{transport} like C{transport.write},
     sending straight to the socket when nothing is buffered.
 
     For transports that are not plain TCP, this is C{transport.write}.
+
+    @param conn: the plain TCP connection under C{transport} when the
+        caller already looked it up (L{None} for none).
     """
-    conn = _plainTCP(transport)
+    if conn is _NOT_LOOKED_UP:
+        conn = _plainTCP(transport)
     if conn is None:
         return transport.write
     send = conn.socket.send
@@ -102,21 +113,20 @@ def fastSender(transport: ITransport) -> Callable[[bytes], None]:
     return sendOrBuffer
 
 
-def _idleTCP(transport: Any) -> Any:
+def _idleTCP(conn: Any) -> Any:
     """
-    The plain TCP connection under C{transport} when it is open and has
+    C{conn}, a plain TCP connection (or L{None}), when it is open and has
     nothing buffered (so that a close or half-close need not wait for the
     poller), else L{None}.
     """
-    conn = _plainTCP(transport)
     if (
         conn is None
         or conn._tempDataLen
         or conn.dataBuffer
         or not conn.connected
         or conn.disconnecting
-        or conn._writeDisconnecting
         or conn.producerPaused
+        or (conn._writeDisconnecting and not conn._writeDisconnected)
     ):
         return None
     return conn
@@ -254,6 +264,8 @@ class Relay:
         "closeReason",
         "_toUpstream",
         "_toClient",
+        "_clientConn",
+        "_upstreamConn",
         "_clientReadDone",
         "_upstreamReadDone",
         "_clientGone",
@@ -306,8 +318,10 @@ class Relay:
         self._idleSince = self.startedAt
         self._filterUp = filterUp
         self._filterDown = filterDown
-        self._toUpstream = fastSender(upstream)
-        self._toClient = fastSender(client)
+        self._clientConn = _plainTCP(client)
+        self._upstreamConn = _plainTCP(upstream)
+        self._toUpstream = fastSender(upstream, self._upstreamConn)
+        self._toClient = fastSender(client, self._clientConn)
         # Bind the per-chunk handlers once; protocols may install them as
         # their own dataReceived so a chunk costs one Python call.
         self.fromClient = self._fromClientFiltered if filterUp else self._fromClient
@@ -343,8 +357,7 @@ class Relay:
         send the bytes each side sent before the relay existed, resume
         reading the client, start the idle check.
         """
-        for t in (self.client, self.upstream):
-            conn = _plainTCP(t)
+        for conn in (self._clientConn, self._upstreamConn):
             if conn is not None and conn.bufferSize < RELAY_BUFFER_SIZE:
                 conn.bufferSize = RELAY_BUFFER_SIZE
         self.upstream.registerProducer(self.client, True)  # type: ignore[attr-defined]
@@ -384,7 +397,7 @@ class Relay:
         if self._clientReadDone:
             return
         self._clientReadDone = True
-        self._halfClose(self.upstream, self._upstreamGone)
+        self._halfClose(self.upstream, self._upstreamConn, self._upstreamGone)
         self._maybeDone()
 
     def upstreamReadLost(self) -> None:
@@ -394,14 +407,14 @@ class Relay:
         if self._upstreamReadDone:
             return
         self._upstreamReadDone = True
-        self._halfClose(self.client, self._clientGone)
+        self._halfClose(self.client, self._clientConn, self._clientGone)
         self._maybeDone()
 
-    def _halfClose(self, transport: Any, gone: bool) -> None:
+    def _halfClose(self, transport: Any, conn: Any, gone: bool) -> None:
         if gone:
             return
-        conn = _idleTCP(transport)
-        if conn is not None:
+        conn = _idleTCP(conn)
+        if conn is not None and not conn._writeDisconnecting:
             # Nothing to flush: shut down now, rather than registering for
             # writability to do it on the next loop iteration (what
             # loseWriteConnection does).
@@ -416,8 +429,8 @@ class Relay:
 
     def _maybeDone(self) -> None:
         if self._clientReadDone and self._upstreamReadDone:
-            self._close(self.client, self._clientGone)
-            self._close(self.upstream, self._upstreamGone)
+            self._close(self.client, self._clientConn, self._clientGone)
+            self._close(self.upstream, self._upstreamConn, self._upstreamGone)
 
     # -- loss
 
@@ -429,7 +442,7 @@ class Relay:
             return
         self._clientGone = True
         self._clientReadDone = True
-        self._close(self.upstream, self._upstreamGone)
+        self._close(self.upstream, self._upstreamConn, self._upstreamGone)
         self._maybeFinished()
 
     def upstreamLost(self, reason: Optional[Failure] = None) -> None:
@@ -440,10 +453,10 @@ class Relay:
             return
         self._upstreamGone = True
         self._upstreamReadDone = True
-        self._close(self.client, self._clientGone)
+        self._close(self.client, self._clientConn, self._clientGone)
         self._maybeFinished()
 
-    def _close(self, transport: Any, gone: bool) -> None:
+    def _close(self, transport: Any, conn: Any, gone: bool) -> None:
         if gone:
             return
         # A registered producer keeps loseConnection waiting for it.
@@ -451,12 +464,16 @@ class Relay:
             transport.unregisterProducer()
         except Exception:  # pragma: no cover - transports that lost it already
             pass
-        conn = _idleTCP(transport)
+        conn = _idleTCP(conn)
         if conn is not None:
             # Nothing to flush: close now (as loseConnection does once its
             # buffer is empty), without a round trip through the poller.
+            if conn._writeDisconnected:
+                # Our FIN is out: shutdown() before close() would change
+                # nothing on the wire.
+                conn._shouldShutdown = False
             conn.disconnecting = True
-            conn.connectionLost(Failure(CONNECTION_DONE))
+            conn.connectionLost(_CONNECTION_DONE)
             return
         transport.loseConnection()
 

@@ -543,6 +543,15 @@ class _RelayingProtocol(Protocol):
             return
         self._recorded = True
         factory = self.factory
+        if (
+            factory.accessLog is None
+            and factory.metrics is None
+            and type(factory).requestFinished is ListenerFactory.requestFinished
+            and not _overrides(self, "connectionEnded", _RelayingProtocol)
+        ):
+            # Nobody reads the record: count, and skip building it.
+            factory.requestsTotal += 1
+            return
         client = self.client
         record = AccessRecord(
             client=client.host,
