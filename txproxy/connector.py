@@ -19,7 +19,7 @@ from zope.interface import implementer
 from txproxy.errors import ResolveError
 from txproxy.interfaces import IUpstreamConnector
 
-__all__ = ["Connector", "connectProtocol", "directDial", "isIPLiteral"]
+__all__ = ["Connector", "connectProtocol", "dialerFor", "directDial", "isIPLiteral"]
 
 
 def isIPLiteral(host: str) -> bool:
@@ -159,13 +159,31 @@ class Connector:
 
 def directDial(connector: Any) -> Any:
     """
-    Whether IP literals may be dialled with C{connectTCP} directly (no
-    endpoint, no Deferred): only through the stock L{Connector} on a reactor
-    with C{connectTCP} (tests pass fakes, which take the endpoint path).
+    Whether IP literals may be dialled directly (no endpoint, no Deferred):
+    only through the stock L{Connector} on a reactor with C{connectTCP}
+    (tests pass fake connectors, which take the endpoint path).
 
-    @return: C{(reactor, bindAddress)}; C{(None, None)} when not.
+    @return: C{(dial, bindAddress)}, C{dial} taking C{connectTCP}'s
+        arguments (see L{dialerFor}); C{(None, None)} when not.
     """
     if type(connector) is Connector and hasattr(connector.reactor, "connectTCP"):
         bind = (connector.bindAddress, 0) if connector.bindAddress else None
-        return connector.reactor, bind
+        return dialerFor(connector.reactor), bind
     return None, None
+
+
+def dialerFor(reactor: Any) -> Any:
+    """
+    The C{connectTCP}-like callable to dial IP literals with on C{reactor}:
+    L{txproxy._dial.dialTCP} on a real POSIX reactor, else the reactor's own
+    C{connectTCP} (memory reactors in tests).
+    """
+    from twisted.internet.posixbase import PosixReactorBase
+
+    if isinstance(reactor, PosixReactorBase):
+        from functools import partial
+
+        from txproxy._dial import dialTCP
+
+        return partial(dialTCP, reactor)
+    return reactor.connectTCP

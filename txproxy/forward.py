@@ -139,8 +139,8 @@ class ForwardProxyProtocol(HTTPProxyProtocol):
         self._clientKeepAlive = False
         request = TunnelRequest(self.client, Target(host, port), head)
         self._tunnel = request
-        reactor = self.factory.directDialer()
-        if reactor is not None and not overrides(self, "chooseTarget", ForwardProxyProtocol) \
+        dial = self.factory.directDialer()
+        if dial is not None and not overrides(self, "chooseTarget", ForwardProxyProtocol) \
                 and not overrides(self, "allowTunnel", ForwardProxyProtocol) and isIPLiteral(host):
             # The common case, without a Deferred: a synchronous policy
             # decision and an IP literal, dialled with connectTCP.
@@ -150,7 +150,7 @@ class ForwardProxyProtocol(HTTPProxyProtocol):
                 self._failed(Failure())
                 return
             if refusal is None:
-                self._dialDirect(reactor, self._tunnel.target)  # type: ignore[union-attr]
+                self._dialDirect(dial, self._tunnel.target)  # type: ignore[union-attr]
                 return
             d = refusal
         else:
@@ -219,10 +219,10 @@ class ForwardProxyProtocol(HTTPProxyProtocol):
 
         return d.addCallback(dial)
 
-    def _dialDirect(self, reactor: Any, target: Target) -> None:
+    def _dialDirect(self, dial: Any, target: Target) -> None:
         """
-        Dial the IP literal C{target} with C{connectTCP} (its own timeout),
-        after C{--deny-dest}.
+        Dial the IP literal C{target} directly (L{txproxy._dial}, its own
+        connect timeout), after C{--deny-dest}.
         """
         host = target.host
         denyDest = self.factory.listener.denyDest
@@ -230,12 +230,10 @@ class ForwardProxyProtocol(HTTPProxyProtocol):
             self._refuse(403, f"destination {host} is not allowed")
             return
         factory = self.factory
-        dial = _TunnelDial(self, self.tunnelProtocol)
-        self._pending = dial  # type: ignore[assignment]
+        client = _TunnelDial(self, self.tunnelProtocol)
+        self._pending = client  # type: ignore[assignment]
         self._upstreamAddress = f"[{host}]:{target.port}" if ":" in host else f"{host}:{target.port}"
-        dial.connector = reactor.connectTCP(
-            host, target.port, dial, factory.listener.connectTimeout or None, factory._bindAddress
-        )
+        client.connector = dial(host, target.port, client, factory.listener.connectTimeout or None, factory._bindAddress)
 
     def _directConnected(self, upstream: RelayedProtocol, started: float) -> None:
         factory = self.factory

@@ -389,11 +389,11 @@ class _RelayingProtocol(Protocol):
             return
         self.upstreamAddress = _formatAddress(host, port)
         factory = self.factory
-        reactor = factory._reactor
-        if reactor is not None:
-            # The common case: straight to connectTCP, no Deferred, no
-            # endpoint wrapper between the socket and the relay.
-            self._dialing = reactor.connectTCP(
+        dial = factory._reactor
+        if dial is not None:
+            # The common case: dialled directly (txproxy._dial), no
+            # Deferred, no endpoint wrapper between the socket and the relay.
+            self._dialing = dial(
                 host,
                 port,
                 _Dial(self),
