@@ -358,3 +358,51 @@ class FastSenderTests(SynchronousTestCase):
         send(b"later")
         self.assertEqual(written, [b"yz", b"later"])
         self.assertEqual(len(conn.socket.sent), 2)
+
+    def test_sendNow(self) -> None:
+        """
+        L{sendNow} sends straight to the socket of an idle plain TCP
+        connection, hands an unsent rest to C{write}, writes through
+        C{write} once something is buffered, and uses C{write} for other
+        transports.
+        """
+        from twisted.internet import tcp
+
+        from txproxy.relay import sendNow
+
+        class FakeSocket:
+            limit = 1 << 30
+
+            def __init__(self) -> None:
+                self.sent: List[bytes] = []
+
+            def send(self, data: bytes) -> int:
+                n = min(len(data), self.limit)
+                self.sent.append(bytes(data[:n]))
+                return n
+
+        conn = tcp.Connection.__new__(tcp.Connection)
+        conn.socket = FakeSocket()  # type: ignore[assignment]
+        conn.connected = True
+        conn.disconnecting = False
+        conn._writeDisconnecting = False
+        conn.dataBuffer = b""
+        conn._tempDataBuffer = []
+        conn._tempDataLen = 0
+        written: List[bytes] = []
+
+        def write(data: bytes) -> None:
+            written.append(data)
+            conn._tempDataLen += len(data)
+
+        conn.write = write  # type: ignore[method-assign]
+        sendNow(conn, b"HTTP/1.1 200 OK\r\n\r\n")
+        self.assertEqual((conn.socket.sent, written), ([b"HTTP/1.1 200 OK\r\n\r\n"], []))
+        conn.socket.limit = 3
+        sendNow(conn, b"abcdef")
+        self.assertEqual(written, [b"def"])
+        sendNow(conn, b"gh")
+        self.assertEqual(written, [b"def", b"gh"])
+        t = FakeTransport()
+        sendNow(t, b"x")
+        self.assertEqual(t.value(), b"x")

@@ -34,7 +34,7 @@ from txproxy.httpproxy import (
     overrides,
 )
 from txproxy.connector import isIPLiteral
-from txproxy.relay import RelayedProtocol
+from txproxy.relay import RelayedProtocol, sendNow
 
 __all__ = ["ForwardProxyProtocol", "ForwardProxyFactory", "clientInfoFor", "LINGER_SECONDS"]
 
@@ -257,7 +257,7 @@ class ForwardProxyProtocol(HTTPProxyProtocol):
             return
         tunnel = self._tunnel
         assert tunnel is not None and self.transport is not None
-        self.transport.write(_CONNECTED)
+        sendNow(self.transport, _CONNECTED)
         filterUp = self.clientData if overrides(self, "clientData", ForwardProxyProtocol) else None
         filterDown = self.upstreamData if overrides(self, "upstreamData", ForwardProxyProtocol) else None
         if overrides(self, "tunnelOpened", ForwardProxyProtocol):

@@ -42,7 +42,7 @@ from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-__all__ = ["Relay", "RelayedProtocol", "fastSender"]
+__all__ = ["Relay", "RelayedProtocol", "fastSender", "sendNow"]
 
 _AGAIN = (EAGAIN, EWOULDBLOCK, ENOBUFS)
 
@@ -111,6 +111,30 @@ def fastSender(transport: ITransport, conn: Any = _NOT_LOOKED_UP) -> Callable[[b
             write(data[sent:])
 
     return sendOrBuffer
+
+
+def sendNow(transport: ITransport, data: bytes) -> None:
+    """
+    Write C{data} to C{transport}, straight to the socket when it is plain
+    TCP with nothing buffered (one C{send}, no poller registration); what
+    the kernel does not take goes through C{transport.write}.
+    """
+    conn = _plainTCP(transport)
+    if (
+        conn is not None
+        and not (conn._tempDataLen or conn.dataBuffer)
+        and conn.connected
+        and not (conn.disconnecting or conn._writeDisconnecting)
+    ):
+        try:
+            sent = conn.socket.send(data)
+        except OSError:
+            # EAGAIN, or an error Twisted's write path will discover.
+            sent = 0
+        if sent == len(data):
+            return
+        data = data[sent:]
+    transport.write(data)
 
 
 def _idleTCP(conn: Any) -> Any:
