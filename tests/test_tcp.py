@@ -545,7 +545,8 @@ class HookTests(TCPTestCase):
         plain, _ = self.open()
         self.connector.last.succeed()
         assert plain.relay is not None
-        self.assertEqual(plain.relay.fromClient, plain.relay._fromClient)
+        self.assertIsNone(plain.relay._filterUp)
+        self.assertIsNone(plain.relay._filterDown)
 
     def test_upstreamFailedAndConnectionEnded(self) -> None:
         """

@@ -286,8 +286,6 @@ class Relay:
         "_finished",
         "onEnded",
         "closeReason",
-        "_toUpstream",
-        "_toClient",
         "_clientConn",
         "_upstreamConn",
         "_clientReadDone",
@@ -299,8 +297,6 @@ class Relay:
         "_idleSince",
         "_filterUp",
         "_filterDown",
-        "fromClient",
-        "fromUpstream",
     )
 
     def __init__(
@@ -344,34 +340,55 @@ class Relay:
         self._filterDown = filterDown
         self._clientConn = _plainTCP(client)
         self._upstreamConn = _plainTCP(upstream)
-        self._toUpstream = fastSender(upstream, self._upstreamConn)
-        self._toClient = fastSender(client, self._clientConn)
-        # Bind the per-chunk handlers once; protocols may install them as
-        # their own dataReceived so a chunk costs one Python call.
-        self.fromClient = self._fromClientFiltered if filterUp else self._fromClient
-        self.fromUpstream = self._fromUpstreamFiltered if filterDown else self._fromUpstream
 
-    # -- the hot path
+    # -- the hot path: one call per chunk, sending straight to the socket
+    # when the other side is plain TCP with nothing buffered (the same test
+    # as fastSender, inlined: no closure per direction and connection).
 
-    def _fromClient(self, data: bytes) -> None:
+    def fromClient(self, data: bytes) -> None:
+        """
+        A chunk from the client: relay it upstream.
+        """
+        filterUp = self._filterUp
+        if filterUp is not None:
+            data = filterUp(data)
+            if not data:
+                return
         self.bytesUp += len(data)
-        self._toUpstream(data)
+        conn = self._upstreamConn
+        if conn is None or conn._tempDataLen or conn.dataBuffer or not conn.connected or conn._writeDisconnecting:
+            self.upstream.write(data)  # type: ignore[union-attr]
+            return
+        try:
+            sent = conn.socket.send(data)
+        except OSError:
+            # EAGAIN: buffer; anything else: Twisted's write path reports it.
+            conn.write(data)
+            return
+        if sent != len(data):
+            conn.write(data[sent:])
 
-    def _fromUpstream(self, data: bytes) -> None:
+    def fromUpstream(self, data: bytes) -> None:
+        """
+        A chunk from the upstream: relay it to the client.
+        """
+        filterDown = self._filterDown
+        if filterDown is not None:
+            data = filterDown(data)
+            if not data:
+                return
         self.bytesDown += len(data)
-        self._toClient(data)
-
-    def _fromClientFiltered(self, data: bytes) -> None:
-        data = self._filterUp(data)  # type: ignore[misc]
-        if data:
-            self.bytesUp += len(data)
-            self._toUpstream(data)
-
-    def _fromUpstreamFiltered(self, data: bytes) -> None:
-        data = self._filterDown(data)  # type: ignore[misc]
-        if data:
-            self.bytesDown += len(data)
-            self._toClient(data)
+        conn = self._clientConn
+        if conn is None or conn._tempDataLen or conn.dataBuffer or not conn.connected or conn._writeDisconnecting:
+            self.client.write(data)  # type: ignore[union-attr]
+            return
+        try:
+            sent = conn.socket.send(data)
+        except OSError:
+            conn.write(data)
+            return
+        if sent != len(data):
+            conn.write(data[sent:])
 
     # -- set-up
 
