@@ -385,6 +385,20 @@ class UpstreamPool:
             if not conns:
                 del self._idle[proto.key]
 
+    def closeKey(self, key: str) -> None:
+        """
+        Close every idle connection pooled under C{key} (connections private
+        to a client connection that has closed).
+        """
+        conns = self._idle.pop(key, None)
+        if not conns:
+            return
+        self._count -= len(conns)
+        for proto in conns:
+            proto.pool = None
+            if proto.transport is not None:
+                proto.transport.loseConnection()
+
     def _sweepIdle(self) -> None:
         self._sweep = None
         deadline = self.clock.seconds() - self.idleTimeout
@@ -827,7 +841,10 @@ class HTTPProxyProtocol(Protocol):
             metrics = factory.metrics
             if metrics is not None:
                 metrics.upstreamConnected(factory.listener, factory.clock.seconds() - dialStart)
-            upstream.key = key
+            if not upstream.key:
+                # (A subclass's connectUpstream may have set the key of
+                # the upstream it actually reached.)
+                upstream.key = key
             if self._state != _WAIT:
                 upstream.transport.loseConnection()  # type: ignore[union-attr]
                 return
