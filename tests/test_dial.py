@@ -81,6 +81,8 @@ class DialLoopbackTests(TestCase):
         data = yield factory.done
         self.assertEqual(data, b"ping")
         self.assertRaises(error.NotConnectingError, client.stopConnecting)
+        self.assertEqual((client.state, client.transport), ("connected", client))
+        self.assertEqual(client.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), 1)
         proto.transport.loseConnection()
         lost = yield factory.lost
         self.assertIs(lost, error.ConnectionDone)
@@ -173,6 +175,18 @@ class DialTimeoutTests(SynchronousTestCase):
         self.assertEqual(client.socket.fileno(), -1)
         self.assertRaises(error.NotConnectingError, client.stopConnecting)
         self.failureResultOf(self.factory.connected)
+
+    def test_noDelayFromFactory(self) -> None:
+        """
+        C{TCP_NODELAY} is set on the upstream socket unless the factory's
+        C{noDelay} attribute is false.
+        """
+        self.factory.noDelay = False  # type: ignore[attr-defined]
+        client = dialTCP(self.reactor, "127.0.0.1", self.port, self.factory, timeout=3)
+        self.assertEqual(client.state, "connecting")
+        self.assertEqual(client.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), 0)
+        client.stopConnecting()
+        self.assertEqual(client.state, "disconnected")
 
     def test_stopConnecting(self) -> None:
         """

@@ -12,7 +12,8 @@ read).  For a relay that dials one upstream per accepted connection that is
 a large share of the connection's cost.
 
 L{dialTCP} does the same job for an address that is already an IP literal:
-one socket, one C{connect_ex} now, the socket watched for writability only
+one socket (C{TCP_NODELAY} set unless the factory's C{noDelay} attribute is
+false), one C{connect_ex} now, the socket watched for writability only
 while connecting, C{SO_ERROR} read once it is writable, then the transport is
 a plain L{twisted.internet.tcp.Connection} (so everything that works on a
 TCP transport, including the relay's direct send, works on it).  It takes a
@@ -78,6 +79,8 @@ class DirectClient(tcp.Connection):
         skt = socket.socket(family, socket.SOCK_STREAM)
         tcp.Connection.__init__(self, skt, None, reactor)  # type: ignore[arg-type]
         try:
+            if getattr(factory, "noDelay", True):
+                skt.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if bindAddress is not None:
                 skt.bind(bindAddress)
             err = skt.connect_ex(address)
@@ -147,6 +150,23 @@ class DirectClient(tcp.Connection):
         if self.connected or self._failed:
             raise error.NotConnectingError()
         self._fail(error.UserError())
+
+    @property
+    def state(self) -> str:
+        """
+        C{"connecting"}, C{"connected"} or C{"disconnected"}, as
+        L{twisted.internet.base.BaseConnector.state}.
+        """
+        if self.connected:
+            return "connected"
+        return "disconnected" if (self._failed or self.disconnected) else "connecting"
+
+    @property
+    def transport(self) -> "DirectClient":
+        """
+        This connection (an C{IConnector}'s C{transport}).
+        """
+        return self
 
     def connectionLost(self, reason: Failure) -> None:
         if not self.connected:

@@ -68,9 +68,10 @@ class _DialFactory(ClientFactory):
         connector = self.connector
         if connector is None:
             return
-        if connector.state == "connecting":
+        state = connector.state
+        if state == "connecting":
             connector.stopConnecting()
-        elif connector.state == "connected" and connector.transport is not None:
+        elif state == "connected" and connector.transport is not None:
             connector.transport.abortConnection()
 
     def buildProtocol(self, addr: Any) -> Any:
@@ -153,7 +154,7 @@ class Connector:
         """
         dial = _DialFactory(proto)
         bind = (self.bindAddress, 0) if self.bindAddress else None
-        dial.connector = self.reactor.connectTCP(host, port, dial, self.connectTimeout, bind)
+        dial.connector = dialerFor(self.reactor)(host, port, dial, self.connectTimeout, bind)
         return dial.deferred
 
 

@@ -335,6 +335,8 @@ class _TunnelDial(ClientFactory):
         self.owner: Optional[ForwardProxyProtocol] = owner
         self.protocol = protocol
         self.started = owner.factory.clock.seconds()
+        #: TCP_NODELAY on the upstream socket (read by txproxy._dial).
+        self.noDelay = owner.factory.listener.tcpNoDelay
 
     def buildProtocol(self, addr: Any) -> Any:
         p = self.protocol()

@@ -158,6 +158,8 @@ class _Dial(ClientFactory):
     def __init__(self, owner: Any) -> None:
         self.owner = owner
         self.failed = False
+        #: TCP_NODELAY on the upstream socket (read by txproxy._dial).
+        self.noDelay = owner.factory.listener.tcpNoDelay
 
     def buildProtocol(self, addr: Any) -> Protocol:
         p = self.owner.upstreamProtocol()
