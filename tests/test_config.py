@@ -284,9 +284,10 @@ class TOMLTests(SynchronousTestCase):
 
     def test_upstreamTablesWithProxyProtocol(self) -> None:
         """
-        tcp-mode C{upstreams} and route C{upstreams} may mix strings and
-        tables (C{endpoint}/C{url} and C{proxy_protocol_send}: C{v1}, C{v2}
-        or C{none}); a route's own C{proxy_protocol_send} may be C{none}.
+        tcp-mode C{upstreams} and route C{upstreams} (sni and reverse) may
+        mix strings and tables (C{endpoint}/C{url} and
+        C{proxy_protocol_send}: C{v1}, C{v2} or C{none}); a route's own
+        C{proxy_protocol_send} may be C{none}.
         """
         c = fromTOML({"listeners": [
             {"mode": "tcp", "proxy_protocol_send": "v1", "upstreams": [
@@ -309,6 +310,13 @@ class TOMLTests(SynchronousTestCase):
         self.assertEqual(route.proxyProtocolSend, "none")
         plain = fromTOML({"listeners": [{"mode": "tcp", "upstreams": ["tcp:10.0.0.5:22"]}]}).listeners[0]
         self.assertEqual(plain.proxyProtocolByUpstream, ())
+        reverse = fromTOML({"listeners": [{"mode": "reverse", "proxy_protocol_send": "v1", "routes": [
+            {"host": "a.test", "proxy_protocol_send": "v2", "upstreams": [
+                {"url": "http://10.0.0.11:80", "proxy_protocol_send": "none"}, "http://10.0.0.12:80"]},
+        ]}]}).listeners[0]
+        self.assertEqual(reverse.proxyProtocolSend, "v1")
+        self.assertEqual(reverse.routes[0].proxyProtocolSend, "v2")
+        self.assertEqual(reverse.routes[0].proxyProtocolByUpstream, (("http://10.0.0.11:80", "none"),))
 
     def test_upstreamTableErrorsNameTheirPath(self) -> None:
         """
@@ -334,9 +342,6 @@ class TOMLTests(SynchronousTestCase):
              "listeners[1].routes[0].upstreams[0].url: missing"),
             ({"mode": "sni", "routes": [{"host": "a", "proxy_protocol_send": "v9", "upstreams": ["tcp://a:1"]}]},
              "listeners[1].routes[0].proxy_protocol_send: expected one of v1, v2, none"),
-            ({"mode": "reverse", "routes": [{"host": "a", "upstreams": [
-                {"url": "http://a:1", "proxy_protocol_send": "v1"}]}]},
-             "listeners[1]: route a: an upstream's own proxy_protocol_send is only for modes tcp and sni"),
         ]
         for keys, message in cases:
             e = self.assertRaises(ConfigError, fromTOML, {"listeners": [{}, keys]})

@@ -295,3 +295,277 @@ class ConnectFailureTests(ReverseTestCase):
             request = proto.routeRequest(head)
             keys.append(proto.poolKey(request))
         self.assertNotEqual(keys[0], keys[1])
+
+
+def _v2(source: Tuple[str, int], destination: Tuple[str, int]) -> bytes:
+    """
+    A PROXY v2 header for two IPv4 addresses, built by hand (not by the
+    code under test).
+    """
+    import socket
+    import struct
+
+    from txproxy.proxyprotocol import V2_SIGNATURE
+
+    body = socket.inet_aton(source[0]) + socket.inet_aton(destination[0]) + struct.pack("!HH", source[1], destination[1])
+    return V2_SIGNATURE + b"\x21\x11" + struct.pack("!H", len(body)) + body
+
+
+class ProxyProtocolSendTests(ReverseTestCase):
+    """
+    C{--proxy-protocol-send} in reverse mode: the header opens each new
+    backend connection, and a connection that carried one is private to
+    its client connection.
+    """
+
+    CLIENT = ("203.0.113.9", 5000)
+    # FakeTransport's local address of the client connection.
+    PROXY_ADDRESS = ("127.0.0.1", 3128)
+    V1 = b"PROXY TCP4 203.0.113.9 127.0.0.1 5000 3128\r\n"
+
+    def tomlFactory(self, listener: Any, *routes: Any) -> Any:
+        table = dict(listener, mode="reverse", name="web", listen=["tcp:0"], routes=list(routes))
+        listenerConfig = config.fromTOML({"listeners": [table]}).listeners[0]
+        router = RouterService([listenerConfig], self.connector, self.clock)
+        return ReverseProxyFactory(listenerConfig, self.connector, self.clock, router=router)
+
+    def again(self, proto: Any, path: bytes = b"/2") -> None:
+        proto.dataReceived(b"GET " + path + b" HTTP/1.1\r\nHost: a.test\r\n\r\n")
+
+    def test_v1HeaderFirst(self) -> None:
+        """
+        With v1, a new backend connection starts with a text header naming
+        the client's address and the address it reached, then the request.
+        """
+        factory = self.factory("a.test=http://192.0.2.1:8001", proxy_protocol_send="v1")
+        proto, client = self.get(factory, peer=self.CLIENT)
+        sent = self.connector.last.succeed().value()
+        self.assertEqual(sent[: len(self.V1)], self.V1)
+        self.assertTrue(sent[len(self.V1):].startswith(b"GET / HTTP/1.1\r\n"), sent)
+        self.respond()
+        self.assertIn(b"200 OK", client.value())
+
+    def test_v2HeaderFirst(self) -> None:
+        """
+        With v2, the binary header comes first.
+        """
+        factory = self.factory("a.test=http://192.0.2.1:8001", proxy_protocol_send="v2")
+        self.get(factory, peer=self.CLIENT)
+        sent = self.connector.last.succeed().value()
+        header = _v2(self.CLIENT, self.PROXY_ADDRESS)
+        self.assertEqual(sent[: len(header)], header)
+        self.assertTrue(sent[len(header):].startswith(b"GET / HTTP/1.1\r\n"), sent)
+
+    def test_hostnameBackendGetsHeaderFirst(self) -> None:
+        """
+        A backend named by a host name (dialled through an endpoint) gets
+        the header first too.
+        """
+        self.connector.hosts["backend.internal"] = ["192.0.2.7"]
+        factory = self.factory("a.test=http://backend.internal:8001", proxy_protocol_send="v1")
+        self.get(factory, peer=self.CLIENT)
+        sent = self.connector.last.succeed().value()
+        self.assertTrue(sent.startswith(self.V1 + b"GET / HTTP/1.1\r\n"), sent)
+
+    def test_noHeaderByDefault(self) -> None:
+        """
+        Without the setting nothing precedes the request, and connections
+        are shared by client connections as before.
+        """
+        factory = self.factory("a.test=http://192.0.2.1:8001")
+        self.get(factory, peer=self.CLIENT)
+        upstream = self.connector.last.succeed()
+        self.assertTrue(upstream.value().startswith(b"GET / HTTP/1.1\r\n"))
+        self.respond()
+        self.get(factory, peer=("198.51.100.2", 6000))
+        self.assertEqual(len(self.connector.attempts), 1)
+
+    def test_sameClientConnectionReuses(self) -> None:
+        """
+        A later request on the same client connection reuses the backend
+        connection, with no second header.
+        """
+        factory = self.factory("a.test=http://192.0.2.1:8001", proxy_protocol_send="v1")
+        proto, client = self.get(factory, peer=self.CLIENT)
+        upstream = self.connector.last.succeed()
+        self.respond(b"one")
+        self.again(proto)
+        self.assertEqual(len(self.connector.attempts), 1)
+        self.respond(b"two")
+        sent = upstream.value()
+        self.assertEqual(sent.count(b"PROXY "), 1)
+        self.assertIn(b"GET /2 HTTP/1.1\r\n", sent)
+        self.assertTrue(client.value().endswith(b"two"))
+
+    def test_otherClientConnectionDoesNotReuse(self) -> None:
+        """
+        A request from another client connection (even from the same
+        address) gets its own backend connection and its own header; the
+        first one stays idle for its own client.
+        """
+        factory = self.factory("a.test=http://192.0.2.1:8001", proxy_protocol_send="v1")
+        first, _ = self.get(factory, peer=self.CLIENT)
+        upstream1 = self.connector.last.succeed()
+        self.respond()
+        self.assertEqual(len(factory.pool), 1)
+        for peer in [("198.51.100.2", 6000), self.CLIENT]:
+            attempts = len(self.connector.attempts)
+            proto, client = self.get(factory, peer=peer)
+            self.assertEqual(len(self.connector.attempts), attempts + 1)
+            sent = self.connector.last.succeed().value()
+            self.assertTrue(sent.startswith(b"PROXY TCP4 %s 127.0.0.1 %d 3128\r\nGET " % (peer[0].encode(), peer[1])),
+                            sent)
+            self.respond()
+        self.assertFalse(upstream1.closed)
+        self.assertEqual(upstream1.value().count(b"PROXY "), 1)
+        # The first client's connection is still its own.
+        self.again(first)
+        self.assertEqual(self.connector.attempts[0].protocol.owner, first)
+
+    def test_pooledConnectionClosedWithItsClient(self) -> None:
+        """
+        When the client connection closes, its idle backend connections
+        are closed and leave the pool; other clients' stay.
+        """
+        factory = self.factory("a.test=http://192.0.2.1:8001", proxy_protocol_send="v1")
+        proto1, client1 = self.get(factory, peer=self.CLIENT)
+        upstream1 = self.connector.last.succeed()
+        self.respond()
+        proto2, client2 = self.get(factory, peer=("198.51.100.2", 6000))
+        upstream2 = self.connector.last.succeed()
+        self.respond()
+        self.assertEqual(len(factory.pool), 2)
+        client1.peerClosed()
+        self.assertTrue(upstream1.closed)
+        self.assertFalse(upstream2.closed)
+        self.assertEqual(len(factory.pool), 1)
+        client2.loseConnection()
+        self.assertTrue(upstream2.closed)
+        self.assertEqual(len(factory.pool), 0)
+
+    def test_connectionInUseClosedWithItsClient(self) -> None:
+        """
+        A client that leaves while its request is in flight takes its
+        backend connection with it (nothing is pooled for nobody).
+        """
+        factory = self.factory("a.test=http://192.0.2.1:8001", proxy_protocol_send="v1")
+        proto, client = self.get(factory, peer=self.CLIENT)
+        upstream = self.connector.last.succeed()
+        client.peerClosed()
+        self.assertTrue(upstream.closed)
+        self.assertEqual(len(factory.pool), 0)
+
+    def test_perBackendAndRouteOverrideListener(self) -> None:
+        """
+        An upstream's own proxy_protocol_send wins over its route's, which
+        wins over the listener's; "none" sends nothing, and a backend that
+        gets no header keeps sharing its connections between clients.
+        """
+        factory = self.tomlFactory(
+            {"proxy_protocol_send": "v1"},
+            {"host": "a.test", "upstreams": [
+                {"url": "http://192.0.2.1:1", "proxy_protocol_send": "v2"},
+                {"url": "http://192.0.2.2:2", "proxy_protocol_send": "none"},
+                "http://192.0.2.3:3",
+            ]},
+            {"host": "b.test", "proxy_protocol_send": "v2", "upstreams": ["http://192.0.2.4:4"]},
+        )
+        sent = {}
+        for host in (b"a.test", b"a.test", b"a.test", b"b.test"):
+            proto, client = self.get(factory, host=host, peer=self.CLIENT)
+            attempt = self.connector.last
+            sent[attempt.port] = attempt.succeed().value()
+            self.respond()
+        self.assertTrue(sent[1].startswith(_v2(self.CLIENT, self.PROXY_ADDRESS) + b"GET "))
+        self.assertTrue(sent[2].startswith(b"GET "))
+        self.assertTrue(sent[3].startswith(self.V1 + b"GET "))
+        self.assertTrue(sent[4].startswith(_v2(self.CLIENT, self.PROXY_ADDRESS) + b"GET "))
+        # Round robin comes back to the "none" backend: its idle connection
+        # is reused by another client connection.
+        attempts = len(self.connector.attempts)
+        for _ in range(3):
+            self.get(factory, peer=("198.51.100.2", 6000))
+            if len(self.connector.attempts) > attempts:
+                attempts = len(self.connector.attempts)
+                self.connector.last.succeed()
+                self.respond()
+            else:
+                self.assertIsNotNone(self.connector.attempts[1].protocol.owner)
+                self.connector.attempts[1].protocol.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        self.assertEqual(len(self.connector.attempts), 6)
+
+    def test_retryOnOtherBackendSendsItsHeader(self) -> None:
+        """
+        When the first backend refuses, the one actually reached gets its
+        own header, and the connection is pooled as that backend's.
+        """
+        factory = self.tomlFactory(
+            {},
+            {"host": "a.test", "upstreams": [
+                {"url": "http://192.0.2.1:1", "proxy_protocol_send": "v1"},
+                {"url": "http://192.0.2.2:2", "proxy_protocol_send": "v2"},
+            ]},
+        )
+        proto, client = self.get(factory, peer=self.CLIENT)
+        first = self.connector.last
+        self.assertEqual(first.port, 1)
+        first.fail(error.ConnectionRefusedError())
+        second = self.connector.last
+        self.assertEqual(second.port, 2)
+        sent = second.succeed().value()
+        self.assertTrue(sent.startswith(_v2(self.CLIENT, self.PROXY_ADDRESS) + b"GET "), sent)
+        self.respond()
+        self.assertIn("http://192.0.2.2:2|proxy=v2|", second.protocol.key)
+        self.assertIn(b"200 OK", client.value())
+
+    def test_retryWithoutHeaderPooledUnderReachedBackend(self) -> None:
+        """
+        Without PROXY headers too, a connection reached on the retry is
+        pooled as the backend it reached, not the one that refused.
+        """
+        factory = self.factory("a.test=http://192.0.2.1:1,http://192.0.2.2:2")
+        self.get(factory)
+        self.connector.last.fail(error.ConnectionRefusedError())
+        second = self.connector.last
+        second.succeed()
+        self.respond()
+        self.assertEqual(second.protocol.key, "http://192.0.2.2:2")
+
+    def test_upgradeTunnelStartsWithHeader(self) -> None:
+        """
+        A WebSocket upgrade's backend connection starts with the header,
+        and after 101 the relay carries bytes both ways.
+        """
+        factory = self.factory("a.test=http://192.0.2.1:8001", proxy_protocol_send="v2")
+        proto, client = self.get(
+            factory, peer=self.CLIENT,
+            extra=b"Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: x\r\nSec-WebSocket-Version: 13\r\n")
+        upstream = self.connector.last.succeed()
+        header = _v2(self.CLIENT, self.PROXY_ADDRESS)
+        sent = upstream.value()
+        self.assertTrue(sent.startswith(header + b"GET / HTTP/1.1\r\n"), sent)
+        self.assertIn(b"Upgrade: websocket\r\n", sent)
+        self.connector.last.protocol.dataReceived(
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+        self.assertIn(b"101 Switching Protocols", client.value())
+        upstream.clear()
+        proto.dataReceived(b"frame")
+        self.assertEqual(upstream.value(), b"frame")
+
+    def test_haproxyListenerAddress(self) -> None:
+        """
+        On a C{haproxy:} listener the header names the address the received
+        PROXY header carried (the peer the protocol sees), not the load
+        balancer's.
+        """
+        from twisted.protocols.haproxy._wrapper import HAProxyWrappingFactory
+
+        factory = self.factory("a.test=http://192.0.2.1:8001", proxy_protocol_send="v1")
+        wrapping = HAProxyWrappingFactory(factory)
+        transport = FakeTransport(("10.0.0.2", 40000), ("10.0.0.1", 8080))
+        wrapper = wrapping.buildProtocol(transport.getPeer())
+        transport.protocol = wrapper
+        wrapper.makeConnection(transport)
+        wrapper.dataReceived(b"PROXY TCP4 198.51.100.7 192.0.2.80 6000 80\r\nGET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        sent = self.connector.last.succeed().value()
+        self.assertTrue(sent.startswith(b"PROXY TCP4 198.51.100.7 192.0.2.80 6000 80\r\nGET / HTTP/1.1\r\n"), sent)

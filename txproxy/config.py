@@ -284,8 +284,8 @@ class RouteConfig:
         (passive health); C{0} disables passive ejection.
     @ivar ejectFor: seconds an ejected backend is left out.
     @ivar proxyProtocolSend: C{"v1"}, C{"v2"} or C{"none"}: the PROXY
-        header for this route's upstreams (sni mode), instead of the
-        listener's; L{None}: the listener's.
+        header for this route's upstreams (sni and reverse modes), instead
+        of the listener's; L{None}: the listener's.
     @ivar proxyProtocolByUpstream: C{(str(url), "v1" | "v2" | "none")} for
         the upstreams written as tables with their own
         C{proxy_protocol_send}, which wins over the route's and the
@@ -657,11 +657,6 @@ def _crossCheck(l: ListenerConfig, where: str) -> None:
             raise ConfigError(f"{pre}route {route.host}{route.prefix}: sni routes take no path prefix")
         if route.weights and len(route.weights) != len(route.upstreams):
             raise ConfigError(f"{pre}route {route.host}{route.prefix}: one weight per upstream is needed")
-        if route.proxyProtocolByUpstream and l.mode != "sni":
-            raise ConfigError(
-                f"{pre}route {route.host}{route.prefix}: an upstream's own proxy_protocol_send "
-                f"is only for modes tcp and sni (mode is {l.mode})"
-            )
     if l.proxyProtocolSend and l.mode == "forward":
         raise ConfigError(f"{pre}--proxy-protocol-send is not for mode forward")
     if l.burst is not None and l.rate is None:

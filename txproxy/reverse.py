@@ -10,15 +10,20 @@ requests; the HTTP hooks of L{txproxy.httpproxy.HTTPProxyProtocol} apply.
 
 from __future__ import annotations
 
-from typing import Any, List, Optional, Tuple
+import itertools
+from typing import Any, List, Optional, Set, Tuple
 
 from twisted.internet import defer, error
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from txproxy.connector import connectProtocol, isIPLiteral
 from txproxy.hooks import Refuse, Target
 from txproxy.http import RequestHead, parseAbsoluteURI, parseHostHeader
 from txproxy.httpproxy import HTTPProxyFactory, HTTPProxyProtocol, HTTPRequest, UpstreamHTTPProtocol, _OneShotFactory
+from txproxy.proxyprotocol import headerFor
 
 __all__ = ["ReverseProxyProtocol", "ReverseProxyFactory", "forwardedHeaders"]
 
@@ -79,6 +84,69 @@ def forwardedHeaders(
     return tuple(kept)
 
 
+#: Tokens naming client connections in the pool keys of their private
+#: (PROXY-header) upstream connections; never reused within a process.
+_clientTokens = itertools.count(1)
+
+
+def _writeFirst(proto: Any, header: bytes) -> Any:
+    """
+    Write C{header} on a just-connected upstream, before anything else.
+    """
+    proto.transport.write(header)
+    return proto
+
+
+class _HeaderFirstFactory(Factory):
+    """
+    Wraps a client factory so that every protocol it builds has C{header}
+    written on its raw transport before its own C{makeConnection} runs: for
+    an C{https://} backend, the PROXY header goes in clear before the TLS
+    ClientHello, as HAProxy's C{accept-proxy} and nginx's C{proxy_protocol}
+    expect it.
+    """
+
+    noisy = False
+
+    def __init__(self, wrapped: Any, header: bytes) -> None:
+        self._wrapped = wrapped
+        self._header = header
+
+    def doStart(self) -> None:
+        self._wrapped.doStart()
+
+    def doStop(self) -> None:
+        self._wrapped.doStop()
+
+    def buildProtocol(self, addr: Any) -> Any:
+        proto = self._wrapped.buildProtocol(addr)
+        if proto is not None:
+            header = self._header
+            makeConnection = proto.makeConnection
+
+            def headerFirst(transport: Any) -> None:
+                transport.write(header)
+                makeConnection(transport)
+
+            proto.makeConnection = headerFirst
+        return proto
+
+
+@implementer(IStreamClientEndpoint)
+class _HeaderFirstEndpoint:
+    """
+    A client endpoint whose connections start with C{header} (see
+    L{_HeaderFirstFactory}).
+    """
+
+    def __init__(self, endpoint: Any, header: bytes) -> None:
+        self._endpoint = endpoint
+        self._header = header
+
+    def connect(self, protocolFactory: Any) -> defer.Deferred:
+        return self._endpoint.connect(_HeaderFirstFactory(protocolFactory, self._header))  # type: ignore[no-any-return]
+
+
 class ReverseProxyProtocol(HTTPProxyProtocol):
     """
     One client connection to the reverse proxy.
@@ -89,6 +157,13 @@ class ReverseProxyProtocol(HTTPProxyProtocol):
     when none is healthy); a pooled keep-alive connection to that backend is
     reused, or a new one is made (a failed connect is retried once on
     another backend, since nothing was sent yet).
+
+    PROXY protocol (C{proxy_protocol_send}: the backend's own, else the
+    route's, else the listener's): every new connection to a backend that
+    gets a header starts with one naming this client connection, so such a
+    connection is private to it: its pool key carries this connection's
+    token (L{poolKey}), only this connection's later requests reuse it,
+    and it is closed when this connection closes.
     """
 
     mode = "reverse"
@@ -97,6 +172,10 @@ class ReverseProxyProtocol(HTTPProxyProtocol):
     _backend: Any = None
     _counted: Any = None
     _scheme: Optional[str] = None
+    #: This client connection's token in private pool keys (0: none yet).
+    _clientToken = 0
+    #: The private pool keys this connection used (closed with it).
+    _privateKeys: Optional[Set[str]] = None
 
     # -- hooks
 
@@ -171,13 +250,57 @@ class ReverseProxyProtocol(HTTPProxyProtocol):
         if backend is None:
             raise Refuse(503, "no healthy backend")
         self._setBackend(backend)
+        return self._keyFor(backend)
+
+    def _keyFor(self, backend: Any) -> str:
+        """
+        The pool key of connections to C{backend} for this request's route
+        and this client connection.
+        """
+        key = backend.key
         url = backend.url
         if url is not None and url.scheme == "https":
             # Connections verified one way must never serve a route that
             # asks for another (tls_verify, ca_bundle).
             config = self._route.config
-            return f"{backend.key}|verify={config.tlsVerify}|ca={config.caBundle or ''}"
-        return backend.key
+            key = f"{key}|verify={config.tlsVerify}|ca={config.caBundle or ''}"
+        version = self._proxyVersion(backend)
+        if version:
+            # A connection that started with a PROXY header names this
+            # client: only this client connection may reuse it.
+            token = self._clientToken
+            if not token:
+                token = self._clientToken = next(_clientTokens)
+            key = f"{key}|proxy={version}|client={token}"
+            keys = self._privateKeys
+            if keys is None:
+                keys = self._privateKeys = set()
+            keys.add(key)
+        return key
+
+    def _proxyVersion(self, backend: Any) -> Optional[str]:
+        """
+        The PROXY header C{backend} gets: its own C{proxy_protocol_send},
+        else its route's, else the listener's.
+
+        @return: C{"v1"}, C{"v2"}, or L{None} for no header.
+        """
+        version = backend.proxyProtocol
+        if version is None:
+            route = self._route
+            version = route.config.proxyProtocolSend if route is not None else None
+            if version is None:
+                version = self.factory.listener.proxyProtocolSend
+        return version if version == "v1" or version == "v2" else None
+
+    def _proxyHeader(self, version: str) -> bytes:
+        """
+        The PROXY header naming this client connection: its peer (the
+        address a PROXY header carried, on a C{haproxy:} listener) and the
+        address it reached.
+        """
+        transport: Any = self.transport
+        return headerFor(version, transport.getPeer(), transport.getHost())
 
     def _setBackend(self, backend: Any) -> None:
         self._releaseBackend()
@@ -216,12 +339,16 @@ class ReverseProxyProtocol(HTTPProxyProtocol):
         result: defer.Deferred = defer.Deferred(lambda d: inFlight and inFlight[0].cancel())
         inFlight: List[defer.Deferred] = []
 
-        def attempt(backend: Any, retry: bool) -> None:
+        def attempt(backend: Any, retry: bool, key: Optional[str] = None) -> None:
             d = self._dialBackend(backend)
             inFlight[:] = [d]
 
             def ok(proto: UpstreamHTTPProtocol) -> None:
                 pool.reportConnectSuccess(backend)
+                if key is not None:
+                    # A retry: pooled under the backend it reached (and
+                    # that backend's PROXY setting), not the first choice's.
+                    proto.key = key
                 if not result.called:
                     result.callback(proto)
 
@@ -235,7 +362,7 @@ class ReverseProxyProtocol(HTTPProxyProtocol):
                     other = pool.pick(self.client.host, exclude=(backend,))
                     if other is not None:
                         self._setBackend(other)
-                        attempt(other, False)
+                        attempt(other, False, self._keyFor(other))
                         return
                 result.errback(f)
 
@@ -250,13 +377,23 @@ class ReverseProxyProtocol(HTTPProxyProtocol):
         factory = self.factory
         proto = self.upstreamProtocol()
         url = backend.url
+        version = self._proxyVersion(backend)
+        header = self._proxyHeader(version) if version else b""
         if url is not None and url.scheme == "http" and isIPLiteral(url.host):
             # The common case: straight to connectTCP, no endpoint wrapper.
             self._upstreamAddress = f"[{url.host}]:{url.port}" if ":" in url.host else f"{url.host}:{url.port}"
-            return connectProtocol(factory.connector, url.host, url.port, proto)
+            d = connectProtocol(factory.connector, url.host, url.port, proto)
+            if header:
+                # Before the request head, which is written once this
+                # Deferred's callbacks have run.
+                d.addCallback(_writeFirst, header)
+            return d
         d = endpointForBackend(factory.connector, backend)
 
         def connect(endpoint: Any) -> Any:
+            if header:
+                # On the raw connection, before TLS if any.
+                endpoint = _HeaderFirstEndpoint(endpoint, header)
             if url is not None and url.scheme == "https":
                 from twisted.internet.endpoints import wrapClientTLS
 
@@ -290,6 +427,13 @@ class ReverseProxyProtocol(HTTPProxyProtocol):
     def connectionLost(self, reason: Failure = Failure(error.ConnectionDone())) -> None:
         super().connectionLost(reason)
         self._releaseBackend()
+        keys, self._privateKeys = self._privateKeys, None
+        if keys:
+            # Idle connections that named this client: nobody else may use
+            # them, so they go now rather than at the pool's idle timeout.
+            pool = self.factory.pool
+            for key in keys:
+                pool.closeKey(key)
 
 
 class ReverseProxyFactory(HTTPProxyFactory):
