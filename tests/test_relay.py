@@ -167,14 +167,17 @@ class RelayCloseTests(SynchronousTestCase):
     def test_bothHalfClosesCloseThePair(self) -> None:
         """
         Once both directions have ended, both connections are closed and
-        C{finished} fires with the relay and its end time.
+        C{finished} fires with the relay and its end time.  The second end
+        of input closes both sides at once (the close sends the FIN; no
+        separate half-close first).
         """
         relay, client, upstream, clock, cp, up = _pair()
         relay.start()
         clock.advance(3)
         client.peerHalfClosed()
+        self.assertTrue(upstream.writeClosed)
         upstream.peerHalfClosed()
-        self.assertTrue(client.writeClosed)
+        self.assertFalse(client.writeClosed)
         self.assertTrue(client.closed and upstream.closed)
         self.assertIs(self.successResultOf(relay.finished), relay)
         self.assertEqual(relay.endedAt, 3)

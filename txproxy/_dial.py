@@ -31,13 +31,14 @@ from errno import EAGAIN, EALREADY, EINPROGRESS, EISCONN, EWOULDBLOCK
 from os import strerror
 from typing import Any, Optional, Tuple
 
-from twisted.internet import error, tcp
+from twisted.internet import abstract, error, tcp
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.python.failure import Failure
 
 __all__ = ["DirectClient", "dialTCP"]
 
 _PENDING = (EINPROGRESS, EWOULDBLOCK, EALREADY, EAGAIN)
+_STREAM_NONBLOCK = socket.SOCK_STREAM | getattr(socket, "SOCK_NONBLOCK", 0)
 
 
 class DirectClient(tcp.Connection):
@@ -76,8 +77,15 @@ class DirectClient(tcp.Connection):
             address = (host, port)
         self.realAddress = address
         self.factory = factory
-        skt = socket.socket(family, socket.SOCK_STREAM)
-        tcp.Connection.__init__(self, skt, None, reactor)  # type: ignore[arg-type]
+        # Non-blocking from the start (SOCK_NONBLOCK): tcp.Connection's
+        # constructor would spend an ioctl(FIONBIO) on setblocking(False).
+        skt = socket.socket(family, _STREAM_NONBLOCK)
+        if _STREAM_NONBLOCK == socket.SOCK_STREAM:  # pragma: no cover - not Linux
+            skt.setblocking(False)
+        abstract.FileDescriptor.__init__(self, reactor=reactor)
+        self.socket = skt
+        self.fileno = skt.fileno  # type: ignore[method-assign]
+        self.protocol = None  # type: ignore[assignment]
         try:
             if getattr(factory, "noDelay", True):
                 skt.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

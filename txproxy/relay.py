@@ -438,7 +438,10 @@ class Relay:
         if self._clientReadDone:
             return
         self._clientReadDone = True
-        self._halfClose(self.upstream, self._upstreamConn, self._upstreamGone)
+        if not self._upstreamReadDone:
+            # (Otherwise both directions are done: _maybeDone closes both
+            # sides now, and the close sends the FIN.)
+            self._halfClose(self.upstream, self._upstreamConn, self._upstreamGone)
         self._maybeDone()
 
     def upstreamReadLost(self) -> None:
@@ -448,7 +451,8 @@ class Relay:
         if self._upstreamReadDone:
             return
         self._upstreamReadDone = True
-        self._halfClose(self.client, self._clientConn, self._clientGone)
+        if not self._clientReadDone:
+            self._halfClose(self.client, self._clientConn, self._clientGone)
         self._maybeDone()
 
     def _halfClose(self, transport: Any, conn: Any, gone: bool) -> None:
@@ -509,10 +513,10 @@ class Relay:
         if conn is not None:
             # Nothing to flush: close now (as loseConnection does once its
             # buffer is empty), without a round trip through the poller.
-            if conn._writeDisconnected:
-                # Our FIN is out: shutdown() before close() would change
-                # nothing on the wire.
-                conn._shouldShutdown = False
+            # No shutdown() before close(): the descriptor is ours alone
+            # (close-on-exec), so close() itself sends the FIN; Twisted's
+            # extra shutdown(SHUT_RDWR) only costs a system call.
+            conn._shouldShutdown = False
             conn.disconnecting = True
             conn.connectionLost(_CONNECTION_DONE)
             return
