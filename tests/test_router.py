@@ -985,6 +985,45 @@ class HealthCheckTests(SynchronousTestCase):
             b"User-Agent: txproxy-health-check\r\nConnection: close\r\n\r\n",
         )
 
+    def test_checksSendProxyHeader(self) -> None:
+        """
+        A backend that gets the PROXY protocol gets it on health checks too
+        (HAProxy's C{check-send-proxy}): the v2 C{LOCAL} command before an
+        HTTP check's request, v1 C{PROXY UNKNOWN} before a TCP check's close;
+        the per-upstream setting wins over the route's.
+        """
+        from txproxy.proxyprotocol import formatV2
+
+        self.service(route("a.test=http://10.0.0.1:8080", healthCheck=HTTPHC, proxyProtocolSend="v2"))
+        self.clock.advance(0)
+        _, transport = self.connector.last().succeed()
+        local = formatV2(None, None, local=True)
+        self.assertTrue(transport.value().startswith(local + b"GET /healthz HTTP/1.1\r\n"))
+        self.assertEqual(local[12], 0x20)
+
+        other = HealthCheckTests("test_checksSendProxyHeader")
+        other.setUp()
+        svc = RouterService(
+            [
+                reverse(
+                    "web",
+                    route(
+                        "b.test=http://10.0.0.2:80",
+                        healthCheck=HC,
+                        proxyProtocolSend="v2",
+                        proxyProtocolByUpstream=(("http://10.0.0.2:80", "v1"),),
+                    ),
+                )
+            ],
+            other.connector,
+            other.clock,
+        )
+        svc.startService()
+        self.addCleanup(svc.stopService)
+        other.clock.advance(0)
+        _, transport = other.connector.last().succeed()
+        self.assertEqual(transport.value(), b"PROXY UNKNOWN \r\n")
+
     def test_httpCheckStatuses(self) -> None:
         """
         An HTTP check passes on a 2xx or 3xx status line, even one split

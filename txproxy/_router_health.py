@@ -37,6 +37,7 @@ from twisted.python.failure import Failure
 
 from txproxy._router_pool import Backend, HealthState
 from txproxy.config import HealthCheck, UpstreamURL
+from txproxy.proxyprotocol import formatV1, formatV2
 
 __all__ = ["HealthChecker", "HealthCheckFailed", "endpointForBackend"]
 
@@ -87,13 +88,34 @@ def _hostHeader(url: UpstreamURL) -> bytes:
     return host.encode("idna") if not host.isascii() else host.encode("ascii")
 
 
+def checkHeader(version: Optional[str]) -> bytes:
+    """
+    The PROXY header a health check sends first to a backend that gets the
+    PROXY protocol (what HAProxy's C{check-send-proxy} does): the v2
+    C{LOCAL} command, or v1 C{PROXY UNKNOWN} (the connection is the
+    proxy's own, relaying no client).
+
+    @param version: C{"v1"}, C{"v2"}, or L{None} for none.
+    """
+    if version == "v2":
+        return formatV2(None, None, local=True)
+    if version == "v1":
+        return formatV1(None, None)
+    return b""
+
+
 class _TCPCheckProtocol(Protocol):
     """
-    Closes as soon as it is connected.
+    Closes as soon as it is connected (after the PROXY header, if any).
     """
+
+    def __init__(self, header: bytes = b"") -> None:
+        self._header = header
 
     def connectionMade(self) -> None:
         assert self.transport is not None
+        if self._header:
+            self.transport.write(self._header)
         self.transport.loseConnection()
 
 
@@ -157,12 +179,13 @@ class _HTTPCheckProtocol(Protocol):
 
 
 class _CheckFactory(Factory):
-    def __init__(self, check: HealthCheck, url: Optional[UpstreamURL]) -> None:
+    def __init__(self, check: HealthCheck, url: Optional[UpstreamURL], proxyVersion: Optional[str] = None) -> None:
         self._http = check.kind == "http" and url is not None and url.scheme == "http"
+        self._header = checkHeader(proxyVersion)
         self._request = b""
         if self._http:
             assert url is not None
-            self._request = (
+            self._request = self._header + (
                 b"GET " + check.path.encode("ascii", "replace") + b" HTTP/1.1\r\n"
                 b"Host: " + _hostHeader(url) + b"\r\n"
                 b"User-Agent: txproxy-health-check\r\n"
@@ -172,7 +195,7 @@ class _CheckFactory(Factory):
     def buildProtocol(self, addr: Any) -> Protocol:
         if self._http:
             return _HTTPCheckProtocol(self._request)
-        return _TCPCheckProtocol()
+        return _TCPCheckProtocol(self._header)
 
 
 class HealthChecker:
@@ -191,18 +214,22 @@ class HealthChecker:
         state: HealthState,
         clock: IReactorTime,
         connector: Any,
+        proxyVersion: Optional[str] = None,
     ) -> None:
         """
         @param backend: names the address to check (its C{url} or
             C{description}); its other state is not touched.
         @param connector: an L{IUpstreamConnector}.
+        @param proxyVersion: C{"v1"} or C{"v2"} when the backend gets the
+            PROXY protocol: each check starts with L{checkHeader}.
         """
         self.check = check
         self.state = state
+        self.proxyVersion = proxyVersion
         self._backend = backend
         self._clock = clock
         self._connector = connector
-        self._factory = _CheckFactory(check, backend.url)
+        self._factory = _CheckFactory(check, backend.url, proxyVersion)
         self._running = False
         self._next: Optional[IDelayedCall] = None
         self._timeout: Optional[IDelayedCall] = None

@@ -63,7 +63,7 @@ _ROUTED_MODES = ("reverse", "sni")
 # pools use "" for host and prefix.
 _BackendIdentity = Tuple[str, str, str, str]
 # (backend key, check kind, check path): what a verdict is about.
-_CheckIdentity = Tuple[str, str, str]
+_CheckIdentity = Tuple[str, str, str, Optional[str]]
 
 
 class _ReactorConnector:
@@ -112,9 +112,10 @@ class _RouterState:
 
 
 class _NeededCheck:
-    def __init__(self, backend: Backend, check: HealthCheck, state: HealthState) -> None:
+    def __init__(self, backend: Backend, check: HealthCheck, state: HealthState, proxyVersion: Optional[str] = None) -> None:
         self.backend = backend
         self.check = check
+        self.proxyVersion = proxyVersion
         self.state = state
         self.subscribers: List[Backend] = []
 
@@ -260,7 +261,9 @@ class RouterService(Service):
                             b = Backend.fromURL(url, weight)
                         b.weight = weight
                         b.proxyProtocol = _proxyProtocol(proxyProtocols.get(key))
-                        self._attachHealth(b, rc.healthCheck, oldStates, sharedStates, needed)
+                        self._attachHealth(
+                            b, rc.healthCheck, oldStates, sharedStates, needed, _effectiveProxy(b, rc, listener)
+                        )
                         backends[ident] = b
                         members.append(b)
                     routePools[rc] = Pool(
@@ -332,17 +335,18 @@ class RouterService(Service):
         oldStates: Mapping[_CheckIdentity, HealthState],
         sharedStates: Set[int],
         needed: Dict[_CheckIdentity, _NeededCheck],
+        proxyVersion: Optional[str] = None,
     ) -> None:
         if check is None:
             if backend.health.checked or id(backend.health) in sharedStates:
                 # Its route dropped the check: back to "healthy, unchecked".
                 backend.health = HealthState()
             return
-        ck = (backend.key, check.kind, check.path)
+        ck = (backend.key, check.kind, check.path, proxyVersion)
         entry = needed.get(ck)
         if entry is None:
             state = oldStates.get(ck) or HealthState()
-            entry = needed[ck] = _NeededCheck(backend, check, state)
+            entry = needed[ck] = _NeededCheck(backend, check, state, proxyVersion)
         backend.health = entry.state
         entry.subscribers.append(backend)
 
@@ -352,13 +356,13 @@ class RouterService(Service):
                 self._checkers.pop(ck).stop()
         for ck, entry in needed.items():
             checker = self._checkers.get(ck)
-            if checker is not None and checker.check == entry.check:
+            if checker is not None and checker.check == entry.check and checker.proxyVersion == entry.proxyVersion:
                 checker.subscribers = entry.subscribers
                 continue
             if checker is not None:
                 checker.stop()
             checker = HealthChecker(
-                entry.backend, entry.check, entry.state, self.clock, self._getConnector()
+                entry.backend, entry.check, entry.state, self.clock, self._getConnector(), entry.proxyVersion
             )
             checker.subscribers = entry.subscribers
             self._checkers[ck] = checker
@@ -428,10 +432,24 @@ class RouterService(Service):
                 "checked": c.state.checked,
                 "lastCheckAt": c.state.lastCheckAt,
                 "lastError": c.state.lastError,
+                "proxyProtocol": proxy,
             }
-            for (key, kind, path), c in sorted(self._checkers.items())
+            for (key, kind, path, proxy), c in sorted(self._checkers.items(), key=lambda kv: (kv[0][:3], kv[0][3] or ""))
         ]
         return {"time": now, "listeners": listeners, "healthChecks": checks}
+
+
+def _effectiveProxy(backend: Backend, route: Any, listener: Any) -> Optional[str]:
+    """
+    The PROXY protocol version C{backend} gets on C{route}: its own
+    setting, else the route's, else the listener's; L{None} for none.
+    """
+    version = backend.proxyProtocol
+    if version is None:
+        version = getattr(route, "proxyProtocolSend", None)
+        if version is None:
+            version = getattr(listener, "proxyProtocolSend", None)
+    return version if version in ("v1", "v2") else None
 
 
 def _proxyProtocol(setting: Optional[str]) -> Optional[str]:
