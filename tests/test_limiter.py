@@ -1036,3 +1036,185 @@ class OutagePolicyTests(unittest.SynchronousTestCase):
 
         config = fromFlags([], [("redis", "redis://127.0.0.1:1/0"), ("redis-outage", "closed")])
         self.assertEqual(LimiterService.fromConfig(config).outagePolicy, "closed")
+
+
+# ---------------------------------------------------------------------------
+# The synchronous fast path
+
+
+@implementer(ILimiter)
+class LocalFirstBackend(FakeSharedBackend):
+    """
+    A shared backend that, like the Redis one, answers some takes at once:
+    C{takeNowOrLater} returns the decisions queued in C{local} first (a
+    L{Decision}, not a Deferred), then asks like L{FakeSharedBackend}.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.local: List[Decision] = []
+
+    def takeNowOrLater(self, key: str, rate: float, burst: float, cost: float = 1.0) -> Any:
+        if self.local:
+            return self.local.pop(0)
+        return self.take(key, rate, burst, cost)
+
+
+class SynchronousAnswerTests(unittest.SynchronousTestCase):
+    """
+    Decisions known at once are handed over as L{Decision}s, without a
+    L{Deferred}: C{takeNowOrLater}, C{acquireNowOrLater},
+    L{ListenerLimits.checkRequest} and L{ListenerLimits.checkConnection};
+    the Deferred forms give the same answers.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+
+    def test_memoryServiceTakeIsTheSharedConstant(self) -> None:
+        """
+        From memory an admission is the shared L{ALLOWED} itself, a denial
+        a L{Decision}; both are counted, and no timer is started.
+        """
+        service = LimiterService(clock=self.clock)
+        self.assertIs(service.takeNowOrLater("k", 1.0, 2), ALLOWED)
+        self.assertIs(service.takeNowOrLater("k", 1.0, 2), ALLOWED)
+        denied = service.takeNowOrLater("k", 1.0, 2)
+        self.assertIsInstance(denied, Decision)
+        self.assertEqual((denied.reason, denied.retryAfter), ("rate", 1.0))  # type: ignore[union-attr]
+        admitted = service.acquireNowOrLater("s", "c", 1, None)
+        self.assertIsInstance(admitted, Decision)
+        self.assertIsNotNone(admitted.lease)  # type: ignore[union-attr]
+        self.assertEqual(service.acquireNowOrLater("s", "c", 1, None).reason, "max-conns")  # type: ignore[union-attr]
+        self.assertEqual(
+            service.decisions, {"allowed": 3, "rate": 1, "max-conns": 1, "max-conns-per-client": 0}
+        )
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_decisionsIsACopy(self) -> None:
+        """
+        C{decisions} is a snapshot: changing it changes no count.
+        """
+        service = LimiterService(clock=self.clock)
+        service.takeNowOrLater("k", 1.0, 1)
+        counts = service.decisions
+        counts["allowed"] = 100
+        self.assertEqual(service.decisions["allowed"], 1)
+
+    def test_memoryClockReplaced(self) -> None:
+        """
+        A memory limiter reads the clock it is given, also when replaced.
+        """
+        limiter = MemoryLimiter(self.clock)
+        other = Clock()
+        other.advance(100)
+        limiter.clock = other
+        self.assertIs(limiter.clock, other)
+        self.assertIs(limiter.takeNow("k", 1.0, 1), ALLOWED)
+        self.assertEqual(limiter._buckets["k"], 101.0)
+
+    def test_redisLocalAnswerWithoutDeferred(self) -> None:
+        """
+        A Redis backend's local answer (C{takeNowOrLater} returning a
+        L{Decision}) is handed over as is and counted, with no timer; a take
+        it must ask Redis for is a L{Deferred} bounded by the timeout.
+        """
+        backend = LocalFirstBackend()
+        service = LimiterService(backend, clock=self.clock)
+        backend.local = [ALLOWED, Decision(False, "rate", 0.5)]
+        self.assertIs(service.takeNowOrLater("k", 1.0, 2), ALLOWED)
+        denied = service.takeNowOrLater("k", 1.0, 2)
+        self.assertEqual(denied, Decision(False, "rate", 0.5))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        d = service.takeNowOrLater("k", 1.0, 2)
+        self.assertIsInstance(d, Deferred)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        backend.calls[0][2].callback(ALLOWED)
+        self.assertIs(self.successResultOf(d), ALLOWED)  # type: ignore[arg-type]
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(service.decisions["allowed"], 2)
+        self.assertEqual(service.decisions["rate"], 1)
+        # The Deferred form of the same answers.
+        backend.local = [ALLOWED]
+        self.assertIs(self.successResultOf(service.take("k", 1.0, 2)), ALLOWED)
+
+    def test_alreadyFiredAnswerIsHandedOver(self) -> None:
+        """
+        A backend answering with a Deferred that has already fired (or
+        failed) gives a L{Decision} at once too: no Deferred, no timer.
+        """
+        from twisted.internet.defer import fail
+
+        backend = FakeSharedBackend()
+        backend.take = lambda *a: succeed(Decision(False, "rate", 2.0))  # type: ignore[method-assign]
+        service = LimiterService(backend, clock=self.clock)
+        self.assertEqual(service.takeNowOrLater("k", 1.0, 1), Decision(False, "rate", 2.0))
+        backend.take = lambda *a: fail(ConnectionError("gone"))  # type: ignore[method-assign]
+        service.redis = backend  # its methods are looked up when it is set
+        self.assertIs(service.takeNowOrLater("k", 1.0, 1), ALLOWED)  # from memory
+        self.assertTrue(service.usingFallback)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_plainBackendStillWorks(self) -> None:
+        """
+        A backend with only the L{ILimiter} methods is asked through them.
+        """
+        backend = FakeSharedBackend()
+        service = LimiterService(backend, clock=self.clock)
+        d = service.takeNowOrLater("k", 1.0, 1)
+        self.assertEqual(backend.calls[0][:2], ("take", ("k", 1.0, 1, 1.0)))
+        backend.calls[0][2].callback(ALLOWED)
+        self.assertIs(self.successResultOf(d), ALLOWED)  # type: ignore[arg-type]
+        service.redis = LocalFirstBackend()
+        service.redis.local = [ALLOWED]
+        self.assertIs(service.takeNowOrLater("k", 1.0, 1), ALLOWED)
+
+    def test_listenerLimitsSynchronous(self) -> None:
+        """
+        L{ListenerLimits.checkRequest} and C{checkConnection} answer a
+        memory limiter's decisions as such; with a limiter that only has
+        Deferred forms they give its Deferreds.
+        """
+        service = LimiterService(clock=self.clock)
+        limits = ListenerLimits(service, listener(rate="1/s", maxConnsPerClient=1), "l")
+        self.assertIs(limits.checkRequest("c"), ALLOWED)
+        self.assertEqual(limits.checkRequest("c").reason, "rate")  # type: ignore[union-attr]
+        admitted = limits.checkConnection("d", False)
+        self.assertIsInstance(admitted, Decision)
+        self.assertIsNotNone(admitted.lease)  # type: ignore[union-attr]
+        self.assertEqual(limits.checkConnection("c", True).reason, "rate")  # type: ignore[union-attr]
+        self.assertEqual(limits.checkConnection("d", True).reason, "max-conns-per-client")  # type: ignore[union-attr]
+        self.assertIs(ListenerLimits(service, listener(), "l").checkRequest("c"), ALLOWED)
+        self.assertIs(ListenerLimits(service, listener(), "l").checkConnection("c", True), ALLOWED)
+        backend = FakeSharedBackend()
+        deferredOnly = ListenerLimits(backend, listener(rate="1/s", maxConnsPerClient=1), "l")  # type: ignore[arg-type]
+        d = deferredOnly.checkConnection("c", True)
+        self.assertIsInstance(d, Deferred)
+        backend.calls[0][2].callback(ALLOWED)
+        self.assertEqual(backend.calls[1][:2], ("acquire", ("l", "c", None, 1)))
+        lease = FakeLease()
+        backend.calls[1][2].callback(Decision(True, None, 0.0, lease))
+        self.assertIs(self.successResultOf(d).lease, lease)  # type: ignore[arg-type]
+
+    def test_protocolFastPath(self) -> None:
+        """
+        A forward proxy with a memory limiter decides a request's policy at
+        once: C{checkPolicy} returns L{None} (no Deferred to wait for), and
+        the refusal past the burst is immediate too.
+        """
+        from txproxy.hooks import Refuse
+        from txproxy.http import parseRequestHead
+        from txproxy.testing import FakeConnector, connect, forwardFactory
+
+        factory = forwardFactory(FakeConnector(), self.clock, rate="2/s", max_conns_per_client=5)
+        service = LimiterService(clock=self.clock)
+        factory.limits = ListenerLimits(service, factory.listener, "t")
+        proto, transport = connect(factory)
+        self.assertIsInstance(proto._admission, Decision)
+        head = parseRequestHead(b"GET http://a.test/ HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        self.assertIsNone(proto.checkPolicy(head))
+        self.assertIsNone(proto.checkPolicy(head))
+        with self.assertRaises(Refuse) as caught:
+            proto.checkPolicy(head)
+        self.assertEqual(caught.exception.status, 429)
+        self.assertEqual(service.decisions["allowed"], 3)  # the connection and two requests

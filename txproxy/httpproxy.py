@@ -56,6 +56,7 @@ from txproxy.http import (
     serializeResponseHead,
 )
 from txproxy.http import connectionTokens as _connectionTokensOf
+from txproxy.limiter import ALLOWED, Decision
 from txproxy.relay import Relay, RelayedProtocol, fastSender
 
 __all__ = [
@@ -617,8 +618,13 @@ class HTTPProxyProtocol(Protocol):
         self._setTimer(factory.listener.headerTimeout, "head")
         limits = factory.limits
         if limits is not None:
-            self._admission = limits.admitConnection(self.client.host, False)
-            self._admission.addCallback(self._admitted)
+            admission = limits.checkConnection(self.client.host, False)
+            if admission.__class__ is Decision:
+                self._admitted(admission)
+            else:
+                # The limiter answers later (Redis): checkPolicy waits.
+                self._admission = admission
+                admission.addCallback(self._admitted)
 
     def _admitted(self, decision: Any) -> Any:
         self._admission = decision
@@ -914,8 +920,9 @@ class HTTPProxyProtocol(Protocol):
         if not factory.clientAllowed(self.client.host):
             raise Refuse(403, "client not allowed")
         admission = self._admission
-        if admission is not None:
-            if isinstance(admission, defer.Deferred):
+        if admission is not None and admission is not ALLOWED:
+            if admission.__class__ is not Decision:
+                # Still a Deferred: the limiter has not answered yet.
                 return admission.addCallback(lambda _: self.checkPolicy(head))
             if not admission.allowed:
                 raise self._limitRefusal(admission)
@@ -929,9 +936,12 @@ class HTTPProxyProtocol(Protocol):
         self.checkBeforeRate(head)
         limits = factory.limits
         if limits is not None and factory.listener.rate is not None and factory.listener.rateKey != "route":
-            d = limits.admitRequest(self.rateKey(head))
-            if d.called and not isinstance(d.result, Failure):
-                decision = d.result
+            # Usually answered at once (memory, or tokens held locally for
+            # Redis): the shared ALLOWED, no Deferred.
+            decision = limits.checkRequest(self.rateKey(head))
+            if decision is ALLOWED:
+                return None
+            if decision.__class__ is Decision:
                 if not decision.allowed:
                     raise self._limitRefusal(decision)
                 return None
@@ -940,7 +950,7 @@ class HTTPProxyProtocol(Protocol):
                 if not decision.allowed:
                     raise self._limitRefusal(decision)
 
-            return d.addCallback(checked)
+            return decision.addCallback(checked)  # type: ignore[no-any-return]
         return None
 
     def rateKey(self, head: RequestHead) -> str:

@@ -18,6 +18,17 @@ Three layers:
   - L{ListenerLimits}: what a listener's factory and protocols call:
     L{ListenerLimits.admitConnection} and L{ListenerLimits.admitRequest}.
 
+Decisions known at once are handed over without a L{Deferred}: next to
+the L{ILimiter} methods (which return Deferreds), the service and the
+backends have C{takeNowOrLater} and C{acquireNowOrLater}, and
+L{ListenerLimits} has L{ListenerLimits.checkRequest} and
+L{ListenerLimits.checkConnection}, which return a L{Decision} when the
+answer is known (always from memory; from Redis when the process holds a
+token or remembers a denial) and a Deferred only when Redis must be asked.
+An admission is then the shared L{ALLOWED}: a request admitted from memory
+or from a locally held token allocates nothing.  The protocols call these
+once per request and per connection.
+
 Token bucket semantics, shared by both backends (see L{ILimiter.take}): a
 bucket holds at most C{burst} tokens and refills at C{rate} tokens per
 second; a take of C{cost} tokens succeeds when at least C{cost} tokens are
@@ -28,7 +39,7 @@ will be (assuming nobody else takes any).  A denied take consumes nothing.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple, Union
 
 import attr
 from twisted.application.service import Service
@@ -230,17 +241,27 @@ class MemoryLimiter:
     @ivar clock: where time comes from.
     """
 
-    _sweepPerTake = 2
-
     def __init__(self, clock: Optional[IReactorTime] = None) -> None:
         """
         @param clock: the time source; the global reactor when L{None}.
         """
         if clock is None:
             from twisted.internet import reactor as clock
-        self.clock: IReactorTime = clock  # type: ignore[assignment]
+        self.clock = clock  # type: ignore[assignment]
         self._buckets: "OrderedDict[str, float]" = OrderedDict()
         self._scopes: Dict[str, _ScopeCount] = {}
+
+    @property
+    def clock(self) -> IReactorTime:
+        """
+        Where time comes from (its C{seconds()} is read once per decision).
+        """
+        return self._clock
+
+    @clock.setter
+    def clock(self, clock: IReactorTime) -> None:
+        self._clock = clock
+        self._seconds = clock.seconds
 
     @property
     def bucketCount(self) -> int:
@@ -264,34 +285,49 @@ class MemoryLimiter:
 
     def takeNow(self, key: str, rate: float, burst: float, cost: float = 1.0) -> Decision:
         """
-        L{take}, answered synchronously.
+        L{take}, answered synchronously.  An admission is the shared
+        L{ALLOWED} (nothing is allocated for it).
 
         @raise ValueError: on parameters no bucket could honour (see
             L{checkBucket}).
         """
         if not (rate > 0 and 0 < cost <= burst):
             checkBucket(rate, burst, cost)
-        now = self.clock.seconds()
+        now = self._seconds()
         buckets = self._buckets
         tat = buckets.get(key)
-        base = tat if tat is not None and tat > now else now
-        available = burst - (base - now) * rate
-        if available + EPSILON < cost:
-            decision = Decision(False, REASON_RATE, (cost - available) / rate)
-        else:
-            buckets[key] = base + cost / rate
-            if tat is not None:
-                buckets.move_to_end(key)
+        if tat is None:
+            # A full bucket: cost <= burst, so the take succeeds.
+            buckets[key] = now + cost / rate
             decision = ALLOWED
-        # Amortised expiry: the least recently used buckets sit in front.
-        for _ in range(self._sweepPerTake):
-            if not buckets:
-                break
-            front = next(iter(buckets))
-            if buckets[front] > now:
-                break
+        elif tat <= now:
+            buckets[key] = now + cost / rate
+            buckets.move_to_end(key)
+            decision = ALLOWED
+        else:
+            available = burst - (tat - now) * rate
+            if available + EPSILON < cost:
+                decision = Decision(False, REASON_RATE, (cost - available) / rate)
+            else:
+                buckets[key] = tat + cost / rate
+                buckets.move_to_end(key)
+                decision = ALLOWED
+        # Amortised expiry: the least recently used buckets sit in front;
+        # drop up to two full ones (unrolled: this runs for every request).
+        # The bucket just taken from is never full, so there is at least
+        # one bucket.
+        front = next(iter(buckets))
+        if buckets[front] <= now:
             del buckets[front]
+            if buckets:
+                front = next(iter(buckets))
+                if buckets[front] <= now:
+                    del buckets[front]
         return decision
+
+    #: L{takeNow}: the memory backend always answers at once (the name
+    #: L{LimiterService} and L{ListenerLimits} look for).
+    takeNowOrLater = takeNow
 
     def acquire(
         self, scope: str, client: str, maxTotal: Optional[int], maxPerClient: Optional[int]
@@ -323,6 +359,9 @@ class MemoryLimiter:
         counts.total += 1
         counts.clients[client] = perClient + 1
         return Decision(True, None, 0.0, _MemoryLease(self, scope, client))
+
+    #: L{acquireNow} (see L{takeNowOrLater}).
+    acquireNowOrLater = acquireNow
 
     def _release(self, scope: str, client: str) -> None:
         counts = self._scopes.get(scope)
@@ -402,7 +441,7 @@ class LimiterService(Service):
     Counters, for the metrics (plain attributes, only ever incremented):
 
     @ivar decisions: decisions answered, by outcome: C{"allowed"} and each
-        denial reason.
+        denial reason (a property: a new dict of the counts).
     @ivar redisErrors: Redis calls that failed (timeouts included).
     @ivar redisTimeouts: Redis calls that timed out.
     @ivar fallbacks: switches from Redis to memory.
@@ -473,8 +512,9 @@ class LimiterService(Service):
         else:
             self._fallbackTake = self.memory.takeNow
             self._fallbackAcquire = self.memory.acquireNow
-        self.decisions: Dict[str, int] = {
-            "allowed": 0,
+        self._memoryTake = self.memory.takeNow
+        self._allowed = 0
+        self._denied: Dict[str, int] = {
             REASON_RATE: 0,
             REASON_MAX_CONNS: 0,
             REASON_MAX_CONNS_PER_CLIENT: 0,
@@ -490,6 +530,34 @@ class LimiterService(Service):
         self._waiters: Dict[int, Tuple[Callable[[], None], Callable[[], None], IDelayedCall]] = {}
         self._nextDenialLog = 0.0
         self._unloggedDenials = 0
+
+    @property
+    def redis(self) -> Optional[Any]:
+        """
+        The shared backend, or L{None}.
+        """
+        return self._redis
+
+    @redis.setter
+    def redis(self, redis: Optional[Any]) -> None:
+        self._redis = redis
+        if redis is None:
+            self._redisTake: Any = None
+            return
+        # A backend that can answer at once (RedisLimiter: from the tokens
+        # it holds) says so with takeNowOrLater; any ILimiter will do.
+        take = getattr(redis, "takeNowOrLater", None)
+        self._redisTake = take if take is not None else redis.take
+
+    @property
+    def decisions(self) -> Dict[str, int]:
+        """
+        Decisions answered, by outcome: C{"allowed"} and each denial reason
+        (a copy: the counts live in plain attributes, cheaper to bump).
+        """
+        counts = {"allowed": self._allowed}
+        counts.update(self._denied)
+        return counts
 
     @classmethod
     def fromConfig(
@@ -595,13 +663,46 @@ class LimiterService(Service):
         """
         See L{ILimiter.take}.
         """
-        if self.redis is None or self.usingFallback:
+        result = self.takeNowOrLater(key, rate, burst, cost)
+        if result.__class__ is Decision:
+            return succeed(result)  # type: ignore[arg-type]
+        return result  # type: ignore[return-value]
+
+    def takeNowOrLater(
+        self, key: str, rate: float, burst: float, cost: float = 1.0
+    ) -> "Union[Decision, Deferred[Decision]]":
+        """
+        L{take}, answered synchronously when the answer is known at once:
+        always from memory, and from Redis when the backend answers locally
+        (tokens it holds, a denial it remembers).  Protocols call this, once
+        per request: an admission then costs no L{Deferred} and no
+        allocation (it is the shared L{ALLOWED}).
+
+        @return: a L{Decision}, or a L{Deferred} firing with one (never
+            failing) when Redis has to be asked.
+        """
+        if self._redis is None:
+            decision = self._memoryTake(key, rate, burst, cost)
+            if decision is ALLOWED:
+                self._allowed += 1
+                return decision
+            return self._count(decision)
+        if self.usingFallback:
             if self._starting:
                 checkBucket(rate, burst, cost)
-                return self._afterConnecting(self.redis.take, self._fallbackTake, (key, rate, burst, cost))
-            return succeed(self._count(self._fallbackTake(key, rate, burst, cost)))
-        checkBucket(rate, burst, cost)
-        return self._viaRedis(self.redis.take, self._fallbackTake, (key, rate, burst, cost))
+                return self._afterConnecting(self._redisTake, self._fallbackTake, (key, rate, burst, cost))
+            return self._count(self._fallbackTake(key, rate, burst, cost))
+        if not (rate > 0 and 0 < cost <= burst):
+            checkBucket(rate, burst, cost)
+        try:
+            answer = self._redisTake(key, rate, burst, cost)
+        except Exception:
+            self._redisFailed(Failure())
+            return self._count(self._fallbackTake(key, rate, burst, cost))
+        if answer is ALLOWED:
+            self._allowed += 1
+            return answer  # type: ignore[no-any-return]
+        return self._answered(answer, self._fallbackTake, (key, rate, burst, cost))
 
     def acquire(
         self, scope: str, client: str, maxTotal: Optional[int], maxPerClient: Optional[int]
@@ -609,24 +710,36 @@ class LimiterService(Service):
         """
         See L{ILimiter.acquire}.
         """
-        if self.redis is None or self.usingFallback:
+        result = self.acquireNowOrLater(scope, client, maxTotal, maxPerClient)
+        if result.__class__ is Decision:
+            return succeed(result)  # type: ignore[arg-type]
+        return result  # type: ignore[return-value]
+
+    def acquireNowOrLater(
+        self, scope: str, client: str, maxTotal: Optional[int], maxPerClient: Optional[int]
+    ) -> "Union[Decision, Deferred[Decision]]":
+        """
+        L{acquire}, answered synchronously when the answer is known at once
+        (from memory: no Redis, or during an outage), else a L{Deferred}
+        (never failing), as L{takeNowOrLater}.
+        """
+        if self._redis is None:
+            return self._count(self.memory.acquireNow(scope, client, maxTotal, maxPerClient))
+        args = (scope, client, maxTotal, maxPerClient)
+        if self.usingFallback:
             if self._starting:
-                return self._afterConnecting(
-                    self.redis.acquire, self._fallbackAcquire, (scope, client, maxTotal, maxPerClient)
-                )
-            return succeed(self._count(self._fallbackAcquire(scope, client, maxTotal, maxPerClient)))
-        return self._viaRedis(
-            self.redis.acquire, self._fallbackAcquire, (scope, client, maxTotal, maxPerClient)
-        )
+                return self._afterConnecting(self._redis.acquire, self._fallbackAcquire, args)
+            return self._count(self._fallbackAcquire(*args))
+        return self._viaRedis(self._redis.acquire, self._fallbackAcquire, args)
 
     # -- internals
 
     def _count(self, decision: Decision) -> Decision:
         reason = decision.reason
         if reason is None:
-            self.decisions["allowed"] += 1
+            self._allowed += 1
             return decision
-        self.decisions[reason] = self.decisions.get(reason, 0) + 1
+        self._denied[reason] = self._denied.get(reason, 0) + 1
         now = self._clock.seconds()
         if now < self._nextDenialLog:
             self._unloggedDenials += 1
@@ -644,7 +757,7 @@ class LimiterService(Service):
 
     def _afterConnecting(
         self,
-        call: Callable[..., "Deferred[Decision]"],
+        call: Callable[..., Any],
         fallback: Callable[..., Decision],
         args: Tuple[Any, ...],
     ) -> "Deferred[Decision]":
@@ -656,7 +769,11 @@ class LimiterService(Service):
         def proceed() -> None:
             timer.cancel()
             left = self.redisTimeout - (self._clock.seconds() - started)
-            self._viaRedis(call, fallback, args, max(0.0, left)).chainDeferred(result)
+            answer = self._viaRedis(call, fallback, args, max(0.0, left))
+            if answer.__class__ is Decision:
+                result.callback(answer)  # type: ignore[arg-type]
+            else:
+                answer.chainDeferred(result)  # type: ignore[union-attr]
 
         def expire() -> None:
             self._waiters.pop(id(result), None)
@@ -677,23 +794,44 @@ class LimiterService(Service):
 
     def _viaRedis(
         self,
-        call: Callable[..., "Deferred[Decision]"],
+        call: Callable[..., Any],
         fallback: Callable[..., Decision],
         args: Tuple[Any, ...],
         timeout: Optional[float] = None,
-    ) -> "Deferred[Decision]":
+    ) -> "Union[Decision, Deferred[Decision]]":
         try:
-            d = call(*args)
+            answer = call(*args)
         except Exception:
             self._redisFailed(Failure())
-            return succeed(self._count(fallback(*args)))
+            return self._count(fallback(*args))
+        return self._answered(answer, fallback, args, timeout)
+
+    def _answered(
+        self,
+        answer: Any,
+        fallback: Callable[..., Decision],
+        args: Tuple[Any, ...],
+        timeout: Optional[float] = None,
+    ) -> "Union[Decision, Deferred[Decision]]":
+        """
+        What Redis answered, as a decision now when it is one already (or a
+        Deferred that has fired), else as a Deferred bounded by the
+        timeout.
+        """
+        if answer.__class__ is Decision:
+            # Answered locally (a batched token, a remembered denial).
+            return self._count(answer)
+        d: "Deferred[Decision]" = answer
+        result: "Deferred[Decision]" = Deferred()
         if d.called:
-            # Answered locally (a batched token, a cached denial) or failed
-            # at once (not connected): no timer needed.
-            result: "Deferred[Decision]" = Deferred()
+            # Answered or failed at once (not connected): no timer needed,
+            # and the decision is handed over as such when it is there.
             d.addBoth(self._redisAnswered, result, None, fallback, args)
+            if result.called:
+                box: List[Decision] = []
+                result.addCallback(box.append)
+                return box[0]
             return result
-        result = Deferred()
         timer = self._clock.callLater(
             self.redisTimeout if timeout is None else timeout, self._timedOut, result, fallback, args
         )
@@ -809,6 +947,32 @@ class ListenerLimits:
         self.maxConnsPerClient: Optional[int] = listener.maxConnsPerClient
         self._prefix = escapeScope(scope) + "|"
         self._capped = self.maxConns is not None or self.maxConnsPerClient is not None
+        # The synchronous forms when the limiter has them (the service, the
+        # memory backend); any ILimiter's Deferred forms otherwise.
+        take = getattr(limiter, "takeNowOrLater", None)
+        self._take: Callable[..., Any] = take if take is not None else limiter.take
+        acquire = getattr(limiter, "acquireNowOrLater", None)
+        self._acquire: Callable[..., Any] = acquire if acquire is not None else limiter.acquire
+
+    def checkConnection(self, client: str, countRate: bool) -> "Union[Decision, Deferred[Decision]]":
+        """
+        L{admitConnection}, answered synchronously when the limiter can:
+        a L{Decision}, or a L{Deferred} firing with one.  With no limits
+        configured, the shared L{ALLOWED}.
+        """
+        rated = countRate and self.rate is not None
+        if not self._capped:
+            if not rated:
+                return ALLOWED
+            return self._take(self._prefix + client, self.rate, self.burst)  # type: ignore[no-any-return]
+        if not rated:
+            return self._acquire(  # type: ignore[no-any-return]
+                self.scope, client, self.maxConns, self.maxConnsPerClient
+            )
+        decision = self._take(self._prefix + client, self.rate, self.burst)
+        if decision.__class__ is Decision:
+            return self._thenAcquire(decision, client)  # type: ignore[no-any-return]
+        return decision.addCallback(self._thenAcquire, client)  # type: ignore[no-any-return]
 
     def admitConnection(self, client: str, countRate: bool) -> "Deferred[Decision]":
         """
@@ -827,23 +991,30 @@ class ListenerLimits:
         @return: a Deferred firing with a L{Decision}; when it is allowed
             and a cap is configured, its C{lease} must be released when the
             connection closes.  With no limits configured, an already fired
-            Deferred of the shared L{ALLOWED} decision.
+            Deferred of the shared L{ALLOWED} decision.  (L{checkConnection}
+            gives the same answer without a Deferred when it is known at
+            once.)
         """
-        rated = countRate and self.rate is not None
-        if not self._capped:
-            if not rated:
-                return succeed(ALLOWED)
-            return self.limiter.take(self._prefix + client, self.rate, self.burst)  # type: ignore[arg-type]
-        if not rated:
-            return self.limiter.acquire(self.scope, client, self.maxConns, self.maxConnsPerClient)
-        d = self.limiter.take(self._prefix + client, self.rate, self.burst)  # type: ignore[arg-type]
-        d.addCallback(self._thenAcquire, client)
-        return d
+        result = self.checkConnection(client, countRate)
+        if result.__class__ is Decision:
+            return succeed(result)  # type: ignore[arg-type]
+        return result  # type: ignore[return-value]
 
     def _thenAcquire(self, decision: Decision, client: str) -> Any:
         if not decision.allowed:
             return decision
-        return self.limiter.acquire(self.scope, client, self.maxConns, self.maxConnsPerClient)
+        return self._acquire(self.scope, client, self.maxConns, self.maxConnsPerClient)
+
+    def checkRequest(self, client: str) -> "Union[Decision, Deferred[Decision]]":
+        """
+        L{admitRequest}, answered synchronously when the limiter can (from
+        memory, or from tokens the Redis backend holds): a L{Decision} (the
+        shared L{ALLOWED} when admitted), or a L{Deferred} firing with one
+        when Redis has to be asked.  What protocols call per request.
+        """
+        if self.rate is None:
+            return ALLOWED
+        return self._take(self._prefix + client, self.rate, self.burst)  # type: ignore[no-any-return]
 
     def admitRequest(self, client: str) -> "Deferred[Decision]":
         """
@@ -852,7 +1023,10 @@ class ListenerLimits:
 
         @return: a Deferred firing with a L{Decision} (never with a lease);
             with no C{--rate}, an already fired Deferred of L{ALLOWED}.
+            (L{checkRequest} gives the same answer without a Deferred when
+            it is known at once.)
         """
-        if self.rate is None:
-            return succeed(ALLOWED)
-        return self.limiter.take(self._prefix + client, self.rate, self.burst)
+        result = self.checkRequest(client)
+        if result.__class__ is Decision:
+            return succeed(result)  # type: ignore[arg-type]
+        return result  # type: ignore[return-value]

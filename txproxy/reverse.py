@@ -23,6 +23,7 @@ from txproxy.connector import connectProtocol, isIPLiteral
 from txproxy.hooks import Refuse, Target
 from txproxy.http import RequestHead, parseAbsoluteURI, parseHostHeader
 from txproxy.httpproxy import HTTPProxyFactory, HTTPProxyProtocol, HTTPRequest, UpstreamHTTPProtocol, _OneShotFactory
+from txproxy.limiter import ALLOWED, Decision
 from txproxy.proxyprotocol import headerFor
 
 __all__ = ["ReverseProxyProtocol", "ReverseProxyFactory", "forwardedHeaders"]
@@ -233,16 +234,18 @@ class ReverseProxyProtocol(HTTPProxyProtocol):
         limits = self.factory.limits
         if listener.rateKey == "route" and limits is not None and listener.rate is not None:
             # One bucket per route, shared by every client.
-            d = limits.admitRequest(f"route:{route.config.host}{route.prefix}")
+            decision = limits.checkRequest(f"route:{route.config.host}{route.prefix}")
+            if decision is ALLOWED:
+                return request
 
             def checked(decision: Any) -> HTTPRequest:
                 if not decision.allowed:
                     raise self._limitRefusal(decision)
                 return request
 
-            if d.called:
-                return checked(d.result)
-            return d.addCallback(checked)
+            if decision.__class__ is Decision:
+                return checked(decision)
+            return decision.addCallback(checked)  # type: ignore[no-any-return]
         return request
 
     def poolKey(self, request: HTTPRequest) -> str:
