@@ -17,7 +17,7 @@ import time
 from typing import Any, Callable, Dict, List
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, inlineCallbacks, succeed
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks, succeed
 from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import formatEvent, globalLogPublisher
@@ -26,8 +26,14 @@ from twisted.trial import unittest
 from tests.procs import Twistd, freePort
 from tests.redisserver import RedisServer
 from tests.test_limiter import LimiterBehaviourMixin
-from txproxy.limiter import ALLOWED, LimiterService
-from txproxy.redislimiter import TEST_TTL_SLACK_MS, RedisLimiter, RedisUnavailable
+from txproxy.limiter import ALLOWED, Decision, LimiterService
+from txproxy.redislimiter import (
+    REFILL_MIN_BATCH,
+    TEST_TTL_SLACK_MS,
+    RedisLimiter,
+    RedisUnavailable,
+    _Local,
+)
 
 
 def startRedis(case: unittest.TestCase) -> RedisServer:
@@ -249,6 +255,37 @@ class RedisLimiterTests(RedisCase):
                 self.assertLessEqual(end - start + 1, burst + rate * window + bound + 1e-6)
 
     @inlineCallbacks
+    def test_overAdmissionBoundConcurrent(self) -> Any:
+        """
+        The same bound with takes in flight together (as a busy proxy has
+        them): each step, two processes each get eight takes at once, so
+        that takes wait for fetches in flight, batches are refilled ahead
+        and grants are shared among waiting takes.  Over any window of
+        C{w} seconds the two admit at most C{burst + rate * w + burst *
+        batchFraction}; every take is answered.
+        """
+        rate, burst = 200.0, 400
+        a, b = self.limiter, (yield self.makeLimiter())
+        bound = rate * a.holdFor(rate, burst)
+        self.assertEqual((bound, a.maxBatch(burst)), (40, 32))
+        admitted: List[float] = []
+        step = 0.01
+        for _ in range(200):
+            self.clock.advance(step)
+            now = self.clock.seconds()
+            decisions = yield gatherResults([limiter.take("k", rate, burst) for limiter in (a, b) for _ in range(8)])
+            admitted.extend(now for d in decisions if d.allowed)
+        duration = 200 * step
+        self.assertLessEqual(len(admitted), burst + rate * duration + bound)
+        self.assertGreaterEqual(len(admitted), 0.9 * (burst + rate * duration))
+        self.assertGreater(a.refills + b.refills, 0)
+        self.assertGreater(a.joinedFetches + b.joinedFetches, 0)
+        for start in range(len(admitted)):
+            for end in range(start, len(admitted)):
+                window = admitted[end] - admitted[start]
+                self.assertLessEqual(end - start + 1, burst + rate * window + bound + 1e-6)
+
+    @inlineCallbacks
     def test_noscriptReloads(self) -> Any:
         """
         After C{SCRIPT FLUSH} (as after a restart), a decision gets
@@ -340,6 +377,335 @@ class RedisLimiterTests(RedisCase):
         yield holder.stop()
         yield sleep(0.35)
         self.assertTrue((yield other.acquire("s", "d", 1, None)).allowed)
+
+
+class ScriptedRedis:
+    """
+    A fake Redis client for L{RedisLimiter}: every script call is recorded
+    and left unanswered; the test answers the take script's calls
+    (C{granted retryAfter}, as the script does) or fails them.
+
+    @ivar takes: C{(want, cost, Deferred)} for each call of the take
+        script, in order.
+    """
+
+    def __init__(self) -> None:
+        self.takes: List[Any] = []
+        self.other: List[Any] = []
+
+    def execute(self, *args: Any) -> "Deferred[Any]":
+        d: "Deferred[Any]" = Deferred()
+        if args[0] == "EVALSHA" and args[2] == 1:
+            # The take script: one key; ARGV rate, burst, cost, want.
+            self.takes.append((float(args[7]), float(args[6]), d))
+        else:
+            self.other.append((args, d))
+        return d
+
+    def pending(self) -> List[int]:
+        return [i for i, (_, _, d) in enumerate(self.takes) if not d.called]
+
+    def grant(self, i: int, granted: Any = None) -> None:
+        want, _, d = self.takes[i]
+        d.callback(f"{want if granted is None else granted!r} 0")
+
+    def deny(self, i: int, retryAfter: float) -> None:
+        self.takes[i][2].callback(f"0 {retryAfter!r}")
+
+    def fail(self, i: int) -> None:
+        self.takes[i][2].errback(ConnectionError("gone"))
+
+
+class LocalTokenTests(unittest.SynchronousTestCase):
+    """
+    How L{RedisLimiter} spends, waits for and refills the tokens it holds,
+    on a fake clock and a L{ScriptedRedis}: a take answered from a held
+    token is the shared L{ALLOWED} itself, at once; a busy key's next batch
+    is fetched ahead of need; takes that find no token wait for a fetch in
+    flight rather than each sending one.
+
+    Bucket: C{rate} 1000/s, C{burst} 1000: C{kMax} 32, tokens valid 0.1 s.
+    """
+
+    rate, burst = 1000.0, 1000
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.redis = ScriptedRedis()
+        self.limiter = RedisLimiter(self.redis, clock=self.clock)
+
+    def take(self) -> Any:
+        return self.limiter.takeNowOrLater("k", self.rate, self.burst)
+
+    def warm(self) -> None:
+        """
+        Take until the batch is at least L{REFILL_MIN_BATCH}, granting every
+        fetch in full: the key's next refill is then due.
+        """
+        state = None
+        while state is None or state.batch < REFILL_MIN_BATCH or state.refillAt < 0:
+            result = self.take()
+            for i in self.redis.pending():
+                self.redis.grant(i)
+            if isinstance(result, Deferred):
+                self.assertIs(self.successResultOf(result), ALLOWED)
+            state = self.limiter._local["k"]
+
+    def spendUntilRefill(self) -> int:
+        """
+        Take from the held tokens until the refill goes out; its index in
+        C{self.redis.takes}.
+        """
+        refills = self.limiter.refills
+        while self.limiter.refills == refills:
+            self.assertIs(self.take(), ALLOWED)
+        return len(self.redis.takes) - 1
+
+    def test_heldTokensAnswerAtOnce(self) -> None:
+        """
+        Once a key is busy, takes are answered by the shared L{ALLOWED}, not
+        a Deferred, and Redis is asked once per batch, ahead of need: no
+        take waits.
+        """
+        results = []
+        for _ in range(1000):
+            results.append(self.take())
+            for i in self.redis.pending():  # Redis answers at once
+                self.redis.grant(i)
+        waited = [r for r in results if r is not ALLOWED]
+        self.assertEqual(len(waited), 3)  # batches of 1, 2 and 4: then refilled ahead
+        for d in waited:
+            self.assertIs(self.successResultOf(d), ALLOWED)
+        self.assertLess(len(self.redis.takes), 1000 / 32 + 8)
+        self.assertEqual(max(want for want, _, _ in self.redis.takes), 32)
+        self.assertGreater(self.limiter.refills, 25)
+        self.assertEqual(self.limiter.localHits, 997)
+
+    def test_serviceHandsOverHeldTokens(self) -> None:
+        """
+        Through L{LimiterService} too a held token is the shared L{ALLOWED}
+        at once, with no timeout timer.
+        """
+        service = LimiterService(self.limiter, clock=self.clock)
+        self.warm()
+        self.assertIs(service.takeNowOrLater("k", self.rate, self.burst), ALLOWED)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(service.decisions["allowed"], 1)
+
+    def test_refillAhead(self) -> None:
+        """
+        When half of a batch is spent the next, doubled, batch is fetched;
+        it is held apart (its own validity) and spent once the current one
+        runs out.
+        """
+        self.warm()
+        state = self.limiter._local["k"]
+        batch, fetches = state.batch, len(self.redis.takes)
+        self.assertEqual(state.refillAt, batch / 2)
+        while state.tokens > state.refillAt + 1:
+            self.assertIs(self.take(), ALLOWED)
+        self.assertEqual(len(self.redis.takes), fetches)
+        self.assertIs(self.take(), ALLOWED)  # half spent: the refill goes out
+        self.assertEqual(len(self.redis.takes), fetches + 1)
+        self.assertEqual(self.redis.takes[-1][0], 2 * batch)
+        self.assertLess(state.refillAt, state.tokens)  # that is enough in flight
+        self.redis.grant(fetches)
+        self.assertEqual((state.spare, state.spareUntil), (2 * batch, 0.1))
+        left = state.tokens
+        for _ in range(int(left) + 2 * batch):
+            self.assertIs(self.take(), ALLOWED)
+        self.assertEqual(len(self.redis.takes), fetches + 2)  # the next refill, at half of 2 * batch
+        self.assertEqual(self.limiter.refills, 2 + (batch > REFILL_MIN_BATCH))
+
+    def test_tokensKeepTheirOwnValidity(self) -> None:
+        """
+        A refilled batch is valid for C{tau} after its own request, the
+        current one for C{tau} after its own: once the current has lapsed
+        the refill is spent, and once that has lapsed too Redis is asked.
+        """
+        self.warm()
+        state = self.limiter._local["k"]
+        # The current batch was fetched at 0 and expires at 0.1; the refill
+        # goes out at 0.05.
+        self.clock.advance(0.05)
+        refill = self.spendUntilRefill()
+        self.redis.grant(refill)
+        self.assertAlmostEqual(state.spareUntil, 0.15)
+        self.clock.advance(0.06)  # t = 0.11: the current batch has lapsed
+        self.assertIs(self.take(), ALLOWED)
+        self.assertAlmostEqual(state.validUntil, 0.15)
+        self.clock.advance(0.05)  # t = 0.16: so has the refill
+        fetches = len(self.redis.takes)
+        self.assertIsInstance(self.take(), Deferred)
+        self.assertEqual(len(self.redis.takes), fetches + 1)
+
+    def test_waitForTheFetchInFlight(self) -> None:
+        """
+        Takes that find no token while a fetch is in flight wait for it
+        rather than each sending one, and are served in order from the
+        grants as they come; a partial grant serves the first ones.  Takes
+        waiting show that the key holds too little for a round trip: one
+        more batch is fetched (a top-up), not one per take.
+        """
+        self.warm()
+        state = self.limiter._local["k"]
+        refill = self.spendUntilRefill()
+        want = self.redis.takes[refill][0]
+        while state.tokens >= 1:
+            self.assertIs(self.take(), ALLOWED)
+        fetches = len(self.redis.takes)
+        waiting = [self.take() for _ in range(int(want))]
+        self.assertEqual(self.limiter.joinedFetches, want)
+        self.assertEqual(len(self.redis.takes), fetches + 1)  # the top-up
+        topUp = self.redis.takes[-1][0]
+        for d in waiting:
+            self.assertNoResult(d)
+        self.redis.grant(refill, want - 2)  # a partial grant
+        for d in waiting[:-2]:
+            self.assertIs(self.successResultOf(d), ALLOWED)
+        for d in waiting[-2:]:
+            self.assertNoResult(d)
+        self.redis.grant(fetches)
+        for d in waiting[-2:]:
+            self.assertIs(self.successResultOf(d), ALLOWED)
+        self.assertEqual(state.tokens, topUp - 2)
+        self.assertEqual((state.waiters, state.waitingCost), (None, 0.0))
+        # The takes that waited made the lead grow: the next refill is due.
+        self.assertGreaterEqual(state.lead, want)
+
+    def test_leadGrowsWithSlowAnswers(self) -> None:
+        """
+        When Redis answers only after many takes (a slow network, a busy
+        event loop), the lead (the tokens a round trip needs) grows, and
+        enough is fetched ahead, in several batches at once, for takes not
+        to wait: after a warm-up, every take is answered at once.
+        """
+        delay = 80  # takes between a fetch and its answer
+        sent: List[int] = []
+        results = []
+        for i in range(3000):
+            results.append(self.take())
+            while len(sent) < len(self.redis.takes):
+                sent.append(i)
+            for j in self.redis.pending():
+                if sent[j] + delay <= i or isinstance(results[-1], Deferred) and not results[-1].called:
+                    # Due, or the take just made waits: time passes until
+                    # the answers come.
+                    self.redis.grant(j)
+        waits = [i for i, r in enumerate(results) if r is not ALLOWED]
+        self.assertTrue(waits)
+        self.assertLess(max(waits), 1000)
+        state = self.limiter._local["k"]
+        self.assertGreaterEqual(state.lead, delay * 0.8)
+        self.assertLess(len(self.redis.takes), 3000 / 32 + 40)
+        self.assertLessEqual(max(want for want, _, _ in self.redis.takes), 32)
+
+    def test_denialAnswersTheWaitingTakes(self) -> None:
+        """
+        A denial answers every take waiting for that fetch, and is then
+        remembered: later takes are denied locally until its C{retryAfter}.
+        """
+        waiting = [self.take() for _ in range(4)]
+        # Cold takes together: each fetch asks for twice as much, and a
+        # take joins a fetch when those in flight asked for enough.
+        self.assertEqual([want for want, _, _ in self.redis.takes], [1, 2, 4])
+        self.assertEqual(self.limiter.joinedFetches, 1)
+        self.redis.deny(0, 0.25)
+        for d in waiting:
+            self.assertEqual(self.successResultOf(d), Decision(False, "rate", 0.25))
+        self.redis.deny(1, 0.25)
+        self.redis.deny(2, 0.25)
+        self.clock.advance(0.2)
+        denied = self.take()
+        self.assertEqual((denied.reason, round(denied.retryAfter, 9)), ("rate", 0.05))
+        self.assertEqual(len(self.redis.takes), 3)
+        self.clock.advance(0.05)
+        self.assertIsInstance(self.take(), Deferred)
+        self.assertEqual(len(self.redis.takes), 4)
+
+    def test_rememberedDenialTolerance(self) -> None:
+        """
+        A remembered denial ends with the scripts' tolerance: float noise in
+        Redis's C{retryAfter} does not deny a take the bucket admits.
+        """
+        first = self.take()
+        self.redis.deny(0, 0.1 + 1.4e-15)
+        self.successResultOf(first)
+        self.clock.advance(0.1)
+        self.assertIsInstance(self.take(), Deferred)
+        self.assertEqual(len(self.redis.takes), 2)
+
+    def test_failedFetchFailsTheWaitingTakes(self) -> None:
+        """
+        A fetch that fails fails every take waiting for it (the service then
+        answers from its fallback); the key's state is ready to ask again.
+        """
+        first = self.take()
+        second = self.take()
+        self.redis.fail(0)
+        for d in (first, second):
+            self.failureResultOf(d, ConnectionError)
+        self.redis.fail(1)
+        self.assertEqual(self.limiter.fetchErrors, 2)
+        state = self.limiter._local["k"]
+        self.assertEqual((state.inflight, state.inflightWant, state.waiters), (0, 0.0, None))
+        self.assertIsInstance(self.take(), Deferred)
+        self.assertEqual(len(self.redis.takes), 3)
+
+    def test_failedRefill(self) -> None:
+        """
+        A refill that fails is counted (no take was waiting for it), and no
+        refill goes out again before a fetch succeeds: the held tokens are
+        spent, then a take asks Redis itself.
+        """
+        self.warm()
+        state = self.limiter._local["k"]
+        refill = self.spendUntilRefill()
+        self.redis.fail(refill)
+        self.assertEqual(self.limiter.fetchErrors, 1)
+        fetches = len(self.redis.takes)
+        while state.tokens >= 1:
+            self.assertIs(self.take(), ALLOWED)
+        self.assertEqual(len(self.redis.takes), fetches)
+        d = self.take()
+        self.assertEqual(len(self.redis.takes), fetches + 1)
+        self.redis.grant(fetches)
+        self.assertIs(self.successResultOf(d), ALLOWED)
+
+    def test_idleStateIsSwept(self) -> None:
+        """
+        The local state of a key with nothing held, in flight or remembered
+        is dropped by later takes of other keys; a key with a fetch in
+        flight is kept.
+        """
+        d = self.take()
+        self.redis.grant(0, 1)
+        self.successResultOf(d)
+        self.limiter.takeNowOrLater("busy", self.rate, self.burst)
+        self.clock.advance(1.0)
+        self.limiter.takeNowOrLater("x", self.rate, self.burst)
+        self.assertNotIn("k", self.limiter._local)
+        self.assertIn("busy", self.limiter._local)  # its fetch is in flight
+
+    def test_grantsAreNeverExtended(self) -> None:
+        """
+        L{_Local.addGrant} keeps at most two grants, each with its own
+        deadline; a third is merged with the earlier deadline of the two.
+        """
+        state = _Local()
+        state.addGrant(4, 1.0, 0.0)
+        state.addGrant(8, 2.0, 0.0)
+        self.assertEqual((state.tokens, state.validUntil, state.spare, state.spareUntil), (4, 1.0, 8, 2.0))
+        state.addGrant(2, 3.0, 0.0)
+        self.assertEqual((state.tokens, state.validUntil, state.spare, state.spareUntil), (4, 1.0, 10, 2.0))
+        state.addGrant(1, 0.5, 0.0)
+        self.assertEqual((state.tokens, state.validUntil, state.spare, state.spareUntil), (11, 0.5, 4, 1.0))
+        state.addGrant(3, 5.0, 1.5)  # both held grants have lapsed
+        self.assertEqual((state.tokens, state.validUntil, state.spare, state.spareUntil), (3, 5.0, 0.0, 0.0))
+        other = _Local()
+        other.addGrant(4, 2.0, 0.0)
+        other.addGrant(8, 1.0, 0.0)  # an earlier deadline is spent first
+        self.assertEqual((other.tokens, other.validUntil, other.spare, other.spareUntil), (8, 1.0, 4, 2.0))
 
 
 class LimiterServiceRedisTests(unittest.TestCase):

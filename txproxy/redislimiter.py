@@ -40,6 +40,21 @@ only make the wait longer).
     0.1 by default): no batching at all for a burst under 20.
   - Locally held tokens are valid for C{tau = burst * batchFraction / rate}
     seconds after the request that fetched them was sent, then dropped.
+  - A take answered from a held token is answered at once: the shared
+    L{ALLOWED}, no Deferred (L{RedisLimiter.takeNowOrLater}; C{take} wraps
+    it in an already fired Deferred).
+  - A busy key (batches of at least L{REFILL_MIN_BATCH} tokens) is
+    refilled ahead of need: the process measures C{lead}, the tokens its
+    takes ask for during one round trip to Redis, and fetches the next
+    batch in the background as soon as the tokens it holds or has in
+    flight fall to C{lead + k / 2} (several batches when a round trip needs
+    more, up to L{REFILL_MAX_LEAD} C{kMax} of lead).  Grants are held
+    apart, each with its own C{tau} (L{_Local.addGrant} never extends a
+    token's validity), so the bound below is unchanged.
+  - A take that finds no token while fetches are in flight that asked for
+    enough waits for them, and waiting takes are served in order from the
+    grants as they come; only demand beyond what is in flight sends a new
+    fetch.
 
 I{Over-admission bound}: across I{all} processes sharing a bucket, the
 requests admitted in any window of C{w} seconds are at most
@@ -53,7 +68,8 @@ the refill); admissions in C{[a, a + w]} are at most that plus the refill
 C{rate * w}.  (Network latency adds its own C{rate * rtt}, as for any remote
 limiter.)  Batching also lets a process hold tokens another process then
 cannot use: under-admission, bounded the same way and lasting at most
-C{tau}.
+C{tau}; refilling ahead keeps at most C{lead + 3k / 2} tokens held or in
+flight per busy key (beyond what its waiting takes ask for).
 
 Tests only: C{overrideRedisTime} makes the scripts take "now" from an
 argument instead of C{TIME} so that the shared behaviour suite can run on a
@@ -72,7 +88,7 @@ import hashlib
 import itertools
 import os
 from collections import OrderedDict
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 from urllib.parse import unquote, urlsplit
 
 from twisted.internet.defer import Deferred, fail, gatherResults, succeed
@@ -420,19 +436,107 @@ class _RedisLease:
 
 class _Local:
     """
-    What a process knows about one bucket: tokens granted to it and not yet
-    spent (valid until C{validUntil}, local clock), the last grant's batch
-    size, and a remembered denial.
+    What a process knows about one bucket.
+
+    Tokens granted to it and not yet spent, in at most two grants, each
+    valid until its own deadline (local clock): C{tokens} until
+    C{validUntil} (the grant spent first, the one that lapses first) and
+    C{spare} until C{spareUntil} (usually grants fetched ahead of need).
+    C{grantUntil} is the deadline of the latest grant, spent or not: a
+    take that finds no token before it is due to a busy key.
+
+    Also: the size of the last batch asked for; when to refill ahead
+    (C{refillAt}: fetch the next batch once C{tokens} falls to it, C{-1}
+    when no refill is due); the fetches in flight and the tokens they asked
+    for; the takes waiting for them; the tokens ever received
+    (C{received}) and C{lead}, the tokens asked for locally during a
+    fetch's round trip (so much must be held or in flight when a refill
+    goes out for no take to wait); and a remembered denial.
     """
 
-    __slots__ = ("tokens", "validUntil", "batch", "deniedUntil", "deniedCost")
+    __slots__ = (
+        "tokens", "validUntil", "spare", "spareUntil", "grantUntil", "batch", "refillAt",
+        "inflight", "inflightWant", "waiters", "waitingCost", "received", "lead", "refillOff",
+        "deniedUntil", "deniedCost",
+    )
 
     def __init__(self) -> None:
         self.tokens = 0.0
         self.validUntil = 0.0
+        self.spare = 0.0
+        self.spareUntil = 0.0
+        self.grantUntil = 0.0
         self.batch = 1
+        self.refillAt = -1.0
+        self.inflight = 0
+        self.inflightWant = 0.0
+        self.waiters: Optional[List[Tuple[float, "Deferred[Decision]", float]]] = None
+        self.waitingCost = 0.0
+        self.received = 0.0
+        self.lead = 0.0
+        self.refillOff = False
         self.deniedUntil = 0.0
         self.deniedCost = 0.0
+
+    def held(self, now: float) -> float:
+        """
+        The valid tokens held.
+        """
+        held = self.tokens if self.validUntil > now else 0.0
+        if self.spareUntil > now:
+            held += self.spare
+        return held
+
+    def asked(self, now: float) -> float:
+        """
+        The tokens asked for locally so far: received and no longer held
+        (spent, or lapsed), plus what the waiting takes want.
+        """
+        return self.received - self.held(now) + self.waitingCost
+
+    def promote(self) -> None:
+        """
+        The spare grant becomes the current one (what is left of the
+        current one, less than a take needs or lapsed, is dropped).
+        """
+        self.tokens, self.validUntil = self.spare, self.spareUntil
+        self.spare = 0.0
+        self.spareUntil = 0.0
+
+    def addGrant(self, tokens: float, validUntil: float, now: float) -> None:
+        """
+        Hold C{tokens} more, valid until C{validUntil}.  No token's validity
+        is ever extended: a third grant is merged into the spare one with
+        the earlier of the two deadlines.
+        """
+        if self.validUntil <= now or self.tokens <= EPSILON:
+            self.promote()
+            if self.validUntil <= now or self.tokens <= EPSILON:
+                self.tokens, self.validUntil = tokens, validUntil
+                self.spare = self.spareUntil = 0.0
+                return
+        if self.spareUntil <= now or self.spare <= EPSILON:
+            if validUntil >= self.validUntil:
+                self.spare, self.spareUntil = tokens, validUntil
+            else:
+                self.spare, self.spareUntil = self.tokens, self.validUntil
+                self.tokens, self.validUntil = tokens, validUntil
+            return
+        self.spare += tokens
+        if validUntil < self.spareUntil:
+            self.spareUntil = validUntil
+        if self.spareUntil < self.validUntil:
+            self.tokens, self.spare = self.spare, self.tokens
+            self.validUntil, self.spareUntil = self.spareUntil, self.validUntil
+
+
+#: The smallest batch that is refilled ahead of need.  Smaller ones belong
+#: to keys too quiet to be worth a speculative round trip.
+REFILL_MIN_BATCH = 4
+
+#: The most a key refills ahead, in batches of C{kMax}, however many of its
+#: takes come during one round trip.
+REFILL_MAX_LEAD = 4
 
 
 # ---------------------------------------------------------------------------
@@ -450,6 +554,13 @@ class RedisLimiter:
         releases).
     @ivar localHits: takes answered from locally held tokens or a
         remembered denial, without a round trip.
+    @ivar refills: batches fetched ahead of need (half of the previous
+        batch spent).
+    @ivar fetchErrors: token fetches that failed (the takes waiting for one
+        fail with it; after a failed refill, the next take that finds no
+        token asks Redis itself).
+    @ivar joinedFetches: takes that found no token and waited for a fetch
+        already in flight instead of sending their own.
     @ivar scriptLoads: C{NOSCRIPT} answers that made us load a script.
     @ivar refreshErrors: lease refreshes that failed (the leases' scores
         then lapse until the next refresh succeeds).
@@ -502,8 +613,12 @@ class RedisLimiter:
         self._processId = os.urandom(6).hex()
         self._ids = itertools.count(1)
         self._refresher: Optional[LoopingCall] = None
+        self._seconds = self._clock.seconds
         self.redisCalls = 0
         self.localHits = 0
+        self.refills = 0
+        self.fetchErrors = 0
+        self.joinedFetches = 0
         self.scriptLoads = 0
         self.refreshErrors = 0
         self.releaseErrors = 0
@@ -639,11 +754,33 @@ class RedisLimiter:
         """
         See L{ILimiter.take}.  Answered locally (an already fired Deferred)
         from tokens this process holds or a denial it remembers; otherwise
-        by one script call.
+        by the script (see L{takeNowOrLater}).
+        """
+        result = self.takeNowOrLater(key, rate, burst, cost)
+        if result.__class__ is Decision:
+            return succeed(result)  # type: ignore[arg-type]
+        return result  # type: ignore[return-value]
+
+    def takeNowOrLater(
+        self, key: str, rate: float, burst: float, cost: float = 1.0
+    ) -> "Union[Decision, Deferred[Decision]]":
+        """
+        L{take}, answered synchronously when this process can: the shared
+        L{ALLOWED} when it holds a valid token (the common case for a busy
+        key: no round trip, no Deferred, nothing allocated), a denial when
+        it remembers one.  Otherwise a L{Deferred}: the take waits for a
+        fetch from Redis, one already in flight when that asked for enough
+        tokens, else a new one.
+
+        A busy key (batches of L{REFILL_MIN_BATCH} tokens or more) is
+        refilled ahead of need: once the tokens it holds or has in flight
+        fall to what a round trip needs (C{lead}, measured) plus half a
+        batch, the next batch is fetched in the background (several when a
+        round trip needs more), so that takes seldom wait for Redis.
         """
         if not (rate > 0 and 0 < cost <= burst):
             checkBucket(rate, burst, cost)
-        now = self._clock.seconds()
+        now = self._seconds()
         local = self._local
         state = local.get(key)
         if state is None:
@@ -653,54 +790,207 @@ class RedisLimiter:
             if now < state.validUntil and state.tokens + EPSILON >= cost:
                 state.tokens -= cost
                 self.localHits += 1
-                return succeed(ALLOWED)
-            if now < state.deniedUntil and cost >= state.deniedCost:
+                if state.tokens <= state.refillAt:
+                    self._topUp(key, state, rate, burst, cost, now)
+                return ALLOWED
+            if now < state.spareUntil and state.spare + EPSILON >= cost:
+                state.promote()
+                state.tokens -= cost
                 self.localHits += 1
-                return succeed(Decision(False, REASON_RATE, state.deniedUntil - now))
-            kMax = self.maxBatch(burst)
-            if now < state.validUntil:
-                # The last grant was spent before it lapsed: a busy key.
-                state.batch = min(kMax, state.batch * 2)
-            else:
-                state.batch = max(1, min(kMax, state.batch // 2))
-            if now >= state.validUntil:
-                state.tokens = 0.0
+                self._setRefill(state, now, self.maxBatch(burst))
+                if state.tokens <= state.refillAt:
+                    self._topUp(key, state, rate, burst, cost, now)
+                return ALLOWED
+            # A remembered denial, with the scripts' tolerance (EPSILON
+            # tokens): float noise in the stored time never denies a take
+            # the bucket would admit.
+            if now + EPSILON / rate < state.deniedUntil and cost >= state.deniedCost:
+                self.localHits += 1
+                return Decision(False, REASON_RATE, state.deniedUntil - now)
+        waiter: "Deferred[Decision]" = Deferred()
+        if state.waiters is None:
+            state.waiters = [(cost, waiter, now)]
+        else:
+            state.waiters.append((cost, waiter, now))
+        state.waitingCost += cost
+        kMax = self.maxBatch(burst)
+        if state.inflight and state.waitingCost <= state.inflightWant:
+            # Fetches in flight asked for enough: wait for them (and top up
+            # what a busy key holds or has in flight, if that runs short).
+            self.joinedFetches += 1
+            self._setRefill(state, now, kMax)
+            if state.tokens <= state.refillAt:
+                self._topUp(key, state, rate, burst, cost, now)
+            return waiter
+        if now < state.grantUntil or state.inflight:
+            # The last grant was spent before it lapsed: a busy key.
+            state.batch = min(kMax, state.batch * 2)
+        else:
+            state.batch = max(1, min(kMax, state.batch // 2))
         for _ in range(self._sweepPerTake):
             front = next(iter(local))
             entry = local[front]
-            if entry.validUntil > now or entry.deniedUntil > now or front == key:
+            if (
+                front == key
+                or entry.inflight
+                or entry.validUntil > now
+                or entry.spareUntil > now
+                or entry.deniedUntil > now
+            ):
                 break
             del local[front]
-        want = max(cost, float(state.batch))
-        d = self._eval(
-            "take", [self.prefix + "tb:" + key], [repr(float(rate)), repr(float(burst)), repr(float(cost)), repr(want)]
-        )
-        d.addCallback(self._took, key, rate, burst, cost, now)
-        return d
+        self._fetch(key, state, rate, burst, cost, max(cost, float(state.batch)), now)
+        return waiter
 
-    def _took(self, reply: Any, key: str, rate: float, burst: float, cost: float, sentAt: float) -> Decision:
+    def _setRefill(self, state: _Local, now: float, kMax: float) -> None:
+        # Refill ahead once fewer tokens are held or in flight than a round
+        # trip needs (lead) plus half a batch; only for batches big enough,
+        # while no denial is remembered (the bucket is empty: what is held
+        # is spent first, then a take asks again) and not after a failed
+        # fetch (until one succeeds).  The hot path only compares the
+        # current grant's tokens with refillAt, so the spare grant and what
+        # is in flight are taken off here; this runs whenever they change.
+        if state.batch >= REFILL_MIN_BATCH and state.deniedUntil <= now and not state.refillOff:
+            spare = state.spare if state.spareUntil > now else 0.0
+            level = min(state.lead, REFILL_MAX_LEAD * kMax) + state.batch / 2.0
+            state.refillAt = level - spare - state.inflightWant + state.waitingCost
+        else:
+            state.refillAt = -1.0
+
+    def _topUp(self, key: str, state: _Local, rate: float, burst: float, cost: float, now: float) -> None:
+        # Spent down to the refill level while valid: a busy key.  Fetch the
+        # next, bigger, batch now, so that it is there before this one runs
+        # out; more than one when a round trip needs more (each fetch
+        # recomputes refillAt).
+        kMax = self.maxBatch(burst)
+        for _ in range(REFILL_MAX_LEAD + 2):
+            state.batch = min(kMax, state.batch * 2)
+            self.refills += 1
+            self._fetch(key, state, rate, burst, cost, max(cost, float(state.batch)), now)
+            if state.tokens > state.refillAt:
+                break
+
+    def _fetch(
+        self, key: str, state: _Local, rate: float, burst: float, cost: float, want: float, now: float
+    ) -> None:
+        """
+        Ask Redis for C{want} tokens (at least C{cost}) of bucket C{key};
+        the answer serves the waiting takes first, and the rest is held.
+        """
+        mark = state.asked(now)
+        state.inflight += 1
+        state.inflightWant += want
+        self._setRefill(state, now, self.maxBatch(burst))
+        try:
+            d = self._eval(
+                "take",
+                [self.prefix + "tb:" + key],
+                [repr(float(rate)), repr(float(burst)), repr(float(cost)), repr(want)],
+            )
+        except Exception:
+            d = fail()
+        d.addCallbacks(
+            self._fetched,
+            self._fetchFailed,
+            callbackArgs=(key, state, rate, burst, cost, want, now, mark),
+            errbackArgs=(state, want),
+        )
+
+    def _fetched(
+        self, reply: Any, key: str, state: _Local, rate: float, burst: float, cost: float, want: float,
+        sentAt: float, mark: float,
+    ) -> None:
+        state.inflight -= 1
+        state.inflightWant -= want
         grantedText, retryText = _text(reply).split(" ", 1)
         granted = float(grantedText)
-        state = self._local.get(key)
-        if state is None:
-            state = self._local[key] = _Local()
+        now = self._seconds()
+        # The tokens asked for during this round trip: the lead a refill
+        # needs.  A bigger need counts at once; a smaller one lowers it
+        # slowly (by an eighth per answer: with several fetches in flight
+        # the later ones see only part of a round trip).
+        lead = state.asked(now) - mark
+        decayed = state.lead * 0.875
+        state.lead = lead if lead > decayed else decayed
+        state.received += granted
+        waiters = state.waiters
+        answer: Decision = ALLOWED
+        answered: List["Deferred[Decision]"] = []
         if granted <= 0:
             retryAfter = float(retryText)
             state.deniedUntil = sentAt + retryAfter
             state.deniedCost = cost
-            return Decision(False, REASON_RATE, retryAfter)
-        validUntil = sentAt + self.holdFor(rate, burst)
-        leftover = granted - cost
-        now = self._clock.seconds()
-        if state.tokens > EPSILON and now < state.validUntil:
-            # Tokens never outlive the validity of their own grant.
-            state.validUntil = min(state.validUntil, validUntil)
-            state.tokens += leftover
+            if waiters:
+                # The answer to every waiting take of this cost or more that
+                # came before the denial's end (as a remembered denial
+                # would be); one that came later, while the fetch was on
+                # its way, asks again.
+                answer = Decision(False, REASON_RATE, retryAfter)
+                until = state.deniedUntil - EPSILON / rate
+                waiting = []
+                for w in waiters:
+                    if w[0] >= cost and w[2] < until:
+                        answered.append(w[1])
+                        state.waitingCost -= w[0]
+                    else:
+                        waiting.append(w)
+                state.waiters = waiting or None
         else:
-            state.validUntil = validUntil
-            state.tokens = leftover
-        state.deniedUntil = 0.0
-        return ALLOWED
+            leftover = granted
+            if waiters:
+                # Waiting takes are served first, in order, from this grant
+                # (each asked before it came).
+                served = 0
+                for c, _, _ in waiters:
+                    if leftover + EPSILON < c:
+                        break
+                    leftover -= c
+                    state.waitingCost -= c
+                    served += 1
+                answered = [w[1] for w in waiters[:served]]
+                state.waiters = waiters[served:] or None
+            validUntil = sentAt + self.holdFor(rate, burst)
+            if validUntil > state.grantUntil:
+                state.grantUntil = validUntil
+            if leftover > EPSILON:
+                state.addGrant(leftover, validUntil, now)
+            state.deniedUntil = 0.0
+            state.refillOff = False
+        if not state.waiters:
+            state.waitingCost = 0.0  # (no float drift)
+        if state.validUntil <= now:
+            # The current grant has lapsed: the refill level compares the
+            # tokens of the one spent next.
+            state.promote()
+            if state.validUntil <= now:
+                state.tokens = 0.0
+        self._setRefill(state, now, self.maxBatch(burst))
+        if state.waiters:
+            # Takes still waiting (a partial grant, or takes cheaper than
+            # the denied cost): ask for more unless enough is in flight.
+            if not state.inflight or state.waitingCost > state.inflightWant:
+                first = state.waiters[0][0]
+                self._fetch(key, state, rate, burst, first, max(first, float(state.batch)), now)
+        if state.tokens <= state.refillAt:
+            # A busy key that holds, or has in flight, too little for a
+            # round trip (takes are waiting, or the lead grew).
+            self._topUp(key, state, rate, burst, cost, now)
+        # Last: a waiting take's continuation may take again, re-entrantly.
+        for d in answered:
+            d.callback(answer)
+        return None
+
+    def _fetchFailed(self, failure: Failure, state: _Local, want: float) -> None:
+        state.inflight -= 1
+        state.inflightWant -= want
+        state.refillOff = True  # no refill ahead again before a fetch succeeds
+        state.refillAt = -1.0
+        self.fetchErrors += 1
+        waiters, state.waiters = state.waiters, None
+        state.waitingCost = 0.0
+        for _, d, _ in waiters or ():
+            d.errback(failure)
+        return None
 
     @property
     def localStateCount(self) -> int:
