@@ -187,6 +187,7 @@ class DialTimeoutTests(SynchronousTestCase):
         self.assertEqual(client.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), 0)
         client.stopConnecting()
         self.assertEqual(client.state, "disconnected")
+        self.failureResultOf(self.factory.connected, error.UserError)
 
     def test_stopConnecting(self) -> None:
         """
