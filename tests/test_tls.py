@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.test_tls -*-
 """
 Tests for L{txproxy.tls}: the certificate store, server TLS in memory
-(both ends L{TLSMemoryBIOFactory} on a shared L{Clock}), listening
+(our L{TLSServerFactory} against Twisted's pyOpenSSL client), listening
 endpoints on a L{MemoryReactor}, and client TLS options.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import os
 import shutil
+import ssl
 import tempfile
 from typing import Any, List, Optional, Sequence
 
@@ -31,6 +32,7 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from tests.procs import TestCA
+from txproxy._tlsserver import TLSServerFactory, TLSServerProtocol
 from txproxy.errors import ConfigError
 from txproxy.tls import (
     CertificateStore,
@@ -186,7 +188,8 @@ class Loopback:
 
     @ivar outer: the protocol on the server's connection (the TLS one, or
         a wrapper around it).
-    @ivar server: the server's L{TLSMemoryBIOProtocol}.
+    @ivar server: the server's L{TLSServerProtocol} (or
+        L{TLSMemoryBIOProtocol} for a pyOpenSSL server creator).
     @ivar client: the client's.
     @ivar serverApp: the server's application protocol (a L{_Recorder}).
     @ivar clientApp: the client's.
@@ -206,7 +209,9 @@ class Loopback:
         from twisted.internet.task import Clock
 
         self.clock = clock if clock is not None else Clock()
-        if listeningFactory is None:
+        if listeningFactory is None and isinstance(serverCreator, ServerTLSOptions):
+            listeningFactory = TLSServerFactory(serverCreator.serverObject, Factory.forProtocol(_Recorder))
+        elif listeningFactory is None:
             listeningFactory = TLSMemoryBIOFactory(serverCreator, False, Factory.forProtocol(_Recorder), self.clock)
         clientFactory = TLSMemoryBIOFactory(clientCreator, True, Factory.forProtocol(_Recorder), self.clock)
         self.outer = listeningFactory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
@@ -219,7 +224,7 @@ class Loopback:
         self.client.makeConnection(self.clientTransport)
         self._lost: List[Any] = []
         self.server = self.outer
-        while not isinstance(self.server, TLSMemoryBIOProtocol):
+        while not isinstance(self.server, (TLSMemoryBIOProtocol, TLSServerProtocol)):
             self.server = self.server.wrappedProtocol
         self.serverApp: _Recorder = self.server.wrappedProtocol
         self.clientApp: _Recorder = self.client.wrappedProtocol
@@ -720,13 +725,15 @@ class ServerTLSTests(SynchronousTestCase):
         kw.setdefault("privateKey", self.own)
         return ServerTLSOptions(self.f.certs, **kw)
 
-    def test_interface(self) -> None:
+    def test_serverObject(self) -> None:
         """
-        L{ServerTLSOptions} provides L{IOpenSSLServerConnectionCreator}.
+        L{ServerTLSOptions.serverObject} makes a server-side
+        L{ssl.SSLObject} on the default certificate's context.
         """
-        from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
-
-        self.assertTrue(verifyObject(IOpenSSLServerConnectionCreator, self.options()))
+        obj = self.options().serverObject(ssl.MemoryBIO(), ssl.MemoryBIO())
+        self.assertIsInstance(obj, ssl.SSLObject)
+        self.assertTrue(obj.server_side)
+        self.assertEqual(obj.context.entry.names, frozenset({"own.test"}))
 
     def test_sniSelectsCertificate(self) -> None:
         """
@@ -811,7 +818,7 @@ class ServerTLSTests(SynchronousTestCase):
         A modern client gets TLS 1.3.
         """
         loop = Loopback(self.options(), RawClient(b"a.test"))
-        self.assertEqual(loop.server.getHandle().get_protocol_version_name(), "TLSv1.3")
+        self.assertEqual(loop.server.getHandle().version(), "TLSv1.3")
 
     def test_tls12Accepted(self) -> None:
         """
@@ -820,8 +827,8 @@ class ServerTLSTests(SynchronousTestCase):
         loop = Loopback(self.options(), RawClient(b"a.test", maxVersion=SSL.TLS1_2_VERSION))
         self.assertTrue(loop.established)
         handle = loop.server.getHandle()
-        self.assertEqual(handle.get_protocol_version_name(), "TLSv1.2")
-        cipher = handle.get_cipher_name()
+        self.assertEqual(handle.version(), "TLSv1.2")
+        cipher = handle.cipher()[0]
         self.assertTrue(cipher.startswith("ECDHE-"), cipher)
         self.assertTrue("GCM" in cipher or "CHACHA20" in cipher, cipher)
 
@@ -831,7 +838,7 @@ class ServerTLSTests(SynchronousTestCase):
         """
         loop = Loopback(self.options(), RawClient(b"x.w.test", maxVersion=SSL.TLS1_2_VERSION))
         self.assertTrue(loop.established)
-        self.assertIn("ECDHE-RSA", loop.server.getHandle().get_cipher_name())
+        self.assertIn("ECDHE-RSA", loop.server.getHandle().cipher()[0])
 
     def test_tls11Refused(self) -> None:
         """
@@ -876,7 +883,7 @@ class ServerTLSTests(SynchronousTestCase):
             b"a.test", maxVersion=SSL.TLS1_2_VERSION, ciphers=b"ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-ECDSA-AES128-GCM-SHA256"
         )
         loop = Loopback(self.options(), client)
-        self.assertEqual(loop.server.getHandle().get_cipher_name(), "ECDHE-ECDSA-AES128-GCM-SHA256")
+        self.assertEqual(loop.server.getHandle().cipher()[0], "ECDHE-ECDSA-AES128-GCM-SHA256")
 
     def test_alpnHTTP11(self) -> None:
         """
@@ -1016,7 +1023,7 @@ class EndpointTests(SynchronousTestCase):
         self.successResultOf(endpoint.listen(factory))
         port, tlsFactory, backlog, interface = self.reactor.tcpServers[0]
         self.assertEqual((port, backlog, interface), (8443, 7, "127.0.0.1"))
-        self.assertIsInstance(tlsFactory, TLSMemoryBIOFactory)
+        self.assertIsInstance(tlsFactory, TLSServerFactory)
         self.assertIs(tlsFactory.wrappedFactory, factory)
         self.assertEqual(endpoint.store.default.path, self.own)
         self.assertIsNotNone(endpoint.store.find("a.test"))
@@ -1045,7 +1052,7 @@ class EndpointTests(SynchronousTestCase):
         self.successResultOf(endpoint.listen(Factory.forProtocol(Protocol)))
         port, tlsFactory, backlog, interface = self.reactor.tcpServers[0]
         self.assertEqual((port, interface), (8443, "127.0.0.1"))
-        self.assertIsInstance(tlsFactory, TLSMemoryBIOFactory)
+        self.assertIsInstance(tlsFactory, TLSServerFactory)
         self.assertEqual(endpoint.store.default.path, self.a)
 
     def test_tcpWithoutCerts(self) -> None:
@@ -1066,7 +1073,7 @@ class EndpointTests(SynchronousTestCase):
         self.successResultOf(endpoint.listen(factory))
         listening = self.reactor.tcpServers[0][1]
         self.assertIsInstance(listening, HAProxyWrappingFactory)
-        self.assertIsInstance(listening.wrappedFactory, TLSMemoryBIOFactory)
+        self.assertIsInstance(listening.wrappedFactory, TLSServerFactory)
         self.assertIs(listening.wrappedFactory.wrappedFactory, factory)
 
     def test_haproxyThenTLSEndToEnd(self) -> None:

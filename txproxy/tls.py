@@ -37,7 +37,7 @@ a name, the one that expires last wins (ties: the default certificate,
 then file name order), so a renewed certificate may be dropped beside the
 old one.  Expired certificates are served anyway, with a logged warning.
 
-Every certificate gets its own OpenSSL context, built once per load, all
+Every certificate gets its own C{ssl.SSLContext}, built once per load, all
 with the same settings (L{ServerTLSOptions}): TLS 1.2 and later,
 L{MODERN_CIPHERS} in the server's order, ALPN C{http/1.1}, session tickets,
 no renegotiation or compression, and, with a client CA bundle, required
@@ -78,10 +78,11 @@ TLS 1.2 and later.
 from __future__ import annotations
 
 import datetime
-import hashlib
 import ipaddress
 import os
 import re
+import ssl
+import tempfile
 from functools import lru_cache
 from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple, cast
 
@@ -89,18 +90,17 @@ import attr
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
-from OpenSSL import SSL, crypto
+from OpenSSL import SSL
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
     IOpenSSLClientConnectionCreator,
-    IOpenSSLServerConnectionCreator,
     IReactorTime,
     IStreamServerEndpoint,
 )
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
+from txproxy._tlsserver import TLSServerFactory, TLSServerProtocol
 from txproxy.errors import ConfigError
 
 __all__ = [
@@ -137,8 +137,8 @@ MODERN_CIPHERS = (
 
 #: C{minimumVersion} values L{ServerTLSOptions} accepts.
 _VERSIONS: Dict[str, int] = {
-    "1.2": SSL.TLS1_2_VERSION,
-    "1.3": SSL.TLS1_3_VERSION,
+    "1.2": ssl.TLSVersion.TLSv1_2,
+    "1.3": ssl.TLSVersion.TLSv1_3,
 }
 
 
@@ -363,9 +363,9 @@ def loadCertificateFile(
 # The store
 
 
-class _CertificateContext(SSL.Context):
+class _CertificateContext(ssl.SSLContext):
     """
-    An OpenSSL context serving one certificate, remembering which.
+    A server context serving one certificate, remembering which.
 
     @ivar entry: the certificate this context serves.
     """
@@ -572,19 +572,18 @@ def _loadCABundle(path: str, what: str) -> List[x509.Certificate]:
     return certs
 
 
-@implementer(IOpenSSLServerConnectionCreator)
 class ServerTLSOptions:
     """
-    Server TLS settings of a listener, making one OpenSSL connection per
+    Server TLS settings of a listener, making one TLS server object per
     accepted connection from the current certificate set.
 
-    Each certificate has its own context, built once per (re)load, all with
-    the same settings: TLS 1.2 and later (by default), L{MODERN_CIPHERS}
-    with the server's preference, no compression, no renegotiation, session
-    tickets, ALPN, and optionally client certificate verification.  A
-    connection starts on the default certificate's context; the SNI
-    callback switches it to the context of the certificate the name
-    selects.
+    Each certificate has its own C{ssl.SSLContext}, built once per
+    (re)load, all with the same settings: TLS 1.2 and later (by default),
+    L{MODERN_CIPHERS} with the server's preference, no compression, no
+    renegotiation, session tickets, ALPN, and optionally client
+    certificate verification.  A connection starts on the default
+    certificate's context; the SNI callback switches it to the context of
+    the certificate the name selects.
 
     @ivar store: the L{CertificateStore}.
     @ivar clientCA: the client CA bundle's path, or L{None}.
@@ -621,8 +620,8 @@ class ServerTLSOptions:
         if minimumVersion not in _VERSIONS:
             raise ConfigError(f"unsupported minimum TLS version {minimumVersion!r} (use 1.2 or 1.3)")
         self._minimumVersion = _VERSIONS[minimumVersion]
-        self._ciphers = ciphers.encode("ascii")
-        self._protocols = tuple(acceptableProtocols)
+        self._ciphers = ciphers
+        self._protocols = [p.decode("ascii") for p in acceptableProtocols]
         self.clientCA = clientCA
         makeContext = self._contextMaker(clientCA)
         self.store = CertificateStore(certsDir, privateKey, certKey, extraCertChain, makeContext=makeContext)
@@ -631,82 +630,56 @@ class ServerTLSOptions:
         """
         Read the client CA bundle; return the context builder for one load.
         """
-        clientCAs = None
         if clientCA is not None:
-            clientCAs = _loadCABundle(clientCA, "client CA bundle")  # checked here, for the error message
-        sessionID = self._sessionIDFor(clientCAs)
+            _loadCABundle(clientCA, "client CA bundle")  # checked here, for the error message
 
         def makeContext(entry: CertificateEntry, certificateSet: _CertificateSet) -> Any:
-            return self._makeContext(entry, certificateSet, clientCA, sessionID)
+            return self._makeContext(entry, certificateSet, clientCA)
 
         return makeContext
 
-    @staticmethod
-    def _sessionIDFor(clientCAs: Optional[List[x509.Certificate]]) -> bytes:
-        # Sessions resume only under the same client-certificate policy.
-        digest = hashlib.sha256(b"txproxy")
-        for ca in clientCAs or ():
-            digest.update(ca.fingerprint(_SHA256()))
-        return digest.digest()[:32]
-
-    def _selectProtocol(self, connection: SSL.Connection, offered: List[bytes]) -> Any:
-        for proto in self._protocols:
-            if proto in offered:
-                return proto
-        return SSL.NO_OVERLAPPING_PROTOCOLS
-
-    def _makeContext(
-        self, entry: CertificateEntry, certificateSet: _CertificateSet, clientCA: Optional[str], sessionID: bytes
-    ) -> _CertificateContext:
-        ctx = _CertificateContext(SSL.TLS_SERVER_METHOD)
+    def _makeContext(self, entry: CertificateEntry, certificateSet: _CertificateSet, clientCA: Optional[str]) -> _CertificateContext:
+        ctx = _CertificateContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.entry = entry
+        ctx.minimum_version = self._minimumVersion
+        ctx.options |= (
+            ssl.OP_NO_COMPRESSION
+            | ssl.OP_CIPHER_SERVER_PREFERENCE
+            | getattr(ssl, "OP_NO_RENEGOTIATION", 0)
+            | getattr(ssl, "OP_SINGLE_ECDH_USE", 0)
+        )
         try:
-            ctx.set_min_proto_version(self._minimumVersion)
-            options = SSL.OP_NO_COMPRESSION | SSL.OP_CIPHER_SERVER_PREFERENCE
-            options |= getattr(SSL, "OP_NO_RENEGOTIATION", 0) | getattr(SSL, "OP_SINGLE_ECDH_USE", 0)
-            ctx.set_options(options)
-            ctx.set_cipher_list(self._ciphers)
-            _give(ctx.use_certificate, entry.certificate, crypto.X509.from_cryptography)
-            _give(ctx.use_privatekey, entry.privateKey, crypto.PKey.from_cryptography_key)
-            for extra in entry.chain:
-                _give(ctx.add_extra_chain_cert, extra, crypto.X509.from_cryptography)
-            ctx.check_privatekey()
-        except SSL.Error as e:
+            ctx.set_ciphers(self._ciphers)
+            _loadEntry(ctx, entry)
+        except ssl.SSLError as e:
             raise ConfigError(f"certificate file {entry.path}: OpenSSL refused it: {_sslErrorText(e)}") from None
-        ctx.set_session_id(sessionID)
-        ctx.set_mode(getattr(SSL, "MODE_RELEASE_BUFFERS", 0))
         if self._protocols:
-            ctx.set_alpn_select_callback(self._selectProtocol)
+            ctx.set_alpn_protocols(self._protocols)
         if clientCA is not None:
             try:
-                ctx.load_verify_locations(os.fsencode(clientCA))
-                ctx.load_client_ca(os.fsencode(clientCA))
-            except SSL.Error as e:
+                ctx.load_verify_locations(cafile=clientCA)
+            except (ssl.SSLError, OSError) as e:
                 raise ConfigError(f"client CA bundle {clientCA}: OpenSSL refused it: {_sslErrorText(e)}") from None
-            ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, _acceptVerified)
+            ctx.verify_mode = ssl.CERT_REQUIRED
 
-        def onServerName(connection: SSL.Connection) -> None:
-            name = connection.get_servername()
+        def onServerName(sslobj: Any, name: Optional[str], context: Any) -> None:
             if not name:
                 return
-            try:
-                text = name.decode("ascii")
-            except UnicodeDecodeError:
-                return
-            found = certificateSet.find(text)
+            sslobj.txproxyServerName = name
+            found = certificateSet.find(name)
             if found is not None and found is not entry:
-                connection.set_context(certificateSet.contexts[found])
+                sslobj.context = certificateSet.contexts[found]
 
-        ctx.set_tlsext_servername_callback(onServerName)
+        ctx.sni_callback = onServerName
         return ctx
 
-    def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+    def serverObject(self, incoming: Any, outgoing: Any) -> Any:
         """
-        A new server connection on the current default context (see
-        L{IOpenSSLServerConnectionCreator}).
+        A new server-side C{ssl.SSLObject} on the current default context,
+        reading C{incoming} and writing C{outgoing} (two L{ssl.MemoryBIO}).
         """
         current = self.store._current
-        return SSL.Connection(current.contexts[current.default], None)
+        return current.contexts[current.default].wrap_bio(incoming, outgoing, server_side=True)
 
     def prepareReload(self, certsDir: Any = KEEP, clientCA: Any = KEEP) -> Callable[[], None]:
         """
@@ -740,6 +713,27 @@ class ServerTLSOptions:
         self.prepareReload(certsDir, clientCA)()
 
 
+def _loadEntry(ctx: ssl.SSLContext, entry: CertificateEntry) -> None:
+    """
+    Give C{ctx} the key and chain of C{entry}.  C{ssl} loads them from a
+    file only; the file is written leaf first (the certificate files
+    themselves may have it anywhere), private to this user, and removed
+    at once.
+    """
+    pem = entry.privateKey.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    for cert in (entry.certificate,) + tuple(entry.chain):
+        pem += cert.public_bytes(serialization.Encoding.PEM)
+    fd, path = tempfile.mkstemp(prefix="txproxy-", suffix=".pem")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(pem)
+        ctx.load_cert_chain(path)
+    finally:
+        os.unlink(path)
+
+
 def _give(method: Callable[[Any], None], value: Any, convert: Callable[[Any], Any]) -> None:
     """
     Pass a cryptography object to a pyOpenSSL method: directly where
@@ -752,30 +746,29 @@ def _give(method: Callable[[Any], None], value: Any, convert: Callable[[Any], An
         method(convert(value))
 
 
-def _SHA256() -> Any:
-    from cryptography.hazmat.primitives import hashes
-
-    return hashes.SHA256()
-
-
 def _acceptVerified(connection: Any, certificate: Any, errno: int, depth: int, ok: int) -> bool:
     """
-    OpenSSL's own verdict on each certificate of a client's chain.
+    OpenSSL's own verdict on each certificate of a chain.
     """
     return bool(ok)
 
 
-def _sslErrorText(e: SSL.Error) -> str:
-    try:
-        return "; ".join(str(item[2]) for item in e.args[0]) or str(e)
-    except (IndexError, TypeError):
-        return str(e)
+def _sslErrorText(e: BaseException) -> str:
+    if isinstance(e, SSL.Error):
+        try:
+            return "; ".join(str(item[2]) for item in e.args[0]) or str(e)
+        except (IndexError, TypeError):
+            return str(e)
+    reason = getattr(e, "reason", None)
+    if reason:
+        return str(reason).replace("_", " ").lower()
+    return _oneLine(e)
 
 
-def _tlsHandle(transport: Any) -> Optional[SSL.Connection]:
+def _tlsHandle(transport: Any) -> Optional[Any]:
     getHandle = getattr(transport, "getHandle", None)
     handle = getHandle() if getHandle is not None else None
-    return handle if isinstance(handle, SSL.Connection) else None
+    return handle if isinstance(handle, (ssl.SSLObject, SSL.Connection)) else None
 
 
 def isTLSTransport(transport: Any) -> bool:
@@ -785,6 +778,8 @@ def isTLSTransport(transport: Any) -> bool:
     per connection, since one listener group may mix C{tcp:} and C{ssl:}
     strings.
     """
+    if isinstance(transport, TLSServerProtocol):
+        return True
     return _tlsHandle(transport) is not None
 
 
@@ -797,14 +792,14 @@ def servedNames(transport: Any) -> FrozenSet[str]:
     received); before that it gives the default certificate's names.
 
     @param transport: the C{transport} of a protocol behind a
-        L{TLSServerEndpoint} (a L{twisted.protocols.tls.TLSMemoryBIOProtocol}).
+        L{TLSServerEndpoint} (a L{txproxy._tlsserver.TLSServerProtocol}).
     @return: an empty set when the transport is not one of our TLS
         connections (plain TCP: there is nothing to check).
     """
     handle = _tlsHandle(transport)
     if handle is None:
         return frozenset()
-    context = handle.get_context()
+    context = handle.get_context() if isinstance(handle, SSL.Connection) else handle.context
     entry = getattr(context, "entry", None)
     if entry is None:
         return frozenset()
@@ -819,53 +814,18 @@ def requestedServerName(transport: Any) -> Optional[str]:
     handle = _tlsHandle(transport)
     if handle is None:
         return None
-    name = handle.get_servername()
+    if isinstance(handle, SSL.Connection):
+        raw = handle.get_servername()
+        name = raw.decode("ascii", "replace") if raw else None
+    else:
+        name = getattr(handle, "txproxyServerName", None)
     if not name:
         return None
-    return _normalizeName(name.decode("ascii", "replace"))
+    return _normalizeName(name)
 
 
 # ---------------------------------------------------------------------------
 # Listening endpoints
-
-
-class _ServerTLSProtocol(TLSMemoryBIOFactory.protocol):  # type: ignore[misc, valid-type]
-    """
-    Twisted's TLS protocol with a TLS-level C{loseWriteConnection}.
-
-    Without it, C{loseWriteConnection} on the TLS transport reaches the TCP
-    transport below (through L{ProtocolWrapper}'s attribute passing): a TCP
-    half-close under TLS, sending FIN with no C{close_notify}, possibly
-    before buffered TLS data, and making Twisted's later TCP close
-    re-entrant.
-    """
-
-    _writeShut = False
-
-    def loseWriteConnection(self) -> None:
-        """
-        End our side of the stream: buffered data, then C{close_notify}.
-        Bytes the peer still sends are delivered; the connection closes
-        once the peer answers with its own C{close_notify} or goes away.
-        """
-        self._writeShut = True
-        self.loseConnection()
-
-    def loseConnection(self) -> None:
-        """
-        Close with C{close_notify}; called again after
-        L{loseWriteConnection} (a linger timer), stop waiting for the peer
-        and close the TCP connection.
-        """
-        if self._writeShut and self.disconnecting and self.connected:
-            if self.transport is not None:
-                self.transport.loseConnection()
-            return
-        super().loseConnection()
-
-
-class _ServerTLSFactory(TLSMemoryBIOFactory):
-    protocol = _ServerTLSProtocol
 
 
 @implementer(IStreamServerEndpoint)
@@ -882,7 +842,8 @@ class TLSServerEndpoint:
         """
         @param endpoint: the inner endpoint.
         @param options: the server TLS options.
-        @param clock: what TLS write buffering schedules on (the reactor).
+        @param clock: unused (TLS writes are not buffered on a timer); kept
+            for callers that pass the reactor.
         """
         self.endpoint = endpoint
         self.options = options
@@ -899,7 +860,7 @@ class TLSServerEndpoint:
         """
         Listen with C{protocolFactory} behind TLS.
         """
-        wrapped = _ServerTLSFactory(self.options, False, protocolFactory, self._clock)
+        wrapped = TLSServerFactory(self.options.serverObject, protocolFactory)
         return self.endpoint.listen(wrapped)  # type: ignore[no-any-return]
 
     def prepareReload(self, certsDir: Any = KEEP, clientCA: Any = KEEP) -> Callable[[], None]:
@@ -944,7 +905,7 @@ def tlsServerEndpoint(
     See the module docstring for the strings understood and which
     certificate is the default.
 
-    @param reactor: the reactor to listen with (also the TLS clock).
+    @param reactor: the reactor to listen with.
     @param description: C{ssl:...}, or C{tcp:}/C{tcp6:}/C{unix:} strings
         with C{certsDir}; optionally prefixed by C{haproxy:}.
     @param certsDir: the C{--certs} folder, or L{None}.
