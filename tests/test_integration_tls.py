@@ -341,6 +341,23 @@ class ReverseProxyTLSIntegrationTests(SynchronousTestCase):
         self.assertNotIn("Traceback", log)
         self.assertNotIn("Unhandled", log)
 
+    def test_hostCheckedOnEveryRequest(self) -> None:
+        """
+        On one keep-alive TLS connection, every request's Host is checked
+        against the certificate, also after requests with another Host were
+        let through: a repeated Host, a second name the certificate covers,
+        then one it does not (C{421}).
+        """
+        import socket
+        import ssl
+
+        ctx = ssl.create_default_context(cafile=self.ca.caPath)
+        with socket.create_connection(("127.0.0.1", self.port), timeout=10) as raw:
+            with ctx.wrap_socket(raw, server_hostname="a.test") as sock:
+                for host, status in [("a.test", b" 200 "), ("a.test", b" 200 "), ("x.a.test", b" 200 "), ("b.test", b" 421 ")]:
+                    response = _request(sock, host)
+                    self.assertIn(status, response.split(b"\r\n", 1)[0], (host, response))
+
 
 def _request(sock: Any, host: str) -> bytes:
     """

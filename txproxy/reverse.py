@@ -25,6 +25,7 @@ from txproxy.http import RequestHead, parseAbsoluteURI, parseHostHeader
 from txproxy.httpproxy import HTTPProxyFactory, HTTPProxyProtocol, HTTPRequest, UpstreamHTTPProtocol, _OneShotFactory
 from txproxy.limiter import ALLOWED, Decision
 from txproxy.proxyprotocol import headerFor
+from txproxy.tls import hostMatchesNames, isTLSTransport, servedNames
 
 __all__ = ["ReverseProxyProtocol", "ReverseProxyFactory", "forwardedHeaders"]
 
@@ -173,6 +174,12 @@ class ReverseProxyProtocol(HTTPProxyProtocol):
     _backend: Any = None
     _counted: Any = None
     _scheme: Optional[str] = None
+    # Per connection, the last Host value seen and what it gave (keep-alive
+    # clients repeat theirs): the parsed host and port, and whether the
+    # certificate served on this connection covers it.
+    _lastHostValue: Optional[bytes] = None
+    _lastHost: Tuple[str, int] = ("", 0)
+    _lastHostServed = False
     #: This client connection's token in private pool keys (0: none yet).
     _clientToken = 0
     #: The private pool keys this connection used (closed with it).
@@ -194,14 +201,10 @@ class ReverseProxyProtocol(HTTPProxyProtocol):
     # -- routing
 
     def _tlsNames(self) -> Optional[frozenset]:
-        from txproxy.tls import servedNames
-
         return servedNames(self.transport)
 
     def _isTLS(self) -> bool:
         if self._scheme is None:
-            from txproxy.tls import isTLSTransport
-
             self._scheme = "https" if isTLSTransport(self.transport) else "http"
         return self._scheme == "https"
 
@@ -210,21 +213,28 @@ class ReverseProxyProtocol(HTTPProxyProtocol):
         tls = self._isTLS()
         scheme = "https" if tls else "http"
         defaultPort = 443 if tls else 80
+        served = False
         if target[:1] == b"/" or target == b"*":
             path = target
             hostValue = head.get(b"host")
             if hostValue is None:
                 host, port = "", defaultPort
+            elif hostValue == self._lastHostValue:
+                host, port = self._lastHost
+                served = self._lastHostServed
             else:
                 host, port = parseHostHeader(hostValue, defaultPort)
+                self._lastHostValue, self._lastHost, self._lastHostServed = hostValue, (host, port), False
         else:
             _, host, port, path = parseAbsoluteURI(target, ("http", "https"))
-        if tls and host:
-            from txproxy.tls import hostMatchesNames
-
+        if tls and host and not served:
+            # The served certificate is settled once the handshake is over,
+            # which it is by the time a request arrives.
             names = self._tlsNames()
             if names is not None and not hostMatchesNames(host, names):
                 raise Refuse(421, f"{host} is not served on this connection")
+            if host == self._lastHost[0]:
+                self._lastHostServed = True
         route = self.factory.router.routeFor(self.factory.listener.name, host, path.decode("latin-1"))
         if route is None:
             raise Refuse(404, f"no route for {host or 'this request'}")
