@@ -24,7 +24,7 @@ from txproxy.config import ListenerConfig, fromTOML, loadFile
 from txproxy.forward import ForwardProxyProtocol
 from txproxy.tcp import TCPProxyFactory
 from txproxy.testing import FakeConnector, FakeTransport, forwardFactory
-from txproxy.tuning import applySocketOptions, socketOf, socketOptions
+from txproxy.tuning import PYPY_NURSERY, applySocketOptions, pypyNurseryHint, socketOf, socketOptions, withPyPyNursery
 
 NODELAY = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 KEEPALIVE = (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
@@ -312,3 +312,28 @@ class LoopbackTests(TestCase):
             return defer.gatherResults([client.closed, factory.closed])
 
         return defer.gatherResults([factory.opened, connected]).addCallback(lambda results: check(results[0]))
+
+
+class PyPyNurseryTests(SynchronousTestCase):
+    """
+    L{withPyPyNursery} and L{pypyNurseryHint}.
+    """
+
+    def test_childrenOfPyPyGetTheNursery(self) -> None:
+        """
+        A PyPy child's environment gets L{PYPY_NURSERY} unless it names a
+        nursery itself; a CPython child's is left alone.
+        """
+        self.assertEqual(withPyPyNursery({}, "PyPy"), {"PYPY_GC_NURSERY": PYPY_NURSERY})
+        self.assertEqual(withPyPyNursery({"PYPY_GC_NURSERY": "4M"}, "PyPy"), {"PYPY_GC_NURSERY": "4M"})
+        self.assertEqual(withPyPyNursery({"A": "1"}, "CPython"), {"A": "1"})
+
+    def test_hint(self) -> None:
+        """
+        The start-up hint appears on PyPy without C{PYPY_GC_NURSERY} only.
+        """
+        hint = pypyNurseryHint({}, "PyPy")
+        assert hint is not None
+        self.assertIn("PYPY_GC_NURSERY=32M", hint)
+        self.assertIsNone(pypyNurseryHint({"PYPY_GC_NURSERY": "32M"}, "PyPy"))
+        self.assertIsNone(pypyNurseryHint({}, "CPython"))

@@ -351,6 +351,14 @@ class ProxyService(MultiService):
             self._startupFailed(e)
         reactorName = type(self.reactor).__module__ + "." + type(self.reactor).__name__
         log.info("txproxy running on {reactor}", reactor=reactorName)
+        import os
+        import platform
+
+        from txproxy.tuning import pypyNurseryHint
+
+        hint = pypyNurseryHint(os.environ, platform.python_implementation())
+        if hint is not None:
+            log.info("{hint}", hint=hint)
         if self.streamlineReactor:
             from txproxy._loop import streamline
 

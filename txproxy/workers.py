@@ -31,6 +31,7 @@ Limits are per worker unless C{--redis} shares them.
 from __future__ import annotations
 
 import os
+import platform
 import shutil
 import signal
 import socket
@@ -44,6 +45,8 @@ from twisted.internet import defer, error
 from twisted.internet.protocol import ProcessProtocol, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+
+from txproxy.tuning import withPyPyNursery
 
 __all__ = [
     "WorkerSupervisor",
@@ -334,6 +337,7 @@ class _Worker:
         env[WORKER_ADMIN_ENV] = f"unix:{self.adminPath}"
         env[SUPERVISOR_PID_ENV] = str(os.getpid())
         env["PYTHONPATH"] = os.pathsep.join(p for p in [s.packageRoot, env.get("PYTHONPATH", "")] if p)
+        withPyPyNursery(env, platform.python_implementation())
         self.exited = defer.Deferred()
         self.process = s.reactor.spawnProcess(
             _WorkerProtocol(self),
