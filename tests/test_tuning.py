@@ -9,6 +9,7 @@ C{setsockopt}, through a reload, and once on a real loopback connection.
 from __future__ import annotations
 
 import os
+import platform
 import socket
 import sys
 import tempfile
@@ -24,7 +25,16 @@ from txproxy.config import ListenerConfig, fromTOML, loadFile
 from txproxy.forward import ForwardProxyProtocol
 from txproxy.tcp import TCPProxyFactory
 from txproxy.testing import FakeConnector, FakeTransport, forwardFactory
-from txproxy.tuning import PYPY_NURSERY, applySocketOptions, pypyNurseryHint, socketOf, socketOptions, withPyPyNursery
+from txproxy.tuning import (
+    PYPY_JIT_PARAMS,
+    PYPY_NURSERY,
+    applySocketOptions,
+    pypyNurseryHint,
+    socketOf,
+    socketOptions,
+    tunePyPyJIT,
+    withPyPyNursery,
+)
 
 NODELAY = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 KEEPALIVE = (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
@@ -337,3 +347,49 @@ class PyPyNurseryTests(SynchronousTestCase):
         self.assertIn("PYPY_GC_NURSERY=32M", hint)
         self.assertIsNone(pypyNurseryHint({"PYPY_GC_NURSERY": "32M"}, "PyPy"))
         self.assertIsNone(pypyNurseryHint({}, "CPython"))
+
+
+class PyPyJITTests(SynchronousTestCase):
+    """
+    L{tunePyPyJIT}.
+    """
+
+    def test_notPyPy(self) -> None:
+        """
+        Nothing is done on another interpreter.
+        """
+        self.assertEqual(tunePyPyJIT({}, "CPython"), (None, None))
+
+    def test_emptyKeepsDefaults(self) -> None:
+        """
+        An empty C{TXPROXY_PYPY_JIT} leaves PyPy's defaults.
+        """
+        self.assertEqual(tunePyPyJIT({"TXPROXY_PYPY_JIT": " "}, "PyPy"), (None, None))
+
+    def test_traceLimitTooHigh(self) -> None:
+        """
+        A C{trace_limit} above what PyPy accepts is refused before PyPy sees
+        it, with one line.
+        """
+        params, refused = tunePyPyJIT({"TXPROXY_PYPY_JIT": "threshold=500,trace_limit=30000"}, "PyPy")
+        self.assertIsNone(params)
+        assert refused is not None
+        self.assertIn("at most 16384", refused)
+
+    def test_onPyPy(self) -> None:
+        """
+        On PyPy the parameters are set; a name PyPy does not know is
+        reported, not raised.
+        """
+        if platform.python_implementation() != "PyPy":
+            # Without pypyjit the import fails: reported, not raised.
+            params, refused = tunePyPyJIT({}, "PyPy")
+            self.assertIsNone(params)
+            assert refused is not None
+            self.assertIn("refused", refused)
+            return
+        self.assertEqual(tunePyPyJIT({}, "PyPy"), (PYPY_JIT_PARAMS, None))
+        params, refused = tunePyPyJIT({"TXPROXY_PYPY_JIT": "no_such_param=1"}, "PyPy")
+        self.assertIsNone(params)
+        assert refused is not None
+        self.assertIn("no_such_param", refused)

@@ -354,11 +354,17 @@ class ProxyService(MultiService):
         import os
         import platform
 
-        from txproxy.tuning import pypyNurseryHint
+        from txproxy.tuning import pypyNurseryHint, tunePyPyJIT
 
-        hint = pypyNurseryHint(os.environ, platform.python_implementation())
+        implementation = platform.python_implementation()
+        hint = pypyNurseryHint(os.environ, implementation)
         if hint is not None:
             log.info("{hint}", hint=hint)
+        params, refused = tunePyPyJIT(os.environ, implementation)
+        if params is not None:
+            log.info("PyPy JIT parameters: {params}", params=params)
+        elif refused is not None:
+            log.warn("{refused}", refused=refused)
         if self.streamlineReactor:
             from txproxy._loop import streamline
 
