@@ -359,6 +359,76 @@ class ReverseProxyTLSIntegrationTests(SynchronousTestCase):
                     self.assertIn(status, response.split(b"\r\n", 1)[0], (host, response))
 
 
+class HTTPSBackendIntegrationTests(SynchronousTestCase):
+    """
+    C{twistd -n txproxy --mode reverse} to C{https://} backends (a Python
+    TLS server with a certificate from a test CA): verified against the
+    route's C{ca_bundle} and the backend's name, refused (C{502}) for a
+    name the certificate does not carry, reached anyway with
+    C{tls_verify = false}.
+    """
+
+    def setUp(self) -> None:
+        from tests.procs import ThreadedServer, Twistd, freePort
+
+        self.ca = TestCA()
+        self.addCleanup(shutil.rmtree, self.ca.dir, True)
+        pem = self.ca.issue(["localhost", "127.0.0.1"], "backend.pem")
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(pem)
+        self.backend = ThreadedServer(_backendHandler, wrap=lambda conn: ctx.wrap_socket(conn, server_side=True))
+        self.addCleanup(self.backend.stop)
+        self.port = freePort()
+        back = self.backend.port
+        path = os.path.join(self.ca.dir, "proxy.toml")
+        with open(path, "w") as f:
+            f.write(f"""\
+[[listeners]]
+listen = ["tcp:{self.port}:interface=127.0.0.1"]
+mode = "reverse"
+
+  [[listeners.routes]]
+  host = "name.test"
+  upstreams = ["https://localhost:{back}"]
+  ca_bundle = "{self.ca.caPath}"
+
+  [[listeners.routes]]
+  host = "ip.test"
+  upstreams = ["https://127.0.0.1:{back}"]
+  ca_bundle = "{self.ca.caPath}"
+
+  [[listeners.routes]]
+  host = "untrusted.test"
+  upstreams = ["https://localhost:{back}"]
+
+  [[listeners.routes]]
+  host = "unchecked.test"
+  upstreams = ["https://localhost:{back}"]
+  tls_verify = false
+""")
+        self.proxy = Twistd(["--config", path], port=self.port)
+        self.proxy.start()
+        self.addCleanup(self.proxy.stop)
+
+    def test_backends(self) -> None:
+        """
+        Verified by name and by IP address: 200 with the backend's answer;
+        a CA the proxy does not trust: 502; verification off: 200.  The
+        proxy logs no traceback.
+        """
+        for host, status in [("name.test", b" 200 "), ("ip.test", b" 200 "), ("untrusted.test", b" 502 "),
+                             ("unchecked.test", b" 200 "), ("name.test", b" 200 ")]:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=10) as sock:
+                response = _request(sock, host)
+            self.assertIn(status, response.split(b"\r\n", 1)[0], (host, response))
+            if status == b" 200 ":
+                self.assertIn(b"backend saw GET / HTTP/1.1", response)
+        self.assertEqual(self.proxy.stop(), 0)
+        log = self.proxy.stdout() + self.proxy.stderr()
+        self.assertNotIn("Traceback", log)
+        self.assertNotIn("Unhandled", log)
+
+
 def _request(sock: Any, host: str) -> bytes:
     """
     Send one keep-alive request on C{sock}; return the whole response.

@@ -32,7 +32,7 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from tests.procs import TestCA
-from txproxy._tlsserver import TLSServerFactory, TLSServerProtocol
+from txproxy._tlsproto import TLSServerFactory, TLSServerProtocol
 from txproxy.errors import ConfigError
 from txproxy.tls import (
     CertificateStore,

@@ -25,7 +25,7 @@ from txproxy.http import RequestHead, parseAbsoluteURI, parseHostHeader
 from txproxy.httpproxy import HTTPProxyFactory, HTTPProxyProtocol, HTTPRequest, UpstreamHTTPProtocol, _OneShotFactory
 from txproxy.limiter import ALLOWED, Decision
 from txproxy.proxyprotocol import headerFor
-from txproxy.tls import hostMatchesNames, isTLSTransport, servedNames
+from txproxy.tls import hostMatchesNames, isTLSTransport, servedNames, wrapClientTLS
 
 __all__ = ["ReverseProxyProtocol", "ReverseProxyFactory", "forwardedHeaders"]
 
@@ -408,12 +408,8 @@ class ReverseProxyProtocol(HTTPProxyProtocol):
                 # On the raw connection, before TLS if any.
                 endpoint = _HeaderFirstEndpoint(endpoint, header)
             if url is not None and url.scheme == "https":
-                from twisted.internet.endpoints import wrapClientTLS
-
-                from txproxy.tls import clientTLSOptions
-
                 config = self._route.config
-                endpoint = wrapClientTLS(clientTLSOptions(url.host, config.caBundle, config.tlsVerify), endpoint)
+                endpoint = wrapClientTLS(endpoint, url.host, config.caBundle, config.tlsVerify)
             host = f"[{url.host}]" if url is not None and ":" in url.host else (url.host if url else "")
             self._upstreamAddress = f"{host}:{url.port}" if url is not None else backend.key
             return endpoint.connect(_OneShotFactory(proto))

@@ -1,6 +1,6 @@
-# -*- test-case-name: tests.test_tlsserver -*-
+# -*- test-case-name: tests.test_tlsproto -*-
 """
-Tests for L{txproxy._tlsserver}: the stdlib-C{ssl} server transport, in
+Tests for L{txproxy._tlsproto}: the stdlib-C{ssl} server transport, in
 memory against a stdlib client (no sockets): buffering before the
 handshake, closing, C{close_notify}, errors, flow control.
 """
@@ -23,7 +23,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from tests.test_tls import sharedCA, writeCertificate
-from txproxy._tlsserver import TLSServerFactory, TLSServerProtocol
+from txproxy._tlsproto import TLSServerFactory, TLSServerProtocol
 from txproxy.tls import ServerTLSOptions
 
 
@@ -407,3 +407,170 @@ class TLSServerProtocolTests(SynchronousTestCase):
         factory.doStop()
         self.assertEqual(events, ["start", "stop"])
         self.assertEqual(factory.logPrefix(), "AppFactory")
+
+
+class _ClientPair:
+    """
+    A L{TLSClientEndpoint}-made client protocol and a L{TLSServerProtocol}
+    joined in memory.
+    """
+
+    def __init__(self, options: ServerTLSOptions, hostname: str, caBundle: Optional[str], verify: bool = True) -> None:
+        from twisted.internet.testing import MemoryReactorClock
+
+        from txproxy.tls import wrapClientTLS
+
+        self.serverApp = App()
+        self.server = TLSServerProtocol(options.serverObject, self.serverApp)
+        self.serverTransport = StringTransport()
+        self.server.makeConnection(self.serverTransport)
+        reactor = MemoryReactorClock()
+        from twisted.internet.endpoints import TCP4ClientEndpoint
+
+        endpoint = wrapClientTLS(TCP4ClientEndpoint(reactor, "127.0.0.1", 443), hostname, caBundle, verify)
+        self.clientApp = App()
+        d = endpoint.connect(Factory.forProtocol(lambda: self.clientApp))
+        factory = reactor.tcpClients[0][2]
+        self.client = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 443))
+        self.clientTransport = StringTransport()
+        self.client.makeConnection(self.clientTransport)
+        factory.clientConnectionMade = None
+        self.connected = d
+        self.pump()
+
+    def pump(self) -> None:
+        for _ in range(20):
+            moved = False
+            for src, dst in ((self.clientTransport, self.server), (self.serverTransport, self.client)):
+                data = src.value()
+                if data:
+                    src.clear()
+                    dst.dataReceived(data)
+                    moved = True
+            if not moved:
+                return
+
+
+class TLSClientTests(SynchronousTestCase):
+    """
+    L{txproxy.tls.wrapClientTLS}: the stdlib client against the stdlib
+    server, in memory.
+    """
+
+    def setUp(self) -> None:
+        root = tempfile.mkdtemp(prefix="txproxy-tlsclient-")
+        self.addCleanup(shutil.rmtree, root, True)
+        self.caPath = sharedCA().caPath
+        names = os.path.join(root, "names")
+        os.mkdir(names)
+        writeCertificate(os.path.join(names, "a.pem"), ["a.test"])
+        self.options = ServerTLSOptions(names)
+        ips = os.path.join(root, "ips")
+        os.mkdir(ips)
+        writeCertificate(os.path.join(ips, "ip.pem"), ["127.0.0.1"])
+        self.ipOptions = ServerTLSOptions(ips)
+
+    def test_verifiedExchange(self) -> None:
+        """
+        A server whose certificate chains to the bundle and names the host
+        is reached: SNI names it, ALPN is C{http/1.1}, what the client wrote
+        before the handshake goes out after it, and bytes cross both ways.
+        """
+        pair = _ClientPair(self.options, "a.test", self.caPath)
+        self.assertTrue(pair.clientApp.handshakes)
+        self.assertEqual(pair.server.getHandle().txproxyServerName, "a.test")
+        self.assertEqual(pair.clientApp.transport.negotiatedProtocol, b"http/1.1")
+        pair.clientApp.transport.write(b"GET / HTTP/1.1\r\n\r\n")
+        pair.pump()
+        self.assertEqual(b"".join(pair.serverApp.received), b"GET / HTTP/1.1\r\n\r\n")
+        pair.serverApp.transport.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+        pair.pump()
+        self.assertEqual(b"".join(pair.clientApp.received), b"HTTP/1.1 204 No Content\r\n\r\n")
+
+    def test_writeBeforeHandshakeWaits(self) -> None:
+        """
+        Bytes written as soon as the TCP connection is made wait for the
+        handshake and the name check.
+        """
+        pair = _ClientPair.__new__(_ClientPair)
+        # Build by hand to write before the first pump.
+        from twisted.internet.endpoints import TCP4ClientEndpoint
+        from twisted.internet.testing import MemoryReactorClock
+
+        from txproxy.tls import wrapClientTLS
+
+        pair.serverApp = App()
+        pair.server = TLSServerProtocol(self.options.serverObject, pair.serverApp)
+        pair.serverTransport = StringTransport()
+        pair.server.makeConnection(pair.serverTransport)
+        reactor = MemoryReactorClock()
+        app = App()
+        app.greeting = b"early bytes"
+        pair.clientApp = app
+        wrapClientTLS(TCP4ClientEndpoint(reactor, "127.0.0.1", 443), "a.test", self.caPath).connect(Factory.forProtocol(lambda: app))
+        pair.client = reactor.tcpClients[0][2].buildProtocol(None)
+        pair.clientTransport = StringTransport()
+        pair.client.makeConnection(pair.clientTransport)
+        self.assertEqual(records(pair.clientTransport.value()), [22])  # the ClientHello alone
+        pair.pump()
+        self.assertEqual(b"".join(pair.serverApp.received), b"early bytes")
+
+    def test_wrongNameRefused(self) -> None:
+        """
+        A certificate for another name fails the connection with
+        service_identity's error; nothing the client wrote is sent.
+        """
+        from service_identity import VerificationError
+
+        pair = _ClientPair(self.options, "c.test", self.caPath)
+        pair.clientApp.transport.write(b"secret")
+        pair.pump()
+        self.assertTrue(pair.clientTransport.disconnecting)
+        self.assertEqual(pair.serverApp.received, [])
+        pair.client.connectionLost(Failure(ConnectionDone()))
+        self.assertIsInstance(pair.clientApp.lost.value, VerificationError)
+
+    def test_untrustedRefused(self) -> None:
+        """
+        Without the bundle (the platform's trust store), the test CA is not
+        trusted: the handshake fails with a certificate error.
+        """
+        pair = _ClientPair(self.options, "a.test", None)
+        self.assertTrue(pair.clientTransport.disconnecting)
+        pair.client.connectionLost(Failure(ConnectionDone()))
+        self.assertIsInstance(pair.clientApp.lost.value, ssl.SSLCertVerificationError)
+        self.assertEqual(pair.clientApp.handshakes, 0)
+
+    def test_verifyOff(self) -> None:
+        """
+        With C{verify=False} neither the issuer nor the name is checked.
+        """
+        pair = _ClientPair(self.options, "c.test", None, verify=False)
+        self.assertTrue(pair.clientApp.handshakes)
+        self.assertFalse(pair.clientTransport.disconnecting)
+
+    def test_ipAddress(self) -> None:
+        """
+        An IP address is checked against the certificate's IP names, and
+        sent without SNI.
+        """
+        ok = _ClientPair(self.ipOptions, "127.0.0.1", self.caPath)
+        self.assertTrue(ok.clientApp.handshakes)
+        self.assertIsNone(getattr(ok.server.getHandle(), "txproxyServerName", None))
+        wrong = _ClientPair(self.ipOptions, "127.0.0.2", self.caPath)
+        self.assertEqual(wrong.clientApp.handshakes, 0)
+        self.assertTrue(wrong.clientTransport.disconnecting)
+
+    def test_badBundle(self) -> None:
+        """
+        A bundle that cannot be read is a one-line L{ConfigError}.
+        """
+        from twisted.internet.endpoints import TCP4ClientEndpoint
+        from twisted.internet.testing import MemoryReactorClock
+
+        from txproxy.errors import ConfigError
+        from txproxy.tls import wrapClientTLS
+
+        endpoint = TCP4ClientEndpoint(MemoryReactorClock(), "127.0.0.1", 443)
+        e = self.assertRaises(ConfigError, wrapClientTLS, endpoint, "a.test", "/nonexistent/ca.pem")
+        self.assertIn("/nonexistent/ca.pem", str(e))

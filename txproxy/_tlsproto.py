@@ -1,8 +1,10 @@
-# -*- test-case-name: tests.test_tls -*-
+# -*- test-case-name: tests.test_tlsproto -*-
 """
-The server side of TLS on the standard library's C{ssl} module: an
-C{ssl.SSLObject} over two memory BIOs, wrapped around the application
-protocol as its transport.
+TLS on the standard library's C{ssl} module: an C{ssl.SSLObject} over two
+memory BIOs, wrapped around the application protocol as its transport.
+L{TLSServerProtocol} is the server side of TLS listeners,
+L{TLSClientProtocol} the client side of connections to C{https://}
+backends.
 
 Why not Twisted's L{twisted.protocols.tls.TLSMemoryBIOProtocol}: it drives
 pyOpenSSL through cffi, and every C{recv}/C{bio_read} there allocates a
@@ -44,7 +46,7 @@ from twisted.python.failure import Failure
 
 from txproxy.relay import fastSender
 
-__all__ = ["TLSServerFactory", "TLSServerProtocol"]
+__all__ = ["TLSClientFactory", "TLSClientProtocol", "TLSServerFactory", "TLSServerProtocol"]
 
 _WantRead = ssl.SSLWantReadError
 _SSLError = ssl.SSLError
@@ -94,7 +96,7 @@ class TLSServerProtocol(Protocol):
         self.wrappedProtocol.makeConnection(self)
 
     def dataReceived(self, data: bytes) -> None:
-        if self.disconnected:
+        if self.disconnected or self._reason is not None:
             return
         self._in.write(data)
         sslobj = self._sslobj
@@ -108,7 +110,7 @@ class TLSServerProtocol(Protocol):
                 self._failed(e)
                 return
             self._handshaken()
-            if self.disconnected or not self._in.pending:
+            if self.disconnected or self._reason is not None or not self._in.pending:
                 return
         deliver = self.wrappedProtocol.dataReceived
         incoming = self._in
@@ -150,6 +152,8 @@ class TLSServerProtocol(Protocol):
             self._wire(out.read())
 
     def _handshaken(self) -> None:
+        if not self._verified():
+            return
         self._handshakeDone = True
         self._flush()
         app = self.wrappedProtocol
@@ -162,6 +166,13 @@ class TLSServerProtocol(Protocol):
             self._sendClose()
             if not self._writeShut:
                 self.transport.loseConnection()
+
+    def _verified(self) -> bool:
+        """
+        Whether the handshake's outcome is acceptable (the client side
+        checks the server's name here); else the connection is failed.
+        """
+        return True
 
     def _failed(self, error: BaseException) -> None:
         """
@@ -346,5 +357,77 @@ class TLSServerFactory(Factory):
         if app is None:
             return None
         proto = TLSServerProtocol(self._newObject, app)
+        proto.factory = self
+        return proto
+
+
+class TLSClientProtocol(TLSServerProtocol):
+    """
+    The client side: the handshake starts as soon as the TCP connection is
+    made, and nothing the application wrote is sent, nor anything received
+    delivered, before the server's certificate has passed C{verify}.
+    """
+
+    def __init__(
+        self, newObject: Callable[[Any, Any], Any], wrappedProtocol: Any, verify: Optional[Callable[[Any], None]] = None
+    ) -> None:
+        """
+        @param newObject: makes the client-side L{ssl.SSLObject} from the
+            incoming and outgoing L{ssl.MemoryBIO}.
+        @param wrappedProtocol: the application protocol.
+        @param verify: called with the L{ssl.SSLObject} once the handshake
+            is over; raises to refuse the server (its exception is the
+            application's C{connectionLost} reason).  L{None}: no check
+            beyond what the context does.
+        """
+        super().__init__(newObject, wrappedProtocol)
+        self._verify = verify
+
+    def makeConnection(self, transport: Any) -> None:
+        super().makeConnection(transport)
+        if self.disconnected or self._handshakeDone:
+            return
+        try:
+            self._sslobj.do_handshake()
+        except _WantRead:
+            pass  # the ClientHello is in the outgoing BIO
+        except (_SSLError, OSError) as e:
+            self._failed(e)
+            return
+        self._flush()
+
+    def _verified(self) -> bool:
+        if self._verify is None:
+            return True
+        try:
+            self._verify(self._sslobj)
+        except Exception as e:  # service_identity raises several kinds
+            self._failed(e)
+            return False
+        return True
+
+
+class TLSClientFactory(Factory):
+    """
+    Wraps the protocol of C{wrappedFactory} in L{TLSClientProtocol}, for a
+    client endpoint's C{connect}.
+    """
+
+    def __init__(self, newObject: Callable[[Any, Any], Any], wrappedFactory: Any, verify: Optional[Callable[[Any], None]] = None) -> None:
+        self._newObject = newObject
+        self.wrappedFactory = wrappedFactory
+        self._verify = verify
+
+    def doStart(self) -> None:
+        self.wrappedFactory.doStart()
+
+    def doStop(self) -> None:
+        self.wrappedFactory.doStop()
+
+    def buildProtocol(self, addr: Any) -> Optional[TLSClientProtocol]:
+        app = self.wrappedFactory.buildProtocol(addr)
+        if app is None:
+            return None
+        proto = TLSClientProtocol(self._newObject, app, self._verify)
         proto.factory = self
         return proto
