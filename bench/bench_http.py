@@ -25,6 +25,11 @@ interleaved, then stopped):
   metrics   txproxy reverse with and without --admin
   workers   txproxy reverse --workers 1 vs 2; here the proxy may use BOTH
             cores (taskset -c 0,1) and shares core 0 with wrk and the origin
+  upstream-tls  reverse proxy to the origin's TLS port (TLS 1.3, certificate
+            verified against the benchmark's self-signed one, connections kept
+            alive): txproxy (an https:// route with ca_bundle), haproxy
+            (server ... ssl verify required), nginx (proxy_pass https://,
+            proxy_ssl_verify on); wrk -c50 in plain HTTP to each
   router    bench/bench_router.py (route lookup, 10 and 10,000 routes)
 
 Each measurement: REPEATS rounds (default 3) of SECONDS (default 5); the
@@ -185,9 +190,17 @@ http {{
     return B.Server(name, ["nginx", "-p", tmp, "-e", f"{tmp}/error.log", "-c", conf], cpu, tmp)
 
 
-def start_origin(tmp: str, port: int) -> B.Server:
+def start_origin(tmp: str, port: int, tls_port: int = 0, ctx: Optional["Ctx"] = None) -> B.Server:
+    tls = ""
+    if tls_port and ctx is not None:
+        # The same answer over TLS, for the upstream-TLS group.
+        tls = f"""
+    listen 127.0.0.1:{tls_port} ssl backlog=4096;
+    ssl_certificate {ctx.cert};
+    ssl_certificate_key {ctx.key};
+    ssl_session_tickets on;"""
     return nginx_server("origin", tmp, B.GEN_CPU, f"""\
-    listen 127.0.0.1:{port} backlog=4096;
+    listen 127.0.0.1:{port} backlog=4096;{tls}
     location / {{ return 200 "hello world\\n"; }}""")
 
 
@@ -195,7 +208,7 @@ def make_cert(tmp: str) -> tuple[str, str]:
     key, cert = os.path.join(tmp, "key.pem"), os.path.join(tmp, "cert.pem")
     subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
                     "-nodes", "-keyout", key, "-out", cert, "-days", "2", "-subj", f"/CN={ROUTE_HOST}",
-                    "-addext", f"subjectAltName=DNS:{ROUTE_HOST}"],
+                    "-addext", f"subjectAltName=DNS:{ROUTE_HOST},IP:127.0.0.1"],
                    check=True, capture_output=True, timeout=30)
     return key, cert
 
@@ -206,6 +219,7 @@ class Ctx:
     key: str = ""
     cert: str = ""
     redis: int = 0
+    origin_tls: int = 0
 
 
 def twistd(python: str) -> list[str]:
@@ -286,6 +300,73 @@ def start_nginx_proxy(tmp: str, ports: dict, ctx: Ctx) -> B.Server:
     }}""", http_extra=f"""\
   upstream origin {{
     server 127.0.0.1:{ctx.origin};
+    keepalive 64;
+    keepalive_requests 10000000;
+  }}""")
+
+
+# The upstream-TLS group: every proxy takes plain HTTP from wrk and talks
+# TLS 1.3 to the origin's TLS port, verifying its certificate (self-signed,
+# SAN IP:127.0.0.1, trusted explicitly), over kept-alive connections.
+
+def start_txproxy_tls_upstream(python: str):
+    def start(tmp: str, ports: dict, ctx: Ctx) -> B.Server:
+        conf = os.path.join(tmp, "upstream-tls.toml")
+        with open(conf, "w") as f:
+            f.write(f"""\
+[[listeners]]
+listen = ["tcp:{ports['http']}:interface=127.0.0.1:backlog=1024"]
+mode = "reverse"
+  [[listeners.routes]]
+  host = "*"
+  upstreams = ["https://127.0.0.1:{ctx.origin_tls}"]
+  ca_bundle = "{ctx.cert}"
+""")
+        argv = twistd(python) + ["--config", conf]
+        env = dict(os.environ, PYTHONPATH=B.REPO)
+        return B.Server("txproxy", argv, B.PROXY_CPU, tmp, env=env, cwd=B.REPO)
+    return start
+
+
+def start_haproxy_tls_upstream(tmp: str, ports: dict, ctx: Ctx) -> B.Server:
+    conf = os.path.join(tmp, "haproxy.cfg")
+    with open(conf, "w") as f:
+        f.write(f"""\
+global
+  nbthread 1
+  maxconn 9500
+defaults
+  mode http
+  option http-keep-alive
+  http-reuse always
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  timeout http-keep-alive 60s
+frontend fe
+  bind 127.0.0.1:{ports['http']}
+  default_backend origin
+backend origin
+  server o1 127.0.0.1:{ctx.origin_tls} ssl verify required ca-file {ctx.cert} alpn http/1.1
+""")
+    return B.Server("haproxy", ["haproxy", "-db", "-f", conf], B.PROXY_CPU, tmp)
+
+
+def start_nginx_tls_upstream(tmp: str, ports: dict, ctx: Ctx) -> B.Server:
+    return nginx_server("nginx", tmp, B.PROXY_CPU, f"""\
+    listen 127.0.0.1:{ports['http']} backlog=4096;
+    location / {{
+      proxy_pass https://origin;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_ssl_verify on;
+      proxy_ssl_trusted_certificate {ctx.cert};
+      proxy_ssl_name app.test;
+      proxy_ssl_server_name on;
+      proxy_ssl_session_reuse on;
+    }}""", http_extra=f"""\
+  upstream origin {{
+    server 127.0.0.1:{ctx.origin_tls};
     keepalive 64;
     keepalive_requests 10000000;
   }}""")
@@ -425,10 +506,25 @@ def build_groups(args) -> list[Group]:
     ], [Measure("workers", "Workers, txproxy reverse keep-alive; the PROXY MAY USE BOTH CORES and shares "
                 "core 0 with wrk and the origin (wrk -t1 -c50)", "wrk-reverse")],
         ratios=[("workers-2", "workers-1", None)])
-    return [forward, reverse, limiter, metrics, workers]
+    up = [Variant("txproxy", "txproxy", start_txproxy_tls_upstream(cpy), tx_avail(cpy),
+                  note="CPython, https:// backend, ca_bundle")]
+    if want_pypy:
+        up.append(Variant("txproxy-pypy", "txproxy-pypy", start_txproxy_tls_upstream(pypy), tx_avail(pypy),
+                          python=pypy, warmup=pypy_warm, note="PyPy, https:// backend, ca_bundle"))
+    up += [
+        Variant("haproxy", "haproxy", start_haproxy_tls_upstream, lambda: B.have("haproxy"),
+                note="server ... ssl verify required, http-reuse always"),
+        Variant("nginx", "nginx", start_nginx_tls_upstream, lambda: B.have("nginx"),
+                note="proxy_pass https://, proxy_ssl_verify on, keepalive 64"),
+    ]
+    upstream_tls = Group("upstream-tls", up, [
+        Measure("upstream-tls", "Reverse proxy to an https:// origin (TLS 1.3 to the backend, verified, "
+                "kept alive); keep-alive HTTP clients (wrk -t1 -c50)", "wrk-reverse"),
+    ], ratios=[(t, p, None) for t in txs for p in ("haproxy", "nginx")])
+    return [forward, reverse, limiter, metrics, workers, upstream_tls]
 
 
-GROUP_NAMES = ["forward", "reverse", "limiter", "metrics", "workers", "router"]
+GROUP_NAMES = ["forward", "reverse", "limiter", "metrics", "workers", "upstream-tls", "router"]
 
 
 # ------------------------------------------------------------------ running a group
@@ -695,9 +791,9 @@ def main() -> int:
     t0 = time.time()
     tmp = B.mktemp("http-origin")
     origin_port = B.free_port()
-    ctx = Ctx(origin=origin_port)
+    ctx = Ctx(origin=origin_port, origin_tls=B.free_port())
     ctx.key, ctx.cert = make_cert(tmp)
-    origin = B.start_and_wait(start_origin(tmp, origin_port), origin_port)
+    origin = B.start_and_wait(start_origin(tmp, origin_port, ctx.origin_tls, ctx), origin_port)
     redis = None
     try:
         if any(g.needs_redis for g in groups):

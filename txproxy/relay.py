@@ -269,7 +269,11 @@ class Relay:
     @ivar startedAt: clock time of L{start}.
     @ivar endedAt: clock time both sides were closed, or L{None}.
     @ivar finished: a L{Deferred} firing with this relay when both sides
-        are closed.
+        are closed (built on first use).
+    @ivar onEnded: L{None}, or a callable given this relay once, when both
+        sides are closed (before C{finished} fires); cheaper than
+        C{finished}, which is why the modes use it.  Exceptions it raises
+        are not caught.
     @ivar closeReason: why the relay ended early: C{"idle"}, C{"aborted"},
         or L{None} for a normal end.
     """
