@@ -258,13 +258,9 @@ def start_twisted(mode: str):
     return start
 
 
-def start_haproxy(tmp: str, ports: dict, ctx: Ctx) -> B.Server:
-    pem = os.path.join(tmp, "haproxy.pem")
-    with open(pem, "w") as f:
-        f.write(open(ctx.cert).read() + open(ctx.key).read())
-    conf = os.path.join(tmp, "haproxy.cfg")
-    with open(conf, "w") as f:
-        f.write(f"""\
+#: The start of every HAProxy configuration here: one thread, HTTP mode,
+#: keep-alive both ways, backend connections reused.
+HAPROXY_HEAD = """\
 global
   nbthread 1
   maxconn 9500
@@ -276,6 +272,16 @@ defaults
   timeout client 60s
   timeout server 60s
   timeout http-keep-alive 60s
+"""
+
+
+def start_haproxy(tmp: str, ports: dict, ctx: Ctx) -> B.Server:
+    pem = os.path.join(tmp, "haproxy.pem")
+    with open(pem, "w") as f:
+        f.write(open(ctx.cert).read() + open(ctx.key).read())
+    conf = os.path.join(tmp, "haproxy.cfg")
+    with open(conf, "w") as f:
+        f.write(HAPROXY_HEAD + f"""\
 frontend fe
   bind 127.0.0.1:{ports['http']}
   bind 127.0.0.1:{ports['https']} ssl crt {pem} ssl-min-ver TLSv1.3
@@ -331,18 +337,7 @@ mode = "reverse"
 def start_haproxy_tls_upstream(tmp: str, ports: dict, ctx: Ctx) -> B.Server:
     conf = os.path.join(tmp, "haproxy.cfg")
     with open(conf, "w") as f:
-        f.write(f"""\
-global
-  nbthread 1
-  maxconn 9500
-defaults
-  mode http
-  option http-keep-alive
-  http-reuse always
-  timeout connect 5s
-  timeout client 60s
-  timeout server 60s
-  timeout http-keep-alive 60s
+        f.write(HAPROXY_HEAD + f"""\
 frontend fe
   bind 127.0.0.1:{ports['http']}
   default_backend origin

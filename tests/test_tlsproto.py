@@ -415,7 +415,16 @@ class _ClientPair:
     joined in memory.
     """
 
-    def __init__(self, options: ServerTLSOptions, hostname: str, caBundle: Optional[str], verify: bool = True) -> None:
+    def __init__(
+        self, options: ServerTLSOptions, hostname: str, caBundle: Optional[str], verify: bool = True,
+        greeting: bytes = b"", pump: bool = True,
+    ) -> None:
+        """
+        @param greeting: what the client application writes as soon as
+            its connection is made.
+        @param pump: whether to move bytes (the handshake) at once.
+        """
+        from twisted.internet.endpoints import TCP4ClientEndpoint
         from twisted.internet.testing import MemoryReactorClock
 
         from txproxy.tls import wrapClientTLS
@@ -425,18 +434,15 @@ class _ClientPair:
         self.serverTransport = StringTransport()
         self.server.makeConnection(self.serverTransport)
         reactor = MemoryReactorClock()
-        from twisted.internet.endpoints import TCP4ClientEndpoint
-
         endpoint = wrapClientTLS(TCP4ClientEndpoint(reactor, "127.0.0.1", 443), hostname, caBundle, verify)
         self.clientApp = App()
-        d = endpoint.connect(Factory.forProtocol(lambda: self.clientApp))
-        factory = reactor.tcpClients[0][2]
-        self.client = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 443))
+        self.clientApp.greeting = greeting
+        self.connected = endpoint.connect(Factory.forProtocol(lambda: self.clientApp))
+        self.client = reactor.tcpClients[0][2].buildProtocol(IPv4Address("TCP", "127.0.0.1", 443))
         self.clientTransport = StringTransport()
         self.client.makeConnection(self.clientTransport)
-        factory.clientConnectionMade = None
-        self.connected = d
-        self.pump()
+        if pump:
+            self.pump()
 
     def pump(self) -> None:
         for _ in range(20):
@@ -478,6 +484,7 @@ class TLSClientTests(SynchronousTestCase):
         """
         pair = _ClientPair(self.options, "a.test", self.caPath)
         self.assertTrue(pair.clientApp.handshakes)
+        self.assertIs(self.successResultOf(pair.connected), pair.clientApp)
         self.assertEqual(pair.server.getHandle().txproxyServerName, "a.test")
         self.assertEqual(pair.clientApp.transport.negotiatedProtocol, b"http/1.1")
         pair.clientApp.transport.write(b"GET / HTTP/1.1\r\n\r\n")
@@ -492,25 +499,7 @@ class TLSClientTests(SynchronousTestCase):
         Bytes written as soon as the TCP connection is made wait for the
         handshake and the name check.
         """
-        pair = _ClientPair.__new__(_ClientPair)
-        # Build by hand to write before the first pump.
-        from twisted.internet.endpoints import TCP4ClientEndpoint
-        from twisted.internet.testing import MemoryReactorClock
-
-        from txproxy.tls import wrapClientTLS
-
-        pair.serverApp = App()
-        pair.server = TLSServerProtocol(self.options.serverObject, pair.serverApp)
-        pair.serverTransport = StringTransport()
-        pair.server.makeConnection(pair.serverTransport)
-        reactor = MemoryReactorClock()
-        app = App()
-        app.greeting = b"early bytes"
-        pair.clientApp = app
-        wrapClientTLS(TCP4ClientEndpoint(reactor, "127.0.0.1", 443), "a.test", self.caPath).connect(Factory.forProtocol(lambda: app))
-        pair.client = reactor.tcpClients[0][2].buildProtocol(None)
-        pair.clientTransport = StringTransport()
-        pair.client.makeConnection(pair.clientTransport)
+        pair = _ClientPair(self.options, "a.test", self.caPath, greeting=b"early bytes", pump=False)
         self.assertEqual(records(pair.clientTransport.value()), [22])  # the ClientHello alone
         pair.pump()
         self.assertEqual(b"".join(pair.serverApp.received), b"early bytes")

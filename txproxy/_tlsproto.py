@@ -356,9 +356,12 @@ class TLSServerFactory(Factory):
         app = self.wrappedFactory.buildProtocol(addr)
         if app is None:
             return None
-        proto = TLSServerProtocol(self._newObject, app)
+        proto = self._wrap(app)
         proto.factory = self
         return proto
+
+    def _wrap(self, app: Any) -> TLSServerProtocol:
+        return TLSServerProtocol(self._newObject, app)
 
 
 class TLSClientProtocol(TLSServerProtocol):
@@ -407,27 +410,20 @@ class TLSClientProtocol(TLSServerProtocol):
         return True
 
 
-class TLSClientFactory(Factory):
+class TLSClientFactory(TLSServerFactory):
     """
     Wraps the protocol of C{wrappedFactory} in L{TLSClientProtocol}, for a
     client endpoint's C{connect}.
     """
 
     def __init__(self, newObject: Callable[[Any, Any], Any], wrappedFactory: Any, verify: Optional[Callable[[Any], None]] = None) -> None:
-        self._newObject = newObject
-        self.wrappedFactory = wrappedFactory
+        """
+        @param newObject: makes the client-side L{ssl.SSLObject}.
+        @param wrappedFactory: the application factory.
+        @param verify: see L{TLSClientProtocol}.
+        """
+        super().__init__(newObject, wrappedFactory)
         self._verify = verify
 
-    def doStart(self) -> None:
-        self.wrappedFactory.doStart()
-
-    def doStop(self) -> None:
-        self.wrappedFactory.doStop()
-
-    def buildProtocol(self, addr: Any) -> Optional[TLSClientProtocol]:
-        app = self.wrappedFactory.buildProtocol(addr)
-        if app is None:
-            return None
-        proto = TLSClientProtocol(self._newObject, app, self._verify)
-        proto.factory = self
-        return proto
+    def _wrap(self, app: Any) -> TLSServerProtocol:
+        return TLSClientProtocol(self._newObject, app, self._verify)

@@ -1033,6 +1033,22 @@ def _isIPLiteral(host: str) -> bool:
     return True
 
 
+def _bundleStamp(caBundle: Optional[str]) -> Any:
+    """
+    What identifies the current contents of a CA bundle file in the caches
+    of client TLS settings (so a changed file is read again), or L{None}.
+
+    @raise ConfigError: the file cannot be read.
+    """
+    if caBundle is None:
+        return None
+    try:
+        st = os.stat(caBundle)
+    except OSError as e:
+        raise ConfigError(f"CA bundle {caBundle}: {_oneLine(e)}") from None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
 @lru_cache(maxsize=256)
 def _clientTLSOptions(hostname: str, caBundle: Optional[str], stamp: Any, verify: bool) -> Any:
     from twisted.internet import ssl
@@ -1078,13 +1094,7 @@ def clientTLSOptions(hostname: str, caBundle: Optional[str] = None, verify: bool
         L{TLSMemoryBIOFactory}).
     @raise ConfigError: the bundle cannot be read or holds no certificate.
     """
-    stamp: Any = None
-    if caBundle is not None and verify:
-        try:
-            st = os.stat(caBundle)
-        except OSError as e:
-            raise ConfigError(f"CA bundle {caBundle}: {_oneLine(e)}") from None
-        stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+    stamp = _bundleStamp(caBundle) if verify else None
     return _clientTLSOptions(hostname, caBundle if verify else None, stamp, verify)
 
 
@@ -1183,12 +1193,6 @@ def wrapClientTLS(endpoint: Any, hostname: str, caBundle: Optional[str] = None, 
 
     @raise ConfigError: the bundle cannot be read or holds no certificate.
     """
-    stamp: Any = None
-    if caBundle is not None and verify:
-        try:
-            st = os.stat(caBundle)
-        except OSError as e:
-            raise ConfigError(f"CA bundle {caBundle}: {_oneLine(e)}") from None
-        stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+    stamp = _bundleStamp(caBundle) if verify else None
     context = _clientContext(caBundle if verify else None, stamp, verify)
     return TLSClientEndpoint(endpoint, hostname, context, verify)
