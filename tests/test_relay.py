@@ -12,7 +12,7 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from txproxy.relay import Relay, RelayedProtocol, fastSender
+from txproxy.relay import Relay, RelayedProtocol, fastSender, joinRelay
 from txproxy.testing import FakeTransport
 
 
@@ -306,6 +306,180 @@ class RelayIdleTests(SynchronousTestCase):
         late: List[Relay] = []
         other.finished.addCallback(late.append)
         self.assertEqual(late, [other])
+
+
+def _connected() -> Tuple[FakeTransport, FakeTransport, _Side, RelayedProtocol]:
+    """
+    A client-side protocol and an upstream L{RelayedProtocol}, each
+    connected to a fake transport, not joined yet.
+    """
+    client = FakeTransport(("10.0.0.1", 1000))
+    upstream = FakeTransport(("10.0.0.2", 2000))
+    cp = _Side()
+    up = RelayedProtocol()
+    client.protocol, upstream.protocol = cp, up
+    cp.makeConnection(client)
+    up.makeConnection(upstream)
+    return client, upstream, cp, up
+
+
+class JoinRelayTests(SynchronousTestCase):
+    """
+    L{joinRelay}, the one way to join two protocols.
+    """
+
+    def test_wiresBothProtocols(self) -> None:
+        """
+        Both protocols get the relay as C{relay} and its per-chunk methods
+        as C{dataReceived}; each transport is the other's streaming
+        producer; the paused client is resumed; the relay has the given
+        clock and idle timeout.
+        """
+        client, upstream, cp, up = _connected()
+        client.pauseProducing()
+        clock = Clock()
+        relay = joinRelay(cp, up, clock, 7)
+        self.assertIs(cp.relay, relay)
+        self.assertIs(up.relay, relay)
+        self.assertEqual(cp.dataReceived, relay.fromClient)
+        self.assertEqual(up.dataReceived, relay.fromUpstream)
+        self.assertIs(upstream.producer, client)
+        self.assertIs(client.producer, upstream)
+        self.assertFalse(client.paused)
+        self.assertIs(relay.clock, clock)
+        self.assertEqual(relay.idleTimeout, 7)
+        self.assertTrue(relay.active)
+
+    def test_pendingBytesFirstInOrder(self) -> None:
+        """
+        The client's early bytes go upstream before anything it sends after
+        the join; toward the client, C{fromUpstream} goes first, then what
+        the upstream protocol kept before the join, then later chunks.  All
+        are counted.
+        """
+        client, upstream, cp, up = _connected()
+        up.dataReceived(b"kept1 ")
+        up.dataReceived(b"kept2 ")
+        relay = joinRelay(cp, up, Clock(), fromClient=b"early ", fromUpstream=b"rest ")
+        cp.dataReceived(b"later")
+        up.dataReceived(b"after")
+        self.assertEqual(upstream.value(), b"early later")
+        self.assertEqual(client.value(), b"rest kept1 kept2 after")
+        self.assertEqual((relay.bytesUp, relay.bytesDown), (11, 22))
+        self.assertEqual(up.takePending(), b"")
+
+    def test_filtersSeePendingBytes(self) -> None:
+        """
+        The filters apply to the early bytes too.
+        """
+        client, upstream, cp, up = _connected()
+        up.dataReceived(b"banner")
+        joinRelay(
+            cp,
+            up,
+            Clock(),
+            fromClient=b"abc",
+            filterUp=lambda d: d.upper(),
+            filterDown=lambda d: d[::-1],
+        )
+        self.assertEqual(upstream.value(), b"ABC")
+        self.assertEqual(client.value(), b"rennab")
+
+    def test_upstreamHalfClosedBeforeJoin(self) -> None:
+        """
+        An upstream that sent its last bytes and half-closed before the
+        join: the bytes reach the client, then the client's write side is
+        shut down; the client can still send, and the relay stays open.
+        """
+        client, upstream, cp, up = _connected()
+        up.dataReceived(b"bye")
+        upstream.peerHalfClosed()
+        ended: List[Relay] = []
+        relay = joinRelay(cp, up, Clock(), onEnded=ended.append)
+        self.assertEqual(client.value(), b"bye")
+        self.assertTrue(client.writeClosed)
+        self.assertFalse(client.disconnecting)
+        cp.dataReceived(b"still talking")
+        self.assertEqual(upstream.value(), b"still talking")
+        self.assertTrue(relay.active)
+        client.peerHalfClosed()
+        self.assertTrue(client.closed and upstream.closed)
+        self.assertEqual(ended, [relay])
+
+    def test_upstreamClosedBeforeJoin(self) -> None:
+        """
+        An upstream that sent its last bytes and closed before the join: the
+        bytes reach the client, which is then closed; the relay ends (and
+        calls C{onEnded}) before L{joinRelay} returns.
+        """
+        client, upstream, cp, up = _connected()
+        up.dataReceived(b"last words")
+        upstream.peerClosed()
+        ended: List[Relay] = []
+        relay = joinRelay(cp, up, Clock(), fromClient=b"hello", onEnded=ended.append)
+        self.assertEqual(client.value(), b"last words")
+        self.assertTrue(client.disconnecting)
+        self.assertIsNone(client.producer)
+        self.assertEqual(ended, [relay])
+        self.assertFalse(relay.active)
+
+    def test_clientHalfClosedBeforeJoin(self) -> None:
+        """
+        C{clientReadLost=True}: the client's FIN is forwarded upstream after
+        its early bytes, and the upstream can still answer.
+        """
+        client, upstream, cp, up = _connected()
+        relay = joinRelay(cp, up, Clock(), fromClient=b"request", clientReadLost=True)
+        self.assertEqual(upstream.value(), b"request")
+        self.assertTrue(upstream.writeClosed)
+        self.assertFalse(upstream.disconnecting)
+        up.dataReceived(b"answer")
+        self.assertEqual(client.value(), b"answer")
+        self.assertTrue(relay.active)
+
+    def test_bothEndedBeforeJoin(self) -> None:
+        """
+        A client that half-closed and an upstream that closed before the
+        join: both connections are closed and C{onEnded} runs once.
+        """
+        client, upstream, cp, up = _connected()
+        upstream.peerClosed()
+        ended: List[Relay] = []
+        relay = joinRelay(cp, up, Clock(), clientReadLost=True, onEnded=ended.append)
+        self.assertTrue(client.closed and upstream.closed)
+        self.assertEqual(ended, [relay])
+
+    def test_onEndedOnce(self) -> None:
+        """
+        C{onEnded} is called once, with the relay, when both sides are
+        closed, however many close events follow.
+        """
+        client, upstream, cp, up = _connected()
+        ended: List[Relay] = []
+        relay = joinRelay(cp, up, Clock(), 10, onEnded=ended.append)
+        client.peerHalfClosed()
+        self.assertEqual(ended, [])
+        upstream.peerHalfClosed()
+        self.assertEqual(ended, [relay])
+        relay.clientLost()
+        relay.upstreamLost()
+        relay.abort()
+        self.assertEqual(ended, [relay])
+
+    def test_joinTwiceFails(self) -> None:
+        """
+        Joining a protocol that is already relayed raises L{ValueError} and
+        leaves the existing relay alone.
+        """
+        client, upstream, cp, up = _connected()
+        relay = joinRelay(cp, up, Clock())
+        client2, upstream2, cp2, up2 = _connected()
+        self.assertRaises(ValueError, joinRelay, cp, up2, Clock())
+        self.assertRaises(ValueError, joinRelay, cp2, up, Clock())
+        self.assertIs(cp.relay, relay)
+        self.assertIs(up.relay, relay)
+        self.assertIsNone(cp2.relay)
+        self.assertIsNone(up2.relay)
 
 
 class FastSenderTests(SynchronousTestCase):

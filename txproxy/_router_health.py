@@ -26,7 +26,6 @@ address, tcp-mode descriptions by C{endpointForDescription}.
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Any, List, Optional
 
 from twisted.internet.defer import Deferred, fail, succeed
@@ -35,6 +34,7 @@ from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from txproxy._common import isIPLiteral
 from txproxy._router_pool import Backend, HealthState
 from txproxy.config import HealthCheck, UpstreamURL
 from txproxy.proxyprotocol import formatV1, formatV2
@@ -53,14 +53,6 @@ class HealthCheckFailed(Exception):
     """
 
 
-def _isIPLiteral(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
 def endpointForBackend(connector: Any, backend: Backend) -> "Deferred[Any]":
     """
     Build a plain TCP client endpoint for C{backend} (TLS for C{https://}
@@ -74,7 +66,7 @@ def endpointForBackend(connector: Any, backend: Backend) -> "Deferred[Any]":
         return succeed(connector.endpointForDescription(backend.description))
     url = backend.url
     assert url is not None
-    if _isIPLiteral(url.host):
+    if isIPLiteral(url.host):
         return succeed(connector.endpointFor(url.host, url.port))
     d: Deferred[Any] = connector.resolve(url.host, url.port)
     d.addCallback(lambda addresses: connector.endpointFor(addresses[0], url.port))

@@ -9,24 +9,18 @@ from __future__ import annotations
 from typing import Any, List, Optional
 
 from twisted.internet import defer
-from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet.abstract import isIPv6Address
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, clientFromString
 from twisted.internet.interfaces import IResolutionReceiver
 from twisted.internet.protocol import ClientFactory
 from zope.interface import implementer
 
+from txproxy._common import isIPLiteral
 from txproxy.errors import ResolveError
 from txproxy.interfaces import IUpstreamConnector
 
 __all__ = ["Connector", "connectProtocol", "dialerFor", "directDial", "isIPLiteral"]
-
-
-def isIPLiteral(host: str) -> bool:
-    """
-    Whether C{host} is an IPv4 or IPv6 address literal.
-    """
-    return isIPAddress(host) or isIPv6Address(host)
 
 
 @implementer(IResolutionReceiver)

@@ -37,27 +37,56 @@ from txproxy.config import ListenerConfig
 from txproxy.connector import connectProtocol, directDial
 from txproxy.errors import PolicyDenied, ResolveError
 from txproxy.hooks import ClientInfo, Refuse, Target
+from txproxy.exchange import (
+    CLOSED,
+    CLOSING,
+    CONNECTION_TRANSITIONS,
+    EXCHANGE,
+    HEAD,
+    KEEPALIVE,
+    LINGER,
+    RECEIVING_BODY,
+    SENDING_BODY,
+    TUNNEL,
+    WAIT,
+    DEFAULT_MAX_INTERIM,
+    Abort,
+    Action,
+    Exchange,
+    Fail,
+    Observe,
+    RequestSent,
+    ResponseDone,
+    ResponseHeadReady,
+    Retry,
+    SendDownstream,
+    SendUpstream,
+    SetTimer,
+    State,
+    Timeouts,
+    Upgrade,
+    transition,
+)
 from txproxy.http import (
-    CONTINUE_RESPONSE,
-    ChunkedDecoder,
-    ChunkedReader,
+    HOP_BY_HOP,
+    Framing,
     HeadReader,
     HTTPError,
-    LengthReader,
     RequestHead,
     ResponseHead,
+    endToEnd,
     errorResponse,
     findHeadEnd,
     parseRequestHead,
-    parseResponseHead,
     requestFraming,
-    responseFraming,
     serializeRequestHead,
     serializeResponseHead,
+    serializeTrustedHead,
 )
 from txproxy.http import connectionTokens as _connectionTokensOf
 from txproxy.limiter import ALLOWED, Decision
-from txproxy.relay import Relay, RelayedProtocol, fastSender
+from txproxy._common import clientInfoFor, formatAddress, overrides, statusForFailure
+from txproxy.relay import Relay, RelayedProtocol, fastSender, joinRelay
 
 __all__ = [
     "HTTPRequest",
@@ -70,10 +99,9 @@ __all__ = [
 
 log = Logger()
 
-# Client connection states.
-_HEAD, _WAIT, _EXCHANGE, _TUNNEL, _LINGER, _CLOSED, _CLOSING = range(7)
-# Response states.
-_RESP_HEAD, _RESP_BODY, _RESP_DONE = range(3)
+# The client connection's states (the table of their moves is in
+# txproxy.exchange._state); the old names stay for subclasses.
+_HEAD, _WAIT, _EXCHANGE, _TUNNEL, _LINGER, _CLOSED, _CLOSING = HEAD, WAIT, EXCHANGE, TUNNEL, LINGER, CLOSED, CLOSING
 
 #: Seconds to keep reading (and discarding) after an error response, so the
 #: client reads the response instead of a reset.
@@ -84,101 +112,11 @@ LINGER_SECONDS = 2.0
 PIPELINE_LIMIT = 256 * 1024
 
 _HTTP11 = b"HTTP/1.1"
-_IDEMPOTENT = frozenset([b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"])
-# Hop-by-hop fields removed in both directions (RFC 9110 section 7.6.1),
-# plus whatever Connection lists.
-_HOP = frozenset(
-    [
-        b"connection",
-        b"proxy-connection",
-        b"keep-alive",
-        b"te",
-        b"transfer-encoding",
-        b"upgrade",
-        b"proxy-authorization",
-        b"proxy-authenticate",
-    ]
-)
-
-
-def _endToEnd(headers: Any, keep: Any = ()) -> Tuple[List[Tuple[bytes, bytes]], frozenset, bool]:
-    """
-    One pass over C{headers}: the end-to-end fields (hop-by-hop ones and
-    whatever C{Connection} lists removed, except names in C{keep}; every
-    C{Content-Length} removed too, for the caller to write one normalized
-    value from the framing), the C{Connection} tokens, and whether a
-    C{Content-Length} was there.
-    """
-    out = []
-    connection = None
-    hasLength = False
-    hop = _HOP
-    for pair in headers:
-        lower = pair[0].lower()
-        if lower in hop and lower not in keep:
-            if lower == b"connection":
-                connection = (connection or []) + [pair[1]]
-            continue
-        if lower == b"content-length":
-            # Re-added as one normalized value by the caller (a received
-            # "5, 5" or a repeated field must not travel on).
-            hasLength = True
-            continue
-        out.append(pair)
-    if connection is None:
-        return out, _NO_TOKENS, hasLength
-    tokens = frozenset(t.strip(b" \t").lower() for v in connection for t in v.split(b",") if t.strip(b" \t"))
-    remove = tokens - frozenset(keep)
-    if remove:
-        out = [pair for pair in out if pair[0].lower() not in remove]
-        hasLength = hasLength and b"content-length" not in remove
-    return out, tokens, hasLength
-
-
+_HOP = HOP_BY_HOP
+# One copy of each: txproxy.http has the rule and the serializer.
+_endToEnd = endToEnd
+_serializeHead = serializeTrustedHead
 _NO_TOKENS: frozenset = frozenset()
-
-
-def _serializeHead(firstLine: bytes, headers: Any) -> bytes:
-    """
-    Serialize a head whose fields are known to be valid (parsed, or added
-    by the proxy itself).
-    """
-    return firstLine + b"".join([name + b": " + value + b"\r\n" for name, value in headers]) + b"\r\n"
-
-
-def clientInfoFor(transport: Any) -> ClientInfo:
-    """
-    Build a L{ClientInfo} from a transport's peer (the PROXY header's source
-    address on C{haproxy:} listeners).
-    """
-    peer = transport.getPeer()
-    host = getattr(peer, "host", None)
-    if host is None:
-        return ClientInfo(str(getattr(peer, "name", "") or "unix"), 0)
-    return ClientInfo(host, getattr(peer, "port", 0))
-
-
-def statusForFailure(f: Failure) -> Tuple[int, str]:
-    """
-    Map a failure to reach an upstream onto a status code and a short reason.
-    """
-    if f.check(Refuse):
-        return f.value.status, f.value.reason
-    if f.check(PolicyDenied):
-        return 403, str(f.value) or "destination not allowed"
-    if f.check(HTTPError):
-        return f.value.status, f.value.reason
-    if f.check(ResolveError, error.DNSLookupError):
-        return 502, "cannot resolve the destination"
-    if f.check(error.TimeoutError, defer.TimeoutError, defer.CancelledError):
-        return 504, "timed out connecting to the destination"
-    if f.check(error.ConnectionRefusedError):
-        return 502, "the destination refused the connection"
-    if f.check(error.ConnectError, error.ConnectionLost, error.ConnectionDone, OSError):
-        return 502, "cannot connect to the destination"
-    if type(f.value).__name__ == "NoHealthyBackend":
-        return 503, "no healthy backend"
-    return 500, "internal error"
 
 
 #: Failures that mean "the upstream could not be reached" (upstreamFailed).
@@ -192,22 +130,6 @@ _UPSTREAM_FAILURES = (
     error.ConnectionDone,
     OSError,
 )
-
-
-_OVERRIDES: Dict[Tuple[type, str, type], bool] = {}
-
-
-def overrides(obj: Any, name: str, base: type) -> bool:
-    """
-    Whether C{obj}'s class overrides method C{name} of C{base} (hooks that
-    are not overridden are not called at all).  Cached per class.
-    """
-    key = (type(obj), name, base)
-    try:
-        return _OVERRIDES[key]
-    except KeyError:
-        result = _OVERRIDES[key] = getattr(type(obj), name) is not getattr(base, name)
-        return result
 
 
 @attr.s(frozen=True, slots=True, auto_attribs=True)
@@ -464,7 +386,7 @@ class HTTPProxyProtocol(Protocol):
     client: ClientInfo
     relay: Optional[Relay] = None
 
-    _state = _HEAD
+    _state: State = HEAD
     _timer: Any = None
     _timerKind = ""
     _lease: Any = None
@@ -477,27 +399,21 @@ class HTTPProxyProtocol(Protocol):
     _startWall = 0.0
     _head: Optional[RequestHead] = None
     _request: Optional[HTTPRequest] = None
+    _ex: Optional[Exchange] = None
+    _framing: Framing
     _upstream: Optional[UpstreamHTTPProtocol] = None
     _upstreamAddress = ""
-    _reqReader: Any = None
-    _reqDecoder: Any = None
-    _respState = _RESP_HEAD
-    _respReader: Any = None
-    _respDecoder: Any = None
-    _respHeadReader: Optional[HeadReader] = None
-    _respHead: Optional[ResponseHead] = None
-    _respReceived = False
+    _reused = False
     _clientKeepAlive = True
-    _upstreamReusable = True
     _bytesUp = 0
     _bytesDown = 0
-    _retried = False
     _toClient: Any = None
-    _progress = 0
-    _progressMark = -1
-    _progressSince = 0.0
+    _toUpstream: Any = None
     _upgrading = False
     _sentAt: Optional[float] = None
+    _reqProducer = False
+    _respProducer = False
+    _inputPaused = False
 
     # -- hooks
 
@@ -635,7 +551,12 @@ class HTTPProxyProtocol(Protocol):
                 self._lease = None
         return decision
 
-    # -- timers: one per connection, its meaning set by the state
+    # -- states and timers: one timer per connection; which one runs is
+    # -- decided by txproxy.exchange._state (the connection's own timers by
+    # -- its state, the exchange's by the exchange)
+
+    def _setState(self, state: State) -> None:
+        self._state = transition(CONNECTION_TRANSITIONS, self._state, state)
 
     def _setTimer(self, seconds: float, kind: str) -> None:
         self._timerKind = kind
@@ -646,6 +567,7 @@ class HTTPProxyProtocol(Protocol):
             self._timer = self.factory.clock.callLater(seconds, self._timedOut)
 
     def _cancelTimer(self) -> None:
+        self._timerKind = ""
         timer, self._timer = self._timer, None
         if timer is not None and timer.active():
             timer.cancel()
@@ -653,52 +575,43 @@ class HTTPProxyProtocol(Protocol):
     def _timedOut(self) -> None:
         self._timer = None
         kind = self._timerKind
+        self._timerKind = ""
+        state = self._state
         if kind == "head":
-            if self._state == _HEAD:
-                if self._reader is None and self._head is not None:
-                    # Idle keep-alive connection: close quietly.
-                    self.transport.loseConnection()  # type: ignore[union-attr]
-                else:
-                    self._refuse(408, "request head not received in time")
-        elif kind == "idle":
-            if self._state == _HEAD and self._reader is None:
-                self._state = _CLOSING
+            if state is HEAD:
+                self._refuse(408, "request head not received in time")
+        elif kind == "keepalive":
+            if state is KEEPALIVE:
+                # Idle keep-alive connection: close quietly.
+                self._setState(CLOSING)
                 self.transport.loseConnection()  # type: ignore[union-attr]
         elif kind == "linger":
             self.transport.loseConnection()  # type: ignore[union-attr]
-        elif kind == "response":
-            if self._state == _EXCHANGE and self._respState == _RESP_HEAD and not self._respReceived:
-                self._dropUpstream()
-                self._refuse(504, "the upstream did not answer in time")
-        elif kind == "progress":
-            self._checkProgress()
-
-    def _checkProgress(self) -> None:
-        """
-        While a body streams: close both sides when neither moved a byte for
-        the idle timeout (checked, never reset per chunk).
-        """
-        idle = self.factory.listener.idleTimeout
-        now = self.factory.clock.seconds()
-        mark = self._bytesUp + self._bytesDown
-        if mark != self._progressMark:
-            self._progressMark = mark
-            self._progressSince = now
-        elif now - self._progressSince >= idle:
-            self._dropUpstream(abort=True)
-            self.transport.loseConnection()  # type: ignore[union-attr]
-            return
-        self._setTimer(max(idle / 4.0, 0.01), "progress")
+        else:
+            ex = self._ex
+            if ex is not None and not ex.ended and (state is WAIT or state is EXCHANGE):
+                if kind == "connect" and self._pending is not None:
+                    self.upstreamFailed(self._hookRequest(), Failure(defer.TimeoutError("connect timeout")))
+                self._run(ex.timerFired(self.factory.clock.seconds()))
 
     # -- the head
 
     def dataReceived(self, data: bytes) -> None:
         state = self._state
-        if state == _HEAD:
+        if state is EXCHANGE:
+            ex = self._ex
+            if ex is not None and ex.requestState is SENDING_BODY:
+                self._run(ex.requestData(data))
+            else:
+                self._pipelined(data)
+            return
+        if state is KEEPALIVE:
+            self._state = HEAD
+            self._setTimer(self.factory.listener.headerTimeout, "head")
+            state = HEAD
+        if state is HEAD:
             reader = self._reader
             if reader is None:
-                if self._timerKind == "idle":
-                    self._setTimer(self.factory.listener.headerTimeout, "head")
                 end = findHeadEnd(data) if not data.startswith(b"\r\n") else -1
                 if end >= 0:
                     if end > self.factory.listener.maxHeadSize:
@@ -716,13 +629,11 @@ class HTTPProxyProtocol(Protocol):
             if head is not None:
                 self._reader = None
                 self._headReceived(head, reader.leftover)
-        elif state == _EXCHANGE:
-            self._requestData(data)
-        elif state == _WAIT:
+        elif state is WAIT:
             self._input += data
             if len(self._input) > PIPELINE_LIMIT:
                 self._pauseInput()
-        # _LINGER, _CLOSED, _CLOSING: discard.
+        # LINGER, CLOSED, CLOSING: discard.
 
     def _headReceived(self, headBytes: bytes, rest: bytes) -> None:
         factory = self.factory
@@ -730,8 +641,8 @@ class HTTPProxyProtocol(Protocol):
         self._startWall = time.time()
         self._bytesUp = self._bytesDown = 0
         self._request = None
+        self._ex = None
         self._upstreamAddress = ""
-        self._retried = False
         try:
             head = parseRequestHead(headBytes)
         except HTTPError as e:
@@ -740,14 +651,15 @@ class HTTPProxyProtocol(Protocol):
             return
         self._head = head
         self._input = rest
-        # The head timer keeps running (harmlessly: it only acts on a head
-        # in progress) until the exchange resets it to the response timeout.
-        self._state = _WAIT
+        self._setState(WAIT)
         if head.method == b"CONNECT":
+            # The tunnel's own dial has its connect timeout; the head timer
+            # acts only on a head in progress.
+            self._cancelTimer()
             self.tunnelRequested(head)
             return
         try:
-            self._framing = requestFraming(head)
+            framing = self._framing = requestFraming(head)
         except HTTPError as e:
             self._refuse(e.status, e.reason)
             return
@@ -756,7 +668,20 @@ class HTTPProxyProtocol(Protocol):
             self._clientKeepAlive = b"close" not in tokens
         else:
             self._clientKeepAlive = b"keep-alive" in tokens and b"close" not in tokens
-        self._upgrading = b"upgrade" in tokens and head.get(b"upgrade") is not None
+        self._upgrading = upgrading = b"upgrade" in tokens and head.get(b"upgrade") is not None
+        listener = factory.listener
+        ex = self._ex = Exchange(
+            head,
+            framing,
+            Timeouts(listener.connectTimeout * self.connectAttempts, listener.responseTimeout, listener.idleTimeout),
+            factory.maxResponseHeadSize,
+            factory.maxInterim,
+            factory.pseudonym,
+            upgrading,
+            overrides(self, "requestBodyData", HTTPProxyProtocol),
+            overrides(self, "responseBodyData", HTTPProxyProtocol),
+        )
+        self._run(ex.start())
         try:
             refusal = self.checkPolicy(head)
         except Refuse as e:
@@ -825,11 +750,32 @@ class HTTPProxyProtocol(Protocol):
         except Exception:
             self._failed(Failure())
             return
-        upstream = self.factory.pool.get(key)
-        if upstream is not None:
+        ex = self._ex
+        assert ex is not None
+        self._run(ex.connecting())
+        factory = self.factory
+        pool = factory.pool
+        while True:
+            upstream = pool.get(key)
+            if upstream is None:
+                break
+            if factory.listener.denyDest and not self._stillAllowed(upstream):
+                # Pooled before a reload that denies its destination.
+                if upstream.transport is not None:
+                    upstream.transport.loseConnection()
+                continue
             self._exchange(upstream, reused=True)
             return
         self._connectFresh(request, key)
+
+    def _stillAllowed(self, upstream: UpstreamHTTPProtocol) -> bool:
+        """
+        Whether C{upstream}'s peer address is outside C{--deny-dest} as it is
+        now (the configuration may have been reloaded since it was pooled).
+        """
+        transport = upstream.transport
+        host = getattr(transport.getPeer(), "host", None) if transport is not None else None
+        return host is None or host not in self.factory.listener.denyDest
 
     def _connectFresh(self, request: HTTPRequest, key: str) -> None:
         """
@@ -837,8 +783,8 @@ class HTTPProxyProtocol(Protocol):
         start the exchange on it.
         """
         factory = self.factory
+        # The exchange's connect timer bounds it (see txproxy.exchange).
         d = self.connectUpstream(request)
-        d.addTimeout(factory.listener.connectTimeout * self.connectAttempts, factory.clock)
         self._pending = d
         dialStart = factory.clock.seconds()
 
@@ -890,8 +836,7 @@ class HTTPProxyProtocol(Protocol):
                 d = connectProtocol(factory.connector, address, target.port, proto)
 
                 def ok(p: Any) -> Any:
-                    host = f"[{address}]" if ":" in address else address
-                    self._upstreamAddress = f"{host}:{target.port}"
+                    self._upstreamAddress = formatAddress(address, target.port)
                     return p
 
                 def failed(f: Failure) -> Any:
@@ -980,25 +925,17 @@ class HTTPProxyProtocol(Protocol):
         refusal.retryAfter = decision.retryAfter  # type: ignore[attr-defined]
         return refusal
 
-    # -- the exchange
+    # -- the exchange: the sans-IO Exchange decides, this carries it out
 
     def _exchange(self, upstream: UpstreamHTTPProtocol, reused: bool) -> None:
-        self._state = _EXCHANGE
+        self._setState(EXCHANGE)
         self._upstream = upstream
         upstream.owner = self
         upstream.requests += 1
         self._reused = reused
-        self._respState = _RESP_HEAD
-        self._respHeadReader = None
-        self._respHead = None
-        self._respReceived = False
-        self._respReader = None
-        self._respDecoder = None
-        self._upstreamReusable = True
         if not self._upstreamAddress:
             peer = upstream.transport.getPeer()  # type: ignore[union-attr]
-            host = getattr(peer, "host", "")
-            self._upstreamAddress = f"[{host}]:{peer.port}" if ":" in host else f"{host}:{getattr(peer, 'port', 0)}"
+            self._upstreamAddress = formatAddress(getattr(peer, "host", ""), getattr(peer, "port", 0))
         if self._toClient is None:
             self._toClient = fastSender(self.transport)  # type: ignore[arg-type]
         head = self._outHead
@@ -1011,28 +948,82 @@ class HTTPProxyProtocol(Protocol):
             self._dropUpstream()
             self._refuse(500, f"invalid request head from a hook: {e}")
             return
-        framing = self._framing
+        ex = self._ex
+        assert ex is not None
+        toUpstream = self._toUpstream = fastSender(upstream.transport)  # type: ignore[arg-type]
+        toUpstream(data)
         input_, self._input = self._input, b""
-        if framing.kind == "none":
-            self._reqReader = None
-            self._pipelined(input_)
-            fastSender(upstream.transport)(data)  # type: ignore[arg-type]
-        else:
-            self._reqReader = LengthReader(framing.length) if framing.kind == "length" else ChunkedReader(400)
-            if overrides(self, "requestBodyData", HTTPProxyProtocol):
-                self._reqDecoder = ChunkedDecoder(400) if framing.kind == "chunked" else None
-            self._toUpstream = fastSender(upstream.transport)  # type: ignore[arg-type]
-            self._toUpstream(data)
-            upstream.transport.registerProducer(self.transport, True)  # type: ignore[union-attr]
-            if input_:
-                self._requestData(input_)
-        self._setTimer(self.factory.listener.responseTimeout, "response")
         if self.factory.metrics is not None:
             self._sentAt = self.factory.clock.seconds()
-        if self._state == _EXCHANGE:
+        actions = ex.upstreamReady(input_)
+        if ex.requestState is SENDING_BODY:
+            upstream.transport.registerProducer(self.transport, True)  # type: ignore[union-attr]
+            self._reqProducer = True
+            if self._clientReadLost:
+                # The client half-closed before its body was all here.
+                actions.extend(ex.clientEnded())
+        self._run(actions)
+        if self._state is EXCHANGE:
             self._resumeInput()
 
-    _inputPaused = False
+    def _run(self, actions: List[Action]) -> None:
+        """
+        Carry out the exchange's actions, in order.  A terminal action
+        (done, failed, upgraded, retry) is always the last of a list.
+        """
+        for action in actions:
+            kind = type(action)
+            if kind is SendDownstream:
+                self._toClient(action.data)  # type: ignore[union-attr]
+            elif kind is SendUpstream:
+                self._toUpstream(action.data)  # type: ignore[union-attr]
+            elif kind is ResponseHeadReady:
+                self._responseHead(action)  # type: ignore[arg-type]
+            elif kind is SetTimer:
+                if action.kind is None:  # type: ignore[union-attr]
+                    if self._timerKind in ("connect", "response", "idle"):
+                        self._cancelTimer()
+                else:
+                    self._setTimer(action.seconds, action.kind)  # type: ignore[union-attr, arg-type]
+            elif kind is RequestSent:
+                self._requestSent(action.leftover)  # type: ignore[union-attr]
+            elif kind is Observe:
+                if self._request is not None:
+                    if action.upstream:  # type: ignore[union-attr]
+                        self.requestBodyData(self._request, action.data)  # type: ignore[union-attr]
+                    else:
+                        self.responseBodyData(self._request, action.data)  # type: ignore[union-attr]
+            elif kind is ResponseDone:
+                if action.closeClient:  # type: ignore[union-attr]
+                    self._clientKeepAlive = False
+                self._finish(action.reusable)  # type: ignore[union-attr]
+                return
+            elif kind is Fail:
+                self._dropUpstream(abort=True)
+                self._refuse(action.status, action.reason)  # type: ignore[union-attr]
+                return
+            elif kind is Abort:
+                self._dropUpstream(abort=True)
+                self._log(action.status, action.reason)  # type: ignore[union-attr]
+                self._ex = None
+                self._setState(CLOSING)
+                self._cancelTimer()
+                self.transport.loseConnection()  # type: ignore[union-attr]
+                return
+            elif kind is Upgrade:
+                self._upgrade(action.head, action.rest)  # type: ignore[union-attr]
+                return
+            elif kind is Retry:
+                self._retry()
+                return
+
+    def _requestSent(self, leftover: bytes) -> None:
+        if self._reqProducer:
+            self._reqProducer = False
+            upstream = self._upstream
+            if upstream is not None and upstream.transport is not None:
+                upstream.transport.unregisterProducer()
+        self._pipelined(leftover)
 
     def _pauseInput(self) -> None:
         """
@@ -1053,266 +1044,67 @@ class HTTPProxyProtocol(Protocol):
             if len(self._input) > PIPELINE_LIMIT:
                 self._pauseInput()
 
-    def _requestData(self, data: bytes) -> None:
-        reader = self._reqReader
-        if reader is None:
-            self._pipelined(data)
-            return
-        try:
-            body = reader.feed(data)
-        except HTTPError as e:
-            self._reqReader = None
-            self._upstreamReusable = False
-            self._dropUpstream(abort=True)
-            if self._respState == _RESP_HEAD and not self._respReceived:
-                self._refuse(e.status, e.reason)
-            else:
-                self.transport.loseConnection()  # type: ignore[union-attr]
-            return
-        if body:
-            self._bytesUp += len(body)
-            self._toUpstream(body)
-            if self._reqDecoder is not None or overrides(self, "requestBodyData", HTTPProxyProtocol):
-                decoded = self._reqDecoder.feed(body) if self._reqDecoder is not None else body
-                if decoded and self._request is not None:
-                    self.requestBodyData(self._request, decoded)
-        if reader.ended:
-            self._reqReader = None
-            upstream = self._upstream
-            if upstream is not None and upstream.transport is not None:
-                upstream.transport.unregisterProducer()
-            self._pipelined(reader.leftover)
-            if self._respState == _RESP_DONE:
-                self._finish()
-
     def _responseData(self, data: bytes) -> None:
-        state = self._respState
-        if state == _RESP_BODY:
-            reader = self._respReader
-            if reader is None:  # close-delimited
-                self._bytesDown += len(data)
-                self._toClient(data)
-                self._observeResponse(data)
-                return
-            try:
-                body = reader.feed(data)
-            except HTTPError:
-                self._upstreamReusable = False
-                self._dropUpstream(abort=True)
-                self.transport.loseConnection()  # type: ignore[union-attr]
-                return
-            if body:
-                self._bytesDown += len(body)
-                self._writeBody(body)
-            if reader.ended:
-                if reader.leftover:
-                    self._upstreamReusable = False
-                self._responseDone()
-            return
-        if state == _RESP_HEAD:
-            self._respReceived = True
-            headReader = self._respHeadReader
-            if headReader is None:
-                end = findHeadEnd(data)
-                if 0 <= end <= self.factory.maxResponseHeadSize:
-                    self._responseHead(data[:end], data[end:])
-                    return
-                headReader = self._respHeadReader = HeadReader(self.factory.maxResponseHeadSize, 502)
-            try:
-                headBytes = headReader.feed(data)
-            except HTTPError as e:
-                self._badResponse(e.reason)
-                return
-            if headBytes is not None:
-                self._respHeadReader = None
-                self._responseHead(headBytes, headReader.leftover)
-            return
-        # _RESP_DONE: anything more is unsolicited.
-        if data:
-            self._upstreamReusable = False
+        ex = self._ex
+        if ex is not None:
+            self._run(ex.responseData(data))
 
-    def _badResponse(self, reason: str) -> None:
-        self._upstreamReusable = False
-        self._dropUpstream(abort=True)
-        if self._respHead is None:
-            self._refuse(502, f"bad response from the upstream: {reason}")
-        else:
-            self.transport.loseConnection()  # type: ignore[union-attr]
-
-    def _responseHead(self, headBytes: bytes, rest: bytes) -> None:
-        try:
-            resp = parseResponseHead(headBytes)
-        except HTTPError as e:
-            self._badResponse(e.reason)
-            return
-        head = self._head
-        assert head is not None
-        status = resp.status
+    def _responseHead(self, action: ResponseHeadReady) -> None:
+        resp = action.head
+        framing = action.framing
         metrics = self.factory.metrics
         if metrics is not None and self._sentAt is not None:
             metrics.responseHeadReceived(self.factory.listener, self.factory.clock.seconds() - self._sentAt)
             self._sentAt = None
-        if status < 200:
-            if status == 101 and self._upgrading:
-                self._upgrade(resp, rest)
-                return
-            if status == 101:
-                self._badResponse("unexpected 101 Switching Protocols")
-                return
-            if head.version == _HTTP11:
-                if status == 100:
-                    self._toClient(CONTINUE_RESPONSE)
-                else:
-                    self._toClient(self._clientResponseHead(resp, interim=True))
-            if rest:
-                self._responseData(rest)
-            return
-        try:
-            framing = responseFraming(head.method, resp)
-        except HTTPError as e:
-            self._badResponse(e.reason)
-            return
-        self._respHead = resp
-        self._progressMark = -1
-        if not resp.keepAlive:
-            self._upstreamReusable = False
         kind = framing.kind
-        chunkedToClient = False
-        if kind == "chunked":
-            if head.version == _HTTP11 and framing.codings == (b"chunked",):
-                self._respReader = ChunkedReader(502)
-                chunkedToClient = True
-            else:
-                # An HTTP/1.0 client cannot read chunked: decode, close-delimit.
-                self._respReader = ChunkedDecoder(502)
-                self._clientKeepAlive = False
-        elif kind == "length":
-            self._respReader = LengthReader(framing.length)  # type: ignore[arg-type]
-        elif kind == "close":
-            self._respReader = None
+        if kind == "close" or (kind == "chunked" and not action.chunked):
+            # Close-delimited to the client.
             self._clientKeepAlive = False
-            self._upstreamReusable = False
-        else:
-            self._respReader = None
-        if chunkedToClient and overrides(self, "responseBodyData", HTTPProxyProtocol):
-            self._respDecoder = ChunkedDecoder(502)
-        out = self._clientResponseHead(resp, framing=framing, chunked=chunkedToClient)
-        self._respState = _RESP_BODY
-        if kind == "none":
-            self._toClient(out)
-            self._bytesDown += 0
-            if rest:
-                self._upstreamReusable = False
-            self._responseDone()
-            return
-        if kind == "close":
-            self._toClient(out)
-            if rest:
-                self._bytesDown += len(rest)
-                self._toClient(rest)
-                self._observeResponse(rest)
-            self._registerResponseProducer()
-            self._watchProgress()
-            return
-        reader = self._respReader
-        try:
-            body = reader.feed(rest) if rest else b""
-        except HTTPError as e:
-            self._badResponse(e.reason)
-            return
-        if body:
-            self._bytesDown += len(body)
-            if self._respDecoder is None and not isinstance(reader, ChunkedDecoder) and not overrides(
-                self, "responseBodyData", HTTPProxyProtocol
-            ):
-                self._toClient(out + body)
-            else:
-                self._toClient(out)
-                self._writeBody(body)
+        out = self._clientResponseHead(resp, framing, action.chunked)
+        body = action.body
+        ex = self._ex
+        assert ex is not None
+        if body and not ex.observeResponse:
+            self._toClient(out + body)
         else:
             self._toClient(out)
-        if reader.ended:
-            if reader.leftover:
-                self._upstreamReusable = False
-            self._responseDone()
-        else:
-            self._registerResponseProducer()
-            self._watchProgress()
+            if body:
+                self._toClient(body)
+        if ex.responseState is RECEIVING_BODY:
+            upstream = self._upstream
+            if upstream is not None and upstream.transport is not None and self.transport is not None:
+                self.transport.registerProducer(upstream.transport, True)  # type: ignore[attr-defined]
+                self._respProducer = True
 
-    def _watchProgress(self) -> None:
-        """
-        A body is streaming: from now on the timer checks that bytes move
-        (unless C{--idle-timeout 0} disabled that).
-        """
-        idle = self.factory.listener.idleTimeout
-        if idle:
-            self._setTimer(max(idle / 4.0, 0.01), "progress")
-        else:
-            self._cancelTimer()
-
-    def _registerResponseProducer(self) -> None:
-        upstream = self._upstream
-        if upstream is not None and upstream.transport is not None and self.transport is not None:
-            self.transport.registerProducer(upstream.transport, True)  # type: ignore[attr-defined]
-            self._respProducer = True
-
-    _respProducer = False
-
-    def _writeBody(self, body: bytes) -> None:
-        self._toClient(body)
-        self._observeResponse(body)
-
-    def _observeResponse(self, body: bytes) -> None:
-        if self._request is None or not overrides(self, "responseBodyData", HTTPProxyProtocol):
-            return
-        decoder = self._respDecoder
-        decoded = decoder.feed(body) if decoder is not None else body
-        if decoded:
-            self.responseBodyData(self._request, decoded)
-
-    def _clientResponseHead(self, resp: ResponseHead, framing: Any = None, chunked: bool = False, interim: bool = False) -> bytes:
+    def _clientResponseHead(self, resp: ResponseHead, framing: Any = None, chunked: bool = False) -> bytes:
         headers, _, hadLength = _endToEnd(resp.headers)
-        if not interim:
-            kind = framing.kind if framing is not None else "none"
-            if kind == "length":
-                headers.append((b"Content-Length", b"%d" % framing.length))
-            elif kind == "none" and hadLength:
-                # HEAD and 304 answers may announce the length they omit.
-                value = resp.get(b"content-length") or b""
-                first = value.split(b",")[0].strip()
-                if first.isdigit():
-                    headers.append((b"Content-Length", first))
-            if chunked:
-                headers.append((b"Transfer-Encoding", b"chunked"))
-            elif kind == "chunked":
-                # Decoded for an HTTP/1.0 client: its trailers are dropped.
-                headers = [(n, v) for n, v in headers if n.lower() != b"trailer"]
-            head = self._head
-            if not self._clientKeepAlive or self.factory.draining:
-                self._clientKeepAlive = False
-                headers.append((b"Connection", b"close"))
-            elif head is not None and head.version != _HTTP11:
-                headers.append((b"Connection", b"keep-alive"))
+        kind = framing.kind if framing is not None else "none"
+        if kind == "length":
+            headers.append((b"Content-Length", b"%d" % framing.length))
+        elif kind == "none" and hadLength:
+            # HEAD and 304 answers may announce the length they omit.
+            value = resp.get(b"content-length") or b""
+            first = value.split(b",")[0].strip()
+            if first.isdigit():
+                headers.append((b"Content-Length", first))
+        if chunked:
+            headers.append((b"Transfer-Encoding", b"chunked"))
+        elif kind == "chunked":
+            # Decoded for an HTTP/1.0 client: its trailers are dropped.
+            headers = [(n, v) for n, v in headers if n.lower() != b"trailer"]
+        head = self._head
+        if not self._clientKeepAlive or self.factory.draining:
+            self._clientKeepAlive = False
+            headers.append((b"Connection", b"close"))
+        elif head is not None and head.version != _HTTP11:
+            headers.append((b"Connection", b"keep-alive"))
         headers.append((b"Via", resp.version[5:] + b" " + self.factory.pseudonym))
-        if not interim and self._request is not None and overrides(self, "rewriteResponse", HTTPProxyProtocol):
+        if self._request is not None and overrides(self, "rewriteResponse", HTTPProxyProtocol):
             out = self.rewriteResponse(self._request, ResponseHead(_HTTP11, resp.status, resp.reason, tuple(headers)))
             return serializeResponseHead(out, validate=True)
         return _serializeHead(b"HTTP/1.1 %d %s\r\n" % (resp.status, resp.reason), headers)
 
-    def _responseDone(self) -> None:
-        self._respState = _RESP_DONE
-        if self._reqReader is None:
-            self._finish()
-        else:
-            # The response ended before the request body: the upstream
-            # cannot be reused (it may not have read the rest), and the
-            # client connection must close after this response.
-            self._upstreamReusable = False
-            self._clientKeepAlive = False
-            self._reqReader = None
-            self._finish()
-
-    def _finish(self) -> None:
+    def _finish(self, reusable: bool) -> None:
         upstream, self._upstream = self._upstream, None
         if upstream is not None:
             upstream.owner = None
@@ -1321,7 +1113,8 @@ class HTTPProxyProtocol(Protocol):
             if self._respProducer and self.transport is not None:
                 self.transport.unregisterProducer()  # type: ignore[attr-defined]
                 self._respProducer = False
-            if self._upstreamReusable and not upstream.lost and transport is not None and not self.factory.draining:
+            self._reqProducer = False
+            if reusable and not upstream.lost and transport is not None and not self.factory.draining:
                 if transport.producer is not None:  # type: ignore[attr-defined]
                     transport.unregisterProducer()
                 self.factory.pool.put(upstream)
@@ -1329,15 +1122,17 @@ class HTTPProxyProtocol(Protocol):
                 if transport.producer is not None:  # type: ignore[attr-defined]
                     transport.unregisterProducer()
                 transport.loseConnection()
-        resp = self._respHead
+        ex = self._ex
+        resp = ex.response if ex is not None else None
         self._log(resp.status if resp is not None else 502)
+        self._ex = None
         if not self._clientKeepAlive or self._clientReadLost:
-            self._state = _CLOSING
+            self._setState(CLOSING)
             self._cancelTimer()
             self.transport.loseConnection()  # type: ignore[union-attr]
             return
-        self._state = _HEAD
-        self._setTimer(self.factory.keepAliveTimeout, "idle")
+        self._setState(KEEPALIVE)
+        self._setTimer(self.factory.keepAliveTimeout, "keepalive")
         pending, self._input = self._input, b""
         self._resumeInput()
         if pending:
@@ -1351,43 +1146,34 @@ class HTTPProxyProtocol(Protocol):
         self.upstreamReleased(upstream)
         if upstream.transport.producer is not None:  # type: ignore[union-attr]
             upstream.transport.unregisterProducer()  # type: ignore[union-attr]
+        self._reqProducer = False
         remove = set(_HOP) - {b"upgrade", b"connection"}
         headers = [(n, v) for n, v in resp.headers if n.lower() not in remove]
         headers.append((b"Via", resp.version[5:] + b" " + self.factory.pseudonym))
         out = ResponseHead(_HTTP11, 101, resp.reason, tuple(headers))
         self.transport.write(serializeResponseHead(out, validate=False))
-        self._respHead = resp
         self._startTunnel(upstream, rest, status=101)
 
     # -- tunnels (CONNECT, upgrades)
 
     def _startTunnel(self, upstream: RelayedProtocol, fromUpstream: bytes = b"", status: int = 200,
                      filterUp: Any = None, filterDown: Any = None) -> Relay:
-        self._state = _TUNNEL
+        self._setState(TUNNEL)
         self._inputPaused = False  # the relay resumes and owns flow control
         self._cancelTimer()
-        relay = Relay(
-            self.transport,  # type: ignore[arg-type]
-            upstream.transport,  # type: ignore[arg-type]
+        pending, self._input = self._input, b""
+        return joinRelay(
+            self,
+            upstream,
             self.factory.clock,
             self.factory.listener.idleTimeout,
-            filterUp,
-            filterDown,
+            fromClient=pending,
+            fromUpstream=fromUpstream,
+            filterUp=filterUp,
+            filterDown=filterDown,
+            clientReadLost=self._clientReadLost,
+            onEnded=lambda relay: self._tunnelEnded(relay, status),
         )
-        self.relay = relay
-        upstream.relay = relay
-        upstream.dataReceived = relay.fromUpstream  # type: ignore[method-assign]
-        self.dataReceived = relay.fromClient  # type: ignore[method-assign]
-        pending, self._input = self._input, b""
-        relay.onEnded = lambda relay: self._tunnelEnded(relay, status)
-        relay.start(pending, fromUpstream + upstream.takePending())
-        if upstream._lostReason is not None:
-            relay.upstreamLost(upstream._lostReason)
-        elif upstream._readLost:
-            relay.upstreamReadLost()
-        if self._clientReadLost:
-            relay.clientReadLost()
-        return relay
 
     def _tunnelEnded(self, relay: Relay, status: int) -> Optional[AccessRecord]:
         self._bytesUp += relay.bytesUp
@@ -1402,48 +1188,28 @@ class HTTPProxyProtocol(Protocol):
         """
         if upstream is not self._upstream:
             return
-        if self._respState == _RESP_BODY and self._respReader is None:
-            # Close-delimited body: this is its end.
-            self._upstreamReusable = False
-            self._responseDone()
-            return
-        if self._respState == _RESP_DONE:
-            return
-        self._upstreamReusable = False
-        self._upstream = None
-        upstream.owner = None
-        self.upstreamReleased(upstream)
-        if upstream.transport is not None:
-            upstream.transport.loseConnection()
-        if self._respState == _RESP_HEAD and not self._respReceived:
-            head = self._head
-            if (
-                self._reused
-                and not self._retried
-                and head is not None
-                and head.method in _IDEMPOTENT
-                and self._framing.kind == "none"
-            ):
-                # A pooled connection the server had closed: try once on a
-                # fresh connection.
-                self._retried = True
-                self._state = _WAIT
-                if self._respProducer:
-                    self.transport.unregisterProducer()  # type: ignore[union-attr]
-                    self._respProducer = False
-                assert self._request is not None
-                self.factory.pool.remove(upstream)
-                self._acquireFresh(self._request)
-                return
-            self._refuse(502, "the upstream closed the connection before answering")
-            return
-        if self._respHead is None:
-            self._refuse(502, "the upstream sent an incomplete response head")
-            return
-        # Cut mid-body: close the client rather than invent an end.
-        self._log(self._respHead.status, "upstream closed mid-body")
-        self._state = _CLOSING
-        self.transport.loseConnection()  # type: ignore[union-attr]
+        ex = self._ex
+        if ex is not None:
+            self._run(ex.upstreamEnded(self._reused))
+
+    def _retry(self) -> None:
+        """
+        A pooled connection the server had closed: try once on a fresh
+        connection (the exchange decided it is safe).
+        """
+        upstream, self._upstream = self._upstream, None
+        if upstream is not None:
+            upstream.owner = None
+            self.upstreamReleased(upstream)
+            self.factory.pool.remove(upstream)
+            if upstream.transport is not None:
+                upstream.transport.loseConnection()
+        if self._respProducer:
+            self.transport.unregisterProducer()  # type: ignore[union-attr]
+            self._respProducer = False
+        self._setState(WAIT)
+        assert self._request is not None
+        self._acquireFresh(self._request)
 
     def _acquireFresh(self, request: HTTPRequest) -> None:
         try:
@@ -1460,6 +1226,7 @@ class HTTPProxyProtocol(Protocol):
         upstream.owner = None
         self.upstreamReleased(upstream)
         transport = upstream.transport
+        self._reqProducer = False
         if transport is None:
             return
         if self._respProducer and self.transport is not None:
@@ -1512,8 +1279,11 @@ class HTTPProxyProtocol(Protocol):
         writing, keep reading (and discarding) for a moment so the client
         sees the response rather than a reset.
         """
-        if self._state in (_LINGER, _CLOSED, _CLOSING):
+        state = self._state
+        if state is LINGER or state is CLOSED or state is CLOSING or state is TUNNEL:
             return
+        # LINGER first: a cancelled dial's errback then finds it and stops.
+        self._setState(LINGER)
         if self._pending is not None:
             d, self._pending = self._pending, None
             d.cancel()
@@ -1525,9 +1295,7 @@ class HTTPProxyProtocol(Protocol):
         if status == 405:
             extra.append((b"Allow", b"GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH"))
         response = errorResponse(status, reason, extra)
-        self._state = _LINGER
         self._input = b""
-        self._reqReader = None
         transport = self.transport
         assert transport is not None
         if self._respProducer:
@@ -1536,6 +1304,7 @@ class HTTPProxyProtocol(Protocol):
         transport.write(response)
         self._bytesDown += len(response)
         self._log(status, reason)
+        self._ex = None
         self._setTimer(LINGER_SECONDS, "linger")
         self._inputPaused = False
         transport.resumeProducing()  # type: ignore[attr-defined]
@@ -1550,6 +1319,12 @@ class HTTPProxyProtocol(Protocol):
     def _log(self, status: int, reason: str = "") -> Optional[AccessRecord]:
         head = self._head
         factory = self.factory
+        ex = self._ex
+        if ex is not None:
+            # Body bytes the exchange moved (once: the exchange is over).
+            self._bytesUp += ex.bytesUp
+            self._bytesDown += ex.bytesDown
+            ex.bytesUp = ex.bytesDown = 0
         if factory.accessLog is None and not self._wantsRecord():
             factory.requestsTotal += 1
             metrics = factory.metrics
@@ -1606,8 +1381,9 @@ class HTTPProxyProtocol(Protocol):
         current response is sent with C{Connection: close} (or the tunnel
         runs on until the drain timeout).
         """
-        if self._state == _HEAD and self._reader is None and self.transport is not None:
-            self._state = _CLOSING
+        state = self._state
+        if (state is KEEPALIVE or (state is HEAD and self._reader is None)) and self.transport is not None:
+            self._setState(CLOSING)
             self.transport.loseConnection()
 
     def readConnectionLost(self) -> None:
@@ -1619,9 +1395,12 @@ class HTTPProxyProtocol(Protocol):
             # CONNECT, first bytes and FIN at once: open the tunnel anyway
             # and forward the FIN.
             pass
-        elif state == _EXCHANGE or state == _WAIT:
+        elif state is EXCHANGE or state is WAIT:
             # The client is done sending; answer this request, then close.
             self._clientKeepAlive = False
+            ex = self._ex
+            if state is EXCHANGE and ex is not None:
+                self._run(ex.clientEnded())
         elif state == _LINGER:
             self.transport.loseConnection()  # type: ignore[union-attr]
         else:
@@ -1632,17 +1411,19 @@ class HTTPProxyProtocol(Protocol):
             self.transport.loseConnection()  # type: ignore[union-attr]
 
     def connectionLost(self, reason: Failure = Failure(error.ConnectionDone())) -> None:
-        state, self._state = self._state, _CLOSED
+        state, self._state = self._state, CLOSED
         self._cancelTimer()
         if self.relay is not None:
             self.relay.clientLost(reason)
         if self._pending is not None:
             d, self._pending = self._pending, None
             d.cancel()
-        if state == _EXCHANGE and self._upstream is not None:
-            self._log(self._respHead.status if self._respHead is not None else 499, "client closed")
-            self._upstreamReusable = False
+        ex = self._ex
+        if state is EXCHANGE and self._upstream is not None:
+            resp = ex.response if ex is not None else None
+            self._log(resp.status if resp is not None else 499, "client closed")
             self._dropUpstream(abort=True)
+        self._ex = None
         if self._lease is not None:
             self._lease.release()
             self._lease = None
@@ -1675,6 +1456,8 @@ class HTTPProxyFactory(ListenerFactory):
     keepAliveTimeout = 75.0
     #: Largest response head accepted from an upstream.
     maxResponseHeadSize = 65536
+    #: Interim (1xx) responses relayed for one request; past it, 502.
+    maxInterim = DEFAULT_MAX_INTERIM
     mode = "http"
 
     def __init__(

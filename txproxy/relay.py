@@ -22,10 +22,12 @@ It owns:
     skips both whenever the kernel takes the whole chunk, which is the
     common case.
 
-Use: the protocol on each side forwards its events to the relay
-(L{Relay.fromClient}/L{Relay.fromUpstream} for data, C{*ReadLost} for
-end-of-input, C{*Lost} for connection loss).  L{RelayedProtocol} is such a
-protocol for the upstream side; mode protocols delegate the client side.
+Use: L{joinRelay} joins a client-side protocol and an upstream
+L{RelayedProtocol}; it is the one public way to do it.  Afterwards each
+chunk goes straight to L{Relay.fromClient}/L{Relay.fromUpstream} (they
+replace the protocols' C{dataReceived}); the client-side protocol forwards
+end-of-input to L{Relay.clientReadLost} and loss to L{Relay.clientLost}
+(L{RelayedProtocol} does the same for the upstream side).
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-__all__ = ["Relay", "RelayedProtocol", "fastSender", "sendNow"]
+__all__ = ["Relay", "RelayedProtocol", "fastSender", "joinRelay", "sendNow"]
 
 _AGAIN = (EAGAIN, EWOULDBLOCK, ENOBUFS)
 
@@ -208,9 +210,11 @@ class _IdleSweeper:
 @implementer(IHalfCloseableProtocol)
 class RelayedProtocol(Protocol):
     """
-    The protocol for the upstream side of a relay.  Until L{Relay.start}
+    The protocol for the upstream side of a relay.  Until L{joinRelay}
     attaches it, it keeps whatever the upstream sends (a server that speaks
-    first) and reports end-of-input and loss to the relay afterwards.
+    first), and whether the upstream half-closed or closed (which
+    L{joinRelay} replays); afterwards it reports end-of-input and loss to
+    the relay.
 
     @ivar relay: the L{Relay}, once attached.
     @ivar connected: a L{Deferred} that fired when the connection was made
@@ -400,7 +404,8 @@ class Relay:
         """
         Start relaying: register each transport as the other's producer,
         send the bytes each side sent before the relay existed, resume
-        reading the client, start the idle check.
+        reading the client, start the idle check.  (L{joinRelay} calls
+        this, after wiring the protocols to the relay.)
         """
         for conn in (self._clientConn, self._upstreamConn):
             if conn is not None and conn.bufferSize < RELAY_BUFFER_SIZE:
@@ -571,3 +576,78 @@ class Relay:
         Whether either side is still open.
         """
         return self.endedAt is None
+
+
+def joinRelay(
+    client: Protocol,
+    upstream: RelayedProtocol,
+    clock: IReactorTime,
+    idleTimeout: Optional[float] = None,
+    *,
+    fromClient: bytes = b"",
+    fromUpstream: bytes = b"",
+    filterUp: Optional[Callable[[bytes], bytes]] = None,
+    filterDown: Optional[Callable[[bytes], bytes]] = None,
+    clientReadLost: bool = False,
+    onEnded: Optional[Callable[[Relay], Any]] = None,
+) -> Relay:
+    """
+    Join two connected protocols with a new L{Relay} and start it: each
+    transport becomes the other's streaming producer, the bytes either side
+    sent before the join go first, reading from the client is resumed, and
+    an upstream half-close or loss that happened before the join is
+    replayed.
+
+    Afterwards both protocols' C{relay} attribute is the relay and their
+    C{dataReceived} is the relay's per-chunk method (one call per chunk).
+
+    @param client: the accepted connection's protocol.  It must have a
+        C{relay} attribute (L{None} until now) and forward
+        C{readConnectionLost} to L{Relay.clientReadLost} and
+        C{connectionLost} to L{Relay.clientLost} once it is set (provide
+        L{IHalfCloseableProtocol} for half-close to be forwarded).
+    @param upstream: the upstream connection's protocol; what it received,
+        and whether it half-closed or closed, before the join is taken over.
+    @param clock: where the idle check's timer runs.
+    @param idleTimeout: seconds without a byte in either direction before
+        both connections are closed; L{None} or 0 for never.
+    @param fromClient: bytes the client sent before the join (for example
+        past a request head), relayed upstream first.
+    @param fromUpstream: bytes the upstream sent before the join that its
+        protocol no longer holds (for example past a response head),
+        relayed to the client before those C{upstream} kept.
+    @param filterUp: optional; called with each chunk from the client
+        (C{fromClient} included), returns the bytes to send upstream (may
+        be C{b""}).
+    @param filterDown: the same for chunks from the upstream.
+    @param clientReadLost: whether the client already half-closed: its FIN
+        is forwarded upstream once the early bytes are.
+    @param onEnded: L{None}, or a callable given the relay once, when both
+        sides are closed (see L{Relay.onEnded}); it may run before this
+        function returns, when the upstream was already gone.
+    @return: the started relay.
+    @raise ValueError: when either protocol is already relayed.
+    """
+    clientTransport = client.transport
+    upstreamTransport = upstream.transport
+    assert clientTransport is not None and upstreamTransport is not None
+    if getattr(client, "relay", None) is not None or upstream.relay is not None:
+        raise ValueError("this protocol is already relayed")
+    relay = Relay(clientTransport, upstreamTransport, clock, idleTimeout, filterUp, filterDown)
+    relay.onEnded = onEnded
+    client.relay = relay  # type: ignore[attr-defined]
+    upstream.relay = relay
+    # Instance attributes shadow the classes' methods: from here each chunk
+    # costs one Python call.
+    client.dataReceived = relay.fromClient  # type: ignore[method-assign]
+    upstream.dataReceived = relay.fromUpstream  # type: ignore[method-assign]
+    kept = upstream.takePending()
+    relay.start(fromClient, fromUpstream + kept if kept else fromUpstream)
+    # What the upstream reported while it had no relay to tell.
+    if upstream._lostReason is not None:
+        relay.upstreamLost(upstream._lostReason)
+    elif upstream._readLost:
+        relay.upstreamReadLost()
+    if clientReadLost:
+        relay.clientReadLost()
+    return relay

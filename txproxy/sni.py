@@ -28,9 +28,10 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from txproxy._common import overrides
 from txproxy.clienthello import ClientHello, ClientHelloError, ClientHelloReader
 from txproxy.hooks import ClientInfo, Target
-from txproxy.tcp import _CLOSED, _CONNECTING, _HELLO, RelayingFactory, _overrides, _RelayingProtocol
+from txproxy.tcp import _CLOSED, _CONNECTING, _HELLO, RelayingFactory, _RelayingProtocol
 
 __all__ = ["SNIRouterProtocol", "SNIRouterFactory", "UNRECOGNIZED_NAME_ALERT"]
 
@@ -136,7 +137,7 @@ class SNIRouterProtocol(_RelayingProtocol):
         if version is None:
             version = factory.listener.proxyProtocolSend
         self._proxyVersion = None if version == "none" else version
-        if _overrides(self, "chooseUpstream", SNIRouterProtocol):
+        if overrides(self, "chooseUpstream", SNIRouterProtocol):
             self._state = _CONNECTING
             d = defer.maybeDeferred(self.chooseUpstream, self.client, hello)
             d.addCallbacks(self._chosen, self._chooseFailed)

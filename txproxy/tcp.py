@@ -30,13 +30,13 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from twisted.internet import defer, error
-from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.interfaces import IHalfCloseableProtocol, IReactorTime
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from txproxy._common import clientInfoFor, formatAddress, isIPLiteral, overrides, statusForFailure
 from txproxy._factory import ListenerFactory
 from txproxy.accesslog import AccessRecord
 from txproxy.config import ListenerConfig
@@ -45,7 +45,7 @@ from txproxy.errors import ResolveError
 from txproxy.hooks import ClientInfo, Target
 from txproxy.origdst import isOwnListener, localNetworks, originalDestination
 from txproxy.proxyprotocol import headerFor
-from txproxy.relay import Relay, RelayedProtocol
+from txproxy.relay import Relay, RelayedProtocol, joinRelay
 
 __all__ = [
     "TCPProxyProtocol",
@@ -62,33 +62,6 @@ _OPEN, _HELLO, _CONNECTING, _RELAYING, _CLOSED = range(5)
 #: Seconds L{TransparentFactory} keeps the host's local networks before
 #: reading them again (for the loop guard).
 LOCAL_NETWORKS_TTL = 30.0
-
-_hookCache: Dict[Tuple[type, str], bool] = {}
-
-
-def _overrides(obj: Any, name: str, base: type) -> bool:
-    """
-    Whether C{obj}'s class overrides the hook C{name} of C{base} (cached per
-    class, so the per-connection cost is one dict lookup).
-    """
-    key = (type(obj), name)
-    found = _hookCache.get(key)
-    if found is None:
-        found = _hookCache[key] = getattr(type(obj), name) is not getattr(base, name)
-    return found
-
-
-def _formatAddress(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _clientInfo(transport: Any) -> ClientInfo:
-    peer = transport.getPeer()
-    host = getattr(peer, "host", None)
-    if host is None:
-        return ClientInfo(str(getattr(peer, "name", "") or "unix"), 0)
-    return ClientInfo(host, peer.port)
-
 
 def parseTCPDescription(description: str) -> Optional[Tuple[str, int, Optional[float]]]:
     """
@@ -124,7 +97,7 @@ def parseTCPDescription(description: str) -> Optional[Tuple[str, int, Optional[f
         timeout = float(kwargs["timeout"]) if "timeout" in kwargs else None
     except ValueError:
         return None
-    if not 0 < port < 65536 or not (isIPAddress(host) or isIPv6Address(host)):
+    if not 0 < port < 65536 or not isIPLiteral(host):
         return None
     return host, port, timeout
 
@@ -171,20 +144,6 @@ class _Dial(ClientFactory):
         if not self.failed:
             self.failed = True
             self.owner._dialFailed(reason)
-
-
-def _statusFor(f: Failure) -> Tuple[int, str]:
-    from txproxy.router import NoHealthyBackend
-
-    if f.check(NoHealthyBackend):
-        return 503, "no healthy backend"
-    if f.check(error.TimeoutError, defer.TimeoutError):
-        return 504, "upstream connect timed out"
-    if f.check(error.ConnectionRefusedError):
-        return 502, "upstream refused the connection"
-    if f.check(ResolveError, error.DNSLookupError):
-        return 502, "cannot resolve the upstream"
-    return 502, "cannot connect to the upstream"
 
 
 @implementer(IHalfCloseableProtocol)
@@ -269,7 +228,7 @@ class _RelayingProtocol(Protocol):
         transport = self.transport
         factory = self.factory
         factory.connectionOpened(self)
-        self.client = client = _clientInfo(transport)
+        self.client = client = clientInfoFor(transport)
         self._start = factory.clock.seconds()
         self._startWall = time.time()
         if factory._acl and not factory.clientAllowed(client.host):
@@ -369,7 +328,7 @@ class _RelayingProtocol(Protocol):
         Connect to one destination, without retry.
         """
         self._state = _CONNECTING
-        if isIPAddress(host) or isIPv6Address(host):
+        if isIPLiteral(host):
             self._dialAddress(host, port, None)
             return
         d = self.factory.connector.resolve(host, port)
@@ -389,7 +348,7 @@ class _RelayingProtocol(Protocol):
     def _dialAddress(self, host: str, port: int, timeout: Optional[float]) -> None:
         if self._state != _CONNECTING:
             return
-        self.upstreamAddress = _formatAddress(host, port)
+        self.upstreamAddress = formatAddress(host, port)
         factory = self.factory
         dial = factory._reactor
         if dial is not None:
@@ -447,9 +406,9 @@ class _RelayingProtocol(Protocol):
     def _failed(self, f: Failure) -> None:
         if self.target == "-" and self._tried:
             self.target = self._tried[-1].key
-        status, reason = _statusFor(f)
+        status, reason = statusForFailure(f)
         log.debug("{mode} {client}: {reason}", mode=self.factory.mode, client=self.client.host, reason=reason)
-        if _overrides(self, "upstreamFailed", _RelayingProtocol):
+        if overrides(self, "upstreamFailed", _RelayingProtocol):
             self.upstreamFailed(f)
         self._refuse(status, reason)
 
@@ -490,32 +449,23 @@ class _RelayingProtocol(Protocol):
             upTransport.write(headerFor(version, transport.getPeer(), destination))
         factory = self.factory
         cls = _RelayingProtocol
-        relay = Relay(
-            transport,
-            upTransport,
-            factory.clock,
-            factory.listener.idleTimeout,
-            self.clientData if _overrides(self, "clientData", cls) else None,
-            self.upstreamData if _overrides(self, "upstreamData", cls) else None,
-        )
-        self.relay = relay
-        upstream.relay = relay
-        upstream.dataReceived = relay.fromUpstream  # type: ignore[method-assign]
-        self.dataReceived = relay.fromClient  # type: ignore[method-assign]
-        relay.onEnded = self._relayEnded
         if not self.upstreamAddress:
             peer = upTransport.getPeer()
-            self.upstreamAddress = _formatAddress(getattr(peer, "host", "?"), getattr(peer, "port", 0))
-        if _overrides(self, "relayOpened", cls):
+            self.upstreamAddress = formatAddress(getattr(peer, "host", "?"), getattr(peer, "port", 0))
+        if overrides(self, "relayOpened", cls):
             self.relayOpened(self.upstreamAddress)
         pending, self._pending = self._pending, None
-        relay.start(b"".join(pending) if pending else b"", upstream.takePending())
-        if upstream._lostReason is not None:
-            relay.upstreamLost(upstream._lostReason)
-        elif upstream._readLost:
-            relay.upstreamReadLost()
-        if self._clientReadLost:
-            relay.clientReadLost()
+        joinRelay(
+            self,
+            upstream,
+            factory.clock,
+            factory.listener.idleTimeout,
+            fromClient=b"".join(pending) if pending else b"",
+            filterUp=self.clientData if overrides(self, "clientData", cls) else None,
+            filterDown=self.upstreamData if overrides(self, "upstreamData", cls) else None,
+            clientReadLost=self._clientReadLost,
+            onEnded=self._relayEnded,
+        )
 
     def _relayEnded(self, relay: Relay) -> None:
         backend, self.backend = self.backend, None
@@ -549,7 +499,7 @@ class _RelayingProtocol(Protocol):
             factory.accessLog is None
             and factory.metrics is None
             and type(factory).requestFinished is ListenerFactory.requestFinished
-            and not _overrides(self, "connectionEnded", _RelayingProtocol)
+            and not overrides(self, "connectionEnded", _RelayingProtocol)
         ):
             # Nobody reads the record: count, and skip building it.
             factory.requestsTotal += 1
@@ -571,7 +521,7 @@ class _RelayingProtocol(Protocol):
             reason=reason,
         )
         factory.requestFinished(self, record)
-        if _overrides(self, "connectionEnded", _RelayingProtocol):
+        if overrides(self, "connectionEnded", _RelayingProtocol):
             self.connectionEnded(record)
 
     def drain(self) -> None:
@@ -660,9 +610,9 @@ class TCPProxyProtocol(_RelayingProtocol):
             if factory.isLoop(dest, transport):
                 self._refuse(403, "the original destination is this proxy's own listener")
                 return
-            self.target = _formatAddress(dest[0], dest[1])
+            self.target = formatAddress(dest[0], dest[1])
             self._proxyDestination = dest
-        if _overrides(self, "chooseUpstream", TCPProxyProtocol):
+        if overrides(self, "chooseUpstream", TCPProxyProtocol):
             self._state = _CONNECTING
             d = defer.maybeDeferred(self.chooseUpstream, self.client)
             d.addCallbacks(self._chosen, self._chooseFailed)
@@ -781,7 +731,7 @@ class RelayingFactory(ListenerFactory):
             found = parseTCPDescription(backend.description)
         else:
             url = backend.url
-            ip = url is not None and (isIPAddress(url.host) or isIPv6Address(url.host))
+            ip = url is not None and isIPLiteral(url.host)
             found = (url.host, url.port, None) if ip else None
         self._direct[key] = found
         return found

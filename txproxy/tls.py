@@ -81,7 +81,6 @@ that uses Twisted's own TLS.
 from __future__ import annotations
 
 import datetime
-import ipaddress
 import os
 import re
 import ssl
@@ -104,6 +103,7 @@ from twisted.internet.interfaces import (
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from txproxy._common import isIPLiteral
 from txproxy._tlsproto import TLSClientFactory, TLSServerFactory, TLSServerProtocol
 from txproxy.errors import ConfigError
 
@@ -1019,18 +1019,10 @@ class _UnverifiedClientTLS:
 
     def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
         connection = SSL.Connection(self._context, None)
-        if not _isIPLiteral(self._hostname):
+        if not isIPLiteral(self._hostname):
             connection.set_tlsext_host_name(self._hostname.encode("idna"))
         connection.set_alpn_protos([b"http/1.1"])
         return connection
-
-
-def _isIPLiteral(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 def _bundleStamp(caBundle: Optional[str]) -> Any:
@@ -1130,7 +1122,7 @@ def _verifyName(hostname: str) -> Callable[[Any], None]:
         verify_certificate_ip_address,
     )
 
-    isIP = _isIPLiteral(hostname)
+    isIP = isIPLiteral(hostname)
 
     def check(sslobj: Any) -> None:
         der = sslobj.getpeercert(True)
@@ -1163,7 +1155,7 @@ class TLSClientEndpoint:
         """
         self._endpoint = endpoint
         self._context = context
-        self._serverName = None if _isIPLiteral(hostname) else hostname
+        self._serverName = None if isIPLiteral(hostname) else hostname
         self._check = _verifyName(hostname) if verify else None
 
     def _newObject(self, incoming: Any, outgoing: Any) -> Any:

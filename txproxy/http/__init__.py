@@ -47,11 +47,14 @@ from ._headers import (
     CONTINUE_RESPONSE,
     HOP_BY_HOP,
     appendVia,
+    PROTECTED,
     connectionTokens,
+    endToEnd,
     errorResponse,
     removeHeader,
     removeHopByHop,
     replaceHeader,
+    serializeTrustedHead,
     statusPhrase,
 )
 from ._parser import (
@@ -76,6 +79,7 @@ __all__ = [
     "DEFAULT_MAX_HEADERS",
     "HOP_BY_HOP",
     "NO_BODY",
+    "PROTECTED",
     "UNTIL_CLOSE",
     "ChunkedDecoder",
     "ChunkedReader",
@@ -89,6 +93,7 @@ __all__ = [
     "appendVia",
     "applyFraming",
     "connectionTokens",
+    "endToEnd",
     "errorResponse",
     "findHeadEnd",
     "parseAbsoluteURI",
@@ -103,5 +108,6 @@ __all__ = [
     "responseFraming",
     "serializeRequestHead",
     "serializeResponseHead",
+    "serializeTrustedHead",
     "statusPhrase",
 ]

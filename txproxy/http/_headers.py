@@ -9,7 +9,7 @@ pairs and compares names case-insensitively.
 from __future__ import annotations
 
 from http import HTTPStatus
-from typing import FrozenSet, Iterable, Tuple
+from typing import FrozenSet, Iterable, List, Optional, Tuple
 
 from ._parser import Header, Headers, ResponseHead, _connectionTokens, serializeResponseHead
 
@@ -34,6 +34,11 @@ HOP_BY_HOP = frozenset(
     ]
 )
 _HOP_BY_HOP_SIZES = frozenset(len(name) for name in HOP_BY_HOP)
+#: Fields that C{Connection} cannot make hop-by-hop: a request forwarded
+#: without C{Host} is invalid HTTP/1.1 (RFC 9112 section 3.2), so
+#: C{Connection: host} is ignored rather than obeyed.
+PROTECTED = frozenset([b"host"])
+_NO_TOKENS: FrozenSet[bytes] = frozenset()
 _HOP_BY_HOP_CLOSE = HOP_BY_HOP | frozenset([b"close"])
 _HOP_BY_HOP_CLOSE_SIZES = frozenset(len(name) for name in _HOP_BY_HOP_CLOSE)
 
@@ -112,7 +117,7 @@ def removeHopByHop(
     """
     tokens = _connectionTokens(headers)
     if keep or extra or not tokens <= _HOP_BY_HOP_CLOSE:
-        remove = (HOP_BY_HOP | tokens | frozenset(extra)) - frozenset(keep)
+        remove = (HOP_BY_HOP | tokens | frozenset(extra)) - frozenset(keep) - PROTECTED
         sizes = frozenset(len(name) for name in remove)
     elif b"close" in tokens:
         # The usual cases (Connection: close, keep-alive, upgrade) use
@@ -126,6 +131,63 @@ def removeHopByHop(
     return tuple(
         [pair for pair in headers if len(pair[0]) not in sizes or pair[0].lower() not in remove]
     )
+
+
+def endToEnd(
+    headers: Iterable[Header], keep: Iterable[bytes] = ()
+) -> Tuple[List[Header], FrozenSet[bytes], bool]:
+    """
+    The proxy's per-message pass over received headers, in one loop: the
+    end-to-end fields, the C{Connection} tokens, and whether a
+    C{Content-Length} was there.
+
+    Hop-by-hop fields (L{HOP_BY_HOP} and whatever C{Connection} lists,
+    except L{PROTECTED} ones and names in C{keep}) are removed, and so is
+    every C{Content-Length}: the caller writes one normalized value from
+    the body framing (a received C{5, 5} or a repeated field must not
+    travel on).  L{removeHopByHop} is the same rule for callers that want
+    C{Content-Length} kept.
+
+    @param headers: the received headers.
+    @param keep: lower-case hop-by-hop names to keep (C{b"upgrade"}).
+    @return: C{(headers, tokens, hadContentLength)}; C{headers} is a new
+        list the caller may append to.
+    """
+    out = []
+    connection: Optional[List[bytes]] = None
+    hasLength = False
+    hop = HOP_BY_HOP
+    for pair in headers:
+        lower = pair[0].lower()
+        if lower in hop and lower not in keep:
+            if lower == b"connection":
+                if connection is None:
+                    connection = []
+                connection.append(pair[1])
+            continue
+        if lower == b"content-length":
+            hasLength = True
+            continue
+        out.append(pair)
+    if connection is None:
+        return out, _NO_TOKENS, hasLength
+    tokens = frozenset(t.strip(b" \t").lower() for v in connection for t in v.split(b",") if t.strip(b" \t"))
+    remove = tokens - frozenset(keep) - PROTECTED
+    if remove:
+        out = [pair for pair in out if pair[0].lower() not in remove]
+        hasLength = hasLength and b"content-length" not in remove
+    return out, tokens, hasLength
+
+
+def serializeTrustedHead(firstLine: bytes, headers: Iterable[Header]) -> bytes:
+    """
+    Serialize a head whose fields are known to be valid (parsed, or made by
+    the proxy itself), without checking them again.
+
+    @param firstLine: the request or status line, with its CRLF.
+    @param headers: C{(name, value)} pairs.
+    """
+    return firstLine + b"".join([name + b": " + value + b"\r\n" for name, value in headers]) + b"\r\n"
 
 
 def removeHeader(headers: Headers, name: bytes) -> Headers:
