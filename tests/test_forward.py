@@ -736,3 +736,110 @@ class DirectDialTests(SynchronousTestCase):
         proto, client = self.open()
         self.assertEqual(_status(client.value()), 403)
         self.assertEqual(self.reactor.tcpClients, [])
+
+
+def _hostFields(sent: bytes) -> List[bytes]:
+    """
+    The values of the C{Host} fields in the request head C{sent}.
+    """
+    head = sent.split(b"\r\n\r\n", 1)[0]
+    return [line[5:].strip() for line in head.split(b"\r\n")[1:] if line[:5].lower() == b"host:"]
+
+
+class AbsoluteURITests(ForwardTestCase):
+    """
+    Absolute-URI requests (C{GET http://host/path}): the head the origin
+    gets.
+    """
+
+    def request(self, data: bytes) -> Any:
+        """
+        Send C{data} from a new client, connect the upstream it dials.
+
+        @return: the client's and the upstream's transports.
+        """
+        attempts = len(self.connector.attempts)
+        proto, client = self.open()
+        proto.dataReceived(data)
+        self.assertEqual(len(self.connector.attempts), attempts + 1, client.value())
+        return client, self.connector.last.succeed()
+
+    def refused(self, data: bytes) -> Any:
+        """
+        Send C{data} from a new client that must get an answer from the
+        proxy itself, with nothing dialled.
+
+        @return: the client's transport.
+        """
+        attempts = len(self.connector.attempts)
+        proto, client = self.open()
+        proto.dataReceived(data)
+        self.assertEqual(len(self.connector.attempts), attempts)
+        return client
+
+    def test_hostKeptWhenConnectionListsIt(self) -> None:
+        """
+        A client whose C{Connection} lists C{host} still has exactly one
+        C{Host}, the URI's authority, sent upstream.
+        """
+        client, upstream = self.request(
+            b"GET http://example.test:8080/p HTTP/1.1\r\nHost: example.test:8080\r\nConnection: host\r\n\r\n")
+        self.assertEqual(_hostFields(upstream.value()), [b"example.test:8080"])
+
+    def test_hostAddedForHTTP10WithoutHost(self) -> None:
+        """
+        An HTTP/1.0 request without C{Host}, with or without
+        C{Connection: host}, is sent upstream as HTTP/1.1 with the URI's
+        authority as its one C{Host}.
+        """
+        for extra in [b"", b"Connection: host\r\n"]:
+            client, upstream = self.request(b"GET http://example.test/p HTTP/1.0\r\n" + extra + b"\r\n")
+            sent = upstream.value()
+            self.assertTrue(sent.startswith(b"GET /p HTTP/1.1\r\n"), sent)
+            self.assertEqual(_hostFields(sent), [b"example.test"], extra)
+
+    def test_maxForwardsOnlyDigits(self) -> None:
+        """
+        A C{Max-Forwards} that is not all ASCII digits (a sign, an
+        underscore, inner whitespace, a non-ASCII digit, hex) is C{400},
+        whatever Python's C{int} would make of it.
+        """
+        for value in [b"1_0", b"-1", b"+1", b"1 0", b"0x1", b"\xd9\xa1", b"1.0", b"1,2"]:
+            client = self.refused(b"OPTIONS http://example.test/ HTTP/1.1\r\nHost: example.test\r\n"
+                                  b"Max-Forwards: " + value + b"\r\n\r\n")
+            self.assertEqual(_status(client.value()), 400, value)
+
+    def test_maxForwardsDecimal(self) -> None:
+        """
+        Leading zeros are allowed (C{007} is 7, C{000} is 0: answered
+        here); a value too long to be meant literally is clamped instead
+        of refused.
+        """
+        client, upstream = self.request(
+            b"TRACE http://example.test/ HTTP/1.1\r\nHost: example.test\r\nMax-Forwards: 007\r\n\r\n")
+        self.assertIn(b"\r\nMax-Forwards: 6\r\n", upstream.value())
+        client = self.refused(
+            b"OPTIONS http://example.test/ HTTP/1.1\r\nHost: example.test\r\nMax-Forwards: 000\r\n\r\n")
+        self.assertEqual(_status(client.value()), 200)
+        client, upstream = self.request(
+            b"OPTIONS http://example.test/ HTTP/1.1\r\nHost: example.test\r\nMax-Forwards: " + b"9" * 5000 + b"\r\n\r\n")
+        self.assertIn(b"\r\nMax-Forwards: 999999998\r\n", upstream.value())
+
+    def test_optionsWithEmptyPathIsAsteriskForm(self) -> None:
+        """
+        C{OPTIONS http://host:port} (no path, no query) reaches the origin
+        as C{OPTIONS *}; with a C{/} path, or with another method, the
+        origin gets C{/}.
+        """
+        cases = [
+            (b"OPTIONS http://example.test:8080 HTTP/1.1", b"OPTIONS * HTTP/1.1\r\n"),
+            (b"OPTIONS http://example.test:8080#f HTTP/1.1", b"OPTIONS * HTTP/1.1\r\n"),
+            (b"OPTIONS http://example.test:8080/ HTTP/1.1", b"OPTIONS / HTTP/1.1\r\n"),
+            (b"OPTIONS http://example.test:8080?q HTTP/1.1", b"OPTIONS /?q HTTP/1.1\r\n"),
+            (b"GET http://example.test:8080 HTTP/1.1", b"GET / HTTP/1.1\r\n"),
+        ]
+        for line, expected in cases:
+            client, upstream = self.request(line + b"\r\nHost: example.test:8080\r\n\r\n")
+            sent = upstream.value()
+            self.assertTrue(sent.startswith(expected), (line, sent))
+            self.assertEqual(_hostFields(sent), [b"example.test:8080"])

@@ -114,6 +114,140 @@ class RoutingTests(ReverseTestCase):
         self.assertIn(b"Host: internal.test\r\n", sent)
 
 
+def _hostFields(sent: bytes) -> List[bytes]:
+    """
+    The values of the C{Host} fields in the request head C{sent}.
+    """
+    head = sent.split(b"\r\n\r\n", 1)[0]
+    return [line[5:].strip() for line in head.split(b"\r\n")[1:] if line[:5].lower() == b"host:"]
+
+
+class HostTests(ReverseTestCase):
+    """
+    The one C{Host} every request sent to a backend carries.
+    """
+
+    def send(self, factory: Any, data: bytes) -> bytes:
+        """
+        Send C{data} from a new client and connect the backend it dials.
+
+        @return: what the backend received.
+        """
+        proto, client = connect(factory, ("203.0.113.9", 5000))
+        proto.dataReceived(data)
+        return self.connector.last.succeed().value()  # type: ignore[no-any-return]
+
+    def test_absoluteFormHostIsTheURIAuthority(self) -> None:
+        """
+        An absolute-form request is routed by its URI's authority, and the
+        received C{Host} is replaced by that authority in the request sent
+        (RFC 9112 section 3.2.2), in C{X-Forwarded-Host} and in
+        C{Forwarded}'s C{host=} too.
+        """
+        factory = self.factory("a.test=http://192.0.2.1:8001", "b.test=http://192.0.2.2:8002")
+        sent = self.send(factory, b"GET https://a.test/p HTTP/1.1\r\nHost: b.test\r\n\r\n")
+        self.assertEqual(self.connector.last.port, 8001)
+        self.assertTrue(sent.startswith(b"GET /p HTTP/1.1\r\n"), sent)
+        self.assertEqual(_hostFields(sent), [b"a.test"])
+        self.assertIn(b"X-Forwarded-Host: a.test\r\n", sent)
+        self.assertIn(b'Forwarded: for=203.0.113.9;proto=http;host="a.test"\r\n', sent)
+        self.assertNotIn(b"b.test", sent)
+        sent = self.send(factory, b"GET http://a.test:8080/p HTTP/1.1\r\nHost: b.test\r\n\r\n")
+        self.assertEqual(_hostFields(sent), [b"a.test:8080"])
+
+    def test_absoluteFormHostRewriteWins(self) -> None:
+        """
+        A route's C{host_rewrite} still sets the C{Host} of an absolute-form
+        request; C{X-Forwarded-Host} names the URI's authority.
+        """
+        route = config.RouteConfig(host="a.test", upstreams=(config.UpstreamURL("http", "192.0.2.1", 80),),
+                                   hostRewrite="internal.test")
+        listener = config.ListenerConfig(listen=("tcp:0",), mode="reverse", name="web", routes=(route,))
+        factory = ReverseProxyFactory(listener, self.connector, self.clock,
+                                      router=RouterService([listener], self.connector, self.clock))
+        sent = self.send(factory, b"GET http://a.test/ HTTP/1.1\r\nHost: b.test\r\n\r\n")
+        self.assertEqual(_hostFields(sent), [b"internal.test"])
+        self.assertIn(b"X-Forwarded-Host: a.test\r\n", sent)
+
+    def test_hostKeptWhenConnectionListsIt(self) -> None:
+        """
+        A client whose C{Connection} lists C{host} (HTTP/1.1 or 1.0) still
+        has its C{Host} sent to the backend, once.
+        """
+        factory = self.factory("a.test=http://192.0.2.1:8001")
+        for version in [b"HTTP/1.1", b"HTTP/1.0"]:
+            sent = self.send(factory, b"GET / " + version + b"\r\nHost: a.test\r\nConnection: host\r\n\r\n")
+            self.assertEqual(_hostFields(sent), [b"a.test"], version)
+
+    def test_http10WithoutHostNamesTheBackend(self) -> None:
+        """
+        An HTTP/1.0 request without C{Host} (with or without
+        C{Connection: host}) is sent as HTTP/1.1 with the backend's
+        authority as C{Host}: the port left out when it is the scheme's
+        default, an IPv6 address in brackets.  No C{X-Forwarded-Host} is
+        made up.
+        """
+        self.connector.hosts["backend.internal"] = ["192.0.2.7"]
+        cases = [
+            ("http://192.0.2.1:8001", b"192.0.2.1:8001"),
+            ("http://192.0.2.1", b"192.0.2.1"),
+            ("http://[2001:db8::1]:8001", b"[2001:db8::1]:8001"),
+            ("http://backend.internal:8001", b"backend.internal:8001"),
+        ]
+        for backend, expected in cases:
+            factory = self.factory("*=" + backend)
+            for extra in [b"", b"Connection: host\r\n"]:
+                sent = self.send(factory, b"GET /p HTTP/1.0\r\n" + extra + b"\r\n")
+                self.assertTrue(sent.startswith(b"GET /p HTTP/1.1\r\n"), sent)
+                self.assertEqual(_hostFields(sent), [expected], (backend, extra))
+                self.assertNotIn(b"X-Forwarded-Host", sent)
+
+    def test_http10WithoutHostRetryNamesTheBackendReached(self) -> None:
+        """
+        When the first backend refuses, the request sent to the other one
+        names that other one in C{Host}.
+        """
+        factory = self.factory("*=http://192.0.2.1:1,http://192.0.2.2:2")
+        proto, client = connect(factory)
+        proto.dataReceived(b"GET / HTTP/1.0\r\n\r\n")
+        self.connector.last.fail(error.ConnectionRefusedError())
+        sent = self.connector.last.succeed().value()
+        self.assertEqual(_hostFields(sent), [b"192.0.2.2:2"])
+
+    def test_http10WithoutHostKeepsHookHost(self) -> None:
+        """
+        A C{Host} that a C{rewriteRequest} hook put on a request that had
+        none is the one sent.
+        """
+        from txproxy.http import replaceHeader
+
+        class SetHost(ReverseProxyProtocol):
+            def rewriteRequest(self, request: Any, head: Any) -> Any:
+                return type(head)(head.method, head.target, head.version,
+                                  replaceHeader(head.headers, b"Host", b"hook.test"))
+
+        factory = self.factory("*=http://192.0.2.1:8001", protocol=SetHost)
+        sent = self.send(factory, b"GET / HTTP/1.0\r\n\r\n")
+        self.assertEqual(_hostFields(sent), [b"hook.test"])
+
+    def test_optionsWithEmptyPathIsAsteriskForm(self) -> None:
+        """
+        C{OPTIONS http://host} (no path, no query) reaches the backend as
+        C{OPTIONS *} (RFC 9112 section 3.2.4); with a C{/} path, or with
+        another method, the backend gets C{/}.
+        """
+        factory = self.factory("a.test=http://192.0.2.1:8001")
+        cases = [
+            (b"OPTIONS http://a.test HTTP/1.1", b"OPTIONS * HTTP/1.1\r\n"),
+            (b"OPTIONS https://a.test:8443 HTTP/1.1", b"OPTIONS * HTTP/1.1\r\n"),
+            (b"OPTIONS http://a.test/ HTTP/1.1", b"OPTIONS / HTTP/1.1\r\n"),
+            (b"GET http://a.test HTTP/1.1", b"GET / HTTP/1.1\r\n"),
+        ]
+        for line, expected in cases:
+            sent = self.send(factory, line + b"\r\nHost: a.test\r\n\r\n")
+            self.assertTrue(sent.startswith(expected), (line, sent))
+
+
 class BalancingTests(ReverseTestCase):
     def test_roundRobinAcrossRequests(self) -> None:
         """

@@ -306,19 +306,58 @@ class ForwardProxyProtocol(HTTPProxyProtocol):
             chain.append(self.client.host.encode("latin-1"))
             headers = replaceHeader(headers, b"X-Forwarded-For", b", ".join(chain))
         method = head.method
+        target = head.target
         if method in (b"OPTIONS", b"TRACE"):
             maxForwards = request.head.get(b"max-forwards")
             if maxForwards is not None:
-                try:
-                    remaining = int(maxForwards)
-                except ValueError:
-                    raise HTTPError(400, "bad Max-Forwards")
-                if remaining <= 0:
+                remaining = _parseMaxForwards(maxForwards)
+                if remaining == 0:
                     # The request stops here: this proxy answers it (RFC 9110
                     # section 7.6.2).
                     raise Refuse(200, "Max-Forwards reached txproxy")
                 headers = replaceHeader(headers, b"Max-Forwards", b"%d" % (remaining - 1))
-        return RequestHead(head.method, head.target, head.version, headers)
+            if target == b"/" and method == b"OPTIONS" and _emptyPath(request.head.target):
+                # RFC 9112 section 3.2.4: OPTIONS http://host (empty path,
+                # no query) goes to the origin in asterisk-form.
+                target = b"*"
+        return RequestHead(method, target, head.version, headers)
+
+
+#: Max-Forwards values with more significant digits than this are clamped
+#: to L{_MAX_FORWARDS_CLAMP} (RFC 9110 sets no bound; no request chain is
+#: that long).
+_MAX_FORWARDS_DIGITS = 9
+_MAX_FORWARDS_CLAMP = 10**_MAX_FORWARDS_DIGITS - 1
+
+
+def _parseMaxForwards(value: bytes) -> int:
+    """
+    Parse a C{Max-Forwards} field value: C{1*DIGIT} (RFC 9110 section
+    7.6.2), ASCII digits only; no sign, underscore or inner whitespace,
+    which Python's C{int} would accept.
+
+    @param value: the field value (surrounding whitespace already removed
+        by the parser).
+    @return: the number of forwards left, at most L{_MAX_FORWARDS_CLAMP}.
+    @raise HTTPError: C{400} if C{value} is not a decimal number.
+    """
+    # bytes.isdigit is true only for ASCII digits, and false for b"".
+    if not value.isdigit():
+        raise HTTPError(400, "bad Max-Forwards")
+    if len(value) > _MAX_FORWARDS_DIGITS:
+        value = value.lstrip(b"0")
+        if len(value) > _MAX_FORWARDS_DIGITS:
+            return _MAX_FORWARDS_CLAMP
+    return int(value or b"0")
+
+
+def _emptyPath(target: bytes) -> bool:
+    """
+    Whether the absolute-form C{target}, whose path and query
+    L{parseAbsoluteURI} gave as C{b"/"}, has an empty path (C{http://host}
+    rather than C{http://host/}).
+    """
+    return not target.partition(b"#")[0].endswith(b"/")
 
 
 class _TunnelDial(ClientFactory):

@@ -11,6 +11,7 @@ requests; the HTTP hooks of L{txproxy.httpproxy.HTTPProxyProtocol} apply.
 from __future__ import annotations
 
 import itertools
+import re
 from typing import Any, List, Optional, Set, Tuple
 
 from twisted.internet import defer, error
@@ -21,7 +22,7 @@ from zope.interface import implementer
 
 from txproxy.connector import connectProtocol, isIPLiteral
 from txproxy.hooks import Refuse, Target
-from txproxy.http import RequestHead, parseAbsoluteURI, parseHostHeader
+from txproxy.http import RequestHead, parseAbsoluteURI, parseHostHeader, replaceHeader
 from txproxy.httpproxy import HTTPProxyFactory, HTTPProxyProtocol, HTTPRequest, UpstreamHTTPProtocol, _OneShotFactory
 from txproxy.limiter import ALLOWED, Decision
 from txproxy.proxyprotocol import headerFor
@@ -29,7 +30,11 @@ from txproxy.tls import hostMatchesNames, isTLSTransport, servedNames, wrapClien
 
 __all__ = ["ReverseProxyProtocol", "ReverseProxyFactory", "forwardedHeaders"]
 
-_XF = (b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded")
+_XF = frozenset((b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded"))
+_XF_AND_HOST = _XF | {b"host"}
+# The authority of an absolute-form target, from just past its "://".
+_AUTHORITY = re.compile(rb"[^/?#]*")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def _forwardedNode(host: str) -> str:
@@ -43,6 +48,7 @@ def forwardedHeaders(
     scheme: str,
     host: Optional[bytes],
     trusted: bool,
+    hostField: Optional[bytes] = None,
 ) -> Tuple[Tuple[bytes, bytes], ...]:
     """
     Set C{X-Forwarded-For}, C{X-Forwarded-Proto}, C{X-Forwarded-Host} and
@@ -52,15 +58,29 @@ def forwardedHeaders(
     C{X-Forwarded-For} and C{Forwarded} chains are kept and extended, and
     received C{X-Forwarded-Proto}/C{-Host} are kept; from anyone else all
     four are replaced, so a client cannot forge its address.
+
+    @param host: the host the client asked for (C{X-Forwarded-Host} and
+        C{Forwarded: host=}), or L{None}.
+    @param hostField: when given, the value of the one C{Host} field the
+        result has, in the same pass: it takes the place of the first
+        C{Host} in C{headers} (any other is dropped), or comes first if
+        there was none.
     """
     kept: List[Tuple[bytes, bytes]] = []
     xff: List[bytes] = []
     fwd: List[bytes] = []
     proto: Optional[bytes] = None
     xhost: Optional[bytes] = None
+    hostSeen = False
+    names = _XF if hostField is None else _XF_AND_HOST
     for name, value in headers:
         lower = name.lower()
-        if lower in _XF:
+        if lower in names:
+            if lower == b"host":
+                if not hostSeen:
+                    hostSeen = True
+                    kept.append((name, hostField))  # type: ignore[arg-type]
+                continue
             if trusted:
                 if lower == b"x-forwarded-for":
                     xff.append(value)
@@ -72,6 +92,8 @@ def forwardedHeaders(
                     xhost = value
             continue
         kept.append((name, value))
+    if hostField is not None and not hostSeen:
+        kept.insert(0, (b"Host", hostField))
     client = clientHost.encode("latin-1")
     xff.append(client)
     kept.append((b"X-Forwarded-For", b", ".join(xff)))
@@ -184,6 +206,10 @@ class ReverseProxyProtocol(HTTPProxyProtocol):
     _clientToken = 0
     #: The private pool keys this connection used (closed with it).
     _privateKeys: Optional[Set[str]] = None
+    # Whether the current request's Host is to name its backend (it named
+    # no host), and whether it does already (a retry replaces it).
+    _hostFromBackend = False
+    _backendHostAdded = False
 
     # -- hooks
 
@@ -320,6 +346,8 @@ class ReverseProxyProtocol(HTTPProxyProtocol):
         self._backend = backend
         self._counted = backend
         backend.connectionStarted()
+        if self._hostFromBackend:
+            self._nameBackendInHost(backend)
 
     def _releaseBackend(self) -> None:
         counted, self._counted = self._counted, None
@@ -327,21 +355,71 @@ class ReverseProxyProtocol(HTTPProxyProtocol):
             counted.connectionFinished()
 
     def upstreamHead(self, request: HTTPRequest) -> RequestHead:
+        """
+        The base head plus exactly one C{Host} (the route's C{host_rewrite},
+        else the host the client asked for, else the backend's authority)
+        and the forwarded headers; the route's prefix stripped if it says
+        so.
+        """
         head = super().upstreamHead(request)
         route = self._route
         config = route.config
         listener = self.factory.listener
         trusted = bool(listener.trustedProxies) and self.client.host in listener.trustedProxies
-        hostValue = request.head.get(b"host")
-        headers = forwardedHeaders(head.headers, self.client.host, request.scheme, hostValue, trusted)
-        if config.hostRewrite:
-            from txproxy.http import replaceHeader
-
-            headers = replaceHeader(headers, b"Host", config.hostRewrite.encode("idna"))
+        received = request.head
+        target = received.target
         path = request.path
-        if config.stripPrefix and route.prefix:
+        asterisk = False
+        if target[:1] == b"/" or target == b"*":
+            hostValue = received.get(b"host") or None
+        else:
+            # RFC 9112 section 3.2.2: the authority of an absolute-form
+            # target replaces the received Host.
+            authority = _AUTHORITY.match(target, target.find(b"://") + 3)
+            assert authority is not None  # [^/?#]* matches anywhere
+            hostValue = authority.group()
+            # RFC 9112 section 3.2.4: OPTIONS https://host (empty path, no
+            # query) goes to the origin in asterisk-form.
+            if path == b"/" and received.method == b"OPTIONS":
+                asterisk = not target.partition(b"#")[0].endswith(b"/")
+        hostField = config.hostRewrite.encode("idna") if config.hostRewrite else hostValue
+        # No host at all (HTTP/1.0 without Host): _setBackend names the
+        # backend, once chosen.
+        self._hostFromBackend = hostField is None
+        self._backendHostAdded = False
+        headers = forwardedHeaders(head.headers, self.client.host, request.scheme, hostValue, trusted, hostField)
+        if asterisk:
+            path = b"*"
+        elif config.stripPrefix and route.prefix:
             path = route.upstreamPath(path.decode("latin-1")).encode("latin-1")
         return RequestHead(head.method, path, head.version, headers)
+
+    def _nameBackendInHost(self, backend: Any) -> None:
+        """
+        Give the head about to be sent for a request that named no host
+        (HTTP/1.0 without C{Host}) the C{Host} an HTTP/1.1 request needs:
+        the authority of C{backend} (C{host[:port]}, the port omitted when
+        it is the scheme's default), replacing the one of the backend a
+        retry gave up on.  A C{Host} that L{rewriteRequest} set is kept.
+        """
+        head = self._outHead
+        url = backend.url
+        value = b""
+        if url is not None:
+            host = f"[{url.host}]" if ":" in url.host else url.host
+            if url.port != _DEFAULT_PORTS.get(url.scheme):
+                host = f"{host}:{url.port}"
+            value = host.encode() if host.isascii() else host.encode("idna")
+        if self._backendHostAdded:
+            headers = replaceHeader(head.headers, b"Host", value)
+        elif head.get(b"host") is not None:
+            self._hostFromBackend = False
+            return
+        else:
+            # First, where clients put it.
+            headers = ((b"Host", value),) + head.headers
+            self._backendHostAdded = True
+        self._outHead = RequestHead(head.method, head.target, head.version, headers)
 
     # -- connecting to backends
 
