@@ -17,7 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from txproxy.forward import ForwardProxyProtocol
 from txproxy.http import RequestHead, ResponseHead, replaceHeader
 from txproxy.httpproxy import HTTPRequest
-from txproxy.testing import FakeConnector, FakeTransport, connect, forwardFactory
+from txproxy.testing import FakeConnector, FakeTransport, connect, forwardFactory, listenerConfig
 
 GET = b"GET http://origin.test/path?q=1 HTTP/1.1\r\nHost: origin.test\r\nProxy-Connection: keep-alive\r\nUser-Agent: t\r\n\r\n"
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Type: text/plain\r\n\r\nhello"
@@ -535,3 +535,159 @@ class MaxForwardsTests(ProxyTestCase):
         proto, client, upstream = self.request(
             b"OPTIONS http://origin.test/ HTTP/1.1\r\nHost: origin.test\r\nMax-Forwards: 3\r\n\r\n")
         self.assertIn(b"Max-Forwards: 2\r\n", upstream.value())
+
+
+class ExchangeTimerTests(ProxyTestCase):
+    """
+    The defects the sans-IO exchange fixed (issue #12), each through the
+    whole HTTP/1.1 connection layer.
+    """
+
+    def assertStatus(self, client: FakeTransport, status: int) -> None:
+        self.assertIn(b"HTTP/1.1 %d " % status, client.value())
+
+    def test_manyInterimResponsesAre502(self) -> None:
+        """
+        A run of interim responses is read in a loop, not by recursion: the
+        first ten are relayed, the eleventh makes the request fail with 502,
+        and nothing is logged as an error.
+        """
+        proto, client, upstream = self.request()
+        self.respond(b"HTTP/1.1 100 Continue\r\n\r\n" * 600)
+        out = client.value()
+        self.assertEqual(out.count(b"100 Continue"), 10)
+        self.assertIn(b"HTTP/1.1 502 ", out)
+        self.assertIn(b"interim", out)
+        self.assertTrue(upstream.disconnecting)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_tenInterimResponsesAreFine(self) -> None:
+        """
+        Ten interim responses, then the final one: all relayed in order.
+        """
+        proto, client, upstream = self.request()
+        self.respond(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n" * 10 + OK)
+        out = client.value()
+        self.assertEqual(out.count(b"103 Early Hints"), 10)
+        self.assertIn(b"Link: </a.css>; rel=preload", out)
+        self.assertTrue(out.endswith(b"hello"))
+
+    def test_responseTimeoutAfterPartialHead(self) -> None:
+        """
+        An upstream that sends part of a response head and stalls still
+        gets the response timeout: 504, and the upstream is closed.
+        """
+        proto, client, upstream = self.request(factory=self.factory(response_timeout="5"))
+        self.respond(b"HTTP/1.1 200 OK\r\n")
+        self.clock.advance(5.1)
+        self.assertStatus(client, 504)
+        self.assertTrue(upstream.disconnecting)
+
+    def test_responseTimeoutNotStoppedByInterim(self) -> None:
+        """
+        A 100 Continue does not stop the response timeout: an upstream that
+        then stalls gets 504.
+        """
+        proto, client, upstream = self.request(factory=self.factory(response_timeout="5"))
+        self.clock.advance(3)
+        self.respond(b"HTTP/1.1 100 Continue\r\n\r\n")
+        self.clock.advance(2.1)
+        self.assertStatus(client, 504)
+        self.assertTrue(upstream.disconnecting)
+
+    def test_responseTimeoutStartsAfterUpload(self) -> None:
+        """
+        The response timeout starts once the whole request body was sent:
+        an upload slower than the timeout, but never idle, is not cut.
+        """
+        factory = self.factory(response_timeout="5", idle_timeout="3")
+        proto, client = self.open(factory)
+        proto.dataReceived(b"POST http://origin.test/up HTTP/1.1\r\nHost: origin.test\r\nContent-Length: 10\r\n\r\n")
+        upstream = self.connector.last.succeed()
+        for _ in range(10):
+            self.clock.advance(1)
+            proto.dataReceived(b"x")
+        self.assertEqual(client.value(), b"")
+        self.assertTrue(upstream.value().endswith(b"\r\n\r\nxxxxxxxxxx"))
+        self.clock.advance(4.9)
+        self.assertEqual(client.value(), b"")
+        self.clock.advance(0.5)
+        self.assertStatus(client, 504)
+
+    def test_stalledUploadCutByIdleTimeout(self) -> None:
+        """
+        A request body that stops arriving (slow-body attack) is cut by
+        --idle-timeout with 408, though the response timeout is longer.
+        """
+        factory = self.factory(response_timeout="60", idle_timeout="3")
+        proto, client = self.open(factory)
+        proto.dataReceived(b"POST http://origin.test/up HTTP/1.1\r\nHost: origin.test\r\nContent-Length: 1000\r\n\r\nab")
+        upstream = self.connector.last.succeed()
+        self.clock.pump([1] * 2)
+        self.assertEqual(client.value(), b"")
+        self.clock.pump([1] * 3)
+        self.assertStatus(client, 408)
+        self.assertTrue(upstream.aborted)
+
+    def test_slowBodyCutByIdleTimeout(self) -> None:
+        """
+        A byte every 5 seconds does not keep a request alive past an idle
+        timeout of 3 seconds.
+        """
+        factory = self.factory(response_timeout="60", idle_timeout="3")
+        proto, client = self.open(factory)
+        proto.dataReceived(b"POST http://origin.test/up HTTP/1.1\r\nHost: origin.test\r\nContent-Length: 1000\r\n\r\n")
+        self.connector.last.succeed()
+        for _ in range(3):
+            if client.value():
+                break
+            self.clock.pump([1] * 5)
+            proto.dataReceived(b"x")
+        self.assertStatus(client, 408)
+
+    def test_clientHalfCloseMidBodyIs400(self) -> None:
+        """
+        A client that half-closes before the end of its request body gets
+        400 (the request can never complete), and the upstream is closed.
+        """
+        proto, client = self.open()
+        proto.dataReceived(b"POST http://origin.test/up HTTP/1.1\r\nHost: origin.test\r\nContent-Length: 10\r\n\r\nabc")
+        upstream = self.connector.last.succeed()
+        proto.readConnectionLost()
+        self.assertStatus(client, 400)
+        self.assertTrue(upstream.aborted)
+
+    def test_connectTimeoutIs504(self) -> None:
+        """
+        A dial that does not complete within --connect-timeout is 504, the
+        attempt is cancelled and upstreamFailed runs.
+        """
+        failures: List[Any] = []
+
+        class Hooked(ForwardProxyProtocol):
+            def upstreamFailed(self, request: Any, reason: Any) -> None:
+                failures.append(reason)
+
+        proto, client = self.open(self.factory(connect_timeout="4", protocol=Hooked))
+        proto.dataReceived(GET)
+        self.clock.advance(3.9)
+        self.assertEqual(client.value(), b"")
+        self.clock.advance(0.2)
+        self.assertStatus(client, 504)
+        self.assertEqual(len(failures), 1)
+
+    def test_pooledConnectionNotReusedAfterDenyDestReload(self) -> None:
+        """
+        A pooled keep-alive connection to a destination that a reloaded
+        --deny-dest now denies is closed, not reused: the request is 403.
+        """
+        factory = self.factory()
+        proto, client, upstream = self.request(factory=factory)
+        self.respond(OK)
+        self.assertEqual(len(factory.pool), 1)
+        factory.reloadListener(listenerConfig(deny_dest="192.0.2.0/24"))
+        client.clear()
+        proto.dataReceived(GET)
+        self.assertStatus(client, 403)
+        self.assertTrue(upstream.disconnecting)
+        self.assertEqual(len(factory.pool), 0)
