@@ -556,7 +556,9 @@ class HTTPProxyProtocol(Protocol):
     # -- its state, the exchange's by the exchange)
 
     def _setState(self, state: State) -> None:
-        self._state = transition(CONNECTION_TRANSITIONS, self._state, state)
+        if state not in CONNECTION_TRANSITIONS[self._state]:
+            transition(CONNECTION_TRANSITIONS, self._state, state)  # raises
+        self._state = state
 
     def _setTimer(self, seconds: float, kind: str) -> None:
         self._timerKind = kind
@@ -575,6 +577,8 @@ class HTTPProxyProtocol(Protocol):
     def _timedOut(self) -> None:
         self._timer = None
         kind = self._timerKind
+        if not kind:
+            return  # disarmed
         self._timerKind = ""
         state = self._state
         if kind == "head":
@@ -669,11 +673,10 @@ class HTTPProxyProtocol(Protocol):
         else:
             self._clientKeepAlive = b"keep-alive" in tokens and b"close" not in tokens
         self._upgrading = upgrading = b"upgrade" in tokens and head.get(b"upgrade") is not None
-        listener = factory.listener
         ex = self._ex = Exchange(
             head,
             framing,
-            Timeouts(listener.connectTimeout * self.connectAttempts, listener.responseTimeout, listener.idleTimeout),
+            factory.timeoutsFor(self.connectAttempts),
             factory.maxResponseHeadSize,
             factory.maxInterim,
             factory.pseudonym,
@@ -981,8 +984,10 @@ class HTTPProxyProtocol(Protocol):
                 self._responseHead(action)  # type: ignore[arg-type]
             elif kind is SetTimer:
                 if action.kind is None:  # type: ignore[union-attr]
-                    if self._timerKind in ("connect", "response", "idle"):
-                        self._cancelTimer()
+                    # Disarmed, not cancelled: the connection layer sets its
+                    # own timer next, which resets the same DelayedCall (a
+                    # cancel and a new callLater cost two heap operations).
+                    self._timerKind = ""
                 else:
                     self._setTimer(action.seconds, action.kind)  # type: ignore[union-attr, arg-type]
             elif kind is RequestSent:
@@ -1501,6 +1506,23 @@ class HTTPProxyFactory(ListenerFactory):
             self._directReactor, self._bindAddress = directDial(connector)
             self._directFor = connector
         return self._directReactor
+
+    _timeouts: Optional[Tuple[Any, int, Timeouts]] = None
+
+    def timeoutsFor(self, connectAttempts: int) -> Timeouts:
+        """
+        The exchange timeouts of this listener's configuration (made once
+        per configuration, not per request).
+
+        @param connectAttempts: upstreams one request may dial in turn.
+        """
+        cached = self._timeouts
+        listener = self.listener
+        if cached is not None and cached[0] is listener and cached[1] == connectAttempts:
+            return cached[2]
+        timeouts = Timeouts(listener.connectTimeout * connectAttempts, listener.responseTimeout, listener.idleTimeout)
+        self._timeouts = (listener, connectAttempts, timeouts)
+        return timeouts
 
     def reloadListener(self, listener: ListenerConfig, dryRun: bool = False) -> None:
         """

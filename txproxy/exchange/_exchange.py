@@ -40,6 +40,7 @@ from txproxy.http import (
     LengthReader,
     RequestHead,
     ResponseHead,
+    findHeadEnd,
     parseResponseHead,
     responseFraming,
 )
@@ -337,10 +338,14 @@ class Exchange:
     # -- state and timers
 
     def _setRequest(self, state: State) -> None:
-        self.requestState = transition(REQUEST_TRANSITIONS, self.requestState, state)
+        if state not in REQUEST_TRANSITIONS[self.requestState]:
+            transition(REQUEST_TRANSITIONS, self.requestState, state)  # raises
+        self.requestState = state
 
     def _setResponse(self, state: State) -> None:
-        self.responseState = transition(RESPONSE_TRANSITIONS, self.responseState, state)
+        if state not in RESPONSE_TRANSITIONS[self.responseState]:
+            transition(RESPONSE_TRANSITIONS, self.responseState, state)  # raises
+        self.responseState = state
 
     def _timerAction(self, actions: List[Action]) -> None:
         """
@@ -476,11 +481,11 @@ class Exchange:
             if self.observeRequest:
                 self._reqDecoder = ChunkedDecoder(400)
         self._setRequest(SENDING_BODY)
+        self._timerAction(actions)
         if pending:
             self._requestData(pending, actions)
         if self.requestState is SENDING_BODY and self._reqReader is not None and self._reqReader.ended:
             self._requestEnded(actions)
-        self._timerAction(actions)
         return actions
 
     def requestData(self, data: bytes) -> List[Action]:
@@ -489,8 +494,6 @@ class Exchange:
         """
         actions: List[Action] = []
         self._requestData(data, actions)
-        if self.timer != timerFor(self.requestState, self.responseState):
-            self._timerAction(actions)
         return actions
 
     def _requestData(self, data: bytes, actions: List[Action]) -> None:
@@ -526,6 +529,7 @@ class Exchange:
         self._reqReader = None
         if self.requestState is SENDING_BODY:
             self._setRequest(SENT)
+            self._timerAction(actions)
         actions.append(RequestSent(reader.leftover))
 
     def clientEnded(self) -> List[Action]:
@@ -548,15 +552,17 @@ class Exchange:
         actions: List[Action] = []
         state = self.responseState
         if state is RECEIVING_BODY:
+            # The hot path: the timer changes only at the end, which
+            # _responded handles.
             self._responseBody(data, actions)
         elif state is AWAITING_HEAD:
             self.received = True
             self._responseHeads(data, actions)
+            if self.responseState is RECEIVING_BODY:
+                self._timerAction(actions)
         elif data:
             # After the response, or after a failure: unsolicited.
             self.reusable = False
-        if self.timer != timerFor(self.requestState, self.responseState):
-            self._timerAction(actions)
         return actions
 
     def _responseHeads(self, data: bytes, actions: List[Action]) -> None:
@@ -564,16 +570,24 @@ class Exchange:
         while True:
             reader = self._headReader
             if reader is None:
-                reader = self._headReader = HeadReader(self.maxResponseHeadSize, 502)
-            try:
-                headBytes = reader.feed(data)
-            except HTTPError as e:
-                self._badResponse(actions, e.reason)
-                return
-            if headBytes is None:
-                return
-            self._headReader = None
-            rest = reader.leftover
+                # The usual case: a whole head in one piece, no reader.
+                end = findHeadEnd(data)
+                if 0 <= end <= self.maxResponseHeadSize:
+                    headBytes: Optional[bytes] = data[:end]
+                    rest = data[end:]
+                else:
+                    reader = self._headReader = HeadReader(self.maxResponseHeadSize, 502)
+            if reader is not None:
+                try:
+                    headBytes = reader.feed(data)
+                except HTTPError as e:
+                    self._badResponse(actions, e.reason)
+                    return
+                if headBytes is None:
+                    return
+                self._headReader = None
+                rest = reader.leftover
+            assert headBytes is not None
             try:
                 resp = parseResponseHead(headBytes)
             except HTTPError as e:
