@@ -571,7 +571,8 @@ class Exchange:
             reader = self._headReader
             if reader is None:
                 # The usual case: a whole head in one piece, no reader.
-                end = findHeadEnd(data)
+                # (Not with leading empty lines: HeadReader drops those.)
+                end = findHeadEnd(data) if not data.startswith(b"\r\n") else -1
                 if 0 <= end <= self.maxResponseHeadSize:
                     headBytes: Optional[bytes] = data[:end]
                     rest = data[end:]
@@ -658,15 +659,16 @@ class Exchange:
             actions.append(ResponseHeadReady(resp, framing, False, b""))
             self._responded(actions)
             return
-        self._setResponse(RECEIVING_BODY)
         if reader is None:
             body = rest
         else:
             try:
                 body = reader.feed(rest) if rest else b""
             except HTTPError as e:
+                # Still AWAITING_HEAD: the client has nothing yet, so 502.
                 self._badResponse(actions, e.reason)
                 return
+        self._setResponse(RECEIVING_BODY)
         self.bytesDown += len(body)
         actions.append(ResponseHeadReady(resp, framing, chunked, body))
         if body and self.observeResponse:
@@ -760,8 +762,10 @@ class Exchange:
                 self.retried = True
                 self.requestState = CONNECTING
                 self.timer = None
-                actions.append(Retry())
+                # The connect timer covers the new dial: arm it before the
+                # Retry, which ends the list (the layer stops there).
                 self._timerAction(actions)
+                actions.append(Retry())
                 return actions
             if self._headReader is not None:
                 self._fail(actions, 502, "the upstream sent an incomplete response head")
