@@ -237,7 +237,8 @@ class Driver:
         return self._record(self.ex.start())
 
     def connecting(self) -> List[Action]:
-        return self._record(self.ex.connecting())
+        self.ex.connecting()  # a transition only: the connect timer goes on
+        return self._record([])
 
     def upstreamReady(self, pending: bytes = b"") -> List[Action]:
         return self._record(self.ex.upstreamReady(pending))
@@ -870,6 +871,22 @@ class TimerTests(ExchangeTestCase):
         self.assertTimer(actions[0], "connect", CONNECT_SECONDS)
         self.assertEqual(d.connecting(), [])
         self.assertEqual(d.ex.timer, "connect")
+
+    def test_startAfterConnectingArmsConnect(self) -> None:
+        """
+        A connection layer may start the exchange's timer late (just before
+        it first waits): C{start} after C{connecting} still arms the
+        C{connect} timer, and after C{upstreamReady} it arms nothing.
+        """
+        d = self.driver(GET)
+        d.connecting()
+        actions = d.start()
+        self.assertTimer(actions[0], "connect", CONNECT_SECONDS)
+        d = self.driver(GET)
+        d.connecting()
+        d.upstreamReady()
+        self.assertEqual(d.ex.timer, "response")
+        self.assertEqual(d.start(), [])
 
     def test_bodylessRequestArmsResponse(self) -> None:
         """

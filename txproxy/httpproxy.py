@@ -20,7 +20,7 @@ already pooled.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple, cast
 
 import attr
 from twisted.internet import defer, error
@@ -502,6 +502,7 @@ class HTTPProxyProtocol(Protocol):
         if framing.kind == "chunked":
             headers.append((b"Transfer-Encoding", b"chunked"))
         elif framing.kind == "length":
+            assert framing.length is not None
             headers.append((b"Content-Length", b"%d" % framing.length))
         headers.append((b"Via", head.version[5:] + b" " + self.factory.pseudonym))
         return RequestHead(head.method, request.path, _HTTP11, tuple(headers))
@@ -684,7 +685,6 @@ class HTTPProxyProtocol(Protocol):
             overrides(self, "requestBodyData", HTTPProxyProtocol),
             overrides(self, "responseBodyData", HTTPProxyProtocol),
         )
-        self._run(ex.start())
         try:
             refusal = self.checkPolicy(head)
         except Refuse as e:
@@ -694,8 +694,13 @@ class HTTPProxyProtocol(Protocol):
             # The limiter answers asynchronously (Redis).
             refusal.addCallbacks(lambda _: self._routeHead(head), self._failed)
             refusal.addErrback(self._unexpected)
-            return
-        self._routeHead(head)
+        else:
+            self._routeHead(head)
+        if self._ex is ex and self._state is WAIT and ex.timer is None:
+            # Still deciding or dialling as control goes back to the event
+            # loop: the connect timer applies from now.  (A request that is
+            # already on a pooled connection never needs it.)
+            self._run(ex.start())
 
     def _routeHead(self, head: RequestHead) -> None:
         try:
@@ -755,7 +760,7 @@ class HTTPProxyProtocol(Protocol):
             return
         ex = self._ex
         assert ex is not None
-        self._run(ex.connecting())
+        ex.connecting()
         factory = self.factory
         pool = factory.pool
         while True:
@@ -823,7 +828,7 @@ class HTTPProxyProtocol(Protocol):
             dialled is in C{self._upstreamAddress}.
         """
         factory = self.factory
-        d = factory.connector.resolve(target.host, target.port)
+        d: defer.Deferred[List[str]] = factory.connector.resolve(target.host, target.port)
         denyDest = factory.listener.denyDest
 
         def pick(addresses: List[str]) -> List[str]:
@@ -871,7 +876,7 @@ class HTTPProxyProtocol(Protocol):
         if admission is not None and admission is not ALLOWED:
             if admission.__class__ is not Decision:
                 # Still a Deferred: the limiter has not answered yet.
-                return admission.addCallback(lambda _: self.checkPolicy(head))
+                return admission.addCallback(lambda _: self.checkPolicy(head))  # type: ignore[no-any-return]
             if not admission.allowed:
                 raise self._limitRefusal(admission)
         htpasswd = factory.htpasswd
@@ -989,7 +994,7 @@ class HTTPProxyProtocol(Protocol):
                     # cancel and a new callLater cost two heap operations).
                     self._timerKind = ""
                 else:
-                    self._setTimer(action.seconds, action.kind)  # type: ignore[union-attr, arg-type]
+                    self._setTimer(action.seconds, action.kind)  # type: ignore[union-attr]
             elif kind is RequestSent:
                 self._requestSent(action.leftover)  # type: ignore[union-attr]
             elif kind is Observe:
@@ -1027,7 +1032,9 @@ class HTTPProxyProtocol(Protocol):
             self._reqProducer = False
             upstream = self._upstream
             if upstream is not None and upstream.transport is not None:
-                upstream.transport.unregisterProducer()
+                # (ITransport does not declare the IConsumer and
+                # ITCPTransport methods that connection transports have.)
+                upstream.transport.unregisterProducer()  # type: ignore[attr-defined]
         self._pipelined(leftover)
 
     def _pauseInput(self) -> None:
@@ -1121,11 +1128,11 @@ class HTTPProxyProtocol(Protocol):
             self._reqProducer = False
             if reusable and not upstream.lost and transport is not None and not self.factory.draining:
                 if transport.producer is not None:  # type: ignore[attr-defined]
-                    transport.unregisterProducer()
+                    transport.unregisterProducer()  # type: ignore[attr-defined]
                 self.factory.pool.put(upstream)
             elif transport is not None:
                 if transport.producer is not None:  # type: ignore[attr-defined]
-                    transport.unregisterProducer()
+                    transport.unregisterProducer()  # type: ignore[attr-defined]
                 transport.loseConnection()
         ex = self._ex
         resp = ex.response if ex is not None else None
@@ -1238,7 +1245,7 @@ class HTTPProxyProtocol(Protocol):
             self.transport.unregisterProducer()  # type: ignore[attr-defined]
             self._respProducer = False
         if transport.producer is not None:  # type: ignore[attr-defined]
-            transport.unregisterProducer()
+            transport.unregisterProducer()  # type: ignore[attr-defined]
         if abort:
             transport.abortConnection()  # type: ignore[attr-defined]
         else:
@@ -1475,7 +1482,9 @@ class HTTPProxyFactory(ListenerFactory):
         metrics: Any = None,
     ) -> None:
         if clock is None:
-            from twisted.internet import reactor as clock  # type: ignore[assignment]
+            from twisted.internet import reactor as _reactor
+
+            clock = cast(IReactorTime, _reactor)
         self.listener = listener
         self.connector = connector
         self.clock = clock
@@ -1484,7 +1493,7 @@ class HTTPProxyFactory(ListenerFactory):
         self.metrics = metrics
         self.htpasswd = Htpasswd(listener.auth) if listener.auth else None
         self.protocols: set = set()
-        self.pool = UpstreamPool(clock)  # type: ignore[arg-type]
+        self.pool = UpstreamPool(clock)
         self.requestsTotal = 0
         self._directFor: Any = None
         self.draining = False

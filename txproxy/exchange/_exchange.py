@@ -29,7 +29,7 @@ Interim C{1xx} responses are handled in a loop, never by recursion, and
 capped by C{maxInterim}: past it the exchange fails with C{502}.
 """
 
-from typing import List, Optional, Union
+from typing import Dict, List, Optional, Union
 
 from txproxy.http import (
     ChunkedDecoder,
@@ -59,7 +59,7 @@ from ._state import (
     SENT,
     UPGRADED,
     State,
-    timerFor,
+    TIMERS,
     transition,
 )
 
@@ -232,22 +232,36 @@ Action = Union[
 ]
 
 
+#: The one "cancel the timer" action.
+CANCEL_TIMER = SetTimer(None, 0.0)
+
+
 class Timeouts:
     """
     The seconds each exchange timer runs (0 disables C{response} and
-    C{idle}).
+    C{idle}), and the L{SetTimer} action that arms each (made once per
+    configuration: actions are immutable values, shared by every exchange).
 
     @ivar connect: deciding and dialling (all attempts together).
     @ivar response: from the last request byte sent to the response head.
     @ivar idle: no byte moved in either direction.
+    @ivar actions: the L{SetTimer} for each timer kind (and L{None}).
     """
 
-    __slots__ = ("connect", "response", "idle")
+    __slots__ = ("connect", "response", "idle", "actions")
 
     def __init__(self, connect: float, response: float, idle: float) -> None:
         self.connect = connect
         self.response = response
         self.idle = idle
+        check = max(idle / 4.0, 0.01) if idle else 0.0
+        self.actions: Dict[Optional[str], SetTimer] = {
+            None: CANCEL_TIMER,
+            "connect": SetTimer("connect", connect) if connect else CANCEL_TIMER,
+            "response": SetTimer("response", response) if response else CANCEL_TIMER,
+            # The idle timer is a progress check every quarter timeout.
+            "idle": SetTimer("idle", check) if check else CANCEL_TIMER,
+        }
 
 
 class Exchange:
@@ -351,28 +365,13 @@ class Exchange:
         """
         Append a L{SetTimer} when the kind of timer that applies changed.
         """
-        kind = timerFor(self.requestState, self.responseState)
+        kind = TIMERS[self.requestState, self.responseState]
         if kind == self.timer:
             return
         self.timer = kind
-        if kind is None:
-            actions.append(SetTimer(None, 0.0))
-            return
-        if kind == "connect":
-            seconds = self.timeouts.connect
-        elif kind == "response":
-            seconds = self.timeouts.response
-        else:
-            seconds = self._idleCheck()
+        if kind == "idle":
             self._mark = -1
-        if not seconds:
-            actions.append(SetTimer(None, 0.0))
-        else:
-            actions.append(SetTimer(kind, seconds))
-
-    def _idleCheck(self) -> float:
-        idle = self.timeouts.idle
-        return max(idle / 4.0, 0.01) if idle else 0.0
+        actions.append(self.timeouts.actions[kind])
 
     @property
     def ended(self) -> bool:
@@ -384,22 +383,23 @@ class Exchange:
 
     def start(self) -> List[Action]:
         """
-        The head was received and policy, routing and hooks start: the
-        C{connect} timer covers them and the dial.
+        Arm the C{connect} timer, which covers policy, routing, hooks and the
+        dial: call it once the request head was received, or at the latest
+        before the first wait (a connection layer may skip the timer when
+        the request is on an upstream connection before control returns to
+        the event loop: nothing can expire in between).
         """
         actions: List[Action] = []
-        self._timerAction(actions)
+        if self.requestState is DECIDING or self.requestState is CONNECTING:
+            self._timerAction(actions)
         return actions
 
-    def connecting(self) -> List[Action]:
+    def connecting(self) -> None:
         """
         Decided: an upstream connection is being taken from the pool or
-        dialled.
+        dialled (the C{connect} timer goes on).
         """
         self._setRequest(CONNECTING)
-        actions: List[Action] = []
-        self._timerAction(actions)
-        return actions
 
     def timerFired(self, now: float) -> List[Action]:
         """
@@ -427,7 +427,7 @@ class Exchange:
                 else:
                     self._abort(actions, "idle timeout")
                 return actions
-            actions.append(SetTimer("idle", self._idleCheck()))
+            actions.append(self.timeouts.actions["idle"])
         return actions
 
     def _fail(self, actions: List[Action], status: int, reason: str) -> None:

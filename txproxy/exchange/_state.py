@@ -70,6 +70,7 @@ __all__ = [
     "LocalProtocolError",
     "transition",
     "timerFor",
+    "TIMERS",
     "CONNECTION_TIMERS",
     "REQUEST_TRANSITIONS",
     "RESPONSE_TRANSITIONS",
@@ -199,3 +200,11 @@ def timerFor(request: State, response: State) -> Optional[str]:
     if response is RECEIVING_BODY:
         return "idle"
     return None
+
+
+#: L{timerFor} of every pair of states, for a lookup instead of a call.
+TIMERS: Dict[Tuple[State, State], Optional[str]] = {
+    (request, response): timerFor(request, response)
+    for request in REQUEST_TRANSITIONS
+    for response in RESPONSE_TRANSITIONS
+}
