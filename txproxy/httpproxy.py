@@ -192,6 +192,8 @@ class UpstreamHTTPProtocol(RelayedProtocol):
     idleSince = 0.0
     pool: Optional["UpstreamPool"] = None
     lost = False
+    #: The peer as the access log shows it (C{host:port}), once known.
+    address = ""
 
     def dataReceived(self, data: bytes) -> None:
         owner = self.owner
@@ -656,7 +658,8 @@ class HTTPProxyProtocol(Protocol):
             return
         self._head = head
         self._input = rest
-        self._setState(WAIT)
+        # From HEAD (or KEEPALIVE, which dataReceived turned into HEAD).
+        self._state = WAIT
         if head.method == b"CONNECT":
             # The tunnel's own dial has its connect timeout; the head timer
             # acts only on a head in progress.
@@ -677,7 +680,7 @@ class HTTPProxyProtocol(Protocol):
         ex = self._ex = Exchange(
             head,
             framing,
-            factory.timeoutsFor(self.connectAttempts),
+            factory._timeoutsBy.get(self.connectAttempts) or factory.timeoutsFor(self.connectAttempts),
             factory.maxResponseHeadSize,
             factory.maxInterim,
             factory.pseudonym,
@@ -767,7 +770,7 @@ class HTTPProxyProtocol(Protocol):
             upstream = pool.get(key)
             if upstream is None:
                 break
-            if factory.listener.denyDest and not self._stillAllowed(upstream):
+            if factory.hasDenyDest and not self._stillAllowed(upstream):
                 # Pooled before a reload that denies its destination.
                 if upstream.transport is not None:
                     upstream.transport.loseConnection()
@@ -936,14 +939,18 @@ class HTTPProxyProtocol(Protocol):
     # -- the exchange: the sans-IO Exchange decides, this carries it out
 
     def _exchange(self, upstream: UpstreamHTTPProtocol, reused: bool) -> None:
-        self._setState(EXCHANGE)
+        # Only ever called in WAIT (its callers check), which may move here.
+        self._state = EXCHANGE
         self._upstream = upstream
         upstream.owner = self
         upstream.requests += 1
         self._reused = reused
         if not self._upstreamAddress:
-            peer = upstream.transport.getPeer()  # type: ignore[union-attr]
-            self._upstreamAddress = formatAddress(getattr(peer, "host", ""), getattr(peer, "port", 0))
+            address = upstream.address
+            if not address:
+                peer = upstream.transport.getPeer()  # type: ignore[union-attr]
+                address = upstream.address = formatAddress(getattr(peer, "host", ""), getattr(peer, "port", 0))
+            self._upstreamAddress = address
         if self._toClient is None:
             self._toClient = fastSender(self.transport)  # type: ignore[arg-type]
         head = self._outHead
@@ -1143,7 +1150,8 @@ class HTTPProxyProtocol(Protocol):
             self._cancelTimer()
             self.transport.loseConnection()  # type: ignore[union-attr]
             return
-        self._setState(KEEPALIVE)
+        # The end of an exchange (EXCHANGE may move to KEEPALIVE).
+        self._state = KEEPALIVE
         self._setTimer(self.factory.keepAliveTimeout, "keepalive")
         pending, self._input = self._input, b""
         self._resumeInput()
@@ -1516,21 +1524,37 @@ class HTTPProxyFactory(ListenerFactory):
             self._directFor = connector
         return self._directReactor
 
-    _timeouts: Optional[Tuple[Any, int, Timeouts]] = None
+    _listener: ListenerConfig
+    _timeoutsBy: Dict[int, Timeouts]
+    #: Whether C{--deny-dest} is set (pooled connections are then checked).
+    hasDenyDest = False
+
+    @property
+    def listener(self) -> ListenerConfig:
+        """
+        The L{ListenerConfig} in force; setting it (a reload) also resets
+        what is derived from it per configuration rather than per request.
+        """
+        return self._listener
+
+    @listener.setter
+    def listener(self, listener: ListenerConfig) -> None:
+        self._listener = listener
+        self._timeoutsBy = {}
+        self.hasDenyDest = bool(listener.denyDest)
 
     def timeoutsFor(self, connectAttempts: int) -> Timeouts:
         """
         The exchange timeouts of this listener's configuration (made once
-        per configuration, not per request).
+        per configuration and number of connect attempts, not per request).
 
         @param connectAttempts: upstreams one request may dial in turn.
         """
-        cached = self._timeouts
-        listener = self.listener
-        if cached is not None and cached[0] is listener and cached[1] == connectAttempts:
-            return cached[2]
-        timeouts = Timeouts(listener.connectTimeout * connectAttempts, listener.responseTimeout, listener.idleTimeout)
-        self._timeouts = (listener, connectAttempts, timeouts)
+        timeouts = self._timeoutsBy.get(connectAttempts)
+        if timeouts is None:
+            listener = self.listener
+            timeouts = Timeouts(listener.connectTimeout * connectAttempts, listener.responseTimeout, listener.idleTimeout)
+            self._timeoutsBy[connectAttempts] = timeouts
         return timeouts
 
     def reloadListener(self, listener: ListenerConfig, dryRun: bool = False) -> None:

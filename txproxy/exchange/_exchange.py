@@ -227,6 +227,12 @@ class SetTimer:
         self.seconds = seconds
 
 
+#: Shared values for the most common actions (actions are never mutated).
+_SENT_NOTHING_MORE = RequestSent(b"")
+_DONE_REUSABLE = ResponseDone(True, False)
+_DONE_NOT_REUSABLE = ResponseDone(False, False)
+_DONE_CLOSE = ResponseDone(False, True)
+
 Action = Union[
     SendUpstream, SendDownstream, ResponseHeadReady, Observe, RequestSent, ResponseDone, Upgrade, Retry, Fail, Abort, SetTimer
 ]
@@ -279,35 +285,25 @@ class Exchange:
     @ivar timer: the kind of the timer that applies now, or L{None}.
     """
 
-    __slots__ = (
-        "head",
-        "framing",
-        "timeouts",
-        "maxInterim",
-        "maxResponseHeadSize",
-        "pseudonym",
-        "upgrading",
-        "observeRequest",
-        "observeResponse",
-        "requestState",
-        "responseState",
-        "response",
-        "interim",
-        "bytesUp",
-        "bytesDown",
-        "reusable",
-        "retried",
-        "received",
-        "timer",
-        "_reqReader",
-        "_reqDecoder",
-        "_respReader",
-        "_respDecoder",
-        "_headReader",
-        "_mark",
-        "_markSince",
-        "_http11",
-    )
+    # No __slots__: the per-request state starts as these class defaults,
+    # so making an exchange stores only what the constructor is given.
+    requestState: State = DECIDING
+    responseState: State = AWAITING_HEAD
+    response: Optional[ResponseHead] = None
+    interim = 0
+    bytesUp = 0
+    bytesDown = 0
+    reusable = True
+    retried = False
+    received = False
+    timer: Optional[str] = None
+    _reqReader: _Reader = None
+    _reqDecoder: Optional[ChunkedDecoder] = None
+    _respReader: _Reader = None
+    _respDecoder: Optional[ChunkedDecoder] = None
+    _headReader: Optional[HeadReader] = None
+    _mark = -1
+    _markSince = 0.0
 
     def __init__(
         self,
@@ -330,23 +326,6 @@ class Exchange:
         self.upgrading = upgrading
         self.observeRequest = observeRequest
         self.observeResponse = observeResponse
-        self.requestState: State = DECIDING
-        self.responseState: State = AWAITING_HEAD
-        self.response: Optional[ResponseHead] = None
-        self.interim = 0
-        self.bytesUp = 0
-        self.bytesDown = 0
-        self.reusable = True
-        self.retried = False
-        self.received = False
-        self.timer: Optional[str] = None
-        self._reqReader: _Reader = None
-        self._reqDecoder: Optional[ChunkedDecoder] = None
-        self._respReader: _Reader = None
-        self._respDecoder: Optional[ChunkedDecoder] = None
-        self._headReader: Optional[HeadReader] = None
-        self._mark = -1
-        self._markSince = 0.0
         self._http11 = head.version == _HTTP11
 
     # -- state and timers
@@ -472,7 +451,7 @@ class Exchange:
         if kind == "none":
             self._setRequest(SENT)
             self._timerAction(actions)
-            actions.append(RequestSent(pending))
+            actions.append(RequestSent(pending) if pending else _SENT_NOTHING_MORE)
             return actions
         if kind == "length":
             self._reqReader = LengthReader(framing.length or 0)
@@ -720,14 +699,14 @@ class Exchange:
             self.reusable = False
             self._reqReader = None
             self.requestState = FAILED
-            actions.append(ResponseDone(False, True))
+            actions.append(_DONE_CLOSE)
         elif self.requestState is SENT:
-            actions.append(ResponseDone(self.reusable, False))
+            actions.append(_DONE_REUSABLE if self.reusable else _DONE_NOT_REUSABLE)
         else:
             # Answered before the request was even sent (cannot happen on
             # a connection we wrote the head to first): treat as broken.
             self.reusable = False
-            actions.append(ResponseDone(False, True))
+            actions.append(_DONE_CLOSE)
 
     def _badResponse(self, actions: List[Action], reason: str) -> None:
         self.reusable = False
