@@ -415,6 +415,8 @@ class HTTPProxyProtocol(Protocol):
     _sentAt: Optional[float] = None
     _reqProducer = False
     _respProducer = False
+    _observeRequest = False
+    _observeResponse = False
     _inputPaused = False
 
     # -- hooks
@@ -532,6 +534,8 @@ class HTTPProxyProtocol(Protocol):
 
     def connectionMade(self) -> None:
         self.client = clientInfoFor(self.transport)
+        self._observeRequest = overrides(self, "requestBodyData", HTTPProxyProtocol)
+        self._observeResponse = overrides(self, "responseBodyData", HTTPProxyProtocol)
         factory = self.factory
         factory.connectionOpened(self)
         self._setTimer(factory.listener.headerTimeout, "head")
@@ -680,13 +684,13 @@ class HTTPProxyProtocol(Protocol):
         ex = self._ex = Exchange(
             head,
             framing,
-            factory._timeoutsBy.get(self.connectAttempts) or factory.timeoutsFor(self.connectAttempts),
+            factory.timeoutsFor(self.connectAttempts),
             factory.maxResponseHeadSize,
             factory.maxInterim,
             factory.pseudonym,
             upgrading,
-            overrides(self, "requestBodyData", HTTPProxyProtocol),
-            overrides(self, "responseBodyData", HTTPProxyProtocol),
+            self._observeRequest,
+            self._observeResponse,
         )
         try:
             refusal = self.checkPolicy(head)
@@ -1524,23 +1528,20 @@ class HTTPProxyFactory(ListenerFactory):
             self._directFor = connector
         return self._directReactor
 
-    _listener: ListenerConfig
-    _timeoutsBy: Dict[int, Timeouts]
+    #: The configuration L{hasDenyDest} and the timeouts were derived from.
+    _derivedFor: Optional[ListenerConfig] = None
     #: Whether C{--deny-dest} is set (pooled connections are then checked).
     hasDenyDest = False
 
-    @property
-    def listener(self) -> ListenerConfig:
+    def _derive(self) -> None:
         """
-        The L{ListenerConfig} in force; setting it (a reload) also resets
-        what is derived from it per configuration rather than per request.
+        Derive what is computed once per configuration rather than per
+        request (after construction, a reload, or a test setting
+        C{listener}).
         """
-        return self._listener
-
-    @listener.setter
-    def listener(self, listener: ListenerConfig) -> None:
-        self._listener = listener
-        self._timeoutsBy = {}
+        listener = self.listener
+        self._derivedFor = listener
+        self._timeoutsBy: Dict[int, Timeouts] = {}
         self.hasDenyDest = bool(listener.denyDest)
 
     def timeoutsFor(self, connectAttempts: int) -> Timeouts:
@@ -1550,6 +1551,8 @@ class HTTPProxyFactory(ListenerFactory):
 
         @param connectAttempts: upstreams one request may dial in turn.
         """
+        if self._derivedFor is not self.listener:
+            self._derive()
         timeouts = self._timeoutsBy.get(connectAttempts)
         if timeouts is None:
             listener = self.listener

@@ -450,6 +450,8 @@ class Exchange:
         kind = framing.kind
         if kind == "none":
             self._setRequest(SENT)
+            # (CONNECTING, AWAITING_HEAD) -> (SENT, AWAITING_HEAD): the
+            # response timer, unless the timer is already that.
             self._timerAction(actions)
             actions.append(RequestSent(pending) if pending else _SENT_NOTHING_MORE)
             return actions
