@@ -29,7 +29,7 @@ from __future__ import annotations
 import socket
 from errno import EAGAIN, EALREADY, EINPROGRESS, EISCONN, EWOULDBLOCK
 from os import strerror
-from typing import Any, Optional, Tuple
+from typing import Any, Optional, Tuple, Type, Union
 
 from twisted.internet import abstract, error, tcp
 from twisted.internet.address import IPv4Address, IPv6Address
@@ -64,7 +64,7 @@ class DirectClient(tcp.Connection):
     ) -> None:
         if ":" in host:
             family = socket.AF_INET6
-            self._addressType = IPv6Address
+            self._addressType: Type[Union[IPv4Address, IPv6Address]] = IPv6Address
             if "%" in host:
                 address: Tuple[Any, ...] = socket.getaddrinfo(
                     host, port, socket.AF_INET6, 0, 0, socket.AI_NUMERICHOST | socket.AI_NUMERICSERV
@@ -84,8 +84,8 @@ class DirectClient(tcp.Connection):
             skt.setblocking(False)
         abstract.FileDescriptor.__init__(self, reactor=reactor)
         self.socket = skt
-        self.fileno = skt.fileno  # type: ignore[method-assign]
-        self.protocol = None  # type: ignore[assignment]
+        self.fileno = skt.fileno
+        self.protocol = None  # type: ignore[assignment]  # set in _connected
         try:
             if getattr(factory, "noDelay", True):
                 skt.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

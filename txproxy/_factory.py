@@ -20,7 +20,10 @@ __all__ = ["ListenerFactory"]
 log = Logger()
 
 
-class ListenerFactory(ServerFactory):
+# Any: the protocols' C{factory} is the mode's factory class, which
+# Twisted's Factory[P] typing (a protocol whose factory is Factory[Self])
+# cannot express.
+class ListenerFactory(ServerFactory[Any]):
     """
     Base of the mode factories.  Subclasses set C{listener}, C{protocols},
     C{accessLog}, C{metrics} and C{requestsTotal} in their constructor.

@@ -93,6 +93,7 @@ def streamline(reactor: Any) -> bool:
         return False
     if type(reactor) is not EPollReactor or getattr(reactor, "_txproxyLoop", False):
         return False
-    reactor.doIteration = _leanDoPoll(reactor)
-    reactor._txproxyLoop = True
+    # The reactor's own loop, replaced on this instance (not on the class).
+    reactor.doIteration = _leanDoPoll(reactor)  # type: ignore[method-assign]
+    reactor._txproxyLoop = True  # type: ignore[attr-defined]  # our mark: installed once
     return True

@@ -26,10 +26,10 @@ address, tcp-mode descriptions by C{endpointForDescription}.
 
 from __future__ import annotations
 
-from typing import Any, List, Optional
+from typing import Any, List, Optional, cast
 
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITCPTransport
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -124,7 +124,7 @@ class _HTTPCheckProtocol(Protocol):
 
     def _cancel(self, d: Deferred[int]) -> None:
         if self.transport is not None:
-            self.transport.abortConnection()
+            cast(ITCPTransport, self.transport).abortConnection()
 
     def connectionMade(self) -> None:
         assert self.transport is not None
@@ -292,7 +292,7 @@ class HealthChecker:
         if self._timedOut:
             error = f"timed out after {self.check.timeout:g}s"
         else:
-            error = f.getErrorMessage() or f.type.__name__  # type: ignore[union-attr]
+            error = f.getErrorMessage() or f.type.__name__
         self._done(False, error)
 
     def _done(self, ok: bool, error: Optional[str]) -> None:

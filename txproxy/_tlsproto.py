@@ -44,7 +44,7 @@ from twisted.internet.interfaces import IHalfCloseableProtocol, IHandshakeListen
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 
-from txproxy.relay import fastSender
+from txproxy.relay import _Transport, fastSender
 
 __all__ = ["TLSClientFactory", "TLSClientProtocol", "TLSServerFactory", "TLSServerProtocol"]
 
@@ -65,6 +65,7 @@ class TLSServerProtocol(Protocol):
     @ivar disconnecting: whether the application asked to close.
     """
 
+    transport: _Transport
     disconnecting = False
     disconnected = False
     _handshakeDone = False

@@ -295,7 +295,8 @@ class ProxyAdminSource:
         metrics = getattr(self.service, "metrics", None)
         if metrics is None:
             return b""
-        return metrics.exposition()
+        text: bytes = metrics.exposition()
+        return text
 
     def statusData(self) -> Dict[str, Any]:
         return proxyStatus(self.service, self.startedAt)

@@ -495,12 +495,12 @@ def _onOff(value: Any, where: str) -> bool:
 
 
 def _cidr(value: Any, where: str) -> str:
-    value = _string(value, where)
+    cidr = _string(value, where)
     try:
-        parseCIDRs([value])
+        parseCIDRs([cidr])
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}")
-    return value
+    return cidr
 
 
 def _timeout(value: Any, where: str) -> float:
@@ -721,12 +721,16 @@ def fromFlags(
         if listen:
             raise ConfigError(f"--listen cannot be combined with --config; set it in {configFile}")
         base = loadFile(configFile)
-        overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in processValues.items()}
+        overrides: Dict[str, Any] = {
+            k: tuple(v) if isinstance(v, list) else v for k, v in processValues.items()
+        }
         return attr.evolve(base, **overrides)
     listenerValues["listen"] = tuple(listen) or ("tcp:3128",)
     listenerValues.setdefault("name", "listener0")
     listener = _finishListener(listenerValues, "")
-    process = {k: tuple(v) if isinstance(v, list) else v for k, v in processValues.items()}
+    process: Dict[str, Any] = {
+        k: tuple(v) if isinstance(v, list) else v for k, v in processValues.items()
+    }
     return ProxyConfig(listeners=(listener,), **process)
 
 
@@ -1003,5 +1007,7 @@ def fromTOML(data: Mapping[str, Any]) -> ProxyConfig:
     for n in names:
         if names.count(n) > 1:
             raise ConfigError(f"listeners: name {n!r} is used twice")
-    process = {k: tuple(v) if isinstance(v, list) else v for k, v in processValues.items()}
+    process: Dict[str, Any] = {
+        k: tuple(v) if isinstance(v, list) else v for k, v in processValues.items()
+    }
     return ProxyConfig(listeners=tuple(listeners), **process)

@@ -150,7 +150,7 @@ class ForwardProxyProtocol(HTTPProxyProtocol):
                 self._failed(Failure())
                 return
             if refusal is None:
-                self._dialDirect(dial, self._tunnel.target)  # type: ignore[union-attr]
+                self._dialDirect(dial, self._tunnel.target)
                 return
             d = refusal
         else:
@@ -187,6 +187,7 @@ class ForwardProxyProtocol(HTTPProxyProtocol):
         tunnel = self._tunnel
         if not overrides(self, "allowTunnel", ForwardProxyProtocol):
             return tunnel
+        assert tunnel is not None
 
         def decided(allowed: Any) -> Any:
             if not allowed:
@@ -306,7 +307,7 @@ class ForwardProxyProtocol(HTTPProxyProtocol):
             chain.append(self.client.host.encode("latin-1"))
             headers = replaceHeader(headers, b"X-Forwarded-For", b", ".join(chain))
         method = head.method
-        target = head.target
+        requestTarget = head.target
         if method in (b"OPTIONS", b"TRACE"):
             maxForwards = request.head.get(b"max-forwards")
             if maxForwards is not None:
@@ -316,18 +317,18 @@ class ForwardProxyProtocol(HTTPProxyProtocol):
                     # section 7.6.2).
                     raise Refuse(200, "Max-Forwards reached txproxy")
                 headers = replaceHeader(headers, b"Max-Forwards", b"%d" % (remaining - 1))
-            if target == b"/" and method == b"OPTIONS" and _emptyPath(request.head.target):
+            if requestTarget == b"/" and method == b"OPTIONS" and _emptyPath(request.head.target):
                 # RFC 9112 section 3.2.4: OPTIONS http://host (empty path,
                 # no query) goes to the origin in asterisk-form.
-                target = b"*"
-        return RequestHead(method, target, head.version, headers)
+                requestTarget = b"*"
+        return RequestHead(method, requestTarget, head.version, headers)
 
 
 #: Max-Forwards values with more significant digits than this are clamped
 #: to L{_MAX_FORWARDS_CLAMP} (RFC 9110 sets no bound; no request chain is
 #: that long).
 _MAX_FORWARDS_DIGITS = 9
-_MAX_FORWARDS_CLAMP = 10**_MAX_FORWARDS_DIGITS - 1
+_MAX_FORWARDS_CLAMP: int = 10**_MAX_FORWARDS_DIGITS - 1
 
 
 def _parseMaxForwards(value: bytes) -> int:
@@ -372,7 +373,7 @@ class _TunnelDial(ClientFactory):
 
     def __init__(self, owner: ForwardProxyProtocol, protocol: Any) -> None:
         self.owner: Optional[ForwardProxyProtocol] = owner
-        self.protocol = protocol
+        self.protocol: Any = protocol
         self.started = owner.factory.clock.seconds()
         #: TCP_NODELAY on the upstream socket (read by txproxy._dial).
         self.noDelay = owner.factory.listener.tcpNoDelay

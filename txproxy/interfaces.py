@@ -10,12 +10,14 @@ them the fakes in L{txproxy.testing}.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 from zope.interface import Interface
 
 if TYPE_CHECKING:  # pragma: no cover
     from twisted.internet.defer import Deferred
+
+    from txproxy.limiter import Decision
 
 
 class IUpstreamConnector(Interface):
@@ -27,7 +29,7 @@ class IUpstreamConnector(Interface):
     name that could resolve differently a moment later.
     """
 
-    def resolve(host: str, port: int) -> "Deferred[list[str]]":  # type: ignore[empty-body]
+    def resolve(host: str, port: int) -> "Deferred[list[str]]":
         """
         Resolve C{host} to a list of IP address strings, in the order they
         should be tried.  An IP literal resolves to itself without a lookup.
@@ -56,7 +58,7 @@ class ILimiter(Interface):
     backend's have already fired).
     """
 
-    def take(key: str, rate: float, burst: int, cost: float = 1.0) -> "Deferred":  # type: ignore[empty-body]
+    def take(key: str, rate: float, burst: int, cost: float = 1.0) -> "Deferred[Decision]":
         """
         Take C{cost} tokens from the bucket C{key}, which refills at C{rate}
         tokens per second up to C{burst}.
@@ -64,7 +66,9 @@ class ILimiter(Interface):
         @return: a Deferred firing with a L{txproxy.limiter.Decision}.
         """
 
-    def acquire(scope: str, client: str, maxTotal: object, maxPerClient: object) -> "Deferred":  # type: ignore[empty-body]
+    def acquire(
+        scope: str, client: str, maxTotal: Optional[int], maxPerClient: Optional[int]
+    ) -> "Deferred[Decision]":
         """
         Open a connection lease in C{scope} for C{client}, unless that would
         exceed C{maxTotal} leases in the scope or C{maxPerClient} leases for

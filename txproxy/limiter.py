@@ -95,7 +95,7 @@ class ILease(Interface):
     module introduced it; it may move there without changing its name.)
     """
 
-    def release() -> "Deferred[None]":  # type: ignore[empty-body]
+    def release() -> "Deferred[None]":
         """
         Give the slot back.  Idempotent: only the first call counts.  Call it
         when the connection closes, however it closes.
@@ -452,7 +452,8 @@ class LimiterService(Service):
     @ivar redis: the Redis backend, or L{None}.
     """
 
-    name = "limiter"
+    # (Twisted's Service.name is None: mypy infers its type from that.)
+    name = "limiter"  # type: ignore[assignment]
     log = Logger()
 
     #: Seconds between two logged denials (others are only counted).
@@ -665,7 +666,7 @@ class LimiterService(Service):
         """
         result = self.takeNowOrLater(key, rate, burst, cost)
         if result.__class__ is Decision:
-            return succeed(result)  # type: ignore[arg-type]
+            return succeed(result)
         return result  # type: ignore[return-value]
 
     def takeNowOrLater(
@@ -701,7 +702,7 @@ class LimiterService(Service):
             return self._count(self._fallbackTake(key, rate, burst, cost))
         if answer is ALLOWED:
             self._allowed += 1
-            return answer  # type: ignore[no-any-return]
+            return answer
         return self._answered(answer, self._fallbackTake, (key, rate, burst, cost))
 
     def acquire(
@@ -712,7 +713,7 @@ class LimiterService(Service):
         """
         result = self.acquireNowOrLater(scope, client, maxTotal, maxPerClient)
         if result.__class__ is Decision:
-            return succeed(result)  # type: ignore[arg-type]
+            return succeed(result)
         return result  # type: ignore[return-value]
 
     def acquireNowOrLater(
@@ -771,7 +772,7 @@ class LimiterService(Service):
             left = self.redisTimeout - (self._clock.seconds() - started)
             answer = self._viaRedis(call, fallback, args, max(0.0, left))
             if answer.__class__ is Decision:
-                result.callback(answer)  # type: ignore[arg-type]
+                result.callback(answer)
             else:
                 answer.chainDeferred(result)  # type: ignore[union-attr]
 
@@ -997,7 +998,7 @@ class ListenerLimits:
         """
         result = self.checkConnection(client, countRate)
         if result.__class__ is Decision:
-            return succeed(result)  # type: ignore[arg-type]
+            return succeed(result)
         return result  # type: ignore[return-value]
 
     def _thenAcquire(self, decision: Decision, client: str) -> Any:
@@ -1028,5 +1029,5 @@ class ListenerLimits:
         """
         result = self.checkRequest(client)
         if result.__class__ is Decision:
-            return succeed(result)  # type: ignore[arg-type]
+            return succeed(result)
         return result  # type: ignore[return-value]

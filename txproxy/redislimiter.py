@@ -722,7 +722,7 @@ class RedisLimiter:
         if self._now is not None:
             args = list(args) + [repr(float(self._now()))]
         self.redisCalls += 1
-        d = self._client.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+        d: Deferred[Any] = self._client.execute("EVALSHA", script.sha, len(keys), *keys, *args)
         d.addErrback(self._noScript, script, keys, args)
         return d
 
@@ -758,7 +758,7 @@ class RedisLimiter:
         """
         result = self.takeNowOrLater(key, rate, burst, cost)
         if result.__class__ is Decision:
-            return succeed(result)  # type: ignore[arg-type]
+            return succeed(result)
         return result  # type: ignore[return-value]
 
     def takeNowOrLater(

@@ -33,12 +33,21 @@ end-of-input to L{Relay.clientReadLost} and loss to L{Relay.clientLost}
 from __future__ import annotations
 
 from errno import EAGAIN, ENOBUFS, EWOULDBLOCK
-from typing import Any, Callable, Dict, Optional, Set
+from typing import Any, Callable, Dict, List, Optional, Set, cast
+from typing import Protocol as _Structural
 from weakref import WeakKeyDictionary
 
 from twisted.internet import defer, tcp
+from twisted.internet.interfaces import (
+    IConsumer,
+    IDelayedCall,
+    IHalfCloseableProtocol,
+    IPushProducer,
+    IReactorTime,
+    ITCPTransport,
+    ITransport,
+)
 from twisted.internet.main import CONNECTION_DONE
-from twisted.internet.interfaces import IHalfCloseableProtocol, IReactorTime, ITransport
 from twisted.internet.protocol import Protocol
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
@@ -58,7 +67,7 @@ _CONNECTION_DONE = Failure(CONNECTION_DONE)
 RELAY_BUFFER_SIZE = 256 * 1024
 
 
-def _plainTCP(transport: Any) -> Any:
+def _plainTCP(transport: object) -> Optional[tcp.Connection]:
     """
     Return the L{twisted.internet.tcp.Connection} under C{transport} when
     writes to C{transport} may go straight to that connection's socket, else
@@ -68,7 +77,7 @@ def _plainTCP(transport: Any) -> Any:
     as used by C{haproxy:} listeners once the PROXY header is consumed) are
     looked through; TLS transports are not.
     """
-    while type(transport).write is ProtocolWrapper.write:
+    while isinstance(transport, ProtocolWrapper) and type(transport).write is ProtocolWrapper.write:
         transport = transport.transport
     if isinstance(transport, tcp.Connection) and not getattr(transport, "TLS", False):
         if getattr(transport, "socket", None) is not None:
@@ -76,10 +85,13 @@ def _plainTCP(transport: Any) -> Any:
     return None
 
 
+#: fastSender's default for C{conn} (typed Any so that it fits the parameter).
 _NOT_LOOKED_UP: Any = object()
 
 
-def fastSender(transport: ITransport, conn: Any = _NOT_LOOKED_UP) -> Callable[[bytes], None]:
+def fastSender(
+    transport: ITransport, conn: Optional[tcp.Connection] = _NOT_LOOKED_UP
+) -> Callable[[bytes], None]:
     """
     Return a callable that writes to C{transport} like C{transport.write},
     sending straight to the socket when nothing is buffered.
@@ -93,11 +105,12 @@ def fastSender(transport: ITransport, conn: Any = _NOT_LOOKED_UP) -> Callable[[b
         conn = _plainTCP(transport)
     if conn is None:
         return transport.write
-    send = conn.socket.send
-    write = conn.write
+    c = conn
+    send = c.socket.send
+    write: Callable[[bytes], None] = c.write
 
     def sendOrBuffer(data: bytes) -> None:
-        if conn._tempDataLen or conn.dataBuffer or not conn.connected or conn._writeDisconnecting:
+        if c._tempDataLen or c.dataBuffer or not c.connected or c._writeDisconnecting:
             write(data)
             return
         try:
@@ -139,7 +152,7 @@ def sendNow(transport: ITransport, data: bytes) -> None:
     transport.write(data)
 
 
-def _idleTCP(conn: Any) -> Any:
+def _idleTCP(conn: Optional[tcp.Connection]) -> Optional[tcp.Connection]:
     """
     C{conn}, a plain TCP connection (or L{None}), when it is open and has
     nothing buffered (so that a close or half-close need not wait for the
@@ -165,25 +178,26 @@ class _IdleSweeper:
     (which costs a heap entry and a callLater per connection).
     """
 
-    _byClock: "WeakKeyDictionary[Any, Dict[float, _IdleSweeper]]" = WeakKeyDictionary()
+    _byClock: "WeakKeyDictionary[IReactorTime, Dict[float, _IdleSweeper]]" = WeakKeyDictionary()
 
     @classmethod
-    def forRelay(cls, relay: "Relay") -> "_IdleSweeper":
-        clock = relay.clock
+    def forClock(cls, clock: IReactorTime, timeout: float) -> "_IdleSweeper":
+        """
+        The sweeper for relays with this clock and idle timeout.
+        """
         sweepers = cls._byClock.get(clock)
         if sweepers is None:
             sweepers = cls._byClock[clock] = {}
-        timeout = relay.idleTimeout
-        sweeper = sweepers.get(timeout)  # type: ignore[arg-type]
+        sweeper = sweepers.get(timeout)
         if sweeper is None:
-            sweeper = sweepers[timeout] = cls(clock, max(timeout / 4.0, 0.01))  # type: ignore[index,operator]
+            sweeper = sweepers[timeout] = cls(clock, max(timeout / 4.0, 0.01))
         return sweeper
 
     def __init__(self, clock: IReactorTime, tick: float) -> None:
         self.clock = clock
         self.tick = tick
         self.relays: Set[Relay] = set()
-        self._call: Any = None
+        self._call: Optional[IDelayedCall] = None
 
     def add(self, relay: "Relay") -> None:
         self.relays.add(relay)
@@ -207,6 +221,15 @@ class _IdleSweeper:
             self._call = self.clock.callLater(self.tick, self._sweep)
 
 
+class _Transport(ITCPTransport, IConsumer, IPushProducer):
+    """
+    A connection's transport as txproxy uses it: also a consumer and a push
+    producer (as Twisted's connection transports are), which
+    C{Protocol.transport}'s type, L{ITransport}, does not say.  Only for
+    type annotations and casts: nothing declares it.
+    """
+
+
 @implementer(IHalfCloseableProtocol)
 class RelayedProtocol(Protocol):
     """
@@ -223,12 +246,12 @@ class RelayedProtocol(Protocol):
     """
 
     relay: Optional["Relay"] = None
-    _pending: Optional[list] = None
+    _pending: Optional[List[bytes]] = None
     _readLost = False
     _lostReason: Optional[Failure] = None
     #: Called with this protocol from C{connectionMade}, once (set by
     #: L{txproxy.connector.Connector.connect}).
-    onConnected: Optional[Callable[[Any], None]] = None
+    onConnected: Optional[Callable[["RelayedProtocol"], None]] = None
 
     def connectionMade(self) -> None:
         callback = self.onConnected
@@ -346,8 +369,8 @@ class Relay:
         self._idleSince = self.startedAt
         self._filterUp = filterUp
         self._filterDown = filterDown
-        self._clientConn = _plainTCP(client)
-        self._upstreamConn = _plainTCP(upstream)
+        self._clientConn: Optional[tcp.Connection] = _plainTCP(client)
+        self._upstreamConn: Optional[tcp.Connection] = _plainTCP(upstream)
 
     # -- the hot path: one call per chunk, sending straight to the socket
     # when the other side is plain TCP with nothing buffered (the same test
@@ -365,7 +388,7 @@ class Relay:
         self.bytesUp += len(data)
         conn = self._upstreamConn
         if conn is None or conn._tempDataLen or conn.dataBuffer or not conn.connected or conn._writeDisconnecting:
-            self.upstream.write(data)  # type: ignore[union-attr]
+            self.upstream.write(data)
             return
         try:
             sent = conn.socket.send(data)
@@ -388,7 +411,7 @@ class Relay:
         self.bytesDown += len(data)
         conn = self._clientConn
         if conn is None or conn._tempDataLen or conn.dataBuffer or not conn.connected or conn._writeDisconnecting:
-            self.client.write(data)  # type: ignore[union-attr]
+            self.client.write(data)
             return
         try:
             sent = conn.socket.send(data)
@@ -410,8 +433,11 @@ class Relay:
         for conn in (self._clientConn, self._upstreamConn):
             if conn is not None and conn.bufferSize < RELAY_BUFFER_SIZE:
                 conn.bufferSize = RELAY_BUFFER_SIZE
-        self.upstream.registerProducer(self.client, True)  # type: ignore[attr-defined]
-        self.client.registerProducer(self.upstream, True)  # type: ignore[attr-defined]
+        # Connection transports are consumers and push producers too, which
+        # ITransport does not say.
+        client, upstream = cast(_Transport, self.client), cast(_Transport, self.upstream)
+        upstream.registerProducer(client, True)
+        client.registerProducer(upstream, True)
         if fromClient:
             self.fromClient(fromClient)
         if fromUpstream:
@@ -419,10 +445,11 @@ class Relay:
         resume = getattr(self.client, "resumeProducing", None)
         if resume is not None:
             resume()
-        if self.idleTimeout and self.endedAt is None:
+        idleTimeout = self.idleTimeout
+        if idleTimeout and self.endedAt is None:
             self._idleMark = self.bytesUp + self.bytesDown
             self._idleSince = self.clock.seconds()
-            self._sweeper = _IdleSweeper.forRelay(self)
+            self._sweeper = _IdleSweeper.forClock(self.clock, idleTimeout)
             self._sweeper.add(self)
 
     def _checkIdle(self, now: float) -> None:
@@ -431,10 +458,11 @@ class Relay:
         both sides when no byte moved for the idle timeout.
         """
         mark = self.bytesUp + self.bytesDown
+        timeout = self.idleTimeout
         if mark != self._idleMark:
             self._idleMark = mark
             self._idleSince = now
-        elif now - self._idleSince >= self.idleTimeout:  # type: ignore[operator]
+        elif timeout is not None and now - self._idleSince >= timeout:
             self.abort("idle")
 
     # -- end of input (half-close)
@@ -464,7 +492,7 @@ class Relay:
             self._halfClose(self.client, self._clientConn, self._clientGone)
         self._maybeDone()
 
-    def _halfClose(self, transport: Any, conn: Any, gone: bool) -> None:
+    def _halfClose(self, transport: ITransport, conn: Optional[tcp.Connection], gone: bool) -> None:
         if gone:
             return
         conn = _idleTCP(conn)
@@ -510,12 +538,12 @@ class Relay:
         self._close(self.client, self._clientConn, self._clientGone)
         self._maybeFinished()
 
-    def _close(self, transport: Any, conn: Any, gone: bool) -> None:
+    def _close(self, transport: ITransport, conn: Optional[tcp.Connection], gone: bool) -> None:
         if gone:
             return
         # A registered producer keeps loseConnection waiting for it.
         try:
-            transport.unregisterProducer()
+            cast(_Transport, transport).unregisterProducer()
         except Exception:  # pragma: no cover - transports that lost it already
             pass
         conn = _idleTCP(conn)
@@ -578,8 +606,22 @@ class Relay:
         return self.endedAt is None
 
 
+class _RelayClient(_Structural):
+    """
+    What L{joinRelay} needs of the accepted connection's protocol: its
+    transport, a settable C{relay} (L{None} until joined) and a
+    C{dataReceived} that the join replaces with L{Relay.fromClient}.
+    """
+
+    transport: Optional[ITransport]
+    relay: Optional[Relay]
+
+    def dataReceived(self, data: bytes) -> None:
+        ...
+
+
 def joinRelay(
-    client: Protocol,
+    client: _RelayClient,
     upstream: RelayedProtocol,
     clock: IReactorTime,
     idleTimeout: Optional[float] = None,
@@ -631,14 +673,15 @@ def joinRelay(
     clientTransport = client.transport
     upstreamTransport = upstream.transport
     assert clientTransport is not None and upstreamTransport is not None
-    if getattr(client, "relay", None) is not None or upstream.relay is not None:
+    if client.relay is not None or upstream.relay is not None:
         raise ValueError("this protocol is already relayed")
     relay = Relay(clientTransport, upstreamTransport, clock, idleTimeout, filterUp, filterDown)
     relay.onEnded = onEnded
-    client.relay = relay  # type: ignore[attr-defined]
+    client.relay = relay
     upstream.relay = relay
     # Instance attributes shadow the classes' methods: from here each chunk
-    # costs one Python call.
+    # costs one Python call.  (Assigning to a method, which mypy forbids, is
+    # the point here.)
     client.dataReceived = relay.fromClient  # type: ignore[method-assign]
     upstream.dataReceived = relay.fromUpstream  # type: ignore[method-assign]
     kept = upstream.takePending()

@@ -190,6 +190,7 @@ class ReverseProxyProtocol(HTTPProxyProtocol):
     and it is closed when this connection closes.
     """
 
+    factory: "ReverseProxyFactory"
     mode = "reverse"
     connectAttempts = 2
     _route: Any = None
@@ -296,7 +297,7 @@ class ReverseProxyProtocol(HTTPProxyProtocol):
         The pool key of connections to C{backend} for this request's route
         and this client connection.
         """
-        key = backend.key
+        key: str = backend.key
         url = backend.url
         if url is not None and url.scheme == "https":
             # Connections verified one way must never serve a route that
@@ -427,7 +428,8 @@ class ReverseProxyProtocol(HTTPProxyProtocol):
         backend = self._backend
         route = self._route
         pool = route.pool
-        result: defer.Deferred = defer.Deferred(lambda d: inFlight and inFlight[0].cancel())
+        # (The canceller's value is ignored.)
+        result: defer.Deferred = defer.Deferred(lambda d: inFlight and inFlight[0].cancel())  # type: ignore[arg-type, func-returns-value]
         inFlight: List[defer.Deferred] = []
 
         def attempt(backend: Any, retry: bool, key: Optional[str] = None) -> None:

@@ -7,16 +7,16 @@ listener service per C{--listen} endpoint.
 from __future__ import annotations
 
 import sys
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, cast
 
 import attr
 
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer
 from twisted.internet.endpoints import _WrapperServerEndpoint, serverFromString
-from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.interfaces import IHalfCloseableProtocol, ITransport
 from twisted.logger import Logger
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.protocols.haproxy._exceptions import InvalidProxyHeader
 from twisted.protocols.haproxy._v1parser import V1Parser
 from twisted.protocols.haproxy._v2parser import V2Parser
@@ -79,7 +79,9 @@ class _HalfCloseableHAProxyWrapper(HAProxyProtocolWrapper):
         if info is None:
             return
         self._proxyInfo = info
-        self.wrappedProtocol.makeConnection(self)
+        # The wrapper is the wrapped protocol's transport (it provides what
+        # the real transport provides, see makeConnection).
+        self.wrappedProtocol.makeConnection(cast(ITransport, self))
         if remaining:
             self.wrappedProtocol.dataReceived(remaining)
 
@@ -88,6 +90,7 @@ class _HalfCloseableHAProxyWrapper(HAProxyProtocolWrapper):
         if p is not None and self._proxyInfo is not None:
             p.readConnectionLost()
         else:
+            assert self.transport is not None
             self.transport.loseConnection()
 
     def writeConnectionLost(self) -> None:
@@ -95,7 +98,7 @@ class _HalfCloseableHAProxyWrapper(HAProxyProtocolWrapper):
         if p is not None and self._proxyInfo is not None:
             p.writeConnectionLost()
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._proxyInfo is not None:
             super().connectionLost(reason)
         else:
@@ -103,7 +106,9 @@ class _HalfCloseableHAProxyWrapper(HAProxyProtocolWrapper):
 
 
 class _HalfCloseableHAProxyFactory(HAProxyWrappingFactory):
-    protocol = _HalfCloseableHAProxyWrapper
+    # (mypy rejects any subclass here, Twisted's own included: a protocol
+    # wrapper is not the protocol Twisted's Factory[P] typing expects.)
+    protocol = _HalfCloseableHAProxyWrapper  # type: ignore[assignment]
 
 
 def serverEndpoint(
@@ -552,7 +557,7 @@ class ProxyService(MultiService):
         self.draining = True
         Service.stopService(self)
         stops = [svc.stopListening() for svc in self.listenerServices]
-        d = defer.gatherResults(stops, consumeErrors=True)
+        d: defer.Deferred[Any] = defer.gatherResults(stops, consumeErrors=True)
         d.addBoth(lambda _: self._drain())
         d.addBoth(lambda _: self._stopChildren())
         return d

@@ -27,7 +27,7 @@ refused or unreachable; C{503} no healthy backend; C{504} connect timeout.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple, cast
 
 from twisted.internet import defer, error
 from twisted.internet.interfaces import IHalfCloseableProtocol, IReactorTime
@@ -246,8 +246,6 @@ class _RelayingProtocol(Protocol):
                 d.addErrback(self._admissionFailed)
             return
         self._begin()
-
-    _lease: Any = None
 
     def _admitted(self, decision: Any) -> None:
         if self._state == _CLOSED:
@@ -602,12 +600,13 @@ class TCPProxyProtocol(_RelayingProtocol):
         factory = self.factory
         self._proxyVersion = factory.listener.proxyProtocolSend
         if factory.transparent:
+            transparent = cast(TransparentFactory, factory)
             transport = self.transport
-            dest = factory.originalDestination(transport)
+            dest = transparent.originalDestination(transport)
             if dest is None:
                 self._refuse(400, "no original destination (the connection was not redirected)")
                 return
-            if factory.isLoop(dest, transport):
+            if transparent.isLoop(dest, transport):
                 self._refuse(403, "the original destination is this proxy's own listener")
                 return
             self.target = formatAddress(dest[0], dest[1])
@@ -682,7 +681,9 @@ class RelayingFactory(ListenerFactory):
             refused).
         """
         if clock is None:
-            from twisted.internet import reactor as clock  # type: ignore[assignment]
+            from twisted.internet import reactor as _reactor
+
+            clock = cast(IReactorTime, _reactor)
         if connector is None:
             connector = Connector(clock, listener.connectTimeout)
         self.listener = listener

@@ -141,7 +141,7 @@ MODERN_CIPHERS = (
 )
 
 #: C{minimumVersion} values L{ServerTLSOptions} accepts.
-_VERSIONS: Dict[str, int] = {
+_VERSIONS: Dict[str, ssl.TLSVersion] = {
     "1.2": ssl.TLSVersion.TLSv1_2,
     "1.3": ssl.TLSVersion.TLSv1_3,
 }

@@ -38,10 +38,11 @@ import socket
 import sys
 import tempfile
 import time
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence, cast
 
 from twisted.application.service import MultiService
 from twisted.internet import defer, error
+from twisted.internet.interfaces import ITCPTransport
 from twisted.internet.protocol import ProcessProtocol, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -255,7 +256,7 @@ def mergeExpositions(texts: Dict[str, str]) -> bytes:
             for name in order:
                 yield families[name]
 
-    return generate_latest(_Merged())  # type: ignore[arg-type]
+    return generate_latest(_Merged())
 
 
 # ---------------------------------------------------------------------------
@@ -596,7 +597,7 @@ class WorkerSupervisor(MultiService):
         def cancel(d: "defer.Deferred[bytes]") -> None:
             connecting.cancel()
             if proto.transport is not None:
-                proto.transport.abortConnection()
+                cast(ITCPTransport, proto.transport).abortConnection()
 
         result: "defer.Deferred[bytes]" = defer.Deferred(cancel)
 
