@@ -63,6 +63,11 @@ class _DialFactory(ClientFactory):
         if connector is None:
             return
         state = connector.state
+        # Fail d first: stopping the connector reports UserError (a
+        # ConnectError) synchronously, which would otherwise read as a
+        # refused connect (dialTarget tries the next address; addTimeout
+        # passes it on instead of its TimeoutError).
+        d.errback(defer.CancelledError())
         if state == "connecting":
             connector.stopConnecting()
         elif state == "connected" and connector.transport is not None:
@@ -161,7 +166,13 @@ def directDial(connector: Any) -> Any:
     @return: C{(dial, bindAddress)}, C{dial} taking C{connectTCP}'s
         arguments (see L{dialerFor}); C{(None, None)} when not.
     """
-    if type(connector) is Connector and hasattr(connector.reactor, "connectTCP"):
+    cls = type(connector)
+    if (
+        isinstance(connector, Connector)
+        and cls.connect is Connector.connect
+        and cls.endpointFor is Connector.endpointFor
+        and hasattr(connector.reactor, "connectTCP")
+    ):
         bind = (connector.bindAddress, 0) if connector.bindAddress else None
         return dialerFor(connector.reactor), bind
     return None, None

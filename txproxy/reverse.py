@@ -428,9 +428,17 @@ class ReverseProxyProtocol(HTTPProxyProtocol):
         backend = self._backend
         route = self._route
         pool = route.pool
-        # (The canceller's value is ignored.)
-        result: defer.Deferred = defer.Deferred(lambda d: inFlight and inFlight[0].cancel())  # type: ignore[arg-type, func-returns-value]
         inFlight: List[defer.Deferred] = []
+        cancelled: List[bool] = []
+
+        def cancel(d: defer.Deferred) -> None:
+            # An endpoint fails a cancelled connect with
+            # ConnectingCancelledError: not a backend failure, no retry.
+            cancelled.append(True)
+            if inFlight:
+                inFlight[0].cancel()
+
+        result: defer.Deferred = defer.Deferred(cancel)
 
         def attempt(backend: Any, retry: bool, key: Optional[str] = None) -> None:
             d = self._dialBackend(backend)
@@ -446,8 +454,8 @@ class ReverseProxyProtocol(HTTPProxyProtocol):
                     result.callback(proto)
 
             def failed(f: Failure) -> None:
-                if result.called or f.check(defer.CancelledError):
-                    if not result.called:
+                if result.called or cancelled or f.check(defer.CancelledError):
+                    if not result.called and not cancelled:
                         result.errback(f)
                     return
                 pool.reportConnectFailure(backend)

@@ -120,6 +120,17 @@ class UpstreamProtocol(RelayedProtocol):
             owner._upstreamConnected(self)
 
 
+def _connectTimedOut(result: Any, timeout: float) -> Any:
+    """
+    C{addTimeout}'s translation for an endpoint's connect: a cancelled
+    endpoint fails with L{error.ConnectingCancelledError}, not
+    L{defer.CancelledError}, which the default translation passes on as is.
+    """
+    if isinstance(result, Failure):
+        raise defer.TimeoutError(timeout, "upstream connect")
+    return result
+
+
 class _Dial(ClientFactory):
     """
     The client factory of one upstream connection attempt: builds the
@@ -371,7 +382,7 @@ class _RelayingProtocol(Protocol):
         d = endpoint.connect(_Dial(self))
         timeout = self.factory.listener.connectTimeout
         if timeout:
-            d.addTimeout(timeout, self.factory.clock)
+            d.addTimeout(timeout, self.factory.clock, onTimeoutCancel=_connectTimedOut)
         self._dialing = d
         d.addErrback(self._dialFailed)
 
