@@ -168,17 +168,17 @@ def transition(table: _Table, current: State, new: State) -> State:
     raise LocalProtocolError(f"illegal transition {current!r} -> {new!r}")
 
 
-#: The timer of each client connection state: (kind, name of the setting
-#: that gives its seconds), or L{None} for no timer of the connection's own
-#: (the exchange's timer applies in L{WAIT} and L{EXCHANGE}; the relay's
-#: idle sweep in L{TUNNEL}).
+#: The timer of each client connection state: (kind, where its seconds
+#: come from), or L{None} for no timer of the connection's own (the
+#: exchange's timer applies in L{WAIT} and L{EXCHANGE}; the relay's idle
+#: sweep in L{TUNNEL}).
 CONNECTION_TIMERS: Dict[State, Optional[Tuple[str, str]]] = {
-    HEAD: ("head", "headerTimeout"),
-    KEEPALIVE: ("keepalive", "keepAliveTimeout"),
+    HEAD: ("head", "--header-timeout"),
+    KEEPALIVE: ("keepalive", "HTTPProxyFactory.keepAliveTimeout (75 s, or --idle-timeout if less)"),
     WAIT: None,
     EXCHANGE: None,
     TUNNEL: None,
-    LINGER: ("linger", "lingerSeconds"),
+    LINGER: ("linger", "httpproxy.LINGER_SECONDS (2 s)"),
     CLOSING: None,
     CLOSED: None,
 }
