@@ -957,7 +957,7 @@ class TimerTests(ExchangeTestCase):
     def test_bodyArmsIdleThenCancels(self) -> None:
         """
         A final head arms the C{idle} timer while its body streams; the end
-        of the response cancels it, before L{ResponseDone}.
+        of the response ends it with L{ResponseDone}.
         """
         d = self.driver(GET)
         d.ready()
@@ -967,18 +967,17 @@ class TimerTests(ExchangeTestCase):
         actions = d.responseData(b"l")
         self.assertEqual(kinds(actions), ["SendDownstream"])
         actions = d.responseData(b"lo")
-        self.assertEqual(kinds(actions), ["SendDownstream", "SetTimer", "ResponseDone"])
-        self.assertTimer(actions[1], None)
+        self.assertEqual(kinds(actions), ["SendDownstream", "ResponseDone"])
         self.assertIsNone(d.ex.timer)
 
-    def test_wholeResponseCancels(self) -> None:
+    def test_wholeResponseEndsTimer(self) -> None:
         """
-        A whole response in one piece cancels the timer before
-        L{ResponseDone}.
+        A whole response in one piece ends the timer with L{ResponseDone}
+        (a terminal action implies it: no separate L{SetTimer}).
         """
-        actions = self.respond(GET, [OK])[1]
-        self.assertEqual(kinds(actions), ["ResponseHeadReady", "SetTimer", "ResponseDone"])
-        self.assertTimer(actions[1], None)
+        d, actions = self.respond(GET, [OK])
+        self.assertEqual(kinds(actions), ["ResponseHeadReady", "ResponseDone"])
+        self.assertIsNone(d.ex.timer)
 
     def test_connectTimeout(self) -> None:
         """
@@ -1472,8 +1471,7 @@ class EarlyResponseTests(ExchangeTestCase):
         d = self.driver(POST)
         d.ready(b"hel")
         actions = d.responseData(b"HTTP/1.1 413 Too Large\r\nContent-Length: 0\r\n\r\n")
-        self.assertEqual(kinds(actions), ["ResponseHeadReady", "SetTimer", "ResponseDone"])
-        self.assertTimer(actions[1], None)
+        self.assertEqual(kinds(actions), ["ResponseHeadReady", "ResponseDone"])
         self.assertAction(actions[-1], ResponseDone, reusable=False, closeClient=True)
         self.assertIs(d.ex.requestState, FAILED)
         self.assertEqual(d.clientData(b"lo world"), [])

@@ -994,8 +994,6 @@ class HTTPProxyProtocol(Protocol):
             kind = type(action)
             if kind is SendDownstream:
                 self._toClient(action.data)  # type: ignore[union-attr]
-            elif kind is SendUpstream:
-                self._toUpstream(action.data)  # type: ignore[union-attr]
             elif kind is ResponseHeadReady:
                 self._responseHead(action)  # type: ignore[arg-type]
             elif kind is SetTimer:
@@ -1008,17 +1006,19 @@ class HTTPProxyProtocol(Protocol):
                     self._setTimer(action.seconds, action.kind)  # type: ignore[union-attr]
             elif kind is RequestSent:
                 self._requestSent(action.leftover)  # type: ignore[union-attr]
+            elif kind is ResponseDone:
+                if action.closeClient:  # type: ignore[union-attr]
+                    self._clientKeepAlive = False
+                self._finish(action.reusable)  # type: ignore[union-attr]
+                return
+            elif kind is SendUpstream:
+                self._toUpstream(action.data)  # type: ignore[union-attr]
             elif kind is Observe:
                 if self._request is not None:
                     if action.upstream:  # type: ignore[union-attr]
                         self.requestBodyData(self._request, action.data)  # type: ignore[union-attr]
                     else:
                         self.responseBodyData(self._request, action.data)  # type: ignore[union-attr]
-            elif kind is ResponseDone:
-                if action.closeClient:  # type: ignore[union-attr]
-                    self._clientKeepAlive = False
-                self._finish(action.reusable)  # type: ignore[union-attr]
-                return
             elif kind is Fail:
                 self._dropUpstream(abort=True)
                 self._refuse(action.status, action.reason)  # type: ignore[union-attr]

@@ -24,6 +24,10 @@ actions it returns, in order:
   - L{Abort}: close both connections (the client already has a head);
   - L{SetTimer}: (re)arm the exchange's one timer (C{None}: cancel it).
 
+A terminal action (L{ResponseDone}, L{Fail}, L{Abort}, L{Upgrade}, L{Retry})
+is always the last of its list, and ends the exchange's timer with it
+(L{Retry} comes after the L{SetTimer} of the new connect timer).
+
 The states and which timer applies in each are in L{txproxy.exchange._state}.
 Interim C{1xx} responses are handled in a loop, never by recursion, and
 capped by C{maxInterim}: past it the exchange fails with C{502}.
@@ -692,8 +696,8 @@ class Exchange:
             actions.append(Observe(False, decoded))
 
     def _responded(self, actions: List[Action]) -> None:
+        # The exchange's timer ends with it: a terminal action implies it.
         self.timer = None
-        actions.append(SetTimer(None, 0.0))
         if self.requestState is SENDING_BODY:
             # The response ended before the request body: the upstream may
             # not have read the rest, and the client's next bytes cannot be
