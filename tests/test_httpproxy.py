@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any, List, Tuple
 
-from twisted.internet import error
+from twisted.internet import defer, error
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -675,6 +675,24 @@ class ExchangeTimerTests(ProxyTestCase):
         self.clock.advance(0.2)
         self.assertStatus(client, 504)
         self.assertEqual(len(failures), 1)
+
+    def test_slowDecisionIs504(self) -> None:
+        """
+        The connect timer also bounds a decision that waits (a hook
+        returning a Deferred that never fires): 504 after --connect-timeout,
+        and nothing is dialled.
+        """
+        class Slow(ForwardProxyProtocol):
+            def allowRequest(self, request: Any) -> Any:
+                return defer.Deferred()
+
+        proto, client = self.open(self.factory(connect_timeout="4", protocol=Slow))
+        proto.dataReceived(GET)
+        self.clock.advance(3.9)
+        self.assertEqual(client.value(), b"")
+        self.clock.advance(0.2)
+        self.assertStatus(client, 504)
+        self.assertEqual(self.connector.attempts, [])
 
     def test_pooledConnectionNotReusedAfterDenyDestReload(self) -> None:
         """

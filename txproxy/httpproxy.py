@@ -116,7 +116,8 @@ _HOP = HOP_BY_HOP
 # One copy of each: txproxy.http has the rule and the serializer.
 _endToEnd = endToEnd
 _serializeHead = serializeTrustedHead
-_NO_TOKENS: frozenset = frozenset()
+# Hop-by-hop fields dropped from a 101 (Upgrade and Connection stay).
+_UPGRADE_DROP = frozenset(HOP_BY_HOP - {b"upgrade", b"connection"})
 
 
 #: Failures that mean "the upstream could not be reached" (upstreamFailed).
@@ -1171,8 +1172,7 @@ class HTTPProxyProtocol(Protocol):
         if upstream.transport.producer is not None:  # type: ignore[union-attr]
             upstream.transport.unregisterProducer()  # type: ignore[union-attr]
         self._reqProducer = False
-        remove = set(_HOP) - {b"upgrade", b"connection"}
-        headers = [(n, v) for n, v in resp.headers if n.lower() not in remove]
+        headers = [(n, v) for n, v in resp.headers if n.lower() not in _UPGRADE_DROP]
         headers.append((b"Via", resp.version[5:] + b" " + self.factory.pseudonym))
         out = ResponseHead(_HTTP11, 101, resp.reason, tuple(headers))
         self.transport.write(serializeResponseHead(out, validate=False))

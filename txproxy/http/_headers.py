@@ -11,7 +11,7 @@ from __future__ import annotations
 from http import HTTPStatus
 from typing import FrozenSet, Iterable, List, Optional, Tuple
 
-from ._parser import Header, Headers, ResponseHead, _connectionTokens, serializeResponseHead
+from ._parser import _NO_TOKENS, Header, Headers, ResponseHead, _connectionTokens, serializeResponseHead
 
 #: Fields a proxy removes before forwarding, whether or not C{Connection}
 #: lists them.  RFC 9110 section 7.6.1 names C{Proxy-Connection},
@@ -38,7 +38,6 @@ _HOP_BY_HOP_SIZES = frozenset(len(name) for name in HOP_BY_HOP)
 #: without C{Host} is invalid HTTP/1.1 (RFC 9112 section 3.2), so
 #: C{Connection: host} is ignored rather than obeyed.
 PROTECTED = frozenset([b"host"])
-_NO_TOKENS: FrozenSet[bytes] = frozenset()
 _HOP_BY_HOP_CLOSE = HOP_BY_HOP | frozenset([b"close"])
 _HOP_BY_HOP_CLOSE_SIZES = frozenset(len(name) for name in _HOP_BY_HOP_CLOSE)
 
