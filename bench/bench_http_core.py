@@ -162,7 +162,7 @@ class FakeRedis:
 
 def _factory(mode: str, limiter: str, connector: FakeConnector, clock: Clock) -> Tuple[Any, Optional[FakeRedis], Any]:
     from txproxy import config
-    from txproxy.limiter import LimiterService
+    from txproxy.limits.service import LimiterService
 
     options: List[Tuple[str, str]] = [("name", "web")]
     if mode == "reverse":
@@ -179,7 +179,7 @@ def _factory(mode: str, limiter: str, connector: FakeConnector, clock: Clock) ->
         wall = WallClock() if CLOCK["step"] is None else SteadyClock(CLOCK["step"])
         redis: Any = None
         if limiter == "redis-fake":
-            from txproxy.redislimiter import RedisLimiter
+            from txproxy.limits.redis import RedisLimiter
 
             fake = FakeRedis(REDIS_DELAY["requests"])
             redis = RedisLimiter(fake, clock=wall)

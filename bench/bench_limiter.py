@@ -66,8 +66,8 @@ from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks  # n
 
 from tests.redisserver import RedisServer  # noqa: E402
 from txproxy.config import ListenerConfig, parseRate  # noqa: E402
-from txproxy.limiter import LimiterService, ListenerLimits, MemoryLimiter  # noqa: E402
-from txproxy.redislimiter import RedisLimiter  # noqa: E402
+from txproxy.limits.service import LimiterService, ListenerLimits, MemoryLimiter  # noqa: E402
+from txproxy.limits.redis import RedisLimiter  # noqa: E402
 
 
 class _Time:

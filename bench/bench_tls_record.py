@@ -5,7 +5,7 @@ small request record in, one small response record out, through
   pyopenssl   pyOpenSSL over memory BIOs, used the way Twisted's
               TLSMemoryBIOProtocol uses it (recv/bio_read until WantReadError)
   stdlib      ssl.SSLObject over ssl.MemoryBIO, as txproxy's TLS listeners
-              use it (txproxy/_tlsproto.py)
+              use it (txproxy/tls/_proto.py)
 
 Both ends run in this process, so each figure includes the client's work
 too (encrypting the request, decrypting the response): read the ratio.

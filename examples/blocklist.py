@@ -156,7 +156,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
     from txproxy import config
     from txproxy.accesslog import AccessLog
-    from txproxy.service import serverEndpoint
+    from txproxy.runtime.service import serverEndpoint
 
     reactor: Any = _reactor
     parser = argparse.ArgumentParser(description="A CONNECT proxy with a host block-list.")

@@ -17,7 +17,7 @@ from twisted.internet import reactor
 from blocklist import makeFactory
 from txproxy.accesslog import openAccessLog
 from txproxy.config import ListenerConfig
-from txproxy.service import serverEndpoint
+from txproxy.runtime.service import serverEndpoint
 
 LISTEN = "tcp:3128:interface=127.0.0.1"
 BLOCKED = ["example.com", "*.example.net"]

@@ -4,7 +4,7 @@ A TCP port forwarder that sends clients from a "canary" network to a canary
 upstream and everyone else to the normal pool, counts the bytes of every
 client, and keeps a tally of upstream failures.
 
-It uses four hooks of L{txproxy.tcp.TCPProxyProtocol}:
+It uses four hooks of L{txproxy.stream.tcp.TCPProxyProtocol}:
 
   - C{chooseUpstream(client)}: clients inside C{--canary-net} go to
     C{--canary} (a L{Target} or an endpoint description); returning
@@ -41,7 +41,7 @@ from twisted.python.failure import Failure
 from txproxy.accesslog import AccessRecord
 from txproxy.config import CIDRSet, ListenerConfig, parseCIDRs
 from txproxy.hooks import ClientInfo
-from txproxy.tcp import TCPProxyFactory, TCPProxyProtocol
+from txproxy.stream.tcp import TCPProxyFactory, TCPProxyProtocol
 
 __all__ = ["CanaryProxy", "CanaryFactory", "main"]
 
@@ -122,7 +122,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     from twisted.logger import globalLogBeginner, textFileLogObserver
 
     from txproxy import config
-    from txproxy.service import serverEndpoint
+    from txproxy.runtime.service import serverEndpoint
 
     reactor: Any = _reactor
     parser = argparse.ArgumentParser(description="A TCP forwarder with a canary upstream.")

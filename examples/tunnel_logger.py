@@ -138,7 +138,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
     from txproxy import config
     from txproxy.connector import Connector
-    from txproxy.service import serverEndpoint
+    from txproxy.runtime.service import serverEndpoint
 
     reactor: Any = _reactor
     parser = argparse.ArgumentParser(

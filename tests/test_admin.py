@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_admin -*-
 """
-Tests for L{txproxy.admin}: the admin site's pages, served in memory, and
+Tests for L{txproxy.runtime.admin}: the admin site's pages, served in memory, and
 its place in L{ProxyService} (up through the drain, 503 while draining).
 """
 
@@ -15,9 +15,9 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from txproxy.admin import AdminService, AdminSite, adminRoot, renderStatusHTML
+from txproxy.runtime.admin import AdminService, AdminSite, adminRoot, renderStatusHTML
 from txproxy.config import fromFlags
-from txproxy.service import ProxyService
+from txproxy.runtime.service import ProxyService
 from txproxy.testing import FakeTransport
 
 

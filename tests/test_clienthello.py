@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_clienthello -*-
 """
-Tests for L{txproxy.clienthello}.
+Tests for L{txproxy.stream.clienthello}.
 
 The fixtures in C{tests/fixtures/clienthello/} are real ClientHellos recorded
 from C{openssl s_client} and from Python's C{ssl} module by
@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from txproxy.clienthello import (
+from txproxy.stream.clienthello import (
     ClientHello,
     ClientHelloError,
     ClientHelloReader,

@@ -134,7 +134,8 @@ class IsIPLiteralTests(SynchronousTestCase):
         """
         The modules that need the check use this one.
         """
-        from txproxy import _router_health, connector, tls
+        from txproxy import connector, tls
+        from txproxy.router import _health as _router_health
 
         self.assertIs(connector.isIPLiteral, isIPLiteral)
         self.assertIs(_router_health.isIPLiteral, isIPLiteral)

@@ -476,7 +476,7 @@ class ConfigExampleTests(SynchronousTestCase):
         --config} (options, supported features, endpoint strings), with the
         settings its comments describe.
         """
-        from txproxy.tap import parseCommandLine
+        from txproxy.runtime.tap import parseCommandLine
 
         config = parseCommandLine(["--config", self.path("forward.toml")])
         [listener] = config.listeners

@@ -474,7 +474,7 @@ class DrainTests(ForwardTestCase):
 
 class LimitTests(ForwardTestCase):
     def limited(self, **options: Any) -> Any:
-        from txproxy.limiter import ListenerLimits, MemoryLimiter
+        from txproxy.limits.service import ListenerLimits, MemoryLimiter
 
         factory = self.factory(**options)
         factory.limits = ListenerLimits(MemoryLimiter(self.clock), factory.listener, "test")
@@ -584,7 +584,7 @@ class HookFailureTests(ForwardTestCase):
         """
         A CONNECT refused for its port does not spend a rate-limit token.
         """
-        from txproxy.limiter import ListenerLimits, MemoryLimiter
+        from txproxy.limits.service import ListenerLimits, MemoryLimiter
 
         factory = self.factory(rate="1/m", burst="1")
         factory.limits = ListenerLimits(MemoryLimiter(self.clock), factory.listener, "t")
@@ -604,7 +604,7 @@ class RateKeyTests(ForwardTestCase):
         """
         import base64
 
-        from txproxy.limiter import ListenerLimits, MemoryLimiter
+        from txproxy.limits.service import ListenerLimits, MemoryLimiter
 
         fd, path = tempfile.mkstemp()
         os.write(fd, b"alice:{SHA}5en6G6MezRroT3XKqkdPOmY/BfQ=\n")
@@ -625,7 +625,7 @@ class RateKeyTests(ForwardTestCase):
         """
         A subclass can count requests by anything, here an API key header.
         """
-        from txproxy.limiter import ListenerLimits, MemoryLimiter
+        from txproxy.limits.service import ListenerLimits, MemoryLimiter
 
         class ByKey(ForwardProxyProtocol):
             def rateKey(self, head: Any) -> str:

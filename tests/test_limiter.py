@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_limiter -*-
 """
-Tests for L{txproxy.limiter}: the behaviour every L{ILimiter} backend shares
+Tests for L{txproxy.limits.service}: the behaviour every L{ILimiter} backend shares
 (L{LimiterBehaviourMixin}, also run against Redis by
 L{tests.test_redislimiter}), the memory backend's own guarantees, the
 L{LimiterService} outage policy, and L{ListenerLimits}.
@@ -20,7 +20,7 @@ from zope.interface.verify import verifyObject
 
 from txproxy.config import ListenerConfig, ProxyConfig, parseRate
 from txproxy.interfaces import ILimiter
-from txproxy.limiter import (
+from txproxy.limits.service import (
     ALLOWED,
     HTTP_STATUS,
     Decision,
@@ -524,7 +524,7 @@ class LimiterServiceTests(unittest.SynchronousTestCase):
         return [
             formatEvent(e)
             for e in self.events
-            if e.get("log_namespace", "").startswith("txproxy.limiter")
+            if e.get("log_namespace", "").startswith("txproxy.limits")
             and (level is None or e["log_level"] == level)
         ]
 
@@ -716,10 +716,10 @@ class LimiterServiceTests(unittest.SynchronousTestCase):
     def test_fromConfigRedis(self) -> None:
         """
         A config with C{redis} gives a service over a
-        L{txproxy.redislimiter.RedisLimiter} for that URL, not yet
+        L{txproxy.limits.redis.RedisLimiter} for that URL, not yet
         connected.
         """
-        from txproxy.redislimiter import RedisLimiter
+        from txproxy.limits.redis import RedisLimiter
 
         config = ProxyConfig(listeners=(ListenerConfig(listen=("tcp:3128",)),), redis="redis://10.1.2.3:6380/2")
         service = LimiterService.fromConfig(config, reactor=self.clock, redisTimeout=0.1)

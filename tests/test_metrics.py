@@ -128,7 +128,7 @@ class MetricsTrafficTests(SynchronousTestCase):
         mode under C{TLS}), the method of their access records, not
         C{other}.
         """
-        from txproxy.tcp import TCPProxyFactory
+        from txproxy.stream.tcp import TCPProxyFactory
         from txproxy.testing import listenerConfig
 
         listener = listenerConfig(mode="tcp", name="ssh", upstream="tcp:192.0.2.5:22")
@@ -281,7 +281,7 @@ class RouteLabelTests(SynchronousTestCase):
         route matches counts under C{-}.
         """
         from tests.test_clienthello import FIXTURES
-        from txproxy.sni import SNIRouterFactory
+        from txproxy.stream.sni import SNIRouterFactory
         from txproxy.testing import listenerConfig
 
         listener = listenerConfig(mode="sni", name="tls", route=["*.a.test=tcp://192.0.2.2:9443"])

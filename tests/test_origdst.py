@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_origdst -*-
 """
-Tests for L{txproxy.origdst}, with fake sockets.  The real kernel path is
+Tests for L{txproxy.stream.origdst}, with fake sockets.  The real kernel path is
 exercised by L{tests.test_transparent_netns}.
 """
 
@@ -15,8 +15,8 @@ from typing import Any, Dict, List, Optional, Tuple
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.trial.unittest import SynchronousTestCase
 
-from txproxy import origdst
-from txproxy.origdst import (
+from txproxy.stream import origdst
+from txproxy.stream.origdst import (
     IP6T_SO_ORIGINAL_DST,
     SO_ORIGINAL_DST,
     SOL_IP,

@@ -1,11 +1,11 @@
 # -*- test-case-name: tests.test_redislimiter -*-
 """
-Tests for L{txproxy.redislimiter} against a real C{redis-server} that each
+Tests for L{txproxy.limits.redis} against a real C{redis-server} that each
 test starts on a free loopback port (L{tests.redisserver}; never skipped).
 
 The shared behaviour suite runs with the scripts' time taken from the test's
 fake clock (C{overrideRedisTime}; see the module docstring of
-L{txproxy.redislimiter} for why that is safe), so it needs no sleeping.  The
+L{txproxy.limits.redis} for why that is safe), so it needs no sleeping.  The
 tests of real Redis time, real lease expiry and of the outage policy wait on
 real I/O, briefly.
 """
@@ -26,8 +26,8 @@ from twisted.trial import unittest
 from tests.procs import Twistd, freePort
 from tests.redisserver import RedisServer
 from tests.test_limiter import LimiterBehaviourMixin
-from txproxy.limiter import ALLOWED, Decision, LimiterService
-from txproxy.redislimiter import (
+from txproxy.limits.service import ALLOWED, Decision, LimiterService
+from txproxy.limits.redis import (
     REFILL_MIN_BATCH,
     TEST_TTL_SLACK_MS,
     RedisLimiter,

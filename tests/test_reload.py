@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_reload -*-
 """
-Tests for L{txproxy.service.ProxyService.reload}: a re-read configuration is
+Tests for L{txproxy.runtime.service.ProxyService.reload}: a re-read configuration is
 applied whole or not at all, without dropping connections.
 """
 
@@ -13,7 +13,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
 from txproxy.config import loadFile
-from txproxy.service import ProxyService
+from txproxy.runtime.service import ProxyService
 from txproxy.testing import FakeConnector, connect
 
 BASE = """

@@ -375,7 +375,7 @@ class RateKeyTests(ReverseTestCase):
         With --rate-key route, all clients of a route share one bucket, and
         another route has its own.
         """
-        from txproxy.limiter import ListenerLimits, MemoryLimiter
+        from txproxy.limits.service import ListenerLimits, MemoryLimiter
 
         factory = self.factory("a.test=http://192.0.2.1:1", "b.test=http://192.0.2.2:2", rate="1/m", burst="1",
                                rate_key="route")

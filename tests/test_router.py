@@ -28,7 +28,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from txproxy import _router_health, _router_pool, _router_table, router
+from txproxy import router
+from txproxy.router import _health as _router_health, _pool as _router_pool, _table as _router_table
 from txproxy.config import HealthCheck, ListenerConfig, RouteConfig, parseRoute, parseUpstreamURL
 from txproxy.errors import ConfigError, ResolveError
 from txproxy.interfaces import IUpstreamConnector

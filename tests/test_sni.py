@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_sni -*-
 """
-Tests for L{txproxy.sni}: routing TLS connections by the ClientHello's
+Tests for L{txproxy.stream.sni}: routing TLS connections by the ClientHello's
 server name, on fake transports, a fake connector and a fake clock, with
 ClientHellos captured from OpenSSL and Python (C{tests/fixtures}).
 """
@@ -15,10 +15,10 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.test_clienthello import FIXTURES, helloBody, helloRecord, sniExtension
 from txproxy.accesslog import AccessRecord
-from txproxy.clienthello import ClientHello
+from txproxy.stream.clienthello import ClientHello
 from txproxy.hooks import ClientInfo, Target
 from txproxy.proxyprotocol import formatV2
-from txproxy.sni import UNRECOGNIZED_NAME_ALERT, SNIRouterFactory, SNIRouterProtocol
+from txproxy.stream.sni import UNRECOGNIZED_NAME_ALERT, SNIRouterFactory, SNIRouterProtocol
 from txproxy.testing import FakeConnector, FakeTransport, connect, listenerConfig
 
 HELLO_A = FIXTURES["openssl-sni.bin"]  # a.test

@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_tap -*-
 """
-Tests for L{txproxy.tap} and the twistd plugin: option parsing into config,
+Tests for L{txproxy.runtime.tap} and the twistd plugin: option parsing into config,
 one-line errors, and service assembly.
 """
 
@@ -15,19 +15,19 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.plugin import getPlugins
 from twisted.trial.unittest import SynchronousTestCase
 
-from txproxy import tap
+from txproxy.runtime import tap
 from txproxy.errors import ConfigError
-from txproxy.service import ListenerService, ProxyService
+from txproxy.runtime.service import ListenerService, ProxyService
 
 
 class OptionsTests(SynchronousTestCase):
     def test_pluginIsDiscovered(self) -> None:
         """
-        twistd finds a service maker with tapname txproxy naming txproxy.tap.
+        twistd finds a service maker with tapname txproxy naming txproxy.runtime.tap.
         """
         makers = [m for m in getPlugins(IServiceMaker) if m.tapname == "txproxy"]
         self.assertEqual(len(makers), 1)
-        self.assertEqual(makers[0].module, "txproxy.tap")
+        self.assertEqual(makers[0].module, "txproxy.runtime.tap")
 
     def test_flagsBecomeConfig(self) -> None:
         """
@@ -150,7 +150,7 @@ class BacklogTests(SynchronousTestCase):
         --backlog reaches tcp, ssl and unix endpoint strings (also behind
         haproxy:), unless the string sets its own.
         """
-        from txproxy.service import withBacklog
+        from txproxy.runtime.service import withBacklog
 
         self.assertEqual(withBacklog("tcp:80", 1024), "tcp:80:backlog=1024")
         self.assertEqual(withBacklog("haproxy:tcp:80", 64), "haproxy:tcp:80:backlog=64")

@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_tcp -*-
 """
-Tests for L{txproxy.tcp}: C{--mode tcp} and C{--mode transparent} on fake
+Tests for L{txproxy.stream.tcp}: C{--mode tcp} and C{--mode transparent} on fake
 transports, a fake connector (or a memory reactor) and a fake clock.
 """
 
@@ -18,7 +18,7 @@ from txproxy.accesslog import AccessRecord
 from txproxy.connector import Connector
 from txproxy.hooks import ClientInfo, Target
 from txproxy.proxyprotocol import formatV2
-from txproxy.tcp import TCPProxyFactory, TCPProxyProtocol, TransparentFactory, parseTCPDescription
+from txproxy.stream.tcp import TCPProxyFactory, TCPProxyProtocol, TransparentFactory, parseTCPDescription
 from txproxy.testing import FakeConnector, FakeTransport, connect, listenerConfig
 
 UP1 = "tcp:192.0.2.10:6379"
@@ -648,7 +648,7 @@ class HAProxyListenerTests(TCPTestCase):
     """
 
     def wrapped(self, factory: Any) -> Tuple[Any, StringTransport]:
-        from txproxy.service import _HalfCloseableHAProxyFactory
+        from txproxy.runtime.service import _HalfCloseableHAProxyFactory
 
         wrapping = _HalfCloseableHAProxyFactory(factory)
         transport = FakeTransport(peer=("127.0.0.1", 1111))
@@ -732,9 +732,9 @@ class ServiceTests(SynchronousTestCase):
         """
         The service builds each TCP mode's factory, sharing its router.
         """
-        from txproxy.service import ProxyService
-        from txproxy.sni import SNIRouterFactory
-        from txproxy.tap import parseCommandLine
+        from txproxy.runtime.service import ProxyService
+        from txproxy.stream.sni import SNIRouterFactory
+        from txproxy.runtime.tap import parseCommandLine
 
         reactor = MemoryReactorClock()
         for args, cls in [
@@ -790,8 +790,8 @@ class TCPLimitTests(SynchronousTestCase):
     def setUp(self) -> None:
         from twisted.internet.task import Clock
 
-        from txproxy.limiter import ListenerLimits, MemoryLimiter
-        from txproxy.tcp import TCPProxyFactory
+        from txproxy.limits.service import ListenerLimits, MemoryLimiter
+        from txproxy.stream.tcp import TCPProxyFactory
         from txproxy.testing import FakeConnector, listenerConfig
 
         self.clock = Clock()

@@ -28,7 +28,7 @@ from zope.interface.verify import verifyObject
 
 from txproxy import testing
 from txproxy.accesslog import AccessRecord
-from txproxy.clienthello import ClientHelloReader
+from txproxy.stream.clienthello import ClientHelloReader
 from txproxy.config import RouteConfig, UpstreamURL
 from txproxy.connector import Connector, dialerFor, directDial
 from txproxy.errors import ResolveError
@@ -37,8 +37,8 @@ from txproxy.hooks import Refuse, Target
 from txproxy.interfaces import IUpstreamConnector
 from txproxy.reverse import ReverseProxyFactory, ReverseProxyProtocol
 from txproxy.router import RouterService
-from txproxy.sni import UNRECOGNIZED_NAME_ALERT, SNIRouterFactory, SNIRouterProtocol
-from txproxy.tcp import TCPProxyFactory, TCPProxyProtocol, TransparentFactory
+from txproxy.stream.sni import UNRECOGNIZED_NAME_ALERT, SNIRouterFactory, SNIRouterProtocol
+from txproxy.stream.tcp import TCPProxyFactory, TCPProxyProtocol, TransparentFactory
 from txproxy.testing import (
     ConnectAttempt,
     FakeConnector,

@@ -32,7 +32,7 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from tests.procs import TestCA
-from txproxy._tlsproto import TLSServerFactory, TLSServerProtocol
+from txproxy.tls._proto import TLSServerFactory, TLSServerProtocol
 from txproxy.errors import ConfigError
 from txproxy.tls import (
     CertificateStore,
@@ -1194,10 +1194,10 @@ class EndpointTests(SynchronousTestCase):
 
     def test_serviceUsesTLSEndpoint(self) -> None:
         """
-        L{txproxy.service.serverEndpoint} builds a L{TLSServerEndpoint} for
+        L{txproxy.runtime.service.serverEndpoint} builds a L{TLSServerEndpoint} for
         C{ssl:} strings and for listeners with certificates.
         """
-        from txproxy.service import serverEndpoint
+        from txproxy.runtime.service import serverEndpoint
 
         self.assertIsInstance(serverEndpoint(self.reactor, f"ssl:8443:privateKey={self.own}"), TLSServerEndpoint)
         endpoint = serverEndpoint(self.reactor, "tcp:8443", certs=self.f.certs)
@@ -1319,7 +1319,7 @@ class ClientTLSTests(SynchronousTestCase):
 
 class ListenerEndpointTests(SynchronousTestCase):
     """
-    L{txproxy.service.listenerEndpoint}: a listener's TLS settings.
+    L{txproxy.runtime.service.listenerEndpoint}: a listener's TLS settings.
     """
 
     def setUp(self) -> None:
@@ -1337,7 +1337,7 @@ class ListenerEndpointTests(SynchronousTestCase):
         A reverse listener with certificates gets TLS with ALPN
         C{http/1.1} and its client CA.
         """
-        from txproxy.service import listenerEndpoint
+        from txproxy.runtime.service import listenerEndpoint
 
         listener = self.listener(mode="reverse", certs=self.f.certs, clientCA=self.f.caPath)
         endpoint = listenerEndpoint(self.reactor, "tcp:8443", listener)
@@ -1350,7 +1350,7 @@ class ListenerEndpointTests(SynchronousTestCase):
         """
         TCP-mode TLS listeners select no ALPN protocol.
         """
-        from txproxy.service import listenerEndpoint
+        from txproxy.runtime.service import listenerEndpoint
 
         endpoint = listenerEndpoint(self.reactor, "tcp:8443", self.listener(mode="tcp", certs=self.f.certs))
         loop = Loopback(endpoint.options, RawClient(b"a.test", alpn=[b"http/1.1"]))
@@ -1361,7 +1361,7 @@ class ListenerEndpointTests(SynchronousTestCase):
         """
         Without certificates a C{tcp:} listener stays clear-text.
         """
-        from txproxy.service import listenerEndpoint
+        from txproxy.runtime.service import listenerEndpoint
 
         endpoint = listenerEndpoint(self.reactor, "tcp:8443", self.listener(mode="reverse"))
         self.assertNotIsInstance(endpoint, TLSServerEndpoint)
@@ -1370,7 +1370,7 @@ class ListenerEndpointTests(SynchronousTestCase):
         """
         C{sni} mode passes TLS through: a TLS listener there is an error.
         """
-        from txproxy.service import listenerEndpoint
+        from txproxy.runtime.service import listenerEndpoint
 
         e = self.assertRaises(
             ConfigError, listenerEndpoint, self.reactor, "tcp:8443", self.listener(mode="sni", certs=self.f.certs)

@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_tlsproto -*-
 """
-Tests for L{txproxy._tlsproto}: the stdlib-C{ssl} server transport, in
+Tests for L{txproxy.tls._proto}: the stdlib-C{ssl} server transport, in
 memory against a stdlib client (no sockets): buffering before the
 handshake, closing, C{close_notify}, errors, flow control.
 """
@@ -23,7 +23,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from tests.test_tls import sharedCA, writeCertificate
-from txproxy._tlsproto import TLSServerFactory, TLSServerProtocol
+from txproxy.tls._proto import TLSServerFactory, TLSServerProtocol
 from txproxy.tls import ServerTLSOptions
 
 

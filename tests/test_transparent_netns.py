@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_transparent_netns -*-
 """
-Integration tests for L{txproxy.origdst} against the real kernel: network
+Integration tests for L{txproxy.stream.origdst} against the real kernel: network
 namespaces, a veth pair and iptables C{REDIRECT} rules.
 
 Each test makes two fresh network namespaces named after this process's PID
@@ -31,7 +31,7 @@ from typing import Any, Callable, List, Optional, Tuple, TypeVar
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from txproxy.origdst import isOwnListener, localNetworks, originalDestination
+from txproxy.stream.origdst import isOwnListener, localNetworks, originalDestination
 
 T = TypeVar("T")
 

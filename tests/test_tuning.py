@@ -23,7 +23,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from txproxy.config import ListenerConfig, fromTOML, loadFile
 from txproxy.forward import ForwardProxyProtocol
-from txproxy.tcp import TCPProxyFactory
+from txproxy.stream.tcp import TCPProxyFactory
 from txproxy.testing import FakeConnector, FakeTransport, forwardFactory
 from txproxy.tuning import (
     PYPY_JIT_PARAMS,
@@ -236,7 +236,7 @@ class ReloadTests(SynchronousTestCase):
         A reload that turns keep-alive on and changes a buffer size keeps
         the factory and applies the new options to the next connection.
         """
-        from txproxy.service import ProxyService
+        from txproxy.runtime.service import ProxyService
 
         fd, path = tempfile.mkstemp(suffix=".toml")
         os.close(fd)

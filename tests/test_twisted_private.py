@@ -44,8 +44,8 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 _RELAY = "txproxy/relay.py"
 _DIAL = "txproxy/_dial.py"
 _LOOP = "txproxy/_loop.py"
-_SERVICE = "txproxy/service.py"
-_WORKERS = "txproxy/workers.py"
+_SERVICE = "txproxy/runtime/service.py"
+_WORKERS = "txproxy/runtime/workers.py"
 
 #: (Twisted object, attribute, the module that relies on it).  A dotted
 #: attribute (C{_poller.poll}) is looked up step by step.
@@ -75,7 +75,7 @@ PRIVATE_NAMES: List[Tuple[str, str, str]] = [
     ("twisted.internet.tcp.Connection", "_closeSocket", _DIAL),
     ("twisted.internet.tcp.Connection", "logstr", _DIAL),
     # An accepted connection's listening port (transparent mode's loop check).
-    ("twisted.internet.tcp.Server", "server", "txproxy/tcp.py"),
+    ("twisted.internet.tcp.Server", "server", "txproxy/stream/tcp.py"),
     # The lean dispatch loop.
     ("twisted.internet.epollreactor.EPollReactor", "_poller", _LOOP),
     ("twisted.internet.epollreactor.EPollReactor", "_poller.poll", _LOOP),
@@ -85,13 +85,13 @@ PRIVATE_NAMES: List[Tuple[str, str, str]] = [
     ("twisted.internet.epollreactor.EPollReactor", "_disconnectSelectable", _LOOP),
     ("twisted.internet.epollreactor.EPollReactor", "doIteration", _LOOP),
     # The admin site's check for a client that went away.
-    ("twisted.web.server.Request", "_disconnected", "txproxy/admin.py"),
+    ("twisted.web.server.Request", "_disconnected", "txproxy/runtime/admin.py"),
     # Endpoint internals: wrapping (haproxy:), parsing, SO_REUSEPORT.
     ("twisted.internet.endpoints", "_WrapperServerEndpoint", _SERVICE),
-    ("twisted.internet.endpoints", "_WrapperServerEndpoint", "txproxy/tls.py"),
+    ("twisted.internet.endpoints", "_WrapperServerEndpoint", "txproxy/tls/__init__.py"),
     ("twisted.internet.endpoints", "_WrapperServerEndpoint", _WORKERS),
     ("twisted.internet.endpoints", "_TCPServerEndpoint", _WORKERS),
-    ("twisted.internet.endpoints", "_parse", "txproxy/tls.py"),
+    ("twisted.internet.endpoints", "_parse", "txproxy/tls/__init__.py"),
     ("twisted.internet.endpoints", "_parseClientTCP", "txproxy/testing.py"),
     ("twisted.internet.endpoints._TCPServerEndpoint", "_reactor", _WORKERS),
     ("twisted.internet.endpoints._TCPServerEndpoint", "_port", _WORKERS),

@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_workers -*-
 """
-Tests for L{txproxy.workers}: the supervisor's state machine on a fake
+Tests for L{txproxy.runtime.workers}: the supervisor's state machine on a fake
 reactor and clock, SO_REUSEPORT endpoints, and merging of worker metrics.
 """
 
@@ -21,10 +21,10 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from txproxy import workers
+from txproxy.runtime import workers
 from txproxy.config import fromFlags
 from txproxy.errors import ConfigError
-from txproxy.workers import (
+from txproxy.runtime.workers import (
     ReusePortEndpoint,
     WorkerSupervisor,
     _pluginArgs,
@@ -225,7 +225,7 @@ class ReusePortTests(SynchronousTestCase):
         """
         A C{haproxy:} listener keeps its wrapper around the shared socket.
         """
-        from txproxy.service import serverEndpoint
+        from txproxy.runtime.service import serverEndpoint
 
         e = reusePort(serverEndpoint(MemoryReactorClock(), "haproxy:tcp:3128"))
         self.assertIsInstance(e._wrappedEndpoint, ReusePortEndpoint)

@@ -102,7 +102,7 @@ def statusForFailure(f: Failure) -> Tuple[int, str]:
         return 502, "cannot connect to the destination"
     # Imported here, on the rare path, to keep this module a leaf: the class
     # lives with the router's pools, which import the configuration.
-    from txproxy._router_pool import NoHealthyBackend
+    from txproxy.router._pool import NoHealthyBackend
 
     if f.check(NoHealthyBackend):
         return 503, "no healthy backend"

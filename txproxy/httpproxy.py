@@ -84,7 +84,7 @@ from txproxy.http import (
     serializeTrustedHead,
 )
 from txproxy.http import connectionTokens as _connectionTokensOf
-from txproxy.limiter import ALLOWED, Decision
+from txproxy.limits.service import ALLOWED, Decision
 from txproxy._common import clientInfoFor, formatAddress, overrides, statusForFailure
 from txproxy.relay import Relay, RelayedProtocol, fastSender, joinRelay
 
@@ -1461,7 +1461,7 @@ class HTTPProxyFactory(ListenerFactory):
     @ivar listener: the L{ListenerConfig}.
     @ivar connector: the L{IUpstreamConnector} used to resolve and dial.
     @ivar clock: the L{IReactorTime} for every timer.
-    @ivar limits: a L{txproxy.limiter.ListenerLimits}, or L{None}.
+    @ivar limits: a L{txproxy.limits.service.ListenerLimits}, or L{None}.
     @ivar accessLog: an L{IAccessLog}, or L{None}.
     @ivar htpasswd: the loaded C{--auth} file, or L{None}.
     @ivar pool: the L{UpstreamPool} of idle upstream connections.

@@ -17,7 +17,7 @@ from zope.interface import Interface
 if TYPE_CHECKING:  # pragma: no cover
     from twisted.internet.defer import Deferred
 
-    from txproxy.limiter import Decision
+    from txproxy.limits.service import Decision
 
 
 class IUpstreamConnector(Interface):
@@ -63,7 +63,7 @@ class ILimiter(Interface):
         Take C{cost} tokens from the bucket C{key}, which refills at C{rate}
         tokens per second up to C{burst}.
 
-        @return: a Deferred firing with a L{txproxy.limiter.Decision}.
+        @return: a Deferred firing with a L{txproxy.limits.service.Decision}.
         """
 
     def acquire(
@@ -74,7 +74,7 @@ class ILimiter(Interface):
         exceed C{maxTotal} leases in the scope or C{maxPerClient} leases for
         the client (either may be L{None}: no cap).
 
-        @return: a Deferred firing with a L{txproxy.limiter.Decision} whose
+        @return: a Deferred firing with a L{txproxy.limits.service.Decision} whose
             C{lease} has a C{release()} method when the connection is allowed.
         """
 

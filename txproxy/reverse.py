@@ -24,7 +24,7 @@ from txproxy.connector import connectProtocol, isIPLiteral
 from txproxy.hooks import Refuse, Target
 from txproxy.http import RequestHead, parseAbsoluteURI, parseHostHeader, replaceHeader
 from txproxy.httpproxy import HTTPProxyFactory, HTTPProxyProtocol, HTTPRequest, UpstreamHTTPProtocol, _OneShotFactory
-from txproxy.limiter import ALLOWED, Decision
+from txproxy.limits.service import ALLOWED, Decision
 from txproxy.proxyprotocol import headerFor
 from txproxy.tls import hostMatchesNames, isTLSTransport, servedNames, wrapClientTLS
 

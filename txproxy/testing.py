@@ -786,7 +786,7 @@ def tcpFactory(
     **options: Any,
 ) -> Any:
     """
-    A L{txproxy.tcp.TCPProxyFactory} (C{--mode tcp}) wired to fakes.
+    A L{txproxy.stream.tcp.TCPProxyFactory} (C{--mode tcp}) wired to fakes.
 
     @param upstreams: one client endpoint description or a list of them,
         as C{--upstream} takes (C{"tcp:192.0.2.10:6379"}).
@@ -800,7 +800,7 @@ def tcpFactory(
         listener (default: the factory's own).
     @param options: listener options (C{balance="leastconn"}, ...).
     """
-    from txproxy.tcp import TCPProxyFactory
+    from txproxy.stream.tcp import TCPProxyFactory
 
     if listener is None:
         if upstreams is None:
@@ -825,7 +825,7 @@ def transparentFactory(
     **options: Any,
 ) -> Any:
     """
-    A L{txproxy.tcp.TransparentFactory} (C{--mode transparent}) wired to
+    A L{txproxy.stream.tcp.TransparentFactory} (C{--mode transparent}) wired to
     fakes, whose original-destination lookup is C{destination} instead of
     C{SO_ORIGINAL_DST}: no iptables rule, no real socket.
 
@@ -845,7 +845,7 @@ def transparentFactory(
         of reading them from C{/proc}.
     @param options: listener options (C{proxy_protocol_send="v1"}, ...).
     """
-    from txproxy.tcp import TransparentFactory
+    from txproxy.stream.tcp import TransparentFactory
 
     if listener is None:
         listener = listenerConfig(mode="transparent", **options)
@@ -880,7 +880,7 @@ def sniFactory(
     **options: Any,
 ) -> Any:
     """
-    A L{txproxy.sni.SNIRouterFactory} (C{--mode sni}) wired to fakes, with a
+    A L{txproxy.stream.sni.SNIRouterFactory} (C{--mode sni}) wired to fakes, with a
     router holding C{routes}.  Drive it with L{clientHello}.
 
     @param routes: a mapping of server name (exact, C{*.suffix} or C{*}) to
@@ -897,7 +897,7 @@ def sniFactory(
         listener (default: the factory's own).
     @param options: listener options (C{header_timeout="5"}, ...).
     """
-    from txproxy.sni import SNIRouterFactory
+    from txproxy.stream.sni import SNIRouterFactory
 
     listener = _routedListener("sni", routes, listener, options)
     connector, clock = _fakes(connector, clock, listener)

@@ -10,7 +10,7 @@ from twisted.application.service import ServiceMaker
 
 txproxy = ServiceMaker(
     "txproxy",
-    "txproxy.tap",
+    "txproxy.runtime.tap",
     "HTTP forward/reverse proxy, TCP relay and SNI router",
     "txproxy",
 )

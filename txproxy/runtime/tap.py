@@ -167,7 +167,7 @@ def checkResources(config: _config.ProxyConfig, reactor: Any = None) -> None:
     (and their certificate files load), auth files read, the access log
     opens.
     """
-    from txproxy.service import listenerEndpoint, withBacklog
+    from txproxy.runtime.service import listenerEndpoint, withBacklog
 
     if reactor is None:
         from twisted.internet import reactor as _reactor
@@ -217,7 +217,7 @@ def makeService(options: Options) -> Any:
     """
     Build the service tree for parsed C{options}.
     """
-    from txproxy.service import makeService as _make
+    from txproxy.runtime.service import makeService as _make
 
     assert options.config is not None
     try:

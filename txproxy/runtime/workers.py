@@ -58,7 +58,7 @@ __all__ = [
     "mergeExpositions",
 ]
 
-log = Logger()
+log = Logger(namespace="txproxy.workers")
 
 #: Environment variables the supervisor sets for each worker it starts.
 WORKER_ID_ENV = "TXPROXY_WORKER_ID"
@@ -443,7 +443,7 @@ class WorkerSupervisor(MultiService):
         self.reactor = reactor
         self.argv = list(argv if argv is not None else sys.argv)
         self.executable = executable or sys.executable
-        self.packageRoot = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        self.packageRoot = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         self.listenEndpoints = self._checkEndpoints()
         self.runDir = tempfile.mkdtemp(prefix="txproxy-workers-")
         self.restartsTotal = 0
@@ -456,14 +456,14 @@ class WorkerSupervisor(MultiService):
         self.registry.register(_SupervisorCollector(self))
         self.admin = None
         if config.admin:
-            from txproxy.admin import AdminService
+            from txproxy.runtime.admin import AdminService
 
             self.admin = AdminService(config.admin, SupervisorAdminSource(self), reactor)
             self.admin.setServiceParent(self)
 
     def _checkEndpoints(self) -> List[ReusePortEndpoint]:
         from txproxy.errors import ConfigError
-        from txproxy.service import serverEndpoint
+        from txproxy.runtime.service import serverEndpoint
 
         found = []
         for listener in self.config.listeners:
@@ -488,7 +488,7 @@ class WorkerSupervisor(MultiService):
     # -- start and stop
 
     def privilegedStartService(self) -> None:
-        from txproxy.service import StartupError
+        from txproxy.runtime.service import StartupError
 
         try:
             for endpoint in self.listenEndpoints:
@@ -509,7 +509,7 @@ class WorkerSupervisor(MultiService):
         raise SystemExit(1)
 
     def startService(self) -> None:
-        from txproxy.service import StartupError
+        from txproxy.runtime.service import StartupError
 
         try:
             super().startService()

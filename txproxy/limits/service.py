@@ -12,7 +12,7 @@ Three layers:
     indistinguishable from a missing one and is dropped by an amortised sweep.
   - L{LimiterService}: the L{ILimiter} the rest of txproxy is handed.  It
     wraps the in-memory backend and, when C{--redis} is given, a
-    L{txproxy.redislimiter.RedisLimiter}; it implements the outage policy
+    L{txproxy.limits.redis.RedisLimiter}; it implements the outage policy
     (never wait more than C{redisTimeout} on Redis, fall back to memory, go
     back when Redis answers again) and keeps the counters the metrics use.
   - L{ListenerLimits}: what a listener's factory and protocols call:
@@ -474,7 +474,7 @@ class LimiterService(Service):
     ) -> None:
         """
         @param redis: the shared backend, usually a
-            L{txproxy.redislimiter.RedisLimiter}: an L{ILimiter} with a
+            L{txproxy.limits.redis.RedisLimiter}: an L{ILimiter} with a
             C{ping()} method returning a Deferred, and optionally C{start()}
             and C{stop()} (called by L{startService} and L{stopService}).
             L{None}: memory only.
@@ -576,7 +576,7 @@ class LimiterService(Service):
         """
         redis = None
         if config.redis:
-            from txproxy.redislimiter import RedisLimiter
+            from txproxy.limits.redis import RedisLimiter
 
             redis = RedisLimiter.fromURL(config.redis, reactor=reactor)
         kwargs.setdefault("outagePolicy", getattr(config, "redisOutage", "memory"))

@@ -43,7 +43,7 @@ from txproxy.config import ListenerConfig
 from txproxy.connector import Connector, directDial
 from txproxy.errors import ResolveError
 from txproxy.hooks import ClientInfo, Target
-from txproxy.origdst import isOwnListener, localNetworks, originalDestination
+from txproxy.stream.origdst import isOwnListener, localNetworks, originalDestination
 from txproxy.proxyprotocol import headerFor
 from txproxy.relay import Relay, RelayedProtocol, joinRelay
 
@@ -55,7 +55,7 @@ __all__ = [
     "RelayingFactory",
 ]
 
-log = Logger()
+log = Logger(namespace="txproxy.tcp")
 
 _OPEN, _HELLO, _CONNECTING, _RELAYING, _CLOSED = range(5)
 
@@ -687,7 +687,7 @@ class RelayingFactory(ListenerFactory):
         """
         @param router: a L{RouterService} that knows C{listener}; when
             L{None}, a private one is built for this listener.
-        @param limits: a L{txproxy.limiter.ListenerLimits}, or L{None}:
+        @param limits: a L{txproxy.limits.service.ListenerLimits}, or L{None}:
             each connection takes a token and a lease (closed at once when
             refused).
         """

@@ -19,9 +19,9 @@ endpoint coming from L{endpointForBackend} (plus TLS for C{https://}).  Call
 C{tableFor}/C{poolFor} for every request or connection rather than keeping
 the result: a reload swaps them.
 
-The parts live in private modules: L{txproxy._router_table} (matching rules),
-L{txproxy._router_pool} (policies, passive ejection, L{Pool.connect}) and
-L{txproxy._router_health} (active checks).
+The parts live in private modules: L{txproxy.router._table} (matching rules),
+L{txproxy.router._pool} (policies, passive ejection, L{Pool.connect}) and
+L{txproxy.router._health} (active checks).
 """
 
 from __future__ import annotations
@@ -33,9 +33,9 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from txproxy._router_health import HealthChecker, HealthCheckFailed, endpointForBackend
-from txproxy._router_pool import VIRTUAL_NODES, Backend, HealthState, NoHealthyBackend, Pool
-from txproxy._router_table import Route, RouteTable, checkRoutes, normalizeHost, normalizePrefix
+from txproxy.router._health import HealthChecker, HealthCheckFailed, endpointForBackend
+from txproxy.router._pool import VIRTUAL_NODES, Backend, HealthState, NoHealthyBackend, Pool
+from txproxy.router._table import Route, RouteTable, checkRoutes, normalizeHost, normalizePrefix
 from txproxy.config import BALANCE_POLICIES, HealthCheck, ListenerConfig, RouteConfig, UpstreamURL
 from txproxy.errors import ConfigError
 

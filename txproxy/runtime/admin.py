@@ -14,7 +14,7 @@ The admin endpoint (C{--admin ENDPOINT}): a small twisted.web site.
 The pages read from a I{source}: an object with C{isDraining()},
 C{metricsText()} and C{statusData()} (the last two may return Deferreds).
 L{ProxyAdminSource} is the source for one proxy process; the C{--workers}
-supervisor has its own (L{txproxy.workers}).
+supervisor has its own (L{txproxy.runtime.workers}).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ __all__ = [
     "renderStatusHTML",
 ]
 
-log = Logger()
+log = Logger(namespace="txproxy.admin")
 
 
 def _wantsJSON(request: Request) -> bool:
@@ -177,14 +177,14 @@ class AdminService(MultiService):
     """
     Listens on each admin endpoint, from start until the process exits.
 
-    L{txproxy.service.ProxyService} stops its proxy listeners first, drains,
+    L{txproxy.runtime.service.ProxyService} stops its proxy listeners first, drains,
     and only then stops this service, so C{/healthz} answers C{503} during
     the whole drain.
     """
 
     def __init__(self, endpoints: Sequence[str], source: Any, reactor: Any = None) -> None:
         super().__init__()
-        from txproxy.service import ListenerService, serverEndpoint
+        from txproxy.runtime.service import ListenerService, serverEndpoint
 
         if reactor is None:
             from twisted.internet import reactor as _reactor
@@ -215,7 +215,7 @@ def metricsFor(config: Any) -> Optional[Metrics]:
     is given or the process is a C{--workers} worker (the supervisor scrapes
     it), else L{None} (nothing would read it, so nothing is counted).
     """
-    from txproxy.workers import workerId
+    from txproxy.runtime.workers import workerId
 
     wid = workerId()
     if not config.admin and wid is None:
@@ -225,13 +225,13 @@ def metricsFor(config: Any) -> Optional[Metrics]:
 
 def attachAdmin(service: Any) -> Optional[AdminService]:
     """
-    Wire C{service} (a L{txproxy.service.ProxyService}) to its metrics and,
+    Wire C{service} (a L{txproxy.runtime.service.ProxyService}) to its metrics and,
     when admin endpoints are configured, add an L{AdminService} to it.
 
     Reads the service's C{metrics}, C{factories}, C{config}, and, when they
     exist, C{limiter} and C{router}.
     """
-    from txproxy.workers import setUpWorkerProcess, workerAdminEndpoint, workerId
+    from txproxy.runtime.workers import setUpWorkerProcess, workerAdminEndpoint, workerId
 
     if workerId() is not None:
         # The worker side of --workers: die with the supervisor.
@@ -281,7 +281,7 @@ class _ReloadCounters:
 
 class ProxyAdminSource:
     """
-    The admin pages' view of one L{txproxy.service.ProxyService}.
+    The admin pages' view of one L{txproxy.runtime.service.ProxyService}.
     """
 
     def __init__(self, service: Any) -> None:
@@ -319,7 +319,7 @@ def proxyStatus(service: Any, startedAt: Optional[float] = None) -> Dict[str, An
     """
     Plain data about a proxy process for C{/status}.
     """
-    from txproxy.workers import workerId
+    from txproxy.runtime.workers import workerId
 
     listeners: List[Dict[str, Any]] = []
     for name, factory in list(getattr(service, "factories", {}).items()):

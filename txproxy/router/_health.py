@@ -35,7 +35,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from txproxy._common import isIPLiteral
-from txproxy._router_pool import Backend, HealthState
+from txproxy.router._pool import Backend, HealthState
 from txproxy.config import HealthCheck, UpstreamURL
 from txproxy.proxyprotocol import formatV1, formatV2
 

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
-from txproxy._router_pool import Pool
+from txproxy.router._pool import Pool
 from txproxy.config import RouteConfig
 from txproxy.errors import ConfigError
 

@@ -17,7 +17,7 @@ A connection is closed, and its access record and a log line say why, when
 the bytes are not a TLS ClientHello (C{400}), carry no SNI (C{400}), name a
 host no route matches (C{404}; a TLS C{unrecognized_name} alert is sent
 first), or do not finish in time (C{408}).  Other statuses are those of
-L{txproxy.tcp}.
+L{txproxy.stream.tcp}.
 """
 
 from __future__ import annotations
@@ -29,13 +29,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from txproxy._common import overrides
-from txproxy.clienthello import ClientHello, ClientHelloError, ClientHelloReader
+from txproxy.stream.clienthello import ClientHello, ClientHelloError, ClientHelloReader
 from txproxy.hooks import ClientInfo, Target
-from txproxy.tcp import _CLOSED, _CONNECTING, _HELLO, RelayingFactory, _RelayingProtocol
+from txproxy.stream.tcp import _CLOSED, _CONNECTING, _HELLO, RelayingFactory, _RelayingProtocol
 
 __all__ = ["SNIRouterProtocol", "SNIRouterFactory", "UNRECOGNIZED_NAME_ALERT"]
 
-log = Logger()
+log = Logger(namespace="txproxy.sni")
 
 #: A fatal TLS alert, C{unrecognized_name} (112), in a TLS 1.0 record (what
 #: servers send before a version is negotiated).

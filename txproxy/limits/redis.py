@@ -99,7 +99,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txproxy.interfaces import ILimiter
-from txproxy.limiter import (
+from txproxy.limits.service import (
     ALLOWED,
     EPSILON,
     REASON_MAX_CONNS,

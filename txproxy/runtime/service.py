@@ -31,7 +31,7 @@ from txproxy.errors import ConfigError
 
 __all__ = ["ProxyService", "ListenerService", "makeService", "serverEndpoint", "StartupError"]
 
-log = Logger()
+log = Logger(namespace="txproxy.service")
 
 
 class StartupError(Exception):
@@ -199,7 +199,7 @@ class ListenerService(Service):
 
     def __init__(self, description: str, endpoint: Any, factory: Any) -> None:
         self.description = description
-        from txproxy.workers import reusePortIfWorker
+        from txproxy.runtime.workers import reusePortIfWorker
 
         # In a --workers worker, TCP ports are bound with SO_REUSEPORT.
         self.endpoint = reusePortIfWorker(endpoint)
@@ -252,8 +252,8 @@ def _factoryFor(listener: ListenerConfig, services: "ProxyService", reactor: Any
         factory.mode = "forward"
         return factory
     if listener.mode in ("tcp", "transparent", "sni"):
-        from txproxy.sni import SNIRouterFactory
-        from txproxy.tcp import TCPProxyFactory, TransparentFactory
+        from txproxy.stream.sni import SNIRouterFactory
+        from txproxy.stream.tcp import TCPProxyFactory, TransparentFactory
 
         cls = {"tcp": TCPProxyFactory, "transparent": TransparentFactory, "sni": SNIRouterFactory}[listener.mode]
         return cls(
@@ -304,11 +304,11 @@ class ProxyService(MultiService):
         self.config = config
         self.reactor = reactor
         self.accessLog = openAccessLog(config.accessLog, config.accessLogFormat)
-        from txproxy.admin import metricsFor
+        from txproxy.runtime.admin import metricsFor
 
         #: Prometheus metrics when something reads them (--admin, --workers).
         self.metrics: Any = metricsFor(config)
-        from txproxy.limiter import LimiterService
+        from txproxy.limits.service import LimiterService
 
         #: Token buckets and connection caps, in memory or in Redis.
         self.limiter = LimiterService.fromConfig(config, reactor)
@@ -329,14 +329,14 @@ class ProxyService(MultiService):
                 svc = ListenerService(description, endpoint, factory)
                 svc.setServiceParent(self)
                 self.listenerServices.append(svc)
-        from txproxy.admin import attachAdmin
+        from txproxy.runtime.admin import attachAdmin
 
         #: The --admin site (/metrics, /healthz, /status); stopped after the drain.
         self.admin = attachAdmin(self)
 
     def limitsFor(self, listener: ListenerConfig) -> Any:
         """
-        The L{txproxy.limiter.ListenerLimits} for C{listener}, or L{None}
+        The L{txproxy.limits.service.ListenerLimits} for C{listener}, or L{None}
         when it sets no limit (so its protocols skip the limiter entirely).
         """
         if listener.rate is None and listener.maxConns is None and listener.maxConnsPerClient is None:
@@ -374,7 +374,7 @@ class ProxyService(MultiService):
             from txproxy._loop import streamline
 
             streamline(self.reactor)
-        from txproxy.workers import warnAboutFdLimit
+        from txproxy.runtime.workers import warnAboutFdLimit
 
         warnAboutFdLimit(self.config)
         if self.installSignalHandlers:
@@ -427,7 +427,7 @@ class ProxyService(MultiService):
 
         @return: whether the new configuration was applied.
         """
-        from txproxy.tap import checkResources
+        from txproxy.runtime.tap import checkResources
 
         try:
             if self.config.configFile is not None:
@@ -446,7 +446,7 @@ class ProxyService(MultiService):
                 )
             else:
                 new = self.config
-            from txproxy.tap import _checkSupported
+            from txproxy.runtime.tap import _checkSupported
 
             _checkSupported(new)
             checkResources(new, self.reactor)
@@ -607,9 +607,9 @@ def makeService(config: ProxyConfig, reactor: Any = None) -> Any:
     """
     Build the proxy service for C{config}: a L{ProxyService}, or with
     C{--workers} N > 1 the supervisor that runs N of them
-    (L{txproxy.workers.WorkerSupervisor}).
+    (L{txproxy.runtime.workers.WorkerSupervisor}).
     """
-    from txproxy.workers import WorkerSupervisor, workerId
+    from txproxy.runtime.workers import WorkerSupervisor, workerId
 
     if config.workers > 1 and workerId() is None:
         return WorkerSupervisor(config, reactor)

@@ -104,7 +104,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from txproxy._common import isIPLiteral
-from txproxy._tlsproto import TLSClientFactory, TLSServerFactory, TLSServerProtocol
+from txproxy.tls._proto import TLSClientFactory, TLSServerFactory, TLSServerProtocol
 from txproxy.errors import ConfigError
 
 __all__ = [
@@ -128,7 +128,7 @@ __all__ = [
     "wrapClientTLS",
 ]
 
-log = Logger()
+log = Logger(namespace="txproxy.tls")
 
 #: The TLS 1.2 cipher suites a listener accepts, in the server's order of
 #: preference: ECDHE key exchange with AES-GCM or ChaCha20-Poly1305 only (no
@@ -797,7 +797,7 @@ def servedNames(transport: Any) -> FrozenSet[str]:
     received); before that it gives the default certificate's names.
 
     @param transport: the C{transport} of a protocol behind a
-        L{TLSServerEndpoint} (a L{txproxy._tlsproto.TLSServerProtocol}).
+        L{TLSServerEndpoint} (a L{txproxy.tls._proto.TLSServerProtocol}).
     @return: an empty set when the transport is not one of our TLS
         connections (plain TCP: there is nothing to check).
     """
@@ -964,7 +964,7 @@ def tlsServerEndpoint(
     if proxied:
         from twisted.internet.endpoints import _WrapperServerEndpoint
 
-        from txproxy.service import _HalfCloseableHAProxyFactory
+        from txproxy.runtime.service import _HalfCloseableHAProxyFactory
 
         raw = _WrapperServerEndpoint(raw, _HalfCloseableHAProxyFactory)
     options = ServerTLSOptions(
@@ -1140,7 +1140,7 @@ def _verifyName(hostname: str) -> Callable[[Any], None]:
 @implementer(IStreamClientEndpoint)
 class TLSClientEndpoint:
     """
-    TLS (stdlib C{ssl}, see L{txproxy._tlsproto}) on top of a clear-text
+    TLS (stdlib C{ssl}, see L{txproxy.tls._proto}) on top of a clear-text
     client endpoint to an C{https://} backend.  C{connect} fires with the
     application protocol once the TCP connection is made; what it writes
     goes out once the handshake is over and the server verified.
