@@ -648,9 +648,9 @@ class HAProxyListenerTests(TCPTestCase):
     """
 
     def wrapped(self, factory: Any) -> Tuple[Any, StringTransport]:
-        from txproxy.runtime.service import _HalfCloseableHAProxyFactory
+        from txproxy.proxyaccept import HalfCloseableHAProxyFactory
 
-        wrapping = _HalfCloseableHAProxyFactory(factory)
+        wrapping = HalfCloseableHAProxyFactory(factory)
         transport = FakeTransport(peer=("127.0.0.1", 1111))
         proto = wrapping.buildProtocol(transport.getPeer())
         transport.protocol = proto

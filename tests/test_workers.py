@@ -21,7 +21,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from txproxy.runtime import workers
+from txproxy.runtime import process
 from txproxy.config import fromFlags
 from txproxy.errors import ConfigError
 from txproxy.runtime.workers import (
@@ -310,14 +310,14 @@ class FdLimitTests(SynchronousTestCase):
         connection plus a reserve.
         """
         config = fromFlags(["tcp:0"], [("max-conns", "1000")])
-        self.assertIsNone(workers.fdLimitWarning(config, 2064))
+        self.assertIsNone(process.fdLimitWarning(config, 2064))
 
     def test_cappedTooLow(self) -> None:
         """
         A limit below twice C{--max-conns} is warned about, naming both.
         """
         config = fromFlags(["tcp:0"], [("max-conns", "10000")])
-        message = workers.fdLimitWarning(config, 1024)
+        message = process.fdLimitWarning(config, 1024)
         self.assertIn("1024", message)
         self.assertIn("--max-conns 10000", message)
 
@@ -326,11 +326,11 @@ class FdLimitTests(SynchronousTestCase):
         Without C{--max-conns}, a limit below 4096 is warned about.
         """
         config = fromFlags(["tcp:0"], [])
-        self.assertIn("no --max-conns", workers.fdLimitWarning(config, 1024))
-        self.assertIsNone(workers.fdLimitWarning(config, 65536))
+        self.assertIn("no --max-conns", process.fdLimitWarning(config, 1024))
+        self.assertIsNone(process.fdLimitWarning(config, 65536))
 
     def test_unlimited(self) -> None:
         """
         An unlimited limit (RLIM_INFINITY, -1) is never warned about.
         """
-        self.assertIsNone(workers.fdLimitWarning(fromFlags(["tcp:0"], []), -1))
+        self.assertIsNone(process.fdLimitWarning(fromFlags(["tcp:0"], []), -1))

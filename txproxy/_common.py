@@ -18,7 +18,7 @@ from twisted.internet import defer, error
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.python.failure import Failure
 
-from txproxy.errors import PolicyDenied, ResolveError
+from txproxy.errors import NoHealthyBackend, PolicyDenied, ResolveError
 from txproxy.hooks import ClientInfo, Refuse
 from txproxy.http import HTTPError
 
@@ -100,10 +100,6 @@ def statusForFailure(f: Failure) -> Tuple[int, str]:
         return 502, "the destination refused the connection"
     if f.check(error.ConnectError, error.ConnectionLost, error.ConnectionDone, OSError):
         return 502, "cannot connect to the destination"
-    # Imported here, on the rare path, to keep this module a leaf: the class
-    # lives with the router's pools, which import the configuration.
-    from txproxy.router._pool import NoHealthyBackend
-
     if f.check(NoHealthyBackend):
         return 503, "no healthy backend"
     return 500, "internal error"

@@ -6,6 +6,7 @@ resolver and connects with plain TCP client endpoints.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, List, Optional
 
 from twisted.internet import defer
@@ -17,6 +18,7 @@ from twisted.internet.protocol import ClientFactory
 from zope.interface import implementer
 
 from txproxy._common import isIPLiteral
+from txproxy._dial import dialTCP
 from txproxy.errors import ResolveError
 from txproxy.interfaces import IUpstreamConnector
 
@@ -187,9 +189,5 @@ def dialerFor(reactor: Any) -> Any:
     from twisted.internet.posixbase import PosixReactorBase
 
     if isinstance(reactor, PosixReactorBase):
-        from functools import partial
-
-        from txproxy._dial import dialTCP
-
         return partial(dialTCP, reactor)
     return reactor.connectTCP

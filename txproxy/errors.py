@@ -23,3 +23,10 @@ class PolicyDenied(Exception):
     """
     Policy refused a destination (for example C{--deny-dest}).
     """
+
+
+class NoHealthyBackend(Exception):
+    """
+    Every backend of a pool is down, ejected or excluded.  HTTP modes answer
+    C{503}; TCP modes close the client connection.
+    """

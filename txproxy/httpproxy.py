@@ -84,7 +84,7 @@ from txproxy.http import (
     serializeTrustedHead,
 )
 from txproxy.http import connectionTokens as _connectionTokensOf
-from txproxy.limits.service import ALLOWED, Decision
+from txproxy.limits._decision import ALLOWED, Decision
 from txproxy._common import clientInfoFor, formatAddress, overrides, statusForFailure
 from txproxy.relay import Relay, RelayedProtocol, fastSender, joinRelay
 

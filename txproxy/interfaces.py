@@ -17,7 +17,7 @@ from zope.interface import Interface
 if TYPE_CHECKING:  # pragma: no cover
     from twisted.internet.defer import Deferred
 
-    from txproxy.limits.service import Decision
+    from txproxy.limits._decision import Decision
 
 
 class IUpstreamConnector(Interface):

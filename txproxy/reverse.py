@@ -24,8 +24,9 @@ from txproxy.connector import connectProtocol, isIPLiteral
 from txproxy.hooks import Refuse, Target
 from txproxy.http import RequestHead, parseAbsoluteURI, parseHostHeader, replaceHeader
 from txproxy.httpproxy import HTTPProxyFactory, HTTPProxyProtocol, HTTPRequest, UpstreamHTTPProtocol, _OneShotFactory
-from txproxy.limits.service import ALLOWED, Decision
+from txproxy.limits._decision import ALLOWED, Decision
 from txproxy.proxyprotocol import headerFor
+from txproxy.router import endpointForBackend
 from txproxy.tls import hostMatchesNames, isTLSTransport, servedNames, wrapClientTLS
 
 __all__ = ["ReverseProxyProtocol", "ReverseProxyFactory", "forwardedHeaders"]
@@ -473,8 +474,6 @@ class ReverseProxyProtocol(HTTPProxyProtocol):
         return result
 
     def _dialBackend(self, backend: Any) -> defer.Deferred:
-        from txproxy.router import endpointForBackend
-
         factory = self.factory
         proto = self.upstreamProtocol()
         url = backend.url

@@ -59,7 +59,14 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from txproxy import config
+from txproxy.config import RouteConfig
 from txproxy.connector import Connector, isIPLiteral
+from txproxy.forward import ForwardProxyFactory
+from txproxy.reverse import ReverseProxyFactory
+from txproxy.router import RouterService
+from txproxy.stream.sni import SNIRouterFactory
+from txproxy.stream.tcp import TCPProxyFactory, TransparentFactory
 
 __all__ = [
     "Clock",
@@ -625,8 +632,6 @@ def listenerConfig(**kwargs: Any) -> Any:
 
     @raise txproxy.errors.ConfigError: for an unknown option or bad value.
     """
-    from txproxy import config
-
     options: List[Tuple[str, Any]] = []
     for key, value in kwargs.items():
         name = key.replace("_", "-")
@@ -674,8 +679,6 @@ def forwardFactory(
     @param protocol: a L{ForwardProxyProtocol} subclass to use.
     @param options: listener options (C{connect_ports="*"}, ...).
     """
-    from txproxy.forward import ForwardProxyFactory
-
     listener = listener if listener is not None else listenerConfig(**options)
     connector, clock = _fakes(connector, clock, listener)
     return _finish(ForwardProxyFactory(listener, connector, clock), protocol)
@@ -689,8 +692,6 @@ def _routeOptions(routes: _Routes) -> Tuple[List[str], List[Any]]:
     The C{--route} rules of C{routes}, and the L{RouteConfig} values among
     them (in order; L{None} for a rule given as text).
     """
-    from txproxy.config import RouteConfig
-
     if routes is None:
         return [], []
     if isinstance(routes, str):
@@ -734,8 +735,6 @@ def _routedListener(mode: str, routes: _Routes, listener: Any, options: Dict[str
 def _router(router: Any, listener: Any, connector: Any, clock: Any) -> Any:
     if router is not None:
         return router
-    from txproxy.router import RouterService
-
     return RouterService([listener], connector, clock)
 
 
@@ -768,8 +767,6 @@ def reverseFactory(
         checks run once you call its C{startService}).
     @param options: listener options (C{connect_timeout="3"}, ...).
     """
-    from txproxy.reverse import ReverseProxyFactory
-
     listener = _routedListener("reverse", routes, listener, options)
     connector, clock = _fakes(connector, clock, listener)
     factory = ReverseProxyFactory(listener, connector, clock, router=_router(router, listener, connector, clock))
@@ -800,8 +797,6 @@ def tcpFactory(
         listener (default: the factory's own).
     @param options: listener options (C{balance="leastconn"}, ...).
     """
-    from txproxy.stream.tcp import TCPProxyFactory
-
     if listener is None:
         if upstreams is None:
             raise TypeError("tcpFactory: upstreams (or listener=) are needed")
@@ -845,8 +840,6 @@ def transparentFactory(
         of reading them from C{/proc}.
     @param options: listener options (C{proxy_protocol_send="v1"}, ...).
     """
-    from txproxy.stream.tcp import TransparentFactory
-
     if listener is None:
         listener = listenerConfig(mode="transparent", **options)
     elif options:
@@ -897,8 +890,6 @@ def sniFactory(
         listener (default: the factory's own).
     @param options: listener options (C{header_timeout="5"}, ...).
     """
-    from txproxy.stream.sni import SNIRouterFactory
-
     listener = _routedListener("sni", routes, listener, options)
     connector, clock = _fakes(connector, clock, listener)
     return _finish(SNIRouterFactory(listener, connector, clock, router=router), protocol)

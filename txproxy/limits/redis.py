@@ -99,7 +99,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txproxy.interfaces import ILimiter
-from txproxy.limits.service import (
+from txproxy.limits._decision import (
     ALLOWED,
     EPSILON,
     REASON_MAX_CONNS,

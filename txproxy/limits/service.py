@@ -38,19 +38,32 @@ will be (assuming nobody else takes any).  A denied take consumes nothing.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple, Union
 
-import attr
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import Interface, implementer
+from zope.interface import implementer
 
 from txproxy.interfaces import ILimiter
+from txproxy.limits._decision import (
+    _DENIED_MAX_CONNS,
+    ALLOWED,
+    HTTP_STATUS,
+    REASON_MAX_CONNS,
+    REASON_MAX_CONNS_PER_CLIENT,
+    REASON_RATE,
+    Decision,
+    ILease,
+    bucketKey,
+    checkBucket,
+    escapeScope,
+)
+from txproxy.limits.memory import MemoryLimiter
+from txproxy.limits.redis import RedisLimiter
 
 if TYPE_CHECKING:  # pragma: no cover
     from txproxy.config import ListenerConfig, ProxyConfig
@@ -70,311 +83,9 @@ __all__ = [
     "checkBucket",
 ]
 
-REASON_RATE = "rate"
-REASON_MAX_CONNS = "max-conns"
-REASON_MAX_CONNS_PER_CLIENT = "max-conns-per-client"
-
-#: The HTTP status a denial maps to (CLI.md): the rate limit and the
-#: per-client cap are the client's fault (429), the total cap is ours (503).
-HTTP_STATUS: Dict[str, int] = {
-    REASON_RATE: 429,
-    REASON_MAX_CONNS_PER_CLIENT: 429,
-    REASON_MAX_CONNS: 503,
-}
-
-#: Tolerance, in tokens, for floating-point error in bucket arithmetic.  The
-#: Redis scripts use the same value so that both backends decide alike.
-EPSILON = 1e-9
-
-
-class ILease(Interface):
-    """
-    An admitted connection's hold on a slot of the connection caps.
-
-    (Defined here rather than in L{txproxy.interfaces} only because this
-    module introduced it; it may move there without changing its name.)
-    """
-
-    def release() -> "Deferred[None]":
-        """
-        Give the slot back.  Idempotent: only the first call counts.  Call it
-        when the connection closes, however it closes.
-
-        @return: a Deferred that fires with L{None} once the release has been
-            recorded by the backend (at once for the memory backend).  It
-            never fails: a release that cannot reach Redis is counted and
-            the lease then expires by itself.
-        """
-
-
-@attr.s(frozen=True, slots=True, auto_attribs=True)
-class Decision:
-    """
-    The answer to one admission question.
-
-    @ivar allowed: whether the connection or request may proceed.
-    @ivar reason: L{None} when allowed; otherwise C{"rate"} (token bucket
-        empty), C{"max-conns"} (the scope's total cap) or
-        C{"max-conns-per-client"} (the client's cap).  L{HTTP_STATUS} maps
-        each to the status an HTTP mode answers.
-    @ivar retryAfter: seconds until enough tokens will be available, for a
-        C{"rate"} denial; C{0} otherwise (including cap denials: nobody
-        knows when a connection will close).
-    @ivar lease: an L{ILease} when C{acquire} admitted a connection, else
-        L{None}.  Whoever receives it must call C{release()} when the
-        connection closes.
-    """
-
-    allowed: bool
-    reason: Optional[str] = None
-    retryAfter: float = 0.0
-    lease: Optional[Any] = None
-
-    @property
-    def retryAfterSeconds(self) -> int:
-        """
-        C{retryAfter} rounded up to whole seconds for a C{Retry-After}
-        header: at least 1 for any denial, 0 when allowed.
-        """
-        if self.allowed:
-            return 0
-        whole = int(self.retryAfter)
-        if whole < self.retryAfter:
-            whole += 1
-        return max(1, whole)
-
-
-#: The one allowed decision without a lease; shared, never copied.
-ALLOWED = Decision(True)
-_DENIED_MAX_CONNS = Decision(False, REASON_MAX_CONNS)
-_DENIED_MAX_CONNS_PER_CLIENT = Decision(False, REASON_MAX_CONNS_PER_CLIENT)
-
-
-def checkBucket(rate: float, burst: float, cost: float) -> None:
-    """
-    Reject token bucket parameters that no bucket could honour.
-
-    @raise ValueError: unless C{0 < cost <= burst} and C{rate > 0}.
-    """
-    if not rate > 0:
-        raise ValueError(f"rate must be positive, not {rate!r}")
-    if not 0 < cost <= burst:
-        raise ValueError(f"cost must be positive and at most burst ({burst!r}), not {cost!r}")
-
-
-def escapeScope(scope: str) -> str:
-    """
-    Escape C{scope} so that it contains no C{|}: keys built as
-    C{scope|client} are then unambiguous whatever the client string holds.
-    """
-    if "%" in scope or "|" in scope:
-        return scope.replace("%", "%25").replace("|", "%7C")
-    return scope
-
-
-def bucketKey(scope: str, client: str) -> str:
-    """
-    The token bucket key of C{client} in C{scope}: C{<escaped scope>|<client>}.
-    """
-    return escapeScope(scope) + "|" + client
-
 
 # ---------------------------------------------------------------------------
 # The in-memory backend
-
-
-@implementer(ILease)
-class _MemoryLease:
-    """
-    A slot in a L{MemoryLimiter}'s connection counts.
-    """
-
-    __slots__ = ("_limiter", "_scope", "_client", "_released")
-
-    def __init__(self, limiter: MemoryLimiter, scope: str, client: str) -> None:
-        self._limiter = limiter
-        self._scope = scope
-        self._client = client
-        self._released = False
-
-    def release(self) -> "Deferred[None]":
-        if not self._released:
-            self._released = True
-            self._limiter._release(self._scope, self._client)
-        return succeed(None)
-
-
-class _ScopeCount:
-    """
-    Open leases in one scope: the total and per client (clients with none
-    are absent).
-    """
-
-    __slots__ = ("total", "clients")
-
-    def __init__(self) -> None:
-        self.total = 0
-        self.clients: Dict[str, int] = {}
-
-
-@implementer(ILimiter)
-class MemoryLimiter:
-    """
-    Token buckets and connection caps in process memory.
-
-    Buckets are stored in GCRA form: for each key, the time C{tat} at which
-    the bucket will be full again (a bucket with C{tat <= now} is full).  So a
-    bucket is one float, refill needs no timer, and a full bucket carries no
-    information: it is dropped.  Keys live in an L{OrderedDict} in
-    least-recently-used order; every L{take} moves its key to the end and
-    removes at most two full buckets from the front.  Hence the memory
-    bound, with C{W} the longest time any bucket takes to refill
-    (C{burst / rate} over the configured limits): the limiter never holds
-    more than I{(keys taken from during the last C{W} seconds) + 1} buckets,
-    however many distinct clients came before (see
-    C{MemoryLimiterTests.test_millionClientsBoundedMemory}).  Each decision
-    costs O(1); nothing is ever scanned.
-
-    Connection counts hold one small entry per scope and per client with an
-    open lease, so they are bounded by the open connections.
-
-    @ivar clock: where time comes from.
-    """
-
-    def __init__(self, clock: Optional[IReactorTime] = None) -> None:
-        """
-        @param clock: the time source; the global reactor when L{None}.
-        """
-        if clock is None:
-            from twisted.internet import reactor as clock
-        self.clock = clock  # type: ignore[assignment]
-        self._buckets: "OrderedDict[str, float]" = OrderedDict()
-        self._scopes: Dict[str, _ScopeCount] = {}
-
-    @property
-    def clock(self) -> IReactorTime:
-        """
-        Where time comes from (its C{seconds()} is read once per decision).
-        """
-        return self._clock
-
-    @clock.setter
-    def clock(self, clock: IReactorTime) -> None:
-        self._clock = clock
-        self._seconds = clock.seconds
-
-    @property
-    def bucketCount(self) -> int:
-        """
-        How many buckets are held (full buckets are not held, once swept).
-        """
-        return len(self._buckets)
-
-    @property
-    def leaseCount(self) -> int:
-        """
-        How many leases are open, in all scopes.
-        """
-        return sum(s.total for s in self._scopes.values())
-
-    def take(self, key: str, rate: float, burst: float, cost: float = 1.0) -> "Deferred[Decision]":
-        """
-        See L{ILimiter.take}.  The Deferred has already fired.
-        """
-        return succeed(self.takeNow(key, rate, burst, cost))
-
-    def takeNow(self, key: str, rate: float, burst: float, cost: float = 1.0) -> Decision:
-        """
-        L{take}, answered synchronously.  An admission is the shared
-        L{ALLOWED} (nothing is allocated for it).
-
-        @raise ValueError: on parameters no bucket could honour (see
-            L{checkBucket}).
-        """
-        if not (rate > 0 and 0 < cost <= burst):
-            checkBucket(rate, burst, cost)
-        now = self._seconds()
-        buckets = self._buckets
-        tat = buckets.get(key)
-        if tat is None:
-            # A full bucket: cost <= burst, so the take succeeds.
-            buckets[key] = now + cost / rate
-            decision = ALLOWED
-        elif tat <= now:
-            buckets[key] = now + cost / rate
-            buckets.move_to_end(key)
-            decision = ALLOWED
-        else:
-            available = burst - (tat - now) * rate
-            if available + EPSILON < cost:
-                decision = Decision(False, REASON_RATE, (cost - available) / rate)
-            else:
-                buckets[key] = tat + cost / rate
-                buckets.move_to_end(key)
-                decision = ALLOWED
-        # Amortised expiry: the least recently used buckets sit in front;
-        # drop up to two full ones (unrolled: this runs for every request).
-        # The bucket just taken from is never full, so there is at least
-        # one bucket.
-        front = next(iter(buckets))
-        if buckets[front] <= now:
-            del buckets[front]
-            if buckets:
-                front = next(iter(buckets))
-                if buckets[front] <= now:
-                    del buckets[front]
-        return decision
-
-    #: L{takeNow}: the memory backend always answers at once (the name
-    #: L{LimiterService} and L{ListenerLimits} look for).
-    takeNowOrLater = takeNow
-
-    def acquire(
-        self, scope: str, client: str, maxTotal: Optional[int], maxPerClient: Optional[int]
-    ) -> "Deferred[Decision]":
-        """
-        See L{ILimiter.acquire}.  The Deferred has already fired.
-        """
-        return succeed(self.acquireNow(scope, client, maxTotal, maxPerClient))
-
-    def acquireNow(
-        self, scope: str, client: str, maxTotal: Optional[int], maxPerClient: Optional[int]
-    ) -> Decision:
-        """
-        L{acquire}, answered synchronously.  The per-client cap is checked
-        before the total cap, as in the Redis backend.
-        """
-        counts = self._scopes.get(scope)
-        if counts is None:
-            total = perClient = 0
-        else:
-            total = counts.total
-            perClient = counts.clients.get(client, 0)
-        if maxPerClient is not None and perClient >= maxPerClient:
-            return _DENIED_MAX_CONNS_PER_CLIENT
-        if maxTotal is not None and total >= maxTotal:
-            return _DENIED_MAX_CONNS
-        if counts is None:
-            counts = self._scopes[scope] = _ScopeCount()
-        counts.total += 1
-        counts.clients[client] = perClient + 1
-        return Decision(True, None, 0.0, _MemoryLease(self, scope, client))
-
-    #: L{acquireNow} (see L{takeNowOrLater}).
-    acquireNowOrLater = acquireNow
-
-    def _release(self, scope: str, client: str) -> None:
-        counts = self._scopes.get(scope)
-        if counts is None:  # pragma: no cover (a lease is released once)
-            return
-        counts.total -= 1
-        left = counts.clients.get(client, 1) - 1
-        if left > 0:
-            counts.clients[client] = left
-        else:
-            counts.clients.pop(client, None)
-        if counts.total <= 0:
-            del self._scopes[scope]
 
 
 # ---------------------------------------------------------------------------
@@ -576,8 +287,6 @@ class LimiterService(Service):
         """
         redis = None
         if config.redis:
-            from txproxy.limits.redis import RedisLimiter
-
             redis = RedisLimiter.fromURL(config.redis, reactor=reactor)
         kwargs.setdefault("outagePolicy", getattr(config, "redisOutage", "memory"))
         return cls(redis=redis, clock=reactor, **kwargs)

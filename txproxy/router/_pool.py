@@ -30,7 +30,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from txproxy.config import BALANCE_POLICIES, RouteConfig, UpstreamURL
-from txproxy.errors import ConfigError
+from txproxy.errors import ConfigError, NoHealthyBackend
 
 __all__ = ["Backend", "HealthState", "NoHealthyBackend", "Pool", "VIRTUAL_NODES"]
 
@@ -41,13 +41,6 @@ T = TypeVar("T")
 VIRTUAL_NODES = 160
 
 _log = Logger(namespace="txproxy.router")
-
-
-class NoHealthyBackend(Exception):
-    """
-    Every backend of a pool is down, ejected or excluded.  HTTP modes answer
-    C{503}; TCP modes close the client connection.
-    """
 
 
 class HealthState:

@@ -32,7 +32,10 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
+from txproxy.errors import ConfigError
 from txproxy.metrics import CONTENT_TYPE_LATEST, Metrics, backendStatesFromRouter
+from txproxy.runtime.endpoints import ListenerService, serverEndpoint
+from txproxy.runtime.process import setUpWorkerProcess, workerAdminEndpoint, workerId
 
 __all__ = [
     "AdminService",
@@ -184,8 +187,6 @@ class AdminService(MultiService):
 
     def __init__(self, endpoints: Sequence[str], source: Any, reactor: Any = None) -> None:
         super().__init__()
-        from txproxy.runtime.service import ListenerService, serverEndpoint
-
         if reactor is None:
             from twisted.internet import reactor as _reactor
 
@@ -193,8 +194,6 @@ class AdminService(MultiService):
         self.source = source
         self.site = AdminSite(adminRoot(source), reactor=reactor)
         self.listeners: List[Any] = []
-        from txproxy.errors import ConfigError
-
         for description in endpoints:
             try:
                 endpoint = serverEndpoint(reactor, description)
@@ -215,8 +214,6 @@ def metricsFor(config: Any) -> Optional[Metrics]:
     is given or the process is a C{--workers} worker (the supervisor scrapes
     it), else L{None} (nothing would read it, so nothing is counted).
     """
-    from txproxy.runtime.workers import workerId
-
     wid = workerId()
     if not config.admin and wid is None:
         return None
@@ -231,8 +228,6 @@ def attachAdmin(service: Any) -> Optional[AdminService]:
     Reads the service's C{metrics}, C{factories}, C{config}, and, when they
     exist, C{limiter} and C{router}.
     """
-    from txproxy.runtime.workers import setUpWorkerProcess, workerAdminEndpoint, workerId
-
     if workerId() is not None:
         # The worker side of --workers: die with the supervisor.
         setUpWorkerProcess()
@@ -319,8 +314,6 @@ def proxyStatus(service: Any, startedAt: Optional[float] = None) -> Dict[str, An
     """
     Plain data about a proxy process for C{/status}.
     """
-    from txproxy.runtime.workers import workerId
-
     listeners: List[Dict[str, Any]] = []
     for name, factory in list(getattr(service, "factories", {}).items()):
         listener = getattr(factory, "listener", None)

@@ -7,254 +7,52 @@ listener service per C{--listen} endpoint.
 from __future__ import annotations
 
 import sys
-from typing import Any, Dict, List, Optional, cast
+from typing import Any, Dict, List, Optional
 
 import attr
 
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer
-from twisted.internet.endpoints import _WrapperServerEndpoint, serverFromString
-from twisted.internet.interfaces import IHalfCloseableProtocol, ITransport
 from twisted.logger import Logger
-from twisted.internet.protocol import Protocol, connectionDone
-from twisted.protocols.haproxy._exceptions import InvalidProxyHeader
-from twisted.protocols.haproxy._v1parser import V1Parser
-from twisted.protocols.haproxy._v2parser import V2Parser
-from twisted.protocols.haproxy._wrapper import HAProxyProtocolWrapper, HAProxyWrappingFactory
-from twisted.python.failure import Failure
-from zope.interface import directlyProvides, implementer, providedBy
 
+from txproxy._loop import streamline
 from txproxy.accesslog import openAccessLog
-from txproxy.config import ListenerConfig, ProxyConfig
+from txproxy.config import ListenerConfig, ProxyConfig, loadFile
 from txproxy.connector import Connector
 from txproxy.errors import ConfigError
+from txproxy.forward import ForwardProxyFactory
+from txproxy.limits.service import LimiterService
+from txproxy.reverse import ReverseProxyFactory
+from txproxy.router import RouterService
+from txproxy.runtime.admin import attachAdmin, metricsFor
+from txproxy.runtime.endpoints import (
+    ListenerService,
+    StartupError,
+    checkResources,
+    checkSupported,
+    listenerEndpoint,
+    serverEndpoint,
+    withBacklog,
+)
+from txproxy.runtime.process import warnAboutFdLimit, workerId
+from txproxy.runtime.workers import WorkerSupervisor
+from txproxy.stream.sni import SNIRouterFactory
+from txproxy.stream.tcp import TCPProxyFactory, TransparentFactory
+from txproxy.tuning import pypyNurseryHint, tunePyPyJIT
 
 __all__ = ["ProxyService", "ListenerService", "makeService", "serverEndpoint", "StartupError"]
 
 log = Logger(namespace="txproxy.service")
 
 
-class StartupError(Exception):
-    """
-    The proxy cannot start (a port is in use, a certificate is unreadable).
-    Its text is the one line printed on standard error.
-    """
-
-
-@implementer(IHalfCloseableProtocol)
-class _HalfCloseableHAProxyWrapper(HAProxyProtocolWrapper):
-    """
-    Twisted's PROXY-protocol wrapper, passing half-close through to the
-    wrapped protocol (Twisted's own turns a client's FIN into a full close),
-    and connecting the wrapped protocol only once the header has been read
-    (Twisted's connects it at once, so its C{connectionMade} would see the
-    proxy's address instead of the client address the header carries: the
-    one ACLs, limits and logs must use).  A connection closed before a
-    complete header never reaches the wrapped protocol.
-    """
-
-    def makeConnection(self, transport: Any) -> None:
-        directlyProvides(self, providedBy(transport))
-        Protocol.makeConnection(self, transport)
-        self.factory.registerProtocol(self)
-
-    def dataReceived(self, data: bytes) -> None:
-        if self._proxyInfo is not None:
-            self.wrappedProtocol.dataReceived(data)
-            return
-        parser = self._parser
-        if parser is None:
-            if len(data) >= 16 and data[:12] == V2Parser.PREFIX and data[12] & 0xF0 == 0x20:
-                self._parser = parser = V2Parser()
-            elif len(data) >= 8 and data[:5] == V1Parser.PROXYSTR:
-                self._parser = parser = V1Parser()
-            else:
-                self.loseConnection()
-                return
-        try:
-            info, remaining = parser.feed(data)
-        except InvalidProxyHeader:
-            self.loseConnection()
-            return
-        if info is None:
-            return
-        self._proxyInfo = info
-        # The wrapper is the wrapped protocol's transport (it provides what
-        # the real transport provides, see makeConnection).
-        self.wrappedProtocol.makeConnection(cast(ITransport, self))
-        if remaining:
-            self.wrappedProtocol.dataReceived(remaining)
-
-    def readConnectionLost(self) -> None:
-        p = IHalfCloseableProtocol(self.wrappedProtocol, None)
-        if p is not None and self._proxyInfo is not None:
-            p.readConnectionLost()
-        else:
-            assert self.transport is not None
-            self.transport.loseConnection()
-
-    def writeConnectionLost(self) -> None:
-        p = IHalfCloseableProtocol(self.wrappedProtocol, None)
-        if p is not None and self._proxyInfo is not None:
-            p.writeConnectionLost()
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        if self._proxyInfo is not None:
-            super().connectionLost(reason)
-        else:
-            self.factory.unregisterProtocol(self)
-
-
-class _HalfCloseableHAProxyFactory(HAProxyWrappingFactory):
-    # (mypy rejects any subclass here, Twisted's own included: a protocol
-    # wrapper is not the protocol Twisted's Factory[P] typing expects.)
-    protocol = _HalfCloseableHAProxyWrapper  # type: ignore[assignment]
-
-
-def serverEndpoint(
-    reactor: Any,
-    description: str,
-    certs: Optional[str] = None,
-    clientCA: Optional[str] = None,
-    acceptableProtocols: Any = (b"http/1.1",),
-) -> Any:
-    """
-    Build a server endpoint from a Twisted endpoint string.  C{haproxy:}
-    prefixes get a PROXY-protocol wrapper that keeps half-close working.
-
-    C{ssl:} strings, and any string when C{certs} is given, terminate TLS
-    with L{txproxy.tls.tlsServerEndpoint} (SNI certificates from C{certs},
-    optional client certificates, ALPN C{acceptableProtocols}); the result
-    is a L{txproxy.tls.TLSServerEndpoint}, whose C{reload} re-reads them.
-
-    @raise ConfigError: the description is not a valid endpoint, or its
-        certificates do not load.
-    """
-    from txproxy.tls import isTLSListener, tlsServerEndpoint
-
-    if isTLSListener(description, certs):
-        return tlsServerEndpoint(reactor, description, certs, clientCA, acceptableProtocols)
-    try:
-        if description.startswith("haproxy:"):
-            inner = serverFromString(reactor, description[len("haproxy:") :])
-            return _WrapperServerEndpoint(inner, _HalfCloseableHAProxyFactory)
-        return serverFromString(reactor, description)
-    except Exception as e:  # serverFromString raises many kinds for bad input
-        detail = str(e) or type(e).__name__
-        if isinstance(e, (IOError, OSError)) and getattr(e, "strerror", None):
-            detail = f"{e.strerror}: {getattr(e, 'filename', '')}".rstrip(": ")
-        raise ConfigError(f"bad --listen endpoint {description!r}: {detail}")
-
-
-def listenerEndpoint(reactor: Any, description: str, listener: ListenerConfig) -> Any:
-    """
-    L{serverEndpoint} for one of C{listener}'s strings, with its TLS
-    settings: C{certs} and C{client_ca}, ALPN C{http/1.1} in the HTTP modes
-    (none in the TCP modes).  C{sni} mode passes TLS through, so a TLS
-    listener there is refused.
-
-    @raise ConfigError: as L{serverEndpoint}.
-    """
-    from txproxy.tls import isTLSListener
-
-    tls = isTLSListener(description, listener.certs)
-    if tls and listener.mode == "sni":
-        raise ConfigError(f"bad --listen endpoint {description!r}: sni mode passes TLS through; listen with tcp:, without --certs")
-    protocols = (b"http/1.1",) if listener.mode in ("forward", "reverse") else ()
-    try:
-        return serverEndpoint(reactor, description, listener.certs, listener.clientCA, protocols)
-    except ConfigError as e:
-        # Name the string the user wrote, not the one with --backlog added.
-        original = _withoutBacklog(description, listener.backlog)
-        raise ConfigError(str(e).replace(repr(description), repr(original)))
-
-
-def _withoutBacklog(description: str, backlog: int) -> str:
-    suffix = f":backlog={backlog}"
-    return description[: -len(suffix)] if description.endswith(suffix) else description
-
-
-def withBacklog(description: str, backlog: int) -> str:
-    """
-    Add C{backlog=N} (C{--backlog}) to a C{tcp}, C{tcp6}, C{ssl} or C{unix}
-    endpoint string that does not set its own.
-    """
-    inner = description[len("haproxy:"):] if description.startswith("haproxy:") else description
-    kind = inner.split(":", 1)[0]
-    if kind not in ("tcp", "tcp6", "ssl", "unix") or "backlog=" in inner:
-        return description
-    return f"{description}:backlog={backlog}"
-
-
-class ListenerService(Service):
-    """
-    Listens on one endpoint with one factory, from start to stop.
-
-    Listening happens in C{privilegedStartService} (so a privileged port can
-    be bound before privileges are shed) and synchronously: a failure raises
-    L{StartupError} instead of being logged and forgotten.
-    """
-
-    port: Any = None
-
-    def __init__(self, description: str, endpoint: Any, factory: Any) -> None:
-        self.description = description
-        from txproxy.runtime.workers import reusePortIfWorker
-
-        # In a --workers worker, TCP ports are bound with SO_REUSEPORT.
-        self.endpoint = reusePortIfWorker(endpoint)
-        self.factory = factory
-
-    def privilegedStartService(self) -> None:
-        Service.privilegedStartService(self)
-        self._listen()
-
-    def startService(self) -> None:
-        Service.startService(self)
-        if self.port is None:
-            self._listen()
-
-    def _listen(self) -> None:
-        results: List[Any] = []
-        self.endpoint.listen(self.factory).addBoth(results.append)
-        if not results:
-            raise StartupError(f"cannot listen on {self.description}: listening did not complete")
-        result = results[0]
-        if isinstance(result, Failure):
-            e = result.value
-            detail = getattr(e, "socketError", None) or e
-            detail = getattr(detail, "strerror", None) or str(detail) or type(e).__name__
-            raise StartupError(f"cannot listen on {self.description}: {detail}")
-        self.port = result
-        log.info("txproxy {mode} listening on {address}", mode=getattr(self.factory, "mode", ""), address=self.description)
-
-    def stopListening(self) -> "defer.Deferred[None]":
-        """
-        Close the listening socket now (new connections are refused).
-        """
-        port, self.port = self.port, None
-        if port is None:
-            return defer.succeed(None)
-        return defer.maybeDeferred(port.stopListening)
-
-    def stopService(self) -> "defer.Deferred[None]":
-        Service.stopService(self)
-        return self.stopListening()
-
-
 def _factoryFor(listener: ListenerConfig, services: "ProxyService", reactor: Any) -> Any:
     connector = Connector(reactor, listener.connectTimeout)
     limits = services.limitsFor(listener)
     if listener.mode == "forward":
-        from txproxy.forward import ForwardProxyFactory
-
         factory = ForwardProxyFactory(listener, connector, reactor, limits, services.accessLog, services.metrics)
         factory.mode = "forward"
         return factory
     if listener.mode in ("tcp", "transparent", "sni"):
-        from txproxy.stream.sni import SNIRouterFactory
-        from txproxy.stream.tcp import TCPProxyFactory, TransparentFactory
-
         cls = {"tcp": TCPProxyFactory, "transparent": TransparentFactory, "sni": SNIRouterFactory}[listener.mode]
         return cls(
             listener,
@@ -266,8 +64,6 @@ def _factoryFor(listener: ListenerConfig, services: "ProxyService", reactor: Any
             metrics=services.metrics,
         )
     if listener.mode == "reverse":
-        from txproxy.reverse import ReverseProxyFactory
-
         tls = bool(listener.certs) or any(d.split(":", 1)[0] in ("ssl", "haproxy") and "ssl:" in d for d in listener.listen)
         return ReverseProxyFactory(
             listener,
@@ -304,17 +100,11 @@ class ProxyService(MultiService):
         self.config = config
         self.reactor = reactor
         self.accessLog = openAccessLog(config.accessLog, config.accessLogFormat)
-        from txproxy.runtime.admin import metricsFor
-
         #: Prometheus metrics when something reads them (--admin, --workers).
         self.metrics: Any = metricsFor(config)
-        from txproxy.limits.service import LimiterService
-
         #: Token buckets and connection caps, in memory or in Redis.
         self.limiter = LimiterService.fromConfig(config, reactor)
         self.limiter.setServiceParent(self)
-        from txproxy.router import RouterService
-
         #: Routes and pools of the tcp, sni (and reverse) listeners.
         self.router = RouterService(config.listeners, Connector(reactor), reactor)
         self.router.setServiceParent(self)
@@ -329,8 +119,6 @@ class ProxyService(MultiService):
                 svc = ListenerService(description, endpoint, factory)
                 svc.setServiceParent(self)
                 self.listenerServices.append(svc)
-        from txproxy.runtime.admin import attachAdmin
-
         #: The --admin site (/metrics, /healthz, /status); stopped after the drain.
         self.admin = attachAdmin(self)
 
@@ -359,8 +147,6 @@ class ProxyService(MultiService):
         import os
         import platform
 
-        from txproxy.tuning import pypyNurseryHint, tunePyPyJIT
-
         implementation = platform.python_implementation()
         hint = pypyNurseryHint(os.environ, implementation)
         if hint is not None:
@@ -371,11 +157,7 @@ class ProxyService(MultiService):
         elif refused is not None:
             log.warn("{refused}", refused=refused)
         if self.streamlineReactor:
-            from txproxy._loop import streamline
-
             streamline(self.reactor)
-        from txproxy.runtime.workers import warnAboutFdLimit
-
         warnAboutFdLimit(self.config)
         if self.installSignalHandlers:
             self.reactor.callWhenRunning(self._installSignalHandlers)
@@ -427,12 +209,8 @@ class ProxyService(MultiService):
 
         @return: whether the new configuration was applied.
         """
-        from txproxy.runtime.tap import checkResources
-
         try:
             if self.config.configFile is not None:
-                from txproxy.config import loadFile
-
                 new = attr.evolve(
                     loadFile(self.config.configFile),
                     admin=self.config.admin,
@@ -446,9 +224,7 @@ class ProxyService(MultiService):
                 )
             else:
                 new = self.config
-            from txproxy.runtime.tap import _checkSupported
-
-            _checkSupported(new)
+            checkSupported(new)
             checkResources(new, self.reactor)
             self._apply(new)
         except Exception as e:
@@ -609,8 +385,6 @@ def makeService(config: ProxyConfig, reactor: Any = None) -> Any:
     C{--workers} N > 1 the supervisor that runs N of them
     (L{txproxy.runtime.workers.WorkerSupervisor}).
     """
-    from txproxy.runtime.workers import WorkerSupervisor, workerId
-
     if config.workers > 1 and workerId() is None:
         return WorkerSupervisor(config, reactor)
     return ProxyService(config, reactor)

@@ -16,6 +16,8 @@ from twisted.python import usage
 
 from txproxy import config as _config
 from txproxy.errors import ConfigError
+from txproxy.runtime.endpoints import checkResources, checkSupported
+from txproxy.runtime.service import makeService as _make
 
 __all__ = ["Options", "makeService", "parseCommandLine"]
 
@@ -138,16 +140,6 @@ def _fail(message: str) -> None:
     raise SystemExit(2)
 
 
-def _checkSupported(config: _config.ProxyConfig) -> None:
-    """
-    Reject, by name, settings whose implementation has not landed yet.
-    """
-    supported = {"forward", "tcp", "transparent", "sni", "reverse"}
-    for listener in config.listeners:
-        if listener.mode not in supported:
-            raise ConfigError(f"mode {listener.mode} is not supported yet")
-
-
 def buildConfig(listen: Sequence[str], options: Sequence[Tuple[str, Any]], configFile: Optional[str]) -> _config.ProxyConfig:
     """
     Build and check the whole configuration, including that every endpoint
@@ -156,45 +148,9 @@ def buildConfig(listen: Sequence[str], options: Sequence[Tuple[str, Any]], confi
     @raise ConfigError: with a one-line message.
     """
     config = _config.fromFlags(listen, options, configFile)
-    _checkSupported(config)
+    checkSupported(config)
     checkResources(config)
     return config
-
-
-def checkResources(config: _config.ProxyConfig, reactor: Any = None) -> None:
-    """
-    Check what the config refers to outside itself: endpoint strings parse
-    (and their certificate files load), auth files read, the access log
-    opens.
-    """
-    from txproxy.runtime.service import listenerEndpoint, withBacklog
-
-    if reactor is None:
-        from twisted.internet import reactor as _reactor
-
-        reactor = _reactor
-    from txproxy.tls import isTLSListener
-
-    for listener in config.listeners:
-        if listener.clientCA and not any(isTLSListener(d, listener.certs) for d in listener.listen):
-            raise ConfigError("--client-ca needs a TLS listener (ssl: or --certs)")
-        for description in listener.listen:
-            listenerEndpoint(reactor, withBacklog(description, listener.backlog), listener)
-        for route in listener.routes:
-            if route.caBundle is not None:
-                try:
-                    open(route.caBundle, "rb").close()
-                except OSError as e:
-                    raise ConfigError(f"route {route.host}{route.prefix}: cannot read ca_bundle {route.caBundle}: {e.strerror}")
-        if listener.auth:
-            from txproxy.auth import Htpasswd
-
-            Htpasswd(listener.auth)
-    if config.accessLog and config.accessLog != "-":
-        try:
-            open(config.accessLog, "a").close()
-        except OSError as e:
-            raise ConfigError(f"cannot open access log {config.accessLog}: {e.strerror}")
 
 
 def parseCommandLine(argv: Sequence[str]) -> _config.ProxyConfig:
@@ -217,8 +173,6 @@ def makeService(options: Options) -> Any:
     """
     Build the service tree for parsed C{options}.
     """
-    from txproxy.runtime.service import makeService as _make
-
     assert options.config is not None
     try:
         return _make(options.config)

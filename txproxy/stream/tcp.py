@@ -41,11 +41,12 @@ from txproxy._factory import ListenerFactory
 from txproxy.accesslog import AccessRecord
 from txproxy.config import ListenerConfig
 from txproxy.connector import Connector, directDial
-from txproxy.errors import ResolveError
+from txproxy.errors import NoHealthyBackend, ResolveError
 from txproxy.hooks import ClientInfo, Target
 from txproxy.stream.origdst import isOwnListener, localNetworks, originalDestination
 from txproxy.proxyprotocol import headerFor
 from txproxy.relay import Relay, RelayedProtocol, joinRelay
+from txproxy.router import RouterService, endpointForBackend
 
 __all__ = [
     "TCPProxyProtocol",
@@ -312,8 +313,6 @@ class _RelayingProtocol(Protocol):
             backend = self._pool.pick(self.client.host, tried)
         if backend is None:
             if last is None:
-                from txproxy.router import NoHealthyBackend
-
                 last = Failure(NoHealthyBackend(f"no healthy backend in {self._pool.name or 'pool'}"))
             self._failed(last)
             return
@@ -327,8 +326,6 @@ class _RelayingProtocol(Protocol):
         elif backend.description is not None:
             self._dialEndpoint(factory.connector.endpointForDescription(backend.description))
         else:
-            from txproxy.router import endpointForBackend
-
             d = endpointForBackend(factory.connector, backend)
             d.addCallbacks(self._dialEndpoint, self._dialFailed)
 
@@ -706,8 +703,6 @@ class RelayingFactory(ListenerFactory):
         self.protocols: set = set()
         self.requestsTotal = 0
         if router is None and listener.mode in ("tcp", "sni"):
-            from txproxy.router import RouterService
-
             router = RouterService([listener], connector, clock)
         self.router = router
         self._acl = bool(listener.allow or listener.deny)

@@ -93,6 +93,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
+from twisted.internet.endpoints import _WrapperServerEndpoint
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
     IOpenSSLClientConnectionCreator,
@@ -106,6 +107,7 @@ from zope.interface import implementer
 from txproxy._common import isIPLiteral
 from txproxy.tls._proto import TLSClientFactory, TLSServerFactory, TLSServerProtocol
 from txproxy.errors import ConfigError
+from txproxy.proxyaccept import HalfCloseableHAProxyFactory
 
 __all__ = [
     "KEEP",
@@ -962,11 +964,7 @@ def tlsServerEndpoint(
         except Exception as e:  # serverFromString raises many kinds for bad input
             raise bad(_oneLine(e)) from None
     if proxied:
-        from twisted.internet.endpoints import _WrapperServerEndpoint
-
-        from txproxy.runtime.service import _HalfCloseableHAProxyFactory
-
-        raw = _WrapperServerEndpoint(raw, _HalfCloseableHAProxyFactory)
+        raw = _WrapperServerEndpoint(raw, HalfCloseableHAProxyFactory)
     options = ServerTLSOptions(
         certsDir,
         privateKey,
