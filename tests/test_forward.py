@@ -1003,3 +1003,109 @@ class AbsoluteURITests(ForwardTestCase):
             sent = upstream.value()
             self.assertTrue(sent.startswith(expected), (line, sent))
             self.assertEqual(_hostFields(sent), [b"example.test:8080"])
+
+
+class ForwardingHeaderTests(ForwardTestCase):
+    """
+    Forwarding fields (C{X-Forwarded-For}, C{Forwarded}, C{X-Real-IP}, ...)
+    in forward mode follow C{--trusted-proxies}: kept (and extended with
+    C{--x-forwarded-for on}) from trusted clients, dropped or replaced for
+    everyone else; underscore spellings are dropped from everyone.
+    """
+
+    CLAIMS = (
+        b"X-Forwarded-For: 6.6.6.6\r\n"
+        b"Forwarded: for=6.6.6.6;host=evil.test\r\n"
+        b"X-Forwarded-Host: evil.test\r\n"
+        b"X-Forwarded-Proto: https\r\n"
+        b"X-Real-IP: 6.6.6.6\r\n"
+        b"X_Forwarded_For: 7.7.7.7\r\n"
+        b"x_forwarded_host: underscore.test\r\n"
+        b"X-Custom_Name: kept\r\n"
+    )
+
+    def sent(self, peer: Any = ("127.0.0.1", 40000), **options: Any) -> bytes:
+        """
+        The head the origin gets for a request carrying L{CLAIMS} from
+        C{peer}, through a factory with C{options}.
+        """
+        proto, client = self.open(self.factory(**options), peer)
+        proto.dataReceived(b"GET http://example.test/ HTTP/1.1\r\nHost: example.test\r\n" + self.CLAIMS + b"\r\n")
+        return self.connector.last.succeed().value()  # type: ignore[no-any-return]
+
+    def assertNoUnderscoreSpellings(self, sent: bytes) -> None:
+        self.assertNotIn(b"7.7.7.7", sent)
+        self.assertNotIn(b"underscore.test", sent)
+        self.assertIn(b"\r\nX-Custom_Name: kept\r\n", sent)
+
+    def test_untrustedClaimsDropped(self) -> None:
+        """
+        An untrusted client's forwarding fields, all of them, do not reach
+        the origin (C{--x-forwarded-for} off, the default).
+        """
+        for options in [{}, {"trusted_proxies": ["10.0.0.0/8"]}]:
+            sent = self.sent(**options)
+            for name in [b"X-Forwarded-For", b"Forwarded", b"X-Forwarded-Host", b"X-Forwarded-Proto", b"X-Real-IP"]:
+                self.assertNotIn(b"\r\n" + name + b":", sent, (name, options))
+            self.assertNotIn(b"6.6.6.6", sent)
+            self.assertNotIn(b"evil.test", sent)
+            self.assertNoUnderscoreSpellings(sent)
+
+    def test_untrustedClaimsReplaced(self) -> None:
+        """
+        With C{--x-forwarded-for on}, an untrusted client's
+        C{X-Forwarded-For} is replaced by its address, and the rest of its
+        forwarding fields are dropped.
+        """
+        sent = self.sent(x_forwarded_for="on", trusted_proxies=["10.0.0.0/8"])
+        self.assertEqual(sent.count(b"X-Forwarded-For:"), 1)
+        self.assertIn(b"\r\nX-Forwarded-For: 127.0.0.1\r\n", sent)
+        self.assertNotIn(b"6.6.6.6", sent)
+        self.assertNotIn(b"evil.test", sent)
+        self.assertNotIn(b"\r\nForwarded:", sent)
+        self.assertNoUnderscoreSpellings(sent)
+
+    def test_trustedClaimsKept(self) -> None:
+        """
+        A trusted client's forwarding fields pass unchanged with
+        C{--x-forwarded-for} off; its underscore spellings are dropped.
+        """
+        sent = self.sent(("10.1.2.3", 1), trusted_proxies=["10.0.0.0/8"])
+        for line in self.CLAIMS.split(b"\r\n")[:5]:
+            self.assertIn(b"\r\n" + line + b"\r\n", sent)
+        self.assertNotIn(b"10.1.2.3", sent)
+        self.assertNoUnderscoreSpellings(sent)
+
+    def test_trustedClaimsExtended(self) -> None:
+        """
+        With C{--x-forwarded-for on}, a trusted client's C{X-Forwarded-For}
+        and C{Forwarded} chains are extended with its address, its other
+        forwarding fields kept.
+        """
+        sent = self.sent(("10.1.2.3", 1), x_forwarded_for="on", trusted_proxies=["10.0.0.0/8"])
+        self.assertIn(b"\r\nX-Forwarded-For: 6.6.6.6, 10.1.2.3\r\n", sent)
+        self.assertIn(b"\r\nForwarded: for=6.6.6.6;host=evil.test, for=10.1.2.3\r\n", sent)
+        self.assertIn(b"\r\nX-Forwarded-Host: evil.test\r\n", sent)
+        self.assertIn(b"\r\nX-Real-IP: 6.6.6.6\r\n", sent)
+        self.assertNoUnderscoreSpellings(sent)
+
+    def test_trustedIPv6InForwarded(self) -> None:
+        """
+        An IPv6 client address is bracketed and quoted in C{Forwarded}.
+        """
+        sent = self.sent(("2001:db8::5", 1), x_forwarded_for="on", trusted_proxies=["2001:db8::/32"])
+        self.assertIn(b'Forwarded: for=6.6.6.6;host=evil.test, for="[2001:db8::5]"\r\n', sent)
+        self.assertIn(b"X-Forwarded-For: 6.6.6.6, 2001:db8::5\r\n", sent)
+
+    def test_noForwardingFieldsUnchanged(self) -> None:
+        """
+        A request without forwarding fields reaches the origin with its
+        fields as they were (the common case), and gets none added with
+        C{--x-forwarded-for} off.
+        """
+        proto, client = self.open()
+        proto.dataReceived(b"GET http://example.test/ HTTP/1.1\r\nHost: example.test\r\nAccept: */*\r\n"
+                           b"X-Other_Thing: 1\r\n\r\n")
+        sent = self.connector.last.succeed().value()
+        self.assertEqual(sent, b"GET / HTTP/1.1\r\nHost: example.test\r\nAccept: */*\r\nX-Other_Thing: 1\r\n"
+                               b"Via: 1.1 txproxy\r\n\r\n")
