@@ -306,3 +306,26 @@ class ThreadPoolVerifierTests(TestCase):
             self.assertIs(threading.current_thread(), threading.main_thread())
 
         return d.addCallback(done)
+
+
+class SharedVerifierTests(SynchronousTestCase):
+    def test_startedOnceStoppedAtShutdown(self) -> None:
+        """
+        The shared verifier's pool is made and started once, bounded to
+        L{txproxy.auth.AUTH_THREADS} threads, and stopped by a trigger
+        during the reactor's shutdown.
+        """
+        from twisted.internet.testing import MemoryReactor
+
+        reactor = MemoryReactor()
+        self.patch(txproxy.auth, "_shared", None)
+        verifier = txproxy.auth.sharedVerifier(reactor)
+        pool = verifier.pool
+        self.addCleanup(lambda: pool.stop() if pool.started else None)
+        self.assertIs(txproxy.auth.sharedVerifier(reactor), verifier)
+        self.assertTrue(pool.started)
+        self.assertEqual(pool.max, txproxy.auth.AUTH_THREADS)
+        self.assertLessEqual(pool.max, 4)
+        [(stop, args, kw)] = reactor.triggers["during"]["shutdown"]
+        stop(*args, **kw)
+        self.assertFalse(pool.started)

@@ -126,16 +126,21 @@ class ThreadPoolVerifier:
 _shared: Optional[ThreadPoolVerifier] = None
 
 
-def sharedVerifier() -> ThreadPoolVerifier:
+def sharedVerifier(reactor: Any = None) -> ThreadPoolVerifier:
     """
     The process's verifier: a pool of at most L{AUTH_THREADS} threads named
     C{txproxy-auth}, created and started on first use (so merely loading an
     auth file starts no thread) and stopped when the reactor shuts down.
+
+    @param reactor: the reactor results are delivered on and whose shutdown
+        stops the pool (L{None}: the global reactor).
     """
     global _shared
     if _shared is None:
-        from twisted.internet import reactor
         from twisted.python.threadpool import ThreadPool
+
+        if reactor is None:
+            from twisted.internet import reactor
 
         pool = ThreadPool(minthreads=0, maxthreads=AUTH_THREADS, name="txproxy-auth")
         pool.start()

@@ -874,8 +874,9 @@ class HTTPProxyProtocol(Protocol):
         connection caps, authentication, rate limit.
 
         @raise Refuse: when refused.
-        @return: L{None} when decided, or a Deferred when the limiter has to
-            be waited for (it fails with L{Refuse} when refused).
+        @return: L{None} when decided, or a Deferred when the limiter or a
+            bcrypt password check (run in a thread pool) has to be waited
+            for (it fails with L{Refuse} when refused).
         """
         factory = self.factory
         if not factory.clientAllowed(self.client.host):
