@@ -464,6 +464,31 @@ class AuthTests(ForwardTestCase):
         self.assertEqual(client.value(), b"")
         self.assertEqual(len(self.connector.attempts), 1)
 
+    def test_guessingOverTheLimitCostsNoCheck(self) -> None:
+        """
+        Once a wrong password found the client's bucket empty, its requests
+        with credentials get 429 without a bcrypt check until the bucket
+        has a token again; then the right password works.
+        """
+        factory = self.limited(rate="1/m", burst="1")
+        proto, client = self.connectWith(b"bob:guess1", factory)
+        self.verifier.fireAll()
+        self.assertEqual(_status(client.value()), 407)
+        proto, client = self.connectWith(b"bob:guess2", factory)
+        self.verifier.fireAll()
+        self.assertEqual(_status(client.value()), 429)
+        checks = len(self.verifier.calls)
+        for creds in [b"bob:guess3", b"bob:pw", b"eve:x"]:
+            proto, client = self.connectWith(creds, factory)
+            self.assertEqual(_status(client.value()), 429, creds)
+            self.assertIn(b"Retry-After: ", client.value())
+        self.assertEqual(len(self.verifier.calls), checks)
+        self.clock.advance(60)
+        proto, client = self.connectWith(b"bob:pw", factory)
+        self.verifier.fireAll()
+        self.assertEqual(client.value(), b"")
+        self.assertEqual(len(self.connector.attempts), 1)
+
     def test_failedCheckAfterLoginChargesTheAddress(self) -> None:
         """
         With --rate-key user, a wrong password costs the client address's

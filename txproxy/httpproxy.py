@@ -893,6 +893,18 @@ class HTTPProxyProtocol(Protocol):
             creds = parseBasic(head.get(b"proxy-authorization"))
             if creds is None:
                 raise Refuse(407, "proxy authentication required")
+            blocked = factory._guessing
+            if blocked and self._bucketIsAddress():
+                # This client's bucket was found empty by a wrong password:
+                # refuse until it refills, without a costly check.
+                until = blocked.get(self.client.host)
+                if until is not None:
+                    left = until - factory.clock.seconds()
+                    if left > 0:
+                        refusal = Refuse(429, "too many requests")
+                        refusal.retryAfter = left  # type: ignore[attr-defined]
+                        raise refusal
+                    del blocked[self.client.host]
             try:
                 verdict = htpasswd.verify(*creds)
             except VerificationBusy:
@@ -944,13 +956,34 @@ class HTTPProxyProtocol(Protocol):
 
                     def checked(decision: Any) -> None:
                         if not decision.allowed:
-                            raise self._limitRefusal(decision)
+                            raise self._guessingRefusal(decision)
                         raise Refuse(407, "proxy authentication required")
 
                     return decision.addCallback(checked)  # type: ignore[no-any-return]
                 if not decision.allowed:
-                    raise self._limitRefusal(decision)
+                    raise self._guessingRefusal(decision)
         raise Refuse(407, "proxy authentication required")
+
+    def _bucketIsAddress(self) -> bool:
+        # Whether a request's rate bucket is its client address, whoever
+        # it authenticates as.
+        return self.factory.listener.rateKey == "client" and not overrides(self, "rateKey", HTTPProxyProtocol)
+
+    def _guessingRefusal(self, decision: Any) -> Refuse:
+        """
+        The refusal of a wrong password over the rate limit; the client's
+        next requests with credentials are refused without a password
+        check until its bucket refills (the limiter would refuse them
+        anyway; a shared limiter's bucket can only be emptier).
+        """
+        refusal = self._limitRefusal(decision)
+        retryAfter = getattr(refusal, "retryAfter", None)
+        if refusal.status == 429 and retryAfter and self._bucketIsAddress():
+            blocked = self.factory._guessing
+            if len(blocked) >= 10000:
+                blocked.clear()
+            blocked[self.client.host] = self.factory.clock.seconds() + retryAfter
+        return refusal
 
     def _checkRate(self, head: RequestHead) -> Optional[defer.Deferred]:
         """
@@ -1572,6 +1605,9 @@ class HTTPProxyFactory(ListenerFactory):
         self.accessLog = accessLog
         self.metrics = metrics
         self.htpasswd = self._loadAuth(listener)
+        #: Client address -> when its rate bucket, found empty by a wrong
+        #: password, has a token again (see _guessingRefusal).
+        self._guessing: Dict[str, float] = {}
         self.protocols: set = set()
         self.pool = UpstreamPool(clock)
         self.requestsTotal = 0
@@ -1647,6 +1683,7 @@ class HTTPProxyFactory(ListenerFactory):
             return
         self.listener = listener
         self.htpasswd = htpasswd
+        self._guessing = {}
         self.keepAliveTimeout = min(type(self).keepAliveTimeout, listener.idleTimeout or type(self).keepAliveTimeout)
 
     def stopFactory(self) -> None:
