@@ -19,7 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from txproxy.accesslog import AccessRecord
 from txproxy.forward import ForwardProxyProtocol
 from txproxy.hooks import Refuse, Target, TunnelRequest
-from txproxy.testing import FakeConnector, connect, forwardFactory
+from txproxy.testing import FakeConnector, FakePasswordVerifier, connect, forwardFactory
 
 CONNECT = b"CONNECT example.test:443 HTTP/1.1\r\nHost: example.test:443\r\n\r\n"
 
@@ -324,12 +324,27 @@ class AuthTests(ForwardTestCase):
         os.write(fd, f"alice:{{SHA}}5en6G6MezRroT3XKqkdPOmY/BfQ=\nbob:{hashed}\n".encode())
         os.close(fd)
         self.addCleanup(os.remove, self.path)
+        # bcrypt is checked in a thread pool; here, by a fake the test fires.
+        self.verifier = FakePasswordVerifier()
 
-    def connectWith(self, creds: bytes = b"") -> Any:
-        proto, client = self.open(self.factory(auth=self.path))
+    def authFactory(self, **options: Any) -> Any:
+        factory = self.factory(auth=self.path, **options)
+        factory.htpasswd.verifier = self.verifier
+        return factory
+
+    def connectWith(self, creds: bytes = b"", factory: Any = None, request: bytes = CONNECT) -> Any:
+        proto, client = self.open(factory or self.authFactory())
         header = b"Proxy-Authorization: Basic " + base64.b64encode(creds) + b"\r\n" if creds else b""
-        proto.dataReceived(b"CONNECT example.test:443 HTTP/1.1\r\nHost: x\r\n" + header + b"\r\n")
+        head, _, _ = request.partition(b"\r\n\r\n")
+        proto.dataReceived(head + b"\r\n" + header + b"\r\n")
         return proto, client
+
+    def limited(self, **options: Any) -> Any:
+        from txproxy.limiter import ListenerLimits, MemoryLimiter
+
+        factory = self.authFactory(**options)
+        factory.limits = ListenerLimits(MemoryLimiter(self.clock), factory.listener, "test")
+        return factory
 
     def test_missingCredentials(self) -> None:
         """
@@ -345,6 +360,7 @@ class AuthTests(ForwardTestCase):
         """
         for creds in [b"alice:wrong", b"eve:secret", b"alice", b"bob:nope"]:
             proto, client = self.connectWith(creds)
+            self.verifier.fireAll()
             self.assertEqual(_status(client.value()), 407, creds)
 
     def test_goodCredentials(self) -> None:
@@ -353,8 +369,177 @@ class AuthTests(ForwardTestCase):
         """
         for creds in [b"alice:secret", b"bob:pw"]:
             proto, client = self.connectWith(creds)
+            self.verifier.fireAll()
             self.assertEqual(client.value(), b"", creds)
             self.assertEqual(proto.client.user, creds.split(b":")[0].decode())
+            self.assertEqual(len(self.connector.attempts), 1 + (creds == b"bob:pw"))
+
+    def test_bcryptCheckedOffTheReactorThread(self) -> None:
+        """
+        A bcrypt user's CONNECT waits for the verifier (the thread pool):
+        nothing is decided or dialled until it answers.
+        """
+        proto, client = self.connectWith(b"bob:pw")
+        self.assertEqual(len(self.verifier.calls), 1)
+        self.assertEqual(self.verifier.pending, 1)
+        self.assertEqual(client.value(), b"")
+        self.assertEqual(self.connector.attempts, [])
+        self.verifier.fire()
+        self.assertEqual(len(self.connector.attempts), 1)
+        self.assertEqual(proto.client.user, "bob")
+
+    def test_otherRequestsServedWhileChecking(self) -> None:
+        """
+        While one client's password is being checked, other clients are
+        served: a CONNECT and an absolute-URI request from others go
+        through, and the waiting one is answered once the check ends.
+        """
+        factory = self.authFactory()
+        waiting, waitingT = self.connectWith(b"bob:pw", factory)
+        other, otherT = self.connectWith(b"alice:secret", factory)
+        self.assertEqual(len(self.connector.attempts), 1)
+        self.connector.last.succeed()
+        self.assertIn(b"200 Connection established", otherT.value())
+        third, thirdT = self.connectWith(
+            b"alice:secret", factory, b"GET http://example.test/ HTTP/1.1\r\nHost: example.test\r\n\r\n")
+        self.assertEqual(len(self.connector.attempts), 2)
+        self.assertEqual(waitingT.value(), b"")
+        self.assertEqual(self.verifier.pending, 1)
+        self.verifier.fire()
+        self.assertEqual(len(self.connector.attempts), 3)
+
+    def test_keepAliveClientChecksOnce(self) -> None:
+        """
+        A keep-alive client sending the same bcrypt credentials with each
+        request pays for one check.
+        """
+        proto, client = self.connectWith(
+            b"bob:pw", request=b"GET http://example.test/ HTTP/1.1\r\nHost: example.test\r\n\r\n")
+        self.verifier.fire()
+        upstream = self.connector.last.succeed()
+        upstream.protocol.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        auth = b"Proxy-Authorization: Basic " + base64.b64encode(b"bob:pw") + b"\r\n"
+        proto.dataReceived(b"GET http://example.test/ HTTP/1.1\r\nHost: example.test\r\n" + auth + b"\r\n")
+        self.assertEqual(len(self.verifier.calls), 1)
+        upstream.protocol.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        self.assertEqual(client.value().count(b"HTTP/1.1 200 OK"), 2)
+
+    def test_unknownUserPaysDummyVerification(self) -> None:
+        """
+        An unknown user's CONNECT costs a bcrypt check too (against a dummy
+        hash of the file's cost), then 407: answered no sooner than a known
+        user's wrong password.
+        """
+        proto, client = self.connectWith(b"eve:pw")
+        self.assertEqual(client.value(), b"")
+        self.assertEqual(len(self.verifier.calls), 1)
+        self.assertTrue(self.verifier.calls[0][1].startswith(b"$2b$04$"))
+        self.verifier.fire()
+        self.assertEqual(_status(client.value()), 407)
+
+    def test_bruteForceGets429(self) -> None:
+        """
+        Each wrong password costs a token of the client's --rate bucket:
+        guessing ends in 429 with Retry-After, for bcrypt and SHA users, and
+        the right password is then refused too until the bucket refills.
+        Missing credentials (a browser's first try) cost nothing.
+        """
+        factory = self.limited(rate="1/m", burst="3")
+        proto, client = self.connectWith(b"", factory)
+        self.assertEqual(_status(client.value()), 407)
+        for creds in [b"bob:guess1", b"alice:guess2", b"eve:guess3"]:
+            proto, client = self.connectWith(creds, factory)
+            self.verifier.fireAll()
+            self.assertEqual(_status(client.value()), 407, creds)
+        for creds in [b"bob:guess4", b"alice:guess5", b"alice:secret"]:
+            proto, client = self.connectWith(creds, factory)
+            self.verifier.fireAll()
+            self.assertEqual(_status(client.value()), 429, creds)
+            self.assertIn(b"Retry-After: ", client.value())
+        self.assertEqual(self.connector.attempts, [])
+        # Another client is unaffected.
+        proto, client = self.open(factory, ("10.0.0.9", 1))
+        proto.dataReceived(CONNECT[:-2] + b"Proxy-Authorization: Basic "
+                           + base64.b64encode(b"alice:secret") + b"\r\n\r\n")
+        self.assertEqual(client.value(), b"")
+        self.assertEqual(len(self.connector.attempts), 1)
+
+    def test_guessingOverTheLimitCostsNoCheck(self) -> None:
+        """
+        Once a wrong password found the client's bucket empty, its requests
+        with credentials get 429 without a bcrypt check until the bucket
+        has a token again; then the right password works.
+        """
+        factory = self.limited(rate="1/m", burst="1")
+        proto, client = self.connectWith(b"bob:guess1", factory)
+        self.verifier.fireAll()
+        self.assertEqual(_status(client.value()), 407)
+        proto, client = self.connectWith(b"bob:guess2", factory)
+        self.verifier.fireAll()
+        self.assertEqual(_status(client.value()), 429)
+        checks = len(self.verifier.calls)
+        for creds in [b"bob:guess3", b"bob:pw", b"eve:x"]:
+            proto, client = self.connectWith(creds, factory)
+            self.assertEqual(_status(client.value()), 429, creds)
+            self.assertIn(b"Retry-After: ", client.value())
+        self.assertEqual(len(self.verifier.calls), checks)
+        self.clock.advance(60)
+        proto, client = self.connectWith(b"bob:pw", factory)
+        self.verifier.fireAll()
+        self.assertEqual(client.value(), b"")
+        self.assertEqual(len(self.connector.attempts), 1)
+
+    def test_failedCheckAfterLoginChargesTheAddress(self) -> None:
+        """
+        With --rate-key user, a wrong password costs the client address's
+        token, not the bucket of a user this connection authenticated as
+        before.
+        """
+        factory = self.limited(rate="1/m", burst="1", rate_key="user")
+        get = b"GET http://example.test/ HTTP/1.1\r\nHost: example.test\r\n"
+        proto, client = self.connectWith(b"alice:secret", factory, get + b"\r\n")
+        self.connector.last.succeed().protocol.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        wrong = b"Proxy-Authorization: Basic " + base64.b64encode(b"alice:wrong") + b"\r\n"
+        proto.dataReceived(get + wrong + b"\r\n")
+        self.assertIn(b"HTTP/1.1 407 ", client.value())
+        self.assertIsNone(proto.client.user)
+        proto, client = self.connectWith(b"alice:wrong", factory)
+        self.assertEqual(_status(client.value()), 429)
+
+    def test_waitingCheckBoundedByConnectTimer(self) -> None:
+        """
+        A request whose password check has not answered within
+        --connect-timeout gets 504, and the late answer changes nothing.
+        """
+        factory = self.authFactory(connect_timeout="5")
+        proto, client = self.connectWith(
+            b"bob:pw", factory, b"GET http://example.test/ HTTP/1.1\r\nHost: example.test\r\n\r\n")
+        self.clock.advance(5)
+        self.assertEqual(_status(client.value()), 504)
+        self.verifier.fire()
+        self.assertEqual(self.connector.attempts, [])
+
+    def test_clientLeavesWhileChecking(self) -> None:
+        """
+        A client that closes while its CONNECT's password is being checked
+        leaves nothing behind: the late answer dials nothing.
+        """
+        proto, client = self.connectWith(b"bob:pw")
+        client.loseConnection()
+        self.verifier.fire()
+        self.assertEqual(self.connector.attempts, [])
+
+    def test_tooManyChecksWaitingIs503(self) -> None:
+        """
+        With too many password checks already waiting, a request needing
+        another gets 503 rather than a longer queue.
+        """
+        factory = self.authFactory()
+        factory.htpasswd.maxPending = 1
+        self.connectWith(b"bob:one", factory)
+        proto, client = self.connectWith(b"bob:two", factory)
+        self.assertEqual(_status(client.value()), 503)
+        self.assertEqual(len(self.verifier.calls), 1)
 
 
 class HookTests(ForwardTestCase):
@@ -843,3 +1028,109 @@ class AbsoluteURITests(ForwardTestCase):
             sent = upstream.value()
             self.assertTrue(sent.startswith(expected), (line, sent))
             self.assertEqual(_hostFields(sent), [b"example.test:8080"])
+
+
+class ForwardingHeaderTests(ForwardTestCase):
+    """
+    Forwarding fields (C{X-Forwarded-For}, C{Forwarded}, C{X-Real-IP}, ...)
+    in forward mode follow C{--trusted-proxies}: kept (and extended with
+    C{--x-forwarded-for on}) from trusted clients, dropped or replaced for
+    everyone else; underscore spellings are dropped from everyone.
+    """
+
+    CLAIMS = (
+        b"X-Forwarded-For: 6.6.6.6\r\n"
+        b"Forwarded: for=6.6.6.6;host=evil.test\r\n"
+        b"X-Forwarded-Host: evil.test\r\n"
+        b"X-Forwarded-Proto: https\r\n"
+        b"X-Real-IP: 6.6.6.6\r\n"
+        b"X_Forwarded_For: 7.7.7.7\r\n"
+        b"x_forwarded_host: underscore.test\r\n"
+        b"X-Custom_Name: kept\r\n"
+    )
+
+    def sent(self, peer: Any = ("127.0.0.1", 40000), **options: Any) -> bytes:
+        """
+        The head the origin gets for a request carrying L{CLAIMS} from
+        C{peer}, through a factory with C{options}.
+        """
+        proto, client = self.open(self.factory(**options), peer)
+        proto.dataReceived(b"GET http://example.test/ HTTP/1.1\r\nHost: example.test\r\n" + self.CLAIMS + b"\r\n")
+        return self.connector.last.succeed().value()  # type: ignore[no-any-return]
+
+    def assertNoUnderscoreSpellings(self, sent: bytes) -> None:
+        self.assertNotIn(b"7.7.7.7", sent)
+        self.assertNotIn(b"underscore.test", sent)
+        self.assertIn(b"\r\nX-Custom_Name: kept\r\n", sent)
+
+    def test_untrustedClaimsDropped(self) -> None:
+        """
+        An untrusted client's forwarding fields, all of them, do not reach
+        the origin (C{--x-forwarded-for} off, the default).
+        """
+        for options in [{}, {"trusted_proxies": ["10.0.0.0/8"]}]:
+            sent = self.sent(**options)
+            for name in [b"X-Forwarded-For", b"Forwarded", b"X-Forwarded-Host", b"X-Forwarded-Proto", b"X-Real-IP"]:
+                self.assertNotIn(b"\r\n" + name + b":", sent, (name, options))
+            self.assertNotIn(b"6.6.6.6", sent)
+            self.assertNotIn(b"evil.test", sent)
+            self.assertNoUnderscoreSpellings(sent)
+
+    def test_untrustedClaimsReplaced(self) -> None:
+        """
+        With C{--x-forwarded-for on}, an untrusted client's
+        C{X-Forwarded-For} is replaced by its address, and the rest of its
+        forwarding fields are dropped.
+        """
+        sent = self.sent(x_forwarded_for="on", trusted_proxies=["10.0.0.0/8"])
+        self.assertEqual(sent.count(b"X-Forwarded-For:"), 1)
+        self.assertIn(b"\r\nX-Forwarded-For: 127.0.0.1\r\n", sent)
+        self.assertNotIn(b"6.6.6.6", sent)
+        self.assertNotIn(b"evil.test", sent)
+        self.assertNotIn(b"\r\nForwarded:", sent)
+        self.assertNoUnderscoreSpellings(sent)
+
+    def test_trustedClaimsKept(self) -> None:
+        """
+        A trusted client's forwarding fields pass unchanged with
+        C{--x-forwarded-for} off; its underscore spellings are dropped.
+        """
+        sent = self.sent(("10.1.2.3", 1), trusted_proxies=["10.0.0.0/8"])
+        for line in self.CLAIMS.split(b"\r\n")[:5]:
+            self.assertIn(b"\r\n" + line + b"\r\n", sent)
+        self.assertNotIn(b"10.1.2.3", sent)
+        self.assertNoUnderscoreSpellings(sent)
+
+    def test_trustedClaimsExtended(self) -> None:
+        """
+        With C{--x-forwarded-for on}, a trusted client's C{X-Forwarded-For}
+        and C{Forwarded} chains are extended with its address, its other
+        forwarding fields kept.
+        """
+        sent = self.sent(("10.1.2.3", 1), x_forwarded_for="on", trusted_proxies=["10.0.0.0/8"])
+        self.assertIn(b"\r\nX-Forwarded-For: 6.6.6.6, 10.1.2.3\r\n", sent)
+        self.assertIn(b"\r\nForwarded: for=6.6.6.6;host=evil.test, for=10.1.2.3\r\n", sent)
+        self.assertIn(b"\r\nX-Forwarded-Host: evil.test\r\n", sent)
+        self.assertIn(b"\r\nX-Real-IP: 6.6.6.6\r\n", sent)
+        self.assertNoUnderscoreSpellings(sent)
+
+    def test_trustedIPv6InForwarded(self) -> None:
+        """
+        An IPv6 client address is bracketed and quoted in C{Forwarded}.
+        """
+        sent = self.sent(("2001:db8::5", 1), x_forwarded_for="on", trusted_proxies=["2001:db8::/32"])
+        self.assertIn(b'Forwarded: for=6.6.6.6;host=evil.test, for="[2001:db8::5]"\r\n', sent)
+        self.assertIn(b"X-Forwarded-For: 6.6.6.6, 2001:db8::5\r\n", sent)
+
+    def test_noForwardingFieldsUnchanged(self) -> None:
+        """
+        A request without forwarding fields reaches the origin with its
+        fields as they were (the common case), and gets none added with
+        C{--x-forwarded-for} off.
+        """
+        proto, client = self.open()
+        proto.dataReceived(b"GET http://example.test/ HTTP/1.1\r\nHost: example.test\r\nAccept: */*\r\n"
+                           b"X-Other_Thing: 1\r\n\r\n")
+        sent = self.connector.last.succeed().value()
+        self.assertEqual(sent, b"GET / HTTP/1.1\r\nHost: example.test\r\nAccept: */*\r\nX-Other_Thing: 1\r\n"
+                               b"Via: 1.1 txproxy\r\n\r\n")

@@ -1061,6 +1061,23 @@ class HeaderHelperTests(SynchronousTestCase):
         self.assertEqual(appendVia((), b"HTTP/1.0", b"p"), ((b"Via", b"1.0 p"),))
 
 
+class ForwardingFieldTests(SynchronousTestCase):
+    def test_dashAndUnderscoreSpellings(self) -> None:
+        """
+        A forwarding field is recognised in its own spelling and in any mix
+        of C{_} for C{-} (as CGI and WSGI read names); other names,
+        underscored or not, are not.
+        """
+        from txproxy.http._headers import FORWARDING_FIELDS, isForwardingField
+
+        for name in [b"x-forwarded-for", b"x_forwarded_for", b"x-forwarded_host", b"forwarded", b"x_real_ip",
+                     b"client_ip", b"x-forwarded-port", b"true_client_ip"]:
+            self.assertTrue(isForwardingField(name), name)
+        for name in [b"x-custom_name", b"forwarded_", b"x-forwarded-forx", b"accept", b"x__forwarded_for", b"via"]:
+            self.assertFalse(isForwardingField(name), name)
+        self.assertTrue(all(name == name.lower() and b"_" not in name for name in FORWARDING_FIELDS))
+
+
 class ErrorResponseTests(SynchronousTestCase):
     """
     Tests for L{errorResponse} and L{statusPhrase}.

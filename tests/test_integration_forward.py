@@ -370,6 +370,65 @@ class PolicyProcessTests(SynchronousTestCase):
         s.close()
         self.assertEqual(status, 200)
 
+    def test_bcryptAuthOffTheEventLoopAndRateLimited(self) -> None:
+        """
+        With a costly bcrypt hash (cost 13): the right password opens a
+        tunnel; six wrong passwords sent at once do not stall another
+        client's request (it is answered well before the checks could have
+        run one after another on the event loop); the wrong passwords cost
+        --rate tokens, so once the bucket is empty they get 429 instead of
+        407, and so does the right password.
+        """
+        import base64
+
+        import bcrypt
+
+        echo = sharedEcho()
+        hashed = bcrypt.hashpw(b"pw", bcrypt.gensalt(13))
+        started = time.monotonic()
+        bcrypt.checkpw(b"pw", hashed)
+        oneCheck = time.monotonic() - started
+        fd, htpasswd = tempfile.mkstemp()
+        os.write(fd, b"bob:" + hashed.replace(b"$2b$", b"$2y$") + b"\n")
+        os.close(fd)
+        self.addCleanup(os.remove, htpasswd)
+        port = freePort()
+        proxy = Twistd(["--listen", f"tcp:{port}:interface=127.0.0.1", "--auth", htpasswd,
+                        "--connect-ports", str(echo.port), "--rate", "1/m", "--burst", "4",
+                        "--connect-timeout", "30"], port).start()
+        self.addCleanup(proxy.stop)
+        target = f"127.0.0.1:{echo.port}"
+
+        def auth(creds: bytes) -> bytes:
+            return b"Proxy-Authorization: Basic " + base64.b64encode(creds) + b"\r\n"
+
+        s, status, _ = connectThrough(port, target, auth(b"bob:pw"), timeout=30)
+        s.close()
+        self.assertEqual(status, 200)
+        statuses: List[int] = []
+
+        def guess(n: int) -> None:
+            s, status, _ = connectThrough(port, target, auth(b"bob:guess%d" % n), timeout=60)
+            s.close()
+            statuses.append(status)
+
+        threads = [threading.Thread(target=guess, args=(n,)) for n in range(6)]
+        for t in threads:
+            t.start()
+        time.sleep(0.1)
+        started = time.monotonic()
+        s, status, _ = connectThrough(port, target, timeout=30)
+        waited = time.monotonic() - started
+        s.close()
+        self.assertEqual(status, 407)
+        self.assertLess(waited, max(1.0, 2 * oneCheck), f"one check takes {oneCheck:.2f} s")
+        for t in threads:
+            t.join(60)
+        self.assertEqual(sorted(statuses), [407, 407, 407, 429, 429, 429])
+        s, status, _ = connectThrough(port, target, auth(b"bob:pw"), timeout=30)
+        s.close()
+        self.assertEqual(status, 429)
+
     def test_allowList(self) -> None:
         """
         With --allow not covering loopback, clients get 403.

@@ -332,6 +332,67 @@ class ForwardedHeaderTests(SynchronousTestCase):
         self.assertEqual(out[b"X-Forwarded-Proto"], b"https")
         self.assertTrue(out[b"Forwarded"].startswith(b'for=198.51.100.1, for="[2001:db8::1]"'))
 
+    #: A client's forwarding fields, in dash and underscore spellings.
+    CLAIMS = (
+        (b"X-Forwarded-For", b"6.6.6.6"),
+        (b"X_Forwarded_For", b"7.7.7.7"),
+        (b"x-forwarded_host", b"evil.test"),
+        (b"X_FORWARDED_PROTO", b"https"),
+        (b"X-Real-IP", b"6.6.6.6"),
+        (b"X_Real_IP", b"7.7.7.7"),
+        (b"Client-IP", b"6.6.6.6"),
+        (b"True-Client-IP", b"6.6.6.6"),
+        (b"X-Forwarded-Port", b"443"),
+        (b"Forwarded", b"for=6.6.6.6"),
+        (b"Forwarded_", b"x"),
+        (b"X-Custom_Name", b"kept"),
+    )
+
+    def test_underscoreSpellingsDroppedFromEveryone(self) -> None:
+        """
+        A field whose name reads as a forwarding field with C{_} taken for
+        C{-} (as CGI and WSGI read it) is dropped, from trusted proxies
+        too; other underscore names pass.  From an untrusted client the
+        dash spellings of the whole set (C{X-Real-IP}, C{Client-IP},
+        C{X-Forwarded-Port}, ...) are dropped as well; a trusted one's are
+        kept.
+        """
+        untrusted = forwardedHeaders(self.CLAIMS, "10.0.0.1", "http", b"a.test", trusted=False)
+        trusted = forwardedHeaders(self.CLAIMS, "10.0.0.1", "http", b"a.test", trusted=True)
+        for out in [untrusted, trusted]:
+            names = [n for n, _ in out]
+            self.assertFalse([n for n in names if b"_" in n and n != b"X-Custom_Name" and n != b"Forwarded_"],
+                             names)
+            self.assertIn((b"X-Custom_Name", b"kept"), out)
+            self.assertNotIn(b"7.7.7.7", b"".join(v for _, v in out))
+            self.assertNotIn(b"evil.test", b"".join(v for _, v in out))
+        self.assertEqual(dict(untrusted)[b"X-Forwarded-For"], b"10.0.0.1")
+        for name in [b"X-Real-IP", b"Client-IP", b"True-Client-IP", b"X-Forwarded-Port"]:
+            self.assertNotIn(name, dict(untrusted))
+            self.assertEqual(dict(trusted)[name], b"443" if name == b"X-Forwarded-Port" else b"6.6.6.6")
+        self.assertEqual(dict(trusted)[b"X-Forwarded-For"], b"6.6.6.6, 10.0.0.1")
+
+    def test_underscoreSpellingReachesNoBackend(self) -> None:
+        """
+        End to end: C{X_Forwarded_For} sent to a reverse listener does not
+        reach the backend, from an untrusted or a trusted client, so a
+        WSGI backend's C{HTTP_X_FORWARDED_FOR} is only the proxy's.
+        """
+        clock = Clock()
+        connector = FakeConnector()
+        listener = _listener("a.test=http://192.0.2.1:1", trusted_proxies="10.0.0.0/8")
+        factory = ReverseProxyFactory(listener, connector, clock, router=RouterService([listener], connector, clock))
+        for peer, expected in [(("10.1.1.1", 1), b"X-Forwarded-For: 10.1.1.1\r\n"),
+                               (("192.0.2.99", 1), b"X-Forwarded-For: 192.0.2.99\r\n")]:
+            proto, client = connect(factory, peer)
+            proto.dataReceived(b"GET / HTTP/1.1\r\nHost: a.test\r\nX_Forwarded_For: 1.2.3.4\r\n"
+                               b"X-Real-IP: 1.2.3.4\r\n\r\n")
+            sent = connector.last.succeed().value()
+            self.assertIn(expected, sent)
+            self.assertNotIn(b"1.2.3.4", sent.replace(b"X-Real-IP: 1.2.3.4\r\n", b""))
+            self.assertNotIn(b"_Forwarded", sent)
+            self.assertEqual(b"X-Real-IP: 1.2.3.4" in sent, peer[0] == "10.1.1.1")
+
     def test_trustedProxiesOption(self) -> None:
         """
         --trusted-proxies decides whose headers are kept, end to end.

@@ -13,7 +13,7 @@ everything the configured policy allows.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 from twisted.internet import defer, error
 from twisted.internet.protocol import ClientFactory
@@ -23,6 +23,8 @@ from twisted.python.failure import Failure
 from txproxy.accesslog import AccessRecord
 from txproxy.hooks import Refuse, Target, TunnelRequest
 from txproxy.http import HTTPError, RequestHead, parseAbsoluteURI, parseAuthority, replaceHeader
+from txproxy.http._headers import FORWARDING_FIELDS, isForwardingField
+from txproxy.http._parser import Header, Headers
 from txproxy.httpproxy import (
     _CLOSING,
     _WAIT,
@@ -281,6 +283,10 @@ class ForwardProxyProtocol(HTTPProxyProtocol):
 
     # -- absolute-URI requests
 
+    def _trusted(self) -> bool:
+        listener = self.factory.listener
+        return bool(listener.trustedProxies) and self.client.host in listener.trustedProxies
+
     def routeRequest(self, head: RequestHead) -> HTTPRequest:
         """
         Route an absolute-URI request to its origin.  Origin-form targets
@@ -301,11 +307,13 @@ class ForwardProxyProtocol(HTTPProxyProtocol):
         headers = replaceHeader(head.headers, b"Host", hostValue.encode("idna") if not hostValue.isascii() else hostValue.encode())
         listener = self.factory.listener
         if listener.xForwardedFor:
-            # Kept and extended only from --trusted-proxies, else replaced.
-            trusted = bool(listener.trustedProxies) and self.client.host in listener.trustedProxies
-            chain = [v for n, v in headers if n.lower() == b"x-forwarded-for"] if trusted else []
-            chain.append(self.client.host.encode("latin-1"))
-            headers = replaceHeader(headers, b"X-Forwarded-For", b", ".join(chain))
+            headers = _forwardingHeaders(headers, self._trusted(), self.client.host)
+        else:
+            for name, _ in headers:
+                lower = name.lower()
+                if lower in FORWARDING_FIELDS or (b"_" in lower and isForwardingField(lower)):
+                    headers = _forwardingHeaders(headers, self._trusted(), None)
+                    break
         method = head.method
         requestTarget = head.target
         if method in (b"OPTIONS", b"TRACE"):
@@ -322,6 +330,46 @@ class ForwardProxyProtocol(HTTPProxyProtocol):
                 # no query) goes to the origin in asterisk-form.
                 requestTarget = b"*"
         return RequestHead(method, requestTarget, head.version, headers)
+
+
+def _forwardingHeaders(headers: Headers, trusted: bool, clientHost: Optional[str]) -> Headers:
+    """
+    The forwarding fields of a forward-proxied request (L{FORWARDING_FIELDS}).
+
+    From a client in C{--trusted-proxies} they are kept; from anyone else
+    they are dropped, so that an origin trusting this proxy is not told a
+    client's own claims as the proxy's.  Names that read as one of them
+    with C{_} taken for C{-} are dropped from everyone.  With
+    C{--x-forwarded-for on} (C{clientHost} given), the client's address is
+    appended to a trusted client's C{X-Forwarded-For} (and to its
+    C{Forwarded}, if it sent one), or is the whole C{X-Forwarded-For} of
+    anyone else.
+    """
+    kept: List[Header] = []
+    xff: List[bytes] = []
+    fwd: List[bytes] = []
+    for name, value in headers:
+        lower = name.lower()
+        if lower in FORWARDING_FIELDS or (b"_" in lower and isForwardingField(lower)):
+            if not trusted or b"_" in lower:
+                continue
+            if clientHost is not None:
+                if lower == b"x-forwarded-for":
+                    xff.append(value)
+                    continue
+                if lower == b"forwarded":
+                    fwd.append(value)
+                    continue
+        kept.append((name, value))
+    if clientHost is not None:
+        xff.append(clientHost.encode("latin-1"))
+        kept.append((b"X-Forwarded-For", b", ".join(xff)))
+        if fwd:
+            # RFC 7239 section 6: IPv6 addresses are bracketed and quoted.
+            node = f'"[{clientHost}]"' if ":" in clientHost else clientHost
+            fwd.append(b"for=" + node.encode("latin-1"))
+            kept.append((b"Forwarded", b", ".join(fwd)))
+    return tuple(kept)
 
 
 #: Max-Forwards values with more significant digits than this are clamped

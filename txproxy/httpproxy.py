@@ -32,7 +32,7 @@ from zope.interface import implementer
 
 from txproxy._factory import ListenerFactory
 from txproxy.accesslog import AccessRecord
-from txproxy.auth import Htpasswd, parseBasic
+from txproxy.auth import Htpasswd, VerificationBusy, parseBasic
 from txproxy.config import ListenerConfig
 from txproxy.connector import connectProtocol, directDial
 from txproxy.errors import PolicyDenied, ResolveError
@@ -874,8 +874,9 @@ class HTTPProxyProtocol(Protocol):
         connection caps, authentication, rate limit.
 
         @raise Refuse: when refused.
-        @return: L{None} when decided, or a Deferred when the limiter has to
-            be waited for (it fails with L{Refuse} when refused).
+        @return: L{None} when decided, or a Deferred when the limiter or a
+            bcrypt password check (run in a thread pool) has to be waited
+            for (it fails with L{Refuse} when refused).
         """
         factory = self.factory
         if not factory.clientAllowed(self.client.host):
@@ -890,10 +891,106 @@ class HTTPProxyProtocol(Protocol):
         htpasswd = factory.htpasswd
         if htpasswd is not None:
             creds = parseBasic(head.get(b"proxy-authorization"))
-            if creds is None or not htpasswd.check(*creds):
+            if creds is None:
                 raise Refuse(407, "proxy authentication required")
-            if self.client.user != creds[0]:
-                self.client = ClientInfo(self.client.host, self.client.port, creds[0])
+            blocked = factory._guessing
+            if blocked and self._bucketIsAddress():
+                # This client's bucket was found empty by a wrong password:
+                # refuse until it refills, without a costly check.
+                until = blocked.get(self.client.host)
+                if until is not None:
+                    left = until - factory.clock.seconds()
+                    if left > 0:
+                        refusal = Refuse(429, "too many requests")
+                        refusal.retryAfter = left  # type: ignore[attr-defined]
+                        raise refusal
+                    del blocked[self.client.host]
+            try:
+                verdict = htpasswd.verify(*creds)
+            except VerificationBusy:
+                raise Refuse(503, "too many password checks waiting")
+            if verdict is True:
+                self._authenticated(creds[0])
+            elif verdict is False:
+                return self._authFailed(head)
+            else:
+                # A bcrypt hash, checked in a thread: the decision waits
+                # (bounded by the connect timer, like any decision).
+                user = creds[0]
+
+                def verified(ok: bool) -> Optional[defer.Deferred]:
+                    if self._state is not WAIT:
+                        return None  # answered meanwhile (timed out)
+                    if not ok:
+                        return self._authFailed(head)
+                    self._authenticated(user)
+                    return self._checkRate(head)
+
+                return verdict.addCallback(verified)
+        return self._checkRate(head)
+
+    def _authenticated(self, user: str) -> None:
+        if self.client.user != user:
+            self.client = ClientInfo(self.client.host, self.client.port, user)
+
+    def _authFailed(self, head: RequestHead) -> Optional[defer.Deferred]:
+        """
+        Wrong credentials: C{407}, after taking a token from the client's
+        C{--rate} bucket, so that guessing passwords ends in C{429}.
+        (Missing credentials cost nothing: browsers ask without them
+        first.)
+
+        @raise Refuse: C{407}, or C{429} when the bucket is empty.
+        @return: a Deferred failing with one of those when the limiter has
+            to be waited for.
+        """
+        if self.client.user is not None:
+            # Authenticated earlier on this connection as someone else.
+            self.client = ClientInfo(self.client.host, self.client.port, None)
+        factory = self.factory
+        limits = factory.limits
+        if limits is not None and factory.listener.rate is not None and factory.listener.rateKey != "route":
+            decision = limits.checkRequest(self.rateKey(head))
+            if decision is not ALLOWED:
+                if decision.__class__ is not Decision:
+
+                    def checked(decision: Any) -> None:
+                        if not decision.allowed:
+                            raise self._guessingRefusal(decision)
+                        raise Refuse(407, "proxy authentication required")
+
+                    return decision.addCallback(checked)  # type: ignore[no-any-return]
+                if not decision.allowed:
+                    raise self._guessingRefusal(decision)
+        raise Refuse(407, "proxy authentication required")
+
+    def _bucketIsAddress(self) -> bool:
+        # Whether a request's rate bucket is its client address, whoever
+        # it authenticates as.
+        return self.factory.listener.rateKey == "client" and not overrides(self, "rateKey", HTTPProxyProtocol)
+
+    def _guessingRefusal(self, decision: Any) -> Refuse:
+        """
+        The refusal of a wrong password over the rate limit; the client's
+        next requests with credentials are refused without a password
+        check until its bucket refills (the limiter would refuse them
+        anyway; a shared limiter's bucket can only be emptier).
+        """
+        refusal = self._limitRefusal(decision)
+        retryAfter = getattr(refusal, "retryAfter", None)
+        if refusal.status == 429 and retryAfter and self._bucketIsAddress():
+            blocked = self.factory._guessing
+            if len(blocked) >= 10000:
+                blocked.clear()
+            blocked[self.client.host] = self.factory.clock.seconds() + retryAfter
+        return refusal
+
+    def _checkRate(self, head: RequestHead) -> Optional[defer.Deferred]:
+        """
+        The rest of L{checkPolicy} once authentication passed: the
+        mode's own refusals (L{checkBeforeRate}), then the rate limit.
+        """
+        factory = self.factory
         self.checkBeforeRate(head)
         limits = factory.limits
         if limits is not None and factory.listener.rate is not None and factory.listener.rateKey != "route":
@@ -1482,6 +1579,10 @@ class HTTPProxyFactory(ListenerFactory):
     maxResponseHeadSize = 65536
     #: Interim (1xx) responses relayed for one request; past it, 502.
     maxInterim = DEFAULT_MAX_INTERIM
+    #: Checks C{--auth}'s bcrypt hashes off the reactor thread (a
+    #: L{txproxy.auth.Verifier}); L{None} for the process's shared thread
+    #: pool (L{txproxy.auth.sharedVerifier}).
+    passwordVerifier: Any = None
     mode = "http"
 
     def __init__(
@@ -1503,7 +1604,10 @@ class HTTPProxyFactory(ListenerFactory):
         self.limits = limits
         self.accessLog = accessLog
         self.metrics = metrics
-        self.htpasswd = Htpasswd(listener.auth) if listener.auth else None
+        self.htpasswd = self._loadAuth(listener)
+        #: Client address -> when its rate bucket, found empty by a wrong
+        #: password, has a token again (see _guessingRefusal).
+        self._guessing: Dict[str, float] = {}
         self.protocols: set = set()
         self.pool = UpstreamPool(clock)
         self.requestsTotal = 0
@@ -1514,6 +1618,11 @@ class HTTPProxyFactory(ListenerFactory):
 
     _directReactor: Any = None
     _bindAddress: Any = None
+
+    def _loadAuth(self, listener: ListenerConfig) -> Optional[Htpasswd]:
+        if not listener.auth:
+            return None
+        return Htpasswd(listener.auth, self.clock, self.passwordVerifier)
 
     def directDialer(self) -> Any:
         """
@@ -1569,11 +1678,12 @@ class HTTPProxyFactory(ListenerFactory):
             reads), change nothing.
         @raise ConfigError: when it cannot be applied.
         """
-        htpasswd = Htpasswd(listener.auth) if listener.auth else None
+        htpasswd = self._loadAuth(listener)
         if dryRun:
             return
         self.listener = listener
         self.htpasswd = htpasswd
+        self._guessing = {}
         self.keepAliveTimeout = min(type(self).keepAliveTimeout, listener.idleTimeout or type(self).keepAliveTimeout)
 
     def stopFactory(self) -> None:

@@ -23,6 +23,7 @@ from zope.interface import implementer
 from txproxy.connector import connectProtocol, isIPLiteral
 from txproxy.hooks import Refuse, Target
 from txproxy.http import RequestHead, parseAbsoluteURI, parseHostHeader, replaceHeader
+from txproxy.http._headers import FORWARDING_FIELDS, isForwardingField
 from txproxy.httpproxy import HTTPProxyFactory, HTTPProxyProtocol, HTTPRequest, UpstreamHTTPProtocol, _OneShotFactory
 from txproxy.limits._decision import ALLOWED, Decision
 from txproxy.proxyprotocol import headerFor
@@ -57,8 +58,11 @@ def forwardedHeaders(
 
     From a trusted client (C{--trusted-proxies}) the received
     C{X-Forwarded-For} and C{Forwarded} chains are kept and extended, and
-    received C{X-Forwarded-Proto}/C{-Host} are kept; from anyone else all
-    four are replaced, so a client cannot forge its address.
+    received C{X-Forwarded-Proto}/C{-Host} (and the rest of
+    L{FORWARDING_FIELDS}: C{X-Real-IP}, ...) are kept; from anyone else all
+    of them are replaced or dropped, so a client cannot forge its address.
+    A name that reads as one of them with C{_} taken for C{-}
+    (C{X_Forwarded_For}) is dropped from everyone.
 
     @param host: the host the client asked for (C{X-Forwarded-Host} and
         C{Forwarded: host=}), or L{None}.
@@ -91,6 +95,10 @@ def forwardedHeaders(
                     proto = value
                 elif lower == b"x-forwarded-host" and xhost is None:
                     xhost = value
+            continue
+        if lower in FORWARDING_FIELDS or (b"_" in lower and isForwardingField(lower)):
+            if trusted and b"_" not in lower:
+                kept.append((name, value))
             continue
         kept.append((name, value))
     if hostField is not None and not hostSeen:

@@ -81,6 +81,7 @@ __all__ = [
     "tcpFactory",
     "transparentFactory",
     "sniFactory",
+    "FakePasswordVerifier",
 ]
 
 
@@ -932,3 +933,52 @@ def clientHello(serverName: Optional[str] = None, alpn: Sequence[str] = ()) -> b
     )
     message = b"\x01" + len(body).to_bytes(3, "big") + body
     return struct.pack("!BHH", 22, 0x0301, len(message)) + message
+
+
+class FakePasswordVerifier:
+    """
+    A stand-in for the thread pool that checks C{--auth}'s bcrypt hashes
+    (L{txproxy.auth.Htpasswd.verifier}, or a factory's
+    C{passwordVerifier}): each check is recorded and waits until the test
+    fires it, on the test's thread.
+
+    @ivar calls: the C{(password, hashed, deferred)} of every check, in
+        order.
+    """
+
+    def __init__(self) -> None:
+        self.calls: List[Tuple[bytes, bytes, "defer.Deferred[bool]"]] = []
+
+    def __call__(self, password: bytes, hashed: bytes) -> "defer.Deferred[bool]":
+        d: defer.Deferred[bool] = defer.Deferred()
+        self.calls.append((password, hashed, d))
+        return d
+
+    @property
+    def pending(self) -> int:
+        """
+        How many checks have not been fired yet.
+        """
+        return sum(1 for _, _, d in self.calls if not d.called)
+
+    def fire(self, index: int = -1) -> bool:
+        """
+        Check call C{index} for real (bcrypt, on this thread) and fire its
+        Deferred with the result.
+
+        @return: the result.
+        """
+        from txproxy.auth import checkBcrypt
+
+        password, hashed, d = self.calls[index]
+        result = checkBcrypt(password, hashed)
+        d.callback(result)
+        return result
+
+    def fireAll(self) -> None:
+        """
+        Fire every check not fired yet, in order.
+        """
+        for index, (_, _, d) in enumerate(list(self.calls)):
+            if not d.called:
+                self.fire(index)

@@ -189,6 +189,42 @@ def serializeTrustedHead(firstLine: bytes, headers: Iterable[Header]) -> bytes:
     return firstLine + b"".join([name + b": " + value + b"\r\n" for name, value in headers]) + b"\r\n"
 
 
+#: Request fields that tell an upstream who the client is or how it
+#: reached the proxy (lower case).  Only a proxy may set them: from a client
+#: outside C{--trusted-proxies} every one is dropped (the proxy then adds
+#: its own), and a spelling with underscores (C{X_Forwarded_For}) is always
+#: dropped, since CGI, WSGI and many frameworks read C{_} and C{-} as the
+#: same character (both become C{HTTP_X_FORWARDED_FOR}).
+FORWARDING_FIELDS = frozenset(
+    [
+        b"forwarded",
+        b"x-forwarded-for",
+        b"x-forwarded-host",
+        b"x-forwarded-proto",
+        b"x-forwarded-port",
+        b"x-forwarded-prefix",
+        b"x-forwarded-server",
+        b"x-forwarded-ssl",
+        b"x-original-forwarded-for",
+        b"x-real-ip",
+        b"client-ip",
+        b"x-client-ip",
+        b"true-client-ip",
+        b"x-cluster-client-ip",
+        b"cf-connecting-ip",
+    ]
+)
+
+
+def isForwardingField(lower: bytes) -> bool:
+    """
+    Whether the lower-case field name C{lower} is one of
+    L{FORWARDING_FIELDS}, or would read as one with its underscores taken
+    for dashes (C{x_forwarded_for}, C{x-forwarded_for}).
+    """
+    return lower in FORWARDING_FIELDS or (b"_" in lower and lower.replace(b"_", b"-") in FORWARDING_FIELDS)
+
+
 def removeHeader(headers: Headers, name: bytes) -> Headers:
     """
     Remove every field called C{name}.
