@@ -340,7 +340,8 @@ class AuthTests(ForwardTestCase):
         return proto, client
 
     def limited(self, **options: Any) -> Any:
-        from txproxy.limiter import ListenerLimits, MemoryLimiter
+        from txproxy.limits.memory import MemoryLimiter
+        from txproxy.limits.service import ListenerLimits
 
         factory = self.authFactory(**options)
         factory.limits = ListenerLimits(MemoryLimiter(self.clock), factory.listener, "test")

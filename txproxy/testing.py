@@ -60,6 +60,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txproxy import config
+from txproxy.auth import checkBcrypt
 from txproxy.config import RouteConfig
 from txproxy.connector import Connector, isIPLiteral
 from txproxy.forward import ForwardProxyFactory
@@ -968,8 +969,6 @@ class FakePasswordVerifier:
 
         @return: the result.
         """
-        from txproxy.auth import checkBcrypt
-
         password, hashed, d = self.calls[index]
         result = checkBcrypt(password, hashed)
         d.callback(result)
