@@ -342,7 +342,10 @@ def proxyStatus(service: Any, startedAt: Optional[float] = None) -> Dict[str, An
                 "limits": _limits(listener),
             }
         )
+    from txproxy import __version__
+
     data: Dict[str, Any] = {
+        "version": __version__,
         "pid": os.getpid(),
         "worker": workerId(),
         "draining": bool(getattr(service, "draining", False)),
@@ -433,17 +436,57 @@ def _duration(seconds: Optional[float]) -> str:
     return (f"{d}d " if d else "") + f"{h:02d}:{m:02d}:{s:02d}"
 
 
+#: What the C{/status} page calls the listener limits and limiter counters
+#: its JSON form names with their attribute names.
+_LIMIT_LABELS = {
+    "rate": "rate",
+    "burst": "burst",
+    "maxConns": "max connections",
+    "maxConnsPerClient": "max connections per client",
+    "connectTimeout": "connect timeout (s)",
+    "idleTimeout": "idle timeout (s)",
+}
+_LIMITER_LABELS = {
+    "redis": "Redis",
+    "bucketCount": "rate buckets in memory",
+    "leaseCount": "connection slots held",
+    "redisErrors": "Redis errors",
+    "fallbacks": "switches to in-memory limits",
+    "recoveries": "switches back to Redis",
+}
+_DECISION_LABELS = {
+    "allowed": "allowed",
+    "rate": "refused: over the rate",
+    "max-conns": "refused: max connections",
+    "max-conns-per-client": "refused: max connections per client",
+}
+
+
+def _checkText(check: Optional[Dict[str, Any]]) -> str:
+    """
+    A backend's active health check for a person: C{http GET /healthz every
+    5s}, or that it has none.
+    """
+    if not check:
+        return '<span class=muted>none (passive only)</span>'
+    what = f"http GET {check.get('path') or '/'}" if check.get("kind") == "http" else "tcp connect"
+    every = check.get("interval")
+    return _e(what + (f" every {every:g}s" if isinstance(every, (int, float)) else ""))
+
+
 def _backendRows(pool: Dict[str, Any]) -> str:
     rows = []
     for b in pool.get("backends", ()):
         ok = b.get("healthy", True) and not b.get("ejected", False)
         rows.append(
             f"<tr><td>{_e(b.get('address'))}</td><td>{_health(ok, 'up', 'ejected' if b.get('ejected') else 'down')}</td>"
+            f"<td>{_checkText(b.get('healthCheck'))}</td>"
             f"<td class=num>{_e(b.get('weight'))}</td><td class=num>{_e(b.get('activeConnections'))}</td>"
             f"<td class=num>{_e(b.get('totalConnections'))}</td><td class=num>{_e(b.get('totalFailures'))}</td>"
             f"<td>{_e(b.get('lastCheckError') or '')}</td></tr>"
         )
-    head = "<tr><th>backend</th><th>health</th><th>weight</th><th>active</th><th>connections</th><th>failures</th><th>last check error</th></tr>"
+    head = ("<tr><th>backend</th><th>health</th><th>health check</th><th>weight</th><th>open connections</th>"
+            "<th>connections</th><th>failed connects</th><th>last check error</th></tr>")
     return f"<table>{head}{''.join(rows)}</table>"
 
 
@@ -452,7 +495,8 @@ def _processSection(data: Dict[str, Any]) -> str:
     draining = data.get("draining")
     badge = '<span class="badge bad">draining</span>' if draining else '<span class="badge ok">serving</span>'
     worker = data.get("worker")
-    who = f"pid {_e(data.get('pid'))}" + (f", worker {_e(worker)}" if worker is not None else "")
+    who = (f"txproxy {_e(data.get('version'))}; " if data.get("version") else "") + f"pid {_e(data.get('pid'))}" + (
+        f", worker {_e(worker)}" if worker is not None else "")
     out.append(f"<p>{badge} <span class=muted>{who}; up {_e(_duration(data.get('uptime')))}; "
                f"reloads {_e(data.get('reloads', 0))} ok / {_e(data.get('reloadFailures', 0))} rejected</span></p>")
     out.append("<h2>Listeners</h2><table><tr><th>name</th><th>mode</th><th>addresses</th>"
@@ -463,7 +507,7 @@ def _processSection(data: Dict[str, Any]) -> str:
             + ("" if a.get("listening", True) else ' <span class="bad">closed</span>')
             for a in lst.get("addresses", ())
         )
-        limits = ", ".join(f"{_e(k)}={_e(v)}" for k, v in lst.get("limits", {}).items())
+        limits = ", ".join(f"{_e(_LIMIT_LABELS.get(k, k))}: {_e(v)}" for k, v in lst.get("limits", {}).items())
         out.append(
             f"<tr><td>{_e(lst.get('name'))}</td><td>{_e(lst.get('mode'))}</td><td>{addrs}</td>"
             f"<td class=num>{_e(lst.get('openConnections'))}</td><td class=num>{_e(lst.get('openTunnels'))}</td>"
@@ -490,12 +534,53 @@ def _processSection(data: Dict[str, Any]) -> str:
         else:
             backend = _e(backend)
         out.append(f"<tr><th>backend</th><td>{backend}</td></tr>")
-        for k in ("redis", "bucketCount", "leaseCount", "redisErrors", "fallbacks", "recoveries"):
+        for k, label in _LIMITER_LABELS.items():
             if limiter.get(k) is not None:
-                out.append(f"<tr><th>{_e(k)}</th><td class=num>{_e(limiter[k])}</td></tr>")
+                out.append(f"<tr><th>{_e(label)}</th><td class=num>{_e(limiter[k])}</td></tr>")
         for reason, n in sorted(limiter.get("decisions", {}).items()):
-            out.append(f"<tr><th>decisions: {_e(reason)}</th><td class=num>{_e(n)}</td></tr>")
+            label = _DECISION_LABELS.get(reason, f"refused: {reason}")
+            out.append(f"<tr><th>decisions, {_e(label)}</th><td class=num>{_e(n)}</td></tr>")
         out.append("</table>")
+    return "".join(out)
+
+
+def workerTotals(workers: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
+    """
+    Sums over the workers' statuses (those that answered): open
+    connections, open tunnels and requests, overall and per listener name.
+
+    @param workers: the supervisor's worker entries, each with the worker's
+        own L{proxyStatus} under C{status} when it answered.
+    """
+    keys = ("openConnections", "openTunnels", "requestsTotal")
+    overall: Dict[str, Any] = {k: 0 for k in keys}
+    byListener: Dict[str, Dict[str, Any]] = {}
+    reporting = 0
+    for w in workers:
+        status = w.get("status")
+        if not status:
+            continue
+        reporting += 1
+        for lst in status.get("listeners", ()):
+            one = byListener.setdefault(str(lst.get("name")), {"mode": lst.get("mode"), **{k: 0 for k in keys}})
+            for k in keys:
+                n = lst.get(k)
+                if isinstance(n, int):
+                    one[k] += n
+                    overall[k] += n
+    return {"workersReporting": reporting, "listeners": byListener, **overall}
+
+
+def _totalsSection(totals: Dict[str, Any]) -> str:
+    out = [f"<h2>Totals across workers <span class=muted>({_e(totals.get('workersReporting'))} reporting)</span></h2>"
+           "<table><tr><th>listener</th><th>mode</th><th>open connections</th><th>open tunnels</th>"
+           "<th>requests</th></tr>"]
+    for name, t in sorted(totals.get("listeners", {}).items()):
+        out.append(f"<tr><td>{_e(name)}</td><td>{_e(t.get('mode'))}</td><td class=num>{_e(t['openConnections'])}</td>"
+                   f"<td class=num>{_e(t['openTunnels'])}</td><td class=num>{_e(t['requestsTotal'])}</td></tr>")
+    out.append(f"<tr><th>all listeners</th><td></td><td class=num>{_e(totals.get('openConnections'))}</td>"
+               f"<td class=num>{_e(totals.get('openTunnels'))}</td><td class=num>{_e(totals.get('requestsTotal'))}</td></tr>"
+               "</table>")
     return "".join(out)
 
 
@@ -514,7 +599,8 @@ def renderStatusHTML(data: Dict[str, Any]) -> str:
     else:
         draining = data.get("draining")
         badge = '<span class="badge bad">draining</span>' if draining else '<span class="badge ok">serving</span>'
-        parts.append(f"<p>{badge} <span class=muted>supervisor pid {_e(data.get('pid'))}; "
+        version = f"txproxy {_e(data.get('version'))}; " if data.get("version") else ""
+        parts.append(f"<p>{badge} <span class=muted>{version}supervisor pid {_e(data.get('pid'))}; "
                      f"{len(workers)} workers; up {_e(_duration(data.get('uptime')))}</span></p>")
         parts.append("<h2>Workers</h2><table><tr><th>worker</th><th>pid</th><th>state</th>"
                      "<th>restarts</th><th>up</th></tr>")
@@ -523,6 +609,7 @@ def renderStatusHTML(data: Dict[str, Any]) -> str:
                          f"<td>{_health(w.get('running', False), 'running', 'restarting')}</td>"
                          f"<td class=num>{_e(w.get('restarts'))}</td><td>{_e(_duration(w.get('uptime')))}</td></tr>")
         parts.append("</table>")
+        parts.append(_totalsSection(workerTotals(workers)))
         for w in workers:
             status = w.get("status")
             if status:

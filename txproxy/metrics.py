@@ -36,6 +36,9 @@ noted):
     C{txproxy_backend_active_connections}, C{txproxy_backend_connections_total},
     C{txproxy_backend_failures_total} (C{listener}, C{route}, C{backend},
     C{worker}), from the callables given to L{Metrics.addBackendSource};
+  - C{txproxy_build_info{version,python,implementation}}: always 1, the
+    labels saying which txproxy runs on which Python (no C{worker} label:
+    the C{--workers} supervisor adds it when it merges);
   - C{txproxy_draining}, C{txproxy_start_time_seconds}, and the standard
     C{process_*} series (open and maximum file descriptors, memory, CPU).
 """
@@ -62,6 +65,7 @@ __all__ = [
     "ListenerStats",
     "BackendState",
     "backendStatesFromRouter",
+    "buildInfo",
     "CONTENT_TYPE_LATEST",
 ]
 
@@ -136,6 +140,22 @@ def _liveBytes(factory: Any) -> Tuple[int, int]:
     return up, down
 
 
+def buildInfo() -> Metric:
+    """
+    The C{txproxy_build_info} family: one sample of value 1 whose labels
+    are txproxy's version (L{txproxy.__version__}), the Python version and
+    the implementation (C{CPython}, C{PyPy}).
+    """
+    import platform
+
+    from txproxy import __version__
+
+    info = GaugeMetricFamily("txproxy_build_info", "Always 1; the labels say which txproxy runs on which Python.",
+                             labels=["version", "python", "implementation"])
+    info.add_metric([__version__, platform.python_version(), platform.python_implementation()], 1.0)
+    return info
+
+
 class _Collector:
     """
     Turns the L{ListenerStats} and the registered sources into metric
@@ -180,6 +200,7 @@ class _Collector:
         yield reqs
         yield nbytes
 
+        yield buildInfo()
         draining = GaugeMetricFamily("txproxy_draining", "1 once a stop (drain) has begun.", labels=["worker"])
         draining.add_metric([worker], 1.0 if m.isDraining() else 0.0)
         yield draining

@@ -655,7 +655,11 @@ class WorkerSupervisor(MultiService):
                     except ValueError:
                         pass
                 workers.append(entry)
+            from txproxy import __version__
+            from txproxy.admin import workerTotals
+
             return {
+                "version": __version__,
                 "pid": os.getpid(),
                 "supervisor": True,
                 "draining": self.draining,
@@ -665,6 +669,7 @@ class WorkerSupervisor(MultiService):
                 "admin": list(self.config.admin),
                 "restartsTotal": self.restartsTotal,
                 "workers": workers,
+                "totals": workerTotals(workers),
             }
 
         return self._fromWorkers(b"/status?format=json").addCallback(build)
@@ -680,7 +685,10 @@ class _SupervisorCollector:
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+        from txproxy.metrics import buildInfo
+
         s = self.supervisor
+        yield buildInfo()
         running = GaugeMetricFamily("txproxy_workers_running", "Worker processes running now.")
         running.add_metric([], sum(1 for w in s.workers if w.running))
         yield running
