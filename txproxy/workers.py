@@ -38,12 +38,12 @@ import socket
 import sys
 import tempfile
 import time
-from typing import Any, Dict, Iterator, List, Optional, Sequence, cast
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, cast
 
 from twisted.application.service import MultiService
 from twisted.internet import defer, error
 from twisted.internet.interfaces import ITCPTransport
-from twisted.internet.protocol import ProcessProtocol, Protocol
+from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -98,12 +98,45 @@ def workerAdminEndpoint() -> str:
     return os.environ[WORKER_ADMIN_ENV]
 
 
+def workerLogTagger(number: int) -> Callable[[Dict[str, Any]], None]:
+    """
+    A log observer that marks each event as worker C{number}'s: its
+    C{log_system} (the bracketed part of a text log line) becomes
+    C{worker N} followed by what it was (by default the namespace and
+    level: C{[worker 2 txproxy.service#info]}).
+
+    It changes the event in place, so it must see each event before the
+    observers that write it: L{setUpWorkerProcess} adds it to the global
+    publisher while the worker's service is made, before C{python -m
+    twisted} begins logging to standard output (and events logged before
+    that are kept, already marked, until then).
+    """
+    prefix = f"worker {number}"
+
+    def tag(event: Dict[str, Any]) -> None:
+        if event.get("txproxy_worker") is not None:
+            return
+        event["txproxy_worker"] = number
+        system = event.get("log_system")
+        if system is None or system == "-":
+            level = event.get("log_level")
+            system = f"{event.get('log_namespace', '-')}#{level.name if level is not None else '-'}"
+        event["log_system"] = f"{prefix} {system}"
+
+    return tag
+
+
 def setUpWorkerProcess() -> None:
     """
-    In a worker: ask Linux to send SIGTERM when the supervisor dies (so no
-    worker outlives a killed supervisor), and exit at once if it is
-    already gone.
+    In a worker: mark its log lines with its number (L{workerLogTagger});
+    ask Linux to send SIGTERM when the supervisor dies (so no worker
+    outlives a killed supervisor), and exit at once if it is already gone.
     """
+    number = workerId()
+    if number is not None:
+        from twisted.logger import ILogObserver, globalLogPublisher
+
+        globalLogPublisher.addObserver(cast(ILogObserver, workerLogTagger(number)))
     parent = os.environ.get(SUPERVISOR_PID_ENV)
     if sys.platform.startswith("linux"):
         try:
@@ -291,6 +324,21 @@ class _Fetch(Protocol):
             done.errback(Failure(RuntimeError(f"worker admin answered {head[:40]!r}")))
         else:
             done.callback(body)
+
+
+class _FetchFactory(Factory):
+    """
+    Hands out one L{_Fetch}; quiet (no "Starting factory" line for every
+    C{/metrics} scrape).
+    """
+
+    noisy = False
+
+    def __init__(self, proto: _Fetch) -> None:
+        self.proto = proto
+
+    def buildProtocol(self, addr: Any) -> _Fetch:
+        return self.proto
 
 
 class _WorkerProtocol(ProcessProtocol):
@@ -589,10 +637,10 @@ class WorkerSupervisor(MultiService):
 
         @return: a Deferred firing with the body of a 200 response.
         """
-        from twisted.internet.endpoints import UNIXClientEndpoint, connectProtocol
+        from twisted.internet.endpoints import UNIXClientEndpoint
 
         proto = _Fetch(path)
-        connecting = connectProtocol(UNIXClientEndpoint(self.reactor, worker.adminPath, timeout=timeout), proto)
+        connecting = UNIXClientEndpoint(self.reactor, worker.adminPath, timeout=timeout).connect(_FetchFactory(proto))
 
         def cancel(d: "defer.Deferred[bytes]") -> None:
             connecting.cancel()
