@@ -277,3 +277,106 @@ class ReloadMetricsTests(SynchronousTestCase):
         self.assertEqual(results, {"success": 1.0, "failure": 1.0})
         (last,) = families["txproxy_last_reload_success_timestamp_seconds"].samples
         self.assertEqual(last.value, 1700000000)
+
+
+class StatusForPeopleTests(SynchronousTestCase):
+    """
+    C{/status} for a person: txproxy's version, labels instead of JSON
+    attribute names, each backend's health check, totals across workers.
+    """
+
+    def setUp(self) -> None:
+        import os
+        import tempfile
+
+        folder = tempfile.mkdtemp()
+        path = os.path.join(folder, "proxy.toml")
+        with open(path, "w") as f:
+            f.write(
+                'admin = "tcp:9901:interface=127.0.0.1"\n'
+                "[[listeners]]\n"
+                'name = "web"\nlisten = ["tcp:8080"]\nmode = "reverse"\nmax_conns = 100\nrate = "5/s"\n'
+                "  [[listeners.routes]]\n"
+                '  host = "checked.test"\n  upstreams = ["http://127.0.0.1:1"]\n'
+                "    [listeners.routes.health_check]\n"
+                '    type = "http"\n    path = "/healthz"\n    interval = 5\n'
+                "  [[listeners.routes]]\n"
+                '  host = "*"\n  upstreams = ["http://127.0.0.1:2"]\n'
+            )
+        self.reactor = MemoryReactorClock()
+        self.service = ProxyService(fromFlags([], [], path), self.reactor)
+        self.service.installSignalHandlers = False
+        self.service.startService()
+        self.addCleanup(self._stop)
+        (self.site,) = [f for (port, f, _, _) in self.reactor.tcpServers if port == 9901]
+
+    def _stop(self) -> None:
+        if self.service.running:
+            self.service.stopService()
+            self.reactor.advance(60)
+
+    def test_versionOnStatus(self) -> None:
+        """
+        The JSON form carries C{txproxy.__version__}; the page shows it.
+        """
+        from txproxy import __version__
+
+        data = json.loads(get(self.site, b"/status?format=json")[2])
+        self.assertEqual(data["version"], __version__)
+        self.assertIn(f"txproxy {__version__}".encode(), get(self.site, b"/status")[2])
+
+    def test_labelsForPeople(self) -> None:
+        """
+        The HTML page names limits and limiter counters in words
+        (C{max connections}, C{rate buckets in memory}), never with the
+        JSON form's attribute names (C{maxConns}, C{bucketCount}), which
+        the JSON form keeps.
+        """
+        page = get(self.site, b"/status")[2].decode()
+        for key in ("maxConns", "bucketCount", "leaseCount", "redisErrors", "decisions:"):
+            self.assertNotIn(key, page)
+        self.assertIn("max connections: 100", page)
+        self.assertIn("rate buckets in memory", page)
+        data = json.loads(get(self.site, b"/status?format=json")[2])
+        self.assertEqual(data["listeners"][0]["limits"]["maxConns"], 100)
+        self.assertIn("bucketCount", data["limiter"])
+
+    def test_backendHealthCheckShown(self) -> None:
+        """
+        Each backend says whether it has an active health check: the JSON
+        form has its kind, path and interval (L{None} for none), the page
+        says C{http GET /healthz every 5s} or C{none (passive only)}.
+        """
+        data = json.loads(get(self.site, b"/status?format=json")[2])
+        (listener,) = data["router"]["listeners"]
+        checks = {r["host"]: r["pool"]["backends"][0]["healthCheck"] for r in listener["routes"]}
+        self.assertEqual(checks["checked.test"], {"kind": "http", "path": "/healthz", "interval": 5.0})
+        self.assertIsNone(checks["*"])
+        page = get(self.site, b"/status")[2].decode()
+        self.assertIn("http GET /healthz every 5s", page)
+        self.assertIn("none (passive only)", page)
+
+
+class WorkerTotalsTests(SynchronousTestCase):
+    def test_totalsAcrossWorkers(self) -> None:
+        """
+        A supervisor's page sums open connections, tunnels and requests
+        over the workers that answered, per listener and overall.
+        """
+        from txproxy.runtime.statuspage import workerTotals
+
+        def status(conns: int, tunnels: int, requests: int) -> Dict[str, Any]:
+            return {"listeners": [{"name": "web", "mode": "forward", "openConnections": conns,
+                                   "openTunnels": tunnels, "requestsTotal": requests}]}
+
+        workers = [{"id": 1, "running": True, "status": status(2, 1, 10)},
+                   {"id": 2, "running": True, "status": status(3, 0, 32)},
+                   {"id": 3, "running": False}]
+        totals = workerTotals(workers)
+        self.assertEqual((totals["openConnections"], totals["openTunnels"], totals["requestsTotal"],
+                          totals["workersReporting"]), (5, 1, 42, 2))
+        self.assertEqual(totals["listeners"]["web"]["requestsTotal"], 42)
+        page = renderStatusHTML({"pid": 9, "version": "9.9", "workers": workers})
+        self.assertIn("Totals across workers", page)
+        self.assertIn("<td class=num>42</td>", page)
+        self.assertIn("txproxy 9.9", page)

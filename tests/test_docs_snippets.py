@@ -25,9 +25,10 @@ from twisted.trial import reporter, runner, unittest
 from twisted.trial.unittest import SynchronousTestCase
 
 DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs")
+EXAMPLES = os.path.join(os.path.dirname(DOCS), "examples")
 
 #: The documents whose examples are checked (those that exist).
-DOCUMENTS = ("subclassing.rst", "testing.rst")
+DOCUMENTS = ("subclassing.rst", "hooks.rst", "testing.rst")
 
 #: The language names of Python source (interactive sessions, C{pycon},
 #: are not programs).
@@ -157,6 +158,8 @@ def runSnippet(snippet: Snippet, directory: str) -> Optional[reporter.TestResult
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
+    # A reader saves a test beside the example modules it imports.
+    sys.path.insert(0, EXAMPLES)
     try:
         spec.loader.exec_module(module)
         suite = runner.TestLoader().loadModule(module)
@@ -172,6 +175,7 @@ def runSnippet(snippet: Snippet, directory: str) -> Optional[reporter.TestResult
         return result
     finally:
         del sys.modules[name]
+        sys.path.remove(EXAMPLES)
 
 
 def _describe(result: reporter.TestResult) -> str:
@@ -216,18 +220,52 @@ class SubclassingSnippetTests(_SnippetTests):
     """
 
 
+class HooksSnippetTests(_SnippetTests):
+    """
+    The examples of C{docs/hooks.rst}, one test each.
+    """
+
+
 class TestingSnippetTests(_SnippetTests):
     """
     The examples of C{docs/testing.rst} (when it exists), one test each.
     """
 
 
-for _cls, _document in ((SubclassingSnippetTests, "subclassing.rst"), (TestingSnippetTests, "testing.rst")):
+for _cls, _document in (
+    (SubclassingSnippetTests, "subclassing.rst"),
+    (HooksSnippetTests, "hooks.rst"),
+    (TestingSnippetTests, "testing.rst"),
+):
     for _snippet in documentSnippets(_document):
         setattr(_cls, f"test_line{_snippet.line}", _snippetTest(_snippet))
 
 
 class CoverageTests(SynchronousTestCase):
+    def test_noTestExcerptsIncluded(self) -> None:
+        """
+        The guides show no excerpt of this repository's own tests (a
+        C{literalinclude} of C{tests/}): those call helpers defined only
+        there, so a reader pasting one gets NameErrors.  Their examples are
+        code blocks, run above.
+        """
+        for document in DOCUMENTS:
+            path = os.path.join(DOCS, document)
+            if os.path.exists(path):
+                with open(path, encoding="utf-8") as f:
+                    self.assertNotRegex(f.read(), r"literalinclude::\s*\.\./tests/", document)
+
+    def test_everyTestSnippetHasATest(self) -> None:
+        """
+        Every Python example of the guides that defines a test case is one
+        test method here (C{test_lineN}), so none goes unexecuted.
+        """
+        for cls, document in ((SubclassingSnippetTests, "subclassing.rst"), (HooksSnippetTests, "hooks.rst")):
+            for snippet in documentSnippets(document):
+                self.assertTrue(hasattr(cls, f"test_line{snippet.line}"), (document, snippet.line))
+        self.assertTrue(any("BlocklistProxyTests" in s.code for s in documentSnippets("subclassing.rst")))
+
+
     def test_subclassingHasAnExamplePerMode(self) -> None:
         """
         The subclassing guide has the shape of a subclass and one tested

@@ -213,6 +213,24 @@ class WorkersIntegrationTests(SynchronousTestCase):
         self.assertEqual(sorted(counts), ["1", "2"])
         self.assertTrue(all(v > 0 for v in counts.values()), counts)
 
+    def test_workerLogLinesAndTotals(self) -> None:
+        """
+        Each worker's log lines carry its number (C{[worker N ...]}), and
+        the supervisor's C{/status} carries txproxy's version and totals
+        across the workers.
+        """
+        import txproxy
+
+        for _ in range(4):
+            self.tunnel()
+        out = self.proxy.stdout()
+        for n in (1, 2):
+            self.assertRegex(out, rf"\[worker {n} txproxy\.service#info\] txproxy forward listening on tcp:")
+        data = waitUntil(lambda: (lambda d: d if d["totals"]["requestsTotal"] == 4 else None)(statusJSON(self.adminPort)),
+                         what="4 requests in the totals")
+        self.assertEqual((data["version"], data["totals"]["workersReporting"]), (txproxy.__version__, 2))
+        self.assertIn(b"Totals across workers", fetch(self.adminPort, "/status")[2])
+
     def test_killedWorkerIsRestarted(self) -> None:
         """
         A worker killed by its PID is replaced by a new process in its slot,

@@ -762,6 +762,28 @@ class LimiterServiceRedisTests(unittest.TestCase):
         self.assertEqual((self.service.fallbacks, self.service.recoveries), (1, 1))
 
     @inlineCallbacks
+    def test_outageLogsOneLine(self) -> Any:
+        """
+        Through a Redis outage with several reconnection attempts, the log
+        has txproxy's one C{falling back} line and none of Twisted's
+        C{Scheduling retry N to connect ...} lines (the attempts are
+        counted instead); Twisted's other lines still get through.
+        """
+        from twisted.application.internet import ClientService
+        from twisted.logger import Logger
+
+        client = self.redis._client
+        self.server.kill()
+        yield self.service.take("k", 1.0, 1)
+        yield waitFor(lambda: client.retriesScheduled >= 3, timeout=5.0)
+        self.assertEqual(self.lines("Scheduling retry"), [])
+        self.assertEqual(len(self.lines("falling back")), 1)
+        self.assertEqual([e for e in self.events if "txredisapi" in formatEvent(e)], [])
+        # Only our pools' services were made quiet: the class logger is back.
+        self.assertIsInstance(ClientService.__dict__["_log"], Logger)
+        self.assertIs(ClientService._log.observer, globalLogPublisher)
+
+    @inlineCallbacks
     def test_frozenRedisTimesOut(self) -> Any:
         """
         A Redis that accepts but does not answer costs one decision at most

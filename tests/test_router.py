@@ -917,6 +917,38 @@ class HealthCheckTests(SynchronousTestCase):
             attempt.fail()
         return attempt
 
+    def test_checksAreQuiet(self) -> None:
+        """
+        Health checks (TCP and HTTP, passing and failing) log no Twisted
+        C{Starting factory}/C{Stopping factory} line per check (the
+        connector here is L{txproxy.testing.FakeConnector}, which starts and
+        stops the factory as a real connector does); txproxy's own
+        C{backend ... is up/down} lines still appear.
+        """
+        from txproxy.testing import FakeConnector as ProductionPathConnector
+
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        connector = ProductionPathConnector(clock=self.clock)
+        svc = RouterService([reverse("web", route("a.test=http://10.0.0.1:80", healthCheck=HC),
+                                     route("b.test=http://10.0.0.2:8080", healthCheck=HTTPHC))],
+                            connector, self.clock)
+        svc.startService()
+        self.addCleanup(svc.stopService)
+        for ok in (False, True, True, False):
+            self.clock.advance(0 if not connector.attempts else 5)
+            for attempt in connector.attempts[-2:]:
+                if ok:
+                    transport = attempt.succeed()
+                    if attempt.port == 8080:
+                        attempt.protocol.dataReceived(b"HTTP/1.1 200 OK\r\n\r\n")
+                    transport.loseConnection()
+                else:
+                    attempt.fail()
+        self.assertEqual(len(connector.attempts), 8)
+        lines = [formatEvent(e) for e in events]
+        self.assertEqual([line for line in lines if "factory" in line.lower()], [])
+        self.assertTrue(any("is up" in line or "is down" in line for line in lines), lines)
+
     def test_tcpRiseAndFall(self) -> None:
         """
         A TCP check: a new backend is healthy but unchecked; its first

@@ -36,6 +36,9 @@ noted):
     C{txproxy_backend_active_connections}, C{txproxy_backend_connections_total},
     C{txproxy_backend_failures_total} (C{listener}, C{route}, C{backend},
     C{worker}), from the callables given to L{Metrics.addBackendSource};
+  - C{txproxy_build_info{version,python,implementation}}: always 1, the
+    labels saying which txproxy runs on which Python (no C{worker} label:
+    the C{--workers} supervisor adds it when it merges);
   - C{txproxy_draining}, C{txproxy_start_time_seconds}, and the standard
     C{process_*} series (open and maximum file descriptors, memory, CPU).
 """
@@ -48,6 +51,13 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optio
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
+from twisted.logger import Logger
+
+from txproxy import __version__
+
+log = Logger(namespace="txproxy.workers")
 
 try:
     from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4 as CONTENT_TYPE_LATEST
@@ -62,6 +72,7 @@ __all__ = [
     "ListenerStats",
     "BackendState",
     "backendStatesFromRouter",
+    "buildInfo",
     "CONTENT_TYPE_LATEST",
 ]
 
@@ -136,6 +147,20 @@ def _liveBytes(factory: Any) -> Tuple[int, int]:
     return up, down
 
 
+def buildInfo() -> Metric:
+    """
+    The C{txproxy_build_info} family: one sample of value 1 whose labels
+    are txproxy's version (L{txproxy.__version__}), the Python version and
+    the implementation (C{CPython}, C{PyPy}).
+    """
+    import platform
+
+    info = GaugeMetricFamily("txproxy_build_info", "Always 1; the labels say which txproxy runs on which Python.",
+                             labels=["version", "python", "implementation"])
+    info.add_metric([__version__, platform.python_version(), platform.python_implementation()], 1.0)
+    return info
+
+
 class _Collector:
     """
     Turns the L{ListenerStats} and the registered sources into metric
@@ -180,6 +205,7 @@ class _Collector:
         yield reqs
         yield nbytes
 
+        yield buildInfo()
         draining = GaugeMetricFamily("txproxy_draining", "1 once a stop (drain) has begun.", labels=["worker"])
         draining.add_metric([worker], 1.0 if m.isDraining() else 0.0)
         yield draining
@@ -546,3 +572,36 @@ def backendStatesFromRouter(router: Any) -> Iterator[BackendState]:
                     "totalConnections": b.get("totalConnections", 0),
                     "totalFailures": b.get("totalFailures", 0),
                 }
+
+
+def mergeExpositions(texts: Dict[str, str]) -> bytes:
+    """
+    Merge Prometheus text expositions, one per worker name, into one: the
+    samples of a metric family from every worker are listed together under
+    one C{HELP}/C{TYPE}, each sample labelled C{worker=NAME} unless it
+    already has a C{worker} label.  A text that does not parse is skipped
+    (and logged).
+    """
+    families: Dict[str, Any] = {}
+    order: List[str] = []
+    for worker, text in texts.items():
+        try:
+            parsed = list(text_string_to_metric_families(text))
+        except Exception as e:
+            log.warn("metrics from worker {worker} do not parse: {error}", worker=worker, error=str(e))
+            continue
+        for family in parsed:
+            merged = families.get(family.name)
+            if merged is None:
+                merged = families[family.name] = Metric(family.name, family.documentation, family.type, family.unit)
+                order.append(family.name)
+            for s in family.samples:
+                labels = s.labels if "worker" in s.labels else dict(s.labels, worker=worker)
+                merged.samples.append(Sample(s.name, labels, s.value, s.timestamp, s.exemplar))
+
+    class _Merged:
+        def collect(self) -> Iterator[Any]:
+            for name in order:
+                yield families[name]
+
+    return generate_latest(_Merged())

@@ -88,7 +88,7 @@ import hashlib
 import itertools
 import os
 from collections import OrderedDict
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union, cast
 from urllib.parse import unquote, urlsplit
 
 from twisted.internet.defer import Deferred, fail, gatherResults, succeed
@@ -267,6 +267,36 @@ def _text(value: Any) -> str:
 # Connections
 
 
+def _startQuietly(factory: Any, endpoint: Any, onRetry: Callable[[], None]) -> None:
+    """
+    C{factory.startConnecting(endpoint)} without a log line per reconnection
+    attempt.
+
+    txredisapi reconnects each pool slot with a Twisted C{ClientService},
+    which logs C{Scheduling retry N to connect ...} at every attempt: one
+    line a second through a Redis outage that the limiter service already
+    logged once.  A C{ClientService} takes its logger from its class when it
+    is made, and the slots' services are made by C{startConnecting}: for that
+    call only, the class's logger is one whose observer drops (and counts,
+    through C{onRetry}) those lines and passes every other event on.
+    """
+    from twisted.application.internet import ClientService
+    from twisted.logger import ILogObserver, globalLogPublisher
+
+    def observer(event: Dict[str, Any]) -> None:
+        if str(event.get("log_format", "")).startswith("Scheduling retry"):
+            onRetry()
+            return
+        globalLogPublisher(event)
+
+    saved = ClientService.__dict__["_log"]
+    ClientService._log = Logger(observer=cast(ILogObserver, observer))
+    try:
+        factory.startConnecting(endpoint)
+    finally:
+        ClientService._log = saved
+
+
 class _PoolClient:
     """
     A txredisapi connection pool that fails fast.
@@ -347,7 +377,14 @@ class _PoolClient:
         # service logs those once.  txredisapi would log every attempt.
         factory.noisy = False
         self._factory = factory
-        factory.startConnecting(endpoint)
+        _startQuietly(factory, endpoint, self._retryScheduled)
+
+    #: Reconnection attempts scheduled since start (each one a line
+    #: Twisted's ClientService would have logged; see L{_startQuietly}).
+    retriesScheduled = 0
+
+    def _retryScheduled(self) -> None:
+        self.retriesScheduled += 1
 
     @property
     def connected(self) -> bool:

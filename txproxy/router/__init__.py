@@ -399,6 +399,18 @@ class RouterService(Service):
         """
         state = self._state
         now = self.clock.seconds()
+        # Each backend's active check (None: passive health only).
+        checkOf: Dict[int, Dict[str, Any]] = {}
+        for (_, kind, path, _proxy), c in self._checkers.items():
+            for b in c.subscribers:
+                checkOf[id(b)] = {"kind": kind, "path": path, "interval": c.check.interval}
+
+        def pool(p: Any) -> Dict[str, Any]:
+            data: Dict[str, Any] = p.snapshot(now)
+            for backend, entry in zip(p.backends, data["backends"]):
+                entry["healthCheck"] = checkOf.get(id(backend))
+            return data
+
         listeners: List[Dict[str, Any]] = []
         for listener in state.listeners:
             name = listener.name
@@ -409,14 +421,14 @@ class RouterService(Service):
                         "prefix": r.prefix or "/",
                         "stripPrefix": r.config.stripPrefix,
                         "upstreams": [str(u) for u in r.config.upstreams],
-                        "pool": r.pool.snapshot(now),
+                        "pool": pool(r.pool),
                     }
                     for r in state.tables[name].routes
                 ]
                 listeners.append({"name": name, "mode": listener.mode, "routes": routes})
             elif name in state.pools:
                 listeners.append(
-                    {"name": name, "mode": listener.mode, "pool": state.pools[name].snapshot(now)}
+                    {"name": name, "mode": listener.mode, "pool": pool(state.pools[name])}
                 )
         checks = [
             {

@@ -157,13 +157,16 @@ class _HTTPCheckProtocol(Protocol):
             self._finish(HealthCheckFailed(f"status {code}"))
 
     def _finish(self, outcome: object) -> None:
-        assert self.transport is not None
-        self.transport.loseConnection()
+        # The verdict first: a transport may call connectionLost from
+        # inside loseConnection, which must not decide it instead.
+        transport = self.transport
+        assert transport is not None
         if isinstance(outcome, Exception):
             self.result.errback(outcome)
         else:
             assert isinstance(outcome, int)
             self.result.callback(outcome)
+        transport.loseConnection()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if not self.result.called:
@@ -171,6 +174,10 @@ class _HTTPCheckProtocol(Protocol):
 
 
 class _CheckFactory(Factory):
+    # One check every few seconds per backend: no "Starting factory" /
+    # "Stopping factory" line for each.
+    noisy = False
+
     def __init__(self, check: HealthCheck, url: Optional[UpstreamURL], proxyVersion: Optional[str] = None) -> None:
         self._http = check.kind == "http" and url is not None and url.scheme == "http"
         self._header = checkHeader(proxyVersion)

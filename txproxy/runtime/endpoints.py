@@ -156,7 +156,10 @@ class ListenerService(Service):
             detail = getattr(detail, "strerror", None) or str(detail) or type(e).__name__
             raise StartupError(f"cannot listen on {self.description}: {detail}")
         self.port = result
-        log.info("txproxy {mode} listening on {address}", mode=getattr(self.factory, "mode", ""), address=self.description)
+        listener = getattr(self.factory, "listener", None)
+        tls = isTLSListener(self.description, getattr(listener, "certs", None))
+        log.info("txproxy {mode} listening on {address}{tls}", mode=getattr(self.factory, "mode", ""),
+                 address=self.description, tls=" (TLS)" if tls else "")
 
     def stopListening(self) -> "defer.Deferred[None]":
         """

@@ -14,16 +14,17 @@ import os
 import signal
 import socket
 import sys
-from typing import Any, List, Optional
+from typing import Any, Callable, Dict, List, Optional, cast
 
 from twisted.internet import defer, error
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger, globalLogPublisher
 
 __all__ = [
     "ReusePortEndpoint",
     "reusePort",
     "reusePortIfWorker",
     "workerId",
+    "workerLogTagger",
     "workerAdminEndpoint",
     "setUpWorkerProcess",
     "checkPortFree",
@@ -61,12 +62,43 @@ def workerAdminEndpoint() -> str:
     return os.environ[WORKER_ADMIN_ENV]
 
 
+def workerLogTagger(number: int) -> Callable[[Dict[str, Any]], None]:
+    """
+    A log observer that marks each event as worker C{number}'s: its
+    C{log_system} (the bracketed part of a text log line) becomes
+    C{worker N} followed by what it was (by default the namespace and
+    level: C{[worker 2 txproxy.service#info]}).
+
+    It changes the event in place, so it must see each event before the
+    observers that write it: L{setUpWorkerProcess} adds it to the global
+    publisher while the worker's service is made, before C{python -m
+    twisted} begins logging to standard output (and events logged before
+    that are kept, already marked, until then).
+    """
+    prefix = f"worker {number}"
+
+    def tag(event: Dict[str, Any]) -> None:
+        if event.get("txproxy_worker") is not None:
+            return
+        event["txproxy_worker"] = number
+        system = event.get("log_system")
+        if system is None or system == "-":
+            level = event.get("log_level")
+            system = f"{event.get('log_namespace', '-')}#{level.name if level is not None else '-'}"
+        event["log_system"] = f"{prefix} {system}"
+
+    return tag
+
+
 def setUpWorkerProcess() -> None:
     """
-    In a worker: ask Linux to send SIGTERM when the supervisor dies (so no
-    worker outlives a killed supervisor), and exit at once if it is
-    already gone.
+    In a worker: mark its log lines with its number (L{workerLogTagger});
+    ask Linux to send SIGTERM when the supervisor dies (so no worker
+    outlives a killed supervisor), and exit at once if it is already gone.
     """
+    number = workerId()
+    if number is not None:
+        globalLogPublisher.addObserver(cast(ILogObserver, workerLogTagger(number)))
     parent = os.environ.get(SUPERVISOR_PID_ENV)
     if sys.platform.startswith("linux"):
         try:

@@ -14,6 +14,7 @@ from typing import Any, List, Optional, Sequence, Tuple
 
 from twisted.python import usage
 
+from txproxy import __version__
 from txproxy import config as _config
 from txproxy.errors import ConfigError
 from txproxy.runtime.endpoints import checkResources, checkSupported
@@ -109,6 +110,14 @@ class Options(usage.Options):
     opt_admin = _repeat("admin", _PROCESS_HELP["admin"])
     del _repeat
 
+    def opt_version(self) -> None:
+        """
+        Print txproxy's version (with Twisted's and Python's) and exit.
+        """
+        sys.stdout.write(versionText() + "\n")
+        sys.stdout.flush()
+        raise SystemExit(0)
+
     def postOptions(self) -> None:
         options = list(self.ordered)
         for name in _config.LISTENER_OPTION_NAMES + _config.PROCESS_OPTION_NAMES:
@@ -131,6 +140,21 @@ class Options(usage.Options):
             super().parseOptions(options)
         except usage.UsageError as e:
             _fail(str(e))
+
+
+def versionText() -> str:
+    """
+    The C{--version} line: C{txproxy VERSION (Twisted VERSION, IMPLEMENTATION
+    VERSION)}.
+    """
+    import platform
+
+    from twisted import version as twistedVersion
+
+    return (
+        f"txproxy {__version__} (Twisted {twistedVersion.short()}, "
+        f"{platform.python_implementation()} {platform.python_version()})"
+    )
 
 
 def _fail(message: str) -> None:

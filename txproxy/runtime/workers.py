@@ -42,11 +42,13 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, cast
 from twisted.application.service import MultiService
 from twisted.internet import defer, error
 from twisted.internet.interfaces import ITCPTransport
-from twisted.internet.protocol import ProcessProtocol, Protocol
+from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from txproxy import __version__
 from txproxy.errors import ConfigError
+from txproxy.metrics import buildInfo, mergeExpositions
 from txproxy.runtime.admin import AdminService
 from txproxy.runtime.endpoints import StartupError, serverEndpoint
 from txproxy.runtime.process import (
@@ -61,6 +63,7 @@ from txproxy.runtime.process import (
     workerAdminEndpoint,
     workerId,
 )
+from txproxy.runtime.statuspage import workerTotals
 from txproxy.tuning import withPyPyNursery
 
 __all__ = [
@@ -69,7 +72,6 @@ __all__ = [
     "reusePortIfWorker",
     "workerId",
     "workerAdminEndpoint",
-    "mergeExpositions",
 ]
 
 log = Logger(namespace="txproxy.workers")
@@ -92,45 +94,6 @@ KILL_GRACE = 10.0
 
 # ---------------------------------------------------------------------------
 # Metrics merging
-
-
-def mergeExpositions(texts: Dict[str, str]) -> bytes:
-    """
-    Merge Prometheus text expositions, one per worker name, into one: the
-    samples of a metric family from every worker are listed together under
-    one C{HELP}/C{TYPE}, each sample labelled C{worker=NAME} unless it
-    already has a C{worker} label.  A text that does not parse is skipped
-    (and logged).
-    """
-    from prometheus_client.exposition import generate_latest
-    from prometheus_client.parser import text_string_to_metric_families
-    from prometheus_client.samples import Sample
-
-    families: Dict[str, Any] = {}
-    order: List[str] = []
-    for worker, text in texts.items():
-        try:
-            parsed = list(text_string_to_metric_families(text))
-        except Exception as e:
-            log.warn("metrics from worker {worker} do not parse: {error}", worker=worker, error=str(e))
-            continue
-        for family in parsed:
-            merged = families.get(family.name)
-            if merged is None:
-                from prometheus_client.metrics_core import Metric
-
-                merged = families[family.name] = Metric(family.name, family.documentation, family.type, family.unit)
-                order.append(family.name)
-            for s in family.samples:
-                labels = s.labels if "worker" in s.labels else dict(s.labels, worker=worker)
-                merged.samples.append(Sample(s.name, labels, s.value, s.timestamp, s.exemplar))
-
-    class _Merged:
-        def collect(self) -> Iterator[Any]:
-            for name in order:
-                yield families[name]
-
-    return generate_latest(_Merged())
 
 
 # ---------------------------------------------------------------------------
@@ -165,6 +128,21 @@ class _Fetch(Protocol):
             done.errback(Failure(RuntimeError(f"worker admin answered {head[:40]!r}")))
         else:
             done.callback(body)
+
+
+class _FetchFactory(Factory):
+    """
+    Hands out one L{_Fetch}; quiet (no "Starting factory" line for every
+    C{/metrics} scrape).
+    """
+
+    noisy = False
+
+    def __init__(self, proto: _Fetch) -> None:
+        self.proto = proto
+
+    def buildProtocol(self, addr: Any) -> _Fetch:
+        return self.proto
 
 
 class _WorkerProtocol(ProcessProtocol):
@@ -454,10 +432,10 @@ class WorkerSupervisor(MultiService):
 
         @return: a Deferred firing with the body of a 200 response.
         """
-        from twisted.internet.endpoints import UNIXClientEndpoint, connectProtocol
+        from twisted.internet.endpoints import UNIXClientEndpoint
 
         proto = _Fetch(path)
-        connecting = connectProtocol(UNIXClientEndpoint(self.reactor, worker.adminPath, timeout=timeout), proto)
+        connecting = UNIXClientEndpoint(self.reactor, worker.adminPath, timeout=timeout).connect(_FetchFactory(proto))
 
         def cancel(d: "defer.Deferred[bytes]") -> None:
             connecting.cancel()
@@ -521,6 +499,7 @@ class WorkerSupervisor(MultiService):
                         pass
                 workers.append(entry)
             return {
+                "version": __version__,
                 "pid": os.getpid(),
                 "supervisor": True,
                 "draining": self.draining,
@@ -530,6 +509,7 @@ class WorkerSupervisor(MultiService):
                 "admin": list(self.config.admin),
                 "restartsTotal": self.restartsTotal,
                 "workers": workers,
+                "totals": workerTotals(workers),
             }
 
         return self._fromWorkers(b"/status?format=json").addCallback(build)
@@ -546,6 +526,7 @@ class _SupervisorCollector:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         s = self.supervisor
+        yield buildInfo()
         running = GaugeMetricFamily("txproxy_workers_running", "Worker processes running now.")
         running.add_metric([], sum(1 for w in s.workers if w.running))
         yield running

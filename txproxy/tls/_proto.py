@@ -334,6 +334,10 @@ class TLSServerFactory(Factory):
     @ivar wrappedFactory: the application factory.
     """
 
+    # Made for every upstream TLS connection (and health check): no
+    # "Starting factory" line for each.
+    noisy = False
+
     def __init__(self, newObject: Callable[[Any, Any], Any], wrappedFactory: Any) -> None:
         """
         @param newObject: makes a connection's L{ssl.SSLObject} from its two
