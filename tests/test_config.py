@@ -370,3 +370,23 @@ class TOMLTests(SynchronousTestCase):
         e = self.assertRaises(ConfigError, loadFile, path)
         self.assertIn("invalid TOML", str(e))
         self.assertNotIn("\n", str(e))
+
+
+class MaxHeadersTests(SynchronousTestCase):
+    def test_flagAndFile(self) -> None:
+        """
+        --max-headers (flag) and max_headers (per listener in the file) set
+        ListenerConfig.maxHeaders; the default is 256.
+        """
+        self.assertEqual(fromFlags([], []).listeners[0].maxHeaders, 256)
+        self.assertEqual(fromFlags([], [("max-headers", "32")]).listeners[0].maxHeaders, 32)
+        c = fromTOML({"listeners": [{"listen": ["tcp:1"], "max_headers": 7}]})
+        self.assertEqual(c.listeners[0].maxHeaders, 7)
+
+    def test_badValues(self) -> None:
+        """
+        --max-headers takes a whole number of at least 1.
+        """
+        for bad in ["0", "-3", "many", "1.5"]:
+            e = self.assertRaises(ConfigError, fromFlags, [], [("max-headers", bad)])
+            self.assertIn("--max-headers", str(e))

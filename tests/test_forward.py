@@ -261,6 +261,35 @@ class ConnectErrorTests(ForwardTestCase):
         proto.dataReceived(b"CONNECT example.test:443 HTTP/1.1\r\nX: " + b"a" * 1100 + b"\r\n\r\n")
         self.assertEqual(_status(client.value()), 431)
 
+    def _connectWithFields(self, factory: Any, count: int) -> Any:
+        fields = b"Host: example.test:443\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(count - 1))
+        proto, client = self.open(factory)
+        proto.dataReceived(b"CONNECT example.test:443 HTTP/1.1\r\n" + fields + b"\r\n")
+        return client
+
+    def test_maxHeadersBoundary(self) -> None:
+        """
+        --max-headers N: a head with N header fields is served, one with
+        N + 1 gets 431 and the connection is closed.
+        """
+        client = self._connectWithFields(self.factory(max_headers="5"), 5)
+        self.assertEqual(client.value(), b"")
+        self.assertEqual(self.connector.last.host, "192.0.2.10")
+        client = self._connectWithFields(self.factory(max_headers="5"), 6)
+        self.assertEqual(_status(client.value()), 431)
+        self.assertTrue(client.writeClosed or client.closed)
+
+    def test_maxHeadersDefault(self) -> None:
+        """
+        Without --max-headers the limit is 256 fields.
+        """
+        attempts = len(self.connector.attempts)
+        client = self._connectWithFields(self.factory(), 256)
+        self.assertEqual(client.value(), b"")
+        self.assertEqual(len(self.connector.attempts), attempts + 1)
+        client = self._connectWithFields(self.factory(), 257)
+        self.assertEqual(_status(client.value()), 431)
+
     def test_headTimeout(self) -> None:
         """
         A head not complete within --header-timeout gets 408 and the

@@ -81,7 +81,7 @@ class OptionsTests(SynchronousTestCase):
         for name in ["listen", "mode", "upstream", "route", "certs", "proxy-protocol-send", "trusted-proxies",
                      "config", "connect-ports", "auth", "allow", "deny", "deny-dest", "rate", "burst",
                      "max-conns", "max-conns-per-client", "redis", "connect-timeout", "response-timeout",
-                     "idle-timeout", "header-timeout", "max-head-size", "admin", "access-log",
+                     "idle-timeout", "header-timeout", "max-head-size", "max-headers", "admin", "access-log",
                      "access-log-format", "workers", "drain-timeout"]:
             self.assertIn(f"--{name}", text)
 

@@ -388,6 +388,7 @@ class ListenerConfig:
     idleTimeout: float = 300.0
     headerTimeout: float = 10.0
     maxHeadSize: int = 65536
+    maxHeaders: int = 256
     backlog: int = 511
     xForwardedFor: bool = False
     rateKey: str = "client"
@@ -542,6 +543,7 @@ _LISTENER_OPTIONS: List[Tuple[str, str, _Converter, bool]] = [
     ("idle-timeout", "idleTimeout", _number(float, 0.0, allowZero=True), False),
     ("header-timeout", "headerTimeout", _timeout, False),
     ("max-head-size", "maxHeadSize", _number(int, 256), False),
+    ("max-headers", "maxHeaders", _number(int, 1), False),
     ("backlog", "backlog", _number(int, 1), False),
     ("x-forwarded-for", "xForwardedFor", _onOff, False),
     ("rate-key", "rateKey", _choice(("client", "user", "route")), False),

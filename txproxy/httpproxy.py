@@ -656,7 +656,7 @@ class HTTPProxyProtocol(Protocol):
         self._ex = None
         self._upstreamAddress = ""
         try:
-            head = parseRequestHead(headBytes)
+            head = parseRequestHead(headBytes, factory.listener.maxHeaders)
         except HTTPError as e:
             self._head = None
             self._refuse(e.status, e.reason)

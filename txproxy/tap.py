@@ -43,6 +43,7 @@ _LISTENER_HELP = {
     "idle-timeout": "Seconds of inactivity before a connection or tunnel is closed (default 300).",
     "header-timeout": "Seconds to receive a complete request head (default 10).",
     "max-head-size": "Largest request head accepted, in bytes (default 65536).",
+    "max-headers": "Most header fields in a request head (default 256); more gets 431.",
     "backlog": "Listen backlog (default 511).",
     "rate-key": "What --rate counts per: client (default) | user (forward mode, authenticated user) | route (reverse mode).",
     "x-forwarded-for": "forward mode: on | off (default off): append the client address to X-Forwarded-For.",
