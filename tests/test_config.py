@@ -390,3 +390,53 @@ class MaxHeadersTests(SynchronousTestCase):
         for bad in ["0", "-3", "many", "1.5"]:
             e = self.assertRaises(ConfigError, fromFlags, [], [("max-headers", bad)])
             self.assertIn("--max-headers", str(e))
+
+
+class DenyDestTests(SynchronousTestCase):
+    def test_unspecifiedCountsAsLoopback(self) -> None:
+        """
+        For --deny-dest, 0.0.0.0, :: and ::ffff:0.0.0.0 (and a zone-indexed
+        ::) are in a set that holds a loopback address (127.0.0.1 or ::1),
+        whichever family it names; other addresses are plain members.
+        """
+        both = config.parseCIDRs(["127.0.0.0/8", "::1"])
+        v4 = config.parseCIDRs(["127.0.0.0/8"])
+        v6 = config.parseCIDRs(["::1"])
+        for s in (both, v4, v6):
+            for address in ["0.0.0.0", "::", "::ffff:0.0.0.0", "0:0:0:0:0:0:0:0", "::%lo"]:
+                self.assertTrue(s.deniesDestination(address), (str(s), address))
+        self.assertTrue(both.deniesDestination("127.0.0.2"))
+        self.assertTrue(both.deniesDestination("::ffff:127.0.0.1"))
+        self.assertFalse(both.deniesDestination("192.0.2.1"))
+        self.assertFalse(both.deniesDestination("not an address"))
+        other = config.parseCIDRs(["10.0.0.0/8"])
+        self.assertFalse(other.deniesDestination("0.0.0.0"))
+        self.assertFalse(other.deniesDestination("::"))
+        self.assertFalse(config.CIDRSet().deniesDestination("0.0.0.0"))
+
+    def test_onlyForForwardAndTransparent(self) -> None:
+        """
+        --deny-dest in tcp, sni or reverse mode (flags or a listener of the
+        file) is a one-line error naming the option and the mode; forward
+        and transparent take it.
+        """
+        cases = [
+            [("mode", "tcp"), ("upstream", "tcp:192.0.2.1:22")],
+            [("mode", "sni"), ("route", "a.test=tcp://192.0.2.1:443")],
+            [("mode", "reverse"), ("route", "a.test=http://192.0.2.1:80")],
+        ]
+        for options in cases:
+            e = self.assertRaises(ConfigError, fromFlags, [], options + [("deny-dest", "10.0.0.0/8")])
+            self.assertIn("--deny-dest is only for modes forward and transparent", str(e))
+            self.assertIn(f"mode is {options[0][1]}", str(e))
+            self.assertNotIn("\n", str(e))
+        for mode in ("forward", "transparent"):
+            listener = fromFlags([], [("mode", mode), ("deny-dest", "10.0.0.0/8")]).listeners[0]
+            self.assertIn("10.1.1.1", listener.denyDest)
+        e = self.assertRaises(
+            ConfigError,
+            fromTOML,
+            {"listeners": [{"listen": ["tcp:1"], "mode": "tcp", "upstreams": ["tcp:192.0.2.1:22"],
+                            "deny_dest": ["127.0.0.0/8"]}]},
+        )
+        self.assertIn("listeners[0]: --deny-dest is only for modes forward and transparent", str(e))

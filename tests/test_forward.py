@@ -197,6 +197,32 @@ class ConnectErrorTests(ForwardTestCase):
         )
         self.assertEqual(self.connector.attempts, [])
 
+    def test_unspecifiedAddressCountsAsLoopback(self) -> None:
+        """
+        With loopback in --deny-dest, the unspecified addresses (0.0.0.0,
+        ::, ::ffff:0.0.0.0, and names such as C{0} that resolve to them)
+        are refused with 403 and never dialled: a connection to them
+        reaches this host.
+        """
+        self.connector.hosts["0"] = ["0.0.0.0"]
+        self.connector.hosts["zero.test"] = ["::"]
+        for target in [b"0.0.0.0:8080", b"[::]:8080", b"[::ffff:0.0.0.0]:8080", b"0:8080", b"zero.test:8080"]:
+            self.assertRefused(
+                403,
+                b"CONNECT " + target + b" HTTP/1.1\r\nHost: " + target + b"\r\n\r\n",
+                self.factory(deny_dest=["127.0.0.0/8", "::1"], connect_ports="*"),
+            )
+        self.assertEqual(self.connector.attempts, [])
+
+    def test_unspecifiedAddressAllowedWithoutLoopbackDenied(self) -> None:
+        """
+        When --deny-dest names no loopback address, the unspecified address
+        is not refused by it.
+        """
+        proto, client = self.open(self.factory(deny_dest="10.0.0.0/8", connect_ports="*"))
+        proto.dataReceived(b"CONNECT 0.0.0.0:8080 HTTP/1.1\r\nHost: 0.0.0.0:8080\r\n\r\n")
+        self.assertEqual(self.connector.last.host, "0.0.0.0")
+
     def test_denyDestSkipsDeniedAddresses(self) -> None:
         """
         Denied addresses are skipped; an allowed one of the same name is

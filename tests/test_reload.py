@@ -75,6 +75,16 @@ class ReloadTests(SynchronousTestCase):
         self.assertEqual(self.service.reloadFailures, 1)
         self.assertEqual(self.service.factories["fwd"].listener.rate.perSecond, 10)
 
+    def test_denyDestInReverseModeRejected(self) -> None:
+        """
+        A reload that gives a reverse listener --deny-dest is rejected (the
+        option means nothing there); the running configuration stays.
+        """
+        self.write(BASE.replace('mode = "reverse"', 'mode = "reverse"\ndeny_dest = ["127.0.0.0/8"]'))
+        self.assertFalse(self.service.reload())
+        self.assertEqual(self.service.reloadFailures, 1)
+        self.assertFalse(self.service.factories["web"].listener.denyDest)
+
     def test_limitsAndPolicyChange(self) -> None:
         """
         Changed limits and policy apply to the running factory (its open

@@ -641,6 +641,56 @@ class TransparentTests(TCPTestCase):
         self.assertEqual(self.log.records[0].status, 502)
 
 
+class TransparentDenyDestTests(TCPTestCase):
+    def transparent(self, destination: Tuple[str, int], **options: Any) -> Any:
+        factory = self.factory(TransparentFactory, mode="transparent", **options)
+        factory.originalDestination = lambda transport: destination
+        factory.localAddresses = lambda: ["192.0.2.1"]
+        return factory
+
+    def test_denyDestRefusesOriginalDestination(self) -> None:
+        """
+        In transparent mode --deny-dest applies to the original destination:
+        a denied one is closed with a 403 record, never dialled; others are
+        relayed.
+        """
+        proto, client = self.open(self.transparent(("10.1.2.3", 80), deny_dest="10.0.0.0/8"))
+        self.assertTrue(client.closed)
+        self.assertEqual(self.connector.attempts, [])
+        self.assertEqual(self.log.records[0].status, 403)
+        self.open(self.transparent(("203.0.113.5", 80), deny_dest="10.0.0.0/8"))
+        self.assertEqual(self.connector.last.host, "203.0.113.5")
+
+    def test_denyDestUnspecifiedIsLoopback(self) -> None:
+        """
+        The unspecified addresses count as loopback for --deny-dest.
+        """
+        for destination in [("0.0.0.0", 80), ("::", 80), ("::ffff:0.0.0.0", 80)]:
+            proto, client = self.open(self.transparent(destination, deny_dest=["127.0.0.0/8", "::1"]))
+            self.assertTrue(client.closed, destination)
+        self.assertEqual(self.connector.attempts, [])
+        self.assertEqual([r.status for r in self.log.records], [403, 403, 403])
+
+    def test_denyDestAppliesToHookTargets(self) -> None:
+        """
+        A C{chooseUpstream} hook's L{Target} (checked on its resolved
+        addresses) and C{tcp:} IP description are checked too.
+        """
+        self.connector.hosts["inside.test"] = ["10.9.9.9"]
+        for choice in [Target("inside.test", 22), Target("10.0.0.1", 22), "tcp:10.0.0.2:22"]:
+
+            class Elsewhere(TCPProxyProtocol):
+                def chooseUpstream(self, client: ClientInfo, choice: Any = choice) -> Any:
+                    return choice
+
+            factory = self.transparent(("203.0.113.5", 80), deny_dest="10.0.0.0/8")
+            factory.protocol = Elsewhere
+            proto, client = self.open(factory)
+            self.assertTrue(client.closed, choice)
+        self.assertEqual(self.connector.attempts, [])
+        self.assertEqual([r.status for r in self.log.records], [403, 403, 403])
+
+
 class HAProxyListenerTests(TCPTestCase):
     """
     Behind a C{haproxy:} listener, the client is the one the PROXY header

@@ -176,6 +176,25 @@ class CIDRSet:
                 return True
         return False
 
+    def deniesDestination(self, address: object) -> bool:
+        """
+        Membership for C{--deny-dest}: like C{in}, but the unspecified
+        addresses (C{0.0.0.0}, C{::}, C{::ffff:0.0.0.0}) count as loopback,
+        since a connection to them reaches this host: they are in the set
+        when it holds C{127.0.0.1} or C{::1}.
+        """
+        if not self.networks or not isinstance(address, str):
+            return False
+        try:
+            ip = ipaddress.ip_address(address.split("%", 1)[0])
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        if ip.is_unspecified:
+            return "127.0.0.1" in self or "::1" in self
+        return address in self
+
     def __str__(self) -> str:
         return ",".join(str(n) for n in self.networks)
 
@@ -659,6 +678,11 @@ def _crossCheck(l: ListenerConfig, where: str) -> None:
             raise ConfigError(f"{pre}route {route.host}{route.prefix}: sni routes take no path prefix")
         if route.weights and len(route.weights) != len(route.upstreams):
             raise ConfigError(f"{pre}route {route.host}{route.prefix}: one weight per upstream is needed")
+    if l.denyDest and l.mode not in ("forward", "transparent"):
+        raise ConfigError(
+            f"{pre}--deny-dest is only for modes forward and transparent, where the client picks "
+            f"the destination (mode is {l.mode})"
+        )
     if l.proxyProtocolSend and l.mode == "forward":
         raise ConfigError(f"{pre}--proxy-protocol-send is not for mode forward")
     if l.burst is not None and l.rate is None:

@@ -227,7 +227,7 @@ class ForwardProxyProtocol(HTTPProxyProtocol):
         """
         host = target.host
         denyDest = self.factory.listener.denyDest
-        if denyDest and host in denyDest:
+        if denyDest and denyDest.deniesDestination(host):
             self._refuse(403, f"destination {host} is not allowed")
             return
         factory = self.factory

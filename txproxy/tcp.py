@@ -19,7 +19,8 @@ L{TCPProxyFactory} or L{TransparentFactory}.
 Every client connection produces exactly one L{AccessRecord}.  Its C{status}
 borrows HTTP's codes so that one log format serves every mode: C{200}
 relayed; C{400} transparent connection with no original destination; C{403}
-client denied by C{--allow}/C{--deny} or a loop to the proxy's own listener;
+client denied by C{--allow}/C{--deny}, a loop to the proxy's own listener
+or a destination in C{--deny-dest} (transparent mode);
 C{499} the client left before the upstream was reached; C{502} upstream
 refused or unreachable; C{503} no healthy backend; C{504} connect timeout.
 """
@@ -41,7 +42,7 @@ from txproxy._factory import ListenerFactory
 from txproxy.accesslog import AccessRecord
 from txproxy.config import ListenerConfig
 from txproxy.connector import Connector, directDial
-from txproxy.errors import ResolveError
+from txproxy.errors import PolicyDenied, ResolveError
 from txproxy.hooks import ClientInfo, Target
 from txproxy.origdst import isOwnListener, localNetworks, originalDestination
 from txproxy.proxyprotocol import headerFor
@@ -334,14 +335,29 @@ class _RelayingProtocol(Protocol):
 
     def _connectTarget(self, host: str, port: int) -> None:
         """
-        Connect to one destination, without retry.
+        Connect to one destination, without retry; C{--deny-dest}
+        (transparent mode) is applied to its resolved addresses.
         """
         self._state = _CONNECTING
         if isIPLiteral(host):
-            self._dialAddress(host, port, None)
+            self._dialAllowed([host], host, port)
             return
         d = self.factory.connector.resolve(host, port)
-        d.addCallbacks(lambda addresses: self._dialAddress(addresses[0], port, None), self._dialFailed)
+        d.addCallbacks(lambda addresses: self._dialAllowed(addresses, host, port), self._dialFailed)
+
+    def _dialAllowed(self, addresses: List[str], host: str, port: int) -> None:
+        """
+        Dial the first of C{addresses} (C{host} resolved) outside
+        C{--deny-dest}; C{403} when none is.
+        """
+        denyDest = self.factory.listener.denyDest
+        if denyDest:
+            addresses = [a for a in addresses if not denyDest.deniesDestination(a)]
+            if not addresses:
+                if self._state == _CONNECTING:
+                    self._failed(Failure(PolicyDenied(f"destination {host} is not allowed")))
+                return
+        self._dialAddress(addresses[0], port, None)
 
     def _connectDescription(self, description: str) -> None:
         """
@@ -349,6 +365,10 @@ class _RelayingProtocol(Protocol):
         """
         self._state = _CONNECTING
         parsed = parseTCPDescription(description)
+        denyDest = self.factory.listener.denyDest
+        if parsed is not None and denyDest and denyDest.deniesDestination(parsed[0]):
+            self._failed(Failure(PolicyDenied(f"destination {parsed[0]} is not allowed")))
+            return
         if parsed is not None and self.factory._reactor is not None:
             self._dialAddress(*parsed)
         else:
