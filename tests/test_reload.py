@@ -85,6 +85,17 @@ class ReloadTests(SynchronousTestCase):
         self.assertEqual(self.service.reloadFailures, 1)
         self.assertFalse(self.service.factories["web"].listener.denyDest)
 
+    def test_badUpstreamEndpointRejected(self) -> None:
+        """
+        A reload to a tcp listener whose upstream is not a buildable client
+        endpoint (C{bogus:xx}) is rejected; the running configuration stays.
+        """
+        self.write(BASE + '\n[[listeners]]\nname = "relay"\nlisten = ["tcp:2222"]\nmode = "tcp"\n'
+                   'upstreams = ["bogus:xx"]\n')
+        self.assertFalse(self.service.reload())
+        self.assertEqual(self.service.reloadFailures, 1)
+        self.assertNotIn("relay", self.service.factories)
+
     def test_limitsAndPolicyChange(self) -> None:
         """
         Changed limits and policy apply to the running factory (its open

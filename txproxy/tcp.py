@@ -64,6 +64,21 @@ _OPEN, _HELLO, _CONNECTING, _RELAYING, _CLOSED = range(5)
 #: reading them again (for the loop guard).
 LOCAL_NETWORKS_TTL = 30.0
 
+def describeFailure(f: Failure) -> str:
+    """
+    One line for an unexpected exception: its type, message and where it
+    was raised (the innermost frame), for a log line that does not need a
+    traceback.
+    """
+    text = f"{f.type.__name__ if isinstance(f.type, type) else f.type}: {f.getErrorMessage()}"
+    text = " ".join(text.split())
+    frames = f.frames
+    if frames:
+        function, filename, line = frames[-1][:3]
+        text += f" (at {filename}:{line} in {function})"
+    return text
+
+
 def parseTCPDescription(description: str) -> Optional[Tuple[str, int, Optional[float]]]:
     """
     Read the host, port and optional timeout of a simple C{tcp:} client
@@ -118,7 +133,14 @@ class UpstreamProtocol(RelayedProtocol):
     def connectionMade(self) -> None:
         owner = self.owner
         if owner is not None:
-            owner._upstreamConnected(self)
+            try:
+                owner._upstreamConnected(self)
+            except Exception:
+                f = Failure()
+                self.owner = None
+                if owner.relay is None:
+                    self.transport.abortConnection()  # type: ignore[union-attr]
+                owner._internalError(f)
 
 
 def _connectTimedOut(result: Any, timeout: float) -> Any:
@@ -155,7 +177,10 @@ class _Dial(ClientFactory):
     def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
         if not self.failed:
             self.failed = True
-            self.owner._dialFailed(reason)
+            try:
+                self.owner._dialFailed(reason)
+            except Exception:
+                self.owner._internalError(Failure())
 
 
 @implementer(IHalfCloseableProtocol)
@@ -257,7 +282,7 @@ class _RelayingProtocol(Protocol):
                 d.addCallback(self._admitted)
                 d.addErrback(self._admissionFailed)
             return
-        self._begin()
+        self._guarded(self._begin)
 
     def _admitted(self, decision: Any) -> None:
         if self._state == _CLOSED:
@@ -269,7 +294,7 @@ class _RelayingProtocol(Protocol):
             self._refuse(status, f"limit: {decision.reason}")
             return
         self._lease = decision.lease
-        self._begin()
+        self._guarded(self._begin)
 
     def _admissionFailed(self, f: Failure) -> None:
         log.failure("limiter failed for {client}", f, client=self.client.host)
@@ -280,6 +305,44 @@ class _RelayingProtocol(Protocol):
         Decide where to go and start connecting (subclasses).
         """
         raise NotImplementedError()
+
+    def _guarded(self, step: Callable[..., Any], *args: Any) -> None:
+        """
+        Run one step on the way to relaying; an exception from it closes
+        the connection (L{_internalError}).
+        """
+        try:
+            step(*args)
+        except Exception:
+            self._internalError(Failure())
+
+    def _internalError(self, f: Failure) -> None:
+        """
+        An unexpected exception while choosing, resolving or dialling the
+        upstream (a hook's bad choice, an endpoint that cannot be built, no
+        descriptor left for a socket...): log one line, abandon any dial in
+        progress and close the client connection (recorded as C{500}).
+        """
+        client = getattr(self, "client", None)
+        log.error(
+            "{mode} {client}: closing the connection after an unexpected error: {error}",
+            mode=self.factory.mode,
+            client=client.host if client is not None else "?",
+            error=describeFailure(f),
+        )
+        if self._state == _CLOSED:
+            return
+        if self.relay is not None:
+            # Relaying had begun: the relay ends both sides.
+            self.transport.abortConnection()  # type: ignore[union-attr]
+            return
+        self._refuse(500, "internal error")
+        self._cancelDial()
+        for name in ("_dialBackend", "backend"):
+            backend = getattr(self, name)
+            if backend is not None:
+                setattr(self, name, None)
+                backend.connectionFinished()
 
     def dataReceived(self, data: bytes) -> None:
         # Before the relay: keep what the client sends (the relay replaces
@@ -331,7 +394,7 @@ class _RelayingProtocol(Protocol):
             from txproxy.router import endpointForBackend
 
             d = endpointForBackend(factory.connector, backend)
-            d.addCallbacks(self._dialEndpoint, self._dialFailed)
+            d.addCallbacks(self._dialEndpoint, self._dialFailed).addErrback(self._internalError)
 
     def _connectTarget(self, host: str, port: int) -> None:
         """
@@ -344,6 +407,7 @@ class _RelayingProtocol(Protocol):
             return
         d = self.factory.connector.resolve(host, port)
         d.addCallbacks(lambda addresses: self._dialAllowed(addresses, host, port), self._dialFailed)
+        d.addErrback(self._internalError)
 
     def _dialAllowed(self, addresses: List[str], host: str, port: int) -> None:
         """
@@ -404,7 +468,7 @@ class _RelayingProtocol(Protocol):
         if timeout:
             d.addTimeout(timeout, self.factory.clock, onTimeoutCancel=_connectTimedOut)
         self._dialing = d
-        d.addErrback(self._dialFailed)
+        d.addErrback(self._dialFailed).addErrback(self._internalError)
 
     def _cancelDial(self) -> None:
         dialing, self._dialing = self._dialing, None
@@ -645,14 +709,14 @@ class TCPProxyProtocol(_RelayingProtocol):
         if overrides(self, "chooseUpstream", TCPProxyProtocol):
             self._state = _CONNECTING
             d = defer.maybeDeferred(self.chooseUpstream, self.client)
-            d.addCallbacks(self._chosen, self._chooseFailed)
+            d.addCallbacks(self._chosen, self._chooseFailed).addErrback(self._internalError)
             return
         self._chosen(None)
 
     def _chooseFailed(self, f: Failure) -> None:
         if self._state == _CLOSED:
             return
-        log.failure("chooseUpstream failed for {client}", f, client=self.client.host)
+        log.error("chooseUpstream failed for {client}: {error}", client=self.client.host, error=describeFailure(f))
         self._refuse(502, "chooseUpstream failed")
 
     def _chosen(self, choice: Any) -> None:
