@@ -96,6 +96,17 @@ class ReloadTests(SynchronousTestCase):
         self.assertEqual(self.service.reloadFailures, 1)
         self.assertNotIn("relay", self.service.factories)
 
+    def test_headerInjectionRejected(self) -> None:
+        """
+        A reload whose route sets a C{host_rewrite} with a CR LF in it is
+        rejected; the running routes stay.
+        """
+        self.write(BASE.replace('host = "a.test"\n', 'host = "a.test"\nhost_rewrite = "a\\r\\nX-Injected: yes"\n'))
+        self.assertFalse(self.service.reload())
+        self.assertEqual(self.service.reloadFailures, 1)
+        route = self.service.router.routeFor("web", "a.test", "/")
+        self.assertIsNone(route.config.hostRewrite)
+
     def test_limitsAndPolicyChange(self) -> None:
         """
         Changed limits and policy apply to the running factory (its open
