@@ -13,6 +13,8 @@ from typing import Any, List
 
 from twisted.internet import defer, error
 from twisted.internet.task import Clock
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -366,6 +368,100 @@ class ConnectErrorTests(ForwardTestCase):
         self.assertRefused(403, b"CONNECT example.test:22 HTTP/1.1\r\nHost: x\r\n\r\n")
         (record,) = self.log.records
         self.assertEqual(record.status, 403)
+
+
+LOCAL_PEERS = [
+    "127.0.0.1", "127.9.9.9", "::1", "10.1.2.3", "172.16.0.1", "172.31.255.254", "192.168.1.1",
+    "100.64.0.1", "100.127.255.254", "169.254.1.1", "fc00::1", "fd12:3456::1", "fe80::1",
+    "::ffff:10.0.0.1", "::ffff:127.0.0.1",
+]
+PUBLIC_PEERS = [
+    "203.0.113.7", "8.8.8.8", "172.32.0.1", "100.128.0.1", "192.169.0.1", "2001:db8::1", "::ffff:8.8.8.8",
+]
+
+
+class LocalnetDefaultTests(ForwardTestCase):
+    """
+    A forward listener given no --allow serves only loopback and private
+    networks (it is not an open proxy); --allow lifts that, --deny alone
+    does not.
+    """
+
+    def served(self, factory: Any, peer: str) -> bool:
+        attempts = len(self.connector.attempts)
+        proto, client = self.open(factory, (peer, 40000))
+        proto.dataReceived(CONNECT)
+        if len(self.connector.attempts) > attempts:
+            return True
+        self.assertEqual(_status(client.value()), 403, peer)
+        return False
+
+    def test_defaultServesOnlyLocalnet(self) -> None:
+        """
+        Without --allow, loopback, RFC 1918, shared (100.64/10), link-local
+        and IPv6 unique-local/link-local clients (also IPv4-mapped) are
+        served; every other client gets 403, for CONNECT and absolute-URI
+        requests alike.
+        """
+        factory = self.factory()
+        for peer in LOCAL_PEERS:
+            self.assertTrue(self.served(factory, peer), peer)
+        for peer in PUBLIC_PEERS:
+            self.assertFalse(self.served(factory, peer), peer)
+        proto, client = self.open(factory, ("203.0.113.7", 1))
+        proto.dataReceived(b"GET http://example.test/ HTTP/1.1\r\nHost: example.test\r\n\r\n")
+        self.assertEqual(_status(client.value()), 403)
+        self.assertEqual(self.log.records[-1].reason, "client not allowed")
+
+    def test_denyAloneKeepsTheDefault(self) -> None:
+        """
+        A --deny without --allow narrows the local default; it does not
+        open the proxy to everyone else.
+        """
+        factory = self.factory(deny="10.0.0.0/8")
+        self.assertFalse(self.served(factory, "203.0.113.7"))
+        self.assertFalse(self.served(factory, "10.1.2.3"))
+        self.assertTrue(self.served(factory, "192.168.1.1"))
+
+    def test_allowOpensIt(self) -> None:
+        """
+        --allow 0.0.0.0/0 serves every IPv4 client (--allow ::/0 every IPv6
+        one); any --allow replaces the default.
+        """
+        factory = self.factory(allow=["0.0.0.0/0", "::/0"])
+        for peer in PUBLIC_PEERS + LOCAL_PEERS:
+            self.assertTrue(self.served(factory, peer), peer)
+        factory = self.factory(allow="203.0.113.0/24")
+        self.assertTrue(self.served(factory, "203.0.113.7"))
+        self.assertFalse(self.served(factory, "10.1.2.3"))
+
+    def test_unixSocketClientsServed(self) -> None:
+        """
+        A client on a UNIX socket (named by a path, not an address) is on
+        this host, and is served by default.
+        """
+        factory = self.factory()
+        self.assertTrue(factory.clientAllowed("/run/txproxy.sock"))
+        self.assertTrue(factory.clientAllowed("unix"))
+
+    def test_startupLineOnce(self) -> None:
+        """
+        Starting a forward listener with no --allow logs one line saying
+        so, once however many ports it listens on; with --allow, nothing.
+        """
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        factory = self.factory()
+        factory.doStart()
+        factory.doStart()
+        self.addCleanup(factory.doStop)
+        self.addCleanup(factory.doStop)
+        lines = [e for e in events if "no --allow given" in e.get("log_format", "")]
+        self.assertEqual(len(lines), 1)
+        self.assertEqual(lines[0]["name"], factory.listener.name)
+        open_ = self.factory(allow="0.0.0.0/0")
+        open_.doStart()
+        self.addCleanup(open_.doStop)
+        self.assertEqual(len([e for e in events if "no --allow given" in e.get("log_format", "")]), 1)
 
 
 class AuthTests(ForwardTestCase):

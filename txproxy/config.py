@@ -38,6 +38,7 @@ __all__ = [
     "ListenerConfig",
     "ProxyConfig",
     "MODES",
+    "LOCALNET",
     "parseRate",
     "parsePorts",
     "parseCIDRs",
@@ -211,6 +212,25 @@ def parseCIDRs(values: Iterable[str], option: str = "CIDR") -> CIDRSet:
         except ValueError:
             raise ConfigError(f"bad {option} {value!r}: not an IP address or network")
     return CIDRSet(tuple(nets))
+
+
+#: The clients a C{forward} listener given no C{--allow} serves: loopback
+#: and private networks (Squid's C{localnet}: RFC 1918, RFC 6598 shared
+#: address space, link-local, IPv6 unique-local and link-local).
+#: IPv4-mapped IPv6 forms are checked as IPv4 (see L{CIDRSet}).
+LOCALNET = parseCIDRs(
+    [
+        "127.0.0.0/8",
+        "::1",
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "100.64.0.0/10",
+        "169.254.0.0/16",
+        "fc00::/7",
+        "fe80::/10",
+    ]
+)
 
 
 @attr.s(frozen=True, slots=True, auto_attribs=True)

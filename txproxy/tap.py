@@ -31,7 +31,7 @@ _LISTENER_HELP = {
     "trusted-proxies": "CIDR whose X-Forwarded-For/Forwarded headers are kept; repeatable.",
     "connect-ports": "Ports a CONNECT may reach: 443,8443,9000-9100 or * (default 443).",
     "auth": "htpasswd file (bcrypt or {SHA}); require Proxy-Authorization: Basic.",
-    "allow": "Client CIDR allowed (repeatable; with any --allow, others are denied).",
+    "allow": "Client CIDR allowed (repeatable; with any --allow, others are denied; forward mode without it: loopback and private networks only).",
     "deny": "Client CIDR denied (repeatable; wins over --allow).",
     "deny-dest": "Destination CIDR the proxy refuses to reach, checked on resolved addresses; repeatable.",
     "rate": "Per-client token bucket rate: N/s, N/m or N/h (fractions allowed).",
