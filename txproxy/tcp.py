@@ -21,8 +21,10 @@ borrows HTTP's codes so that one log format serves every mode: C{200}
 relayed; C{400} transparent connection with no original destination; C{403}
 client denied by C{--allow}/C{--deny}, a loop to the proxy's own listener
 or a destination in C{--deny-dest} (transparent mode);
-C{499} the client left before the upstream was reached; C{502} upstream
-refused or unreachable; C{503} no healthy backend; C{504} connect timeout.
+C{499} the client left before the upstream was reached; C{500} an
+unexpected error while choosing or dialling the upstream (logged in one
+line); C{502} upstream refused or unreachable; C{503} no healthy backend;
+C{504} connect timeout.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ _OPEN, _HELLO, _CONNECTING, _RELAYING, _CLOSED = range(5)
 #: Seconds L{TransparentFactory} keeps the host's local networks before
 #: reading them again (for the loop guard).
 LOCAL_NETWORKS_TTL = 30.0
+
 
 def describeFailure(f: Failure) -> str:
     """
