@@ -370,3 +370,152 @@ class TOMLTests(SynchronousTestCase):
         e = self.assertRaises(ConfigError, loadFile, path)
         self.assertIn("invalid TOML", str(e))
         self.assertNotIn("\n", str(e))
+
+
+class MaxHeadersTests(SynchronousTestCase):
+    def test_flagAndFile(self) -> None:
+        """
+        --max-headers (flag) and max_headers (per listener in the file) set
+        ListenerConfig.maxHeaders; the default is 256.
+        """
+        self.assertEqual(fromFlags([], []).listeners[0].maxHeaders, 256)
+        self.assertEqual(fromFlags([], [("max-headers", "32")]).listeners[0].maxHeaders, 32)
+        c = fromTOML({"listeners": [{"listen": ["tcp:1"], "max_headers": 7}]})
+        self.assertEqual(c.listeners[0].maxHeaders, 7)
+
+    def test_badValues(self) -> None:
+        """
+        --max-headers takes a whole number of at least 1.
+        """
+        for bad in ["0", "-3", "many", "1.5"]:
+            e = self.assertRaises(ConfigError, fromFlags, [], [("max-headers", bad)])
+            self.assertIn("--max-headers", str(e))
+
+
+class DenyDestTests(SynchronousTestCase):
+    def test_unspecifiedCountsAsLoopback(self) -> None:
+        """
+        For --deny-dest, 0.0.0.0, :: and ::ffff:0.0.0.0 (and a zone-indexed
+        ::) are in a set that holds a loopback address (127.0.0.1 or ::1),
+        whichever family it names; other addresses are plain members.
+        """
+        both = config.parseCIDRs(["127.0.0.0/8", "::1"])
+        v4 = config.parseCIDRs(["127.0.0.0/8"])
+        v6 = config.parseCIDRs(["::1"])
+        for s in (both, v4, v6):
+            for address in ["0.0.0.0", "::", "::ffff:0.0.0.0", "0:0:0:0:0:0:0:0", "::%lo"]:
+                self.assertTrue(s.deniesDestination(address), (str(s), address))
+        self.assertTrue(both.deniesDestination("127.0.0.2"))
+        self.assertTrue(both.deniesDestination("::ffff:127.0.0.1"))
+        self.assertFalse(both.deniesDestination("192.0.2.1"))
+        self.assertFalse(both.deniesDestination("not an address"))
+        other = config.parseCIDRs(["10.0.0.0/8"])
+        self.assertFalse(other.deniesDestination("0.0.0.0"))
+        self.assertFalse(other.deniesDestination("::"))
+        self.assertFalse(config.CIDRSet().deniesDestination("0.0.0.0"))
+
+    def test_onlyForForwardAndTransparent(self) -> None:
+        """
+        --deny-dest in tcp, sni or reverse mode (flags or a listener of the
+        file) is a one-line error naming the option and the mode; forward
+        and transparent take it.
+        """
+        cases = [
+            [("mode", "tcp"), ("upstream", "tcp:192.0.2.1:22")],
+            [("mode", "sni"), ("route", "a.test=tcp://192.0.2.1:443")],
+            [("mode", "reverse"), ("route", "a.test=http://192.0.2.1:80")],
+        ]
+        for options in cases:
+            e = self.assertRaises(ConfigError, fromFlags, [], options + [("deny-dest", "10.0.0.0/8")])
+            self.assertIn("--deny-dest is only for modes forward and transparent", str(e))
+            self.assertIn(f"mode is {options[0][1]}", str(e))
+            self.assertNotIn("\n", str(e))
+        for mode in ("forward", "transparent"):
+            listener = fromFlags([], [("mode", mode), ("deny-dest", "10.0.0.0/8")]).listeners[0]
+            self.assertIn("10.1.1.1", listener.denyDest)
+        e = self.assertRaises(
+            ConfigError,
+            fromTOML,
+            {"listeners": [{"listen": ["tcp:1"], "mode": "tcp", "upstreams": ["tcp:192.0.2.1:22"],
+                            "deny_dest": ["127.0.0.0/8"]}]},
+        )
+        self.assertIn("listeners[0]: --deny-dest is only for modes forward and transparent", str(e))
+
+
+def _reverse(route: Any) -> Any:
+    return {"listeners": [{"listen": ["tcp:1"], "mode": "reverse", "routes": [route]}]}
+
+
+class WireValueTests(SynchronousTestCase):
+    """
+    Configured strings that become part of a request line or a header
+    field are checked at load: a CR LF or a space can never inject a field
+    or split a request upstream.
+    """
+
+    ROUTE = {"host": "a.test", "upstreams": ["http://192.0.2.1:80"]}
+
+    def assertRejected(self, route: Any, field: str) -> str:
+        e = self.assertRaises(ConfigError, fromTOML, _reverse(dict(self.ROUTE, **route)))
+        self.assertIn(f"listeners[0].routes[0].{field}", str(e))
+        self.assertNotIn("\n", str(e))
+        self.assertNotIn("\r", str(e))
+        return str(e)
+
+    def test_hostRewrite(self) -> None:
+        """
+        C{host_rewrite} must be a Host value: a host name or IP address,
+        an optional port, IPv6 in brackets.
+        """
+        for bad in ["a\r\nX-Injected: yes", "a b", "a.test\n", "a.test:http", "a.test:0", "2001:db8::1", "a..b", "x/y"]:
+            message = self.assertRejected({"host_rewrite": bad}, "host_rewrite")
+            self.assertIn("not a Host value", message)
+        for good in ["a.test", "A.Test:8080", "192.0.2.1", "[2001:db8::1]:443", "bücher.example"]:
+            c = fromTOML(_reverse(dict(self.ROUTE, host_rewrite=good)))
+            self.assertEqual(c.listeners[0].routes[0].hostRewrite, good)
+
+    def test_healthCheckPath(self) -> None:
+        """
+        C{health_check.path} must be a URI path (a query allowed), every
+        other byte percent-encoded.
+        """
+        for bad in ["/health\r\nX-Injected: yes", "/a b", "/\x00", "/caf\u00e9", "/%zz", "health"]:
+            self.assertRejected({"health_check": {"type": "http", "path": bad}}, "health_check.path")
+        for good in ["/", "/healthz", "/status?full=1&x=%20y", "/a;b=c/d@e"]:
+            c = fromTOML(_reverse(dict(self.ROUTE, health_check={"type": "http", "path": good})))
+            hc = c.listeners[0].routes[0].healthCheck
+            assert hc is not None
+            self.assertEqual(hc.path, good)
+
+    def test_routePrefix(self) -> None:
+        """
+        A route's path prefix (file and flag) is a URI path without query.
+        """
+        for bad in ["/a b", "/a\r\nX: y", "/a?b", "/a#b"]:
+            self.assertRejected({"prefix": bad}, "prefix")
+            e = self.assertRaises(ConfigError, config.parseRoute, f"a.test{bad}=http://192.0.2.1:80")
+            self.assertIn("path prefix", str(e))
+        self.assertEqual(config.parseRoute("a.test/api/v1=http://192.0.2.1").prefix, "/api/v1")
+
+    def test_upstreamURLHost(self) -> None:
+        """
+        An upstream URL's host (the Host of health checks, of requests that
+        named none, and the TLS server name) is a host name or an IP
+        address.
+        """
+        for bad in ["http://a\r\nX-Injected: yes:80", "http://a b:80", "https://a\tb", "http://[not-v6]:80",
+                    "http://a..b:80"]:
+            e = self.assertRaises(ConfigError, config.parseUpstreamURL, bad)
+            self.assertIn("bad upstream URL", str(e))
+            self.assertNotIn("\n", str(e))
+            self.assertRejected({"upstreams": [bad]}, "upstreams[0]")
+        self.assertEqual(config.parseUpstreamURL("http://Backend_1.test:8080").host, "backend_1.test")
+        self.assertEqual(config.parseUpstreamURL("https://[2001:db8::1]").host, "2001:db8::1")
+
+    def test_routeHost(self) -> None:
+        """
+        A route's host pattern holds no control characters or spaces.
+        """
+        for bad in ["a\r\nb", "a\tb", "*.a\x00"]:
+            e = self.assertRaises(ConfigError, fromTOML, _reverse(dict(self.ROUTE, host=bad)))
+            self.assertIn("is not a host name", str(e))

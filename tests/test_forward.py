@@ -13,6 +13,8 @@ from typing import Any, List
 
 from twisted.internet import defer, error
 from twisted.internet.task import Clock
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -197,6 +199,32 @@ class ConnectErrorTests(ForwardTestCase):
         )
         self.assertEqual(self.connector.attempts, [])
 
+    def test_unspecifiedAddressCountsAsLoopback(self) -> None:
+        """
+        With loopback in --deny-dest, the unspecified addresses (0.0.0.0,
+        ::, ::ffff:0.0.0.0, and names such as C{0} that resolve to them)
+        are refused with 403 and never dialled: a connection to them
+        reaches this host.
+        """
+        self.connector.hosts["0"] = ["0.0.0.0"]
+        self.connector.hosts["zero.test"] = ["::"]
+        for target in [b"0.0.0.0:8080", b"[::]:8080", b"[::ffff:0.0.0.0]:8080", b"0:8080", b"zero.test:8080"]:
+            self.assertRefused(
+                403,
+                b"CONNECT " + target + b" HTTP/1.1\r\nHost: " + target + b"\r\n\r\n",
+                self.factory(deny_dest=["127.0.0.0/8", "::1"], connect_ports="*"),
+            )
+        self.assertEqual(self.connector.attempts, [])
+
+    def test_unspecifiedAddressAllowedWithoutLoopbackDenied(self) -> None:
+        """
+        When --deny-dest names no loopback address, the unspecified address
+        is not refused by it.
+        """
+        proto, client = self.open(self.factory(deny_dest="10.0.0.0/8", connect_ports="*"))
+        proto.dataReceived(b"CONNECT 0.0.0.0:8080 HTTP/1.1\r\nHost: 0.0.0.0:8080\r\n\r\n")
+        self.assertEqual(self.connector.last.host, "0.0.0.0")
+
     def test_denyDestSkipsDeniedAddresses(self) -> None:
         """
         Denied addresses are skipped; an allowed one of the same name is
@@ -261,6 +289,35 @@ class ConnectErrorTests(ForwardTestCase):
         proto.dataReceived(b"CONNECT example.test:443 HTTP/1.1\r\nX: " + b"a" * 1100 + b"\r\n\r\n")
         self.assertEqual(_status(client.value()), 431)
 
+    def _connectWithFields(self, factory: Any, count: int) -> Any:
+        fields = b"Host: example.test:443\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(count - 1))
+        proto, client = self.open(factory)
+        proto.dataReceived(b"CONNECT example.test:443 HTTP/1.1\r\n" + fields + b"\r\n")
+        return client
+
+    def test_maxHeadersBoundary(self) -> None:
+        """
+        --max-headers N: a head with N header fields is served, one with
+        N + 1 gets 431 and the connection is closed.
+        """
+        client = self._connectWithFields(self.factory(max_headers="5"), 5)
+        self.assertEqual(client.value(), b"")
+        self.assertEqual(self.connector.last.host, "192.0.2.10")
+        client = self._connectWithFields(self.factory(max_headers="5"), 6)
+        self.assertEqual(_status(client.value()), 431)
+        self.assertTrue(client.writeClosed or client.closed)
+
+    def test_maxHeadersDefault(self) -> None:
+        """
+        Without --max-headers the limit is 256 fields.
+        """
+        attempts = len(self.connector.attempts)
+        client = self._connectWithFields(self.factory(), 256)
+        self.assertEqual(client.value(), b"")
+        self.assertEqual(len(self.connector.attempts), attempts + 1)
+        client = self._connectWithFields(self.factory(), 257)
+        self.assertEqual(_status(client.value()), 431)
+
     def test_headTimeout(self) -> None:
         """
         A head not complete within --header-timeout gets 408 and the
@@ -311,6 +368,100 @@ class ConnectErrorTests(ForwardTestCase):
         self.assertRefused(403, b"CONNECT example.test:22 HTTP/1.1\r\nHost: x\r\n\r\n")
         (record,) = self.log.records
         self.assertEqual(record.status, 403)
+
+
+LOCAL_PEERS = [
+    "127.0.0.1", "127.9.9.9", "::1", "10.1.2.3", "172.16.0.1", "172.31.255.254", "192.168.1.1",
+    "100.64.0.1", "100.127.255.254", "169.254.1.1", "fc00::1", "fd12:3456::1", "fe80::1",
+    "::ffff:10.0.0.1", "::ffff:127.0.0.1",
+]
+PUBLIC_PEERS = [
+    "203.0.113.7", "8.8.8.8", "172.32.0.1", "100.128.0.1", "192.169.0.1", "2001:db8::1", "::ffff:8.8.8.8",
+]
+
+
+class LocalnetDefaultTests(ForwardTestCase):
+    """
+    A forward listener given no --allow serves only loopback and private
+    networks (it is not an open proxy); --allow lifts that, --deny alone
+    does not.
+    """
+
+    def served(self, factory: Any, peer: str) -> bool:
+        attempts = len(self.connector.attempts)
+        proto, client = self.open(factory, (peer, 40000))
+        proto.dataReceived(CONNECT)
+        if len(self.connector.attempts) > attempts:
+            return True
+        self.assertEqual(_status(client.value()), 403, peer)
+        return False
+
+    def test_defaultServesOnlyLocalnet(self) -> None:
+        """
+        Without --allow, loopback, RFC 1918, shared (100.64/10), link-local
+        and IPv6 unique-local/link-local clients (also IPv4-mapped) are
+        served; every other client gets 403, for CONNECT and absolute-URI
+        requests alike.
+        """
+        factory = self.factory()
+        for peer in LOCAL_PEERS:
+            self.assertTrue(self.served(factory, peer), peer)
+        for peer in PUBLIC_PEERS:
+            self.assertFalse(self.served(factory, peer), peer)
+        proto, client = self.open(factory, ("203.0.113.7", 1))
+        proto.dataReceived(b"GET http://example.test/ HTTP/1.1\r\nHost: example.test\r\n\r\n")
+        self.assertEqual(_status(client.value()), 403)
+        self.assertEqual(self.log.records[-1].reason, "client not allowed")
+
+    def test_denyAloneKeepsTheDefault(self) -> None:
+        """
+        A --deny without --allow narrows the local default; it does not
+        open the proxy to everyone else.
+        """
+        factory = self.factory(deny="10.0.0.0/8")
+        self.assertFalse(self.served(factory, "203.0.113.7"))
+        self.assertFalse(self.served(factory, "10.1.2.3"))
+        self.assertTrue(self.served(factory, "192.168.1.1"))
+
+    def test_allowOpensIt(self) -> None:
+        """
+        --allow 0.0.0.0/0 serves every IPv4 client (--allow ::/0 every IPv6
+        one); any --allow replaces the default.
+        """
+        factory = self.factory(allow=["0.0.0.0/0", "::/0"])
+        for peer in PUBLIC_PEERS + LOCAL_PEERS:
+            self.assertTrue(self.served(factory, peer), peer)
+        factory = self.factory(allow="203.0.113.0/24")
+        self.assertTrue(self.served(factory, "203.0.113.7"))
+        self.assertFalse(self.served(factory, "10.1.2.3"))
+
+    def test_unixSocketClientsServed(self) -> None:
+        """
+        A client on a UNIX socket (named by a path, not an address) is on
+        this host, and is served by default.
+        """
+        factory = self.factory()
+        self.assertTrue(factory.clientAllowed("/run/txproxy.sock"))
+        self.assertTrue(factory.clientAllowed("unix"))
+
+    def test_startupLineOnce(self) -> None:
+        """
+        Starting a forward listener with no --allow logs one line saying
+        so, once however many ports it listens on; with --allow, nothing.
+        """
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        factory = self.factory()
+        factory.doStart()
+        factory.doStart()
+        self.addCleanup(factory.doStop)
+        self.addCleanup(factory.doStop)
+        lines = [e for e in events if "no --allow given" in e.get("log_format", "")]
+        self.assertEqual(len(lines), 1)
+        self.assertEqual(lines[0]["name"], factory.listener.name)
+        open_ = self.factory(allow="0.0.0.0/0")
+        open_.doStart()
+        self.addCleanup(open_.doStop)
+        self.assertEqual(len([e for e in events if "no --allow given" in e.get("log_format", "")]), 1)
 
 
 class AuthTests(ForwardTestCase):
@@ -1119,7 +1270,7 @@ class ForwardingHeaderTests(ForwardTestCase):
         """
         An IPv6 client address is bracketed and quoted in C{Forwarded}.
         """
-        sent = self.sent(("2001:db8::5", 1), x_forwarded_for="on", trusted_proxies=["2001:db8::/32"])
+        sent = self.sent(("2001:db8::5", 1), x_forwarded_for="on", trusted_proxies=["2001:db8::/32"], allow=["::/0"])
         self.assertIn(b'Forwarded: for=6.6.6.6;host=evil.test, for="[2001:db8::5]"\r\n', sent)
         self.assertIn(b"X-Forwarded-For: 6.6.6.6, 2001:db8::5\r\n", sent)
 

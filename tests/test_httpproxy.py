@@ -430,6 +430,19 @@ class ErrorTests(ProxyTestCase):
         proto.dataReceived(GET)
         self.assertStatus(client, 403)
 
+    def test_deniedUnspecifiedDestination(self) -> None:
+        """
+        With loopback in --deny-dest, C{GET http://0:P/} (C{0} resolves to
+        0.0.0.0, which reaches this host) and C{GET http://[::]:P/} are 403,
+        nothing dialled.
+        """
+        self.connector.hosts["0"] = ["0.0.0.0"]
+        for uri in [b"http://0:8080/", b"http://0.0.0.0:8080/", b"http://[::]:8080/"]:
+            proto, client = self.open(self.factory(deny_dest=["127.0.0.0/8", "::1"]))
+            proto.dataReceived(b"GET " + uri + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+            self.assertStatus(client, 403)
+        self.assertEqual(self.connector.attempts, [])
+
     def test_idleKeepAliveClosed(self) -> None:
         """
         A keep-alive connection with no new request is closed quietly after

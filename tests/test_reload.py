@@ -75,6 +75,38 @@ class ReloadTests(SynchronousTestCase):
         self.assertEqual(self.service.reloadFailures, 1)
         self.assertEqual(self.service.factories["fwd"].listener.rate.perSecond, 10)
 
+    def test_denyDestInReverseModeRejected(self) -> None:
+        """
+        A reload that gives a reverse listener --deny-dest is rejected (the
+        option means nothing there); the running configuration stays.
+        """
+        self.write(BASE.replace('mode = "reverse"', 'mode = "reverse"\ndeny_dest = ["127.0.0.0/8"]'))
+        self.assertFalse(self.service.reload())
+        self.assertEqual(self.service.reloadFailures, 1)
+        self.assertFalse(self.service.factories["web"].listener.denyDest)
+
+    def test_badUpstreamEndpointRejected(self) -> None:
+        """
+        A reload to a tcp listener whose upstream is not a buildable client
+        endpoint (C{bogus:xx}) is rejected; the running configuration stays.
+        """
+        self.write(BASE + '\n[[listeners]]\nname = "relay"\nlisten = ["tcp:2222"]\nmode = "tcp"\n'
+                   'upstreams = ["bogus:xx"]\n')
+        self.assertFalse(self.service.reload())
+        self.assertEqual(self.service.reloadFailures, 1)
+        self.assertNotIn("relay", self.service.factories)
+
+    def test_headerInjectionRejected(self) -> None:
+        """
+        A reload whose route sets a C{host_rewrite} with a CR LF in it is
+        rejected; the running routes stay.
+        """
+        self.write(BASE.replace('host = "a.test"\n', 'host = "a.test"\nhost_rewrite = "a\\r\\nX-Injected: yes"\n'))
+        self.assertFalse(self.service.reload())
+        self.assertEqual(self.service.reloadFailures, 1)
+        route = self.service.router.routeFor("web", "a.test", "/")
+        self.assertIsNone(route.config.hostRewrite)
+
     def test_limitsAndPolicyChange(self) -> None:
         """
         Changed limits and policy apply to the running factory (its open

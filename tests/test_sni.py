@@ -11,6 +11,8 @@ from typing import Any, List, Tuple
 
 from twisted.internet import defer
 from twisted.internet.task import Clock
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.test_clienthello import FIXTURES, helloBody, helloRecord, sniExtension
@@ -347,6 +349,41 @@ class SNIRefusalTests(SNITestCase):
 
 
 class SNIHookTests(SNITestCase):
+    def test_badChoiceClosesWithOneLine(self) -> None:
+        """
+        A C{chooseUpstream} naming an endpoint Twisted cannot build
+        (C{bogus:xx}) closes the client connection, records it as C{500}
+        and logs one line (no traceback); so does an exception while
+        routing the ClientHello.
+        """
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+
+        class Bogus(SNIRouterProtocol):
+            def chooseUpstream(self, client: ClientInfo, hello: ClientHello) -> Any:
+                return "bogus:xx"
+
+        proto, client = self.open(self.factory(protocol=Bogus))
+        proto.dataReceived(HELLO_A)
+        self.assertTrue(client.closed)
+        self.assertEqual(self.log.records[-1].status, 500)
+
+        factory = self.factory()
+
+        class BrokenTable:
+            def match(self, name: str) -> Any:
+                raise KeyError(name)
+
+        factory.router.tableFor = lambda name: BrokenTable()  # type: ignore[method-assign]
+        proto, client = self.open(factory)
+        proto.dataReceived(HELLO_A)
+        self.assertTrue(client.closed)
+        self.assertEqual(self.log.records[-1].status, 500)
+        lines = [e for e in events if e.get("log_namespace") == "txproxy.tcp"]
+        self.assertEqual(len(lines), 2, lines)
+        self.assertIn("Unknown endpoint type", lines[0]["error"])
+        self.assertIn("KeyError", lines[1]["error"])
+        self.assertFalse([e for e in events if "log_failure" in e])
+
     def test_chooseUpstream(self) -> None:
         """
         C{chooseUpstream} sees the client and the parsed ClientHello (and

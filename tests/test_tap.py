@@ -81,9 +81,41 @@ class OptionsTests(SynchronousTestCase):
         for name in ["listen", "mode", "upstream", "route", "certs", "proxy-protocol-send", "trusted-proxies",
                      "config", "connect-ports", "auth", "allow", "deny", "deny-dest", "rate", "burst",
                      "max-conns", "max-conns-per-client", "redis", "connect-timeout", "response-timeout",
-                     "idle-timeout", "header-timeout", "max-head-size", "admin", "access-log",
+                     "idle-timeout", "header-timeout", "max-head-size", "max-headers", "admin", "access-log",
                      "access-log-format", "workers", "drain-timeout"]:
             self.assertIn(f"--{name}", text)
+
+
+class UpstreamEndpointTests(SynchronousTestCase):
+    def test_badUpstreamEndpointRejected(self) -> None:
+        """
+        A tcp-mode --upstream that is not a client endpoint Twisted can
+        build (unknown type, missing or bad port) is a one-line start-up
+        error naming it.
+        """
+        for bad, detail in [
+            ("bogus:xx", "Unknown endpoint type"),
+            ("tcp:192.0.2.1", "port"),
+            ("tcp:192.0.2.1:ssh", "ssh"),
+            ("tcp:192.0.2.1:99999", "port out of range"),
+            ("tcp:192.0.2.1:22:bogus=1", "bogus"),
+        ]:
+            e = self.assertRaises(
+                ConfigError, tap.parseCommandLine, ["--mode", "tcp", "--upstream", "tcp:192.0.2.9:22", "--upstream", bad]
+            )
+            self.assertIn(f"bad --upstream endpoint {bad!r}", str(e))
+            self.assertIn(detail, str(e))
+            self.assertNotIn("\n", str(e))
+
+    def test_goodUpstreamEndpointsAccepted(self) -> None:
+        """
+        Plain, keyword and UNIX endpoint descriptions pass.
+        """
+        config = tap.parseCommandLine(
+            ["--mode", "tcp", "--upstream", "tcp:192.0.2.9:22", "--upstream", "tcp:host=db.test:port=5432",
+             "--upstream", "unix:/run/app.sock"]
+        )
+        self.assertEqual(len(config.listeners[0].upstreams), 3)
 
 
 class ServiceTests(SynchronousTestCase):

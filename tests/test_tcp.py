@@ -10,7 +10,8 @@ from typing import Any, List, Optional, Tuple
 
 from twisted.internet import defer, error
 from twisted.internet.task import Clock
-from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock, StringTransport
+from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -518,9 +519,12 @@ class HookTests(TCPTestCase):
             def chooseUpstream(self, client: ClientInfo) -> Any:
                 raise RuntimeError("no")
 
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
         proto, client = self.open(self.factory(protocol=Broken))
         self.assertTrue(client.closed)
-        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        (event,) = [e for e in events if e.get("log_namespace") == "txproxy.tcp"]
+        self.assertIn("RuntimeError: no", event["error"])
+        self.assertNotIn("log_failure", event)
 
     def test_dataFilters(self) -> None:
         """
@@ -583,6 +587,118 @@ class HookTests(TCPTestCase):
         )
 
 
+class ConnectionPathErrorTests(TCPTestCase):
+    """
+    An exception anywhere on the way to relaying (a hook's bad choice, an
+    endpoint that cannot be built, a failing hook called while dialling)
+    closes that client connection, records it, and logs exactly one line.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+
+    def assertClosedWithOneLine(self, client: FakeTransport, needle: str, status: int = 500) -> None:
+        self.assertTrue(client.closed)
+        self.assertEqual(self.log.records[-1].status, status)
+        lines = [e for e in self.events if e.get("log_namespace") == "txproxy.tcp" and e.get("log_level").name != "debug"]
+        self.assertEqual(len(lines), 1, lines)
+        self.assertIn(needle, lines[0]["error"])
+        self.assertNotIn("log_failure", lines[0])
+        self.assertNotIn("\n", lines[0]["error"])
+
+    def test_hookChoosesBadDescription(self) -> None:
+        """
+        A C{chooseUpstream} that names an endpoint type Twisted does not
+        know (C{bogus:xx}) closes the connection (it used to stay open,
+        paused, for ever).
+        """
+
+        class Bogus(TCPProxyProtocol):
+            def chooseUpstream(self, client: ClientInfo) -> Any:
+                return "bogus:xx"
+
+        proto, client = self.open(self.factory(protocol=Bogus))
+        self.assertClosedWithOneLine(client, "Unknown endpoint type")
+
+    def test_hookChoosesBadDescriptionLater(self) -> None:
+        """
+        The same when the choice arrives through a Deferred.
+        """
+        later: defer.Deferred[Any] = defer.Deferred()
+
+        class Later(TCPProxyProtocol):
+            def chooseUpstream(self, client: ClientInfo) -> Any:
+                return later
+
+        proto, client = self.open(self.factory(protocol=Later))
+        self.assertFalse(client.closed)
+        later.callback("bogus:xx")
+        self.assertClosedWithOneLine(client, "Unknown endpoint type")
+
+    def test_transparentHookChoosesBadDescription(self) -> None:
+        """
+        In transparent mode too.
+        """
+
+        class Bogus(TCPProxyProtocol):
+            def chooseUpstream(self, client: ClientInfo) -> Any:
+                return "bogus:xx"
+
+        factory = self.factory(TransparentFactory, protocol=Bogus, mode="transparent")
+        factory.originalDestination = lambda transport: ("203.0.113.5", 80)
+        factory.localAddresses = lambda: ["192.0.2.1"]
+        proto, client = self.open(factory)
+        self.assertClosedWithOneLine(client, "Unknown endpoint type")
+
+    def test_poolEndpointRaises(self) -> None:
+        """
+        A pool member whose endpoint cannot be built closes the connection
+        and gives the backend's connection count back.
+        """
+
+        class Raising(FakeConnector):
+            def endpointForDescription(self, description: str) -> Any:
+                raise ValueError("cannot build " + description)
+
+        self.connector = Raising()
+        factory = self.factory(upstream="unix:/nonexistent")
+        proto, client = self.open(factory)
+        self.assertClosedWithOneLine(client, "ValueError: cannot build unix:/nonexistent")
+        (backend,) = factory.router.poolFor(factory.listener.name).backends
+        self.assertEqual(backend.activeConnections, 0)
+
+    def test_upstreamFailedHookRaises(self) -> None:
+        """
+        An exception from the C{upstreamFailed} hook, called while the
+        dial is failing, still closes the client.
+        """
+
+        class Broken(TCPProxyProtocol):
+            def upstreamFailed(self, reason: Failure) -> None:
+                raise RuntimeError("hook broke")
+
+        proto, client = self.open(self.factory(protocol=Broken, upstream=UP1))
+        self.connector.last.fail()
+        self.assertTrue(client.closed)
+        self.assertClosedWithOneLine(client, "RuntimeError: hook broke")
+
+    def test_relayOpenedRaises(self) -> None:
+        """
+        An exception from C{relayOpened} closes the client and the upstream
+        connection.
+        """
+
+        class Broken(TCPProxyProtocol):
+            def relayOpened(self, upstreamAddress: str) -> None:
+                raise RuntimeError("hook broke")
+
+        proto, client = self.open(self.factory(protocol=Broken))
+        upstream = self.connector.last.succeed()
+        self.assertTrue(upstream.closed)
+        self.assertClosedWithOneLine(client, "RuntimeError: hook broke")
+
+
 class TransparentTests(TCPTestCase):
     def transparent(self, destination: Optional[Tuple[str, int]], **options: Any) -> Any:
         factory = self.factory(TransparentFactory, mode="transparent", **options)
@@ -639,6 +755,56 @@ class TransparentTests(TCPTestCase):
         self.assertEqual(len(self.connector.attempts), 1)
         self.assertTrue(client.closed)
         self.assertEqual(self.log.records[0].status, 502)
+
+
+class TransparentDenyDestTests(TCPTestCase):
+    def transparent(self, destination: Tuple[str, int], **options: Any) -> Any:
+        factory = self.factory(TransparentFactory, mode="transparent", **options)
+        factory.originalDestination = lambda transport: destination
+        factory.localAddresses = lambda: ["192.0.2.1"]
+        return factory
+
+    def test_denyDestRefusesOriginalDestination(self) -> None:
+        """
+        In transparent mode --deny-dest applies to the original destination:
+        a denied one is closed with a 403 record, never dialled; others are
+        relayed.
+        """
+        proto, client = self.open(self.transparent(("10.1.2.3", 80), deny_dest="10.0.0.0/8"))
+        self.assertTrue(client.closed)
+        self.assertEqual(self.connector.attempts, [])
+        self.assertEqual(self.log.records[0].status, 403)
+        self.open(self.transparent(("203.0.113.5", 80), deny_dest="10.0.0.0/8"))
+        self.assertEqual(self.connector.last.host, "203.0.113.5")
+
+    def test_denyDestUnspecifiedIsLoopback(self) -> None:
+        """
+        The unspecified addresses count as loopback for --deny-dest.
+        """
+        for destination in [("0.0.0.0", 80), ("::", 80), ("::ffff:0.0.0.0", 80)]:
+            proto, client = self.open(self.transparent(destination, deny_dest=["127.0.0.0/8", "::1"]))
+            self.assertTrue(client.closed, destination)
+        self.assertEqual(self.connector.attempts, [])
+        self.assertEqual([r.status for r in self.log.records], [403, 403, 403])
+
+    def test_denyDestAppliesToHookTargets(self) -> None:
+        """
+        A C{chooseUpstream} hook's L{Target} (checked on its resolved
+        addresses) and C{tcp:} IP description are checked too.
+        """
+        self.connector.hosts["inside.test"] = ["10.9.9.9"]
+        for choice in [Target("inside.test", 22), Target("10.0.0.1", 22), "tcp:10.0.0.2:22"]:
+
+            class Elsewhere(TCPProxyProtocol):
+                def chooseUpstream(self, client: ClientInfo, choice: Any = choice) -> Any:
+                    return choice
+
+            factory = self.transparent(("203.0.113.5", 80), deny_dest="10.0.0.0/8")
+            factory.protocol = Elsewhere
+            proto, client = self.open(factory)
+            self.assertTrue(client.closed, choice)
+        self.assertEqual(self.connector.attempts, [])
+        self.assertEqual([r.status for r in self.log.records], [403, 403, 403])
 
 
 class HAProxyListenerTests(TCPTestCase):

@@ -12,7 +12,9 @@ from typing import Any, Tuple
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 
+from txproxy._common import isIPLiteral
 from txproxy.accesslog import AccessRecord
+from txproxy.config import LOCALNET
 from txproxy.tuning import SocketOption, applySocketOptions, socketOptions
 
 __all__ = ["ListenerFactory"]
@@ -51,13 +53,19 @@ class ListenerFactory(ServerFactory[Any]):
     def clientAllowed(self, host: str) -> bool:
         """
         Apply C{--allow}/C{--deny}: C{--deny} wins; with any C{--allow},
-        unlisted clients are denied.
+        unlisted clients are denied.  A C{forward} listener given no
+        C{--allow} serves only loopback and private networks
+        (L{txproxy.config.LOCALNET}), and UNIX-socket clients: it is not an
+        open proxy by default.
         """
         listener = self.listener
         if listener.deny and host in listener.deny:
             return False
         if listener.allow:
             return host in listener.allow
+        if listener.mode == "forward":
+            # (A UNIX-socket client, named by a path, is on this host.)
+            return host in LOCALNET or not isIPLiteral(host)
         return True
 
     def connectionOpened(self, proto: Any) -> None:

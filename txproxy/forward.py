@@ -229,7 +229,7 @@ class ForwardProxyProtocol(HTTPProxyProtocol):
         """
         host = target.host
         denyDest = self.factory.listener.denyDest
-        if denyDest and host in denyDest:
+        if denyDest and denyDest.deniesDestination(host):
             self._refuse(403, f"destination {host} is not allowed")
             return
         factory = self.factory
@@ -460,4 +460,18 @@ class ForwardProxyFactory(HTTPProxyFactory):
 
     protocol = ForwardProxyProtocol
     mode = "forward"
+
+    def startFactory(self) -> None:
+        """
+        Say once, when the listener starts, that it serves only local
+        clients when no C{--allow} was given.
+        """
+        super().startFactory()
+        listener = self.listener
+        if not listener.allow and listener.mode == "forward":
+            log.info(
+                "listener {name}: no --allow given, so this forward proxy serves only clients from loopback "
+                "and private networks (others get 403); --allow 0.0.0.0/0 --allow ::/0 opens it",
+                name=listener.name,
+            )
 

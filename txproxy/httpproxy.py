@@ -656,7 +656,7 @@ class HTTPProxyProtocol(Protocol):
         self._ex = None
         self._upstreamAddress = ""
         try:
-            head = parseRequestHead(headBytes)
+            head = parseRequestHead(headBytes, factory.listener.maxHeaders)
         except HTTPError as e:
             self._head = None
             self._refuse(e.status, e.reason)
@@ -791,7 +791,7 @@ class HTTPProxyProtocol(Protocol):
         """
         transport = upstream.transport
         host = getattr(transport.getPeer(), "host", None) if transport is not None else None
-        return host is None or host not in self.factory.listener.denyDest
+        return host is None or not self.factory.listener.denyDest.deniesDestination(host)
 
     def _connectFresh(self, request: HTTPRequest, key: str) -> None:
         """
@@ -840,7 +840,7 @@ class HTTPProxyProtocol(Protocol):
         denyDest = factory.listener.denyDest
 
         def pick(addresses: List[str]) -> List[str]:
-            allowed = [a for a in addresses if a not in denyDest] if denyDest else addresses
+            allowed = [a for a in addresses if not denyDest.deniesDestination(a)] if denyDest else addresses
             if not allowed:
                 raise PolicyDenied(f"destination {target.host} is not allowed")
             return allowed[:3]

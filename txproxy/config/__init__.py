@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import re
 import socket
 import sys
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
@@ -37,6 +38,10 @@ __all__ = [
     "ListenerConfig",
     "ProxyConfig",
     "MODES",
+    "LOCALNET",
+    "hostNameProblem",
+    "checkHostValue",
+    "pathProblem",
     "parseRate",
     "parsePorts",
     "parseCIDRs",
@@ -176,6 +181,25 @@ class CIDRSet:
                 return True
         return False
 
+    def deniesDestination(self, address: object) -> bool:
+        """
+        Membership for C{--deny-dest}: like C{in}, but the unspecified
+        addresses (C{0.0.0.0}, C{::}, C{::ffff:0.0.0.0}) count as loopback,
+        since a connection to them reaches this host: they are in the set
+        when it holds C{127.0.0.1} or C{::1}.
+        """
+        if not self.networks or not isinstance(address, str):
+            return False
+        try:
+            ip = ipaddress.ip_address(address.split("%", 1)[0])
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        if ip.is_unspecified:
+            return "127.0.0.1" in self or "::1" in self
+        return address in self
+
     def __str__(self) -> str:
         return ",".join(str(n) for n in self.networks)
 
@@ -191,6 +215,25 @@ def parseCIDRs(values: Iterable[str], option: str = "CIDR") -> CIDRSet:
         except ValueError:
             raise ConfigError(f"bad {option} {value!r}: not an IP address or network")
     return CIDRSet(tuple(nets))
+
+
+#: The clients a C{forward} listener given no C{--allow} serves: loopback
+#: and private networks (Squid's C{localnet}: RFC 1918, RFC 6598 shared
+#: address space, link-local, IPv6 unique-local and link-local).
+#: IPv4-mapped IPv6 forms are checked as IPv4 (see L{CIDRSet}).
+LOCALNET = parseCIDRs(
+    [
+        "127.0.0.0/8",
+        "::1",
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "100.64.0.0/10",
+        "169.254.0.0/16",
+        "fc00::/7",
+        "fe80::/10",
+    ]
+)
 
 
 @attr.s(frozen=True, slots=True, auto_attribs=True)
@@ -211,6 +254,78 @@ class UpstreamURL:
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
+# ---------------------------------------------------------------------------
+# Values that end up on the wire (a request line, a Host field): checked
+# here so that a configured CR LF can never inject a header.
+
+_HOST_NAME = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\.?\Z")
+_PCHARS = r"[A-Za-z0-9\-._~!$&'()*+,;=:@/]|%[0-9A-Fa-f]{2}"
+_PATH = re.compile(rf"/(?:{_PCHARS})*\Z")
+_PATH_AND_QUERY = re.compile(rf"/(?:{_PCHARS})*(?:\?(?:{_PCHARS}|\?)*)?\Z")
+
+
+def hostNameProblem(host: str) -> Optional[str]:
+    """
+    Why C{host} cannot name a host on the wire (in a C{Host} field, a
+    request, a TLS server name), or L{None} when it can: an IP address
+    (IPv6 without brackets), or a DNS name whose IDNA form is letters,
+    digits, C{-} and C{_} in dot-separated labels.
+    """
+    try:
+        ipaddress.ip_address(host)
+        return None
+    except ValueError:
+        pass
+    try:
+        ascii = host.encode("idna").decode("ascii")
+    except UnicodeError:
+        return "not a valid host name"
+    if not _HOST_NAME.match(ascii):
+        return "not a valid host name (letters, digits, '-', '_' and dots only)"
+    return None
+
+
+def checkHostValue(text: str) -> Optional[str]:
+    """
+    Why C{text} cannot be the value of a C{Host} field (C{host},
+    C{host:port}, C{[v6]} or C{[v6]:port}), or L{None} when it can.
+    """
+    if text.startswith("["):
+        host, bracket, tail = text[1:].partition("]")
+        if not bracket or ":" not in host:
+            return "unbalanced or empty [IPv6] brackets"
+        if tail and not tail.startswith(":"):
+            return "expected [IPv6]:port"
+        hasPort, portText = bool(tail), tail[1:]
+    else:
+        host, colon, portText = text.partition(":")
+        if ":" in portText:
+            return "an IPv6 address must be written in brackets"
+        if not host:
+            return "no host"
+        hasPort = bool(colon)
+    problem = hostNameProblem(host)
+    if problem is not None:
+        return problem
+    if hasPort and not (portText.isascii() and portText.isdigit() and 0 < int(portText) < 65536):
+        return f"bad port {portText!r}"
+    return None
+
+
+def pathProblem(path: str, query: bool = False) -> Optional[str]:
+    """
+    Why C{path} cannot be sent as (or compared with) a request path, or
+    L{None} when it can: it starts with C{/} and holds only characters a
+    URI path allows (other bytes percent-encoded); with C{query}, a
+    C{?query} may follow.
+    """
+    if not path.startswith("/"):
+        return "must start with /"
+    if not (_PATH_AND_QUERY if query else _PATH).match(path):
+        what = "path and query" if query else "path (no query)"
+        return f"not a valid URI {what}: spaces, control characters and other bytes must be percent-encoded"
+    return None
+
 
 def parseUpstreamURL(text: str, schemes: Sequence[str] = ("http", "https", "tcp")) -> UpstreamURL:
     """
@@ -230,6 +345,8 @@ def parseUpstreamURL(text: str, schemes: Sequence[str] = ("http", "https", "tcp"
         host, bracket, tail = rest[1:].partition("]")
         if not bracket or (tail and not tail.startswith(":")):
             raise ConfigError(f"bad upstream URL {text!r}: unbalanced [IPv6] brackets")
+        if ":" not in host:
+            raise ConfigError(f"bad upstream URL {text!r}: only an IPv6 address goes in brackets")
         portText = tail[1:] if tail else ""
     else:
         host, colon, portText = rest.rpartition(":")
@@ -237,6 +354,9 @@ def parseUpstreamURL(text: str, schemes: Sequence[str] = ("http", "https", "tcp"
             host, portText = rest, ""
     if not host:
         raise ConfigError(f"bad upstream URL {text!r}: no host")
+    problem = hostNameProblem(host)
+    if problem is not None:
+        raise ConfigError(f"bad upstream URL {text!r}: {host!r} is {problem}")
     if portText:
         try:
             port = int(portText)
@@ -313,7 +433,7 @@ def _checkHostPattern(host: str, text: str) -> str:
     if host == "*":
         return host
     bare = host[2:] if host.startswith("*.") else host
-    if not bare or "*" in bare or any(c in bare for c in " /\\@:"):
+    if not bare or "*" in bare or any(c in bare for c in " /\\@:") or hostNameProblem(bare) is not None:
         raise ConfigError(f"bad route {text!r}: {host!r} is not a host name, *.suffix or *")
     return host
 
@@ -330,6 +450,9 @@ def parseRoute(text: str) -> RouteConfig:
     host, prefix = (left, "") if slash < 0 else (left[:slash], left[slash:])
     if prefix == "/":
         prefix = ""
+    problem = pathProblem(prefix) if prefix else None
+    if problem is not None:
+        raise ConfigError(f"bad route {text!r}: path prefix {prefix!r}: {problem}")
     urls = tuple(parseUpstreamURL(u) for u in right.split(",") if u.strip())
     if not urls:
         raise ConfigError(f"bad route {text!r}: no upstream URL")
@@ -388,6 +511,7 @@ class ListenerConfig:
     idleTimeout: float = 300.0
     headerTimeout: float = 10.0
     maxHeadSize: int = 65536
+    maxHeaders: int = 256
     backlog: int = 511
     xForwardedFor: bool = False
     rateKey: str = "client"
@@ -542,6 +666,7 @@ _LISTENER_OPTIONS: List[Tuple[str, str, _Converter, bool]] = [
     ("idle-timeout", "idleTimeout", _number(float, 0.0, allowZero=True), False),
     ("header-timeout", "headerTimeout", _timeout, False),
     ("max-head-size", "maxHeadSize", _number(int, 256), False),
+    ("max-headers", "maxHeaders", _number(int, 1), False),
     ("backlog", "backlog", _number(int, 1), False),
     ("x-forwarded-for", "xForwardedFor", _onOff, False),
     ("rate-key", "rateKey", _choice(("client", "user", "route")), False),
@@ -657,6 +782,11 @@ def _crossCheck(l: ListenerConfig, where: str) -> None:
             raise ConfigError(f"{pre}route {route.host}{route.prefix}: sni routes take no path prefix")
         if route.weights and len(route.weights) != len(route.upstreams):
             raise ConfigError(f"{pre}route {route.host}{route.prefix}: one weight per upstream is needed")
+    if l.denyDest and l.mode not in ("forward", "transparent"):
+        raise ConfigError(
+            f"{pre}--deny-dest is only for modes forward and transparent, where the client picks "
+            f"the destination (mode is {l.mode})"
+        )
     if l.proxyProtocolSend and l.mode == "forward":
         raise ConfigError(f"{pre}--proxy-protocol-send is not for mode forward")
     if l.burst is not None and l.rate is None:
@@ -860,6 +990,9 @@ def _routeFromTOML(table: Any, where: str) -> RouteConfig:
     prefix = table.get("prefix", "")
     if not isinstance(prefix, str) or (prefix and not prefix.startswith("/")):
         raise ConfigError(f"{where}.prefix: expected a path starting with /, got {prefix!r}")
+    problem = pathProblem(prefix) if prefix else None
+    if problem is not None:
+        raise ConfigError(f"{where}.prefix: {prefix!r} is {problem}")
     if prefix == "/":
         prefix = ""
     ups = _listOf(table["upstreams"], f"{where}.upstreams")
@@ -886,7 +1019,11 @@ def _routeFromTOML(table: Any, where: str) -> RouteConfig:
     if "strip_prefix" in table:
         kwargs["stripPrefix"] = _bool(table["strip_prefix"], f"{where}.strip_prefix")
     if "host_rewrite" in table:
-        kwargs["hostRewrite"] = _string(table["host_rewrite"], f"{where}.host_rewrite")
+        hostRewrite = _string(table["host_rewrite"], f"{where}.host_rewrite")
+        problem = checkHostValue(hostRewrite)
+        if problem is not None:
+            raise ConfigError(f"{where}.host_rewrite: {hostRewrite!r} is not a Host value (host or host:port): {problem}")
+        kwargs["hostRewrite"] = hostRewrite
     if "eject_after" in table:
         kwargs["ejectAfter"] = _number(int, 0, allowZero=True)(table["eject_after"], f"{where}.eject_after")
     if "eject_for" in table:
@@ -912,8 +1049,9 @@ def _routeFromTOML(table: Any, where: str) -> RouteConfig:
             h["kind"] = _choice(("tcp", "http"))(hc["type"], f"{hw}.type")
         if "path" in hc:
             path = _string(hc["path"], f"{hw}.path")
-            if not path.startswith("/"):
-                raise ConfigError(f"{hw}.path: must start with /")
+            problem = pathProblem(path, query=True)
+            if problem is not None:
+                raise ConfigError(f"{hw}.path: {path!r}: {problem}")
             h["path"] = path
         for key in ("interval", "timeout"):
             if key in hc:

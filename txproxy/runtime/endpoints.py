@@ -15,7 +15,7 @@ from typing import Any, List, Optional
 
 from twisted.application.service import Service
 from twisted.internet import defer
-from twisted.internet.endpoints import _WrapperServerEndpoint, serverFromString
+from twisted.internet.endpoints import _WrapperServerEndpoint, clientFromString, serverFromString
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -32,6 +32,7 @@ __all__ = [
     "StartupError",
     "checkResources",
     "checkSupported",
+    "checkUpstreamEndpoints",
     "listenerEndpoint",
     "serverEndpoint",
     "withBacklog",
@@ -200,6 +201,7 @@ def checkResources(config: _config.ProxyConfig, reactor: Any = None) -> None:
             raise ConfigError("--client-ca needs a TLS listener (ssl: or --certs)")
         for description in listener.listen:
             listenerEndpoint(reactor, withBacklog(description, listener.backlog), listener)
+        checkUpstreamEndpoints(listener, reactor)
         for route in listener.routes:
             if route.caBundle is not None:
                 try:
@@ -213,3 +215,22 @@ def checkResources(config: _config.ProxyConfig, reactor: Any = None) -> None:
             open(config.accessLog, "a").close()
         except OSError as e:
             raise ConfigError(f"cannot open access log {config.accessLog}: {e.strerror}")
+
+
+def checkUpstreamEndpoints(listener: ListenerConfig, reactor: Any) -> None:
+    """
+    Check that every C{--upstream} of C{listener} is a client endpoint
+    description Twisted can build (C{bogus:xx} would otherwise fail on
+    every connection).
+
+    @raise ConfigError: naming the listener and the description.
+    """
+    for description in listener.upstreams:
+        try:
+            endpoint = clientFromString(reactor, description)
+        except Exception as e:
+            detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ConfigError(f"listener {listener.name}: bad --upstream endpoint {description!r}: {detail}")
+        port = getattr(endpoint, "_port", None)
+        if isinstance(port, int) and not 0 < port < 65536:
+            raise ConfigError(f"listener {listener.name}: bad --upstream endpoint {description!r}: port out of range")

@@ -31,7 +31,7 @@ from twisted.python.failure import Failure
 from txproxy._common import overrides
 from txproxy.stream.clienthello import ClientHello, ClientHelloError, ClientHelloReader
 from txproxy.hooks import ClientInfo, Target
-from txproxy.stream.tcp import _CLOSED, _CONNECTING, _HELLO, RelayingFactory, _RelayingProtocol
+from txproxy.stream.tcp import _CLOSED, _CONNECTING, _HELLO, RelayingFactory, _RelayingProtocol, describeFailure
 
 __all__ = ["SNIRouterProtocol", "SNIRouterFactory", "UNRECOGNIZED_NAME_ALERT"]
 
@@ -111,7 +111,7 @@ class SNIRouterProtocol(_RelayingProtocol):
                 self._closeBecause(400, f"bad ClientHello: {e.reason}")
                 return
             if hello is not None:
-                self._helloReceived(hello)
+                self._guarded(self._helloReceived, hello)
         elif state == _CONNECTING:
             self._pending.append(data)  # type: ignore[union-attr]
 
@@ -140,14 +140,14 @@ class SNIRouterProtocol(_RelayingProtocol):
         if overrides(self, "chooseUpstream", SNIRouterProtocol):
             self._state = _CONNECTING
             d = defer.maybeDeferred(self.chooseUpstream, self.client, hello)
-            d.addCallbacks(self._chosen, self._chooseFailed)
+            d.addCallbacks(self._chosen, self._chooseFailed).addErrback(self._internalError)
             return
         self._connectPool(route.pool)
 
     def _chooseFailed(self, f: Failure) -> None:
         if self._state == _CLOSED:
             return
-        log.failure("chooseUpstream failed for {client}", f, client=self.client.host)
+        log.error("chooseUpstream failed for {client}: {error}", client=self.client.host, error=describeFailure(f))
         self._refuse(502, "chooseUpstream failed")
 
     def _chosen(self, choice: Any) -> None:

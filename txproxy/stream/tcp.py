@@ -19,9 +19,12 @@ L{TCPProxyFactory} or L{TransparentFactory}.
 Every client connection produces exactly one L{AccessRecord}.  Its C{status}
 borrows HTTP's codes so that one log format serves every mode: C{200}
 relayed; C{400} transparent connection with no original destination; C{403}
-client denied by C{--allow}/C{--deny} or a loop to the proxy's own listener;
-C{499} the client left before the upstream was reached; C{502} upstream
-refused or unreachable; C{503} no healthy backend; C{504} connect timeout.
+client denied by C{--allow}/C{--deny}, a loop to the proxy's own listener
+or a destination in C{--deny-dest} (transparent mode);
+C{499} the client left before the upstream was reached; C{500} an
+unexpected error while choosing or dialling the upstream (logged in one
+line); C{502} upstream refused or unreachable; C{503} no healthy backend;
+C{504} connect timeout.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ from txproxy._factory import ListenerFactory
 from txproxy.accesslog import AccessRecord
 from txproxy.config import ListenerConfig
 from txproxy.connector import Connector, directDial
-from txproxy.errors import NoHealthyBackend, ResolveError
+from txproxy.errors import NoHealthyBackend, PolicyDenied, ResolveError
 from txproxy.hooks import ClientInfo, Target
 from txproxy.stream.origdst import isOwnListener, localNetworks, originalDestination
 from txproxy.proxyprotocol import headerFor
@@ -63,6 +66,22 @@ _OPEN, _HELLO, _CONNECTING, _RELAYING, _CLOSED = range(5)
 #: Seconds L{TransparentFactory} keeps the host's local networks before
 #: reading them again (for the loop guard).
 LOCAL_NETWORKS_TTL = 30.0
+
+
+def describeFailure(f: Failure) -> str:
+    """
+    One line for an unexpected exception: its type, message and where it
+    was raised (the innermost frame), for a log line that does not need a
+    traceback.
+    """
+    text = f"{f.type.__name__ if isinstance(f.type, type) else f.type}: {f.getErrorMessage()}"
+    text = " ".join(text.split())
+    frames = f.frames
+    if frames:
+        function, filename, line = frames[-1][:3]
+        text += f" (at {filename}:{line} in {function})"
+    return text
+
 
 def parseTCPDescription(description: str) -> Optional[Tuple[str, int, Optional[float]]]:
     """
@@ -118,7 +137,14 @@ class UpstreamProtocol(RelayedProtocol):
     def connectionMade(self) -> None:
         owner = self.owner
         if owner is not None:
-            owner._upstreamConnected(self)
+            try:
+                owner._upstreamConnected(self)
+            except Exception:
+                f = Failure()
+                self.owner = None
+                if owner.relay is None:
+                    self.transport.abortConnection()  # type: ignore[union-attr]
+                owner._internalError(f)
 
 
 def _connectTimedOut(result: Any, timeout: float) -> Any:
@@ -155,7 +181,10 @@ class _Dial(ClientFactory):
     def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
         if not self.failed:
             self.failed = True
-            self.owner._dialFailed(reason)
+            try:
+                self.owner._dialFailed(reason)
+            except Exception:
+                self.owner._internalError(Failure())
 
 
 @implementer(IHalfCloseableProtocol)
@@ -257,7 +286,7 @@ class _RelayingProtocol(Protocol):
                 d.addCallback(self._admitted)
                 d.addErrback(self._admissionFailed)
             return
-        self._begin()
+        self._guarded(self._begin)
 
     def _admitted(self, decision: Any) -> None:
         if self._state == _CLOSED:
@@ -269,7 +298,7 @@ class _RelayingProtocol(Protocol):
             self._refuse(status, f"limit: {decision.reason}")
             return
         self._lease = decision.lease
-        self._begin()
+        self._guarded(self._begin)
 
     def _admissionFailed(self, f: Failure) -> None:
         log.failure("limiter failed for {client}", f, client=self.client.host)
@@ -280,6 +309,44 @@ class _RelayingProtocol(Protocol):
         Decide where to go and start connecting (subclasses).
         """
         raise NotImplementedError()
+
+    def _guarded(self, step: Callable[..., Any], *args: Any) -> None:
+        """
+        Run one step on the way to relaying; an exception from it closes
+        the connection (L{_internalError}).
+        """
+        try:
+            step(*args)
+        except Exception:
+            self._internalError(Failure())
+
+    def _internalError(self, f: Failure) -> None:
+        """
+        An unexpected exception while choosing, resolving or dialling the
+        upstream (a hook's bad choice, an endpoint that cannot be built, no
+        descriptor left for a socket...): log one line, abandon any dial in
+        progress and close the client connection (recorded as C{500}).
+        """
+        client = getattr(self, "client", None)
+        log.error(
+            "{mode} {client}: closing the connection after an unexpected error: {error}",
+            mode=self.factory.mode,
+            client=client.host if client is not None else "?",
+            error=describeFailure(f),
+        )
+        if self._state == _CLOSED:
+            return
+        if self.relay is not None:
+            # Relaying had begun: the relay ends both sides.
+            self.transport.abortConnection()  # type: ignore[union-attr]
+            return
+        self._refuse(500, "internal error")
+        self._cancelDial()
+        for name in ("_dialBackend", "backend"):
+            backend = getattr(self, name)
+            if backend is not None:
+                setattr(self, name, None)
+                backend.connectionFinished()
 
     def dataReceived(self, data: bytes) -> None:
         # Before the relay: keep what the client sends (the relay replaces
@@ -327,18 +394,34 @@ class _RelayingProtocol(Protocol):
             self._dialEndpoint(factory.connector.endpointForDescription(backend.description))
         else:
             d = endpointForBackend(factory.connector, backend)
-            d.addCallbacks(self._dialEndpoint, self._dialFailed)
+            d.addCallbacks(self._dialEndpoint, self._dialFailed).addErrback(self._internalError)
 
     def _connectTarget(self, host: str, port: int) -> None:
         """
-        Connect to one destination, without retry.
+        Connect to one destination, without retry; C{--deny-dest}
+        (transparent mode) is applied to its resolved addresses.
         """
         self._state = _CONNECTING
         if isIPLiteral(host):
-            self._dialAddress(host, port, None)
+            self._dialAllowed([host], host, port)
             return
         d = self.factory.connector.resolve(host, port)
-        d.addCallbacks(lambda addresses: self._dialAddress(addresses[0], port, None), self._dialFailed)
+        d.addCallbacks(lambda addresses: self._dialAllowed(addresses, host, port), self._dialFailed)
+        d.addErrback(self._internalError)
+
+    def _dialAllowed(self, addresses: List[str], host: str, port: int) -> None:
+        """
+        Dial the first of C{addresses} (C{host} resolved) outside
+        C{--deny-dest}; C{403} when none is.
+        """
+        denyDest = self.factory.listener.denyDest
+        if denyDest:
+            addresses = [a for a in addresses if not denyDest.deniesDestination(a)]
+            if not addresses:
+                if self._state == _CONNECTING:
+                    self._failed(Failure(PolicyDenied(f"destination {host} is not allowed")))
+                return
+        self._dialAddress(addresses[0], port, None)
 
     def _connectDescription(self, description: str) -> None:
         """
@@ -346,6 +429,10 @@ class _RelayingProtocol(Protocol):
         """
         self._state = _CONNECTING
         parsed = parseTCPDescription(description)
+        denyDest = self.factory.listener.denyDest
+        if parsed is not None and denyDest and denyDest.deniesDestination(parsed[0]):
+            self._failed(Failure(PolicyDenied(f"destination {parsed[0]} is not allowed")))
+            return
         if parsed is not None and self.factory._reactor is not None:
             self._dialAddress(*parsed)
         else:
@@ -381,7 +468,7 @@ class _RelayingProtocol(Protocol):
         if timeout:
             d.addTimeout(timeout, self.factory.clock, onTimeoutCancel=_connectTimedOut)
         self._dialing = d
-        d.addErrback(self._dialFailed)
+        d.addErrback(self._dialFailed).addErrback(self._internalError)
 
     def _cancelDial(self) -> None:
         dialing, self._dialing = self._dialing, None
@@ -622,14 +709,14 @@ class TCPProxyProtocol(_RelayingProtocol):
         if overrides(self, "chooseUpstream", TCPProxyProtocol):
             self._state = _CONNECTING
             d = defer.maybeDeferred(self.chooseUpstream, self.client)
-            d.addCallbacks(self._chosen, self._chooseFailed)
+            d.addCallbacks(self._chosen, self._chooseFailed).addErrback(self._internalError)
             return
         self._chosen(None)
 
     def _chooseFailed(self, f: Failure) -> None:
         if self._state == _CLOSED:
             return
-        log.failure("chooseUpstream failed for {client}", f, client=self.client.host)
+        log.error("chooseUpstream failed for {client}: {error}", client=self.client.host, error=describeFailure(f))
         self._refuse(502, "chooseUpstream failed")
 
     def _chosen(self, choice: Any) -> None:
