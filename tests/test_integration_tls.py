@@ -578,3 +578,44 @@ routes = [{{host = "*", upstreams = ["{upstream}"]}}]
             time.sleep(0.05)
         result = curl(self.tlsPort, "c.test", self.ca.caPath)
         self.assertTrue(result.stdout.rstrip().endswith("200"), (result.stdout, result.stderr))
+
+
+class IPAddressCertificateIntegrationTests(SynchronousTestCase):
+    """
+    C{twistd -n txproxy --mode reverse --certs DIR} where one certificate
+    carries C{subjectAltName=IP:127.0.0.1}: C{https://127.0.0.1/} (curl
+    sends no SNI for an address) is served that certificate and reaches the
+    backend instead of C{421}; a Host naming another address gets C{421}.
+    """
+
+    def test_httpsToAnIPAddress(self) -> None:
+        from tests.procs import ThreadedServer, Twistd, freePort
+
+        _need("curl")
+        ca = TestCA()
+        self.addCleanup(shutil.rmtree, ca.dir, True)
+        certs = tempfile.mkdtemp(prefix="txproxy-certs-")
+        self.addCleanup(shutil.rmtree, certs, True)
+        shutil.copy(ca.issue(["a.test"], "a.pem"), os.path.join(certs, "default.pem"))
+        shutil.copy(ca.issue(["ip.test", "127.0.0.1"], "ip.pem"), os.path.join(certs, "ip.pem"))
+        backend = ThreadedServer(_backendHandler)
+        self.addCleanup(backend.stop)
+        port = freePort()
+        proxy = Twistd(
+            ["--mode", "reverse", "--listen", f"tcp:{port}:interface=127.0.0.1", "--certs", certs,
+             "--route", f"*=http://127.0.0.1:{backend.port}"],
+            port=port,
+        )
+        proxy.start()
+        self.addCleanup(proxy.stop)
+        result = curl(port, "127.0.0.1", ca.caPath)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("backend saw GET / HTTP/1.1", result.stdout)
+        self.assertTrue(result.stdout.rstrip().endswith("200"), result.stdout)
+        result = curl(port, "127.0.0.1", ca.caPath, ["-H", "Host: 127.0.0.2"])
+        self.assertTrue(result.stdout.rstrip().endswith("421"), result.stdout)
+        # The certificate for a name is still chosen by SNI.
+        result = curl(port, "a.test", ca.caPath)
+        self.assertTrue(result.stdout.rstrip().endswith("200"), result.stdout)
+        self.assertEqual(proxy.stop(), 0)
+        self.assertNotIn("Traceback", proxy.stdout() + proxy.stderr())

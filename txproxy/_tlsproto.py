@@ -108,6 +108,14 @@ class TLSServerProtocol(Protocol):
         self._wire = fastSender(transport)
         if self._readsHello:
             self._hello = ClientHelloReader()
+            # The address the client connected to, for a certificate
+            # chosen by an iPAddress subjectAltName when there is no SNI.
+            host = getattr(transport.getHost(), "host", None)
+            if isinstance(host, str):
+                try:
+                    self._sslobj.txproxyLocalHost = host
+                except AttributeError:
+                    pass
         self.wrappedProtocol.makeConnection(self)
 
     def dataReceived(self, data: bytes) -> None:

@@ -27,8 +27,12 @@ Certificates
 
 L{CertificateStore} reads every C{*.pem} file of a folder (private key and
 certificate chain in one file, leaf first or not; other files are
-ignored).  A certificate's names are its DNS subjectAltNames, or its
-subject CN when it has no subjectAltName extension at all (RFC 6125).  A
+ignored).  A certificate's names are its DNS and iPAddress
+subjectAltNames, or its subject CN when it has no subjectAltName extension
+at all (RFC 6125); an IP address is matched only by an iPAddress
+subjectAltName, never by a DNS name or the CN.  A client that sends no SNI
+(what clients do for C{https://IP/}) is served the certificate naming the
+address it connected to, if any, else the default.  A
 server name matches a certificate by exact name first, then by a wildcard
 name C{*.example.com}, which covers exactly one more label on the left
 (C{x.example.com}, but neither C{example.com} nor C{x.y.example.com});
@@ -81,6 +85,7 @@ that uses Twisted's own TLS.
 from __future__ import annotations
 
 import datetime
+import ipaddress
 import os
 import re
 import ssl
@@ -170,23 +175,50 @@ def _normalizeName(name: str) -> str:
     return name
 
 
+def _canonicalIP(host: str) -> Optional[str]:
+    """
+    C{host} as an IP address in one canonical text form (IPv6 compressed,
+    lower-case, without brackets; an IPv4-mapped IPv6 address as IPv4), or
+    L{None} when it is not an IP literal (a zone index, C{fe80::1%eth0},
+    is not one here).
+    """
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if "%" in host:
+        return None
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ip)
+
+
 def certificateNames(certificate: x509.Certificate) -> FrozenSet[str]:
     """
-    The DNS names a certificate is valid for, lower-case: its DNS
-    subjectAltNames, or its subject common names when it has no
-    subjectAltName extension (RFC 6125 section 6.4.4).  Wildcard names are
-    kept as written (C{*.example.com}).
+    The names a certificate is valid for (RFC 6125, as service_identity
+    reads them): its DNS subjectAltNames, lower-case, and its iPAddress
+    subjectAltNames, as IP literals in canonical form (L{_canonicalIP});
+    or its subject common names when it has no subjectAltName extension
+    (RFC 6125 section 6.4.4).  Wildcard names are kept as written
+    (C{*.example.com}).  A DNS name or common name that is written as an
+    IP address is left out: an IP address is matched only by an iPAddress
+    subjectAltName, so every IP literal among the names is one.
 
     @param certificate: a leaf certificate.
     @return: the names; empty when it has a subjectAltName extension with
-        no DNS name in it (for example only IP addresses).
+        neither a DNS name nor an IP address in it.
     """
     try:
         san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
         cns = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-        return frozenset(_normalizeName(str(cn.value)) for cn in cns if str(cn.value).strip())
-    return frozenset(_normalizeName(n) for n in san.get_values_for_type(x509.DNSName) if n.strip())
+        names = (_normalizeName(str(cn.value)) for cn in cns if str(cn.value).strip())
+        return frozenset(n for n in names if _canonicalIP(n) is None)
+    dns = (_normalizeName(n) for n in san.get_values_for_type(x509.DNSName) if n.strip())
+    ips = (_canonicalIP(str(ip)) for ip in san.get_values_for_type(x509.IPAddress))
+    return frozenset([n for n in dns if _canonicalIP(n) is None] + [ip for ip in ips if ip is not None])
 
 
 def _wildcardSuffix(name: str) -> Optional[str]:
@@ -230,6 +262,9 @@ def hostMatchesNames(host: str, names: Iterable[str]) -> bool:
     Whether the host of a request's C{Host} header (a port, if any, is
     ignored) is one of C{names}: exactly, ignoring case and a trailing dot,
     or by a wildcard name C{*.example.com} covering exactly one more label.
+    An IP literal (C{127.0.0.1}, C{[::1]:443}) matches only the same
+    address among the names (an iPAddress subjectAltName, see
+    L{certificateNames}), never a wildcard.
 
     @param host: the C{Host} header value, e.g. C{"a.test:8443"}.
     @param names: certificate names, as from L{servedNames}.
@@ -239,6 +274,9 @@ def hostMatchesNames(host: str, names: Iterable[str]) -> bool:
     if bare is None:
         return False
     names = names if isinstance(names, (set, frozenset)) else frozenset(names)
+    address = _canonicalIP(bare)
+    if address is not None:
+        return address in names
     if bare in names:
         return True
     first, dot, parent = bare.partition(".")
@@ -392,6 +430,10 @@ class _CertificateSet:
 
     def find(self, serverName: str) -> Optional[CertificateEntry]:
         name = _normalizeName(serverName)
+        address = _canonicalIP(name)
+        if address is not None:
+            # An IP address: only an iPAddress subjectAltName covers it.
+            return self.exact.get(address)
         found = self.exact.get(name)
         if found is not None:
             return found
@@ -669,8 +711,14 @@ class ServerTLSOptions:
 
         def onServerName(sslobj: Any, name: Optional[str], context: Any) -> None:
             if not name:
-                return
-            sslobj.txproxyServerName = name
+                # No SNI (what clients send for https://IP/): the address
+                # the client connected to picks a certificate naming it.
+                local = getattr(sslobj, "txproxyLocalHost", None)
+                if local is None or _canonicalIP(local) is None:
+                    return
+                name = local
+            else:
+                sslobj.txproxyServerName = name
             found = certificateSet.find(name)
             if found is not None and found is not entry:
                 sslobj.context = certificateSet.contexts[found]
