@@ -1449,3 +1449,36 @@ class ListenerEndpointTests(SynchronousTestCase):
             ConfigError, listenerEndpoint, self.reactor, "tcp:8443", self.listener(mode="sni", certs=self.f.certs)
         )
         self.assertIn("sni mode", str(e))
+
+
+class VerificationFailureTests(SynchronousTestCase):
+    """
+    L{txproxy.tls.verificationFailure} names why an upstream's certificate
+    was refused, and nothing else.
+    """
+
+    def test_reasons(self) -> None:
+        """
+        OpenSSL's chain failure gives its verify message; service_identity's
+        mismatch the name or address; other errors L{None}.
+        """
+        from service_identity import CertificateError, VerificationError
+        from service_identity.exceptions import DNSMismatch, IPAddressMismatch
+        from service_identity.hazmat import DNS_ID, IPAddress_ID
+
+        from txproxy.tls import verificationFailure
+
+        chain = ssl.SSLCertVerificationError(1, "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed")
+        chain.verify_message = "self-signed certificate"
+        self.assertEqual(verificationFailure(chain), "certificate verify failed: self-signed certificate")
+        self.assertEqual(
+            verificationFailure(VerificationError([DNSMismatch(DNS_ID("localhost"))])),
+            "hostname mismatch: the certificate is not valid for localhost",
+        )
+        self.assertEqual(
+            verificationFailure(VerificationError([IPAddressMismatch(IPAddress_ID("127.0.0.2"))])),
+            "hostname mismatch: the certificate is not valid for 127.0.0.2",
+        )
+        self.assertIn("certificate rejected", verificationFailure(CertificateError("no subjectAltName")) or "")
+        self.assertIsNone(verificationFailure(ConnectionResetError()))
+        self.assertIsNone(verificationFailure(ssl.SSLError(1, "[SSL] wrong version number")))

@@ -1214,6 +1214,22 @@ class HTTPProxyProtocol(Protocol):
             return
         ex = self._ex
         if ex is not None:
+            if reason is not None and not self._reused:
+                # A fresh TLS connection whose handshake refused the
+                # upstream's certificate: say so (else it would read as
+                # "closed before answering").
+                from txproxy.tls import verificationFailure
+
+                detail = verificationFailure(reason.value)
+                if detail is not None:
+                    log.warn(
+                        "upstream {upstream} for {client}: TLS verification failed: {detail}",
+                        upstream=self._upstreamAddress or "?",
+                        client=self.client.host,
+                        detail=detail,
+                    )
+                    self._run(ex.fail(502, f"TLS verification of the upstream failed: {detail}"))
+                    return
             self._run(ex.upstreamEnded(self._reused))
 
     def _retry(self) -> None:

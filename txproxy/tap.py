@@ -27,6 +27,8 @@ _LISTENER_HELP = {
     "route": "reverse/sni modes: HOST[/PATHPREFIX]=URL[,URL...]; repeatable.",
     "certs": "TLS listeners: folder of *.pem files (key + chain) chosen by SNI; re-read on SIGHUP.",
     "client-ca": "TLS listeners: CA bundle to verify client certificates against.",
+    "upstream-ca": "PEM bundle of CAs verifying https:// upstreams instead of the system store "
+    "(a route's ca_bundle wins).",
     "proxy-protocol-send": "v1 | v2: send a PROXY protocol header to each upstream connection.",
     "trusted-proxies": "CIDR whose X-Forwarded-For/Forwarded headers are kept; repeatable.",
     "connect-ports": "Ports a CONNECT may reach: 443,8443,9000-9100 or * (default 443).",
@@ -180,6 +182,10 @@ def checkResources(config: _config.ProxyConfig, reactor: Any = None) -> None:
             raise ConfigError("--client-ca needs a TLS listener (ssl: or --certs)")
         for description in listener.listen:
             listenerEndpoint(reactor, withBacklog(description, listener.backlog), listener)
+        if listener.upstreamCA is not None:
+            from txproxy.tls import checkCABundle
+
+            checkCABundle(listener.upstreamCA, "--upstream-ca")
         for route in listener.routes:
             if route.caBundle is not None:
                 try:

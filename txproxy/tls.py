@@ -121,6 +121,7 @@ __all__ = [
     "TLSClientEndpoint",
     "TLSServerEndpoint",
     "certificateNames",
+    "checkCABundle",
     "clientTLSOptions",
     "hostMatchesNames",
     "isTLSListener",
@@ -130,6 +131,7 @@ __all__ = [
     "requestedServerName",
     "servedNames",
     "tlsServerEndpoint",
+    "verificationFailure",
     "wrapClientTLS",
 ]
 
@@ -1236,3 +1238,50 @@ def wrapClientTLS(endpoint: Any, hostname: str, caBundle: Optional[str] = None, 
     stamp = _bundleStamp(caBundle) if verify else None
     context = _clientContext(caBundle if verify else None, stamp, verify)
     return TLSClientEndpoint(endpoint, hostname, context, verify)
+
+
+def checkCABundle(path: str, what: str = "CA bundle") -> None:
+    """
+    Check that C{path} is a PEM bundle of CA certificates that OpenSSL
+    accepts (C{--upstream-ca}, at start-up and reload).
+
+    @raise ConfigError: one line naming C{what} and the file.
+    """
+    _loadCABundle(path, what)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    try:
+        ctx.load_verify_locations(cafile=path)
+    except (ssl.SSLError, OSError) as e:
+        raise ConfigError(f"{what} {path}: OpenSSL refused it: {_sslErrorText(e)}") from None
+
+
+def verificationFailure(error: BaseException) -> Optional[str]:
+    """
+    Describe why an upstream's certificate was refused, for the C{502} body
+    and the log line, when C{error} (the reason a L{TLSClientEndpoint}
+    connection was lost) is a verification failure.
+
+    @return: C{"certificate verify failed: self-signed certificate"}
+        (OpenSSL's chain check), C{"hostname mismatch: the certificate is
+        not valid for localhost"} (service_identity's name check), ...; or
+        L{None} for any other error.
+    """
+    if isinstance(error, ssl.SSLCertVerificationError):
+        detail = error.verify_message or _sslErrorText(error)
+        return f"certificate verify failed: {detail}"
+    from service_identity import CertificateError, VerificationError
+
+    if isinstance(error, VerificationError):
+        ids = []
+        for mismatch in error.errors:
+            ident = mismatch.mismatched_id
+            value = getattr(ident, "hostname", None) or getattr(ident, "ip", None)
+            if isinstance(value, bytes):
+                value = value.decode("ascii", "replace")
+            ids.append(str(value) if value is not None else "?")
+        return f"hostname mismatch: the certificate is not valid for {', '.join(ids) or 'the upstream'}"
+    if isinstance(error, CertificateError):
+        return f"certificate rejected: {_oneLine(error)}"
+    if isinstance(error, ssl.SSLError) and str(error) == "the server sent no certificate":
+        return "certificate verify failed: the server sent no certificate"
+    return None
