@@ -22,6 +22,7 @@ from txproxy.stream.clienthello import (
     ClientHello,
     ClientHelloError,
     ClientHelloReader,
+    ServerNameError,
     parseClientHelloBody,
 )
 
@@ -518,6 +519,25 @@ class BodyTests(SynchronousTestCase):
                 ClientHelloError, parseAll, helloRecord(helloBody([sniExtension(bad)]))
             )
             self.assertIn("server_name", e.reason, bad)
+            # A server answers these with unrecognized_name.
+            self.assertIsInstance(e, ServerNameError)
+
+    def test_nonASCIIServerName(self) -> None:
+        """
+        A non-ASCII name (UTF-8 or Latin-1 bytes, split anywhere) is a
+        L{ServerNameError} marked not ASCII (what the C{ssl} module's
+        server-name callback cannot decode); an ASCII bad name is not.
+        """
+        for name in [b"caf\xc3\xa9.test", b"\xe9.test", b"a.t\xffst"]:
+            hello = helloRecord(helloBody([sniExtension(name)]))
+            for cut in range(1, len(hello)):
+                reader = ClientHelloReader()
+                self.assertIsNone(reader.feed(hello[:cut]))
+                e = self.assertRaises(ServerNameError, reader.feed, hello[cut:])
+                self.assertFalse(e.ascii)
+                self.assertEqual(e.reason, "server_name: host_name is not ASCII")
+        e = self.assertRaises(ServerNameError, parseAll, helloRecord(helloBody([sniExtension(b"a..test")])))
+        self.assertTrue(e.ascii)
 
     def test_serverNameListShapes(self) -> None:
         """

@@ -209,6 +209,20 @@ class TOMLTests(SynchronousTestCase):
         self.assertEqual(route.balance, "leastconn")
         self.assertEqual(route.healthCheck, config.HealthCheck(kind="http", path="/health", rise=1))
 
+    def test_upstreamCA(self) -> None:
+        """
+        C{upstream_ca} in a listener table is C{--upstream-ca}; a non-string
+        names its path.
+        """
+        c = fromTOML({"listeners": [{"listen": ["tcp:8080"], "mode": "reverse", "upstream_ca": "ca.pem",
+                                     "routes": [{"host": "*", "upstreams": ["https://127.0.0.1:9000"]}]}]})
+        self.assertEqual(c.listeners[0].upstreamCA, "ca.pem")
+        flags = fromFlags(["tcp:8080"], [("mode", "reverse"), ("route", "*=https://127.0.0.1:9000"),
+                                         ("upstream-ca", "ca.pem")])
+        self.assertEqual(flags.listeners[0].upstreamCA, "ca.pem")
+        e = self.assertRaises(ConfigError, fromTOML, {"listeners": [{"listen": ["tcp:1"], "upstream_ca": 1}]})
+        self.assertIn("upstream_ca", str(e))
+
     def test_errorsNameTheirPath(self) -> None:
         """
         Unknown keys and type errors name the key path.

@@ -248,3 +248,85 @@ frontend front
         The same with C{--proxy-protocol-send v2}.
         """
         self.check("v2")
+
+
+class HAProxyListenerGuardTests(SynchronousTestCase):
+    """
+    A real C{twistd} with a C{haproxy:} listener (no HAProxy needed: the
+    test writes the headers): silent connections count toward
+    C{--max-conns} and are closed after C{--header-timeout}; a header
+    split across segments is read; a bad address closes with a log line.
+    """
+
+    def setUp(self) -> None:
+        self.echo = ThreadedServer(echoHandler)
+        self.addCleanup(self.echo.stop)
+        txPort = freePort()
+        self.proxy = Twistd(
+            ["--mode", "tcp", "--listen", f"haproxy:tcp:{txPort}:interface=127.0.0.1",
+             "--upstream", f"tcp:127.0.0.1:{self.echo.port}", "--header-timeout", "1.5", "--max-conns", "3"],
+            txPort,
+        ).start()
+        self.addCleanup(self.proxy.stop)
+        self.port = txPort
+
+    def connect(self) -> socket.socket:
+        s = socket.create_connection(("127.0.0.1", self.port), timeout=10)
+        self.addCleanup(s.close)
+        return s
+
+    def closedWithin(self, s: socket.socket, seconds: float) -> bool:
+        s.settimeout(seconds)
+        try:
+            return s.recv(1) == b""
+        except socket.timeout:
+            return False
+        except ConnectionResetError:
+            return True
+
+    def test_silentConnectionsCountedAndTimedOut(self) -> None:
+        """
+        Three silent connections fill C{--max-conns 3}: a fourth and fifth
+        are closed at once, the three after C{--header-timeout}; then a
+        header split in pieces (C{PROX} / C{Y TCP4 ...}) is relayed.
+        """
+        # (Let the start-up probe's connection close and free its slot.)
+        time.sleep(0.5)
+        silent = [self.connect() for _ in range(3)]
+        silent[2].sendall(b"PROXY TCP4 19")  # partial
+        time.sleep(0.3)
+        started = time.monotonic()
+        for _ in range(2):
+            self.assertTrue(self.closedWithin(self.connect(), 1.0))
+        self.assertLess(time.monotonic() - started, 1.4)
+        for s in silent:
+            self.assertTrue(self.closedWithin(s, 5.0))
+        elapsed = time.monotonic() - started
+        self.assertGreater(elapsed, 1.0)
+        self.assertLess(elapsed, 5.0)
+        s = self.connect()
+        s.sendall(b"PROX")
+        time.sleep(0.1)
+        s.sendall(b"Y TCP4 198.51.100.7 127.0.0.1 5555 80\r")
+        time.sleep(0.1)
+        s.sendall(b"\nhello")
+        s.shutdown(socket.SHUT_WR)
+        self.assertEqual(recvAll(s), b"hello")
+        self.proxy.stop()
+        out = self.proxy.stdout() + self.proxy.stderr()
+        self.assertEqual(out.count("no complete header within --header-timeout"), 3, out)
+        self.assertNotIn("Traceback", out)
+
+    def test_badAddressClosedAndLogged(self) -> None:
+        """
+        A header whose source is not an IP address is refused: closed, one
+        log line naming it, nothing relayed upstream.
+        """
+        s = self.connect()
+        s.sendall(b"PROXY TCP4 999.1.1.1 127.0.0.1 5555 80\r\nhello")
+        self.assertTrue(self.closedWithin(s, 5.0))
+        self.assertEqual(self.echo.accepted, 0)
+        self.proxy.stop()
+        out = self.proxy.stdout()
+        self.assertEqual(out.count("bad PROXY header"), 1, out)
+        self.assertIn("999.1.1.1", out)

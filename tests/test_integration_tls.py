@@ -578,3 +578,156 @@ routes = [{{host = "*", upstreams = ["{upstream}"]}}]
             time.sleep(0.05)
         result = curl(self.tlsPort, "c.test", self.ca.caPath)
         self.assertTrue(result.stdout.rstrip().endswith("200"), (result.stdout, result.stderr))
+
+
+class IPAddressCertificateIntegrationTests(SynchronousTestCase):
+    """
+    C{twistd -n txproxy --mode reverse --certs DIR} where one certificate
+    carries C{subjectAltName=IP:127.0.0.1}: C{https://127.0.0.1/} (curl
+    sends no SNI for an address) is served that certificate and reaches the
+    backend instead of C{421}; a Host naming another address gets C{421}.
+    """
+
+    def test_httpsToAnIPAddress(self) -> None:
+        from tests.procs import ThreadedServer, Twistd, freePort
+
+        _need("curl")
+        ca = TestCA()
+        self.addCleanup(shutil.rmtree, ca.dir, True)
+        certs = tempfile.mkdtemp(prefix="txproxy-certs-")
+        self.addCleanup(shutil.rmtree, certs, True)
+        shutil.copy(ca.issue(["a.test"], "a.pem"), os.path.join(certs, "default.pem"))
+        shutil.copy(ca.issue(["ip.test", "127.0.0.1"], "ip.pem"), os.path.join(certs, "ip.pem"))
+        backend = ThreadedServer(_backendHandler)
+        self.addCleanup(backend.stop)
+        port = freePort()
+        proxy = Twistd(
+            ["--mode", "reverse", "--listen", f"tcp:{port}:interface=127.0.0.1", "--certs", certs,
+             "--route", f"*=http://127.0.0.1:{backend.port}"],
+            port=port,
+        )
+        proxy.start()
+        self.addCleanup(proxy.stop)
+        result = curl(port, "127.0.0.1", ca.caPath)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("backend saw GET / HTTP/1.1", result.stdout)
+        self.assertTrue(result.stdout.rstrip().endswith("200"), result.stdout)
+        result = curl(port, "127.0.0.1", ca.caPath, ["-H", "Host: 127.0.0.2"])
+        self.assertTrue(result.stdout.rstrip().endswith("421"), result.stdout)
+        # The certificate for a name is still chosen by SNI.
+        result = curl(port, "a.test", ca.caPath)
+        self.assertTrue(result.stdout.rstrip().endswith("200"), result.stdout)
+        self.assertEqual(proxy.stop(), 0)
+        self.assertNotIn("Traceback", proxy.stdout() + proxy.stderr())
+
+
+def _selfSigned(path: str, names: Sequence[str]) -> str:
+    """
+    Write a self-signed certificate (its own issuer) for C{names} and its
+    key to C{path}.
+    """
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
+    sans: list = []
+    for n in names:
+        try:
+            sans.append(x509.IPAddress(ipaddress.ip_address(n)))
+        except ValueError:
+            sans.append(x509.DNSName(n))
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    with open(path, "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
+    return path
+
+
+class UpstreamVerificationIntegrationTests(SynchronousTestCase):
+    """
+    C{twistd -n txproxy --mode reverse} to a self-signed C{https://}
+    backend: without C{--upstream-ca} the client gets C{502} naming the
+    verification failure and the log says it once; with C{--upstream-ca}
+    naming the backend's certificate it gets C{200}; a name the
+    certificate does not carry is a C{502} naming the mismatch.
+    """
+
+    def setUp(self) -> None:
+        from tests.procs import ThreadedServer
+
+        self.dir = tempfile.mkdtemp(prefix="txproxy-upstream-ca-")
+        self.addCleanup(shutil.rmtree, self.dir, True)
+        self.pem = _selfSigned(os.path.join(self.dir, "backend.pem"), ["127.0.0.1"])
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(self.pem)
+        self.backend = ThreadedServer(_backendHandler, wrap=lambda conn: ctx.wrap_socket(conn, server_side=True))
+        self.addCleanup(self.backend.stop)
+
+    def proxy(self, *extra: str) -> Any:
+        from tests.procs import Twistd, freePort
+
+        port = freePort()
+        proxy = Twistd(
+            ["--mode", "reverse", "--listen", f"tcp:{port}:interface=127.0.0.1",
+             "--route", f"ip.test=https://127.0.0.1:{self.backend.port}",
+             "--route", f"name.test=https://localhost:{self.backend.port}", *extra],
+            port=port,
+        )
+        proxy.start()
+        self.addCleanup(proxy.stop)
+        return proxy
+
+    def get(self, proxy: Any, host: str) -> bytes:
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
+            return _request(sock, host)
+
+    def test_selfSignedWithoutCA(self) -> None:
+        """
+        Without C{--upstream-ca}: C{502} whose body names OpenSSL's reason,
+        and one log line naming the backend and the reason.
+        """
+        proxy = self.proxy()
+        response = self.get(proxy, "ip.test")
+        self.assertIn(b" 502 ", response.split(b"\r\n", 1)[0], response)
+        self.assertIn(b"certificate verify failed: self-signed certificate", response)
+        self.assertEqual(proxy.stop(), 0)
+        log = proxy.stdout()
+        lines = [line for line in log.splitlines() if "TLS verification failed" in line]
+        self.assertEqual(len(lines), 1, log)
+        self.assertIn("self-signed certificate", lines[0])
+        self.assertIn(f"127.0.0.1:{self.backend.port}", lines[0])
+        self.assertNotIn("Traceback", log + proxy.stderr())
+
+    def test_upstreamCA(self) -> None:
+        """
+        With C{--upstream-ca} holding the backend's certificate: C{200};
+        a route naming the backend by a name the certificate lacks: C{502}
+        naming the mismatch.
+        """
+        proxy = self.proxy("--upstream-ca", self.pem)
+        response = self.get(proxy, "ip.test")
+        self.assertIn(b" 200 ", response.split(b"\r\n", 1)[0], response)
+        self.assertIn(b"backend saw GET / HTTP/1.1", response)
+        response = self.get(proxy, "name.test")
+        self.assertIn(b" 502 ", response.split(b"\r\n", 1)[0], response)
+        self.assertIn(b"hostname mismatch: the certificate is not valid for localhost", response)
+        self.assertEqual(proxy.stop(), 0)
+        self.assertNotIn("Traceback", proxy.stdout() + proxy.stderr())

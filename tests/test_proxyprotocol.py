@@ -18,7 +18,15 @@ from twisted.protocols.haproxy._v2parser import V2Parser
 from twisted.protocols.haproxy._wrapper import HAProxyWrappingFactory
 from twisted.trial.unittest import SynchronousTestCase
 
-from txproxy.proxyprotocol import V2_SIGNATURE, formatV1, formatV2, headerFor
+from txproxy.proxyprotocol import (
+    V2_SIGNATURE,
+    HeaderParser,
+    InvalidHeader,
+    ProxyInfo,
+    formatV1,
+    formatV2,
+    headerFor,
+)
 
 
 class _Recorder(Protocol):
@@ -330,3 +338,156 @@ class HeaderForTests(SynchronousTestCase):
         source: Optional[Any] = ("10.0.0.1", 1)
         self.assertTrue(headerFor("v1", source, ("10.0.0.2", 2)).startswith(b"PROXY TCP4 "))
         self.assertTrue(headerFor("v2", source, ("10.0.0.2", 2)).startswith(V2_SIGNATURE))
+
+
+def _v2(familyProtocol: int, body: bytes, command: int = 0x21) -> bytes:
+    return V2_SIGNATURE + struct.pack("!BBH", command, familyProtocol, len(body)) + body
+
+
+class HeaderParserTests(SynchronousTestCase):
+    """
+    L{HeaderParser} reads what the C{haproxy:} listener accepts: a valid
+    header in pieces of any size, never an address that is not one.
+    """
+
+    def feedSplit(self, data: bytes, cut: int) -> Any:
+        parser = HeaderParser()
+        info, rest = parser.feed(data[:cut])
+        if info is not None:
+            return info, rest + data[cut:]
+        self.assertEqual(rest, b"")
+        return parser.feed(data[cut:])
+
+    def assertEverySplit(self, header: bytes, source: Any, destination: Any) -> None:
+        """
+        C{header + b"after"} split at every byte position (and whole)
+        gives the same addresses and C{b"after"}.
+        """
+        data = header + b"after"
+        for cut in range(0, len(data) + 1):
+            info, rest = self.feedSplit(data, cut)
+            self.assertIsInstance(info, ProxyInfo)
+            self.assertEqual((info.header, info.source, info.destination), (header, source, destination), cut)
+            self.assertEqual(rest, b"after", cut)
+        # One byte at a time.
+        parser = HeaderParser()
+        for i in range(len(header) - 1):
+            self.assertEqual(parser.feed(header[i : i + 1]), (None, b""))
+        info, rest = parser.feed(header[-1:] + b"after")
+        self.assertEqual((info.source, rest), (source, b"after"))
+
+    def test_v1SplitAnywhere(self) -> None:
+        """
+        A version 1 header is read whatever its segments (C{PROX} /
+        C{Y TCP4 ...} included), TCP4 and TCP6.
+        """
+        self.assertEverySplit(
+            b"PROXY TCP4 198.51.100.7 203.0.113.1 5555 443\r\n",
+            IPv4Address("TCP", "198.51.100.7", 5555),
+            IPv4Address("TCP", "203.0.113.1", 443),
+        )
+        self.assertEverySplit(
+            b"PROXY TCP6 2001:db8::7 2001:db8::1 5555 443\r\n",
+            IPv6Address("TCP", "2001:db8::7", 5555),
+            IPv6Address("TCP", "2001:db8::1", 443),
+        )
+
+    def test_v2SplitAnywhere(self) -> None:
+        """
+        A version 2 header is read whatever its segments, even inside the
+        signature or the fixed part, TCP4 and TCP6, with TLVs skipped.
+        """
+        self.assertEverySplit(
+            formatV2(("198.51.100.7", 5555), ("203.0.113.1", 443)),
+            IPv4Address("TCP", "198.51.100.7", 5555),
+            IPv4Address("TCP", "203.0.113.1", 443),
+        )
+        self.assertEverySplit(
+            formatV2(("2001:db8::7", 5555), ("2001:db8::1", 443)),
+            IPv6Address("TCP", "2001:db8::7", 5555),
+            IPv6Address("TCP", "2001:db8::1", 443),
+        )
+        tlv = b"\x04\x00\x03abc"  # PP2_TYPE_NOOP, 3 bytes
+        body = bytes([192, 0, 2, 1, 192, 0, 2, 2]) + struct.pack("!HH", 1, 2) + tlv
+        self.assertEverySplit(_v2(0x11, body), IPv4Address("TCP", "192.0.2.1", 1), IPv4Address("TCP", "192.0.2.2", 2))
+
+    def test_noAddresses(self) -> None:
+        """
+        C{UNKNOWN} (long and short forms), C{LOCAL} and C{UNSPEC} carry no
+        address: the connection's own peer is the client.
+        """
+        for header in [
+            b"PROXY UNKNOWN\r\n",
+            b"PROXY UNKNOWN ffff::1 ffff::2 1 2\r\n",
+            formatV2(None, None, local=True),
+            formatV2(None, None),
+        ]:
+            info, rest = HeaderParser().feed(header + b"x")
+            self.assertEqual((info.source, info.destination, rest), (None, None, b"x"))
+
+    def test_badV1Addresses(self) -> None:
+        """
+        A version 1 address that is not an IP literal of the named family
+        (a name, C{999.1.1.1}, a NUL, IPv6 in TCP4, a zone, brackets) or a
+        bad port is refused, split or not.
+        """
+        for src in [b"not-an-ip", b"999.1.1.1", b"1.2.3.4\x00", b"\x00", b"2001:db8::1", b"1.2.3", b"01.2.3.4",
+                    b"1.2.3.4 ", b"\xc3\xa9.1.1.1"]:
+            header = b"PROXY TCP4 " + src + b" 203.0.113.1 5555 443\r\n"
+            for cut in range(len(header) + 1):
+                self.assertRaises(InvalidHeader, self.feedSplit, header, cut)
+        for header in [
+            b"PROXY TCP6 fe80::1%eth0 ::1 1 2\r\n",
+            b"PROXY TCP6 [::1] ::1 1 2\r\n",
+            b"PROXY TCP6 1.2.3.4 ::1 1 2\r\n",
+            b"PROXY TCP4 1.2.3.4 1.2.3.5 65536 2\r\n",
+            b"PROXY TCP4 1.2.3.4 1.2.3.5 -1 2\r\n",
+            b"PROXY TCP4 1.2.3.4 1.2.3.5 1\r\n",
+            b"PROXY TCP4 1.2.3.4 1.2.3.5 1 2 3\r\n",
+            b"PROXY TCP4  1.2.3.4 1.2.3.5 1 2\r\n",
+            b"PROXY UDP4 1.2.3.4 1.2.3.5 1 2\r\n",
+            b"PROXY TCP4 1.2.3.4 1.2.3.5 1 2\n",
+            b"PROXY TCP4 1.2.3.4\x001.2.3.5 1 2\r\n",
+        ]:
+            self.assertRaises(InvalidHeader, HeaderParser().feed, header)
+
+    def test_badV2Addresses(self) -> None:
+        """
+        Version 2: the UNIX family, datagrams, unknown families, truncated
+        address blocks, another version or command are refused.
+        """
+        unixBody = b"/tmp/a".ljust(108, b"\x00") + b"/tmp/b".ljust(108, b"\x00")
+        for header in [
+            _v2(0x31, unixBody),
+            _v2(0x32, unixBody),
+            _v2(0x12, bytes(12)),
+            _v2(0x22, bytes(36)),
+            _v2(0x41, bytes(12)),
+            _v2(0x10, bytes(12)),
+            _v2(0x11, bytes(11)),
+            _v2(0x21, bytes(35)),
+            _v2(0x11, bytes(12), command=0x22),
+            _v2(0x11, bytes(12), command=0x11),
+        ]:
+            for cut in range(len(header) + 1):
+                self.assertRaises(InvalidHeader, self.feedSplit, header, cut)
+
+    def test_notAHeaderRefusedEarly(self) -> None:
+        """
+        Bytes that cannot begin a header are refused on arrival, without
+        waiting for more: a request line, a partial signature gone wrong.
+        """
+        for data in [b"G", b"GET / HTTP/1.1\r\n", b"PROXX", b"\r\n\r\n\x00\r\nQUIX", b"PROXY\r"]:
+            self.assertRaises(InvalidHeader, HeaderParser().feed, data)
+        for data in [b"P", b"PROX", b"PROXY TCP4 1.2", b"\r\n\r\n\x00", V2_SIGNATURE + b"\x21\x11\x00"]:
+            self.assertEqual(HeaderParser().feed(data), (None, b""))
+
+    def test_v1Bounded(self) -> None:
+        """
+        A version 1 header with no CRLF within 107 bytes is refused.
+        """
+        parser = HeaderParser()
+        self.assertEqual(parser.feed(b"PROXY UNKNOWN " + b"x" * 92), (None, b""))
+        self.assertRaises(InvalidHeader, parser.feed, b"x")
+        info, rest = HeaderParser().feed(b"PROXY UNKNOWN " + b"x" * 91 + b"\r\n")
+        self.assertEqual((info.source, rest), (None, b""))

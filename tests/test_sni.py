@@ -263,6 +263,27 @@ class SNIRefusalTests(SNITestCase):
         self.assertEqual(client.value(), UNRECOGNIZED_NAME_ALERT)
         self.assertClosed(client, 404, "no route for other.test")
 
+    def test_nonASCIIName(self) -> None:
+        """
+        An SNI name that is not ASCII is closed after a TLS
+        C{unrecognized_name} alert, with one log line and no traceback
+        (even with a C{*} route: no route can match it).
+        """
+        from twisted.logger import formatEvent, globalLogPublisher
+
+        events: List[Any] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        hello = helloRecord(helloBody([sniExtension(b"caf\xc3\xa9.test")]))
+        proto, client = self.open(self.factory(routes=["*=tcp://192.0.2.1:1"]))
+        proto.dataReceived(hello)
+        self.assertEqual(client.value(), UNRECOGNIZED_NAME_ALERT)
+        self.assertClosed(client, 400, "not ASCII")
+        lines = [formatEvent(e) for e in events if e.get("log_namespace", "").startswith("txproxy")]
+        self.assertEqual(len(lines), 1, lines)
+        self.assertIn("host_name is not ASCII", lines[0])
+        self.assertFalse([e for e in events if e.get("log_failure") is not None])
+
     def test_defaultRoute(self) -> None:
         """
         A C{*} route takes names nothing else matches.

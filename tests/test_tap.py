@@ -61,6 +61,26 @@ class OptionsTests(SynchronousTestCase):
                               ["--mode", "reverse", "--route", "a=http://b:1", "--client-ca", "ca.pem"])
         self.assertIn("--client-ca needs a TLS listener", str(e))
 
+    def test_upstreamCAChecked(self) -> None:
+        """
+        --upstream-ca must name a readable PEM bundle of certificates: a
+        missing file or one without a certificate is a one-line start-up
+        error naming the option and the file; --help lists the option.
+        """
+        import os
+        import tempfile
+
+        args = ["--mode", "reverse", "--route", "a=https://b:1", "--upstream-ca"]
+        e = self.assertRaises(ConfigError, tap.parseCommandLine, args + ["/nonexistent/ca.pem"])
+        self.assertIn("--upstream-ca /nonexistent/ca.pem", str(e))
+        self.assertNotIn("\n", str(e))
+        fd, empty = tempfile.mkstemp(suffix=".pem")
+        os.close(fd)
+        self.addCleanup(os.remove, empty)
+        e = self.assertRaises(ConfigError, tap.parseCommandLine, args + [empty])
+        self.assertIn("no certificate in it", str(e))
+        self.assertIn("--upstream-ca", str(tap.Options()))
+
     def test_parseOptionsPrintsOneLineAndExits2(self) -> None:
         """
         Options.parseOptions turns a mistake into one stderr line and exit

@@ -6,6 +6,7 @@ transports, a fake connector (or a memory reactor) and a fake clock.
 
 from __future__ import annotations
 
+import struct
 from typing import Any, List, Optional, Tuple
 
 from twisted.internet import defer, error
@@ -18,7 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from txproxy.accesslog import AccessRecord
 from txproxy.connector import Connector
 from txproxy.hooks import ClientInfo, Target
-from txproxy.proxyprotocol import formatV2
+from txproxy.proxyprotocol import V2_SIGNATURE, formatV2
 from txproxy.stream.tcp import TCPProxyFactory, TCPProxyProtocol, TransparentFactory, parseTCPDescription
 from txproxy.testing import FakeConnector, FakeTransport, connect, listenerConfig
 
@@ -853,20 +854,23 @@ class HAProxyListenerTests(TCPTestCase):
         A version 2 header arriving in pieces connects the protocol once,
         when complete; the bytes after it are relayed.
         """
-        header = formatV2(("198.51.100.7", 5555), ("203.0.113.1", 443))
-        # (The first segment must hold the 16-byte fixed part: like
-        # Twisted's wrapper, the version is decided on it.)
-        for cut in range(16, len(header)):
-            self.connector.attempts.clear()
-            factory = self.factory()
-            wrapper, transport = self.wrapped(factory)
-            wrapper.dataReceived(header[:cut])
-            self.assertEqual(self.connector.attempts, [])
-            wrapper.dataReceived(header[cut:] + b"data")
-            upstream = self.connector.last.succeed()
-            self.assertEqual(upstream.value(), b"data")
-            (proto,) = factory.protocols
-            self.assertEqual(proto.client.host, "198.51.100.7")
+        for header in [
+            formatV2(("198.51.100.7", 5555), ("203.0.113.1", 443)),
+            b"PROXY TCP4 198.51.100.7 203.0.113.1 5555 443\r\n",
+        ]:
+            # Split anywhere: inside the signature or C{PROX} / C{Y TCP4 ...}.
+            for cut in range(1, len(header)):
+                self.connector.attempts.clear()
+                factory = self.factory()
+                wrapper, transport = self.wrapped(factory)
+                wrapper.dataReceived(header[:cut])
+                self.assertFalse(transport.disconnecting, cut)
+                self.assertEqual(self.connector.attempts, [])
+                wrapper.dataReceived(header[cut:] + b"data")
+                upstream = self.connector.last.succeed()
+                self.assertEqual(upstream.value(), b"data")
+                (proto,) = factory.protocols
+                self.assertEqual(proto.client.host, "198.51.100.7")
 
     def test_finBeforeHeaderCloses(self) -> None:
         """
@@ -891,6 +895,188 @@ class HAProxyListenerTests(TCPTestCase):
         self.assertTrue(transport.disconnecting)
         self.assertEqual(self.log.records, [])
         self.assertEqual(factory.protocols, set())
+
+
+class HAProxyListenerGuardTests(TCPTestCase):
+    """
+    A C{haproxy:} listener bounds a connection from accept: the PROXY
+    header must come within C{--header-timeout}, the connection counts
+    toward C{--max-conns} before it, and a header whose addresses are not
+    IP addresses closes the connection with one log line.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        from twisted.logger import globalLogPublisher
+
+        self.events: List[Any] = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def limited(self, **options: Any) -> Any:
+        from txproxy.limits.memory import MemoryLimiter
+        from txproxy.limits.service import ListenerLimits
+
+        factory = self.factory(**options)
+        self.limiter = MemoryLimiter(self.clock)
+        factory.limits = ListenerLimits(self.limiter, factory.listener, "tcp")
+        return factory
+
+    def wrapped(self, factory: Any, peer: Tuple[str, int] = ("127.0.0.1", 1111)) -> Tuple[Any, FakeTransport]:
+        from txproxy.proxyaccept import HalfCloseableHAProxyFactory
+
+        wrapping = getattr(factory, "_wrapping", None)
+        if wrapping is None:
+            wrapping = factory._wrapping = HalfCloseableHAProxyFactory(factory)
+        transport = FakeTransport(peer=peer)
+        proto = wrapping.buildProtocol(transport.getPeer())
+        transport.protocol = proto
+        proto.makeConnection(transport)
+        return proto, transport
+
+    def lines(self) -> List[str]:
+        from twisted.logger import formatEvent
+
+        return [formatEvent(e) for e in self.events if "PROXY header" in formatEvent(e)]
+
+    def test_silentConnectionTimesOut(self) -> None:
+        """
+        A connection that sends nothing, or part of a header, is closed
+        after C{--header-timeout}, with one log line each; a complete
+        header in time stops the timer.
+        """
+        factory = self.factory(header_timeout=5)
+        silent = self.wrapped(factory)[1]
+        _, partial = self.wrapped(factory)
+        partial.protocol.dataReceived(b"PROXY TCP4 198.51")
+        _, complete = self.wrapped(factory)
+        complete.protocol.dataReceived(b"PROXY TCP4 198.51.100.7 203.0.113.1 5555 443\r\n")
+        self.clock.advance(4.9)
+        self.assertFalse(silent.disconnecting or partial.disconnecting)
+        self.clock.advance(0.1)
+        self.assertTrue(silent.closed and partial.closed)
+        self.assertFalse(complete.disconnecting)
+        lines = self.lines()
+        self.assertEqual(len(lines), 2, lines)
+        self.assertIn("--header-timeout", lines[0])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(len(factory.protocols), 1)
+
+    def test_countsTowardMaxConnsFromAccept(self) -> None:
+        """
+        Connections without a header yet hold slots of C{--max-conns}: one
+        over it is closed at once; closing one frees its slot; and once the
+        header arrives the slot passes to the connection (still one slot).
+        """
+        factory = self.limited(max_conns=2)
+        _, first = self.wrapped(factory)
+        _, second = self.wrapped(factory)
+        self.assertEqual(self.limiter.leaseCount, 2)
+        _, third = self.wrapped(factory)
+        self.assertTrue(third.closed)
+        self.assertEqual(self.limiter.leaseCount, 2)
+        first.peerClosed()
+        self.assertEqual(self.limiter.leaseCount, 1)
+        _, fourth = self.wrapped(factory)
+        self.assertFalse(fourth.disconnecting)
+        fourth.protocol.dataReceived(b"PROXY TCP4 198.51.100.7 203.0.113.1 5555 443\r\n")
+        self.assertEqual(self.limiter.leaseCount, 2)
+        self.assertEqual([p.client.host for p in factory.protocols], ["198.51.100.7"])
+        _, fifth = self.wrapped(factory)
+        self.assertTrue(fifth.closed)
+        # Timed out connections give their slots back too.
+        self.clock.advance(factory.listener.headerTimeout)
+        self.assertTrue(second.closed)
+        self.assertEqual(self.limiter.leaseCount, 1)
+        fourth.peerClosed()
+        self.assertEqual(self.limiter.leaseCount, 0)
+
+    def test_perClientCapOnHeaderAddress(self) -> None:
+        """
+        C{--max-conns-per-client} counts the address the header carries,
+        not the load balancer's: two clients behind one peer each get
+        their own cap.
+        """
+        factory = self.limited(max_conns_per_client=1)
+        opened = []
+        for client in ["198.51.100.7", "198.51.100.8", "198.51.100.7"]:
+            _, transport = self.wrapped(factory)
+            transport.protocol.dataReceived(b"PROXY TCP4 %s 203.0.113.1 5555 443\r\n" % (client.encode(),))
+            opened.append(transport)
+        self.assertEqual([t.closed for t in opened], [False, False, True])
+
+    def test_capAnsweredLater(self) -> None:
+        """
+        When the limiter answers later (Redis), a header that arrives
+        first waits for the answer (reading paused); the slot held since
+        accept is released once the protocol has its own.
+        """
+        from txproxy.limits._decision import Decision
+        from txproxy.limits.service import ListenerLimits
+
+        asked: List[Any] = []
+        released: List[str] = []
+
+        class Lease:
+            def __init__(self, client: str) -> None:
+                self.client = client
+
+            def release(self) -> Any:
+                released.append(self.client)
+                return defer.succeed(None)
+
+        class SlowLimiter:
+            def take(self, key: str, rate: float, burst: float, cost: float = 1.0) -> Any:
+                raise AssertionError("no --rate here")
+
+            def acquire(self, scope: str, client: str, maxTotal: Any, maxPerClient: Any) -> Any:
+                d: defer.Deferred[Any] = defer.Deferred()
+                asked.append((client, maxTotal, maxPerClient, d))
+                return d
+
+        factory = self.factory(max_conns=5, max_conns_per_client=2)
+        factory.limits = ListenerLimits(SlowLimiter(), factory.listener, "tcp")  # type: ignore[arg-type]
+        _, transport = self.wrapped(factory)
+        ((client, total, perClient, d),) = asked
+        self.assertEqual((total, perClient), (5, None))
+        transport.protocol.dataReceived(b"PROXY TCP4 198.51.100.7 203.0.113.1 5555 443\r\nhel")
+        transport.protocol.dataReceived(b"lo")
+        self.assertTrue(transport.paused)
+        self.assertEqual(factory.protocols, set())
+        d.callback(Decision(True, lease=Lease("pending")))
+        self.assertFalse(transport.paused)
+        self.assertEqual(released, ["pending"])
+        ((client, total, perClient, d2),) = asked[1:]
+        self.assertEqual((client, total, perClient), ("198.51.100.7", 5, 2))
+        d2.callback(Decision(True, lease=Lease("client")))
+        upstream = self.connector.last.succeed()
+        self.assertEqual(upstream.value(), b"hello")
+        transport.peerClosed()
+        self.assertEqual(released, ["pending", "client"])
+
+    def test_badAddressesClosed(self) -> None:
+        """
+        A header carrying C{not-an-ip}, C{999.1.1.1}, a NUL or a UNIX
+        address closes the connection with one log line; the protocol is
+        never made, nothing is dialled.
+        """
+        unixBody = b"/tmp/a".ljust(108, b"\x00") + b"/tmp/b".ljust(108, b"\x00")
+        headers = [
+            b"PROXY TCP4 not-an-ip 203.0.113.1 5555 443\r\n",
+            b"PROXY TCP4 999.1.1.1 203.0.113.1 5555 443\r\n",
+            b"PROXY TCP4 198.51.100.7\x00 203.0.113.1 5555 443\r\n",
+            V2_SIGNATURE + b"\x21\x31" + struct.pack("!H", len(unixBody)) + unixBody,
+        ]
+        factory = self.limited(max_conns=10)
+        for header in headers:
+            _, transport = self.wrapped(factory)
+            transport.protocol.dataReceived(header)
+            self.assertTrue(transport.closed)
+        self.assertEqual(factory.protocols, set())
+        self.assertEqual(self.connector.attempts, [])
+        self.assertEqual(self.limiter.leaseCount, 0)
+        self.assertEqual(len(self.lines()), len(headers))
+        self.assertIn("bad PROXY header", self.lines()[0])
 
 
 class ServiceTests(SynchronousTestCase):

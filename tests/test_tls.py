@@ -112,6 +112,19 @@ def writeCertificate(
     return path
 
 
+class _FakeSAN:
+    """
+    A certificate whose subjectAltName extension holds C{sans} (cryptography
+    builds no DNSName from an IP literal's text only through a real CA
+    that would refuse it; this stands in for a misissued one).
+    """
+
+    def __init__(self, cert: Any, sans: List[Any]) -> None:
+        self.subject = cert.subject
+        san = x509.SubjectAlternativeName(sans)
+        self.extensions = x509.Extensions([x509.Extension(san.oid, False, san)])
+
+
 def _names(cert: Any) -> frozenset:
     if isinstance(cert, crypto.X509):
         cert = cert.to_cryptography()
@@ -298,11 +311,11 @@ class CertificateNamesTests(SynchronousTestCase):
 
     def test_subjectAltNames(self) -> None:
         """
-        The names are the DNS subjectAltNames, lower-case; IP address SANs
-        and the CN are not names.
+        The names are the DNS subjectAltNames, lower-case, and the IP
+        address SANs in canonical form; the CN is not a name.
         """
-        path = self.f.cert("a.pem", ["A.test", "*.a.test", "127.0.0.1"], commonName="cn.test")
-        self.assertEqual(loadCertificateFile(path).names, frozenset({"a.test", "*.a.test"}))
+        path = self.f.cert("a.pem", ["A.test", "*.a.test", "127.0.0.1", "2001:DB8:0::1"], commonName="cn.test")
+        self.assertEqual(loadCertificateFile(path).names, frozenset({"a.test", "*.a.test", "127.0.0.1", "2001:db8::1"}))
 
     def test_commonNameWithoutSubjectAltName(self) -> None:
         """
@@ -313,11 +326,27 @@ class CertificateNamesTests(SynchronousTestCase):
 
     def test_onlyIPSubjectAltNames(self) -> None:
         """
-        A certificate whose subjectAltNames are only IP addresses has no
-        names: the CN is not used once a SAN extension exists (RFC 6125).
+        A certificate whose subjectAltNames are only IP addresses is named
+        by them alone: the CN is not used once a SAN extension exists (RFC
+        6125).
         """
         path = self.f.cert("ip.pem", ["127.0.0.1"], commonName="cn.test")
+        self.assertEqual(loadCertificateFile(path).names, frozenset({"127.0.0.1"}))
+
+    def test_ipWrittenAsDNSNameIsNotAName(self) -> None:
+        """
+        An IP address written as a DNS subjectAltName or as the CN is not a
+        name (an IP literal matches only an iPAddress SAN).
+        """
+        from cryptography import x509 as _x509
+
+        from txproxy.tls import certificateNames
+
+        path = self.f.cert("cn-ip.pem", [], commonName="127.0.0.1")
         self.assertEqual(loadCertificateFile(path).names, frozenset())
+        cert = loadCertificateFile(self.f.cert("d.pem", ["d.test"])).certificate
+        fake = _FakeSAN(cert, [_x509.DNSName("127.0.0.1"), _x509.DNSName("d.test")])
+        self.assertEqual(certificateNames(fake), frozenset({"d.test"}))
 
     def test_leafIsTheCertificateMatchingTheKey(self) -> None:
         """
@@ -707,6 +736,28 @@ class HostMatchesNamesTests(SynchronousTestCase):
         self.assertTrue(hostMatchesNames("[::1]:443", ["::1"]))
         self.assertFalse(hostMatchesNames("a.test", frozenset()))
 
+    def test_ipAddresses(self) -> None:
+        """
+        An IP literal matches the same address among the names (as
+        L{certificateNames} writes iPAddress SANs), in any spelling, with
+        or without a port; never a wildcard.
+        """
+        names = frozenset({"127.0.0.1", "2001:db8::1", "*.0.0.1", "a.test"})
+        cases = [
+            ("127.0.0.1", True),
+            ("127.0.0.1:8443", True),
+            ("127.0.0.2", False),
+            ("10.0.0.1", False),
+            ("[2001:db8::1]", True),
+            ("[2001:DB8:0:0::1]:443", True),
+            ("[2001:db8::2]", False),
+            ("[::ffff:127.0.0.1]", True),
+            ("[fe80::1%25eth0]", False),
+        ]
+        for host, expected in cases:
+            self.assertEqual(hostMatchesNames(host, names), expected, host)
+        self.assertFalse(hostMatchesNames("127.0.0.1", frozenset({"*.0.0.1", "0.0.1"})))
+
 
 class ServerTLSTests(SynchronousTestCase):
     """
@@ -759,6 +810,27 @@ class ServerTLSTests(SynchronousTestCase):
         self.assertEqual(servedNames(loop.server), frozenset({"own.test"}))
         self.assertIsNone(requestedServerName(loop.server))
 
+    def test_ipAddressSelectsCertificate(self) -> None:
+        """
+        A certificate with an iPAddress subjectAltName is served to a
+        client that connected to that address without SNI (what clients do
+        for C{https://IP/}; the memory transport's local address is
+        10.0.0.1), or that sent the address as SNI; its names then pass the
+        C{421} check for the address.
+        """
+        self.f.cert("ip.pem", ["ip.test", "10.0.0.1"])
+        self.f.cert("ip6.pem", ["2001:db8::5"])
+        loop = Loopback(self.options(), RawClient())
+        self.assertTrue(loop.established)
+        self.assertEqual(servedNames(loop.server), frozenset({"ip.test", "10.0.0.1"}))
+        self.assertTrue(hostMatchesNames("10.0.0.1", servedNames(loop.server)))
+        self.assertIsNone(requestedServerName(loop.server))
+        loop = Loopback(self.options(), RawClient(b"2001:db8::5"))
+        self.assertEqual(servedNames(loop.server), frozenset({"2001:db8::5"}))
+        self.assertTrue(hostMatchesNames("[2001:db8::5]:443", servedNames(loop.server)))
+        loop = Loopback(self.options(), RawClient(b"a.test"))
+        self.assertEqual(servedNames(loop.server), frozenset({"a.test"}))
+
     def test_defaultForUnknownName(self) -> None:
         """
         An SNI name no certificate covers gets the default certificate.
@@ -804,11 +876,12 @@ class ServerTLSTests(SynchronousTestCase):
     def test_isTLSTransport(self) -> None:
         """
         L{isTLSTransport} recognises a TLS connection, even one whose
-        certificate has no DNS name (so no served names).
+        certificate has no name (only an IP address as its CN: no served
+        names).
         """
         folder = os.path.join(self.f.root, "ip")
         os.mkdir(folder)
-        writeCertificate(os.path.join(folder, "ip.pem"), ["127.0.0.1"])
+        writeCertificate(os.path.join(folder, "ip.pem"), [], commonName="127.0.0.1")
         loop = Loopback(ServerTLSOptions(folder), RawClient())
         self.assertTrue(isTLSTransport(loop.serverApp.transport))
         self.assertEqual(servedNames(loop.serverApp.transport), frozenset())
@@ -1376,3 +1449,36 @@ class ListenerEndpointTests(SynchronousTestCase):
             ConfigError, listenerEndpoint, self.reactor, "tcp:8443", self.listener(mode="sni", certs=self.f.certs)
         )
         self.assertIn("sni mode", str(e))
+
+
+class VerificationFailureTests(SynchronousTestCase):
+    """
+    L{txproxy.tls.verificationFailure} names why an upstream's certificate
+    was refused, and nothing else.
+    """
+
+    def test_reasons(self) -> None:
+        """
+        OpenSSL's chain failure gives its verify message; service_identity's
+        mismatch the name or address; other errors L{None}.
+        """
+        from service_identity import CertificateError, VerificationError
+        from service_identity.exceptions import DNSMismatch, IPAddressMismatch
+        from service_identity.hazmat import DNS_ID, IPAddress_ID
+
+        from txproxy.tls import verificationFailure
+
+        chain = ssl.SSLCertVerificationError(1, "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed")
+        chain.verify_message = "self-signed certificate"
+        self.assertEqual(verificationFailure(chain), "certificate verify failed: self-signed certificate")
+        self.assertEqual(
+            verificationFailure(VerificationError([DNSMismatch(DNS_ID("localhost"))])),
+            "hostname mismatch: the certificate is not valid for localhost",
+        )
+        self.assertEqual(
+            verificationFailure(VerificationError([IPAddressMismatch(IPAddress_ID("127.0.0.2"))])),
+            "hostname mismatch: the certificate is not valid for 127.0.0.2",
+        )
+        self.assertIn("certificate rejected", verificationFailure(CertificateError("no subjectAltName")) or "")
+        self.assertIsNone(verificationFailure(ConnectionResetError()))
+        self.assertIsNone(verificationFailure(ssl.SSLError(1, "[SSL] wrong version number")))

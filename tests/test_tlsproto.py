@@ -280,6 +280,56 @@ class TLSServerProtocolTests(SynchronousTestCase):
         peer.read()
         self.assertTrue(peer.closeNotified)
 
+    def test_nonASCIIServerName(self) -> None:
+        """
+        A ClientHello whose SNI name is not ASCII (split anywhere) gets a
+        fatal C{unrecognized_name} alert and the connection is closed, with
+        one log line: no traceback (the C{ssl} module's callback cannot
+        decode the name) and no C{internal_error}.
+        """
+        import sys
+
+        from twisted.logger import formatEvent, globalLogPublisher
+
+        from txproxy.stream.clienthello import UNRECOGNIZED_NAME_ALERT, ServerNameError
+
+        unraisable: List[Any] = []
+        hook = sys.unraisablehook
+        sys.unraisablehook = unraisable.append
+        self.addCleanup(setattr, sys, "unraisablehook", hook)
+        events: List[Any] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        # A real ClientHello for "xx.test", its name replaced by UTF-8 "é"
+        # (two bytes, so every length still holds).
+        template = Peer(self, App(), serverName="xx.test", handshake=False)
+        try:
+            template.client.do_handshake()
+        except ssl.SSLWantReadError:
+            pass
+        hello = template.outgoing.read()
+        self.assertEqual(hello.count(b"xx.test"), 1)
+        hello = hello.replace(b"xx.test", b"\xc3\xa9.test")
+        for cut in [1, 5, len(hello) // 2, len(hello) - 1]:
+            del events[:]
+            app = App()
+            server = TLSServerProtocol(self.options.serverObject, app)
+            transport = StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.1", 5000))
+            server.makeConnection(transport)
+            server.dataReceived(hello[:cut])
+            self.assertFalse(transport.disconnecting)
+            server.dataReceived(hello[cut:])
+            self.assertEqual(transport.value(), UNRECOGNIZED_NAME_ALERT)
+            self.assertTrue(transport.disconnecting)
+            server.dataReceived(b"more")
+            server.connectionLost(Failure(ConnectionDone()))
+            self.assertIsInstance(app.lost.value, ServerNameError)
+            lines = [formatEvent(e) for e in events]
+            self.assertEqual(len(lines), 1, lines)
+            self.assertIn("192.0.2.1", lines[0])
+            self.assertIn("not ASCII", lines[0])
+        self.assertEqual(unraisable, [])
+
     def test_notTLS(self) -> None:
         """
         Clear text where a handshake belongs closes the connection, and the

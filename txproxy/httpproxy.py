@@ -87,6 +87,7 @@ from txproxy.http import connectionTokens as _connectionTokensOf
 from txproxy.limits._decision import ALLOWED, Decision
 from txproxy._common import clientInfoFor, formatAddress, overrides, statusForFailure
 from txproxy.relay import Relay, RelayedProtocol, fastSender, joinRelay
+from txproxy.tls import verificationFailure
 
 __all__ = [
     "HTTPRequest",
@@ -1311,6 +1312,20 @@ class HTTPProxyProtocol(Protocol):
             return
         ex = self._ex
         if ex is not None:
+            if reason is not None and not self._reused:
+                # A fresh TLS connection whose handshake refused the
+                # upstream's certificate: say so (else it would read as
+                # "closed before answering").
+                detail = verificationFailure(reason.value)
+                if detail is not None:
+                    log.warn(
+                        "upstream {upstream} for {client}: TLS verification failed: {detail}",
+                        upstream=self._upstreamAddress or "?",
+                        client=self.client.host,
+                        detail=detail,
+                    )
+                    self._run(ex.fail(502, f"TLS verification of the upstream failed: {detail}"))
+                    return
             self._run(ex.upstreamEnded(self._reused))
 
     def _retry(self) -> None:

@@ -4,8 +4,10 @@ Building PROXY protocol headers (HAProxy's PROXY protocol, versions 1 and 2)
 to write to an upstream connection before any byte from the client, so that
 the upstream learns the client's address.
 
-Accepting the header is not here: Twisted's C{haproxy:} endpoint prefix
-(L{twisted.protocols.haproxy}) does that.
+Reading a header from an accepted connection (the C{haproxy:} listener
+prefix) is L{HeaderParser}, also pure: bytes in, a L{ProxyInfo} or an
+L{InvalidHeader} out; the listener's wrapper in L{txproxy.proxyaccept} adds the
+I/O, the timeout and the connection cap.
 
 Addresses may be given as Twisted addresses (L{IPv4Address}, L{IPv6Address},
 L{UNIXAddress}, or anything with C{host} (or C{hostname}) and C{port}
@@ -31,9 +33,21 @@ import ipaddress
 import struct
 from typing import Any, Optional, Tuple, Union
 
+import attr
+
 from twisted.internet.address import IPv4Address, IPv6Address
 
-__all__ = ["formatV1", "formatV2", "headerFor", "V2_SIGNATURE"]
+__all__ = [
+    "formatV1",
+    "formatV2",
+    "headerFor",
+    "V2_SIGNATURE",
+    "HeaderParser",
+    "InvalidHeader",
+    "ProxyInfo",
+    "parseV1",
+    "parseV2",
+]
 
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 """The 12 bytes that open every version 2 header."""
@@ -210,3 +224,194 @@ def headerFor(version: str, source: AddressLike, destination: AddressLike) -> by
     if version == "v2":
         return formatV2(source, destination)
     raise ValueError("unknown PROXY protocol version %r (expected 'v1' or 'v2')" % (version,))
+
+
+# ---------------------------------------------------------------------------
+# Reading the header (the C{haproxy:} listener prefix)
+
+
+class InvalidHeader(ValueError):
+    """
+    The bytes received are not a valid PROXY header.  Its text says why, in
+    a few words, for the one log line the listener writes before closing.
+    """
+
+
+@attr.s(frozen=True, slots=True, auto_attribs=True)
+class ProxyInfo:
+    """
+    A PROXY header read from an accepted connection.
+
+    @ivar header: the header's bytes.
+    @ivar source: the client address it carried (an L{IPv4Address} or
+        L{IPv6Address}), or L{None} when it carries none (version 1
+        C{UNKNOWN}, version 2 C{LOCAL} or C{UNSPEC}): the connection's own
+        peer is then the client.
+    @ivar destination: the address the client connected to, or L{None}.
+    """
+
+    header: bytes
+    source: Optional[Union[IPv4Address, IPv6Address]]
+    destination: Optional[Union[IPv4Address, IPv6Address]]
+
+
+_V1_PREFIX = b"PROXY "
+_V1_MAX = 107
+"""The longest version 1 header, CRLF included (the specification's bound)."""
+_V2_FIXED = 16
+_V2_MAX_BODY = 0xFFFF
+
+
+def _v1Address(family: bytes, text: bytes) -> str:
+    """
+    Check one version 1 address: an IPv4 dotted quad for C{TCP4}, an IPv6
+    address (no zone, no brackets) for C{TCP6}.
+
+    @return: the address as text, IPv6 compressed.
+    @raise InvalidHeader: it is not one.
+    """
+    try:
+        host = text.decode("ascii")
+        if family == b"TCP4":
+            return str(ipaddress.IPv4Address(host))
+        if "%" in host:
+            raise ValueError(host)
+        return _ipv6Text(ipaddress.IPv6Address(host))
+    except (UnicodeDecodeError, ValueError):
+        raise InvalidHeader("not an %s address: %r" % ("IPv4" if family == b"TCP4" else "IPv6", text)) from None
+
+
+def _v1Port(text: bytes) -> int:
+    if not 1 <= len(text) <= 5 or not text.isdigit():
+        raise InvalidHeader("not a port: %r" % (text,))
+    port = int(text)
+    if port > 0xFFFF:
+        raise InvalidHeader("port out of range: %r" % (text,))
+    return port
+
+
+def parseV1(line: bytes) -> ProxyInfo:
+    """
+    Parse one complete version 1 header line (CRLF included).
+
+    C{PROXY TCP4|TCP6 SRC DST SPORT DPORT}, single spaces, addresses of the
+    named family, decimal ports; or C{PROXY UNKNOWN} with anything up to the
+    CRLF (which the specification says to ignore).
+
+    @raise InvalidHeader: anything else (a NUL, a host name, C{999.1.1.1},
+        a missing field, an extra one).
+    """
+    if not line.endswith(b"\r\n") or not line.startswith(_V1_PREFIX):
+        raise InvalidHeader("not a PROXY header")
+    body = line[len(_V1_PREFIX) : -2]
+    if b"\x00" in body or b"\r" in body or b"\n" in body:
+        raise InvalidHeader("a control character in a version 1 header")
+    if body == b"UNKNOWN" or body.startswith(b"UNKNOWN "):
+        return ProxyInfo(line, None, None)
+    fields = body.split(b" ")
+    if len(fields) != 5 or fields[0] not in (b"TCP4", b"TCP6"):
+        raise InvalidHeader("malformed version 1 header")
+    family, src, dst, sport, dport = fields
+    cls = IPv4Address if family == b"TCP4" else IPv6Address
+    return ProxyInfo(
+        line,
+        cls("TCP", _v1Address(family, src), _v1Port(sport)),
+        cls("TCP", _v1Address(family, dst), _v1Port(dport)),
+    )
+
+
+def parseV2(header: bytes) -> ProxyInfo:
+    """
+    Parse one complete version 2 header (fixed part, addresses and TLVs).
+
+    The C{LOCAL} command, and C{PROXY} with the C{UNSPEC} family, carry no
+    client address.  C{PROXY} over C{TCP4} or C{TCP6} carries one; every
+    other family and protocol (C{UNIX}, datagrams) is refused, as is an
+    address block shorter than its family needs.  TLVs are skipped.
+
+    @raise InvalidHeader: as said.
+    """
+    if len(header) < _V2_FIXED or header[:12] != V2_SIGNATURE:
+        raise InvalidHeader("not a PROXY header")
+    versionCommand, familyProtocol, length = struct.unpack("!BBH", header[12:16])
+    if versionCommand >> 4 != 2:
+        raise InvalidHeader("unsupported PROXY protocol version %d" % (versionCommand >> 4,))
+    command = versionCommand & 0x0F
+    if command not in (0, 1):
+        raise InvalidHeader("unknown version 2 command %d" % (command,))
+    if len(header) != _V2_FIXED + length:
+        raise InvalidHeader("version 2 header length mismatch")
+    if command == 0 or familyProtocol == _V2_UNSPEC:
+        return ProxyInfo(header, None, None)
+    body = header[_V2_FIXED:]
+    if familyProtocol == _V2_TCP4:
+        if length < 12:
+            raise InvalidHeader("version 2 TCP4 addresses truncated")
+        s, d = ipaddress.IPv4Address(body[0:4]), ipaddress.IPv4Address(body[4:8])
+        sport, dport = struct.unpack("!HH", body[8:12])
+        return ProxyInfo(header, IPv4Address("TCP", str(s), sport), IPv4Address("TCP", str(d), dport))
+    if familyProtocol == _V2_TCP6:
+        if length < 36:
+            raise InvalidHeader("version 2 TCP6 addresses truncated")
+        s6, d6 = ipaddress.IPv6Address(body[0:16]), ipaddress.IPv6Address(body[16:32])
+        sport, dport = struct.unpack("!HH", body[32:36])
+        return ProxyInfo(header, IPv6Address("TCP", _ipv6Text(s6), sport), IPv6Address("TCP", _ipv6Text(d6), dport))
+    family = {1: "INET", 2: "INET6", 3: "UNIX"}.get(familyProtocol >> 4, "unknown")
+    protocol = {1: "STREAM", 2: "DGRAM"}.get(familyProtocol & 0x0F, "unknown")
+    raise InvalidHeader("unsupported version 2 address family %s/%s" % (family, protocol))
+
+
+class HeaderParser:
+    """
+    Read a PROXY header, version 1 or 2, from bytes arriving in pieces of
+    any size (a header split anywhere, even inside the signature, is read
+    the same as one in one piece).
+
+    The version is decided by the first bytes: C{PROXY } for version 1,
+    the 12-byte signature for version 2; bytes that cannot begin either are
+    refused as soon as they arrive.  A version 1 header longer than 107
+    bytes is refused without waiting for its end.  What the parser holds is
+    bounded by the header's own limit (107 bytes, or 16 + 65535).
+
+    Use: C{info, rest = parser.feed(data)}: C{info} is L{None} until the
+    header is complete; then C{rest} holds the bytes that followed it.
+    Feeding after that is an error.
+    """
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._done = False
+
+    def feed(self, data: bytes) -> Tuple[Optional[ProxyInfo], bytes]:
+        """
+        Take more bytes.
+
+        @return: C{(None, b"")} while the header is incomplete;
+            C{(info, rest)} once it is.
+        @raise InvalidHeader: the bytes cannot be (or begin) a valid header.
+        """
+        if self._done:
+            raise RuntimeError("the PROXY header was already read")
+        buffer = self._buffer = self._buffer + data
+        head = buffer[:12]
+        if V2_SIGNATURE.startswith(head):
+            if len(buffer) < _V2_FIXED:
+                return None, b""
+            size = _V2_FIXED + struct.unpack("!H", buffer[14:16])[0]
+            if buffer[12] >> 4 != 2:
+                raise InvalidHeader("unsupported PROXY protocol version %d" % (buffer[12] >> 4,))
+            if len(buffer) < size:
+                return None, b""
+            self._done = True
+            self._buffer = b""
+            return parseV2(buffer[:size]), buffer[size:]
+        if not _V1_PREFIX.startswith(buffer[:6]):
+            raise InvalidHeader("not a PROXY header")
+        end = buffer.find(b"\r\n", 0, _V1_MAX)
+        if end < 0:
+            if len(buffer) >= _V1_MAX or b"\n" in buffer or b"\x00" in buffer:
+                raise InvalidHeader("malformed version 1 header")
+            return None, b""
+        self._done = True
+        self._buffer = b""
+        return parseV1(buffer[: end + 2]), buffer[end + 2 :]

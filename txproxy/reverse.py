@@ -312,7 +312,7 @@ class ReverseProxyProtocol(HTTPProxyProtocol):
             # Connections verified one way must never serve a route that
             # asks for another (tls_verify, ca_bundle).
             config = self._route.config
-            key = f"{key}|verify={config.tlsVerify}|ca={config.caBundle or ''}"
+            key = f"{key}|verify={config.tlsVerify}|ca={self._upstreamCA() or ''}"
         version = self._proxyVersion(backend)
         if version:
             # A connection that started with a PROXY header names this
@@ -481,6 +481,17 @@ class ReverseProxyProtocol(HTTPProxyProtocol):
         attempt(backend, True)
         return result
 
+    def _upstreamCA(self) -> Optional[str]:
+        """
+        The CA bundle verifying this request's C{https://} backend: the
+        route's C{ca_bundle}, else the listener's C{--upstream-ca}, else
+        L{None} (the platform's trust store).
+        """
+        caBundle: Optional[str] = self._route.config.caBundle
+        if caBundle is None:
+            caBundle = getattr(self.factory.listener, "upstreamCA", None)
+        return caBundle
+
     def _dialBackend(self, backend: Any) -> defer.Deferred:
         factory = self.factory
         proto = self.upstreamProtocol()
@@ -504,7 +515,7 @@ class ReverseProxyProtocol(HTTPProxyProtocol):
                 endpoint = _HeaderFirstEndpoint(endpoint, header)
             if url is not None and url.scheme == "https":
                 config = self._route.config
-                endpoint = wrapClientTLS(endpoint, url.host, config.caBundle, config.tlsVerify)
+                endpoint = wrapClientTLS(endpoint, url.host, self._upstreamCA(), config.tlsVerify)
             host = f"[{url.host}]" if url is not None and ":" in url.host else (url.host if url else "")
             self._upstreamAddress = f"{host}:{url.port}" if url is not None else backend.key
             return endpoint.connect(_OneShotFactory(proto))

@@ -495,6 +495,9 @@ class ListenerConfig:
     routes: Tuple[RouteConfig, ...] = ()
     certs: Optional[str] = None
     clientCA: Optional[str] = None
+    #: --upstream-ca: the PEM bundle verifying TLS upstreams (a route's
+    #: ca_bundle wins); L{None}: the platform's trust store.
+    upstreamCA: Optional[str] = None
     proxyProtocolSend: Optional[str] = None
     trustedProxies: CIDRSet = CIDRSet()
     connectPorts: PortSet = PortSet(((443, 443),), False, "443")
@@ -650,6 +653,7 @@ _LISTENER_OPTIONS: List[Tuple[str, str, _Converter, bool]] = [
     ("route", "routes", _wrap(parseRoute), True),
     ("certs", "certs", _string, False),
     ("client-ca", "clientCA", _string, False),
+    ("upstream-ca", "upstreamCA", _string, False),
     ("proxy-protocol-send", "proxyProtocolSend", _choice(PROXY_PROTOCOL_VERSIONS), False),
     ("trusted-proxies", "trustedProxies", _cidr, True),
     ("connect-ports", "connectPorts", lambda v, w: _wrap(parsePorts)(str(v) if isinstance(v, int) and not isinstance(v, bool) else v, w), False),

@@ -25,7 +25,7 @@ from txproxy.config import ListenerConfig
 from txproxy.errors import ConfigError
 from txproxy.proxyaccept import HalfCloseableHAProxyFactory
 from txproxy.runtime.process import reusePortIfWorker
-from txproxy.tls import isTLSListener, tlsServerEndpoint
+from txproxy.tls import checkCABundle, isTLSListener, tlsServerEndpoint
 
 __all__ = [
     "ListenerService",
@@ -202,6 +202,8 @@ def checkResources(config: _config.ProxyConfig, reactor: Any = None) -> None:
         for description in listener.listen:
             listenerEndpoint(reactor, withBacklog(description, listener.backlog), listener)
         checkUpstreamEndpoints(listener, reactor)
+        if listener.upstreamCA is not None:
+            checkCABundle(listener.upstreamCA, "--upstream-ca")
         for route in listener.routes:
             if route.caBundle is not None:
                 try:

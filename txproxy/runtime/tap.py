@@ -30,6 +30,8 @@ _LISTENER_HELP = {
     "route": "reverse/sni modes: HOST[/PATHPREFIX]=URL[,URL...]; repeatable.",
     "certs": "TLS listeners: folder of *.pem files (key + chain) chosen by SNI; re-read on SIGHUP.",
     "client-ca": "TLS listeners: CA bundle to verify client certificates against.",
+    "upstream-ca": "PEM bundle of CAs verifying https:// upstreams instead of the system store "
+    "(a route's ca_bundle wins).",
     "proxy-protocol-send": "v1 | v2: send a PROXY protocol header to each upstream connection.",
     "trusted-proxies": "CIDR whose X-Forwarded-For/Forwarded headers are kept; repeatable.",
     "connect-ports": "Ports a CONNECT may reach: 443,8443,9000-9100 or * (default 443).",

@@ -33,7 +33,7 @@ from typing import List, Optional, Set, Tuple
 
 import attr
 
-__all__ = ["ClientHello", "ClientHelloError", "ClientHelloReader"]
+__all__ = ["ClientHello", "ClientHelloError", "ClientHelloReader", "ServerNameError", "UNRECOGNIZED_NAME_ALERT"]
 
 _RECORD_HEADER = 5
 _HANDSHAKE_HEADER = 4
@@ -63,6 +63,27 @@ class ClientHelloError(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class ServerNameError(ClientHelloError):
+    """
+    The C{server_name} extension's C{host_name} is not a valid DNS host
+    name (not ASCII, an empty or too long name, a bad label, an IP
+    literal): a server answers it with a fatal C{unrecognized_name} alert
+    (L{UNRECOGNIZED_NAME_ALERT}).
+
+    @ivar ascii: whether the name was ASCII at all (what the standard
+        library's C{ssl} server-name callback cannot take is not).
+    """
+
+    def __init__(self, reason: str, ascii: bool = True) -> None:
+        super().__init__(reason)
+        self.ascii = ascii
+
+
+#: A fatal TLS alert, C{unrecognized_name} (112), in a TLS 1.0 record (what
+#: servers send before a version is negotiated).
+UNRECOGNIZED_NAME_ALERT = b"\x15\x03\x01\x00\x02\x02\x70"
 
 
 @attr.s(frozen=True, auto_attribs=True)
@@ -141,22 +162,22 @@ def _hostName(data: bytes) -> str:
 
     @param data: the C{HostName} bytes.
     @return: the lower-cased name without a trailing dot.
-    @raise ClientHelloError: if it is not a valid DNS host name.
+    @raise ServerNameError: if it is not a valid DNS host name.
     """
     try:
         name = data.decode("ascii").lower()
     except UnicodeDecodeError:
-        raise ClientHelloError("server_name: host_name is not ASCII")
+        raise ServerNameError("server_name: host_name is not ASCII", ascii=False) from None
     if name.endswith("."):
         name = name[:-1]
     if not name or len(name) > 253:
-        raise ClientHelloError("server_name: host_name length %d is not valid" % (len(data),))
+        raise ServerNameError("server_name: host_name length %d is not valid" % (len(data),))
     labels = name.split(".")
     for label in labels:
         if _LABEL.match(label) is None:
-            raise ClientHelloError("server_name: %r is not a valid DNS name" % (name[:64],))
+            raise ServerNameError("server_name: %r is not a valid DNS name" % (name[:64],))
     if labels[-1].isdigit():
-        raise ClientHelloError("server_name: %r is an IP literal, not a DNS name" % (name[:64],))
+        raise ServerNameError("server_name: %r is an IP literal, not a DNS name" % (name[:64],))
     return name
 
 

@@ -14,9 +14,10 @@ else the listener's) is written, then the buffered bytes are replayed
 upstream unchanged and the two connections are relayed.
 
 A connection is closed, and its access record and a log line say why, when
-the bytes are not a TLS ClientHello (C{400}), carry no SNI (C{400}), name a
-host no route matches (C{404}; a TLS C{unrecognized_name} alert is sent
-first), or do not finish in time (C{408}).  Other statuses are those of
+the bytes are not a TLS ClientHello (C{400}), carry no SNI (C{400}), carry
+an SNI that is not a DNS host name, non-ASCII bytes included (C{400}; a TLS
+C{unrecognized_name} alert is sent first), name a host no route matches
+(C{404}; the same alert), or do not finish in time (C{408}).  Other statuses are those of
 L{txproxy.stream.tcp}.
 """
 
@@ -29,17 +30,19 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from txproxy._common import overrides
-from txproxy.stream.clienthello import ClientHello, ClientHelloError, ClientHelloReader
+from txproxy.stream.clienthello import (
+    UNRECOGNIZED_NAME_ALERT,
+    ClientHello,
+    ClientHelloError,
+    ClientHelloReader,
+    ServerNameError,
+)
 from txproxy.hooks import ClientInfo, Target
 from txproxy.stream.tcp import _CLOSED, _CONNECTING, _HELLO, RelayingFactory, _RelayingProtocol, describeFailure
 
 __all__ = ["SNIRouterProtocol", "SNIRouterFactory", "UNRECOGNIZED_NAME_ALERT"]
 
 log = Logger(namespace="txproxy.sni")
-
-#: A fatal TLS alert, C{unrecognized_name} (112), in a TLS 1.0 record (what
-#: servers send before a version is negotiated).
-UNRECOGNIZED_NAME_ALERT = b"\x15\x03\x01\x00\x02\x02\x70"
 
 
 class SNIRouterProtocol(_RelayingProtocol):
@@ -107,6 +110,11 @@ class SNIRouterProtocol(_RelayingProtocol):
             assert reader is not None
             try:
                 hello = reader.feed(data)
+            except ServerNameError as e:
+                # A name no route can match (not ASCII, not a DNS name):
+                # refused like an unknown one, with unrecognized_name.
+                self._closeBecause(400, f"bad ClientHello: {e.reason}", UNRECOGNIZED_NAME_ALERT)
+                return
             except ClientHelloError as e:
                 self._closeBecause(400, f"bad ClientHello: {e.reason}")
                 return

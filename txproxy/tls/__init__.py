@@ -27,8 +27,12 @@ Certificates
 
 L{CertificateStore} reads every C{*.pem} file of a folder (private key and
 certificate chain in one file, leaf first or not; other files are
-ignored).  A certificate's names are its DNS subjectAltNames, or its
-subject CN when it has no subjectAltName extension at all (RFC 6125).  A
+ignored).  A certificate's names are its DNS and iPAddress
+subjectAltNames, or its subject CN when it has no subjectAltName extension
+at all (RFC 6125); an IP address is matched only by an iPAddress
+subjectAltName, never by a DNS name or the CN.  A client that sends no SNI
+(what clients do for C{https://IP/}) is served the certificate naming the
+address it connected to, if any, else the default.  A
 server name matches a certificate by exact name first, then by a wildcard
 name C{*.example.com}, which covers exactly one more label on the left
 (C{x.example.com}, but neither C{example.com} nor C{x.y.example.com});
@@ -81,6 +85,7 @@ that uses Twisted's own TLS.
 from __future__ import annotations
 
 import datetime
+import ipaddress
 import os
 import re
 import ssl
@@ -118,6 +123,7 @@ __all__ = [
     "TLSClientEndpoint",
     "TLSServerEndpoint",
     "certificateNames",
+    "checkCABundle",
     "clientTLSOptions",
     "hostMatchesNames",
     "isTLSListener",
@@ -127,6 +133,7 @@ __all__ = [
     "requestedServerName",
     "servedNames",
     "tlsServerEndpoint",
+    "verificationFailure",
     "wrapClientTLS",
 ]
 
@@ -172,23 +179,50 @@ def _normalizeName(name: str) -> str:
     return name
 
 
+def _canonicalIP(host: str) -> Optional[str]:
+    """
+    C{host} as an IP address in one canonical text form (IPv6 compressed,
+    lower-case, without brackets; an IPv4-mapped IPv6 address as IPv4), or
+    L{None} when it is not an IP literal (a zone index, C{fe80::1%eth0},
+    is not one here).
+    """
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if "%" in host:
+        return None
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ip)
+
+
 def certificateNames(certificate: x509.Certificate) -> FrozenSet[str]:
     """
-    The DNS names a certificate is valid for, lower-case: its DNS
-    subjectAltNames, or its subject common names when it has no
-    subjectAltName extension (RFC 6125 section 6.4.4).  Wildcard names are
-    kept as written (C{*.example.com}).
+    The names a certificate is valid for (RFC 6125, as service_identity
+    reads them): its DNS subjectAltNames, lower-case, and its iPAddress
+    subjectAltNames, as IP literals in canonical form (L{_canonicalIP});
+    or its subject common names when it has no subjectAltName extension
+    (RFC 6125 section 6.4.4).  Wildcard names are kept as written
+    (C{*.example.com}).  A DNS name or common name that is written as an
+    IP address is left out: an IP address is matched only by an iPAddress
+    subjectAltName, so every IP literal among the names is one.
 
     @param certificate: a leaf certificate.
     @return: the names; empty when it has a subjectAltName extension with
-        no DNS name in it (for example only IP addresses).
+        neither a DNS name nor an IP address in it.
     """
     try:
         san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
         cns = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-        return frozenset(_normalizeName(str(cn.value)) for cn in cns if str(cn.value).strip())
-    return frozenset(_normalizeName(n) for n in san.get_values_for_type(x509.DNSName) if n.strip())
+        names = (_normalizeName(str(cn.value)) for cn in cns if str(cn.value).strip())
+        return frozenset(n for n in names if _canonicalIP(n) is None)
+    dns = (_normalizeName(n) for n in san.get_values_for_type(x509.DNSName) if n.strip())
+    ips = (_canonicalIP(str(ip)) for ip in san.get_values_for_type(x509.IPAddress))
+    return frozenset([n for n in dns if _canonicalIP(n) is None] + [ip for ip in ips if ip is not None])
 
 
 def _wildcardSuffix(name: str) -> Optional[str]:
@@ -232,6 +266,9 @@ def hostMatchesNames(host: str, names: Iterable[str]) -> bool:
     Whether the host of a request's C{Host} header (a port, if any, is
     ignored) is one of C{names}: exactly, ignoring case and a trailing dot,
     or by a wildcard name C{*.example.com} covering exactly one more label.
+    An IP literal (C{127.0.0.1}, C{[::1]:443}) matches only the same
+    address among the names (an iPAddress subjectAltName, see
+    L{certificateNames}), never a wildcard.
 
     @param host: the C{Host} header value, e.g. C{"a.test:8443"}.
     @param names: certificate names, as from L{servedNames}.
@@ -241,6 +278,9 @@ def hostMatchesNames(host: str, names: Iterable[str]) -> bool:
     if bare is None:
         return False
     names = names if isinstance(names, (set, frozenset)) else frozenset(names)
+    address = _canonicalIP(bare)
+    if address is not None:
+        return address in names
     if bare in names:
         return True
     first, dot, parent = bare.partition(".")
@@ -394,6 +434,10 @@ class _CertificateSet:
 
     def find(self, serverName: str) -> Optional[CertificateEntry]:
         name = _normalizeName(serverName)
+        address = _canonicalIP(name)
+        if address is not None:
+            # An IP address: only an iPAddress subjectAltName covers it.
+            return self.exact.get(address)
         found = self.exact.get(name)
         if found is not None:
             return found
@@ -671,8 +715,14 @@ class ServerTLSOptions:
 
         def onServerName(sslobj: Any, name: Optional[str], context: Any) -> None:
             if not name:
-                return
-            sslobj.txproxyServerName = name
+                # No SNI (what clients send for https://IP/): the address
+                # the client connected to picks a certificate naming it.
+                local = getattr(sslobj, "txproxyLocalHost", None)
+                if local is None or _canonicalIP(local) is None:
+                    return
+                name = local
+            else:
+                sslobj.txproxyServerName = name
             found = certificateSet.find(name)
             if found is not None and found is not entry:
                 sslobj.context = certificateSet.contexts[found]
@@ -1186,3 +1236,50 @@ def wrapClientTLS(endpoint: Any, hostname: str, caBundle: Optional[str] = None, 
     stamp = _bundleStamp(caBundle) if verify else None
     context = _clientContext(caBundle if verify else None, stamp, verify)
     return TLSClientEndpoint(endpoint, hostname, context, verify)
+
+
+def checkCABundle(path: str, what: str = "CA bundle") -> None:
+    """
+    Check that C{path} is a PEM bundle of CA certificates that OpenSSL
+    accepts (C{--upstream-ca}, at start-up and reload).
+
+    @raise ConfigError: one line naming C{what} and the file.
+    """
+    _loadCABundle(path, what)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    try:
+        ctx.load_verify_locations(cafile=path)
+    except (ssl.SSLError, OSError) as e:
+        raise ConfigError(f"{what} {path}: OpenSSL refused it: {_sslErrorText(e)}") from None
+
+
+def verificationFailure(error: BaseException) -> Optional[str]:
+    """
+    Describe why an upstream's certificate was refused, for the C{502} body
+    and the log line, when C{error} (the reason a L{TLSClientEndpoint}
+    connection was lost) is a verification failure.
+
+    @return: C{"certificate verify failed: self-signed certificate"}
+        (OpenSSL's chain check), C{"hostname mismatch: the certificate is
+        not valid for localhost"} (service_identity's name check), ...; or
+        L{None} for any other error.
+    """
+    if isinstance(error, ssl.SSLCertVerificationError):
+        detail = error.verify_message or _sslErrorText(error)
+        return f"certificate verify failed: {detail}"
+    from service_identity import CertificateError, VerificationError
+
+    if isinstance(error, VerificationError):
+        ids = []
+        for mismatch in error.errors:
+            ident = mismatch.mismatched_id
+            value = getattr(ident, "hostname", None) or getattr(ident, "ip", None)
+            if isinstance(value, bytes):
+                value = value.decode("ascii", "replace")
+            ids.append(str(value) if value is not None else "?")
+        return f"hostname mismatch: the certificate is not valid for {', '.join(ids) or 'the upstream'}"
+    if isinstance(error, CertificateError):
+        return f"certificate rejected: {_oneLine(error)}"
+    if isinstance(error, ssl.SSLError) and str(error) == "the server sent no certificate":
+        return "certificate verify failed: the server sent no certificate"
+    return None

@@ -33,6 +33,11 @@ Differences from Twisted's protocol, all deliberate:
   - A peer's C{close_notify} is a half-close for an application protocol
     that provides L{IHalfCloseableProtocol} (C{readConnectionLost}); for
     any other, the connection is closed, as Twisted does.
+  - The server reads the ClientHello alongside OpenSSL
+    (L{txproxy.stream.clienthello.ClientHelloReader}) and refuses an SNI name
+    that is not ASCII itself, with an C{unrecognized_name} alert and one
+    log line: the C{ssl} module's server-name callback cannot decode one,
+    and would print a traceback and send C{internal_error}.
 """
 
 from __future__ import annotations
@@ -42,8 +47,10 @@ from typing import Any, Callable, List, Optional
 
 from twisted.internet.interfaces import IHalfCloseableProtocol, IHandshakeListener
 from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from txproxy.stream.clienthello import UNRECOGNIZED_NAME_ALERT, ClientHelloError, ClientHelloReader, ServerNameError
 from txproxy.relay import _Transport, fastSender
 
 __all__ = ["TLSClientFactory", "TLSClientProtocol", "TLSServerFactory", "TLSServerProtocol"]
@@ -54,6 +61,8 @@ _MemoryBIO = ssl.MemoryBIO
 
 #: The most plaintext one TLS record carries: what one C{read} returns.
 _RECORD = 16384
+
+log = Logger()
 
 
 class TLSServerProtocol(Protocol):
@@ -74,6 +83,9 @@ class TLSServerProtocol(Protocol):
     _peerClosed = False
     _reason: Optional[Failure] = None
     _sslobj: Any = None
+    #: Read the ClientHello beside OpenSSL until it is complete (servers).
+    _readsHello = True
+    _hello: Optional[ClientHelloReader] = None
 
     def __init__(self, newObject: Callable[[Any, Any], Any], wrappedProtocol: Any) -> None:
         """
@@ -94,10 +106,22 @@ class TLSServerProtocol(Protocol):
         self._out = _MemoryBIO()
         self._sslobj = self._newObject(self._in, self._out)
         self._wire = fastSender(transport)
+        if self._readsHello:
+            self._hello = ClientHelloReader()
+            # The address the client connected to, for a certificate
+            # chosen by an iPAddress subjectAltName when there is no SNI.
+            host = getattr(transport.getHost(), "host", None)
+            if isinstance(host, str):
+                try:
+                    self._sslobj.txproxyLocalHost = host
+                except AttributeError:
+                    pass
         self.wrappedProtocol.makeConnection(self)
 
     def dataReceived(self, data: bytes) -> None:
         if self.disconnected or self._reason is not None:
+            return
+        if self._hello is not None and self._nameRefused(data):
             return
         self._in.write(data)
         sslobj = self._sslobj
@@ -146,6 +170,38 @@ class TLSServerProtocol(Protocol):
         self.wrappedProtocol.connectionLost(reason)
 
     # -- TLS events
+
+    def _nameRefused(self, data: bytes) -> bool:
+        """
+        Read C{data} as more of the ClientHello; a non-ASCII server name
+        fails the connection (C{unrecognized_name}, one log line) before
+        OpenSSL sees the complete hello.  Anything else the reader does not
+        accept is left to OpenSSL.
+
+        @return: whether the connection was refused.
+        """
+        reader = self._hello
+        assert reader is not None
+        try:
+            if reader.feed(data) is not None:
+                self._hello = None
+        except ServerNameError as e:
+            self._hello = None
+            if e.ascii:
+                return False
+            peer = self.transport.getPeer()
+            log.info(
+                "TLS: closing connection from {client}: {reason} (unrecognized_name)",
+                client=getattr(peer, "host", "unix"),
+                reason=e.reason,
+            )
+            self._wire(UNRECOGNIZED_NAME_ALERT)
+            self._reason = Failure(e)
+            self.transport.loseConnection()
+            return True
+        except ClientHelloError:
+            self._hello = None
+        return False
 
     def _flush(self) -> None:
         out = self._out
@@ -375,6 +431,8 @@ class TLSClientProtocol(TLSServerProtocol):
     made, and nothing the application wrote is sent, nor anything received
     delivered, before the server's certificate has passed C{verify}.
     """
+
+    _readsHello = False
 
     def __init__(
         self, newObject: Callable[[Any, Any], Any], wrappedProtocol: Any, verify: Optional[Callable[[Any], None]] = None
