@@ -16,6 +16,7 @@ from twisted.python import usage
 
 from txproxy import __version__
 from txproxy import config as _config
+from txproxy.config._options import _LISTENER_OPTIONS, _PROCESS_OPTIONS
 from txproxy.errors import ConfigError
 from txproxy.runtime.endpoints import checkResources, checkSupported
 from txproxy.runtime.service import makeService as _make
@@ -78,7 +79,7 @@ class Options(usage.Options):
     optParameters: List[List[Any]] = [
         ["config", None, None, "A TOML file describing listeners (instead of the listener flags)."],
     ]
-    _repeatable = {o for o, _, _, r in _config._LISTENER_OPTIONS + _config._PROCESS_OPTIONS if r}
+    _repeatable = {o for o, _, _, r in _LISTENER_OPTIONS + _PROCESS_OPTIONS if r}
     for _name in _config.LISTENER_OPTION_NAMES + _config.PROCESS_OPTION_NAMES:
         if _name not in _repeatable:
             optParameters.append([_name, None, None, (_LISTENER_HELP.get(_name) or _PROCESS_HELP[_name])])
