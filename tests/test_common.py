@@ -134,12 +134,13 @@ class IsIPLiteralTests(SynchronousTestCase):
         """
         The modules that need the check use this one.
         """
-        from txproxy import connector, tls
+        from txproxy import connector
         from txproxy.router import _health as _router_health
+        from txproxy.tls import _client as tlsClient
 
         self.assertIs(connector.isIPLiteral, isIPLiteral)
         self.assertIs(_router_health.isIPLiteral, isIPLiteral)
-        self.assertIs(tls.isIPLiteral, isIPLiteral)
+        self.assertIs(tlsClient.isIPLiteral, isIPLiteral)
 
 
 class StatusForFailureTests(SynchronousTestCase):

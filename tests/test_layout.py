@@ -29,7 +29,6 @@ PENDING_SPLIT = {
     "txproxy.limits.service",
     "txproxy.stream.tcp",
     "txproxy.testing",
-    "txproxy.tls",
     "txproxy.exchange._exchange",
     "txproxy.http._parser",
     "txproxy.relay",

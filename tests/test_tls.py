@@ -34,11 +34,11 @@ from zope.interface.verify import verifyObject
 from tests.procs import TestCA
 from txproxy.tls._proto import TLSServerFactory, TLSServerProtocol
 from txproxy.errors import ConfigError
+from txproxy.tls._server import _give  # the pyOpenSSL version shim
 from txproxy.tls import (
     CertificateStore,
     ServerTLSOptions,
     TLSServerEndpoint,
-    _give,  # the pyOpenSSL version shim
     certificateNames,
     clientTLSOptions,
     hostMatchesNames,

@@ -50,8 +50,13 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from txproxy.stream.clienthello import UNRECOGNIZED_NAME_ALERT, ClientHelloError, ClientHelloReader, ServerNameError
 from txproxy.relay import _Transport, fastSender
+from txproxy.stream.clienthello import (
+    UNRECOGNIZED_NAME_ALERT,
+    ClientHelloError,
+    ClientHelloReader,
+    ServerNameError,
+)
 
 __all__ = ["TLSClientFactory", "TLSClientProtocol", "TLSServerFactory", "TLSServerProtocol"]
 
