@@ -19,7 +19,9 @@ import re
 import shutil
 import socket
 import ssl
+import sys
 import tempfile
+import threading
 import time
 from typing import Any, Dict, List, Optional, Tuple
 from urllib.parse import urlsplit, urlunsplit
@@ -28,13 +30,15 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from txproxy.config import fromFlags
 
+from . import test_transparent_netns as _netns
 from .procs import REPO, TestCA, ThreadedServer, Twistd, echoHandler, freePort, recvAll, waitForPort
 from .redisserver import RedisServer
+from .test_integration_transparent import _NamespacedTwistd
 
-try:
+if sys.version_info >= (3, 11):
     import tomllib
-except ImportError:  # Python < 3.11
-    import tomli as tomllib  # type: ignore[no-redef]
+else:
+    import tomli as tomllib
 
 CONFIGS = sorted(glob.glob(os.path.join(REPO, "examples", "config", "*.toml")))
 
@@ -505,16 +509,18 @@ class ExamplesRunTests(SynchronousTestCase):
         run = ExampleRun(path, ca, server)
         self.addCleanup(run.cleanup)
         try:
-            proxy = run.start()
+            run.start()
             for listener in run.config["listeners"]:
                 self.exchange(run, listener)
         except BaseException:
-            proxy = run.proxy
-            assert proxy is not None
-            proxy.stop()
-            print(f"--- {name}: config\n{open(run.configPath).read()}\n--- stdout\n{proxy.stdout()}\n--- stderr\n{proxy.stderr()}")
+            if run.proxy is not None:
+                run.proxy.stop()
+                # What the proxy saw, for the failure report.
+                print(f"--- {name}: config\n{open(run.configPath).read()}\n"
+                      f"--- stdout\n{run.proxy.stdout()}\n--- stderr\n{run.proxy.stderr()}")
             raise
-        self.assertEqual(run.stop(), 0, proxy.stderr())
+        assert run.proxy is not None
+        self.assertEqual(run.stop(), 0, run.proxy.stderr())
         for backends in run.backends.values():
             for b in backends:
                 self.assertEqual(set(b.headers) | {b.expectedProxy}, {b.expectedProxy}, (b.name, b.headers))
@@ -620,3 +626,134 @@ class ExamplesRunTests(SynchronousTestCase):
         tested = {n[len("test_"):] for n in dir(self) if n.startswith("test_")} | {"transparent"}
         for path in CONFIGS:
             self.assertIn(os.path.splitext(os.path.basename(path))[0], tested)
+
+
+class TransparentExampleRunTests(SynchronousTestCase):
+    """
+    C{transparent.toml} started with a real C{twistd} inside a network
+    namespace (the set-up of L{tests.test_transparent_netns}: the host's
+    own network is never touched), with the C{iptables} rule its comment
+    shows: a client on C{10.8.0.0/16} connecting to a server's port 80 is
+    redirected to the proxy, which relays it to that server.
+    """
+
+    # The namespace set-up and helpers of the origdst tests, reused as is
+    # (through the module, so that trial does not collect its tests here).
+    setUp = _netns.TransparentNetnsTests.setUp
+    hostState = _netns.TransparentNetnsTests.hostState
+    checkHostUnchanged = _netns.TransparentNetnsTests.checkHostUnchanged
+    inServer = _netns.TransparentNetnsTests.inServer
+    startEcho = _netns.TransparentNetnsTests.startEcho
+
+    client: str
+    server: str
+    clientIf: str
+
+    def shownRule(self, path: str) -> List[str]:
+        """
+        The C{iptables} command the example's comment shows, as arguments.
+        """
+        with open(path) as f:
+            comment = [line[1:].strip() for line in f if line.startswith("#")]
+        text = " ".join(comment).replace("\\ ", "")
+        match = re.search(r"\biptables (-t .*?--to-ports \d+)", text)
+        self.assertIsNotNone(match, "no iptables command in the comment")
+        assert match is not None
+        return match.group(1).split()
+
+    def echoOn(self, host: str, port: int) -> None:
+        """
+        An echo server on C{host:port} in the server namespace.
+        """
+
+        def make() -> socket.socket:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind((host, port))
+            sock.listen(8)
+            return sock
+
+        listener = _netns.inNamespace(self.server, make)
+
+        def serve() -> None:
+            while True:
+                try:
+                    conn, _ = listener.accept()
+                except OSError:
+                    return
+                with conn:
+                    conn.settimeout(10)
+                    try:
+                        echoHandler(conn)
+                    except OSError:
+                        pass
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+
+        def stop() -> None:
+            listener.shutdown(socket.SHUT_RDWR)
+            listener.close()
+            thread.join(10)
+
+        self.addCleanup(stop)
+
+    def test_transparent(self) -> None:
+        """
+        C{transparent.toml}: a redirected connection from the allowed
+        network reaches its original destination and back, the access log
+        (standard output) names that destination, and C{SIGTERM} ends the
+        process with exit status 0.
+        """
+        path = os.path.join(REPO, "examples", "config", "transparent.toml")
+        run = ExampleRun(path, TestCA(), None, namespaced=True)
+        self.addCleanup(run.cleanup)
+        self.addCleanup(shutil.rmtree, run.ca.dir, True)
+        self.assertEqual(run.config["listeners"][0]["allow"], run.original["listeners"][0]["allow"])
+        [(_, port)] = run.addresses[run.config["listeners"][0]["name"]]
+
+        rule = self.shownRule(path)
+        self.assertEqual(rule[:4], ["-t", "nat", "-A", "PREROUTING"])
+        # The test's client is a local process of the proxy's namespace, so
+        # the rule goes in OUTPUT; the rest is as shown, but the port.
+        rule[3] = "OUTPUT"
+        rule[-1] = str(port)
+        source = rule[rule.index("-s") + 1]
+        clientAddress = str(next(ipaddress.ip_network(source).hosts()))
+        dports = rule[rule.index("--dports") + 1].split(",")
+        _netns._run("ip", "-n", self.client, "addr", "add", clientAddress + "/" + source.split("/")[1], "dev", self.clientIf)
+        _netns._run("ip", "netns", "exec", self.client, "iptables", *rule)
+        self.echoOn(_netns._SERVER4, int(dports[0]))
+
+        proxy = _NamespacedTwistd(self.client, ["--config", run.configPath])
+        run.proxy = proxy
+        try:
+            proxy.start()
+        except RuntimeError:
+            self.fail(f"{proxy.stdout()}\n{proxy.stderr()}")
+
+        def talk() -> bytes:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.settimeout(10)
+            try:
+                sock.bind((clientAddress, 0))
+                sock.connect((_netns._SERVER4, int(dports[0])))
+                sock.sendall(b"redirected by the example's rule\n")
+                sock.shutdown(socket.SHUT_WR)
+                return recvAll(sock)
+            finally:
+                sock.close()
+
+        self.assertEqual(_netns.inNamespace(self.client, talk), b"redirected by the example's rule\n",
+                         proxy.stdout() + proxy.stderr())
+        def records() -> List[Dict[str, Any]]:
+            return [json.loads(line) for line in proxy.stdout().splitlines() if line.startswith("{")]
+
+        deadline = time.monotonic() + 10
+        while not records() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        [record] = records()
+        self.assertEqual(
+            (record["mode"], record["status"], record["client"], record["target"]),
+            ("transparent", 200, clientAddress, f"{_netns._SERVER4}:{dports[0]}"),
+        )
+        self.assertEqual(proxy.stop(), 0, proxy.stderr())
