@@ -299,9 +299,13 @@ def _response(sock: socket.socket) -> Tuple[int, bytes]:
 class ExampleRun:
     """
     One example configuration rewritten into a temporary folder: its
-    listeners on free loopback ports, its upstreams on loopback L{Backend}s,
-    its files (certificates, password file, CA bundle, access log) in the
-    folder, Redis on a test server; everything else as shipped.
+    listeners on free loopback ports (C{::1} for C{tcp6} when the host has
+    it), its admin endpoints likewise, its upstreams on loopback
+    L{Backend}s, its files (certificates made by L{TestCA}, password file,
+    CA bundle, access log) in the folder, Redis on a test server; the
+    loopback client addresses added to C{allow} lists and the C{deny_dest}
+    entries that cover the loopback backends dropped (not in a network
+    namespace, where neither is needed); everything else as shipped.
     """
 
     #: The user and password written to the example's password file.
