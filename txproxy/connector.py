@@ -154,8 +154,10 @@ class Connector:
 def directDial(connector: Any) -> Any:
     """
     Whether IP literals may be dialled directly (no endpoint, no Deferred):
-    only through the stock L{Connector} on a reactor with C{connectTCP}
-    (tests pass fake connectors, which take the endpoint path).
+    only through a L{Connector} whose C{connect} and C{endpointFor} are
+    L{Connector}'s own, on a reactor with C{connectTCP}: the stock one, and
+    L{txproxy.testing.FakeConnector} (so tests take the production path).
+    Other L{IUpstreamConnector}s are asked through their methods.
 
     @return: C{(dial, bindAddress)}, C{dial} taking C{connectTCP}'s
         arguments (see L{dialerFor}); C{(None, None)} when not.
