@@ -482,6 +482,14 @@ class FakeSharedBackend:
     def acquire(self, scope: str, client: str, maxTotal: Any, maxPerClient: Any) -> Deferred:
         return self._call("acquire", scope, client, maxTotal, maxPerClient)
 
+    def takeNowOrLater(self, key: str, rate: float, burst: float, cost: float = 1.0) -> Any:
+        # Never known at once: always asks (through take, which a test may
+        # replace).
+        return self.take(key, rate, burst, cost)
+
+    def acquireNowOrLater(self, scope: str, client: str, maxTotal: Any, maxPerClient: Any) -> Any:
+        return self.acquire(scope, client, maxTotal, maxPerClient)
+
     def ping(self) -> Deferred:
         d: Deferred = Deferred()
         self.pings.append(d)
@@ -837,16 +845,23 @@ class LimiterServiceStartupTests(unittest.SynchronousTestCase):
 # ListenerLimits
 
 
+@implementer(ILimiter)
 class ExplodingLimiter:
     """
     An L{ILimiter} that must not be asked.
     """
 
-    def take(self, *args: Any) -> Deferred:
+    def take(self, key: str, rate: float, burst: float, cost: float = 1.0) -> Deferred:
         raise AssertionError("take called")
 
-    def acquire(self, *args: Any) -> Deferred:
+    def acquire(self, scope: str, client: str, maxTotal: Any, maxPerClient: Any) -> Deferred:
         raise AssertionError("acquire called")
+
+    def takeNowOrLater(self, key: str, rate: float, burst: float, cost: float = 1.0) -> Any:
+        raise AssertionError("takeNowOrLater called")
+
+    def acquireNowOrLater(self, scope: str, client: str, maxTotal: Any, maxPerClient: Any) -> Any:
+        raise AssertionError("acquireNowOrLater called")
 
 
 def listener(**kwargs: Any) -> ListenerConfig:
@@ -983,6 +998,9 @@ class OutagePolicyTests(unittest.SynchronousTestCase):
 
             def acquire(self, *a: object) -> object:
                 return fail(ConnectionRefusedError())
+
+            takeNowOrLater = take
+            acquireNowOrLater = acquire
 
             def ping(self) -> object:
                 return fail(ConnectionRefusedError())
@@ -1157,7 +1175,8 @@ class SynchronousAnswerTests(unittest.SynchronousTestCase):
 
     def test_plainBackendStillWorks(self) -> None:
         """
-        A backend with only the L{ILimiter} methods is asked through them.
+        A backend whose C{takeNowOrLater} always answers later is asked
+        through it, and its Deferred handed over.
         """
         backend = FakeSharedBackend()
         service = LimiterService(backend, clock=self.clock)
@@ -1172,8 +1191,8 @@ class SynchronousAnswerTests(unittest.SynchronousTestCase):
     def test_listenerLimitsSynchronous(self) -> None:
         """
         L{ListenerLimits.checkRequest} and C{checkConnection} answer a
-        memory limiter's decisions as such; with a limiter that only has
-        Deferred forms they give its Deferreds.
+        memory limiter's decisions as such; with a limiter whose
+        now-or-later forms always answer later they give its Deferreds.
         """
         service = LimiterService(clock=self.clock)
         limits = ListenerLimits(service, listener(rate="1/s", maxConnsPerClient=1), "l")

@@ -115,6 +115,11 @@ class FakeConnector:
     def endpointForDescription(self, description: str) -> FakeEndpoint:
         return FakeEndpoint(self, description)
 
+    def connect(self, host: str, port: int, proto: Protocol) -> Deferred[Protocol]:
+        factory = Factory.forProtocol(Protocol)
+        factory.buildProtocol = lambda addr: proto  # type: ignore[method-assign]
+        return self.endpointFor(host, port).connect(factory)
+
     def pending(self) -> List[FakeAttempt]:
         return [a for a in self.attempts if not a.deferred.called]
 

@@ -1034,6 +1034,9 @@ class HAProxyListenerGuardTests(TCPTestCase):
                 asked.append((client, maxTotal, maxPerClient, d))
                 return d
 
+            takeNowOrLater = take
+            acquireNowOrLater = acquire
+
         factory = self.factory(max_conns=5, max_conns_per_client=2)
         factory.limits = ListenerLimits(SlowLimiter(), factory.listener, "tcp")  # type: ignore[arg-type]
         _, transport = self.wrapped(factory)

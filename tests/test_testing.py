@@ -22,7 +22,7 @@ from twisted.internet.interfaces import (
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
-from twisted.trial.unittest import SkipTest, SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
@@ -122,16 +122,6 @@ class _RecordingClientFactory(ClientFactory):
 
     def clientConnectionLost(self, connector: Any, reason: Failure) -> None:
         self.events.append(("lost", reason.type))
-
-
-def _skipUnlessDirectDial() -> None:
-    """
-    Skip a test of the direct dial path while L{directDial} sends fakes
-    down the endpoint path (it accepts C{type(connector) is Connector}
-    only); such a test runs by itself once it accepts a L{FakeConnector}.
-    """
-    if directDial(FakeConnector()) == (None, None):
-        raise SkipTest("txproxy.connector.directDial does not accept a FakeConnector yet")
 
 
 def _status(response: bytes) -> int:
@@ -320,12 +310,14 @@ class FakeConnectorTests(SynchronousTestCase):
         L{directDial} lets a L{FakeConnector} dial IP literals directly, as
         it does the stock L{Connector}, so the tcp, transparent and sni
         modes and the forward proxy's plain C{CONNECT} take the production
-        dial path in tests.
+        dial path in tests (the fake reactor's C{connectTCP} standing in
+        for L{txproxy._dial.dialTCP}, which needs a real reactor).
         """
-        _skipUnlessDirectDial()
         connector = FakeConnector()
         dial, bind = directDial(connector)
+        self.assertIsNotNone(dial)
         self.assertEqual(dial, connector.reactor.connectTCP)
+        self.assertEqual(dial, dialerFor(connector.reactor))
         self.assertIsNone(bind)
         self.assertEqual(directDial(FakeConnector(bindAddress="127.0.0.2"))[1], ("127.0.0.2", 0))
 
@@ -830,13 +822,18 @@ class TCPFactoryTests(SynchronousTestCase):
         out closes the client, recorded as C{504}.
         """
         # IP-literal upstreams are dialled directly in production, with
-        # connectTCP's own timeout (a TimeoutError: retried, then 504).
-        _skipUnlessDirectDial()
+        # connectTCP's own timeout (a TimeoutError: retried, then 504); the
+        # fake takes that path too.
         clock = Clock()
         log = _Log()
         factory = tcpFactory(self.UPSTREAMS, clock=clock, connect_timeout="3")
         factory.accessLog = log
+        self.assertIsNotNone(directDial(factory.connector)[0])
         proto, client = connect(factory)
+        # Dialled with the protocol's own client factory, not through an
+        # endpoint's wrapper.
+        self.assertEqual(type(factory.connector.last.factory).__module__, "txproxy.stream.tcp")
+        self.assertEqual(factory.connector.last.timeout, 3)
         clock.advance(3)
         clock.advance(3)
         self.assertTrue(client.closed)

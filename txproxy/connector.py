@@ -85,22 +85,14 @@ class _DialFactory(ClientFactory):
 
 def connectProtocol(connector: Any, host: str, port: int, proto: Any) -> "defer.Deferred[Any]":
     """
-    Connect C{proto} to C{host}:C{port} through C{connector}: its C{connect}
-    method when it has one (no endpoint wrapper between the socket and the
-    protocol), else its C{endpointFor}.
+    Connect C{proto} to C{host}:C{port} through C{connector}, an
+    L{IUpstreamConnector}: its C{connect} (for the stock L{Connector}, no
+    endpoint wrapper between the socket and the protocol).
 
     @return: a Deferred firing with C{proto} once connected; cancelling it
         abandons the attempt.
     """
-    connect = getattr(connector, "connect", None)
-    if connect is not None:
-        return connect(host, port, proto)  # type: ignore[no-any-return]
-    from twisted.internet.protocol import Factory
-
-    factory = Factory()
-    factory.noisy = False
-    factory.buildProtocol = lambda addr: proto  # type: ignore[method-assign]
-    return connector.endpointFor(host, port).connect(factory)  # type: ignore[no-any-return]
+    return connector.connect(host, port, proto)  # type: ignore[no-any-return]
 
 
 @implementer(IUpstreamConnector)
@@ -162,8 +154,10 @@ class Connector:
 def directDial(connector: Any) -> Any:
     """
     Whether IP literals may be dialled directly (no endpoint, no Deferred):
-    only through the stock L{Connector} on a reactor with C{connectTCP}
-    (tests pass fake connectors, which take the endpoint path).
+    only through a L{Connector} whose C{connect} and C{endpointFor} are
+    L{Connector}'s own, on a reactor with C{connectTCP}: the stock one, and
+    L{txproxy.testing.FakeConnector} (so tests take the production path).
+    Other L{IUpstreamConnector}s are asked through their methods.
 
     @return: C{(dial, bindAddress)}, C{dial} taking C{connectTCP}'s
         arguments (see L{dialerFor}); C{(None, None)} when not.

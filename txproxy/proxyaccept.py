@@ -88,8 +88,7 @@ class HalfCloseableHAProxyWrapper(HAProxyProtocolWrapper):
         limits = getattr(listenerFactory, "limits", None)
         if limits is not None and limits.maxConns is not None:
             limiter = limits.limiter
-            acquire = getattr(limiter, "acquireNowOrLater", None) or limiter.acquire
-            decision = acquire(limits.scope, PENDING_CLIENT, limits.maxConns, None)
+            decision = limiter.acquireNowOrLater(limits.scope, PENDING_CLIENT, limits.maxConns, None)
             if isinstance(decision, defer.Deferred):
                 self._admission = decision
                 decision.addCallback(self._admitted)

@@ -64,6 +64,7 @@ from txproxy.auth import checkBcrypt
 from txproxy.config import RouteConfig
 from txproxy.connector import Connector, isIPLiteral
 from txproxy.forward import ForwardProxyFactory
+from txproxy.interfaces import IUpstreamConnector
 from txproxy.reverse import ReverseProxyFactory
 from txproxy.router import RouterService
 from txproxy.stream.sni import SNIRouterFactory
@@ -515,13 +516,18 @@ class _FakeReactor:
         return self._connector.clock.getDelayedCalls()
 
 
+@implementer(IUpstreamConnector)
 class FakeConnector(Connector):
     """
     The real L{Connector} on a fake reactor, for tests without a resolver or
     sockets: its C{resolve}, C{connect}, C{endpointFor} and
-    C{endpointForDescription} are the production code; only the reactor
-    under them is fake.  Every C{connectTCP} (direct, or from an endpoint)
-    is recorded as a L{ConnectAttempt} whose outcome the test decides.
+    C{endpointForDescription} (the whole L{IUpstreamConnector}) are the
+    production code; only the reactor under them is fake.  Every
+    C{connectTCP} (direct, or from an endpoint) is recorded as a
+    L{ConnectAttempt} whose outcome the test decides.
+    L{txproxy.connector.directDial} accepts it as it does the stock
+    connector, so the modes dial IP literals without an endpoint, as in
+    production.
 
     The factory helpers of this module give a connector they build (or one
     made without C{clock=} and C{connectTimeout=}) the factory's clock and

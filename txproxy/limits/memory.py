@@ -172,8 +172,8 @@ class MemoryLimiter:
                     del buckets[front]
         return decision
 
-    #: L{takeNow}: the memory backend always answers at once (the name
-    #: L{LimiterService} and L{ListenerLimits} look for).
+    #: L{takeNow}: the memory backend always answers at once
+    #: (L{ILimiter.takeNowOrLater}).
     takeNowOrLater = takeNow
 
     def acquire(
@@ -207,7 +207,7 @@ class MemoryLimiter:
         counts.clients[client] = perClient + 1
         return Decision(True, None, 0.0, _MemoryLease(self, scope, client))
 
-    #: L{acquireNow} (see L{takeNowOrLater}).
+    #: L{acquireNow}: answered at once (L{ILimiter.acquireNowOrLater}).
     acquireNowOrLater = acquireNow
 
     def _release(self, scope: str, client: str) -> None:

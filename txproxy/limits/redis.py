@@ -1059,6 +1059,15 @@ class RedisLimiter:
         d.addCallback(self._acquired, leaseId, keys)
         return d
 
+    def acquireNowOrLater(
+        self, scope: str, client: str, maxTotal: Optional[int], maxPerClient: Optional[int]
+    ) -> "Union[Decision, Deferred[Decision]]":
+        """
+        See L{ILimiter.acquireNowOrLater}.  A lease is always counted in
+        Redis, so this is never known at once: L{acquire}'s Deferred.
+        """
+        return self.acquire(scope, client, maxTotal, maxPerClient)
+
     def _acquired(self, reply: Any, leaseId: str, keys: Tuple[str, str]) -> Decision:
         status = _text(reply)
         if status == REASON_MAX_CONNS_PER_CLIENT:

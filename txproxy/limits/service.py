@@ -19,8 +19,9 @@ Three layers:
     L{ListenerLimits.admitConnection} and L{ListenerLimits.admitRequest}.
 
 Decisions known at once are handed over without a L{Deferred}: next to
-the L{ILimiter} methods (which return Deferreds), the service and the
-backends have C{takeNowOrLater} and C{acquireNowOrLater}, and
+C{take} and C{acquire} (which return Deferreds), every L{ILimiter} (the
+service and the backends) has C{takeNowOrLater} and C{acquireNowOrLater},
+and
 L{ListenerLimits} has L{ListenerLimits.checkRequest} and
 L{ListenerLimits.checkConnection}, which return a L{Decision} when the
 answer is known (always from memory; from Redis when the process holds a
@@ -256,10 +257,9 @@ class LimiterService(Service):
         if redis is None:
             self._redisTake: Any = None
             return
-        # A backend that can answer at once (RedisLimiter: from the tokens
-        # it holds) says so with takeNowOrLater; any ILimiter will do.
-        take = getattr(redis, "takeNowOrLater", None)
-        self._redisTake = take if take is not None else redis.take
+        # Looked up once: a backend that can answer at once (RedisLimiter:
+        # from the tokens it holds) does so from takeNowOrLater.
+        self._redisTake = redis.takeNowOrLater
 
     @property
     def decisions(self) -> Dict[str, int]:
@@ -657,12 +657,9 @@ class ListenerLimits:
         self.maxConnsPerClient: Optional[int] = listener.maxConnsPerClient
         self._prefix = escapeScope(scope) + "|"
         self._capped = self.maxConns is not None or self.maxConnsPerClient is not None
-        # The synchronous forms when the limiter has them (the service, the
-        # memory backend); any ILimiter's Deferred forms otherwise.
-        take = getattr(limiter, "takeNowOrLater", None)
-        self._take: Callable[..., Any] = take if take is not None else limiter.take
-        acquire = getattr(limiter, "acquireNowOrLater", None)
-        self._acquire: Callable[..., Any] = acquire if acquire is not None else limiter.acquire
+        # The synchronous forms (ILimiter): a Decision when known at once.
+        self._take: Callable[..., Any] = limiter.takeNowOrLater
+        self._acquire: Callable[..., Any] = limiter.acquireNowOrLater
 
     def checkConnection(self, client: str, countRate: bool) -> "Union[Decision, Deferred[Decision]]":
         """

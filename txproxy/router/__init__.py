@@ -31,13 +31,16 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple, cas
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Factory
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from txproxy.router._health import HealthChecker, HealthCheckFailed, endpointForBackend
 from txproxy.router._pool import VIRTUAL_NODES, Backend, HealthState, NoHealthyBackend, Pool
 from txproxy.router._table import Route, RouteTable, checkRoutes, normalizeHost, normalizePrefix
 from txproxy.config import BALANCE_POLICIES, HealthCheck, ListenerConfig, RouteConfig, UpstreamURL
 from txproxy.errors import ConfigError
+from txproxy.interfaces import IRouter, IUpstreamConnector
 
 __all__ = [
     "Backend",
@@ -66,6 +69,7 @@ _BackendIdentity = Tuple[str, str, str, str]
 _CheckIdentity = Tuple[str, str, str, Optional[str]]
 
 
+@implementer(IUpstreamConnector)
 class _ReactorConnector:
     """
     The connector used when L{RouterService} is given none: plain
@@ -89,6 +93,12 @@ class _ReactorConnector:
         from twisted.internet.endpoints import clientFromString
 
         return clientFromString(self._reactor, description)
+
+    def connect(self, host: str, port: int, proto: Any) -> "Deferred[Any]":
+        factory = Factory()
+        factory.noisy = False
+        factory.buildProtocol = lambda addr: proto  # type: ignore[method-assign]
+        return self.endpointFor(host, port).connect(factory)  # type: ignore[no-any-return]
 
 
 class _RouterState:
@@ -120,6 +130,7 @@ class _NeededCheck:
         self.subscribers: List[Backend] = []
 
 
+@implementer(IRouter)
 class RouterService(Service):
     """
     Holds the route tables (reverse and sni listeners) and pools (tcp
