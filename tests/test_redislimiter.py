@@ -27,13 +27,8 @@ from tests.procs import Twistd, freePort
 from tests.redisserver import RedisServer
 from tests.test_limiter import LimiterBehaviourMixin
 from txproxy.limits.service import ALLOWED, Decision, LimiterService
-from txproxy.limits.redis import (
-    REFILL_MIN_BATCH,
-    TEST_TTL_SLACK_MS,
-    RedisLimiter,
-    RedisUnavailable,
-    _Local,
-)
+from txproxy.limits._redisio import TEST_TTL_SLACK_MS
+from txproxy.limits.redis import REFILL_MIN_BATCH, RedisLimiter, RedisUnavailable, _Local
 
 
 def startRedis(case: unittest.TestCase) -> RedisServer:

@@ -28,6 +28,11 @@ chunk goes straight to L{Relay.fromClient}/L{Relay.fromUpstream} (they
 replace the protocols' C{dataReceived}); the client-side protocol forwards
 end-of-input to L{Relay.clientReadLost} and loss to L{Relay.clientLost}
 (L{RelayedProtocol} does the same for the upstream side).
+
+Why this module is long: it is the hot path.  The per-chunk loop, flow
+control, half-close and the Twisted internals they read for speed (see
+C{tests/test_twisted_private.py}) are kept in one module so that they are
+read, profiled and reviewed together.
 """
 
 from __future__ import annotations

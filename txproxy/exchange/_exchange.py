@@ -31,6 +31,11 @@ is always the last of its list, and ends the exchange's timer with it
 The states and which timer applies in each are in L{txproxy.exchange._state}.
 Interim C{1xx} responses are handled in a loop, never by recursion, and
 capped by C{maxInterim}: past it the exchange fails with C{502}.
+
+Why this module is long: it is one class, the exchange's state machine.
+Its event handlers share the state table (L{txproxy.exchange._state}) and
+the timers, and split apart they would scatter the transitions the table
+keeps in one place.
 """
 
 from typing import Dict, List, Optional, Union

@@ -17,13 +17,13 @@ from zope.interface import implementer
 
 from txproxy.interfaces import ILimiter
 from txproxy.limits._decision import (
+    _DENIED_MAX_CONNS,
+    _DENIED_MAX_CONNS_PER_CLIENT,
     ALLOWED,
     EPSILON,
     REASON_RATE,
     Decision,
     ILease,
-    _DENIED_MAX_CONNS,
-    _DENIED_MAX_CONNS_PER_CLIENT,
     checkBucket,
 )
 
