@@ -10,7 +10,7 @@ class and old hook, and returns one function to call with the new
 arguments (or L{None} when nothing is overridden, so that the caller skips
 the call, as before).
 
-A leaf module: standard library only.
+A leaf module: the standard library and L{txproxy._common} (itself a leaf).
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from __future__ import annotations
 import inspect
 import warnings
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+
+from txproxy._common import overrides
 
 __all__ = ["Legacy", "hookCaller", "positionalCount", "firstParameter"]
 
@@ -105,14 +107,13 @@ def hookCaller(
     except KeyError:
         pass
     new = getattr(cls, name)
-    newOverridden = new is not getattr(base, name)
+    newOverridden = overrides(obj, name, base)
     old = []
     for form in legacy:
-        function = getattr(cls, form.name)
-        if function is getattr(base, form.name):
+        if not overrides(obj, form.name, base):
             continue
         if form.isOld is not None:
-            if not form.isOld(function):
+            if not form.isOld(getattr(cls, form.name)):
                 continue
             # Same name, old signature: it is not the new hook.
             newOverridden = False

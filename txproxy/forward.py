@@ -172,11 +172,6 @@ class ForwardProxyProtocol(HTTPProxyProtocol):
     def _endHook(self) -> Any:
         return hookCaller(self, "exchangeEnded", ForwardProxyProtocol, self._endLegacy)
 
-    def _chooseHook(self) -> Any:
-        return hookCaller(self, "chooseUpstream", ForwardProxyProtocol, _CHOOSE_LEGACY, combine=False)
-
-    def _openedHook(self) -> Any:
-        return hookCaller(self, "relayOpened", ForwardProxyProtocol, _OPENED_LEGACY)
 
     # -- CONNECT
 
@@ -190,7 +185,8 @@ class ForwardProxyProtocol(HTTPProxyProtocol):
         request = TunnelRequest(self.client, Target(host, port), head)
         self._tunnel = request
         dial = self.factory.directDialer()
-        if dial is not None and self._chooseHook() is None \
+        choose = hookCaller(self, "chooseUpstream", ForwardProxyProtocol, _CHOOSE_LEGACY, False)
+        if dial is not None and choose is None \
                 and not overrides(self, "allowTunnel", ForwardProxyProtocol) and isIPLiteral(host):
             # The common case, without a Deferred: a synchronous policy
             # decision and an IP literal, dialled with connectTCP.
@@ -244,7 +240,7 @@ class ForwardProxyProtocol(HTTPProxyProtocol):
         return defer.maybeDeferred(self.allowTunnel, tunnel).addCallback(decided)
 
     def _chooseAndDial(self, tunnel: TunnelRequest) -> Any:
-        choose = self._chooseHook()
+        choose = hookCaller(self, "chooseUpstream", ForwardProxyProtocol, _CHOOSE_LEGACY, False)
         if choose is not None:
             d = defer.maybeDeferred(choose, self, tunnel)
         else:
@@ -311,7 +307,7 @@ class ForwardProxyProtocol(HTTPProxyProtocol):
         sendNow(self.transport, _CONNECTED)
         filterUp = self.clientData if overrides(self, "clientData", ForwardProxyProtocol) else None
         filterDown = self.upstreamData if overrides(self, "upstreamData", ForwardProxyProtocol) else None
-        opened = self._openedHook()
+        opened = hookCaller(self, "relayOpened", ForwardProxyProtocol, _OPENED_LEGACY)
         if opened is not None:
             try:
                 opened(self, tunnel, self._upstreamAddress)

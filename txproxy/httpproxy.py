@@ -424,6 +424,8 @@ class HTTPProxyProtocol(Protocol):
     _observeRequest = False
     _observeResponse = False
     _inputPaused = False
+    _ended: Optional[Callable[..., Any]] = None
+    _factoryEnded: Any = staticmethod(ListenerFactory.exchangeEnded)
 
     # -- hooks
 
@@ -576,6 +578,14 @@ class HTTPProxyProtocol(Protocol):
         self._observeRequest = overrides(self, "requestBodyData", HTTPProxyProtocol)
         self._observeResponse = overrides(self, "responseBodyData", HTTPProxyProtocol)
         factory = self.factory
+        # Once per connection (each is one dict lookup, cached per class);
+        # set on the instance only when something is overridden.
+        ended = self._endHook()
+        if ended is not None:
+            self._ended = ended
+        factoryEnded = endHookOf(factory)
+        if factoryEnded is not ListenerFactory.exchangeEnded:
+            self._factoryEnded = factoryEnded
         factory.connectionOpened(self)
         self._setTimer(factory.listener.headerTimeout, "head")
         limits = factory.limits
@@ -1538,8 +1548,8 @@ class HTTPProxyProtocol(Protocol):
             listener=factory.listener.name,
             reason=reason,
         )
-        endHookOf(factory)(factory, self, record)
-        hook = self._endHook()
+        self._factoryEnded(factory, self, record)
+        hook = self._ended
         if hook is not None:
             hook(self, record)
         return record
@@ -1549,7 +1559,7 @@ class HTTPProxyProtocol(Protocol):
         Whether a hook wants each request's access record (when no access
         log or metrics do, the record is not built at all).
         """
-        return self._endHook() is not None
+        return self._ended is not None
 
     # -- draining, end of input and loss
 
