@@ -6,14 +6,15 @@ client, and keeps a tally of upstream failures.
 
 It uses four hooks of L{txproxy.stream.tcp.TCPProxyProtocol}:
 
-  - C{chooseUpstream(client)}: clients inside C{--canary-net} go to
+  - C{chooseUpstream(request)}: clients inside C{--canary-net} go to
     C{--canary} (a L{Target} or an endpoint description); returning
     L{None} keeps the pool (balancing and the retry on the next member);
   - C{clientData} / C{upstreamData}: add each relayed chunk to the live
     per-client counts and pass it on unchanged (overriding them costs one
     Python call per chunk; txproxy installs no per-chunk hook otherwise);
-  - C{upstreamFailed(reason)}: count why upstreams could not be reached;
-  - C{connectionEnded(record)}: log one line per connection from its access
+  - C{upstreamFailed(request, reason)}: count why upstreams could not be
+    reached;
+  - C{exchangeEnded(record)}: log one line per connection from its access
     record.
 
 Run it for real, from a checkout (a redis on 6379 for everyone, a canary
@@ -40,7 +41,7 @@ from twisted.python.failure import Failure
 
 from txproxy.accesslog import AccessRecord
 from txproxy.config import CIDRSet, ListenerConfig, parseCIDRs
-from txproxy.hooks import ClientInfo
+from txproxy.hooks import StreamRequest
 from txproxy.stream.tcp import TCPProxyFactory, TCPProxyProtocol
 
 __all__ = ["CanaryProxy", "CanaryFactory", "main"]
@@ -53,9 +54,9 @@ class CanaryProxy(TCPProxyProtocol):
 
     factory: "CanaryFactory"
 
-    def chooseUpstream(self, client: ClientInfo) -> Any:
+    def chooseUpstream(self, request: StreamRequest) -> Any:
         factory = self.factory
-        if factory.canary is not None and client.host in factory.canaryNetworks:
+        if factory.canary is not None and request.client.host in factory.canaryNetworks:
             return factory.canary
         return None
 
@@ -67,11 +68,11 @@ class CanaryProxy(TCPProxyProtocol):
         self.factory.bytesDown[self.client.host] = self.factory.bytesDown.get(self.client.host, 0) + len(data)
         return data
 
-    def upstreamFailed(self, reason: Failure) -> None:
+    def upstreamFailed(self, request: StreamRequest, reason: Failure) -> None:
         name = reason.type.__name__ if reason.type is not None else "unknown"
         self.factory.failures[name] = self.factory.failures.get(name, 0) + 1
 
-    def connectionEnded(self, record: AccessRecord) -> None:
+    def exchangeEnded(self, record: AccessRecord) -> None:
         self.factory.log.info(
             "{client} -> {upstream} [{status}]: {up} bytes up, {down} down{why}",
             client=record.client,

@@ -6,14 +6,15 @@ open.
 
 It uses three hooks:
 
-  - C{tunnelOpened}: note which host this tunnel goes to;
+  - C{relayOpened}: note which host this tunnel goes to;
   - C{clientData} / C{upstreamData}: add each relayed chunk to the live
     counts (and pass the chunk on unchanged);
-  - C{tunnelClosed}: log the finished tunnel from its access record.
+  - C{exchangeEnded}: log the finished tunnel from its access record
+    (it runs for every request and refusal too: the record says which).
 
 Overriding C{clientData} or C{upstreamData} costs one more Python call per
 relayed chunk (txproxy calls no hook per chunk unless a subclass overrides
-one).  If totals after the fact are enough, C{tunnelClosed} alone gives
+one).  If totals after the fact are enough, C{exchangeEnded} alone gives
 them: its record carries C{bytesUp} and C{bytesDown}.  The per-chunk hooks
 are for counts that must be current while a tunnel is open (a long
 download, a WebSocket), or for rewriting bytes.
@@ -82,7 +83,7 @@ class TunnelLoggerProxy(ForwardProxyProtocol):
     factory: "TunnelLoggerFactory"
     _host = ""
 
-    def tunnelOpened(self, request: TunnelRequest, upstreamAddress: str) -> None:
+    def relayOpened(self, request: TunnelRequest, upstreamAddress: str) -> None:
         # request.target is what the client asked for; upstreamAddress is
         # the ip:port actually dialled.
         self._host = request.target.host
@@ -98,7 +99,9 @@ class TunnelLoggerProxy(ForwardProxyProtocol):
         counter.down[self._host] += len(data)
         return data
 
-    def tunnelClosed(self, record: AccessRecord) -> None:
+    def exchangeEnded(self, record: AccessRecord) -> None:
+        if record.method != "CONNECT" or record.status != 200:
+            return  # a plain request or a refusal, not a tunnel that opened
         self.factory.log.info(
             "{client} -> {target} ({upstream}): {up} bytes up, {down} bytes down in {duration:.3f}s{why}",
             client=record.client,

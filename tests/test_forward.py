@@ -727,14 +727,14 @@ class HookTests(ForwardTestCase):
         pending[0].errback(Refuse(451, "unavailable for legal reasons"))
         self.assertEqual(_status(client.value()), 451)
 
-    def test_chooseTargetRewritesDestination(self) -> None:
+    def test_chooseUpstreamRewritesDestination(self) -> None:
         """
-        chooseTarget can send the tunnel elsewhere; --deny-dest still
+        chooseUpstream can send the tunnel elsewhere; --deny-dest still
         applies to the new destination.
         """
 
         class Rewrite(ForwardProxyProtocol):
-            def chooseTarget(self, request: TunnelRequest) -> Target:
+            def chooseUpstream(self, request: TunnelRequest) -> Target:
                 return Target("198.51.100.7", 8443)
 
         proto, client = self.open(self.factory(protocol=Rewrite))
@@ -747,12 +747,12 @@ class HookTests(ForwardTestCase):
     def test_dataHooksObserveAndRewrite(self) -> None:
         """
         clientData and upstreamData see every relayed chunk and may rewrite
-        it; tunnelOpened and tunnelClosed run once each.
+        it; relayOpened and exchangeEnded run once each.
         """
         events: List[Any] = []
 
         class Observe(ForwardProxyProtocol):
-            def tunnelOpened(self, request: TunnelRequest, upstreamAddress: str) -> None:
+            def relayOpened(self, request: TunnelRequest, upstreamAddress: str) -> None:
                 events.append(("open", upstreamAddress))
 
             def clientData(self, data: bytes) -> bytes:
@@ -762,7 +762,7 @@ class HookTests(ForwardTestCase):
                 events.append(("down", data))
                 return data
 
-            def tunnelClosed(self, record: AccessRecord) -> None:
+            def exchangeEnded(self, record: AccessRecord) -> None:
                 events.append(("closed", record.bytesUp))
 
         proto, client = self.open(self.factory(protocol=Observe))
@@ -900,14 +900,14 @@ class HookFailureTests(ForwardTestCase):
         self.assertEqual(failures, [])
         self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
 
-    def test_tunnelOpenedFailureClosesTunnel(self) -> None:
+    def test_relayOpenedFailureClosesTunnel(self) -> None:
         """
-        An exception from tunnelOpened (after the 200 went out) closes both
+        An exception from relayOpened (after the 200 went out) closes both
         sides instead of writing an error into the tunnel.
         """
 
         class Buggy(ForwardProxyProtocol):
-            def tunnelOpened(self, request: TunnelRequest, upstreamAddress: str) -> None:
+            def relayOpened(self, request: TunnelRequest, upstreamAddress: str) -> None:
                 raise ValueError("oops")
 
         proto, client = self.open(self.factory(protocol=Buggy))

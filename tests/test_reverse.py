@@ -488,6 +488,7 @@ class ConnectFailureTests(ReverseTestCase):
 
             head = RequestHead(b"GET", b"/", b"HTTP/1.1", ((b"Host", host),))
             request = proto.routeRequest(head)
+            proto._pickUpstream(request)  # chooseBackend; poolKey chooses nothing
             keys.append(proto.poolKey(request))
         self.assertNotEqual(keys[0], keys[1])
 

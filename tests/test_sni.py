@@ -17,8 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.test_clienthello import FIXTURES, helloBody, helloRecord, sniExtension
 from txproxy.accesslog import AccessRecord
-from txproxy.stream.clienthello import ClientHello
-from txproxy.hooks import ClientInfo, Target
+from txproxy.hooks import StreamRequest, Target
 from txproxy.proxyprotocol import formatV2
 from txproxy.stream.sni import UNRECOGNIZED_NAME_ALERT, SNIRouterFactory, SNIRouterProtocol
 from txproxy.testing import FakeConnector, FakeTransport, connect, listenerConfig
@@ -380,7 +379,7 @@ class SNIHookTests(SNITestCase):
         events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
 
         class Bogus(SNIRouterProtocol):
-            def chooseUpstream(self, client: ClientInfo, hello: ClientHello) -> Any:
+            def chooseUpstream(self, request: StreamRequest) -> Any:
                 return "bogus:xx"
 
         proto, client = self.open(self.factory(protocol=Bogus))
@@ -407,14 +406,16 @@ class SNIHookTests(SNITestCase):
 
     def test_chooseUpstream(self) -> None:
         """
-        C{chooseUpstream} sees the client and the parsed ClientHello (and
-        the matched route) and may pick another destination.
+        C{chooseUpstream} sees the client and the parsed ClientHello in its
+        L{StreamRequest} (and the matched route) and may pick another
+        destination.
         """
         seen: List[Any] = []
 
         class ByALPN(SNIRouterProtocol):
-            def chooseUpstream(self, client: ClientInfo, hello: ClientHello) -> Any:
-                seen.append((client.host, hello.serverName, self.route.config.host))
+            def chooseUpstream(self, request: StreamRequest) -> Any:
+                assert request.hello is not None
+                seen.append((request.client.host, request.hello.serverName, self.route.config.host))
                 return defer.succeed(Target("192.0.2.77", 8443))
 
         proto, client = self.open(self.factory(protocol=ByALPN))

@@ -18,7 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from txproxy.accesslog import AccessRecord
 from txproxy.connector import Connector
-from txproxy.hooks import ClientInfo, Target
+from txproxy.hooks import StreamRequest, Target
 from txproxy.proxyprotocol import V2_SIGNATURE, formatV2
 from txproxy.stream.tcp import TCPProxyFactory, TCPProxyProtocol, TransparentFactory, parseTCPDescription
 from txproxy.testing import FakeConnector, FakeTransport, connect, listenerConfig
@@ -471,12 +471,13 @@ class ParseDescriptionTests(SynchronousTestCase):
 class HookTests(TCPTestCase):
     def test_chooseUpstreamByClient(self) -> None:
         """
-        C{chooseUpstream} sees the client and may name a L{Target} or an
+        C{chooseUpstream} sees the client (in its L{StreamRequest}) and may name a L{Target} or an
         endpoint description; L{None} keeps the pool.
         """
 
         class ByClient(TCPProxyProtocol):
-            def chooseUpstream(self, client: ClientInfo) -> Any:
+            def chooseUpstream(self, request: StreamRequest) -> Any:
+                client = request.client
                 if client.host.startswith("10."):
                     return Target("192.0.2.99", 22)
                 if client.host.startswith("172."):
@@ -500,7 +501,7 @@ class HookTests(TCPTestCase):
         later: defer.Deferred[Any] = defer.Deferred()
 
         class Later(TCPProxyProtocol):
-            def chooseUpstream(self, client: ClientInfo) -> Any:
+            def chooseUpstream(self, request: StreamRequest) -> Any:
                 return later
 
         proto, client = self.open(self.factory(protocol=Later))
@@ -517,7 +518,7 @@ class HookTests(TCPTestCase):
         """
 
         class Broken(TCPProxyProtocol):
-            def chooseUpstream(self, client: ClientInfo) -> Any:
+            def chooseUpstream(self, request: StreamRequest) -> Any:
                 raise RuntimeError("no")
 
         events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
@@ -553,21 +554,21 @@ class HookTests(TCPTestCase):
         self.assertIsNone(plain.relay._filterUp)
         self.assertIsNone(plain.relay._filterDown)
 
-    def test_upstreamFailedAndConnectionEnded(self) -> None:
+    def test_upstreamFailedAndExchangeEnded(self) -> None:
         """
         C{upstreamFailed} runs once when no member could be reached;
-        C{connectionEnded} runs once per connection with its record.
+        C{exchangeEnded} runs once per connection with its record.
         """
         seen: List[Any] = []
 
         class Watch(TCPProxyProtocol):
-            def upstreamFailed(self, reason: Failure) -> None:
+            def upstreamFailed(self, request: StreamRequest, reason: Failure) -> None:
                 seen.append(("failed", reason.type))
 
-            def relayOpened(self, upstreamAddress: str) -> None:
+            def relayOpened(self, request: StreamRequest, upstreamAddress: str) -> None:
                 seen.append(("opened", upstreamAddress))
 
-            def connectionEnded(self, record: AccessRecord) -> None:
+            def exchangeEnded(self, record: AccessRecord) -> None:
                 seen.append(("ended", record.status))
 
         factory = self.factory(protocol=Watch)
@@ -616,7 +617,7 @@ class ConnectionPathErrorTests(TCPTestCase):
         """
 
         class Bogus(TCPProxyProtocol):
-            def chooseUpstream(self, client: ClientInfo) -> Any:
+            def chooseUpstream(self, request: StreamRequest) -> Any:
                 return "bogus:xx"
 
         proto, client = self.open(self.factory(protocol=Bogus))
@@ -629,7 +630,7 @@ class ConnectionPathErrorTests(TCPTestCase):
         later: defer.Deferred[Any] = defer.Deferred()
 
         class Later(TCPProxyProtocol):
-            def chooseUpstream(self, client: ClientInfo) -> Any:
+            def chooseUpstream(self, request: StreamRequest) -> Any:
                 return later
 
         proto, client = self.open(self.factory(protocol=Later))
@@ -643,7 +644,7 @@ class ConnectionPathErrorTests(TCPTestCase):
         """
 
         class Bogus(TCPProxyProtocol):
-            def chooseUpstream(self, client: ClientInfo) -> Any:
+            def chooseUpstream(self, request: StreamRequest) -> Any:
                 return "bogus:xx"
 
         factory = self.factory(TransparentFactory, protocol=Bogus, mode="transparent")
@@ -676,7 +677,7 @@ class ConnectionPathErrorTests(TCPTestCase):
         """
 
         class Broken(TCPProxyProtocol):
-            def upstreamFailed(self, reason: Failure) -> None:
+            def upstreamFailed(self, request: StreamRequest, reason: Failure) -> None:
                 raise RuntimeError("hook broke")
 
         proto, client = self.open(self.factory(protocol=Broken, upstream=UP1))
@@ -691,7 +692,7 @@ class ConnectionPathErrorTests(TCPTestCase):
         """
 
         class Broken(TCPProxyProtocol):
-            def relayOpened(self, upstreamAddress: str) -> None:
+            def relayOpened(self, request: StreamRequest, upstreamAddress: str) -> None:
                 raise RuntimeError("hook broke")
 
         proto, client = self.open(self.factory(protocol=Broken))
@@ -797,7 +798,7 @@ class TransparentDenyDestTests(TCPTestCase):
         for choice in [Target("inside.test", 22), Target("10.0.0.1", 22), "tcp:10.0.0.2:22"]:
 
             class Elsewhere(TCPProxyProtocol):
-                def chooseUpstream(self, client: ClientInfo, choice: Any = choice) -> Any:
+                def chooseUpstream(self, request: StreamRequest, choice: Any = choice) -> Any:
                     return choice
 
             factory = self.transparent(("203.0.113.5", 80), deny_dest="10.0.0.0/8")

@@ -802,8 +802,8 @@ class TCPFactoryTests(SynchronousTestCase):
         """
 
         class Special(TCPProxyProtocol):
-            def chooseUpstream(self, client: Any) -> Any:
-                if client.host == "198.51.100.1":
+            def chooseUpstream(self, request: Any) -> Any:
+                if request.client.host == "198.51.100.1":
                     return Target("192.0.2.99", 6380)
                 return None
 
@@ -917,7 +917,7 @@ class TransparentFactoryTests(SynchronousTestCase):
         opened: List[str] = []
 
         class Watch(TCPProxyProtocol):
-            def relayOpened(self, upstreamAddress: str) -> None:
+            def relayOpened(self, request: Any, upstreamAddress: str) -> None:
                 opened.append(upstreamAddress)
 
         factory = transparentFactory(("2001:db8::80", 80), protocol=Watch)
@@ -981,8 +981,8 @@ class SNIFactoryTests(SynchronousTestCase):
         """
 
         class ByALPN(SNIRouterProtocol):
-            def chooseUpstream(self, client: Any, hello: Any) -> Any:
-                if "h2" in hello.alpn:
+            def chooseUpstream(self, request: Any) -> Any:
+                if "h2" in request.hello.alpn:
                     return Target("192.0.2.20", 9443)
                 return None
 

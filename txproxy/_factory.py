@@ -7,17 +7,18 @@ reported.
 
 from __future__ import annotations
 
-from typing import Any, Tuple
+from typing import Any, Callable, Tuple
 
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 
 from txproxy._common import isIPLiteral
+from txproxy._hookcompat import Legacy, hookCaller
 from txproxy.accesslog import AccessRecord
 from txproxy.config import LOCALNET
 from txproxy.tuning import SocketOption, applySocketOptions, socketOptions
 
-__all__ = ["ListenerFactory"]
+__all__ = ["ListenerFactory", "endHookOf"]
 
 log = Logger()
 
@@ -101,13 +102,41 @@ class ListenerFactory(ServerFactory[Any]):
         if self.metrics is not None:
             self.metrics.connectionClosed(self.listener)
 
-    def requestFinished(self, proto: Any, record: AccessRecord) -> None:
+    def exchangeEnded(self, proto: Any, record: AccessRecord) -> None:
         """
         Called once per request, tunnel or relayed connection with its
-        record: access log and counters.
+        record: access log and counters.  An override must call the base
+        method.  (The protocol's own C{exchangeEnded(record)} runs after
+        it.)
         """
         self.requestsTotal += 1
         if self.accessLog is not None:
             self.accessLog.log(record)
         if self.metrics is not None:
             self.metrics.requestFinished(self.listener, record)
+
+    def requestFinished(self, proto: Any, record: AccessRecord) -> None:
+        """
+        Deprecated name of L{exchangeEnded}: a subclass that still overrides
+        it is called instead (its base call reaches L{exchangeEnded}'s
+        work), with a L{DeprecationWarning}.
+        """
+        ListenerFactory.exchangeEnded(self, proto, record)
+
+
+_FACTORY_END = (
+    Legacy("requestFinished", "(proto, record)", lambda self, proto, record: self.requestFinished(proto, record)),
+)
+
+
+def endHookOf(factory: ListenerFactory) -> Callable[..., Any]:
+    """
+    The function to call, as C{f(factory, proto, record)}, when an exchange
+    of a protocol of C{factory} ended: its C{exchangeEnded}, or the
+    deprecated C{requestFinished} of a subclass that overrides that.
+    Computed once per factory class.
+    """
+    caller = hookCaller(factory, "exchangeEnded", ListenerFactory, _FACTORY_END, combine=False)
+    if caller is None:
+        return ListenerFactory.exchangeEnded
+    return caller

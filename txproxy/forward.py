@@ -37,12 +37,25 @@ from txproxy.httpproxy import (
 )
 from txproxy.connector import isIPLiteral
 from txproxy.relay import RelayedProtocol, sendNow
+from txproxy._hookcompat import Legacy, hookCaller
 
 __all__ = ["ForwardProxyProtocol", "ForwardProxyFactory", "clientInfoFor", "LINGER_SECONDS"]
 
 _CONNECTED = b"HTTP/1.1 200 Connection established\r\n\r\n"
 
 log = Logger()
+
+
+_CHOOSE_LEGACY = (
+    Legacy("chooseTarget", "(request)", lambda self, request: self.chooseTarget(request)),
+)
+_OPENED_LEGACY = (
+    Legacy(
+        "tunnelOpened",
+        "(request, upstreamAddress)",
+        lambda self, request, address: self.tunnelOpened(request, address),
+    ),
+)
 
 
 class ForwardProxyProtocol(HTTPProxyProtocol):
@@ -53,16 +66,18 @@ class ForwardProxyProtocol(HTTPProxyProtocol):
 
       1. L{allowTunnel} (after the configured ACL, authentication, rate
          limit and C{--connect-ports} checks passed);
-      2. L{chooseTarget};
-      3. L{tunnelOpened}, once the upstream is connected and C{200} sent;
+      2. L{chooseUpstream};
+      3. L{relayOpened}, once the upstream is connected and C{200} sent;
       4. L{clientData} / L{upstreamData} for each relayed chunk (only when
          overridden: the default relay path calls no hook per chunk);
-      5. L{tunnelClosed}, once, when both sides are closed.
+      5. L{exchangeEnded}, once, when both sides are closed.
 
-    L{upstreamFailed} runs instead of 3-5 when the upstream cannot be
+    L{upstreamFailed} runs instead of 3-4 when the upstream cannot be
     reached.  Absolute-URI requests use the hooks of L{HTTPProxyProtocol}:
     L{allowRequest}, L{rewriteRequest}, L{rewriteResponse},
-    L{requestBodyData}, L{responseBodyData}, L{requestFinished}.
+    L{requestBodyData}, L{responseBodyData}, L{exchangeEnded}.  The old
+    names C{chooseTarget}, C{tunnelOpened} and C{tunnelClosed} are still
+    called, with a L{DeprecationWarning}, when a subclass overrides them.
     """
 
     #: The protocol built for the upstream side of a tunnel.
@@ -84,24 +99,38 @@ class ForwardProxyProtocol(HTTPProxyProtocol):
         """
         return True
 
-    def chooseTarget(self, request: TunnelRequest) -> Any:
+    def chooseUpstream(self, request: TunnelRequest) -> Any:
         """
         Pick the destination of the tunnel.  Runs once per allowed
-        C{CONNECT}; the default is where the client asked to go.  The
-        destination is still subject to C{--deny-dest}, checked on the
-        resolved address.
+        C{CONNECT}, only when overridden.  The destination is still subject
+        to C{--deny-dest}, checked on the resolved address.
 
-        @return: a L{Target}, or a Deferred firing with one.
+        @return: L{None} for where the client asked to go
+            (C{request.target}), or a L{Target}; or a Deferred firing with
+            one of those.
+        """
+        return None
+
+    def chooseTarget(self, request: TunnelRequest) -> Any:
+        """
+        Deprecated: override L{chooseUpstream}.  A subclass that overrides
+        this is still asked, with a L{DeprecationWarning}.
         """
         return request.target
 
-    def tunnelOpened(self, request: TunnelRequest, upstreamAddress: str) -> None:
+    def relayOpened(self, request: TunnelRequest, upstreamAddress: str) -> None:
         """
-        Called once the upstream is connected and C{200} was sent.
-        Synchronous (a returned Deferred is ignored); an exception closes
-        the tunnel.
+        Called once the upstream is connected and C{200} was sent, before
+        any byte is relayed.  Synchronous (a returned Deferred is ignored);
+        an exception closes the tunnel.
 
         @param upstreamAddress: the C{ip:port} dialled.
+        """
+
+    def tunnelOpened(self, request: TunnelRequest, upstreamAddress: str) -> None:
+        """
+        Deprecated: override L{relayOpened}, called at the same moment with
+        the same arguments.
         """
 
     def clientData(self, data: bytes) -> bytes:
@@ -126,9 +155,23 @@ class ForwardProxyProtocol(HTTPProxyProtocol):
 
     def tunnelClosed(self, record: AccessRecord) -> None:
         """
-        Called once when a tunnel has ended, with its access record.
-        Synchronous.
+        Deprecated: override L{exchangeEnded}, called with every access
+        record (a tunnel's C{record.method} is C{"CONNECT"}).  A subclass
+        that overrides this is still called once per opened tunnel, with a
+        L{DeprecationWarning}.
         """
+
+    _endLegacy = HTTPProxyProtocol._endLegacy + (
+        Legacy("tunnelClosed", "(record)", lambda self, record: self._legacyTunnelClosed(record)),
+    )
+
+    def _legacyTunnelClosed(self, record: AccessRecord) -> None:
+        if self.relay is not None and record.method == "CONNECT":
+            self.tunnelClosed(record)
+
+    def _endHook(self) -> Any:
+        return hookCaller(self, "exchangeEnded", ForwardProxyProtocol, self._endLegacy)
+
 
     # -- CONNECT
 
@@ -142,7 +185,8 @@ class ForwardProxyProtocol(HTTPProxyProtocol):
         request = TunnelRequest(self.client, Target(host, port), head)
         self._tunnel = request
         dial = self.factory.directDialer()
-        if dial is not None and not overrides(self, "chooseTarget", ForwardProxyProtocol) \
+        choose = hookCaller(self, "chooseUpstream", ForwardProxyProtocol, _CHOOSE_LEGACY, False)
+        if dial is not None and choose is None \
                 and not overrides(self, "allowTunnel", ForwardProxyProtocol) and isIPLiteral(host):
             # The common case, without a Deferred: a synchronous policy
             # decision and an IP literal, dialled with connectTCP.
@@ -162,9 +206,6 @@ class ForwardProxyProtocol(HTTPProxyProtocol):
         d.addCallbacks(self._tunnelConnected, self._failed)
         d.addErrback(self._unexpected)
         self._pending = d
-
-    def _wantsRecord(self) -> bool:
-        return super()._wantsRecord() or overrides(self, "tunnelClosed", ForwardProxyProtocol)
 
     def _hookRequest(self) -> Any:
         return self._tunnel if self._tunnel is not None else self._request
@@ -199,12 +240,15 @@ class ForwardProxyProtocol(HTTPProxyProtocol):
         return defer.maybeDeferred(self.allowTunnel, tunnel).addCallback(decided)
 
     def _chooseAndDial(self, tunnel: TunnelRequest) -> Any:
-        if overrides(self, "chooseTarget", ForwardProxyProtocol):
-            d = defer.maybeDeferred(self.chooseTarget, tunnel)
+        choose = hookCaller(self, "chooseUpstream", ForwardProxyProtocol, _CHOOSE_LEGACY, False)
+        if choose is not None:
+            d = defer.maybeDeferred(choose, self, tunnel)
         else:
             d = defer.succeed(tunnel.target)
 
-        def dial(target: Target) -> Any:
+        def dial(target: Optional[Target]) -> Any:
+            if target is None:
+                target = tunnel.target
             d = self.dialTarget(target, self.tunnelProtocol)
             timeout = self.factory.listener.connectTimeout
             if timeout:
@@ -263,23 +307,18 @@ class ForwardProxyProtocol(HTTPProxyProtocol):
         sendNow(self.transport, _CONNECTED)
         filterUp = self.clientData if overrides(self, "clientData", ForwardProxyProtocol) else None
         filterDown = self.upstreamData if overrides(self, "upstreamData", ForwardProxyProtocol) else None
-        if overrides(self, "tunnelOpened", ForwardProxyProtocol):
+        opened = hookCaller(self, "relayOpened", ForwardProxyProtocol, _OPENED_LEGACY)
+        if opened is not None:
             try:
-                self.tunnelOpened(tunnel, self._upstreamAddress)
+                opened(self, tunnel, self._upstreamAddress)
             except Exception:
                 # The 200 is out: the only honest answer left is to close.
-                log.failure("tunnelOpened failed for {client}", client=self.client.host)
+                log.failure("relayOpened failed for {client}", client=self.client.host)
                 upstream.transport.abortConnection()  # type: ignore[union-attr]
                 self._state = _CLOSING
                 self.transport.abortConnection()  # type: ignore[attr-defined]
                 return
         self._startTunnel(upstream, b"", 200, filterUp, filterDown)
-
-    def _tunnelEnded(self, relay: Any, status: int) -> Any:
-        record = super()._tunnelEnded(relay, status)
-        if record is not None and overrides(self, "tunnelClosed", ForwardProxyProtocol):
-            self.tunnelClosed(record)
-        return record
 
     # -- absolute-URI requests
 

@@ -9,11 +9,14 @@ directly.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import attr
 
-__all__ = ["ClientInfo", "Target", "TunnelRequest", "Refuse"]
+if TYPE_CHECKING:
+    from txproxy.stream.clienthello import ClientHello
+
+__all__ = ["ClientInfo", "Target", "TunnelRequest", "StreamRequest", "Refuse"]
 
 
 @attr.s(frozen=True, slots=True, auto_attribs=True)
@@ -60,6 +63,26 @@ class TunnelRequest:
     client: ClientInfo
     target: Target
     head: Any
+
+
+@attr.s(frozen=True, slots=True, auto_attribs=True)
+class StreamRequest:
+    """
+    A connection in C{tcp}, C{transparent} or C{sni} mode, as its hooks see
+    it (C{chooseUpstream}, C{relayOpened}, C{upstreamFailed}): the stream
+    modes' counterpart of the HTTP modes' request values.
+
+    @ivar client: who connected.
+    @ivar destination: in C{transparent} mode, the original destination
+        the client was going to (a L{Target}); else L{None}.
+    @ivar hello: in C{sni} mode, the parsed ClientHello (a
+        L{txproxy.stream.clienthello.ClientHello}: C{serverName},
+        C{alpn}...); else L{None}.
+    """
+
+    client: ClientInfo
+    destination: Optional[Target] = None
+    hello: Optional["ClientHello"] = None
 
 
 class Refuse(Exception):

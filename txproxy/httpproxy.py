@@ -30,7 +30,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from txproxy._factory import ListenerFactory
+from txproxy._factory import ListenerFactory, endHookOf
 from txproxy.accesslog import AccessRecord
 from txproxy.auth import Htpasswd, VerificationBusy, parseBasic
 from txproxy.config import ListenerConfig
@@ -86,6 +86,7 @@ from txproxy.http import (
 from txproxy.http import connectionTokens as _connectionTokensOf
 from txproxy.limits._decision import ALLOWED, Decision
 from txproxy._common import clientInfoFor, formatAddress, overrides, statusForFailure
+from txproxy._hookcompat import Legacy, hookCaller
 from txproxy.relay import Relay, RelayedProtocol, fastSender, joinRelay
 from txproxy.tls import verificationFailure
 
@@ -370,7 +371,10 @@ class HTTPProxyProtocol(Protocol):
       3. L{rewriteResponse}, on the response head about to be sent back;
       4. L{requestBodyData} / L{responseBodyData}, with the decoded body
          bytes (only when overridden);
-      5. L{requestFinished}, once, with the access record.
+      5. L{exchangeEnded}, once, with the access record.
+
+    L{upstreamFailed} runs when the upstream cannot be reached.  The same
+    moments have the same hook names in every mode (C{docs/hooks.rst}).
 
     @ivar factory: the L{HTTPProxyFactory}.
     @ivar client: the L{ClientInfo} of this connection (C{user} is set once
@@ -420,6 +424,8 @@ class HTTPProxyProtocol(Protocol):
     _observeRequest = False
     _observeResponse = False
     _inputPaused = False
+    _ended: Optional[Callable[..., Any]] = None
+    _factoryEnded: Any = staticmethod(ListenerFactory.exchangeEnded)
 
     # -- hooks
 
@@ -462,10 +468,31 @@ class HTTPProxyProtocol(Protocol):
         only when overridden.
         """
 
+    def exchangeEnded(self, record: AccessRecord) -> None:
+        """
+        Called once per request, tunnel or refusal, when it is over, with
+        its access record (C{record.method} is C{"CONNECT"} for a tunnel).
+        Synchronous; only called when overridden.
+        """
+
     def requestFinished(self, record: AccessRecord) -> None:
         """
-        Called once per request (or tunnel) with its access record.
+        Deprecated: override L{exchangeEnded}, which is called at the same
+        moment with the same argument.  A subclass that overrides this is
+        still called, with a L{DeprecationWarning}.
         """
+
+    #: The old forms of L{exchangeEnded} still called for one release.
+    _endLegacy: Tuple[Legacy, ...] = (
+        Legacy("requestFinished", "(record)", lambda self, record: self.requestFinished(record)),
+    )
+
+    def _endHook(self) -> Optional[Callable[..., Any]]:
+        """
+        What to call with each access record (L{exchangeEnded} and its old
+        forms), or L{None} when nothing is overridden.
+        """
+        return hookCaller(self, "exchangeEnded", HTTPProxyProtocol, self._endLegacy)
 
     # -- for subclasses
 
@@ -479,10 +506,22 @@ class HTTPProxyProtocol(Protocol):
         """
         raise HTTPError(501, "Not implemented")
 
+    #: Whether L{_pickUpstream} chooses each request's upstream (before
+    #: L{poolKey}; the reverse proxy picks a backend there).
+    _picksUpstream = False
+
+    def _pickUpstream(self, request: HTTPRequest) -> None:
+        """
+        Choose the upstream of C{request} (only when L{_picksUpstream}):
+        before a pooled connection is looked for, and again before a retry
+        on a fresh connection.  Raise L{Refuse} to answer with an error.
+        """
+
     def poolKey(self, request: HTTPRequest) -> str:
         """
         The upstream pool key for C{request}: requests with the same key may
-        share connections.
+        share connections.  A pure function of the request and the upstream
+        already chosen: it chooses nothing.
         """
         return f"{request.scheme}://{request.target}"
 
@@ -539,6 +578,14 @@ class HTTPProxyProtocol(Protocol):
         self._observeRequest = overrides(self, "requestBodyData", HTTPProxyProtocol)
         self._observeResponse = overrides(self, "responseBodyData", HTTPProxyProtocol)
         factory = self.factory
+        # Once per connection (each is one dict lookup, cached per class);
+        # set on the instance only when something is overridden.
+        ended = self._endHook()
+        if ended is not None:
+            self._ended = ended
+        factoryEnded = endHookOf(factory)
+        if factoryEnded is not ListenerFactory.exchangeEnded:
+            self._factoryEnded = factoryEnded
         factory.connectionOpened(self)
         self._setTimer(factory.listener.headerTimeout, "head")
         limits = factory.limits
@@ -763,6 +810,8 @@ class HTTPProxyProtocol(Protocol):
             return
         self._outHead = head
         try:
+            if self._picksUpstream:
+                self._pickUpstream(request)
             key = self.poolKey(request)
         except Exception:
             self._failed(Failure())
@@ -1349,6 +1398,8 @@ class HTTPProxyProtocol(Protocol):
 
     def _acquireFresh(self, request: HTTPRequest) -> None:
         try:
+            if self._picksUpstream:
+                self._pickUpstream(request)
             key = self.poolKey(request)
         except Exception:
             self._failed(Failure())
@@ -1497,9 +1548,10 @@ class HTTPProxyProtocol(Protocol):
             listener=factory.listener.name,
             reason=reason,
         )
-        factory.requestFinished(self, record)
-        if overrides(self, "requestFinished", HTTPProxyProtocol):
-            self.requestFinished(record)
+        self._factoryEnded(factory, self, record)
+        hook = self._ended
+        if hook is not None:
+            hook(self, record)
         return record
 
     def _wantsRecord(self) -> bool:
@@ -1507,7 +1559,7 @@ class HTTPProxyProtocol(Protocol):
         Whether a hook wants each request's access record (when no access
         log or metrics do, the record is not built at all).
         """
-        return overrides(self, "requestFinished", HTTPProxyProtocol)
+        return self._ended is not None
 
     # -- draining, end of input and loss
 

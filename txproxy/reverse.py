@@ -294,12 +294,24 @@ class ReverseProxyProtocol(HTTPProxyProtocol):
             return decision.addCallback(checked)  # type: ignore[no-any-return]
         return request
 
-    def poolKey(self, request: HTTPRequest) -> str:
+    _picksUpstream = True
+
+    def _pickUpstream(self, request: HTTPRequest) -> None:
+        """
+        Ask L{chooseBackend} for this request's backend (C{503} when it
+        names none) and count a connection to it.
+        """
         backend = self.chooseBackend(request, self._route)
         if backend is None:
             raise Refuse(503, "no healthy backend")
         self._setBackend(backend)
-        return self._keyFor(backend)
+
+    def poolKey(self, request: HTTPRequest) -> str:
+        """
+        The pool key of connections to the backend chosen for C{request}
+        (L{chooseBackend} has run).
+        """
+        return self._keyFor(self._backend)
 
     def _keyFor(self, backend: Any) -> str:
         """

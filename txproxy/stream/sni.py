@@ -29,7 +29,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from txproxy._common import overrides
+from txproxy._hookcompat import Legacy, hookCaller, positionalCount
 from txproxy.stream.clienthello import (
     UNRECOGNIZED_NAME_ALERT,
     ClientHello,
@@ -37,12 +37,22 @@ from txproxy.stream.clienthello import (
     ClientHelloReader,
     ServerNameError,
 )
-from txproxy.hooks import ClientInfo, Target
+from txproxy.hooks import StreamRequest, Target
 from txproxy.stream.tcp import _CLOSED, _CONNECTING, _HELLO, RelayingFactory, _RelayingProtocol, describeFailure
 
 __all__ = ["SNIRouterProtocol", "SNIRouterFactory", "UNRECOGNIZED_NAME_ALERT"]
 
 log = Logger(namespace="txproxy.sni")
+
+
+_CHOOSE_LEGACY = (
+    Legacy(
+        "chooseUpstream",
+        "(client, hello)",
+        lambda self, request: self.chooseUpstream(request.client, request.hello),
+        lambda function: positionalCount(function) == 2,
+    ),
+)
 
 
 class SNIRouterProtocol(_RelayingProtocol):
@@ -51,7 +61,10 @@ class SNIRouterProtocol(_RelayingProtocol):
 
     Hooks, in order: L{chooseUpstream} (once the ClientHello is read, only
     when overridden), L{relayOpened}, L{clientData}/L{upstreamData},
-    L{connectionEnded}; L{upstreamFailed} when no backend could be reached.
+    L{exchangeEnded}; L{upstreamFailed} when no backend could be reached.
+    The hooks about the connection take its L{StreamRequest}, whose
+    C{hello} is the ClientHello.  The old C{chooseUpstream(client, hello)}
+    is still called, with a L{DeprecationWarning}.
 
     @ivar hello: the L{ClientHello}, once read.
     @ivar route: the matched L{txproxy.router.Route}, or L{None}.
@@ -62,16 +75,22 @@ class SNIRouterProtocol(_RelayingProtocol):
     _reader: Optional[ClientHelloReader] = None
     _timer: Any = None
 
-    def chooseUpstream(self, client: ClientInfo, hello: ClientHello) -> Any:
+    def chooseUpstream(self, request: StreamRequest) -> Any:
         """
         Pick this connection's upstream once its ClientHello is read (and
         its server name matched a route: L{route} is set).  Only called when
         overridden.
 
+        @param request: this connection's L{StreamRequest}; C{request.hello}
+            is the parsed ClientHello.
+
         @return: L{None} for the route's pool, or a L{Target}, or a client
             endpoint description; may return a Deferred firing with one.
         """
         return None
+
+    def _buildRequest(self) -> StreamRequest:
+        return StreamRequest(self.client, hello=self.hello)
 
     def _begin(self) -> None:
         factory = self.factory
@@ -127,6 +146,7 @@ class SNIRouterProtocol(_RelayingProtocol):
         self._cancelTimer()
         self._reader = None
         self.hello = hello
+        self._request = None  # (built again, with the hello, when asked)
         name = hello.serverName
         if not name:
             self._closeBecause(400, "no SNI in the ClientHello")
@@ -145,9 +165,10 @@ class SNIRouterProtocol(_RelayingProtocol):
         if version is None:
             version = factory.listener.proxyProtocolSend
         self._proxyVersion = None if version == "none" else version
-        if overrides(self, "chooseUpstream", SNIRouterProtocol):
+        choose = hookCaller(self, "chooseUpstream", SNIRouterProtocol, _CHOOSE_LEGACY)
+        if choose is not None:
             self._state = _CONNECTING
-            d = defer.maybeDeferred(self.chooseUpstream, self.client, hello)
+            d = defer.maybeDeferred(choose, self, self.request)
             d.addCallbacks(self._chosen, self._chooseFailed).addErrback(self._internalError)
             return
         self._connectPool(route.pool)

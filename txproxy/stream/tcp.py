@@ -13,8 +13,10 @@ already sent, and both transports are handed to the L{Relay}.
 
 Subclass L{TCPProxyProtocol} and override its hooks (L{chooseUpstream},
 L{relayOpened}, L{clientData}/L{upstreamData}, L{upstreamFailed},
-L{connectionEnded}); set your subclass as the C{protocol} of a
-L{TCPProxyFactory} or L{TransparentFactory}.
+L{exchangeEnded}); set your subclass as the C{protocol} of a
+L{TCPProxyFactory} or L{TransparentFactory}.  The hooks that concern the
+connection take a L{StreamRequest} first, as the HTTP modes' hooks take
+their request (C{docs/hooks.rst} shows every mode's hooks side by side).
 
 Every client connection produces exactly one L{AccessRecord}.  Its C{status}
 borrows HTTP's codes so that one log format serves every mode: C{200}
@@ -40,12 +42,13 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txproxy._common import clientInfoFor, formatAddress, isIPLiteral, overrides, statusForFailure
-from txproxy._factory import ListenerFactory
+from txproxy._factory import ListenerFactory, endHookOf
 from txproxy.accesslog import AccessRecord
 from txproxy.config import ListenerConfig
 from txproxy.connector import Connector, directDial
 from txproxy.errors import NoHealthyBackend, PolicyDenied, ResolveError
-from txproxy.hooks import ClientInfo, Target
+from txproxy._hookcompat import Legacy, firstParameter, hookCaller, positionalCount
+from txproxy.hooks import ClientInfo, StreamRequest, Target
 from txproxy.stream.origdst import isOwnListener, localNetworks, originalDestination
 from txproxy.proxyprotocol import headerFor
 from txproxy.relay import Relay, RelayedProtocol, joinRelay
@@ -187,6 +190,43 @@ class _Dial(ClientFactory):
                 self.owner._internalError(Failure())
 
 
+def _onlyOneArgument(function: Any) -> bool:
+    return positionalCount(function) == 1
+
+
+# The old forms of the hooks, still called for one release.
+_OPENED_LEGACY = (
+    Legacy(
+        "relayOpened",
+        "(upstreamAddress)",
+        lambda self, request, address: self.relayOpened(address),
+        _onlyOneArgument,
+    ),
+)
+_FAILED_LEGACY = (
+    Legacy("upstreamFailed", "(reason)", lambda self, request, reason: self.upstreamFailed(reason), _onlyOneArgument),
+)
+_ENDED_LEGACY = (Legacy("connectionEnded", "(record)", lambda self, record: self.connectionEnded(record)),)
+
+
+def _takesClient(function: Any) -> bool:
+    """
+    Whether a C{chooseUpstream} override was written for the old
+    C{chooseUpstream(client)}: its parameter is named C{client} (or
+    annotated L{ClientInfo}).
+    """
+    if firstParameter(function) == "client":
+        return True
+    annotations = getattr(function, "__annotations__", {})
+    names = [n for n in getattr(getattr(function, "__code__", None), "co_varnames", ())[1:2]]
+    return any(annotations.get(n) in ("ClientInfo", ClientInfo) for n in names)
+
+
+_CHOOSE_LEGACY = (
+    Legacy("chooseUpstream", "(client)", lambda self, request: self.chooseUpstream(request.client), _takesClient),
+)
+
+
 @implementer(IHalfCloseableProtocol)
 class _RelayingProtocol(Protocol):
     """
@@ -219,13 +259,32 @@ class _RelayingProtocol(Protocol):
     _recorded = False
     _lease: Any = None
 
+    _request: Optional[StreamRequest] = None
+
     # -- hooks shared by every TCP mode
 
-    def relayOpened(self, upstreamAddress: str) -> None:
+    @property
+    def request(self) -> StreamRequest:
+        """
+        This connection as its hooks see it: the L{StreamRequest} (client,
+        original destination in C{transparent} mode, ClientHello in C{sni}
+        mode).  Built on first use.
+        """
+        request = self._request
+        if request is None:
+            request = self._request = self._buildRequest()
+        return request
+
+    def _buildRequest(self) -> StreamRequest:
+        dest = self._proxyDestination if self.factory.transparent else None
+        return StreamRequest(self.client, Target(dest[0], dest[1]) if dest is not None else None)
+
+    def relayOpened(self, request: StreamRequest, upstreamAddress: str) -> None:
         """
         Called once the upstream is connected, just before relaying starts
         (any PROXY header is already queued).  Only called when overridden.
 
+        @param request: this connection's L{StreamRequest}.
         @param upstreamAddress: the C{ip:port} dialled.
         """
 
@@ -248,19 +307,29 @@ class _RelayingProtocol(Protocol):
         """
         return data
 
-    def upstreamFailed(self, reason: Failure) -> None:
+    def upstreamFailed(self, request: StreamRequest, reason: Failure) -> None:
         """
         Called once when no upstream could be reached (after the retry), just
-        before the client connection is closed.
+        before the client connection is closed.  Only called when
+        overridden.
 
+        @param request: this connection's L{StreamRequest}.
         @param reason: the last connect failure (L{NoHealthyBackend} when the
             pool had no backend to try).
         """
 
-    def connectionEnded(self, record: AccessRecord) -> None:
+    def exchangeEnded(self, record: AccessRecord) -> None:
         """
         Called once per client connection, when it is over (relayed and
-        closed, refused, or failed), with its access record.
+        closed, refused, or failed), with its access record.  Only called
+        when overridden.
+        """
+
+    def connectionEnded(self, record: AccessRecord) -> None:
+        """
+        Deprecated: override L{exchangeEnded}, called at the same moment
+        with the same argument.  A subclass that overrides this is still
+        called, with a L{DeprecationWarning}.
         """
 
     # -- set-up
@@ -501,8 +570,9 @@ class _RelayingProtocol(Protocol):
             self.target = self._tried[-1].key
         status, reason = statusForFailure(f)
         log.debug("{mode} {client}: {reason}", mode=self.factory.mode, client=self.client.host, reason=reason)
-        if overrides(self, "upstreamFailed", _RelayingProtocol):
-            self.upstreamFailed(f)
+        failed = hookCaller(self, "upstreamFailed", _RelayingProtocol, _FAILED_LEGACY)
+        if failed is not None:
+            failed(self, self.request, f)
         self._refuse(status, reason)
 
     def _upstreamConnected(self, upstream: UpstreamProtocol) -> None:
@@ -545,8 +615,9 @@ class _RelayingProtocol(Protocol):
         if not self.upstreamAddress:
             peer = upTransport.getPeer()
             self.upstreamAddress = formatAddress(getattr(peer, "host", "?"), getattr(peer, "port", 0))
-        if overrides(self, "relayOpened", cls):
-            self.relayOpened(self.upstreamAddress)
+        opened = hookCaller(self, "relayOpened", cls, _OPENED_LEGACY)
+        if opened is not None:
+            opened(self, self.request, self.upstreamAddress)
         pending, self._pending = self._pending, None
         joinRelay(
             self,
@@ -588,11 +659,13 @@ class _RelayingProtocol(Protocol):
             return
         self._recorded = True
         factory = self.factory
+        factoryEnded = endHookOf(factory)
+        ended = hookCaller(self, "exchangeEnded", _RelayingProtocol, _ENDED_LEGACY)
         if (
             factory.accessLog is None
             and factory.metrics is None
-            and type(factory).requestFinished is ListenerFactory.requestFinished
-            and not overrides(self, "connectionEnded", _RelayingProtocol)
+            and factoryEnded is ListenerFactory.exchangeEnded
+            and ended is None
         ):
             # Nobody reads the record: count, and skip building it.
             factory.requestsTotal += 1
@@ -613,9 +686,9 @@ class _RelayingProtocol(Protocol):
             listener=factory.listener.name,
             reason=reason,
         )
-        factory.requestFinished(self, record)
-        if overrides(self, "connectionEnded", _RelayingProtocol):
-            self.connectionEnded(record)
+        factoryEnded(factory, self, record)
+        if ended is not None:
+            ended(self, record)
 
     def drain(self) -> None:
         """
@@ -662,8 +735,11 @@ class TCPProxyProtocol(_RelayingProtocol):
 
     Hooks, in order: L{chooseUpstream} (once, before dialling), then
     L{relayOpened}, L{clientData}/L{upstreamData} (per chunk), and
-    L{connectionEnded} (once); L{upstreamFailed} when no upstream could be
-    reached.  Each hook is only called when a subclass overrides it.
+    L{exchangeEnded} (once); L{upstreamFailed} when no upstream could be
+    reached.  Each hook is only called when a subclass overrides it.  The
+    old forms (C{chooseUpstream(client)}, C{relayOpened(upstreamAddress)},
+    C{upstreamFailed(reason)}, C{connectionEnded(record)}) are still
+    called, with a L{DeprecationWarning}.
 
     @ivar client: the L{ClientInfo} (the address a PROXY header carried, on
         a C{haproxy:} listener).
@@ -675,12 +751,13 @@ class TCPProxyProtocol(_RelayingProtocol):
         description, or the original destination.
     """
 
-    def chooseUpstream(self, client: ClientInfo) -> Any:
+    def chooseUpstream(self, request: StreamRequest) -> Any:
         """
         Pick this connection's upstream.  Runs once per connection, before
         anything is dialled, only when overridden.
 
-        @param client: who connected.
+        @param request: this connection's L{StreamRequest}: C{client}, and
+            in C{transparent} mode the original C{destination}.
         @return: L{None} for the default (the listener's pool in C{tcp}
             mode, with its balancing and retry; the original destination in
             C{transparent} mode), or a L{Target}, or a client endpoint
@@ -706,9 +783,11 @@ class TCPProxyProtocol(_RelayingProtocol):
                 return
             self.target = formatAddress(dest[0], dest[1])
             self._proxyDestination = dest
-        if overrides(self, "chooseUpstream", TCPProxyProtocol):
+            self._request = None  # (built again, with the destination, when asked)
+        choose = hookCaller(self, "chooseUpstream", TCPProxyProtocol, _CHOOSE_LEGACY)
+        if choose is not None:
             self._state = _CONNECTING
-            d = defer.maybeDeferred(self.chooseUpstream, self.client)
+            d = defer.maybeDeferred(choose, self, self.request)
             d.addCallbacks(self._chosen, self._chooseFailed).addErrback(self._internalError)
             return
         self._chosen(None)
