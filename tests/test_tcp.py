@@ -20,7 +20,8 @@ from txproxy.accesslog import AccessRecord
 from txproxy.connector import Connector
 from txproxy.hooks import StreamRequest, Target
 from txproxy.proxyprotocol import V2_SIGNATURE, formatV2
-from txproxy.stream.tcp import TCPProxyFactory, TCPProxyProtocol, TransparentFactory, parseTCPDescription
+from txproxy.stream._upstream import parseTCPDescription
+from txproxy.stream.tcp import TCPProxyFactory, TCPProxyProtocol, TransparentFactory
 from txproxy.testing import FakeConnector, FakeTransport, connect, listenerConfig
 
 UP1 = "tcp:192.0.2.10:6379"
@@ -1089,8 +1090,8 @@ class ServiceTests(SynchronousTestCase):
         The service builds each TCP mode's factory, sharing its router.
         """
         from txproxy.runtime.service import ProxyService
-        from txproxy.stream.sni import SNIRouterFactory
         from txproxy.runtime.tap import parseCommandLine
+        from txproxy.stream.sni import SNIRouterFactory
 
         reactor = MemoryReactorClock()
         for args, cls in [

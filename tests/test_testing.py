@@ -38,6 +38,7 @@ from txproxy.interfaces import IUpstreamConnector
 from txproxy.reverse import ReverseProxyFactory, ReverseProxyProtocol
 from txproxy.router import RouterService
 from txproxy.stream.sni import UNRECOGNIZED_NAME_ALERT, SNIRouterFactory, SNIRouterProtocol
+from txproxy.stream._upstream import _Dial
 from txproxy.stream.tcp import TCPProxyFactory, TCPProxyProtocol, TransparentFactory
 from txproxy.testing import (
     ConnectAttempt,
@@ -832,7 +833,7 @@ class TCPFactoryTests(SynchronousTestCase):
         proto, client = connect(factory)
         # Dialled with the protocol's own client factory, not through an
         # endpoint's wrapper.
-        self.assertEqual(type(factory.connector.last.factory).__module__, "txproxy.stream.tcp")
+        self.assertIs(type(factory.connector.last.factory), _Dial)
         self.assertEqual(factory.connector.last.timeout, 3)
         clock.advance(3)
         clock.advance(3)

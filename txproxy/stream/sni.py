@@ -30,6 +30,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from txproxy._hookcompat import Legacy, hookCaller, positionalCount
+from txproxy.hooks import StreamRequest, Target
+from txproxy.stream._upstream import describeFailure
+from txproxy.stream.base import _CLOSED, _CONNECTING, _HELLO, RelayingFactory, _RelayingProtocol
 from txproxy.stream.clienthello import (
     UNRECOGNIZED_NAME_ALERT,
     ClientHello,
@@ -37,8 +40,6 @@ from txproxy.stream.clienthello import (
     ClientHelloReader,
     ServerNameError,
 )
-from txproxy.hooks import StreamRequest, Target
-from txproxy.stream.tcp import _CLOSED, _CONNECTING, _HELLO, RelayingFactory, _RelayingProtocol, describeFailure
 
 __all__ = ["SNIRouterProtocol", "SNIRouterFactory", "UNRECOGNIZED_NAME_ALERT"]
 
