@@ -22,10 +22,9 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple, cast
 
-import attr
 from twisted.internet import defer, error
 from twisted.internet.interfaces import IHalfCloseableProtocol, IReactorTime
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -89,6 +88,7 @@ from txproxy._common import clientInfoFor, formatAddress, overrides, statusForFa
 from txproxy._hookcompat import Legacy, hookCaller
 from txproxy.relay import Relay, RelayedProtocol, fastSender, joinRelay
 from txproxy.tls import verificationFailure
+from txproxy.upstream import HTTPRequest, UpstreamHTTPProtocol, UpstreamPool
 
 __all__ = [
     "HTTPRequest",
@@ -135,222 +135,8 @@ _UPSTREAM_FAILURES = (
 )
 
 
-@attr.s(frozen=True, slots=True, auto_attribs=True)
-class HTTPRequest:
-    """
-    A request as hooks see it.
-
-    @ivar client: who sent it.
-    @ivar head: the request head as received.
-    @ivar scheme: C{"http"} or C{"https"} (the scheme of the URL requested).
-    @ivar target: where it goes (host and port of the origin or backend).
-    @ivar path: the path and query, origin-form.
-    """
-
-    client: ClientInfo
-    head: RequestHead
-    scheme: str
-    target: Target
-    path: bytes
-
-    @property
-    def method(self) -> bytes:
-        return self.head.method
-
-
-class _OneShotFactory(Factory):
-    """
-    A factory that hands out one pre-built protocol (for endpoint connects).
-    """
-
-    noisy = False
-
-    def __init__(self, proto: Protocol) -> None:
-        self.proto = proto
-
-    def buildProtocol(self, addr: Any) -> Protocol:
-        return self.proto
-
-
 # ---------------------------------------------------------------------------
 # Upstream connections and their pool
-
-
-@implementer(IHalfCloseableProtocol)
-class UpstreamHTTPProtocol(RelayedProtocol):
-    """
-    One connection to an upstream HTTP server, used by one client exchange
-    at a time and pooled in between.
-
-    @ivar owner: the L{HTTPProxyProtocol} whose request this connection is
-        serving, or L{None} when idle.
-    @ivar key: the pool key (origin) this connection belongs to.
-    @ivar requests: how many requests it has carried.
-    @ivar idleSince: clock time it was returned to the pool.
-    """
-
-    owner: Optional["HTTPProxyProtocol"] = None
-    key = ""
-    requests = 0
-    idleSince = 0.0
-    pool: Optional["UpstreamPool"] = None
-    lost = False
-    #: The peer as the access log shows it (C{host:port}), once known.
-    address = ""
-
-    def dataReceived(self, data: bytes) -> None:
-        owner = self.owner
-        if owner is not None:
-            owner._responseData(data)
-        elif self.relay is None:
-            # Bytes on an idle connection: the server is confused; drop it.
-            self._discard()
-
-    def readConnectionLost(self) -> None:
-        if self.relay is not None:
-            self.relay.upstreamReadLost()
-        elif self.owner is not None:
-            self.owner._upstreamEnded(self, None)
-        else:
-            self._discard()
-
-    def connectionLost(self, reason: Failure = Failure(error.ConnectionDone())) -> None:
-        self.lost = True
-        if self.pool is not None:
-            self.pool.remove(self)
-        if self.relay is not None:
-            self.relay.upstreamLost(reason)
-        elif self.owner is not None:
-            self.owner._upstreamEnded(self, reason)
-
-    def _discard(self) -> None:
-        if self.pool is not None:
-            self.pool.remove(self)
-        if self.transport is not None:
-            self.transport.loseConnection()
-
-
-class UpstreamPool:
-    """
-    Idle keep-alive connections to upstreams, keyed by origin.
-
-    Connections are reused most-recently-idle first (the least likely to
-    have been closed by the server).  A connection is never reused unless
-    its last response was read to the end.
-
-    @ivar maxIdlePerKey: idle connections kept per origin (as many as the
-        concurrent requests to one origin usually are: a smaller cap closes
-        and reopens connections under steady load).
-    @ivar maxIdle: idle connections kept in total.
-    @ivar idleTimeout: seconds an idle connection is kept.
-    """
-
-    def __init__(self, clock: IReactorTime, maxIdlePerKey: int = 256, maxIdle: int = 4096, idleTimeout: float = 30.0) -> None:
-        self.clock = clock
-        self.maxIdlePerKey = maxIdlePerKey
-        self.maxIdle = maxIdle
-        self.idleTimeout = idleTimeout
-        self._idle: Dict[str, List[UpstreamHTTPProtocol]] = {}
-        self._count = 0
-        self._sweep: Any = None
-        self.reused = 0
-
-    def __len__(self) -> int:
-        return self._count
-
-    def get(self, key: str) -> Optional[UpstreamHTTPProtocol]:
-        """
-        An idle connection to C{key}, taken out of the pool, or L{None}.
-        """
-        conns = self._idle.get(key)
-        if not conns:
-            return None
-        deadline = self.clock.seconds() - self.idleTimeout
-        while conns:
-            proto = conns.pop()
-            self._count -= 1
-            proto.pool = None
-            if proto.lost or proto.idleSince < deadline:
-                if proto.transport is not None:
-                    proto.transport.loseConnection()
-                continue
-            if not conns:
-                del self._idle[key]
-            self.reused += 1
-            return proto
-        del self._idle[key]
-        return None
-
-    def put(self, proto: UpstreamHTTPProtocol) -> None:
-        """
-        Return C{proto} to the pool (it must be idle and reusable).
-        """
-        if proto.lost:
-            return
-        conns = self._idle.setdefault(proto.key, [])
-        if len(conns) >= self.maxIdlePerKey or self._count >= self.maxIdle:
-            if proto.transport is not None:
-                proto.transport.loseConnection()
-            if not conns:
-                del self._idle[proto.key]
-            return
-        proto.idleSince = self.clock.seconds()
-        proto.pool = self
-        conns.append(proto)
-        self._count += 1
-        if self._sweep is None:
-            self._sweep = self.clock.callLater(self.idleTimeout, self._sweepIdle)
-
-    def remove(self, proto: UpstreamHTTPProtocol) -> None:
-        """
-        Forget C{proto} (it closed or misbehaved while idle).
-        """
-        conns = self._idle.get(proto.key)
-        proto.pool = None
-        if conns and proto in conns:
-            conns.remove(proto)
-            self._count -= 1
-            if not conns:
-                del self._idle[proto.key]
-
-    def closeKey(self, key: str) -> None:
-        """
-        Close every idle connection pooled under C{key} (connections private
-        to a client connection that has closed).
-        """
-        conns = self._idle.pop(key, None)
-        if not conns:
-            return
-        self._count -= len(conns)
-        for proto in conns:
-            proto.pool = None
-            if proto.transport is not None:
-                proto.transport.loseConnection()
-
-    def _sweepIdle(self) -> None:
-        self._sweep = None
-        deadline = self.clock.seconds() - self.idleTimeout
-        for key in list(self._idle):
-            for proto in list(self._idle.get(key, ())):
-                if proto.idleSince <= deadline:
-                    self.remove(proto)
-                    if proto.transport is not None:
-                        proto.transport.loseConnection()
-        if self._count:
-            self._sweep = self.clock.callLater(self.idleTimeout / 2.0, self._sweepIdle)
-
-    def closeAll(self) -> None:
-        """
-        Close every idle connection and stop the sweeper.
-        """
-        if self._sweep is not None and self._sweep.active():
-            self._sweep.cancel()
-        self._sweep = None
-        for key in list(self._idle):
-            for proto in list(self._idle.get(key, ())):
-                self.remove(proto)
-                if proto.transport is not None:
-                    proto.transport.loseConnection()
 
 
 # ---------------------------------------------------------------------------

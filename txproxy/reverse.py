@@ -24,7 +24,8 @@ from txproxy.connector import connectProtocol, isIPLiteral
 from txproxy.hooks import Refuse, Target
 from txproxy.http import RequestHead, parseAbsoluteURI, parseHostHeader, replaceHeader
 from txproxy.http._headers import FORWARDING_FIELDS, isForwardingField
-from txproxy.httpproxy import HTTPProxyFactory, HTTPProxyProtocol, HTTPRequest, UpstreamHTTPProtocol, _OneShotFactory
+from txproxy.httpproxy import HTTPProxyFactory, HTTPProxyProtocol
+from txproxy.upstream import HTTPRequest, UpstreamHTTPProtocol, _OneShotFactory
 from txproxy.limits._decision import ALLOWED, Decision
 from txproxy.proxyprotocol import headerFor
 from txproxy.router import endpointForBackend
