@@ -15,6 +15,13 @@ The per-request hot path is: one head parse, one head serialization each
 way, and direct writes; no Deferred is created for a request whose policy
 and routing decisions are synchronous and whose upstream connection is
 already pooled.
+
+Why this module is long: it is one class, the HTTP/1.1 connection layer
+(reading heads, framing, keep-alive and pipelining, carrying out the
+exchange's actions, upgrades and tunnels, the access record).  The
+per-request decisions and timers are the sans-IO L{txproxy.exchange}, the
+policy checks are L{txproxy.httppolicy}, and the upstream connections and
+their pool are L{txproxy.upstream}.
 """
 
 from __future__ import annotations
@@ -29,17 +36,19 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from txproxy._common import clientInfoFor, formatAddress, overrides, statusForFailure
 from txproxy._factory import ListenerFactory, endHookOf
+from txproxy._hookcompat import Legacy, hookCaller
 from txproxy.accesslog import AccessRecord
-from txproxy.auth import Htpasswd, VerificationBusy, parseBasic
+from txproxy.auth import Htpasswd
 from txproxy.config import ListenerConfig
 from txproxy.connector import connectProtocol, directDial
 from txproxy.errors import PolicyDenied, ResolveError
-from txproxy.hooks import ClientInfo, Refuse, Target
 from txproxy.exchange import (
     CLOSED,
     CLOSING,
     CONNECTION_TRANSITIONS,
+    DEFAULT_MAX_INTERIM,
     EXCHANGE,
     HEAD,
     KEEPALIVE,
@@ -48,7 +57,6 @@ from txproxy.exchange import (
     SENDING_BODY,
     TUNNEL,
     WAIT,
-    DEFAULT_MAX_INTERIM,
     Abort,
     Action,
     Exchange,
@@ -66,6 +74,7 @@ from txproxy.exchange import (
     Upgrade,
     transition,
 )
+from txproxy.hooks import ClientInfo, Refuse, Target
 from txproxy.http import (
     HOP_BY_HOP,
     Framing,
@@ -83,9 +92,8 @@ from txproxy.http import (
     serializeTrustedHead,
 )
 from txproxy.http import connectionTokens as _connectionTokensOf
-from txproxy.limits._decision import ALLOWED, Decision
-from txproxy._common import clientInfoFor, formatAddress, overrides, statusForFailure
-from txproxy._hookcompat import Legacy, hookCaller
+from txproxy.httppolicy import HTTPPolicy
+from txproxy.limits._decision import Decision
 from txproxy.relay import Relay, RelayedProtocol, fastSender, joinRelay
 from txproxy.tls import verificationFailure
 from txproxy.upstream import HTTPRequest, UpstreamHTTPProtocol, UpstreamPool
@@ -144,7 +152,7 @@ _UPSTREAM_FAILURES = (
 
 
 @implementer(IHalfCloseableProtocol)
-class HTTPProxyProtocol(Protocol):
+class HTTPProxyProtocol(HTTPPolicy, Protocol):
     """
     One client connection to an HTTP proxy (forward or reverse).
 
@@ -701,178 +709,6 @@ class HTTPProxyProtocol(Protocol):
             return attempt(0)
 
         return d.addCallback(pick).addCallback(dial)
-
-    # -- policy
-
-    def checkPolicy(self, head: RequestHead) -> Optional[defer.Deferred]:
-        """
-        The configured policy, in the order a user expects: client ACL,
-        connection caps, authentication, rate limit.
-
-        @raise Refuse: when refused.
-        @return: L{None} when decided, or a Deferred when the limiter or a
-            bcrypt password check (run in a thread pool) has to be waited
-            for (it fails with L{Refuse} when refused).
-        """
-        factory = self.factory
-        if not factory.clientAllowed(self.client.host):
-            raise Refuse(403, "client not allowed")
-        admission = self._admission
-        if admission is not None and admission is not ALLOWED:
-            if admission.__class__ is not Decision:
-                # Still a Deferred: the limiter has not answered yet.
-                return admission.addCallback(lambda _: self.checkPolicy(head))  # type: ignore[no-any-return]
-            if not admission.allowed:
-                raise self._limitRefusal(admission)
-        htpasswd = factory.htpasswd
-        if htpasswd is not None:
-            creds = parseBasic(head.get(b"proxy-authorization"))
-            if creds is None:
-                raise Refuse(407, "proxy authentication required")
-            blocked = factory._guessing
-            if blocked and self._bucketIsAddress():
-                # This client's bucket was found empty by a wrong password:
-                # refuse until it refills, without a costly check.
-                until = blocked.get(self.client.host)
-                if until is not None:
-                    left = until - factory.clock.seconds()
-                    if left > 0:
-                        refusal = Refuse(429, "too many requests")
-                        refusal.retryAfter = left  # type: ignore[attr-defined]
-                        raise refusal
-                    del blocked[self.client.host]
-            try:
-                verdict = htpasswd.verify(*creds)
-            except VerificationBusy:
-                raise Refuse(503, "too many password checks waiting")
-            if verdict is True:
-                self._authenticated(creds[0])
-            elif verdict is False:
-                return self._authFailed(head)
-            else:
-                # A bcrypt hash, checked in a thread: the decision waits
-                # (bounded by the connect timer, like any decision).
-                user = creds[0]
-
-                def verified(ok: bool) -> Optional[defer.Deferred]:
-                    if self._state is not WAIT:
-                        return None  # answered meanwhile (timed out)
-                    if not ok:
-                        return self._authFailed(head)
-                    self._authenticated(user)
-                    return self._checkRate(head)
-
-                return verdict.addCallback(verified)
-        return self._checkRate(head)
-
-    def _authenticated(self, user: str) -> None:
-        if self.client.user != user:
-            self.client = ClientInfo(self.client.host, self.client.port, user)
-
-    def _authFailed(self, head: RequestHead) -> Optional[defer.Deferred]:
-        """
-        Wrong credentials: C{407}, after taking a token from the client's
-        C{--rate} bucket, so that guessing passwords ends in C{429}.
-        (Missing credentials cost nothing: browsers ask without them
-        first.)
-
-        @raise Refuse: C{407}, or C{429} when the bucket is empty.
-        @return: a Deferred failing with one of those when the limiter has
-            to be waited for.
-        """
-        if self.client.user is not None:
-            # Authenticated earlier on this connection as someone else.
-            self.client = ClientInfo(self.client.host, self.client.port, None)
-        factory = self.factory
-        limits = factory.limits
-        if limits is not None and factory.listener.rate is not None and factory.listener.rateKey != "route":
-            decision = limits.checkRequest(self.rateKey(head))
-            if decision is not ALLOWED:
-                if decision.__class__ is not Decision:
-
-                    def checked(decision: Any) -> None:
-                        if not decision.allowed:
-                            raise self._guessingRefusal(decision)
-                        raise Refuse(407, "proxy authentication required")
-
-                    return decision.addCallback(checked)  # type: ignore[no-any-return]
-                if not decision.allowed:
-                    raise self._guessingRefusal(decision)
-        raise Refuse(407, "proxy authentication required")
-
-    def _bucketIsAddress(self) -> bool:
-        # Whether a request's rate bucket is its client address, whoever
-        # it authenticates as.
-        return self.factory.listener.rateKey == "client" and not overrides(self, "rateKey", HTTPProxyProtocol)
-
-    def _guessingRefusal(self, decision: Any) -> Refuse:
-        """
-        The refusal of a wrong password over the rate limit; the client's
-        next requests with credentials are refused without a password
-        check until its bucket refills (the limiter would refuse them
-        anyway; a shared limiter's bucket can only be emptier).
-        """
-        refusal = self._limitRefusal(decision)
-        retryAfter = getattr(refusal, "retryAfter", None)
-        if refusal.status == 429 and retryAfter and self._bucketIsAddress():
-            blocked = self.factory._guessing
-            if len(blocked) >= 10000:
-                blocked.clear()
-            blocked[self.client.host] = self.factory.clock.seconds() + retryAfter
-        return refusal
-
-    def _checkRate(self, head: RequestHead) -> Optional[defer.Deferred]:
-        """
-        The rest of L{checkPolicy} once authentication passed: the
-        mode's own refusals (L{checkBeforeRate}), then the rate limit.
-        """
-        factory = self.factory
-        self.checkBeforeRate(head)
-        limits = factory.limits
-        if limits is not None and factory.listener.rate is not None and factory.listener.rateKey != "route":
-            # Usually answered at once (memory, or tokens held locally for
-            # Redis): the shared ALLOWED, no Deferred.
-            decision = limits.checkRequest(self.rateKey(head))
-            if decision is ALLOWED:
-                return None
-            if decision.__class__ is Decision:
-                if not decision.allowed:
-                    raise self._limitRefusal(decision)
-                return None
-
-            def checked(decision: Any) -> None:
-                if not decision.allowed:
-                    raise self._limitRefusal(decision)
-
-            return decision.addCallback(checked)  # type: ignore[no-any-return]
-        return None
-
-    def rateKey(self, head: RequestHead) -> str:
-        """
-        The token bucket a request is counted in (C{--rate}).  Runs once per
-        request when a rate is set; synchronous.  The default follows
-        C{--rate-key}: the client address, or the authenticated user name
-        (the address for anonymous requests).  Override to count by anything
-        else (an API key header, say).
-        """
-        if self.factory.listener.rateKey == "user" and self.client.user is not None:
-            return "user:" + self.client.user
-        return self.client.host
-
-    def checkBeforeRate(self, head: RequestHead) -> None:
-        """
-        Mode-specific refusals that must not cost a rate-limit token (the
-        forward proxy's C{--connect-ports}).
-
-        @raise Refuse: when refused.
-        """
-
-    def _limitRefusal(self, decision: Any) -> Refuse:
-        if decision.reason == "max-conns":
-            return Refuse(503, "proxy at capacity")
-        refusal = Refuse(429, "too many requests")
-        refusal.retryAfter = decision.retryAfter  # type: ignore[attr-defined]
-        return refusal
 
     # -- the exchange: the sans-IO Exchange decides, this carries it out
 
