@@ -211,3 +211,35 @@ class PackagingTests(SynchronousTestCase):
         listed = set(parser["options"]["packages"].split())
         packages = {name for name, path in _modules().items() if path.endswith("__init__.py")}
         self.assertEqual(packages - listed, set())
+
+
+class OldImportPathTests(SynchronousTestCase):
+    """
+    The modules that moved into subpackages keep their old, documented
+    import paths for one release, with a DeprecationWarning.
+    """
+
+    OLD = {
+        "txproxy.tcp": "txproxy.stream.tcp",
+        "txproxy.sni": "txproxy.stream.sni",
+        "txproxy.service": "txproxy.runtime.service",
+        "txproxy.limiter": "txproxy.limits.service",
+    }
+
+    def test_oldPathsWarnAndGiveTheSameObjects(self) -> None:
+        import importlib
+        import sys
+        import warnings
+
+        for old, new in self.OLD.items():
+            sys.modules.pop(old, None)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                module = importlib.import_module(old)
+            self.assertEqual(
+                [str(w.message) for w in caught if issubclass(w.category, DeprecationWarning)],
+                [f"{old} is deprecated: import from {new}"],
+            )
+            target = importlib.import_module(new)
+            for name in module.__all__:
+                self.assertIs(getattr(module, name), getattr(target, name), f"{old}.{name}")
