@@ -101,6 +101,25 @@ class _RelayingProtocol(Protocol):
 
     # -- hooks shared by every TCP mode
 
+    def _modeLog(self) -> Logger:
+        """
+        The logger of this mode's lines (the sni mode has its own).  (A
+        method: a L{Logger} class attribute would name the class instead.)
+        """
+        return log
+
+    def _chooseFailed(self, f: Failure) -> None:
+        """
+        The C{chooseUpstream} hook raised or its Deferred failed: one log
+        line, and the client gets C{502}.
+        """
+        if self._state == _CLOSED:
+            return
+        self._modeLog().error(
+            "chooseUpstream failed for {client}: {error}", client=self.client.host, error=describeFailure(f)
+        )
+        self._refuse(502, "chooseUpstream failed")
+
     @property
     def request(self) -> StreamRequest:
         """

@@ -31,7 +31,6 @@ from twisted.python.failure import Failure
 
 from txproxy._hookcompat import Legacy, hookCaller, positionalCount
 from txproxy.hooks import StreamRequest, Target
-from txproxy.stream._upstream import describeFailure
 from txproxy.stream.base import _CLOSED, _CONNECTING, _HELLO, RelayingFactory, _RelayingProtocol
 from txproxy.stream.clienthello import (
     UNRECOGNIZED_NAME_ALERT,
@@ -75,6 +74,9 @@ class SNIRouterProtocol(_RelayingProtocol):
     route: Any = None
     _reader: Optional[ClientHelloReader] = None
     _timer: Any = None
+
+    def _modeLog(self) -> Logger:
+        return log
 
     def chooseUpstream(self, request: StreamRequest) -> Any:
         """
@@ -173,12 +175,6 @@ class SNIRouterProtocol(_RelayingProtocol):
             d.addCallbacks(self._chosen, self._chooseFailed).addErrback(self._internalError)
             return
         self._connectPool(route.pool)
-
-    def _chooseFailed(self, f: Failure) -> None:
-        if self._state == _CLOSED:
-            return
-        log.error("chooseUpstream failed for {client}: {error}", client=self.client.host, error=describeFailure(f))
-        self._refuse(502, "chooseUpstream failed")
 
     def _chosen(self, choice: Any) -> None:
         if self._state == _CLOSED:

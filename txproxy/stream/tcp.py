@@ -35,12 +35,11 @@ from typing import Any, Tuple, cast
 
 from twisted.internet import defer
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from txproxy._common import formatAddress
 from txproxy._hookcompat import Legacy, hookCaller
 from txproxy.hooks import StreamRequest, Target
-from txproxy.stream._upstream import UpstreamProtocol, describeFailure
+from txproxy.stream._upstream import UpstreamProtocol
 from txproxy.stream.base import (
     _CLOSED,
     _CONNECTING,
@@ -133,12 +132,6 @@ class TCPProxyProtocol(_RelayingProtocol):
             d.addCallbacks(self._chosen, self._chooseFailed).addErrback(self._internalError)
             return
         self._chosen(None)
-
-    def _chooseFailed(self, f: Failure) -> None:
-        if self._state == _CLOSED:
-            return
-        log.error("chooseUpstream failed for {client}: {error}", client=self.client.host, error=describeFailure(f))
-        self._refuse(502, "chooseUpstream failed")
 
     def _chosen(self, choice: Any) -> None:
         if self._state == _CLOSED:
