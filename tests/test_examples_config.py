@@ -271,10 +271,16 @@ class Backend:
         self.headers.append(_readProxyHeader(conn))
         if self.tls is not None:
             conn = self.tls.wrap_socket(conn, server_side=True)
-        if self.kind == "echo":
-            echoHandler(conn)
-        else:
-            _serveHTTP(conn, self.name)
+        try:
+            if self.kind == "echo":
+                echoHandler(conn)
+            else:
+                _serveHTTP(conn, self.name)
+        finally:
+            # The TLS socket is a new object: close it here (on PyPy nothing
+            # closes an unreferenced socket promptly, and the client would
+            # wait for the end of the response until its timeout).
+            conn.close()
 
 
 def _response(sock: socket.socket) -> Tuple[int, bytes]:
