@@ -396,6 +396,29 @@ class LocalnetDefaultTests(ForwardTestCase):
         self.assertEqual(_status(client.value()), 403, peer)
         return False
 
+    def test_verdictsRememberedPerConfiguration(self) -> None:
+        """
+        A client's ACL verdict is worked out once per listener
+        configuration (a keep-alive client does not pay an address parse
+        per request), and again after a reload gives the factory a new
+        configuration; the memory of verdicts is bounded.
+        """
+        import attr
+
+        from txproxy.config import parseCIDRs
+
+        factory = self.factory()
+        self.assertTrue(factory.clientAllowed("10.1.2.3"))
+        self.assertEqual(factory._aclCache, {"10.1.2.3": True})
+        factory.listener = attr.evolve(factory.listener, deny=parseCIDRs(["10.0.0.0/8"]))
+        self.assertFalse(factory.clientAllowed("10.1.2.3"))
+        self.assertTrue(self.served(factory, "192.168.1.1"))
+        self.assertFalse(self.served(factory, "10.1.2.3"))
+        self.patch(type(factory), "_ACL_CACHE_SIZE", 3)
+        for n in range(10):
+            factory.clientAllowed(f"192.168.0.{n}")
+            self.assertLessEqual(len(factory._aclCache), 3)
+
     def test_defaultServesOnlyLocalnet(self) -> None:
         """
         Without --allow, loopback, RFC 1918, shared (100.64/10), link-local

@@ -7,7 +7,7 @@ reported.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Tuple
+from typing import Any, Callable, Dict, Tuple
 
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
@@ -60,6 +60,27 @@ class ListenerFactory(ServerFactory[Any]):
         open proxy by default.
         """
         listener = self.listener
+        cache = self._aclCache
+        if self._aclCacheFor is not listener or len(cache) >= self._ACL_CACHE_SIZE:
+            # A reload (another listener configuration) or a full cache:
+            # start again.
+            cache = self._aclCache = {}
+            self._aclCacheFor = listener
+        verdict = cache.get(host)
+        if verdict is None:
+            verdict = cache[host] = self._clientAllowed(listener, host)
+        return verdict
+
+    #: Verdicts of L{clientAllowed} by client address, for the listener
+    #: configuration they were made under: parsing an address and matching
+    #: it against the ranges costs more than the rest of a request's policy,
+    #: and a keep-alive client asks once per request.
+    _aclCache: Dict[str, bool] = {}
+    _aclCacheFor: Any = None
+    _ACL_CACHE_SIZE = 4096
+
+    @staticmethod
+    def _clientAllowed(listener: Any, host: str) -> bool:
         if listener.deny and host in listener.deny:
             return False
         if listener.allow:

@@ -23,7 +23,7 @@ from twisted.python.failure import Failure
 from txproxy.accesslog import AccessRecord
 from txproxy.hooks import Refuse, Target, TunnelRequest
 from txproxy.http import HTTPError, RequestHead, parseAbsoluteURI, parseAuthority, replaceHeader
-from txproxy.http._headers import FORWARDING_FIELDS, isForwardingField
+from txproxy.http._headers import FORWARDING_FIELDS
 from txproxy.http._parser import Header, Headers
 from txproxy.httpproxy import (
     _CLOSING,
@@ -350,7 +350,7 @@ class ForwardProxyProtocol(HTTPProxyProtocol):
         else:
             for name, _ in headers:
                 lower = name.lower()
-                if lower in FORWARDING_FIELDS or (b"_" in lower and isForwardingField(lower)):
+                if lower.replace(b"_", b"-") in FORWARDING_FIELDS:
                     headers = _forwardingHeaders(headers, self._trusted(), None)
                     break
         method = head.method
@@ -389,7 +389,7 @@ def _forwardingHeaders(headers: Headers, trusted: bool, clientHost: Optional[str
     fwd: List[bytes] = []
     for name, value in headers:
         lower = name.lower()
-        if lower in FORWARDING_FIELDS or (b"_" in lower and isForwardingField(lower)):
+        if lower.replace(b"_", b"-") in FORWARDING_FIELDS:
             if not trusted or b"_" in lower:
                 continue
             if clientHost is not None:

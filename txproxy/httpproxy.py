@@ -633,9 +633,15 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
         Whether C{upstream}'s peer address is outside C{--deny-dest} as it is
         now (the configuration may have been reloaded since it was pooled).
         """
+        denyDest = self.factory.listener.denyDest
+        if upstream.allowedBy is denyDest:
+            return True
         transport = upstream.transport
         host = getattr(transport.getPeer(), "host", None) if transport is not None else None
-        return host is None or not self.factory.listener.denyDest.deniesDestination(host)
+        if host is not None and denyDest.deniesDestination(host):
+            return False
+        upstream.allowedBy = denyDest
+        return True
 
     def _connectFresh(self, request: HTTPRequest, key: str) -> None:
         """

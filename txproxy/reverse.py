@@ -23,7 +23,7 @@ from zope.interface import implementer
 from txproxy.connector import connectProtocol, isIPLiteral
 from txproxy.hooks import Refuse, Target
 from txproxy.http import RequestHead, parseAbsoluteURI, parseHostHeader, replaceHeader
-from txproxy.http._headers import FORWARDING_FIELDS, isForwardingField
+from txproxy.http._headers import FORWARDING_FIELDS
 from txproxy.httpproxy import HTTPProxyFactory, HTTPProxyProtocol
 from txproxy.upstream import HTTPRequest, UpstreamHTTPProtocol, _OneShotFactory
 from txproxy.limits._decision import ALLOWED, Decision
@@ -97,7 +97,7 @@ def forwardedHeaders(
                 elif lower == b"x-forwarded-host" and xhost is None:
                     xhost = value
             continue
-        if lower in FORWARDING_FIELDS or (b"_" in lower and isForwardingField(lower)):
+        if lower.replace(b"_", b"-") in FORWARDING_FIELDS:
             if trusted and b"_" not in lower:
                 kept.append((name, value))
             continue

@@ -90,6 +90,10 @@ class UpstreamHTTPProtocol(RelayedProtocol):
     lost = False
     #: The peer as the access log shows it (C{host:port}), once known.
     address = ""
+    #: The C{--deny-dest} set this connection's peer was last found outside
+    #: of (L{txproxy.httpproxy.HTTPProxyProtocol._stillAllowed} checks a
+    #: pooled connection again only when the set has changed: a reload).
+    allowedBy: Any = None
 
     def dataReceived(self, data: bytes) -> None:
         owner = self.owner

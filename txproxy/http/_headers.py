@@ -222,7 +222,9 @@ def isForwardingField(lower: bytes) -> bool:
     L{FORWARDING_FIELDS}, or would read as one with its underscores taken
     for dashes (C{x_forwarded_for}, C{x-forwarded_for}).
     """
-    return lower in FORWARDING_FIELDS or (b"_" in lower and lower.replace(b"_", b"-") in FORWARDING_FIELDS)
+    # (One replace and one set lookup: on CPython 3.11, C{b"_" in lower}
+    # first tries the operand as an integer and formats a TypeError.)
+    return lower.replace(b"_", b"-") in FORWARDING_FIELDS
 
 
 def removeHeader(headers: Headers, name: bytes) -> Headers:
