@@ -50,6 +50,7 @@ from txproxy.exchange import (
     CONNECTION_TRANSITIONS,
     DEFAULT_MAX_INTERIM,
     EXCHANGE,
+    H2,
     HEAD,
     KEEPALIVE,
     LINGER,
@@ -74,6 +75,7 @@ from txproxy.exchange import (
     Upgrade,
     transition,
 )
+from txproxy.h2._server import PREFACE, H2ServerConnection
 from txproxy.hooks import ClientInfo, Refuse, Target
 from txproxy.http import (
     HOP_BY_HOP,
@@ -220,6 +222,10 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
     _inputPaused = False
     _ended: Optional[Callable[..., Any]] = None
     _factoryEnded: Any = staticmethod(ListenerFactory.exchangeEnded)
+    #: On a connection that speaks HTTP/2: its L{H2ServerConnection}.
+    _h2conn: Optional[H2ServerConnection] = None
+    #: On the protocol serving one HTTP/2 stream: that stream (its transport).
+    _h2stream: Any = None
 
     # -- hooks
 
@@ -368,6 +374,10 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
     # -- connection set-up
 
     def connectionMade(self) -> None:
+        stream = self._h2stream
+        if stream is not None:
+            self._streamMade(stream.conn.owner)
+            return
         self.client = clientInfoFor(self.transport)
         self._observeRequest = overrides(self, "requestBodyData", HTTPProxyProtocol)
         self._observeResponse = overrides(self, "responseBodyData", HTTPProxyProtocol)
@@ -391,6 +401,56 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
                 # The limiter answers later (Redis): checkPolicy waits.
                 self._admission = admission
                 admission.addCallback(self._admitted)
+
+    def _streamMade(self, owner: "HTTPProxyProtocol") -> None:
+        """
+        The set-up of a protocol serving one HTTP/2 stream: the connection's
+        own work (counting, socket options, connection limits, the head
+        timer) was done once by C{owner}, whose client and admission this
+        stream shares.
+        """
+        self.client = ClientInfo(owner.client.host, owner.client.port, None)
+        admission = owner._admission
+        if admission is not None and admission.__class__ is not Decision:
+            # The limiter has not answered for the connection yet (Redis):
+            # this stream waits on a Deferred of its own.
+            waiting: defer.Deferred = defer.Deferred()
+            waiting.addCallback(self._streamAdmitted)
+
+            def answered(decision: Any) -> Any:
+                waiting.callback(decision)
+                return decision
+
+            admission.addCallback(answered)
+            admission = waiting
+        self._admission = admission
+        self._observeRequest = overrides(self, "requestBodyData", HTTPProxyProtocol)
+        self._observeResponse = overrides(self, "responseBodyData", HTTPProxyProtocol)
+        ended = self._endHook()
+        if ended is not None:
+            self._ended = ended
+        factoryEnded = endHookOf(self.factory)
+        if factoryEnded is not ListenerFactory.exchangeEnded:
+            self._factoryEnded = factoryEnded
+
+    def _streamAdmitted(self, decision: Any) -> Any:
+        self._admission = decision
+        return decision
+
+    def _startH2(self, received: bytes) -> None:
+        """
+        The connection opened with the HTTP/2 preface: from now on its
+        bytes go to an L{H2ServerConnection}, and each stream gets a
+        protocol of this class.
+        """
+        self._setState(H2)
+        self._cancelTimer()
+        conn = self._h2conn = H2ServerConnection(self)
+        conn.start(received)
+
+    def _h2closing(self) -> None:
+        if self._state is H2:
+            self._setState(CLOSING)
 
     def _admitted(self, decision: Any) -> Any:
         self._admission = decision
@@ -487,10 +547,18 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
             self._input += data
             if len(self._input) > PIPELINE_LIMIT:
                 self._pauseInput()
+        elif state is H2:
+            self._h2conn.dataReceived(data)  # type: ignore[union-attr]
         # LINGER, CLOSED, CLOSING: discard.
 
     def _headReceived(self, headBytes: bytes, rest: bytes) -> None:
         factory = self.factory
+        if headBytes[:3] == b"PRI" and self._start is None and self._h2stream is None and getattr(factory.listener, "http2", True):
+            # (The first head of the connection: the preface's first line.)
+            received = headBytes + rest
+            if PREFACE.startswith(received[:24]) and len(received) >= 18:
+                self._startH2(received)
+                return
         self._start = factory.clock.seconds()
         self._startWall = time.time()
         self._bytesUp = self._bytesDown = 0
@@ -1168,7 +1236,9 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
             bytesUp=self._bytesUp,
             bytesDown=self._bytesDown,
             user=self.client.user,
-            version=head.version.decode("latin-1") if head is not None else "HTTP/1.1",
+            version=("HTTP/2.0" if self._h2stream is not None else head.version.decode("latin-1"))
+            if head is not None
+            else "HTTP/1.1",
             upstream=self._upstreamAddress,
             userAgent=(head.get(b"user-agent") or b"").decode("latin-1") if head is not None else "",
             referer=(head.get(b"referer") or b"").decode("latin-1") if head is not None else "",
@@ -1198,6 +1268,9 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
         runs on until the drain timeout).
         """
         state = self._state
+        if state is H2:
+            self._h2conn.drain()  # type: ignore[union-attr]
+            return
         if (state is KEEPALIVE or (state is HEAD and self._reader is None)) and self.transport is not None:
             self._setState(CLOSING)
             self.transport.loseConnection()
@@ -1205,7 +1278,9 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
     def readConnectionLost(self) -> None:
         self._clientReadLost = True
         state = self._state
-        if self.relay is not None:
+        if state is H2:
+            self._h2conn.clientReadLost()  # type: ignore[union-attr]
+        elif self.relay is not None:
             self.relay.clientReadLost()
         elif state == _WAIT and self._head is not None and self._head.method == b"CONNECT":
             # CONNECT, first bytes and FIN at once: open the tunnel anyway
@@ -1229,6 +1304,9 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
     def connectionLost(self, reason: Failure = Failure(error.ConnectionDone())) -> None:
         state, self._state = self._state, CLOSED
         self._cancelTimer()
+        h2conn = self._h2conn
+        if h2conn is not None:
+            h2conn.connectionLost(reason)
         if self.relay is not None:
             self.relay.clientLost(reason)
         if self._pending is not None:
@@ -1243,7 +1321,8 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
         if self._lease is not None:
             self._lease.release()
             self._lease = None
-        self.factory.connectionClosed(self)
+        if self._h2stream is None:
+            self.factory.connectionClosed(self)
 
 
 class HTTPProxyFactory(ListenerFactory):

@@ -43,7 +43,9 @@ The client connection's own states (L{HEAD}, L{KEEPALIVE}, L{EXCHANGE},
 L{TUNNEL}, L{LINGER}, L{CLOSING}, L{CLOSED}) and their timers are here
 too (L{CONNECTION_TIMERS}): C{head} until a request head is complete
 (C{408}), C{keepalive} between requests (close quietly), C{linger} after
-an error response (close).
+an error response (close).  A connection that opened with the HTTP/2
+preface is in L{H2} for good: L{txproxy.h2.H2ServerConnection} runs its
+idle timer, and each stream's protocol runs its own states and timers.
 """
 
 from typing import Dict, FrozenSet, Optional, Tuple
@@ -64,6 +66,7 @@ __all__ = [
     "WAIT",
     "EXCHANGE",
     "TUNNEL",
+    "H2",
     "LINGER",
     "CLOSING",
     "CLOSED",
@@ -117,6 +120,7 @@ KEEPALIVE = State("KEEPALIVE")  # between requests, nothing received yet
 WAIT = State("WAIT")  # a head was received; deciding / dialling
 EXCHANGE = State("EXCHANGE")  # the request is with an upstream
 TUNNEL = State("TUNNEL")  # CONNECT or upgrade: the relay owns the bytes
+H2 = State("H2")  # HTTP/2: txproxy.h2 owns the bytes; each stream has a protocol
 LINGER = State("LINGER")  # an error response was sent; draining input
 CLOSING = State("CLOSING")  # closing after a final response
 CLOSED = State("CLOSED")
@@ -145,11 +149,12 @@ RESPONSE_TRANSITIONS: _Table = {
 
 #: Legal moves of an HTTP/1.1 client connection.
 CONNECTION_TRANSITIONS: _Table = {
-    HEAD: frozenset([WAIT, LINGER, CLOSING, CLOSED]),
+    HEAD: frozenset([WAIT, LINGER, CLOSING, CLOSED, H2]),
     KEEPALIVE: frozenset([HEAD, WAIT, LINGER, CLOSING, CLOSED]),
     WAIT: frozenset([EXCHANGE, TUNNEL, LINGER, CLOSING, CLOSED]),
     EXCHANGE: frozenset([WAIT, KEEPALIVE, HEAD, TUNNEL, LINGER, CLOSING, CLOSED]),
     TUNNEL: frozenset([CLOSED, CLOSING]),
+    H2: frozenset([CLOSED, CLOSING]),
     LINGER: frozenset([CLOSED, CLOSING]),
     CLOSING: frozenset([CLOSED]),
     CLOSED: frozenset(),
@@ -178,6 +183,7 @@ CONNECTION_TIMERS: Dict[State, Optional[Tuple[str, str]]] = {
     WAIT: None,
     EXCHANGE: None,
     TUNNEL: None,
+    H2: None,
     LINGER: ("linger", "httpproxy.LINGER_SECONDS (2 s)"),
     CLOSING: None,
     CLOSED: None,

@@ -1,0 +1,596 @@
+# -*- test-case-name: tests.test_h2_server -*-
+"""
+Tests for L{txproxy.h2._server}: HTTP/2 from clients, on fake transports
+and a fake clock, with python-hyper's C{h2} as the client.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Dict, List, Optional, Tuple
+
+from h2.config import H2Configuration
+from h2.connection import H2Connection
+from h2.errors import ErrorCodes
+from h2.events import (
+    ConnectionTerminated,
+    DataReceived,
+    InformationalResponseReceived,
+    ResponseReceived,
+    StreamEnded,
+    StreamReset,
+    TrailersReceived,
+)
+from h2.settings import SettingCodes
+from hyperframe.frame import ContinuationFrame, HeadersFrame
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from txproxy.h2._server import PREFACE, FloodGuard
+from txproxy.testing import FakeConnector, connect, forwardFactory, reverseFactory
+
+
+class Client:
+    """
+    An HTTP/2 client (C{h2}) talking to a proxy protocol over a
+    L{FakeTransport}.
+    """
+
+    def __init__(self, proto: Any, transport: Any) -> None:
+        self.proto = proto
+        self.transport = transport
+        self.h2 = H2Connection(H2Configuration(client_side=True, header_encoding=None))
+        self.h2.initiate_connection()
+        self.events: List[Any] = []
+        self.bodies: Dict[int, bytes] = {}
+        self.heads: Dict[int, List[Tuple[bytes, bytes]]] = {}
+        self.interim: Dict[int, List[List[Tuple[bytes, bytes]]]] = {}
+        self.trailers: Dict[int, List[Tuple[bytes, bytes]]] = {}
+        self.ended: List[int] = []
+        self.resets: Dict[int, int] = {}
+        self.goaway: Optional[ConnectionTerminated] = None
+
+    def send(self) -> None:
+        data = self.h2.data_to_send()
+        if data:
+            self.proto.dataReceived(data)
+        self.read()
+
+    def read(self) -> None:
+        data = self.transport.value()
+        self.transport.clear()
+        if not data:
+            return
+        for event in self.h2.receive_data(data):
+            self.events.append(event)
+            if isinstance(event, ResponseReceived):
+                self.heads[event.stream_id] = event.headers
+            elif isinstance(event, InformationalResponseReceived):
+                self.interim.setdefault(event.stream_id, []).append(event.headers)
+            elif isinstance(event, DataReceived):
+                self.bodies[event.stream_id] = self.bodies.get(event.stream_id, b"") + event.data
+                self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            elif isinstance(event, TrailersReceived):
+                self.trailers[event.stream_id] = event.headers
+            elif isinstance(event, StreamEnded):
+                self.ended.append(event.stream_id)
+            elif isinstance(event, StreamReset):
+                self.resets[event.stream_id] = event.error_code
+            elif isinstance(event, ConnectionTerminated):
+                self.goaway = event
+        out = self.h2.data_to_send()
+        if out:
+            self.proto.dataReceived(out)
+
+    def request(self, path: bytes = b"/", method: bytes = b"GET", authority: bytes = b"a.test",
+                extra: Optional[List[Tuple[bytes, bytes]]] = None, body: Optional[bytes] = None,
+                end: bool = True, scheme: bytes = b"http") -> int:
+        sid = self.h2.get_next_available_stream_id()
+        headers = [(b":method", method), (b":scheme", scheme), (b":authority", authority), (b":path", path)]
+        headers += extra or []
+        self.h2.send_headers(sid, headers, end_stream=end and body is None)
+        if body is not None:
+            self.h2.send_data(sid, body, end_stream=end)
+        self.send()
+        return sid
+
+    def status(self, sid: int) -> int:
+        return int(dict(self.heads[sid])[b":status"])
+
+
+def respond(connector: FakeConnector, index: int, response: bytes) -> Any:
+    attempt = connector.attempts[index]
+    if attempt.transport is None:
+        attempt.succeed()
+    attempt.protocol.dataReceived(response)
+    return attempt
+
+
+class H2TestCase(SynchronousTestCase):
+    peer = ("203.0.113.9", 5000)
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.connector = FakeConnector()
+        self.records: List[Any] = []
+
+    def log(self, record: Any) -> None:
+        self.records.append(record)
+
+    def reverse(self, **options: Any) -> Any:
+        f = reverseFactory({"*": "http://192.0.2.1:8080"}, connector=self.connector, clock=self.clock, **options)
+        f.accessLog = self
+        return f
+
+    def open(self, factory: Any = None) -> Client:
+        proto, transport = connect(factory if factory is not None else self.reverse(), self.peer)
+        client = Client(proto, transport)
+        client.send()
+        return client
+
+    def upstreamSent(self, index: int = -1) -> bytes:
+        attempt = self.connector.attempts[index]
+        if attempt.transport is None:
+            attempt.succeed()
+        return attempt.transport.value()  # type: ignore[no-any-return]
+
+
+class PrefaceTests(H2TestCase):
+    def test_priorKnowledgeGet(self) -> None:
+        """
+        A connection opening with the preface is served HTTP/2: the request
+        reaches the upstream as HTTP/1.1, the response comes back on the
+        stream, and the access record says HTTP/2.0.
+        """
+        client = self.open()
+        sid = client.request(b"/x?y=1", extra=[(b"user-agent", b"t/1")])
+        sent = self.upstreamSent()
+        self.assertTrue(sent.startswith(b"GET /x?y=1 HTTP/1.1\r\n"), sent)
+        self.assertIn(b"\r\nHost: a.test\r\n", sent.replace(b"host:", b"Host:"))
+        respond(self.connector, 0, b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: b\r\n\r\nhello")
+        client.read()
+        self.assertEqual(client.status(sid), 200)
+        self.assertEqual(client.bodies[sid], b"hello")
+        self.assertIn(sid, client.ended)
+        self.assertIn((b"x-a", b"b"), client.heads[sid])
+        self.assertEqual([r.version for r in self.records], ["HTTP/2.0"])
+        self.assertEqual(self.records[0].status, 200)
+
+    def test_prefaceSplitAtEveryByte(self) -> None:
+        """
+        The preface and the first HEADERS arrive in two pieces, split at
+        every position: the request is served the same.
+        """
+        probe = H2Connection(H2Configuration(client_side=True, header_encoding=None))
+        probe.initiate_connection()
+        probe.send_headers(1, [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"a.test"),
+                               (b":path", b"/")], end_stream=True)
+        wire = probe.data_to_send()
+        self.assertTrue(wire.startswith(PREFACE))
+        for cut in range(1, len(wire)):
+            connector = self.connector = FakeConnector()
+            proto, transport = connect(self.reverse(), self.peer)
+            proto.dataReceived(wire[:cut])
+            proto.dataReceived(wire[cut:])
+            self.assertEqual(len(connector.attempts), 1, cut)
+            self.assertTrue(self.upstreamSent().startswith(b"GET / HTTP/1.1\r\n"), cut)
+            self.assertFalse(transport.disconnecting, cut)
+
+    def test_continuationSplitAtEveryByte(self) -> None:
+        """
+        A header block in HEADERS + CONTINUATION frames, the bytes split
+        at every position: one request, with every field.
+        """
+        probe = H2Connection(H2Configuration(client_side=True, header_encoding=None))
+        probe.initiate_connection()
+        preface = probe.data_to_send()
+        block = probe.encoder.encode([(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"a.test"),
+                                      (b":path", b"/c"), (b"x-one", b"1" * 40), (b"x-two", b"2" * 40)])
+        first = HeadersFrame(1, data=block[:20])
+        first.flags.add("END_STREAM")
+        second = ContinuationFrame(1, data=block[20:50])
+        third = ContinuationFrame(1, data=block[50:])
+        third.flags.add("END_HEADERS")
+        frames = first.serialize() + second.serialize() + third.serialize()
+        for cut in range(0, len(frames) + 1):
+            connector = self.connector = FakeConnector()
+            proto, transport = connect(self.reverse(), self.peer)
+            proto.dataReceived(preface)
+            proto.dataReceived(frames[:cut])
+            proto.dataReceived(frames[cut:])
+            self.assertEqual(len(connector.attempts), 1, cut)
+            sent = self.upstreamSent()
+            self.assertIn(b"x-one: " + b"1" * 40, sent, cut)
+            self.assertIn(b"x-two: " + b"2" * 40, sent, cut)
+
+    def test_http11StillServed(self) -> None:
+        """
+        A connection that starts with an HTTP/1.1 request is served as
+        before.
+        """
+        proto, transport = connect(self.reverse(), self.peer)
+        proto.dataReceived(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        self.assertTrue(self.upstreamSent().startswith(b"GET / HTTP/1.1\r\n"))
+
+    def test_settingsAdvertised(self) -> None:
+        """
+        Our SETTINGS carry --h2-max-streams and --max-head-size.
+        """
+        client = self.open(self.reverse(max_head_size="8192"))
+        settings = client.h2.remote_settings
+        self.assertEqual(settings[SettingCodes.MAX_CONCURRENT_STREAMS], 100)
+        self.assertEqual(settings[SettingCodes.MAX_HEADER_LIST_SIZE], 8192)
+        self.assertEqual(settings[SettingCodes.ENABLE_PUSH], 0)
+
+
+class ExchangeTests(H2TestCase):
+    def test_postWithContentLength(self) -> None:
+        client = self.open()
+        sid = client.request(b"/up", b"POST", extra=[(b"content-length", b"6")], body=b"abcdef")
+        sent = self.upstreamSent()
+        head, _, body = sent.partition(b"\r\n\r\n")
+        self.assertIn(b"content-length: 6", head.lower())
+        self.assertEqual(body, b"abcdef")
+        respond(self.connector, 0, b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n")
+        client.read()
+        self.assertEqual(client.status(sid), 201)
+        self.assertIn(sid, client.ended)
+
+    def test_postWithoutLengthIsChunkedUpstream(self) -> None:
+        client = self.open()
+        sid = client.request(b"/up", b"POST", body=b"abc", end=False)
+        client.h2.send_data(sid, b"defg", end_stream=True)
+        client.send()
+        sent = self.upstreamSent()
+        head, _, body = sent.partition(b"\r\n\r\n")
+        self.assertIn(b"transfer-encoding: chunked", head.lower())
+        self.assertEqual(body, b"3\r\nabc\r\n4\r\ndefg\r\n0\r\n\r\n")
+
+    def test_requestTrailersBecomeChunkedTrailers(self) -> None:
+        client = self.open()
+        sid = client.request(b"/up", b"POST", extra=[(b"te", b"trailers")], body=b"abc", end=False)
+        client.h2.send_headers(sid, [(b"x-checksum", b"42")], end_stream=True)
+        client.send()
+        body = self.upstreamSent().partition(b"\r\n\r\n")[2]
+        self.assertEqual(body, b"3\r\nabc\r\n0\r\nx-checksum: 42\r\n\r\n")
+
+    def test_responseTrailers(self) -> None:
+        """
+        A chunked response's trailer section arrives as HTTP/2 trailers.
+        """
+        client = self.open()
+        sid = client.request()
+        respond(self.connector, 0, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: grpc-status\r\n\r\n"
+                                   b"5\r\nhello\r\n0\r\ngrpc-status: 0\r\n\r\n")
+        client.read()
+        self.assertEqual(client.bodies[sid], b"hello")
+        self.assertEqual(client.trailers[sid], [(b"grpc-status", b"0")])
+        self.assertIn(sid, client.ended)
+
+    def test_interimResponses(self) -> None:
+        client = self.open()
+        sid = client.request()
+        respond(self.connector, 0, b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\n"
+                                   b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        client.read()
+        self.assertEqual(client.interim[sid][0][0], (b":status", b"103"))
+        self.assertEqual(client.status(sid), 200)
+        self.assertEqual(client.bodies[sid], b"ok")
+
+    def test_concurrentStreams(self) -> None:
+        """
+        Streams are served at once, each its own exchange; answers may come
+        back in any order.
+        """
+        client = self.open()
+        sids = [client.request(b"/%d" % i) for i in range(3)]
+        self.assertEqual(len(self.connector.attempts), 3)
+        for index in (2, 0, 1):
+            respond(self.connector, index, b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n%d" % index)
+        client.read()
+        for index, sid in enumerate(sids):
+            self.assertEqual(client.bodies[sid], b"%d" % index)
+        self.assertEqual(len(self.records), 3)
+
+    def test_upstreamRefusedIs502(self) -> None:
+        client = self.open()
+        sid = client.request()
+        self.connector.attempts[0].fail()
+        client.read()
+        self.assertEqual(client.status(sid), 502)
+        self.assertIn(sid, client.ended)
+        # The connection goes on.
+        sid2 = client.request(b"/again")
+        respond(self.connector, 1, b"HTTP/1.1 204 No Content\r\n\r\n")
+        client.read()
+        self.assertEqual(client.status(sid2), 204)
+
+    def test_upstreamBrokenMidResponseResetsOnlyThatStream(self) -> None:
+        client = self.open()
+        sid = client.request()
+        other = client.request(b"/other")
+        attempt = respond(self.connector, 0, b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+        attempt.transport.loseConnection()
+        client.read()
+        self.assertIn(sid, client.resets)
+        respond(self.connector, 1, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        client.read()
+        self.assertEqual(client.bodies[other], b"ok")
+
+    def test_clientResetCancelsUpstream(self) -> None:
+        """
+        RST_STREAM from the client abandons the upstream request: its
+        connection is closed, not pooled, and the record says 499.
+        """
+        client = self.open()
+        sid = client.request()
+        upstream = self.connector.attempts[0].succeed()
+        client.h2.reset_stream(sid, ErrorCodes.CANCEL)
+        client.send()
+        self.assertTrue(upstream.disconnecting or upstream.closed)
+        self.assertEqual(self.records[-1].status, 499)
+
+    def test_largeResponseRespectsWindowAndPausesUpstream(self) -> None:
+        """
+        A response larger than the client's window: what the window allows
+        is sent, the rest is queued, the upstream is paused; the client's
+        WINDOW_UPDATE lets the rest through and resumes the upstream.
+        """
+        client = self.open()
+        sid = client.request()
+        body = bytes(range(256)) * 1024  # 256 KiB
+        attempt = respond(self.connector, 0, b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body))
+        # Don't acknowledge: feed data without reading the client side.
+        attempt.protocol.dataReceived(body)
+        data = client.transport.value()
+        client.transport.clear()
+        events = client.h2.receive_data(data)
+        got = b"".join(e.data for e in events if isinstance(e, DataReceived))
+        self.assertEqual(len(got), 65535)
+        self.assertEqual(attempt.transport.producerState, "paused")
+        # Now read everything, acknowledging as we go.
+        client.bodies[sid] = got
+        client.h2.acknowledge_received_data(len(got), sid)
+        client.send()
+        for _ in range(20):
+            client.read()
+        self.assertEqual(hashlib.sha256(client.bodies[sid]).hexdigest(), hashlib.sha256(body).hexdigest())
+        self.assertIn(sid, client.ended)
+
+    def test_slowUpstreamHoldsClientWindow(self) -> None:
+        """
+        The upstream connection's write buffer is full (it pauses the
+        stream): the stream stops opening the client's window, so the
+        client cannot send more than one window's worth.
+        """
+        client = self.open()
+        sid = client.request(b"/up", b"POST", extra=[(b"content-length", b"200000")], body=b"x" * 60000, end=False)
+        upstream = self.connector.attempts[0].succeed()
+        stream = client.proto._h2conn.streams[sid]
+        stream.protocol.transport.pauseProducing()
+        client.h2.send_data(sid, b"y" * 5000)
+        client.send()
+        self.assertEqual(len(upstream.value().partition(b"\r\n\r\n")[2]), 60000)
+        window = client.h2.local_flow_control_window(sid)
+        self.assertLess(window, 1000)
+        stream.protocol.transport.resumeProducing()
+        client.read()
+        self.assertEqual(len(upstream.value().partition(b"\r\n\r\n")[2]), 65000)
+        self.assertGreater(client.h2.local_flow_control_window(sid), 60000)
+
+
+class ValidationTests(H2TestCase):
+    def assertStreamError(self, client: Client, sid: int, code: int = ErrorCodes.PROTOCOL_ERROR) -> None:
+        client.read()
+        self.assertEqual(client.resets.get(sid), code)
+        self.assertEqual(self.connector.attempts, [])
+        self.assertFalse(client.transport.disconnecting)
+
+    def test_uppercaseName(self) -> None:
+        client = self.open()
+        self.assertStreamError(client, client.request(extra=[(b"X-Upper", b"1")]))
+
+    def test_connectionSpecificField(self) -> None:
+        client = self.open()
+        self.assertStreamError(client, client.request(extra=[(b"connection", b"keep-alive")]))
+
+    def test_missingPath(self) -> None:
+        client = self.open()
+        sid = client.h2.get_next_available_stream_id()
+        client.h2.send_headers(sid, [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"a.test")],
+                               end_stream=True)
+        client.send()
+        self.assertStreamError(client, sid)
+
+    def test_authorityHostConflict(self) -> None:
+        client = self.open()
+        self.assertStreamError(client, client.request(extra=[(b"host", b"b.test")]))
+
+    def test_contentLengthLongerThanData(self) -> None:
+        client = self.open()
+        sid = client.request(b"/", b"POST", extra=[(b"content-length", b"10")], body=b"abc")
+        client.read()
+        self.assertEqual(client.resets.get(sid), ErrorCodes.PROTOCOL_ERROR)
+        self.assertFalse(client.transport.disconnecting)
+
+    def test_contentLengthShorterThanData(self) -> None:
+        client = self.open()
+        sid = client.request(b"/", b"POST", extra=[(b"content-length", b"2")], body=b"abcdef")
+        client.read()
+        self.assertEqual(client.resets.get(sid), ErrorCodes.PROTOCOL_ERROR)
+        self.assertFalse(client.transport.disconnecting)
+
+    def test_otherStreamsUnaffected(self) -> None:
+        client = self.open()
+        bad = client.request(extra=[(b"X-Upper", b"1")])
+        good = client.request(b"/fine")
+        respond(self.connector, 0, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        client.read()
+        self.assertIn(bad, client.resets)
+        self.assertEqual(client.bodies[good], b"ok")
+
+
+class LimitTests(H2TestCase):
+    def test_streamsOverTheLimitRefused(self) -> None:
+        client = self.open(self.reverse(h2_max_streams="2"))
+        client.h2.remote_settings.update({SettingCodes.MAX_CONCURRENT_STREAMS: 10})
+        sids = [client.request(b"/%d" % i) for i in range(3)]
+        client.read()
+        self.assertEqual(client.resets.get(sids[2]), ErrorCodes.REFUSED_STREAM)
+        self.assertEqual(len(self.connector.attempts), 2)
+        self.assertFalse(client.transport.disconnecting)
+
+    def test_headerListOverMaxHeadSize(self) -> None:
+        """
+        A header list larger than --max-head-size (an HPACK bomb among
+        them): GOAWAY and close.
+        """
+        client = self.open(self.reverse(max_head_size="4096"))
+        client.h2.remote_settings.update({SettingCodes.MAX_HEADER_LIST_SIZE: 1 << 20})
+        client.request(extra=[(b"x-big", b"a" * 5000)])
+        self.assertIsNotNone(client.goaway)
+        self.assertTrue(client.transport.disconnecting or client.transport.closed)
+        self.assertEqual(self.connector.attempts, [])
+
+    def test_rapidReset(self) -> None:
+        client = self.open()
+        for _ in range(150):
+            sid = client.h2.get_next_available_stream_id()
+            client.h2.send_headers(sid, [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"a.test"),
+                                         (b":path", b"/")], end_stream=True)
+            client.h2.reset_stream(sid, ErrorCodes.CANCEL)
+        client.send()
+        self.assertIsNotNone(client.goaway)
+        self.assertEqual(client.goaway.error_code, ErrorCodes.ENHANCE_YOUR_CALM)
+        self.assertTrue(client.transport.closed)
+
+    def test_pingFlood(self) -> None:
+        client = self.open()
+        for i in range(60):
+            client.h2.ping(b"%08d" % i)
+        client.send()
+        self.assertEqual(client.goaway.error_code, ErrorCodes.ENHANCE_YOUR_CALM)  # type: ignore[union-attr]
+        self.assertTrue(client.transport.closed)
+
+    def test_pingsSpreadOutAreFine(self) -> None:
+        client = self.open()
+        for i in range(200):
+            client.h2.ping(b"%08d" % i)
+            client.send()
+            self.clock.advance(0.1)
+        self.assertIsNone(client.goaway)
+
+    def test_settingsFlood(self) -> None:
+        client = self.open()
+        for i in range(60):
+            client.h2.update_settings({SettingCodes.HEADER_TABLE_SIZE: 4096})
+        client.send()
+        self.assertEqual(client.goaway.error_code, ErrorCodes.ENHANCE_YOUR_CALM)  # type: ignore[union-attr]
+
+    def test_emptyDataFlood(self) -> None:
+        client = self.open()
+        sid = client.request(b"/", b"POST", end=False)
+        for _ in range(120):
+            client.h2.send_data(sid, b"")
+        client.send()
+        self.assertEqual(client.goaway.error_code, ErrorCodes.ENHANCE_YOUR_CALM)  # type: ignore[union-attr]
+
+    def test_continuationFlood(self) -> None:
+        """
+        CONTINUATION frames that never end the block: a protocol error
+        (GOAWAY) once C{h2}'s backlog is passed, nothing reaches upstream.
+        """
+        client = self.open()
+        frames = HeadersFrame(1, data=b"").serialize()
+        frames += b"".join(ContinuationFrame(1, data=b"\x20").serialize() for _ in range(100))
+        client.proto.dataReceived(frames)
+        client.read()
+        self.assertIsNotNone(client.goaway)
+        self.assertTrue(client.transport.closed)
+        self.assertEqual(self.connector.attempts, [])
+
+    def test_guardWindow(self) -> None:
+        guard = FloodGuard(100)
+        self.assertFalse(any(guard.count("ping", 0.0) for _ in range(50)))
+        self.assertTrue(guard.count("ping", 0.5))
+        self.assertFalse(guard.count("ping", 1.6))
+
+
+class LifecycleTests(H2TestCase):
+    def test_idleConnectionClosed(self) -> None:
+        factory = self.reverse(idle_timeout="10")
+        client = self.open(factory)
+        self.clock.advance(11)
+        client.read()
+        self.assertIsNotNone(client.goaway)
+        self.assertTrue(client.transport.closed)
+
+    def test_busyConnectionNotIdle(self) -> None:
+        factory = self.reverse(idle_timeout="10", response_timeout="60")
+        client = self.open(factory)
+        client.request()
+        self.connector.attempts[0].succeed()
+        self.clock.advance(9)
+        self.assertFalse(client.transport.closed)
+
+    def test_drainSendsGoawayAndLetsStreamsFinish(self) -> None:
+        factory = self.reverse()
+        client = self.open(factory)
+        sid = client.request()
+        client.proto.drain()
+        client.read()
+        self.assertEqual(client.goaway.error_code, 0)  # type: ignore[union-attr]
+        self.assertFalse(client.transport.closed)
+        respond(self.connector, 0, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        client.read()
+        self.assertEqual(client.bodies[sid], b"ok")
+        self.assertTrue(client.transport.closed)
+
+    def test_clientGoneClosesStreams(self) -> None:
+        client = self.open()
+        client.request()
+        upstream = self.connector.attempts[0].succeed()
+        client.transport.loseConnection()
+        self.assertTrue(upstream.disconnecting or upstream.closed)
+        self.assertEqual(self.records[-1].status, 499)
+
+    def test_connectionCountedOnce(self) -> None:
+        factory = self.reverse()
+        client = self.open(factory)
+        for i in range(3):
+            client.request(b"/%d" % i)
+        self.assertEqual(len(factory.protocols), 1)
+
+
+class ForwardTests(H2TestCase):
+    def test_absoluteFormUpstream(self) -> None:
+        connector = self.connector = FakeConnector({"example.test": ["192.0.2.5"]})
+        factory = forwardFactory(connector=connector, clock=self.clock, allow="0.0.0.0/0")
+        client = self.open(factory)
+        sid = client.request(b"/p", authority=b"example.test")
+        sent = self.upstreamSent()
+        self.assertTrue(sent.startswith(b"GET /p HTTP/1.1\r\n"), sent)
+        respond(connector, 0, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        client.read()
+        self.assertEqual(client.bodies[sid], b"ok")
+
+    def test_connectStreamIsATunnel(self) -> None:
+        connector = self.connector = FakeConnector({"example.test": ["192.0.2.5"]})
+        factory = forwardFactory(connector=connector, clock=self.clock, allow="0.0.0.0/0")
+        client = self.open(factory)
+        sid = client.h2.get_next_available_stream_id()
+        client.h2.send_headers(sid, [(b":method", b"CONNECT"), (b":authority", b"example.test:443")])
+        client.send()
+        upstream = connector.attempts[0].succeed()
+        client.read()
+        self.assertEqual(client.status(sid), 200)
+        client.h2.send_data(sid, b"client hello")
+        client.send()
+        self.assertEqual(upstream.value(), b"client hello")
+        connector.attempts[0].protocol.dataReceived(b"server hello")
+        client.read()
+        self.assertEqual(client.bodies[sid], b"server hello")
+        # The client ends its side: FIN upstream.
+        client.h2.end_stream(sid)
+        client.send()
+        self.assertTrue(upstream.writeClosed)

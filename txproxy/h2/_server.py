@@ -1,0 +1,845 @@
+# -*- test-case-name: tests.test_h2_server -*-
+"""
+HTTP/2 from clients: one L{H2ServerConnection} per client connection that
+opened with the HTTP/2 preface (prior knowledge, or ALPN C{h2} on TLS).
+
+Each stream is served by its own instance of the listener's protocol class
+(the user's L{txproxy.httpproxy.HTTPProxyProtocol} subclass, hooks and
+all), connected to a L{H2Stream} as its transport.  The stream hands that
+protocol the request as HTTP/1.1 bytes (L{txproxy.h2._translate}) and turns
+the HTTP/1.1 response it writes back into C{HEADERS}, C{DATA} and trailers.
+So policy, hooks, limits, routing, status codes, the access log and metrics
+are the HTTP/1.1 ones, shared rather than copied; this module owns only
+what is HTTP/2's own:
+
+  - framing and HPACK (python-hyper's C{h2});
+  - flow control, mapped onto producers as the relay does for TCP: a
+    stream's protocol pausing its transport stops the stream's window
+    updates (the client's window closes), and a stream whose send window is
+    exhausted pauses the producer registered on it (the upstream
+    connection); the client connection's own write buffer pauses every
+    stream's producer;
+  - C{SETTINGS_MAX_CONCURRENT_STREAMS} (C{--h2-max-streams}), enforced with
+    C{RST_STREAM(REFUSED_STREAM)}; C{SETTINGS_MAX_HEADER_LIST_SIZE}
+    (C{--max-head-size}), enforced by HPACK with C{GOAWAY};
+  - the floods of RFC 9113 §10.5 and CVE-2023-44487 (see L{FloodGuard});
+  - the connection's idle timer and C{GOAWAY} on drain.
+
+Why this module is long: it is the HTTP/2 connection and its stream
+transport, two classes that share one flow-control design and are only
+correct together.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Tuple
+
+from h2.config import H2Configuration
+from h2.connection import H2Connection
+from h2.errors import ErrorCodes
+from h2.events import (
+    ConnectionTerminated,
+    DataReceived,
+    PingReceived,
+    PriorityUpdated,
+    RemoteSettingsChanged,
+    RequestReceived,
+    StreamEnded,
+    StreamReset,
+    TrailersReceived,
+    WindowUpdated,
+)
+from h2.exceptions import ProtocolError, StreamClosedError
+from h2.settings import SettingCodes, Settings
+from h2.stream import H2Stream as _LibStream
+from twisted.internet import error
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from txproxy.h2._translate import (
+    Data,
+    End,
+    Head,
+    MessageReader,
+    StreamError,
+    Trailers,
+    chunk,
+    lastChunk,
+    requestFromH2,
+)
+
+__all__ = ["PREFACE", "FloodGuard", "H2ServerConnection", "H2Stream"]
+
+log = Logger()
+
+#: What an HTTP/2 client sends first (RFC 9113 §3.4).
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+#: Bytes queued on one stream (its send window exhausted) above which the
+#: producer registered on it is paused, and below which it is resumed.
+HIGH_WATER = 65536
+LOW_WATER = 16384
+
+#: The connection-level receive window we open at start (the stream windows
+#: keep the 65,535 default): what many concurrent uploads may have in flight.
+CONNECTION_WINDOW = 1 << 20
+
+_CONNECTION_DONE = Failure(error.ConnectionDone())
+
+
+class _AdvertisedSettings(Settings):
+    """
+    Our local settings, as C{h2} sends them, except that C{h2} must not
+    enforce C{MAX_CONCURRENT_STREAMS} itself: it would make the stream over
+    the limit a connection error, where RFC 9113 §5.1.2 and the contract
+    want C{RST_STREAM(REFUSED_STREAM)} (L{H2ServerConnection} does that).
+    """
+
+    @property
+    def max_concurrent_streams(self) -> int:  # type: ignore[override]
+        return 2**31 - 1
+
+
+class _LenientStream(_LibStream):
+    """
+    C{h2}'s stream without its C{content-length} checks, which raise
+    connection errors: L{H2Stream} makes the same checks as stream errors
+    (RFC 9113 §8.1.1: a malformed request is a stream error).
+    """
+
+    def _initialize_content_length(self, headers: Any) -> None:
+        pass
+
+    def _track_content_length(self, length: int, end_stream: bool) -> None:
+        pass
+
+
+class _Connection(H2Connection):
+    def _begin_new_stream(self, stream_id: int, allowed_ids: Any) -> Any:
+        stream = super()._begin_new_stream(stream_id, allowed_ids)  # type: ignore[misc]
+        stream.__class__ = _LenientStream
+        return stream
+
+
+class FloodGuard:
+    """
+    Per-connection counts of the frames a hostile client repeats to make a
+    server work for nothing, over one-second windows (HAProxy calls them
+    glitches): once any passes its limit the connection gets
+    C{GOAWAY(ENHANCE_YOUR_CALM)}.
+
+      - C{reset}: streams the client reset before their response ended
+        (CVE-2023-44487, "rapid reset");
+      - C{refused}: streams opened beyond C{SETTINGS_MAX_CONCURRENT_STREAMS};
+      - C{ping}, C{settings}: each makes us send an acknowledgement;
+      - C{empty_data}: C{DATA} frames with no payload and no C{END_STREAM};
+      - C{window_update}, C{priority}: frames that change nothing we send.
+
+    (C{CONTINUATION} floods and oversized header blocks are bounded by
+    C{h2} and HPACK, which raise protocol errors: see
+    L{H2ServerConnection}.)
+    """
+
+    def __init__(self, maxStreams: int) -> None:
+        self.limits: Dict[str, int] = {
+            "reset": max(100, maxStreams),
+            "refused": max(100, maxStreams),
+            "ping": 50,
+            "settings": 50,
+            "empty_data": 100,
+            "window_update": 5000,
+            "priority": 1000,
+        }
+        self.counts: Dict[str, int] = {}
+        self.windowStart = 0.0
+
+    def count(self, kind: str, now: float) -> bool:
+        """
+        Count one C{kind} frame at C{now}; C{True} when over the limit.
+        """
+        if now - self.windowStart >= 1.0:
+            self.windowStart = now
+            self.counts = {}
+        n = self.counts.get(kind, 0) + 1
+        self.counts[kind] = n
+        return n > self.limits[kind]
+
+
+@implementer(IPushProducer)
+class H2ServerConnection:
+    """
+    HTTP/2 on one client connection.  The L{HTTPProxyProtocol} that
+    accepted the connection (its C{owner}: admitted, counted, drained)
+    passes it every byte once it saw the preface.
+
+    @ivar streams: open streams by id.
+    """
+
+    def __init__(self, owner: Any) -> None:
+        self.owner = owner
+        self.factory = owner.factory
+        self.transport = owner.transport
+        self.clock = self.factory.clock
+        listener = self.factory.listener
+        self.maxStreams: int = getattr(listener, "h2MaxStreams", 100)
+        self.maxHeadSize: int = listener.maxHeadSize
+        self.idleTimeout: float = self.factory.keepAliveTimeout
+        self.absoluteForm = owner.mode == "forward"
+        self.streams: Dict[int, H2Stream] = {}
+        self.guard = FloodGuard(self.maxStreams)
+        self.paused = False  # the client connection's write buffer is full
+        self.closed = False
+        self.goingAway = False
+        self._timer: Any = None
+        self._flushing = False
+        config = H2Configuration(
+            client_side=False,
+            header_encoding=None,
+            validate_inbound_headers=False,
+            normalize_inbound_headers=False,
+            validate_outbound_headers=False,
+            normalize_outbound_headers=False,
+        )
+        conn = self.h2 = _Connection(config=config)
+        conn.local_settings = _AdvertisedSettings(
+            client=False,
+            initial_values={
+                SettingCodes.MAX_CONCURRENT_STREAMS: self.maxStreams,
+                SettingCodes.MAX_HEADER_LIST_SIZE: self.maxHeadSize,
+                SettingCodes.ENABLE_PUSH: 0,
+            },
+        )
+        conn.decoder.max_header_list_size = self.maxHeadSize
+
+    # -- the connection
+
+    def start(self, received: bytes) -> None:
+        """
+        Send our preface (C{SETTINGS}) and take the bytes received so far
+        (starting with the client's preface).
+        """
+        conn = self.h2
+        conn.initiate_connection()
+        conn.increment_flow_control_window(CONNECTION_WINDOW - 65535)
+        self.transport.registerProducer(self, True)
+        self._idle()
+        self.dataReceived(received)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.closed:
+            return
+        try:
+            events = self.h2.receive_data(data)
+        except ProtocolError as e:
+            code = getattr(e, "error_code", None) or ErrorCodes.PROTOCOL_ERROR
+            self._abuse("protocol_error", str(e) or e.__class__.__name__, code)
+            return
+        for event in events:
+            kind = type(event)
+            if kind is DataReceived:
+                self._data(event)
+            elif kind is RequestReceived:
+                self._request(event)
+            elif kind is StreamEnded:
+                stream = self.streams.get(event.stream_id)
+                if stream is not None:
+                    stream.clientEnded()
+            elif kind is WindowUpdated:
+                if self._flood("window_update"):
+                    return
+                self._windowOpened(event.stream_id)
+            elif kind is TrailersReceived:
+                stream = self.streams.get(event.stream_id)
+                if stream is not None:
+                    stream.trailersReceived(event.headers)
+            elif kind is StreamReset:
+                stream = self.streams.get(event.stream_id)
+                if stream is not None:
+                    if not stream.responseEnded and self._flood("reset"):
+                        return
+                    stream.resetByClient(event.error_code)
+            elif kind is PingReceived:
+                if self._flood("ping"):
+                    return
+            elif kind is RemoteSettingsChanged:
+                if self._flood("settings"):
+                    return
+                self._windowOpened(0)
+            elif kind is PriorityUpdated:
+                if self._flood("priority"):
+                    return
+            elif kind is ConnectionTerminated:
+                self.goingAway = True
+                self._closeIfDone()
+            if self.closed:
+                return
+        self.flush()
+
+    def flush(self) -> None:
+        """
+        Write what C{h2} has queued.
+        """
+        data = self.h2.data_to_send()
+        if data and not self.closed:
+            self.transport.write(data)
+
+    def _flood(self, kind: str) -> bool:
+        if self.guard.count(kind, self.clock.seconds()):
+            self._abuse(kind, f"{kind.replace('_', ' ')} flood", ErrorCodes.ENHANCE_YOUR_CALM)
+            return True
+        return False
+
+    def _abuse(self, kind: str, reason: str, code: int) -> None:
+        """
+        A connection error: C{GOAWAY(code)}, then close.
+        """
+        log.info(
+            "HTTP/2 connection from {client} closed: {reason}",
+            client=self.owner.client.host,
+            reason=reason,
+        )
+        metrics = self.factory.metrics
+        if metrics is not None:
+            counter = getattr(metrics, "h2ConnectionError", None)
+            if counter is not None:
+                counter(self.factory.listener, kind)
+        self.goAway(code, close=True)
+
+    def goAway(self, code: int = 0, close: bool = False) -> None:
+        """
+        Send C{GOAWAY(code)} (once).  With C{close}, or when no stream is
+        open, close the connection after it; otherwise open streams finish.
+        """
+        if self.closed:
+            return
+        if not self.goingAway:
+            self.goingAway = True
+            try:
+                self.h2.close_connection(error_code=code, last_stream_id=self.h2.highest_inbound_stream_id)
+            except ProtocolError:
+                pass
+            self.flush()
+        if close:
+            self._close(abort=code != 0)
+        else:
+            self._closeIfDone()
+
+    def _close(self, abort: bool = False) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._cancelTimer()
+        self.owner._h2closing()
+        self.transport.loseConnection()
+
+    def _closeIfDone(self) -> None:
+        if self.goingAway and not self.streams and not self.closed:
+            self._close()
+
+    def drain(self) -> None:
+        """
+        The proxy is stopping: C{GOAWAY(NO_ERROR)}; open streams finish.
+        """
+        self.goAway(0)
+
+    def clientReadLost(self) -> None:
+        """
+        The client half-closed: no new streams can come; close once the
+        open ones are answered.
+        """
+        self.goingAway = True
+        self._closeIfDone()
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.closed = True
+        self._cancelTimer()
+        streams, self.streams = self.streams, {}
+        for stream in streams.values():
+            stream.connectionLost(reason)
+
+    # -- the idle timer: runs while no stream is open
+
+    def _idle(self) -> None:
+        if self.idleTimeout and not self.closed:
+            timer = self._timer
+            if timer is not None and timer.active():
+                timer.reset(self.idleTimeout)
+            else:
+                self._timer = self.clock.callLater(self.idleTimeout, self._idleTimedOut)
+
+    def _cancelTimer(self) -> None:
+        timer, self._timer = self._timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _idleTimedOut(self) -> None:
+        self._timer = None
+        if not self.streams:
+            self.goAway(0, close=True)
+
+    # -- IPushProducer, for the client connection's write buffer
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+        for stream in list(self.streams.values()):
+            stream._pauseProducer()
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        for stream in list(self.streams.values()):
+            if stream.queued < HIGH_WATER:
+                stream._resumeProducer()
+
+    def stopProducing(self) -> None:
+        pass
+
+    # -- streams
+
+    def _request(self, event: RequestReceived) -> None:
+        sid = event.stream_id
+        endStream = event.stream_ended is not None
+        if self.goingAway:
+            self._reset(sid, ErrorCodes.REFUSED_STREAM)
+            return
+        if len(self.streams) >= self.maxStreams:
+            self._reset(sid, ErrorCodes.REFUSED_STREAM)
+            self._flood("refused")
+            return
+        try:
+            request = requestFromH2(event.headers, endStream, self.absoluteForm)
+        except StreamError as e:
+            log.info(
+                "HTTP/2 stream {stream} from {client} reset: {reason}",
+                stream=sid,
+                client=self.owner.client.host,
+                reason=e.reason,
+            )
+            self._reset(sid, e.code)
+            return
+        self._cancelTimer()
+        stream = H2Stream(self, sid, request, endStream)
+        self.streams[sid] = stream
+        stream.start()
+
+    def _data(self, event: DataReceived) -> None:
+        sid = event.stream_id
+        stream = self.streams.get(sid)
+        if stream is None:
+            # A stream we refused or already ended: give the window back.
+            if event.flow_controlled_length:
+                try:
+                    self.h2.acknowledge_received_data(event.flow_controlled_length, sid)
+                except (ProtocolError, StreamClosedError):
+                    pass
+            return
+        if not event.data and event.stream_ended is None and self._flood("empty_data"):
+            return
+        stream.dataReceived(event.data, event.flow_controlled_length)
+
+    def _reset(self, sid: int, code: int) -> None:
+        try:
+            self.h2.reset_stream(sid, code)
+        except (ProtocolError, StreamClosedError):
+            pass
+
+    def _windowOpened(self, sid: int) -> None:
+        if sid:
+            stream = self.streams.get(sid)
+            if stream is not None and stream.queued:
+                stream._drain()
+        else:
+            for stream in list(self.streams.values()):
+                if stream.queued:
+                    stream._drain()
+
+    def streamEnded(self, stream: "H2Stream") -> None:
+        """
+        C{stream} is over (answered, reset or lost): forget it.
+        """
+        if self.streams.get(stream.streamID) is stream:
+            del self.streams[stream.streamID]
+            if not self.streams:
+                if self.goingAway:
+                    self._closeIfDone()
+                else:
+                    self._idle()
+
+
+class H2Stream:
+    """
+    One HTTP/2 stream, as the transport of the protocol that serves it.
+
+    Writes are HTTP/1.1 response bytes, read back by a
+    L{txproxy.h2._translate.MessageReader} into frames; after a C{2xx}
+    answer to C{CONNECT} (or a C{101}) they are tunnel bytes, sent as
+    C{DATA}.  C{loseWriteConnection} ends the stream from our side
+    (C{END_STREAM}); C{loseConnection} after a complete response closes it
+    quietly (C{RST_STREAM(NO_ERROR)} if the client is still sending, RFC
+    9113 §8.1), and before one resets it.
+    """
+
+    disconnecting = False
+    producer: Any = None
+    streaming = True
+    connected = True
+
+    def __init__(self, conn: H2ServerConnection, streamID: int, request: Any, endStream: bool) -> None:
+        self.conn = conn
+        self.streamID = streamID
+        self.request = request
+        self.clientDone = False  # END_STREAM received (and delivered)
+        self._clientEndPending = endStream
+        self.responseEnded = False  # END_STREAM sent
+        self.headSent = False
+        self.closed = False
+        self.readPaused = False
+        self.producerPaused = False
+        self.inbox: List[Tuple[bytes, int]] = []
+        self.queue: List[bytes] = []
+        self.queued = 0
+        self.endQueued = False
+        self.trailersQueued: Optional[List[Tuple[bytes, bytes]]] = None
+        self.received = 0
+        self.reader = MessageReader(True, request.method, conn.maxHeadSize)
+        self.protocol: Any = None
+
+    # -- the protocol
+
+    def start(self) -> None:
+        owner = self.conn.owner
+        factory = owner.factory
+        proto = factory.buildProtocol(self.getPeer())
+        proto._h2stream = self
+        self.protocol = proto
+        proto.makeConnection(self)
+        # The stream is one request: "Connection: close" makes the protocol
+        # close (end the stream) once it is answered, as HTTP/1.1 would.
+        proto.dataReceived(self.request.head[:-2] + b"Connection: close\r\n\r\n")
+        if self._clientEndPending and not self.closed:
+            self._clientEndPending = False
+            self.clientEnded()
+
+    def dataReceived(self, data: bytes, flowLength: int) -> None:
+        if self.closed or self.clientDone:
+            self._ack(flowLength)
+            return
+        request = self.request
+        length = request.contentLength
+        self.received += len(data)
+        if length is not None and self.received > length:
+            self._malformed("more DATA than content-length")
+            self._ack(flowLength)
+            return
+        if request.chunked:
+            data = chunk(data)
+        if self.readPaused or self.inbox:
+            self.inbox.append((data, flowLength))
+            return
+        if data:
+            self.protocol.dataReceived(data)
+        self._ack(flowLength)
+
+    def trailersReceived(self, headers: List[Tuple[bytes, bytes]]) -> None:
+        self._end(headers)
+
+    def clientEnded(self) -> None:
+        """
+        C{END_STREAM} from the client (after its trailers, if any).
+        """
+        if self.clientDone or self.closed:
+            return
+        self._end(None)
+
+    def _end(self, trailers: Optional[List[Tuple[bytes, bytes]]]) -> None:
+        if self.clientDone or self.closed:
+            return
+        request = self.request
+        if request.contentLength is not None and self.received != request.contentLength and not request.connect:
+            self._malformed("DATA shorter than content-length")
+            return
+        if request.chunked:
+            try:
+                tail = lastChunk(trailers)
+            except StreamError as e:
+                self._malformed(e.reason)
+                return
+        else:
+            tail = b""
+        self.clientDone = True
+        if self.readPaused or self.inbox:
+            self.inbox.append((tail, -1))
+            return
+        self._deliverEnd(tail)
+
+    def _deliverEnd(self, tail: bytes) -> None:
+        if tail:
+            self.protocol.dataReceived(tail)
+        if not self.closed:
+            self.protocol.readConnectionLost()
+
+    def _ack(self, flowLength: int) -> None:
+        if flowLength > 0:
+            try:
+                self.conn.h2.acknowledge_received_data(flowLength, self.streamID)
+            except (ProtocolError, StreamClosedError):
+                pass
+
+    def _malformed(self, reason: str) -> None:
+        log.info(
+            "HTTP/2 stream {stream} from {client} reset: {reason}",
+            stream=self.streamID,
+            client=self.conn.owner.client.host,
+            reason=reason,
+        )
+        self._resetStream(ErrorCodes.PROTOCOL_ERROR, Failure(error.ConnectionLost(reason)))
+
+    # -- ITransport (the protocol's side)
+
+    def write(self, data: bytes) -> None:
+        if self.closed or self.responseEnded:
+            return
+        try:
+            events = self.reader.feed(data)
+        except StreamError as e:
+            log.warn("HTTP/2 stream {stream}: unreadable response: {reason}", stream=self.streamID, reason=e.reason)
+            self._resetStream(ErrorCodes.INTERNAL_ERROR, Failure(error.ConnectionLost(e.reason)))
+            return
+        conn = self.conn
+        for event in events:
+            kind = type(event)
+            if kind is Data:
+                self._send(event.data)  # type: ignore[attr-defined]
+            elif kind is Head:
+                self._sendHead(event)
+            elif kind is Trailers:
+                self.trailersQueued = list(event.headers)  # type: ignore[attr-defined]
+                self.endQueued = True
+                self._drain()
+            elif kind is End:
+                self.endQueued = True
+                self._drain()
+        conn.flush()
+
+    def writeSequence(self, data: List[bytes]) -> None:
+        self.write(b"".join(data))
+
+    def _sendHead(self, event: Any) -> None:
+        conn = self.conn
+        end = event.endStream and not event.interim
+        try:
+            conn.h2.send_headers(self.streamID, event.headers, end_stream=end)
+        except (ProtocolError, StreamClosedError) as e:
+            self._resetStream(ErrorCodes.INTERNAL_ERROR, Failure(error.ConnectionLost(str(e))))
+            return
+        if not event.interim:
+            self.headSent = True
+            if end:
+                self._responseDone()
+
+    def _send(self, data: bytes) -> None:
+        if self.queue:
+            self.queue.append(data)
+            self.queued += len(data)
+            self._checkHigh()
+            return
+        rest = self._sendNow(data)
+        if rest:
+            self.queue.append(rest)
+            self.queued += len(rest)
+            self._checkHigh()
+
+    def _sendNow(self, data: bytes) -> bytes:
+        """
+        Send what the windows allow of C{data}; return the rest.
+        """
+        h2 = self.conn.h2
+        sid = self.streamID
+        try:
+            window = h2.local_flow_control_window(sid)
+        except (ProtocolError, StreamClosedError):
+            return b""
+        frame = h2.max_outbound_frame_size
+        while data and window > 0:
+            size = min(window, frame, len(data))
+            h2.send_data(sid, data[:size])
+            data = data[size:]
+            window -= size
+        return data
+
+    def _drain(self) -> None:
+        """
+        Send what is queued as far as the windows allow, then the end of
+        the stream when it was asked for.
+        """
+        if self.closed or self.responseEnded:
+            return
+        queue = self.queue
+        while queue:
+            rest = self._sendNow(queue[0])
+            if rest:
+                self.queued -= len(queue[0]) - len(rest)
+                queue[0] = rest
+                break
+            self.queued -= len(queue.pop(0))
+        if not queue:
+            self.queued = 0
+            if self.endQueued:
+                h2 = self.conn.h2
+                try:
+                    if self.trailersQueued is not None:
+                        h2.send_headers(self.streamID, self.trailersQueued, end_stream=True)
+                    else:
+                        h2.end_stream(self.streamID)
+                except (ProtocolError, StreamClosedError):
+                    pass
+                self._responseDone()
+                return
+        if self.producerPaused and self.queued < LOW_WATER and not self.conn.paused:
+            self._resumeProducer()
+        self.conn.flush()
+
+    def _checkHigh(self) -> None:
+        if self.queued >= HIGH_WATER:
+            self._pauseProducer()
+
+    def _pauseProducer(self) -> None:
+        if not self.producerPaused:
+            self.producerPaused = True
+            producer = self.producer
+            if producer is not None:
+                producer.pauseProducing()
+
+    def _resumeProducer(self) -> None:
+        if self.producerPaused:
+            self.producerPaused = False
+            producer = self.producer
+            if producer is not None:
+                producer.resumeProducing()
+
+    def _responseDone(self) -> None:
+        self.responseEnded = True
+        self.conn.flush()
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        self.producer = producer
+        self.streaming = streaming
+        if self.producerPaused or self.conn.paused:
+            self.producerPaused = True
+            producer.pauseProducing()
+
+    def unregisterProducer(self) -> None:
+        self.producer = None
+
+    def loseWriteConnection(self) -> None:
+        """
+        End the stream from our side (C{END_STREAM}), after what is queued.
+        """
+        if self.closed or self.responseEnded:
+            return
+        if not self.headSent:
+            # Nothing answered at all: there is no response to end.
+            self._resetStream(ErrorCodes.INTERNAL_ERROR, _CONNECTION_DONE)
+            return
+        self.endQueued = True
+        self._drain()
+
+    def loseConnection(self) -> None:
+        if self.closed:
+            return
+        if not self.responseEnded:
+            if self.headSent and (self.reader.tunnel or self.endQueued):
+                # A tunnel closed by its upstream (FIN), or a response that
+                # waits for window to end: end it, then close.
+                self.endQueued = True
+                self._drain()
+            if not self.responseEnded:
+                self._resetStream(
+                    ErrorCodes.CONNECT_ERROR if self.request.connect else ErrorCodes.INTERNAL_ERROR,
+                    _CONNECTION_DONE,
+                )
+                return
+        if not self.clientDone:
+            # A complete response before the end of the request: ask the
+            # client to stop sending (RFC 9113 §8.1).
+            self.conn._reset(self.streamID, ErrorCodes.NO_ERROR)
+        self._closed(_CONNECTION_DONE)
+
+    def abortConnection(self) -> None:
+        if not self.closed:
+            self._resetStream(ErrorCodes.CANCEL, Failure(error.ConnectionAborted()))
+
+    def _resetStream(self, code: int, reason: Failure) -> None:
+        if self.closed:
+            return
+        self.conn._reset(self.streamID, code)
+        self._closed(reason)
+
+    def resetByClient(self, code: int) -> None:
+        """
+        C{RST_STREAM} from the client: the protocol loses its connection
+        (the upstream request is abandoned).
+        """
+        self.clientDone = True
+        self._closed(Failure(error.ConnectionLost(f"stream reset by the client (error code {code})")))
+
+    def _closed(self, reason: Failure) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.connected = False
+        self.disconnecting = True
+        self.inbox = []
+        self.queue = []
+        self.queued = 0
+        conn = self.conn
+        conn.streamEnded(self)
+        conn.flush()
+        proto = self.protocol
+        if proto is not None:
+            proto.connectionLost(reason)
+
+    def connectionLost(self, reason: Failure) -> None:
+        """
+        The client connection is gone.
+        """
+        self._closed(reason)
+
+    # -- IPushProducer (the protocol pausing its input)
+
+    def pauseProducing(self) -> None:
+        self.readPaused = True
+
+    def resumeProducing(self) -> None:
+        if not self.readPaused:
+            return
+        self.readPaused = False
+        inbox, self.inbox = self.inbox, []
+        while inbox and not self.closed:
+            data, flowLength = inbox.pop(0)
+            if flowLength == -1:
+                self._deliverEnd(data)
+            else:
+                if data:
+                    self.protocol.dataReceived(data)
+                self._ack(flowLength)
+            if self.readPaused:
+                self.inbox = inbox + self.inbox
+                break
+        self.conn.flush()
+
+    def stopProducing(self) -> None:
+        self.abortConnection()
+
+    # -- the rest of ITransport
+
+    def getPeer(self) -> Any:
+        return self.conn.transport.getPeer()
+
+    def getHost(self) -> Any:
+        return self.conn.transport.getHost()
+
+    def getHandle(self) -> Any:
+        getHandle = getattr(self.conn.transport, "getHandle", None)
+        return getHandle() if getHandle is not None else None
