@@ -22,7 +22,7 @@ from h2.events import (
     TrailersReceived,
 )
 from h2.settings import SettingCodes
-from hyperframe.frame import ContinuationFrame, HeadersFrame
+from hyperframe.frame import ContinuationFrame, Frame, HeadersFrame
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -39,7 +39,8 @@ class Client:
     def __init__(self, proto: Any, transport: Any) -> None:
         self.proto = proto
         self.transport = transport
-        self.h2 = H2Connection(H2Configuration(client_side=True, header_encoding=None))
+        self.h2 = H2Connection(H2Configuration(client_side=True, header_encoding=None, validate_outbound_headers=False,
+                                                normalize_outbound_headers=False))
         self.h2.initiate_connection()
         self.events: List[Any] = []
         self.bodies: Dict[int, bytes] = {}
@@ -96,6 +97,17 @@ class Client:
 
     def status(self, sid: int) -> int:
         return int(dict(self.heads[sid])[b":status"])
+
+
+def parseFrames(data: bytes) -> Any:
+    """
+    The frames in C{data}.
+    """
+    while data:
+        frame, length = Frame.parse_frame_header(memoryview(data[:9]))
+        frame.parse_body(memoryview(data[9:9 + length]))
+        yield frame
+        data = data[9 + length:]
 
 
 def respond(connector: FakeConnector, index: int, response: bytes) -> Any:
@@ -364,19 +376,49 @@ class ExchangeTests(H2TestCase):
         client cannot send more than one window's worth.
         """
         client = self.open()
-        sid = client.request(b"/up", b"POST", extra=[(b"content-length", b"200000")], body=b"x" * 60000, end=False)
+        sid = client.request(b"/up", b"POST", extra=[(b"content-length", b"200000")], end=False)
         upstream = self.connector.attempts[0].succeed()
         stream = client.proto._h2conn.streams[sid]
         stream.protocol.transport.pauseProducing()
-        client.h2.send_data(sid, b"y" * 5000)
+        for _ in range(4):
+            client.h2.send_data(sid, b"x" * 15000)
         client.send()
-        self.assertEqual(len(upstream.value().partition(b"\r\n\r\n")[2]), 60000)
-        window = client.h2.local_flow_control_window(sid)
-        self.assertLess(window, 1000)
+        self.assertEqual(upstream.value().partition(b"\r\n\r\n")[2], b"")
+        self.assertLess(client.h2.local_flow_control_window(sid), 6000)
         stream.protocol.transport.resumeProducing()
         client.read()
-        self.assertEqual(len(upstream.value().partition(b"\r\n\r\n")[2]), 65000)
-        self.assertGreater(client.h2.local_flow_control_window(sid), 60000)
+        self.assertEqual(len(upstream.value().partition(b"\r\n\r\n")[2]), 60000)
+        self.assertGreater(client.h2.local_flow_control_window(sid), 40000)
+
+    def test_responseEndWaitsForWindow(self) -> None:
+        """
+        The protocol closes the stream while its end still waits for the
+        client's window: the rest is sent when the window opens, then the
+        stream ends normally (not reset).
+        """
+        client = self.open()
+        sid = client.request()
+        body = b"z" * 100000
+        respond(self.connector, 0, b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        for _ in range(10):
+            client.read()
+        self.assertEqual(client.bodies[sid], body)
+        self.assertIn(sid, client.ended)
+        self.assertNotIn(sid, client.resets)
+
+    def test_closedWindowTimesOut(self) -> None:
+        """
+        A client that never opens its window again: the stream is reset
+        after the idle timeout, and the protocol learns the connection is
+        gone.
+        """
+        client = self.open(self.reverse(idle_timeout="10"))
+        sid = client.request()
+        respond(self.connector, 0, b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"z" * 100000)
+        stream = client.proto._h2conn.streams[sid]
+        self.clock.advance(11)
+        self.assertTrue(stream.closed)
+        self.assertNotIn(sid, client.proto._h2conn.streams)
 
 
 class ValidationTests(H2TestCase):
@@ -540,10 +582,15 @@ class LifecycleTests(H2TestCase):
         client.proto.drain()
         client.read()
         self.assertEqual(client.goaway.error_code, 0)  # type: ignore[union-attr]
+        self.assertEqual(client.goaway.last_stream_id, sid)  # type: ignore[union-attr]
         self.assertFalse(client.transport.closed)
         respond(self.connector, 0, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-        client.read()
-        self.assertEqual(client.bodies[sid], b"ok")
+        # (h2's client state machine stops at any GOAWAY; nghttp2 and
+        # browsers read on, as RFC 9113 §6.8 wants: read the frames.)
+        frames = list(parseFrames(client.transport.value()))
+        kinds = [(type(f).__name__, f.stream_id, sorted(f.flags)) for f in frames]
+        self.assertEqual(kinds, [("HeadersFrame", sid, ["END_HEADERS"]), ("DataFrame", sid, ["END_STREAM"])])
+        self.assertEqual(frames[1].data, b"ok")
         self.assertTrue(client.transport.closed)
 
     def test_clientGoneClosesStreams(self) -> None:

@@ -52,6 +52,7 @@ from h2.events import (
 from h2.exceptions import ProtocolError, StreamClosedError
 from h2.settings import SettingCodes, Settings
 from h2.stream import H2Stream as _LibStream
+from hyperframe.frame import GoAwayFrame
 from twisted.internet import error
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
@@ -316,11 +317,19 @@ class H2ServerConnection:
             return
         if not self.goingAway:
             self.goingAway = True
-            try:
-                self.h2.close_connection(error_code=code, last_stream_id=self.h2.highest_inbound_stream_id)
-            except ProtocolError:
-                pass
-            self.flush()
+            if close:
+                try:
+                    self.h2.close_connection(error_code=code, last_stream_id=self.h2.highest_inbound_stream_id)
+                except ProtocolError:
+                    pass
+                self.flush()
+            else:
+                # Graceful: written by hand, since C{h2}'s close_connection
+                # would end the connection's state machine and with it the
+                # open streams, which must be allowed to finish.
+                self.flush()
+                frame = GoAwayFrame(0, last_stream_id=self.h2.highest_inbound_stream_id, error_code=code)
+                self.transport.write(frame.serialize())
         if close:
             self._close(abort=code != 0)
         else:
@@ -482,6 +491,7 @@ class H2Stream:
 
     disconnecting = False
     producer: Any = None
+    _closeWhenSent: Any = None
     streaming = True
     connected = True
 
@@ -607,10 +617,21 @@ class H2Stream:
             self._resetStream(ErrorCodes.INTERNAL_ERROR, Failure(error.ConnectionLost(e.reason)))
             return
         conn = self.conn
-        for event in events:
+        last = len(events) - 1
+        for index, event in enumerate(events):
             kind = type(event)
             if kind is Data:
-                self._send(event.data)  # type: ignore[attr-defined]
+                if index < last and type(events[index + 1]) is End and not self.queue:
+                    # The last bytes and the end: END_STREAM on the last
+                    # DATA frame rather than an empty one of its own.
+                    if not self._sendNow(event.data, True):  # type: ignore[attr-defined]
+                        self._responseDone()
+                        break
+                    self.queue.append(self._rest)
+                    self.queued += len(self._rest)
+                    self._checkHigh()
+                else:
+                    self._send(event.data)  # type: ignore[attr-defined]
             elif kind is Head:
                 self._sendHead(event)
             elif kind is Trailers:
@@ -650,9 +671,12 @@ class H2Stream:
             self.queued += len(rest)
             self._checkHigh()
 
-    def _sendNow(self, data: bytes) -> bytes:
+    _rest = b""
+
+    def _sendNow(self, data: bytes, end: bool = False) -> bytes:
         """
-        Send what the windows allow of C{data}; return the rest.
+        Send what the windows allow of C{data} (with C{END_STREAM} on the
+        last frame when C{end} and it all fits); return the rest.
         """
         h2 = self.conn.h2
         sid = self.streamID
@@ -663,10 +687,14 @@ class H2Stream:
         frame = h2.max_outbound_frame_size
         while data and window > 0:
             size = min(window, frame, len(data))
-            h2.send_data(sid, data[:size])
+            final = end and size == len(data)
+            h2.send_data(sid, data[:size], end_stream=final)
             data = data[size:]
             window -= size
-        return data
+        self._rest = data
+        if data or not end:
+            return data
+        return b""
 
     def _drain(self) -> None:
         """
@@ -720,7 +748,10 @@ class H2Stream:
 
     def _responseDone(self) -> None:
         self.responseEnded = True
-        self.conn.flush()
+        if self._closeWhenSent is not None:
+            self._closeQuietly()
+        else:
+            self.conn.flush()
 
     def registerProducer(self, producer: Any, streaming: bool) -> None:
         self.producer = producer
@@ -746,20 +777,44 @@ class H2Stream:
         self._drain()
 
     def loseConnection(self) -> None:
-        if self.closed:
+        if self.closed or self._closeWhenSent is not None:
             return
         if not self.responseEnded:
+            if self.headSent and not self.endQueued and not self.reader.tunnel:
+                # A close-delimited body ends here; anything else is cut.
+                try:
+                    ended = any(type(event) is End for event in self.reader.eof())
+                except StreamError:
+                    ended = False
+                if ended:
+                    self.endQueued = True
             if self.headSent and (self.reader.tunnel or self.endQueued):
-                # A tunnel closed by its upstream (FIN), or a response that
-                # waits for window to end: end it, then close.
+                # A complete response (or a tunnel its upstream closed)
+                # whose end waits for the client's window: close once sent,
+                # like TCP's loseConnection after its buffer, bounded by
+                # the idle timeout.
                 self.endQueued = True
-                self._drain()
-            if not self.responseEnded:
-                self._resetStream(
-                    ErrorCodes.CONNECT_ERROR if self.request.connect else ErrorCodes.INTERNAL_ERROR,
-                    _CONNECTION_DONE,
+                self.disconnecting = True
+                self._closeWhenSent = self.conn.clock.callLater(
+                    self.conn.idleTimeout or 60.0, self._sendStalled
                 )
+                self._drain()
                 return
+            self._resetStream(
+                ErrorCodes.CONNECT_ERROR if self.request.connect else ErrorCodes.INTERNAL_ERROR,
+                _CONNECTION_DONE,
+            )
+            return
+        self._closeQuietly()
+
+    def _sendStalled(self) -> None:
+        self._closeWhenSent = None
+        self._resetStream(ErrorCodes.CANCEL, Failure(error.TimeoutError("the client's window stayed closed")))
+
+    def _closeQuietly(self) -> None:
+        timer, self._closeWhenSent = self._closeWhenSent, None
+        if timer is not None and timer.active():
+            timer.cancel()
         if not self.clientDone:
             # A complete response before the end of the request: ask the
             # client to stop sending (RFC 9113 §8.1).
@@ -788,6 +843,9 @@ class H2Stream:
         if self.closed:
             return
         self.closed = True
+        timer, self._closeWhenSent = self._closeWhenSent, None
+        if timer is not None and timer.active():
+            timer.cancel()
         self.connected = False
         self.disconnecting = True
         self.inbox = []
