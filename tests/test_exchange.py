@@ -26,6 +26,7 @@ from txproxy.exchange import (
     DEFAULT_MAX_INTERIM,
     EXCHANGE,
     FAILED,
+    H2,
     HEAD,
     KEEPALIVE,
     LINGER,
@@ -385,7 +386,7 @@ class PublicNamesTests(SynchronousTestCase):
 # The exchange's states, by side.
 REQUEST_STATES = [DECIDING, CONNECTING, SENDING_BODY, SENT, UPGRADED, FAILED]
 RESPONSE_STATES = [AWAITING_HEAD, RECEIVING_BODY, RESPONDED, UPGRADED, FAILED]
-CONNECTION_STATES = [HEAD, KEEPALIVE, WAIT, EXCHANGE, TUNNEL, LINGER, CLOSING, CLOSED]
+CONNECTION_STATES = [HEAD, KEEPALIVE, WAIT, EXCHANGE, TUNNEL, H2, LINGER, CLOSING, CLOSED]
 
 
 class StateTableTests(SynchronousTestCase):
@@ -502,6 +503,7 @@ class StateTableTests(SynchronousTestCase):
                 WAIT: None,
                 EXCHANGE: None,
                 TUNNEL: None,
+                H2: None,
                 LINGER: "linger",
                 CLOSING: None,
                 CLOSED: None,

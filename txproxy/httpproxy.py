@@ -1213,7 +1213,8 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
             metrics = factory.metrics
             if metrics is not None:
                 method = head.method.decode("latin-1") if head is not None else "-"
-                metrics.countRequest(factory.listener, method, status, self._bytesUp, self._bytesDown)
+                metrics.countRequest(factory.listener, method, status, self._bytesUp, self._bytesDown,
+                                     protocol="http/1.1" if self._h2stream is None else "h2")
             return None
         clock = factory.clock
         start = self._start if self._start is not None else clock.seconds()

@@ -17,11 +17,17 @@ noted):
 
   - C{txproxy_connections_total}: client connections accepted;
   - C{txproxy_active_connections}: client connections open now;
-  - C{txproxy_requests_total{method,code,route}}: requests and tunnels
-    answered; C{route} is the configured route that handled it (reverse:
-    C{host[/prefix]}; sni: C{host}), C{-} when none did (a 404, a refusal
-    before routing, and every C{forward}, C{tcp} and C{transparent}
-    request);
+  - C{txproxy_requests_total{method,code,route,protocol}}: requests and
+    tunnels answered; C{route} is the configured route that handled it
+    (reverse: C{host[/prefix]}; sni: C{host}), C{-} when none did (a 404, a
+    refusal before routing, and every C{forward}, C{tcp} and C{transparent}
+    request); C{protocol} is the client's: C{http/1.1} (HTTP/1.0
+    included), C{h2}, or C{-} in the TCP modes;
+  - C{txproxy_h2_connection_errors_total{kind}}: HTTP/2 client connections
+    closed with C{GOAWAY} for an error: a flood (C{reset}, C{refused},
+    C{ping}, C{settings}, C{empty_data}, C{window_update}, C{priority}) or
+    C{protocol_error} (oversized header lists and C{CONTINUATION} floods
+    among them);
   - C{txproxy_bytes_total{direction}}: C{upstream} (toward upstreams) and
     C{downstream} (toward clients);
   - C{txproxy_upstream_connect_seconds}, C{txproxy_upstream_response_head_seconds}:
@@ -79,6 +85,9 @@ __all__ = [
 #: Methods counted under their own name; any other is counted as C{other}
 #: (a client must not be able to create series at will).  C{TCP} and C{TLS}
 #: are the methods of the C{tcp}/C{transparent} and C{sni} modes' records.
+#: The C{protocol} label of an access record's C{version}.
+_PROTOCOLS = {"HTTP/1.1": "http/1.1", "HTTP/1.0": "http/1.1", "HTTP/2.0": "h2"}
+
 KNOWN_METHODS = frozenset(
     ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "-", "TCP", "TLS"]
 )
@@ -102,8 +111,10 @@ class ListenerStats:
     @ivar mode: its mode (the C{mode} label).
     @ivar opened: connections accepted.
     @ivar closed: connections closed.
-    @ivar requests: C{(method, code, route)} to the number of requests
-        answered.
+    @ivar requests: C{(method, code, route, protocol)} to the number of
+        requests answered.
+    @ivar h2Errors: C{kind} to the number of HTTP/2 connections closed for
+        it (L{Metrics.h2ConnectionError}).
     @ivar route: the C{route} label of the request being reported right
         now, for a protocol whose reporting code cannot pass it: it sets
         it (from L{Metrics.statsFor}) just before its report and puts
@@ -115,14 +126,15 @@ class ListenerStats:
     """
 
     __slots__ = ("name", "mode", "opened", "closed", "requests", "bytesUp", "bytesDown", "factories",
-                 "connectTime", "headTime", "route")
+                 "connectTime", "headTime", "route", "h2Errors")
 
     def __init__(self, name: str, mode: str) -> None:
         self.name = name
         self.mode = mode
         self.opened = 0
         self.closed = 0
-        self.requests: Dict[Tuple[str, str, str], int] = {}
+        self.requests: Dict[Tuple[str, str, str, str], int] = {}
+        self.h2Errors: Dict[str, int] = {}
         self.route = "-"
         self.bytesUp = 0
         self.bytesDown = 0
@@ -182,7 +194,12 @@ class _Collector:
         reqs = CounterMetricFamily(
             "txproxy_requests",
             "Requests and tunnels answered, by method, status code and route (- when no route).",
-            labels=base + ["method", "code", "route"],
+            labels=base + ["method", "code", "route", "protocol"],
+        )
+        h2errors = CounterMetricFamily(
+            "txproxy_h2_connection_errors",
+            "HTTP/2 client connections closed with GOAWAY for an error (a flood or a protocol error), by kind.",
+            labels=base + ["kind"],
         )
         nbytes = CounterMetricFamily(
             "txproxy_bytes",
@@ -195,14 +212,17 @@ class _Collector:
             labels = [stats.name, stats.mode, worker]
             conns.add_metric(labels, stats.opened)
             active.add_metric(labels, stats.opened - stats.closed)
-            for (method, code, route), n in list(stats.requests.items()):
-                reqs.add_metric(labels + [method, code, route], n)
+            for (method, code, route, protocol), n in list(stats.requests.items()):
+                reqs.add_metric(labels + [method, code, route, protocol], n)
+            for kind, n in list(stats.h2Errors.items()):
+                h2errors.add_metric(labels + [kind], n)
             liveUp, liveDown = live.get(stats, (0, 0))
             nbytes.add_metric(labels + ["upstream"], stats.bytesUp + liveUp)
             nbytes.add_metric(labels + ["downstream"], stats.bytesDown + liveDown)
         yield conns
         yield active
         yield reqs
+        yield h2errors
         yield nbytes
 
         yield buildInfo()
@@ -407,10 +427,11 @@ class Metrics:
         A request or tunnel of C{listener} ended with the
         L{txproxy.accesslog.AccessRecord} C{record}.
         """
-        self.countRequest(listener, record.method, record.status, record.bytesUp, record.bytesDown)
+        self.countRequest(listener, record.method, record.status, record.bytesUp, record.bytesDown,
+                          protocol=_PROTOCOLS.get(record.version, "-"))
 
     def countRequest(self, listener: Any, method: str, status: int, bytesUp: int, bytesDown: int,
-                     route: str = "-") -> None:
+                     route: str = "-", protocol: str = "http/1.1") -> None:
         """
         L{requestFinished} without an access record: for a protocol that
         has no access log to feed, so it need not build the record.
@@ -422,6 +443,8 @@ class Metrics:
             L{ListenerStats.route}).  Route names come from the
             configuration, never from the request, so the series stay
             bounded.
+        @param protocol: the C{protocol} label: C{"http/1.1"}, C{"h2"} or
+            C{"-"}.
         """
         entry = self._byListener.get(id(listener))
         stats = entry[1] if entry is not None else self.bindListener(listener)
@@ -429,11 +452,20 @@ class Metrics:
             method = "other"
         if route == "-":
             route = stats.route
-        key = (method, str(status), route)
+        key = (method, str(status), route, protocol)
         requests = stats.requests
         requests[key] = requests.get(key, 0) + 1
         stats.bytesUp += bytesUp
         stats.bytesDown += bytesDown
+
+    def h2ConnectionError(self, listener: Any, kind: str) -> None:
+        """
+        An HTTP/2 client connection of C{listener} was closed with
+        C{GOAWAY} for C{kind} (see L{txproxy.h2._server.FloodGuard}).
+        """
+        entry = self._byListener.get(id(listener))
+        stats = entry[1] if entry is not None else self.bindListener(listener)
+        stats.h2Errors[kind] = stats.h2Errors.get(kind, 0) + 1
 
     def upstreamConnected(self, listener: Any, seconds: float) -> None:
         """

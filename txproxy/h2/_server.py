@@ -98,8 +98,8 @@ class _AdvertisedSettings(Settings):
     want C{RST_STREAM(REFUSED_STREAM)} (L{H2ServerConnection} does that).
     """
 
-    @property
-    def max_concurrent_streams(self) -> int:  # type: ignore[override]
+    @property  # type: ignore[misc]
+    def max_concurrent_streams(self) -> int:
         return 2**31 - 1
 
 
@@ -119,7 +119,7 @@ class _LenientStream(_LibStream):
 
 class _Connection(H2Connection):
     def _begin_new_stream(self, stream_id: int, allowed_ids: Any) -> Any:
-        stream = super()._begin_new_stream(stream_id, allowed_ids)  # type: ignore[misc]
+        stream = super()._begin_new_stream(stream_id, allowed_ids)
         stream.__class__ = _LenientStream
         return stream
 
@@ -232,7 +232,7 @@ class H2ServerConnection:
         if self.closed:
             return
         try:
-            events = self.h2.receive_data(data)
+            events: List[Any] = self.h2.receive_data(data)
         except ProtocolError as e:
             code = getattr(e, "error_code", None) or ErrorCodes.PROTOCOL_ERROR
             self._abuse("protocol_error", str(e) or e.__class__.__name__, code)
@@ -611,7 +611,7 @@ class H2Stream:
         if self.closed or self.responseEnded:
             return
         try:
-            events = self.reader.feed(data)
+            events: List[Any] = self.reader.feed(data)
         except StreamError as e:
             log.warn("HTTP/2 stream {stream}: unreadable response: {reason}", stream=self.streamID, reason=e.reason)
             self._resetStream(ErrorCodes.INTERNAL_ERROR, Failure(error.ConnectionLost(e.reason)))
@@ -624,18 +624,18 @@ class H2Stream:
                 if index < last and type(events[index + 1]) is End and not self.queue:
                     # The last bytes and the end: END_STREAM on the last
                     # DATA frame rather than an empty one of its own.
-                    if not self._sendNow(event.data, True):  # type: ignore[attr-defined]
+                    if not self._sendNow(event.data, True):
                         self._responseDone()
                         break
                     self.queue.append(self._rest)
                     self.queued += len(self._rest)
                     self._checkHigh()
                 else:
-                    self._send(event.data)  # type: ignore[attr-defined]
+                    self._send(event.data)
             elif kind is Head:
                 self._sendHead(event)
             elif kind is Trailers:
-                self.trailersQueued = list(event.headers)  # type: ignore[attr-defined]
+                self.trailersQueued = list(event.headers)
                 self.endQueued = True
                 self._drain()
             elif kind is End:
