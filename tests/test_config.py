@@ -406,6 +406,133 @@ class MaxHeadersTests(SynchronousTestCase):
             self.assertIn("--max-headers", str(e))
 
 
+class HTTP2OptionTests(SynchronousTestCase):
+    """
+    C{--http2 on|off} and C{--h2-max-streams N}: per listener, from the
+    flags and from the file, validated with one-line errors naming the
+    option, and refused outside the HTTP modes.
+    """
+
+    def test_defaults(self) -> None:
+        """
+        Without either option an HTTP listener has HTTP/2 on with 100
+        concurrent streams; the record's own defaults are the same.
+        """
+        listener = fromFlags([], []).listeners[0]
+        self.assertIs(listener.http2, True)
+        self.assertEqual(listener.h2MaxStreams, 100)
+        bare = config.ListenerConfig(listen=("tcp:1",))
+        self.assertIs(bare.http2, True)
+        self.assertEqual(bare.h2MaxStreams, 100)
+
+    def test_flags(self) -> None:
+        """
+        C{--http2 off} turns HTTP/2 off, C{--http2 on} keeps it on, and
+        C{--h2-max-streams} takes a whole number from 1 to 2**31-1, in
+        forward and reverse mode alike.
+        """
+        self.assertIs(fromFlags([], [("http2", "off")]).listeners[0].http2, False)
+        self.assertIs(fromFlags([], [("http2", "on")]).listeners[0].http2, True)
+        self.assertEqual(fromFlags([], [("h2-max-streams", "1")]).listeners[0].h2MaxStreams, 1)
+        top = fromFlags([], [("h2-max-streams", str(2**31 - 1))]).listeners[0]
+        self.assertEqual(top.h2MaxStreams, 2**31 - 1)
+        reverse = fromFlags(
+            [], [("mode", "reverse"), ("route", "*=http://127.0.0.1:1"), ("http2", "off")]
+        ).listeners[0]
+        self.assertIs(reverse.http2, False)
+
+    def test_file(self) -> None:
+        """
+        In the file, C{http2} takes C{true}/C{false} or C{"on"}/C{"off"}
+        (like C{x_forwarded_for}) and C{h2_max_streams} a whole number, per
+        listener.
+        """
+        c = fromTOML({"listeners": [
+            {"listen": ["tcp:1"], "http2": False},
+            {"listen": ["tcp:2"], "http2": "off"},
+            {"listen": ["tcp:3"], "http2": "on", "h2_max_streams": 7},
+            {"listen": ["tcp:4"]},
+        ]})
+        self.assertEqual([l.http2 for l in c.listeners], [False, False, True, True])
+        self.assertEqual([l.h2MaxStreams for l in c.listeners], [100, 100, 7, 100])
+
+    def test_badFlagValues(self) -> None:
+        """
+        A bad value is a one-line error naming the option and the value.
+        """
+        for option, bad, detail in [
+            ("http2", "maybe", "expected on or off"),
+            ("http2", "", "expected on or off"),
+            ("h2-max-streams", "0", "at least 1"),
+            ("h2-max-streams", "-5", "at least 1"),
+            ("h2-max-streams", "many", "expected a number"),
+            ("h2-max-streams", "1.5", "expected a number"),
+            ("h2-max-streams", str(2**31), "at most 2147483647"),
+        ]:
+            e = self.assertRaises(ConfigError, fromFlags, [], [(option, bad)])
+            self.assertIn(f"--{option}", str(e))
+            self.assertIn(detail, str(e))
+            self.assertNotIn("\n", str(e))
+
+    def test_badFileValues(self) -> None:
+        """
+        In the file the errors name the key's path.
+        """
+        for keys, message in [
+            ({"http2": "sometimes"}, "listeners[0].http2: expected on or off"),
+            ({"h2_max_streams": 0}, "listeners[0].h2_max_streams: must be at least 1"),
+            ({"h2_max_streams": True}, "listeners[0].h2_max_streams: expected a number"),
+            ({"h2_max_streams": 2.5}, "listeners[0].h2_max_streams: expected a whole number"),
+            ({"h2_max_streams": 2**31}, "listeners[0].h2_max_streams: must be at most 2147483647"),
+        ]:
+            e = self.assertRaises(ConfigError, fromTOML, {"listeners": [dict({"listen": ["tcp:1"]}, **keys)]})
+            self.assertTrue(str(e).startswith(message + ", got "), str(e))
+            self.assertNotIn("\n", str(e))
+
+    def test_refusedOutsideHTTPModes(self) -> None:
+        """
+        Given in a mode that does not speak HTTP to clients (tcp,
+        transparent, sni), either option, on or off, is a start-up error
+        naming it and the mode: it is never silently ignored.  The defaults
+        there are harmless and not an error.
+        """
+        modes = {
+            "tcp": [("mode", "tcp"), ("upstream", "tcp:127.0.0.1:1")],
+            "transparent": [("mode", "transparent")],
+            "sni": [("mode", "sni"), ("route", "*=tcp://127.0.0.1:1")],
+        }
+        for mode, base in modes.items():
+            fromFlags([], base)
+            for option, value in [("http2", "off"), ("http2", "on"), ("h2-max-streams", "10")]:
+                e = self.assertRaises(ConfigError, fromFlags, [], base + [(option, value)])
+                self.assertEqual(
+                    str(e),
+                    f"--{option} is only for modes forward and reverse, which speak HTTP to clients (mode is {mode})",
+                )
+        e = self.assertRaises(ConfigError, fromTOML, {"listeners": [
+            {"listen": ["tcp:1"]},
+            {"listen": ["tcp:2"], "mode": "tcp", "upstreams": ["tcp:127.0.0.1:1"], "http2": False},
+        ]})
+        self.assertIn("listeners[1]: --http2 is only for modes forward and reverse", str(e))
+
+    def test_maxStreamsNeedsHTTP2(self) -> None:
+        """
+        C{--h2-max-streams} with C{--http2 off} is an error (it would do
+        nothing), in either order.
+        """
+        for options in ([("http2", "off"), ("h2-max-streams", "5")], [("h2-max-streams", "5"), ("http2", "off")]):
+            e = self.assertRaises(ConfigError, fromFlags, [], options)
+            self.assertEqual(str(e), "--h2-max-streams needs --http2 on")
+
+    def test_notWithConfigFile(self) -> None:
+        """
+        Like every listener option, the flags cannot be combined with
+        C{--config}.
+        """
+        e = self.assertRaises(ConfigError, fromFlags, [], [("http2", "off")], "x.toml")
+        self.assertIn("--http2 cannot be combined with --config", str(e))
+
+
 class DenyDestTests(SynchronousTestCase):
     def test_unspecifiedCountsAsLoopback(self) -> None:
         """

@@ -132,9 +132,12 @@ def subjectCN(output: str) -> Optional[str]:
 def curl(port: int, name: str, caPath: str, extra: Sequence[str] = ()) -> "subprocess.CompletedProcess[str]":
     """
     C{curl https://NAME:PORT/} with NAME resolved to the loopback address,
-    printing the body then the status code.
+    printing the body then the status code.  Over HTTP/1.1 (C{--http1.1}):
+    these tests are about TLS (certificates, SNI, C{421}); HTTP/2 over TLS
+    has its own tests, and curl would otherwise pick C{h2}, which a reverse
+    listener offers by default.
     """
-    args = [_need("curl"), "-sS", "--max-time", "10", "--resolve", f"{name}:{port}:127.0.0.1", "--cacert", caPath]
+    args = [_need("curl"), "-sS", "--max-time", "10", "--http1.1", "--resolve", f"{name}:{port}:127.0.0.1", "--cacert", caPath]
     args += ["-w", "\n%{http_code}\n", *extra, f"https://{name}:{port}/"]
     return subprocess.run(args, capture_output=True, text=True, timeout=_TIMEOUT)
 

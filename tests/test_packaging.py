@@ -51,7 +51,7 @@ class WheelTests(SynchronousTestCase):
             # wants newer ones): the same recipe as scripts/test.
             for args in (
                 ["--only-binary=cryptography,bcrypt", "cryptography<44", "pyopenssl<25.2", "twisted>=26.4",
-                 "service-identity", "idna", "attrs", "prometheus-client", "bcrypt", "tomli"],
+                 "service-identity", "idna", "attrs", "prometheus-client", "bcrypt", "tomli", "h2>=4.3,<4.4"],
                 ["--no-deps", "txredisapi"],
             ):
                 pre = subprocess.run([pip, "install", "-q", *args], capture_output=True, timeout=900, env=env)

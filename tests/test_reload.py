@@ -122,6 +122,29 @@ class ReloadTests(SynchronousTestCase):
         self.assertIn(8443, factory.listener.connectPorts)
         self.assertFalse(transport.disconnecting)
 
+    def test_http2OptionsChange(self) -> None:
+        """
+        C{http2} and C{h2_max_streams} may change on a reload: the running
+        factory's listener carries the new values (new connections read
+        them there); a reload giving them to a tcp listener is rejected
+        whole.
+        """
+        factory = self.service.factories["web"]
+        self.assertIs(factory.listener.http2, True)
+        self.write(BASE.replace('mode = "reverse"', 'mode = "reverse"\nhttp2 = false'))
+        self.assertTrue(self.service.reload())
+        self.assertIs(self.service.factories["web"], factory)
+        self.assertIs(factory.listener.http2, False)
+        self.write(BASE.replace('mode = "reverse"', 'mode = "reverse"\nhttp2 = "on"\nh2_max_streams = 3'))
+        self.assertTrue(self.service.reload())
+        self.assertIs(factory.listener.http2, True)
+        self.assertEqual(factory.listener.h2MaxStreams, 3)
+        self.write(BASE + '\n[[listeners]]\nname = "relay"\nlisten = ["tcp:2222"]\nmode = "tcp"\n'
+                   'upstreams = ["tcp:127.0.0.1:1"]\nhttp2 = false\n')
+        self.assertFalse(self.service.reload())
+        self.assertNotIn("relay", self.service.factories)
+        self.assertEqual(factory.listener.h2MaxStreams, 3)
+
     def test_listenersAddedAndRemoved(self) -> None:
         """
         A new listener starts listening; a removed one stops.

@@ -93,6 +93,30 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(err.getvalue().count("\n"), 1)
         self.assertIn("--burst", err.getvalue())
 
+    def test_http2OptionsErrorsAreOneLine(self) -> None:
+        """
+        C{--http2} and C{--h2-max-streams} mistakes on the command line
+        print one line naming the option and exit 2: a bad value, or the
+        option in a mode without HTTP.
+        """
+        for argv, needle in [
+            (["--http2", "sometimes"], "--http2: expected on or off"),
+            (["--h2-max-streams", "0"], "--h2-max-streams: must be at least 1"),
+            (["--mode", "tcp", "--upstream", "tcp:127.0.0.1:1", "--http2", "off"],
+             "--http2 is only for modes forward and reverse"),
+        ]:
+            err = io.StringIO()
+            self.patch(sys, "__stderr__", err)
+            e = self.assertRaises(SystemExit, tap.Options().parseOptions, argv)
+            self.assertEqual(e.code, 2)
+            self.assertEqual(err.getvalue().count("\n"), 1)
+            self.assertIn(needle, err.getvalue())
+        config = tap.parseCommandLine(["--mode", "reverse", "--route", "*=http://127.0.0.1:1",
+                                       "--http2", "off"])
+        self.assertIs(config.listeners[0].http2, False)
+        config = tap.parseCommandLine(["--h2-max-streams", "250"])
+        self.assertEqual(config.listeners[0].h2MaxStreams, 250)
+
     def test_helpListsEveryContractOption(self) -> None:
         """
         --help documents every option of the CLI contract.
@@ -102,7 +126,7 @@ class OptionsTests(SynchronousTestCase):
                      "config", "connect-ports", "auth", "allow", "deny", "deny-dest", "rate", "burst",
                      "max-conns", "max-conns-per-client", "redis", "connect-timeout", "response-timeout",
                      "idle-timeout", "header-timeout", "max-head-size", "max-headers", "admin", "access-log",
-                     "access-log-format", "workers", "drain-timeout"]:
+                     "access-log-format", "workers", "drain-timeout", "http2", "h2-max-streams"]:
             self.assertIn(f"--{name}", text)
 
 

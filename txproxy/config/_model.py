@@ -178,6 +178,12 @@ class ListenerConfig:
     sendBuffer: Optional[int] = None
     receiveBuffer: Optional[int] = None
     proxyProtocolByUpstream: Tuple[Tuple[str, str], ...] = ()
+    #: --http2: HTTP modes only; TLS listeners offer ALPN C{h2} before
+    #: C{http/1.1} and clients may speak HTTP/2 with prior knowledge.
+    http2: bool = True
+    #: --h2-max-streams: concurrent streams per client HTTP/2 connection
+    #: (C{SETTINGS_MAX_CONCURRENT_STREAMS}), 1 to 2**31-1.
+    h2MaxStreams: int = 100
 
     @property
     def effectiveBurst(self) -> int:

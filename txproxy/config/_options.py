@@ -135,6 +135,8 @@ _LISTENER_OPTIONS: List[Tuple[str, str, _Converter, bool]] = [
     ("backlog", "backlog", _number(int, 1), False),
     ("x-forwarded-for", "xForwardedFor", _onOff, False),
     ("rate-key", "rateKey", _choice(("client", "user", "route")), False),
+    ("http2", "http2", _onOff, False),
+    ("h2-max-streams", "h2MaxStreams", lambda v, w: _bounded(v, w, 1, MAX_H2_STREAMS), False),
 ]
 
 _CIDR_FIELDS = {"trustedProxies", "allow", "deny", "denyDest"}
@@ -148,6 +150,15 @@ _PROCESS_OPTIONS: List[Tuple[str, str, _Converter, bool]] = [
     ("access-log-format", "accessLogFormat", _choice(ACCESS_LOG_FORMATS), False),
     ("redis-outage", "redisOutage", _choice(("memory", "open", "closed")), False),
 ]
+
+#: Largest C{--h2-max-streams}: 2**31-1, the most a signed 32-bit counter
+#: holds (C{SETTINGS_MAX_CONCURRENT_STREAMS} is an unsigned 32-bit field,
+#: and a client can open at most 2**30 streams on one connection anyway).
+MAX_H2_STREAMS = 2**31 - 1
+
+#: The modes that speak HTTP to clients, where C{--http2} and
+#: C{--h2-max-streams} mean something.
+HTTP_MODES = ("forward", "reverse")
 
 #: Largest C{send_buffer}/C{receive_buffer} accepted (1 GiB): anything
 #: larger is a typo (the kernel would cap it at C{net.core.wmem_max} /
@@ -211,7 +222,30 @@ def _finishListener(values: Dict[str, Any], where: str) -> ListenerConfig:
             values[key] = tuple(values[key])
     listener = ListenerConfig(**values)
     _crossCheck(listener, where)
+    _checkHTTP2(listener, values, where)
     return listener
+
+
+def _checkHTTP2(l: ListenerConfig, given: Dict[str, Any], where: str) -> None:
+    """
+    C{--http2} and C{--h2-max-streams} only mean something in the HTTP
+    modes; given (either value) in another mode they are a start-up error,
+    never silently ignored, like C{--deny-dest}.  C{--h2-max-streams} with
+    C{--http2 off} is an error too (like C{--burst} without C{--rate}).
+
+    @param given: the values set explicitly (defaults are not in it).
+    """
+    w = where.rstrip(".")
+    pre = f"{w}: " if w else ""
+    if l.mode not in HTTP_MODES:
+        for field, option in (("http2", "--http2"), ("h2MaxStreams", "--h2-max-streams")):
+            if field in given:
+                raise ConfigError(
+                    f"{pre}{option} is only for modes forward and reverse, which speak HTTP to clients "
+                    f"(mode is {l.mode})"
+                )
+    if "h2MaxStreams" in given and not l.http2:
+        raise ConfigError(f"{pre}--h2-max-streams needs --http2 on")
 
 
 def _crossCheck(l: ListenerConfig, where: str) -> None:

@@ -185,9 +185,7 @@ def _convertFields(
     if connection is not None:
         named = frozenset(_tokens(connection))
         # Like txproxy.http.removeHopByHop: a request keeps its authority.
-        out[start:] = [
-            pair for pair in out[start:] if pair[0] not in named or pair[0] == b"te"
-        ]
+        out[start:] = [pair for pair in out[start:] if pair[0] not in named or pair[0] == b"te"]
     return out
 
 

@@ -45,7 +45,13 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 
 import attr
 
-from txproxy.http import HTTPError, parseAuthority, parseHostHeader, serializeTrustedHead, statusPhrase
+from txproxy.http import (
+    HTTPError,
+    parseAuthority,
+    parseHostHeader,
+    serializeTrustedHead,
+    statusPhrase,
+)
 
 from ._fields import (
     CONNECTION_SPECIFIC,
@@ -97,7 +103,12 @@ _METHOD = 0
 _SCHEME = 1
 _AUTHORITY = 2
 _PATH = 3
-_REQUEST_PSEUDO = {b":method": _METHOD, b":scheme": _SCHEME, b":authority": _AUTHORITY, b":path": _PATH}
+_REQUEST_PSEUDO = {
+    b":method": _METHOD,
+    b":scheme": _SCHEME,
+    b":authority": _AUTHORITY,
+    b":path": _PATH,
+}
 _PSEUDO_NAMES = (":method", ":scheme", ":authority", ":path")
 
 # What a regular field needs beyond checkField.
@@ -169,7 +180,9 @@ def _checkHost(value: bytes, what: str, connect: bool) -> None:
         raise StreamError(f"Invalid {what}: {e.reason}") from None
 
 
-def requestFromH2(headers: Iterable[Sequence[bytes]], endStream: bool, absoluteForm: bool) -> H1Request:
+def requestFromH2(
+    headers: Iterable[Sequence[bytes]], endStream: bool, absoluteForm: bool
+) -> H1Request:
     """
     Validate an HTTP/2 request header list and translate it to HTTP/1.1.
 
@@ -438,4 +451,3 @@ def lastChunk(trailers: Optional[Iterable[Sequence[bytes]]] = None) -> bytes:
         lines.append(name + b": " + value + b"\r\n")
     lines.append(b"\r\n")
     return b"".join(lines)
-

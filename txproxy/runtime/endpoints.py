@@ -11,7 +11,7 @@ L{txproxy.runtime.workers}, which all listen through it.
 
 from __future__ import annotations
 
-from typing import Any, List, Optional
+from typing import Any, List, Optional, Tuple
 
 from twisted.application.service import Service
 from twisted.internet import defer
@@ -84,8 +84,7 @@ def serverEndpoint(
 def listenerEndpoint(reactor: Any, description: str, listener: ListenerConfig) -> Any:
     """
     L{serverEndpoint} for one of C{listener}'s strings, with its TLS
-    settings: C{certs} and C{client_ca}, ALPN C{http/1.1} in the HTTP modes
-    (none in the TCP modes).  C{sni} mode passes TLS through, so a TLS
+    settings: C{certs} and C{client_ca}, ALPN L{alpnProtocols}.  C{sni} mode passes TLS through, so a TLS
     listener there is refused.
 
     @raise ConfigError: as L{serverEndpoint}.
@@ -93,13 +92,25 @@ def listenerEndpoint(reactor: Any, description: str, listener: ListenerConfig) -
     tls = isTLSListener(description, listener.certs)
     if tls and listener.mode == "sni":
         raise ConfigError(f"bad --listen endpoint {description!r}: sni mode passes TLS through; listen with tcp:, without --certs")
-    protocols = (b"http/1.1",) if listener.mode in ("forward", "reverse") else ()
+    protocols = alpnProtocols(listener)
     try:
         return serverEndpoint(reactor, description, listener.certs, listener.clientCA, protocols)
     except ConfigError as e:
         # Name the string the user wrote, not the one with --backlog added.
         original = _withoutBacklog(description, listener.backlog)
         raise ConfigError(str(e).replace(repr(description), repr(original)))
+
+
+def alpnProtocols(listener: ListenerConfig) -> Tuple[bytes, ...]:
+    """
+    The ALPN protocols a TLS listener of C{listener} offers, in its order
+    of preference: C{h2} then C{http/1.1} in the HTTP modes with
+    C{--http2 on}, C{http/1.1} alone with C{--http2 off}, none in the
+    other modes.
+    """
+    if listener.mode not in ("forward", "reverse"):
+        return ()
+    return (b"h2", b"http/1.1") if listener.http2 else (b"http/1.1",)
 
 
 def _withoutBacklog(description: str, backlog: int) -> str:

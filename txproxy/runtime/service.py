@@ -28,6 +28,7 @@ from txproxy.runtime.admin import attachAdmin, metricsFor
 from txproxy.runtime.endpoints import (
     ListenerService,
     StartupError,
+    alpnProtocols,
     checkResources,
     checkSupported,
     listenerEndpoint,
@@ -270,7 +271,9 @@ class ProxyService(MultiService):
             owner = next((n for n, f in self.factories.items() if f is svc.factory), None)
             if prepare is not None and owner in keep:
                 listener = keep[owner]
-                tlsCommits.append(prepare(certsDir=listener.certs, clientCA=listener.clientCA))
+                tlsCommits.append(
+                    prepare(certsDir=listener.certs, clientCA=listener.clientCA, acceptableProtocols=alpnProtocols(listener))
+                )
         self.router.setListeners(new.listeners)
         factories = {name: _factoryFor(l, self, self.reactor) for name, l in build.items()}
         refreshed = {}

@@ -53,6 +53,10 @@ _LISTENER_HELP = {
     "backlog": "Listen backlog (default 511).",
     "rate-key": "What --rate counts per: client (default) | user (forward mode, authenticated user) | route (reverse mode).",
     "x-forwarded-for": "forward mode: on | off (default off): append the client address to X-Forwarded-For.",
+    "http2": "forward/reverse modes: on (default) | off: serve HTTP/2 (ALPN h2 on TLS listeners, prior "
+    "knowledge on all); off: HTTP/1.1 only.",
+    "h2-max-streams": "forward/reverse modes: concurrent HTTP/2 streams per client connection, 1 to "
+    "2147483647 (default 100); more get RST_STREAM(REFUSED_STREAM).",
 }
 _PROCESS_HELP = {
     "admin": "Admin HTTP endpoint serving /metrics and /healthz (e.g. tcp:9901:interface=127.0.0.1).",

@@ -43,7 +43,9 @@ old one.  Expired certificates are served anyway, with a logged warning.
 
 Every certificate gets its own C{ssl.SSLContext}, built once per load, all
 with the same settings (L{ServerTLSOptions}): TLS 1.2 and later,
-L{MODERN_CIPHERS} in the server's order, ALPN C{http/1.1}, session tickets,
+L{MODERN_CIPHERS} in the server's order, ALPN (C{h2} then C{http/1.1} in
+the HTTP modes with C{--http2 on}, C{http/1.1} alone with C{--http2 off},
+the same for every certificate), session tickets,
 no renegotiation or compression, and, with a client CA bundle, required
 client certificates.  A connection starts on the default certificate's
 context and the SNI callback switches it to the one the name selects.
@@ -64,7 +66,8 @@ L{servedNames} tells the HTTP layer which names the certificate served
 on a connection carries; L{hostMatchesNames} checks a request's C{Host}
 against them.  The reverse proxy answers C{421} when it does not match.
 L{isTLSTransport} tells whether a connection is TLS at all (one listener
-group may mix C{tcp:} and C{ssl:} strings).
+group may mix C{tcp:} and C{ssl:} strings); L{negotiatedProtocol} which
+ALPN protocol its handshake selected (C{b"h2"}, C{b"http/1.1"} or L{None}).
 
 A listener's TLS transport implements C{loseWriteConnection} as a TLS
 close (C{close_notify} after the buffered data) rather than letting it
@@ -100,6 +103,7 @@ from txproxy.tls._server import (
     TLSServerEndpoint,
     isTLSListener,
     isTLSTransport,
+    negotiatedProtocol,
     prepareReload,
     requestedServerName,
     servedNames,
@@ -122,6 +126,7 @@ __all__ = [
     "isTLSListener",
     "isTLSTransport",
     "loadCertificateFile",
+    "negotiatedProtocol",
     "prepareReload",
     "requestedServerName",
     "servedNames",

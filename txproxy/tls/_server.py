@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import ssl
 import tempfile
-from typing import Any, Callable, Dict, FrozenSet, Iterable, Optional, Sequence
+from typing import Any, Callable, Dict, FrozenSet, Iterable, Optional, Sequence, Tuple
 
 from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL
@@ -68,6 +68,8 @@ class ServerTLSOptions:
 
     @ivar store: the L{CertificateStore}.
     @ivar clientCA: the client CA bundle's path, or L{None}.
+    @ivar acceptableProtocols: the ALPN protocols of the current contexts,
+        in the server's preference (empty: no ALPN).
     """
 
     def __init__(
@@ -102,24 +104,31 @@ class ServerTLSOptions:
             raise ConfigError(f"unsupported minimum TLS version {minimumVersion!r} (use 1.2 or 1.3)")
         self._minimumVersion = _VERSIONS[minimumVersion]
         self._ciphers = ciphers
-        self._protocols = [p.decode("ascii") for p in acceptableProtocols]
+        self.acceptableProtocols = _checkProtocols(acceptableProtocols)
         self.clientCA = clientCA
-        makeContext = self._contextMaker(clientCA)
+        makeContext = self._contextMaker(clientCA, self.acceptableProtocols)
         self.store = CertificateStore(certsDir, privateKey, certKey, extraCertChain, makeContext=makeContext)
 
-    def _contextMaker(self, clientCA: Optional[str]) -> Callable[[CertificateEntry, _CertificateSet], Any]:
+    def _contextMaker(
+        self, clientCA: Optional[str], protocols: Sequence[bytes]
+    ) -> Callable[[CertificateEntry, _CertificateSet], Any]:
         """
-        Read the client CA bundle; return the context builder for one load.
+        Read the client CA bundle; return the context builder for one load
+        (every certificate's context offers the same ALPN C{protocols}, so
+        an SNI switch never changes what is negotiated).
         """
         if clientCA is not None:
             _loadCABundle(clientCA, "client CA bundle")  # checked here, for the error message
+        names = [p.decode("ascii") for p in protocols]
 
         def makeContext(entry: CertificateEntry, certificateSet: _CertificateSet) -> Any:
-            return self._makeContext(entry, certificateSet, clientCA)
+            return self._makeContext(entry, certificateSet, clientCA, names)
 
         return makeContext
 
-    def _makeContext(self, entry: CertificateEntry, certificateSet: _CertificateSet, clientCA: Optional[str]) -> _CertificateContext:
+    def _makeContext(
+        self, entry: CertificateEntry, certificateSet: _CertificateSet, clientCA: Optional[str], protocols: Sequence[str]
+    ) -> _CertificateContext:
         ctx = _CertificateContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.entry = entry
         ctx.minimum_version = self._minimumVersion
@@ -134,8 +143,8 @@ class ServerTLSOptions:
             _loadEntry(ctx, entry)
         except ssl.SSLError as e:
             raise ConfigError(f"certificate file {entry.path}: OpenSSL refused it: {_sslErrorText(e)}") from None
-        if self._protocols:
-            ctx.set_alpn_protocols(self._protocols)
+        if protocols:
+            ctx.set_alpn_protocols(list(protocols))
         if clientCA is not None:
             try:
                 ctx.load_verify_locations(cafile=clientCA)
@@ -168,7 +177,9 @@ class ServerTLSOptions:
         current = self.store._current
         return current.contexts[current.default].wrap_bio(incoming, outgoing, server_side=True)
 
-    def prepareReload(self, certsDir: Any = KEEP, clientCA: Any = KEEP) -> Callable[[], None]:
+    def prepareReload(
+        self, certsDir: Any = KEEP, clientCA: Any = KEEP, acceptableProtocols: Any = KEEP
+    ) -> Callable[[], None]:
         """
         Read the client CA bundle and every certificate again, building
         their contexts (the first half of a reload); nothing changes until
@@ -176,28 +187,46 @@ class ServerTLSOptions:
 
         @param certsDir: a new C{--certs} folder (L{None}: none), or L{KEEP}.
         @param clientCA: a new client CA bundle (L{None}: none), or L{KEEP}.
+        @param acceptableProtocols: new ALPN protocols (empty: no ALPN), or
+            L{KEEP}; handshakes begun after the commit offer them.
         @raise ConfigError: something does not load.
         """
         if clientCA is KEEP:
             clientCA = self.clientCA
-        commitStore = self.store.prepare(certsDir, self._contextMaker(clientCA))
+        protocols = self.acceptableProtocols if acceptableProtocols is KEEP else _checkProtocols(acceptableProtocols)
+        commitStore = self.store.prepare(certsDir, self._contextMaker(clientCA, protocols))
 
         def commit() -> None:
             self.clientCA = clientCA
+            self.acceptableProtocols = protocols
             commitStore()
 
         return commit
 
-    def reload(self, certsDir: Any = KEEP, clientCA: Any = KEEP) -> None:
+    def reload(self, certsDir: Any = KEEP, clientCA: Any = KEEP, acceptableProtocols: Any = KEEP) -> None:
         """
         Re-read the client CA bundle and the certificates, all or nothing;
         connections accepted afterwards use them, open ones are untouched.
 
         @param certsDir: a new C{--certs} folder, or L{KEEP}.
         @param clientCA: a new client CA bundle, or L{KEEP}.
+        @param acceptableProtocols: new ALPN protocols, or L{KEEP}.
         @raise ConfigError: something does not load; nothing changed.
         """
-        self.prepareReload(certsDir, clientCA)()
+        self.prepareReload(certsDir, clientCA, acceptableProtocols)()
+
+
+def _checkProtocols(protocols: Sequence[bytes]) -> Tuple[bytes, ...]:
+    """
+    ALPN protocol names as a tuple, each 1 to 255 bytes of ASCII.
+
+    @raise ConfigError: a name that is not.
+    """
+    result = tuple(protocols)
+    for name in result:
+        if not isinstance(name, bytes) or not 0 < len(name) < 256 or not name.isascii():
+            raise ConfigError(f"bad ALPN protocol name {name!r}")
+    return result
 
 
 def _loadEntry(ctx: ssl.SSLContext, entry: CertificateEntry) -> None:
@@ -293,6 +322,34 @@ def servedNames(transport: Any) -> FrozenSet[str]:
     return entry.names  # type: ignore[no-any-return]
 
 
+def negotiatedProtocol(transport: Any) -> Optional[bytes]:
+    """
+    The ALPN protocol the TLS handshake of a connection selected (C{b"h2"},
+    C{b"http/1.1"}), for an application protocol choosing how to speak.
+
+    Works for the transports of our TLS listeners
+    (L{txproxy.tls._proto.TLSServerProtocol}, over C{ssl.SSLObject}) and of
+    Twisted's L{twisted.protocols.tls.TLSMemoryBIOProtocol} (pyOpenSSL's
+    C{get_alpn_proto_negotiated}).
+
+    @param transport: an application protocol's C{transport}.
+    @return: the protocol name; L{None} when nothing was negotiated (the
+        client offered no ALPN or nothing in common, the handshake is not
+        over yet) or the transport is not TLS (plain TCP, a test transport).
+    """
+    handle = _tlsHandle(transport)
+    if handle is None:
+        return None
+    if isinstance(handle, SSL.Connection):
+        try:
+            raw = handle.get_alpn_proto_negotiated()
+        except (NotImplementedError, AttributeError, SSL.Error):  # pragma: no cover - old OpenSSL
+            return None
+        return bytes(raw) if raw else None
+    selected = handle.selected_alpn_protocol()
+    return selected.encode("ascii") if selected else None
+
+
 def requestedServerName(transport: Any) -> Optional[str]:
     """
     The server name (SNI) the client sent on a TLS connection, lower-case,
@@ -350,19 +407,21 @@ class TLSServerEndpoint:
         wrapped = TLSServerFactory(self.options.serverObject, protocolFactory)
         return self.endpoint.listen(wrapped)  # type: ignore[no-any-return]
 
-    def prepareReload(self, certsDir: Any = KEEP, clientCA: Any = KEEP) -> Callable[[], None]:
+    def prepareReload(
+        self, certsDir: Any = KEEP, clientCA: Any = KEEP, acceptableProtocols: Any = KEEP
+    ) -> Callable[[], None]:
         """
         See L{ServerTLSOptions.prepareReload}.
         """
-        return self.options.prepareReload(certsDir, clientCA)
+        return self.options.prepareReload(certsDir, clientCA, acceptableProtocols)
 
-    def reload(self, certsDir: Any = KEEP, clientCA: Any = KEEP) -> None:
+    def reload(self, certsDir: Any = KEEP, clientCA: Any = KEEP, acceptableProtocols: Any = KEEP) -> None:
         """
         Re-read the certificates (see L{ServerTLSOptions.reload}).
 
         @raise ConfigError: something does not load; nothing changed.
         """
-        self.options.reload(certsDir, clientCA)
+        self.options.reload(certsDir, clientCA, acceptableProtocols)
 
 
 def isTLSListener(description: str, certsDir: Optional[str] = None) -> bool:
