@@ -6,6 +6,7 @@ and a fake clock, with python-hyper's C{h2} as the client.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -475,7 +476,8 @@ class ValidationTests(H2TestCase):
 class LimitTests(H2TestCase):
     def test_streamsOverTheLimitRefused(self) -> None:
         client = self.open(self.reverse(h2_max_streams="2"))
-        client.h2.remote_settings.update({SettingCodes.MAX_CONCURRENT_STREAMS: 10})
+        # A client that ignores our SETTINGS.
+        client.h2.remote_settings._settings[SettingCodes.MAX_CONCURRENT_STREAMS] = collections.deque([10])
         sids = [client.request(b"/%d" % i) for i in range(3)]
         client.read()
         self.assertEqual(client.resets.get(sids[2]), ErrorCodes.REFUSED_STREAM)

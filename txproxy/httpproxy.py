@@ -553,7 +553,7 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
 
     def _headReceived(self, headBytes: bytes, rest: bytes) -> None:
         factory = self.factory
-        if headBytes[:3] == b"PRI" and self._start is None and self._h2stream is None and getattr(factory.listener, "http2", True):
+        if headBytes[:3] == b"PRI" and self._start is None and self._h2stream is None and factory.listener.http2:
             # (The first head of the connection: the preface's first line.)
             received = headBytes + rest
             if PREFACE.startswith(received[:24]) and len(received) >= 18:

@@ -184,7 +184,7 @@ class H2ServerConnection:
         self.transport = owner.transport
         self.clock = self.factory.clock
         listener = self.factory.listener
-        self.maxStreams: int = getattr(listener, "h2MaxStreams", 100)
+        self.maxStreams: int = listener.h2MaxStreams
         self.maxHeadSize: int = listener.maxHeadSize
         self.idleTimeout: float = self.factory.keepAliveTimeout
         self.absoluteForm = owner.mode == "forward"
