@@ -46,7 +46,7 @@ from typing import Any, Dict, Optional, Set
 
 import h2.events as ev
 from h2.config import H2Configuration
-from h2.connection import H2Connection
+from h2.connection import ConnectionState, H2Connection
 from h2.errors import ErrorCodes
 from h2.exceptions import H2Error, ProtocolError
 from h2.settings import SettingCodes
@@ -79,6 +79,23 @@ class H2DialError(HTTPError, error.ConnectError):
 
     def __str__(self) -> str:
         return self.reason
+
+
+class _GracefulH2Connection(H2Connection):
+    """
+    C{h2}'s connection, except that a C{GOAWAY} received does not end it:
+    C{h2} refuses every frame after one as a protocol error, so the streams
+    the backend promised to finish (those up to its last stream id) could
+    not.  The C{GOAWAY} is still reported (C{ConnectionTerminated}) and
+    L{H2ClientConnection} opens no stream after it.
+    """
+
+    def _receive_goaway_frame(self, frame: Any) -> Any:
+        wasOpen = self.state_machine.state is ConnectionState.CLIENT_OPEN
+        result = super()._receive_goaway_frame(frame)
+        if wasOpen and self.state_machine.state is ConnectionState.CLOSED:
+            self.state_machine.state = ConnectionState.CLIENT_OPEN
+        return result
 
 
 @implementer(IHandshakeListener, IPushProducer)
@@ -133,7 +150,7 @@ class H2ClientConnection(Protocol):
         self.streams: Dict[int, H2StreamTransport] = {}
         self.reserved: Set[H2StreamTransport] = set()
         self._blocked: Dict[int, H2StreamTransport] = {}
-        self._conn = H2Connection(config=H2Configuration(client_side=True, header_encoding=None))
+        self._conn = _GracefulH2Connection(config=H2Configuration(client_side=True, header_encoding=None))
         self.ready: defer.Deferred = defer.Deferred(self._cancelReady)
 
     # -- capacity
@@ -195,6 +212,10 @@ class H2ClientConnection(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         if self.lost:
+            return
+        if not self._ready and data[:5] == b"HTTP/":
+            # (h2 would wait for the rest of a "frame" megabytes long.)
+            self._dialFailed("the backend does not speak HTTP/2 (it answered in HTTP/1)")
             return
         try:
             events = self._conn.receive_data(data)

@@ -10,7 +10,7 @@ L{txproxy.h2._client} for the design.
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING, Any, Deque, List, Optional
+from typing import TYPE_CHECKING, Any, Deque, Iterable, Optional
 
 from h2.errors import ErrorCodes
 from twisted.internet import error
@@ -106,27 +106,28 @@ class H2StreamTransport:
             return
         conn = self._conn
         for event in events:
-            kind = type(event)
-            if kind is Data:
+            if isinstance(event, Data):
                 if event.data:
                     self._out.append(event.data)
                     self._outBytes += len(event.data)
-            elif kind is Head:
+            elif isinstance(event, Head):
+                if self.streamId is not None or self._requestDone:
+                    self._refused("a second request on one HTTP/2 stream")
+                    return
                 self._method = _methodOf(event.headers)
                 if event.endStream:
                     self._requestDone = True
                 if not conn._openStream(self, event.headers, event.endStream):
                     return
-            elif kind is Trailers:
+            elif isinstance(event, Trailers):
                 self._endPending = list(event.headers)
-            elif kind is End:
-                if self._endPending is None and not self._requestDone:
-                    self._endPending = True
+            elif self._endPending is None and not self._requestDone:
+                self._endPending = True
         if self.streamId is not None and (self._out or self._endPending is not None):
             conn._sendPending(self)
             conn._flush()
 
-    def writeSequence(self, iovec: List[bytes]) -> None:
+    def writeSequence(self, iovec: Iterable[bytes]) -> None:
         self.write(b"".join(iovec))
 
     def loseConnection(self) -> None:
