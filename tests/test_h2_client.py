@@ -407,7 +407,7 @@ class ConnectionTests(SynchronousTestCase):
         conn.handshakeCompleted()
         f = self.failureResultOf(conn.ready, H2DialError)
         self.assertEqual(f.value.status, 502)
-        self.assertIn("ALPN http/1.1, not h2", f.value.reason)
+        self.assertEqual("the backend did not select ALPN h2 (it selected http/1.1)", f.value.reason)
         self.assertTrue(transport.aborted)  # type: ignore[attr-defined]
 
     def test_notHTTP2FailsTheDial(self) -> None:

@@ -42,6 +42,7 @@ Flow control, both ways, is the producer/consumer pairing of the core:
 
 from __future__ import annotations
 
+import ssl
 from typing import Any, Dict, Optional, Set
 
 import h2.events as ev
@@ -208,7 +209,7 @@ class H2ClientConnection(Protocol):
         selected = getattr(self.transport, "negotiatedProtocol", None)
         if selected != b"h2":
             name = selected.decode("ascii", "replace") if selected else "none"
-            self._dialFailed(f"TLS to the backend selected ALPN {name}, not h2")
+            self._dialFailed(f"the backend did not select ALPN h2 (it selected {name})")
 
     def dataReceived(self, data: bytes) -> None:
         if self.lost:
@@ -244,6 +245,12 @@ class H2ClientConnection(Protocol):
             detail = verificationFailure(reason.value)
             if detail is not None:
                 self._dialFailed(f"TLS verification of the upstream failed: {detail}")
+            elif isinstance(reason.value, ssl.SSLError):
+                text = reason.getErrorMessage()
+                if "NO_APPLICATION_PROTOCOL" in text.upper():
+                    self._dialFailed("the backend did not select ALPN h2 (TLS alert no_application_protocol)")
+                else:
+                    self._dialFailed(f"TLS handshake with the backend failed: {text}")
             else:
                 self.ready.errback(Failure(error.ConnectionLost(
                     f"the backend closed the connection before its HTTP/2 SETTINGS ({reason.getErrorMessage()})")))
