@@ -21,6 +21,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txproxy.connector import connectProtocol, isIPLiteral
+from txproxy.h2._client import H2ClientConnection
+from txproxy.h2._clientpool import H2ClientPool
 from txproxy.hooks import Refuse, Target
 from txproxy.http import RequestHead, parseAbsoluteURI, parseHostHeader, replaceHeader
 from txproxy.http._headers import FORWARDING_FIELDS
@@ -37,7 +39,9 @@ _XF = frozenset((b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", 
 _XF_AND_HOST = _XF | {b"host"}
 # The authority of an absolute-form target, from just past its "://".
 _AUTHORITY = re.compile(rb"[^/?#]*")
-_DEFAULT_PORTS = {"http": 80, "https": 443}
+_DEFAULT_PORTS = {"http": 80, "https": 443, "h2c": 80, "h2": 443}
+#: Route URL schemes whose backends speak HTTP/2 (L{txproxy.h2}).
+_H2_SCHEMES = ("h2c", "h2")
 
 
 def _forwardedNode(host: str) -> str:
@@ -321,7 +325,7 @@ class ReverseProxyProtocol(HTTPProxyProtocol):
         """
         key: str = backend.key
         url = backend.url
-        if url is not None and url.scheme == "https":
+        if url is not None and (url.scheme == "https" or url.scheme == "h2"):
             # Connections verified one way must never serve a route that
             # asks for another (tls_verify, ca_bundle).
             config = self._route.config
@@ -511,6 +515,8 @@ class ReverseProxyProtocol(HTTPProxyProtocol):
         url = backend.url
         version = self._proxyVersion(backend)
         header = self._proxyHeader(version) if version else b""
+        if url is not None and url.scheme in _H2_SCHEMES:
+            return self._streamToBackend(backend, proto, header)
         if url is not None and url.scheme == "http" and isIPLiteral(url.host):
             # The common case: straight to connectTCP, no endpoint wrapper.
             self._upstreamAddress = f"[{url.host}]:{url.port}" if ":" in url.host else f"{url.host}:{url.port}"
@@ -534,6 +540,40 @@ class ReverseProxyProtocol(HTTPProxyProtocol):
             return endpoint.connect(_OneShotFactory(proto))
 
         return d.addCallback(connect)
+
+    def _streamToBackend(self, backend: Any, proto: UpstreamHTTPProtocol, header: bytes) -> defer.Deferred:
+        """
+        Connect C{proto} to a new stream to an C{h2c://} or C{h2://}
+        backend: on a pooled HTTP/2 connection with a stream free, else on
+        one being dialled, else on a new one (L{H2ClientPool.stream}).  An
+        C{h2://} connection is verified as C{https://} ones are, offering
+        ALPN C{h2} only; a backend that does not select it fails the dial
+        (C{502}, one log line).
+        """
+        factory = self.factory
+        url = backend.url
+        tls = url.scheme == "h2"
+        host = f"[{url.host}]" if ":" in url.host else url.host
+        address = self._upstreamAddress = f"{host}:{url.port}"
+        caBundle = self._upstreamCA() if tls else None
+        verify = self._route.config.tlsVerify
+
+        def dial() -> defer.Deferred:
+            conn = H2ClientConnection(factory.clock, b"https" if tls else b"http", tls, factory.h2IdleTimeout, address)
+
+            def connect(endpoint: Any) -> Any:
+                if header:
+                    endpoint = _HeaderFirstEndpoint(endpoint, header)
+                if tls:
+                    endpoint = wrapClientTLS(endpoint, url.host, caBundle, verify, alpn=("h2",))
+                return endpoint.connect(_OneShotFactory(conn))
+
+            d = endpointForBackend(factory.connector, backend)
+            d.addCallback(connect)
+            d.addCallback(lambda _: conn.ready)
+            return d
+
+        return factory.h2pool.stream(self._keyFor(backend), proto, dial)
 
     def _log(self, status: int, reason: str = "") -> None:
         self._releaseBackend()
@@ -562,6 +602,7 @@ class ReverseProxyProtocol(HTTPProxyProtocol):
             pool = self.factory.pool
             for key in keys:
                 pool.closeKey(key)
+                self.factory.h2pool.closeKey(key)
 
 
 class ReverseProxyFactory(HTTPProxyFactory):
@@ -575,10 +616,29 @@ class ReverseProxyFactory(HTTPProxyFactory):
 
     protocol = ReverseProxyProtocol
     mode = "reverse"
+    #: Seconds an HTTP/2 backend connection with no stream open is kept.
+    h2IdleTimeout = 30.0
 
     def __init__(self, listener: Any, connector: Any, clock: Any = None, limits: Any = None,
                  accessLog: Any = None, metrics: Any = None, router: Any = None, tls: bool = False) -> None:
         super().__init__(listener, connector, clock, limits, accessLog, metrics)
         self.router = router
         self.tls = tls
+        #: The HTTP/2 connections to C{h2c://} and C{h2://} backends.
+        self.h2pool = H2ClientPool(self.clock)
+
+    def reloadListener(self, listener: Any, dryRun: bool = False) -> None:
+        """
+        As L{HTTPProxyFactory.reloadListener}; HTTP/2 backend connections
+        are retired too (no new stream; closed once their streams end), so
+        new requests dial with the new settings.
+        """
+        super().reloadListener(listener, dryRun)
+        if not dryRun:
+            self.h2pool.retireAll()
+
+    def stopFactory(self) -> None:
+        super().stopFactory()
+        # Open streams finish (the drain); idle connections close now.
+        self.h2pool.retireAll()
 

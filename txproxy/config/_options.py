@@ -270,7 +270,7 @@ def _crossCheck(l: ListenerConfig, where: str) -> None:
     if l.mode not in ("reverse", "sni") and l.routes:
         raise ConfigError(f"{pre}--route is only for modes reverse and sni (mode is {l.mode})")
     for route in l.routes:
-        schemes = ("tcp",) if l.mode == "sni" else ("http", "https")
+        schemes = ("tcp",) if l.mode == "sni" else ("http", "https", "h2c", "h2")
         for u in route.upstreams:
             if u.scheme not in schemes:
                 raise ConfigError(

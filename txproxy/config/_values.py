@@ -204,8 +204,9 @@ LOCALNET = parseCIDRs(
 @attr.s(frozen=True, slots=True, auto_attribs=True)
 class UpstreamURL:
     """
-    A backend named by a route: C{http://host:port}, C{https://host:port}
-    or C{tcp://host:port}.
+    A backend named by a route: C{http://host:port}, C{https://host:port},
+    C{h2c://host:port} (HTTP/2 with prior knowledge), C{h2://host:port}
+    (HTTP/2 over TLS, ALPN C{h2}) or C{tcp://host:port}.
     """
 
     scheme: str
@@ -217,7 +218,7 @@ class UpstreamURL:
         return f"{self.scheme}://{host}:{self.port}"
 
 
-_DEFAULT_PORTS = {"http": 80, "https": 443}
+_DEFAULT_PORTS = {"http": 80, "https": 443, "h2c": 80, "h2": 443}
 
 # ---------------------------------------------------------------------------
 # Values that end up on the wire (a request line, a Host field): checked
@@ -292,7 +293,7 @@ def pathProblem(path: str, query: bool = False) -> Optional[str]:
     return None
 
 
-def parseUpstreamURL(text: str, schemes: Sequence[str] = ("http", "https", "tcp")) -> UpstreamURL:
+def parseUpstreamURL(text: str, schemes: Sequence[str] = ("http", "https", "h2c", "h2", "tcp")) -> UpstreamURL:
     """
     Parse C{scheme://host[:port]}; IPv6 hosts are written in brackets.
     """

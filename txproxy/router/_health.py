@@ -10,9 +10,13 @@ writes its verdicts into a shared L{HealthState}.  Checks:
     C{Connection: close} and C{User-Agent: txproxy-health-check}, and read
     the status line; a 2xx or 3xx status is a success.  The rest of the
     response is not read: the connection is closed at once.
-  - only C{http://} backends get the C{http} check: C{https://} backends
-    (and C{tcp://} ones in sni mode) get the C{tcp} check whatever the kind
-    (a TLS handshake and an HTTP check over TLS are not done yet).
+  - C{h2c://} backends get the C{http} check over HTTP/2 with prior
+    knowledge: the connection preface, one C{GET} stream, and the
+    C{:status} of its response head.
+  - only C{http://} and C{h2c://} backends get the C{http} check:
+    C{https://} and C{h2://} backends (and C{tcp://} ones in sni mode) get
+    the C{tcp} check whatever the kind (a TLS handshake and an HTTP check
+    over TLS are not done yet).
 
 The first check runs as soon as the checker starts (on the next reactor
 turn), the next one C{interval} seconds after the previous one finished, so
@@ -27,6 +31,11 @@ address, tcp-mode descriptions by C{endpointForDescription}.
 from __future__ import annotations
 
 from typing import Any, List, Optional, cast
+
+import h2.events
+from h2.config import H2Configuration
+from h2.connection import H2Connection
+from h2.exceptions import H2Error
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITCPTransport
@@ -75,7 +84,7 @@ def endpointForBackend(connector: Any, backend: Backend) -> "Deferred[Any]":
 
 def _hostHeader(url: UpstreamURL) -> bytes:
     host = f"[{url.host}]" if ":" in url.host else url.host
-    if url.port != {"http": 80, "https": 443}.get(url.scheme):
+    if url.port != {"http": 80, "https": 443, "h2c": 80, "h2": 443}.get(url.scheme):
         host = f"{host}:{url.port}"
     return host.encode("idna") if not host.isascii() else host.encode("ascii")
 
@@ -173,6 +182,46 @@ class _HTTPCheckProtocol(Protocol):
             self.result.errback(HealthCheckFailed("connection closed before a status line"))
 
 
+class _H2CheckProtocol(_HTTPCheckProtocol):
+    """
+    The C{http} check of an C{h2c://} backend: the HTTP/2 preface and one
+    C{GET} stream; L{result} fires with a 2xx/3xx C{:status} or fails.
+    """
+
+    def __init__(self, header: bytes, headers: List[Any]) -> None:
+        super().__init__(header)
+        self._headers = headers
+        self._conn = H2Connection(config=H2Configuration(client_side=True, header_encoding=None))
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        conn = self._conn
+        conn.initiate_connection()
+        conn.send_headers(1, self._headers, end_stream=True)
+        self.transport.write(self._request + conn.data_to_send())
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.result.called:
+            return
+        try:
+            events = self._conn.receive_data(data)
+        except H2Error as e:
+            self._finish(HealthCheckFailed(f"not HTTP/2: {e.__class__.__name__}"))
+            return
+        for event in events:
+            if isinstance(event, h2.events.ResponseReceived):
+                status = dict(event.headers).get(b":status", b"")
+                code = int(status) if status.isdigit() else -1
+                self._finish(code if 200 <= code < 400 else HealthCheckFailed(f"status {code}"))
+                return
+            if isinstance(event, (h2.events.StreamReset, h2.events.ConnectionTerminated)):
+                self._finish(HealthCheckFailed(f"HTTP/2 {event.__class__.__name__}"))
+                return
+        pending = self._conn.data_to_send()
+        if pending and self.transport is not None:
+            self.transport.write(pending)
+
+
 class _CheckFactory(Factory):
     # One check every few seconds per backend: no "Starting factory" /
     # "Stopping factory" line for each.
@@ -180,8 +229,19 @@ class _CheckFactory(Factory):
 
     def __init__(self, check: HealthCheck, url: Optional[UpstreamURL], proxyVersion: Optional[str] = None) -> None:
         self._http = check.kind == "http" and url is not None and url.scheme == "http"
+        self._h2 = check.kind == "http" and url is not None and url.scheme == "h2c"
         self._header = checkHeader(proxyVersion)
         self._request = b""
+        self._h2Headers: List[Any] = []
+        if self._h2:
+            assert url is not None
+            self._h2Headers = [
+                (b":method", b"GET"),
+                (b":scheme", b"http"),
+                (b":authority", _hostHeader(url)),
+                (b":path", check.path.encode("ascii", "replace")),
+                (b"user-agent", b"txproxy-health-check"),
+            ]
         if self._http:
             assert url is not None
             self._request = self._header + (
@@ -192,6 +252,8 @@ class _CheckFactory(Factory):
             )
 
     def buildProtocol(self, addr: Any) -> Protocol:
+        if self._h2:
+            return _H2CheckProtocol(self._header, self._h2Headers)
         if self._http:
             return _HTTPCheckProtocol(self._request)
         return _TCPCheckProtocol(self._header)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import ssl
 from functools import lru_cache
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Tuple
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -118,11 +118,11 @@ def clientTLSOptions(hostname: str, caBundle: Optional[str] = None, verify: bool
 
 
 @lru_cache(maxsize=64)
-def _clientContext(caBundle: Optional[str], stamp: Any, verify: bool) -> ssl.SSLContext:
+def _clientContext(caBundle: Optional[str], stamp: Any, verify: bool, alpn: Tuple[str, ...] = ("http/1.1",)) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.options |= ssl.OP_NO_COMPRESSION
-    ctx.set_alpn_protocols(["http/1.1"])
+    ctx.set_alpn_protocols(list(alpn))
     ctx.check_hostname = False  # service_identity checks the name (_verifyName)
     if not verify:
         ctx.verify_mode = ssl.CERT_NONE
@@ -197,14 +197,18 @@ class TLSClientEndpoint:
         return d.addCallback(lambda proto: proto.wrappedProtocol)  # type: ignore[no-any-return]
 
 
-def wrapClientTLS(endpoint: Any, hostname: str, caBundle: Optional[str] = None, verify: bool = True) -> TLSClientEndpoint:
+def wrapClientTLS(
+    endpoint: Any, hostname: str, caBundle: Optional[str] = None, verify: bool = True, alpn: Tuple[str, ...] = ("http/1.1",)
+) -> TLSClientEndpoint:
     """
     C{endpoint} (a clear-text client endpoint to an C{https://} backend)
     with TLS on top, the policy of L{clientTLSOptions}: with C{verify}, a
     certificate chaining to C{caBundle} (or the platform's trust store) and
     valid for C{hostname} (service_identity: a DNS name or an IP address);
-    without, nothing checked.  ALPN C{http/1.1}, TLS 1.2 and later, SNI
-    for names (not for IP addresses).
+    without, nothing checked.  ALPN C{alpn} (C{http/1.1} by default;
+    C{("h2",)} for C{h2://} backends, whose connection then checks the
+    protocol selected), TLS 1.2 and later, SNI for names (not for IP
+    addresses).
 
     The records go through the stdlib C{ssl} module (L{TLSClientEndpoint}),
     not pyOpenSSL: on PyPy that is about 40 times less CPU per small
@@ -213,7 +217,7 @@ def wrapClientTLS(endpoint: Any, hostname: str, caBundle: Optional[str] = None, 
     @raise ConfigError: the bundle cannot be read or holds no certificate.
     """
     stamp = _bundleStamp(caBundle) if verify else None
-    context = _clientContext(caBundle if verify else None, stamp, verify)
+    context = _clientContext(caBundle if verify else None, stamp, verify, tuple(alpn))
     return TLSClientEndpoint(endpoint, hostname, context, verify)
 
 
