@@ -341,7 +341,14 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
         head = request.head
         keep = self._upgradeKeep(head)
         headers, _, hasLength = _endToEnd(head.headers, keep)
-        if keep:
+        te = head.get(b"te")
+        if te is not None and b"trailers" in te.lower():
+            # "TE: trailers" says the client takes trailers: what gRPC
+            # servers ask for, and what an HTTP/2 backend (which gets it as
+            # is) or an HTTP/1.1 one (as a connection option) may send.
+            headers.append((b"TE", b"trailers"))
+            headers.append((b"Connection", b"upgrade, TE" if keep else b"TE"))
+        elif keep:
             headers.append((b"Connection", b"upgrade"))
         framing = self._framing
         if framing.kind == "chunked":
