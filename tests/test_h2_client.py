@@ -483,6 +483,31 @@ class PoolTests(SynchronousTestCase):
         self.assertIs(p.transport._conn, conn)  # type: ignore[union-attr]
         self.assertEqual(len(self.dials), 2)
 
+    def test_cancelWhileWaitingForASecondConnection(self) -> None:
+        """
+        A request that waits for a second connection (the first had no
+        room) and gives up abandons that dial too.
+        """
+        cancelled: List[bool] = []
+        conns: List[Tuple[defer.Deferred, H2ClientConnection]] = []
+
+        def dial() -> defer.Deferred:
+            d: defer.Deferred = defer.Deferred(lambda d: cancelled.append(True))
+            conns.append((d, H2ClientConnection(self.clock)))
+            return d
+
+        ds = [self.pool.stream("k", UpstreamHTTPProtocol(), dial) for _ in range(2)]
+        d, conn = conns[0]
+        backend = _Backend(maxStreams=1)
+        backend.attach(conn)
+        backend.pump()
+        d.callback(conn)
+        self.successResultOf(ds[0])
+        self.assertEqual(len(conns), 2)
+        ds[1].cancel()
+        self.failureResultOf(ds[1], defer.CancelledError)
+        self.assertEqual(cancelled, [True])
+
     def test_dialFailureFailsWaiters(self) -> None:
         """
         A failed dial fails every request waiting for it.

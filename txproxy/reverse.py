@@ -543,12 +543,9 @@ class ReverseProxyProtocol(HTTPProxyProtocol):
 
     def _streamToBackend(self, backend: Any, proto: UpstreamHTTPProtocol, header: bytes) -> defer.Deferred:
         """
-        Connect C{proto} to a new stream to an C{h2c://} or C{h2://}
-        backend: on a pooled HTTP/2 connection with a stream free, else on
-        one being dialled, else on a new one (L{H2ClientPool.stream}).  An
-        C{h2://} connection is verified as C{https://} ones are, offering
-        ALPN C{h2} only; a backend that does not select it fails the dial
-        (C{502}, one log line).
+        Connect C{proto} to a new stream to an C{h2c://} or C{h2://} backend
+        (L{H2ClientPool.stream}); C{h2://} is verified as C{https://} is,
+        with ALPN C{h2} only (L{txproxy.h2._client}).
         """
         factory = self.factory
         url = backend.url
@@ -630,8 +627,7 @@ class ReverseProxyFactory(HTTPProxyFactory):
     def reloadListener(self, listener: Any, dryRun: bool = False) -> None:
         """
         As L{HTTPProxyFactory.reloadListener}; HTTP/2 backend connections
-        are retired too (no new stream; closed once their streams end), so
-        new requests dial with the new settings.
+        are retired (no new stream; closed once their streams end).
         """
         super().reloadListener(listener, dryRun)
         if not dryRun:

@@ -22,17 +22,22 @@ __all__ = ["H2ClientPool"]
 
 
 class _Waiter:
-    __slots__ = ("protocol", "deferred", "dial")
+    __slots__ = ("protocol", "deferred", "dial", "again")
 
     def __init__(self, protocol: Any, dial: "_Dial") -> None:
         self.protocol = protocol
         self.dial: Optional[_Dial] = dial
+        #: The wait on another connection, when the first had no room.
+        self.again: Optional[defer.Deferred] = None
         self.deferred: defer.Deferred = defer.Deferred(self._cancel)
 
     def _cancel(self, d: defer.Deferred) -> None:
         dial, self.dial = self.dial, None
         if dial is not None:
             dial.leave(self)
+        again, self.again = self.again, None
+        if again is not None:
+            again.cancel()
 
 
 class _Dial:
@@ -139,7 +144,8 @@ class H2ClientPool:
         return d
 
     def _redispatch(self, key: str, waiter: _Waiter, dial: Callable[[], defer.Deferred]) -> None:
-        d = self.stream(key, waiter.protocol, dial)
+        d = waiter.again = self.stream(key, waiter.protocol, dial)
+        d.addErrback(lambda f: None if f.check(defer.CancelledError) and waiter.deferred.called else f)
         d.chainDeferred(waiter.deferred)
 
     def _dialEnded(self, pending: _Dial) -> None:
