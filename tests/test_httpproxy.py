@@ -200,6 +200,27 @@ class BodyTests(ProxyTestCase):
         self.respond(OK)
         self.assertEqual(self.records[0].bytesUp, 10)
 
+    def test_clientResumedWhenBodySentWhilePaused(self) -> None:
+        """
+        The upstream's full write buffer paused the client; the body's last
+        bytes still went out: once the request is sent and the client no
+        longer feeds the upstream, reading from the client resumes (else a
+        keep-alive client's next request would wait until a timeout).
+        """
+        proto, client = self.open()
+        proto.dataReceived(b"POST http://origin.test/up HTTP/1.1\r\nHost: origin.test\r\nContent-Length: 10\r\n\r\n01")
+        upstream = self.connector.last.succeed()
+        self.assertIs(upstream.producer, client)
+        upstream.producer.pauseProducing()
+        self.assertEqual(client.producerState, "paused")
+        proto.dataReceived(b"23456789")
+        self.assertIsNone(upstream.producer)
+        self.assertEqual(client.producerState, "producing")
+        self.respond(OK)
+        proto.dataReceived(GET)
+        self.assertEqual(len(self.connector.attempts), 1)
+        self.assertIn(b"\r\n\r\n0123456789GET /", upstream.value())
+
     def test_contentLengthNormalized(self) -> None:
         """
         A repeated or listed Content-Length that framing accepted travels on

@@ -897,6 +897,10 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
                 # (ITransport does not declare the IConsumer and
                 # ITCPTransport methods that connection transports have.)
                 upstream.transport.unregisterProducer()  # type: ignore[attr-defined]
+            if not self._inputPaused and self.transport is not None:
+                # The upstream may have paused the client while it was its
+                # producer: unregistering does not resume it.
+                self.transport.resumeProducing()  # type: ignore[attr-defined]
         self._pipelined(leftover)
 
     def _pauseInput(self) -> None:
