@@ -5,8 +5,8 @@
 #   sh bench/setup-peers.sh            # everything
 #   SKIP_APT=1 sh bench/setup-peers.sh # venvs and C tools only
 #
-# - Debian packages: haproxy squid tinyproxy socat wrk apache2-utils
-#   redis-server redis-tools pypy3 gcc.  Debian starts daemons on install; an
+# - Debian packages: haproxy nginx squid tinyproxy socat wrk apache2-utils
+#   redis-server redis-tools pypy3 gcc nghttp2-client (h2load).  Debian starts daemons on install; an
 #   executable /usr/sbin/policy-rc.d that exits 101 stops that.  We put one in
 #   place only if none exists and remove it afterwards.  (The benches start
 #   every peer themselves on their own loopback port.)
@@ -22,7 +22,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(dirname "$HERE")
 PEERVENV=${PEERVENV:-/tmp/peervenv}
 PYPYVENV=${PYPYVENV:-/tmp/pypyvenv}
-PKGS="haproxy squid tinyproxy socat wrk apache2-utils redis-server redis-tools pypy3 gcc"
+PKGS="haproxy nginx squid tinyproxy socat wrk apache2-utils redis-server redis-tools pypy3 gcc nghttp2-client"
 
 # ---- Debian packages
 if [ -z "${SKIP_APT:-}" ]; then
@@ -64,10 +64,11 @@ if command -v pypy3 >/dev/null 2>&1; then
     if [ ! -x "$PYPYVENV/bin/python" ]; then
         pypy3 -m venv "$PYPYVENV"
     fi
-    if ! "$PYPYVENV/bin/python" -c "import twisted, OpenSSL, service_identity, txredisapi, attrs, prometheus_client, tomli" 2>/dev/null; then
-        # cryptography<44 has PyPy 3.9 wheels; newer needs a Rust build
+    if ! "$PYPYVENV/bin/python" -c "import twisted, OpenSSL, service_identity, txredisapi, attrs, prometheus_client, tomli, h2" 2>/dev/null; then
+        # cryptography<44 has PyPy 3.9 wheels; newer needs a Rust build; h2
+        # 4.4 needs Python 3.10
         "$PYPYVENV/bin/pip" install -q --only-binary=cryptography twisted "cryptography<44" \
-            pyopenssl service-identity txredisapi attrs prometheus-client tomli || \
+            pyopenssl service-identity txredisapi attrs prometheus-client tomli "h2>=4.3,<4.4" || \
             echo "WARNING: PyPy venv dependencies failed; PyPy rows will be skipped" >&2
     fi
     if ! "$PYPYVENV/bin/python" -c "import bcrypt" 2>/dev/null; then
