@@ -267,6 +267,21 @@ class ExchangeTests(H2TestCase):
         body = self.upstreamSent().partition(b"\r\n\r\n")[2]
         self.assertEqual(body, b"3\r\nabc\r\n0\r\nx-checksum: 42\r\n\r\n")
 
+    def test_teTrailersReachesTheUpstream(self) -> None:
+        """
+        "te: trailers" (gRPC servers want it) travels to an HTTP/1.1
+        upstream as the TE connection option; other requests carry no TE.
+        """
+        client = self.open()
+        client.request(b"/rpc", b"POST", extra=[(b"te", b"trailers")], body=b"x")
+        head = self.upstreamSent(0).partition(b"\r\n\r\n")[0]
+        self.assertIn(b"\r\nTE: trailers\r\n", head)
+        self.assertIn(b"\r\nConnection: TE\r\n", head)
+        client.request(b"/plain")
+        head = self.upstreamSent(1).partition(b"\r\n\r\n")[0]
+        self.assertNotIn(b"TE:", head)
+        self.assertNotIn(b"Connection:", head)
+
     def test_responseTrailers(self) -> None:
         """
         A chunked response's trailer section arrives as HTTP/2 trailers.

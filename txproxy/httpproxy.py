@@ -340,12 +340,14 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
         """
         head = request.head
         keep = self._upgradeKeep(head)
-        headers, _, hasLength = _endToEnd(head.headers, keep)
-        te = head.get(b"te")
+        headers, tokens, hasLength = _endToEnd(head.headers, keep)
+        te = head.get(b"te") if b"te" in tokens else None
         if te is not None and b"trailers" in te.lower():
-            # "TE: trailers" says the client takes trailers: what gRPC
-            # servers ask for, and what an HTTP/2 backend (which gets it as
-            # is) or an HTTP/1.1 one (as a connection option) may send.
+            # "TE: trailers" (a connection option, as RFC 9110 section
+            # 10.1.4 wants it sent) says the client takes trailers: what
+            # gRPC servers ask for, and what an HTTP/2 backend (which gets
+            # it as is) or an HTTP/1.1 one (as a connection option) may
+            # send.  (txproxy.h2 lists TE for a stream that sent it.)
             headers.append((b"TE", b"trailers"))
             headers.append((b"Connection", b"upgrade, TE" if keep else b"TE"))
         elif keep:

@@ -526,7 +526,11 @@ class H2Stream:
         proto.makeConnection(self)
         # The stream is one request: "Connection: close" makes the protocol
         # close (end the stream) once it is answered, as HTTP/1.1 would.
-        proto.dataReceived(self.request.head[:-2] + b"Connection: close\r\n\r\n")
+        head = self.request.head
+        # "te: trailers", the only TE HTTP/2 allows, is passed on as the
+        # connection option HTTP/1.1 makes of it.
+        close = b"Connection: close, te\r\n\r\n" if b"\r\nte: trailers\r\n" in head else b"Connection: close\r\n\r\n"
+        proto.dataReceived(head[:-2] + close)
         if self._clientEndPending and not self.closed:
             self._clientEndPending = False
             self.clientEnded()
