@@ -610,6 +610,25 @@ class LifecycleTests(H2TestCase):
         self.assertEqual(frames[1].data, b"ok")
         self.assertTrue(client.transport.closed)
 
+    def test_reloadSendsGoaway(self) -> None:
+        """
+        A reload (SIGHUP): HTTP/2 connections get GOAWAY(NO_ERROR), their
+        open streams finish, then they close; new requests come on new
+        connections with the new settings.
+        """
+        factory = self.reverse()
+        client = self.open(factory)
+        sid = client.request()
+        factory.reloadListener(factory.listener)
+        client.read()
+        self.assertEqual(client.goaway.error_code, 0)  # type: ignore[union-attr]
+        self.assertFalse(client.transport.closed)
+        respond(self.connector, 0, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        frames = list(parseFrames(client.transport.value()))
+        self.assertEqual([type(f).__name__ for f in frames], ["HeadersFrame", "DataFrame"])
+        self.assertEqual(frames[0].stream_id, sid)
+        self.assertTrue(client.transport.closed)
+
     def test_clientGoneClosesStreams(self) -> None:
         client = self.open()
         client.request()

@@ -1460,7 +1460,9 @@ class HTTPProxyFactory(ListenerFactory):
     def reloadListener(self, listener: ListenerConfig, dryRun: bool = False) -> None:
         """
         Take a reloaded configuration for this listener: new requests use its
-        policy, timeouts and auth file.
+        policy, timeouts and auth file.  HTTP/2 connections get a graceful
+        C{GOAWAY}: their open streams finish, and the client's next
+        requests come on a new connection, with the new settings.
 
         @param dryRun: only check that it can be applied (the auth file
             reads), change nothing.
@@ -1473,6 +1475,10 @@ class HTTPProxyFactory(ListenerFactory):
         self.htpasswd = htpasswd
         self._guessing = {}
         self.keepAliveTimeout = min(type(self).keepAliveTimeout, listener.idleTimeout or type(self).keepAliveTimeout)
+        for proto in list(self.protocols):
+            h2conn = getattr(proto, "_h2conn", None)
+            if h2conn is not None:
+                h2conn.goAway(0)
 
     def stopFactory(self) -> None:
         self.pool.closeAll()
