@@ -32,7 +32,6 @@ from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.errors import ErrorCodes
 from h2.events import (
-    ConnectionTerminated,
     DataReceived,
     RemoteSettingsChanged,
     ResponseReceived,
@@ -161,7 +160,8 @@ class Origin:
         self.uploads: List[str] = []
         self._lock = threading.Lock()
         handler = type("Handler", (_OriginHandler,), {"origin": self})
-        server = type("Server", (http.server.ThreadingHTTPServer,), {"request_queue_size": 256})
+        server = type("Server", (http.server.ThreadingHTTPServer,),
+                      {"request_queue_size": 256, "handle_error": lambda self, request, address: None})
         self.server = server(("127.0.0.1", 0), handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
@@ -232,11 +232,13 @@ class H2Client:
         self.headers: Dict[int, Dict[bytes, bytes]] = {}
         self.bodies: Dict[int, bytearray] = {}
         self.ended: List[int] = []
+        self.endedAt: Dict[int, float] = {}
         self.resets: Dict[int, int] = {}
         self.settings: Dict[int, int] = {}
         self.goaway: Optional[int] = None
         self.goawayAt: Optional[float] = None
         self.closedAt: Optional[float] = None
+        self._buffer = b""
         self.flush()
 
     def flush(self) -> None:
@@ -284,10 +286,27 @@ class H2Client:
         return until()
 
     def feed(self, data: bytes) -> None:
+        # GOAWAY is read here, not by h2: h2 closes its connection state
+        # machine on it, and would refuse the frames of the streams a
+        # graceful GOAWAY lets finish.
+        self._buffer += data
+        frames = []
+        buffer = self._buffer
+        while len(buffer) >= 9:
+            end = 9 + int.from_bytes(buffer[:3], "big")
+            if len(buffer) < end:
+                break
+            frame, buffer = buffer[:end], buffer[end:]
+            if frame[3] == 0x7:
+                self.goaway = int.from_bytes(frame[13:17], "big")
+                self.goawayAt = time.monotonic()
+            else:
+                frames.append(frame)
+        self._buffer = buffer
         try:
-            events = self.conn.receive_data(data)
+            events = self.conn.receive_data(b"".join(frames))
         except ProtocolError:
-            return  # frames after a GOAWAY
+            return
         for event in events:
             if isinstance(event, ResponseReceived):
                 self.headers[event.stream_id] = dict(event.headers)
@@ -300,14 +319,12 @@ class H2Client:
                         pass
             elif isinstance(event, StreamEnded):
                 self.ended.append(event.stream_id)
+                self.endedAt[event.stream_id] = time.monotonic()
             elif isinstance(event, StreamReset):
                 self.resets[event.stream_id] = event.error_code
             elif isinstance(event, RemoteSettingsChanged):
                 for code, change in event.changed_settings.items():
                     self.settings[code] = change.new_value
-            elif isinstance(event, ConnectionTerminated):
-                self.goaway = event.error_code
-                self.goawayAt = time.monotonic()
         self.flush()
 
     def close(self) -> None:
@@ -497,3 +514,292 @@ class NghttpTests(_ProxyTestCase):
         for sid, seed in sids.items():
             self.assertEqual(client.status(sid), 200)
             self.assertEqual(hashlib.sha256(client.bodies[sid]).digest(), hashlib.sha256(body(seed, 40000)).digest())
+
+
+class ForwardTests(_ProxyTestCase):
+    """
+    A forward proxy serving HTTP/2 with prior knowledge: CONNECT streams
+    and absolute-form requests.
+    """
+
+    def forward(self) -> int:
+        port = freePort()
+        self.proxy(["--listen", f"tcp:{port}:interface=127.0.0.1", "--connect-ports", "*",
+                    "--allow", "127.0.0.0/8"], port)
+        return port
+
+    def test_connectStreamTunnels(self) -> None:
+        """
+        A C{CONNECT} stream (only C{:method} and C{:authority}) gets 200 and
+        is a tunnel to an echo server, both ways, ended by either side's
+        C{END_STREAM}; the access log counts it as an HTTP/2 tunnel.
+        """
+        echo = ThreadedServer(echoHandler)
+        self.addCleanup(echo.stop)
+        port = self.forward()
+        client = H2Client(port)
+        self.addCleanup(client.close)
+        sid = client.conn.get_next_available_stream_id()
+        client.conn.send_headers(sid, [(b":method", b"CONNECT"), (b":authority", b"127.0.0.1:%d" % echo.port)])
+        client.flush()
+        self.assertTrue(client.pump(lambda: sid in client.headers))
+        self.assertEqual(client.status(sid), 200)
+        payload = body(3, 200000)
+        client.conn.send_data(sid, payload[:10000])
+        client.flush()
+        self.assertTrue(client.pump(lambda: len(client.bodies.get(sid, b"")) >= 10000))
+        # The rest as the windows allow, then END_STREAM: the echo server
+        # half-closes in turn, which ends the stream from the proxy.
+        sent = 10000
+        while sent < len(payload):
+            window = min(client.conn.local_flow_control_window(sid), client.conn.max_outbound_frame_size)
+            if window:
+                client.conn.send_data(sid, payload[sent:sent + window])
+                sent += window
+                client.flush()
+            client.pump(lambda: client.conn.local_flow_control_window(sid) > 0, timeout=1)
+        client.conn.end_stream(sid)
+        client.flush()
+        self.assertTrue(client.pump(lambda: sid in client.ended), (len(client.bodies[sid]), client.resets))
+        self.assertEqual(bytes(client.bodies[sid]), payload)
+        [record] = self.accessLog(1)
+        self.assertEqual((record["method"], record["version"], record["status"]), ("CONNECT", "HTTP/2.0", 200))
+
+    def test_absoluteFormGet(self) -> None:
+        """
+        A C{GET} stream with C{:scheme http} and the origin as
+        C{:authority} is forwarded to the origin like an absolute-form
+        HTTP/1.1 request.
+        """
+        port = self.forward()
+        client = H2Client(port)
+        self.addCleanup(client.close)
+        sid = client.request("/fwd?q=1", authority=f"127.0.0.1:{self.origin.port}")
+        self.assertTrue(client.pump(lambda: sid in client.ended))
+        self.assertEqual((client.status(sid), bytes(client.bodies[sid])), (200, b"ok /fwd?q=1"))
+        self.assertEqual(self.origin.seen, [("GET", "/fwd?q=1")])
+        [record] = self.accessLog(1)
+        self.assertEqual((record["target"], record["version"]),
+                         (f"http://127.0.0.1:{self.origin.port}/fwd?q=1", "HTTP/2.0"))
+
+
+class FloodTests(_ProxyTestCase):
+    """
+    Hostile clients over real sockets: each flood gets C{GOAWAY} and a
+    closed socket within a second, counted in C{/metrics}; a curl whose
+    slow download runs meanwhile, and one after, are served.
+    """
+
+    def flood(self, build: Callable[[H2Client], Any], codes: Sequence[int], kind: str, *extra: str,
+              raw: bool = False) -> H2Client:
+        port = self.reverse(*extra, admin=True)
+        during = subprocess.Popen([need("curl"), "-sS", "--http2-prior-knowledge", "-o", "-", "-w", "\n%{http_code}",
+                                   "--max-time", "10", f"http://127.0.0.1:{port}/slow/8/100"], stdout=subprocess.PIPE)
+        self.addCleanup(lambda: during.poll() is None and during.kill())
+        waitUntil(lambda: "/slow/8/100" in self.origin.paths(), "the slow download to start")
+        client = H2Client(port)
+        self.addCleanup(client.close)
+        self.assertTrue(client.pump(lambda: SettingCodes.MAX_CONCURRENT_STREAMS in client.settings))
+        data = build(client) if raw else (build(client), client.conn.data_to_send())[1]
+        sentAt = time.monotonic()
+        client.send(data)
+        client.pump(lambda: False, timeout=3)
+        self.assertIsNotNone(client.closedAt, "the flooding connection was not closed")
+        assert client.closedAt is not None
+        self.assertLess(client.closedAt - sentAt, 1.0)
+        self.assertIn(client.goaway, codes)
+        out, _ = during.communicate(timeout=15)
+        self.assertEqual(out, b"s" * 8000 + b"\n200")
+        self.assertEqual(curl("--http2-prior-knowledge", f"http://127.0.0.1:{port}/after"), (0, "2 200", b"ok /after"))
+        samples = waitUntil(lambda: (lambda m: m if metric(m, "txproxy_requests_total", protocol="h2") >= 2 else None)(
+            metrics(self.adminPort)), "the requests to be counted")
+        self.assertEqual(metric(samples, "txproxy_h2_connection_errors_total", kind=kind), 1)
+        self.assertEqual(metric(samples, "txproxy_h2_connection_errors_total"), 1)
+        return client
+
+    def test_rapidReset(self) -> None:
+        """
+        500 streams opened and reset at once (CVE-2023-44487): GOAWAY
+        (ENHANCE_YOUR_CALM), and the origin sees far fewer than 500
+        requests.
+        """
+        def build(client: H2Client) -> None:
+            for _ in range(500):
+                sid = client.conn.get_next_available_stream_id()
+                client.conn.send_headers(sid, [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"h2.test"),
+                                               (b":path", b"/reset")], end_stream=True)
+                client.conn.reset_stream(sid, ErrorCodes.CANCEL)
+
+        self.flood(build, [ErrorCodes.ENHANCE_YOUR_CALM], "reset")
+        self.assertLessEqual(self.origin.paths().count("/reset"), 101)
+
+    def test_pingFlood(self) -> None:
+        def build(client: H2Client) -> None:
+            for n in range(1000):
+                client.conn.ping(n.to_bytes(8, "big"))
+
+        self.flood(build, [ErrorCodes.ENHANCE_YOUR_CALM], "ping")
+
+    def test_settingsFlood(self) -> None:
+        def build(client: H2Client) -> None:
+            for n in range(1000):
+                client.conn.update_settings({SettingCodes.HEADER_TABLE_SIZE: 4096 + n % 2})
+
+        self.flood(build, [ErrorCodes.ENHANCE_YOUR_CALM], "settings")
+
+    def test_emptyDataFlood(self) -> None:
+        def build(client: H2Client) -> None:
+            sid = client.request("/sha/empty", "POST", end=False)
+            for _ in range(1000):
+                client.conn.send_data(sid, b"")
+
+        self.flood(build, [ErrorCodes.ENHANCE_YOUR_CALM], "empty_data")
+
+    def test_continuationFlood(self) -> None:
+        """
+        A header block that never ends: CONTINUATION frames, raw, after a
+        HEADERS frame without END_HEADERS (CVE-2024-27316 class).
+        """
+        def build(client: H2Client) -> bytes:
+            block = Encoder().encode([(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"h2.test"),
+                                      (b":path", b"/")])
+            frames = [HeadersFrame(1, data=block).serialize()]
+            frames += [ContinuationFrame(1, data=b"\x40\x01a\x01b").serialize() for _ in range(2000)]
+            return client.conn.data_to_send() + b"".join(frames)
+
+        self.flood(build, [ErrorCodes.PROTOCOL_ERROR, ErrorCodes.ENHANCE_YOUR_CALM], "protocol_error", raw=True)
+
+    def test_oversizedHeaderBlock(self) -> None:
+        """
+        A header list over C{--max-head-size} (an HPACK bomb: one 3 kB
+        field, then 40 one-byte references to it): GOAWAY; the limit is
+        advertised as SETTINGS_MAX_HEADER_LIST_SIZE.
+        """
+        def build(client: H2Client) -> None:
+            self.assertEqual(client.settings[SettingCodes.MAX_HEADER_LIST_SIZE], 16384)
+            client.request("/bomb", extra=[("x-bomb", "b" * 3000)] * 40)
+
+        self.flood(build, [ErrorCodes.ENHANCE_YOUR_CALM, ErrorCodes.PROTOCOL_ERROR, ErrorCodes.COMPRESSION_ERROR],
+                   "protocol_error", "--max-head-size", "16384")
+        self.assertNotIn("/bomb", self.origin.paths())
+
+
+class MalformedTests(_ProxyTestCase):
+    def test_malformedRequestsReset(self) -> None:
+        """
+        Malformed requests (RFC 9113 §8.1.1, §8.2) get RST_STREAM
+        (PROTOCOL_ERROR) and never reach the origin, while a slow download
+        opened before them on the same connection completes, and a good
+        request after them is served.
+        """
+        port = self.reverse()
+        client = H2Client(port, validate=False)
+        self.addCleanup(client.close)
+        slow = client.request("/slow/5/100")
+        waitUntil(lambda: "/slow/5/100" in self.origin.paths(), "the slow download to start")
+        bad = {
+            "uppercase": client.request("/bad/upper", extra=[("X-Upper", "1")]),
+            "connection": client.request("/bad/connection", extra=[("connection", "keep-alive")]),
+            "te": client.request("/bad/te", extra=[("te", "gzip")]),
+            "host": client.request("/bad/host", extra=[("host", "other.test")]),
+        }
+        for name, declared, sent in (("short", "10", b"12345"), ("long", "3", b"12345")):
+            sid = client.request(f"/bad/{name}", "POST", extra=[("content-length", declared)], end=False)
+            client.conn.send_data(sid, sent, end_stream=True)
+            client.flush()
+            bad[name] = sid
+        self.assertTrue(client.pump(lambda: len(client.resets) == len(bad)), client.resets)
+        self.assertEqual(client.resets, {sid: ErrorCodes.PROTOCOL_ERROR for sid in bad.values()})
+        good = client.request("/good")
+        self.assertTrue(client.pump(lambda: good in client.ended and slow in client.ended))
+        self.assertEqual((client.status(good), bytes(client.bodies[good])), (200, b"ok /good"))
+        self.assertEqual(len(client.bodies[slow]), 5000)
+        self.assertIsNone(client.goaway)
+        self.assertEqual(sorted(self.origin.paths()), ["/good", "/slow/5/100"])
+
+
+class MaxStreamsTests(_ProxyTestCase):
+    def test_refusedOverTheLimit(self) -> None:
+        """
+        With C{--h2-max-streams 5} the SETTINGS frame says 5; a client that
+        opens a sixth stream anyway gets RST_STREAM(REFUSED_STREAM) on it,
+        and the five are served.
+        """
+        port = self.reverse("--h2-max-streams", "5")
+        client = H2Client(port)
+        self.addCleanup(client.close)
+        self.assertTrue(client.pump(lambda: SettingCodes.MAX_CONCURRENT_STREAMS in client.settings))
+        self.assertEqual(client.settings[SettingCodes.MAX_CONCURRENT_STREAMS], 5)
+        # Ignore the limit: make the client's h2 believe it may open more.
+        client.conn.remote_settings[SettingCodes.MAX_CONCURRENT_STREAMS] = 100
+        client.conn.remote_settings.acknowledge()
+        sids = [client.request(f"/slow/3/100/{n}") for n in range(6)]
+        self.assertTrue(client.pump(lambda: sids[5] in client.resets))
+        self.assertEqual(client.resets, {sids[5]: ErrorCodes.REFUSED_STREAM})
+        self.assertTrue(client.pump(lambda: all(sid in client.ended for sid in sids[:5])))
+        self.assertEqual([len(client.bodies[sid]) for sid in sids[:5]], [3000] * 5)
+        self.assertNotIn("/slow/3/100/5", self.origin.paths())
+        # Once they are done, a new stream is served again.
+        again = client.request("/again")
+        self.assertTrue(client.pump(lambda: again in client.ended))
+        self.assertEqual(client.status(again), 200)
+
+
+class DrainTests(_ProxyTestCase):
+    def test_sigtermLetsStreamFinish(self) -> None:
+        """
+        SIGTERM during a slow HTTP/2 download: GOAWAY(NO_ERROR) arrives
+        while the stream is open, the stream completes, then the connection
+        closes and the process exits 0.
+        """
+        port = self.reverse("--drain-timeout", "10")
+        client = H2Client(port)
+        self.addCleanup(client.close)
+        sid = client.request("/slow/15/100")
+        self.assertTrue(client.pump(lambda: len(client.bodies.get(sid, b"")) >= 1000))
+        self.proxyProcess.signal(signal.SIGTERM)
+        self.assertTrue(client.pump(lambda: client.goaway is not None, timeout=5))
+        self.assertEqual(client.goaway, ErrorCodes.NO_ERROR)
+        self.assertNotIn(sid, client.ended)
+        self.assertTrue(client.pump(lambda: sid in client.ended),
+                        (len(client.bodies[sid]), client.resets, client.closedAt, self.proxyProcess.stdout()[-3000:]))
+        self.assertEqual(bytes(client.bodies[sid]), b"s" * 15000)
+        client.pump(lambda: False, timeout=5)
+        self.assertIsNotNone(client.closedAt, "the connection was not closed after its last stream")
+        assert client.goawayAt is not None and client.closedAt is not None
+        self.assertLess(client.goawayAt, client.endedAt[sid])
+        self.assertLessEqual(client.endedAt[sid], client.closedAt)
+        self.assertEqual(self.proxyProcess.wait(10), 0)
+
+
+class ChromiumTests(_ProxyTestCase):
+    def test_pageOverH2(self) -> None:
+        """
+        Headless Chromium loads a page from a TLS reverse listener: its
+        script ran (the DOM shows it), and the access log has the page and
+        the script, both over HTTP/2.
+        """
+        exe = shutil.which("chromium") or shutil.which("chromium-browser")
+        if exe is None:
+            raise AssertionError("chromium is not installed (scripts/test installs it); this test is never skipped")
+        ca = TestCA()
+        self.addCleanup(shutil.rmtree, ca.dir, True)
+        cert = ca.issue(["localhost"], "proxy.pem")
+        port = freePort()
+        self.proxy(["--mode", "reverse", "--route", f"*=http://127.0.0.1:{self.origin.port}",
+                    "--listen", f"ssl:{port}:privateKey={cert}:interface=127.0.0.1"], port)
+        profile = tempfile.mkdtemp(prefix="txproxy-chromium-")
+        self.addCleanup(shutil.rmtree, profile, True)
+        result = subprocess.run(
+            [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={profile}", "--ignore-certificate-errors",
+             "--host-resolver-rules=MAP localhost 127.0.0.1", "--dump-dom", f"https://localhost:{port}/page"],
+            capture_output=True, timeout=60)
+        dom = result.stdout.decode("utf-8", "replace")
+        self.assertIn("served over h2", dom, result.stderr[-2000:])
+        self.assertIn('<p id="dynamic">script ran</p>', dom)
+        records = {r["target"].rsplit("/", 1)[1]: r for r in self.accessLog(2)}
+        self.assertEqual(records["page"]["version"], "HTTP/2.0")
+        self.assertEqual(records["app.js"]["version"], "HTTP/2.0")
+        self.assertEqual((records["page"]["status"], records["app.js"]["status"]), (200, 200))
