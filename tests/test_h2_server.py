@@ -320,6 +320,31 @@ class ExchangeTests(H2TestCase):
             self.assertEqual(client.bodies[sid], b"%d" % index)
         self.assertEqual(len(self.records), 3)
 
+    def test_pooledUpstreamNotLeftPaused(self) -> None:
+        """
+        A response that ends while the client connection's write buffer is
+        full (every stream's producer paused) returns its upstream
+        connection to the pool reading, not paused: the next request that
+        reuses it gets its answer.  (It used to stay paused, and the next
+        stream on it hung: found by nghttp with 60 concurrent downloads.)
+        """
+        client = self.open()
+        sid = client.request(b"/a")
+        client.proto._h2conn.pauseProducing()
+        attempt = respond(self.connector, 0, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n")
+        self.assertEqual(attempt.transport.producerState, "paused")
+        attempt.protocol.dataReceived(b"ok")
+        self.assertEqual(attempt.transport.producerState, "producing")
+        client.proto._h2conn.resumeProducing()
+        client.read()
+        self.assertEqual(client.bodies[sid], b"ok")
+        sid2 = client.request(b"/b")
+        self.assertEqual(len(self.connector.attempts), 1)
+        self.assertEqual(attempt.transport.producerState, "producing")
+        attempt.protocol.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi")
+        client.read()
+        self.assertEqual(client.bodies[sid2], b"hi")
+
     def test_upstreamRefusedIs502(self) -> None:
         client = self.open()
         sid = client.request()
@@ -369,13 +394,17 @@ class ExchangeTests(H2TestCase):
         body = bytes(range(256)) * 1024  # 256 KiB
         attempt = respond(self.connector, 0, b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body))
         # Don't acknowledge: feed data without reading the client side.
-        attempt.protocol.dataReceived(body)
+        attempt.protocol.dataReceived(body[:131072])
+        self.assertEqual(attempt.transport.producerState, "paused")
+        attempt.protocol.dataReceived(body[131072:])
         data = client.transport.value()
         client.transport.clear()
         events = client.h2.receive_data(data)
         got = b"".join(e.data for e in events if isinstance(e, DataReceived))
         self.assertEqual(len(got), 65535)
-        self.assertEqual(attempt.transport.producerState, "paused")
+        # The upstream's response is over: its connection is pooled, and
+        # reading again (the rest waits in the stream for the window).
+        self.assertEqual(attempt.transport.producerState, "producing")
         # Now read everything, acknowledging as we go.
         client.bodies[sid] = got
         client.h2.acknowledge_received_data(len(got), sid)

@@ -997,6 +997,11 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
             if reusable and not upstream.lost and transport is not None and not self.factory.draining:
                 if transport.producer is not None:  # type: ignore[attr-defined]
                     transport.unregisterProducer()  # type: ignore[attr-defined]
+                # The client side may have paused it (its write buffer or
+                # an HTTP/2 window full) as the last bytes went out, and
+                # nothing resumes a producer once unregistered: a pooled
+                # connection must read, or its next request hangs.
+                transport.resumeProducing()  # type: ignore[attr-defined]
                 self.factory.pool.put(upstream)
             elif transport is not None:
                 if transport.producer is not None:  # type: ignore[attr-defined]
