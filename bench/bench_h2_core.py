@@ -21,7 +21,6 @@ import argparse
 import cProfile
 import os
 import pstats
-import re
 import subprocess
 import sys
 import tempfile

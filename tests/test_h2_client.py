@@ -26,7 +26,7 @@ from txproxy import config
 from txproxy.errors import ConfigError
 from txproxy.h2._client import H2ClientConnection, H2DialError
 from txproxy.h2._clientpool import H2ClientPool
-from txproxy.h2._stream import SEND_BUFFER, H2StreamTransport
+from txproxy.h2._stream import H2StreamTransport
 from txproxy.reverse import ReverseProxyFactory
 from txproxy.router import RouterService
 from txproxy.router._health import _CheckFactory, _H2CheckProtocol

@@ -20,7 +20,6 @@ from zope.interface import implementer
 
 from txproxy.h2._translate import (
     Data,
-    End,
     Head,
     MessageReader,
     StreamError,
