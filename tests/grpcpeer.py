@@ -6,7 +6,7 @@ peers don't need to).
 
 No generated code: the methods carry raw bytes (no serializers).
 
-    python tests/grpcpeer.py server PORT [CERT KEY]   # prints "ready" once serving
+    python tests/grpcpeer.py server PORT [CERT KEY]   # prints "ready PORT" once serving (PORT 0: any)
     python tests/grpcpeer.py client TARGET [CA NAME]  # runs every call, prints one JSON line
 
 Service C{test.Echo}:
@@ -79,11 +79,11 @@ def _server(port: int, cert: str = "", key: str = "") -> None:
     if cert:
         with open(cert, "rb") as c, open(key, "rb") as k:
             credentials = grpc.ssl_server_credentials([(k.read(), c.read())])
-        server.add_secure_port(address, credentials)
+        bound = server.add_secure_port(address, credentials)
     else:
-        server.add_insecure_port(address)
+        bound = server.add_insecure_port(address)
     server.start()
-    print("ready", flush=True)
+    print(f"ready {bound}", flush=True)
     # Bounded: the test kills it long before.
     server.wait_for_termination(timeout=120)
 

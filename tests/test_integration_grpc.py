@@ -18,6 +18,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Any, Dict, List, Optional
 
@@ -44,17 +45,21 @@ def grpcPython() -> str:
 
 
 class GRPCServer:
-    def __init__(self, port: int, pem: Optional[str] = None) -> None:
-        self.port = port
-        argv = [grpcPython(), PEER, "server", str(port)]
+    def __init__(self, pem: Optional[str] = None) -> None:
+        # Port 0: the server binds any free port and says which (no race
+        # with other test processes for a port picked in advance).
+        argv = [grpcPython(), PEER, "server", "0"]
         if pem is not None:
             argv += [pem, pem]
-        self.stderr = open(os.path.join(os.path.dirname(pem) if pem else "/tmp", f"grpc-{port}.err"), "w+")
+        self.stderr = tempfile.TemporaryFile("w+")
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self.stderr, text=True)
         line = self.proc.stdout.readline()  # type: ignore[union-attr]
-        if line.strip() != "ready":
+        word, _, port = line.strip().partition(" ")
+        self.port = int(port) if port.isdigit() else 0
+        if word != "ready" or not self.port:
+            errors = self.errors()
             self.stop()
-            raise RuntimeError(f"gRPC server did not start: {line!r} {self.errors()}")
+            raise RuntimeError(f"gRPC server did not start: {line!r} {errors}")
 
     def errors(self) -> str:
         self.stderr.seek(0)
@@ -94,9 +99,9 @@ class GRPCEndToEndTests(SynchronousTestCase):
         self.ca = TestCA()
         self.addCleanup(shutil.rmtree, self.ca.dir, True)
         self.pem = self.ca.issue(["localhost", "127.0.0.1"], "server.pem")
-        self.plainServer = GRPCServer(freePort())
+        self.plainServer = GRPCServer()
         self.addCleanup(self.plainServer.stop)
-        self.tlsServer = GRPCServer(freePort(), self.pem)
+        self.tlsServer = GRPCServer(self.pem)
         self.addCleanup(self.tlsServer.stop)
         self.port = freePort()
         self.tlsPort = freePort()
