@@ -44,6 +44,20 @@ def grpcPython() -> str:
     return sys.executable
 
 
+def peerEnvironment() -> Dict[str, str]:
+    """
+    The environment of a grpcio peer: this one without C{PYTHONPATH} and
+    C{PYTHONHOME}, which may name this interpreter's library (trial's
+    C{-j} workers get C{PYTHONPATH} from their parent's C{sys.path}: PyPy's
+    standard library would break a CPython peer).  The peer imports only
+    grpcio and the standard library.
+    """
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
+    env.pop("PYTHONHOME", None)
+    return env
+
+
 class GRPCServer:
     def __init__(self, pem: Optional[str] = None) -> None:
         # Port 0: the server binds any free port and says which (no race
@@ -52,7 +66,8 @@ class GRPCServer:
         if pem is not None:
             argv += [pem, pem]
         self.stderr = tempfile.TemporaryFile("w+")
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self.stderr, text=True)
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self.stderr, text=True,
+                                     env=peerEnvironment())
         line = self.proc.stdout.readline()  # type: ignore[union-attr]
         word, _, port = line.strip().partition(" ")
         self.port = int(port) if port.isdigit() else 0
@@ -76,7 +91,7 @@ class GRPCServer:
 
 def runClient(target: str, ca: str = "", name: str = "") -> Dict[str, Any]:
     argv = [grpcPython(), PEER, "client", target] + ([ca, name] if ca else [])
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=peerEnvironment())
     if done.returncode != 0:
         raise AssertionError(f"gRPC client failed: {done.stderr[-2000:]}")
     result: Dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
