@@ -621,6 +621,26 @@ class LifecycleTests(H2TestCase):
         self.clock.advance(9)
         self.assertFalse(client.transport.closed)
 
+    def test_streamTimersApply(self) -> None:
+        """
+        Each stream runs the HTTP/1.1 core's timers: a dial that never
+        completes gets 504 after --connect-timeout, an upstream that never
+        answers 504 after --response-timeout; the connection goes on.
+        """
+        client = self.open(self.reverse(connect_timeout="3", response_timeout="5"))
+        dialling = client.request(b"/dial")
+        answering = client.request(b"/answer")
+        self.connector.attempts[1].succeed()
+        self.clock.advance(3.1)
+        client.read()
+        self.assertEqual(client.status(dialling), 504)
+        self.assertNotIn(answering, client.heads)
+        self.clock.advance(2.0)
+        client.read()
+        self.assertEqual(client.status(answering), 504)
+        self.assertFalse(client.transport.closed)
+        self.assertEqual(client.proto._h2conn.streams, {})
+
     def test_drainSendsGoawayAndLetsStreamsFinish(self) -> None:
         factory = self.reverse()
         client = self.open(factory)
