@@ -36,6 +36,13 @@ from txproxy.httpproxy import (
     overrides,
 )
 from txproxy.connector import isIPLiteral
+from txproxy.intercept import (
+    INTERCEPT,
+    InterceptedTunnel,
+    Interceptor,
+    checkInterceptedDestination,
+    startInterception,
+)
 from txproxy.relay import RelayedProtocol, sendNow
 from txproxy._hookcompat import Legacy, hookCaller
 
@@ -66,13 +73,16 @@ class ForwardProxyProtocol(HTTPProxyProtocol):
 
       1. L{allowTunnel} (after the configured ACL, authentication, rate
          limit and C{--connect-ports} checks passed);
-      2. L{chooseUpstream};
-      3. L{relayOpened}, once the upstream is connected and C{200} sent;
-      4. L{clientData} / L{upstreamData} for each relayed chunk (only when
+      2. L{shouldIntercept}, only with C{--intercept-ca}: an intercepted
+         tunnel's requests then run through the HTTP hooks below, each as
+         an C{https://} request (see L{txproxy.intercept});
+      3. L{chooseUpstream} (not for an intercepted tunnel);
+      4. L{relayOpened}, once the upstream is connected and C{200} sent;
+      5. L{clientData} / L{upstreamData} for each relayed chunk (only when
          overridden: the default relay path calls no hook per chunk);
-      5. L{exchangeEnded}, once, when both sides are closed.
+      6. L{exchangeEnded}, once, when both sides are closed.
 
-    L{upstreamFailed} runs instead of 3-4 when the upstream cannot be
+    L{upstreamFailed} runs instead of 4-5 when the upstream cannot be
     reached.  Absolute-URI requests use the hooks of L{HTTPProxyProtocol}:
     L{allowRequest}, L{rewriteRequest}, L{rewriteResponse},
     L{requestBodyData}, L{responseBodyData}, L{exchangeEnded}.  The old
@@ -83,6 +93,7 @@ class ForwardProxyProtocol(HTTPProxyProtocol):
     #: The protocol built for the upstream side of a tunnel.
     tunnelProtocol: Any = RelayedProtocol
     mode = "forward"
+    factory: "ForwardProxyFactory"
 
     _tunnel: Optional[TunnelRequest] = None
 
@@ -98,6 +109,22 @@ class ForwardProxyProtocol(HTTPProxyProtocol):
             another status.
         """
         return True
+
+    def shouldIntercept(self, request: TunnelRequest) -> Any:
+        """
+        Decide whether to decrypt the tunnel C{request} asks for.  Runs
+        once per C{CONNECT} allowed by the policy and L{allowTunnel}, only
+        when the listener has C{--intercept-ca}.  The default follows
+        C{--intercept} and C{--no-intercept} (every host when no
+        C{--intercept} is given; C{--no-intercept} wins).  Override to
+        decide per tunnel (say, never for a banking category, or only for
+        some users: C{request.client.user}).
+
+        @return: C{True} to intercept, C{False} to relay the tunnel
+            opaquely; or a Deferred firing with one of those.
+        """
+        interceptor = self.factory.interceptor
+        return interceptor is not None and interceptor.policy.intercepts(request.target.host)
 
     def chooseUpstream(self, request: TunnelRequest) -> Any:
         """
@@ -186,7 +213,7 @@ class ForwardProxyProtocol(HTTPProxyProtocol):
         self._tunnel = request
         dial = self.factory.directDialer()
         choose = hookCaller(self, "chooseUpstream", ForwardProxyProtocol, _CHOOSE_LEGACY, False)
-        if dial is not None and choose is None \
+        if dial is not None and choose is None and self.factory.interceptor is None \
                 and not overrides(self, "allowTunnel", ForwardProxyProtocol) and isIPLiteral(host):
             # The common case, without a Deferred: a synchronous policy
             # decision and an IP literal, dialled with connectTCP.
@@ -209,6 +236,13 @@ class ForwardProxyProtocol(HTTPProxyProtocol):
 
     def _hookRequest(self) -> Any:
         return self._tunnel if self._tunnel is not None else self._request
+
+    def drain(self) -> None:
+        relay = self.relay
+        if relay is not None and relay.__class__ is InterceptedTunnel:
+            relay.drain()
+            return
+        super().drain()
 
     def _checkTunnelPolicy(self, head: RequestHead) -> Any:
         return self.checkPolicy(head)
@@ -240,6 +274,18 @@ class ForwardProxyProtocol(HTTPProxyProtocol):
         return defer.maybeDeferred(self.allowTunnel, tunnel).addCallback(decided)
 
     def _chooseAndDial(self, tunnel: TunnelRequest) -> Any:
+        if self.factory.interceptor is not None:
+            d = defer.maybeDeferred(self.shouldIntercept, tunnel)
+
+            def decided(intercept: Any) -> Any:
+                if intercept:
+                    return checkInterceptedDestination(self, tunnel)
+                return self._dialTunnel(tunnel)
+
+            return d.addCallback(decided)
+        return self._dialTunnel(tunnel)
+
+    def _dialTunnel(self, tunnel: TunnelRequest) -> Any:
         choose = hookCaller(self, "chooseUpstream", ForwardProxyProtocol, _CHOOSE_LEGACY, False)
         if choose is not None:
             d = defer.maybeDeferred(choose, self, tunnel)
@@ -299,6 +345,11 @@ class ForwardProxyProtocol(HTTPProxyProtocol):
 
     def _tunnelConnected(self, upstream: RelayedProtocol) -> None:
         self._pending = None
+        if upstream is INTERCEPT:
+            if self._state == _WAIT:  # (else the client left meanwhile)
+                assert self._tunnel is not None
+                startInterception(self, self._tunnel)
+            return
         if self._state != _WAIT:  # the client left meanwhile
             upstream.transport.loseConnection()  # type: ignore[union-attr]
             return
@@ -499,6 +550,28 @@ class ForwardProxyFactory(HTTPProxyFactory):
 
     protocol = ForwardProxyProtocol
     mode = "forward"
+    _interceptor: Optional[Interceptor] = None
+    _interceptorFor: Any = None
+
+    @property
+    def interceptor(self) -> Optional[Interceptor]:
+        """
+        The L{txproxy.intercept.Interceptor} of the listener's current
+        configuration (C{--intercept-ca}), or L{None}.
+        """
+        listener = self.listener
+        if self._interceptorFor is not listener:
+            self._interceptor = Interceptor.forListener(listener)
+            self._interceptorFor = listener
+        return self._interceptor
+
+    def reloadListener(self, listener: Any, dryRun: bool = False) -> None:
+        """
+        Also check that the C{--intercept-ca} file (re-read when changed)
+        loads.
+        """
+        Interceptor.forListener(listener)
+        super().reloadListener(listener, dryRun)
 
     def startFactory(self) -> None:
         """

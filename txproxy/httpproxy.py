@@ -226,6 +226,9 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
     _h2conn: Optional[H2ServerConnection] = None
     #: On the protocol serving one HTTP/2 stream: that stream (its transport).
     _h2stream: Any = None
+    #: False on a protocol over another's connection (an intercepted
+    #: tunnel's decrypted side): that one counts the connection.
+    _countsConnection = True
 
     # -- hooks
 
@@ -1340,7 +1343,7 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
         if self._lease is not None:
             self._lease.release()
             self._lease = None
-        if self._h2stream is None:
+        if self._h2stream is None and self._countsConnection:
             self.factory.connectionClosed(self)
 
 

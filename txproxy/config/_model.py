@@ -184,6 +184,14 @@ class ListenerConfig:
     #: --h2-max-streams: concurrent streams per client HTTP/2 connection
     #: (C{SETTINGS_MAX_CONCURRENT_STREAMS}), 1 to 2**31-1.
     h2MaxStreams: int = 100
+    #: --intercept-ca: forward mode: the PEM file (CA certificate and key)
+    #: issuing the certificates of intercepted tunnels; L{None}: none.
+    interceptCA: Optional[str] = None
+    #: --intercept: host patterns whose tunnels are intercepted (empty:
+    #: all, with --intercept-ca).
+    intercept: Tuple[str, ...] = ()
+    #: --no-intercept: host patterns never intercepted (wins).
+    noIntercept: Tuple[str, ...] = ()
 
     @property
     def effectiveBurst(self) -> int:

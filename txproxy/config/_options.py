@@ -7,7 +7,9 @@ and the TOML file).
 
 from __future__ import annotations
 
+import ipaddress
 import math
+import re
 import socket
 from typing import Any, Callable, Dict, List, Sequence, Tuple
 
@@ -91,6 +93,32 @@ def _cidr(value: Any, where: str) -> str:
     return cidr
 
 
+_LABEL = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)\Z")
+
+
+def _hostPattern(value: Any, where: str) -> str:
+    """
+    An C{--intercept}/C{--no-intercept} pattern: C{*}, a host name
+    (C{example.com}), C{*.} and a host name (C{*.example.com}), or an IP
+    address; lower-cased, without a trailing dot.
+    """
+    text = _string(value, where).strip().lower()
+    if text.endswith(".") and text != ".":
+        text = text[:-1]
+    if text == "*":
+        return text
+    bare = text[2:] if text.startswith("*.") else text
+    try:
+        ipaddress.ip_address(bare.strip("[]"))
+        if bare is text:
+            return bare.strip("[]")
+    except ValueError:
+        labels = bare.split(".")
+        if bare.isascii() and len(bare) <= 253 and all(_LABEL.match(label) for label in labels):
+            return text
+    raise ConfigError(f"{where}: bad host pattern {value!r} (expected example.com, *.example.com, an IP address or *)")
+
+
 def _timeout(value: Any, where: str) -> float:
     return float(_number(float, 0.0)(value, where))
 
@@ -137,6 +165,9 @@ _LISTENER_OPTIONS: List[Tuple[str, str, _Converter, bool]] = [
     ("rate-key", "rateKey", _choice(("client", "user", "route")), False),
     ("http2", "http2", _onOff, False),
     ("h2-max-streams", "h2MaxStreams", lambda v, w: _bounded(v, w, 1, MAX_H2_STREAMS), False),
+    ("intercept-ca", "interceptCA", _string, False),
+    ("intercept", "intercept", lambda v, w: _hostPattern(v, w), True),
+    ("no-intercept", "noIntercept", lambda v, w: _hostPattern(v, w), True),
 ]
 
 _CIDR_FIELDS = {"trustedProxies", "allow", "deny", "denyDest"}
@@ -217,7 +248,7 @@ def _finishListener(values: Dict[str, Any], where: str) -> ListenerConfig:
             values[field] = parseCIDRs(values[field])
     if "listen" not in values or not values["listen"]:
         values["listen"] = ("tcp:3128",)
-    for key in ("upstreams", "routes", "listen"):
+    for key in ("upstreams", "routes", "listen", "intercept", "noIntercept"):
         if key in values:
             values[key] = tuple(values[key])
     listener = ListenerConfig(**values)
@@ -292,6 +323,11 @@ def _crossCheck(l: ListenerConfig, where: str) -> None:
         raise ConfigError(f"{pre}--burst needs --rate")
     if l.auth is not None and l.mode != "forward":
         raise ConfigError(f"{pre}--auth is only for mode forward")
+    if l.interceptCA is not None and l.mode != "forward":
+        raise ConfigError(f"{pre}--intercept-ca is only for mode forward (mode is {l.mode})")
+    if (l.intercept or l.noIntercept) and l.interceptCA is None:
+        option = "--intercept" if l.intercept else "--no-intercept"
+        raise ConfigError(f"{pre}{option} needs --intercept-ca")
     key = f"{w}." if w else ""
     for name, field, constant in _KEEPALIVE_CONSTANTS:
         if getattr(l, field) is None:

@@ -25,7 +25,7 @@ from txproxy.config import ListenerConfig
 from txproxy.errors import ConfigError
 from txproxy.proxyaccept import HalfCloseableHAProxyFactory
 from txproxy.runtime.process import reusePortIfWorker
-from txproxy.tls import checkCABundle, isTLSListener, tlsServerEndpoint
+from txproxy.tls import InterceptCA, checkCABundle, isTLSListener, tlsServerEndpoint
 
 __all__ = [
     "ListenerService",
@@ -215,6 +215,8 @@ def checkResources(config: _config.ProxyConfig, reactor: Any = None) -> None:
         checkUpstreamEndpoints(listener, reactor)
         if listener.upstreamCA is not None:
             checkCABundle(listener.upstreamCA, "--upstream-ca")
+        if listener.interceptCA is not None:
+            InterceptCA.fromFile(listener.interceptCA)
         for route in listener.routes:
             if route.caBundle is not None:
                 try:

@@ -57,6 +57,12 @@ _LISTENER_HELP = {
     "knowledge on all); off: HTTP/1.1 only.",
     "h2-max-streams": "forward/reverse modes: concurrent HTTP/2 streams per client connection, 1 to "
     "2147483647 (default 100); more get RST_STREAM(REFUSED_STREAM).",
+    "intercept-ca": "forward mode: PEM file with a CA certificate and its key (mode 600): decrypt CONNECT tunnels "
+    "with certificates it issues on the fly, so requests inside get the HTTP policy, hooks and logs.",
+    "intercept": "forward mode with --intercept-ca: decrypt only tunnels to hosts matching this pattern "
+    "(example.com, *.example.com); repeatable; default: all.",
+    "no-intercept": "forward mode with --intercept-ca: never decrypt tunnels to hosts matching this pattern "
+    "(wins over --intercept); repeatable.",
 }
 _PROCESS_HELP = {
     "admin": "Admin HTTP endpoint serving /metrics and /healthz (e.g. tcp:9901:interface=127.0.0.1).",
@@ -115,6 +121,8 @@ class Options(usage.Options):
     opt_deny = _repeat("deny", _LISTENER_HELP["deny"])
     opt_deny_dest = _repeat("deny-dest", _LISTENER_HELP["deny-dest"])
     opt_trusted_proxies = _repeat("trusted-proxies", _LISTENER_HELP["trusted-proxies"])
+    opt_intercept = _repeat("intercept", _LISTENER_HELP["intercept"])
+    opt_no_intercept = _repeat("no-intercept", _LISTENER_HELP["no-intercept"])
     opt_admin = _repeat("admin", _PROCESS_HELP["admin"])
     del _repeat
 

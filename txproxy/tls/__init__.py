@@ -82,16 +82,25 @@ platform's store, then the backend's name checked with service_identity
 (a DNS name or an IP address), ALPN C{http/1.1}, TLS 1.2 and later; the
 records go through the stdlib C{ssl} module (L{TLSClientEndpoint}).
 L{clientTLSOptions} gives the same policy as pyOpenSSL options, for code
-that uses Twisted's own TLS.
+that uses Twisted's own TLS; L{clientTLSSettings} gives it for a protocol
+wrapped by hand.
+
+Interception
+============
+
+L{InterceptCA} (C{--intercept-ca}) mints the certificates served to
+clients of intercepted C{CONNECT} tunnels (see L{txproxy.intercept}).
 """
 
 
 from __future__ import annotations
 
+from txproxy.tls._ca import InterceptCA
 from txproxy.tls._client import (
     TLSClientEndpoint,
     checkCABundle,
     clientTLSOptions,
+    clientTLSSettings,
     verificationFailure,
     wrapClientTLS,
 )
@@ -116,12 +125,14 @@ __all__ = [
     "MODERN_CIPHERS",
     "CertificateEntry",
     "CertificateStore",
+    "InterceptCA",
     "ServerTLSOptions",
     "TLSClientEndpoint",
     "TLSServerEndpoint",
     "certificateNames",
     "checkCABundle",
     "clientTLSOptions",
+    "clientTLSSettings",
     "hostMatchesNames",
     "isTLSListener",
     "isTLSTransport",

@@ -221,6 +221,29 @@ def wrapClientTLS(
     return TLSClientEndpoint(endpoint, hostname, context, verify)
 
 
+def clientTLSSettings(
+    hostname: str, caBundle: Optional[str] = None, alpn: Tuple[str, ...] = ("http/1.1",)
+) -> Tuple[Callable[[Any, Any], Any], Callable[[Any], None]]:
+    """
+    The verified client TLS of L{wrapClientTLS}, for a caller that wraps a
+    protocol itself (L{txproxy.tls._proto.TLSClientProtocol}): the
+    certificate must chain to C{caBundle} (or the platform's trust store)
+    and be valid for C{hostname}; SNI for names, ALPN C{alpn}.
+
+    @return: C{(newObject, verify)}: makes the client C{ssl.SSLObject}
+        from two memory BIOs, and checks the server's name once the
+        handshake is over.
+    @raise ConfigError: the bundle cannot be read or holds no certificate.
+    """
+    context = _clientContext(caBundle, _bundleStamp(caBundle), True, tuple(alpn))
+    serverName = None if isIPLiteral(hostname) else hostname
+
+    def newObject(incoming: Any, outgoing: Any) -> Any:
+        return context.wrap_bio(incoming, outgoing, server_side=False, server_hostname=serverName)
+
+    return newObject, _verifyName(hostname)
+
+
 def checkCABundle(path: str, what: str = "CA bundle") -> None:
     """
     Check that C{path} is a PEM bundle of CA certificates that OpenSSL
