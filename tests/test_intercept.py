@@ -1,0 +1,579 @@
+"""
+Tests for L{txproxy.intercept}: host patterns, the configuration, the
+interception decision (C{--intercept}, C{--no-intercept},
+C{shouldIntercept}) and the decrypted connection layer, on fake
+transports with TLS in memory on both sides.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import ssl
+import tempfile
+from typing import Any, List, Optional, Tuple
+
+from cryptography.hazmat.primitives import serialization
+from twisted.internet import defer
+from twisted.internet.task import Clock
+from twisted.logger import globalLogPublisher
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.procs import TestCA
+from tests.test_intercept_ca import sharedCA, writeCA
+from txproxy.accesslog import AccessRecord
+from txproxy.config import fromFlags
+from txproxy.errors import ConfigError
+from txproxy.forward import ForwardProxyProtocol
+from txproxy.hooks import TunnelRequest
+from txproxy.http import RequestHead, replaceHeader
+from txproxy.intercept import HostPatterns, InterceptPolicy, interceptedClass
+from txproxy.testing import FakeConnector, connect, forwardFactory
+
+CONNECT = b"CONNECT example.test:443 HTTP/1.1\r\nHost: example.test:443\r\n\r\n"
+_ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
+
+
+class HostPatternTests(SynchronousTestCase):
+    """
+    L{HostPatterns} and L{InterceptPolicy}.
+    """
+
+    def test_exact(self) -> None:
+        """
+        A name matches itself, whatever its case and trailing dot, and
+        nothing else.
+        """
+        p = HostPatterns(["example.com"])
+        self.assertTrue(p.matches("example.com"))
+        self.assertTrue(p.matches("EXAMPLE.com."))
+        self.assertFalse(p.matches("www.example.com"))
+        self.assertFalse(p.matches("badexample.com"))
+
+    def test_wildcard(self) -> None:
+        """
+        C{*.example.com} matches names below it, at any depth, not the
+        name itself nor names merely ending alike.
+        """
+        p = HostPatterns(["*.example.com"])
+        self.assertTrue(p.matches("www.example.com"))
+        self.assertTrue(p.matches("a.b.Example.COM"))
+        self.assertFalse(p.matches("example.com"))
+        self.assertFalse(p.matches("badexample.com"))
+
+    def test_addresses(self) -> None:
+        """
+        IP addresses match in any spelling; C{*} matches everything.
+        """
+        p = HostPatterns(["2001:db8::1", "192.0.2.1"])
+        self.assertTrue(p.matches("[2001:DB8:0::1]"))
+        self.assertTrue(p.matches("192.0.2.1"))
+        self.assertFalse(p.matches("192.0.2.2"))
+        self.assertTrue(HostPatterns(["*"]).matches("anything.test"))
+        self.assertFalse(HostPatterns([]))
+
+    def test_policy(self) -> None:
+        """
+        No C{--intercept}: everything; C{--no-intercept} wins.
+        """
+        everything = InterceptPolicy((), ("bank.test", "*.bank.test"))
+        self.assertTrue(everything.intercepts("example.test"))
+        self.assertFalse(everything.intercepts("bank.test"))
+        self.assertFalse(everything.intercepts("www.bank.test"))
+        some = InterceptPolicy(("*.example.test",), ("secret.example.test",))
+        self.assertTrue(some.intercepts("www.example.test"))
+        self.assertFalse(some.intercepts("secret.example.test"))
+        self.assertFalse(some.intercepts("other.test"))
+
+
+class ConfigTests(SynchronousTestCase):
+    """
+    The options, checked as on the command line.
+    """
+
+    def test_options(self) -> None:
+        """
+        C{--intercept} and C{--no-intercept} repeat; patterns are
+        normalized.
+        """
+        config = fromFlags(
+            ["tcp:0"],
+            [("intercept-ca", "ca.pem"), ("intercept", "*.Example.COM."), ("intercept", "[::1]"), ("no-intercept", "x.test")],
+        )
+        listener = config.listeners[0]
+        self.assertEqual(listener.interceptCA, "ca.pem")
+        self.assertEqual(listener.intercept, ("*.example.com", "::1"))
+        self.assertEqual(listener.noIntercept, ("x.test",))
+
+    def test_toml(self) -> None:
+        """
+        The TOML keys are C{intercept_ca}, C{intercept}, C{no_intercept}.
+        """
+        from txproxy.config import fromTOML
+
+        c = fromTOML({"listeners": [{"listen": ["tcp:1"], "intercept_ca": "ca.pem", "intercept": ["a.test"], "no_intercept": ["b.test"]}]})
+        self.assertEqual((c.listeners[0].intercept, c.listeners[0].noIntercept), (("a.test",), ("b.test",)))
+
+    def test_errors(self) -> None:
+        """
+        Patterns without a CA, a CA outside forward mode and malformed
+        patterns are refused with one line naming the option.
+        """
+        for options, fragment in [
+            ([("intercept", "a.test")], "--intercept needs --intercept-ca"),
+            ([("no-intercept", "a.test")], "--no-intercept needs --intercept-ca"),
+            ([("mode", "reverse"), ("route", "a=http://b:1"), ("intercept-ca", "ca.pem")], "only for mode forward"),
+            ([("intercept-ca", "ca.pem"), ("intercept", "a b")], "bad host pattern"),
+            ([("intercept-ca", "ca.pem"), ("intercept", "*.*.a")], "bad host pattern"),
+            ([("intercept-ca", "ca.pem"), ("intercept", "*.192.0.2.1")], "bad host pattern"),
+        ]:
+            e = self.assertRaises(ConfigError, fromFlags, ["tcp:0"], options)
+            self.assertIn(fragment, str(e))
+            self.assertNotIn("\n", str(e))
+
+    def test_startupChecksTheKeyFile(self) -> None:
+        """
+        At start-up a CA file readable by others is an error (one line).
+        """
+        from txproxy.runtime.tap import parseCommandLine
+
+        directory = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, directory, True)
+        path = writeCA(directory, *sharedCA(), mode=0o644)
+        e = self.assertRaises(ConfigError, parseCommandLine, ["--listen", "tcp:0", "--intercept-ca", path])
+        self.assertIn("group or others", str(e))
+        os.chmod(path, 0o600)
+        self.assertEqual(parseCommandLine(["--listen", "tcp:0", "--intercept-ca", path]).listeners[0].interceptCA, path)
+
+    def test_help(self) -> None:
+        """
+        The options are in C{--help}.
+        """
+        from txproxy.runtime.tap import Options
+
+        text = str(Options())
+        for option in ("--intercept-ca=", "--intercept=", "--no-intercept="):
+            self.assertIn(option, text)
+
+
+class _TLSPeer:
+    """
+    One end of a TLS connection in memory (the stdlib's C{ssl}).
+    """
+
+    def __init__(self, context: ssl.SSLContext, server: bool, serverName: Optional[str] = None) -> None:
+        self.incoming = ssl.MemoryBIO()
+        self.outgoing = ssl.MemoryBIO()
+        self.obj = context.wrap_bio(self.incoming, self.outgoing, server_side=server, server_hostname=serverName)
+        self.received = b""
+        self.error: Optional[BaseException] = None
+        self.closed = False
+
+    def pump(self, data: bytes = b"") -> bytes:
+        """
+        Take C{data} from the peer; return the bytes to send to it.
+        """
+        if data:
+            self.incoming.write(data)
+        try:
+            self.obj.do_handshake()
+            while True:
+                chunk = self.obj.read(65536)
+                if not chunk:
+                    self.closed = True
+                    break
+                self.received += chunk
+        except (ssl.SSLWantReadError, ssl.SSLZeroReturnError):
+            pass
+        except ssl.SSLError as e:
+            self.error = e
+        return self.outgoing.read()
+
+    def send(self, data: bytes) -> bytes:
+        self.obj.write(data)
+        return self.outgoing.read()
+
+
+class _Records:
+    def __init__(self) -> None:
+        self.records: List[AccessRecord] = []
+
+    def log(self, record: AccessRecord) -> None:
+        self.records.append(record)
+
+
+class InterceptTestCase(SynchronousTestCase):
+    """
+    A forward factory with C{--intercept-ca} on fakes; the client and the
+    origin speak TLS in memory.
+    """
+
+    def setUp(self) -> None:
+        self.dir = tempfile.mkdtemp(prefix="txproxy-intercept-")
+        self.addCleanup(shutil.rmtree, self.dir, True)
+        caCert, caKey = sharedCA()
+        self.caPath = writeCA(self.dir, caCert, caKey)
+        self.caPEM = caCert.public_bytes(serialization.Encoding.PEM).decode("ascii")
+        self.origin = _originCA()
+        self.clock = Clock()
+        self.connector = FakeConnector({"example.test": ["192.0.2.10"], "other.test": ["192.0.2.20"]})
+        self.log = _Records()
+
+    def factory(self, trustOrigin: bool = True, protocol: Any = None, **options: Any) -> Any:
+        options.setdefault("intercept_ca", self.caPath)
+        if trustOrigin:
+            options.setdefault("upstream_ca", self.origin.caPath)
+        f = forwardFactory(self.connector, self.clock, protocol=protocol, **options)
+        f.accessLog = self.log
+        return f
+
+    def clientTLS(self, serverName: Optional[str] = "example.test") -> _TLSPeer:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.load_verify_locations(cadata=self.caPEM)
+        ctx.set_alpn_protocols(["h2", "http/1.1"])
+        return _TLSPeer(ctx, False, serverName)
+
+    def open(self, factory: Any = None, connect_: bytes = CONNECT, extra: bytes = b"") -> Tuple[Any, Any, _TLSPeer]:
+        """
+        CONNECT and the TLS handshake: return the protocol, the client
+        transport (cleared) and the client's TLS end.
+        """
+        proto, transport = connect(factory or self.factory())
+        proto.dataReceived(connect_ + extra)
+        self.assertTrue(transport.value().startswith(_ESTABLISHED), transport.value())
+        tls = self.clientTLS()
+        self.exchange(proto, transport, tls, b"")
+        self.assertIsNone(tls.error)
+        return proto, transport, tls
+
+    def exchange(self, proto: Any, transport: Any, tls: _TLSPeer, plaintext: bytes) -> bytes:
+        """
+        Send C{plaintext} (once the handshake is over) and pump both ways
+        until quiet; return what the client decrypted meanwhile.
+        """
+        before = len(tls.received)
+        pending = plaintext
+        for _ in range(30):
+            data = transport.value()
+            transport.clear()
+            if data.startswith(_ESTABLISHED):
+                data = data[len(_ESTABLISHED):]
+            out = tls.pump(data)
+            if pending and tls.obj.version() is not None:
+                out += tls.send(pending)
+                pending = b""
+            if out:
+                proto.dataReceived(out)
+            elif not data:
+                break
+        return tls.received[before:]
+
+    def originServe(self, attempt: Any, response: bytes = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok") -> Tuple[_TLSPeer, Any]:
+        """
+        Complete the origin connection of C{attempt}, do its TLS handshake
+        and answer the request with C{response} once it has arrived.
+        """
+        upstream = attempt.succeed()
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(self.origin.serverPath)
+        self.originNames: List[Optional[str]] = []
+        ctx.sni_callback = lambda obj, name, c: self.originNames.append(name)  # type: ignore[assignment,func-returns-value]
+        server = _TLSPeer(ctx, True)
+        answered = False
+        for _ in range(20):
+            data = upstream.value()
+            upstream.clear()
+            out = server.pump(data)
+            if not answered and b"\r\n\r\n" in server.received:
+                out += server.send(response)
+                answered = True
+            if out:
+                attempt.protocol.dataReceived(out)
+            if not out and not data:
+                break
+        return server, upstream
+
+
+_ORIGIN: List[Any] = []
+
+
+def _originCA() -> Any:
+    """
+    The origin's own CA and a certificate for example.test (one for the
+    module).
+    """
+    if not _ORIGIN:
+        ca = TestCA()
+        ca.serverPath = ca.issue(["example.test"], "origin.pem")  # type: ignore[attr-defined]
+        _ORIGIN.append(ca)
+    return _ORIGIN[0]
+
+
+class InterceptedRequestTests(InterceptTestCase):
+    """
+    The decrypted side: each request is an https:// request to the CONNECT
+    host, through the HTTP core.
+    """
+
+    def test_requestReachesTheOriginOverVerifiedTLS(self) -> None:
+        """
+        The client verifies the minted certificate; its request reaches
+        the CONNECT host over TLS (SNI example.test) in origin form with
+        the Host of the origin; the response comes back; the access record
+        has the full https:// URL.
+        """
+        proto, transport, tls = self.open()
+        self.assertEqual(tls.obj.selected_alpn_protocol(), "http/1.1")
+        self.assertEqual(self.connector.attempts, [])
+        self.exchange(proto, transport, tls, b"GET /a?b=1 HTTP/1.1\r\nHost: example.test\r\nUser-Agent: t\r\n\r\n")
+        attempt = self.connector.last
+        self.assertEqual((attempt.host, attempt.port), ("192.0.2.10", 443))
+        server, _ = self.originServe(attempt)
+        self.assertIsNone(server.error)
+        self.assertEqual(self.originNames, ["example.test"])
+        head = server.received.split(b"\r\n\r\n")[0]
+        self.assertTrue(head.startswith(b"GET /a?b=1 HTTP/1.1\r\n"), head)
+        self.assertIn(b"\r\nHost: example.test\r\n", head + b"\r\n")
+        got = self.exchange(proto, transport, tls, b"")
+        self.assertTrue(got.startswith(b"HTTP/1.1 200 OK\r\n"), got)
+        self.assertTrue(got.endswith(b"\r\n\r\nok"))
+        (record,) = self.log.records
+        self.assertEqual((record.method, record.target, record.status), ("GET", "https://example.test:443/a?b=1", 200))
+        self.assertEqual(record.upstream, "192.0.2.10:443")
+
+    def test_keepAliveAndPipelining(self) -> None:
+        """
+        Two pipelined requests are both answered, in order, on one pooled
+        origin connection.
+        """
+        proto, transport, tls = self.open()
+        request = b"GET /%d HTTP/1.1\r\nHost: example.test\r\n\r\n"
+        self.exchange(proto, transport, tls, (request % 1) + (request % 2))
+        attempt = self.connector.last
+        server, upstream = self.originServe(attempt, b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n1")
+        self.exchange(proto, transport, tls, b"")
+        # The second request went on the same origin connection.
+        self.assertEqual(len(self.connector.attempts), 1)
+        self.assertIn(b"GET /2 HTTP/1.1", server.received)
+        attempt.protocol.dataReceived(server.send(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n2"))
+        got = self.exchange(proto, transport, tls, b"")
+        self.assertEqual(got.count(b"HTTP/1.1 200 OK"), 1)
+        self.assertEqual([r.target for r in self.log.records], ["https://example.test:443/1", "https://example.test:443/2"])
+
+    def test_untrustedOriginIs502(self) -> None:
+        """
+        An origin whose certificate does not verify gets the client a 502
+        inside the decrypted connection, naming the reason; nothing of the
+        request reaches it.
+        """
+        proto, transport, tls = self.open(self.factory(trustOrigin=False))
+        self.exchange(proto, transport, tls, b"GET / HTTP/1.1\r\nHost: example.test\r\n\r\n")
+        server, _ = self.originServe(self.connector.last)
+        self.assertEqual(server.received, b"")
+        got = self.exchange(proto, transport, tls, b"")
+        self.assertTrue(got.startswith(b"HTTP/1.1 502 "), got)
+        self.assertIn(b"certificate verify failed", got)
+        (record,) = self.log.records
+        self.assertEqual(record.status, 502)
+
+    def test_misdirectedHostIs421(self) -> None:
+        """
+        A request naming another host than the tunnel's gets 421 and never
+        reaches an origin.
+        """
+        proto, transport, tls = self.open()
+        got = self.exchange(proto, transport, tls, b"GET / HTTP/1.1\r\nHost: other.test\r\n\r\n")
+        self.assertTrue(got.startswith(b"HTTP/1.1 421 "), got)
+        self.assertEqual(self.connector.attempts, [])
+
+    def test_notHTTPIsClosedWithOneLogLine(self) -> None:
+        """
+        A client speaking something else than HTTP after the handshake is
+        closed, with one log line naming the tunnel.
+        """
+        events: List[dict] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        proto, transport, tls = self.open()
+        got = self.exchange(proto, transport, tls, b"\x00\x01binary stuff\r\n\r\n")
+        self.assertEqual(got, b"")
+        self.assertTrue(transport.disconnecting)
+        lines = [e for e in events if e.get("log_namespace") == "txproxy.intercept"]
+        self.assertEqual(len(lines), 1)
+        self.assertEqual(lines[0]["target"], "example.test:443")
+
+    def test_connectInsideIs405(self) -> None:
+        """
+        No tunnel in a tunnel.
+        """
+        proto, transport, tls = self.open()
+        got = self.exchange(proto, transport, tls, b"CONNECT a.test:443 HTTP/1.1\r\nHost: a.test:443\r\n\r\n")
+        self.assertTrue(got.startswith(b"HTTP/1.1 405 "), got)
+
+    def test_userCarriedOverAndRateLimit(self) -> None:
+        """
+        The tunnel's authenticated user is every inner request's (no second
+        407); each inner request takes a token of the rate limit.
+        """
+        from txproxy.limits.memory import MemoryLimiter
+        from txproxy.limits.service import ListenerLimits
+
+        fd, path = tempfile.mkstemp(dir=self.dir)
+        os.write(fd, b"alice:{SHA}5en6G6MezRroT3XKqkdPOmY/BfQ=\n")
+        os.close(fd)
+        factory = self.factory(auth=path, rate="1/h", burst=3)
+        factory.limits = ListenerLimits(MemoryLimiter(self.clock), factory.listener, "test")
+        creds = base64.b64encode(b"alice:secret")
+        connect_ = b"CONNECT example.test:443 HTTP/1.1\r\nHost: example.test:443\r\nProxy-Authorization: Basic " + creds + b"\r\n\r\n"
+        proto, transport, tls = self.open(factory, connect_)
+        request = b"GET / HTTP/1.1\r\nHost: example.test\r\n\r\n"
+        self.exchange(proto, transport, tls, request)
+        attempt = self.connector.last
+        server, upstream = self.originServe(attempt)
+        got = self.exchange(proto, transport, tls, b"")
+        self.assertTrue(got.startswith(b"HTTP/1.1 200 "), got)
+        self.assertEqual(self.log.records[-1].user, "alice")
+        # The second request (on the pooled origin connection) takes the
+        # last token; CONNECT took the first.
+        self.exchange(proto, transport, tls, request)
+        server.pump(upstream.value())
+        upstream.clear()
+        attempt.protocol.dataReceived(server.send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"))
+        got = self.exchange(proto, transport, tls, b"")
+        self.assertTrue(got.startswith(b"HTTP/1.1 200 "), got)
+        # The third is over the limit.
+        got = self.exchange(proto, transport, tls, request)
+        self.assertIn(b"HTTP/1.1 429 ", got)
+        self.assertEqual(len(self.connector.attempts), 1)
+        users = [r.user for r in self.log.records if r.method == "GET"]
+        self.assertEqual(users, ["alice"] * len(users))
+
+    def test_connectRecordedOnClose(self) -> None:
+        """
+        The CONNECT itself gets one record, when the connection closes.
+        """
+        proto, transport, tls = self.open()
+        transport.peerClosed()
+        (record,) = self.log.records
+        self.assertEqual((record.method, record.status, record.reason), ("CONNECT", 200, "intercepted"))
+
+
+class DecisionTests(InterceptTestCase):
+    """
+    Which tunnels are intercepted.
+    """
+
+    def assertOpaque(self, factory: Any, connect_: bytes = CONNECT) -> None:
+        proto, transport = connect(factory)
+        proto.dataReceived(connect_)
+        self.assertEqual(transport.value(), b"")
+        upstream = self.connector.last.succeed()
+        self.assertEqual(transport.value(), _ESTABLISHED)
+        proto.dataReceived(b"raw client hello")
+        self.assertEqual(upstream.value(), b"raw client hello")
+
+    def test_noInterceptStaysOpaque(self) -> None:
+        """
+        A host matched by C{--no-intercept} is relayed as today.
+        """
+        self.assertOpaque(self.factory(no_intercept="*.test"))
+
+    def test_interceptPatterns(self) -> None:
+        """
+        With C{--intercept}, only matching hosts are decrypted.
+        """
+        self.assertOpaque(self.factory(intercept="other.test"))
+        self.open(self.factory(intercept="example.test"))
+
+    def test_withoutCAEverythingIsOpaque(self) -> None:
+        """
+        Without C{--intercept-ca} nothing changes.
+        """
+        f = forwardFactory(self.connector, self.clock)
+        self.assertIsNone(f.interceptor)
+        self.assertOpaque(f)
+
+    def test_hookDecides(self) -> None:
+        """
+        C{shouldIntercept} decides per tunnel, with the tunnel request
+        (and may answer with a Deferred).
+        """
+        asked: List[TunnelRequest] = []
+        later: List[defer.Deferred] = []
+
+        class Proxy(ForwardProxyProtocol):
+            def shouldIntercept(self, request: TunnelRequest) -> Any:
+                asked.append(request)
+                if request.target.host == "example.test":
+                    d: defer.Deferred = defer.Deferred()
+                    later.append(d)
+                    return d
+                return False
+
+        factory = self.factory(protocol=Proxy)
+        self.assertOpaque(factory, b"CONNECT other.test:443 HTTP/1.1\r\nHost: other.test:443\r\n\r\n")
+        proto, transport = connect(factory)
+        proto.dataReceived(CONNECT)
+        self.assertEqual(transport.value(), b"")
+        later[0].callback(True)
+        self.assertEqual(transport.value(), _ESTABLISHED)
+        self.assertEqual([r.target.host for r in asked], ["other.test", "example.test"])
+
+    def test_denyDestAtConnect(self) -> None:
+        """
+        An intercepted tunnel to a denied destination is refused at
+        CONNECT (403), before any TLS.
+        """
+        proto, transport = connect(self.factory(deny_dest="192.0.2.0/24"))
+        proto.dataReceived(CONNECT)
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 403 "), transport.value())
+
+    def test_connectPortsStillApply(self) -> None:
+        """
+        C{--connect-ports} is checked before interception.
+        """
+        proto, transport = connect(self.factory())
+        proto.dataReceived(b"CONNECT example.test:8443 HTTP/1.1\r\nHost: example.test:8443\r\n\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 403 "), transport.value())
+
+
+class SubclassHookTests(InterceptTestCase):
+    """
+    The listener's protocol class, hooks included, serves the decrypted
+    requests.
+    """
+
+    def test_rewriteRequestInsideHTTPS(self) -> None:
+        """
+        A subclass's C{rewriteRequest} and C{allowRequest} see the https
+        request; the origin gets the rewritten head.
+        """
+        seen: List[Any] = []
+
+        class Proxy(ForwardProxyProtocol):
+            def allowRequest(self, request: Any) -> bool:
+                seen.append((request.scheme, str(request.target), request.path))
+                return request.path != b"/forbidden"
+
+            def rewriteRequest(self, request: Any, head: RequestHead) -> RequestHead:
+                return RequestHead(head.method, head.target, head.version, replaceHeader(head.headers, b"X-Intercepted", b"yes"))
+
+        proto, transport, tls = self.open(self.factory(protocol=Proxy))
+        self.assertIsInstance(proto, Proxy)
+        got = self.exchange(proto, transport, tls, b"GET /forbidden HTTP/1.1\r\nHost: example.test\r\n\r\n")
+        self.assertTrue(got.startswith(b"HTTP/1.1 403 "), got)
+        proto, transport, tls = self.open(self.factory(protocol=Proxy))
+        self.exchange(proto, transport, tls, b"GET / HTTP/1.1\r\nHost: example.test\r\n\r\n")
+        server, _ = self.originServe(self.connector.last)
+        self.assertIn(b"\r\nX-Intercepted: yes\r\n", server.received)
+        self.assertEqual(seen, [("https", "example.test:443", b"/forbidden"), ("https", "example.test:443", b"/")])
+
+    def test_classMadeOnce(self) -> None:
+        """
+        The decrypted side's class is the listener's class with the mixin,
+        made once per class.
+        """
+        cls = interceptedClass(ForwardProxyProtocol)
+        self.assertIs(interceptedClass(ForwardProxyProtocol), cls)
+        self.assertTrue(issubclass(cls, ForwardProxyProtocol))
