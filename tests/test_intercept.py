@@ -403,6 +403,34 @@ class InterceptedRequestTests(InterceptTestCase):
         self.assertEqual(len(lines), 1)
         self.assertEqual(lines[0]["target"], "example.test:443")
 
+    def test_websocketUpgradeRelayed(self) -> None:
+        """
+        An Upgrade inside the decrypted connection is relayed: the 101
+        reaches the client, then bytes flow both ways, encrypted on both
+        legs.
+        """
+        proto, transport, tls = self.open()
+        self.exchange(
+            proto, transport, tls,
+            b"GET /ws HTTP/1.1\r\nHost: example.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        )
+        attempt = self.connector.last
+        server, upstream = self.originServe(
+            attempt,
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+            b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n",
+        )
+        self.assertIn(b"Upgrade: websocket", server.received)
+        got = self.exchange(proto, transport, tls, b"")
+        self.assertTrue(got.startswith(b"HTTP/1.1 101 "), got)
+        self.exchange(proto, transport, tls, b"frame-from-client")
+        server.pump(upstream.value())
+        upstream.clear()
+        self.assertTrue(server.received.endswith(b"\r\n\r\nframe-from-client"), server.received)
+        attempt.protocol.dataReceived(server.send(b"frame-from-origin"))
+        self.assertEqual(self.exchange(proto, transport, tls, b""), b"frame-from-origin")
+
     def test_connectInsideIs405(self) -> None:
         """
         No tunnel in a tunnel.
