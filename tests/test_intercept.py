@@ -477,6 +477,25 @@ class InterceptedRequestTests(InterceptTestCase):
         users = [r.user for r in self.log.records if r.method == "GET"]
         self.assertEqual(users, ["alice"] * len(users))
 
+    def test_drainClosesBetweenRequests(self) -> None:
+        """
+        When the proxy stops, an intercepted connection between requests is
+        closed (TLS close_notify, then the socket), as any HTTP
+        connection; the drain timeout's abort closes it at once.
+        """
+        proto, transport, tls = self.open()
+        self.exchange(proto, transport, tls, b"GET / HTTP/1.1\r\nHost: example.test\r\n\r\n")
+        self.originServe(self.connector.last)
+        self.exchange(proto, transport, tls, b"")
+        self.assertFalse(transport.disconnecting)
+        proto.drain()
+        self.exchange(proto, transport, tls, b"")
+        self.assertTrue(tls.closed)
+        self.assertTrue(transport.disconnecting)
+        proto2, transport2, _ = self.open()
+        proto2.relay.abort("drain")
+        self.assertTrue(transport2.disconnecting)
+
     def test_connectRecordedOnClose(self) -> None:
         """
         The CONNECT itself gets one record, when the connection closes.
