@@ -624,3 +624,47 @@ class SubclassHookTests(InterceptTestCase):
         cls = interceptedClass(ForwardProxyProtocol)
         self.assertIs(interceptedClass(ForwardProxyProtocol), cls)
         self.assertTrue(issubclass(cls, ForwardProxyProtocol))
+
+
+class HTTP2ConnectTests(InterceptTestCase):
+    """
+    A CONNECT sent as an HTTP/2 stream is intercepted too: TLS runs in the
+    stream's DATA frames.
+    """
+
+    def test_connectStreamIntercepted(self) -> None:
+        """
+        The stream gets 200, the TLS handshake and a request inside it
+        complete, and the request reaches the origin as an https request.
+        """
+        from tests.test_h2_server import Client
+
+        proto, transport = connect(self.factory(), ("127.0.0.1", 40000))
+        client = Client(proto, transport)
+        client.send()
+        sid = client.h2.get_next_available_stream_id()
+        client.h2.send_headers(sid, [(b":method", b"CONNECT"), (b":authority", b"example.test:443")])
+        client.send()
+        self.assertEqual(client.status(sid), 200)
+        tls = self.clientTLS()
+        seen = 0
+        pending = b"GET /h2 HTTP/1.1\r\nHost: example.test\r\n\r\n"
+        for _ in range(20):
+            data = client.bodies.get(sid, b"")[seen:]
+            seen += len(data)
+            out = tls.pump(data)
+            if pending and tls.obj.version() is not None:
+                out += tls.send(pending)
+                pending = b""
+            if not out and not data:
+                break
+            if out:
+                client.h2.send_data(sid, out)
+                client.send()
+        self.assertIsNone(tls.error)
+        server, _ = self.originServe(self.connector.last)
+        self.assertIn(b"GET /h2 HTTP/1.1", server.received)
+        client.read()
+        tls.pump(client.bodies.get(sid, b"")[seen:])
+        self.assertTrue(tls.received.startswith(b"HTTP/1.1 200 OK"), tls.received)
+        self.assertEqual(self.log.records[-1].target, "https://example.test:443/h2")
