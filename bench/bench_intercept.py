@@ -43,14 +43,12 @@ import multiprocessing
 import os
 import socket
 import ssl
-import subprocess
 import sys
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import benchlib as B  # noqa: E402
-
 from cryptography import x509  # noqa: E402
 from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
@@ -347,9 +345,10 @@ def main() -> None:
             peer, server, port = entry
             for test in tests:
                 per_conn = args.requests if test == "reqs" else 1
-                sample = B.measured(
-                    lambda: run_clients(test, port, target, certs["ca_crt"], args.clients, per_conn, args.seconds),
-                    server.pid, origin.pid, "rate")
+                def run(test: str = test, per_conn: int = per_conn) -> dict:
+                    return run_clients(test, port, target, certs["ca_crt"], args.clients, per_conn, args.seconds)
+
+                sample = B.measured(run, server.pid, origin.pid, "rate")
                 results[peer.name][test].append(sample)
                 B.log(f"  {peer.name} {test}: {B.fmt(sample.value, '.0f')}/s, proxy cpu {B.pct(sample.proxy_cpu)}"
                       f"{', errors ' + str(sample.extra.get('errors')) if sample.extra.get('errors') else ''}"
