@@ -169,6 +169,7 @@ class _TLSPeer:
         self.received = b""
         self.error: Optional[BaseException] = None
         self.closed = False
+        self.handshaken = False
 
     def pump(self, data: bytes = b"") -> bytes:
         """
@@ -178,6 +179,7 @@ class _TLSPeer:
             self.incoming.write(data)
         try:
             self.obj.do_handshake()
+            self.handshaken = True
             while True:
                 chunk = self.obj.read(65536)
                 if not chunk:
@@ -260,7 +262,7 @@ class InterceptTestCase(SynchronousTestCase):
             if data.startswith(_ESTABLISHED):
                 data = data[len(_ESTABLISHED):]
             out = tls.pump(data)
-            if pending and tls.obj.version() is not None:
+            if pending and tls.handshaken:
                 out += tls.send(pending)
                 pending = b""
             if out:
@@ -653,7 +655,7 @@ class HTTP2ConnectTests(InterceptTestCase):
             data = client.bodies.get(sid, b"")[seen:]
             seen += len(data)
             out = tls.pump(data)
-            if pending and tls.obj.version() is not None:
+            if pending and tls.handshaken:
                 out += tls.send(pending)
                 pending = b""
             if not out and not data:
