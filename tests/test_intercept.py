@@ -189,7 +189,8 @@ class _TLSPeer:
         except (ssl.SSLWantReadError, ssl.SSLZeroReturnError):
             pass
         except ssl.SSLError as e:
-            self.error = e
+            if self.error is None:
+                self.error = e
         return self.outgoing.read()
 
     def send(self, data: bytes) -> bytes:
@@ -432,6 +433,30 @@ class InterceptedRequestTests(InterceptTestCase):
         self.assertTrue(server.received.endswith(b"\r\n\r\nframe-from-client"), server.received)
         attempt.protocol.dataReceived(server.send(b"frame-from-origin"))
         self.assertEqual(self.exchange(proto, transport, tls, b""), b"frame-from-origin")
+
+    def test_untrustingClientLogged(self) -> None:
+        """
+        A client that does not trust the CA fails the handshake: one log
+        line names the tunnel and the alert, and so does the CONNECT's
+        record.
+        """
+        events: List[dict] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        proto, transport = connect(self.factory())
+        proto.dataReceived(CONNECT)
+        tls = _TLSPeer(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), False, "example.test")
+        self.exchange(proto, transport, tls, b"")
+        self.assertIsInstance(tls.error, ssl.SSLCertVerificationError)
+        self.assertTrue(transport.disconnecting)
+        if not transport.closed:
+            transport.peerClosed()
+        lines = [e for e in events if e.get("log_namespace") == "txproxy.intercept"]
+        self.assertEqual(len(lines), 1)
+        self.assertIn("unknown ca", lines[0]["detail"])
+        (record,) = self.log.records
+        self.assertEqual(record.method, "CONNECT")
+        self.assertIn("TLS handshake failed: tlsv1 alert unknown ca", record.reason)
 
     def test_connectInsideIs405(self) -> None:
         """

@@ -32,6 +32,7 @@ from txproxy.intercept._patterns import InterceptPolicy
 from txproxy.relay import sendNow
 from txproxy.tls import InterceptCA, clientTLSSettings
 from txproxy.tls._proto import TLSClientProtocol, TLSServerProtocol
+from txproxy.tls._server import _sslErrorText
 
 __all__ = [
     "INTERCEPT",
@@ -161,8 +162,22 @@ class InterceptedTunnel:
             return
         owner = self.owner
         self.endedAt = owner.factory.clock.seconds()
-        self.tls.connectionLost(reason)
-        owner._log(200, "intercepted")
+        tls = self.tls
+        outcome = "intercepted"
+        if not tls._handshakeDone:
+            # What operators need when a client does not trust the CA (or
+            # does not speak TLS at all): one line, and the record says it.
+            failure = tls._reason
+            detail = _sslErrorText(failure.value) if failure is not None else "the client left before completing it"
+            log.info(
+                "intercepted tunnel from {client} to {target}: TLS handshake with the client failed: {detail}",
+                client=owner.client.host,
+                target=str(self.inner.interceptTarget),
+                detail=detail,
+            )
+            outcome = f"intercepted; TLS handshake failed: {detail}"
+        tls.connectionLost(reason)
+        owner._log(200, outcome)
 
     def abort(self, reason: str) -> None:
         """
