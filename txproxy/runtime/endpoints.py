@@ -23,9 +23,10 @@ from txproxy import config as _config
 from txproxy.auth import Htpasswd
 from txproxy.config import ListenerConfig
 from txproxy.errors import ConfigError
+from txproxy.intercept import Interceptor
 from txproxy.proxyaccept import HalfCloseableHAProxyFactory
 from txproxy.runtime.process import reusePortIfWorker
-from txproxy.tls import InterceptCA, checkCABundle, isTLSListener, tlsServerEndpoint
+from txproxy.tls import checkCABundle, isTLSListener, tlsServerEndpoint
 
 __all__ = [
     "ListenerService",
@@ -216,7 +217,9 @@ def checkResources(config: _config.ProxyConfig, reactor: Any = None) -> None:
         if listener.upstreamCA is not None:
             checkCABundle(listener.upstreamCA, "--upstream-ca")
         if listener.interceptCA is not None:
-            InterceptCA.fromFile(listener.interceptCA)
+            # Loaded once here (and kept for the listener: the same file
+            # is not read again).
+            Interceptor.forListener(listener)
         for route in listener.routes:
             if route.caBundle is not None:
                 try:
