@@ -653,6 +653,37 @@ class SubclassHookTests(InterceptTestCase):
         self.assertTrue(issubclass(cls, ForwardProxyProtocol))
 
 
+class ReloadTests(InterceptTestCase):
+    """
+    C{SIGHUP}: the CA file is read again when it changed; one that no
+    longer loads fails the reload, and the old CA stays.
+    """
+
+    def test_reload(self) -> None:
+        """
+        The same file keeps the same CA (and its cache); a file made
+        readable by others is refused, dry run or not, and the old CA
+        stays; a changed file is a new CA.
+        """
+        from txproxy.testing import listenerConfig
+
+        factory = self.factory()
+        first = factory.interceptor.ca
+        factory.reloadListener(listenerConfig(intercept_ca=self.caPath, upstream_ca=self.origin.caPath))
+        self.assertIs(factory.interceptor.ca, first)
+        os.chmod(self.caPath, 0o644)
+        bad = listenerConfig(intercept_ca=self.caPath)
+        e = self.assertRaises(ConfigError, factory.reloadListener, bad, True)
+        self.assertIn("group or others", str(e))
+        self.assertRaises(ConfigError, factory.reloadListener, bad)
+        self.assertIs(factory.interceptor.ca, first)
+        from tests.test_intercept_ca import makeCA
+
+        writeCA(self.dir, *makeCA(name="renewed CA"))
+        factory.reloadListener(listenerConfig(intercept_ca=self.caPath))
+        self.assertIn("renewed CA", factory.interceptor.ca.certificate.subject.rfc4514_string())
+
+
 class HTTP2ConnectTests(InterceptTestCase):
     """
     A CONNECT sent as an HTTP/2 stream is intercepted too: TLS runs in the
