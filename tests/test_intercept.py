@@ -345,6 +345,27 @@ class InterceptedRequestTests(InterceptTestCase):
         self.assertEqual((record.method, record.target, record.status), ("GET", "https://example.test:443/a?b=1", 200))
         self.assertEqual(record.upstream, "192.0.2.10:443")
 
+    def test_metricsCountInnerRequests(self) -> None:
+        """
+        Each request inside is counted in the metrics, with its status, and
+        the connection once.
+        """
+        from txproxy.metrics import Metrics
+
+        factory = self.factory()
+        factory.metrics = Metrics(processMetrics=False)
+        proto, transport, tls = self.open(factory)
+        self.exchange(proto, transport, tls, b"GET / HTTP/1.1\r\nHost: example.test\r\n\r\n")
+        self.originServe(self.connector.last)
+        self.exchange(proto, transport, tls, b"")
+        self.exchange(proto, transport, tls, b"GET / HTTP/1.1\r\nHost: other.test\r\n\r\n")
+        text = factory.metrics.exposition().decode()
+        requests = [line for line in text.splitlines() if line.startswith("txproxy_requests_total{")]
+        self.assertTrue(any('code="200"' in line and line.endswith(" 1.0") for line in requests), requests)
+        self.assertTrue(any('code="421"' in line and line.endswith(" 1.0") for line in requests), requests)
+        opened = [line for line in text.splitlines() if line.startswith("txproxy_connections_total{")]
+        self.assertTrue(opened and opened[0].endswith(" 1.0"), opened)
+
     def test_keepAliveAndPipelining(self) -> None:
         """
         Two pipelined requests are both answered, in order, on one pooled
@@ -602,6 +623,20 @@ class DecisionTests(InterceptTestCase):
         proto, transport = connect(self.factory(deny_dest="192.0.2.0/24"))
         proto.dataReceived(CONNECT)
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 403 "), transport.value())
+
+    def test_ipLiteralIntercepted(self) -> None:
+        """
+        A CONNECT to an IP literal (which plain tunnels dial at once) is
+        intercepted too: no dial, a certificate naming the address.
+        """
+        proto, transport = connect(self.factory())
+        proto.dataReceived(b"CONNECT 192.0.2.10:443 HTTP/1.1\r\nHost: 192.0.2.10:443\r\n\r\n")
+        self.assertEqual(transport.value(), _ESTABLISHED)
+        self.assertEqual(self.connector.attempts, [])
+        tls = self.clientTLS("192.0.2.10")
+        self.exchange(proto, transport, tls, b"")
+        self.assertIsNone(tls.error)
+        self.assertTrue(tls.handshaken)
 
     def test_connectPortsStillApply(self) -> None:
         """
