@@ -211,6 +211,9 @@ class _PoolClient:
     fails at once with L{RedisUnavailable} when there is none; reconnecting
     (with backoff) is left to txredisapi.
 
+    Replies are decoded with C{charset} (the limiter's text); with L{None}
+    bulk replies stay C{bytes} (the cache's binary values).
+
     txredisapi is imported only when the pool starts: it imports the global
     reactor at module level.
     """
@@ -228,6 +231,7 @@ class _PoolClient:
         replyTimeout: float,
         initialDelay: float,
         maxDelay: float,
+        charset: Optional[str] = "utf-8",
     ) -> None:
         self.host = host
         self.port = port
@@ -240,6 +244,7 @@ class _PoolClient:
         self._replyTimeout = replyTimeout
         self._initialDelay = initialDelay
         self._maxDelay = maxDelay
+        self._charset = charset
         self._factory: Any = None
         self._next = 0
 
@@ -269,7 +274,7 @@ class _PoolClient:
             self._poolSize,
             isLazy=True,
             handler=txredisapi.ConnectionHandler,
-            charset="utf-8",
+            charset=self._charset,
             password=self._password,
             replyTimeout=self._replyTimeout,
             convertNumbers=False,
