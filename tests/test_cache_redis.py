@@ -17,13 +17,15 @@ from typing import Any, List, Optional
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
-from twisted.internet.testing import EventLoggingObserver
+from twisted.internet.testing import EventLoggingObserver, StringTransport
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
+from twisted.trial.unittest import SynchronousTestCase
 
 from tests.redisserver import RedisServer
 from tests.test_redislimiter import sleep, startRedis, waitFor
 from txproxy.cache.redis import DEFAULT_PREFIX, RedisTier, RedisUnavailable
+from txproxy.limits._redisio import _eagerProtocol
 from txproxy.testing import Clock, FakeRedisTier
 
 #: The lookup bound the tests give the real tier.
@@ -530,3 +532,119 @@ class RedisOutageTests(unittest.TestCase):
         yield tier.stop()
         pending: Optional[Any] = tier._probe
         self.assertIsNone(pending)
+
+
+#: A stream of replies of every kind the tier meets, and what each decodes
+#: to with no charset: bulk (with CRLF and RESP-like bytes inside), empty
+#: bulk, nil, status, integer, error, an array of bulks (EVAL's variants),
+#: an empty array, and a big bulk.
+_BIG = EVERY_BYTE * 300
+_REPLIES = [
+    (b"$10\r\nab\r\n$3\r\ncd\r\n", b"ab\r\n$3\r\ncd"),
+    (b"$0\r\n\r\n", b""),
+    (b"$-1\r\n", None),
+    (b"+PONG\r\n", "PONG"),
+    (b":42\r\n", 42),
+    (b"-ERR wrong\r\n", "error"),
+    (b"*3\r\n$1\r\nx\r\n$0\r\n\r\n$4\r\n\x00\r\n\xff\r\n", [b"x", b"", b"\x00\r\n\xff"]),
+    (b"*0\r\n", []),
+    (b"$%d\r\n%s\r\n" % (len(_BIG), _BIG), _BIG),
+]
+
+
+class EagerProtocolTests(SynchronousTestCase):
+    """
+    The parser the Redis tier runs on (L{txproxy.limits._redisio._eagerProtocol}):
+    every reply received is delivered before C{dataReceived} returns,
+    however the bytes are split, through txredisapi's own reply handling.
+    """
+
+    def setUp(self) -> None:
+        import txredisapi
+
+        self.txredisapi = txredisapi
+        self.cls = _eagerProtocol()
+
+    def connected(self) -> Any:
+        proto = self.cls(charset=None, convertNumbers=False)
+        proto.makeConnection(StringTransport())
+        return proto
+
+    def send(self, proto: Any, n: int) -> List["Deferred[Any]"]:
+        return [proto.execute_command("GET", b"k%d" % i) for i in range(n)]
+
+    def check(self, calls: List["Deferred[Any]"]) -> None:
+        for d, (_, expected) in zip(calls, _REPLIES):
+            if expected == "error":
+                self.failureResultOf(d, self.txredisapi.ResponseError)
+            else:
+                got = self.successResultOf(d)
+                self.assertEqual(got, expected)
+                if isinstance(expected, bytes):
+                    self.assertIsInstance(got, bytes)
+
+    def test_reliesOn(self) -> None:
+        """
+        The txredisapi names the parser relies on are there and behave as
+        it expects: a bulk header line switches C{line_mode} off and sets
+        C{bulk_length} to the body's length with its CRLF.
+        """
+        base = self.txredisapi.BaseRedisProtocol
+        for name in ("lineReceived", "bulkDataReceived", "lineLengthExceeded", "MAX_LENGTH", "paused"):
+            self.assertTrue(hasattr(base, name), name)
+        self.assertTrue(issubclass(self.cls, base))
+        proto = self.connected()
+        self.assertEqual(proto.line_mode, 1)
+        proto.lineReceived("$3")
+        self.assertEqual((proto.line_mode, proto.bulk_length), (0, 5))
+
+    def test_allAtOnce(self) -> None:
+        """
+        Every reply of one chunk is delivered at once, with no reactor
+        iteration (txredisapi's own parser defers each one after a bulk).
+        """
+        proto = self.connected()
+        calls = self.send(proto, len(_REPLIES))
+        proto.dataReceived(b"".join(r for r, _ in _REPLIES))
+        self.check(calls)
+
+    def test_everySplit(self) -> None:
+        """
+        Split in two at every position, the stream gives the same replies.
+        """
+        stream = b"".join(r for r, _ in _REPLIES[:-1])
+        for i in range(len(stream) + 1):
+            proto = self.connected()
+            calls = self.send(proto, len(_REPLIES) - 1)
+            proto.dataReceived(stream[:i])
+            proto.dataReceived(stream[i:])
+            self.check(calls)
+
+    def test_byteByByte(self) -> None:
+        """
+        Fed one byte at a time, the stream gives the same replies.
+        """
+        stream = b"".join(r for r, _ in _REPLIES)
+        proto = self.connected()
+        calls = self.send(proto, len(_REPLIES))
+        for i in range(len(stream)):
+            proto.dataReceived(stream[i : i + 1])
+        self.check(calls)
+
+    def test_manyPipelined(self) -> None:
+        """
+        A thousand pipelined bulk replies in one chunk all arrive.
+        """
+        proto = self.connected()
+        calls = [proto.execute_command("GET", b"k") for _ in range(1000)]
+        proto.dataReceived(b"".join(b"$4\r\n%04d\r\n" % i for i in range(1000)))
+        self.assertEqual([self.successResultOf(d) for d in calls], [b"%04d" % i for i in range(1000)])
+
+    def test_lineTooLong(self) -> None:
+        """
+        A line longer than txredisapi's limit drops the connection, as
+        txredisapi does.
+        """
+        proto = self.connected()
+        proto.dataReceived(b"+" + b"x" * (proto.MAX_LENGTH + 10))
+        self.assertTrue(proto.transport.disconnecting)

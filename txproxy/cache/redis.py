@@ -152,7 +152,7 @@ class RedisTier:
         self._reactor = reactor
         self._client = _PoolClient(
             host, port, dbid, password, username, reactor, poolSize,
-            connectTimeout, replyTimeout, initialDelay, maxDelay, charset=None,
+            connectTimeout, replyTimeout, initialDelay, maxDelay, charset=None, eagerReplies=True,
         )
         self.address = f"{host}:{port}"
         self.timeout = timeout
