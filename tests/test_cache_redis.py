@@ -24,7 +24,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.redisserver import RedisServer
 from tests.test_redislimiter import sleep, startRedis, waitFor
-from txproxy.cache.redis import DEFAULT_PREFIX, RedisTier, RedisUnavailable
+from txproxy.cache.redis import DEFAULT_PREFIX, MAX_TTL, RedisTier, RedisUnavailable
 from txproxy.limits._redisio import _eagerProtocol
 from txproxy.testing import Clock, FakeRedisTier
 
@@ -148,13 +148,23 @@ class TierContractMixin:
     @inlineCallbacks
     def test_nothingStoredForNoTTL(self) -> Any:
         """
-        A ttl of zero (or negative) stores nothing.
+        A ttl of zero, negative or NaN stores nothing.
         """
         self.tier.put(b"http://a.test/", b"", b"x", 0)
         self.tier.put(b"http://a.test/", b"n", b"x", -5)
+        self.tier.put(b"http://a.test/", b"nan", b"x", float("nan"))
         yield self.settle()
         self.assertIsNone((yield self.tier.get(b"http://a.test/", b"")))
         self.assertEqual((yield self.tier.variants(b"http://a.test/")), [])
+
+    @inlineCallbacks
+    def test_infiniteTTL(self) -> Any:
+        """
+        An infinite ttl is cut to C{MAX_TTL}: stored, served.
+        """
+        self.tier.put(b"http://a.test/", b"", b"forever", float("inf"))
+        yield self.settle()
+        self.assertEqual((yield self.tier.get(b"http://a.test/", b"")), b"forever")
 
     @inlineCallbacks
     def test_purgeRemovesAllVariants(self) -> Any:
@@ -370,6 +380,36 @@ class RedisLayoutTests(unittest.TestCase):
         self.assertEqual((yield other.get(b"u", b"v")), b"shared")
         self.assertEqual((yield other.purge(b"u")), 1)
         self.assertIsNone((yield self.tier.get(b"u", b"v")))
+
+    @inlineCallbacks
+    def test_errorReplyIsNotAnOutage(self) -> Any:
+        """
+        An error reply (a key of the wrong type where a blob should be) is
+        counted in C{errors}, answers "nothing", and leaves the tier
+        available.
+        """
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        name = self.tier.variantName(b"u", b"v").decode()
+        self.server.command("HSET", name, "f", "v")
+        self.assertIsNone((yield self.tier.get(b"u", b"v")))
+        logged = [formatEvent(e) for e in events]
+        self.assertEqual([m for m in logged if "unavailable" in m], [])
+        self.assertEqual(len([m for m in logged if "error reply WRONGTYPE" in m]), 1, logged)
+        self.assertEqual((self.tier.errors, self.tier.timeouts), (1, 0))
+        self.assertTrue(self.tier.available)
+        self.tier.put(b"u", b"w", b"x", 30)
+        yield self.tier.ping()
+        self.assertEqual((yield self.tier.get(b"u", b"w")), b"x")
+
+    @inlineCallbacks
+    def test_maxTTL(self) -> Any:
+        """
+        A ttl past C{MAX_TTL} is stored for C{MAX_TTL}.
+        """
+        self.tier.put(b"u", b"v", b"x", 1e12)
+        yield self.tier.ping()
+        pttl = self.server.command("PTTL", self.tier.variantName(b"u", b"v").decode())
+        self.assertTrue(MAX_TTL * 1000 - 60000 < pttl <= MAX_TTL * 1000, pttl)
 
     def test_badURL(self) -> None:
         """

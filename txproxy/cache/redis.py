@@ -49,6 +49,10 @@ __all__ = ["RedisTier", "RedisUnavailable", "DEFAULT_PREFIX"]
 #: The key layout's version lives here: change it with the stored format.
 DEFAULT_PREFIX = b"txproxy:cache:v1:"
 
+#: The longest a blob is kept, in seconds (ten years): a longer or infinite
+#: ttl is cut to this.
+MAX_TTL = 10 * 365 * 86400.0
+
 _T = TypeVar("_T")
 
 # KEYS[1] index, KEYS[2] variant; ARGV variant key, blob, milliseconds.
@@ -264,11 +268,11 @@ class RedisTier:
         still be served), replacing what was there, and list it in the
         URL's index.  Fire and forget: skipped while Redis is unavailable,
         dropped while C{maxPendingStores} stores are already in flight,
-        nothing for a C{ttl} under a millisecond.
+        nothing for a C{ttl} that is not positive; at most L{MAX_TTL}.
         """
-        ms = int(math.ceil(ttl * 1000))
-        if ms <= 0:
+        if not ttl > 0:  # also NaN
             return
+        ms = int(math.ceil(min(ttl, MAX_TTL) * 1000))
         if not self._usable():
             return
         if self._pendingStores >= self.maxPendingStores:
@@ -381,6 +385,13 @@ class RedisTier:
                 self._wentDown("not connected")
             return
         self.errors += 1
+        if failure.check("txredisapi.ResponseError"):
+            # Redis answered, with an error: not an outage.
+            self._log.warn(
+                "Redis cache tier at {address}: error reply {error}",
+                address=self.address, error=failure.getErrorMessage(),
+            )
+            return
         if not self._down:
             self._wentDown(failure.getErrorMessage())
 

@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Optional, Tuple, TypeVar
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 
-from txproxy.cache.redis import DEFAULT_PREFIX, RedisUnavailable
+from txproxy.cache.redis import DEFAULT_PREFIX, MAX_TTL, RedisUnavailable
 
 __all__ = ["FakeRedisTier"]
 
@@ -102,9 +102,9 @@ class FakeRedisTier:
         return self._answer(found, [])
 
     def put(self, urlKey: bytes, variantKey: bytes, blob: bytes, ttl: float) -> None:
-        ms = int(math.ceil(ttl * 1000))
-        if ms <= 0:
+        if not ttl > 0:
             return
+        ms = int(math.ceil(min(ttl, MAX_TTL) * 1000))
         if not self.available or self.stalled:
             self.skipped += 1
             return
