@@ -106,6 +106,18 @@ class TierContractMixin:
         self.assertEqual((yield self.tier.variants(url)), [variant])
 
     @inlineCallbacks
+    def test_bufferBlobs(self) -> Any:
+        """
+        A blob given as a C{memoryview} or C{bytearray} is stored as its
+        bytes.
+        """
+        self.tier.put(b"k", b"mv", memoryview(b"viewed"), 30)
+        self.tier.put(b"k", b"ba", bytearray(b"arrayed"), 30)
+        yield self.settle()
+        self.assertEqual((yield self.tier.get(b"k", b"mv")), b"viewed")
+        self.assertEqual((yield self.tier.get(b"k", b"ba")), b"arrayed")
+
+    @inlineCallbacks
     def test_emptyAndNumericBlobs(self) -> Any:
         """
         An empty blob is a hit (not a miss), and a blob that looks like a

@@ -25,6 +25,12 @@ the memory tier serves alone.  The rules:
     late reply) lookups and stores skip it at once, without a timer or a
     write.  Lookups never fail; stores are fire and forget.
 
+Redis should keep what it is given until it expires: with a C{maxmemory}
+eviction policy it may evict a URL's index before its variants, which are
+then still served until they expire but no longer found by C{variants} or
+C{purge}.  Give the cache its own Redis (or database) with
+C{maxmemory-policy noeviction}, or size it so that nothing is evicted.
+
 Key layout (C{P} the prefix, C{U} = hex SHA-256 of the URL key, C{V} = hex
 SHA-256 of the variant key)::
 
@@ -278,6 +284,8 @@ class RedisTier:
         if self._pendingStores >= self.maxPendingStores:
             self.dropped += 1
             return
+        if type(blob) is not bytes:
+            blob = bytes(blob)  # txredisapi would send str(memoryview)
         self._pendingStores += 1
         self.stores += 1
         keys = [self.indexName(urlKey), self.variantName(urlKey, variantKey)]
