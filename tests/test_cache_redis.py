@@ -412,6 +412,12 @@ class RedisLayoutTests(unittest.TestCase):
         self.tier.put(b"u", b"w", b"x", 30)
         yield self.tier.ping()
         self.assertEqual((yield self.tier.get(b"u", b"w")), b"x")
+        # Logged once, not once per error.
+        for _ in range(3):
+            yield self.tier.get(b"u", b"v")
+        self.assertEqual(self.tier.errors, 4)
+        logged = [formatEvent(e) for e in events]
+        self.assertEqual(len([m for m in logged if "error reply" in m]), 1, logged)
 
     @inlineCallbacks
     def test_maxTTL(self) -> Any:

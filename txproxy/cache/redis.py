@@ -173,6 +173,7 @@ class RedisTier:
         self._probing = False
         self._stopped = False
         self._pendingStores = 0
+        self._errorReplies = 0
         self.hits = 0
         self.misses = 0
         self.timeouts = 0
@@ -394,11 +395,14 @@ class RedisTier:
             return
         self.errors += 1
         if failure.check("txredisapi.ResponseError"):
-            # Redis answered, with an error: not an outage.
-            self._log.warn(
-                "Redis cache tier at {address}: error reply {error}",
-                address=self.address, error=failure.getErrorMessage(),
-            )
+            # Redis answered, with an error: not an outage.  Logged the
+            # first time and every thousandth.
+            self._errorReplies += 1
+            if self._errorReplies % 1000 == 1:
+                self._log.warn(
+                    "Redis cache tier at {address}: error reply {error} ({count} so far)",
+                    address=self.address, error=failure.getErrorMessage(), count=self._errorReplies,
+                )
             return
         if not self._down:
             self._wentDown(failure.getErrorMessage())
