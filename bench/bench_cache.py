@@ -35,6 +35,7 @@ It refuses to run (exit 2) when this checkout's txproxy has no --cache.
 
   /work/main/.venv/bin/python bench/bench_cache.py [--quick] [--only NAME,...]
       [--python PATH] [--pypy PATH] [--seconds S] [--repeats N] [--sizes 1k,64k]
+      [--repo CHECKOUT]
 """
 
 from __future__ import annotations
@@ -216,7 +217,9 @@ def main() -> int:
     ap.add_argument("--wait-quiet", type=float, default=30.0)
     ap.add_argument("--python", default=CPYTHON)
     ap.add_argument("--pypy", default=PYPY)
+    ap.add_argument("--repo", default=B.REPO, help="the txproxy checkout to run (default: this one)")
     args = ap.parse_args()
+    B.REPO = os.path.abspath(args.repo)
     if args.quick:
         args.seconds, args.repeats, args.warmup, args.wait_quiet = 3.0, 1, 2.0, 5.0
     sizes = [s for s in args.sizes.split(",") if s]
