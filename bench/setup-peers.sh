@@ -6,7 +6,7 @@
 #   SKIP_APT=1 sh bench/setup-peers.sh # venvs and C tools only
 #
 # - Debian packages: haproxy nginx squid tinyproxy socat wrk apache2-utils
-#   redis-server redis-tools pypy3 gcc nghttp2-client (h2load).  Debian starts daemons on install; an
+#   redis-server redis-tools pypy3 gcc nghttp2-client (h2load) varnish.  Debian starts daemons on install; an
 #   executable /usr/sbin/policy-rc.d that exits 101 stops that.  We put one in
 #   place only if none exists and remove it afterwards.  (The benches start
 #   every peer themselves on their own loopback port.)
@@ -22,7 +22,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(dirname "$HERE")
 PEERVENV=${PEERVENV:-/tmp/peervenv}
 PYPYVENV=${PYPYVENV:-/tmp/pypyvenv}
-PKGS="haproxy nginx squid tinyproxy socat wrk apache2-utils redis-server redis-tools pypy3 gcc nghttp2-client"
+PKGS="haproxy nginx squid tinyproxy socat wrk apache2-utils redis-server redis-tools pypy3 gcc nghttp2-client varnish"
 
 # ---- Debian packages
 if [ -z "${SKIP_APT:-}" ]; then

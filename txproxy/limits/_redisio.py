@@ -9,7 +9,7 @@ is away, and C{redis://} URL parsing.
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Callable, Dict, Optional, Tuple, cast
+from typing import Any, Callable, Dict, List, Optional, Tuple, cast
 from urllib.parse import unquote, urlsplit
 
 from twisted.internet.defer import Deferred, fail, succeed
@@ -201,6 +201,93 @@ def _startQuietly(factory: Any, endpoint: Any, onRetry: Callable[[], None]) -> N
         ClientService._log = saved
 
 
+_EAGER_PROTOCOL: Any = None
+
+
+def _eagerProtocol() -> Any:
+    """
+    A txredisapi protocol class that parses every reply it has received
+    before returning to the reactor, copying each byte about once.
+
+    txredisapi's pure-Python parser (used when C{hiredis} is not installed),
+    having read a bulk reply with more data behind it, pauses the transport
+    and parses the rest one reactor iteration later (C{setLineMode} with
+    C{callLater(0, ...)}): pipelined bulk replies come back one per reactor
+    iteration, each costing a timer and two C{epoll} changes, and the rest
+    of the buffer is copied three times per reply (quadratic in the replies
+    pipelined).  This subclass replaces C{dataReceived} with a loop over
+    one buffer and an offset that hands complete lines to txredisapi's own
+    C{lineReceived} and complete bulk bodies to its C{bulkDataReceived}, so
+    every reply kind, multi-bulk nesting and error is still txredisapi's
+    code; a bulk body still incomplete is gathered as a list of chunks and
+    joined once.  With C{hiredis}, txredisapi's own protocol already
+    parses everything at once and is returned unchanged.
+    (tests.test_cache_redis names the attributes relied on.)
+    """
+    global _EAGER_PROTOCOL
+    import txredisapi
+
+    base = txredisapi.BaseRedisProtocol
+    if txredisapi.RedisProtocol is not base:
+        return txredisapi.RedisProtocol
+    if _EAGER_PROTOCOL is None:
+
+        class EagerRedisProtocol(base):  # type: ignore[misc, valid-type]
+            # Data not parsed yet, and how many bytes it must reach before
+            # parsing can go on.
+            _pending: List[bytes] = []
+            _pendingSize = 0
+            _wanted = 0
+            # txredisapi's (untyped) parser state: 1 between replies and in
+            # their lines, 0 in a bulk body; the body's length with its CRLF.
+            line_mode: int
+            bulk_length: int
+
+            def dataReceived(self, data: bytes, unpause: bool = False) -> Any:
+                if self._pending:
+                    self._pending.append(data)
+                    self._pendingSize += len(data)
+                    if self._pendingSize < self._wanted:
+                        return None
+                    data = b"".join(self._pending)
+                    self._pending = []
+                    self._pendingSize = 0
+                pos = 0
+                size = len(data)
+                while pos < size and not self.paused:
+                    if not self.line_mode:
+                        # In a bulk reply: its body and CRLF.
+                        need = self.bulk_length
+                        if size - pos < need:
+                            break
+                        body = data[pos : pos + need - 2]
+                        pos += need
+                        self.bulk_length = 0
+                        self.line_mode = 1
+                        self.bulkDataReceived(body)
+                        continue
+                    end = data.find(b"\r\n", pos)
+                    if end < 0:
+                        if size - pos > self.MAX_LENGTH:
+                            return self.lineLengthExceeded(data[pos:])
+                        break
+                    line = data[pos:end]
+                    pos = end + 2
+                    why = self.lineReceived(line.decode())
+                    transport = self.transport
+                    if why or (transport is not None and transport.disconnecting):
+                        return why
+                if pos < size:
+                    rest = data[pos:] if pos else data
+                    self._pending = [rest]
+                    self._pendingSize = len(rest)
+                    self._wanted = self.bulk_length if not self.line_mode else len(rest) + 1
+                return None
+
+        _EAGER_PROTOCOL = EagerRedisProtocol
+    return _EAGER_PROTOCOL
+
+
 class _PoolClient:
     """
     A txredisapi connection pool that fails fast.
@@ -210,6 +297,11 @@ class _PoolClient:
     sends each command on an open connection of the pool (round robin) and
     fails at once with L{RedisUnavailable} when there is none; reconnecting
     (with backoff) is left to txredisapi.
+
+    Replies are decoded with C{charset} (the limiter's text); with L{None}
+    bulk replies stay C{bytes} (the cache's binary values).  With
+    C{eagerReplies}, pipelined bulk replies are parsed all at once (see
+    L{_eagerProtocol}).
 
     txredisapi is imported only when the pool starts: it imports the global
     reactor at module level.
@@ -228,6 +320,8 @@ class _PoolClient:
         replyTimeout: float,
         initialDelay: float,
         maxDelay: float,
+        charset: Optional[str] = "utf-8",
+        eagerReplies: bool = False,
     ) -> None:
         self.host = host
         self.port = port
@@ -240,6 +334,8 @@ class _PoolClient:
         self._replyTimeout = replyTimeout
         self._initialDelay = initialDelay
         self._maxDelay = maxDelay
+        self._charset = charset
+        self._eagerReplies = eagerReplies
         self._factory: Any = None
         self._next = 0
 
@@ -269,12 +365,14 @@ class _PoolClient:
             self._poolSize,
             isLazy=True,
             handler=txredisapi.ConnectionHandler,
-            charset="utf-8",
+            charset=self._charset,
             password=self._password,
             replyTimeout=self._replyTimeout,
             convertNumbers=False,
             username=self._username,
         )
+        if self._eagerReplies:
+            factory.protocol = _eagerProtocol()
         factory.initialDelay = self._initialDelay
         factory.maxDelay = self._maxDelay
         # Connection failures are expected during an outage; the limiter

@@ -32,6 +32,10 @@ reads a fixed host map: name resolution, C{connect}, endpoints and
 endpoint descriptions all run txproxy's and Twisted's own code, and only
 the socket is fake.
 
+L{FakeRedisTier} keeps the storage contract of the cache's Redis tier
+(L{txproxy.cache.redis.RedisTier}) in memory, on a L{Clock}, with switches
+for an unreachable or a stalled Redis.
+
 Everything here is built on Twisted's L{StringTransport} and L{Clock}; the
 names below are the stable surface (Twisted's C{iosim} carries no
 compatibility promise, so it is wrapped rather than re-exported).
@@ -52,6 +56,7 @@ from txproxy.testing._factories import (
     transparentFactory,
 )
 from txproxy.testing._fakes import FakePasswordVerifier, clientHello
+from txproxy.testing._redistier import FakeRedisTier
 from txproxy.testing._transport import FakeTransport
 
 __all__ = [
@@ -68,4 +73,5 @@ __all__ = [
     "transparentFactory",
     "sniFactory",
     "FakePasswordVerifier",
+    "FakeRedisTier",
 ]

@@ -1,0 +1,3 @@
+"""
+An RFC 9111 shared HTTP cache.
+"""
