@@ -1,0 +1,689 @@
+# -*- test-case-name: tests.test_cache_policy -*-
+"""
+The RFC 9111 shared-cache policy, sans-IO: plain values in, decisions out.
+Nothing here imports Twisted or knows a clock: every function that needs
+the time is given C{now} (seconds since the epoch, a float).
+
+The choices this module makes where the RFCs leave room:
+
+  - B{What is stored}: the response to a C{GET} whose status is final and
+    not C{206}/C{304}, without C{no-store} (request or response) or
+    C{private}, with explicit freshness (C{Expires}, C{max-age},
+    C{s-maxage}, C{public}) or a heuristically cacheable status
+    (RFC 9111 section 3).  C{Vary: *} is never stored (it could never be
+    served).
+  - B{Authorization} (section 3.5): a response to a request with
+    C{Authorization} is stored only with C{public}, C{s-maxage} or
+    C{must-revalidate}.
+  - B{Set-Cookie}: a response carrying C{Set-Cookie} is stored only when
+    the origin says it is meant for a shared cache (C{public} or
+    C{s-maxage}), and even then the stored copy has its C{Set-Cookie}
+    fields removed: the client whose request filled the cache gets its
+    cookie, no other client ever gets it.  (Varnish's built-in VCL and
+    nginx do not cache such responses at all; this rule is as safe and
+    lets an origin opt in.)
+  - B{Heuristic freshness} (section 4.2.2): 10% of the time since
+    C{Last-Modified}, at most one day, for the heuristically cacheable
+    statuses (and any status marked C{public}).
+  - A qualified C{no-cache="field"} is treated as unqualified (always
+    revalidate), as section 5.2.2.4 allows; likewise C{private="field"}
+    is treated as unqualified (never stored).
+  - An invalid or duplicated freshness directive makes the response stale
+    (section 4.2.1 allows either this or the first value).
+"""
+
+from __future__ import annotations
+
+import calendar
+import email.utils
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+import attr
+
+from txproxy.http import RequestHead, ResponseHead
+
+__all__ = [
+    "CACHE_NAME",
+    "FORWARD",
+    "FRESH",
+    "HEURISTIC_STATUSES",
+    "REVALIDATE",
+    "STALE",
+    "STALE_REVALIDATE",
+    "UNSATISFIABLE",
+    "Lookup",
+    "StoredResponse",
+    "ageOf",
+    "cacheControl",
+    "cacheStatus",
+    "conditionalHeaders",
+    "evaluateConditional",
+    "freshnessLifetime",
+    "initialAge",
+    "invalidationTargets",
+    "isStorable",
+    "lookup",
+    "parseHTTPDate",
+    "servedHeaders",
+    "staleIfError",
+    "storedHeaders",
+    "updateHeaders",
+    "urlKey",
+    "varyKey",
+    "varyNames",
+]
+
+#: The cache's name in C{Cache-Status} (RFC 9211).
+CACHE_NAME = b"txproxy"
+
+#: Statuses cacheable by default (RFC 9110 section 15.1), that is with a
+#: heuristic freshness lifetime.
+HEURISTIC_STATUSES = frozenset({200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501})
+
+#: The longest heuristic freshness lifetime, in seconds.
+MAX_HEURISTIC = 86400.0
+
+#: Fields never stored with a response (hop-by-hop, and connection
+#: specific) beyond those the HTTP core removes.
+_NOT_STORED = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-authenticate",
+        b"proxy-authentication-info",
+        b"set-cookie",
+        b"age",
+        b"cache-status",
+        b"via",
+    }
+)
+
+#: Fields a 304 never replaces in the stored response (section 3.2).
+_NOT_UPDATED = frozenset({b"content-length", b"content-encoding", b"content-type", b"content-range"}) | _NOT_STORED
+
+_SAFE_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE"})
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+# -- parsing
+
+
+def cacheControl(values: Iterable[bytes]) -> Dict[bytes, Optional[bytes]]:
+    """
+    Parse C{Cache-Control} field values into directives.
+
+    @param values: every C{Cache-Control} value, in order.
+    @return: directive (lower-case) -> argument (unquoted), or L{None}
+        for a directive without one.  A directive given twice maps to
+        C{b"\\x00dup"}, which no numeric parse accepts.
+    """
+    out: Dict[bytes, Optional[bytes]] = {}
+    for value in values:
+        for part in _splitList(value):
+            name, eq, arg = part.partition(b"=")
+            name = name.strip().lower()
+            if not name:
+                continue
+            argument: Optional[bytes] = None
+            if eq:
+                argument = arg.strip()
+                if len(argument) >= 2 and argument[:1] == b'"' and argument[-1:] == b'"':
+                    argument = argument[1:-1]
+            if name in out:
+                out[name] = b"\x00dup"
+            else:
+                out[name] = argument
+    return out
+
+
+def _splitList(value: bytes) -> List[bytes]:
+    """
+    Split a comma-separated field value, keeping commas inside quotes.
+    """
+    if b'"' not in value:
+        return value.split(b",")
+    parts: List[bytes] = []
+    current = bytearray()
+    quoted = False
+    for i in range(len(value)):
+        c = value[i : i + 1]
+        if c == b'"':
+            quoted = not quoted
+        if c == b"," and not quoted:
+            parts.append(bytes(current))
+            current = bytearray()
+        else:
+            current += c
+    parts.append(bytes(current))
+    return parts
+
+
+def _seconds(argument: Optional[bytes]) -> Optional[int]:
+    """
+    A delta-seconds argument, or L{None} when missing or invalid.
+    """
+    if argument is None or not argument.isdigit():
+        return None
+    return min(int(argument), 2**31)
+
+
+def parseHTTPDate(value: Optional[bytes]) -> Optional[float]:
+    """
+    Parse an HTTP-date (RFC 9110 section 5.6.7, the three formats).
+
+    @return: seconds since the epoch, or L{None} when missing or invalid.
+    """
+    if value is None:
+        return None
+    try:
+        parsed = email.utils.parsedate_tz(value.decode("latin-1"))
+    except (TypeError, ValueError, IndexError):
+        return None
+    if parsed is None:
+        return None
+    try:
+        return float(calendar.timegm(parsed[:9]) - (parsed[9] or 0))
+    except (OverflowError, ValueError):
+        return None
+
+
+def _requestCacheControl(head: RequestHead) -> Dict[bytes, Optional[bytes]]:
+    cc = cacheControl(head.getAll(b"cache-control"))
+    if not cc:
+        # RFC 9111 section 5.4: Pragma: no-cache without Cache-Control.
+        pragma = head.get(b"pragma")
+        if pragma is not None and b"no-cache" in pragma.lower():
+            cc[b"no-cache"] = None
+    return cc
+
+
+# -- keys
+
+
+def urlKey(scheme: str, host: str, port: int, path: bytes) -> bytes:
+    """
+    The key of a target URI: scheme and host lower-cased, the scheme's
+    default port omitted, path and query as carried.
+
+    @param path: the origin-form path and query.
+    """
+    scheme = scheme.lower()
+    host = host.lower()
+    if ":" in host:
+        host = "[" + host + "]"
+    authority = host if _DEFAULT_PORTS.get(scheme) == port else f"{host}:{port}"
+    return f"{scheme}://{authority}".encode("idna" if not authority.isascii() else "ascii") + path
+
+
+def varyNames(head: ResponseHead) -> Optional[Tuple[bytes, ...]]:
+    """
+    The request fields a response varies on, lower-cased and sorted, or
+    L{None} for C{Vary: *}.
+    """
+    names = set()
+    for value in head.getAll(b"vary"):
+        for part in value.split(b","):
+            name = part.strip().lower()
+            if name == b"*":
+                return None
+            if name:
+                names.add(name)
+    return tuple(sorted(names))
+
+
+def _normalised(values: List[bytes]) -> bytes:
+    # Whitespace around list members and between fields does not matter
+    # (RFC 9111 section 4.1).
+    return b",".join(b" ".join(p.split()) for v in values for p in v.split(b","))
+
+
+def varyKey(names: Sequence[bytes], request: RequestHead) -> bytes:
+    """
+    The variant key of C{request} for a response varying on C{names}: the
+    selecting fields' normalised values (an absent field differs from an
+    empty one).
+    """
+    if not names:
+        return b""
+    parts = []
+    for name in names:
+        values = request.getAll(name)
+        parts.append(name + (b"=" + _normalised(values) if values else b"!"))
+    return b"\n".join(parts)
+
+
+# -- storing
+
+
+def isStorable(request: RequestHead, response: ResponseHead) -> Tuple[bool, str]:
+    """
+    Whether a shared cache may store C{response} to C{request}
+    (RFC 9111 section 3, with this module's rules).
+
+    @return: C{(storable, reason)}; the reason says why not (for the
+        C{Cache-Status} C{detail}).
+    """
+    if request.method != b"GET":
+        return False, "method"
+    status = response.status
+    if status < 200 or status == 206 or status == 304:
+        return False, "status"
+    reqCC = _requestCacheControl(request)
+    if b"no-store" in reqCC:
+        return False, "request no-store"
+    cc = cacheControl(response.getAll(b"cache-control"))
+    if b"no-store" in cc:
+        return False, "no-store"
+    if b"private" in cc:
+        return False, "private"
+    if varyNames(response) is None:
+        return False, "vary *"
+    explicitShared = b"public" in cc or b"s-maxage" in cc
+    if request.get(b"authorization") is not None:
+        if not (explicitShared or b"must-revalidate" in cc):
+            return False, "authorization"
+    if response.get(b"set-cookie") is not None and not explicitShared:
+        return False, "set-cookie"
+    if (
+        b"public" in cc
+        or b"s-maxage" in cc
+        or b"max-age" in cc
+        or response.get(b"expires") is not None
+        or status in HEURISTIC_STATUSES
+    ):
+        return True, ""
+    return False, "no freshness"
+
+
+def storedHeaders(response: ResponseHead) -> Tuple[Tuple[bytes, bytes], ...]:
+    """
+    The fields kept with a stored response: the end-to-end fields, without
+    C{Set-Cookie}, C{Age}, C{Via} and C{Cache-Status} (added when served).
+    """
+    return tuple((n, v) for n, v in response.headers if n.lower() not in _NOT_STORED)
+
+
+@attr.s(frozen=True, slots=True, auto_attribs=True)
+class StoredResponse:
+    """
+    A stored response's head and what the policy needs to know about it.
+
+    @ivar head: the stored head (L{storedHeaders}).
+    @ivar requestTime: when the request that got it was sent.
+    @ivar responseTime: when its head was received.
+    @ivar initialAge: its corrected initial age (L{initialAge}).
+    @ivar bodyLength: the length of the stored body.
+    """
+
+    head: ResponseHead
+    requestTime: float
+    responseTime: float
+    initialAge: float
+    bodyLength: int = 0
+
+
+def initialAge(head: ResponseHead, requestTime: float, responseTime: float) -> float:
+    """
+    The corrected initial age of a response (RFC 9111 section 4.2.3).
+    """
+    ageValue = _seconds(head.get(b"age")) or 0
+    date = parseHTTPDate(head.get(b"date"))
+    apparentAge = max(0.0, responseTime - date) if date is not None else 0.0
+    responseDelay = max(0.0, responseTime - requestTime)
+    return max(apparentAge, ageValue + responseDelay)
+
+
+def ageOf(stored: StoredResponse, now: float) -> float:
+    """
+    The current age of C{stored} at C{now} (section 4.2.3).
+    """
+    return stored.initialAge + max(0.0, now - stored.responseTime)
+
+
+def freshnessLifetime(head: ResponseHead) -> float:
+    """
+    The freshness lifetime of a response for a shared cache
+    (section 4.2.1): C{s-maxage}, else C{max-age}, else C{Expires} minus
+    C{Date}, else heuristically (10% of the time since C{Last-Modified},
+    at most L{MAX_HEURISTIC}) for a heuristically cacheable status or
+    C{public}; else 0.
+    """
+    cc = cacheControl(head.getAll(b"cache-control"))
+    if b"s-maxage" in cc:
+        return float(_seconds(cc[b"s-maxage"]) or 0)
+    if b"max-age" in cc:
+        return float(_seconds(cc[b"max-age"]) or 0)
+    expiresValues = head.getAll(b"expires")
+    if expiresValues:
+        expires = parseHTTPDate(expiresValues[0]) if len(expiresValues) == 1 else None
+        if expires is None:
+            return 0.0
+        date = parseHTTPDate(head.get(b"date"))
+        if date is None:
+            return 0.0
+        return max(0.0, expires - date)
+    if head.status in HEURISTIC_STATUSES or b"public" in cc:
+        lastModified = parseHTTPDate(head.get(b"last-modified"))
+        date = parseHTTPDate(head.get(b"date"))
+        if lastModified is not None and date is not None and date > lastModified:
+            return min(MAX_HEURISTIC, (date - lastModified) / 10.0)
+    return 0.0
+
+
+# -- serving
+
+#: Serve the stored response as it is.
+FRESH = "fresh"
+#: Serve the stored response stale (the client's C{max-stale} allows it).
+STALE = "stale"
+#: Serve it stale and revalidate in the background (C{stale-while-revalidate}).
+STALE_REVALIDATE = "stale-while-revalidate"
+#: Send a conditional request with the stored validators.
+REVALIDATE = "revalidate"
+#: Send the request upstream as is (nothing usable is stored).
+FORWARD = "forward"
+#: C{only-if-cached} and nothing may be served: answer 504.
+UNSATISFIABLE = "unsatisfiable"
+
+
+@attr.s(frozen=True, slots=True, auto_attribs=True)
+class Lookup:
+    """
+    The decision for a request and the stored response found for it.
+
+    @ivar action: L{FRESH}, L{STALE}, L{STALE_REVALIDATE}, L{REVALIDATE},
+        L{FORWARD} or L{UNSATISFIABLE}.
+    @ivar age: the stored response's current age (0 without one).
+    @ivar ttl: its remaining freshness lifetime (negative once stale).
+    @ivar detail: why it was not served fresh (for C{Cache-Status}).
+    """
+
+    action: str
+    age: float = 0.0
+    ttl: float = 0.0
+    detail: str = ""
+
+
+def _hasValidators(head: ResponseHead) -> bool:
+    return head.get(b"etag") is not None or head.get(b"last-modified") is not None
+
+
+def lookup(request: RequestHead, stored: Optional[StoredResponse], now: float) -> Lookup:
+    """
+    Decide how to answer C{request} given the stored response selected
+    for it (RFC 9111 section 4 and RFC 5861).
+
+    @param stored: the stored response whose variant matches, or L{None}.
+    @param now: the current time.
+    """
+    reqCC = _requestCacheControl(request)
+    onlyIfCached = b"only-if-cached" in reqCC
+    if stored is None:
+        return Lookup(UNSATISFIABLE if onlyIfCached else FORWARD, detail="miss")
+    head = stored.head
+    age = ageOf(stored, now)
+    lifetime = freshnessLifetime(head)
+    ttl = lifetime - age
+    cc = cacheControl(head.getAll(b"cache-control"))
+    revalidate = REVALIDATE if _hasValidators(head) else FORWARD
+    if b"no-cache" in reqCC or b"no-cache" in cc:
+        # Always revalidate (a no-cache request may not be answered from
+        # the cache, even with only-if-cached: RFC 9111 gives no-cache
+        # precedence; answer 504 rather than go upstream).
+        if onlyIfCached:
+            return Lookup(UNSATISFIABLE, age, ttl, "no-cache")
+        return Lookup(revalidate, age, ttl, "request no-cache" if b"no-cache" in reqCC else "no-cache")
+    fresh = ttl > 0
+    maxAge = _seconds(reqCC.get(b"max-age")) if b"max-age" in reqCC else None
+    if b"max-age" in reqCC and maxAge is None:
+        maxAge = 0
+    minFresh = _seconds(reqCC.get(b"min-fresh")) if b"min-fresh" in reqCC else None
+    if fresh:
+        if maxAge is not None and age > maxAge:
+            fresh = False
+            why = "request max-age"
+        elif minFresh is not None and ttl < minFresh:
+            fresh = False
+            why = "request min-fresh"
+        else:
+            return Lookup(FRESH, age, ttl)
+    else:
+        why = "stale"
+    # Not fresh enough.  Stale may be served only when the response allows.
+    mustRevalidate = b"must-revalidate" in cc or b"proxy-revalidate" in cc or b"s-maxage" in cc
+    staleness = -ttl if ttl < 0 else 0.0
+    if not mustRevalidate and why == "stale":
+        if b"max-stale" in reqCC:
+            maxStale = reqCC[b"max-stale"]
+            limit = _seconds(maxStale)
+            if maxStale is None or (limit is not None and staleness <= limit):
+                return Lookup(STALE, age, ttl, "max-stale")
+        swr = _seconds(cc.get(b"stale-while-revalidate"))
+        if swr is not None and staleness <= swr and maxAge is None:
+            return Lookup(STALE_REVALIDATE, age, ttl, "stale-while-revalidate")
+    if onlyIfCached:
+        return Lookup(UNSATISFIABLE, age, ttl, why)
+    return Lookup(revalidate, age, ttl, why)
+
+
+def staleIfError(request: RequestHead, stored: StoredResponse, now: float) -> bool:
+    """
+    Whether C{stored} (stale or not) may answer C{request} because the
+    upstream failed or answered 500, 502, 503 or 504 (RFC 5861 section 4;
+    the response's or the request's C{stale-if-error}).
+    """
+    cc = cacheControl(stored.head.getAll(b"cache-control"))
+    if b"must-revalidate" in cc or b"proxy-revalidate" in cc or b"s-maxage" in cc or b"no-cache" in cc:
+        return False
+    staleness = ageOf(stored, now) - freshnessLifetime(stored.head)
+    if staleness <= 0:
+        return True
+    for directives in (_requestCacheControl(request), cc):
+        limit = _seconds(directives.get(b"stale-if-error"))
+        if limit is not None and staleness <= limit:
+            return True
+    return False
+
+
+def conditionalHeaders(request: RequestHead, stored: ResponseHead) -> Tuple[Tuple[bytes, bytes], ...]:
+    """
+    The request's fields for revalidating C{stored}: its own conditionals
+    replaced by the stored validators (section 4.3.1).
+    """
+    drop = (b"if-none-match", b"if-modified-since", b"if-match", b"if-unmodified-since", b"if-range")
+    headers = [(n, v) for n, v in request.headers if n.lower() not in drop]
+    etag = stored.get(b"etag")
+    if etag is not None:
+        headers.append((b"If-None-Match", etag))
+    lastModified = stored.get(b"last-modified")
+    if lastModified is not None:
+        headers.append((b"If-Modified-Since", lastModified))
+    return tuple(headers)
+
+
+def _weakMatch(candidates: bytes, etag: bytes) -> bool:
+    if candidates.strip() == b"*":
+        return True
+    mine = etag.strip()
+    mine = mine[2:] if mine[:2] == b"W/" else mine
+    for part in candidates.split(b","):
+        tag = part.strip()
+        tag = tag[2:] if tag[:2] == b"W/" else tag
+        if tag == mine:
+            return True
+    return False
+
+
+def evaluateConditional(request: RequestHead, stored: ResponseHead) -> bool:
+    """
+    Whether a conditional C{GET}/C{HEAD} may be answered C{304} from
+    C{stored} (RFC 9111 section 4.3.2; RFC 9110 section 13.2.2).
+    """
+    if stored.status != 200:
+        return False
+    inm = request.getAll(b"if-none-match")
+    if inm:
+        etag = stored.get(b"etag")
+        return etag is not None and _weakMatch(b",".join(inm), etag)
+    ims = parseHTTPDate(request.get(b"if-modified-since"))
+    if ims is not None:
+        reference = parseHTTPDate(stored.get(b"last-modified")) or parseHTTPDate(stored.get(b"date"))
+        return reference is not None and reference <= ims
+    return False
+
+
+def updateHeaders(stored: ResponseHead, notModified: ResponseHead) -> ResponseHead:
+    """
+    The stored head refreshed by a C{304} (section 4.3.4): each field the
+    304 carries replaces the stored ones of that name, except the
+    representation metadata and C{Content-Length} (section 3.2).
+    """
+    fresh = [(n, v) for n, v in notModified.headers if n.lower() not in _NOT_UPDATED]
+    replaced = {n.lower() for n, _ in fresh}
+    kept = [(n, v) for n, v in stored.headers if n.lower() not in replaced]
+    return ResponseHead(stored.version, stored.status, stored.reason, tuple(kept + fresh))
+
+
+def validatorsMatch(stored: ResponseHead, notModified: ResponseHead) -> bool:
+    """
+    Whether a C{304} is about C{stored} (section 4.3.4): its strong ETag,
+    else its Last-Modified, must match when it carries one.
+    """
+    etag = notModified.get(b"etag")
+    if etag is not None:
+        mine = stored.get(b"etag")
+        return mine is not None and _weakMatch(mine, etag)
+    lastModified = notModified.get(b"last-modified")
+    if lastModified is not None:
+        return stored.get(b"last-modified") == lastModified
+    return True
+
+
+def servedHeaders(stored: ResponseHead, age: float, status: bytes) -> List[Tuple[bytes, bytes]]:
+    """
+    The fields of a response served from the cache: the stored ones plus
+    C{Age} (section 5.1) and C{Cache-Status}.
+    """
+    headers = list(stored.headers)
+    headers.append((b"Age", b"%d" % min(int(age), 2**31)))
+    headers.append((b"Cache-Status", status))
+    return headers
+
+
+def cacheStatus(
+    hit: bool,
+    fwd: Optional[str] = None,
+    stored: bool = False,
+    ttl: Optional[float] = None,
+    fwdStatus: Optional[int] = None,
+    collapsed: bool = False,
+    detail: Optional[str] = None,
+) -> bytes:
+    """
+    A C{Cache-Status} value (RFC 9211) for this cache.
+
+    @param fwd: the C{fwd} reason (C{uri-miss}, C{vary-miss}, C{stale},
+        C{request}, C{bypass}, C{miss}).
+    """
+    parts = [CACHE_NAME]
+    if hit:
+        parts.append(b"hit")
+    if fwd is not None:
+        parts.append(b"fwd=" + fwd.encode("ascii"))
+    if fwdStatus is not None:
+        parts.append(b"fwd-status=%d" % fwdStatus)
+    if ttl is not None:
+        parts.append(b"ttl=%d" % int(ttl))
+    if stored:
+        parts.append(b"stored")
+    if collapsed:
+        parts.append(b"collapsed")
+    if detail:
+        parts.append(b'detail="' + detail.encode("ascii", "replace").replace(b'"', b"") + b'"')
+    return b"; ".join(parts)
+
+
+def _sameOriginKey(requestKey: bytes, value: Optional[bytes]) -> Optional[bytes]:
+    """
+    The URL key of a C{Location}/C{Content-Location} value when it names
+    the same origin as C{requestKey}, else L{None}.
+    """
+    if not value:
+        return None
+    value = value.strip()
+    schemeEnd = requestKey.find(b"://")
+    pathStart = requestKey.find(b"/", schemeEnd + 3)
+    origin = requestKey[: pathStart if pathStart >= 0 else len(requestKey)]
+    if value[:1] == b"/" and value[:2] != b"//":
+        return origin + value.partition(b"#")[0]
+    lower = value.lower()
+    if lower.startswith(b"http://") or lower.startswith(b"https://"):
+        scheme, _, rest = value.partition(b"://")
+        authority, slash, path = rest.partition(b"/")
+        scheme = scheme.lower()
+        authority = authority.lower()
+        port = b":" + str(_DEFAULT_PORTS[scheme.decode()]).encode()
+        if authority.endswith(port):
+            authority = authority[: -len(port)]
+        key = scheme + b"://" + authority + slash + path.partition(b"#")[0]
+        if not slash:
+            key += b"/"
+        if key.startswith(origin + b"/") or key == origin:
+            return key
+    return None
+
+
+def invalidationTargets(requestKey: bytes, method: bytes, response: ResponseHead) -> List[bytes]:
+    """
+    The URL keys an unsafe request's response invalidates (section 4.4):
+    its target and same-origin C{Location} and C{Content-Location}, when
+    the response is a non-error (2xx or 3xx) one.
+    """
+    if method in _SAFE_METHODS or not (200 <= response.status < 400):
+        return []
+    keys = [requestKey]
+    for name in (b"location", b"content-location"):
+        key = _sameOriginKey(requestKey, response.get(name))
+        if key is not None and key not in keys:
+            keys.append(key)
+    return keys
+
+
+def isUnsafe(method: bytes) -> bool:
+    """
+    Whether C{method} is unsafe (RFC 9110 section 9.2.1).
+    """
+    return method not in _SAFE_METHODS
+
+
+def parseRange(value: Optional[bytes], length: int) -> Optional[Tuple[int, int]]:
+    """
+    One satisfiable byte range of a C{Range} value over a body of
+    C{length} bytes, as C{(first, last)} inclusive; L{None} when the value
+    is absent, not one C{bytes} range, or not satisfiable (the full
+    response is then served: RFC 9110 section 14.2 lets a server ignore
+    C{Range}).
+    """
+    if value is None:
+        return None
+    unit, eq, spec = value.partition(b"=")
+    if not eq or unit.strip().lower() != b"bytes" or b"," in spec:
+        return None
+    first, dash, last = spec.strip().partition(b"-")
+    if not dash:
+        return None
+    if not first:
+        if not last.isdigit() or int(last) == 0 or length == 0:
+            return None
+        return max(0, length - int(last)), length - 1
+    if not first.isdigit() or (last and not last.isdigit()):
+        return None
+    start = int(first)
+    end = int(last) if last else length - 1
+    if start > end or start >= length:
+        return None
+    return start, min(end, length - 1)
