@@ -7,11 +7,17 @@ glue between them and the HTTP core (L{txproxy.cache._http}).
 """
 
 from txproxy.cache._entry import MAGIC, Entry, deserialize, serialize
+from txproxy.cache._http import RESULTS, CacheRequest, HTTPCache
 from txproxy.cache._memory import DEFAULT_MAX_OBJECT, MemoryStore, Writer
 from txproxy.cache._policy import CACHE_NAME, StoredResponse
+from txproxy.cache._service import CacheService, purgeKey
 
 __all__ = [
     "CACHE_NAME",
+    "RESULTS",
+    "CacheRequest",
+    "CacheService",
+    "HTTPCache",
     "DEFAULT_MAX_OBJECT",
     "MAGIC",
     "Entry",
@@ -19,5 +25,6 @@ __all__ = [
     "StoredResponse",
     "Writer",
     "deserialize",
+    "purgeKey",
     "serialize",
 ]

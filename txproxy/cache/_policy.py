@@ -34,12 +34,23 @@ The choices this module makes where the RFCs leave room:
 
 from __future__ import annotations
 
-import calendar
-import email.utils
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import List, Optional, Tuple
 
 import attr
 
+from txproxy.cache._fields import (
+    CACHE_NAME,
+    DEFAULT_PORTS,
+    cacheControl,
+    cacheStatus,
+    parseHTTPDate,
+    parseRange,
+    requestCacheControl,
+    seconds,
+    urlKey,
+    varyKey,
+    varyNames,
+)
 from txproxy.http import RequestHead, ResponseHead
 
 __all__ = [
@@ -54,6 +65,7 @@ __all__ = [
     "Lookup",
     "StoredResponse",
     "ageOf",
+    "seconds",
     "cacheControl",
     "cacheStatus",
     "conditionalHeaders",
@@ -61,6 +73,8 @@ __all__ = [
     "freshnessLifetime",
     "initialAge",
     "invalidationTargets",
+    "isUnsafe",
+    "parseRange",
     "isStorable",
     "lookup",
     "parseHTTPDate",
@@ -69,12 +83,10 @@ __all__ = [
     "storedHeaders",
     "updateHeaders",
     "urlKey",
+    "validatorsMatch",
     "varyKey",
     "varyNames",
 ]
-
-#: The cache's name in C{Cache-Status} (RFC 9211).
-CACHE_NAME = b"txproxy"
 
 #: Statuses cacheable by default (RFC 9110 section 15.1), that is with a
 #: heuristic freshness lifetime.
@@ -107,154 +119,6 @@ _NOT_STORED = frozenset(
 _NOT_UPDATED = frozenset({b"content-length", b"content-encoding", b"content-type", b"content-range"}) | _NOT_STORED
 
 _SAFE_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE"})
-_DEFAULT_PORTS = {"http": 80, "https": 443}
-
-# -- parsing
-
-
-def cacheControl(values: Iterable[bytes]) -> Dict[bytes, Optional[bytes]]:
-    """
-    Parse C{Cache-Control} field values into directives.
-
-    @param values: every C{Cache-Control} value, in order.
-    @return: directive (lower-case) -> argument (unquoted), or L{None}
-        for a directive without one.  A directive given twice maps to
-        C{b"\\x00dup"}, which no numeric parse accepts.
-    """
-    out: Dict[bytes, Optional[bytes]] = {}
-    for value in values:
-        for part in _splitList(value):
-            name, eq, arg = part.partition(b"=")
-            name = name.strip().lower()
-            if not name:
-                continue
-            argument: Optional[bytes] = None
-            if eq:
-                argument = arg.strip()
-                if len(argument) >= 2 and argument[:1] == b'"' and argument[-1:] == b'"':
-                    argument = argument[1:-1]
-            if name in out:
-                out[name] = b"\x00dup"
-            else:
-                out[name] = argument
-    return out
-
-
-def _splitList(value: bytes) -> List[bytes]:
-    """
-    Split a comma-separated field value, keeping commas inside quotes.
-    """
-    if b'"' not in value:
-        return value.split(b",")
-    parts: List[bytes] = []
-    current = bytearray()
-    quoted = False
-    for i in range(len(value)):
-        c = value[i : i + 1]
-        if c == b'"':
-            quoted = not quoted
-        if c == b"," and not quoted:
-            parts.append(bytes(current))
-            current = bytearray()
-        else:
-            current += c
-    parts.append(bytes(current))
-    return parts
-
-
-def _seconds(argument: Optional[bytes]) -> Optional[int]:
-    """
-    A delta-seconds argument, or L{None} when missing or invalid.
-    """
-    if argument is None or not argument.isdigit():
-        return None
-    return min(int(argument), 2**31)
-
-
-def parseHTTPDate(value: Optional[bytes]) -> Optional[float]:
-    """
-    Parse an HTTP-date (RFC 9110 section 5.6.7, the three formats).
-
-    @return: seconds since the epoch, or L{None} when missing or invalid.
-    """
-    if value is None:
-        return None
-    try:
-        parsed = email.utils.parsedate_tz(value.decode("latin-1"))
-    except (TypeError, ValueError, IndexError):
-        return None
-    if parsed is None:
-        return None
-    try:
-        return float(calendar.timegm(parsed[:9]) - (parsed[9] or 0))
-    except (OverflowError, ValueError):
-        return None
-
-
-def _requestCacheControl(head: RequestHead) -> Dict[bytes, Optional[bytes]]:
-    cc = cacheControl(head.getAll(b"cache-control"))
-    if not cc:
-        # RFC 9111 section 5.4: Pragma: no-cache without Cache-Control.
-        pragma = head.get(b"pragma")
-        if pragma is not None and b"no-cache" in pragma.lower():
-            cc[b"no-cache"] = None
-    return cc
-
-
-# -- keys
-
-
-def urlKey(scheme: str, host: str, port: int, path: bytes) -> bytes:
-    """
-    The key of a target URI: scheme and host lower-cased, the scheme's
-    default port omitted, path and query as carried.
-
-    @param path: the origin-form path and query.
-    """
-    scheme = scheme.lower()
-    host = host.lower()
-    if ":" in host:
-        host = "[" + host + "]"
-    authority = host if _DEFAULT_PORTS.get(scheme) == port else f"{host}:{port}"
-    return f"{scheme}://{authority}".encode("idna" if not authority.isascii() else "ascii") + path
-
-
-def varyNames(head: ResponseHead) -> Optional[Tuple[bytes, ...]]:
-    """
-    The request fields a response varies on, lower-cased and sorted, or
-    L{None} for C{Vary: *}.
-    """
-    names = set()
-    for value in head.getAll(b"vary"):
-        for part in value.split(b","):
-            name = part.strip().lower()
-            if name == b"*":
-                return None
-            if name:
-                names.add(name)
-    return tuple(sorted(names))
-
-
-def _normalised(values: List[bytes]) -> bytes:
-    # Whitespace around list members and between fields does not matter
-    # (RFC 9111 section 4.1).
-    return b",".join(b" ".join(p.split()) for v in values for p in v.split(b","))
-
-
-def varyKey(names: Sequence[bytes], request: RequestHead) -> bytes:
-    """
-    The variant key of C{request} for a response varying on C{names}: the
-    selecting fields' normalised values (an absent field differs from an
-    empty one).
-    """
-    if not names:
-        return b""
-    parts = []
-    for name in names:
-        values = request.getAll(name)
-        parts.append(name + (b"=" + _normalised(values) if values else b"!"))
-    return b"\n".join(parts)
-
 
 # -- storing
 
@@ -272,7 +136,7 @@ def isStorable(request: RequestHead, response: ResponseHead) -> Tuple[bool, str]
     status = response.status
     if status < 200 or status == 206 or status == 304:
         return False, "status"
-    reqCC = _requestCacheControl(request)
+    reqCC = requestCacheControl(request)
     if b"no-store" in reqCC:
         return False, "request no-store"
     cc = cacheControl(response.getAll(b"cache-control"))
@@ -330,7 +194,7 @@ def initialAge(head: ResponseHead, requestTime: float, responseTime: float) -> f
     """
     The corrected initial age of a response (RFC 9111 section 4.2.3).
     """
-    ageValue = _seconds(head.get(b"age")) or 0
+    ageValue = seconds(head.get(b"age")) or 0
     date = parseHTTPDate(head.get(b"date"))
     apparentAge = max(0.0, responseTime - date) if date is not None else 0.0
     responseDelay = max(0.0, responseTime - requestTime)
@@ -354,9 +218,9 @@ def freshnessLifetime(head: ResponseHead) -> float:
     """
     cc = cacheControl(head.getAll(b"cache-control"))
     if b"s-maxage" in cc:
-        return float(_seconds(cc[b"s-maxage"]) or 0)
+        return float(seconds(cc[b"s-maxage"]) or 0)
     if b"max-age" in cc:
-        return float(_seconds(cc[b"max-age"]) or 0)
+        return float(seconds(cc[b"max-age"]) or 0)
     expiresValues = head.getAll(b"expires")
     if expiresValues:
         expires = parseHTTPDate(expiresValues[0]) if len(expiresValues) == 1 else None
@@ -420,7 +284,7 @@ def lookup(request: RequestHead, stored: Optional[StoredResponse], now: float) -
     @param stored: the stored response whose variant matches, or L{None}.
     @param now: the current time.
     """
-    reqCC = _requestCacheControl(request)
+    reqCC = requestCacheControl(request)
     onlyIfCached = b"only-if-cached" in reqCC
     if stored is None:
         return Lookup(UNSATISFIABLE if onlyIfCached else FORWARD, detail="miss")
@@ -438,10 +302,10 @@ def lookup(request: RequestHead, stored: Optional[StoredResponse], now: float) -
             return Lookup(UNSATISFIABLE, age, ttl, "no-cache")
         return Lookup(revalidate, age, ttl, "request no-cache" if b"no-cache" in reqCC else "no-cache")
     fresh = ttl > 0
-    maxAge = _seconds(reqCC.get(b"max-age")) if b"max-age" in reqCC else None
+    maxAge = seconds(reqCC.get(b"max-age")) if b"max-age" in reqCC else None
     if b"max-age" in reqCC and maxAge is None:
         maxAge = 0
-    minFresh = _seconds(reqCC.get(b"min-fresh")) if b"min-fresh" in reqCC else None
+    minFresh = seconds(reqCC.get(b"min-fresh")) if b"min-fresh" in reqCC else None
     if fresh:
         if maxAge is not None and age > maxAge:
             fresh = False
@@ -459,10 +323,10 @@ def lookup(request: RequestHead, stored: Optional[StoredResponse], now: float) -
     if not mustRevalidate and why == "stale":
         if b"max-stale" in reqCC:
             maxStale = reqCC[b"max-stale"]
-            limit = _seconds(maxStale)
+            limit = seconds(maxStale)
             if maxStale is None or (limit is not None and staleness <= limit):
                 return Lookup(STALE, age, ttl, "max-stale")
-        swr = _seconds(cc.get(b"stale-while-revalidate"))
+        swr = seconds(cc.get(b"stale-while-revalidate"))
         if swr is not None and staleness <= swr and maxAge is None:
             return Lookup(STALE_REVALIDATE, age, ttl, "stale-while-revalidate")
     if onlyIfCached:
@@ -482,8 +346,8 @@ def staleIfError(request: RequestHead, stored: StoredResponse, now: float) -> bo
     staleness = ageOf(stored, now) - freshnessLifetime(stored.head)
     if staleness <= 0:
         return True
-    for directives in (_requestCacheControl(request), cc):
-        limit = _seconds(directives.get(b"stale-if-error"))
+    for directives in (requestCacheControl(request), cc):
+        limit = seconds(directives.get(b"stale-if-error"))
         if limit is not None and staleness <= limit:
             return True
     return False
@@ -574,39 +438,6 @@ def servedHeaders(stored: ResponseHead, age: float, status: bytes) -> List[Tuple
     return headers
 
 
-def cacheStatus(
-    hit: bool,
-    fwd: Optional[str] = None,
-    stored: bool = False,
-    ttl: Optional[float] = None,
-    fwdStatus: Optional[int] = None,
-    collapsed: bool = False,
-    detail: Optional[str] = None,
-) -> bytes:
-    """
-    A C{Cache-Status} value (RFC 9211) for this cache.
-
-    @param fwd: the C{fwd} reason (C{uri-miss}, C{vary-miss}, C{stale},
-        C{request}, C{bypass}, C{miss}).
-    """
-    parts = [CACHE_NAME]
-    if hit:
-        parts.append(b"hit")
-    if fwd is not None:
-        parts.append(b"fwd=" + fwd.encode("ascii"))
-    if fwdStatus is not None:
-        parts.append(b"fwd-status=%d" % fwdStatus)
-    if ttl is not None:
-        parts.append(b"ttl=%d" % int(ttl))
-    if stored:
-        parts.append(b"stored")
-    if collapsed:
-        parts.append(b"collapsed")
-    if detail:
-        parts.append(b'detail="' + detail.encode("ascii", "replace").replace(b'"', b"") + b'"')
-    return b"; ".join(parts)
-
-
 def _sameOriginKey(requestKey: bytes, value: Optional[bytes]) -> Optional[bytes]:
     """
     The URL key of a C{Location}/C{Content-Location} value when it names
@@ -626,7 +457,7 @@ def _sameOriginKey(requestKey: bytes, value: Optional[bytes]) -> Optional[bytes]
         authority, slash, path = rest.partition(b"/")
         scheme = scheme.lower()
         authority = authority.lower()
-        port = b":" + str(_DEFAULT_PORTS[scheme.decode()]).encode()
+        port = b":" + str(DEFAULT_PORTS[scheme.decode()]).encode()
         if authority.endswith(port):
             authority = authority[: -len(port)]
         key = scheme + b"://" + authority + slash + path.partition(b"#")[0]
@@ -658,32 +489,3 @@ def isUnsafe(method: bytes) -> bool:
     Whether C{method} is unsafe (RFC 9110 section 9.2.1).
     """
     return method not in _SAFE_METHODS
-
-
-def parseRange(value: Optional[bytes], length: int) -> Optional[Tuple[int, int]]:
-    """
-    One satisfiable byte range of a C{Range} value over a body of
-    C{length} bytes, as C{(first, last)} inclusive; L{None} when the value
-    is absent, not one C{bytes} range, or not satisfiable (the full
-    response is then served: RFC 9110 section 14.2 lets a server ignore
-    C{Range}).
-    """
-    if value is None:
-        return None
-    unit, eq, spec = value.partition(b"=")
-    if not eq or unit.strip().lower() != b"bytes" or b"," in spec:
-        return None
-    first, dash, last = spec.strip().partition(b"-")
-    if not dash:
-        return None
-    if not first:
-        if not last.isdigit() or int(last) == 0 or length == 0:
-            return None
-        return max(0, length - int(last)), length - 1
-    if not first.isdigit() or (last and not last.isdigit()):
-        return None
-    start = int(first)
-    end = int(last) if last else length - 1
-    if start > end or start >= length:
-        return None
-    return start, min(end, length - 1)

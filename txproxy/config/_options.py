@@ -20,6 +20,7 @@ from txproxy.config._values import (
     parseCIDRs,
     parsePorts,
     parseRate,
+    parseSize,
 )
 from txproxy.errors import ConfigError
 
@@ -137,6 +138,9 @@ _LISTENER_OPTIONS: List[Tuple[str, str, _Converter, bool]] = [
     ("rate-key", "rateKey", _choice(("client", "user", "route")), False),
     ("http2", "http2", _onOff, False),
     ("h2-max-streams", "h2MaxStreams", lambda v, w: _bounded(v, w, 1, MAX_H2_STREAMS), False),
+    ("cache", "cache", lambda v, w: _wrap(parseSize)(str(v) if isinstance(v, int) and not isinstance(v, bool) else v, w), False),
+    ("cache-max-object", "cacheMaxObject", lambda v, w: _wrap(parseSize)(str(v) if isinstance(v, int) and not isinstance(v, bool) else v, w), False),
+    ("cache-redis", "cacheRedis", lambda v, w: _checkRedisURL(_string(v, w), w), False),
 ]
 
 _CIDR_FIELDS = {"trustedProxies", "allow", "deny", "denyDest"}
@@ -292,6 +296,12 @@ def _crossCheck(l: ListenerConfig, where: str) -> None:
         raise ConfigError(f"{pre}--burst needs --rate")
     if l.auth is not None and l.mode != "forward":
         raise ConfigError(f"{pre}--auth is only for mode forward")
+    if l.cache is not None and l.mode not in HTTP_MODES:
+        raise ConfigError(f"{pre}--cache is only for modes forward and reverse, which speak HTTP (mode is {l.mode})")
+    if l.cacheRedis is not None and l.cache is None:
+        raise ConfigError(f"{pre}--cache-redis needs --cache (the memory tier)")
+    if l.cacheMaxObject != 8388608 and l.cache is None:
+        raise ConfigError(f"{pre}--cache-max-object needs --cache")
     key = f"{w}." if w else ""
     for name, field, constant in _KEEPALIVE_CONSTANTS:
         if getattr(l, field) is None:
