@@ -395,6 +395,19 @@ class RevalidationTests(CacheTestCase):
         self.assertIn(b"stale-if-error", field(data, b"cache-status") or b"")
         self.assertEqual(self.cache.results["stale"], 1)
 
+    def test_staleIfErrorWithoutValidators(self) -> None:
+        """
+        stale-if-error applies to a stale response without validators too
+        (forwarded unconditionally, answered 500).
+        """
+        self.fill(b"/x", b"body", b"Cache-Control: max-age=10, stale-if-error=60")
+        self.clock.advance(20)
+        _, client = self.request()
+        sent = self.upstreamAnswers(response(b"oops", b"500 Internal Server Error"))
+        self.assertNotIn(b"If-", sent.value())
+        self.assertTrue(client.value().endswith(b"\r\n\r\nbody"), client.value())
+        self.assertEqual(self.cache.results, {"hit": 0, "miss": 1, "stale": 1, "revalidated": 0, "bypass": 0})
+
     def test_staleIfErrorUnreachable(self) -> None:
         """
         An upstream that cannot be reached: the stale response within

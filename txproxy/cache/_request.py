@@ -54,6 +54,7 @@ class CacheRequest:
     storing = False
     revalidating = False
     collapsed = False
+    counted = False
     _wake: Any = None
     _restore: Optional[Callable[[bytes], Any]] = None
     _logStatus: Optional[int] = None
@@ -70,7 +71,7 @@ class CacheRequest:
     # -- deciding
 
     def bypass(self, why: str) -> RequestHead:
-        self.cache.count("bypass")
+        self._count("bypass")
         self.status = P.cacheStatus(False, "bypass", detail=why)
         self.done = not self.unsafe
         return self.head
@@ -95,16 +96,16 @@ class CacheRequest:
         collapsed = self.collapsed
         if action == P.FRESH:
             assert entry is not None
-            cache.count("hit")
+            self._count("hit")
             self._serve(entry, P.cacheStatus(True, ttl=lk.ttl, collapsed=collapsed), now)
             return None
         if action == P.STALE:
             assert entry is not None
-            cache.count("stale")
+            self._count("stale")
             self._serve(entry, P.cacheStatus(True, ttl=lk.ttl, collapsed=collapsed, detail="max-stale"), now)
             return None
         if action == P.UNSATISFIABLE:
-            cache.count("miss")
+            self._count("miss")
             self.done = True
             status = P.cacheStatus(False, "miss", detail="only-if-cached")
             body = b"504 not in the cache (only-if-cached)\n"
@@ -114,7 +115,7 @@ class CacheRequest:
             return None
         if action == P.STALE_REVALIDATE:
             assert entry is not None
-            cache.count("stale")
+            self._count("stale")
             status = P.cacheStatus(True, ttl=lk.ttl, collapsed=collapsed, detail="stale-while-revalidate")
             if client.method != _GET or cache._flightFor(self.urlKey) is not None:
                 # Someone is revalidating it already.
@@ -138,7 +139,8 @@ class CacheRequest:
             fwd = "vary-miss" if self.known else "uri-miss"
         if client.method == _HEAD or client.get(b"range") is not None:
             # Answered upstream, never stored (nor collapsed).
-            cache.count("miss")
+            self.entry = None
+            self._count("miss")
             self.status = P.cacheStatus(False, fwd)
             self.done = True
             return self.head
@@ -161,8 +163,19 @@ class CacheRequest:
             assert entry is not None
             self._revalidate(entry)
             return self._conditionalHead(entry)
-        cache.count("miss")
+        if entry is None:
+            # (With a stale one, counted once its fate is known: stale if
+            # it answers for an error, else miss.)
+            self._count("miss")
         return self.head
+
+    def _count(self, result: str) -> None:
+        """
+        Count this request's result (once).
+        """
+        if not self.counted:
+            self.counted = True
+            self.cache.count(result)
 
     def _revalidate(self, entry: Entry) -> None:
         self.entry = entry
@@ -243,6 +256,10 @@ class CacheRequest:
             for key in P.invalidationTargets(self.urlKey, client.method, resp):
                 cache.purge(key)
         entry = self.entry
+        if self._sieAllowed(resp, now):
+            assert entry is not None
+            self._staleIfError(entry, resp.status, now)
+            return None
         if self.revalidating and entry is not None:
             if resp.status == 304 and P.validatorsMatch(entry.stored.head, resp):
                 head = P.updateHeaders(entry.stored.head, resp)
@@ -254,20 +271,14 @@ class CacheRequest:
                 cache._land(self)
                 if self.background:
                     return None
-                cache.count("revalidated")
+                self._count("revalidated")
                 served, body = self._served(entry, self.status + b"; fwd-status=304", now)
                 self._logStatus = served.status
                 self.done = True
                 self.proto._answerFromCache(served, body, False)
                 return None
-            if resp.status in _SIE_STATUSES and not self.background and P.staleIfError(client, entry.stored, now):
-                self._staleIfError(entry, resp.status, now)
-                return None
-            if not self.background:
-                cache.count("miss")
-        if self.background:
-            # Keep storing what the revalidation brings; nothing to the client.
-            pass
+        if entry is not None and not self.background:
+            self._count("miss")
         if self.storing:
             ok, why = P.isStorable(client, resp)
             if ok and 200 <= resp.status:
@@ -293,6 +304,19 @@ class CacheRequest:
             return None
         self.status += b"; fwd-status=%d" % resp.status
         return ResponseHead(resp.version, resp.status, resp.reason, resp.headers + ((b"Cache-Status", self.status),))
+
+    def _sieAllowed(self, resp: ResponseHead, now: float) -> bool:
+        """
+        Whether a stale stored response answers instead of C{resp}
+        (C{stale-if-error}, for 500, 502, 503 and 504).
+        """
+        entry = self.entry
+        return (
+            entry is not None
+            and not self.background
+            and resp.status in _SIE_STATUSES
+            and P.staleIfError(self.request.head, entry.stored, now)
+        )
 
     def bodyData(self, data: bytes) -> None:
         """
@@ -344,7 +368,7 @@ class CacheRequest:
         whatever the upstream still sends is discarded.
         """
         cache = self.cache
-        cache.count("stale")
+        self._count("stale")
         self.storing = False
         served, body = self._served(entry, P.cacheStatus(True, "stale", fwdStatus=status,
                                                          detail="stale-if-error"), now)
@@ -387,10 +411,11 @@ class CacheRequest:
         entry = self.entry
         now = cache.clock.seconds()
         if entry is not None and status in _SIE_STATUSES and P.staleIfError(self.request.head, entry.stored, now):
-            cache.count("stale")
+            self._count("stale")
             served, body = self._served(entry, P.cacheStatus(True, "stale", detail="stale-if-error"), now)
             proto._answerFromCache(served, body, True)
             return True
+        self._count("miss")
         return False
 
     def aborted(self) -> None:
