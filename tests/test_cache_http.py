@@ -228,6 +228,17 @@ class HitMissTests(CacheTestCase):
         self.assertTrue(data.startswith(b"HTTP/1.1 304 Not Modified\r\n"), data)
         self.assertTrue(data.endswith(b"\r\n\r\n"))
 
+    def test_emptyBodyLooksUp(self) -> None:
+        """
+        A GET with Content-Length: 0 is looked up; one with a body is not.
+        """
+        self.fill()
+        _, client = self.request(b"/x", b"Content-Length: 0")
+        self.assertIn(b"Cache-Status: txproxy; hit", client.value())
+        proto, client = connect(self.factory, ("203.0.113.9", 5000))
+        proto.dataReceived(b"GET /x HTTP/1.1\r\nHost: a.test\r\nContent-Length: 2\r\n\r\nab")
+        self.assertEqual(len(self.connector.attempts), 2)
+
     def test_onlyIfCached(self) -> None:
         """
         only-if-cached on a miss is a 504 from the cache, nothing goes

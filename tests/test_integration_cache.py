@@ -11,6 +11,7 @@ through.
 from __future__ import annotations
 
 import http.server
+import platform
 import subprocess
 import threading
 import time
@@ -221,9 +222,18 @@ class CacheMemoryBoundTests(SynchronousTestCase):
     """
 
     size = 8 * 1024 * 1024
-    #: What RSS may grow beyond SIZE: the allocator's slack and buffers of
-    #: the objects in flight (stated in docs/cache.rst).
-    margin = 16 * 1024 * 1024
+
+    def bound(self) -> float:
+        """
+        How much RSS may grow (stated in docs/cache.rst): on CPython, SIZE
+        plus 16 MiB (the allocator's slack, the responses in flight); on
+        PyPy, whose garbage collector frees old objects only when its heap
+        has grown by 1.82 times what survived the last major collection,
+        2.5 times SIZE plus 64 MiB.
+        """
+        if platform.python_implementation() == "PyPy":
+            return 2.5 * self.size + 64 * 1024 * 1024
+        return self.size + 16 * 1024 * 1024
 
     def test_rssBounded(self) -> None:
         origin, handler = _origin()
@@ -258,5 +268,5 @@ class CacheMemoryBoundTests(SynchronousTestCase):
         self.assertLessEqual(stored[0], self.size)
         self.assertGreater(stored[0], self.size / 2)
         growth = peak - baseline
-        self.assertLessEqual(growth, self.size + self.margin,
+        self.assertLessEqual(growth, self.bound(),
                              f"RSS grew {growth / 2**20:.1f} MiB for a {self.size / 2**20:.0f} MiB cache")

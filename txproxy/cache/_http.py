@@ -181,7 +181,8 @@ class HTTPCache:
             if P.isUnsafe(method):
                 cr.unsafe = True
             return cr.bypass("method")
-        if proto._framing.kind != "none" or proto._upgrading:
+        framing = proto._framing
+        if (framing.kind != "none" and framing.length != 0) or proto._upgrading:
             return cr.bypass("body")
         if b"no-store" in P.cacheControl(client.getAll(b"cache-control")):
             return cr.bypass("request no-store")
