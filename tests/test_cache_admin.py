@@ -6,11 +6,13 @@ and a reload that resizes the cache (L{txproxy.runtime.service}).
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet import defer
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
@@ -161,8 +163,6 @@ class CacheAdminTests(SynchronousTestCase):
         proto.dataReceived(b"GET http://a.test/x HTTP/1.1\r\nHost: a.test\r\n\r\n")
         self.assertIn(b"Cache-Status: txproxy; hit", transport.value())
         status, _, body = get(self.site(), b"/status?format=json")
-        import json
-
         data = json.loads(body)
         cache = data["listeners"][0]["cache"]
         self.assertEqual((cache["entries"], cache["requests"]["hit"], cache["hitRatio"]), (1, 1, 1.0))
@@ -212,8 +212,6 @@ class SupervisorPurgeTests(SynchronousTestCase):
         asked = []
 
         def fromWorkers(path: bytes, method: bytes = b"GET") -> Any:
-            from twisted.internet import defer
-
             asked.append((path, method))
             return defer.succeed({1: b"2", 2: b"1", 3: None})
 

@@ -6,20 +6,23 @@ L{txproxy.cache._service}.
 
 from __future__ import annotations
 
+import sys
 from email.utils import formatdate
 from typing import Any, List, Optional, Tuple
 
-from twisted.internet import defer
+from twisted.internet import defer, error
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.test_cache_memory import entry
+from tests.test_h2_server import Client
 from txproxy import config
 from txproxy.cache import CacheService, HTTPCache, purgeKey
 from txproxy.errors import ConfigError
 from txproxy.reverse import ReverseProxyFactory
 from txproxy.router import RouterService
-from txproxy.testing import FakeConnector, FakeTransport, connect, forwardFactory
+from txproxy.testing import FakeConnector, FakeTransport, connect, forwardFactory, reverseFactory
 
 T0 = 1_700_000_000.0
 
@@ -427,8 +430,6 @@ class RevalidationTests(CacheTestCase):
         self.fill(b"/x", b"body", b"Cache-Control: max-age=10, stale-if-error=60", b'ETag: "v1"')
         self.clock.advance(20)
         _, client = self.request()
-        from twisted.internet import error
-
         self.connector.last.fail(error.ConnectionRefusedError())
         data = client.value()
         self.assertTrue(data.startswith(b"HTTP/1.1 200 OK"), data)
@@ -441,8 +442,6 @@ class RevalidationTests(CacheTestCase):
         self.fill(b"/x", b"body", b"Cache-Control: max-age=10", b'ETag: "v1"')
         self.clock.advance(20)
         _, client = self.request()
-        from twisted.internet import error
-
         self.connector.last.fail(error.ConnectionRefusedError())
         self.assertTrue(client.value().startswith(b"HTTP/1.1 502 "), client.value())
 
@@ -676,8 +675,6 @@ class CacheServiceTests(SynchronousTestCase):
         service = CacheService(Clock())
         cache = service.cacheFor(self.listener(cache="1M"))
         assert cache is not None
-        from tests.test_cache_memory import entry
-
         for i in range(100):
             cache.store.insert(entry(url=b"http://a/%d" % i, body=b"x" * 1000))
         again = service.cacheFor(self.listener(cache="20K"))
@@ -694,8 +691,6 @@ class CacheServiceTests(SynchronousTestCase):
         service = CacheService(Clock())
         cache = service.cacheFor(self.listener(cache="1M"))
         assert cache is not None
-        from tests.test_cache_memory import entry
-
         cache.store.insert(entry(url=b"http://a.test/x", variant=b"1"))
         cache.store.insert(entry(url=b"http://a.test/x", variant=b"2"))
         self.assertEqual(self.successResultOf(service.purge("http://A.test:80/x")), 2)
@@ -708,8 +703,6 @@ class CacheServiceTests(SynchronousTestCase):
         --cache-redis without the tier's module is a configuration error,
         never a traceback.
         """
-        import sys
-
         saved = sys.modules.get("txproxy.cache.redis")
         sys.modules["txproxy.cache.redis"] = None  # type: ignore[assignment]
         try:
@@ -814,3 +807,44 @@ class SharedTierTests(CacheTestCase):
         self.fill()
         self.assertEqual(self.successResultOf(self.cache.purge(b"http://a.test/x")), 1)
         self.assertEqual((len(self.cache.store), tier.data), (0, {}))
+
+
+class HTTP2Tests(SynchronousTestCase):
+    """
+    HTTP/2 clients: each stream runs the same protocol class, so the cache
+    works for them unchanged.
+    """
+
+    def test_streamsHitAndCollapse(self) -> None:
+        """
+        Concurrent streams for one URL collapse into one upstream request;
+        a later stream is a hit with Age and Cache-Status; HEAD too.
+        """
+        clock = Clock()
+        clock.advance(T0)
+        connector = FakeConnector()
+        factory = reverseFactory({"*": "http://192.0.2.1:8080"}, connector=connector, clock=clock)
+        factory.cache = cache = HTTPCache(1 << 20, clock=clock)
+        proto, transport = connect(factory, ("203.0.113.9", 5000))
+        client = Client(proto, transport)
+        client.send()
+        first, second = client.request(b"/x"), client.request(b"/x")
+        self.assertEqual(len(connector.attempts), 1)
+        attempt = connector.last
+        attempt.succeed()
+        attempt.protocol.dataReceived(response(b"over h2", b"200 OK", b"Cache-Control: max-age=60"))
+        client.read()
+        self.assertEqual((client.bodies[first], client.bodies[second]), (b"over h2", b"over h2"))
+        clock.advance(3)
+        third = client.request(b"/x")
+        head = client.request(b"/x", method=b"HEAD")
+        client.read()
+        headers = dict(client.heads[third])
+        self.assertEqual(client.bodies[third], b"over h2")
+        self.assertEqual(headers[b"age"], b"3")
+        self.assertEqual(headers[b"cache-status"], b"txproxy; hit; ttl=57")
+        self.assertEqual(dict(client.heads[head])[b"content-length"], b"7")
+        self.assertNotIn(head, client.bodies)
+        self.assertIn(third, client.ended)
+        self.assertEqual(len(connector.attempts), 1)
+        self.assertEqual(cache.results["hit"], 3)
