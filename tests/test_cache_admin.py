@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 from typing import Any
 
@@ -191,6 +192,21 @@ class CacheAdminTests(SynchronousTestCase):
         self.assertGreater(len(cache.store), 0)
         self.service._apply(fromFlags(["tcp:3128"], [("admin", "tcp:9901:interface=127.0.0.1"), ("name", "web")]))
         self.assertIsNone(self.service.factories["web"].cache)
+
+    def test_reloadWithoutRedisTierRejected(self) -> None:
+        """
+        A reload naming --cache-redis while the tier is not installed is
+        refused before anything changes.
+        """
+        saved = sys.modules.get("txproxy.cache.redis")
+        sys.modules["txproxy.cache.redis"] = None  # type: ignore[assignment]
+        self.addCleanup(lambda: sys.modules.pop("txproxy.cache.redis") if saved is None
+                        else sys.modules.__setitem__("txproxy.cache.redis", saved))
+        new = fromFlags(["tcp:3128"], [("admin", "tcp:9901:interface=127.0.0.1"), ("name", "web"),
+                                       ("cache", "10K"), ("cache-redis", "redis://127.0.0.1:1/0")])
+        self.assertRaises(ConfigError, self.service._apply, new)
+        self.assertEqual(self.cache.store.maxBytes, 1024**2)
+        self.assertIs(self.service.factories["web"].cache, self.cache)
 
     def test_noCacheIs404(self) -> None:
         """

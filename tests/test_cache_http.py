@@ -135,6 +135,19 @@ class HitMissTests(CacheTestCase):
         self.assertEqual([r.status for r in self.records], [200, 200])
         self.assertFalse(client.disconnecting)
 
+    def test_dateAddedWhenMissing(self) -> None:
+        """
+        A stored response without Date gets the time it was received, so
+        Expires and heuristic freshness work for it.
+        """
+        _, client = self.request()
+        self.upstreamAnswers(response(b"x", b"200 OK", b"Last-Modified: "
+                                      + formatdate(self.clock.seconds() - 1000, usegmt=True).encode()))
+        self.clock.advance(50)
+        _, client = self.request()
+        self.assertEqual(field(client.value(), b"cache-status"), b"txproxy; hit; ttl=50")
+        self.assertEqual(field(client.value(), b"date"), formatdate(T0, usegmt=True).encode())
+
     def test_keepAliveHitsThenMiss(self) -> None:
         """
         Hits on a keep-alive connection leave it ready for the next

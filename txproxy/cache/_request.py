@@ -8,6 +8,7 @@ it).
 
 from __future__ import annotations
 
+from email.utils import formatdate
 from typing import TYPE_CHECKING, Any, Callable, Optional, Tuple
 
 from txproxy.cache import _policy as P
@@ -285,6 +286,9 @@ class CacheRequest:
                 vary = P.varyNames(resp)
                 assert vary is not None
                 headers = [(n, v) for n, v in P.storedHeaders(resp) if n.lower() != b"content-length"]
+                if resp.get(b"date") is None:
+                    # RFC 9110 section 6.6.1: a cache records when it got it.
+                    headers.append((b"Date", formatdate(now, usegmt=True).encode("ascii")))
                 head = ResponseHead(resp.version, resp.status, resp.reason, tuple(headers))
                 stored = P.StoredResponse(head, self.requestTime, now, P.initialAge(resp, self.requestTime, now))
                 writer = cache.store.writer(self.urlKey, P.varyKey(vary, client), vary, stored)

@@ -8,6 +8,7 @@ shared tiers started and stopped with the process.
 
 from __future__ import annotations
 
+import importlib
 from typing import Any, Dict, List, Optional, Tuple
 
 from twisted.application.service import Service
@@ -90,6 +91,20 @@ class CacheService(Service):
         if self.running and tier is not None:
             tier.start()
         return cache
+
+    def check(self, listener: Any) -> None:
+        """
+        Check that L{cacheFor} can take C{listener} (a reload checks every
+        listener before it changes anything).
+
+        @raise ConfigError: when C{--cache-redis} is given but the Redis
+            tier (C{txproxy.cache.redis}) is not available.
+        """
+        if listener.cache is not None and listener.cacheRedis is not None:
+            try:
+                importlib.import_module("txproxy.cache.redis")
+            except ImportError as e:
+                raise ConfigError(f"--cache-redis: the Redis cache tier is not available ({e})")
 
     def forget(self, name: str) -> None:
         """

@@ -266,6 +266,8 @@ class ProxyService(MultiService):
             else:
                 build[listener.name] = listener
         # Build (may raise) before changing anything.
+        for listener in new.listeners:
+            self.caches.check(listener)
         endpoints = {
             name: [(d, listenerEndpoint(self.reactor, withBacklog(d, l.backlog), l)) for d in l.listen]
             for name, l in build.items()
