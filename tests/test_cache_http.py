@@ -332,12 +332,13 @@ class RevalidationTests(CacheTestCase):
         self.clock.advance(11)
         _, client = self.request()
         sent = self.upstreamAnswers(b"HTTP/1.1 304 Not Modified\r\nConnection: close\r\nCache-Control: max-age=100\r\nX-Version: 2\r\n"
-                                    + self.date() + b"\r\n\r\n")
+                                    b"Set-Cookie: s=1\r\n" + self.date() + b"\r\n\r\n")
         self.assertIn(b'If-None-Match: "v1"\r\n', sent.value())
         data = client.value()
         self.assertTrue(data.startswith(b"HTTP/1.1 200 OK\r\n"), data)
         self.assertTrue(data.endswith(b"\r\n\r\nbody"))
         self.assertEqual(field(data, b"x-version"), b"2")
+        self.assertEqual(field(data, b"set-cookie"), b"s=1")
         self.assertEqual(field(data, b"cache-status"), b"txproxy; fwd=stale; fwd-status=304")
         self.assertEqual(self.cache.results["revalidated"], 1)
         self.assertEqual(self.records[-1].status, 200)
@@ -345,6 +346,7 @@ class RevalidationTests(CacheTestCase):
         self.clock.advance(50)
         _, again = self.request()
         self.assertEqual(field(again.value(), b"cache-status"), b"txproxy; hit; ttl=50")
+        self.assertIsNone(field(again.value(), b"set-cookie"))
         self.assertEqual(len(self.connector.attempts), 2)
 
     def test_200Replaces(self) -> None:

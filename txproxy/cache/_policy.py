@@ -116,7 +116,7 @@ _NOT_STORED = frozenset(
 )
 
 #: Fields a 304 never replaces in the stored response (section 3.2).
-_NOT_UPDATED = frozenset({b"content-length", b"content-encoding", b"content-type", b"content-range"}) | _NOT_STORED
+_NOT_UPDATED = frozenset({b"content-length"}) | _NOT_STORED
 
 _SAFE_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE"})
 
@@ -403,8 +403,10 @@ def evaluateConditional(request: RequestHead, stored: ResponseHead) -> bool:
 def updateHeaders(stored: ResponseHead, notModified: ResponseHead) -> ResponseHead:
     """
     The stored head refreshed by a C{304} (section 4.3.4): each field the
-    304 carries replaces the stored ones of that name, except the
-    representation metadata and C{Content-Length} (section 3.2).
+    304 carries replaces the stored ones of that name, except
+    C{Content-Length} and the fields never stored (section 3.2; the
+    representation metadata is updated too: the stored body is kept as
+    received, so nothing depends on it).
     """
     fresh = [(n, v) for n, v in notModified.headers if n.lower() not in _NOT_UPDATED]
     replaced = {n.lower() for n, _ in fresh}

@@ -274,6 +274,10 @@ class CacheRequest:
                     return None
                 self._count("revalidated")
                 served, body = self._served(entry, self.status + b"; fwd-status=304", now)
+                cookies = tuple((n, v) for n, v in resp.headers if n.lower() == b"set-cookie")
+                if cookies:
+                    # The origin's answer to this client: its cookie, not stored.
+                    served = ResponseHead(served.version, served.status, served.reason, served.headers + cookies)
                 self._logStatus = served.status
                 self.done = True
                 self.proto._answerFromCache(served, body, False)
