@@ -35,6 +35,7 @@ The choices this module makes where the RFCs leave room:
 from __future__ import annotations
 
 from typing import List, Optional, Tuple
+from urllib.parse import urljoin, urlsplit
 
 import attr
 
@@ -442,32 +443,28 @@ def servedHeaders(stored: ResponseHead, age: float, status: bytes) -> List[Tuple
 
 def _sameOriginKey(requestKey: bytes, value: Optional[bytes]) -> Optional[bytes]:
     """
-    The URL key of a C{Location}/C{Content-Location} value when it names
-    the same origin as C{requestKey}, else L{None}.
+    The URL key of a C{Location}/C{Content-Location} value (absolute, or a
+    reference resolved against the request's URI) when it names the same
+    origin as C{requestKey}, else L{None}.
     """
     if not value:
         return None
-    value = value.strip()
-    schemeEnd = requestKey.find(b"://")
-    pathStart = requestKey.find(b"/", schemeEnd + 3)
-    origin = requestKey[: pathStart if pathStart >= 0 else len(requestKey)]
-    if value[:1] == b"/" and value[:2] != b"//":
-        return origin + value.partition(b"#")[0]
-    lower = value.lower()
-    if lower.startswith(b"http://") or lower.startswith(b"https://"):
-        scheme, _, rest = value.partition(b"://")
-        authority, slash, path = rest.partition(b"/")
-        scheme = scheme.lower()
-        authority = authority.lower()
-        port = b":" + str(DEFAULT_PORTS[scheme.decode()]).encode()
-        if authority.endswith(port):
-            authority = authority[: -len(port)]
-        key = scheme + b"://" + authority + slash + path.partition(b"#")[0]
-        if not slash:
-            key += b"/"
-        if key.startswith(origin + b"/") or key == origin:
-            return key
-    return None
+    try:
+        base = requestKey.decode("ascii")
+        resolved = urlsplit(urljoin(base, value.strip().decode("ascii")))
+        origin = urlsplit(base)
+        port = resolved.port
+    except (UnicodeDecodeError, ValueError):
+        return None
+    scheme = resolved.scheme.lower()
+    if scheme not in DEFAULT_PORTS or not resolved.hostname:
+        return None
+    key = urlKey(scheme, resolved.hostname, port if port is not None else DEFAULT_PORTS[scheme],
+                 (resolved.path or "/").encode("ascii") + (b"?" + resolved.query.encode("ascii")
+                                                           if resolved.query else b""))
+    if urlsplit(key.decode("ascii")).netloc != origin.netloc or scheme != origin.scheme:
+        return None
+    return key
 
 
 def invalidationTargets(requestKey: bytes, method: bytes, response: ResponseHead) -> List[bytes]:
