@@ -304,7 +304,7 @@ class ProxyService(MultiService):
             factory.limits = limits
             if listener.mode in ("forward", "reverse"):
                 factory.cache = self.caches.cacheFor(listener)
-        self.caches.keepOnly([l.name for l in new.listeners])
+        self.caches.keepOnly([listener.name for listener in new.listeners])
         gone = [name for name in self.factories if name not in keep]
         for svc in list(self.listenerServices):
             owner = next((n for n, f in self.factories.items() if f is svc.factory), None)
