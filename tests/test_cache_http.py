@@ -491,6 +491,19 @@ class CollapsingTests(CacheTestCase):
         self.assertTrue(clients[1].value().endswith(b"mine0"))
         self.assertTrue(clients[2].value().endswith(b"mine1"))
 
+    def test_tooLargeReleasesWaitersAtOnce(self) -> None:
+        """
+        A first response whose Content-Length is over the largest object
+        releases the waiters as soon as its head arrives.
+        """
+        self.cache.store.maxObject = 10
+        _, first = self.request()
+        self.request()
+        self.upstreamAnswers(b"HTTP/1.1 200 OK\r\nConnection: close\r\nCache-Control: max-age=60\r\n"
+                             b"Content-Length: 100\r\n\r\n0123")
+        self.assertEqual(len(self.connector.attempts), 2)
+        self.assertIn(b'detail="too large"', field(first.value(), b"cache-status") or b"")
+
     def test_waitersBounded(self) -> None:
         """
         A waiter goes upstream itself after half the connect timeout.

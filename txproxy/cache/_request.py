@@ -286,6 +286,10 @@ class CacheRequest:
             self._count("miss")
         if self.storing:
             ok, why = P.isStorable(client, resp)
+            length = resp.get(b"content-length")
+            if ok and length is not None and length.isdigit() and int(length) > cache.store.maxObject:
+                # Known too large: the waiters need not wait for it.
+                ok, why = False, "too large"
             if ok and 200 <= resp.status:
                 vary = P.varyNames(resp)
                 assert vary is not None
