@@ -516,6 +516,40 @@ class CollapsingTests(CacheTestCase):
         self.connector.last.protocol.dataReceived(response(b"own", b"200 OK", b"Cache-Control: max-age=60"))
         self.assertTrue(waiter.value().endswith(b"own"))
 
+    def test_staleFlightNotJoined(self) -> None:
+        """
+        A request upstream for longer than STALE_FLIGHT is not waited for by
+        new requests; when it lands it does not release a newer flight.
+        """
+        self.factory.listener = _listener("a.test=http://192.0.2.1:8001", connect_timeout=100,
+                                          response_timeout=100)
+        _, first = self.request()
+        self.clock.advance(31)
+        _, second = self.request()
+        self.assertEqual(len(self.connector.attempts), 2)
+        _, third = self.request()
+        self.assertEqual(len(self.connector.attempts), 2)
+        self.connector.attempts[0].succeed()
+        self.connector.attempts[0].protocol.dataReceived(response(b"old", b"200 OK", b"Cache-Control: no-store"))
+        self.assertEqual(len(self.connector.attempts), 2)
+        self.upstreamAnswers(response(b"new", b"200 OK", b"Cache-Control: max-age=60"))
+        self.assertTrue(third.value().endswith(b"new"))
+
+    def test_tierAnswerAfterClientLeft(self) -> None:
+        """
+        A shared tier answering after the client left starts nothing (no
+        flight is left behind for the URL).
+        """
+        tier = FakeTier()
+        pending: defer.Deferred = defer.Deferred()
+        tier.get = lambda u, v: pending  # type: ignore[method-assign]
+        self.cache.tier = tier
+        proto, _ = self.request()
+        proto.connectionLost(Failure(Exception("bye")))
+        pending.callback(None)
+        self.assertEqual(self.connector.attempts, [])
+        self.assertEqual(self.cache._flights, {})
+
     def test_leaderGoneReleasesWaiters(self) -> None:
         """
         The first client going away releases the waiters upstream.

@@ -63,6 +63,10 @@ log = Logger(namespace="txproxy.cache")
 _GET = b"GET"
 _HEAD = b"HEAD"
 
+#: Seconds after which a request upstream is no longer waited for by new
+#: requests for its URL.
+STALE_FLIGHT = 30.0
+
 #: The values of the C{result} label of C{txproxy_cache_requests_total}.
 RESULTS = ("hit", "miss", "stale", "revalidated", "bypass")
 
@@ -85,8 +89,9 @@ class _Flight:
     A request upstream for one URL key and the requests waiting for it.
     """
 
-    def __init__(self, leader: "CacheRequest") -> None:
+    def __init__(self, leader: "CacheRequest", started: float) -> None:
         self.leader = leader
+        self.started = started
         self.waiters: List["CacheRequest"] = []
 
 
@@ -231,6 +236,8 @@ class HTTPCache:
             return entry
 
         def decided(entry: Optional[Entry]) -> None:
+            if cr.done or cr.proto._cacheReq is not cr:
+                return  # the client went away meanwhile
             if entry is not None:
                 self.tierHits += 1
                 self.store.insert(entry)
@@ -242,6 +249,8 @@ class HTTPCache:
         def failed(f: Any) -> None:
             self.tierErrors += 1
             log.failure("cache: the shared tier failed", f)
+            if cr.done or cr.proto._cacheReq is not cr:
+                return
             head = cr.decide(None, False)
             if head is not None:
                 cr.proto._upstreamFor(cr.request, head)
@@ -254,10 +263,19 @@ class HTTPCache:
     # -- flights (collapsing)
 
     def _flightFor(self, key: bytes) -> Optional[_Flight]:
-        return self._flights.get(key)
+        """
+        The request upstream for C{key} others may wait for: none once it
+        has been going for L{STALE_FLIGHT} seconds (a slow one is not
+        waited for by more requests; whatever happens to it, no URL stays
+        collapsed behind it).
+        """
+        flight = self._flights.get(key)
+        if flight is not None and self.clock.seconds() - flight.started > STALE_FLIGHT:
+            return None
+        return flight
 
     def _takeOff(self, cr: "CacheRequest") -> None:
-        self._flights[cr.urlKey] = _Flight(cr)
+        self._flights[cr.urlKey] = _Flight(cr, self.clock.seconds())
         cr.leading = True
 
     def _land(self, cr: "CacheRequest") -> None:
@@ -268,9 +286,10 @@ class HTTPCache:
         if not cr.leading:
             return
         cr.leading = False
-        flight = self._flights.pop(cr.urlKey, None)
-        if flight is None:
+        flight = self._flights.get(cr.urlKey)
+        if flight is None or flight.leader is not cr:
             return
+        del self._flights[cr.urlKey]
         for waiter in flight.waiters:
             waiter.resume()
 
