@@ -110,9 +110,11 @@ class CacheIntegrationTests(SynchronousTestCase):
             "--route", f"*=http://127.0.0.1:{self.origin.server_address[1]}",
             "--cache", self.size, "--cache-max-object", "1M",
             "--admin", f"tcp:{self.admin}:interface=127.0.0.1",
-        ], port=self.port).start()
+        ], port=self.port).start(wait=False)
         self.addCleanup(self.proxy.stop)
-        waitForPort(self.admin, proc=self.proxy.proc)
+        # (A generous bound: PyPy starts slowly on a busy machine.)
+        waitForPort(self.port, timeout=60, proc=self.proxy.proc)
+        waitForPort(self.admin, timeout=60, proc=self.proxy.proc)
 
     def count(self, path: str) -> int:
         return self.handler.counts.get(path, 0)  # type: ignore[attr-defined,no-any-return]
@@ -243,9 +245,10 @@ class CacheMemoryBoundTests(SynchronousTestCase):
             "--mode", "reverse", "--listen", f"tcp:{port}:interface=127.0.0.1",
             "--route", f"*=http://127.0.0.1:{origin.server_address[1]}",
             "--cache", str(self.size), "--admin", f"tcp:{admin}:interface=127.0.0.1",
-        ], port=port).start()
+        ], port=port).start(wait=False)
         self.addCleanup(proxy.stop)
-        waitForPort(admin, proc=proxy.proc)
+        waitForPort(port, timeout=60, proc=proxy.proc)
+        waitForPort(admin, timeout=60, proc=proxy.proc)
         objectSize = 256 * 1024
         # Warm up (imports, buffers) before the baseline.
         for i in range(4):
