@@ -173,6 +173,20 @@ class HitMissTests(CacheTestCase):
         self.assertEqual(client.value().count(b"HTTP/1.1 200 OK"), 3000)
         self.assertEqual(self.cache.results["hit"], 3000)
 
+    def test_pipelinedMissThenHits(self) -> None:
+        """
+        A miss followed by pipelined requests for the same URL: once the
+        miss is answered and stored, the others are hits, in order.
+        """
+        proto, client = connect(self.factory, ("203.0.113.9", 5000))
+        proto.dataReceived(b"GET /x HTTP/1.1\r\nHost: a.test\r\n\r\n" * 3)
+        self.upstreamAnswers(response(b"one", b"200 OK", b"Cache-Control: max-age=60"))
+        data = client.value()
+        self.assertEqual(data.count(b"HTTP/1.1 200 OK"), 3)
+        self.assertEqual(data.count(b"Cache-Status: txproxy; hit"), 2)
+        self.assertTrue(data.endswith(b"one"))
+        self.assertEqual(len(self.connector.attempts), 1)
+
     def test_chunkedStored(self) -> None:
         """
         A chunked response is stored decoded and served with a length.
