@@ -79,6 +79,7 @@ from txproxy.h2._server import PREFACE, H2ServerConnection
 from txproxy.hooks import ClientInfo, Refuse, Target
 from txproxy.http import (
     HOP_BY_HOP,
+    NO_BODY,
     Framing,
     HeadReader,
     HTTPError,
@@ -229,6 +230,12 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
     #: False on a protocol over another's connection (an intercepted
     #: tunnel's decrypted side): that one counts the connection.
     _countsConnection = True
+    #: The current request's L{txproxy.cache.CacheRequest} on a caching
+    #: listener (see that module for the calls the core makes into it).
+    _cacheReq: Any = None
+    #: Cache answers being finished (pipelined hits run in a loop, not
+    #: recursively).
+    _hitDepth = 0
 
     # -- hooks
 
@@ -682,6 +689,21 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
     def _acquire(self, request: HTTPRequest, head: RequestHead) -> None:
         if self._state != _WAIT:
             return
+        cache = self.factory.cache
+        if cache is not None:
+            looked = cache.intercept(self, request, head)
+            if looked is None:
+                return  # answered from the cache, or continued later
+            head = looked
+        self._upstreamFor(request, head)
+
+    def _upstreamFor(self, request: HTTPRequest, head: RequestHead) -> None:
+        """
+        Send C{request} upstream with C{head}: on a pooled connection, or a
+        new one.  (The cache continues a request it held here.)
+        """
+        if self._state != _WAIT:
+            return
         self._outHead = head
         try:
             if self._picksUpstream:
@@ -870,6 +892,8 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
             elif kind is SendUpstream:
                 self._toUpstream(action.data)  # type: ignore[union-attr]
             elif kind is Observe:
+                if self._cacheReq is not None and not action.upstream:  # type: ignore[union-attr]
+                    self._cacheReq.bodyData(action.data)  # type: ignore[union-attr]
                 if self._request is not None:
                     if action.upstream:  # type: ignore[union-attr]
                         self.requestBodyData(self._request, action.data)  # type: ignore[union-attr]
@@ -934,6 +958,11 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
 
     def _responseHead(self, action: ResponseHeadReady) -> None:
         resp = action.head
+        if self._cacheReq is not None:
+            cached = self._cacheReq.responseHead(resp)
+            if cached is None:
+                return  # the cache answers instead
+            resp = cached
         framing = action.framing
         metrics = self.factory.metrics
         if metrics is not None and self._sentAt is not None:
@@ -987,7 +1016,13 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
             return serializeResponseHead(out, validate=True)
         return _serializeHead(b"HTTP/1.1 %d %s\r\n" % (resp.status, resp.reason), headers)
 
-    def _finish(self, reusable: bool) -> None:
+    def _finish(self, reusable: bool, status: Optional[int] = None) -> None:
+        cacheReq = self._cacheReq
+        if cacheReq is not None:
+            self._cacheReq = None
+            replaced = cacheReq.finished()
+            if replaced is not None:
+                status = replaced
         upstream, self._upstream = self._upstream, None
         if upstream is not None:
             upstream.owner = None
@@ -1011,8 +1046,10 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
                     transport.unregisterProducer()  # type: ignore[attr-defined]
                 transport.loseConnection()
         ex = self._ex
-        resp = ex.response if ex is not None else None
-        self._log(resp.status if resp is not None else 502)
+        if status is None:
+            resp = ex.response if ex is not None else None
+            status = resp.status if resp is not None else 502
+        self._log(status)
         self._ex = None
         if not self._clientKeepAlive or self._clientReadLost:
             self._setState(CLOSING)
@@ -1022,10 +1059,58 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
         # The end of an exchange (EXCHANGE may move to KEEPALIVE).
         self._state = KEEPALIVE
         self._setTimer(self.factory.keepAliveTimeout, "keepalive")
+        if self._hitDepth:
+            # A cache answer: _answerFromCache's loop reads what is pending.
+            self._resumeInput()
+            return
         pending, self._input = self._input, b""
         self._resumeInput()
         if pending:
             self.dataReceived(pending)
+
+    # -- answers from the cache
+
+    def _answerFromCache(self, resp: ResponseHead, body: bytes, finish: bool = True) -> None:
+        """
+        Write a response the cache made (a hit: an exchange with no
+        upstream), then, if C{finish}, end the exchange.
+        """
+        if self._state is not WAIT and self._state is not EXCHANGE:
+            return
+        if self._toClient is None:
+            self._toClient = fastSender(self.transport)  # type: ignore[arg-type]
+        head = self._head
+        if (head is not None and head.method == b"HEAD") or resp.status == 304 or resp.status == 204:
+            out = self._clientResponseHead(resp, NO_BODY)
+            body = b""
+        else:
+            out = self._clientResponseHead(resp, Framing("length", len(body)))
+        self._toClient(out + body if len(body) < 65536 else out)
+        if len(body) >= 65536:
+            self._toClient(body)
+        self._bytesDown += len(body)
+        if finish:
+            self._finishFromCache(resp.status)
+
+    def _finishFromCache(self, status: int) -> None:
+        """
+        End an exchange the cache answered: log C{status}, then go on with
+        the pipelined requests (in a loop: a run of hits does not recurse).
+        """
+        self._hitDepth += 1
+        try:
+            self._finish(False, status)
+        finally:
+            self._hitDepth -= 1
+        if self._hitDepth:
+            return
+        self._hitDepth = 1
+        try:
+            while self._state is KEEPALIVE and self._input:
+                pending, self._input = self._input, b""
+                self.dataReceived(pending)
+        finally:
+            self._hitDepth = 0
 
     def _upgrade(self, resp: ResponseHead, rest: bytes) -> None:
         upstream = self._upstream
@@ -1186,12 +1271,18 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
         state = self._state
         if state is LINGER or state is CLOSED or state is CLOSING or state is TUNNEL:
             return
+        extra: List[Tuple[bytes, bytes]] = []
+        if self.factory.cache is not None:
+            cacheReq, self._cacheReq = self._cacheReq, None
+            # (Not while a dial is pending: its answer must find LINGER.)
+            if cacheReq is not None and cacheReq.failed(status, self._pending is None):
+                return  # answered from the cache (stale-if-error)
+            extra.append((b"Cache-Status", cacheReq.status if cacheReq is not None else b"txproxy; fwd=bypass"))
         # LINGER first: a cancelled dial's errback then finds it and stops.
         self._setState(LINGER)
         if self._pending is not None:
             d, self._pending = self._pending, None
             d.cancel()
-        extra: List[Tuple[bytes, bytes]] = []
         if status == 407:
             extra.append((b"Proxy-Authenticate", b'Basic realm="' + self.factory.realm.encode() + b'"'))
         if retryAfter is not None:
@@ -1334,6 +1425,10 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
         if self._pending is not None:
             d, self._pending = self._pending, None
             d.cancel()
+        cacheReq = self._cacheReq
+        if cacheReq is not None:
+            self._cacheReq = None
+            cacheReq.aborted()
         ex = self._ex
         if state is EXCHANGE and self._upstream is not None:
             resp = ex.response if ex is not None else None
@@ -1380,6 +1475,8 @@ class HTTPProxyFactory(ListenerFactory):
     #: pool (L{txproxy.auth.sharedVerifier}).
     passwordVerifier: Any = None
     mode = "http"
+    #: The listener's L{txproxy.cache.HTTPCache} (C{--cache}), or L{None}.
+    cache: Any = None
 
     def __init__(
         self,

@@ -36,6 +36,7 @@ from txproxy.config._values import (
     parseCIDRs,
     parsePorts,
     parseRate,
+    parseSize,
     parseUpstreamURL,
     pathProblem,
 )
@@ -57,6 +58,7 @@ __all__ = [
     "checkHostValue",
     "pathProblem",
     "parseRate",
+    "parseSize",
     "parsePorts",
     "parseCIDRs",
     "parseRoute",

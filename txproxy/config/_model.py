@@ -78,6 +78,9 @@ class RouteConfig:
     caBundle: Optional[str] = None
     proxyProtocolSend: Optional[str] = None
     proxyProtocolByUpstream: Tuple[Tuple[str, str], ...] = ()
+    #: C{cache = false}: the listener's cache (C{--cache}) never looks up
+    #: nor stores this route's requests.
+    cache: bool = True
 
 
 def _checkHostPattern(host: str, text: str) -> str:
@@ -192,6 +195,13 @@ class ListenerConfig:
     intercept: Tuple[str, ...] = ()
     #: --no-intercept: host patterns never intercepted (wins).
     noIntercept: Tuple[str, ...] = ()
+    #: --cache: HTTP modes; the bytes the listener's RFC 9111 cache holds
+    #: at most, or L{None} for no cache.
+    cache: Optional[int] = None
+    #: --cache-max-object: the largest response body stored.
+    cacheMaxObject: int = 8388608
+    #: --cache-redis: the cache's shared second tier (needs --cache).
+    cacheRedis: Optional[str] = None
 
     @property
     def effectiveBurst(self) -> int:

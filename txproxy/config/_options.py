@@ -22,6 +22,7 @@ from txproxy.config._values import (
     parseCIDRs,
     parsePorts,
     parseRate,
+    parseSize,
 )
 from txproxy.errors import ConfigError
 
@@ -168,6 +169,9 @@ _LISTENER_OPTIONS: List[Tuple[str, str, _Converter, bool]] = [
     ("intercept-ca", "interceptCA", _string, False),
     ("intercept", "intercept", lambda v, w: _hostPattern(v, w), True),
     ("no-intercept", "noIntercept", lambda v, w: _hostPattern(v, w), True),
+    ("cache", "cache", lambda v, w: _wrap(parseSize)(str(v) if isinstance(v, int) and not isinstance(v, bool) else v, w), False),
+    ("cache-max-object", "cacheMaxObject", lambda v, w: _wrap(parseSize)(str(v) if isinstance(v, int) and not isinstance(v, bool) else v, w), False),
+    ("cache-redis", "cacheRedis", lambda v, w: _checkRedisURL(_string(v, w), w), False),
 ]
 
 _CIDR_FIELDS = {"trustedProxies", "allow", "deny", "denyDest"}
@@ -328,6 +332,12 @@ def _crossCheck(l: ListenerConfig, where: str) -> None:
     if (l.intercept or l.noIntercept) and l.interceptCA is None:
         option = "--intercept" if l.intercept else "--no-intercept"
         raise ConfigError(f"{pre}{option} needs --intercept-ca")
+    if l.cache is not None and l.mode not in HTTP_MODES:
+        raise ConfigError(f"{pre}--cache is only for modes forward and reverse, which speak HTTP (mode is {l.mode})")
+    if l.cacheRedis is not None and l.cache is None:
+        raise ConfigError(f"{pre}--cache-redis needs --cache (the memory tier)")
+    if l.cacheMaxObject != 8388608 and l.cache is None:
+        raise ConfigError(f"{pre}--cache-max-object needs --cache")
     key = f"{w}." if w else ""
     for name, field, constant in _KEEPALIVE_CONSTANTS:
         if getattr(l, field) is None:

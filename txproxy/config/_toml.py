@@ -94,6 +94,7 @@ _ROUTE_KEYS = (
     "tls_verify",
     "ca_bundle",
     "proxy_protocol_send",
+    "cache",
 )
 _HEALTH_KEYS = ("type", "path", "interval", "timeout", "rise", "fall")
 
@@ -210,6 +211,8 @@ def _routeFromTOML(table: Any, where: str) -> RouteConfig:
         kwargs["ejectFor"] = _timeout(table["eject_for"], f"{where}.eject_for")
     if "tls_verify" in table:
         kwargs["tlsVerify"] = _bool(table["tls_verify"], f"{where}.tls_verify")
+    if "cache" in table:
+        kwargs["cache"] = _bool(table["cache"], f"{where}.cache")
     if "ca_bundle" in table:
         kwargs["caBundle"] = _string(table["ca_bundle"], f"{where}.ca_bundle")
     if "proxy_protocol_send" in table:

@@ -55,6 +55,24 @@ class Rate:
 _RATE_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
 
 
+_SIZE = re.compile(r"\s*([0-9]+)\s*([kmg]?)(?:i?b)?\s*", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+def parseSize(text: str) -> int:
+    """
+    Parse a size in bytes: C{N}, C{NK}, C{NM} or C{NG} (powers of 1024;
+    C{KB}/C{KiB} spellings accepted), more than zero.
+    """
+    match = _SIZE.fullmatch(str(text))
+    if match is None:
+        raise ConfigError(f"bad size {text!r}: expected N, NK, NM or NG (e.g. 512K, 64M, 1G)")
+    size = int(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
+    if size <= 0:
+        raise ConfigError(f"bad size {text!r}: must be more than zero")
+    return size
+
+
 def parseRate(text: str) -> Rate:
     """
     Parse C{N/s}, C{N/m} or C{N/h} (N may be a fraction, e.g. C{0.5/s}).

@@ -8,11 +8,17 @@ The admin endpoint (C{--admin ENDPOINT}): a small twisted.web site.
     begun (the admin listener stays up through the drain, until the process
     exits, so a load balancer sees the 503);
   - C{/status}: listeners, modes, addresses, open connections, routes and
-    backends with health, limiter state; HTML for a person, JSON when the
-    request says C{Accept: application/json} (or C{?format=json}).
+    backends with health, limiter state, caches; HTML for a person, JSON
+    when the request says C{Accept: application/json} (or C{?format=json});
+  - C{POST /cache/purge?url=URL}: remove every stored variant of URL from
+    the caches (both tiers); C{200} with the number removed as a decimal
+    body, C{400} for a URL that is not absolute C{http}/C{https}, C{404}
+    when no listener caches.
 
 The pages read from a I{source}: an object with C{isDraining()},
-C{metricsText()} and C{statusData()} (the last two may return Deferreds).
+C{metricsText()} and C{statusData()} (the last two may return Deferreds),
+and C{purgeCache(url)} (a Deferred firing with a count; C{ValueError} for
+a bad URL, C{LookupError} when nothing caches).
 L{ProxyAdminSource} is the source for one proxy process; the C{--workers}
 supervisor has its own (L{txproxy.runtime.workers}).
 """
@@ -32,6 +38,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from txproxy import __version__
+from txproxy.cache._metrics import CacheCollector
 from txproxy.errors import ConfigError
 from txproxy.metrics import CONTENT_TYPE_LATEST, Metrics, backendStatesFromRouter
 from txproxy.runtime.endpoints import ListenerService, serverEndpoint
@@ -138,6 +145,43 @@ class StatusResource(_Page):
         return _serve(request, self.source.statusData, render)
 
 
+class CachePurgeResource(_Page):
+    """
+    C{POST /cache/purge?url=URL}: purge URL from every cache.
+    """
+
+    def render_POST(self, request: Request) -> Any:
+        args: Dict[bytes, List[bytes]] = request.args or {}
+        urls = args.get(b"url", [])
+        if len(urls) != 1 or not urls[0]:
+            _finish(request, b"one url parameter is needed: POST /cache/purge?url=URL\n", 400)
+            return NOT_DONE_YET
+        url = urls[0].decode("utf-8", "replace")
+        try:
+            d = defer.maybeDeferred(self.source.purgeCache, url)
+        except AttributeError:
+            d = defer.fail(LookupError("no cache"))
+
+        def refused(f: Failure) -> Any:
+            if f.check(ValueError):
+                _finish(request, f"{f.value}\n".encode("utf-8"), 400)
+            elif f.check(LookupError):
+                _finish(request, b"no listener has a cache (--cache)\n", 404)
+            else:
+                log.failure("admin: cache purge of {url} failed", f, url=url)
+                _finish(request, b"internal error\n", 500)
+            return None
+
+        d.addCallbacks(lambda count: _finish(request, b"%d" % int(count)), refused)
+        return NOT_DONE_YET
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setResponseCode(405)
+        request.setHeader("allow", "POST")
+        request.setHeader("content-type", "text/plain; charset=utf-8")
+        return b"use POST /cache/purge?url=URL\n"
+
+
 class IndexResource(Resource):
     def render_GET(self, request: Request) -> bytes:
         request.setHeader("content-type", "text/html; charset=utf-8")
@@ -161,6 +205,9 @@ def adminRoot(source: Any) -> Resource:
     }
     for path, child in children.items():
         root.putChild(path, child)
+    cache = Resource()
+    cache.putChild(b"purge", CachePurgeResource(source))
+    root.putChild(b"cache", cache)
     return root
 
 
@@ -241,6 +288,9 @@ def attachAdmin(service: Any) -> Optional[AdminService]:
         metrics.drainingSource = lambda: service.draining
         metrics.setFactorySource(lambda: list(service.factories.values()))
         metrics.setLimiterSource(lambda: getattr(service, "limiter", None))
+        caches = getattr(service, "caches", None)
+        if caches is not None:
+            metrics.registry.register(CacheCollector(caches, metrics.worker))
         metrics.setReloadSource(lambda: _ReloadCounters(service))
 
         def backends() -> Iterable[Any]:
@@ -297,6 +347,19 @@ class ProxyAdminSource:
     def statusData(self) -> Dict[str, Any]:
         return proxyStatus(self.service, self.startedAt)
 
+    def purgeCache(self, url: str) -> "defer.Deferred[int]":
+        """
+        Purge C{url} from this process's caches.
+
+        @raise ValueError: for a URL that is not absolute http(s).
+        @raise LookupError: when no listener caches.
+        """
+        caches = getattr(self.service, "caches", None)
+        if caches is None or not caches.caches:
+            raise LookupError("no cache")
+        d: "defer.Deferred[int]" = caches.purge(url)
+        return d
+
 
 def _bound(port: Any) -> str:
     if port is None:
@@ -336,6 +399,9 @@ def proxyStatus(service: Any, startedAt: Optional[float] = None) -> Dict[str, An
                 "limits": _limits(listener),
             }
         )
+        cache = getattr(factory, "cache", None)
+        if cache is not None:
+            listeners[-1]["cache"] = cache.stats()
     data: Dict[str, Any] = {
         "version": __version__,
         "pid": os.getpid(),

@@ -17,6 +17,7 @@ from twisted.logger import Logger
 
 from txproxy._loop import streamline
 from txproxy.accesslog import openAccessLog
+from txproxy.cache import CacheService
 from txproxy.config import ListenerConfig, ProxyConfig, loadFile
 from txproxy.connector import Connector
 from txproxy.errors import ConfigError
@@ -52,6 +53,7 @@ def _factoryFor(listener: ListenerConfig, services: "ProxyService", reactor: Any
     if listener.mode == "forward":
         factory = ForwardProxyFactory(listener, connector, reactor, limits, services.accessLog, services.metrics)
         factory.mode = "forward"
+        factory.cache = services.caches.cacheFor(listener)
         return factory
     if listener.mode in ("tcp", "transparent", "sni"):
         cls = {"tcp": TCPProxyFactory, "transparent": TransparentFactory, "sni": SNIRouterFactory}[listener.mode]
@@ -66,7 +68,7 @@ def _factoryFor(listener: ListenerConfig, services: "ProxyService", reactor: Any
         )
     if listener.mode == "reverse":
         tls = bool(listener.certs) or any(d.split(":", 1)[0] in ("ssl", "haproxy") and "ssl:" in d for d in listener.listen)
-        return ReverseProxyFactory(
+        reverse = ReverseProxyFactory(
             listener,
             connector,
             reactor,
@@ -76,6 +78,8 @@ def _factoryFor(listener: ListenerConfig, services: "ProxyService", reactor: Any
             router=services.router,
             tls=tls,
         )
+        reverse.cache = services.caches.cacheFor(listener)
+        return reverse
     raise ConfigError(f"mode {listener.mode} is not supported yet")
 
 
@@ -109,6 +113,9 @@ class ProxyService(MultiService):
         #: Routes and pools of the tcp, sni (and reverse) listeners.
         self.router = RouterService(config.listeners, Connector(reactor), reactor)
         self.router.setServiceParent(self)
+        #: The HTTP listeners' caches (--cache), kept across reloads.
+        self.caches = CacheService(reactor)
+        self.caches.setServiceParent(self)
         self.listenerServices: List[ListenerService] = []
         self.factories: Dict[str, Any] = {}
         for index, listener in enumerate(config.listeners):
@@ -259,6 +266,8 @@ class ProxyService(MultiService):
             else:
                 build[listener.name] = listener
         # Build (may raise) before changing anything.
+        for listener in new.listeners:
+            self.caches.check(listener)
         endpoints = {
             name: [(d, listenerEndpoint(self.reactor, withBacklog(d, l.backlog), l)) for d in l.listen]
             for name, l in build.items()
@@ -293,6 +302,9 @@ class ProxyService(MultiService):
             else:
                 factory.listener = listener
             factory.limits = limits
+            if listener.mode in ("forward", "reverse"):
+                factory.cache = self.caches.cacheFor(listener)
+        self.caches.keepOnly([listener.name for listener in new.listeners])
         gone = [name for name in self.factories if name not in keep]
         for svc in list(self.listenerServices):
             owner = next((n for n, f in self.factories.items() if f is svc.factory), None)

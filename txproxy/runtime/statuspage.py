@@ -126,6 +126,17 @@ def _processSection(data: Dict[str, Any]) -> str:
             f"<td class=num>{_e(lst.get('requestsTotal'))}</td><td>{limits}</td></tr>"
         )
     out.append("</table>")
+    caches = [lst for lst in data.get("listeners", ()) if lst.get("cache")]
+    if caches:
+        out.append("<h2>Caches</h2><table><tr><th>listener</th><th>entries</th><th>bytes</th><th>of at most</th>"
+                   "<th>hit ratio</th><th>hit / miss / stale / revalidated / bypass</th></tr>")
+        for lst in caches:
+            c = lst["cache"]
+            counts = " / ".join(str(c["requests"].get(r, 0)) for r in ("hit", "miss", "stale", "revalidated", "bypass"))
+            out.append(f"<tr><td>{_e(lst.get('name'))}</td><td class=num>{_e(c.get('entries'))}</td>"
+                       f"<td class=num>{_e(c.get('bytes'))}</td><td class=num>{_e(c.get('maxBytes'))}</td>"
+                       f"<td class=num>{_e(c.get('hitRatio'))}</td><td>{_e(counts)}</td></tr>")
+        out.append("</table>")
     router = data.get("router")
     if router and router.get("listeners"):
         out.append("<h2>Routes and backends</h2>")

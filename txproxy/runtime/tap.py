@@ -63,6 +63,12 @@ _LISTENER_HELP = {
     "(example.com, *.example.com); repeatable; default: all.",
     "no-intercept": "forward mode with --intercept-ca: never decrypt tunnels to hosts matching this pattern "
     "(wins over --intercept); repeatable.",
+    "cache": "forward/reverse modes: an RFC 9111 shared cache in memory of at most SIZE bytes (512K, 64M, 1G); "
+    "off by default.",
+    "cache-max-object": "Largest response body the cache stores, in bytes (default 8388608); larger ones stream "
+    "through unstored.",
+    "cache-redis": "redis://host:port/db: a second cache tier in Redis, shared by every proxy naming it "
+    "(needs --cache).",
 }
 _PROCESS_HELP = {
     "admin": "Admin HTTP endpoint serving /metrics and /healthz (e.g. tcp:9901:interface=127.0.0.1).",

@@ -38,6 +38,7 @@ import sys
 import tempfile
 import time
 from typing import Any, Dict, Iterator, List, Optional, Sequence, cast
+from urllib.parse import quote
 
 from twisted.application.service import MultiService
 from twisted.internet import defer, error
@@ -47,6 +48,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from txproxy import __version__
+from txproxy.cache import purgeKey
 from txproxy.errors import ConfigError
 from txproxy.metrics import buildInfo, mergeExpositions
 from txproxy.runtime.admin import AdminService
@@ -102,18 +104,21 @@ KILL_GRACE = 10.0
 
 class _Fetch(Protocol):
     """
-    One HTTP/1.0 GET to a worker's admin socket.
+    One HTTP/1.0 request (C{GET}, or C{POST} without a body) to a worker's
+    admin socket.
     """
 
     done: "Optional[defer.Deferred[bytes]]" = None
 
-    def __init__(self, path: bytes) -> None:
+    def __init__(self, path: bytes, method: bytes = b"GET") -> None:
         self.path = path
+        self.method = method
         self.chunks: List[bytes] = []
 
     def connectionMade(self) -> None:
         transport: Any = self.transport
-        transport.write(b"GET " + self.path + b" HTTP/1.0\r\nHost: worker\r\n\r\n")
+        length = b"Content-Length: 0\r\n" if self.method == b"POST" else b""
+        transport.write(self.method + b" " + self.path + b" HTTP/1.0\r\nHost: worker\r\n" + length + b"\r\n")
 
     def dataReceived(self, data: bytes) -> None:
         self.chunks.append(data)
@@ -425,16 +430,17 @@ class WorkerSupervisor(MultiService):
 
     # -- admin
 
-    def fetchWorker(self, worker: _Worker, path: bytes, timeout: float = 2.0) -> "defer.Deferred[bytes]":
+    def fetchWorker(self, worker: _Worker, path: bytes, timeout: float = 2.0,
+                    method: bytes = b"GET") -> "defer.Deferred[bytes]":
         """
-        GET C{path} from C{worker}'s private admin socket (HTTP/1.0: the
-        response ends when the connection closes).
+        GET (or C{method}) C{path} from C{worker}'s private admin socket
+        (HTTP/1.0: the response ends when the connection closes).
 
         @return: a Deferred firing with the body of a 200 response.
         """
         from twisted.internet.endpoints import UNIXClientEndpoint
 
-        proto = _Fetch(path)
+        proto = _Fetch(path, method)
         connecting = UNIXClientEndpoint(self.reactor, worker.adminPath, timeout=timeout).connect(_FetchFactory(proto))
 
         def cancel(d: "defer.Deferred[bytes]") -> None:
@@ -453,7 +459,7 @@ class WorkerSupervisor(MultiService):
         result.addTimeout(timeout, self.reactor)
         return result
 
-    def _fromWorkers(self, path: bytes) -> "defer.Deferred[Dict[int, Optional[bytes]]]":
+    def _fromWorkers(self, path: bytes, method: bytes = b"GET") -> "defer.Deferred[Dict[int, Optional[bytes]]]":
         running = [w for w in self.workers if w.running]
 
         def one(w: _Worker) -> "defer.Deferred[Optional[bytes]]":
@@ -461,7 +467,7 @@ class WorkerSupervisor(MultiService):
                 log.debug("admin: worker {n}: {e}", n=w.number, e=f.getErrorMessage())
                 return None
 
-            return self.fetchWorker(w, path).addErrback(unreachable)
+            return self.fetchWorker(w, path, method=method).addErrback(unreachable)
 
         def byNumber(bodies: List[Optional[bytes]]) -> Dict[int, Optional[bytes]]:
             return {w.number: body for w, body in zip(running, bodies)}
@@ -481,6 +487,25 @@ class WorkerSupervisor(MultiService):
             return mergeExpositions(texts)
 
         return self._fromWorkers(b"/metrics").addCallback(merge)
+
+    def purgeCache(self, url: str) -> "defer.Deferred[int]":
+        """
+        Purge C{url} from every worker's caches (each worker's own admin
+        endpoint; the shared tier, if any, once per worker).
+
+        @return: a Deferred firing with the sum of the workers' counts.
+        @raise ValueError: for a URL that is not absolute http(s).
+        @raise LookupError: when the listeners have no cache.
+        """
+        purgeKey(url)  # ValueError before asking anyone
+        if not any(listener.cache is not None for listener in self.config.listeners):
+            raise LookupError("no cache")
+        path = b"/cache/purge?url=" + quote(url, safe="").encode("ascii")
+
+        def total(bodies: Dict[int, Optional[bytes]]) -> int:
+            return sum(int(b) for b in bodies.values() if b is not None and b.strip().isdigit())
+
+        return self._fromWorkers(path, b"POST").addCallback(total)
 
     def statusData(self) -> "defer.Deferred[Dict[str, Any]]":
         import json
@@ -559,6 +584,9 @@ class SupervisorAdminSource:
 
     def statusData(self) -> "defer.Deferred[Dict[str, Any]]":
         return self.supervisor.statusData()
+
+    def purgeCache(self, url: str) -> "defer.Deferred[int]":
+        return self.supervisor.purgeCache(url)
 
 
 # ---------------------------------------------------------------------------

@@ -1,0 +1,405 @@
+"""
+Tests for L{txproxy.cache._policy}: the sans-IO RFC 9111 policy, with the
+clock given as C{now}.
+"""
+
+from __future__ import annotations
+
+from email.utils import formatdate
+from typing import Sequence, Tuple
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from txproxy.cache import _policy as P
+from txproxy.http import RequestHead, ResponseHead
+
+T0 = 1_700_000_000.0
+
+
+def date(t: float) -> bytes:
+    return formatdate(t, usegmt=True).encode()
+
+
+def req(*headers: Tuple[bytes, bytes], method: bytes = b"GET") -> RequestHead:
+    return RequestHead(method, b"/x", b"HTTP/1.1", ((b"Host", b"example.com"),) + tuple(headers))
+
+
+def resp(*headers: Tuple[bytes, bytes], status: int = 200, dated: bool = True) -> ResponseHead:
+    hs: Sequence[Tuple[bytes, bytes]] = tuple(headers)
+    if dated:
+        hs = ((b"Date", date(T0)),) + tuple(hs)
+    return ResponseHead(b"HTTP/1.1", status, b"OK", hs)
+
+
+def stored(head: ResponseHead, at: float = T0, requestTime: float = -1.0) -> P.StoredResponse:
+    rt = at if requestTime < 0 else requestTime
+    return P.StoredResponse(head, rt, at, P.initialAge(head, rt, at), 0)
+
+
+class CacheControlTests(SynchronousTestCase):
+    def test_parse(self) -> None:
+        """
+        Directives are lower-cased, arguments unquoted, and commas inside
+        quotes do not split.
+        """
+        cc = P.cacheControl([b'Max-Age=5, no-cache="a, b"', b"public"])
+        self.assertEqual(cc, {b"max-age": b"5", b"no-cache": b"a, b", b"public": None})
+
+    def test_duplicate(self) -> None:
+        """
+        A directive given twice has an argument no number parse accepts, so
+        the response is stale.
+        """
+        head = resp((b"Cache-Control", b"max-age=100, max-age=200"))
+        self.assertEqual(P.freshnessLifetime(head), 0.0)
+
+    def test_httpDate(self) -> None:
+        """
+        The three HTTP-date formats parse; garbage is None.
+        """
+        self.assertEqual(P.parseHTTPDate(b"Sun, 06 Nov 1994 08:49:37 GMT"), 784111777.0)
+        self.assertEqual(P.parseHTTPDate(b"Sunday, 06-Nov-94 08:49:37 GMT"), 784111777.0)
+        self.assertEqual(P.parseHTTPDate(b"Sun Nov  6 08:49:37 1994"), 784111777.0)
+        self.assertIsNone(P.parseHTTPDate(b"0"))
+        self.assertIsNone(P.parseHTTPDate(None))
+
+
+class KeyTests(SynchronousTestCase):
+    def test_defaultPortAndCase(self) -> None:
+        """
+        The host is lower-cased and the scheme's default port omitted, so
+        spellings of one origin share a key.
+        """
+        self.assertEqual(P.urlKey("http", "Example.COM", 80, b"/a?b"), b"http://example.com/a?b")
+        self.assertEqual(P.urlKey("HTTPS", "example.com", 443, b"/"), b"https://example.com/")
+        self.assertEqual(P.urlKey("http", "example.com", 8080, b"/"), b"http://example.com:8080/")
+        self.assertEqual(P.urlKey("http", "::1", 80, b"/"), b"http://[::1]/")
+
+    def test_varyNames(self) -> None:
+        """
+        Vary names are lower-cased and sorted; C{*} gives None.
+        """
+        self.assertEqual(P.varyNames(resp((b"Vary", b"Accept-Encoding, accept"))), (b"accept", b"accept-encoding"))
+        self.assertIsNone(P.varyNames(resp((b"Vary", b"a, *"))))
+        self.assertEqual(P.varyNames(resp()), ())
+
+    def test_varyKey(self) -> None:
+        """
+        The variant key depends on the selecting fields only, whitespace
+        normalised; an absent field differs from an empty one.
+        """
+        a = P.varyKey((b"accept",), req((b"Accept", b"text/html,  image/png")))
+        b = P.varyKey((b"accept",), req((b"Accept", b"text/html, image/png"), (b"X-Other", b"1")))
+        self.assertEqual(a, b)
+        self.assertNotEqual(P.varyKey((b"accept",), req()), P.varyKey((b"accept",), req((b"Accept", b""))))
+        self.assertEqual(P.varyKey((), req((b"Accept", b"x"))), b"")
+
+
+class StorableTests(SynchronousTestCase):
+    def check(self, expected: bool, request: RequestHead, response: ResponseHead) -> str:
+        ok, why = P.isStorable(request, response)
+        self.assertEqual(ok, expected, why)
+        return why
+
+    def test_maxAge(self) -> None:
+        """
+        A 200 with max-age is stored.
+        """
+        self.check(True, req(), resp((b"Cache-Control", b"max-age=60")))
+
+    def test_heuristicStatus(self) -> None:
+        """
+        A 200 without freshness information is storable (heuristically
+        cacheable); a 302 without is not; a 302 with max-age is.
+        """
+        self.check(True, req(), resp())
+        self.assertEqual(self.check(False, req(), resp(status=302)), "no freshness")
+        self.check(True, req(), resp((b"Cache-Control", b"max-age=5"), status=302))
+
+    def test_noStore(self) -> None:
+        """
+        no-store in the response or the request prevents storing.
+        """
+        self.check(False, req(), resp((b"Cache-Control", b"no-store, max-age=60")))
+        self.check(False, req((b"Cache-Control", b"no-store")), resp((b"Cache-Control", b"max-age=60")))
+
+    def test_private(self) -> None:
+        """
+        private (qualified or not) prevents storing in a shared cache.
+        """
+        self.check(False, req(), resp((b"Cache-Control", b"private, max-age=60")))
+        self.check(False, req(), resp((b"Cache-Control", b'private="set-cookie", max-age=60')))
+
+    def test_authorization(self) -> None:
+        """
+        A response to a request with Authorization is stored only with
+        public, s-maxage or must-revalidate (RFC 9111 section 3.5).
+        """
+        auth = (b"Authorization", b"Basic dTpw")
+        self.assertEqual(self.check(False, req(auth), resp((b"Cache-Control", b"max-age=60"))), "authorization")
+        self.check(True, req(auth), resp((b"Cache-Control", b"public, max-age=60")))
+        self.check(True, req(auth), resp((b"Cache-Control", b"s-maxage=60")))
+        self.check(True, req(auth), resp((b"Cache-Control", b"must-revalidate, max-age=60")))
+
+    def test_setCookie(self) -> None:
+        """
+        A response with Set-Cookie is stored only with public or s-maxage,
+        and its stored copy never has the Set-Cookie.
+        """
+        cookie = (b"Set-Cookie", b"session=secret")
+        self.assertEqual(self.check(False, req(), resp(cookie, (b"Cache-Control", b"max-age=60"))), "set-cookie")
+        head = resp(cookie, (b"Cache-Control", b"public, max-age=60"))
+        self.check(True, req(), head)
+        self.check(True, req(), resp(cookie, (b"Cache-Control", b"s-maxage=60")))
+        self.assertIsNone(ResponseHead(b"HTTP/1.1", 200, b"OK", P.storedHeaders(head)).get(b"set-cookie"))
+
+    def test_varyStar(self) -> None:
+        """
+        A response with Vary: * is not stored.
+        """
+        self.check(False, req(), resp((b"Vary", b"*"), (b"Cache-Control", b"max-age=60")))
+
+    def test_methodsAndStatuses(self) -> None:
+        """
+        Only GET responses are stored; 206 and 304 are not.
+        """
+        cc = (b"Cache-Control", b"max-age=60")
+        self.check(False, req(method=b"POST"), resp(cc))
+        self.check(False, req(method=b"HEAD"), resp(cc))
+        self.check(False, req(), resp(cc, status=206))
+        self.check(False, req(), resp(cc, status=304))
+        self.check(True, req(), resp(cc, status=404))
+
+    def test_storedHeadersDropsHopByHop(self) -> None:
+        """
+        Hop-by-hop, Age, Via and Cache-Status are not stored.
+        """
+        head = resp((b"Connection", b"close"), (b"Age", b"3"), (b"Via", b"1.1 x"), (b"X-A", b"1"))
+        names = [n for n, _ in P.storedHeaders(head)]
+        self.assertEqual(names, [b"Date", b"X-A"])
+
+
+class FreshnessTests(SynchronousTestCase):
+    def test_order(self) -> None:
+        """
+        s-maxage wins over max-age, which wins over Expires.
+        """
+        expires = (b"Expires", date(T0 + 30))
+        self.assertEqual(P.freshnessLifetime(resp((b"Cache-Control", b"max-age=10, s-maxage=20"), expires)), 20)
+        self.assertEqual(P.freshnessLifetime(resp((b"Cache-Control", b"max-age=10"), expires)), 10)
+        self.assertEqual(P.freshnessLifetime(resp(expires)), 30)
+
+    def test_invalidExpires(self) -> None:
+        """
+        An invalid Expires (such as 0) means already expired.
+        """
+        self.assertEqual(P.freshnessLifetime(resp((b"Expires", b"0"), (b"Last-Modified", date(T0 - 1000)))), 0)
+
+    def test_heuristic(self) -> None:
+        """
+        Without explicit freshness: 10% of Date minus Last-Modified, at most
+        a day, for heuristically cacheable statuses only.
+        """
+        self.assertEqual(P.freshnessLifetime(resp((b"Last-Modified", date(T0 - 1000)))), 100)
+        self.assertEqual(P.freshnessLifetime(resp((b"Last-Modified", date(T0 - 10**8)))), P.MAX_HEURISTIC)
+        self.assertEqual(P.freshnessLifetime(resp((b"Last-Modified", date(T0 - 1000)), status=302)), 0)
+        self.assertEqual(P.freshnessLifetime(resp()), 0)
+
+    def test_age(self) -> None:
+        """
+        The current age counts the Age field, the response delay, the
+        apparent age and the time resident (RFC 9111 section 4.2.3).
+        """
+        head = resp((b"Age", b"10"))
+        s = stored(head, at=T0 + 2, requestTime=T0)
+        # corrected age value 10 + 2 = 12 > apparent age 2.
+        self.assertEqual(s.initialAge, 12)
+        self.assertEqual(P.ageOf(s, T0 + 7), 17)
+        # A Date in the past makes the apparent age count.
+        late = stored(resp(), at=T0 + 50)
+        self.assertEqual(P.ageOf(late, T0 + 50), 50)
+
+
+class LookupTests(SynchronousTestCase):
+    def test_miss(self) -> None:
+        """
+        Nothing stored: forward, or 504 with only-if-cached.
+        """
+        self.assertEqual(P.lookup(req(), None, T0).action, P.FORWARD)
+        self.assertEqual(P.lookup(req((b"Cache-Control", b"only-if-cached")), None, T0).action, P.UNSATISFIABLE)
+
+    def test_freshThenStale(self) -> None:
+        """
+        Fresh until the lifetime passes; then revalidated with validators,
+        forwarded without.
+        """
+        s = stored(resp((b"Cache-Control", b"max-age=10"), (b"ETag", b'"a"')))
+        hit = P.lookup(req(), s, T0 + 9)
+        self.assertEqual((hit.action, hit.age, hit.ttl), (P.FRESH, 9, 1))
+        self.assertEqual(P.lookup(req(), s, T0 + 10).action, P.REVALIDATE)
+        bare = stored(resp((b"Cache-Control", b"max-age=10")))
+        self.assertEqual(P.lookup(req(), bare, T0 + 11).action, P.FORWARD)
+
+    def test_noCache(self) -> None:
+        """
+        no-cache in the response, the request, or Pragma: no-cache forces
+        revalidation even when fresh.
+        """
+        s = stored(resp((b"Cache-Control", b"max-age=100"), (b"ETag", b'"a"')))
+        self.assertEqual(P.lookup(req((b"Cache-Control", b"no-cache")), s, T0).action, P.REVALIDATE)
+        self.assertEqual(P.lookup(req((b"Pragma", b"no-cache")), s, T0).action, P.REVALIDATE)
+        nc = stored(resp((b"Cache-Control", b"no-cache, max-age=100"), (b"ETag", b'"a"')))
+        self.assertEqual(P.lookup(req(), nc, T0).action, P.REVALIDATE)
+        self.assertEqual(P.lookup(req((b"Cache-Control", b"only-if-cached")), nc, T0).action, P.UNSATISFIABLE)
+
+    def test_requestMaxAgeMinFresh(self) -> None:
+        """
+        The request's max-age and min-fresh narrow what is fresh enough.
+        """
+        s = stored(resp((b"Cache-Control", b"max-age=100"), (b"ETag", b'"a"')))
+        self.assertEqual(P.lookup(req((b"Cache-Control", b"max-age=5")), s, T0 + 6).action, P.REVALIDATE)
+        self.assertEqual(P.lookup(req((b"Cache-Control", b"max-age=5")), s, T0 + 4).action, P.FRESH)
+        self.assertEqual(P.lookup(req((b"Cache-Control", b"min-fresh=50")), s, T0 + 60).action, P.REVALIDATE)
+        self.assertEqual(P.lookup(req((b"Cache-Control", b"min-fresh=50")), s, T0 + 40).action, P.FRESH)
+
+    def test_maxStale(self) -> None:
+        """
+        max-stale lets a stale response be served, within its bound, unless
+        the response says must-revalidate.
+        """
+        s = stored(resp((b"Cache-Control", b"max-age=10"), (b"ETag", b'"a"')))
+        self.assertEqual(P.lookup(req((b"Cache-Control", b"max-stale=5")), s, T0 + 14).action, P.STALE)
+        self.assertEqual(P.lookup(req((b"Cache-Control", b"max-stale=5")), s, T0 + 16).action, P.REVALIDATE)
+        self.assertEqual(P.lookup(req((b"Cache-Control", b"max-stale")), s, T0 + 1000).action, P.STALE)
+        mr = stored(resp((b"Cache-Control", b"max-age=10, must-revalidate"), (b"ETag", b'"a"')))
+        self.assertEqual(P.lookup(req((b"Cache-Control", b"max-stale")), mr, T0 + 11).action, P.REVALIDATE)
+
+    def test_staleWhileRevalidate(self) -> None:
+        """
+        stale-while-revalidate serves stale within its window (and asks
+        for a background revalidation); past it, revalidate.
+        """
+        s = stored(resp((b"Cache-Control", b"max-age=10, stale-while-revalidate=30"), (b"ETag", b'"a"')))
+        self.assertEqual(P.lookup(req(), s, T0 + 5).action, P.FRESH)
+        self.assertEqual(P.lookup(req(), s, T0 + 39).action, P.STALE_REVALIDATE)
+        self.assertEqual(P.lookup(req(), s, T0 + 41).action, P.REVALIDATE)
+        self.assertEqual(P.lookup(req((b"Cache-Control", b"only-if-cached")), s, T0 + 41).action, P.UNSATISFIABLE)
+
+    def test_staleIfError(self) -> None:
+        """
+        stale-if-error (response or request) allows a stale response
+        within its window when the upstream fails; must-revalidate never.
+        """
+        s = stored(resp((b"Cache-Control", b"max-age=10, stale-if-error=60")))
+        self.assertTrue(P.staleIfError(req(), s, T0 + 69))
+        self.assertFalse(P.staleIfError(req(), s, T0 + 71))
+        plain = stored(resp((b"Cache-Control", b"max-age=10")))
+        self.assertFalse(P.staleIfError(req(), plain, T0 + 20))
+        self.assertTrue(P.staleIfError(req((b"Cache-Control", b"stale-if-error=30")), plain, T0 + 20))
+        mr = stored(resp((b"Cache-Control", b"max-age=10, must-revalidate, stale-if-error=60")))
+        self.assertFalse(P.staleIfError(req(), mr, T0 + 20))
+
+
+class ConditionalTests(SynchronousTestCase):
+    def test_conditionalHeaders(self) -> None:
+        """
+        Revalidation replaces the client's conditionals with the stored
+        validators.
+        """
+        head = resp((b"ETag", b'"v1"'), (b"Last-Modified", date(T0 - 100)))
+        out = P.conditionalHeaders(req((b"If-None-Match", b'"mine"'), (b"Range", b"bytes=0-1")), head)
+        self.assertIn((b"If-None-Match", b'"v1"'), out)
+        self.assertIn((b"If-Modified-Since", date(T0 - 100)), out)
+        self.assertNotIn((b"If-None-Match", b'"mine"'), out)
+
+    def test_evaluate(self) -> None:
+        """
+        A client's If-None-Match (weak comparison) or If-Modified-Since is
+        answered from the stored response.
+        """
+        head = resp((b"ETag", b'W/"v1"'), (b"Last-Modified", date(T0 - 100)))
+        self.assertTrue(P.evaluateConditional(req((b"If-None-Match", b'"x", "v1"')), head))
+        self.assertFalse(P.evaluateConditional(req((b"If-None-Match", b'"x"')), head))
+        self.assertTrue(P.evaluateConditional(req((b"If-Modified-Since", date(T0 - 50))), head))
+        self.assertFalse(P.evaluateConditional(req((b"If-Modified-Since", date(T0 - 150))), head))
+        self.assertFalse(P.evaluateConditional(req(), head))
+
+    def test_update304(self) -> None:
+        """
+        A 304's fields replace the stored ones of the same name (the
+        representation metadata included), except Content-Length.
+        """
+        head = resp((b"ETag", b'"v1"'), (b"Cache-Control", b"max-age=1"), (b"Content-Type", b"text/plain"),
+                    (b"X-A", b"old"))
+        nm = ResponseHead(b"HTTP/1.1", 304, b"Not Modified", ((b"Cache-Control", b"max-age=99"), (b"X-A", b"new"),
+                          (b"Content-Length", b"0"), (b"Content-Type", b"text/html"), (b"X-B", b"b")))
+        updated = P.updateHeaders(head, nm)
+        self.assertEqual(updated.status, 200)
+        self.assertEqual(updated.get(b"cache-control"), b"max-age=99")
+        self.assertEqual(updated.getAll(b"x-a"), [b"new"])
+        self.assertEqual(updated.get(b"x-b"), b"b")
+        self.assertEqual(updated.get(b"content-type"), b"text/html")
+        self.assertIsNone(updated.get(b"content-length"))
+
+    def test_validatorsMatch(self) -> None:
+        """
+        A 304 with another ETag is not about the stored response.
+        """
+        head = resp((b"ETag", b'"v1"'))
+        nm = lambda *h: ResponseHead(b"HTTP/1.1", 304, b"", h)  # noqa: E731
+        self.assertTrue(P.validatorsMatch(head, nm((b"ETag", b'"v1"'))))
+        self.assertFalse(P.validatorsMatch(head, nm((b"ETag", b'"v2"'))))
+        self.assertTrue(P.validatorsMatch(head, nm()))
+
+
+class InvalidationTests(SynchronousTestCase):
+    def test_unsafe(self) -> None:
+        """
+        A 2xx/3xx to an unsafe method invalidates the target and the
+        same-origin Location and Content-Location; other origins are
+        left alone; errors and safe methods invalidate nothing.
+        """
+        key = b"http://example.com/a"
+        head = resp((b"Location", b"/b"), (b"Content-Location", b"http://Example.com:80/c#f"), status=201)
+        self.assertEqual(P.invalidationTargets(key, b"POST", head),
+                         [key, b"http://example.com/b", b"http://example.com/c"])
+        other = resp((b"Location", b"http://other.example/b"))
+        self.assertEqual(P.invalidationTargets(key, b"DELETE", other), [key])
+        self.assertEqual(P.invalidationTargets(key, b"POST", resp(status=500)), [])
+        relative = resp((b"Location", b"b?x=1"), (b"Content-Location", b"https://example.com/c"))
+        self.assertEqual(P.invalidationTargets(key, b"PUT", relative), [key, b"http://example.com/b?x=1"])
+        weird = resp((b"Location", b"http://exa mple.com:99999/\xff"))
+        self.assertEqual(P.invalidationTargets(key, b"PUT", weird), [key])
+        self.assertEqual(P.invalidationTargets(key, b"GET", resp()), [])
+        self.assertTrue(P.isUnsafe(b"PATCH"))
+        self.assertFalse(P.isUnsafe(b"HEAD"))
+
+
+class StatusAndRangeTests(SynchronousTestCase):
+    def test_cacheStatus(self) -> None:
+        """
+        Cache-Status values name the cache and their parameters.
+        """
+        self.assertEqual(P.cacheStatus(True, ttl=5), b"txproxy; hit; ttl=5")
+        self.assertEqual(P.cacheStatus(False, "uri-miss", stored=True), b"txproxy; fwd=uri-miss; stored")
+        self.assertEqual(P.cacheStatus(False, "stale", fwdStatus=304, detail='x"y'),
+                         b'txproxy; fwd=stale; fwd-status=304; detail="xy"')
+
+    def test_servedHeaders(self) -> None:
+        """
+        A served response carries Age and Cache-Status.
+        """
+        out = P.servedHeaders(resp(), 3.9, b"txproxy; hit")
+        self.assertEqual(out[-2:], [(b"Age", b"3"), (b"Cache-Status", b"txproxy; hit")])
+
+    def test_range(self) -> None:
+        """
+        One satisfiable bytes range is parsed; anything else is None.
+        """
+        self.assertEqual(P.parseRange(b"bytes=0-3", 10), (0, 3))
+        self.assertEqual(P.parseRange(b"bytes=5-", 10), (5, 9))
+        self.assertEqual(P.parseRange(b"bytes=-4", 10), (6, 9))
+        self.assertEqual(P.parseRange(b"bytes=2-100", 10), (2, 9))
+        for bad in (b"bytes=0-1,3-4", b"items=0-1", b"bytes=10-", b"bytes=5-2", b"bytes=x-1", b"bytes=-0"):
+            self.assertIsNone(P.parseRange(bad, 10), bad)
+        self.assertIsNone(P.parseRange(None, 10))

@@ -1,0 +1,240 @@
+# -*- test-case-name: tests.test_cache_policy -*-
+"""
+Field parsing for the cache policy, sans-IO: C{Cache-Control} directives,
+HTTP dates, the URL and variant keys, C{Range}, and C{Cache-Status}
+values (RFC 9211).  L{txproxy.cache._policy} re-exports these names.
+"""
+
+from __future__ import annotations
+
+import calendar
+import email.utils
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+from txproxy.http import RequestHead, ResponseHead
+
+__all__ = [
+    "CACHE_NAME",
+    "cacheControl",
+    "cacheStatus",
+    "parseHTTPDate",
+    "parseRange",
+    "requestCacheControl",
+    "seconds",
+    "urlKey",
+    "varyKey",
+    "varyNames",
+]
+
+#: The cache's name in C{Cache-Status} (RFC 9211).
+CACHE_NAME = b"txproxy"
+
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+# -- parsing
+
+
+def cacheControl(values: Iterable[bytes]) -> Dict[bytes, Optional[bytes]]:
+    """
+    Parse C{Cache-Control} field values into directives.
+
+    @param values: every C{Cache-Control} value, in order.
+    @return: directive (lower-case) -> argument (unquoted), or L{None}
+        for a directive without one.  A directive given twice maps to
+        C{b"\\x00dup"}, which no numeric parse accepts.
+    """
+    out: Dict[bytes, Optional[bytes]] = {}
+    for value in values:
+        for part in _splitList(value):
+            name, eq, arg = part.partition(b"=")
+            name = name.strip().lower()
+            if not name:
+                continue
+            argument: Optional[bytes] = None
+            if eq:
+                argument = arg.strip()
+                if len(argument) >= 2 and argument[:1] == b'"' and argument[-1:] == b'"':
+                    argument = argument[1:-1]
+            if name in out:
+                out[name] = b"\x00dup"
+            else:
+                out[name] = argument
+    return out
+
+
+def _splitList(value: bytes) -> List[bytes]:
+    """
+    Split a comma-separated field value, keeping commas inside quotes.
+    """
+    if b'"' not in value:
+        return value.split(b",")
+    parts: List[bytes] = []
+    current = bytearray()
+    quoted = False
+    for i in range(len(value)):
+        c = value[i : i + 1]
+        if c == b'"':
+            quoted = not quoted
+        if c == b"," and not quoted:
+            parts.append(bytes(current))
+            current = bytearray()
+        else:
+            current += c
+    parts.append(bytes(current))
+    return parts
+
+
+def seconds(argument: Optional[bytes]) -> Optional[int]:
+    """
+    A delta-seconds argument, or L{None} when missing or invalid.
+    """
+    if argument is None or not argument.isdigit():
+        return None
+    return min(int(argument), 2**31)
+
+
+def parseHTTPDate(value: Optional[bytes]) -> Optional[float]:
+    """
+    Parse an HTTP-date (RFC 9110 section 5.6.7, the three formats).
+
+    @return: seconds since the epoch, or L{None} when missing or invalid.
+    """
+    if value is None:
+        return None
+    try:
+        parsed = email.utils.parsedate_tz(value.decode("latin-1"))
+    except (TypeError, ValueError, IndexError):
+        return None
+    if parsed is None:
+        return None
+    try:
+        return float(calendar.timegm(parsed[:9]) - (parsed[9] or 0))
+    except (OverflowError, ValueError):
+        return None
+
+
+def requestCacheControl(head: RequestHead) -> Dict[bytes, Optional[bytes]]:
+    cc = cacheControl(head.getAll(b"cache-control"))
+    if not cc:
+        # RFC 9111 section 5.4: Pragma: no-cache without Cache-Control.
+        pragma = head.get(b"pragma")
+        if pragma is not None and b"no-cache" in pragma.lower():
+            cc[b"no-cache"] = None
+    return cc
+
+
+# -- keys
+
+
+def urlKey(scheme: str, host: str, port: int, path: bytes) -> bytes:
+    """
+    The key of a target URI: scheme and host lower-cased, the scheme's
+    default port omitted, path and query as carried.
+
+    @param path: the origin-form path and query.
+    """
+    scheme = scheme.lower()
+    host = host.lower()
+    if ":" in host:
+        host = "[" + host + "]"
+    authority = host if DEFAULT_PORTS.get(scheme) == port else f"{host}:{port}"
+    return f"{scheme}://{authority}".encode("idna" if not authority.isascii() else "ascii") + path
+
+
+def varyNames(head: ResponseHead) -> Optional[Tuple[bytes, ...]]:
+    """
+    The request fields a response varies on, lower-cased and sorted, or
+    L{None} for C{Vary: *}.
+    """
+    names = set()
+    for value in head.getAll(b"vary"):
+        for part in value.split(b","):
+            name = part.strip().lower()
+            if name == b"*":
+                return None
+            if name:
+                names.add(name)
+    return tuple(sorted(names))
+
+
+def _normalised(values: List[bytes]) -> bytes:
+    # Whitespace around list members and between fields does not matter
+    # (RFC 9111 section 4.1).
+    return b",".join(b" ".join(p.split()) for v in values for p in v.split(b","))
+
+
+def varyKey(names: Sequence[bytes], request: RequestHead) -> bytes:
+    """
+    The variant key of C{request} for a response varying on C{names}: the
+    selecting fields' normalised values (an absent field differs from an
+    empty one).
+    """
+    if not names:
+        return b""
+    parts = []
+    for name in names:
+        values = request.getAll(name)
+        parts.append(name + (b"=" + _normalised(values) if values else b"!"))
+    return b"\n".join(parts)
+
+
+def cacheStatus(
+    hit: bool,
+    fwd: Optional[str] = None,
+    stored: bool = False,
+    ttl: Optional[float] = None,
+    fwdStatus: Optional[int] = None,
+    collapsed: bool = False,
+    detail: Optional[str] = None,
+) -> bytes:
+    """
+    A C{Cache-Status} value (RFC 9211) for this cache.
+
+    @param fwd: the C{fwd} reason (C{uri-miss}, C{vary-miss}, C{stale},
+        C{request}, C{bypass}, C{miss}).
+    """
+    parts = [CACHE_NAME]
+    if hit:
+        parts.append(b"hit")
+    if fwd is not None:
+        parts.append(b"fwd=" + fwd.encode("ascii"))
+    if fwdStatus is not None:
+        parts.append(b"fwd-status=%d" % fwdStatus)
+    if ttl is not None:
+        parts.append(b"ttl=%d" % int(ttl))
+    if stored:
+        parts.append(b"stored")
+    if collapsed:
+        parts.append(b"collapsed")
+    if detail:
+        parts.append(b'detail="' + detail.encode("ascii", "replace").replace(b'"', b"") + b'"')
+    return b"; ".join(parts)
+
+
+def parseRange(value: Optional[bytes], length: int) -> Optional[Tuple[int, int]]:
+    """
+    One satisfiable byte range of a C{Range} value over a body of
+    C{length} bytes, as C{(first, last)} inclusive; L{None} when the value
+    is absent, not one C{bytes} range, or not satisfiable (the full
+    response is then served: RFC 9110 section 14.2 lets a server ignore
+    C{Range}).
+    """
+    if value is None:
+        return None
+    unit, eq, spec = value.partition(b"=")
+    if not eq or unit.strip().lower() != b"bytes" or b"," in spec:
+        return None
+    first, dash, last = spec.strip().partition(b"-")
+    if not dash:
+        return None
+    if not first:
+        if not last.isdigit() or int(last) == 0 or length == 0:
+            return None
+        return max(0, length - int(last)), length - 1
+    if not first.isdigit() or (last and not last.isdigit()):
+        return None
+    start = int(first)
+    end = int(last) if last else length - 1
+    if start > end or start >= length:
+        return None
+    return start, min(end, length - 1)

@@ -1,0 +1,490 @@
+# -*- test-case-name: tests.test_cache_policy -*-
+"""
+The RFC 9111 shared-cache policy, sans-IO: plain values in, decisions out.
+Nothing here imports Twisted or knows a clock: every function that needs
+the time is given C{now} (seconds since the epoch, a float).
+
+The choices this module makes where the RFCs leave room:
+
+  - B{What is stored}: the response to a C{GET} whose status is final and
+    not C{206}/C{304}, without C{no-store} (request or response) or
+    C{private}, with explicit freshness (C{Expires}, C{max-age},
+    C{s-maxage}, C{public}) or a heuristically cacheable status
+    (RFC 9111 section 3).  C{Vary: *} is never stored (it could never be
+    served).
+  - B{Authorization} (section 3.5): a response to a request with
+    C{Authorization} is stored only with C{public}, C{s-maxage} or
+    C{must-revalidate}.
+  - B{Set-Cookie}: a response carrying C{Set-Cookie} is stored only when
+    the origin says it is meant for a shared cache (C{public} or
+    C{s-maxage}), and even then the stored copy has its C{Set-Cookie}
+    fields removed: the client whose request filled the cache gets its
+    cookie, no other client ever gets it.  (Varnish's built-in VCL and
+    nginx do not cache such responses at all; this rule is as safe and
+    lets an origin opt in.)
+  - B{Heuristic freshness} (section 4.2.2): 10% of the time since
+    C{Last-Modified}, at most one day, for the heuristically cacheable
+    statuses (and any status marked C{public}).
+  - A qualified C{no-cache="field"} is treated as unqualified (always
+    revalidate), as section 5.2.2.4 allows; likewise C{private="field"}
+    is treated as unqualified (never stored).
+  - An invalid or duplicated freshness directive makes the response stale
+    (section 4.2.1 allows either this or the first value).
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+from urllib.parse import urljoin, urlsplit
+
+import attr
+
+from txproxy.cache._fields import (
+    CACHE_NAME,
+    DEFAULT_PORTS,
+    cacheControl,
+    cacheStatus,
+    parseHTTPDate,
+    parseRange,
+    requestCacheControl,
+    seconds,
+    urlKey,
+    varyKey,
+    varyNames,
+)
+from txproxy.http import RequestHead, ResponseHead
+
+__all__ = [
+    "CACHE_NAME",
+    "FORWARD",
+    "FRESH",
+    "HEURISTIC_STATUSES",
+    "REVALIDATE",
+    "STALE",
+    "STALE_REVALIDATE",
+    "UNSATISFIABLE",
+    "Lookup",
+    "StoredResponse",
+    "ageOf",
+    "seconds",
+    "cacheControl",
+    "cacheStatus",
+    "conditionalHeaders",
+    "evaluateConditional",
+    "freshnessLifetime",
+    "initialAge",
+    "invalidationTargets",
+    "isUnsafe",
+    "parseRange",
+    "isStorable",
+    "lookup",
+    "parseHTTPDate",
+    "servedHeaders",
+    "staleIfError",
+    "storedHeaders",
+    "updateHeaders",
+    "urlKey",
+    "validatorsMatch",
+    "varyKey",
+    "varyNames",
+]
+
+#: Statuses cacheable by default (RFC 9110 section 15.1), that is with a
+#: heuristic freshness lifetime.
+HEURISTIC_STATUSES = frozenset({200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501})
+
+#: The longest heuristic freshness lifetime, in seconds.
+MAX_HEURISTIC = 86400.0
+
+#: Fields never stored with a response (hop-by-hop, and connection
+#: specific) beyond those the HTTP core removes.
+_NOT_STORED = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-authenticate",
+        b"proxy-authentication-info",
+        b"set-cookie",
+        b"age",
+        b"cache-status",
+        b"via",
+    }
+)
+
+#: Fields a 304 never replaces in the stored response (section 3.2).
+_NOT_UPDATED = frozenset({b"content-length"}) | _NOT_STORED
+
+_SAFE_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE"})
+
+# -- storing
+
+
+def isStorable(request: RequestHead, response: ResponseHead) -> Tuple[bool, str]:
+    """
+    Whether a shared cache may store C{response} to C{request}
+    (RFC 9111 section 3, with this module's rules).
+
+    @return: C{(storable, reason)}; the reason says why not (for the
+        C{Cache-Status} C{detail}).
+    """
+    if request.method != b"GET":
+        return False, "method"
+    status = response.status
+    if status < 200 or status == 206 or status == 304:
+        return False, "status"
+    reqCC = requestCacheControl(request)
+    if b"no-store" in reqCC:
+        return False, "request no-store"
+    cc = cacheControl(response.getAll(b"cache-control"))
+    if b"no-store" in cc:
+        return False, "no-store"
+    if b"private" in cc:
+        return False, "private"
+    if varyNames(response) is None:
+        return False, "vary *"
+    explicitShared = b"public" in cc or b"s-maxage" in cc
+    if request.get(b"authorization") is not None:
+        if not (explicitShared or b"must-revalidate" in cc):
+            return False, "authorization"
+    if response.get(b"set-cookie") is not None and not explicitShared:
+        return False, "set-cookie"
+    if (
+        b"public" in cc
+        or b"s-maxage" in cc
+        or b"max-age" in cc
+        or response.get(b"expires") is not None
+        or status in HEURISTIC_STATUSES
+    ):
+        return True, ""
+    return False, "no freshness"
+
+
+def storedHeaders(response: ResponseHead) -> Tuple[Tuple[bytes, bytes], ...]:
+    """
+    The fields kept with a stored response: the end-to-end fields, without
+    C{Set-Cookie}, C{Age}, C{Via} and C{Cache-Status} (added when served).
+    """
+    return tuple((n, v) for n, v in response.headers if n.lower() not in _NOT_STORED)
+
+
+@attr.s(frozen=True, slots=True, auto_attribs=True)
+class StoredResponse:
+    """
+    A stored response's head and what the policy needs to know about it.
+
+    @ivar head: the stored head (L{storedHeaders}).
+    @ivar requestTime: when the request that got it was sent.
+    @ivar responseTime: when its head was received.
+    @ivar initialAge: its corrected initial age (L{initialAge}).
+    @ivar bodyLength: the length of the stored body.
+    """
+
+    head: ResponseHead
+    requestTime: float
+    responseTime: float
+    initialAge: float
+    bodyLength: int = 0
+
+
+def initialAge(head: ResponseHead, requestTime: float, responseTime: float) -> float:
+    """
+    The corrected initial age of a response (RFC 9111 section 4.2.3).
+    """
+    ageValue = seconds(head.get(b"age")) or 0
+    date = parseHTTPDate(head.get(b"date"))
+    apparentAge = max(0.0, responseTime - date) if date is not None else 0.0
+    responseDelay = max(0.0, responseTime - requestTime)
+    return max(apparentAge, ageValue + responseDelay)
+
+
+def ageOf(stored: StoredResponse, now: float) -> float:
+    """
+    The current age of C{stored} at C{now} (section 4.2.3).
+    """
+    return stored.initialAge + max(0.0, now - stored.responseTime)
+
+
+def freshnessLifetime(head: ResponseHead) -> float:
+    """
+    The freshness lifetime of a response for a shared cache
+    (section 4.2.1): C{s-maxage}, else C{max-age}, else C{Expires} minus
+    C{Date}, else heuristically (10% of the time since C{Last-Modified},
+    at most L{MAX_HEURISTIC}) for a heuristically cacheable status or
+    C{public}; else 0.
+    """
+    cc = cacheControl(head.getAll(b"cache-control"))
+    if b"s-maxage" in cc:
+        return float(seconds(cc[b"s-maxage"]) or 0)
+    if b"max-age" in cc:
+        return float(seconds(cc[b"max-age"]) or 0)
+    expiresValues = head.getAll(b"expires")
+    if expiresValues:
+        expires = parseHTTPDate(expiresValues[0]) if len(expiresValues) == 1 else None
+        if expires is None:
+            return 0.0
+        date = parseHTTPDate(head.get(b"date"))
+        if date is None:
+            return 0.0
+        return max(0.0, expires - date)
+    if head.status in HEURISTIC_STATUSES or b"public" in cc:
+        lastModified = parseHTTPDate(head.get(b"last-modified"))
+        date = parseHTTPDate(head.get(b"date"))
+        if lastModified is not None and date is not None and date > lastModified:
+            return min(MAX_HEURISTIC, (date - lastModified) / 10.0)
+    return 0.0
+
+
+# -- serving
+
+#: Serve the stored response as it is.
+FRESH = "fresh"
+#: Serve the stored response stale (the client's C{max-stale} allows it).
+STALE = "stale"
+#: Serve it stale and revalidate in the background (C{stale-while-revalidate}).
+STALE_REVALIDATE = "stale-while-revalidate"
+#: Send a conditional request with the stored validators.
+REVALIDATE = "revalidate"
+#: Send the request upstream as is (nothing usable is stored).
+FORWARD = "forward"
+#: C{only-if-cached} and nothing may be served: answer 504.
+UNSATISFIABLE = "unsatisfiable"
+
+
+@attr.s(frozen=True, slots=True, auto_attribs=True)
+class Lookup:
+    """
+    The decision for a request and the stored response found for it.
+
+    @ivar action: L{FRESH}, L{STALE}, L{STALE_REVALIDATE}, L{REVALIDATE},
+        L{FORWARD} or L{UNSATISFIABLE}.
+    @ivar age: the stored response's current age (0 without one).
+    @ivar ttl: its remaining freshness lifetime (negative once stale).
+    @ivar detail: why it was not served fresh (for C{Cache-Status}).
+    """
+
+    action: str
+    age: float = 0.0
+    ttl: float = 0.0
+    detail: str = ""
+
+
+def _hasValidators(head: ResponseHead) -> bool:
+    return head.get(b"etag") is not None or head.get(b"last-modified") is not None
+
+
+def lookup(request: RequestHead, stored: Optional[StoredResponse], now: float) -> Lookup:
+    """
+    Decide how to answer C{request} given the stored response selected
+    for it (RFC 9111 section 4 and RFC 5861).
+
+    @param stored: the stored response whose variant matches, or L{None}.
+    @param now: the current time.
+    """
+    reqCC = requestCacheControl(request)
+    onlyIfCached = b"only-if-cached" in reqCC
+    if stored is None:
+        return Lookup(UNSATISFIABLE if onlyIfCached else FORWARD, detail="miss")
+    head = stored.head
+    age = ageOf(stored, now)
+    lifetime = freshnessLifetime(head)
+    ttl = lifetime - age
+    cc = cacheControl(head.getAll(b"cache-control"))
+    revalidate = REVALIDATE if _hasValidators(head) else FORWARD
+    if b"no-cache" in reqCC or b"no-cache" in cc:
+        # Always revalidate (a no-cache request may not be answered from
+        # the cache, even with only-if-cached: RFC 9111 gives no-cache
+        # precedence; answer 504 rather than go upstream).
+        if onlyIfCached:
+            return Lookup(UNSATISFIABLE, age, ttl, "no-cache")
+        return Lookup(revalidate, age, ttl, "request no-cache" if b"no-cache" in reqCC else "no-cache")
+    fresh = ttl > 0
+    maxAge = seconds(reqCC.get(b"max-age")) if b"max-age" in reqCC else None
+    if b"max-age" in reqCC and maxAge is None:
+        maxAge = 0
+    minFresh = seconds(reqCC.get(b"min-fresh")) if b"min-fresh" in reqCC else None
+    if fresh:
+        if maxAge is not None and age > maxAge:
+            fresh = False
+            why = "request max-age"
+        elif minFresh is not None and ttl < minFresh:
+            fresh = False
+            why = "request min-fresh"
+        else:
+            return Lookup(FRESH, age, ttl)
+    else:
+        why = "stale"
+    # Not fresh enough.  Stale may be served only when the response allows.
+    mustRevalidate = b"must-revalidate" in cc or b"proxy-revalidate" in cc or b"s-maxage" in cc
+    staleness = -ttl if ttl < 0 else 0.0
+    if not mustRevalidate and why == "stale":
+        if b"max-stale" in reqCC:
+            maxStale = reqCC[b"max-stale"]
+            limit = seconds(maxStale)
+            if maxStale is None or (limit is not None and staleness <= limit):
+                return Lookup(STALE, age, ttl, "max-stale")
+        swr = seconds(cc.get(b"stale-while-revalidate"))
+        if swr is not None and staleness <= swr and maxAge is None:
+            return Lookup(STALE_REVALIDATE, age, ttl, "stale-while-revalidate")
+    if onlyIfCached:
+        return Lookup(UNSATISFIABLE, age, ttl, why)
+    return Lookup(revalidate, age, ttl, why)
+
+
+def staleIfError(request: RequestHead, stored: StoredResponse, now: float) -> bool:
+    """
+    Whether C{stored} (stale or not) may answer C{request} because the
+    upstream failed or answered 500, 502, 503 or 504 (RFC 5861 section 4;
+    the response's or the request's C{stale-if-error}).
+    """
+    cc = cacheControl(stored.head.getAll(b"cache-control"))
+    if b"must-revalidate" in cc or b"proxy-revalidate" in cc or b"s-maxage" in cc or b"no-cache" in cc:
+        return False
+    staleness = ageOf(stored, now) - freshnessLifetime(stored.head)
+    if staleness <= 0:
+        return True
+    for directives in (requestCacheControl(request), cc):
+        limit = seconds(directives.get(b"stale-if-error"))
+        if limit is not None and staleness <= limit:
+            return True
+    return False
+
+
+def conditionalHeaders(request: RequestHead, stored: ResponseHead) -> Tuple[Tuple[bytes, bytes], ...]:
+    """
+    The request's fields for revalidating C{stored}: its own conditionals
+    replaced by the stored validators (section 4.3.1).
+    """
+    drop = (b"if-none-match", b"if-modified-since", b"if-match", b"if-unmodified-since", b"if-range")
+    headers = [(n, v) for n, v in request.headers if n.lower() not in drop]
+    etag = stored.get(b"etag")
+    if etag is not None:
+        headers.append((b"If-None-Match", etag))
+    lastModified = stored.get(b"last-modified")
+    if lastModified is not None:
+        headers.append((b"If-Modified-Since", lastModified))
+    return tuple(headers)
+
+
+def _weakMatch(candidates: bytes, etag: bytes) -> bool:
+    if candidates.strip() == b"*":
+        return True
+    mine = etag.strip()
+    mine = mine[2:] if mine[:2] == b"W/" else mine
+    for part in candidates.split(b","):
+        tag = part.strip()
+        tag = tag[2:] if tag[:2] == b"W/" else tag
+        if tag == mine:
+            return True
+    return False
+
+
+def evaluateConditional(request: RequestHead, stored: ResponseHead) -> bool:
+    """
+    Whether a conditional C{GET}/C{HEAD} may be answered C{304} from
+    C{stored} (RFC 9111 section 4.3.2; RFC 9110 section 13.2.2).
+    """
+    if stored.status != 200:
+        return False
+    inm = request.getAll(b"if-none-match")
+    if inm:
+        etag = stored.get(b"etag")
+        return etag is not None and _weakMatch(b",".join(inm), etag)
+    ims = parseHTTPDate(request.get(b"if-modified-since"))
+    if ims is not None:
+        reference = parseHTTPDate(stored.get(b"last-modified")) or parseHTTPDate(stored.get(b"date"))
+        return reference is not None and reference <= ims
+    return False
+
+
+def updateHeaders(stored: ResponseHead, notModified: ResponseHead) -> ResponseHead:
+    """
+    The stored head refreshed by a C{304} (section 4.3.4): each field the
+    304 carries replaces the stored ones of that name, except
+    C{Content-Length} and the fields never stored (section 3.2; the
+    representation metadata is updated too: the stored body is kept as
+    received, so nothing depends on it).
+    """
+    fresh = [(n, v) for n, v in notModified.headers if n.lower() not in _NOT_UPDATED]
+    replaced = {n.lower() for n, _ in fresh}
+    kept = [(n, v) for n, v in stored.headers if n.lower() not in replaced]
+    return ResponseHead(stored.version, stored.status, stored.reason, tuple(kept + fresh))
+
+
+def validatorsMatch(stored: ResponseHead, notModified: ResponseHead) -> bool:
+    """
+    Whether a C{304} is about C{stored} (section 4.3.4): its strong ETag,
+    else its Last-Modified, must match when it carries one.
+    """
+    etag = notModified.get(b"etag")
+    if etag is not None:
+        mine = stored.get(b"etag")
+        return mine is not None and _weakMatch(mine, etag)
+    lastModified = notModified.get(b"last-modified")
+    if lastModified is not None:
+        return stored.get(b"last-modified") == lastModified
+    return True
+
+
+def servedHeaders(stored: ResponseHead, age: float, status: bytes) -> List[Tuple[bytes, bytes]]:
+    """
+    The fields of a response served from the cache: the stored ones plus
+    C{Age} (section 5.1) and C{Cache-Status}.
+    """
+    headers = list(stored.headers)
+    headers.append((b"Age", b"%d" % min(int(age), 2**31)))
+    headers.append((b"Cache-Status", status))
+    return headers
+
+
+def _sameOriginKey(requestKey: bytes, value: Optional[bytes]) -> Optional[bytes]:
+    """
+    The URL key of a C{Location}/C{Content-Location} value (absolute, or a
+    reference resolved against the request's URI) when it names the same
+    origin as C{requestKey}, else L{None}.
+    """
+    if not value:
+        return None
+    try:
+        base = requestKey.decode("ascii")
+        resolved = urlsplit(urljoin(base, value.strip().decode("ascii")))
+        origin = urlsplit(base)
+        port = resolved.port
+    except (UnicodeDecodeError, ValueError):
+        return None
+    scheme = resolved.scheme.lower()
+    if scheme not in DEFAULT_PORTS or not resolved.hostname:
+        return None
+    key = urlKey(scheme, resolved.hostname, port if port is not None else DEFAULT_PORTS[scheme],
+                 (resolved.path or "/").encode("ascii") + (b"?" + resolved.query.encode("ascii")
+                                                           if resolved.query else b""))
+    if urlsplit(key.decode("ascii")).netloc != origin.netloc or scheme != origin.scheme:
+        return None
+    return key
+
+
+def invalidationTargets(requestKey: bytes, method: bytes, response: ResponseHead) -> List[bytes]:
+    """
+    The URL keys an unsafe request's response invalidates (section 4.4):
+    its target and same-origin C{Location} and C{Content-Location}, when
+    the response is a non-error (2xx or 3xx) one.
+    """
+    if method in _SAFE_METHODS or not (200 <= response.status < 400):
+        return []
+    keys = [requestKey]
+    for name in (b"location", b"content-location"):
+        key = _sameOriginKey(requestKey, response.get(name))
+        if key is not None and key not in keys:
+            keys.append(key)
+    return keys
+
+
+def isUnsafe(method: bytes) -> bool:
+    """
+    Whether C{method} is unsafe (RFC 9110 section 9.2.1).
+    """
+    return method not in _SAFE_METHODS
