@@ -34,7 +34,7 @@ cachetests: Any = sys.modules.setdefault("_bench_cachetests", importlib.util.mod
 _spec.loader.exec_module(cachetests)
 
 #: The cache options of the proxy under test (CLI.md, "Caching").
-CACHE_ARGS: List[str] = []
+CACHE_ARGS: List[str] = ["--cache", "64M"]
 
 #: Required tests txproxy passes now, through the options above.  Without a
 #: cache: 49 of 165 (the origin alone also passes 49: tests that hold
