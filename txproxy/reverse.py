@@ -488,6 +488,9 @@ class ReverseProxyProtocol(HTTPProxyProtocol):
                 if retry:
                     other = pool.pick(self.client.host, exclude=(backend,))
                     if other is not None:
+                        if self.span is not None:
+                            self.span.addEvent("upstream.retry", {"txproxy.backend": str(backend.key),
+                                                                  "error.type": type(f.value).__name__})
                         self._setBackend(other)
                         attempt(other, False, self._keyFor(other))
                         return
@@ -571,6 +574,9 @@ class ReverseProxyProtocol(HTTPProxyProtocol):
             return d
 
         return factory.h2pool.stream(self._keyFor(backend), proto, dial)
+
+    def _traceRoute(self) -> Any:
+        return self._route if self._request is not None else None
 
     def _log(self, status: int, reason: str = "") -> None:
         self._releaseBackend()

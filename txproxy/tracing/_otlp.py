@@ -1,0 +1,161 @@
+# -*- test-case-name: tests.test_tracing -*-
+"""
+OTLP/HTTP protobuf encoding of spans, by hand: an
+C{ExportTraceServiceRequest} (opentelemetry-proto,
+C{opentelemetry/proto/collector/trace/v1/trace_service.proto}) holding one
+C{ResourceSpans} with one C{ScopeSpans}.
+
+Only the fields txproxy fills are written.  Hand encoding keeps protobuf
+and the OpenTelemetry SDK off the proxy's path (see C{docs/tracing.rst}
+for the measurements); the tests decode the output with
+C{opentelemetry-proto} to check it.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any, Dict, Iterable, List, Mapping, Sequence, Tuple
+
+from txproxy.tracing._span import Span
+
+__all__ = ["encodeSpans", "CONTENT_TYPE"]
+
+#: The content type of OTLP/HTTP protobuf bodies.
+CONTENT_TYPE = b"application/x-protobuf"
+
+_pack_d = struct.Struct("<d").pack
+_pack_Q = struct.Struct("<Q").pack
+_pack_I = struct.Struct("<I").pack
+
+# Span.flags (OTLP 1.1+): the low byte is the W3C trace flags; these two say
+# whether the parent was remote.
+_FLAG_HAS_IS_REMOTE = 0x100
+_FLAG_IS_REMOTE = 0x200
+
+
+def _varint(n: int) -> bytes:
+    if n < 0x80:
+        return bytes((n,))
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _ld(tag: bytes, payload: bytes) -> bytes:
+    """
+    A length-delimited field (C{tag} already encoded, wire type 2).
+    """
+    return tag + _varint(len(payload)) + payload
+
+
+# Tags (field number << 3 | wire type), encoded.
+_T1_LD = b"\x0a"
+_T2_LD = b"\x12"
+_T3_LD = b"\x1a"
+_T4_LD = b"\x22"
+_T5_LD = b"\x2a"
+_T9_LD = b"\x4a"
+_T11_LD = b"\x5a"
+_T15_LD = b"\x7a"
+_T1_F64 = b"\x09"
+_T2_VAR = b"\x10"
+_T3_VAR = b"\x18"
+_T4_F64 = b"\x21"
+_T6_VAR = b"\x30"
+_T7_F64 = b"\x39"
+_T8_F64 = b"\x41"
+_T16_F32 = b"\x85\x01"
+
+
+def _anyValue(value: Any) -> bytes:
+    """
+    An encoded C{AnyValue}.
+    """
+    if value is True or value is False:
+        return _T2_VAR + (b"\x01" if value else b"\x00")
+    if isinstance(value, int):
+        return _T3_VAR + _varint(value & 0xFFFFFFFFFFFFFFFF)
+    if isinstance(value, float):
+        return _T4_F64 + _pack_d(value)
+    if isinstance(value, bytes):
+        value = value.decode("latin-1")
+    return _ld(_T1_LD, str(value).encode("utf-8", "replace"))
+
+
+def _attributes(tag: bytes, attributes: Mapping[str, Any]) -> List[bytes]:
+    return [
+        _ld(tag, _ld(_T1_LD, key.encode("utf-8", "replace")) + _ld(_T2_LD, _anyValue(value)))
+        for key, value in attributes.items()
+    ]
+
+
+def _nanos(seconds: float) -> bytes:
+    # Microseconds are what a float of POSIX seconds holds exactly.
+    return _pack_Q(max(0, round(seconds * 1e6) * 1000))
+
+
+def encodeSpan(span: Span) -> bytes:
+    """
+    One encoded C{Span} message.
+    """
+    parts = [
+        _ld(_T1_LD, bytes.fromhex(span.traceId.decode("ascii"))),
+        _ld(_T2_LD, bytes.fromhex(span.spanId.decode("ascii"))),
+    ]
+    if span.traceState:
+        parts.append(_ld(_T3_LD, span.traceState))
+    flags = 0x01 | _FLAG_HAS_IS_REMOTE
+    if span.parentId is not None:
+        parts.append(_ld(_T4_LD, bytes.fromhex(span.parentId.decode("ascii"))))
+        flags |= _FLAG_IS_REMOTE
+    parts.append(_ld(_T5_LD, span.name.encode("utf-8", "replace")))
+    parts.append(_T6_VAR + _varint(span.kind))
+    start = span.start
+    end = span.end if span.end is not None else start
+    parts.append(_T7_F64 + _nanos(start))
+    parts.append(_T8_F64 + _nanos(end))
+    parts.extend(_attributes(_T9_LD, span.attributes))
+    for when, name, attributes in span.events:
+        event = [_T1_F64 + _nanos(when), _ld(_T2_LD, name.encode("utf-8", "replace"))]
+        event.extend(_attributes(_T3_LD, attributes))
+        parts.append(_ld(_T11_LD, b"".join(event)))
+    if span.statusCode:
+        status = _T3_VAR + _varint(span.statusCode)
+        if span.statusMessage:
+            status = _ld(_T2_LD, span.statusMessage.encode("utf-8", "replace")) + status
+        parts.append(_ld(_T15_LD, status))
+    parts.append(_T16_F32 + _pack_I(flags))
+    return b"".join(parts)
+
+
+def encodeSpans(
+    spans: Iterable[Span],
+    resource: Mapping[str, Any],
+    scope: Tuple[str, str] = ("txproxy", ""),
+) -> bytes:
+    """
+    An encoded C{ExportTraceServiceRequest} carrying C{spans}.
+
+    @param resource: the resource's attributes (C{service.name}, ...).
+    @param scope: the instrumentation scope's name and version.
+    """
+    name, version = scope
+    scopeMessage = _ld(_T1_LD, name.encode("utf-8"))
+    if version:
+        scopeMessage += _ld(_T2_LD, version.encode("utf-8"))
+    scopeSpans = [_ld(_T1_LD, scopeMessage)]
+    scopeSpans.extend(_ld(_T2_LD, encodeSpan(span)) for span in spans)
+    resourceSpans = _ld(_T1_LD, b"".join(_attributes(_T1_LD, resource))) + _ld(_T2_LD, b"".join(scopeSpans))
+    return _ld(_T1_LD, resourceSpans)
+
+
+def resourceAttributes(serviceName: str, version: str, extra: Sequence[Tuple[str, Any]] = ()) -> Dict[str, Any]:
+    """
+    The resource attributes of txproxy's spans.
+    """
+    out: Dict[str, Any] = {"service.name": serviceName, "service.version": version}
+    out.update(extra)
+    return out

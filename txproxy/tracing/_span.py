@@ -1,0 +1,248 @@
+# -*- test-case-name: tests.test_tracing -*-
+"""
+Spans and the tracer that starts them.
+
+A L{Span} is a plain object kept on the protocol that serves the request,
+tunnel or connection (never in a context variable: Twisted does not carry
+those across Deferred callbacks).  The protocol starts it when the request
+head is parsed (or the connection is accepted), adds attributes and events
+as the exchange goes, and ends it once, with the access record.  An ended
+span that is recorded (sampled) goes to the exporter's bounded queue; an
+unsampled one still has ids, so the trace is propagated and logged, but
+costs no attribute and is never queued.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+from txproxy.tracing._context import (
+    Sampler,
+    TraceParent,
+    _getrandbits,
+    contextFromHeaders,
+    newSpanId,
+    newTraceId,
+)
+
+__all__ = ["Span", "Tracer", "SPAN_KIND_SERVER", "SPAN_KIND_CLIENT", "STATUS_ERROR"]
+
+#: OpenTelemetry's SpanKind values (as OTLP numbers them).
+SPAN_KIND_INTERNAL = 1
+SPAN_KIND_SERVER = 2
+SPAN_KIND_CLIENT = 3
+
+#: OpenTelemetry's status codes (as OTLP numbers them).
+STATUS_UNSET = 0
+STATUS_ERROR = 2
+
+#: An attribute value: what OTLP's AnyValue carries that txproxy uses.
+AttributeValue = Any
+
+_TRACEPARENT = b"traceparent"
+_TRACESTATE = b"tracestate"
+
+
+class Span:
+    """
+    One span: a request, a tunnel or a relayed connection, as seen by
+    txproxy.
+
+    @ivar traceId: the trace id, 32 lower-case hex digits (C{bytes}).
+    @ivar spanId: this span's id, 16 lower-case hex digits (C{bytes}).
+    @ivar parentId: the parent span's id (the incoming C{traceparent}'s
+        parent-id), or L{None} for the root of a new trace.
+    @ivar traceState: the C{tracestate} propagated, or L{None}.
+    @ivar sampled: whether this span is recorded and exported; an unsampled
+        span ignores attributes and events.
+    @ivar name: the span name (C{"GET /api"}, C{"CONNECT"}, C{"tcp"}).
+    @ivar kind: L{SPAN_KIND_SERVER} (or another OTLP span kind).
+    @ivar start: wall-clock start, POSIX seconds.
+    @ivar end: wall-clock end, POSIX seconds, once ended.
+    @ivar attributes: the attributes, by name (OpenTelemetry semantic
+        convention names).
+    @ivar events: C{(POSIX time, name, attributes)} tuples.
+    @ivar statusCode: L{STATUS_UNSET} or L{STATUS_ERROR}.
+    @ivar statusMessage: why, for an error.
+    """
+
+    __slots__ = (
+        "traceId",
+        "spanId",
+        "parentId",
+        "traceState",
+        "sampled",
+        "name",
+        "kind",
+        "start",
+        "end",
+        "attributes",
+        "events",
+        "statusCode",
+        "statusMessage",
+    )
+
+    def __init__(
+        self,
+        traceId: bytes,
+        spanId: bytes,
+        parentId: Optional[bytes],
+        traceState: Optional[bytes],
+        sampled: bool,
+        name: str,
+        kind: int,
+        start: float,
+    ) -> None:
+        self.traceId = traceId
+        self.spanId = spanId
+        self.parentId = parentId
+        self.traceState = traceState
+        self.sampled = sampled
+        self.name = name
+        self.kind = kind
+        self.start = start
+        self.end: Optional[float] = None
+        self.attributes: Dict[str, AttributeValue] = {}
+        self.events: List[Tuple[float, str, Dict[str, AttributeValue]]] = []
+        self.statusCode = STATUS_UNSET
+        self.statusMessage = ""
+
+    def __repr__(self) -> str:
+        return f"<Span {self.name!r} {self.traceIdText}/{self.spanIdText} sampled={self.sampled}>"
+
+    @property
+    def traceIdText(self) -> str:
+        """
+        The trace id as a string (what the access log carries).
+        """
+        return self.traceId.decode("ascii")
+
+    @property
+    def spanIdText(self) -> str:
+        """
+        This span's id as a string.
+        """
+        return self.spanId.decode("ascii")
+
+    def setAttribute(self, key: str, value: AttributeValue) -> None:
+        """
+        Set an attribute (a C{str}, C{bool}, C{int}, C{float} or C{bytes}
+        value; L{None} removes it).  Ignored on an unsampled span.
+        """
+        if self.sampled:
+            if value is None:
+                self.attributes.pop(key, None)
+            else:
+                self.attributes[key] = value
+
+    def addEvent(self, name: str, attributes: Optional[Dict[str, AttributeValue]] = None,
+                 when: Optional[float] = None) -> None:
+        """
+        Record an event (a moment in the span, with attributes).  Ignored on
+        an unsampled span.
+
+        @param when: POSIX seconds; now when L{None}.
+        """
+        if self.sampled:
+            self.events.append((time.time() if when is None else when, name, attributes or {}))
+
+    def setError(self, message: str) -> None:
+        """
+        Mark the span failed (OpenTelemetry status C{ERROR}).
+        """
+        self.statusCode = STATUS_ERROR
+        self.statusMessage = message
+
+    def traceparent(self) -> bytes:
+        """
+        The C{traceparent} to send upstream: this trace, with this span as
+        the parent.
+        """
+        return b"00-" + self.traceId + b"-" + self.spanId + (b"-01" if self.sampled else b"-00")
+
+    def propagate(self, headers: Sequence[Tuple[bytes, bytes]]) -> Tuple[Tuple[bytes, bytes], ...]:
+        """
+        C{headers} with their C{traceparent} and C{tracestate} fields
+        replaced by this span's: the request carries the trace on.
+        """
+        out = [(n, v) for n, v in headers if not (len(n) in (10, 11) and n.lower() in (_TRACEPARENT, _TRACESTATE))]
+        out.append((b"traceparent", self.traceparent()))
+        if self.traceState:
+            out.append((b"tracestate", self.traceState))
+        return tuple(out)
+
+
+class Tracer:
+    """
+    Starts and ends spans: parses the incoming context, decides sampling
+    (parent-based; C{--trace-sample} for new traces) and hands recorded
+    spans to the exporter.
+
+    @ivar sampler: the L{Sampler}.
+    @ivar exporter: what ended recorded spans go to (an object with
+        C{add(span)}, such as L{txproxy.tracing.BatchExporter}), or L{None}.
+    """
+
+    def __init__(
+        self,
+        sampleRatio: float = 1.0,
+        exporter: Any = None,
+        wallClock: Callable[[], float] = time.time,
+        randbits: Callable[[int], int] = _getrandbits,
+    ) -> None:
+        self.sampler = Sampler(sampleRatio)
+        self.exporter = exporter
+        self._wall = wallClock
+        self._randbits = randbits
+
+    def startSpan(
+        self,
+        name: str,
+        headers: Optional[Sequence[Tuple[bytes, bytes]]] = None,
+        kind: int = SPAN_KIND_SERVER,
+        start: Optional[float] = None,
+    ) -> Span:
+        """
+        Start a span, continuing the trace of C{headers} (a request's
+        header fields) when they carry a valid C{traceparent}, else
+        starting a new trace.
+
+        @param start: POSIX seconds; now when L{None}.
+        """
+        randbits = self._randbits
+        parent: Optional[TraceParent] = None
+        state: Optional[bytes] = None
+        if headers is not None:
+            parent, state = contextFromHeaders(headers)
+        if parent is not None:
+            traceId = parent.traceId
+            sampled = parent.sampled
+            parentId: Optional[bytes] = parent.spanId
+        else:
+            traceId = newTraceId(randbits)
+            sampled = self.sampler.sampleNew(traceId)
+            parentId = None
+        return Span(
+            traceId,
+            newSpanId(randbits),
+            parentId,
+            state,
+            sampled,
+            name,
+            kind,
+            self._wall() if start is None else start,
+        )
+
+    def endSpan(self, span: Span, end: Optional[float] = None) -> None:
+        """
+        End C{span} (once; later calls do nothing) and, when it is
+        recorded, queue it for export.
+
+        @param end: POSIX seconds; now when L{None}.
+        """
+        if span.end is not None:
+            return
+        span.end = self._wall() if end is None else end
+        if span.sampled and self.exporter is not None:
+            self.exporter.add(span)
