@@ -189,7 +189,7 @@ class HTTPSpanTests(TracingTestCase):
         self.assertEqual(a["txproxy.route"], "a.test/api")
         self.assertEqual(a["url.path"], "/api/users/7")
         self.assertEqual(a["http.response.status_code"], 200)
-        self.assertEqual((a["server.address"], a["client.address"], a["client.port"]), ("a.test", "203.0.113.9", 5000))
+        self.assertEqual((a["server.address"], a["client.address"]), ("a.test", "203.0.113.9"))
         self.assertEqual((a["network.peer.address"], a["network.peer.port"]), ("203.0.113.9", 5000))
         self.assertEqual(a["network.protocol.version"], "1.1")
         self.assertEqual(a["user_agent.original"], "t/1")

@@ -197,6 +197,14 @@ def newSpanId(randbits: Callable[[int], int] = _getrandbits) -> bytes:
     return b"%016x" % n
 
 
+def _always(traceId: bytes) -> bool:
+    return True
+
+
+def _never(traceId: bytes) -> bool:
+    return False
+
+
 class Sampler:
     """
     Parent-based sampling with a ratio for new traces.
@@ -214,18 +222,17 @@ class Sampler:
         if not 0.0 <= ratio <= 1.0:
             raise ValueError(f"sampling ratio must be from 0 to 1, got {ratio!r}")
         self.ratio = ratio
-        self._bound = round(ratio * 2**64)
+        self._bound = bound = round(ratio * 2**64)
+        if bound >= 2**64:
+            self.sampleNew = _always  # type: ignore[method-assign]
+        elif bound <= 0:
+            self.sampleNew = _never  # type: ignore[method-assign]
 
     def sampleNew(self, traceId: bytes) -> bool:
         """
         Whether to record a new trace with id C{traceId} (32 hex digits).
         """
-        bound = self._bound
-        if bound >= 2**64:
-            return True
-        if bound <= 0:
-            return False
-        return int(traceId[16:], 16) < bound
+        return int(traceId[16:], 16) < self._bound
 
     def sample(self, parent: Optional[TraceParent], traceId: bytes) -> bool:
         """

@@ -14,6 +14,7 @@ C{opentelemetry-proto} to check it.
 from __future__ import annotations
 
 import struct
+from binascii import unhexlify
 from typing import Any, Dict, Iterable, List, Mapping, Sequence, Tuple
 
 from txproxy.tracing._span import Span
@@ -33,9 +34,13 @@ _FLAG_HAS_IS_REMOTE = 0x100
 _FLAG_IS_REMOTE = 0x200
 
 
+#: Varints of 0..127: one byte each.
+_V1 = [bytes((i,)) for i in range(128)]
+
+
 def _varint(n: int) -> bytes:
     if n < 0x80:
-        return bytes((n,))
+        return _V1[n]
     out = bytearray()
     while n > 0x7F:
         out.append((n & 0x7F) | 0x80)
@@ -48,7 +53,8 @@ def _ld(tag: bytes, payload: bytes) -> bytes:
     """
     A length-delimited field (C{tag} already encoded, wire type 2).
     """
-    return tag + _varint(len(payload)) + payload
+    n = len(payload)
+    return tag + (_V1[n] if n < 0x80 else _varint(n)) + payload
 
 
 # Tags (field number << 3 | wire type), encoded.
@@ -65,9 +71,15 @@ _T2_VAR = b"\x10"
 _T3_VAR = b"\x18"
 _T4_F64 = b"\x21"
 _T6_VAR = b"\x30"
-_T7_F64 = b"\x39"
-_T8_F64 = b"\x41"
-_T16_F32 = b"\x85\x01"
+
+# Fixed parts of a Span: ids (with their lengths), the two timestamps in
+# one struct, the flags.
+_TRACE_ID = b"\x0a\x10"
+_SPAN_ID = b"\x12\x08"
+_PARENT_ID = b"\x22\x08"
+_TIMES = struct.Struct("<BQBQ").pack
+_FLAGS_ROOT = b"\x85\x01" + _pack_I(0x01 | _FLAG_HAS_IS_REMOTE)
+_FLAGS_REMOTE_PARENT = b"\x85\x01" + _pack_I(0x01 | _FLAG_HAS_IS_REMOTE | _FLAG_IS_REMOTE)
 
 
 def _anyValue(value: Any) -> bytes:
@@ -85,41 +97,77 @@ def _anyValue(value: Any) -> bytes:
     return _ld(_T1_LD, str(value).encode("utf-8", "replace"))
 
 
+# Encoded pieces that repeat from span to span (attribute keys, string
+# attributes such as the method, the route or the client address, span
+# names), kept until there are too many: the encoder then does a
+# dictionary lookup where it would build bytes.
+_CACHE_LIMIT = 4096
+_keys: Dict[str, bytes] = {}
+_fields: Dict[Tuple[str, Any], bytes] = {}
+_names: Dict[str, bytes] = {}
+
+
+def _keyField(key: str) -> bytes:
+    field = _keys.get(key)
+    if field is None:
+        if len(_keys) >= _CACHE_LIMIT:
+            _keys.clear()
+        field = _keys[key] = _ld(_T1_LD, key.encode("utf-8", "replace"))
+    return field
+
+
+def _spanAttribute(item: Tuple[str, Any]) -> bytes:
+    """
+    One span attribute's KeyValue field; a C{str} or C{int} one is kept for
+    the next span that has it.  (Only those two types share the cache, so
+    C{True} never finds the field of C{1}: the lookup checks the type
+    first.)
+    """
+    value = item[1]
+    field = _ld(_T9_LD, _keyField(item[0]) + _ld(_T2_LD, _anyValue(value)))
+    cls = value.__class__
+    if cls is str or cls is int:
+        if len(_fields) >= _CACHE_LIMIT:
+            _fields.clear()
+        _fields[item] = field
+    return field
+
+
 def _attributes(tag: bytes, attributes: Mapping[str, Any]) -> List[bytes]:
-    return [
-        _ld(tag, _ld(_T1_LD, key.encode("utf-8", "replace")) + _ld(_T2_LD, _anyValue(value)))
-        for key, value in attributes.items()
-    ]
+    return [_ld(tag, _keyField(key) + _ld(_T2_LD, _anyValue(value))) for key, value in attributes.items()]
 
 
-def _nanos(seconds: float) -> bytes:
+def _nanos(seconds: float) -> int:
     # Microseconds are what a float of POSIX seconds holds exactly.
-    return _pack_Q(max(0, round(seconds * 1e6) * 1000))
+    return max(0, round(seconds * 1e6) * 1000)
 
 
 def encodeSpan(span: Span) -> bytes:
     """
     One encoded C{Span} message.
     """
-    parts = [
-        _ld(_T1_LD, bytes.fromhex(span.traceId.decode("ascii"))),
-        _ld(_T2_LD, bytes.fromhex(span.spanId.decode("ascii"))),
-    ]
+    name = _names.get(span.name)
+    if name is None:
+        if len(_names) >= _CACHE_LIMIT:
+            _names.clear()
+        name = _names[span.name] = _ld(_T5_LD, span.name.encode("utf-8", "replace")) + _T6_VAR
+    parts = [_TRACE_ID + unhexlify(span.traceId), _SPAN_ID + unhexlify(span.spanId)]
     if span.traceState:
         parts.append(_ld(_T3_LD, span.traceState))
-    flags = 0x01 | _FLAG_HAS_IS_REMOTE
-    if span.parentId is not None:
-        parts.append(_ld(_T4_LD, bytes.fromhex(span.parentId.decode("ascii"))))
-        flags |= _FLAG_IS_REMOTE
-    parts.append(_ld(_T5_LD, span.name.encode("utf-8", "replace")))
-    parts.append(_T6_VAR + _varint(span.kind))
+    parentId = span.parentId
+    if parentId is not None:
+        parts.append(_PARENT_ID + unhexlify(parentId))
     start = span.start
     end = span.end if span.end is not None else start
-    parts.append(_T7_F64 + _nanos(start))
-    parts.append(_T8_F64 + _nanos(end))
-    parts.extend(_attributes(_T9_LD, span.attributes))
-    for when, name, attributes in span.events:
-        event = [_T1_F64 + _nanos(when), _ld(_T2_LD, name.encode("utf-8", "replace"))]
+    parts.append(name + _V1[span.kind] + _TIMES(0x39, _nanos(start), 0x41, _nanos(end)))
+    append = parts.append
+    fields = _fields
+    for item in span.attributes.items():
+        cls = item[1].__class__
+        field = fields.get(item) if cls is str or cls is int else None
+        append(field if field is not None else _spanAttribute(item))
+    for when, eventName, attributes in span.events:
+        event = [_T1_F64 + _pack_Q(_nanos(when)), _ld(_T2_LD, eventName.encode("utf-8", "replace"))]
         event.extend(_attributes(_T3_LD, attributes))
         parts.append(_ld(_T11_LD, b"".join(event)))
     if span.statusCode:
@@ -127,7 +175,7 @@ def encodeSpan(span: Span) -> bytes:
         if span.statusMessage:
             status = _ld(_T2_LD, span.statusMessage.encode("utf-8", "replace")) + status
         parts.append(_ld(_T15_LD, status))
-    parts.append(_T16_F32 + _pack_I(flags))
+    parts.append(_FLAGS_REMOTE_PARENT if parentId is not None else _FLAGS_ROOT)
     return b"".join(parts)
 
 

@@ -10,10 +10,11 @@ Attributes (a span has those that apply):
   - at the start: C{http.request.method} (C{_OTHER} for an unknown method,
     with C{http.request.method_original}), C{url.path} (no query),
     C{server.address}/C{server.port} (the C{Host} or C{CONNECT} authority),
-    C{client.address}/C{client.port} (the client, as a PROXY header named
-    it), C{network.peer.address}/C{network.peer.port} (the socket's peer),
-    C{network.protocol.name}/C{network.protocol.version}
-    (C{http}, C{1.1}/C{1.0}/C{2}), C{user_agent.original};
+    C{client.address} (the client, as a PROXY header named it; with
+    C{client.port} in the TCP modes), C{network.peer.address} and
+    C{network.peer.port} (the socket's peer), C{network.protocol.version}
+    (C{1.1}, C{1.0} or C{2}; the protocol, C{http}, is implied),
+    C{user_agent.original};
   - at the end: C{http.response.status_code}, C{http.route} (the matched
     route's path prefix, a template, never the raw path; reverse mode) and
     C{txproxy.route} (the route's name, C{host[/prefix]}),
@@ -108,10 +109,7 @@ def startHTTPSpan(tracer: Tracer, head: Any, client: Any, transport: Any, h2: bo
         if port is not None:
             a["server.port"] = port
     a["client.address"] = client.host
-    if client.port:
-        a["client.port"] = client.port
     _peer(transport, span)
-    a["network.protocol.name"] = "http"
     a["network.protocol.version"] = "2" if h2 else head.version[5:].decode("latin-1")
     agent = head.get(b"user-agent")
     if agent:

@@ -42,6 +42,8 @@ AttributeValue = Any
 
 _TRACEPARENT = b"traceparent"
 _TRACESTATE = b"tracestate"
+_ZERO_TRACE = b"0" * 32
+_ZERO_SPAN = b"0" * 16
 
 
 class Span:
@@ -81,6 +83,7 @@ class Span:
         "events",
         "statusCode",
         "statusMessage",
+        "_replaces",
     )
 
     def __init__(
@@ -107,6 +110,8 @@ class Span:
         self.events: List[Tuple[float, str, Dict[str, AttributeValue]]] = []
         self.statusCode = STATUS_UNSET
         self.statusMessage = ""
+        #: Whether the request had trace fields of its own to replace.
+        self._replaces = True
 
     def __repr__(self) -> str:
         return f"<Span {self.name!r} {self.traceIdText}/{self.spanIdText} sampled={self.sampled}>"
@@ -166,6 +171,9 @@ class Span:
         C{headers} with their C{traceparent} and C{tracestate} fields
         replaced by this span's: the request carries the trace on.
         """
+        if not self._replaces:
+            # (The common case: the request came without trace fields.)
+            return tuple(headers) + ((b"traceparent", self.traceparent()),)
         out = [(n, v) for n, v in headers if not (len(n) in (10, 11) and n.lower() in (_TRACEPARENT, _TRACESTATE))]
         out.append((b"traceparent", self.traceparent()))
         if self.traceState:
@@ -210,22 +218,36 @@ class Tracer:
 
         @param start: POSIX seconds; now when L{None}.
         """
-        randbits = self._randbits
         parent: Optional[TraceParent] = None
         state: Optional[bytes] = None
+        replaces = False
         if headers is not None:
-            parent, state = contextFromHeaders(headers)
+            for header in headers:
+                size = len(header[0])
+                if size == 11 or size == 10:
+                    # A traceparent or tracestate (or another name of
+                    # that length): parse properly.
+                    parent, state = contextFromHeaders(headers)
+                    replaces = True
+                    break
+        # One draw for both ids (the span id is the low 64 bits).
+        ids = b"%048x" % self._randbits(192)
+        spanId = ids[32:]
+        if spanId == _ZERO_SPAN:
+            spanId = newSpanId(self._randbits)
         if parent is not None:
             traceId = parent.traceId
             sampled = parent.sampled
             parentId: Optional[bytes] = parent.spanId
         else:
-            traceId = newTraceId(randbits)
+            traceId = ids[:32]
+            if traceId == _ZERO_TRACE:
+                traceId = newTraceId(self._randbits)
             sampled = self.sampler.sampleNew(traceId)
             parentId = None
-        return Span(
+        span = Span(
             traceId,
-            newSpanId(randbits),
+            spanId,
             parentId,
             state,
             sampled,
@@ -233,6 +255,8 @@ class Tracer:
             kind,
             self._wall() if start is None else start,
         )
+        span._replaces = replaces
+        return span
 
     def endSpan(self, span: Span, end: Optional[float] = None) -> None:
         """
