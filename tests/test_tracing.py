@@ -18,6 +18,7 @@ from txproxy.tracing import (
     SPAN_KIND_SERVER,
     BatchExporter,
     PostFailed,
+    RecordingSpan,
     Span,
     Tracer,
     TracingService,
@@ -120,8 +121,10 @@ class TracerTests(SynchronousTestCase):
         quiet.setAttribute("k", 1)
         quiet.addEvent("e")
         Tracer(0.0, sink).endSpan(quiet)
-        self.assertEqual(quiet.attributes, {})
-        self.assertEqual(quiet.events, [])
+        self.assertEqual(dict(quiet.attributes), {})
+        self.assertFalse(quiet.events)
+        self.assertNotIsInstance(quiet, RecordingSpan)
+        self.assertIsNone(quiet.end)
         self.assertEqual(sink.spans, [span])
 
     def test_setAttributeNoneRemoves(self) -> None:
@@ -143,7 +146,7 @@ class EncodingTests(SynchronousTestCase):
         """
         Every field txproxy writes decodes to what the span held.
         """
-        span = Span(TRACE, PARENT[::-1], PARENT, b"a=1", True, "GET /api", SPAN_KIND_SERVER, 1700000000.25)
+        span = RecordingSpan(TRACE, PARENT[::-1], PARENT, b"a=1", "GET /api", SPAN_KIND_SERVER, 1700000000.25)
         span.end = 1700000000.75
         span.attributes.update(
             {"http.request.method": "GET", "http.response.status_code": 502, "ok": True, "ratio": 0.5,

@@ -94,6 +94,17 @@ class PropagationTests(TracingTestCase):
         self.assertEqual((span.traceId, span.parentId), (TRACE, PARENT))
         self.assertNotEqual(span.spanId, PARENT)
 
+    def test_fieldNamesInAnyCase(self) -> None:
+        """
+        Field names in any case are found (the raw head is searched without
+        regard to case before the fields are).
+        """
+        for name in (b"TRACEPARENT", b"TraceParent"):
+            self.get(self.reverse(), name + b": " + SAMPLED + b"\r\n")
+            sent = self.connector.last.succeed().value()
+            [value] = _header(sent, b"traceparent")
+            self.assertTrue(value.startswith(b"00-" + TRACE + b"-"), value)
+
     def test_invalidReplaced(self) -> None:
         """
         An invalid traceparent (upper-case hex, all-zero ids, version ff,

@@ -98,8 +98,8 @@ from txproxy.httppolicy import HTTPPolicy
 from txproxy.limits._decision import Decision
 from txproxy.relay import Relay, RelayedProtocol, fastSender, joinRelay
 from txproxy.tls import verificationFailure
+from txproxy.tracing import connectionAttributes, startHTTPSpan
 from txproxy.tracing import endSpan as _endSpan
-from txproxy.tracing import startHTTPSpan
 from txproxy.upstream import HTTPRequest, UpstreamHTTPProtocol, UpstreamPool
 
 __all__ = [
@@ -603,7 +603,7 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
         self._head = head
         self._input = rest
         if factory.tracer is not None:
-            self._startSpan(head)
+            self._startSpan(head, headBytes)
         # From HEAD (or KEEPALIVE, which dataReceived turned into HEAD).
         self._state = WAIT
         if head.method == b"CONNECT":
@@ -1311,14 +1311,28 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
 
     # -- tracing (only with a tracer: self.span stays None otherwise)
 
-    def _startSpan(self, head: RequestHead) -> None:
+    #: Whether this class overrides spanStarted (found on first use).
+    _spanHook: Optional[bool] = None
+    #: The attributes every span of this connection shares.
+    _spanBase: Optional[Dict[str, Any]] = None
+
+    def _startSpan(self, head: RequestHead, raw: bytes) -> None:
+        base = self._spanBase
+        if base is None:
+            base = self._spanBase = connectionAttributes(self.client, self.transport)
         span = self.span = startHTTPSpan(
-            self.factory.tracer, head, self.client, self.transport, self._h2stream is not None, self._startWall
+            self.factory.tracer, head, self.client, self.transport, self._h2stream is not None, self._startWall,
+            raw, base
         )
-        if overrides(self, "spanStarted", HTTPProxyProtocol):
+        hook = self._spanHook
+        if hook is None:
+            hook = self._spanHook = overrides(self, "spanStarted", HTTPProxyProtocol)
+        if hook:
             self.spanStarted(span)
 
     def _endSpan(self, span: Any, status: int, reason: str) -> None:
+        if not span.sampled:
+            return
         factory = self.factory
         start = self._start
         end = self._startWall + (factory.clock.seconds() - start if start is not None else 0.0)

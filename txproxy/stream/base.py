@@ -588,8 +588,10 @@ class _RelayingProtocol(Protocol):
             self.spanStarted(span)
 
     def _endSpan(self, span: Any, status: int, up: int, down: int, reason: str) -> None:
+        if not span.sampled:
+            return
         factory = self.factory
-        if span.sampled and self.target != "-":
+        if self.target != "-":
             span.attributes["txproxy.target"] = str(self.target)
         end = self._startWall + (factory.clock.seconds() - self._start)
         _endSpan(factory.tracer, span, status, reason, up, down, self.upstreamAddress, factory.listener.name,

@@ -27,13 +27,14 @@ from txproxy.tracing._context import (
 )
 from txproxy.tracing._export import BatchExporter, PostFailed, agentPoster
 from txproxy.tracing._otlp import encodeSpans
-from txproxy.tracing._semconv import endSpan, startHTTPSpan, startStreamSpan
+from txproxy.tracing._semconv import connectionAttributes, endSpan, startHTTPSpan, startStreamSpan
 from txproxy.tracing._service import TracingService, tracingFor
 from txproxy.tracing._span import (
     SPAN_KIND_CLIENT,
     SPAN_KIND_SERVER,
     STATUS_ERROR,
     STATUS_UNSET,
+    RecordingSpan,
     Span,
     Tracer,
 )
@@ -51,6 +52,7 @@ __all__ = [
     "PostFailed",
     "agentPoster",
     "encodeSpans",
+    "connectionAttributes",
     "endSpan",
     "startHTTPSpan",
     "startStreamSpan",
@@ -60,6 +62,7 @@ __all__ = [
     "SPAN_KIND_SERVER",
     "STATUS_ERROR",
     "STATUS_UNSET",
+    "RecordingSpan",
     "Span",
     "Tracer",
 ]

@@ -3,8 +3,10 @@
 Exporting spans: a bounded queue, batches on a timer, one OTLP/HTTP POST at
 a time from the reactor with a timeout.
 
-Nothing here can delay traffic: L{BatchExporter.add} is a length check and
-an append.  When the queue is full (the collector is slow, dead, or keeps
+Nothing here can delay traffic: L{BatchExporter.add} is a length check, the
+span's encoding and an append.  Spans are encoded as they end, so the queue
+holds one C{bytes} per span rather than the span's objects (less for the
+garbage collector to walk, and a size that is known).  When the queue is full (the collector is slow, dead, or keeps
 failing) the span is dropped and counted; a batch whose POST fails or times
 out is dropped and counted too.  Memory is bounded by the queue plus the one
 batch in flight.
@@ -26,7 +28,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
 from txproxy import __version__
-from txproxy.tracing._otlp import CONTENT_TYPE, encodeSpans, resourceAttributes
+from txproxy.tracing._otlp import CONTENT_TYPE, encodeRequest, encodeSpanField, resourceAttributes
 from txproxy.tracing._span import Span
 
 __all__ = ["BatchExporter", "agentPoster", "PostFailed"]
@@ -135,7 +137,7 @@ class BatchExporter:
         if resource is None:
             resource = resourceAttributes(os.environ.get("OTEL_SERVICE_NAME") or "txproxy", __version__)
         self.resource = resource
-        self._queue: Deque[Span] = deque()
+        self._queue: Deque[bytes] = deque()
         self._timer: Any = None
         self._inFlight: Optional[defer.Deferred] = None
         self._failing = False
@@ -155,7 +157,13 @@ class BatchExporter:
         if len(queue) >= self.maxQueue or self._stopped:
             self.dropped += 1
             return
-        queue.append(span)
+        try:
+            queue.append(encodeSpanField(span))
+        except Exception:
+            # (An attribute value a hook set that cannot be encoded.)
+            self.dropped += 1
+            log.failure("tracing: could not encode span {span!r}", span=span)
+            return
         if self._timer is None and self._inFlight is None:
             delay = self.interval if len(queue) < self.batchSize else 0
             self._timer = self.clock.callLater(delay, self._send)
@@ -170,7 +178,7 @@ class BatchExporter:
         n = min(len(queue), self.batchSize)
         batch = [queue.popleft() for _ in range(n)]
         try:
-            body = encodeSpans(batch, self.resource, ("txproxy", __version__))
+            body = encodeRequest(batch, self.resource, ("txproxy", __version__))
             d = self.post(body)
         except Exception:
             log.failure("tracing: could not send a batch of {n} spans", n=n)

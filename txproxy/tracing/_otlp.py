@@ -19,7 +19,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Sequence, Tuple
 
 from txproxy.tracing._span import Span
 
-__all__ = ["encodeSpans", "CONTENT_TYPE"]
+__all__ = ["encodeSpans", "encodeSpanField", "encodeRequest", "CONTENT_TYPE"]
 
 #: The content type of OTLP/HTTP protobuf bodies.
 CONTENT_TYPE = b"application/x-protobuf"
@@ -139,7 +139,7 @@ def _attributes(tag: bytes, attributes: Mapping[str, Any]) -> List[bytes]:
 
 def _nanos(seconds: float) -> int:
     # Microseconds are what a float of POSIX seconds holds exactly.
-    return max(0, round(seconds * 1e6) * 1000)
+    return max(0, int(seconds * 1e6 + 0.5) * 1000)
 
 
 def encodeSpan(span: Span) -> bytes:
@@ -179,6 +179,34 @@ def encodeSpan(span: Span) -> bytes:
     return b"".join(parts)
 
 
+def encodeSpanField(span: Span) -> bytes:
+    """
+    One span as a field of C{ScopeSpans} (what L{encodeRequest} joins).
+    """
+    return _ld(_T2_LD, encodeSpan(span))
+
+
+def encodeRequest(
+    spanFields: Sequence[bytes],
+    resource: Mapping[str, Any],
+    scope: Tuple[str, str] = ("txproxy", ""),
+) -> bytes:
+    """
+    An encoded C{ExportTraceServiceRequest} carrying spans already encoded
+    by L{encodeSpanField}.
+
+    @param resource: the resource's attributes (C{service.name}, ...).
+    @param scope: the instrumentation scope's name and version.
+    """
+    name, version = scope
+    scopeMessage = _ld(_T1_LD, name.encode("utf-8"))
+    if version:
+        scopeMessage += _ld(_T2_LD, version.encode("utf-8"))
+    scopeSpans = _ld(_T1_LD, scopeMessage) + b"".join(spanFields)
+    resourceSpans = _ld(_T1_LD, b"".join(_attributes(_T1_LD, resource))) + _ld(_T2_LD, scopeSpans)
+    return _ld(_T1_LD, resourceSpans)
+
+
 def encodeSpans(
     spans: Iterable[Span],
     resource: Mapping[str, Any],
@@ -190,14 +218,7 @@ def encodeSpans(
     @param resource: the resource's attributes (C{service.name}, ...).
     @param scope: the instrumentation scope's name and version.
     """
-    name, version = scope
-    scopeMessage = _ld(_T1_LD, name.encode("utf-8"))
-    if version:
-        scopeMessage += _ld(_T2_LD, version.encode("utf-8"))
-    scopeSpans = [_ld(_T1_LD, scopeMessage)]
-    scopeSpans.extend(_ld(_T2_LD, encodeSpan(span)) for span in spans)
-    resourceSpans = _ld(_T1_LD, b"".join(_attributes(_T1_LD, resource))) + _ld(_T2_LD, b"".join(scopeSpans))
-    return _ld(_T1_LD, resourceSpans)
+    return encodeRequest([encodeSpanField(span) for span in spans], resource, scope)
 
 
 def resourceAttributes(serviceName: str, version: str, extra: Sequence[Tuple[str, Any]] = ()) -> Dict[str, Any]:

@@ -15,7 +15,8 @@ costs no attribute and is never queued.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from types import MappingProxyType
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from txproxy.tracing._context import (
     Sampler,
@@ -26,7 +27,7 @@ from txproxy.tracing._context import (
     newTraceId,
 )
 
-__all__ = ["Span", "Tracer", "SPAN_KIND_SERVER", "SPAN_KIND_CLIENT", "STATUS_ERROR"]
+__all__ = ["Span", "RecordingSpan", "Tracer", "SPAN_KIND_SERVER", "SPAN_KIND_CLIENT", "STATUS_ERROR"]
 
 #: OpenTelemetry's SpanKind values (as OTLP numbers them).
 SPAN_KIND_INTERNAL = 1
@@ -49,72 +50,60 @@ _ZERO_SPAN = b"0" * 16
 class Span:
     """
     One span: a request, a tunnel or a relayed connection, as seen by
-    txproxy.
+    txproxy.  A span of this class is I{not recorded} (its trace was not
+    sampled): it has ids, so the trace is propagated and logged, but it
+    takes no attribute or event and is never exported.  Recorded spans are
+    L{RecordingSpan}s.
 
     @ivar traceId: the trace id, 32 lower-case hex digits (C{bytes}).
     @ivar spanId: this span's id, 16 lower-case hex digits (C{bytes}).
     @ivar parentId: the parent span's id (the incoming C{traceparent}'s
         parent-id), or L{None} for the root of a new trace.
     @ivar traceState: the C{tracestate} propagated, or L{None}.
-    @ivar sampled: whether this span is recorded and exported; an unsampled
-        span ignores attributes and events.
-    @ivar name: the span name (C{"GET /api"}, C{"CONNECT"}, C{"tcp"}).
+    @ivar sampled: whether this span is recorded and exported.
+    @ivar name: the span name (C{"GET /api"}, C{"CONNECT"}, C{"tcp"});
+        C{""} on a span that is not recorded.
     @ivar kind: L{SPAN_KIND_SERVER} (or another OTLP span kind).
     @ivar start: wall-clock start, POSIX seconds.
     @ivar end: wall-clock end, POSIX seconds, once ended.
     @ivar attributes: the attributes, by name (OpenTelemetry semantic
-        convention names).
+        convention names); read-only and empty when not recorded.
     @ivar events: C{(POSIX time, name, attributes)} tuples.
     @ivar statusCode: L{STATUS_UNSET} or L{STATUS_ERROR}.
     @ivar statusMessage: why, for an error.
     """
 
-    __slots__ = (
-        "traceId",
-        "spanId",
-        "parentId",
-        "traceState",
-        "sampled",
-        "name",
-        "kind",
-        "start",
-        "end",
-        "attributes",
-        "events",
-        "statusCode",
-        "statusMessage",
-        "_replaces",
-    )
+    # (Few slots: a span that is not recorded is made for every request at
+    # --trace-sample 0, and must cost next to nothing.)
+    __slots__ = ("traceId", "spanId", "parentId", "traceState", "_replaces")
+
+    sampled = False
+    name = ""
+    kind = SPAN_KIND_SERVER
+    start = 0.0
+    end: Optional[float] = None
+    attributes: Mapping[str, AttributeValue] = MappingProxyType({})
+    events: Sequence[Tuple[float, str, Dict[str, AttributeValue]]] = ()
+    statusCode = STATUS_UNSET
+    statusMessage = ""
 
     def __init__(
         self,
         traceId: bytes,
         spanId: bytes,
-        parentId: Optional[bytes],
-        traceState: Optional[bytes],
-        sampled: bool,
-        name: str,
-        kind: int,
-        start: float,
+        parentId: Optional[bytes] = None,
+        traceState: Optional[bytes] = None,
+        replaces: bool = True,
     ) -> None:
         self.traceId = traceId
         self.spanId = spanId
         self.parentId = parentId
         self.traceState = traceState
-        self.sampled = sampled
-        self.name = name
-        self.kind = kind
-        self.start = start
-        self.end: Optional[float] = None
-        self.attributes: Dict[str, AttributeValue] = {}
-        self.events: List[Tuple[float, str, Dict[str, AttributeValue]]] = []
-        self.statusCode = STATUS_UNSET
-        self.statusMessage = ""
         #: Whether the request had trace fields of its own to replace.
-        self._replaces = True
+        self._replaces = replaces
 
     def __repr__(self) -> str:
-        return f"<Span {self.name!r} {self.traceIdText}/{self.spanIdText} sampled={self.sampled}>"
+        return f"<{type(self).__name__} {self.name!r} {self.traceIdText}/{self.spanIdText}>"
 
     @property
     def traceIdText(self) -> str:
@@ -133,31 +122,23 @@ class Span:
     def setAttribute(self, key: str, value: AttributeValue) -> None:
         """
         Set an attribute (a C{str}, C{bool}, C{int}, C{float} or C{bytes}
-        value; L{None} removes it).  Ignored on an unsampled span.
+        value; L{None} removes it).  Ignored on a span that is not recorded.
         """
-        if self.sampled:
-            if value is None:
-                self.attributes.pop(key, None)
-            else:
-                self.attributes[key] = value
 
     def addEvent(self, name: str, attributes: Optional[Dict[str, AttributeValue]] = None,
                  when: Optional[float] = None) -> None:
         """
         Record an event (a moment in the span, with attributes).  Ignored on
-        an unsampled span.
+        a span that is not recorded.
 
         @param when: POSIX seconds; now when L{None}.
         """
-        if self.sampled:
-            self.events.append((time.time() if when is None else when, name, attributes or {}))
 
     def setError(self, message: str) -> None:
         """
-        Mark the span failed (OpenTelemetry status C{ERROR}).
+        Mark the span failed (OpenTelemetry status C{ERROR}).  Ignored on a
+        span that is not recorded.
         """
-        self.statusCode = STATUS_ERROR
-        self.statusMessage = message
 
     def traceparent(self) -> bytes:
         """
@@ -179,6 +160,56 @@ class Span:
         if self.traceState:
             out.append((b"tracestate", self.traceState))
         return tuple(out)
+
+
+class RecordingSpan(Span):
+    """
+    A span that is recorded (its trace is sampled): it takes attributes and
+    events and is exported once ended.
+    """
+
+    __slots__ = ("name", "kind", "start", "end", "attributes", "events", "statusCode", "statusMessage")
+
+    sampled = True
+
+    def __init__(
+        self,
+        traceId: bytes,
+        spanId: bytes,
+        parentId: Optional[bytes],
+        traceState: Optional[bytes],
+        name: str,
+        kind: int,
+        start: float,
+        replaces: bool = True,
+    ) -> None:
+        self.traceId = traceId
+        self.spanId = spanId
+        self.parentId = parentId
+        self.traceState = traceState
+        self._replaces = replaces
+        self.name = name
+        self.kind = kind
+        self.start = start
+        self.end = None
+        self.attributes: Dict[str, AttributeValue] = {}
+        self.events: List[Tuple[float, str, Dict[str, AttributeValue]]] = []
+        self.statusCode = STATUS_UNSET
+        self.statusMessage = ""
+
+    def setAttribute(self, key: str, value: AttributeValue) -> None:
+        if value is None:
+            self.attributes.pop(key, None)
+        else:
+            self.attributes[key] = value
+
+    def addEvent(self, name: str, attributes: Optional[Dict[str, AttributeValue]] = None,
+                 when: Optional[float] = None) -> None:
+        self.events.append((time.time() if when is None else when, name, attributes or {}))
+
+    def setError(self, message: str) -> None:
+        self.statusCode = STATUS_ERROR
+        self.statusMessage = message
 
 
 class Tracer:
@@ -210,6 +241,7 @@ class Tracer:
         headers: Optional[Sequence[Tuple[bytes, bytes]]] = None,
         kind: int = SPAN_KIND_SERVER,
         start: Optional[float] = None,
+        scan: bool = True,
     ) -> Span:
         """
         Start a span, continuing the trace of C{headers} (a request's
@@ -217,11 +249,16 @@ class Tracer:
         starting a new trace.
 
         @param start: POSIX seconds; now when L{None}.
+        @param scan: whether C{headers} may hold trace fields (C{False}
+            when the caller checked the raw head: the fields are not
+            looked for).
+        @return: a L{RecordingSpan} when the trace is sampled, else a
+            L{Span} (not recorded).
         """
         parent: Optional[TraceParent] = None
         state: Optional[bytes] = None
         replaces = False
-        if headers is not None:
+        if headers is not None and scan:
             for header in headers:
                 size = len(header[0])
                 if size == 11 or size == 10:
@@ -245,18 +282,10 @@ class Tracer:
                 traceId = newTraceId(self._randbits)
             sampled = self.sampler.sampleNew(traceId)
             parentId = None
-        span = Span(
-            traceId,
-            spanId,
-            parentId,
-            state,
-            sampled,
-            name,
-            kind,
-            self._wall() if start is None else start,
-        )
-        span._replaces = replaces
-        return span
+        if sampled:
+            return RecordingSpan(traceId, spanId, parentId, state, name, kind,
+                                 self._wall() if start is None else start, replaces)
+        return Span(traceId, spanId, parentId, state, replaces)
 
     def endSpan(self, span: Span, end: Optional[float] = None) -> None:
         """
@@ -265,8 +294,9 @@ class Tracer:
 
         @param end: POSIX seconds; now when L{None}.
         """
-        if span.end is not None:
+        if not span.sampled or span.end is not None:
             return
+        assert isinstance(span, RecordingSpan)
         span.end = self._wall() if end is None else end
-        if span.sampled and self.exporter is not None:
+        if self.exporter is not None:
             self.exporter.add(span)
