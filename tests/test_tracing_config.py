@@ -21,7 +21,7 @@ from txproxy.config import ConfigError, fromFlags, fromTOML
 from txproxy.metrics import Metrics
 from txproxy.runtime import tap
 from txproxy.runtime.service import ProxyService
-from txproxy.tracing import BatchExporter, TracingService
+from txproxy.tracing import BatchExporter, TracingCollector, TracingService
 
 URL = "http://127.0.0.1:4318/v1/traces"
 
@@ -123,6 +123,8 @@ class ServiceTests(SynchronousTestCase):
         self.assertIn(service.tracing, list(service))
         for factory in service.factories.values():
             self.assertIs(factory.tracer, service.tracer)
+        admin = ProxyService(fromFlags(["tcp:0"], [("trace-otlp", URL), ("admin", "tcp:0")]), Clock())
+        self.assertIn("txproxy_trace_spans_dropped_total", admin.metrics.exposition().decode())
         off = ProxyService(fromFlags(["tcp:0"], []), Clock())
         self.assertIsNone(off.tracing)
         for factory in off.factories.values():
@@ -136,7 +138,7 @@ class ServiceTests(SynchronousTestCase):
         exporter = BatchExporter(lambda body: None, Clock())  # type: ignore[arg-type,return-value]
         exporter.dropped = 7
         exporter.exported = 3
-        metrics.setTracerSource(lambda: exporter)
+        metrics.registry.register(TracingCollector(exporter, metrics.worker))
         text = metrics.exposition().decode()
         self.assertIn('txproxy_trace_spans_dropped_total{worker="0"} 7.0', text)
         self.assertIn('txproxy_trace_spans_exported_total{worker="0"} 3.0', text)

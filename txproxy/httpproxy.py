@@ -762,8 +762,7 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
             metrics = factory.metrics
             if metrics is not None:
                 metrics.upstreamConnected(factory.listener, factory.clock.seconds() - dialStart)
-            if self.span is not None:
-                self.span.addEvent("upstream.connected", {"txproxy.upstream.address": self._upstreamAddress})
+            self._traceEvent("upstream.connected", {"txproxy.upstream.address": self._upstreamAddress})
             if not upstream.key:
                 # (A subclass's connectUpstream may have set the key of
                 # the upstream it actually reached.)
@@ -775,8 +774,7 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
 
         def failed(f: Failure) -> None:
             self._pending = None
-            if self.span is not None:
-                self.span.addEvent("upstream.connect_failed", {"error.type": type(f.value).__name__})
+            self._traceEvent("upstream.connect_failed", {"error.type": type(f.value).__name__})
             self._failed(f)
 
         d.addCallbacks(connected, failed).addErrback(self._unexpected)
@@ -1138,8 +1136,7 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
             self._respProducer = False
         self._setState(WAIT)
         assert self._request is not None
-        if self.span is not None:
-            self.span.addEvent("upstream.retry", {"txproxy.reason": "pooled connection closed"})
+        self._traceEvent("upstream.retry", {"txproxy.reason": "pooled connection closed"})
         self._acquireFresh(self._request)
 
     def _acquireFresh(self, request: HTTPRequest) -> None:
@@ -1339,12 +1336,23 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
         _endSpan(factory.tracer, span, status, reason, self._bytesUp, self._bytesDown, self._upstreamAddress,
                  factory.listener.name, self.mode, end, route=self._traceRoute())
 
+    #: The route the reverse proxy matched for this request (a
+    #: L{txproxy.router.Route}; its C{name} and C{prefix} go in the span).
+    _route: Any = None
+
     def _traceRoute(self) -> Any:
         """
-        The route (with C{name} and C{prefix}) this request was routed to,
-        for its span, or L{None}.
+        The route this request was routed to, for its span, or L{None}.
         """
-        return None
+        return self._route if self._request is not None else None
+
+    def _traceEvent(self, name: str, attributes: Dict[str, Any]) -> None:
+        """
+        Add an event to this request's span, when tracing is on.
+        """
+        span = self.span
+        if span is not None:
+            span.addEvent(name, attributes)
 
     def _wantsRecord(self) -> bool:
         """

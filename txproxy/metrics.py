@@ -37,9 +37,6 @@ noted):
     C{txproxy_redis_timeouts_total}, C{txproxy_redis_fallbacks_total},
     C{txproxy_redis_fallback_active} (read from the limiter service at scrape
     time; C{worker} label only);
-  - C{txproxy_trace_spans_dropped_total}, C{txproxy_trace_spans_exported_total}
-    (with C{--trace-otlp}; read from the span exporter at scrape time;
-    C{worker} label only);
   - C{txproxy_reloads_total{result}}, C{txproxy_last_reload_success_timestamp_seconds};
   - C{txproxy_backend_up}, C{txproxy_backend_ejected},
     C{txproxy_backend_active_connections}, C{txproxy_backend_connections_total},
@@ -251,21 +248,6 @@ class _Collector:
 
         yield from self._limiter(worker)
         yield from self._backends(worker)
-        yield from self._tracing(worker)
-
-    def _tracing(self, worker: str) -> Iterator[Metric]:
-        source = self.metrics.tracerSource
-        exporter = source() if source is not None else None
-        if exporter is None:
-            return
-        for attr, name, doc in (
-            ("dropped", "txproxy_trace_spans_dropped",
-             "Spans dropped: the export queue was full, or their batch failed or timed out."),
-            ("exported", "txproxy_trace_spans_exported", "Spans the collector accepted."),
-        ):
-            c = CounterMetricFamily(name, doc, labels=["worker"])
-            c.add_metric([worker], getattr(exporter, attr, 0))
-            yield c
 
     def _limiter(self, worker: str) -> Iterator[Metric]:
         limiter = self.metrics.limiterSource() if self.metrics.limiterSource is not None else None
@@ -348,7 +330,6 @@ class Metrics:
         self.startTime = time.time()
         self.backendSources: List[Callable[[], Iterable[BackendState]]] = []
         self.limiterSource: Optional[Callable[[], Any]] = None
-        self.tracerSource: Optional[Callable[[], Any]] = None
         self.drainingSource: Optional[Callable[[], bool]] = None
         self.reloadSource: Optional[Callable[[], Any]] = None
         self.factorySource: Optional[Callable[[], Iterable[Any]]] = None
@@ -587,14 +568,6 @@ class Metrics:
         exported.
         """
         self.limiterSource = source
-
-    def setTracerSource(self, source: Callable[[], Any]) -> None:
-        """
-        Register C{source}, returning the span exporter (with its
-        C{dropped} and C{exported} counters) or L{None}, read at scrape
-        time.
-        """
-        self.tracerSource = source
 
     # -- exposition
 

@@ -6,6 +6,10 @@ C{--certs}.
 
 Subclass L{ReverseProxyProtocol} to choose backends, rewrite heads or deny
 requests; the HTTP hooks of L{txproxy.httpproxy.HTTPProxyProtocol} apply.
+
+Why this module is long: it is one protocol and its factory, and routing,
+backend choice with failover, forwarded headers and upstream TLS are one
+request's steps.
 """
 
 from __future__ import annotations
@@ -488,9 +492,7 @@ class ReverseProxyProtocol(HTTPProxyProtocol):
                 if retry:
                     other = pool.pick(self.client.host, exclude=(backend,))
                     if other is not None:
-                        if self.span is not None:
-                            self.span.addEvent("upstream.retry", {"txproxy.backend": str(backend.key),
-                                                                  "error.type": type(f.value).__name__})
+                        self._traceEvent("upstream.retry", {"txproxy.backend": str(backend.key), "error.type": type(f.value).__name__})
                         self._setBackend(other)
                         attempt(other, False, self._keyFor(other))
                         return
@@ -574,9 +576,6 @@ class ReverseProxyProtocol(HTTPProxyProtocol):
             return d
 
         return factory.h2pool.stream(self._keyFor(backend), proto, dial)
-
-    def _traceRoute(self) -> Any:
-        return self._route if self._request is not None else None
 
     def _log(self, status: int, reason: str = "") -> None:
         self._releaseBackend()

@@ -39,7 +39,7 @@ from txproxy.runtime.process import warnAboutFdLimit, workerId
 from txproxy.runtime.workers import WorkerSupervisor
 from txproxy.stream.sni import SNIRouterFactory
 from txproxy.stream.tcp import TCPProxyFactory, TransparentFactory
-from txproxy.tracing import tracingFor
+from txproxy.tracing import TracingCollector, tracingFor
 from txproxy.tuning import pypyNurseryHint, tunePyPyJIT
 
 __all__ = ["ProxyService", "ListenerService", "makeService", "serverEndpoint", "StartupError"]
@@ -121,8 +121,7 @@ class ProxyService(MultiService):
             self.tracing.setServiceParent(self)
             self.tracer = self.tracing.tracer
             if self.metrics is not None:
-                exporter = self.tracing.exporter
-                self.metrics.setTracerSource(lambda: exporter)
+                self.metrics.registry.register(TracingCollector(self.tracing.exporter, self.metrics.worker))
         #: Routes and pools of the tcp, sni (and reverse) listeners.
         self.router = RouterService(config.listeners, Connector(reactor), reactor)
         self.router.setServiceParent(self)
