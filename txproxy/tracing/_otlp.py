@@ -202,9 +202,17 @@ def encodeRequest(
     scopeMessage = _ld(_T1_LD, name.encode("utf-8"))
     if version:
         scopeMessage += _ld(_T2_LD, version.encode("utf-8"))
-    scopeSpans = _ld(_T1_LD, scopeMessage) + b"".join(spanFields)
-    resourceSpans = _ld(_T1_LD, b"".join(_attributes(_T1_LD, resource))) + _ld(_T2_LD, scopeSpans)
-    return _ld(_T1_LD, resourceSpans)
+    # The spans are the bulk (hundreds of kilobytes): the nested lengths
+    # are added up instead of wrapping message after message, so the body
+    # is built by one join (one large allocation, not four).
+    scopeHead = _ld(_T1_LD, scopeMessage)
+    scopeSize = len(scopeHead) + sum(map(len, spanFields))
+    resourceField = _ld(_T1_LD, b"".join(_attributes(_T1_LD, resource)))
+    scopeTag = _T2_LD + _varint(scopeSize)
+    resourceSpansSize = len(resourceField) + len(scopeTag) + scopeSize
+    parts = [_T1_LD + _varint(resourceSpansSize) + resourceField + scopeTag + scopeHead]
+    parts.extend(spanFields)
+    return b"".join(parts)
 
 
 def encodeSpans(
