@@ -13,8 +13,11 @@ worker answering 12 bytes.  For each interpreter given (--cpython PATH,
   sample1   --trace-otlp (local receiver) --trace-sample 1: every request
             is a span, exported in batches to the receiver
 
-The receiver (a small OTLP/HTTP endpoint that reads each POST and answers
-200; on core 0 with wrk and the origin) counts the spans it got.  Rounds
+The collector is the origin nginx itself (``POST /v1/traces`` answered 200,
+body discarded: next to no CPU on core 0, where wrk runs); with
+--python-receiver, a small Python OTLP/HTTP endpoint that counts batches
+and bytes instead (it competes with wrk for core 0, which lowers every
+rate and raises CPU per request of the traced variants).  Rounds
 are interleaved (every variant once per round, order reversed on odd
 rounds); each measurement is SECONDS of wrk after a warm-up (longer for
 PyPy).  The table shows median req/s (min-max), the proxy's CPU per
@@ -145,12 +148,18 @@ def real(args: argparse.Namespace) -> int:
         originPort = B.free_port()
         origin = B.start_and_wait(H.start_origin(tmp, originPort), originPort)
         servers.append(origin)
-        rx = B.Server("receiver", [args.cpython, "-c", RECEIVER], B.GEN_CPU, tmp, stdout=subprocess.PIPE)
-        servers.append(rx)
-        line = rx.proc.stdout.readline().decode()
-        if not line.startswith("READY"):
-            raise RuntimeError("receiver did not start: " + rx.log_tail())
-        rxPort = int(line.split()[1])
+        if args.python_receiver:
+            rx = B.Server("receiver", [args.cpython, "-c", RECEIVER], B.GEN_CPU, tmp, stdout=subprocess.PIPE)
+            servers.append(rx)
+            line = rx.proc.stdout.readline().decode()
+            if not line.startswith("READY"):
+                raise RuntimeError("receiver did not start: " + rx.log_tail())
+            rxPort = int(line.split()[1])
+        else:
+            # The origin nginx answers the POSTs (200, body discarded): a
+            # collector that costs core 0 next to nothing, so the load
+            # generator drives every variant alike.
+            rxPort = originPort
         url = f"http://127.0.0.1:{rxPort}/v1/traces"
         running = []
         interpreters = [("cpython", args.cpython)] + ([("pypy", args.pypy)] if args.pypy else [])
@@ -177,11 +186,12 @@ def real(args: argparse.Namespace) -> int:
             B.log(f"  {name}: {sample.value or 0:.0f} req/s, cpu {sample.proxy_cpu or 0:.2f}")
 
         B.rounds(running, args, "tracing", measure)
-        import urllib.request
+        if args.python_receiver:
+            import urllib.request
 
-        with urllib.request.urlopen(f"http://127.0.0.1:{rxPort}/", timeout=10) as answer:
-            posts, nbytes = answer.read().split()
-        received = f"receiver: {int(posts)} batches, {int(nbytes) / 1e6:.1f} MB of OTLP"
+            with urllib.request.urlopen(f"http://127.0.0.1:{rxPort}/", timeout=10) as answer:
+                posts, nbytes = answer.read().split()
+            received = f"receiver: {int(posts)} batches, {int(nbytes) / 1e6:.1f} MB of OTLP"
     finally:
         for s in reversed(servers):
             s.stop()
@@ -220,6 +230,9 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--wait-quiet", type=float, default=10.0)
+    parser.add_argument("--python-receiver", action="store_true",
+                        help="collect with a Python http.server that counts batches and bytes (it shares "
+                             "core 0 with wrk, and slows it), instead of the origin nginx")
     args = parser.parse_args()
     if args.micro:
         res = micro(args.requests)
