@@ -209,9 +209,11 @@ def _checkTraceURL(url: str, where: str) -> str:
 
     try:
         parts = urlsplit(url)
-        parts.port
+        port = parts.port  # (a port out of range raises ValueError)
     except ValueError:
         raise ConfigError(f"{where}: bad URL {url!r}")
+    if port == 0:
+        raise ConfigError(f"{where}: bad URL {url!r}: port 0")
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(
             f"{where}: bad URL {url!r}: expected http://host:port/v1/traces (an OTLP/HTTP traces endpoint)"
