@@ -36,6 +36,7 @@ class ListenerFactory(ServerFactory[Any]):
         and C{/status}).
     @ivar accessLog: an L{txproxy.interfaces.IAccessLog}, or L{None}.
     @ivar metrics: a L{txproxy.metrics.Metrics}, or L{None}.
+    @ivar tracer: a L{txproxy.tracing.Tracer}, or L{None}.
     """
 
     noisy = False
@@ -43,6 +44,9 @@ class ListenerFactory(ServerFactory[Any]):
     protocols: set
     accessLog: Any = None
     metrics: Any = None
+    #: The process's L{txproxy.tracing.Tracer} (C{--trace-otlp}), or
+    #: L{None}: tracing is off, and protocols check only this.
+    tracer: Any = None
     requestsTotal = 0
     #: The socket options of accepted connections, and the listener
     #: configuration they were computed from (recomputed when a reload

@@ -31,6 +31,10 @@ class AccessRecord:
     @ivar status: the status answered (for tunnels, the CONNECT status).
     @ivar upstream: the address actually dialled (C{ip:port}), or C{""}.
     @ivar reason: why it ended badly (C{"idle"}, C{"refused"}, ...), or C{""}.
+    @ivar traceId: with tracing on (C{--trace-otlp}), the W3C trace id of
+        its span (32 hex digits), else C{""}.
+    @ivar spanId: with tracing on, its span's id (16 hex digits), else
+        C{""}.
     """
 
     client: str
@@ -49,6 +53,8 @@ class AccessRecord:
     mode: str = "forward"
     listener: str = ""
     reason: str = ""
+    traceId: str = ""
+    spanId: str = ""
 
 
 def formatCombined(r: AccessRecord) -> str:
@@ -68,9 +74,15 @@ def formatCombined(r: AccessRecord) -> str:
 
 def formatJSON(r: AccessRecord) -> str:
     """
-    One JSON object per line, with an ISO 8601 C{time} field.
+    One JSON object per line, with an ISO 8601 C{time} field (and, with
+    tracing on, C{trace_id} and C{span_id}).
     """
     d = attr.asdict(r)
+    # (With tracing on, in the names OpenTelemetry's log records use.)
+    traceId, spanId = d.pop("traceId"), d.pop("spanId")
+    if traceId:
+        d["trace_id"] = traceId
+        d["span_id"] = spanId
     d["time"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(r.start)) + f".{int((r.start % 1) * 1000):03d}Z"
     d["duration"] = round(r.duration, 6)
     return json.dumps(d, separators=(",", ":"), sort_keys=True)

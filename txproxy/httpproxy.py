@@ -99,6 +99,8 @@ from txproxy.httppolicy import HTTPPolicy
 from txproxy.limits._decision import Decision
 from txproxy.relay import Relay, RelayedProtocol, fastSender, joinRelay
 from txproxy.tls import verificationFailure
+from txproxy.tracing import connectionAttributes, startHTTPSpan
+from txproxy.tracing import endSpan as _endSpan
 from txproxy.upstream import HTTPRequest, UpstreamHTTPProtocol, UpstreamPool
 
 __all__ = [
@@ -177,6 +179,9 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
     @ivar client: the L{ClientInfo} of this connection (C{user} is set once
         authenticated).
     @ivar relay: the L{Relay} once the connection became a tunnel.
+    @ivar span: with tracing on (C{--trace-otlp}), the
+        L{txproxy.tracing.Span} of the request in progress (from its head to
+        its access record), else L{None}.
     """
 
     #: The protocol built for each new upstream connection.
@@ -190,6 +195,7 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
     factory: "HTTPProxyFactory"
     client: ClientInfo
     relay: Optional[Relay] = None
+    span: Any = None
 
     _state: State = HEAD
     _timer: Any = None
@@ -283,6 +289,20 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
         Called once per request, tunnel or refusal, when it is over, with
         its access record (C{record.method} is C{"CONNECT"} for a tunnel).
         Synchronous; only called when overridden.
+        """
+
+    def spanStarted(self, span: Any) -> None:
+        """
+        With tracing on, called once per request or tunnel when its span
+        starts (its head is parsed; before policy and routing): add
+        attributes (C{span.setAttribute("tenant.id", ...)}) or read the
+        trace id (C{span.traceIdText}; C{span.sampled} says whether it is
+        recorded).  The span stays in C{self.span} until the request ends,
+        so later hooks (L{allowRequest}, L{rewriteRequest},
+        L{rewriteResponse}) may add attributes too.  Synchronous; called
+        only when overridden; never called with tracing off.
+
+        @param span: the L{txproxy.tracing.Span}.
         """
 
     def requestFinished(self, record: AccessRecord) -> None:
@@ -592,6 +612,8 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
             return
         self._head = head
         self._input = rest
+        if factory.tracer is not None:
+            self._startSpan(head, headBytes)
         # From HEAD (or KEEPALIVE, which dataReceived turned into HEAD).
         self._state = WAIT
         if head.method == b"CONNECT":
@@ -680,6 +702,10 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
         except Exception:
             self._failed(Failure())
             return
+        span = self.span
+        if span is not None:
+            # The trace goes on upstream, with this request's span as parent.
+            head = RequestHead(head.method, head.target, head.version, span.propagate(head.headers))
         if overrides(self, "rewriteRequest", HTTPProxyProtocol):
             d = defer.maybeDeferred(self.rewriteRequest, request, head)
             d.addCallback(lambda h: self._acquire(request, h)).addErrback(self._failed).addErrback(self._unexpected)
@@ -761,6 +787,7 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
             metrics = factory.metrics
             if metrics is not None:
                 metrics.upstreamConnected(factory.listener, factory.clock.seconds() - dialStart)
+            self._traceEvent("upstream.connected", {"txproxy.upstream.address": self._upstreamAddress})
             if not upstream.key:
                 # (A subclass's connectUpstream may have set the key of
                 # the upstream it actually reached.)
@@ -772,6 +799,7 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
 
         def failed(f: Failure) -> None:
             self._pending = None
+            self._traceEvent("upstream.connect_failed", {"error.type": type(f.value).__name__})
             self._failed(f)
 
         d.addCallbacks(connected, failed).addErrback(self._unexpected)
@@ -1196,6 +1224,7 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
             self._respProducer = False
         self._setState(WAIT)
         assert self._request is not None
+        self._traceEvent("upstream.retry", {"txproxy.reason": "pooled connection closed"})
         self._acquireFresh(self._request)
 
     def _acquireFresh(self, request: HTTPRequest) -> None:
@@ -1320,6 +1349,10 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
             self._bytesUp += ex.bytesUp
             self._bytesDown += ex.bytesDown
             ex.bytesUp = ex.bytesDown = 0
+        span = self.span
+        if span is not None:
+            self.span = None
+            self._endSpan(span, status, reason)
         if factory.accessLog is None and not self._wantsRecord():
             factory.requestsTotal += 1
             metrics = factory.metrics
@@ -1358,12 +1391,62 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
             mode=self.mode,
             listener=factory.listener.name,
             reason=reason,
+            traceId=span.traceIdText if span is not None else "",
+            spanId=span.spanIdText if span is not None else "",
         )
         self._factoryEnded(factory, self, record)
         hook = self._ended
         if hook is not None:
             hook(self, record)
         return record
+
+    # -- tracing (only with a tracer: self.span stays None otherwise)
+
+    #: Whether this class overrides spanStarted (found on first use).
+    _spanHook: Optional[bool] = None
+    #: The attributes every span of this connection shares.
+    _spanBase: Optional[Dict[str, Any]] = None
+
+    def _startSpan(self, head: RequestHead, raw: bytes) -> None:
+        base = self._spanBase
+        if base is None:
+            base = self._spanBase = connectionAttributes(self.client, self.transport)
+        span = self.span = startHTTPSpan(
+            self.factory.tracer, head, self.client, self.transport, self._h2stream is not None, self._startWall,
+            raw, base
+        )
+        hook = self._spanHook
+        if hook is None:
+            hook = self._spanHook = overrides(self, "spanStarted", HTTPProxyProtocol)
+        if hook:
+            self.spanStarted(span)
+
+    def _endSpan(self, span: Any, status: int, reason: str) -> None:
+        if not span.sampled:
+            return
+        factory = self.factory
+        start = self._start
+        end = self._startWall + (factory.clock.seconds() - start if start is not None else 0.0)
+        _endSpan(factory.tracer, span, status, reason, self._bytesUp, self._bytesDown, self._upstreamAddress,
+                 factory.listener.name, self.mode, end, route=self._traceRoute())
+
+    #: The route the reverse proxy matched for this request (a
+    #: L{txproxy.router.Route}; its C{name} and C{prefix} go in the span).
+    _route: Any = None
+
+    def _traceRoute(self) -> Any:
+        """
+        The route this request was routed to, for its span, or L{None}.
+        """
+        return self._route if self._request is not None else None
+
+    def _traceEvent(self, name: str, attributes: Dict[str, Any]) -> None:
+        """
+        Add an event to this request's span, when tracing is on.
+        """
+        span = self.span
+        if span is not None:
+            span.addEvent(name, attributes)
 
     def _wantsRecord(self) -> bool:
         """
@@ -1434,6 +1517,10 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
             resp = ex.response if ex is not None else None
             self._log(resp.status if resp is not None else 499, "client closed")
             self._dropUpstream(abort=True)
+        if self.span is not None:
+            # Gone while its request was being decided or dialled.
+            span, self.span = self.span, None
+            self._endSpan(span, 499, "client closed")
         self._ex = None
         if self._lease is not None:
             self._lease.release()

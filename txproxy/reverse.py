@@ -6,6 +6,10 @@ C{--certs}.
 
 Subclass L{ReverseProxyProtocol} to choose backends, rewrite heads or deny
 requests; the HTTP hooks of L{txproxy.httpproxy.HTTPProxyProtocol} apply.
+
+Why this module is long: it is one protocol and its factory, and routing,
+backend choice with failover, forwarded headers and upstream TLS are one
+request's steps.
 """
 
 from __future__ import annotations
@@ -488,6 +492,7 @@ class ReverseProxyProtocol(HTTPProxyProtocol):
                 if retry:
                     other = pool.pick(self.client.host, exclude=(backend,))
                     if other is not None:
+                        self._traceEvent("upstream.retry", {"txproxy.backend": str(backend.key), "error.type": type(f.value).__name__})
                         self._setBackend(other)
                         attempt(other, False, self._keyFor(other))
                         return

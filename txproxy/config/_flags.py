@@ -17,6 +17,7 @@ from txproxy.config._options import (
     _PROCESS_OPTIONS,
     _applyOption,
     _checkRedisURL,
+    _checkTracing,
     _finishListener,
 )
 from txproxy.config._toml import loadFile
@@ -49,6 +50,8 @@ def fromFlags(
             raise ConfigError(f"unknown option --{option}")
     if "redis" in processValues:
         _checkRedisURL(processValues["redis"], "--redis")
+    if configFile is None:
+        _checkTracing(processValues, "--trace-sample", "--trace-otlp")
     if configFile is not None:
         if listen:
             raise ConfigError(f"--listen cannot be combined with --config; set it in {configFile}")
@@ -56,7 +59,10 @@ def fromFlags(
         overrides: Dict[str, Any] = {
             k: tuple(v) if isinstance(v, list) else v for k, v in processValues.items()
         }
-        return attr.evolve(base, **overrides)
+        merged = attr.evolve(base, **overrides)
+        if "traceSample" in processValues and not merged.traceOtlp:
+            raise ConfigError("--trace-sample needs --trace-otlp (on the command line or as trace_otlp in the file)")
+        return merged
     listenerValues["listen"] = tuple(listen) or ("tcp:3128",)
     listenerValues.setdefault("name", "listener0")
     listener = _finishListener(listenerValues, "")

@@ -231,6 +231,11 @@ class ProxyConfig:
     accessLogFormat: str = "combined"
     redisOutage: str = "memory"
     configFile: Optional[str] = None
+    #: C{--trace-otlp}: the OTLP/HTTP traces URL spans go to (tracing is
+    #: off without it).
+    traceOtlp: Optional[str] = None
+    #: C{--trace-sample}: the share of new traces recorded, 0 to 1.
+    traceSample: float = 1.0
 
 
 # ---------------------------------------------------------------------------

@@ -184,6 +184,8 @@ _PROCESS_OPTIONS: List[Tuple[str, str, _Converter, bool]] = [
     ("access-log", "accessLog", _string, False),
     ("access-log-format", "accessLogFormat", _choice(ACCESS_LOG_FORMATS), False),
     ("redis-outage", "redisOutage", _choice(("memory", "open", "closed")), False),
+    ("trace-otlp", "traceOtlp", lambda v, w: _checkTraceURL(_string(v, w), w), False),
+    ("trace-sample", "traceSample", lambda v, w: _ratio(v, w), False),
 ]
 
 #: Largest C{--h2-max-streams}: 2**31-1, the most a signed 32-bit counter
@@ -222,6 +224,47 @@ _KEEPALIVE_CONSTANTS = (
 
 LISTENER_OPTION_NAMES = tuple(o[0] for o in _LISTENER_OPTIONS)
 PROCESS_OPTION_NAMES = tuple(o[0] for o in _PROCESS_OPTIONS)
+
+
+def _ratio(value: Any, where: str) -> float:
+    """
+    A number from 0 to 1 (C{--trace-sample}).
+    """
+    n = float(_number(float, 0.0, allowZero=True)(value, where))
+    if n > 1:
+        raise ConfigError(f"{where}: must be from 0 to 1, got {value!r}")
+    return n
+
+
+def _checkTraceURL(url: str, where: str) -> str:
+    """
+    C{--trace-otlp}: an C{http://} or C{https://} URL with a host.
+    """
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # (a port out of range raises ValueError)
+    except ValueError:
+        raise ConfigError(f"{where}: bad URL {url!r}")
+    if port == 0:
+        raise ConfigError(f"{where}: bad URL {url!r}: port 0")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(
+            f"{where}: bad URL {url!r}: expected http://host:port/v1/traces (an OTLP/HTTP traces endpoint)"
+        )
+    if not url.isascii() or any(c.isspace() for c in url):
+        raise ConfigError(f"{where}: bad URL {url!r}: only printable ASCII without spaces")
+    return url
+
+
+def _checkTracing(values: Dict[str, Any], sampleName: str, urlName: str) -> None:
+    """
+    C{--trace-sample} without C{--trace-otlp} is an error (it would do
+    nothing), like C{--burst} without C{--rate}.
+    """
+    if "traceSample" in values and not values.get("traceOtlp"):
+        raise ConfigError(f"{sampleName} needs {urlName}")
 
 
 def _checkRedisURL(url: str, where: str) -> str:

@@ -34,6 +34,7 @@ from txproxy.config._options import (
     _applyOption,
     _bool,
     _checkRedisURL,
+    _checkTracing,
     _choice,
     _finishListener,
     _number,
@@ -266,6 +267,7 @@ def fromTOML(data: Mapping[str, Any]) -> ProxyConfig:
             _applyOption(_PROCESS_OPTIONS, processValues, option, value, key)
     if "redis" in processValues:
         _checkRedisURL(processValues["redis"], "redis")
+    _checkTracing(processValues, "trace_sample", "trace_otlp")
     tables = data.get("listeners")
     if tables is None:
         raise ConfigError("listeners: at least one [[listeners]] table is needed")

@@ -40,6 +40,7 @@ from txproxy.runtime.process import warnAboutFdLimit, workerId
 from txproxy.runtime.workers import WorkerSupervisor
 from txproxy.stream.sni import SNIRouterFactory
 from txproxy.stream.tcp import TCPProxyFactory, TransparentFactory
+from txproxy.tracing import TracingCollector, tracingFor
 from txproxy.tuning import pypyNurseryHint, tunePyPyJIT
 
 __all__ = ["ProxyService", "ListenerService", "makeService", "serverEndpoint", "StartupError"]
@@ -48,6 +49,13 @@ log = Logger(namespace="txproxy.service")
 
 
 def _factoryFor(listener: ListenerConfig, services: "ProxyService", reactor: Any) -> Any:
+    factory = _buildFactory(listener, services, reactor)
+    # Process-wide (--trace-otlp): every listener shares the one tracer.
+    factory.tracer = services.tracer
+    return factory
+
+
+def _buildFactory(listener: ListenerConfig, services: "ProxyService", reactor: Any) -> Any:
     connector = Connector(reactor, listener.connectTimeout)
     limits = services.limitsFor(listener)
     if listener.mode == "forward":
@@ -110,6 +118,14 @@ class ProxyService(MultiService):
         #: Token buckets and connection caps, in memory or in Redis.
         self.limiter = LimiterService.fromConfig(config, reactor)
         self.limiter.setServiceParent(self)
+        #: Spans and their export (--trace-otlp), or None: tracing is off.
+        self.tracing = tracingFor(config, reactor)
+        self.tracer: Any = None
+        if self.tracing is not None:
+            self.tracing.setServiceParent(self)
+            self.tracer = self.tracing.tracer
+            if self.metrics is not None:
+                self.metrics.registry.register(TracingCollector(self.tracing.exporter, self.metrics.worker))
         #: Routes and pools of the tcp, sni (and reverse) listeners.
         self.router = RouterService(config.listeners, Connector(reactor), reactor)
         self.router.setServiceParent(self)
@@ -229,6 +245,9 @@ class ProxyService(MultiService):
                     accessLogFormat=self.config.accessLogFormat,
                     redisOutage=self.config.redisOutage,
                     configFile=self.config.configFile,
+                    # Tracing is set up once, at start.
+                    traceOtlp=self.config.traceOtlp,
+                    traceSample=self.config.traceSample,
                 )
             else:
                 new = self.config

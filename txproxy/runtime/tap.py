@@ -78,6 +78,10 @@ _PROCESS_HELP = {
     "access-log": "Access log path, or - for standard output.",
     "access-log-format": "combined (default) | json.",
     "redis-outage": "While Redis is unreachable: memory (default: each process's own limits) | open (admit all) | closed (refuse all).",
+    "trace-otlp": "OTLP/HTTP traces URL (e.g. http://127.0.0.1:4318/v1/traces): one span per request, tunnel and "
+    "TCP connection, sent in batches from a bounded queue; W3C traceparent continued or replaced.",
+    "trace-sample": "Share of new traces recorded, 0 to 1 (default 1.0); a valid incoming traceparent decides "
+    "for its own trace. Needs --trace-otlp.",
 }
 
 

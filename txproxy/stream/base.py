@@ -40,6 +40,8 @@ from txproxy.stream._upstream import (
     describeFailure,
     parseTCPDescription,
 )
+from txproxy.tracing import endSpan as _endSpan
+from txproxy.tracing import startStreamSpan
 
 __all__ = ["RelayingFactory"]
 
@@ -80,6 +82,9 @@ class _RelayingProtocol(Protocol):
     factory: "RelayingFactory"
     client: ClientInfo
     relay: Optional[Relay] = None
+    #: With tracing on (C{--trace-otlp}), this connection's
+    #: L{txproxy.tracing.Span} until it is recorded, else L{None}.
+    span: Any = None
     backend: Any = None
     upstreamAddress = ""
     target = "-"
@@ -182,6 +187,19 @@ class _RelayingProtocol(Protocol):
         when overridden.
         """
 
+    def spanStarted(self, span: Any) -> None:
+        """
+        With tracing on, called once per client connection when its span
+        starts (at accept, before the ACL and limits): add attributes
+        (C{span.setAttribute(...)}) or read the trace id
+        (C{span.traceIdText}).  The span stays in C{self.span} until the
+        connection's record, so later hooks (C{chooseUpstream},
+        L{relayOpened}) may add attributes too.  Synchronous; called only
+        when overridden; never called with tracing off.
+
+        @param span: the L{txproxy.tracing.Span}.
+        """
+
     def connectionEnded(self, record: AccessRecord) -> None:
         """
         Deprecated: override L{exchangeEnded}, called at the same moment
@@ -198,6 +216,8 @@ class _RelayingProtocol(Protocol):
         self.client = client = clientInfoFor(transport)
         self._start = factory.clock.seconds()
         self._startWall = time.time()
+        if factory.tracer is not None:
+            self._startSpan()
         if factory._acl and not factory.clientAllowed(client.host):
             self._refuse(403, "client not allowed")
             return
@@ -309,6 +329,8 @@ class _RelayingProtocol(Protocol):
                 last = Failure(NoHealthyBackend(f"no healthy backend in {self._pool.name or 'pool'}"))
             self._failed(last)
             return
+        if tried and self.span is not None:
+            self.span.addEvent("upstream.retry", {"txproxy.backend": str(tried[-1].key)})
         self._tried = tried + (backend,)
         backend.connectionStarted()
         self._dialBackend = backend
@@ -410,6 +432,8 @@ class _RelayingProtocol(Protocol):
 
     def _dialFailed(self, f: Failure) -> None:
         self._dialing = None
+        if self.span is not None:
+            self.span.addEvent("upstream.connect_failed", {"error.type": type(f.value).__name__})
         backend, self._dialBackend = self._dialBackend, None
         if backend is not None:
             backend.connectionFinished()
@@ -450,6 +474,8 @@ class _RelayingProtocol(Protocol):
         factory = self.factory
         if factory.metrics is not None:
             factory.metrics.upstreamConnected(factory.listener, factory.clock.seconds() - self._start)
+        if self.span is not None:
+            self.span.addEvent("upstream.connected")
         self._startRelay(upstream)
 
     # -- relaying
@@ -516,6 +542,10 @@ class _RelayingProtocol(Protocol):
             return
         self._recorded = True
         factory = self.factory
+        span = self.span
+        if span is not None:
+            self.span = None
+            self._endSpan(span, status, up, down, reason)
         factoryEnded = endHookOf(factory)
         ended = hookCaller(self, "exchangeEnded", _RelayingProtocol, _ENDED_LEGACY)
         if (
@@ -542,10 +572,37 @@ class _RelayingProtocol(Protocol):
             mode=factory.mode,
             listener=factory.listener.name,
             reason=reason,
+            traceId=span.traceIdText if span is not None else "",
+            spanId=span.spanIdText if span is not None else "",
         )
         factoryEnded(factory, self, record)
         if ended is not None:
             ended(self, record)
+
+    # -- tracing (only with a tracer: self.span stays None otherwise)
+
+    def _startSpan(self) -> None:
+        span = self.span = startStreamSpan(self.factory.tracer, self.factory.mode, self.client, self.transport,
+                                           self._startWall)
+        if overrides(self, "spanStarted", _RelayingProtocol):
+            self.spanStarted(span)
+
+    def _endSpan(self, span: Any, status: int, up: int, down: int, reason: str) -> None:
+        if not span.sampled:
+            return
+        factory = self.factory
+        if self.target != "-":
+            span.attributes["txproxy.target"] = str(self.target)
+        end = self._startWall + (factory.clock.seconds() - self._start)
+        _endSpan(factory.tracer, span, status, reason, up, down, self.upstreamAddress, factory.listener.name,
+                 factory.mode, end, route=self._traceRoute(), http=False)
+
+    def _traceRoute(self) -> Any:
+        """
+        The route (with C{name}) this connection was routed to, for its
+        span, or L{None}.
+        """
+        return None
 
     def drain(self) -> None:
         """

@@ -199,6 +199,9 @@ class SNIRouterProtocol(_RelayingProtocol):
         self._cancelTimer()
         super().connectionLost(reason)
 
+    def _traceRoute(self) -> Any:
+        return self.route
+
     def _finish(self, status: int, up: int, down: int, reason: str) -> None:
         # The matched route's name is the metrics' route label (the
         # relaying core reports without one).

@@ -1,0 +1,248 @@
+#!/usr/bin/env python3
+"""
+Cost of tracing (issue 16: sample 1.0 costs <= 10% of req/s, sample 0 <= 2%).
+
+Default (--real): real twistd processes, reverse proxy, keep-alive HTTP:
+``wrk -t1 -c50`` (bench/http/wrk_report.lua) through txproxy to one nginx
+worker answering 12 bytes.  For each interpreter given (--cpython PATH,
+--pypy PATH) three proxies run side by side, all pinned to core 1:
+
+  off       no --trace-otlp
+  sample0   --trace-otlp (local receiver) --trace-sample 0: every request
+            parses and propagates W3C trace context, no span is recorded
+  sample1   --trace-otlp (local receiver) --trace-sample 1: every request
+            is a span, exported in batches to the receiver
+
+The collector is the origin nginx itself (``POST /v1/traces`` answered 200,
+body discarded: next to no CPU on core 0, where wrk runs); with
+--python-receiver, a small Python OTLP/HTTP endpoint that counts batches
+and bytes instead (it competes with wrk for core 0, which lowers every
+rate and raises CPU per request of the traced variants).  Rounds
+are interleaved (every variant once per round, order reversed on odd
+rounds); each measurement is SECONDS of wrk after a warm-up (longer for
+PyPy).  The table shows median req/s (min-max), the proxy's CPU per
+request (microseconds: its CPU time over requests served, much less
+sensitive to other load than req/s), p99 latency, and each variant's ratio
+to ``off`` (of medians, and the median of per-round paired ratios).
+
+  python bench/bench_tracing.py --cpython /work/main/.venv/bin/python \\
+      --pypy /work/main/.venv-pypy/bin/python [--seconds 5] [--repeats 5]
+
+With --micro, instead: in one process, on txproxy.testing's fake transports
+(no sockets: only txproxy's own Python work is timed), the same reverse
+keep-alive request with no tracer, a tracer at sample 0 and a tracer at
+sample 1 whose exporter encodes every span to OTLP protobuf (the POST is
+a no-op), in alternating batches; prints CPU microseconds per request
+(process time, so other load on the machine matters less).
+
+  python bench/bench_tracing.py --micro [--requests 50000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any, Dict, List
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.dirname(HERE))
+
+RECEIVER = r"""
+import http.server, sys, threading
+count = [0, 0]
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+    def log_message(self, *a): pass
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        count[0] += 1; count[1] += len(body)
+        self.send_response(200); self.send_header("Content-Length", "0"); self.end_headers()
+    def do_GET(self):
+        out = ("%d %d" % tuple(count)).encode()
+        self.send_response(200); self.send_header("Content-Length", str(len(out))); self.end_headers()
+        self.wfile.write(out)
+s = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+print("READY", s.server_address[1], flush=True)
+s.serve_forever()
+"""
+
+
+# ---------------------------------------------------------------- --micro
+
+def micro(requests: int, batch: int = 500) -> Dict[str, float]:
+    from twisted.internet.task import Clock
+
+    from txproxy.testing import FakeConnector, connect, reverseFactory
+    from txproxy.tracing import BatchExporter, Tracer
+
+    posted = [0]
+
+    def post(body: bytes) -> Any:
+        from twisted.internet import defer
+
+        posted[0] += len(body)
+        return defer.succeed(None)
+
+    def make(variant: str) -> Any:
+        clock = Clock()
+        connector = FakeConnector(autoConnect=True)
+        factory = reverseFactory({"*": "http://192.0.2.1:8080"}, connector=connector, clock=clock)
+        if variant == "sample0":
+            factory.tracer = Tracer(0.0, BatchExporter(post, clock))
+        elif variant == "sample1":
+            factory.tracer = Tracer(1.0, BatchExporter(post, clock, maxQueue=4096))
+        proto, client = connect(factory)
+        return factory, connector, clock, proto, client
+
+    request = b"GET /index.html HTTP/1.1\r\nHost: app.test\r\nUser-Agent: wrk\r\nAccept: */*\r\n\r\n"
+    response = b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\nContent-Type: text/plain\r\n\r\nhello world\n"
+    setups = {v: make(v) for v in ("off", "sample0", "sample1")}
+    for _factory, connector, _clock, proto, _client in setups.values():
+        proto.dataReceived(request)
+        connector.attempts[-1].protocol.dataReceived(response)
+    spent = {v: 0.0 for v in setups}
+    done = {v: 0 for v in setups}
+    order = list(setups)
+    gc.collect()
+    while done["off"] < requests:
+        for v in order:
+            factory, connector, clock, proto, client = setups[v]
+            up = connector.attempts[-1].protocol
+            fromClient, fromUp = proto.dataReceived, up.dataReceived
+            t0 = time.process_time()
+            for _ in range(batch):
+                fromClient(request)
+                fromUp(response)
+            # The exporter's timer: batches are sent here, inside the timed
+            # region (their cost is part of the requests').
+            clock.advance(1.0)
+            spent[v] += time.process_time() - t0
+            done[v] += batch
+            client.clear()
+            connector.attempts[-1].transport.clear()
+        order.reverse()
+    out = {v: spent[v] / done[v] * 1e6 for v in setups}
+    out["bytesPosted"] = float(posted[0])
+    return out
+
+
+# ---------------------------------------------------------------- --real
+
+def real(args: argparse.Namespace) -> int:
+    import bench_http as H
+    import benchlib as B
+
+    tmp = B.mktemp("tracing")
+    servers: List[Any] = []
+    results: Dict[str, List[Any]] = {}
+    received = ""
+    try:
+        originPort = B.free_port()
+        origin = B.start_and_wait(H.start_origin(tmp, originPort), originPort)
+        servers.append(origin)
+        if args.python_receiver:
+            rx = B.Server("receiver", [args.cpython, "-c", RECEIVER], B.GEN_CPU, tmp, stdout=subprocess.PIPE)
+            servers.append(rx)
+            line = rx.proc.stdout.readline().decode()
+            if not line.startswith("READY"):
+                raise RuntimeError("receiver did not start: " + rx.log_tail())
+            rxPort = int(line.split()[1])
+        else:
+            # The origin nginx answers the POSTs (200, body discarded): a
+            # collector that costs core 0 next to nothing, so the load
+            # generator drives every variant alike.
+            rxPort = originPort
+        url = f"http://127.0.0.1:{rxPort}/v1/traces"
+        running = []
+        interpreters = [("cpython", args.cpython)] + ([("pypy", args.pypy)] if args.pypy else [])
+        for label, python in interpreters:
+            for variant, extra in (("off", []), ("sample0", ["--trace-otlp", url, "--trace-sample", "0"]),
+                                   ("sample1", ["--trace-otlp", url, "--trace-sample", "1"])):
+                port = B.free_port()
+                argv = H.twistd(python) + ["--mode", "reverse", "--listen",
+                                           f"tcp:{port}:interface=127.0.0.1:backlog=1024",
+                                           "--route", f"*=http://127.0.0.1:{originPort}"] + extra
+                server = B.Server(f"{label}-{variant}", argv, B.PROXY_CPU, tmp,
+                                  env=dict(os.environ, PYTHONPATH=B.REPO), cwd=B.REPO)
+                servers.append(server)
+                B.start_and_wait(server, port)
+                running.append((f"{label}-{variant}", server, port, label))
+        for _name, _server, port, label in running:
+            H.wrk(f"http://127.0.0.1:{port}/", args.warmup * (3 if label == "pypy" else 1), host="app.test")
+
+        def measure(item: Any) -> None:
+            name, server, port, label = item
+            sample = B.measured(lambda: H.wrk(f"http://127.0.0.1:{port}/", args.seconds, host="app.test"),
+                                server.pid, None, "rps")
+            results.setdefault(name, []).append(sample)
+            B.log(f"  {name}: {sample.value or 0:.0f} req/s, cpu {sample.proxy_cpu or 0:.2f}")
+
+        B.rounds(running, args, "tracing", measure)
+        if args.python_receiver:
+            import urllib.request
+
+            with urllib.request.urlopen(f"http://127.0.0.1:{rxPort}/", timeout=10) as answer:
+                posts, nbytes = answer.read().split()
+            received = f"receiver: {int(posts)} batches, {int(nbytes) / 1e6:.1f} MB of OTLP"
+    finally:
+        for s in reversed(servers):
+            s.stop()
+    rows = []
+    summaries = {name: B.summarize(samples) for name, samples in results.items()}
+    for name, summary in summaries.items():
+        label, variant = name.split("-")
+        base = summaries.get(f"{label}-off", {})
+        ratio = ""
+        if variant != "off" and base.get("median") and summary.get("median"):
+            paired = [a.value / b.value for a, b in zip(results[name], results[f"{label}-off"])
+                      if a.value and b.value]
+            ratio = f"{summary['median'] / base['median']:.3f} (paired {statistics.median(paired):.3f})"
+        p99 = statistics.median([s.extra.get("p99_ms", 0) for s in results[name] if s.value]) if summary.get("n") else 0
+        cpu = summary.get("cpu_per_unit")
+        baseCpu = base.get("cpu_per_unit")
+        rows.append([name, B.cell(summary, ".0f"),
+                     f"{cpu * 1e6:.1f}" if cpu else "-",
+                     f"{cpu / baseCpu - 1:+.1%}" if cpu and baseCpu and variant != "off" else "",
+                     f"{p99:.2f}", ratio])
+    B.print_table(["variant", "req/s median (min-max)", "CPU us/req", "CPU vs off", "p99 ms", "req/s vs off"], rows)
+    print(received)
+    path = B.write_json("tracing", {"summaries": summaries, "args": vars(args), "machine": B.machine_info(),
+                                    "receiver": received})
+    print(f"JSON: {path}")
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--micro", action="store_true")
+    parser.add_argument("--requests", type=int, default=50000)
+    parser.add_argument("--cpython", default=sys.executable)
+    parser.add_argument("--pypy", default=None)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--wait-quiet", type=float, default=10.0)
+    parser.add_argument("--python-receiver", action="store_true",
+                        help="collect with a Python http.server that counts batches and bytes (it shares "
+                             "core 0 with wrk, and slows it), instead of the origin nginx")
+    args = parser.parse_args()
+    if args.micro:
+        res = micro(args.requests)
+        off = res["off"]
+        for v in ("off", "sample0", "sample1"):
+            print(f"{sys.implementation.name} {v:8s} {res[v]:7.2f} us/request  ({res[v] / off - 1:+.1%} vs off)")
+        print(json.dumps(res))
+        return 0
+    return real(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

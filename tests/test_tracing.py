@@ -1,0 +1,403 @@
+"""
+Tests for L{txproxy.tracing}: spans and the tracer, the OTLP encoding
+(decoded with C{opentelemetry-proto}), and the batch exporter's queue,
+timer, timeout and drops, on a fake clock.
+"""
+
+from __future__ import annotations
+
+from typing import Any, List
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from twisted.internet import defer
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from txproxy.tracing import (
+    SPAN_KIND_SERVER,
+    BatchExporter,
+    PostFailed,
+    RecordingSpan,
+    Span,
+    Tracer,
+    TracingService,
+    encodeSpans,
+    tracingFor,
+)
+
+TRACE = b"12345678901234567890123456789012"
+PARENT = b"1234567890123456"
+INCOMING = [(b"Host", b"x"), (b"TraceParent", b"00-" + TRACE + b"-" + PARENT + b"-01"), (b"tracestate", b"a=1, b=2")]
+
+
+class _Collect:
+    def __init__(self) -> None:
+        self.spans: List[Span] = []
+
+    def add(self, span: Span) -> None:
+        self.spans.append(span)
+
+
+def _decode(body: bytes) -> Any:
+    message = ExportTraceServiceRequest()
+    message.ParseFromString(body)
+    return message
+
+
+class TracerTests(SynchronousTestCase):
+    """
+    L{Tracer}: continuing or starting traces, sampling, ending.
+    """
+
+    def test_continues(self) -> None:
+        """
+        A valid incoming parent is continued: same trace id, its span as the
+        parent, its tracestate kept, its sampled flag obeyed even at ratio 0.
+        """
+        span = Tracer(0.0).startSpan("GET", INCOMING)
+        self.assertEqual(span.traceId, TRACE)
+        self.assertEqual(span.parentId, PARENT)
+        self.assertNotEqual(span.spanId, PARENT)
+        self.assertEqual(span.traceState, b"a=1,b=2")
+        self.assertTrue(span.sampled)
+
+    def test_unsampledParent(self) -> None:
+        """
+        A parent with the sampled flag clear is not recorded even at ratio 1,
+        and its upstream traceparent says so.
+        """
+        headers = [(b"traceparent", b"00-" + TRACE + b"-" + PARENT + b"-00")]
+        span = Tracer(1.0).startSpan("GET", headers)
+        self.assertFalse(span.sampled)
+        self.assertEqual(span.traceparent(), b"00-" + TRACE + b"-" + span.spanId + b"-00")
+
+    def test_replacesInvalid(self) -> None:
+        """
+        An invalid parent (upper-case hex) starts a new trace, and its
+        tracestate is dropped.
+        """
+        headers = [(b"traceparent", b"00-" + TRACE.upper() + b"-" + PARENT + b"-01"), (b"tracestate", b"a=1")]
+        headers[0] = (b"traceparent", b"00-" + b"ABCDEF" + TRACE[6:] + b"-" + PARENT + b"-01")
+        span = Tracer(1.0).startSpan("GET", headers)
+        self.assertNotEqual(span.traceId, TRACE)
+        self.assertIsNone(span.parentId)
+        self.assertIsNone(span.traceState)
+        self.assertTrue(span.sampled)
+
+    def test_headSampling(self) -> None:
+        """
+        New traces follow the ratio: 0 records none, 1 all.
+        """
+        self.assertFalse(any(Tracer(0.0).startSpan("x").sampled for _ in range(50)))
+        self.assertTrue(all(Tracer(1.0).startSpan("x").sampled for _ in range(50)))
+
+    def test_propagate(self) -> None:
+        """
+        L{Span.propagate} replaces the incoming fields with this span's.
+        """
+        span = Tracer(1.0).startSpan("GET", INCOMING)
+        out = span.propagate(INCOMING)
+        self.assertEqual(
+            out,
+            ((b"Host", b"x"), (b"traceparent", b"00-" + TRACE + b"-" + span.spanId + b"-01"), (b"tracestate", b"a=1,b=2")),
+        )
+
+    def test_endOnce(self) -> None:
+        """
+        A sampled span is queued once when ended; an unsampled one never,
+        and takes no attributes.
+        """
+        sink = _Collect()
+        times = iter([10.0, 11.5, 12.0])
+        tracer = Tracer(1.0, sink, wallClock=lambda: next(times))
+        span = tracer.startSpan("GET")
+        span.setAttribute("k", 1)
+        tracer.endSpan(span)
+        tracer.endSpan(span)
+        self.assertEqual(sink.spans, [span])
+        self.assertEqual((span.start, span.end), (10.0, 11.5))
+        quiet = Tracer(0.0, sink).startSpan("GET")
+        quiet.setAttribute("k", 1)
+        quiet.addEvent("e")
+        Tracer(0.0, sink).endSpan(quiet)
+        self.assertEqual(dict(quiet.attributes), {})
+        self.assertFalse(quiet.events)
+        self.assertNotIsInstance(quiet, RecordingSpan)
+        self.assertIsNone(quiet.end)
+        self.assertEqual(sink.spans, [span])
+
+    def test_setAttributeNoneRemoves(self) -> None:
+        """
+        Setting an attribute to L{None} removes it.
+        """
+        span = Tracer(1.0).startSpan("x")
+        span.setAttribute("a", "b")
+        span.setAttribute("a", None)
+        self.assertEqual(span.attributes, {})
+
+
+class EncodingTests(SynchronousTestCase):
+    """
+    The hand-made OTLP protobuf, decoded by opentelemetry-proto.
+    """
+
+    def test_roundTrip(self) -> None:
+        """
+        Every field txproxy writes decodes to what the span held.
+        """
+        span = RecordingSpan(TRACE, PARENT[::-1], PARENT, b"a=1", "GET /api", SPAN_KIND_SERVER, 1700000000.25)
+        span.end = 1700000000.75
+        span.attributes.update(
+            {"http.request.method": "GET", "http.response.status_code": 502, "ok": True, "ratio": 0.5,
+             "neg": -3, "raw": b"caf\xe9", "unicode": "caf\u00e9"}
+        )
+        span.addEvent("upstream.retry", {"server.address": "10.0.0.1"}, when=1700000000.5)
+        span.setError("bad gateway")
+        message = _decode(encodeSpans([span], {"service.name": "txproxy"}, ("txproxy", "1.0")))
+        [rs] = message.resource_spans
+        self.assertEqual({a.key: a.value.string_value for a in rs.resource.attributes}, {"service.name": "txproxy"})
+        [ss] = rs.scope_spans
+        self.assertEqual((ss.scope.name, ss.scope.version), ("txproxy", "1.0"))
+        [s] = ss.spans
+        self.assertEqual(s.trace_id.hex(), TRACE.decode())
+        self.assertEqual(s.span_id.hex(), PARENT[::-1].decode())
+        self.assertEqual(s.parent_span_id.hex(), PARENT.decode())
+        self.assertEqual(s.trace_state, "a=1")
+        self.assertEqual(s.name, "GET /api")
+        self.assertEqual(s.kind, 2)
+        self.assertEqual(s.start_time_unix_nano, 1700000000250000000)
+        self.assertEqual(s.end_time_unix_nano, 1700000000750000000)
+        attrs = {a.key: a.value for a in s.attributes}
+        self.assertEqual(attrs["http.request.method"].string_value, "GET")
+        self.assertEqual(attrs["http.response.status_code"].int_value, 502)
+        self.assertEqual(attrs["ok"].bool_value, True)
+        self.assertEqual(attrs["ratio"].double_value, 0.5)
+        self.assertEqual(attrs["neg"].int_value, -3)
+        self.assertEqual(attrs["raw"].string_value, "caf\u00e9")
+        self.assertEqual(attrs["unicode"].string_value, "caf\u00e9")
+        [event] = s.events
+        self.assertEqual(event.name, "upstream.retry")
+        self.assertEqual(event.time_unix_nano, 1700000000500000000)
+        self.assertEqual(event.attributes[0].key, "server.address")
+        self.assertEqual(s.status.code, 2)
+        self.assertEqual(s.status.message, "bad gateway")
+        self.assertEqual(s.flags, 0x301)
+
+    def test_rootSpan(self) -> None:
+        """
+        A root span has no parent id, no tracestate, an unset status, and
+        its flags say the (absent) parent is not remote.
+        """
+        span = Tracer(1.0).startSpan("tcp")
+        span.end = span.start
+        [s] = _decode(encodeSpans([span, ], {})).resource_spans[0].scope_spans[0].spans
+        self.assertEqual(s.parent_span_id, b"")
+        self.assertEqual(s.trace_state, "")
+        self.assertEqual(s.status.code, 0)
+        self.assertEqual(s.flags, 0x101)
+
+    def test_many(self) -> None:
+        """
+        Several spans go in one request, in order.
+        """
+        tracer = Tracer(1.0)
+        spans = [tracer.startSpan(f"s{i}") for i in range(300)]
+        decoded = _decode(encodeSpans(spans, {})).resource_spans[0].scope_spans[0].spans
+        self.assertEqual([s.name for s in decoded], [f"s{i}" for i in range(300)])
+
+
+class _Post:
+    """
+    A fake collector: each POST returns a Deferred the test fires.
+    """
+
+    def __init__(self) -> None:
+        self.calls: List[defer.Deferred] = []
+        self.bodies: List[bytes] = []
+
+    def __call__(self, body: bytes) -> "defer.Deferred[Any]":
+        d: defer.Deferred[Any] = defer.Deferred()
+        self.calls.append(d)
+        self.bodies.append(body)
+        return d
+
+    def names(self, index: int) -> List[str]:
+        return [s.name for s in _decode(self.bodies[index]).resource_spans[0].scope_spans[0].spans]
+
+
+def _spans(n: int) -> List[Span]:
+    tracer = Tracer(1.0)
+    out = []
+    for i in range(n):
+        span = tracer.startSpan(f"s{i}")
+        span.end = span.start
+        out.append(span)
+    return out
+
+
+class BatchExporterTests(SynchronousTestCase):
+    """
+    L{BatchExporter}: bounded queue, batches, timer, timeout, drops.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.post = _Post()
+        self.exporter = BatchExporter(self.post, self.clock, maxQueue=8, batchSize=4, interval=1.0, timeout=5.0,
+                                      resource={"service.name": "t"})
+
+    def test_interval(self) -> None:
+        """
+        A partial batch goes C{interval} seconds after its first span.
+        """
+        for span in _spans(2):
+            self.exporter.add(span)
+        self.clock.advance(0.9)
+        self.assertEqual(self.post.calls, [])
+        self.clock.advance(0.1)
+        self.assertEqual(self.post.names(0), ["s0", "s1"])
+        self.post.calls[0].callback(None)
+        self.assertEqual(self.exporter.exported, 2)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_fullBatchGoesAtOnce(self) -> None:
+        """
+        A full batch goes on the next turn of the loop, not after the
+        interval.
+        """
+        for span in _spans(4):
+            self.exporter.add(span)
+        self.clock.advance(0)
+        self.assertEqual(self.post.names(0), ["s0", "s1", "s2", "s3"])
+
+    def test_oneInFlight(self) -> None:
+        """
+        While a batch is in flight no other is sent; the next goes once it
+        is answered.
+        """
+        spans = _spans(8)
+        for span in spans[:4]:
+            self.exporter.add(span)
+        self.clock.advance(0)
+        for span in spans[4:]:
+            self.exporter.add(span)
+        self.clock.advance(2)
+        self.assertEqual(len(self.post.calls), 1)
+        self.post.calls[0].callback(None)
+        self.clock.advance(0)
+        self.assertEqual(self.post.names(1), ["s4", "s5", "s6", "s7"])
+
+    def test_queueBoundDrops(self) -> None:
+        """
+        Past C{maxQueue} queued spans, new ones are dropped and counted:
+        memory stays bounded whatever the collector does.
+        """
+        spans = _spans(20)
+        for span in spans[:4]:
+            self.exporter.add(span)
+        self.clock.advance(0)  # 4 in flight, never answered
+        for span in spans[4:]:
+            self.exporter.add(span)
+        self.assertEqual(len(self.exporter), 8)
+        self.assertEqual(self.exporter.dropped, 8)
+
+    def test_timeout(self) -> None:
+        """
+        A collector that never answers: the POST is cancelled after
+        C{timeout} seconds, its spans counted as dropped, and the next batch
+        goes.
+        """
+        for span in _spans(6):
+            self.exporter.add(span)
+        self.clock.advance(0)
+        self.clock.advance(5)
+        self.assertEqual(self.exporter.dropped, 4)
+        self.assertEqual(self.exporter.failedBatches, 1)
+        self.assertTrue(self.post.calls[0].called)
+        self.clock.advance(1)
+        self.assertEqual(self.post.names(1), ["s4", "s5"])
+
+    def test_failure(self) -> None:
+        """
+        A failed POST (a refused connection, a 500) drops its batch, counted,
+        and logs once.
+        """
+        for span in _spans(4):
+            self.exporter.add(span)
+        self.clock.advance(0)
+        self.post.calls[0].errback(Failure(PostFailed("collector answered 500")))
+        self.assertEqual(self.exporter.dropped, 4)
+        self.assertEqual(self.exporter.exported, 0)
+
+    def test_synchronousPostError(self) -> None:
+        """
+        A poster that raises loses its batch (counted), not the reactor.
+        """
+        def boom(body: bytes) -> Any:
+            raise RuntimeError("boom")
+
+        exporter = BatchExporter(boom, self.clock, maxQueue=8, batchSize=4)
+        for span in _spans(4):
+            exporter.add(span)
+        self.clock.advance(0)
+        self.assertEqual(exporter.dropped, 4)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_flush(self) -> None:
+        """
+        L{BatchExporter.flush} sends everything queued, batch after batch,
+        then drops (and counts) what comes later.
+        """
+        for span in _spans(6):
+            self.exporter.add(span)
+        d = self.exporter.flush()
+        self.assertNoResult(d)
+        self.post.calls[0].callback(None)
+        self.clock.advance(0)
+        self.post.calls[1].callback(None)
+        self.clock.advance(0)
+        self.successResultOf(d)
+        self.assertEqual(self.exporter.exported, 6)
+        self.exporter.add(_spans(1)[0])
+        self.assertEqual(self.exporter.dropped, 1)
+
+    def test_badSizes(self) -> None:
+        """
+        A batch larger than the queue is refused.
+        """
+        self.assertRaises(ValueError, BatchExporter, self.post, self.clock, maxQueue=2, batchSize=4)
+
+
+class ServiceTests(SynchronousTestCase):
+    """
+    L{tracingFor} and L{TracingService}.
+    """
+
+    def test_off(self) -> None:
+        """
+        No URL, no tracing service.
+        """
+
+        class Config:
+            traceOtlp = None
+            traceSample = 1.0
+
+        self.assertIsNone(tracingFor(Config(), Clock()))
+
+    def test_stopFlushesWithinBound(self) -> None:
+        """
+        Stopping sends what is queued, and gives up after the stop bound
+        when the collector does not answer.
+        """
+        clock = Clock()
+        post = _Post()
+        exporter = BatchExporter(post, clock, maxQueue=8, batchSize=4, timeout=60.0)
+        service = TracingService(Tracer(1.0, exporter), exporter)
+        service.startService()
+        exporter.add(_spans(1)[0])
+        d = service.stopService()
+        self.assertEqual(len(post.calls), 1)
+        self.assertNoResult(d)
+        clock.advance(3.0)
+        self.successResultOf(d)

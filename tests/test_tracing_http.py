@@ -1,0 +1,434 @@
+"""
+Tests for tracing in the protocols (L{txproxy.tracing._semconv} and its
+calls in the HTTP core and the TCP modes): propagation upstream, one span
+per request, HTTP/2 stream, tunnel and relayed connection, their
+attributes, the access record's ids, the hook; and that with tracing off
+nothing changes.  Fake transports and clocks.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, List
+
+from twisted.internet import error
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.test_h2_server import Client, respond
+from txproxy.accesslog import AccessRecord, formatJSON
+from txproxy.forward import ForwardProxyProtocol
+from txproxy.reverse import ReverseProxyProtocol
+from txproxy.stream.tcp import TCPProxyFactory, TCPProxyProtocol
+from txproxy.testing import FakeConnector, connect, forwardFactory, listenerConfig, reverseFactory
+from txproxy.tracing import STATUS_ERROR, Span, Tracer
+
+TRACE = b"4bf92f3577b34da6a3ce929d0e0e4736"
+PARENT = b"00f067aa0ba902b7"
+SAMPLED = b"00-" + TRACE + b"-" + PARENT + b"-01"
+
+
+class _Sink:
+    def __init__(self) -> None:
+        self.spans: List[Span] = []
+
+    def add(self, span: Span) -> None:
+        self.spans.append(span)
+
+
+def _header(sent: bytes, name: bytes) -> List[bytes]:
+    head = sent.split(b"\r\n\r\n")[0]
+    out = []
+    for line in head.split(b"\r\n")[1:]:
+        n, _, v = line.partition(b":")
+        if n.strip().lower() == name:
+            out.append(v.strip())
+    return out
+
+
+class TracingTestCase(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.connector = FakeConnector()
+        self.sink = _Sink()
+        self.records: List[AccessRecord] = []
+
+    def log(self, record: AccessRecord) -> None:
+        self.records.append(record)
+
+    def reverse(self, ratio: float = 1.0, tracing: bool = True, protocol: Any = None) -> Any:
+        f = reverseFactory({"a.test/api": "http://192.0.2.1:8080", "*": "http://192.0.2.2:8080"},
+                           connector=self.connector, clock=self.clock, protocol=protocol)
+        f.accessLog = self
+        if tracing:
+            f.tracer = Tracer(ratio, self.sink)
+        return f
+
+    def get(self, factory: Any, extra: bytes = b"", path: bytes = b"/api/users/7?x=1") -> Any:
+        proto, client = connect(factory, ("203.0.113.9", 5000))
+        proto.dataReceived(b"GET " + path + b" HTTP/1.1\r\nHost: a.test\r\nUser-Agent: t/1\r\n" + extra + b"\r\n")
+        return proto, client
+
+    def respond(self, body: bytes = b"hello") -> None:
+        self.connector.last.protocol.dataReceived(
+            b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+
+
+class PropagationTests(TracingTestCase):
+    """
+    What the upstream request carries.
+    """
+
+    def test_continued(self) -> None:
+        """
+        A valid traceparent is continued: the upstream gets the same trace
+        id with txproxy's span as parent, the sampled flag, and the
+        tracestate; the one span is exported with the incoming parent.
+        """
+        self.get(self.reverse(), b"traceparent: " + SAMPLED + b"\r\ntracestate: congo=t61rcWkgMzE, rojo=00f0\r\n")
+        sent = self.connector.last.succeed().value()
+        self.respond()
+        [span] = self.sink.spans
+        self.assertEqual(_header(sent, b"traceparent"), [b"00-" + TRACE + b"-" + span.spanId + b"-01"])
+        self.assertEqual(_header(sent, b"tracestate"), [b"congo=t61rcWkgMzE,rojo=00f0"])
+        self.assertEqual((span.traceId, span.parentId), (TRACE, PARENT))
+        self.assertNotEqual(span.spanId, PARENT)
+
+    def test_fieldNamesInAnyCase(self) -> None:
+        """
+        Field names in any case are found (the raw head is searched without
+        regard to case before the fields are).
+        """
+        for name in (b"TRACEPARENT", b"TraceParent"):
+            self.get(self.reverse(), name + b": " + SAMPLED + b"\r\n")
+            sent = self.connector.last.succeed().value()
+            [value] = _header(sent, b"traceparent")
+            self.assertTrue(value.startswith(b"00-" + TRACE + b"-"), value)
+
+    def test_invalidReplaced(self) -> None:
+        """
+        An invalid traceparent (upper-case hex, all-zero ids, version ff,
+        wrong length) is replaced by a new trace; its tracestate is
+        dropped; exactly one traceparent goes upstream.
+        """
+        for bad in (b"00-" + TRACE.upper() + b"-" + PARENT + b"-01", b"00-" + b"0" * 32 + b"-" + PARENT + b"-01",
+                    b"ff" + SAMPLED[2:], SAMPLED[:-1]):
+            self.get(self.reverse(), b"traceparent: " + bad + b"\r\ntracestate: a=1\r\n")
+            sent = self.connector.last.succeed().value()
+            [value] = _header(sent, b"traceparent")
+            self.assertNotIn(TRACE, value.lower(), bad)
+            self.assertEqual(len(value), 55)
+            self.assertEqual(_header(sent, b"tracestate"), [])
+
+    def test_newTrace(self) -> None:
+        """
+        Without a traceparent, a new trace is started and sent upstream.
+        """
+        self.get(self.reverse())
+        sent = self.connector.last.succeed().value()
+        self.respond()
+        [span] = self.sink.spans
+        self.assertIsNone(span.parentId)
+        self.assertEqual(_header(sent, b"traceparent"), [b"00-" + span.traceId + b"-" + span.spanId + b"-01"])
+
+    def test_off(self) -> None:
+        """
+        With tracing off neither field is added or changed, valid or not.
+        """
+        bad = b"00-" + TRACE.upper() + b"-" + PARENT + b"-01"
+        self.get(self.reverse(tracing=False), b"traceparent: " + bad + b"\r\ntracestate: a=1 , b=2\r\n")
+        sent = self.connector.last.succeed().value()
+        self.assertEqual(_header(sent, b"traceparent"), [bad])
+        self.assertEqual(_header(sent, b"tracestate"), [b"a=1 , b=2"])
+        self.get(self.reverse(tracing=False))
+        self.assertEqual(_header(self.connector.last.succeed().value(), b"traceparent"), [])
+        self.respond()
+        self.assertEqual(self.records[-1].traceId, "")
+        self.assertNotIn("trace_id", json.loads(formatJSON(self.records[-1])))
+
+    def test_sampleZero(self) -> None:
+        """
+        At ratio 0 a new trace is propagated unsampled and not exported; a
+        sampled parent is still recorded (parent-based).
+        """
+        factory = self.reverse(ratio=0.0)
+        self.get(factory)
+        sent = self.connector.last.succeed().value()
+        self.respond()
+        [value] = _header(sent, b"traceparent")
+        self.assertTrue(value.endswith(b"-00"), value)
+        self.assertEqual(self.sink.spans, [])
+        self.get(factory, b"traceparent: " + SAMPLED + b"\r\n")
+        self.respond()  # (on the pooled connection)
+        self.assertEqual([s.traceId for s in self.sink.spans], [TRACE])
+
+    def test_unsampledParentAtRatioOne(self) -> None:
+        """
+        An unsampled parent is obeyed at ratio 1: propagated with flag 00,
+        not exported.
+        """
+        self.get(self.reverse(), b"traceparent: " + SAMPLED[:-2] + b"00\r\n")
+        sent = self.connector.last.succeed().value()
+        self.respond()
+        self.assertTrue(_header(sent, b"traceparent")[0].startswith(b"00-" + TRACE + b"-"))
+        self.assertTrue(_header(sent, b"traceparent")[0].endswith(b"-00"))
+        self.assertEqual(self.sink.spans, [])
+
+
+class HTTPSpanTests(TracingTestCase):
+    """
+    The span of each HTTP request.
+    """
+
+    def test_attributes(self) -> None:
+        """
+        The span carries the HTTP and network semantic conventions: method,
+        route template (not the path), status, addresses, bytes; its name is
+        method and route; the access record has its ids.
+        """
+        self.clock.advance(10)
+        self.get(self.reverse())
+        self.connector.last.succeed()
+        self.clock.advance(0.25)
+        self.respond(b"hello")
+        [span] = self.sink.spans
+        a = span.attributes
+        self.assertEqual(span.name, "GET /api")
+        self.assertEqual(span.kind, 2)
+        self.assertEqual(a["http.request.method"], "GET")
+        self.assertEqual(a["http.route"], "/api")
+        self.assertEqual(a["txproxy.route"], "a.test/api")
+        self.assertEqual(a["url.path"], "/api/users/7")
+        self.assertEqual(a["http.response.status_code"], 200)
+        self.assertEqual((a["server.address"], a["client.address"]), ("a.test", "203.0.113.9"))
+        self.assertEqual((a["network.peer.address"], a["network.peer.port"]), ("203.0.113.9", 5000))
+        self.assertEqual(a["network.protocol.version"], "1.1")
+        self.assertEqual(a["user_agent.original"], "t/1")
+        self.assertEqual(a["txproxy.upstream.address"], "192.0.2.1:8080")
+        self.assertEqual(a["txproxy.bytes_down"], 5)
+        self.assertNotIn("error.type", a)
+        self.assertAlmostEqual(span.end - span.start, 0.25, places=6)  # type: ignore[operator]
+        self.assertEqual([e[1] for e in span.events], ["upstream.connected"])
+        record = self.records[0]
+        self.assertEqual((record.traceId, record.spanId), (span.traceIdText, span.spanIdText))
+        line = json.loads(formatJSON(record))
+        self.assertEqual((line["trace_id"], line["span_id"]), (span.traceIdText, span.spanIdText))
+
+    def test_keepAliveSpanPerRequest(self) -> None:
+        """
+        Two requests on one connection are two spans with their own ids,
+        each propagated with its own parent id.
+        """
+        factory = self.reverse()
+        proto, client = self.get(factory)
+        upstream = self.connector.last.succeed()
+        self.respond()
+        proto.dataReceived(b"GET /api/b HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        self.respond()
+        self.assertEqual(len(self.sink.spans), 2)
+        first, second = self.sink.spans
+        self.assertNotEqual(first.spanId, second.spanId)
+        sent = upstream.value()
+        self.assertIn(first.spanId, sent)
+        self.assertIn(second.spanId, sent)
+        self.assertEqual(second.name, "GET /api")
+        self.assertEqual(second.attributes["url.path"], "/api/b")
+
+    def test_refusalIsError(self) -> None:
+        """
+        A status txproxy produced (a 404: no route) carries error.type and
+        the reason; only a 5xx sets the span's status to ERROR.
+        """
+        f = reverseFactory({"a.test": "http://192.0.2.1:8080"}, connector=self.connector, clock=self.clock)
+        f.tracer = Tracer(1.0, self.sink)
+        proto, client = connect(f)
+        proto.dataReceived(b"GET / HTTP/1.1\r\nHost: other.test\r\n\r\n")
+        [span] = self.sink.spans
+        self.assertEqual(span.attributes["http.response.status_code"], 404)
+        self.assertEqual(span.attributes["error.type"], "404")
+        self.assertIn("no route", span.attributes["txproxy.reason"])
+        self.assertEqual(span.statusCode, 0)
+
+    def test_upstreamUnreachable(self) -> None:
+        """
+        An unreachable upstream: 502, status ERROR, a connect_failed event.
+        """
+        self.get(self.reverse())
+        self.connector.last.fail(error.ConnectionRefusedError())
+        [span] = self.sink.spans
+        self.assertEqual(span.attributes["http.response.status_code"], 502)
+        self.assertEqual(span.attributes["error.type"], "502")
+        self.assertEqual(span.statusCode, STATUS_ERROR)
+        self.assertIn("upstream.connect_failed", [e[1] for e in span.events])
+
+    def test_clientGoneWhileDialling(self) -> None:
+        """
+        A client that leaves while its upstream is being dialled still ends
+        its span (499), once.
+        """
+        proto, client = self.get(self.reverse())
+        client.peerClosed()
+        self.assertEqual([s.attributes["http.response.status_code"] for s in self.sink.spans], [499])
+
+    def test_hook(self) -> None:
+        """
+        spanStarted lets a subclass add attributes and read the trace id,
+        and later hooks can still add to C{self.span}.
+        """
+        seen: List[str] = []
+
+        class Tenanted(ReverseProxyProtocol):
+            def spanStarted(self, span: Span) -> None:
+                span.setAttribute("tenant.id", "acme")
+                seen.append(span.traceIdText)
+
+            def rewriteResponse(self, request: Any, head: Any) -> Any:
+                self.span.setAttribute("route.name", "users")
+                return head
+
+        self.get(self.reverse(protocol=Tenanted), b"traceparent: " + SAMPLED + b"\r\n")
+        self.connector.last.succeed()
+        self.respond()
+        [span] = self.sink.spans
+        self.assertEqual(seen, [TRACE.decode()])
+        self.assertEqual(span.attributes["tenant.id"], "acme")
+        self.assertEqual(span.attributes["route.name"], "users")
+
+    def test_hookNotCalledWhenOff(self) -> None:
+        """
+        With tracing off the hook never runs and C{span} stays L{None}.
+        """
+        called: List[Any] = []
+
+        class Hooked(ReverseProxyProtocol):
+            def spanStarted(self, span: Span) -> None:
+                called.append(span)
+
+        proto, _ = self.get(self.reverse(tracing=False, protocol=Hooked))
+        self.assertIsNone(proto.span)
+        self.assertEqual(called, [])
+
+
+class H2SpanTests(TracingTestCase):
+    """
+    HTTP/2 streams run the same protocol class: a span each.
+    """
+
+    def test_spanPerStream(self) -> None:
+        """
+        Two streams, two spans, each propagated upstream, HTTP version 2.
+        """
+        factory = self.reverse()
+        proto, transport = connect(factory, ("203.0.113.9", 5000))
+        client = Client(proto, transport)
+        client.send()
+        client.request(b"/api/a", extra=[(b"traceparent", SAMPLED)])
+        client.request(b"/b")
+        respond(self.connector, 0, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        respond(self.connector, 1, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        client.read()
+        self.assertEqual(len(self.sink.spans), 2)
+        byName = {s.name: s for s in self.sink.spans}
+        self.assertEqual(set(byName), {"GET /api", "GET /"})
+        self.assertEqual(byName["GET /api"].traceId, TRACE)
+        for span in self.sink.spans:
+            self.assertEqual(span.attributes["network.protocol.version"], "2")
+        sent = [a.transport.value() for a in self.connector.attempts]
+        self.assertIn(b"00-" + TRACE + b"-" + byName["GET /api"].spanId + b"-01", sent[0])
+        self.assertEqual([r.traceId for r in self.records].count(TRACE.decode()), 1)
+
+
+class TunnelSpanTests(TracingTestCase):
+    """
+    A CONNECT tunnel is one span, ended when the tunnel closes.
+    """
+
+    def test_connect(self) -> None:
+        """
+        The span is named CONNECT, names the authority, counts the tunnel's
+        bytes, and ends when the tunnel does.
+        """
+        connector = FakeConnector({"secure.test": ["192.0.2.7"]})
+        factory = forwardFactory(connector=connector, clock=self.clock, protocol=ForwardProxyProtocol)
+        factory.tracer = Tracer(1.0, self.sink)
+        proto, client = connect(factory)
+        proto.dataReceived(b"CONNECT secure.test:443 HTTP/1.1\r\nHost: secure.test:443\r\n\r\n")
+        upstream = connector.last.succeed()
+        self.assertEqual(self.sink.spans, [])
+        proto.dataReceived(b"hello")
+        connector.last.protocol.dataReceived(b"world!")
+        self.assertEqual(upstream.value(), b"hello")
+        upstream.peerClosed()
+        [span] = self.sink.spans
+        self.assertEqual(span.name, "CONNECT")
+        a = span.attributes
+        self.assertEqual((a["server.address"], a["server.port"]), ("secure.test", 443))
+        self.assertEqual(a["http.response.status_code"], 200)
+        self.assertEqual((a["txproxy.bytes_up"], a["txproxy.bytes_down"]), (5, 6))
+        self.assertNotIn("url.path", a)
+
+
+class StreamSpanTests(TracingTestCase):
+    """
+    The TCP modes: a span per relayed connection.
+    """
+
+    def factory(self, protocol: Any = None) -> Any:
+        listener = listenerConfig(mode="tcp", upstream=["tcp:192.0.2.10:6379", "tcp:192.0.2.11:6380"])
+        f = TCPProxyFactory(listener, self.connector, self.clock, accessLog=self)
+        f.tracer = Tracer(1.0, self.sink)
+        if protocol is not None:
+            f.protocol = protocol
+        return f
+
+    def test_spanPerConnection(self) -> None:
+        """
+        A relayed connection is one span (a new trace), with a retry event
+        when the first pool member refused, the bytes each way, and the ids
+        in the access record.
+        """
+        proto, client = connect(self.factory(), ("198.51.100.4", 41000))
+        self.connector.last.fail(error.ConnectionRefusedError())
+        upstream = self.connector.last.succeed()
+        proto.dataReceived(b"PING\r\n")
+        self.connector.last.protocol.dataReceived(b"+PONG\r\n")
+        self.assertEqual(self.sink.spans, [])
+        upstream.peerClosed()
+        client.peerClosed()
+        [span] = self.sink.spans
+        self.assertEqual(span.name, "tcp")
+        self.assertIsNone(span.parentId)
+        a = span.attributes
+        self.assertEqual((a["client.address"], a["client.port"]), ("198.51.100.4", 41000))
+        self.assertEqual(a["txproxy.upstream.address"], "192.0.2.11:6380")
+        self.assertEqual((a["txproxy.bytes_up"], a["txproxy.bytes_down"]), (6, 7))
+        self.assertNotIn("http.response.status_code", a)
+        self.assertEqual([e[1] for e in span.events], ["upstream.connect_failed", "upstream.retry", "upstream.connected"])
+        self.assertEqual(self.records[0].traceId, span.traceIdText)
+
+    def test_refusedConnection(self) -> None:
+        """
+        A connection no upstream takes ends its span with error.type.
+        """
+        proto, client = connect(self.factory())
+        self.connector.last.fail(error.ConnectionRefusedError())
+        self.connector.last.fail(error.ConnectionRefusedError())
+        [span] = self.sink.spans
+        self.assertEqual(span.attributes["error.type"], "502")
+        self.assertEqual(span.statusCode, STATUS_ERROR)
+
+    def test_hook(self) -> None:
+        """
+        The relay protocols have the same spanStarted hook.
+        """
+
+        class Tagged(TCPProxyProtocol):
+            def spanStarted(self, span: Span) -> None:
+                span.setAttribute("tenant.id", "acme")
+
+        proto, client = connect(self.factory(protocol=Tagged))
+        self.connector.last.succeed()
+        client.peerClosed()
+        self.connector.last.transport.peerClosed()
+        [span] = self.sink.spans
+        self.assertEqual(span.attributes["tenant.id"], "acme")

@@ -1,0 +1,244 @@
+# -*- test-case-name: tests.test_tracing_context -*-
+"""
+W3C Trace Context level 1, sans-IO: parsing and generating the
+C{traceparent} and C{tracestate} request header fields, and the sampling
+decision for a request.
+
+Everything here works on the C{bytes} of header values and returns plain
+values; nothing touches a socket or a clock.  Identifiers are kept as
+lower-case hexadecimal C{bytes} (what goes on the wire), and turned into raw
+bytes only when spans are encoded for export.
+
+The rules (U{https://www.w3.org/TR/trace-context/}):
+
+  - C{traceparent} is C{version-traceid-parentid-flags}: 2, 32, 16 and 2
+    lower-case hex digits.  Upper-case hex, other lengths, an all-zero
+    trace id or parent id and version C{ff} make it invalid; version C{00}
+    is exactly 55 characters.  A I{future} version (C{01} to C{fe}) is read
+    as version C{00} from its first 55 characters, provided the 56th (if
+    any) is a C{-}; only the C{sampled} flag is kept.  Optional white space
+    (space, tab) around the value is ignored.  Two C{traceparent} fields in
+    one request make it invalid.
+  - C{tracestate} is a comma-separated list of C{key=value} members, over
+    any number of fields (joined in order).  Empty members and optional
+    white space around members are skipped.  Any member that breaks the
+    key or value grammar, or a key given twice, makes the whole list
+    invalid: it is dropped, not repaired.  More than 32 members are
+    trimmed to the first 32 (the spec lets a participant remove members
+    from the end).  A C{tracestate} without a valid C{traceparent} is
+    dropped.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from typing import Callable, Iterable, List, Optional, Sequence, Tuple
+
+import attr
+
+__all__ = [
+    "TraceParent",
+    "MAX_TRACESTATE_MEMBERS",
+    "parseTraceparent",
+    "parseTracestate",
+    "contextFromHeaders",
+    "newTraceId",
+    "newSpanId",
+    "Sampler",
+]
+
+#: The most C{tracestate} members propagated (the spec's limit).
+MAX_TRACESTATE_MEMBERS = 32
+
+_OWS = b" \t"
+_TRACEPARENT = re.compile(rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+_ZERO_TRACE = b"0" * 32
+_ZERO_SPAN = b"0" * 16
+
+_KEYCHARS = rb"[a-z0-9_\-*/]"
+_MEMBER = re.compile(
+    rb"(?:[a-z]" + _KEYCHARS + rb"{0,255}"
+    rb"|[a-z0-9]" + _KEYCHARS + rb"{0,240}@[a-z]" + _KEYCHARS + rb"{0,13})"
+    rb"=[\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e]"
+)
+
+
+@attr.s(frozen=True, slots=True, auto_attribs=True)
+class TraceParent:
+    """
+    A parsed (or generated) C{traceparent}.
+
+    @ivar traceId: 32 lower-case hex digits, not all zero.
+    @ivar spanId: 16 lower-case hex digits, not all zero (the parent-id
+        field: the span of the sender).
+    @ivar flags: the trace flags; bit 0 is C{sampled}.
+    """
+
+    traceId: bytes
+    spanId: bytes
+    flags: int = 0
+
+    @property
+    def sampled(self) -> bool:
+        """
+        Whether the sender may have recorded its span (the C{sampled} flag).
+        """
+        return bool(self.flags & 1)
+
+    def header(self) -> bytes:
+        """
+        The C{traceparent} value, version C{00}.
+        """
+        return b"00-" + self.traceId + b"-" + self.spanId + (b"-01" if self.flags & 1 else b"-00")
+
+
+def parseTraceparent(value: bytes) -> Optional[TraceParent]:
+    """
+    Parse one C{traceparent} field value.
+
+    @return: the L{TraceParent}, or L{None} when the value is invalid.
+    """
+    value = value.strip(_OWS)
+    size = len(value)
+    if size < 55:
+        return None
+    if size > 55 and (value[:2] == b"00" or value[55:56] != b"-"):
+        # Version 00 has nothing after the flags; a future version may
+        # have more fields, each after a dash.
+        return None
+    match = _TRACEPARENT.fullmatch(value, 0, 55)
+    if match is None:
+        return None
+    version, traceId, spanId, flags = match.groups()
+    if version == b"ff" or traceId == _ZERO_TRACE or spanId == _ZERO_SPAN:
+        return None
+    # Of the flags, level 1 defines only "sampled"; a future version's other
+    # bits are not ours to pass on.
+    return TraceParent(traceId, spanId, int(flags, 16) & 1)
+
+
+def parseTracestate(values: Iterable[bytes]) -> Optional[bytes]:
+    """
+    Parse and normalise the C{tracestate} field values of one request, in
+    order.
+
+    @return: the list to propagate (members joined with C{,}, white space
+        removed, at most L{MAX_TRACESTATE_MEMBERS} of them), or L{None} when
+        there is none or it is invalid.
+    """
+    members: List[bytes] = []
+    keys = set()
+    for value in values:
+        for member in value.split(b","):
+            member = member.strip(_OWS)
+            if not member:
+                continue
+            if _MEMBER.fullmatch(member) is None:
+                return None
+            key = member[: member.index(b"=")]
+            if key in keys:
+                return None
+            keys.add(key)
+            members.append(member)
+    if not members:
+        return None
+    return b",".join(members[:MAX_TRACESTATE_MEMBERS])
+
+
+def contextFromHeaders(headers: Sequence[Tuple[bytes, bytes]]) -> Tuple[Optional[TraceParent], Optional[bytes]]:
+    """
+    The trace context a request carries.
+
+    @param headers: the request's header fields, as (name, value) pairs
+        (names in any case).
+    @return: C{(parent, tracestate)}: the valid parent or L{None} (absent,
+        invalid, or given twice), and the C{tracestate} to propagate or
+        L{None} (always L{None} without a valid parent).
+    """
+    parents: List[bytes] = []
+    states: List[bytes] = []
+    for name, value in headers:
+        size = len(name)
+        if size == 11 or size == 10:
+            lowered = name.lower()
+            if lowered == b"traceparent":
+                parents.append(value)
+            elif lowered == b"tracestate":
+                states.append(value)
+    if len(parents) != 1:
+        return None, None
+    parent = parseTraceparent(parents[0])
+    if parent is None:
+        return None, None
+    return parent, parseTracestate(states) if states else None
+
+
+_getrandbits = random.getrandbits
+
+
+def newTraceId(randbits: Callable[[int], int] = _getrandbits) -> bytes:
+    """
+    A new random trace id: 32 lower-case hex digits, never all zero.
+    """
+    n = randbits(128)
+    while not n:
+        n = randbits(128)
+    return b"%032x" % n
+
+
+def newSpanId(randbits: Callable[[int], int] = _getrandbits) -> bytes:
+    """
+    A new random span id: 16 lower-case hex digits, never all zero.
+    """
+    n = randbits(64)
+    while not n:
+        n = randbits(64)
+    return b"%016x" % n
+
+
+def _always(traceId: bytes) -> bool:
+    return True
+
+
+def _never(traceId: bytes) -> bool:
+    return False
+
+
+class Sampler:
+    """
+    Parent-based sampling with a ratio for new traces.
+
+    A request with a valid C{traceparent} is recorded when its C{sampled}
+    flag is set and not otherwise: the caller decided for the whole trace.
+    A new trace is recorded with probability C{ratio}, decided from its
+    trace id (the same id gets the same answer, as OpenTelemetry's
+    C{TraceIdRatioBased} does: the low 64 bits below C{ratio * 2**64}).
+
+    @ivar ratio: from 0 (no new trace is recorded) to 1 (every one is).
+    """
+
+    def __init__(self, ratio: float) -> None:
+        if not 0.0 <= ratio <= 1.0:
+            raise ValueError(f"sampling ratio must be from 0 to 1, got {ratio!r}")
+        self.ratio = ratio
+        self._bound = bound = round(ratio * 2**64)
+        if bound >= 2**64:
+            self.sampleNew = _always  # type: ignore[method-assign]
+        elif bound <= 0:
+            self.sampleNew = _never  # type: ignore[method-assign]
+
+    def sampleNew(self, traceId: bytes) -> bool:
+        """
+        Whether to record a new trace with id C{traceId} (32 hex digits).
+        """
+        return int(traceId[16:], 16) < self._bound
+
+    def sample(self, parent: Optional[TraceParent], traceId: bytes) -> bool:
+        """
+        The decision for a request whose valid parent is C{parent} (or
+        L{None}) and whose trace id is C{traceId}.
+        """
+        if parent is not None:
+            return parent.sampled
+        return self.sampleNew(traceId)

@@ -1,0 +1,224 @@
+# -*- test-case-name: tests.test_tracing_http -*-
+"""
+What txproxy's spans say, in OpenTelemetry's HTTP and network semantic
+conventions: the attributes set when a request, tunnel or relayed
+connection starts and when it ends.  Plain values in, a L{Span} out: the
+protocols call these, so each of them has one line of tracing at each end.
+
+Attributes (a span has those that apply):
+
+  - at the start: C{http.request.method} (C{_OTHER} for an unknown method,
+    with C{http.request.method_original}), C{url.path} (no query),
+    C{server.address}/C{server.port} (the C{Host} or C{CONNECT} authority),
+    C{client.address} (the client, as a PROXY header named it; with
+    C{client.port} in the TCP modes), C{network.peer.address} and
+    C{network.peer.port} (the socket's peer), C{network.protocol.version}
+    (C{1.1}, C{1.0} or C{2}; the protocol, C{http}, is implied),
+    C{user_agent.original};
+  - at the end: C{http.response.status_code}, C{http.route} (the matched
+    route's path prefix, a template, never the raw path; reverse mode) and
+    C{txproxy.route} (the route's name, C{host[/prefix]}),
+    C{txproxy.upstream.address} (the address dialled), C{txproxy.bytes_up}
+    and C{txproxy.bytes_down} (what the access log counts),
+    C{txproxy.listener}, C{txproxy.mode}; and for a status txproxy itself
+    answered (a refusal, a timeout, an unreachable upstream) or any 5xx,
+    C{error.type} (the status code) and C{txproxy.reason}; a 5xx also sets
+    the span's status to C{ERROR}.
+  - events: C{upstream.connected}, C{upstream.connect_failed} (with
+    C{error.type}), C{upstream.retry} (a pooled connection the upstream had
+    closed, or a failed dial retried on another backend).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Tuple
+
+from txproxy.tracing._span import SPAN_KIND_SERVER, RecordingSpan, Span, Tracer
+
+__all__ = ["startHTTPSpan", "startStreamSpan", "endSpan", "connectionAttributes", "KNOWN_METHODS"]
+
+#: Methods named as such in C{http.request.method}; others are C{_OTHER}.
+KNOWN_METHODS = frozenset(
+    [b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"CONNECT", b"OPTIONS", b"TRACE", b"PATCH", b"QUERY"]
+)
+
+
+_authorities: Dict[bytes, Tuple[str, Optional[int]]] = {}
+
+
+def _authority(value: bytes) -> Tuple[str, Optional[int]]:
+    """
+    The host and port of a C{Host} value or C{CONNECT} target (kept: the
+    same few values come again and again).
+    """
+    known = _authorities.get(value)
+    if known is not None:
+        return known
+    text = value.decode("latin-1")
+    if text.startswith("["):
+        end = text.find("]")
+        host, rest = text[1:end], text[end + 1:]
+        port = rest[1:] if rest.startswith(":") else ""
+    else:
+        host, _, port = text.partition(":")
+    if len(_authorities) >= 1024:
+        _authorities.clear()
+    result = _authorities[value] = (host, int(port) if port.isdigit() else None)
+    return result
+
+
+def connectionAttributes(client: Any, transport: Any) -> Dict[str, Any]:
+    """
+    The attributes every span of one client connection shares: the client
+    (as a PROXY header named it) and the socket's peer.  Computed once per
+    connection by the protocols.
+    """
+    attributes: Dict[str, Any] = {"client.address": client.host}
+    getPeer = getattr(transport, "getPeer", None)
+    peer = getPeer() if getPeer is not None else None
+    host = getattr(peer, "host", None)
+    if host is not None:
+        attributes["network.peer.address"] = host
+        port = getattr(peer, "port", None)
+        if port is not None:
+            attributes["network.peer.port"] = port
+    return attributes
+
+
+_METHODS = {m: m.decode("ascii") for m in KNOWN_METHODS}
+_VERSIONS = {b"HTTP/1.1": "1.1", b"HTTP/1.0": "1.0"}
+_HOST = b"host"
+_USER_AGENT = b"user-agent"
+
+
+def startHTTPSpan(tracer: Tracer, head: Any, client: Any, transport: Any, h2: bool, start: float,
+                  raw: Optional[bytes] = None, base: Optional[Dict[str, Any]] = None) -> Span:
+    """
+    The SERVER span of one HTTP request (or C{CONNECT}), continuing the
+    trace of its head's C{traceparent}.
+
+    @param head: the L{txproxy.http.RequestHead} received.
+    @param client: the L{txproxy.hooks.ClientInfo}.
+    @param transport: the client connection's transport (for the peer).
+    @param h2: whether the request is an HTTP/2 stream.
+    @param start: POSIX seconds the head arrived.
+    @param raw: the head's bytes as received, when at hand: a head that does
+        not mention C{trace} anywhere is not searched field by field.
+    @param base: the connection's L{connectionAttributes}, when the caller
+        keeps them (else computed).
+    """
+    span = tracer.startSpan("", head.headers, SPAN_KIND_SERVER, start, raw is None or b"trace" in raw.lower())
+    if not span.sampled:
+        return span
+    assert isinstance(span, RecordingSpan)
+    a = span.attributes = dict(base if base is not None else connectionAttributes(client, transport))
+    method = head.method
+    name = _METHODS.get(method)
+    if name is None:
+        span.name = "HTTP"
+        a["http.request.method"] = "_OTHER"
+        a["http.request.method_original"] = method.decode("latin-1")
+    else:
+        span.name = a["http.request.method"] = name
+    a["network.protocol.version"] = "2" if h2 else _VERSIONS.get(head.version) or head.version[5:].decode("latin-1")
+    # Host and User-Agent in one pass over the fields.
+    authority: Optional[bytes] = None
+    agent: Optional[bytes] = None
+    for field, value in head.headers:
+        size = len(field)
+        if size == 4:
+            if authority is None and field.lower() == _HOST:
+                authority = value
+        elif size == 10 and agent is None and field.lower() == _USER_AGENT:
+            agent = value
+    target = head.target
+    if method == b"CONNECT":
+        authority = target
+    else:
+        if target[:1] != b"/":
+            # absolute-form (a forward proxy's request): scheme://authority/path
+            rest = target.partition(b"://")[2]
+            slash = rest.find(b"/")
+            if authority is None:
+                authority = rest[:slash] if slash >= 0 else rest
+            target = rest[slash:] if slash >= 0 else b"/"
+        a["url.path"] = target.partition(b"?")[0].decode("latin-1")
+    if authority:
+        host, port = _authority(authority)
+        a["server.address"] = host
+        if port is not None:
+            a["server.port"] = port
+    if agent:
+        a["user_agent.original"] = agent.decode("latin-1")
+    return span
+
+
+def startStreamSpan(tracer: Tracer, mode: str, client: Any, transport: Any, start: float) -> Span:
+    """
+    The SERVER span of one relayed TCP connection (modes C{tcp},
+    C{transparent}, C{sni}): always a new trace, sampled by
+    C{--trace-sample}.
+    """
+    span = tracer.startSpan(mode, start=start)
+    if span.sampled:
+        assert isinstance(span, RecordingSpan)
+        a = span.attributes = connectionAttributes(client, transport)
+        a["network.transport"] = "tcp"
+        if client.port:
+            a["client.port"] = client.port
+    return span
+
+
+def endSpan(
+    tracer: Tracer,
+    span: Span,
+    status: int,
+    reason: str,
+    bytesUp: int,
+    bytesDown: int,
+    upstream: str,
+    listener: str,
+    mode: str,
+    end: float,
+    route: Any = None,
+    http: bool = True,
+) -> None:
+    """
+    Fill the end attributes of C{span} and end it (a span that is not
+    recorded has nothing to fill or send).
+
+    @param status: the status answered (for a tunnel, its C{CONNECT}
+        status; in the TCP modes, 200 for a relayed connection or the
+        status of the refusal).
+    @param reason: why it ended badly, as the access log says, or C{""}.
+    @param route: the matched L{txproxy.router.Route}, or L{None}.
+    @param http: whether C{status} is an HTTP status (a response was sent).
+    """
+    if not span.sampled:
+        return
+    assert isinstance(span, RecordingSpan)
+    a = span.attributes
+    if http:
+        a["http.response.status_code"] = status
+    if route is not None:
+        a["txproxy.route"] = route.name
+        if http:
+            prefix = getattr(route, "prefix", "") or "/"
+            a["http.route"] = prefix
+            if span.name != "CONNECT":
+                span.name = f"{span.name} {prefix}"
+    if upstream:
+        a["txproxy.upstream.address"] = upstream
+    a["txproxy.bytes_up"] = bytesUp
+    a["txproxy.bytes_down"] = bytesDown
+    a["txproxy.listener"] = listener
+    a["txproxy.mode"] = mode
+    if status >= 500 or (reason and status >= 400):
+        a["error.type"] = str(status)
+        if reason:
+            a["txproxy.reason"] = reason
+        if status >= 500:
+            span.setError(reason or f"status {status}")
+    elif reason:
+        a["txproxy.reason"] = reason
+    tracer.endSpan(span, end)
