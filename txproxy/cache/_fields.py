@@ -15,12 +15,14 @@ from txproxy.http import RequestHead, ResponseHead
 
 __all__ = [
     "CACHE_NAME",
+    "SURROGATE_FIELD",
     "cacheControl",
     "cacheStatus",
     "parseHTTPDate",
     "parseRange",
     "requestCacheControl",
     "seconds",
+    "surrogateDirectives",
     "urlKey",
     "varyKey",
     "varyNames",
@@ -30,6 +32,11 @@ __all__ = [
 CACHE_NAME = b"txproxy"
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
+
+#: The name under which a stored head keeps the C{Surrogate-Control}
+#: directives a reverse-mode cache took (L{surrogateDirectives}): not a
+#: valid field name on the wire (no upstream can send it), never served.
+SURROGATE_FIELD = b":surrogate-control"
 
 # -- parsing
 
@@ -82,6 +89,49 @@ def _splitList(value: bytes) -> List[bytes]:
             current += c
     parts.append(bytes(current))
     return parts
+
+
+def surrogateDirectives(values: Iterable[bytes]) -> Optional[bytes]:
+    """
+    The directives of C{Surrogate-Control} values (W3C Edge Architecture
+    1.0) meant for this cache, as C{Cache-Control} directives: C{no-store},
+    or C{max-age=N} (and C{stale-if-error=M} for C{max-age=N+M}, the time
+    it may be served stale when the origin fails).  Directives targeted at
+    a named surrogate (C{max-age=60;name}) are not for this one (it
+    announces no C{Surrogate-Capability}).  An invalid or duplicated
+    C{max-age} is C{max-age=0}.
+
+    @return: the directives, or L{None} when none is meant for this
+        cache (C{Cache-Control} then decides).
+    """
+    noStore = False
+    maxAge: Optional[int] = None
+    grace: Optional[int] = None
+    count = 0
+    for value in values:
+        for part in _splitList(value):
+            part = part.strip()
+            if b";" in part:
+                continue
+            name, eq, arg = part.partition(b"=")
+            name = name.strip().lower()
+            if name == b"no-store":
+                noStore = True
+            elif name == b"max-age":
+                count += 1
+                first, plus, more = arg.strip().partition(b"+")
+                maxAge = seconds(first.strip()) if eq else None
+                grace = seconds(more.strip()) if plus else None
+    if noStore:
+        return b"no-store"
+    if not count:
+        return None
+    if count > 1 or maxAge is None:
+        return b"max-age=0"
+    out = b"max-age=%d" % maxAge
+    if grace is not None:
+        out += b", stale-if-error=%d" % grace
+    return out
 
 
 def seconds(argument: Optional[bytes]) -> Optional[int]:
