@@ -919,6 +919,30 @@ class SurrogateTests(CacheTestCase):
         self.request()
         self.assertEqual(len(self.connector.attempts), 2)
 
+    def test_capabilityAnnounced(self) -> None:
+        """
+        Requests going upstream announce Surrogate-Capability (misses and
+        revalidations alike); a directive targeted at this cache is
+        followed, one targeted at another device is not.
+        """
+        _, client = self.request()
+        sent = self.upstreamAnswers(response(b"body", b"200 OK", self.date(), b'ETag: "v"', b"Cache-Control: no-store",
+                                             b"Surrogate-Control: max-age=10;txproxy, max-age=1000;other"))
+        self.assertIn(b'\r\nSurrogate-Capability: txproxy="Surrogate/1.0"\r\n', sent.value())
+        self.assertIsNone(field(client.value(), b"surrogate-control"))
+        self.clock.advance(5)
+        _, hit = self.request()
+        self.assertEqual(field(hit.value(), b"cache-status"), b"txproxy; hit; ttl=5")
+        self.clock.advance(10)
+        self.request()
+        self.assertEqual(len(self.connector.attempts), 2)
+        attempt = self.connector.last
+        if attempt.transport is None:
+            attempt.succeed()
+        revalidation = attempt.transport.value()
+        self.assertIn(b'If-None-Match: "v"\r\n', revalidation)
+        self.assertIn(b'Surrogate-Capability: txproxy="Surrogate/1.0"\r\n', revalidation)
+
     def test_graceIsStaleIfError(self) -> None:
         """
         max-age=N+M: fresh for N, then served for M more when the origin
@@ -956,8 +980,10 @@ class SurrogateTests(CacheTestCase):
         listener = config.ListenerConfig(listen=("tcp:0",), mode="reverse", name="web", routes=(route,))
         self.factory = self.makeFactory(listener=listener)
         self.cache.surrogate = True
-        first = self.fill(b"/x", b"body", b"Surrogate-Control: max-age=100")
-        self.assertEqual(field(first, b"surrogate-control"), b"max-age=100")
+        _, client = self.request()
+        sent = self.upstreamAnswers(response(b"body", b"200 OK", self.date(), b"Surrogate-Control: max-age=100"))
+        self.assertNotIn(b"surrogate-capability", sent.value().lower())
+        self.assertEqual(field(client.value(), b"surrogate-control"), b"max-age=100")
 
     def test_forwardModeIgnoresIt(self) -> None:
         """
@@ -965,7 +991,11 @@ class SurrogateTests(CacheTestCase):
         followed nor removed.
         """
         self.cache.surrogate = False
-        first = self.fill(b"/x", b"body", b"Surrogate-Control: no-store", b"Cache-Control: max-age=60")
+        _, first_ = self.request()
+        sent = self.upstreamAnswers(response(b"body", b"200 OK", self.date(), b"Surrogate-Control: no-store",
+                                             b"Cache-Control: max-age=60"))
+        self.assertNotIn(b"surrogate-capability", sent.value().lower())
+        first = first_.value()
         self.assertEqual(field(first, b"surrogate-control"), b"no-store")
         _, client = self.request()
         self.assertEqual(field(client.value(), b"surrogate-control"), b"no-store")

@@ -293,6 +293,11 @@ class SurrogateTests(SynchronousTestCase):
         self.assertEqual(sd([b"max-age=60", b"no-store"]), b"no-store")
         self.assertEqual(sd([b"max-age=60;edge"]), None)
         self.assertEqual(sd([b"no-store;edge, max-age=5"]), b"max-age=5")
+        # Targeted at this cache: wins over the untargeted ones.
+        self.assertEqual(sd([b"max-age=5, max-age=60;TXPROXY"]), b"max-age=60")
+        self.assertEqual(sd([b"max-age=5, no-store;txproxy"]), b"no-store")
+        self.assertEqual(sd([b"no-store", b"max-age=60 ; txproxy"]), b"max-age=60")
+        self.assertEqual(P.SURROGATE_CAPABILITY, b'txproxy="Surrogate/1.0"')
         self.assertEqual(sd([b'content="ESI/1.0"']), None)
         self.assertEqual(sd([b"max-age=abc"]), b"max-age=0")
         self.assertEqual(sd([b"max-age"]), b"max-age=0")
@@ -324,6 +329,16 @@ class SurrogateTests(SynchronousTestCase):
         # A head cannot smuggle the internal field in: it is replaced.
         forged = P.consumeSurrogate(resp((b":surrogate-control", b"max-age=9"), (b"Surrogate-Control", b"no-store")))
         self.assertEqual(forged.getAll(P.SURROGATE_FIELD), [b"no-store"])
+
+    def test_capability(self) -> None:
+        """
+        withCapability adds this cache's Surrogate-Capability line after
+        any the client sent.
+        """
+        head = P.withCapability(req((b"Surrogate-Capability", b'edge="Surrogate/1.0"')))
+        self.assertEqual(head.getAll(b"surrogate-capability"), [b'edge="Surrogate/1.0"', b'txproxy="Surrogate/1.0"'])
+        self.assertEqual(head.method, b"GET")
+        self.assertEqual(head.target, b"/x")
 
 
 class LookupTests(SynchronousTestCase):

@@ -15,7 +15,9 @@ from txproxy.http import RequestHead, ResponseHead
 
 __all__ = [
     "CACHE_NAME",
+    "SURROGATE_CAPABILITY",
     "SURROGATE_FIELD",
+    "SURROGATE_TOKEN",
     "cacheControl",
     "cacheStatus",
     "parseHTTPDate",
@@ -37,6 +39,14 @@ DEFAULT_PORTS = {"http": 80, "https": 443}
 #: directives a reverse-mode cache took (L{surrogateDirectives}): not a
 #: valid field name on the wire (no upstream can send it), never served.
 SURROGATE_FIELD = b":surrogate-control"
+
+#: This cache's device token in C{Surrogate-Capability} (which a
+#: reverse-mode cache adds to what it sends upstream, L{SURROGATE_CAPABILITY})
+#: and in targeted C{Surrogate-Control} directives (C{max-age=60;txproxy}).
+SURROGATE_TOKEN = b"txproxy"
+
+#: The C{Surrogate-Capability} member a reverse-mode cache announces.
+SURROGATE_CAPABILITY = SURROGATE_TOKEN + b'="Surrogate/1.0"'
 
 # -- parsing
 
@@ -96,32 +106,38 @@ def surrogateDirectives(values: Iterable[bytes]) -> Optional[bytes]:
     The directives of C{Surrogate-Control} values (W3C Edge Architecture
     1.0) meant for this cache, as C{Cache-Control} directives: C{no-store},
     or C{max-age=N} (and C{stale-if-error=M} for C{max-age=N+M}, the time
-    it may be served stale when the origin fails).  Directives targeted at
-    a named surrogate (C{max-age=60;name}) are not for this one (it
-    announces no C{Surrogate-Capability}).  An invalid or duplicated
-    C{max-age} is C{max-age=0}.
+    it may be served stale when the origin fails).  A directive targeted
+    at this cache (C{max-age=60;txproxy}, L{SURROGATE_TOKEN}, which the
+    cache announces in C{Surrogate-Capability}) wins over the untargeted
+    ones; one targeted at another device is not for this one.  An invalid
+    or duplicated C{max-age} is C{max-age=0}.
 
     @return: the directives, or L{None} when none is meant for this
         cache (C{Cache-Control} then decides).
     """
+    untargeted: List[bytes] = []
+    targeted: List[bytes] = []
+    for value in values:
+        for part in _splitList(value):
+            directive, semi, target = part.partition(b";")
+            if not semi:
+                untargeted.append(directive)
+            elif target.strip().lower() == SURROGATE_TOKEN:
+                targeted.append(directive)
     noStore = False
     maxAge: Optional[int] = None
     grace: Optional[int] = None
     count = 0
-    for value in values:
-        for part in _splitList(value):
-            part = part.strip()
-            if b";" in part:
-                continue
-            name, eq, arg = part.partition(b"=")
-            name = name.strip().lower()
-            if name == b"no-store":
-                noStore = True
-            elif name == b"max-age":
-                count += 1
-                first, plus, more = arg.strip().partition(b"+")
-                maxAge = seconds(first.strip()) if eq else None
-                grace = seconds(more.strip()) if plus else None
+    for directive in targeted or untargeted:
+        name, eq, arg = directive.partition(b"=")
+        name = name.strip().lower()
+        if name == b"no-store":
+            noStore = True
+        elif name == b"max-age":
+            count += 1
+            first, plus, more = arg.strip().partition(b"+")
+            maxAge = seconds(first.strip()) if eq else None
+            grace = seconds(more.strip()) if plus else None
     if noStore:
         return b"no-store"
     if not count:

@@ -186,6 +186,8 @@ class HTTPCache:
         route = getattr(proto, "_route", None)  # the reverse proxy's route
         if route is not None and not route.config.cache:
             return cr.bypass("route")
+        if self.surrogate:
+            cr.head = head = P.withCapability(head)
         if method != _GET and method != _HEAD:
             if P.isUnsafe(method):
                 cr.unsafe = True

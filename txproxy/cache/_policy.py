@@ -60,7 +60,9 @@ import attr
 from txproxy.cache._fields import (
     CACHE_NAME,
     DEFAULT_PORTS,
+    SURROGATE_CAPABILITY,
     SURROGATE_FIELD,
+    SURROGATE_TOKEN,
     cacheControl,
     cacheStatus,
     parseHTTPDate,
@@ -82,7 +84,9 @@ __all__ = [
     "NOT_UPDATED",
     "UNDERSTOOD_STATUSES",
     "REVALIDATE",
+    "SURROGATE_CAPABILITY",
     "SURROGATE_FIELD",
+    "SURROGATE_TOKEN",
     "STALE",
     "STALE_REVALIDATE",
     "UNSATISFIABLE",
@@ -109,6 +113,7 @@ __all__ = [
     "staleIfError",
     "storedHeaders",
     "surrogateDirectives",
+    "withCapability",
     "withoutSurrogate",
     "updateHeaders",
     "urlKey",
@@ -211,6 +216,16 @@ def consumeSurrogate(head: ResponseHead) -> ResponseHead:
     if directives is not None:
         headers.append((SURROGATE_FIELD, directives))
     return ResponseHead(head.version, head.status, head.reason, tuple(headers))
+
+
+def withCapability(head: RequestHead) -> RequestHead:
+    """
+    C{head} announcing this cache's L{SURROGATE_CAPABILITY} upstream: a
+    C{Surrogate-Capability} line of its own after any the client sent (a
+    surrogate in front of this one).
+    """
+    return RequestHead(head.method, head.target, head.version,
+                       head.headers + ((b"Surrogate-Capability", SURROGATE_CAPABILITY),))
 
 
 def withoutSurrogate(headers: Tuple[Tuple[bytes, bytes], ...]) -> Tuple[Tuple[bytes, bytes], ...]:
