@@ -62,6 +62,23 @@ class CacheControlTests(SynchronousTestCase):
         self.assertEqual(P.parseHTTPDate(b"Sun Nov  6 08:49:37 1994"), 784111777.0)
         self.assertIsNone(P.parseHTTPDate(b"0"))
         self.assertIsNone(P.parseHTTPDate(None))
+        # Names in any case; a two-digit year is 20yy below 70.
+        self.assertEqual(P.parseHTTPDate(b"THU, 18 AUG 2050 02:01:18 gMT"), 2544400878.0)
+        self.assertEqual(P.parseHTTPDate(b"Thursday, 18-Aug-50 02:01:18 GMT"), 2544400878.0)
+        self.assertEqual(P.parseHTTPDate(b"Sun, 21 Nov 2286 04:46:39 GMT"), 10000039599.0)
+
+    def test_httpDateStrict(self) -> None:
+        """
+        Anything but the three formats exactly is invalid (RFC 9110 section
+        5.6.7), so an Expires like these means already expired.
+        """
+        for value in (b"Thu, 18 Aug 2050 02:01:18 UTC", b"Thu, 18 Aug 2050 02:01:18 AEST",
+                      b"Thu, 18 Aug 50 02:01:18 GMT", b"Thu 18 Aug 2050 02:01:18 GMT",
+                      b"Thu, 18  Aug  2050 02:01:18 GMT", b"Thu, 18-Aug-2050 02:01:18 GMT",
+                      b"Thu, 18 Aug 2050 02.01.18 GMT", b"Thu, 18 Aug 2050 2:01:18 GMT",
+                      b"Mon, 31 Feb 2020 00:00:00 GMT", b"Thu, 18 Aug 2050 02:01:18 +0000", b""):
+            self.assertIsNone(P.parseHTTPDate(value), value)
+            self.assertEqual(P.freshnessLifetime(resp((b"Expires", value))), 0, value)
 
 
 class KeyTests(SynchronousTestCase):

@@ -8,7 +8,8 @@ values (RFC 9211).  L{txproxy.cache._policy} re-exports these names.
 from __future__ import annotations
 
 import calendar
-import email.utils
+import datetime
+import re
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from txproxy.http import RequestHead, ResponseHead
@@ -159,24 +160,56 @@ def seconds(argument: Optional[bytes]) -> Optional[int]:
     return min(int(argument), 2**31)
 
 
+_DAY = r"(?:mon|tue|wed|thu|fri|sat|sun)"
+_MONTH = r"(jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)"
+_TIME = r"(\d\d):(\d\d):(\d\d)"
+#: IMF-fixdate, rfc850-date, asctime-date (RFC 9110 section 5.6.7), names
+#: in any case.
+_IMF = re.compile(_DAY.encode() + rb", (\d\d) " + _MONTH.encode() + rb" (\d{4}) " + _TIME.encode() + rb" gmt",
+                  re.IGNORECASE)
+_RFC850 = re.compile(rb"(?:monday|tuesday|wednesday|thursday|friday|saturday|sunday), (\d\d)-" + _MONTH.encode()
+                     + rb"-(\d\d) " + _TIME.encode() + rb" gmt", re.IGNORECASE)
+_ASCTIME = re.compile(_DAY.encode() + rb" " + _MONTH.encode() + rb" ( \d|\d\d) " + _TIME.encode() + rb" (\d{4})",
+                      re.IGNORECASE)
+_MONTHS = {m: i + 1 for i, m in enumerate(
+    (b"jan", b"feb", b"mar", b"apr", b"may", b"jun", b"jul", b"aug", b"sep", b"oct", b"nov", b"dec"))}
+
+
 def parseHTTPDate(value: Optional[bytes]) -> Optional[float]:
     """
-    Parse an HTTP-date (RFC 9110 section 5.6.7, the three formats).
+    Parse an HTTP-date (RFC 9110 section 5.6.7): one of its three formats
+    exactly (the names in any case), nothing else: no other time zone, no
+    two-digit year outside C{rfc850-date}, no missing comma or extra
+    space (an invalid C{Expires} then means already expired, an invalid
+    C{If-Modified-Since} is ignored).  A two-digit year is 20yy below 70,
+    else 19yy.
 
     @return: seconds since the epoch, or L{None} when missing or invalid.
     """
     if value is None:
         return None
+    value = value.strip()
+    m = _IMF.fullmatch(value)
+    if m is not None:
+        day, month, year, hh, mm, ss = m.groups()
+        y = int(year)
+    else:
+        m = _RFC850.fullmatch(value)
+        if m is not None:
+            day, month, year, hh, mm, ss = m.groups()
+            y = int(year)
+            y += 2000 if y < 70 else 1900
+        else:
+            m = _ASCTIME.fullmatch(value)
+            if m is None:
+                return None
+            month, day, hh, mm, ss, year = m.groups()
+            y = int(year)
     try:
-        parsed = email.utils.parsedate_tz(value.decode("latin-1"))
-    except (TypeError, ValueError, IndexError):
+        moment = datetime.datetime(y, _MONTHS[month.lower()], int(day), int(hh), int(mm), min(int(ss), 59))
+    except (ValueError, OverflowError):
         return None
-    if parsed is None:
-        return None
-    try:
-        return float(calendar.timegm(parsed[:9]) - (parsed[9] or 0))
-    except (OverflowError, ValueError):
-        return None
+    return float(calendar.timegm(moment.timetuple())) + (1.0 if int(ss) == 60 else 0.0)
 
 
 def requestCacheControl(head: RequestHead) -> Dict[bytes, Optional[bytes]]:
