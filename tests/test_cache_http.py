@@ -943,6 +943,22 @@ class SurrogateTests(CacheTestCase):
         self.assertIn(b'If-None-Match: "v"\r\n', revalidation)
         self.assertIn(b'Surrogate-Capability: txproxy="Surrogate/1.0"\r\n', revalidation)
 
+    def test_cdnCacheControl(self) -> None:
+        """
+        CDN-Cache-Control (RFC 9213) decides ahead of Cache-Control, and
+        goes on to the client (unlike Surrogate-Control).
+        """
+        first = self.fill(b"/x", b"body", b"CDN-Cache-Control: max-age=100", b"Cache-Control: no-store")
+        self.assertEqual(field(first, b"cdn-cache-control"), b"max-age=100")
+        self.clock.advance(10)
+        _, client = self.request()
+        self.assertEqual(field(client.value(), b"cache-status"), b"txproxy; hit; ttl=90")
+        self.assertEqual(field(client.value(), b"cdn-cache-control"), b"max-age=100")
+        self.assertEqual(field(client.value(), b"cache-control"), b"no-store")
+        self.fill(b"/y", b"body", b"CDN-Cache-Control: no-store", b"Cache-Control: max-age=100")
+        self.request(b"/y")
+        self.assertEqual(len(self.connector.attempts), 3)
+
     def test_graceIsStaleIfError(self) -> None:
         """
         max-age=N+M: fresh for N, then served for M more when the origin
@@ -996,6 +1012,7 @@ class SurrogateTests(CacheTestCase):
                                              b"Cache-Control: max-age=60"))
         self.assertNotIn(b"surrogate-capability", sent.value().lower())
         first = first_.value()
+        self.assertNotIn(b"surrogate-capability", sent.value().lower())
         self.assertEqual(field(first, b"surrogate-control"), b"no-store")
         _, client = self.request()
         self.assertEqual(field(client.value(), b"surrogate-control"), b"no-store")

@@ -347,6 +347,52 @@ class SurrogateTests(SynchronousTestCase):
         forged = P.consumeSurrogate(resp((b":surrogate-control", b"max-age=9"), (b"Surrogate-Control", b"no-store")))
         self.assertEqual(forged.getAll(P.SURROGATE_FIELD), [b"no-store"])
 
+    def test_cdnDirectives(self) -> None:
+        """
+        CDN-Cache-Control is a Structured Field dictionary: one that is
+        not (spaces around =, upper case, garbage, a trailing comma) is
+        ignored whole; a delta directive of another type, or a false one,
+        is left out; parameters are dropped; lines join.
+        """
+        cd = P.cdnDirectives
+        self.assertEqual(cd([b"max-age=3600"]), b"max-age=3600")
+        self.assertEqual(cd([b"foobar, max-age=3600"]), b"foobar, max-age=3600")
+        self.assertEqual(cd([b"max-age=1", b"no-cache"]), b"max-age=1, no-cache")
+        self.assertEqual(cd([b'private="a", max-age=5;x=1, no-store=?0, no-cache=?1']),
+                         b'private="a", max-age=5, no-cache')
+        self.assertEqual(cd([b'max-age="10000"']), b"")
+        self.assertEqual(cd([b"max-age=-5"]), b"")
+        for bad in (b"max-age =100", b"max-age= 100", b"MaX-aGe=3600", b"max-age=10000, &&&&&", b"max-age=1,",
+                    b"", b'a="unterminated'):
+            self.assertIsNone(cd([bad]), bad)
+        self.assertIsNone(cd([]))
+
+    def test_cdnConsumed(self) -> None:
+        """
+        A valid CDN-Cache-Control replaces Cache-Control for the policy
+        (before Surrogate-Control) and stays in the head; an invalid one
+        leaves Cache-Control in charge.
+        """
+        head = P.consumeSurrogate(resp((b"CDN-Cache-Control", b"max-age=600"), (b"Cache-Control", b"no-store"),
+                                       (b"Surrogate-Control", b"max-age=5")))
+        self.assertEqual(P.responseCacheControl(head), {b"max-age": b"600"})
+        self.assertEqual(head.get(b"cdn-cache-control"), b"max-age=600")
+        self.assertIsNone(head.get(b"surrogate-control"))
+        self.assertEqual(P.isStorable(req(), head), (True, ""))
+        for cdn, storable in ((b"private", False), (b"no-store", False), (b"max-age=0", True)):
+            h = P.consumeSurrogate(resp((b"CDN-Cache-Control", cdn), (b"Cache-Control", b"max-age=10000")))
+            self.assertEqual(P.isStorable(req(), h)[0], storable, cdn)
+        noCache = P.consumeSurrogate(resp((b"CDN-Cache-Control", b"no-cache"), (b"Cache-Control", b"max-age=10000")))
+        self.assertEqual(P.lookup(req(), stored(noCache), T0).action, P.FORWARD)
+        short = P.consumeSurrogate(resp((b"CDN-Cache-Control", b"max-age=1"), (b"Cache-Control", b"max-age=3600")))
+        self.assertEqual(P.freshnessLifetime(short), 1)
+        invalid = P.consumeSurrogate(resp((b"CDN-Cache-Control", b"max-age=10000, &&&"), (b"Cache-Control", b"no-store")))
+        self.assertIsNone(invalid.get(P.SURROGATE_FIELD))
+        self.assertEqual(P.isStorable(req(), invalid), (False, "no-store"))
+        # An invalid one lets Surrogate-Control decide.
+        both = P.consumeSurrogate(resp((b"CDN-Cache-Control", b"&"), (b"Surrogate-Control", b"max-age=7")))
+        self.assertEqual(P.freshnessLifetime(both), 7)
+
     def test_capability(self) -> None:
         """
         withCapability adds this cache's Surrogate-Capability line after

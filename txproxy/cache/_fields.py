@@ -21,6 +21,7 @@ __all__ = [
     "SURROGATE_TOKEN",
     "cacheControl",
     "cacheStatus",
+    "cdnDirectives",
     "parseHTTPDate",
     "parseRange",
     "requestCacheControl",
@@ -149,6 +150,72 @@ def surrogateDirectives(values: Iterable[bytes]) -> Optional[bytes]:
     if grace is not None:
         out += b", stale-if-error=%d" % grace
     return out
+
+
+# Structured Field (RFC 8941) dictionaries, for CDN-Cache-Control.
+_SF_KEY = rb"[a-z*][a-z0-9_\-.*]*"
+_SF_BARE = (rb'(?:-?\d{1,12}\.\d{1,3}|-?\d{1,15}|"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\["\\])*"'
+            rb"|[A-Za-z*][!#$%&'*+\-.^_`|~:/A-Za-z0-9]*|:[A-Za-z0-9+/=]*:|\?[01])")
+_SF_PARAMS = rb"(?:;[ ]*" + _SF_KEY + rb"(?:=" + _SF_BARE + rb")?)*"
+_SF_INNER = rb"\((?:[ ]*" + _SF_BARE + _SF_PARAMS + rb")*[ ]*\)"
+_SF_MEMBER = re.compile(rb"(" + _SF_KEY + rb")(?:=(" + _SF_BARE + rb"|" + _SF_INNER + rb"))?" + _SF_PARAMS)
+_SF_SEPARATOR = re.compile(rb"[ \t]*,[ \t]*")
+_SF_INTEGER = re.compile(rb"\d{1,15}")
+
+#: Directives whose argument is a number of seconds (an SF integer).
+_DELTA_DIRECTIVES = frozenset(
+    {b"max-age", b"s-maxage", b"stale-while-revalidate", b"stale-if-error", b"min-fresh", b"max-stale"})
+
+
+def _sfDictionary(value: bytes) -> Optional[Dict[bytes, Optional[bytes]]]:
+    """
+    The members of an RFC 8941 dictionary (key -> its bare value, L{None}
+    for C{true}; parameters dropped; the last of a key wins), or L{None}
+    when C{value} is not one.
+    """
+    out: Dict[bytes, Optional[bytes]] = {}
+    value = value.strip(b" \t")
+    pos = 0
+    while True:
+        m = _SF_MEMBER.match(value, pos)
+        if m is None:
+            return None
+        out[m.group(1)] = m.group(2)
+        pos = m.end()
+        if pos == len(value):
+            return out
+        sep = _SF_SEPARATOR.match(value, pos)
+        if sep is None or sep.end() == len(value):
+            return None
+        pos = sep.end()
+
+
+def cdnDirectives(values: Sequence[bytes]) -> Optional[bytes]:
+    """
+    The directives of C{CDN-Cache-Control} (RFC 9213) as C{Cache-Control}
+    directives: its field lines form one Structured Field dictionary; a
+    value that is not one is ignored whole (L{None}: C{Cache-Control}
+    decides).  A directive of the wrong type (C{max-age="60"}) or false
+    (C{?0}) is left out.
+    """
+    if not values:
+        return None
+    members = _sfDictionary(b", ".join(values))
+    if members is None:
+        return None
+    out = []
+    for key, arg in members.items():
+        if key in _DELTA_DIRECTIVES:
+            if arg is None or not _SF_INTEGER.fullmatch(arg):
+                continue
+            out.append(key + b"=" + arg)
+        elif arg == b"?0":
+            continue
+        elif arg is None or arg == b"?1":
+            out.append(key)
+        else:
+            out.append(key + b"=" + arg)
+    return b", ".join(out)
 
 
 def seconds(argument: Optional[bytes]) -> Optional[int]:

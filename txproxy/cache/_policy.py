@@ -65,6 +65,7 @@ from txproxy.cache._fields import (
     SURROGATE_TOKEN,
     cacheControl,
     cacheStatus,
+    cdnDirectives,
     parseHTTPDate,
     parseRange,
     requestCacheControl,
@@ -97,6 +98,7 @@ __all__ = [
     "seconds",
     "cacheControl",
     "cacheStatus",
+    "cdnDirectives",
     "conditionalHeaders",
     "consumeSurrogate",
     "evaluateConditional",
@@ -202,17 +204,23 @@ def responseCacheControl(head: ResponseHead) -> Dict[bytes, Optional[bytes]]:
 
 def consumeSurrogate(head: ResponseHead) -> ResponseHead:
     """
-    C{head} as a surrogate (a reverse-mode cache) keeps it: without
-    C{Surrogate-Control} (it is for this cache, never passed on), with
-    the directives meant for this cache (L{surrogateDirectives}) under
-    L{SURROGATE_FIELD} when there are any, which then take precedence over
-    C{Cache-Control} (L{responseCacheControl}).
+    C{head} as a surrogate (a reverse-mode cache, a CDN's role) keeps it:
+    the directives meant for this cache, from C{CDN-Cache-Control}
+    (RFC 9213, L{cdnDirectives}) when it is valid, else from
+    C{Surrogate-Control} (L{surrogateDirectives}), under
+    L{SURROGATE_FIELD}, where they take precedence over C{Cache-Control}
+    (L{responseCacheControl}).  C{Surrogate-Control} is removed (it is
+    for this cache, never passed on); C{CDN-Cache-Control} stays (a CDN
+    in front of txproxy follows it too).
     """
-    values = head.getAll(b"surrogate-control")
-    if not values:
+    surrogate = head.getAll(b"surrogate-control")
+    cdn = head.getAll(b"cdn-cache-control")
+    if not surrogate and not cdn:
         return head
     headers = [(n, v) for n, v in head.headers if n.lower() not in (b"surrogate-control", SURROGATE_FIELD)]
-    directives = surrogateDirectives(values)
+    directives = cdnDirectives(cdn)
+    if directives is None and surrogate:
+        directives = surrogateDirectives(surrogate)
     if directives is not None:
         headers.append((SURROGATE_FIELD, directives))
     return ResponseHead(head.version, head.status, head.reason, tuple(headers))
