@@ -48,6 +48,9 @@ The choices this module makes where the RFCs leave room:
     the stored C{ETag}: the 304 answered the cache's C{If-None-Match}
     for the stored tag.  This departs from the letter of section 4.3.4
     (which would leave the stored response alone); browsers do the same.
+  - In reverse mode (a surrogate, L{consumeSurrogate}) C{CDN-Cache-Control}
+    (RFC 9213), else C{Surrogate-Control}, replaces C{Cache-Control} for
+    this cache's decisions (L{responseCacheControl}), C{private} excepted.
 """
 
 from __future__ import annotations
