@@ -43,7 +43,9 @@ CACHE_ARGS: List[str] = ["--cache", "64M"]
 #: are all age-parse-* tests whose 0.4.5 expectations contradict RFC 9111
 #: section 5.1, which txproxy follows (use the first member of a list,
 #: ignore an invalid value) as the suite's later versions do; see
-#: docs/cache.rst, "Conformance".
+#: docs/cache.rst, "Conformance".  (The suite's GitHub tree, run by hand
+#: with TXPROXY_CACHE_TESTS=DIR, scores 155 passed and 0 failed; not
+#: asserted, CI cannot fetch it, and its totals differ.)
 MIN_REQUIRED_PASSES = 150
 
 #: Required tests of each group not passed now (failed, or not run because
@@ -55,8 +57,10 @@ MIN_REQUIRED_PASSES = 150
 #: 100-599 (502).  Target otherwise: 0 each.
 MAX_GROUP_FAILURES: Dict[str, int] = {"vary": 0, "invalidation": 0, "304-update": 1}
 
-#: Seconds the suite's client may take (it takes about 20 on this machine).
-CLIENT_TIMEOUT = 100.0
+#: Seconds the suite's client may take (0.4.5 takes about 20 on this
+#: machine; the suite's GitHub tree, through TXPROXY_CACHE_TESTS, about
+#: 105).
+CLIENT_TIMEOUT = 300.0
 
 
 class CacheTestsTests(SynchronousTestCase):
