@@ -363,6 +363,108 @@ class RevalidationTests(CacheTestCase):
         self.assertIsNone(field(again.value(), b"set-cookie"))
         self.assertEqual(len(self.connector.attempts), 2)
 
+    def test_304IntegrityFieldsKept(self) -> None:
+        """
+        A 304 does not replace the fields the stored body depends on
+        (Content-Encoding, Content-Range, Content-MD5, ETag) in what is
+        served then and later; other fields it carries are taken.
+        """
+        self.fill(b"/x", b"body", b"Cache-Control: max-age=10", b'ETag: "v1"', b"Content-Encoding: gzip",
+                  b"Content-MD5: one", b"Content-Range: bytes 0-3/4", b"X-Version: 1")
+        self.clock.advance(11)
+        _, client = self.request()
+        self.upstreamAnswers(b"HTTP/1.1 304 Not Modified\r\nConnection: close\r\nCache-Control: max-age=100\r\n"
+                             b"Content-Encoding: br\r\nContent-MD5: two\r\nContent-Range: bytes 0-9/10\r\n"
+                             b"X-Version: 2\r\n" + self.date() + b"\r\n\r\n")
+        self.clock.advance(1)
+        _, again = self.request()
+        for data in (client.value(), again.value()):
+            self.assertTrue(data.endswith(b"\r\n\r\nbody"), data)
+            self.assertEqual(field(data, b"content-encoding"), b"gzip")
+            self.assertEqual(field(data, b"content-md5"), b"one")
+            self.assertEqual(field(data, b"content-range"), b"bytes 0-3/4")
+            self.assertEqual(field(data, b"etag"), b'"v1"')
+            self.assertEqual(field(data, b"x-version"), b"2")
+        self.assertEqual(field(again.value(), b"cache-status"), b"txproxy; hit; ttl=99")
+        self.assertEqual(len(self.connector.attempts), 2)
+
+    def test_304OtherETag(self) -> None:
+        """
+        A 304 to the cache's own conditional request that carries another
+        ETag never reaches the client (whose request was not conditional):
+        the stored response is served and refreshed, keeping its ETag.
+        """
+        self.fill(b"/x", b"body", b"Cache-Control: max-age=2", b'ETag: "abcdef"')
+        self.clock.advance(3)
+        _, client = self.request()
+        sent = self.upstreamAnswers(b"HTTP/1.1 304 Not Modified\r\nConnection: close\r\nCache-Control: max-age=2\r\n"
+                                    b'ETag: "ghijkl"\r\n' + self.date() + b"\r\n\r\n")
+        self.assertIn(b'If-None-Match: "abcdef"\r\n', sent.value())
+        data = client.value()
+        self.assertTrue(data.startswith(b"HTTP/1.1 200 OK\r\n"), data)
+        self.assertTrue(data.endswith(b"\r\n\r\nbody"))
+        self.assertEqual(field(data, b"etag"), b'"abcdef"')
+        self.assertEqual(self.records[-1].status, 200)
+        _, again = self.request()
+        self.assertEqual(field(again.value(), b"etag"), b'"abcdef"')
+        self.assertEqual(field(again.value(), b"cache-status"), b"txproxy; hit; ttl=2")
+        self.assertEqual(len(self.connector.attempts), 2)
+
+    def test_304LastModifiedMismatch(self) -> None:
+        """
+        Likewise a 304 with another Last-Modified: the client gets the
+        stored 200, never a 304 it did not ask for.
+        """
+        lm = b"Last-Modified: " + formatdate(T0 - 1000, usegmt=True).encode()
+        self.fill(b"/x", b"body", b"Cache-Control: max-age=2", lm)
+        self.clock.advance(3)
+        _, client = self.request()
+        self.upstreamAnswers(b"HTTP/1.1 304 Not Modified\r\nConnection: close\r\nCache-Control: max-age=2\r\n"
+                             b"Last-Modified: " + formatdate(T0, usegmt=True).encode() + b"\r\n"
+                             + self.date() + b"\r\n\r\n")
+        data = client.value()
+        self.assertTrue(data.startswith(b"HTTP/1.1 200 OK\r\n"), data)
+        self.assertTrue(data.endswith(b"\r\n\r\nbody"))
+
+    def test_ageListFirstMember(self) -> None:
+        """
+        Two Age lines: the first counts (RFC 9111 section 5.1).  An old
+        first one makes the stored response stale: the next request goes
+        upstream (conditional, as it has an ETag) and is answered normally.
+        """
+        self.fill(b"/x", b"body", b"Cache-Control: max-age=3600", b'ETag: "e"', b"Age: 7200", b"Age: 0")
+        _, client = self.request()
+        self.assertEqual(len(self.connector.attempts), 2)
+        sent = self.upstreamAnswers(response(b"new", b"200 OK", self.date(), b"Cache-Control: max-age=3600",
+                                             b'ETag: "f"', b"Age: 5", b"Age: 7200"))
+        self.assertIn(b'If-None-Match: "e"\r\n', sent.value())
+        self.assertTrue(client.value().startswith(b"HTTP/1.1 200 OK\r\n"))
+        self.assertTrue(client.value().endswith(b"new"))
+        _, again = self.request()
+        self.assertTrue(again.value().endswith(b"new"))
+        self.assertEqual(field(again.value(), b"age"), b"5")
+        self.assertEqual(len(self.connector.attempts), 2)
+
+    def test_invalidAgeIgnored(self) -> None:
+        """
+        An invalid Age is ignored: the response is fresh for its lifetime
+        (and is served with the cache's own Age); a list with an old first
+        member is stale and forwarded again.
+        """
+        for age in (b"abc", b"-7200", b"7200.0", b"7200;a=b"):
+            path = b"/" + age.replace(b";", b"_")
+            self.fill(path, b"body", b"Cache-Control: max-age=3600", b"Age: " + age)
+            before = len(self.connector.attempts)
+            _, client = self.request(path)
+            self.assertEqual(len(self.connector.attempts), before, age)
+            self.assertEqual(field(client.value(), b"age"), b"0", age)
+        self.fill(b"/list", b"body", b"Cache-Control: max-age=3600", b"Age: 7200, 0")
+        before = len(self.connector.attempts)
+        _, client = self.request(b"/list")
+        self.assertEqual(len(self.connector.attempts), before + 1)
+        self.upstreamAnswers(response(b"again", b"200 OK", self.date(), b"Cache-Control: max-age=3600"))
+        self.assertTrue(client.value().endswith(b"again"))
+
     def test_200Replaces(self) -> None:
         """
         A revalidation answered 200 replaces the stored response.
@@ -656,6 +758,43 @@ class SafetyTests(CacheTestCase):
         self.assertNotIn(b"session=secret", client.value())
         self.assertEqual(len(self.connector.attempts), 1)
 
+    def test_connectionListedNotServed(self) -> None:
+        """
+        The fields an upstream response's Connection lists are not stored
+        (nor sent to the first client); the others are served from the
+        cache.
+        """
+        first = self.fill(b"/x", b"body", b"Cache-Control: max-age=60", b"Connection: a, b", b"a: 1", b"b: 2",
+                          b"c: 3")
+        self.assertIsNone(field(first, b"a"))
+        _, client = self.request()
+        data = client.value()
+        self.assertEqual(field(data, b"cache-status"), b"txproxy; hit; ttl=60")
+        self.assertIsNone(field(data, b"a"))
+        self.assertIsNone(field(data, b"b"))
+        self.assertEqual(field(data, b"c"), b"3")
+
+    def test_mustUnderstandUnknownStatus(self) -> None:
+        """
+        must-understand with a status the cache does not understand: not
+        stored, passed on.
+        """
+        _, client = self.request()
+        self.upstreamAnswers(response(b"odd", b"599 Odd", self.date(), b"Cache-Control: max-age=3600, must-understand"))
+        self.assertTrue(client.value().startswith(b"HTTP/1.1 599 Odd\r\n"))
+        self.assertIn(b'detail="must-understand"', field(client.value(), b"cache-status") or b"")
+        self.request()
+        self.assertEqual(len(self.connector.attempts), 2)
+
+    def test_mustUnderstandNoStore(self) -> None:
+        """
+        must-understand with an understood status overrides no-store.
+        """
+        self.fill(b"/x", b"body", b"Cache-Control: max-age=60, must-understand, no-store")
+        _, client = self.request()
+        self.assertEqual(field(client.value(), b"cache-status"), b"txproxy; hit; ttl=60")
+        self.assertEqual(len(self.connector.attempts), 1)
+
     def test_authorization(self) -> None:
         """
         A response to a request with Authorization is not served to others
@@ -717,6 +856,169 @@ class SafetyTests(CacheTestCase):
         self.assertEqual(len(self.connector.attempts), 2)
 
 
+class SurrogateTests(CacheTestCase):
+    """
+    A reverse-mode cache (C{surrogate}) follows Surrogate-Control and
+    removes it from what it passes on.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.cache.surrogate = True
+
+    def test_noStoreWins(self) -> None:
+        """
+        Surrogate-Control: no-store is not stored, whatever Cache-Control
+        and Expires say; the field is not passed on.
+        """
+        first = self.fill(b"/x", b"body", b"Surrogate-Control: no-store", b"Cache-Control: max-age=3600",
+                          b"Expires: " + formatdate(T0 + 3600, usegmt=True).encode())
+        self.assertIsNone(field(first, b"surrogate-control"))
+        self.assertEqual(field(first, b"cache-control"), b"max-age=3600")
+        self.assertIn(b'detail="no-store"', field(first, b"cache-status") or b"")
+        self.request()
+        self.assertEqual(len(self.connector.attempts), 2)
+
+    def test_maxAgeOverridesNoStore(self) -> None:
+        """
+        Surrogate-Control: max-age is the freshness this cache uses, even
+        with Cache-Control: no-store, which hits still carry to the client
+        (it is for the caches after this one); stale after that max-age.
+        """
+        first = self.fill(b"/x", b"body", b"Surrogate-Control: max-age=100", b"Cache-Control: no-store")
+        self.assertIsNone(field(first, b"surrogate-control"))
+        self.clock.advance(10)
+        _, client = self.request()
+        data = client.value()
+        self.assertEqual(field(data, b"cache-status"), b"txproxy; hit; ttl=90")
+        self.assertEqual(field(data, b"cache-control"), b"no-store")
+        self.assertIsNone(field(data, b"surrogate-control"))
+        self.assertNotIn(b":surrogate-control", data.lower())
+        self.assertEqual(len(self.connector.attempts), 1)
+        self.clock.advance(91)
+        self.request()
+        self.assertEqual(len(self.connector.attempts), 2)
+
+    def test_privateStillWins(self) -> None:
+        """
+        Cache-Control: private keeps a response out of the cache even with
+        Surrogate-Control: max-age.
+        """
+        self.fill(b"/x", b"mine", b"Surrogate-Control: max-age=100", b"Cache-Control: private")
+        self.request()
+        self.assertEqual(len(self.connector.attempts), 2)
+
+    def test_targetedIgnored(self) -> None:
+        """
+        A directive targeted at a named surrogate is not for this cache:
+        Cache-Control decides (here: not stored); the field is removed all
+        the same.
+        """
+        first = self.fill(b"/x", b"body", b"Surrogate-Control: max-age=100;edge", b"Cache-Control: no-store")
+        self.assertIsNone(field(first, b"surrogate-control"))
+        self.request()
+        self.assertEqual(len(self.connector.attempts), 2)
+
+    def test_capabilityAnnounced(self) -> None:
+        """
+        Requests going upstream announce Surrogate-Capability (misses and
+        revalidations alike); a directive targeted at this cache is
+        followed, one targeted at another device is not.
+        """
+        _, client = self.request()
+        sent = self.upstreamAnswers(response(b"body", b"200 OK", self.date(), b'ETag: "v"', b"Cache-Control: no-store",
+                                             b"Surrogate-Control: max-age=10;txproxy, max-age=1000;other"))
+        self.assertIn(b'\r\nSurrogate-Capability: txproxy="Surrogate/1.0"\r\n', sent.value())
+        self.assertIsNone(field(client.value(), b"surrogate-control"))
+        self.clock.advance(5)
+        _, hit = self.request()
+        self.assertEqual(field(hit.value(), b"cache-status"), b"txproxy; hit; ttl=5")
+        self.clock.advance(10)
+        self.request()
+        self.assertEqual(len(self.connector.attempts), 2)
+        attempt = self.connector.last
+        if attempt.transport is None:
+            attempt.succeed()
+        revalidation = attempt.transport.value()
+        self.assertIn(b'If-None-Match: "v"\r\n', revalidation)
+        self.assertIn(b'Surrogate-Capability: txproxy="Surrogate/1.0"\r\n', revalidation)
+
+    def test_cdnCacheControl(self) -> None:
+        """
+        CDN-Cache-Control (RFC 9213) decides ahead of Cache-Control, and
+        goes on to the client (unlike Surrogate-Control).
+        """
+        first = self.fill(b"/x", b"body", b"CDN-Cache-Control: max-age=100", b"Cache-Control: no-store")
+        self.assertEqual(field(first, b"cdn-cache-control"), b"max-age=100")
+        self.clock.advance(10)
+        _, client = self.request()
+        self.assertEqual(field(client.value(), b"cache-status"), b"txproxy; hit; ttl=90")
+        self.assertEqual(field(client.value(), b"cdn-cache-control"), b"max-age=100")
+        self.assertEqual(field(client.value(), b"cache-control"), b"no-store")
+        self.fill(b"/y", b"body", b"CDN-Cache-Control: no-store", b"Cache-Control: max-age=100")
+        self.request(b"/y")
+        self.assertEqual(len(self.connector.attempts), 3)
+
+    def test_graceIsStaleIfError(self) -> None:
+        """
+        max-age=N+M: fresh for N, then served for M more when the origin
+        fails.
+        """
+        self.fill(b"/x", b"body", b"Surrogate-Control: max-age=10+100")
+        self.clock.advance(20)
+        _, client = self.request()
+        self.upstreamAnswers(response(b"down", b"503 Service Unavailable", self.date()))
+        self.assertTrue(client.value().endswith(b"\r\n\r\nbody"), client.value())
+
+    def test_304Updates(self) -> None:
+        """
+        A 304's Surrogate-Control refreshes the stored one (and never
+        reaches the client).
+        """
+        self.fill(b"/x", b"body", b"Surrogate-Control: max-age=10", b'ETag: "v"', b"Cache-Control: no-store")
+        self.clock.advance(11)
+        _, client = self.request()
+        self.upstreamAnswers(b"HTTP/1.1 304 Not Modified\r\nConnection: close\r\nSurrogate-Control: max-age=500\r\n"
+                             + self.date() + b"\r\n\r\n")
+        self.assertTrue(client.value().endswith(b"body"))
+        self.assertIsNone(field(client.value(), b"surrogate-control"))
+        self.clock.advance(100)
+        _, again = self.request()
+        self.assertEqual(field(again.value(), b"cache-status"), b"txproxy; hit; ttl=400")
+
+    def test_routeWithoutCachePassesItOn(self) -> None:
+        """
+        On a route with cache = false the cache does nothing: the field
+        goes on.
+        """
+        route = config.RouteConfig(host="a.test", upstreams=(config.UpstreamURL("http", "192.0.2.1", 80),),
+                                   cache=False)
+        listener = config.ListenerConfig(listen=("tcp:0",), mode="reverse", name="web", routes=(route,))
+        self.factory = self.makeFactory(listener=listener)
+        self.cache.surrogate = True
+        _, client = self.request()
+        sent = self.upstreamAnswers(response(b"body", b"200 OK", self.date(), b"Surrogate-Control: max-age=100"))
+        self.assertNotIn(b"surrogate-capability", sent.value().lower())
+        self.assertEqual(field(client.value(), b"surrogate-control"), b"max-age=100")
+
+    def test_forwardModeIgnoresIt(self) -> None:
+        """
+        Not a surrogate (forward mode): Surrogate-Control is neither
+        followed nor removed.
+        """
+        self.cache.surrogate = False
+        _, first_ = self.request()
+        sent = self.upstreamAnswers(response(b"body", b"200 OK", self.date(), b"Surrogate-Control: no-store",
+                                             b"Cache-Control: max-age=60"))
+        self.assertNotIn(b"surrogate-capability", sent.value().lower())
+        first = first_.value()
+        self.assertNotIn(b"surrogate-capability", sent.value().lower())
+        self.assertEqual(field(first, b"surrogate-control"), b"no-store")
+        _, client = self.request()
+        self.assertEqual(field(client.value(), b"surrogate-control"), b"no-store")
+        self.assertEqual(len(self.connector.attempts), 1)
+
+
 class ForwardModeTests(SynchronousTestCase):
     def test_forwardHit(self) -> None:
         """
@@ -759,6 +1061,20 @@ class CacheServiceTests(SynchronousTestCase):
         self.assertGreater(len(cache.store), 0)
         self.assertIsNone(service.cacheFor(self.listener()))
         self.assertEqual(service.caches, {})
+
+    def test_surrogateInReverseModeOnly(self) -> None:
+        """
+        A reverse listener's cache is a surrogate, a forward one's is not
+        (also when a reload keeps the cache).
+        """
+        service = CacheService(Clock())
+        cache = service.cacheFor(self.listener(cache="1M"))
+        assert cache is not None
+        self.assertTrue(cache.surrogate)
+        forward = config.fromFlags(["tcp:0"], [("mode", "forward"), ("name", "web"), ("cache", "1M")]).listeners[0]
+        again = service.cacheFor(forward)
+        self.assertIs(again, cache)
+        self.assertFalse(cache.surrogate)
 
     def test_purge(self) -> None:
         """

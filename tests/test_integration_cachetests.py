@@ -36,19 +36,31 @@ _spec.loader.exec_module(cachetests)
 #: The cache options of the proxy under test (CLI.md, "Caching").
 CACHE_ARGS: List[str] = ["--cache", "64M"]
 
-#: Required tests txproxy passes now, through the options above.  Without a
-#: cache: 49 of 165 (the origin alone also passes 49: tests that hold
-#: whether or not anything is stored).
-MIN_REQUIRED_PASSES = 49
+#: Required tests txproxy passes now, through the options above: 150 of
+#: 165 on http-cache-tests 0.4.5 (136 before the conformance fixes of
+#: issue #15; without a cache 49, as many as the origin alone: tests that
+#: hold whether or not anything is stored).  The 9 required failures left
+#: are all age-parse-* tests whose 0.4.5 expectations contradict RFC 9111
+#: section 5.1, which txproxy follows (use the first member of a list,
+#: ignore an invalid value) as the suite's later versions do; see
+#: docs/cache.rst, "Conformance".  (The suite's GitHub tree, run by hand
+#: with TXPROXY_CACHE_TESTS=DIR, scores 155 passed and 0 failed; not
+#: asserted, CI cannot fetch it, and its totals differ.)
+MIN_REQUIRED_PASSES = 150
 
 #: Required tests of each group not passed now (failed, or not run because
-#: a test they depend on did not pass).  Without a cache every 304-update
-#: test is a setup failure (the origin answers a request that should have
-#: been conditional with "999 304 Not Generated").  Target: 0 each.
-MAX_GROUP_FAILURES: Dict[str, int] = {"vary": 0, "invalidation": 0, "304-update": 21}
+#: a test they depend on did not pass).  The one 304-update test left,
+#: 304-etag-update-response-Set-Cookie, is a setup failure by design: a
+#: response with Set-Cookie is not stored without public/s-maxage, so the
+#: second request is not conditional, the suite's origin answers it
+#: "999 304 Not Generated", and the HTTP core refuses a status outside
+#: 100-599 (502).  Target otherwise: 0 each.
+MAX_GROUP_FAILURES: Dict[str, int] = {"vary": 0, "invalidation": 0, "304-update": 1}
 
-#: Seconds the suite's client may take (it takes about 20 on this machine).
-CLIENT_TIMEOUT = 100.0
+#: Seconds the suite's client may take (0.4.5 takes about 20 on this
+#: machine; the suite's GitHub tree, through TXPROXY_CACHE_TESTS, about
+#: 105).
+CLIENT_TIMEOUT = 300.0
 
 
 class CacheTestsTests(SynchronousTestCase):

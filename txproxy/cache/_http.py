@@ -102,16 +102,20 @@ class HTTPCache:
 
     @ivar store: the L{MemoryStore}.
     @ivar tier: the shared tier (C{RedisTier}), or L{None}.
+    @ivar surrogate: whether it is a surrogate (a reverse-mode listener's):
+        it then follows C{Surrogate-Control} and removes it from every
+        response (L{txproxy.cache._policy.consumeSurrogate}).
     @ivar results: requests by result (L{RESULTS}).
     """
 
     def __init__(self, maxBytes: int, maxObject: int = DEFAULT_MAX_OBJECT, clock: Any = None,
-                 tier: Any = None) -> None:
+                 tier: Any = None, surrogate: bool = False) -> None:
         if clock is None:
             from twisted.internet import reactor as clock
         self.store = MemoryStore(maxBytes, maxObject)
         self.clock = clock
         self.tier = tier
+        self.surrogate = surrogate
         self.results: Dict[str, int] = {r: 0 for r in RESULTS}
         self.tierHits = 0
         self.tierErrors = 0
@@ -182,6 +186,8 @@ class HTTPCache:
         route = getattr(proto, "_route", None)  # the reverse proxy's route
         if route is not None and not route.config.cache:
             return cr.bypass("route")
+        if self.surrogate:
+            cr.head = head = P.withCapability(head)
         if method != _GET and method != _HEAD:
             if P.isUnsafe(method):
                 cr.unsafe = True
@@ -300,7 +306,7 @@ class HTTPCache:
         if tier is None or not getattr(tier, "available", False):
             return
         head = entry.stored.head
-        cc = P.cacheControl(head.getAll(b"cache-control"))
+        cc = P.responseCacheControl(head)
         remaining = P.freshnessLifetime(head) - P.ageOf(entry.stored, now)
         extra = max(P.seconds(cc.get(b"stale-while-revalidate")) or 0, P.seconds(cc.get(b"stale-if-error")) or 0)
         ttl = remaining + extra

@@ -30,11 +30,32 @@ The choices this module makes where the RFCs leave room:
     is treated as unqualified (never stored).
   - An invalid or duplicated freshness directive makes the response stale
     (section 4.2.1 allows either this or the first value).
+  - C{Age} (section 5.1): of a list (on one line or several) the first
+    member counts, the rest is discarded; a first member that is not a
+    non-negative integer (a sign, a fraction, letters, a parameter) makes
+    the field ignored, as section 5.1 says (the apparent age from C{Date}
+    still counts).  A huge value is capped at 2**31 seconds: stale.
+  - C{must-understand} (section 5.2.2.3): a response with it is stored
+    only when its status is in L{UNDERSTOOD_STATUSES}, and then even with
+    C{no-store}.
+  - A C{304} refreshes the stored response the cache asked about (its own
+    conditional request names exactly that response's validators), but
+    never replaces the fields the stored body's integrity depends on
+    (L{NOT_UPDATED}: C{ETag}, C{Content-Length}, C{Content-Encoding},
+    C{Content-Range}, C{Content-MD5} and the digest fields; section 3.2
+    permits this).  A C{304} whose C{ETag} differs from the stored one
+    (a validator the cache did not ask about) still refreshes it, keeping
+    the stored C{ETag}: the 304 answered the cache's C{If-None-Match}
+    for the stored tag.  This departs from the letter of section 4.3.4
+    (which would leave the stored response alone); browsers do the same.
+  - In reverse mode (a surrogate, L{consumeSurrogate}) C{CDN-Cache-Control}
+    (RFC 9213), else C{Surrogate-Control}, replaces C{Cache-Control} for
+    this cache's decisions (L{responseCacheControl}), C{private} excepted.
 """
 
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 from urllib.parse import urljoin, urlsplit
 
 import attr
@@ -42,34 +63,47 @@ import attr
 from txproxy.cache._fields import (
     CACHE_NAME,
     DEFAULT_PORTS,
+    SURROGATE_CAPABILITY,
+    SURROGATE_FIELD,
+    SURROGATE_TOKEN,
     cacheControl,
     cacheStatus,
+    cdnDirectives,
     parseHTTPDate,
     parseRange,
     requestCacheControl,
     seconds,
+    surrogateDirectives,
     urlKey,
     varyKey,
     varyNames,
 )
-from txproxy.http import RequestHead, ResponseHead
+from txproxy.http import RequestHead, ResponseHead, connectionTokens
 
 __all__ = [
     "CACHE_NAME",
     "FORWARD",
     "FRESH",
     "HEURISTIC_STATUSES",
+    "NOT_UPDATED",
+    "UNDERSTOOD_STATUSES",
     "REVALIDATE",
+    "SURROGATE_CAPABILITY",
+    "SURROGATE_FIELD",
+    "SURROGATE_TOKEN",
     "STALE",
     "STALE_REVALIDATE",
     "UNSATISFIABLE",
     "Lookup",
     "StoredResponse",
     "ageOf",
+    "ageValue",
     "seconds",
     "cacheControl",
     "cacheStatus",
+    "cdnDirectives",
     "conditionalHeaders",
+    "consumeSurrogate",
     "evaluateConditional",
     "freshnessLifetime",
     "initialAge",
@@ -79,12 +113,15 @@ __all__ = [
     "isStorable",
     "lookup",
     "parseHTTPDate",
+    "responseCacheControl",
     "servedHeaders",
     "staleIfError",
     "storedHeaders",
+    "surrogateDirectives",
+    "withCapability",
+    "withoutSurrogate",
     "updateHeaders",
     "urlKey",
-    "validatorsMatch",
     "varyKey",
     "varyNames",
 ]
@@ -116,12 +153,97 @@ _NOT_STORED = frozenset(
     }
 )
 
-#: Fields a 304 never replaces in the stored response (section 3.2).
-_NOT_UPDATED = frozenset({b"content-length"}) | _NOT_STORED
+#: Fields a 304 never replaces in the stored response: those the stored
+#: body's integrity depends on (section 3.2 lets a cache keep them), and
+#: the fields never stored.
+NOT_UPDATED = (
+    frozenset(
+        {
+            b"etag",
+            b"content-length",
+            b"content-encoding",
+            b"content-range",
+            b"content-md5",
+            b"digest",
+            b"content-digest",
+            b"repr-digest",
+        }
+    )
+    | _NOT_STORED
+)
+
+#: The statuses whose caching requirements this cache implements: those
+#: RFC 9110 defines (a C{must-understand} response with another is not
+#: stored, section 5.2.2.3).
+UNDERSTOOD_STATUSES = frozenset(
+    {200, 201, 202, 203, 204, 205, 206, 300, 301, 302, 303, 304, 305, 307, 308}
+    | set(range(400, 418))
+    | {421, 422, 426}
+    | set(range(500, 506))
+)
 
 _SAFE_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE"})
 
 # -- storing
+
+
+def responseCacheControl(head: ResponseHead) -> Dict[bytes, Optional[bytes]]:
+    """
+    The directives this cache follows for a response: its
+    C{Cache-Control}, unless it carries L{SURROGATE_FIELD} (a reverse-mode
+    cache took C{Surrogate-Control}, L{consumeSurrogate}): then those
+    directives, plus C{private} when C{Cache-Control} has it (a response
+    for one user is never shared, whatever the surrogate is told).
+    """
+    cc = cacheControl(head.getAll(b"cache-control"))
+    surrogate = head.getAll(SURROGATE_FIELD)
+    if not surrogate:
+        return cc
+    directives = cacheControl(surrogate)
+    if b"private" in cc:
+        directives[b"private"] = None
+    return directives
+
+
+def consumeSurrogate(head: ResponseHead) -> ResponseHead:
+    """
+    C{head} as a surrogate (a reverse-mode cache, a CDN's role) keeps it:
+    the directives meant for this cache, from C{CDN-Cache-Control}
+    (RFC 9213, L{cdnDirectives}) when it is valid, else from
+    C{Surrogate-Control} (L{surrogateDirectives}), under
+    L{SURROGATE_FIELD}, where they take precedence over C{Cache-Control}
+    (L{responseCacheControl}).  C{Surrogate-Control} is removed (it is
+    for this cache, never passed on); C{CDN-Cache-Control} stays (a CDN
+    in front of txproxy follows it too).
+    """
+    surrogate = head.getAll(b"surrogate-control")
+    cdn = head.getAll(b"cdn-cache-control")
+    if not surrogate and not cdn:
+        return head
+    headers = [(n, v) for n, v in head.headers if n.lower() not in (b"surrogate-control", SURROGATE_FIELD)]
+    directives = cdnDirectives(cdn)
+    if directives is None and surrogate:
+        directives = surrogateDirectives(surrogate)
+    if directives is not None:
+        headers.append((SURROGATE_FIELD, directives))
+    return ResponseHead(head.version, head.status, head.reason, tuple(headers))
+
+
+def withCapability(head: RequestHead) -> RequestHead:
+    """
+    C{head} announcing this cache's L{SURROGATE_CAPABILITY} upstream: a
+    C{Surrogate-Capability} line of its own after any the client sent (a
+    surrogate in front of this one).
+    """
+    return RequestHead(head.method, head.target, head.version,
+                       head.headers + ((b"Surrogate-Capability", SURROGATE_CAPABILITY),))
+
+
+def withoutSurrogate(headers: Tuple[Tuple[bytes, bytes], ...]) -> Tuple[Tuple[bytes, bytes], ...]:
+    """
+    C{headers} without L{SURROGATE_FIELD}, to go to a client.
+    """
+    return tuple((n, v) for n, v in headers if n != SURROGATE_FIELD)
 
 
 def isStorable(request: RequestHead, response: ResponseHead) -> Tuple[bool, str]:
@@ -140,8 +262,13 @@ def isStorable(request: RequestHead, response: ResponseHead) -> Tuple[bool, str]
     reqCC = requestCacheControl(request)
     if b"no-store" in reqCC:
         return False, "request no-store"
-    cc = cacheControl(response.getAll(b"cache-control"))
-    if b"no-store" in cc:
+    cc = responseCacheControl(response)
+    if b"must-understand" in cc:
+        # Section 5.2.2.3: only a cache that understands the status stores
+        # it, and such a cache ignores no-store.
+        if status not in UNDERSTOOD_STATUSES:
+            return False, "must-understand"
+    elif b"no-store" in cc:
         return False, "no-store"
     if b"private" in cc:
         return False, "private"
@@ -166,10 +293,19 @@ def isStorable(request: RequestHead, response: ResponseHead) -> Tuple[bool, str]
 
 def storedHeaders(response: ResponseHead) -> Tuple[Tuple[bytes, bytes], ...]:
     """
-    The fields kept with a stored response: the end-to-end fields, without
-    C{Set-Cookie}, C{Age}, C{Via} and C{Cache-Status} (added when served).
+    The fields kept with a stored response: the end-to-end fields (not
+    the hop-by-hop ones nor those C{Connection} lists, RFC 9110 section
+    7.6.1), without C{Set-Cookie}, C{Age}, C{Via} and C{Cache-Status}
+    (added when served).
     """
-    return tuple((n, v) for n, v in response.headers if n.lower() not in _NOT_STORED)
+    return _withoutFields(response, _NOT_STORED)
+
+
+def _withoutFields(head: ResponseHead, names: frozenset) -> Tuple[Tuple[bytes, bytes], ...]:
+    tokens = connectionTokens(head.headers)
+    if tokens:
+        names = names | tokens
+    return tuple((n, v) for n, v in head.headers if n.lower() not in names)
 
 
 @attr.s(frozen=True, slots=True, auto_attribs=True)
@@ -195,11 +331,26 @@ def initialAge(head: ResponseHead, requestTime: float, responseTime: float) -> f
     """
     The corrected initial age of a response (RFC 9111 section 4.2.3).
     """
-    ageValue = seconds(head.get(b"age")) or 0
+    age = ageValue(head)
     date = parseHTTPDate(head.get(b"date"))
     apparentAge = max(0.0, responseTime - date) if date is not None else 0.0
     responseDelay = max(0.0, responseTime - requestTime)
-    return max(apparentAge, ageValue + responseDelay)
+    return max(apparentAge, age + responseDelay)
+
+
+def ageValue(head: ResponseHead) -> float:
+    """
+    The C{Age} of a response (section 5.1): the first member of its first
+    field line when that is a non-negative integer (capped at 2**31),
+    else 0 (no C{Age}, or an invalid one: ignored).
+    """
+    value = head.get(b"age")
+    if value is None:
+        return 0.0
+    first = value.split(b",", 1)[0].strip()
+    if not first.isdigit():
+        return 0.0
+    return float(min(int(first), 2**31))
 
 
 def ageOf(stored: StoredResponse, now: float) -> float:
@@ -217,7 +368,7 @@ def freshnessLifetime(head: ResponseHead) -> float:
     at most L{MAX_HEURISTIC}) for a heuristically cacheable status or
     C{public}; else 0.
     """
-    cc = cacheControl(head.getAll(b"cache-control"))
+    cc = responseCacheControl(head)
     if b"s-maxage" in cc:
         return float(seconds(cc[b"s-maxage"]) or 0)
     if b"max-age" in cc:
@@ -293,7 +444,7 @@ def lookup(request: RequestHead, stored: Optional[StoredResponse], now: float) -
     age = ageOf(stored, now)
     lifetime = freshnessLifetime(head)
     ttl = lifetime - age
-    cc = cacheControl(head.getAll(b"cache-control"))
+    cc = responseCacheControl(head)
     revalidate = REVALIDATE if _hasValidators(head) else FORWARD
     if b"no-cache" in reqCC or b"no-cache" in cc:
         # Always revalidate (a no-cache request may not be answered from
@@ -341,7 +492,7 @@ def staleIfError(request: RequestHead, stored: StoredResponse, now: float) -> bo
     upstream failed or answered 500, 502, 503 or 504 (RFC 5861 section 4;
     the response's or the request's C{stale-if-error}).
     """
-    cc = cacheControl(stored.head.getAll(b"cache-control"))
+    cc = responseCacheControl(stored.head)
     if b"must-revalidate" in cc or b"proxy-revalidate" in cc or b"s-maxage" in cc or b"no-cache" in cc:
         return False
     staleness = ageOf(stored, now) - freshnessLifetime(stored.head)
@@ -404,30 +555,14 @@ def evaluateConditional(request: RequestHead, stored: ResponseHead) -> bool:
 def updateHeaders(stored: ResponseHead, notModified: ResponseHead) -> ResponseHead:
     """
     The stored head refreshed by a C{304} (section 4.3.4): each field the
-    304 carries replaces the stored ones of that name, except
-    C{Content-Length} and the fields never stored (section 3.2; the
-    representation metadata is updated too: the stored body is kept as
-    received, so nothing depends on it).
+    304 carries replaces the stored ones of that name, except those in
+    L{NOT_UPDATED} (the fields the stored body's integrity depends on, and
+    those never stored; section 3.2), and those its C{Connection} lists.
     """
-    fresh = [(n, v) for n, v in notModified.headers if n.lower() not in _NOT_UPDATED]
+    fresh = list(_withoutFields(notModified, NOT_UPDATED))
     replaced = {n.lower() for n, _ in fresh}
     kept = [(n, v) for n, v in stored.headers if n.lower() not in replaced]
     return ResponseHead(stored.version, stored.status, stored.reason, tuple(kept + fresh))
-
-
-def validatorsMatch(stored: ResponseHead, notModified: ResponseHead) -> bool:
-    """
-    Whether a C{304} is about C{stored} (section 4.3.4): its strong ETag,
-    else its Last-Modified, must match when it carries one.
-    """
-    etag = notModified.get(b"etag")
-    if etag is not None:
-        mine = stored.get(b"etag")
-        return mine is not None and _weakMatch(mine, etag)
-    lastModified = notModified.get(b"last-modified")
-    if lastModified is not None:
-        return stored.get(b"last-modified") == lastModified
-    return True
 
 
 def servedHeaders(stored: ResponseHead, age: float, status: bytes) -> List[Tuple[bytes, bytes]]:
@@ -435,7 +570,7 @@ def servedHeaders(stored: ResponseHead, age: float, status: bytes) -> List[Tuple
     The fields of a response served from the cache: the stored ones plus
     C{Age} (section 5.1) and C{Cache-Status}.
     """
-    headers = list(stored.headers)
+    headers = [(n, v) for n, v in stored.headers if n != SURROGATE_FIELD]
     headers.append((b"Age", b"%d" % min(int(age), 2**31)))
     headers.append((b"Cache-Status", status))
     return headers

@@ -68,10 +68,14 @@ class CacheRequest:
         self.urlKey = urlKey
         self.status = P.cacheStatus(False, "bypass")
         self.requestTime = cache.clock.seconds()
+        self.surrogate = cache.surrogate
 
     # -- deciding
 
     def bypass(self, why: str) -> RequestHead:
+        if why == "route":
+            # No cache on this route: nothing is consumed either.
+            self.surrogate = False
         self._count("bypass")
         self.status = P.cacheStatus(False, "bypass", detail=why)
         self.done = not self.unsafe
@@ -253,6 +257,9 @@ class CacheRequest:
         cache = self.cache
         now = cache.clock.seconds()
         client = self.request.head
+        if self.surrogate:
+            # Surrogate-Control is for this cache: taken, not passed on.
+            resp = P.consumeSurrogate(resp)
         if self.unsafe:
             for key in P.invalidationTargets(self.urlKey, client.method, resp):
                 cache.purge(key)
@@ -262,7 +269,12 @@ class CacheRequest:
             self._staleIfError(entry, resp.status, now)
             return None
         if self.revalidating and entry is not None:
-            if resp.status == 304 and P.validatorsMatch(entry.stored.head, resp):
+            if resp.status == 304:
+                # The answer to the cache's own condition, which named the
+                # stored response's validators: it is still good (even if
+                # the 304 carries another ETag, which is not taken: see
+                # the policy's NOT_UPDATED).  A 304 never reaches a client
+                # whose own request was not conditional.
                 head = P.updateHeaders(entry.stored.head, resp)
                 stored = P.StoredResponse(head, self.requestTime, now, P.initialAge(resp, self.requestTime, now),
                                           len(entry.body))
@@ -315,7 +327,8 @@ class CacheRequest:
         if self.background:
             return None
         self.status += b"; fwd-status=%d" % resp.status
-        return ResponseHead(resp.version, resp.status, resp.reason, resp.headers + ((b"Cache-Status", self.status),))
+        passed = P.withoutSurrogate(resp.headers) if self.surrogate else resp.headers
+        return ResponseHead(resp.version, resp.status, resp.reason, passed + ((b"Cache-Status", self.status),))
 
     def _sieAllowed(self, resp: ResponseHead, now: float) -> bool:
         """

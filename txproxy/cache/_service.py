@@ -70,8 +70,10 @@ class CacheService(Service):
             self.forget(name)
             return None
         self._modes[name] = listener.mode
+        surrogate = listener.mode == "reverse"
         if cache is not None and self._tierURLs.get(name) == listener.cacheRedis:
             cache.resize(listener.cache, listener.cacheMaxObject)
+            cache.surrogate = surrogate
             return cache
         tier = None
         if listener.cacheRedis is not None:
@@ -84,8 +86,9 @@ class CacheService(Service):
             self._stopTier(cache)
             cache.tier = tier
             cache.resize(listener.cache, listener.cacheMaxObject)
+            cache.surrogate = surrogate
         else:
-            cache = HTTPCache(listener.cache, listener.cacheMaxObject, self.reactor, tier)
+            cache = HTTPCache(listener.cache, listener.cacheMaxObject, self.reactor, tier, surrogate)
             self.caches[name] = cache
         self._tierURLs[name] = listener.cacheRedis
         if self.running and tier is not None:
