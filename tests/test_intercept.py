@@ -385,6 +385,37 @@ class InterceptedRequestTests(InterceptTestCase):
         self.assertEqual(got.count(b"HTTP/1.1 200 OK"), 1)
         self.assertEqual([r.target for r in self.log.records], ["https://example.test:443/1", "https://example.test:443/2"])
 
+    def test_cachedUnderHTTPSKeys(self) -> None:
+        """
+        On a caching listener the requests inside are cached like any
+        other, under C{https://} keys: a second request is a hit answered
+        inside the decrypted connection without reaching the origin, and a
+        purge of the C{https://} URL removes it.
+        """
+        from txproxy.cache import HTTPCache
+
+        factory = self.factory()
+        factory.cache = cache = HTTPCache(1 << 20, clock=self.clock)
+        proto, transport, tls = self.open(factory)
+        request = b"GET /c HTTP/1.1\r\nHost: example.test\r\n\r\n"
+        self.exchange(proto, transport, tls, request)
+        server, upstream = self.originServe(
+            self.connector.last, b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nContent-Length: 2\r\n\r\nok")
+        first = self.exchange(proto, transport, tls, b"")
+        self.assertIn(b"\r\nCache-Status: txproxy; fwd=uri-miss; stored", first)
+        seen = server.received
+        self.clock.advance(5)
+        second = self.exchange(proto, transport, tls, request)
+        self.assertTrue(second.startswith(b"HTTP/1.1 200 OK\r\n"), second)
+        self.assertIn(b"\r\nCache-Status: txproxy; hit", second)
+        self.assertIn(b"\r\nAge: 5\r\n", second)
+        self.assertTrue(second.endswith(b"\r\n\r\nok"), second)
+        self.assertEqual(server.received, seen)
+        self.assertEqual(len(self.connector.attempts), 1)
+        self.assertEqual(self.successResultOf(cache.purge(b"http://example.test/c")), 0)
+        self.assertEqual(self.successResultOf(cache.purge(b"https://example.test/c")), 1)
+        self.assertEqual([r.target for r in self.log.records], ["https://example.test:443/c"] * 2)
+
     def test_untrustedOriginIs502(self) -> None:
         """
         An origin whose certificate does not verify gets the client a 502
