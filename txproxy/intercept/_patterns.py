@@ -6,8 +6,9 @@ patterns.
 
 from __future__ import annotations
 
-import ipaddress
 from typing import FrozenSet, Iterable, Optional, Tuple
+
+from txproxy.tls._ca import hostForm
 
 __all__ = ["HostPatterns", "InterceptPolicy", "canonicalHost"]
 
@@ -17,16 +18,7 @@ def canonicalHost(host: str) -> str:
     C{host} as patterns are matched against it: lower case, no trailing
     dot, an IP address in its compressed form without brackets.
     """
-    name = host.strip().lower()
-    if name.startswith("[") and name.endswith("]"):
-        name = name[1:-1]
-    try:
-        return str(ipaddress.ip_address(name))
-    except ValueError:
-        pass
-    if name.endswith("."):
-        name = name[:-1]
-    return name
+    return hostForm(host)[0]
 
 
 class HostPatterns:

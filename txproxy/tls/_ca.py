@@ -76,6 +76,26 @@ def leafKey() -> ec.EllipticCurvePrivateKey:
     return _leafKey
 
 
+def hostForm(host: str) -> Tuple[str, bool]:
+    """
+    The canonical form of a host name or address, as patterns match it and
+    certificates name it: lower case, brackets and one trailing dot
+    dropped, an IP address in its compressed form.
+
+    @return: C{(name, isAddress)}.
+    """
+    name = host.strip().lower()
+    if name.startswith("[") and name.endswith("]"):
+        name = name[1:-1]
+    try:
+        return str(ipaddress.ip_address(name)), True
+    except ValueError:
+        pass
+    if name.endswith("."):
+        name = name[:-1]
+    return name, False
+
+
 def leafName(host: str) -> str:
     """
     The canonical form of the name a certificate is minted for: an IP
@@ -84,15 +104,9 @@ def leafName(host: str) -> str:
 
     @raise ValueError: not a usable host name.
     """
-    name = host.strip()
-    if name.startswith("[") and name.endswith("]"):
-        name = name[1:-1]
-    try:
-        return str(ipaddress.ip_address(name))
-    except ValueError:
-        pass
-    if name.endswith("."):
-        name = name[:-1]
+    name, isAddress = hostForm(host)
+    if isAddress:
+        return name
     if not name.isascii():
         try:
             name = name.encode("idna").decode("ascii")
