@@ -19,10 +19,18 @@ from tests.test_cache_memory import entry
 from tests.test_h2_server import Client
 from txproxy import config
 from txproxy.cache import CacheService, HTTPCache, purgeKey
+from txproxy.cache._metrics import cacheMetricFamilies
 from txproxy.errors import ConfigError
 from txproxy.reverse import ReverseProxyFactory
 from txproxy.router import RouterService
-from txproxy.testing import FakeConnector, FakeTransport, connect, forwardFactory, reverseFactory
+from txproxy.testing import (
+    FakeConnector,
+    FakeRedisTier,
+    FakeTransport,
+    connect,
+    forwardFactory,
+    reverseFactory,
+)
 
 T0 = 1_700_000_000.0
 
@@ -1179,6 +1187,57 @@ class SharedTierTests(CacheTestCase):
         self.cache.tier = tier
         self.fill()
         self.assertEqual(tier.puts, [])
+
+    def test_tierOutageCounted(self) -> None:
+        """
+        While the tier is unavailable, each memory miss not looked up in it
+        and each response not shared is counted; with the tier's own
+        timeouts, errors and dropped stores, /metrics has them all and
+        whether the tier is available.
+        """
+        tier = FakeRedisTier(self.clock)
+        tier.start()
+        self.cache.tier = tier
+        tier.available = False
+        self.fill()
+        self.assertEqual(len(self.connector.attempts), 1)
+        self.assertEqual((self.cache.tierSkipped["lookup"], self.cache.tierSkipped["store"]), (1, 1))
+        self.assertEqual(tier.data, {})
+        # A hit from memory does not need the tier: nothing more skipped.
+        self.request()
+        self.assertEqual(self.cache.tierSkipped["lookup"], 1)
+        tier.timeouts, tier.errors, tier.dropped = 2, 3, 4
+        self.cache.tierErrors = 1
+        samples = {(s.name, s.labels.get("operation")): s.value
+                   for family in cacheMetricFamilies([("web", "reverse", self.cache)], "0")
+                   for s in family.samples}
+        self.assertEqual(samples[("txproxy_cache_redis_available", None)], 0.0)
+        self.assertEqual(samples[("txproxy_cache_redis_skipped_total", "lookup")], 1.0)
+        self.assertEqual(samples[("txproxy_cache_redis_skipped_total", "store")], 1.0)
+        self.assertEqual(samples[("txproxy_cache_redis_timeouts_total", None)], 2.0)
+        self.assertEqual(samples[("txproxy_cache_redis_errors_total", None)], 4.0)
+        self.assertEqual(samples[("txproxy_cache_redis_dropped_total", None)], 4.0)
+        self.assertEqual(samples[("txproxy_cache_redis_hits_total", None)], 0.0)
+        # Back: looked up and shared again, and counted as available.
+        tier.available = True
+        self.fill(b"/y")
+        self.assertEqual(self.cache.tierSkipped, {"lookup": 1, "store": 1})
+        self.assertIn((b"http://a.test/y", b""), tier.data)
+        samples = {(s.name, s.labels.get("operation")): s.value
+                   for family in cacheMetricFamilies([("web", "reverse", self.cache)], "0")
+                   for s in family.samples}
+        self.assertEqual(samples[("txproxy_cache_redis_available", None)], 1.0)
+
+    def test_noTierNoTierMetrics(self) -> None:
+        """
+        Without a shared tier there is no Redis metric and nothing is
+        counted as skipped.
+        """
+        self.fill()
+        self.assertEqual(self.cache.tierSkipped, {"lookup": 0, "store": 0})
+        names = {s.name for family in cacheMetricFamilies([("web", "reverse", self.cache)], "0")
+                 for s in family.samples}
+        self.assertEqual({n for n in names if "redis" in n}, set())
 
     def test_tierGarbageIgnored(self) -> None:
         """

@@ -2,10 +2,11 @@
 """
 Tests for L{txproxy.cache.redis.RedisTier}, the cache's shared second tier.
 
-One storage contract (L{TierContractMixin}) runs against a real
-C{redis-server} that each test starts on a free loopback port
-(L{tests.redisserver}; never skipped) and against
-L{txproxy.testing.FakeRedisTier} on a fake clock.  The outage tests (Redis
+The storage contract every tier keeps (L{tests.cachecontract}, which the
+memory tier runs too), with what only the Redis tier keeps (expiry by ttl,
+counters: L{RedisTierContractMixin}), runs against a real C{redis-server}
+that each test starts on a free loopback port (L{tests.redisserver}; never
+skipped) and against L{txproxy.testing.FakeRedisTier} on a fake clock.  The outage tests (Redis
 down at start, killed, frozen with SIGSTOP) wait on real I/O, briefly and
 always with a bound.
 """
@@ -22,6 +23,7 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.cachecontract import RedisTierContractMixin
 from tests.redisserver import RedisServer
 from tests.test_redislimiter import sleep, startRedis, waitFor
 from txproxy.cache.redis import DEFAULT_PREFIX, MAX_TTL, RedisTier, RedisUnavailable
@@ -36,190 +38,7 @@ SLACK = 0.5
 EVERY_BYTE = bytes(range(256))
 
 
-class TierContractMixin:
-    """
-    The storage contract every second tier keeps.  Subclasses set
-    C{self.tier} and define C{settle} (until every store so far is done)
-    and C{elapse} (let time pass).
-    """
-
-    tier: Any
-
-    def settle(self) -> "Deferred[Any]":
-        raise NotImplementedError()
-
-    def elapse(self, seconds: float) -> "Deferred[Any]":
-        raise NotImplementedError()
-
-    @inlineCallbacks
-    def test_missIsNone(self) -> Any:
-        """
-        A variant never stored is L{None}; an unknown URL has no variants.
-        """
-        self.assertIsNone((yield self.tier.get(b"http://a.test/", b"")))
-        self.assertEqual((yield self.tier.variants(b"http://a.test/")), [])
-
-    @inlineCallbacks
-    def test_putThenGet(self) -> Any:
-        """
-        A stored blob comes back byte for byte; storing again replaces it.
-        """
-        self.tier.put(b"http://a.test/x", b"v", b"first", 30)
-        yield self.settle()
-        self.assertEqual((yield self.tier.get(b"http://a.test/x", b"v")), b"first")
-        self.tier.put(b"http://a.test/x", b"v", b"second", 30)
-        yield self.settle()
-        self.assertEqual((yield self.tier.get(b"http://a.test/x", b"v")), b"second")
-        self.assertEqual((yield self.tier.variants(b"http://a.test/x")), [b"v"])
-
-    @inlineCallbacks
-    def test_variantsListed(self) -> Any:
-        """
-        Every variant of a URL is listed once; another URL's are not, and a
-        variant key of one URL means nothing under another.
-        """
-        for v in (b"", b"gzip", b"br"):
-            self.tier.put(b"http://a.test/", v, b"body " + v, 30)
-        self.tier.put(b"http://b.test/", b"gzip", b"other", 30)
-        yield self.settle()
-        self.assertEqual(sorted((yield self.tier.variants(b"http://a.test/"))), [b"", b"br", b"gzip"])
-        self.assertEqual((yield self.tier.variants(b"http://b.test/")), [b"gzip"])
-        self.assertEqual((yield self.tier.get(b"http://a.test/", b"gzip")), b"body gzip")
-        self.assertEqual((yield self.tier.get(b"http://b.test/", b"gzip")), b"other")
-        self.assertIsNone((yield self.tier.get(b"http://b.test/", b"br")))
-
-    @inlineCallbacks
-    def test_binaryEveryByte(self) -> Any:
-        """
-        Keys and values are bytes, not text: every byte value, CRLF and
-        RESP-looking sequences survive a round trip, in the URL key, the
-        variant key and the blob.
-        """
-        url = b"http://a.test/" + EVERY_BYTE
-        variant = EVERY_BYTE[::-1] + b"\r\n$-1\r\n"
-        blob = EVERY_BYTE * 64 + b"\r\n*1\r\n$3\r\nfoo\r\n" + b"\xff\xfe\x00"
-        self.tier.put(url, variant, blob, 30)
-        yield self.settle()
-        got = yield self.tier.get(url, variant)
-        self.assertIsInstance(got, bytes)
-        self.assertEqual(got, blob)
-        self.assertEqual((yield self.tier.variants(url)), [variant])
-
-    @inlineCallbacks
-    def test_bufferBlobs(self) -> Any:
-        """
-        A blob given as a C{memoryview} or C{bytearray} is stored as its
-        bytes.
-        """
-        self.tier.put(b"k", b"mv", memoryview(b"viewed"), 30)
-        self.tier.put(b"k", b"ba", bytearray(b"arrayed"), 30)
-        yield self.settle()
-        self.assertEqual((yield self.tier.get(b"k", b"mv")), b"viewed")
-        self.assertEqual((yield self.tier.get(b"k", b"ba")), b"arrayed")
-
-    @inlineCallbacks
-    def test_emptyAndNumericBlobs(self) -> Any:
-        """
-        An empty blob is a hit (not a miss), and a blob that looks like a
-        number stays bytes.
-        """
-        self.tier.put(b"k", b"empty", b"", 30)
-        self.tier.put(b"k", b"number", b"12345", 30)
-        self.tier.put(b"k", b"float", b"1.5", 30)
-        yield self.settle()
-        self.assertEqual((yield self.tier.get(b"k", b"empty")), b"")
-        self.assertEqual((yield self.tier.get(b"k", b"number")), b"12345")
-        self.assertEqual((yield self.tier.get(b"k", b"float")), b"1.5")
-
-    @inlineCallbacks
-    def test_largeValuesAndKeys(self) -> Any:
-        """
-        A 2 MiB blob under a 64 KiB URL key round-trips.
-        """
-        url = b"http://a.test/" + b"q" * 65536
-        blob = EVERY_BYTE * 8192
-        self.tier.put(url, b"", blob, 30)
-        yield self.settle()
-        self.assertEqual((yield self.tier.get(url, b"")), blob)
-
-    @inlineCallbacks
-    def test_expiryHonoured(self) -> Any:
-        """
-        A variant is gone once its ttl has passed, and is no longer listed;
-        a variant with a longer ttl of the same URL is still served.
-        """
-        self.tier.put(b"http://a.test/", b"short", b"s", 0.2)
-        self.tier.put(b"http://a.test/", b"long", b"l", 30)
-        yield self.settle()
-        self.assertEqual((yield self.tier.get(b"http://a.test/", b"short")), b"s")
-        yield self.elapse(0.35)
-        self.assertIsNone((yield self.tier.get(b"http://a.test/", b"short")))
-        self.assertEqual((yield self.tier.get(b"http://a.test/", b"long")), b"l")
-        self.assertEqual((yield self.tier.variants(b"http://a.test/")), [b"long"])
-
-    @inlineCallbacks
-    def test_nothingStoredForNoTTL(self) -> Any:
-        """
-        A ttl of zero, negative or NaN stores nothing.
-        """
-        self.tier.put(b"http://a.test/", b"", b"x", 0)
-        self.tier.put(b"http://a.test/", b"n", b"x", -5)
-        self.tier.put(b"http://a.test/", b"nan", b"x", float("nan"))
-        yield self.settle()
-        self.assertIsNone((yield self.tier.get(b"http://a.test/", b"")))
-        self.assertEqual((yield self.tier.variants(b"http://a.test/")), [])
-
-    @inlineCallbacks
-    def test_infiniteTTL(self) -> Any:
-        """
-        An infinite ttl is cut to C{MAX_TTL}: stored, served.
-        """
-        self.tier.put(b"http://a.test/", b"", b"forever", float("inf"))
-        yield self.settle()
-        self.assertEqual((yield self.tier.get(b"http://a.test/", b"")), b"forever")
-
-    @inlineCallbacks
-    def test_purgeRemovesAllVariants(self) -> Any:
-        """
-        C{purge} deletes every variant of a URL and says how many; nothing
-        of another URL; purging again finds none.
-        """
-        for v in (b"a", b"b", b"c"):
-            self.tier.put(b"http://a.test/p", v, b"x", 30)
-        self.tier.put(b"http://a.test/other", b"a", b"keep", 30)
-        yield self.settle()
-        self.assertEqual((yield self.tier.purge(b"http://a.test/p")), 3)
-        for v in (b"a", b"b", b"c"):
-            self.assertIsNone((yield self.tier.get(b"http://a.test/p", v)))
-        self.assertEqual((yield self.tier.variants(b"http://a.test/p")), [])
-        self.assertEqual((yield self.tier.purge(b"http://a.test/p")), 0)
-        self.assertEqual((yield self.tier.get(b"http://a.test/other", b"a")), b"keep")
-
-    @inlineCallbacks
-    def test_purgeCountsOnlyLiveVariants(self) -> Any:
-        """
-        An expired variant is not counted as removed.
-        """
-        self.tier.put(b"http://a.test/", b"old", b"x", 0.1)
-        self.tier.put(b"http://a.test/", b"new", b"y", 30)
-        yield self.settle()
-        yield self.elapse(0.25)
-        self.assertEqual((yield self.tier.purge(b"http://a.test/")), 1)
-
-    @inlineCallbacks
-    def test_counters(self) -> Any:
-        """
-        Hits, misses and stores are counted.
-        """
-        self.tier.put(b"u", b"v", b"x", 30)
-        yield self.settle()
-        yield self.tier.get(b"u", b"v")
-        yield self.tier.get(b"u", b"w")
-        self.assertEqual((self.tier.hits, self.tier.misses, self.tier.stores), (1, 1, 1))
-        self.assertEqual((self.tier.timeouts, self.tier.errors, self.tier.dropped), (0, 0, 0))
-
-
-class RealRedisTierTests(TierContractMixin, unittest.TestCase):
+class RealRedisTierTests(RedisTierContractMixin, unittest.TestCase):
     """
     The contract on L{RedisTier} and a real Redis.
     """
@@ -239,7 +58,7 @@ class RealRedisTierTests(TierContractMixin, unittest.TestCase):
         return sleep(seconds)
 
 
-class FakeRedisTierTests(TierContractMixin, unittest.TestCase):
+class FakeRedisTierTests(RedisTierContractMixin, unittest.TestCase):
     """
     The contract on L{FakeRedisTier}, on a fake clock.
     """

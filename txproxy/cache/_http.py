@@ -106,6 +106,12 @@ class HTTPCache:
         it then follows C{Surrogate-Control} and removes it from every
         response (L{txproxy.cache._policy.consumeSurrogate}).
     @ivar results: requests by result (L{RESULTS}).
+    @ivar tierHits: memory misses served from the shared tier.
+    @ivar tierErrors: shared-tier calls that failed here (the tier's own
+        failures are its C{errors}).
+    @ivar tierSkipped: while the shared tier is unavailable, memory misses
+        not looked up in it (C{"lookup"}) and stored responses not shared
+        (C{"store"}).
     """
 
     def __init__(self, maxBytes: int, maxObject: int = DEFAULT_MAX_OBJECT, clock: Any = None,
@@ -119,6 +125,7 @@ class HTTPCache:
         self.results: Dict[str, int] = {r: 0 for r in RESULTS}
         self.tierHits = 0
         self.tierErrors = 0
+        self.tierSkipped: Dict[str, int] = {"lookup": 0, "store": 0}
         self._flights: Dict[bytes, _Flight] = {}
 
     # -- operations
@@ -204,9 +211,11 @@ class HTTPCache:
         entry, known = self.store.select(key, client)
         cr.known = known
         tier = self.tier
-        if entry is None and tier is not None and getattr(tier, "available", False):
-            self._askTier(cr)
-            return None
+        if entry is None and tier is not None:
+            if getattr(tier, "available", False):
+                self._askTier(cr)
+                return None
+            self.tierSkipped["lookup"] += 1
         return cr.decide(entry, True)
 
     def _askTier(self, cr: "CacheRequest") -> None:
@@ -303,7 +312,10 @@ class HTTPCache:
 
     def _share(self, entry: Entry, now: float) -> None:
         tier = self.tier
-        if tier is None or not getattr(tier, "available", False):
+        if tier is None:
+            return
+        if not getattr(tier, "available", False):
+            self.tierSkipped["store"] += 1
             return
         head = entry.stored.head
         cc = P.responseCacheControl(head)

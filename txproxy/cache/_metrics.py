@@ -34,6 +34,21 @@ def cacheMetricFamilies(caches: List[Tuple[str, str, Any]], worker: str) -> Iter
                                 "1 while the cache's Redis tier is reachable (--cache-redis).", labels=labels)
     tierHits = CounterMetricFamily("txproxy_cache_redis_hits", "Memory misses served from the Redis tier.",
                                    labels=labels)
+    skipped = CounterMetricFamily(
+        "txproxy_cache_redis_skipped",
+        "While the Redis tier was unavailable: memory misses not looked up in it (operation=lookup) and "
+        "stored responses not shared through it (operation=store).",
+        labels=labels + ["operation"],
+    )
+    timeouts = CounterMetricFamily("txproxy_cache_redis_timeouts",
+                                   "Redis tier lookups answered as misses after the tier's short timeout.",
+                                   labels=labels)
+    errors = CounterMetricFamily("txproxy_cache_redis_errors",
+                                 "Redis tier calls that failed (an error reply, a connection lost mid-call).",
+                                 labels=labels)
+    dropped = CounterMetricFamily("txproxy_cache_redis_dropped",
+                                  "Stores not sent to the Redis tier because too many were waiting for it.",
+                                  labels=labels)
     for name, mode, cache in caches:
         key = [name, mode, worker]
         for result, n in cache.results.items():
@@ -43,7 +58,13 @@ def cacheMetricFamilies(caches: List[Tuple[str, str, Any]], worker: str) -> Iter
         if cache.tier is not None:
             redisUp.add_metric(key, 1.0 if getattr(cache.tier, "available", False) else 0.0)
             tierHits.add_metric(key, cache.tierHits)
-    yield from (requests, stored, entries, redisUp, tierHits)
+            for operation, n in cache.tierSkipped.items():
+                skipped.add_metric(key + [operation], n)
+            tier = cache.tier
+            timeouts.add_metric(key, getattr(tier, "timeouts", 0))
+            errors.add_metric(key, getattr(tier, "errors", 0) + cache.tierErrors)
+            dropped.add_metric(key, getattr(tier, "dropped", 0))
+    yield from (requests, stored, entries, redisUp, tierHits, skipped, timeouts, errors, dropped)
 
 
 class CacheCollector:
