@@ -231,13 +231,15 @@ class InterceptTestCase(SynchronousTestCase):
         f.accessLog = self.log
         return f
 
-    def clientTLS(self, serverName: Optional[str] = "example.test") -> _TLSPeer:
+    def clientTLS(self, serverName: Optional[str] = "example.test", alpn: Tuple[str, ...] = ("http/1.1",)) -> _TLSPeer:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.load_verify_locations(cadata=self.caPEM)
-        ctx.set_alpn_protocols(["h2", "http/1.1"])
+        ctx.set_alpn_protocols(list(alpn))
         return _TLSPeer(ctx, False, serverName)
 
-    def open(self, factory: Any = None, connect_: bytes = CONNECT, extra: bytes = b"") -> Tuple[Any, Any, _TLSPeer]:
+    def open(
+        self, factory: Any = None, connect_: bytes = CONNECT, extra: bytes = b"", alpn: Tuple[str, ...] = ("http/1.1",)
+    ) -> Tuple[Any, Any, _TLSPeer]:
         """
         CONNECT and the TLS handshake: return the protocol, the client
         transport (cleared) and the client's TLS end.
@@ -245,7 +247,7 @@ class InterceptTestCase(SynchronousTestCase):
         proto, transport = connect(factory or self.factory())
         proto.dataReceived(connect_ + extra)
         self.assertTrue(transport.value().startswith(_ESTABLISHED), transport.value())
-        tls = self.clientTLS()
+        tls = self.clientTLS(alpn=alpn)
         self.exchange(proto, transport, tls, b"")
         self.assertIsNone(tls.error)
         return proto, transport, tls
@@ -792,3 +794,346 @@ class HTTP2ConnectTests(InterceptTestCase):
         tls.pump(client.bodies.get(sid, b"")[seen:])
         self.assertTrue(tls.received.startswith(b"HTTP/1.1 200 OK"), tls.received)
         self.assertEqual(self.log.records[-1].target, "https://example.test:443/h2")
+
+
+class _H2OverTLS:
+    """
+    An HTTP/2 client (C{h2}) inside the client's TLS end of an
+    intercepted tunnel.
+    """
+
+    def __init__(self, case: "InterceptTestCase", proto: Any, transport: Any, tls: _TLSPeer) -> None:
+        from h2.config import H2Configuration
+        from h2.connection import H2Connection
+
+        self.case, self.proto, self.transport, self.tls = case, proto, transport, tls
+        self.h2 = H2Connection(H2Configuration(client_side=True, header_encoding=None))
+        self.h2.initiate_connection()
+        self.seen = 0
+        self.heads: dict = {}
+        self.bodies: dict = {}
+        self.ended: List[int] = []
+
+    def pump(self) -> None:
+        from h2.events import DataReceived, ResponseReceived, StreamEnded
+
+        for _ in range(10):
+            out = self.h2.data_to_send()
+            self.case.exchange(self.proto, self.transport, self.tls, out)
+            data = self.tls.received[self.seen:]
+            self.seen += len(data)
+            if not data and not out:
+                return
+            for event in self.h2.receive_data(data):
+                if isinstance(event, ResponseReceived):
+                    self.heads[event.stream_id] = dict(event.headers)
+                elif isinstance(event, DataReceived):
+                    self.bodies[event.stream_id] = self.bodies.get(event.stream_id, b"") + event.data
+                    self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                elif isinstance(event, StreamEnded):
+                    self.ended.append(event.stream_id)
+
+    def get(self, path: bytes, authority: bytes = b"example.test") -> int:
+        sid: int = self.h2.get_next_available_stream_id()
+        self.h2.send_headers(sid, [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", authority), (b":path", path)], end_stream=True)
+        self.pump()
+        return sid
+
+
+class OriginALPNTests(InterceptTestCase):
+    """
+    ALPN towards the client follows the origin: C{h2} only when the client
+    offers it, the listener serves HTTP/2 and the origin selected it.
+    """
+
+    H2 = ("h2", "http/1.1")
+
+    def connectAndHello(self, factory: Any = None, connect_: bytes = CONNECT) -> Tuple[Any, Any, _TLSPeer]:
+        """
+        CONNECT, then the client's ClientHello (offering h2): return the
+        protocol, its transport and the client's TLS end.
+        """
+        proto, transport = connect(factory or self.factory())
+        proto.dataReceived(connect_)
+        self.assertEqual(transport.value(), _ESTABLISHED)
+        transport.clear()
+        tls = self.clientTLS(alpn=self.H2)
+        proto.dataReceived(tls.pump())
+        return proto, transport, tls
+
+    def originHandshake(self, attempt: Any, alpn: Tuple[str, ...]) -> _TLSPeer:
+        """
+        Complete the probe connection of C{attempt}: the origin's TLS
+        handshake, offering C{alpn}.
+        """
+        upstream = attempt.succeed()
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(self.origin.serverPath)
+        ctx.set_alpn_protocols(list(alpn))
+        server = _TLSPeer(ctx, True)
+        for _ in range(10):
+            data = upstream.value()
+            upstream.clear()
+            out = server.pump(data)
+            if out:
+                attempt.protocol.dataReceived(out)
+            if not out and not data:
+                break
+        self.probeTransport = upstream
+        return server
+
+    def finishClient(self, proto: Any, transport: Any, tls: _TLSPeer) -> None:
+        self.exchange(proto, transport, tls, b"")
+        self.assertIsNone(tls.error)
+        self.assertTrue(tls.handshaken)
+
+    def test_originSelectsH2(self) -> None:
+        """
+        The client's handshake waits for the origin's: a verified TLS
+        connection offering h2 and http/1.1, with SNI, sending nothing and
+        closed once it answered.  The origin selects h2, so does the
+        client; a request over HTTP/2 inside reaches the origin as an
+        https request (over HTTP/1.1) by the tunnel's user and its
+        response comes back on the stream.
+        """
+        fd, path = tempfile.mkstemp(dir=self.dir)
+        os.write(fd, b"alice:{SHA}5en6G6MezRroT3XKqkdPOmY/BfQ=\n")
+        os.close(fd)
+        creds = base64.b64encode(b"alice:secret")
+        connect_ = CONNECT[:-2] + b"Proxy-Authorization: Basic " + creds + b"\r\n\r\n"
+        proto, transport, tls = self.connectAndHello(self.factory(auth=path), connect_)
+        self.assertEqual(transport.value(), b"", "the client's handshake waits for the origin's answer")
+        probe = self.connector.last
+        self.assertEqual((probe.host, probe.port), ("192.0.2.10", 443))
+        server = self.originHandshake(probe, ("h2", "http/1.1"))
+        self.assertIsNone(server.error)
+        self.assertEqual(server.obj.selected_alpn_protocol(), "h2")
+        self.assertEqual(server.received, b"")
+        self.assertTrue(self.probeTransport.disconnecting)
+        self.finishClient(proto, transport, tls)
+        self.assertEqual(tls.obj.selected_alpn_protocol(), "h2")
+        client = _H2OverTLS(self, proto, transport, tls)
+        sid = client.get(b"/over/h2?x=1")
+        origin, _ = self.originServe(self.connector.last, b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-O: 1\r\n\r\nhello")
+        self.assertEqual(self.originNames, ["example.test"])
+        head = origin.received.split(b"\r\n\r\n")[0]
+        self.assertTrue(head.startswith(b"GET /over/h2?x=1 HTTP/1.1\r\n"), head)
+        self.assertIn(b"\r\nHost: example.test", head)
+        client.pump()
+        self.assertEqual(client.heads[sid][b":status"], b"200")
+        self.assertEqual(client.heads[sid][b"x-o"], b"1")
+        self.assertEqual(client.bodies[sid], b"hello")
+        self.assertIn(sid, client.ended)
+        record = self.log.records[-1]
+        self.assertEqual((record.method, record.target, record.status, record.user), ("GET", "https://example.test:443/over/h2?x=1", 200, "alice"))
+        self.assertEqual(record.version, "HTTP/2.0")
+
+    def test_h2StreamMisdirected(self) -> None:
+        """
+        A stream for another authority gets 421 on the stream.
+        """
+        factory = self.factory()
+        self.cacheH2(factory)
+        proto, transport, tls = self.connectAndHello(factory)
+        self.finishClient(proto, transport, tls)
+        self.assertEqual(tls.obj.selected_alpn_protocol(), "h2")
+        client = _H2OverTLS(self, proto, transport, tls)
+        sid = client.get(b"/", b"other.test")
+        self.assertEqual(client.heads[sid][b":status"], b"421")
+        self.assertEqual(self.connector.attempts, [])
+
+    def test_h2OriginFailureIs502OnStream(self) -> None:
+        """
+        With h2 negotiated, an origin whose certificate does not verify
+        when a request dials it: a 502 on the stream naming the reason,
+        nothing sent to the origin; the connection serves the next stream.
+        """
+        factory = self.factory(trustOrigin=False)
+        self.cacheH2(factory)
+        proto, transport, tls = self.connectAndHello(factory)
+        self.finishClient(proto, transport, tls)
+        client = _H2OverTLS(self, proto, transport, tls)
+        sid = client.get(b"/x")
+        origin, _ = self.originServe(self.connector.last)
+        self.assertEqual(origin.received, b"")
+        client.pump()
+        self.assertEqual(client.heads[sid][b":status"], b"502")
+        self.assertIn(b"certificate verify failed", client.bodies[sid])
+        self.assertEqual(self.log.records[-1].status, 502)
+        second = client.get(b"/y")
+        self.assertEqual(len(self.connector.attempts), 2)
+        self.assertNotEqual(second, sid)
+
+    def cacheH2(self, factory: Any) -> None:
+        factory.interceptor.originProtocols.put(("example.test", 443, "example.test"), True, self.clock.seconds())
+
+    def test_originSelectsHTTP11(self) -> None:
+        """
+        An origin that selects http/1.1 (or nothing): the client gets
+        http/1.1, and HTTP/1.1 requests work as ever.
+        """
+        for offered in [("http/1.1",), ()]:
+            self.log.records.clear()
+            factory = self.factory()
+            proto, transport, tls = self.connectAndHello(factory)
+            self.originHandshake(self.connector.last, offered)
+            self.finishClient(proto, transport, tls)
+            self.assertEqual(tls.obj.selected_alpn_protocol(), "http/1.1")
+            self.assertEqual(factory.interceptor.originProtocols.get(("example.test", 443, "example.test"), 0), False)
+            self.exchange(proto, transport, tls, b"GET /one HTTP/1.1\r\nHost: example.test\r\n\r\n")
+            self.originServe(self.connector.last)
+            got = self.exchange(proto, transport, tls, b"")
+            self.assertTrue(got.startswith(b"HTTP/1.1 200 OK\r\n"), got)
+            self.assertEqual(self.log.records[-1].target, "https://example.test:443/one")
+
+    def test_clientWithoutH2IsNotDelayed(self) -> None:
+        """
+        A client that does not offer h2: no probe, the handshake answers
+        at once with http/1.1.
+        """
+        proto, transport = connect(self.factory())
+        proto.dataReceived(CONNECT)
+        transport.clear()
+        tls = self.clientTLS(alpn=("http/1.1",))
+        proto.dataReceived(tls.pump())
+        self.assertNotEqual(transport.value(), b"")
+        self.finishClient(proto, transport, tls)
+        self.assertEqual(self.connector.attempts, [])
+        self.assertEqual(tls.obj.selected_alpn_protocol(), "http/1.1")
+
+    def test_http2OffIsNotProbed(self) -> None:
+        """
+        With C{--http2 off} a client offering h2 gets http/1.1 at once.
+        """
+        proto, transport = connect(self.factory(http2=False))
+        proto.dataReceived(CONNECT)
+        transport.clear()
+        tls = self.clientTLS(alpn=self.H2)
+        proto.dataReceived(tls.pump())
+        self.finishClient(proto, transport, tls)
+        self.assertEqual(self.connector.attempts, [])
+        self.assertEqual(tls.obj.selected_alpn_protocol(), "http/1.1")
+
+    def test_helloInPieces(self) -> None:
+        """
+        The ClientHello split at every position (with the CONNECT in the
+        same segment as its first byte) still leads to the probe.
+        """
+        factory = self.factory()
+        self.cacheH2(factory)
+        size = len(self.clientTLS(alpn=self.H2).pump())
+        for cut in range(size + 1):
+            peer = self.clientTLS(alpn=self.H2)
+            proto, transport = connect(factory)
+            hello = peer.pump()
+            proto.dataReceived(CONNECT + hello[:cut])
+            proto.dataReceived(hello[cut:])
+            self.finishClient(proto, transport, peer)
+            self.assertEqual(peer.obj.selected_alpn_protocol(), "h2", cut)
+        self.assertEqual(self.connector.attempts, [])
+
+    def test_answerCached(self) -> None:
+        """
+        The origin's answer is kept per host, port and server name: the
+        next tunnel is not probed; after ten minutes it is again.
+        """
+        factory = self.factory()
+        proto, transport, tls = self.connectAndHello(factory)
+        self.originHandshake(self.connector.last, ("h2", "http/1.1"))
+        self.finishClient(proto, transport, tls)
+        self.assertEqual(len(self.connector.attempts), 1)
+        proto, transport, tls = self.connectAndHello(factory)
+        self.finishClient(proto, transport, tls)
+        self.assertEqual(tls.obj.selected_alpn_protocol(), "h2")
+        self.assertEqual(len(self.connector.attempts), 1)
+        self.clock.advance(601)
+        proto, transport, tls = self.connectAndHello(factory)
+        self.assertEqual(len(self.connector.attempts), 2)
+        self.originHandshake(self.connector.last, ("http/1.1",))
+        self.finishClient(proto, transport, tls)
+        self.assertEqual(tls.obj.selected_alpn_protocol(), "http/1.1")
+
+    def test_untrustedOriginDuringProbe(self) -> None:
+        """
+        An origin whose certificate does not verify during the probe: the
+        client's handshake completes with http/1.1, nothing is cached, and
+        its request gets the 502 naming the reason.
+        """
+        factory = self.factory(trustOrigin=False)
+        proto, transport, tls = self.connectAndHello(factory)
+        server = self.originHandshake(self.connector.last, ("h2", "http/1.1"))
+        self.assertEqual(server.received, b"")
+        self.finishClient(proto, transport, tls)
+        self.assertEqual(tls.obj.selected_alpn_protocol(), "http/1.1")
+        self.assertEqual(len(factory.interceptor.originProtocols), 0)
+        self.exchange(proto, transport, tls, b"GET / HTTP/1.1\r\nHost: example.test\r\n\r\n")
+        origin, _ = self.originServe(self.connector.last)
+        self.assertEqual(origin.received, b"")
+        got = self.exchange(proto, transport, tls, b"")
+        self.assertTrue(got.startswith(b"HTTP/1.1 502 "), got)
+        self.assertIn(b"certificate verify failed", got)
+
+    def test_unreachableOrDeniedOrigin(self) -> None:
+        """
+        An origin that refuses the connection, or never answers within
+        the connect timeout: http/1.1 (the requests then get their 502).
+        """
+        from twisted.internet.error import ConnectionRefusedError
+
+        proto, transport, tls = self.connectAndHello()
+        self.connector.last.fail(ConnectionRefusedError())
+        self.finishClient(proto, transport, tls)
+        self.assertEqual(tls.obj.selected_alpn_protocol(), "http/1.1")
+        proto, transport, tls = self.connectAndHello()
+        self.connector.last.succeed()
+        self.assertEqual(transport.value(), b"")
+        self.clock.advance(self.factory().listener.connectTimeout)
+        self.finishClient(proto, transport, tls)
+        self.assertEqual(tls.obj.selected_alpn_protocol(), "http/1.1")
+
+    def test_clientLeavesDuringProbe(self) -> None:
+        """
+        The client leaving while the origin is asked: the probe is closed,
+        the CONNECT logged once.
+        """
+        proto, transport, tls = self.connectAndHello()
+        probe = self.connector.last
+        upstream = probe.succeed()
+        from twisted.internet.error import ConnectionDone
+        from twisted.python.failure import Failure
+
+        proto.connectionLost(Failure(ConnectionDone()))
+        self.assertTrue(upstream.disconnecting or upstream.disconnected)
+        (record,) = self.log.records
+        self.assertEqual(record.method, "CONNECT")
+        self.assertIn("TLS handshake failed", record.reason)
+
+    def test_priorKnowledgeWithoutALPNIsClosed(self) -> None:
+        """
+        The HTTP/2 preface inside a tunnel that negotiated http/1.1 is
+        still closed (one log line).
+        """
+        proto, transport, tls = self.open()
+        self.exchange(proto, transport, tls, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        self.assertTrue(transport.disconnecting or tls.closed)
+
+
+class OriginProtocolsTests(SynchronousTestCase):
+    """
+    L{OriginProtocols}: the cache of origins' answers.
+    """
+
+    def test_ttlAndBound(self) -> None:
+        from txproxy.intercept import OriginProtocols
+
+        cache = OriginProtocols(ttl=10, maxSize=2)
+        cache.put(("a", 443, "a"), True, 0)
+        self.assertIs(cache.get(("a", 443, "a"), 9.9), True)
+        self.assertIsNone(cache.get(("a", 443, "a"), 10))
+        cache.put(("a", 443, "a"), True, 0)
+        cache.put(("b", 443, "b"), False, 0)
+        cache.put(("c", 443, "c"), True, 0)
+        self.assertEqual(len(cache), 2)
+        self.assertIsNone(cache.get(("a", 443, "a"), 1))
+        self.assertIs(cache.get(("b", 443, "b"), 1), False)
+        self.assertIsNone(cache.get(("b", 8443, "b"), 1))

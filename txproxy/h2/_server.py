@@ -188,6 +188,11 @@ class H2ServerConnection:
         self.maxHeadSize: int = listener.maxHeadSize
         self.idleTimeout: float = self.factory.keepAliveTimeout
         self.absoluteForm = owner.mode == "forward"
+        #: Makes the protocol serving a stream (given the peer address):
+        #: the listener factory's, unless the owner has its own
+        #: (C{_h2StreamProtocol}: the decrypted side of an intercepted
+        #: tunnel, whose streams are that tunnel's requests).
+        self.buildStream: Any = getattr(owner, "_h2StreamProtocol", None) or self.factory.buildProtocol
         self.streams: Dict[int, H2Stream] = {}
         self.guard = FloodGuard(self.maxStreams)
         self.paused = False  # the client connection's write buffer is full
@@ -518,9 +523,7 @@ class H2Stream:
     # -- the protocol
 
     def start(self) -> None:
-        owner = self.conn.owner
-        factory = owner.factory
-        proto = factory.buildProtocol(self.getPeer())
+        proto = self.conn.buildStream(self.getPeer())
         proto._h2stream = self
         self.protocol = proto
         proto.makeConnection(self)

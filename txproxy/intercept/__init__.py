@@ -22,10 +22,12 @@ pooled per host, port and server name.
 from __future__ import annotations
 
 from txproxy.intercept._layer import (
+    H2_ALPN,
     INTERCEPT,
     InterceptedRequests,
     InterceptedTunnel,
     Interceptor,
+    OriginProtocols,
     checkInterceptedDestination,
     interceptedClass,
     startInterception,
@@ -33,12 +35,14 @@ from txproxy.intercept._layer import (
 from txproxy.intercept._patterns import HostPatterns, InterceptPolicy, canonicalHost
 
 __all__ = [
+    "H2_ALPN",
     "INTERCEPT",
     "HostPatterns",
     "InterceptPolicy",
     "InterceptedRequests",
     "InterceptedTunnel",
     "Interceptor",
+    "OriginProtocols",
     "canonicalHost",
     "checkInterceptedDestination",
     "interceptedClass",

@@ -14,11 +14,15 @@ that treats each request as C{https://CONNECT-host:port/...}.
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, Optional, Tuple, Type
+from collections import OrderedDict
+from typing import Any, Dict, List, Optional, Tuple, Type
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IHandshakeListener
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from txproxy._common import overrides
 from txproxy._factory import ListenerFactory, endHookOf
@@ -30,15 +34,18 @@ from txproxy.http._uri import parseHostHeader
 from txproxy.httpproxy import HTTPProxyProtocol, HTTPRequest, UpstreamHTTPProtocol
 from txproxy.intercept._patterns import InterceptPolicy
 from txproxy.relay import sendNow
+from txproxy.stream.clienthello import ClientHelloError, ClientHelloReader
 from txproxy.tls import InterceptCA, clientTLSSettings
 from txproxy.tls._proto import TLSClientProtocol, TLSServerProtocol
 from txproxy.tls._server import _sslErrorText
 
 __all__ = [
     "INTERCEPT",
+    "H2_ALPN",
     "InterceptedRequests",
     "InterceptedTunnel",
     "Interceptor",
+    "OriginProtocols",
     "checkInterceptedDestination",
     "interceptedClass",
     "startInterception",
@@ -57,6 +64,53 @@ class _Intercept:
 #: What the C{CONNECT} path gets instead of an upstream connection when the
 #: tunnel is to be intercepted.
 INTERCEPT: Any = _Intercept()
+
+
+#: The ALPN list offered to a client once the origin selected C{h2}.
+H2_ALPN: Tuple[str, ...] = ("h2", "http/1.1")
+
+
+class OriginProtocols:
+    """
+    What origins answered to ALPN C{h2, http/1.1}, per host, port and
+    server name: so that only the first tunnel to an origin (in
+    C{ttl} seconds) waits for a probe.  Bounded: the oldest answers are
+    dropped first.
+
+    @ivar ttl: how long an answer is used, in seconds.
+    @ivar maxSize: how many answers are kept.
+    """
+
+    def __init__(self, ttl: float = 600.0, maxSize: int = 4096) -> None:
+        self.ttl = ttl
+        self.maxSize = maxSize
+        self._answers: "OrderedDict[Tuple[str, int, str], Tuple[bool, float]]" = OrderedDict()
+
+    def get(self, key: Tuple[str, int, str], now: float) -> Optional[bool]:
+        """
+        Whether the origin C{key} selected C{h2}, or L{None} when not known
+        (or known too long ago).
+        """
+        answer = self._answers.get(key)
+        if answer is None:
+            return None
+        if answer[1] <= now:
+            del self._answers[key]
+            return None
+        return answer[0]
+
+    def put(self, key: Tuple[str, int, str], h2: bool, now: float) -> None:
+        """
+        Remember the origin C{key}'s answer for C{ttl} seconds.
+        """
+        answers = self._answers
+        answers.pop(key, None)
+        answers[key] = (h2, now + self.ttl)
+        while len(answers) > self.maxSize:
+            answers.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._answers)
 
 
 _CAS: Dict[Tuple[str, Any], InterceptCA] = {}
@@ -91,12 +145,15 @@ class Interceptor:
     @ivar ca: the L{InterceptCA}.
     @ivar policy: the L{InterceptPolicy} of C{--intercept}/C{--no-intercept}.
     @ivar upstreamCA: C{--upstream-ca}, or L{None} for the system store.
+    @ivar originProtocols: the L{OriginProtocols} cache of origins' ALPN
+        answers (with HTTP/2 on).
     """
 
     def __init__(self, ca: InterceptCA, policy: InterceptPolicy, upstreamCA: Optional[str] = None) -> None:
         self.ca = ca
         self.policy = policy
         self.upstreamCA = upstreamCA
+        self.originProtocols = OriginProtocols()
 
     @classmethod
     def forListener(cls, listener: Any) -> Optional["Interceptor"]:
@@ -127,6 +184,158 @@ class _OriginTLS(TLSClientProtocol):
             callback(self)
 
 
+@implementer(IHandshakeListener)
+class _Probe(Protocol):
+    """
+    The application side of the connection that asks an origin which
+    protocol it speaks: nothing is sent; once the handshake (and the
+    verification of the origin) is over the answer is reported and the
+    connection closed.
+    """
+
+    def __init__(self, choice: "_ALPNChoice") -> None:
+        self.choice = choice
+
+    def handshakeCompleted(self) -> None:
+        transport = self.transport
+        assert transport is not None
+        selected = transport.negotiatedProtocol  # type: ignore[attr-defined]
+        self.choice.probed(selected)
+        transport.loseConnection()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.choice.probeLost(reason)
+
+
+class _ALPNChoice:
+    """
+    Before the client's handshake completes (listeners with HTTP/2 on):
+    read its ClientHello; when it offers C{h2}, find out whether the
+    origin selects C{h2} (L{OriginProtocols}, else a probe: a verified TLS
+    connection offering C{h2, http/1.1}), then start TLS offering the
+    client C{h2, http/1.1} or C{http/1.1} only.  Any failure to learn
+    the answer (dial, verification, timeout) means C{http/1.1}; the
+    requests inside then meet the same failure and get their C{502}.
+    """
+
+    done = False
+    _dial: Optional[defer.Deferred] = None
+    _timer: Any = None
+    _probe: Optional[_Probe] = None
+
+    def __init__(self, relay: "InterceptedTunnel", interceptor: Interceptor, target: Target) -> None:
+        self.relay = relay
+        self.interceptor = interceptor
+        self.target = target
+        self.key = (target.host, target.port, target.host)
+        self.reader = ClientHelloReader()
+        self.received: List[bytes] = []
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received.append(data)
+        if self.done or self._dial is not None:
+            return  # (waiting for the origin's answer)
+        try:
+            hello = self.reader.feed(data)
+        except ClientHelloError:
+            self._start(False)  # TLS refuses it, as it would without HTTP/2
+            return
+        if hello is None:
+            return
+        if "h2" not in hello.alpn:
+            self._start(False)
+            return
+        owner = self.relay.owner
+        known = self.interceptor.originProtocols.get(self.key, owner.factory.clock.seconds())
+        if known is not None:
+            self._start(known)
+            return
+        self._probeOrigin()
+
+    def _probeOrigin(self) -> None:
+        owner = self.relay.owner
+        target = self.target
+        try:
+            newObject, verify = clientTLSSettings(target.host, self.interceptor.upstreamCA, H2_ALPN)
+        except Exception:  # a broken --upstream-ca: the requests report it
+            self._start(False)
+            return
+        probe = self._probe = _Probe(self)
+
+        def make() -> _OriginTLS:
+            return _OriginTLS(newObject, probe, verify)
+
+        factory = owner.factory
+        self._timer = factory.clock.callLater(factory.listener.connectTimeout, self._timedOut)
+        self._dial = d = owner.dialTarget(target, make)
+        owner._upstreamAddress = "intercepted"
+        d.addErrback(self._dialFailed)
+
+    def _dialFailed(self, reason: Failure) -> None:
+        self._finish(None, reason)
+
+    def probed(self, selected: Optional[bytes]) -> None:
+        """
+        The origin completed the handshake (verified) and selected
+        C{selected}.
+        """
+        if self.done:
+            return
+        self._probe = None  # (it closes itself, with close_notify)
+        h2 = selected == b"h2"
+        owner = self.relay.owner
+        self.interceptor.originProtocols.put(self.key, h2, owner.factory.clock.seconds())
+        self._finish(h2)
+
+    def probeLost(self, reason: Failure) -> None:
+        """
+        The probe connection closed (before the handshake completed, when
+        it is a failure).
+        """
+        self._finish(None, reason)
+
+    def _timedOut(self) -> None:
+        self._timer = None
+        self._finish(None, Failure(defer.TimeoutError("the origin did not complete the TLS handshake in time")))
+
+    def _finish(self, h2: Optional[bool], reason: Optional[Failure] = None) -> None:
+        if self.done:
+            return
+        if h2 is None and reason is not None:
+            log.debug(
+                "intercepted tunnel to {target}: could not learn the origin's protocol ({reason}); offering http/1.1",
+                target=str(self.target),
+                reason=reason.getErrorMessage(),
+            )
+        self._stop()
+        self._start(bool(h2))
+
+    def _stop(self) -> None:
+        timer, self._timer = self._timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+        probe, self._probe = self._probe, None
+        if probe is not None and probe.transport is not None:
+            probe.transport.abortConnection()  # type: ignore[attr-defined]
+        dial = self._dial
+        if dial is not None and not dial.called:
+            dial.cancel()
+
+    def cancel(self) -> None:
+        """
+        The client left: stop asking the origin.
+        """
+        if not self.done:
+            self.done = True
+            self._stop()
+
+    def _start(self, h2: bool) -> None:
+        if self.done:
+            return
+        self.done = True
+        self.relay.start(H2_ALPN if h2 else None, b"".join(self.received))
+
+
 class InterceptedTunnel:
     """
     Stands in for the relay of a forward protocol whose tunnel is
@@ -134,23 +343,49 @@ class InterceptedTunnel:
     them to the TLS layer; logs the C{CONNECT} once the connection is over.
 
     @ivar owner: the forward protocol that answered the C{CONNECT}.
-    @ivar tls: the L{TLSServerProtocol} on its transport.
+    @ivar tls: the L{TLSServerProtocol} on its transport (L{None} while
+        the ALPN offer is being decided).
     @ivar inner: the protocol reading the decrypted requests.
+    @ivar choice: the L{_ALPNChoice} before TLS starts, or L{None}.
     @ivar endedAt: L{None} while open, then the clock time it ended.
     """
 
     endedAt: Optional[float] = None
     closeReason = ""
+    choice: Optional[_ALPNChoice] = None
+    _readLost = False
 
-    def __init__(self, owner: Any, tls: TLSServerProtocol, inner: Any) -> None:
+    def __init__(self, owner: Any, tls: Optional[TLSServerProtocol], inner: Any) -> None:
         self.owner = owner
         self.tls = tls
         self.inner = inner
+
+    def start(self, alpn: Optional[Tuple[str, ...]], received: bytes) -> None:
+        """
+        Start TLS towards the client, offering C{alpn} (L{None}: the CA's
+        C{http/1.1}), and feed it C{received}.
+        """
+        self.choice = None
+        owner = self.owner
+        transport = owner.transport
+        if self.endedAt is not None or transport is None:
+            return
+        newObject = owner.factory.interceptor.ca.serverObject(self.inner.interceptTarget.host, alpn)
+        tls = self.tls = TLSServerProtocol(newObject, self.inner)
+        owner.dataReceived = tls.dataReceived
+        tls.makeConnection(transport)
+        if received:
+            tls.dataReceived(received)
+        if self._readLost and not tls.disconnected:
+            self.inner.readConnectionLost()
 
     def clientReadLost(self) -> None:
         """
         The client's TCP half-close: the decrypted side's end of input.
         """
+        if self.tls is None:
+            self._readLost = True
+            return
         self.inner.readConnectionLost()
 
     def clientLost(self, reason: Failure) -> None:
@@ -164,10 +399,10 @@ class InterceptedTunnel:
         self.endedAt = owner.factory.clock.seconds()
         tls = self.tls
         outcome = "intercepted"
-        if not tls._handshakeDone:
+        if tls is None or not tls._handshakeDone:
             # What operators need when a client does not trust the CA (or
             # does not speak TLS at all): one line, and the record says it.
-            failure = tls._reason
+            failure = tls._reason if tls is not None else None
             detail = _sslErrorText(failure.value) if failure is not None else "the client left before completing it"
             log.info(
                 "intercepted tunnel from {client} to {target}: TLS handshake with the client failed: {detail}",
@@ -176,7 +411,12 @@ class InterceptedTunnel:
                 detail=detail,
             )
             outcome = f"intercepted; TLS handshake failed: {detail}"
-        tls.connectionLost(reason)
+        if tls is not None:
+            tls.connectionLost(reason)
+        else:
+            choice = self.choice
+            if choice is not None:
+                choice.cancel()
         owner._log(200, outcome)
 
     def abort(self, reason: str) -> None:
@@ -191,8 +431,14 @@ class InterceptedTunnel:
     def drain(self) -> None:
         """
         The proxy is stopping: the decrypted connection closes between
-        requests, as any HTTP connection does.
+        requests, as any HTTP connection does (at once before TLS
+        started).
         """
+        if self.tls is None:
+            transport = self.owner.transport
+            if transport is not None:
+                transport.loseConnection()
+            return
         self.inner.drain()
 
 
@@ -218,6 +464,7 @@ class InterceptedRequests:
     transport: Any
     _state: Any
     _head: Any
+    _h2stream: Any
 
     def connectionMade(self) -> None:
         owner = self.interceptOwner
@@ -231,7 +478,9 @@ class InterceptedRequests:
         factoryEnded = endHookOf(self.factory)
         if factoryEnded is not ListenerFactory.exchangeEnded:
             self._factoryEnded = factoryEnded
-        self._setTimer(self.factory.listener.headerTimeout, "head")  # type: ignore[attr-defined]
+        if self._h2stream is None:
+            # (An HTTP/2 stream's head is all there already.)
+            self._setTimer(self.factory.listener.headerTimeout, "head")  # type: ignore[attr-defined]
 
     #: The owner counts the connection (and holds its lease).
     _countsConnection = False
@@ -302,21 +551,42 @@ class InterceptedRequests:
         return d.addCallback(lambda tls: tls.wrappedProtocol)
 
     def _startH2(self, received: bytes) -> None:
-        self._notHTTP("HTTP/2 with prior knowledge is not served inside an intercepted tunnel")
+        """
+        The HTTP/2 preface: served when TLS negotiated C{h2} (the origin
+        selected it too), each stream by a protocol of this class
+        (L{_h2StreamProtocol}); else the connection is closed.
+        """
+        if getattr(self.transport, "negotiatedProtocol", None) != b"h2":
+            self._notHTTP("HTTP/2 without ALPN h2 is not served inside an intercepted tunnel")
+            return
+        super()._startH2(received)  # type: ignore[misc]
+
+    def _h2StreamProtocol(self, addr: Any) -> Any:
+        """
+        The protocol serving one HTTP/2 stream of the decrypted
+        connection: one more of this class, for the same tunnel (its user,
+        its origin).
+        """
+        proto = type(self)()
+        proto.factory = self.factory
+        proto.interceptOwner = self.interceptOwner
+        proto.interceptTarget = self.interceptTarget
+        return proto
 
     def _refuse(self, status: int, reason: str, retryAfter: Optional[float] = None) -> None:
-        if self._state is HEAD and status in (400, 431):
+        if self._state is HEAD and status in (400, 431) and self._h2stream is None:
             self._notHTTP(reason)
             return
         super()._refuse(status, reason, retryAfter)  # type: ignore[misc]
 
     def _notHTTP(self, reason: str) -> None:
         """
-        What the client sent after the handshake is not an HTTP/1.1
-        request: one log line, and the connection is closed.
+        What the client sent after the handshake is not an HTTP request
+        (HTTP/1.1, or HTTP/2 after ALPN C{h2}): one log line, and the
+        connection is closed.
         """
         log.info(
-            "intercepted tunnel from {client} to {target}: the client does not speak HTTP/1.1 inside ({reason}); closing",
+            "intercepted tunnel from {client} to {target}: the client does not speak HTTP inside ({reason}); closing",
             client=self.client.host,
             target=str(self.interceptTarget),
             reason=reason,
@@ -346,7 +616,9 @@ def startInterception(owner: Any, tunnel: TunnelRequest) -> None:
     """
     Answer C{owner}'s C{CONNECT} with C{200} and decrypt what follows:
     TLS with a certificate for the client's SNI (else the C{CONNECT}
-    host), then a new protocol of the listener's class over it.
+    host), then a new protocol of the listener's class over it.  With
+    HTTP/2 on, the ALPN offered to a client that offers C{h2} is decided
+    first (L{_ALPNChoice}).
 
     @param owner: the forward protocol, in C{WAIT}.
     @param tunnel: its C{CONNECT}.
@@ -354,7 +626,7 @@ def startInterception(owner: Any, tunnel: TunnelRequest) -> None:
     interceptor = owner.factory.interceptor
     assert interceptor is not None and owner.transport is not None
     try:
-        newObject = interceptor.ca.serverObject(tunnel.target.host)
+        interceptor.ca.serverObject(tunnel.target.host)
     except ValueError as e:
         owner._refuse(400, f"cannot intercept {tunnel.target.host}: {e}")
         return
@@ -366,17 +638,22 @@ def startInterception(owner: Any, tunnel: TunnelRequest) -> None:
     inner.factory = owner.factory
     inner.interceptOwner = owner
     inner.interceptTarget = tunnel.target
-    tls = TLSServerProtocol(newObject, inner)
-    relay = InterceptedTunnel(owner, tls, inner)
+    relay = InterceptedTunnel(owner, None, inner)
     owner.relay = relay
     owner._upstreamAddress = "intercepted"
-    owner.dataReceived = tls.dataReceived
-    tls.makeConnection(transport)
     pending, owner._input = owner._input, b""
     owner._inputPaused = False
-    transport.resumeProducing()
-    if pending:
-        tls.dataReceived(pending)
+    if owner.factory.listener.http2:
+        choice = relay.choice = _ALPNChoice(relay, interceptor, tunnel.target)
+        owner.dataReceived = choice.dataReceived
+        transport.resumeProducing()
+        if pending:
+            choice.dataReceived(pending)
+    else:
+        relay.start(None, b"")
+        transport.resumeProducing()
+        if pending and relay.tls is not None:
+            relay.tls.dataReceived(pending)
     if owner._clientReadLost:
         relay.clientReadLost()
 

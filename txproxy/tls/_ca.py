@@ -29,7 +29,7 @@ import ssl
 import stat
 import tempfile
 from collections import OrderedDict
-from typing import Any, Callable, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -150,13 +150,15 @@ class _Leaf:
     One minted certificate and the server TLS context serving it.
     """
 
-    __slots__ = ("name", "certificate", "context", "notAfter")
+    __slots__ = ("name", "certificate", "context", "notAfter", "others")
 
     def __init__(self, name: str, certificate: x509.Certificate, context: Any) -> None:
         self.name = name
         self.certificate = certificate
         self.context = context
         self.notAfter = _notAfter(certificate)
+        #: Contexts offering other ALPN lists, made when first asked for.
+        self.others: Optional[Dict[Tuple[str, ...], Any]] = None
 
 
 class InterceptCA:
@@ -327,14 +329,25 @@ class InterceptCA:
         """
         return self._leafFor(leafName(host)).certificate
 
-    def contextFor(self, host: str) -> ssl.SSLContext:
+    def contextFor(self, host: str, alpn: Optional[Tuple[str, ...]] = None) -> ssl.SSLContext:
         """
         The server C{ssl.SSLContext} serving C{host}'s certificate (and the
         CA after it), cached with it.
 
+        @param alpn: the ALPN protocols it selects from, in preference
+            order; L{None} for the CA's own list (C{http/1.1}).
         @raise ValueError: C{host} is not a host name or IP address.
         """
-        return self._leafFor(leafName(host)).context  # type: ignore[no-any-return]
+        leaf = self._leafFor(leafName(host))
+        if alpn is None or list(alpn) == self._alpn:
+            return leaf.context  # type: ignore[no-any-return]
+        others = leaf.others
+        if others is None:
+            others = leaf.others = {}
+        context = others.get(alpn)
+        if context is None:
+            context = others[alpn] = self._context(leaf.certificate, alpn)
+        return context
 
     def cachedNames(self) -> List[str]:
         """
@@ -350,13 +363,14 @@ class InterceptCA:
 
     # -- server TLS
 
-    def _context(self, cert: x509.Certificate) -> ssl.SSLContext:
+    def _context(self, cert: x509.Certificate, alpn: Optional[Tuple[str, ...]] = None) -> ssl.SSLContext:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         ctx.options |= _TLS_OPTIONS
         ctx.set_ciphers(self._ciphers)
-        if self._alpn:
-            ctx.set_alpn_protocols(self._alpn)
+        protocols = self._alpn if alpn is None else list(alpn)
+        if protocols:
+            ctx.set_alpn_protocols(protocols)
         if self._keyPEM is None:
             self._keyPEM = leafKey().private_bytes(
                 serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
@@ -385,7 +399,7 @@ class InterceptCA:
         if name == getattr(sslobj, "txproxyHost", None):
             return None
         try:
-            sslobj.context = self.contextFor(name)
+            sslobj.context = self.contextFor(name, getattr(sslobj, "txproxyALPN", None))
         except ValueError:
             return int(ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME)
         except Exception:  # never an exception out of OpenSSL's callback
@@ -393,21 +407,26 @@ class InterceptCA:
             return int(ssl.ALERT_DESCRIPTION_INTERNAL_ERROR)
         return None
 
-    def serverObject(self, host: str) -> Callable[[Any, Any], Any]:
+    def serverObject(self, host: str, alpn: Optional[Tuple[str, ...]] = None) -> Callable[[Any, Any], Any]:
         """
         What makes the server-side C{ssl.SSLObject} of one intercepted
         connection to C{host} (its C{CONNECT} host): it starts on C{host}'s
         certificate, and switches to the client's SNI name when that
         differs.  For L{txproxy.tls._proto.TLSServerProtocol}.
 
+        @param alpn: the ALPN protocols to select from, in preference order
+            (C{("h2", "http/1.1")} when the origin speaks HTTP/2); L{None}
+            for the CA's own list (C{http/1.1}).
         @raise ValueError: C{host} is not a host name or IP address.
         """
         name = leafName(host)
-        context = self.contextFor(name)
+        context = self.contextFor(name, alpn)
 
         def newObject(incoming: Any, outgoing: Any) -> Any:
             sslobj: Any = context.wrap_bio(incoming, outgoing, server_side=True)
             sslobj.txproxyHost = name
+            if alpn is not None:
+                sslobj.txproxyALPN = alpn
             return sslobj
 
         return newObject
