@@ -970,21 +970,29 @@ class OriginALPNTests(InterceptTestCase):
     def test_originSelectsHTTP11(self) -> None:
         """
         An origin that selects http/1.1 (or nothing): the client gets
-        http/1.1, and HTTP/1.1 requests work as ever.
+        http/1.1, and the probe connection (verified) carries the first
+        request: no second connection.
         """
         for offered in [("http/1.1",), ()]:
             self.log.records.clear()
             factory = self.factory()
             proto, transport, tls = self.connectAndHello(factory)
-            self.originHandshake(self.connector.last, offered)
+            probe = self.connector.last
+            server = self.originHandshake(probe, offered)
+            self.assertFalse(self.probeTransport.disconnecting)
             self.finishClient(proto, transport, tls)
             self.assertEqual(tls.obj.selected_alpn_protocol(), "http/1.1")
             self.assertEqual(factory.interceptor.originProtocols.get(("example.test", 443, "example.test"), 0), False)
             self.exchange(proto, transport, tls, b"GET /one HTTP/1.1\r\nHost: example.test\r\n\r\n")
-            self.originServe(self.connector.last)
+            self.assertIs(self.connector.last, probe)
+            server.pump(self.probeTransport.value())
+            self.probeTransport.clear()
+            self.assertTrue(server.received.startswith(b"GET /one HTTP/1.1\r\n"), server.received)
+            probe.protocol.dataReceived(server.send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"))
             got = self.exchange(proto, transport, tls, b"")
             self.assertTrue(got.startswith(b"HTTP/1.1 200 OK\r\n"), got)
-            self.assertEqual(self.log.records[-1].target, "https://example.test:443/one")
+            record = self.log.records[-1]
+            self.assertEqual((record.target, record.upstream), ("https://example.test:443/one", "192.0.2.10:443"))
 
     def test_clientWithoutH2IsNotDelayed(self) -> None:
         """

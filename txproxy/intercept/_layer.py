@@ -18,11 +18,8 @@ from collections import OrderedDict
 from typing import Any, Dict, List, Optional, Tuple, Type
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IHandshakeListener
-from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from txproxy._common import overrides
 from txproxy._factory import ListenerFactory, endHookOf
@@ -184,27 +181,34 @@ class _OriginTLS(TLSClientProtocol):
             callback(self)
 
 
-@implementer(IHandshakeListener)
-class _Probe(Protocol):
+class _ProbeTLS(_OriginTLS):
     """
-    The application side of the connection that asks an origin which
-    protocol it speaks: nothing is sent; once the handshake (and the
-    verification of the origin) is over the answer is reported and the
-    connection closed.
+    The connection that asks an origin which protocol it speaks (ALPN
+    C{h2, http/1.1}), verified as every origin connection is.  Its
+    application protocol is an idle upstream connection: when the origin
+    selects C{http/1.1} (or nothing) it goes to the pool for the tunnel's
+    first request; when it selects C{h2} it is closed, nothing sent.
     """
 
-    def __init__(self, choice: "_ALPNChoice") -> None:
-        self.choice = choice
+    choice: Optional["_ALPNChoice"] = None
 
-    def handshakeCompleted(self) -> None:
-        transport = self.transport
-        assert transport is not None
-        selected = transport.negotiatedProtocol  # type: ignore[attr-defined]
-        self.choice.probed(selected)
-        transport.loseConnection()
+    def _handshaken(self) -> None:
+        super()._handshaken()
+        choice = self.choice
+        if self._handshakeDone and not self.disconnected and choice is not None:
+            self.choice = None
+            choice.probed(self, self.negotiatedProtocol)
 
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self.choice.probeLost(reason)
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        choice = self.choice
+        if choice is not None:
+            self.choice = None
+            choice.probeLost(reason)
+        super().connectionLost(reason)
+
+
+def _poolKey(target: Target) -> str:
+    return f"intercept|{target}|{target.host}"
 
 
 class _ALPNChoice:
@@ -221,7 +225,7 @@ class _ALPNChoice:
     done = False
     _dial: Optional[defer.Deferred] = None
     _timer: Any = None
-    _probe: Optional[_Probe] = None
+    _probe: Optional[_ProbeTLS] = None
 
     def __init__(self, relay: "InterceptedTunnel", interceptor: Interceptor, target: Target) -> None:
         self.relay = relay
@@ -260,10 +264,12 @@ class _ALPNChoice:
         except Exception:  # a broken --upstream-ca: the requests report it
             self._start(False)
             return
-        probe = self._probe = _Probe(self)
+        makeApp = self.relay.inner.upstreamProtocol
 
-        def make() -> _OriginTLS:
-            return _OriginTLS(newObject, probe, verify)
+        def make() -> _ProbeTLS:
+            probe = self._probe = _ProbeTLS(newObject, makeApp(), verify)
+            probe.choice = self
+            return probe
 
         factory = owner.factory
         self._timer = factory.clock.callLater(factory.listener.connectTimeout, self._timedOut)
@@ -274,17 +280,25 @@ class _ALPNChoice:
     def _dialFailed(self, reason: Failure) -> None:
         self._finish(None, reason)
 
-    def probed(self, selected: Optional[bytes]) -> None:
+    def probed(self, probe: _ProbeTLS, selected: Optional[bytes]) -> None:
         """
         The origin completed the handshake (verified) and selected
-        C{selected}.
+        C{selected}: remember it; keep the connection for the first
+        request unless it is to speak HTTP/2.
         """
-        if self.done:
-            return
-        self._probe = None  # (it closes itself, with close_notify)
+        self._probe = None
         h2 = selected == b"h2"
-        owner = self.relay.owner
-        self.interceptor.originProtocols.put(self.key, h2, owner.factory.clock.seconds())
+        if self.done:
+            probe.loseConnection()
+            return
+        factory = self.relay.owner.factory
+        self.interceptor.originProtocols.put(self.key, h2, factory.clock.seconds())
+        if h2 or factory.draining:
+            probe.loseConnection()
+        else:
+            upstream = probe.wrappedProtocol
+            upstream.key = _poolKey(self.target)
+            factory.pool.put(upstream)
         self._finish(h2)
 
     def probeLost(self, reason: Failure) -> None:
@@ -315,8 +329,10 @@ class _ALPNChoice:
         if timer is not None and timer.active():
             timer.cancel()
         probe, self._probe = self._probe, None
-        if probe is not None and probe.transport is not None:
-            probe.transport.abortConnection()  # type: ignore[attr-defined]
+        if probe is not None:
+            probe.choice = None
+            if getattr(probe, "transport", None) is not None:
+                probe.abortConnection()
         dial = self._dial
         if dial is not None and not dial.called:
             dial.cancel()
@@ -522,7 +538,7 @@ class InterceptedRequests:
         Origin connections are pooled per host, port and server name (the
         host), apart from plain ones.
         """
-        return f"intercept|{request.target}|{request.target.host}"
+        return _poolKey(request.target)
 
     def upstreamHead(self, request: HTTPRequest) -> RequestHead:
         head: RequestHead = super().upstreamHead(request)  # type: ignore[misc]
