@@ -79,7 +79,7 @@ class _InterceptTestCase(SynchronousTestCase):
             f.write(cert.public_bytes(serialization.Encoding.PEM))
         self.originCA = TestCA()
         self.addCleanup(shutil.rmtree, self.originCA.dir, True)
-        pem = self.originCA.issue(["localhost", "127.0.0.1"], "origin.pem")
+        pem = self.originPem = self.originCA.issue(["localhost", "127.0.0.1"], "origin.pem")
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(pem)
         self.origin = ThreadedServer(_originHandler, wrap=lambda conn: ctx.wrap_socket(conn, server_side=True))
@@ -88,12 +88,12 @@ class _InterceptTestCase(SynchronousTestCase):
         with open(self.authPath, "w") as f:
             f.write("alice:{SHA}5en6G6MezRroT3XKqkdPOmY/BfQ=\n")
 
-    def proxy(self, *extra: str, trustOrigin: bool = True) -> Twistd:
+    def proxy(self, *extra: str, trustOrigin: bool = True, origin: Any = None) -> Twistd:
         port = freePort()
         args = [
             "--listen", f"tcp:{port}:interface=127.0.0.1",
             "--intercept-ca", self.caPath,
-            "--connect-ports", str(self.origin.port),
+            "--connect-ports", str((origin or self.origin).port),
             "--access-log", "access.log", "--access-log-format", "json",
             *extra,
         ]
@@ -201,6 +201,87 @@ class CurlTests(_InterceptTestCase):
         lines = [line for line in proxy.stdout().splitlines() if "TLS verification failed" in line]
         self.assertEqual(len(lines), 1, proxy.stdout())
         self.assertNotIn("Traceback", proxy.stdout() + proxy.stderr())
+
+
+class CurlHTTP2Tests(_InterceptTestCase):
+    """
+    ALPN inside the tunnel follows the origin: curl (which offers h2 and
+    http/1.1) speaks HTTP/2 to the proxy when the origin selects h2, and
+    HTTP/1.1 when it does not.
+    """
+
+    def h2Origin(self) -> ThreadedServer:
+        """
+        A TLS origin selecting ALPN h2 when offered (http/1.1 otherwise),
+        serving HTTP/1.1 (which is what the proxy sends it).
+        """
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(self.originPem)
+        ctx.set_alpn_protocols(["h2", "http/1.1"])
+        origin = ThreadedServer(_originHandler, wrap=lambda conn: ctx.wrap_socket(conn, server_side=True))
+        self.addCleanup(origin.stop)
+        return origin
+
+    def test_curlGetsHTTP2(self) -> None:
+        """
+        The origin selects h2: curl --http2 gets HTTP/2 for the inner
+        responses (two URLs, one connection), logged as HTTP/2.0 with the
+        user and the https:// URL; the probe sent nothing, so the origin
+        saw only the proxy's requests.
+        """
+        origin = self.h2Origin()
+        proxy = self.proxy("--auth", self.authPath, origin=origin)
+        base = f"https://localhost:{origin.port}"
+        result = self.curl(
+            proxy, "--http2", "--proxy-user", "alice:secret", "--cacert", self.caCertPath,
+            "-w", "[%{http_version} %{http_code}]\n", f"{base}/one", f"{base}/two?x=1",
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(
+            result.stdout,
+            b"origin saw GET /one x-rewritten=-\n[2 200]\norigin saw GET /two?x=1 x-rewritten=-\n[2 200]\n",
+        )
+        self.assertEqual(proxy.stop(), 0)
+        records = self.records(proxy, 3)
+        inner = [r for r in records if r["method"] == "GET"]
+        self.assertEqual([r["target"] for r in inner], [f"{base}/one", f"{base}/two?x=1"])
+        self.assertEqual({r["version"] for r in inner}, {"HTTP/2.0"})
+        self.assertEqual({r["user"] for r in records}, {"alice"})
+        self.assertEqual({r["status"] for r in records}, {200})
+        self.assertNotIn("Traceback", proxy.stdout() + proxy.stderr())
+
+    def test_curlGetsHTTP11FromAnHTTP11Origin(self) -> None:
+        """
+        The origin selects no h2: curl --http2 gets HTTP/1.1, and the
+        connection that asked the origin carried the request (one
+        connection to the origin in all).
+        """
+        proxy = self.proxy()
+        result = self.curl(
+            proxy, "--http2", "--cacert", self.caCertPath, "-w", "[%{http_version} %{http_code}]\n",
+            f"https://localhost:{self.origin.port}/one",
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(result.stdout, b"origin saw GET /one x-rewritten=-\n[1.1 200]\n")
+        self.assertEqual(self.origin.accepted, 1)
+        self.assertEqual(proxy.stop(), 0)
+        (inner,) = [r for r in self.records(proxy, 2) if r["method"] == "GET"]
+        self.assertEqual(inner["version"], "HTTP/1.1")
+
+    def test_http2OffGivesHTTP11(self) -> None:
+        """
+        With --http2 off the proxy offers http/1.1 only, whatever the
+        origin speaks.
+        """
+        origin = self.h2Origin()
+        proxy = self.proxy("--http2", "off", origin=origin)
+        result = self.curl(
+            proxy, "--http2", "--cacert", self.caCertPath, "-w", "[%{http_version}]",
+            f"https://localhost:{origin.port}/one",
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertTrue(result.stdout.endswith(b"[1.1]"), result.stdout)
+        self.assertEqual(proxy.stop(), 0)
 
 
 class UrllibTests(_InterceptTestCase):
