@@ -10,7 +10,10 @@ L{shouldIntercept <txproxy.forward.ForwardProxyProtocol.shouldIntercept>}
 decides (by default: the patterns of L{InterceptPolicy}).  An intercepted
 tunnel is answered C{200}; the client's TLS is terminated with a
 certificate the L{txproxy.tls.InterceptCA} mints for its SNI name (else the
-C{CONNECT} host), offering ALPN C{http/1.1}; and the decrypted bytes are
+C{CONNECT} host), offering ALPN C{h2} only when the client offers it, the
+listener has HTTP/2 on and the origin selected it (asked once per origin
+and remembered: L{OriginProtocols}), else C{http/1.1}; and the decrypted
+bytes (HTTP/1.1, or HTTP/2 streams) are
 read by a new protocol of the listener's own class with
 L{InterceptedRequests} mixed in (L{interceptedClass}): each request is an
 C{https://host:port/...} request through the HTTP core, by the tunnel's
