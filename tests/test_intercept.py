@@ -1116,6 +1116,40 @@ class OriginALPNTests(InterceptTestCase):
         self.assertEqual(record.method, "CONNECT")
         self.assertIn("TLS handshake failed", record.reason)
 
+    def test_incompleteHelloTimesOut(self) -> None:
+        """
+        A client that does not complete its ClientHello within the header
+        timeout: TLS starts anyway (no probe), as without HTTP/2.
+        """
+        factory = self.factory()
+        proto, transport = connect(factory)
+        proto.dataReceived(CONNECT)
+        hello = self.clientTLS(alpn=self.H2).pump()
+        proto.dataReceived(hello[:20])
+        self.assertIsNone(proto.relay.tls)
+        self.clock.advance(factory.listener.headerTimeout - 0.1)
+        self.assertIsNone(proto.relay.tls)
+        self.clock.advance(0.1)
+        self.assertIsNotNone(proto.relay.tls)
+        self.assertEqual(self.connector.attempts, [])
+
+    def test_clientPausedWhileWaiting(self) -> None:
+        """
+        A client sending more than it should while the origin is asked is
+        paused; what it sent is kept and goes to TLS once it starts (here,
+        junk after the hello: TLS fails the connection).
+        """
+        proto, transport, tls = self.connectAndHello()
+        self.assertFalse(transport.paused)
+        proto.dataReceived(b"x" * 1000)
+        self.assertFalse(transport.paused)
+        proto.dataReceived(b"x" * 70000)
+        self.assertTrue(transport.paused)
+        self.originHandshake(self.connector.last, ("h2", "http/1.1"))
+        self.assertIsNotNone(proto.relay.tls)
+        self.assertIsNotNone(proto.relay.tls._reason)
+        self.assertTrue(transport.disconnecting)
+
     def test_priorKnowledgeWithoutALPNIsClosed(self) -> None:
         """
         The HTTP/2 preface inside a tunnel that negotiated http/1.1 is

@@ -63,6 +63,10 @@ class _Intercept:
 INTERCEPT: Any = _Intercept()
 
 
+#: Client bytes kept while the origin is asked, above which the client is
+#: paused.
+_WAITING_INPUT = 65536
+
 #: The ALPN list offered to a client once the origin selected C{h2}.
 H2_ALPN: Tuple[str, ...] = ("h2", "http/1.1")
 
@@ -226,6 +230,8 @@ class _ALPNChoice:
     _dial: Optional[defer.Deferred] = None
     _timer: Any = None
     _probe: Optional[_ProbeTLS] = None
+    _size = 0
+    _paused = False
 
     def __init__(self, relay: "InterceptedTunnel", interceptor: Interceptor, target: Target) -> None:
         self.relay = relay
@@ -234,11 +240,21 @@ class _ALPNChoice:
         self.key = (target.host, target.port, target.host)
         self.reader = ClientHelloReader()
         self.received: List[bytes] = []
+        factory = relay.owner.factory
+        # A client that never completes its ClientHello: TLS starts
+        # anyway (and fails it, or times it out, as without HTTP/2).
+        self._timer = factory.clock.callLater(factory.listener.headerTimeout, self._timedOut)
 
     def dataReceived(self, data: bytes) -> None:
         self.received.append(data)
         if self.done or self._dial is not None:
-            return  # (waiting for the origin's answer)
+            # (Waiting for the origin's answer: a TLS client sends nothing
+            # more before the server's hello; one that does is paused.)
+            self._size += len(data)
+            if self._size > _WAITING_INPUT and not self._paused:
+                self._paused = True
+                self.relay.owner.transport.pauseProducing()
+            return
         try:
             hello = self.reader.feed(data)
         except ClientHelloError:
@@ -272,6 +288,9 @@ class _ALPNChoice:
             return probe
 
         factory = owner.factory
+        timer = self._timer
+        if timer is not None and timer.active():
+            timer.cancel()
         self._timer = factory.clock.callLater(factory.listener.connectTimeout, self._timedOut)
         self._dial = d = owner.dialTarget(target, make)
         owner._upstreamAddress = "intercepted"
@@ -310,6 +329,9 @@ class _ALPNChoice:
 
     def _timedOut(self) -> None:
         self._timer = None
+        if self._dial is None:
+            self._start(False)  # (no complete ClientHello in time)
+            return
         self._finish(None, Failure(defer.TimeoutError("the origin did not complete the TLS handshake in time")))
 
     def _finish(self, h2: Optional[bool], reason: Optional[Failure] = None) -> None:
@@ -349,7 +371,13 @@ class _ALPNChoice:
         if self.done:
             return
         self.done = True
+        timer, self._timer = self._timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
         self.relay.start(H2_ALPN if h2 else None, b"".join(self.received))
+        transport = self.relay.owner.transport
+        if self._paused and transport is not None and not getattr(transport, "disconnecting", False):
+            transport.resumeProducing()
 
 
 class InterceptedTunnel:
