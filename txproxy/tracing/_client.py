@@ -37,6 +37,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from txproxy import __version__
+from txproxy.tracing._export import PostFailed
 from txproxy.tracing._otlp import CONTENT_TYPE
 
 __all__ = ["ResponseReader", "HTTPPoster", "BadResponse", "BACKOFF_MIN", "BACKOFF_MAX"]
@@ -326,8 +327,6 @@ class HTTPPoster:
         self.connections = 0
 
     def __call__(self, body: bytes) -> "defer.Deferred[Any]":
-        from txproxy.tracing._export import PostFailed
-
         head = self._prefix + b"%d\r\n\r\n" % len(body)
         proto = self._protocol
         if proto is not None and not proto.lost:

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional, Tuple
 
+from txproxy.tls import isTLSTransport
 from txproxy.tracing._span import SPAN_KIND_SERVER, RecordingSpan, Span, Tracer
 
 __all__ = ["startHTTPSpan", "startStreamSpan", "endSpan", "connectionAttributes", "KNOWN_METHODS"]
@@ -78,8 +79,6 @@ def connectionAttributes(client: Any, transport: Any, http: bool = False) -> Dic
     """
     attributes: Dict[str, Any] = {"client.address": client.host}
     if http:
-        from txproxy.tls import isTLSTransport
-
         attributes["url.scheme"] = "https" if isTLSTransport(transport) else "http"
     getPeer = getattr(transport, "getPeer", None)
     peer = getPeer() if getPeer is not None else None
