@@ -36,6 +36,14 @@ a no-op), in alternating batches; prints CPU microseconds per request
 (process time, so other load on the machine matters less).
 
   python bench/bench_tracing.py --micro [--requests 50000]
+
+With --post, instead: the CPU of sending one batch (a 213 kB body, about
+512 spans) to a local receiver (a Python http.server in another process),
+with Twisted's Agent (what https:// collectors use) and with txproxy's own
+HTTP/1.1 client (http://), alternating; prints CPU and wall microseconds
+per POST.
+
+  python bench/bench_tracing.py --post [--posts 300]
 """
 
 from __future__ import annotations
@@ -134,6 +142,40 @@ def micro(requests: int, batch: int = 500) -> Dict[str, float]:
     return out
 
 
+# ---------------------------------------------------------------- --post
+
+def posts(count: int, size: int = 213000, rounds: int = 2) -> int:
+    from twisted.internet import defer, reactor, task
+
+    from txproxy.tracing import HTTPPoster, agentPoster
+
+    rx = subprocess.Popen([sys.executable, "-c", RECEIVER], stdout=subprocess.PIPE)
+    try:
+        assert rx.stdout is not None
+        port = int(rx.stdout.readline().split()[1])
+        url = f"http://127.0.0.1:{port}/v1/traces"
+        body = os.urandom(size)
+
+        @defer.inlineCallbacks
+        def run(_: Any) -> Any:
+            for n in range(rounds):
+                for name, post in (("agent", agentPoster(reactor, url)), ("own client", HTTPPoster(reactor, url))):
+                    for _ in range(30):
+                        yield post(body)
+                    t0, w0 = time.process_time(), time.time()
+                    for _ in range(count):
+                        yield post(body)
+                    cpu = (time.process_time() - t0) / count * 1e6
+                    wall = (time.time() - w0) / count * 1e6
+                    print(f"{sys.implementation.name} round {n + 1} {name:10s}: {cpu:6.0f} us CPU/POST, "
+                          f"{wall:6.0f} us wall ({size} bytes)")
+
+        task.react(run)
+    finally:
+        rx.kill()
+    return 0
+
+
 # ---------------------------------------------------------------- --real
 
 def real(args: argparse.Namespace) -> int:
@@ -224,6 +266,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--micro", action="store_true")
     parser.add_argument("--requests", type=int, default=50000)
+    parser.add_argument("--post", action="store_true")
+    parser.add_argument("--posts", type=int, default=300)
     parser.add_argument("--cpython", default=sys.executable)
     parser.add_argument("--pypy", default=None)
     parser.add_argument("--seconds", type=float, default=5.0)
@@ -234,6 +278,8 @@ def main() -> int:
                         help="collect with a Python http.server that counts batches and bytes (it shares "
                              "core 0 with wrk, and slows it), instead of the origin nginx")
     args = parser.parse_args()
+    if args.post:
+        return posts(args.posts)
     if args.micro:
         res = micro(args.requests)
         off = res["off"]

@@ -92,6 +92,33 @@ class TracerTests(SynchronousTestCase):
         self.assertFalse(any(Tracer(0.0).startSpan("x").sampled for _ in range(50)))
         self.assertTrue(all(Tracer(1.0).startSpan("x").sampled for _ in range(50)))
 
+    def test_decisionMatchesSampler(self) -> None:
+        """
+        A new trace is recorded exactly when L{Sampler.sampleNew} says so
+        for its trace id (the tracer decides on the id as an int); the ids
+        are the draw's high 128 and low 64 bits; an unsampled span's
+        traceparent line is made with its ids.
+        """
+        for ratio in (0.0, 0.25, 0.5, 1.0):
+            draws = iter([(7 << 64) | 5, (2**127 + 2**63) << 64 | 9, ((2**64 - 1) << 64) | 1])
+            tracer = Tracer(ratio, randbits=lambda bits, draws=draws: next(draws))
+            for _ in range(3):
+                span = tracer.startSpan("x")
+                self.assertEqual(span.sampled, tracer.sampler.sampleNew(span.traceId), (ratio, span))
+                self.assertEqual(len(span.traceId), 32)
+                self.assertEqual(len(span.spanId), 16)
+                self.assertEqual(span.traceField(), b"traceparent: " + span.traceparent() + b"\r\n")
+        span = Tracer(0.0, randbits=lambda bits: (7 << 64) | 5).startSpan("x")
+        self.assertEqual((span.traceId, span.spanId), (b"%032x" % 7, b"%016x" % 5))
+
+    def test_zeroDrawsRedrawn(self) -> None:
+        """
+        An all-zero trace or span id from the draw is drawn again.
+        """
+        draws = iter([0, 3, 4])
+        span = Tracer(0.0, randbits=lambda bits: next(draws)).startSpan("x")
+        self.assertEqual((span.spanId, span.traceId), (b"%016x" % 3, b"%032x" % 4))
+
     def test_propagate(self) -> None:
         """
         L{Span.propagate} replaces the incoming fields with this span's.

@@ -162,6 +162,49 @@ class PropagationTests(TracingTestCase):
         self.respond()  # (on the pooled connection)
         self.assertEqual([s.traceId for s in self.sink.spans], [TRACE])
 
+    def test_sampleZeroFieldAtSerialization(self) -> None:
+        """
+        At ratio 0 (no trace fields in the request, no hook) the
+        traceparent line is added as the head is serialized: the upstream
+        head is the request's with one last field, a new trace per
+        request on one connection, and the access record has its ids.
+        """
+        factory = self.reverse(ratio=0.0)
+        proto, client = self.get(factory)
+        upstream = self.connector.last.succeed()
+        self.respond()
+        proto.dataReceived(b"GET /api/b HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        self.respond()
+        heads = upstream.value().split(b"\r\n\r\n")[:2]
+        values = []
+        for head, record in zip(heads, self.records):
+            lines = head.split(b"\r\n")
+            name, _, value = lines[-1].partition(b": ")
+            self.assertEqual(name, b"traceparent")
+            self.assertEqual(value, b"00-%s-%s-00" % (record.traceId.encode(), record.spanId.encode()))
+            self.assertEqual(sum(1 for line in lines if line.lower().startswith(b"traceparent:")), 1)
+            values.append(value)
+        self.assertEqual(len(values), 2)
+        self.assertNotEqual(values[0][3:35], values[1][3:35])
+        self.assertIsNone(proto._traceField)
+
+    def test_rewriteHookSeesTraceparent(self) -> None:
+        """
+        With a rewriteRequest hook the traceparent is in the head the hook
+        gets (and sent once).
+        """
+        seen = []
+
+        class Rewriting(ReverseProxyProtocol):
+            def rewriteRequest(self, request: Any, head: Any) -> Any:
+                seen.append(head.get(b"traceparent"))
+                return head
+
+        self.get(self.reverse(ratio=0.0, protocol=Rewriting))
+        sent = self.connector.last.succeed().value()
+        [value] = _header(sent, b"traceparent")
+        self.assertEqual(seen, [value])
+
     def test_unsampledParentAtRatioOne(self) -> None:
         """
         An unsampled parent is obeyed at ratio 1: propagated with flag 00,
@@ -199,6 +242,7 @@ class HTTPSpanTests(TracingTestCase):
         self.assertEqual(a["http.route"], "/api")
         self.assertEqual(a["txproxy.route"], "a.test/api")
         self.assertEqual(a["url.path"], "/api/users/7")
+        self.assertEqual(a["url.scheme"], "http")
         self.assertEqual(a["http.response.status_code"], 200)
         self.assertEqual((a["server.address"], a["client.address"]), ("a.test", "203.0.113.9"))
         self.assertEqual((a["network.peer.address"], a["network.peer.port"]), ("203.0.113.9", 5000))
@@ -343,6 +387,20 @@ class TunnelSpanTests(TracingTestCase):
     A CONNECT tunnel is one span, ended when the tunnel closes.
     """
 
+    def test_absoluteFormScheme(self) -> None:
+        """
+        A forward proxy's absolute-form request has the target's scheme.
+        """
+        connector = FakeConnector({"site.test": ["192.0.2.8"]})
+        factory = forwardFactory(connector=connector, clock=self.clock, protocol=ForwardProxyProtocol)
+        factory.tracer = Tracer(1.0, self.sink)
+        proto, client = connect(factory)
+        proto.dataReceived(b"GET HTTP://site.test/x?y HTTP/1.1\r\nHost: site.test\r\n\r\n")
+        connector.last.succeed()
+        connector.last.protocol.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        [span] = self.sink.spans
+        self.assertEqual((span.attributes["url.scheme"], span.attributes["url.path"]), ("http", "/x"))
+
     def test_connect(self) -> None:
         """
         The span is named CONNECT, names the authority, counts the tunnel's
@@ -366,6 +424,7 @@ class TunnelSpanTests(TracingTestCase):
         self.assertEqual(a["http.response.status_code"], 200)
         self.assertEqual((a["txproxy.bytes_up"], a["txproxy.bytes_down"]), (5, 6))
         self.assertNotIn("url.path", a)
+        self.assertNotIn("url.scheme", a)
 
 
 class StreamSpanTests(TracingTestCase):

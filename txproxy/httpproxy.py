@@ -703,10 +703,19 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
             self._failed(Failure())
             return
         span = self.span
+        rewrites = overrides(self, "rewriteRequest", HTTPProxyProtocol)
         if span is not None:
             # The trace goes on upstream, with this request's span as parent.
-            head = RequestHead(head.method, head.target, head.version, span.propagate(head.headers))
-        if overrides(self, "rewriteRequest", HTTPProxyProtocol):
+            if span._replaces or rewrites or self.factory.cache is not None:
+                # (Fields to replace, or a hook or the cache that must see
+                # them: a new head.)
+                head = RequestHead(head.method, head.target, head.version, span.propagate(head.headers))
+                self._traceField = None
+            else:
+                # The common case: the field is appended as the head is
+                # serialized (no new head).
+                self._traceField = span.traceField()
+        if rewrites:
             d = defer.maybeDeferred(self.rewriteRequest, request, head)
             d.addCallback(lambda h: self._acquire(request, h)).addErrback(self._failed).addErrback(self._unexpected)
             return
@@ -868,7 +877,8 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
             if overrides(self, "rewriteRequest", HTTPProxyProtocol):
                 data = serializeRequestHead(head)
             else:
-                data = _serializeHead(head.method + b" " + head.target + b" HTTP/1.1\r\n", head.headers)
+                data = _serializeHead(head.method + b" " + head.target + b" HTTP/1.1\r\n", head.headers,
+                                      self._traceField)
         except ValueError as e:
             self._dropUpstream()
             self._refuse(500, f"invalid request head from a hook: {e}")
@@ -1352,7 +1362,9 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
         span = self.span
         if span is not None:
             self.span = None
-            self._endSpan(span, status, reason)
+            self._traceField = None
+            if span.sampled:
+                self._endSpan(span, status, reason)
         if factory.accessLog is None and not self._wantsRecord():
             factory.requestsTotal += 1
             metrics = factory.metrics
@@ -1406,11 +1418,14 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
     _spanHook: Optional[bool] = None
     #: The attributes every span of this connection shares.
     _spanBase: Optional[Dict[str, Any]] = None
+    #: The request's C{traceparent} line, when it is appended as the head is
+    #: serialized instead of by a new head (L{_prepare}).
+    _traceField: Optional[bytes] = None
 
     def _startSpan(self, head: RequestHead, raw: bytes) -> None:
         base = self._spanBase
         if base is None:
-            base = self._spanBase = connectionAttributes(self.client, self.transport)
+            base = self._spanBase = connectionAttributes(self.client, self.transport, http=True)
         span = self.span = startHTTPSpan(
             self.factory.tracer, head, self.client, self.transport, self._h2stream is not None, self._startWall,
             raw, base

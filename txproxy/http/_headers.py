@@ -178,15 +178,19 @@ def endToEnd(
     return out, tokens, hasLength
 
 
-def serializeTrustedHead(firstLine: bytes, headers: Iterable[Header]) -> bytes:
+def serializeTrustedHead(firstLine: bytes, headers: Iterable[Header], extra: Optional[bytes] = None) -> bytes:
     """
     Serialize a head whose fields are known to be valid (parsed, or made by
     the proxy itself), without checking them again.
 
     @param firstLine: the request or status line, with its CRLF.
     @param headers: C{(name, value)} pairs.
+    @param extra: serialized field lines (each with its CRLF) to add after
+        C{headers} (the tracing C{traceparent}), or L{None}.
     """
-    return firstLine + b"".join([name + b": " + value + b"\r\n" for name, value in headers]) + b"\r\n"
+    if extra is None:
+        return firstLine + b"".join([name + b": " + value + b"\r\n" for name, value in headers]) + b"\r\n"
+    return firstLine + b"".join([name + b": " + value + b"\r\n" for name, value in headers]) + extra + b"\r\n"
 
 
 #: Request fields that tell an upstream who the client is or how it

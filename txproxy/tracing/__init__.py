@@ -15,6 +15,7 @@ C{docs/tracing.rst}).
 
 from __future__ import annotations
 
+from txproxy.tracing._client import HTTPPoster, ResponseReader
 from txproxy.tracing._context import (
     MAX_TRACESTATE_MEMBERS,
     Sampler,
@@ -51,6 +52,8 @@ __all__ = [
     "BatchExporter",
     "PostFailed",
     "agentPoster",
+    "HTTPPoster",
+    "ResponseReader",
     "encodeSpans",
     "connectionAttributes",
     "endSpan",

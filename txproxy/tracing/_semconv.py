@@ -8,7 +8,9 @@ protocols call these, so each of them has one line of tracing at each end.
 Attributes (a span has those that apply):
 
   - at the start: C{http.request.method} (C{_OTHER} for an unknown method,
-    with C{http.request.method_original}), C{url.path} (no query),
+    with C{http.request.method_original}), C{url.scheme} (C{http} or
+    C{https} as the request arrived, or the scheme of an absolute-form
+    target; not on a C{CONNECT}), C{url.path} (no query),
     C{server.address}/C{server.port} (the C{Host} or C{CONNECT} authority),
     C{client.address} (the client, as a PROXY header named it; with
     C{client.port} in the TCP modes), C{network.peer.address} and
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional, Tuple
 
+from txproxy.tls import isTLSTransport
 from txproxy.tracing._span import SPAN_KIND_SERVER, RecordingSpan, Span, Tracer
 
 __all__ = ["startHTTPSpan", "startStreamSpan", "endSpan", "connectionAttributes", "KNOWN_METHODS"]
@@ -67,13 +70,16 @@ def _authority(value: bytes) -> Tuple[str, Optional[int]]:
     return result
 
 
-def connectionAttributes(client: Any, transport: Any) -> Dict[str, Any]:
+def connectionAttributes(client: Any, transport: Any, http: bool = False) -> Dict[str, Any]:
     """
     The attributes every span of one client connection shares: the client
-    (as a PROXY header named it) and the socket's peer.  Computed once per
-    connection by the protocols.
+    (as a PROXY header named it) and the socket's peer; with C{http}, the
+    C{url.scheme} its requests arrived with (C{https} on TLS).  Computed
+    once per connection by the protocols.
     """
     attributes: Dict[str, Any] = {"client.address": client.host}
+    if http:
+        attributes["url.scheme"] = "https" if isTLSTransport(transport) else "http"
     getPeer = getattr(transport, "getPeer", None)
     peer = getPeer() if getPeer is not None else None
     host = getattr(peer, "host", None)
@@ -111,7 +117,7 @@ def startHTTPSpan(tracer: Tracer, head: Any, client: Any, transport: Any, h2: bo
     if not span.sampled:
         return span
     assert isinstance(span, RecordingSpan)
-    a = span.attributes = dict(base if base is not None else connectionAttributes(client, transport))
+    a = span.attributes = dict(base if base is not None else connectionAttributes(client, transport, True))
     method = head.method
     name = _METHODS.get(method)
     if name is None:
@@ -134,10 +140,14 @@ def startHTTPSpan(tracer: Tracer, head: Any, client: Any, transport: Any, h2: bo
     target = head.target
     if method == b"CONNECT":
         authority = target
+        # (A tunnel has no URL.)
+        a.pop("url.scheme", None)
     else:
         if target[:1] != b"/":
             # absolute-form (a forward proxy's request): scheme://authority/path
-            rest = target.partition(b"://")[2]
+            scheme, _, rest = target.partition(b"://")
+            if rest:
+                a["url.scheme"] = scheme.decode("latin-1").lower()
             slash = rest.find(b"/")
             if authority is None:
                 authority = rest[:slash] if slash >= 0 else rest

@@ -45,6 +45,7 @@ _TRACEPARENT = b"traceparent"
 _TRACESTATE = b"tracestate"
 _ZERO_TRACE = b"0" * 32
 _ZERO_SPAN = b"0" * 16
+_MASK64 = (1 << 64) - 1
 
 
 class Span:
@@ -75,7 +76,7 @@ class Span:
 
     # (Few slots: a span that is not recorded is made for every request at
     # --trace-sample 0, and must cost next to nothing.)
-    __slots__ = ("traceId", "spanId", "parentId", "traceState", "_replaces")
+    __slots__ = ("traceId", "spanId", "parentId", "traceState", "_replaces", "_field")
 
     sampled = False
     name = ""
@@ -101,6 +102,8 @@ class Span:
         self.traceState = traceState
         #: Whether the request had trace fields of its own to replace.
         self._replaces = replaces
+        #: The traceparent header line, when made with the ids.
+        self._field: Optional[bytes] = None
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r} {self.traceIdText}/{self.spanIdText}>"
@@ -147,6 +150,16 @@ class Span:
         """
         return b"00-" + self.traceId + b"-" + self.spanId + (b"-01" if self.sampled else b"-00")
 
+    def traceField(self) -> bytes:
+        """
+        The C{traceparent} header line (C{traceparent: ...} and CRLF), for
+        a request head serialized without trace fields of its own.
+        """
+        field = self._field
+        if field is None:
+            field = self._field = b"traceparent: " + self.traceparent() + b"\r\n"
+        return field
+
     def propagate(self, headers: Sequence[Tuple[bytes, bytes]]) -> Tuple[Tuple[bytes, bytes], ...]:
         """
         C{headers} with their C{traceparent} and C{tracestate} fields
@@ -188,6 +201,7 @@ class RecordingSpan(Span):
         self.parentId = parentId
         self.traceState = traceState
         self._replaces = replaces
+        self._field = None
         self.name = name
         self.kind = kind
         self.start = start
@@ -268,24 +282,31 @@ class Tracer:
                     replaces = True
                     break
         # One draw for both ids (the span id is the low 64 bits).
-        ids = b"%048x" % self._randbits(192)
-        spanId = ids[32:]
-        if spanId == _ZERO_SPAN:
-            spanId = newSpanId(self._randbits)
-        if parent is not None:
-            traceId = parent.traceId
-            sampled = parent.sampled
-            parentId: Optional[bytes] = parent.spanId
-        else:
-            traceId = ids[:32]
-            if traceId == _ZERO_TRACE:
-                traceId = newTraceId(self._randbits)
-            sampled = self.sampler.sampleNew(traceId)
-            parentId = None
-        if sampled:
-            return RecordingSpan(traceId, spanId, parentId, state, name, kind,
+        n = self._randbits(192)
+        high = n >> 64
+        low = n & _MASK64
+        if not low:
+            low = int(newSpanId(self._randbits), 16)
+        if parent is None:
+            if not high:
+                high = int(newTraceId(self._randbits), 16)
+            # The sampler's TraceIdRatioBased rule, on the trace id's low
+            # 64 bits as an int (what Sampler.sampleNew reads from the hex).
+            if (high & _MASK64) >= self.sampler._bound:
+                # The common unsampled case: one formatting operation makes
+                # the traceparent line the upstream request gets, and the
+                # ids are its slices.
+                field = b"traceparent: 00-%032x-%016x-00\r\n" % (high, low)
+                span = Span(field[16:48], field[49:65], None, None, False)
+                span._field = field
+                return span
+            return RecordingSpan(b"%032x" % high, b"%016x" % low, None, None, name, kind,
                                  self._wall() if start is None else start, replaces)
-        return Span(traceId, spanId, parentId, state, replaces)
+        spanId = b"%016x" % low
+        if parent.sampled:
+            return RecordingSpan(parent.traceId, spanId, parent.spanId, state, name, kind,
+                                 self._wall() if start is None else start, replaces)
+        return Span(parent.traceId, spanId, parent.spanId, state, replaces)
 
     def endSpan(self, span: Span, end: Optional[float] = None) -> None:
         """
