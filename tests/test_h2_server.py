@@ -570,7 +570,7 @@ class LimitTests(H2TestCase):
 
     def test_settingsFlood(self) -> None:
         client = self.open()
-        for i in range(60):
+        for _ in range(60):
             client.h2.update_settings({SettingCodes.HEADER_TABLE_SIZE: 4096})
         client.send()
         self.assertEqual(client.goaway.error_code, ErrorCodes.ENHANCE_YOUR_CALM)  # type: ignore[union-attr]
@@ -620,6 +620,30 @@ class LifecycleTests(H2TestCase):
         self.connector.attempts[0].succeed()
         self.clock.advance(9)
         self.assertFalse(client.transport.closed)
+
+    def test_idleCountsFromLastStream(self) -> None:
+        """
+        The idle timeout runs from the end of the last stream, not from
+        when the connection was last idle before it: the timer the first
+        idle period armed is not cancelled when a stream opens, so this
+        checks that it re-arms for the rest of the timeout, and closes
+        then.
+        """
+        factory = self.reverse(idle_timeout="10", response_timeout="60")
+        client = self.open(factory)
+        self.clock.advance(4)
+        sid = client.request()
+        self.clock.advance(8)  # the first period's timer fired, busy
+        self.assertFalse(client.transport.closed)
+        respond(self.connector, 0, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        client.read()
+        self.assertEqual(client.status(sid), 200)
+        self.clock.advance(9.5)
+        self.assertFalse(client.transport.closed)
+        self.clock.advance(0.6)
+        client.read()
+        self.assertIsNotNone(client.goaway)
+        self.assertTrue(client.transport.closed)
 
     def test_streamTimersApply(self) -> None:
         """

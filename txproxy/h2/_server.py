@@ -194,6 +194,7 @@ class H2ServerConnection:
         self.closed = False
         self.goingAway = False
         self._timer: Any = None
+        self._idleSince = 0.0
         self._flushing = False
         config = H2Configuration(
             client_side=False,
@@ -370,12 +371,14 @@ class H2ServerConnection:
 
     # -- the idle timer: runs while no stream is open
 
+    # The timer is not cancelled when a stream opens, nor reset when the
+    # last one ends (a cancel and a callLater per request): it checks, when
+    # it fires, whether the connection is still idle, and since when.
+
     def _idle(self) -> None:
         if self.idleTimeout and not self.closed:
-            timer = self._timer
-            if timer is not None and timer.active():
-                timer.reset(self.idleTimeout)
-            else:
+            self._idleSince = self.clock.seconds()
+            if self._timer is None:
                 self._timer = self.clock.callLater(self.idleTimeout, self._idleTimedOut)
 
     def _cancelTimer(self) -> None:
@@ -385,8 +388,14 @@ class H2ServerConnection:
 
     def _idleTimedOut(self) -> None:
         self._timer = None
-        if not self.streams:
-            self.goAway(0, close=True)
+        if self.streams or self.closed:
+            # Busy: the last stream to end starts the timer again.
+            return
+        remaining = self._idleSince + self.idleTimeout - self.clock.seconds()
+        if remaining > 1e-6:
+            self._timer = self.clock.callLater(remaining, self._idleTimedOut)
+            return
+        self.goAway(0, close=True)
 
     # -- IPushProducer, for the client connection's write buffer
 
@@ -427,7 +436,6 @@ class H2ServerConnection:
             )
             self._reset(sid, e.code)
             return
-        self._cancelTimer()
         stream = H2Stream(self, sid, request, endStream)
         self.streams[sid] = stream
         stream.start()
