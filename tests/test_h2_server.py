@@ -750,3 +750,23 @@ class ForwardTests(H2TestCase):
         client.h2.end_stream(sid)
         client.send()
         self.assertTrue(upstream.writeClosed)
+
+
+class InternalsTests(SynchronousTestCase):
+    """
+    The library internals that L{txproxy.h2._server} relies on for speed.
+    """
+
+    def test_dataToSendBuffer(self) -> None:
+        """
+        L{H2ServerConnection.flush} looks at C{H2Connection._data_to_send}
+        before calling C{data_to_send()}: it is empty (false) when nothing
+        is queued, non-empty when something is.
+        """
+        conn = H2Connection(H2Configuration(client_side=False))
+        self.assertFalse(conn._data_to_send)
+        conn.initiate_connection()
+        self.assertTrue(conn._data_to_send)
+        data = conn.data_to_send()
+        self.assertTrue(data)
+        self.assertFalse(conn._data_to_send)
