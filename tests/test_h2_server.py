@@ -10,6 +10,9 @@ import collections
 import hashlib
 from typing import Any, Dict, List, Optional, Tuple
 
+import hpack
+import hpack.hpack
+import hpack.table
 from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.errors import ErrorCodes
@@ -27,7 +30,7 @@ from hyperframe.frame import ContinuationFrame, Frame, HeadersFrame
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from txproxy.h2._server import PREFACE, FloodGuard
+from txproxy.h2._server import PREFACE, FloodGuard, _NoDebug
 from txproxy.testing import FakeConnector, connect, forwardFactory, reverseFactory
 
 
@@ -770,3 +773,17 @@ class InternalsTests(SynchronousTestCase):
         data = conn.data_to_send()
         self.assertTrue(data)
         self.assertFalse(conn._data_to_send)
+
+    def test_hpackLoggersQuiet(self) -> None:
+        """
+        HPACK's module loggers are replaced by ones whose C{debug} takes
+        any arguments and does nothing, and which forward the rest.
+        """
+        for module in (hpack.hpack, hpack.table):
+            log = module.log
+            self.assertIsInstance(log, _NoDebug)
+            self.assertEqual(log.debug("Adding %s=%s, %s, %s", b"a", b"b", False, True), "")
+            self.assertEqual(log.name, module.__name__)
+        encoder = hpack.Encoder()
+        self.assertEqual(hpack.Decoder().decode(encoder.encode([(b"a", b"b")]), raw=True), [(b"a", b"b")])
+

@@ -32,8 +32,11 @@ correct together.
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Dict, List, Optional, Tuple
 
+import hpack.hpack
+import hpack.table
 from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.errors import ErrorCodes
@@ -89,6 +92,37 @@ CONNECTION_WINDOW = 1 << 20
 
 _CONNECTION_DONE = Failure(error.ConnectionDone())
 
+
+class _NoDebug:
+    """
+    Stands for one of HPACK's module loggers, whose C{debug} calls (some
+    twenty per request, each a C{logging} call that finds DEBUG disabled)
+    are dropped: C{"".format} takes any arguments and does nothing with
+    them, at the cost of one call into C.  Everything else reaches the
+    logger.
+    """
+
+    debug = "".format
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self._logger = logger
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._logger, name)
+
+
+def _quietHPACK() -> None:
+    """
+    Drop HPACK's debug logging, unless DEBUG was enabled for it when this
+    module was imported (tests.test_h2_server.InternalsTests).
+    """
+    for module in (hpack.hpack, hpack.table):
+        logger = getattr(module, "log", None)
+        if isinstance(logger, logging.Logger) and not logger.isEnabledFor(logging.DEBUG):
+            module.log = _NoDebug(logger)  # type: ignore[attr-defined]
+
+
+_quietHPACK()
 
 
 class _AdvertisedSettings(Settings):
