@@ -25,12 +25,14 @@ from h2.events import (
     StreamReset,
     TrailersReceived,
 )
+from h2.exceptions import ProtocolError
 from h2.settings import SettingCodes
+from h2.stream import H2Stream as LibStream
 from hyperframe.frame import ContinuationFrame, Frame, HeadersFrame
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from txproxy.h2._server import PREFACE, FloodGuard, _NoDebug
+from txproxy.h2._server import PREFACE, FloodGuard, _Connection, _NoDebug
 from txproxy.testing import FakeConnector, connect, forwardFactory, reverseFactory
 
 
@@ -787,3 +789,32 @@ class InternalsTests(SynchronousTestCase):
         encoder = hpack.Encoder()
         self.assertEqual(hpack.Decoder().decode(encoder.encode([(b"a", b"b")]), raw=True), [(b"a", b"b")])
 
+
+    def test_streamSendHeadersInternals(self) -> None:
+        """
+        L{txproxy.h2._server._LenientStream.send_headers} rewrites C{h2}'s
+        with its helpers: they exist, and a server stream sends an
+        informational head, the response head and trailers through it (the
+        frames decoded by a client).
+        """
+        for name in ("_build_headers_frames", "_build_hdr_validation_flags"):
+            self.assertTrue(callable(getattr(LibStream, name)))
+        server = _Connection(H2Configuration(client_side=False, header_encoding=None))
+        client = H2Connection(H2Configuration(client_side=True, header_encoding=None))
+        client.initiate_connection()
+        client.send_headers(1, [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"a"),
+                                (b":path", b"/")], end_stream=True)
+        server.initiate_connection()
+        server.receive_data(client.data_to_send())
+        self.assertFalse(server.streams[1].request_method)
+        server.send_headers(1, [(b":status", b"103"), (b"link", b"</a>")])
+        self.assertRaises(ProtocolError, server.send_headers, 1, [(b":status", b"100")], end_stream=True)
+        server.send_headers(1, [(b":status", b"200"), (b"content-type", b"text/plain")])
+        server.send_data(1, b"hi")
+        server.send_headers(1, [(b"grpc-status", b"0")], end_stream=True)
+        events = client.receive_data(server.data_to_send())
+        heads = [e.headers for e in events if hasattr(e, "headers")]
+        self.assertEqual(heads, [[(b":status", b"103"), (b"link", b"</a>")],
+                                 [(b":status", b"200"), (b"content-type", b"text/plain")],
+                                 [(b"grpc-status", b"0")]])
+        self.assertIn(StreamEnded, [type(e) for e in events])
