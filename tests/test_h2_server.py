@@ -10,6 +10,9 @@ import collections
 import hashlib
 from typing import Any, Dict, List, Optional, Tuple
 
+import hpack
+import hpack.hpack
+import hpack.table
 from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.errors import ErrorCodes
@@ -22,12 +25,14 @@ from h2.events import (
     StreamReset,
     TrailersReceived,
 )
+from h2.exceptions import ProtocolError
 from h2.settings import SettingCodes
+from h2.stream import H2Stream as LibStream
 from hyperframe.frame import ContinuationFrame, Frame, HeadersFrame
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from txproxy.h2._server import PREFACE, FloodGuard
+from txproxy.h2._server import PREFACE, FloodGuard, _Connection, _NoDebug
 from txproxy.testing import FakeConnector, connect, forwardFactory, reverseFactory
 
 
@@ -570,7 +575,7 @@ class LimitTests(H2TestCase):
 
     def test_settingsFlood(self) -> None:
         client = self.open()
-        for i in range(60):
+        for _ in range(60):
             client.h2.update_settings({SettingCodes.HEADER_TABLE_SIZE: 4096})
         client.send()
         self.assertEqual(client.goaway.error_code, ErrorCodes.ENHANCE_YOUR_CALM)  # type: ignore[union-attr]
@@ -620,6 +625,30 @@ class LifecycleTests(H2TestCase):
         self.connector.attempts[0].succeed()
         self.clock.advance(9)
         self.assertFalse(client.transport.closed)
+
+    def test_idleCountsFromLastStream(self) -> None:
+        """
+        The idle timeout runs from the end of the last stream, not from
+        when the connection was last idle before it: the timer the first
+        idle period armed is not cancelled when a stream opens, so this
+        checks that it re-arms for the rest of the timeout, and closes
+        then.
+        """
+        factory = self.reverse(idle_timeout="10", response_timeout="60")
+        client = self.open(factory)
+        self.clock.advance(4)
+        sid = client.request()
+        self.clock.advance(8)  # the first period's timer fired, busy
+        self.assertFalse(client.transport.closed)
+        respond(self.connector, 0, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        client.read()
+        self.assertEqual(client.status(sid), 200)
+        self.clock.advance(9.5)
+        self.assertFalse(client.transport.closed)
+        self.clock.advance(0.6)
+        client.read()
+        self.assertIsNotNone(client.goaway)
+        self.assertTrue(client.transport.closed)
 
     def test_streamTimersApply(self) -> None:
         """
@@ -726,3 +755,66 @@ class ForwardTests(H2TestCase):
         client.h2.end_stream(sid)
         client.send()
         self.assertTrue(upstream.writeClosed)
+
+
+class InternalsTests(SynchronousTestCase):
+    """
+    The library internals that L{txproxy.h2._server} relies on for speed.
+    """
+
+    def test_dataToSendBuffer(self) -> None:
+        """
+        L{H2ServerConnection.flush} looks at C{H2Connection._data_to_send}
+        before calling C{data_to_send()}: it is empty (false) when nothing
+        is queued, non-empty when something is.
+        """
+        conn = H2Connection(H2Configuration(client_side=False))
+        self.assertFalse(conn._data_to_send)
+        conn.initiate_connection()
+        self.assertTrue(conn._data_to_send)
+        data = conn.data_to_send()
+        self.assertTrue(data)
+        self.assertFalse(conn._data_to_send)
+
+    def test_hpackLoggersQuiet(self) -> None:
+        """
+        HPACK's module loggers are replaced by ones whose C{debug} takes
+        any arguments and does nothing, and which forward the rest.
+        """
+        for module in (hpack.hpack, hpack.table):
+            log = module.log
+            self.assertIsInstance(log, _NoDebug)
+            self.assertEqual(log.debug("Adding %s=%s, %s, %s", b"a", b"b", False, True), "")
+            self.assertEqual(log.name, module.__name__)
+        encoder = hpack.Encoder()
+        self.assertEqual(hpack.Decoder().decode(encoder.encode([(b"a", b"b")]), raw=True), [(b"a", b"b")])
+
+
+    def test_streamSendHeadersInternals(self) -> None:
+        """
+        L{txproxy.h2._server._LenientStream.send_headers} rewrites C{h2}'s
+        with its helpers: they exist, and a server stream sends an
+        informational head, the response head and trailers through it (the
+        frames decoded by a client).
+        """
+        for name in ("_build_headers_frames", "_build_hdr_validation_flags"):
+            self.assertTrue(callable(getattr(LibStream, name)))
+        server = _Connection(H2Configuration(client_side=False, header_encoding=None))
+        client = H2Connection(H2Configuration(client_side=True, header_encoding=None))
+        client.initiate_connection()
+        client.send_headers(1, [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"a"),
+                                (b":path", b"/")], end_stream=True)
+        server.initiate_connection()
+        server.receive_data(client.data_to_send())
+        self.assertFalse(server.streams[1].request_method)
+        server.send_headers(1, [(b":status", b"103"), (b"link", b"</a>")])
+        self.assertRaises(ProtocolError, server.send_headers, 1, [(b":status", b"100")], end_stream=True)
+        server.send_headers(1, [(b":status", b"200"), (b"content-type", b"text/plain")])
+        server.send_data(1, b"hi")
+        server.send_headers(1, [(b"grpc-status", b"0")], end_stream=True)
+        events = client.receive_data(server.data_to_send())
+        heads = [e.headers for e in events if hasattr(e, "headers")]
+        self.assertEqual(heads, [[(b":status", b"103"), (b"link", b"</a>")],
+                                 [(b":status", b"200"), (b"content-type", b"text/plain")],
+                                 [(b"grpc-status", b"0")]])
+        self.assertIn(StreamEnded, [type(e) for e in events])

@@ -193,6 +193,13 @@ class MessageReader:
                     break
                 data = self._headReader.leftover
                 state = self._startMessage(head, events)
+                if state == _LENGTH and len(data) == self._length.remaining:  # type: ignore[union-attr]
+                    # The usual case: the whole body came with its head.
+                    events.append(Data(data))
+                    events.append(End())
+                    self._length = None
+                    state = _HEAD
+                    break
             elif state == _LENGTH:
                 reader = self._length
                 assert reader is not None
