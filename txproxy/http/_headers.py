@@ -40,6 +40,8 @@ _HOP_BY_HOP_SIZES = frozenset(len(name) for name in HOP_BY_HOP)
 PROTECTED = frozenset([b"host"])
 _HOP_BY_HOP_CLOSE = HOP_BY_HOP | frozenset([b"close"])
 _HOP_BY_HOP_CLOSE_SIZES = frozenset(len(name) for name in _HOP_BY_HOP_CLOSE)
+#: The lengths of the names L{endToEnd} looks at.
+_END_TO_END_SIZES = _HOP_BY_HOP_SIZES | frozenset([len(b"content-length")])
 
 _STATUS_PHRASES = {
     100: b"Continue",
@@ -156,8 +158,14 @@ def endToEnd(
     connection: Optional[List[bytes]] = None
     hasLength = False
     hop = HOP_BY_HOP
+    sizes = _END_TO_END_SIZES
     for pair in headers:
-        lower = pair[0].lower()
+        name = pair[0]
+        # Comparing lengths first spares most names a lower() call.
+        if len(name) not in sizes:
+            out.append(pair)
+            continue
+        lower = name.lower()
         if lower in hop and lower not in keep:
             if lower == b"connection":
                 if connection is None:
@@ -171,9 +179,14 @@ def endToEnd(
     if connection is None:
         return out, _NO_TOKENS, hasLength
     tokens = frozenset(t.strip(b" \t").lower() for v in connection for t in v.split(b",") if t.strip(b" \t"))
-    remove = tokens - frozenset(keep) - PROTECTED
+    if tokens <= _HOP_BY_HOP_CLOSE:
+        # The usual options (close, keep-alive, upgrade): every hop-by-hop
+        # field is gone already, or kept on purpose.
+        return out, tokens, hasLength
+    remove = tokens - frozenset(keep) - PROTECTED - HOP_BY_HOP
     if remove:
-        out = [pair for pair in out if pair[0].lower() not in remove]
+        removeSizes = frozenset(len(name) for name in remove)
+        out = [pair for pair in out if len(pair[0]) not in removeSizes or pair[0].lower() not in remove]
         hasLength = hasLength and b"content-length" not in remove
     return out, tokens, hasLength
 
