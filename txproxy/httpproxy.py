@@ -558,21 +558,26 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
             else:
                 self._pipelined(data)
             return
+        armHead = False
         if state is KEEPALIVE:
-            self._state = HEAD
-            self._setTimer(self.factory.listener.headerTimeout, "head")
-            state = HEAD
+            self._state = state = HEAD
+            armHead = True
         if state is HEAD:
             reader = self._reader
             if reader is None:
                 end = findHeadEnd(data) if not data.startswith(b"\r\n") else -1
                 if end >= 0:
+                    # The whole head at once: no head timer (the keep-alive
+                    # one left from the last exchange cannot act outside
+                    # KEEPALIVE, and what comes next sets its own).
                     if end > self.factory.listener.maxHeadSize:
                         self._refuse(431, "request head too large")
                     else:
                         self._headReceived(data[:end], data[end:])
                     return
                 reader = self._reader = HeadReader(self.factory.listener.maxHeadSize)
+            if armHead:
+                self._setTimer(self.factory.listener.headerTimeout, "head")
             try:
                 head = reader.feed(data)
             except HTTPError as e:
