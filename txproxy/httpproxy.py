@@ -226,6 +226,12 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
     _respProducer = False
     _observeRequest = False
     _observeResponse = False
+    #: Whether the class overrides allowRequest, rewriteRequest,
+    #: rewriteResponse (set per class by __init_subclass__: a hook that is
+    #: not overridden is not called).
+    _allowsRequest = False
+    _rewritesRequest = False
+    _rewritesResponse = False
     _inputPaused = False
     _ended: Optional[Callable[..., Any]] = None
     _factoryEnded: Any = staticmethod(ListenerFactory.exchangeEnded)
@@ -242,6 +248,12 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
     #: Cache answers being finished (pipelined hits run in a loop, not
     #: recursively).
     _hitDepth = 0
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._allowsRequest = cls.allowRequest is not HTTPProxyProtocol.allowRequest
+        cls._rewritesRequest = cls.rewriteRequest is not HTTPProxyProtocol.rewriteRequest
+        cls._rewritesResponse = cls.rewriteResponse is not HTTPProxyProtocol.rewriteResponse
 
     # -- hooks
 
@@ -681,7 +693,7 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
         if self._state != _WAIT:
             return
         self._request = request
-        if overrides(self, "allowRequest", HTTPProxyProtocol):
+        if self._allowsRequest:
             d = defer.maybeDeferred(self.allowRequest, request)
 
             def decided(allowed: Any) -> None:
@@ -711,7 +723,7 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
         if span is not None:
             # The trace goes on upstream, with this request's span as parent.
             head = RequestHead(head.method, head.target, head.version, span.propagate(head.headers))
-        if overrides(self, "rewriteRequest", HTTPProxyProtocol):
+        if self._rewritesRequest:
             d = defer.maybeDeferred(self.rewriteRequest, request, head)
             d.addCallback(lambda h: self._acquire(request, h)).addErrback(self._failed).addErrback(self._unexpected)
             return
@@ -870,7 +882,7 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
             self._toClient = fastSender(self.transport)  # type: ignore[arg-type]
         head = self._outHead
         try:
-            if overrides(self, "rewriteRequest", HTTPProxyProtocol):
+            if self._rewritesRequest:
                 data = serializeRequestHead(head)
             else:
                 data = _serializeHead(head.method + b" " + head.target + b" HTTP/1.1\r\n", head.headers)
@@ -1044,7 +1056,7 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
         elif head is not None and head.version != _HTTP11:
             headers.append((b"Connection", b"keep-alive"))
         headers.append((b"Via", resp.version[5:] + b" " + self.factory.pseudonym))
-        if self._request is not None and overrides(self, "rewriteResponse", HTTPProxyProtocol):
+        if self._request is not None and self._rewritesResponse:
             out = self.rewriteResponse(self._request, ResponseHead(_HTTP11, resp.status, resp.reason, tuple(headers)))
             return serializeResponseHead(out, validate=True)
         return _serializeHead(b"HTTP/1.1 %d %s\r\n" % (resp.status, resp.reason), headers)
