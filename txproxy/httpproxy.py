@@ -27,7 +27,7 @@ their pool are L{txproxy.upstream}.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Dict, List, Optional, Tuple, cast
+from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple, cast
 
 from twisted.internet import defer, error
 from twisted.internet.interfaces import IHalfCloseableProtocol, IReactorTime
@@ -209,6 +209,8 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
     _start: Optional[float] = None
     _startWall = 0.0
     _head: Optional[RequestHead] = None
+    #: The Connection tokens of _head.
+    _headTokens: FrozenSet[bytes] = frozenset()
     _request: Optional[HTTPRequest] = None
     _ex: Optional[Exchange] = None
     _framing: Framing
@@ -382,7 +384,8 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
         """
         head = request.head
         keep = self._upgradeKeep(head)
-        headers, tokens, hasLength = _endToEnd(head.headers, keep)
+        # (The tokens _headReceived found, when this is its head.)
+        headers, tokens, hasLength = _endToEnd(head.headers, keep, self._headTokens if head is self._head else None)
         te = head.get(b"te") if b"te" in tokens else None
         if te is not None and b"trailers" in te.lower():
             # "TE: trailers" (a connection option, as RFC 9110 section
@@ -628,6 +631,7 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
             self._refuse(e.status, e.reason)
             return
         self._head = head
+        tokens = self._headTokens = _connectionTokensOf(head.headers)
         self._input = rest
         if factory.tracer is not None:
             self._startSpan(head, headBytes)
@@ -644,7 +648,6 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
         except HTTPError as e:
             self._refuse(e.status, e.reason)
             return
-        tokens = _connectionTokensOf(head.headers)
         if head.version == _HTTP11:
             self._clientKeepAlive = b"close" not in tokens
         else:
@@ -1017,10 +1020,12 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
         if kind == "close" or (kind == "chunked" and not action.chunked):
             # Close-delimited to the client.
             self._clientKeepAlive = False
-        out = self._clientResponseHead(resp, framing, action.chunked)
-        body = action.body
         ex = self._ex
         assert ex is not None
+        out = self._clientResponseHead(
+            resp, framing, action.chunked, ex.responseTokens if resp is action.head else None
+        )
+        body = action.body
         if body and not ex.observeResponse:
             self._toClient(out + body)
         else:
@@ -1033,8 +1038,9 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
                 self.transport.registerProducer(upstream.transport, True)  # type: ignore[attr-defined]
                 self._respProducer = True
 
-    def _clientResponseHead(self, resp: ResponseHead, framing: Any = None, chunked: bool = False) -> bytes:
-        headers, _, hadLength = _endToEnd(resp.headers)
+    def _clientResponseHead(self, resp: ResponseHead, framing: Any = None, chunked: bool = False,
+                            tokens: Optional[FrozenSet[bytes]] = None) -> bytes:
+        headers, _, hadLength = _endToEnd(resp.headers, (), tokens)
         kind = framing.kind if framing is not None else "none"
         if kind == "length":
             headers.append((b"Content-Length", b"%d" % framing.length))

@@ -135,7 +135,7 @@ def removeHopByHop(
 
 
 def endToEnd(
-    headers: Iterable[Header], keep: Iterable[bytes] = ()
+    headers: Iterable[Header], keep: Iterable[bytes] = (), tokens: Optional[FrozenSet[bytes]] = None
 ) -> Tuple[List[Header], FrozenSet[bytes], bool]:
     """
     The proxy's per-message pass over received headers, in one loop: the
@@ -151,9 +151,14 @@ def endToEnd(
 
     @param headers: the received headers.
     @param keep: lower-case hop-by-hop names to keep (C{b"upgrade"}).
+    @param tokens: the C{Connection} tokens of C{headers}, when the caller
+        has them already (L{connectionTokens}); ignored when C{keep} has
+        C{b"connection"}.
     @return: C{(headers, tokens, hadContentLength)}; C{headers} is a new
         list the caller may append to.
     """
+    if tokens is not None and b"connection" not in keep:
+        return _endToEndKnowing(headers, keep, tokens)
     out = []
     connection: Optional[List[bytes]] = None
     hasLength = False
@@ -188,6 +193,38 @@ def endToEnd(
         removeSizes = frozenset(len(name) for name in remove)
         out = [pair for pair in out if len(pair[0]) not in removeSizes or pair[0].lower() not in remove]
         hasLength = hasLength and b"content-length" not in remove
+    return out, tokens, hasLength
+
+
+def _endToEndKnowing(
+    headers: Iterable[Header], keep: Iterable[bytes], tokens: FrozenSet[bytes]
+) -> Tuple[List[Header], FrozenSet[bytes], bool]:
+    """
+    L{endToEnd} when the C{Connection} tokens are known: one pass.
+    """
+    if tokens <= _HOP_BY_HOP_CLOSE:
+        remove = HOP_BY_HOP
+        sizes = _END_TO_END_SIZES
+    else:
+        remove = HOP_BY_HOP | (tokens - PROTECTED)
+        sizes = _END_TO_END_SIZES | frozenset(len(name) for name in remove)
+    if keep:
+        remove = remove - frozenset(keep)
+    out = []
+    hasLength = False
+    for pair in headers:
+        name = pair[0]
+        # Comparing lengths first spares most names a lower() call.
+        if len(name) not in sizes:
+            out.append(pair)
+            continue
+        lower = name.lower()
+        if lower == b"content-length":
+            if lower not in remove:
+                hasLength = True
+            continue
+        if lower not in remove:
+            out.append(pair)
     return out, tokens, hasLength
 
 
