@@ -632,6 +632,16 @@ class Exchange:
         elif b"keep-alive" not in tokens or b"close" in tokens:
             self.reusable = False
         kind = framing.kind
+        if kind == "length" and len(rest) == framing.length:
+            # The usual small response: the whole body came with the head
+            # (no reader needed).
+            self._setResponse(RESPONDED)
+            self.bytesDown += len(rest)
+            actions.append(ResponseHeadReady(resp, framing, False, rest))
+            if rest and self.observeResponse:
+                self._observeResponse(rest, actions)
+            self._responded(actions)
+            return
         chunked = False
         reader: _Reader = None
         if kind == "chunked":
