@@ -527,10 +527,15 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
     def _setTimer(self, seconds: float, kind: str) -> None:
         self._timerKind = kind
         timer = self._timer
-        if timer is not None and timer.active():
-            timer.reset(seconds)
-        else:
-            self._timer = self.factory.clock.callLater(seconds, self._timedOut)
+        if timer is not None:
+            # Pending unless something else cancelled it (_timedOut and
+            # _cancelTimer drop it): no active() call on the hot path.
+            try:
+                timer.reset(seconds)
+                return
+            except (error.AlreadyCalled, error.AlreadyCancelled):
+                pass
+        self._timer = self.factory.clock.callLater(seconds, self._timedOut)
 
     def _cancelTimer(self) -> None:
         self._timerKind = ""
