@@ -936,7 +936,8 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
                 else:
                     self._setTimer(action.seconds, action.kind)  # type: ignore[union-attr]
             elif kind is RequestSent:
-                self._requestSent(action.leftover)  # type: ignore[union-attr]
+                if self._reqProducer or action.leftover:  # type: ignore[union-attr]
+                    self._requestSent(action.leftover)  # type: ignore[union-attr]
             elif kind is ResponseDone:
                 if action.closeClient:  # type: ignore[union-attr]
                     self._clientKeepAlive = False
