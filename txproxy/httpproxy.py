@@ -94,7 +94,7 @@ from txproxy.http import (
     serializeResponseHead,
     serializeTrustedHead,
 )
-from txproxy.http import connectionTokens as _connectionTokensOf
+from txproxy.http._parser import _connectionTokens as _connectionTokensOf
 from txproxy.httppolicy import HTTPPolicy
 from txproxy.limits._decision import Decision
 from txproxy.relay import Relay, RelayedProtocol, fastSender, joinRelay
