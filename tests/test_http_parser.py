@@ -1435,3 +1435,51 @@ class RemoveHopByHopCasesTests(SynchronousTestCase):
                 if pair[0].lower() not in listed and pair[0].lower() != b"keep-alive"
             )
             self.assertEqual(removeHopByHop(headers), expected, value)
+
+
+class EndToEndTests(SynchronousTestCase):
+    """
+    L{txproxy.http.endToEnd}: the length pre-filter and the known-tokens
+    path give what the plain rule gives.
+    """
+
+    CASES: List[Tuple[Tuple[Tuple[bytes, bytes], ...], Tuple[bytes, ...]]] = [
+        (((b"Host", b"a"), (b"User-Agent", b"x"), (b"Connection", b"keep-alive"), (b"Keep-Alive", b"5")), ()),
+        (((b"HOST", b"a"), (b"connection", b"close"), (b"Content-Length", b"3"), (b"TE", b"trailers")), ()),
+        (((b"Connection", b"X-Foo, Content-Length"), (b"x-foo", b"1"), (b"X-Bar", b"2"), (b"content-length", b"4")), ()),
+        (((b"Connection", b"host, upgrade"), (b"Host", b"a"), (b"Upgrade", b"websocket")), (b"upgrade",)),
+        (((b"Connection", b"Upgrade"), (b"UPGRADE", b"h2c"), (b"Transfer-Encoding", b"chunked")), ()),
+        (((b"Proxy-Connection", b"keep-alive"), (b"Proxy-Authorization", b"Basic x"), (b"Accept", b"*/*")), ()),
+        (((b"Connection", b"x-a"), (b"Connection", b" x-b ,, "), (b"X-A", b"1"), (b"X-B", b"2"), (b"X-C", b"3")), ()),
+        (((b"Accept", b"*/*"),), (b"upgrade",)),
+    ]
+
+    @staticmethod
+    def _plain(headers: Sequence[Tuple[bytes, bytes]], keep: Sequence[bytes]) -> Tuple[list, frozenset, bool]:
+        tokens = txproxy.http.connectionTokens(tuple(headers))
+        remove = (txproxy.http.HOP_BY_HOP | (tokens - txproxy.http.PROTECTED)) - frozenset(keep)
+        out = [(n, v) for n, v in headers if n.lower() not in remove and n.lower() != b"content-length"]
+        hasLength = any(n.lower() == b"content-length" for n, _ in headers) and b"content-length" not in remove
+        return out, tokens, hasLength
+
+    def test_sameAsThePlainRule(self) -> None:
+        """
+        With and without the tokens given, the result is the plain rule's:
+        hop-by-hop fields and what C{Connection} lists go (not C{Host}, not
+        what C{keep} names), C{Content-Length} goes and is reported.
+        """
+        for headers, keep in self.CASES:
+            expected = self._plain(headers, keep)
+            tokens = txproxy.http.connectionTokens(headers)
+            self.assertEqual(txproxy.http.endToEnd(headers, keep), expected, headers)
+            self.assertEqual(txproxy.http.endToEnd(headers, keep, tokens), expected, headers)
+
+    def test_tokensIgnoredWhenConnectionKept(self) -> None:
+        """
+        Given tokens are not used when C{keep} keeps C{Connection} itself.
+        """
+        headers = ((b"Connection", b"x-a"), (b"X-A", b"1"))
+        self.assertEqual(
+            txproxy.http.endToEnd(headers, (b"connection",), frozenset([b"x-a"])),
+            txproxy.http.endToEnd(headers, (b"connection",)),
+        )

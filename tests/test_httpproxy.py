@@ -476,6 +476,41 @@ class ErrorTests(ProxyTestCase):
         self.clock.advance(2)
         self.assertTrue(client.disconnecting)
 
+    def test_keepAliveSecondHeadInPiecesTimesOut(self) -> None:
+        """
+        On a keep-alive connection, a next request head that arrives in
+        pieces and stalls gets 408 after --header-timeout (the keep-alive
+        timeout, longer, does not apply any more).
+        """
+        proto, client, upstream = self.request(factory=self.factory(header_timeout="5", idle_timeout="60"))
+        self.respond(OK)
+        client.clear()
+        self.clock.advance(1)
+        proto.dataReceived(b"GET http://origin.test/ HTTP/1.1\r\nHost: ori")
+        self.clock.advance(4.9)
+        self.assertEqual(client.value(), b"")
+        self.clock.advance(0.2)
+        self.assertStatus(client, 408)
+
+    def test_keepAliveWholeSecondHeadWaitsForConnect(self) -> None:
+        """
+        A next request head that arrives whole on a keep-alive connection is
+        bounded by the connect timeout while its upstream is dialled, not by
+        the keep-alive or header timeouts.
+        """
+        factory = self.factory(header_timeout="2", idle_timeout="3", connect_timeout="10")
+        proto, client, upstream = self.request(factory=factory)
+        # (The upstream closes: the next request dials a new one.)
+        self.respond(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        client.clear()
+        proto.dataReceived(GET)
+        self.assertEqual(len(self.connector.attempts), 2)
+        self.clock.advance(9.5)
+        self.assertEqual(client.value(), b"")
+        self.assertFalse(client.disconnecting)
+        self.clock.advance(1)
+        self.assertStatus(client, 504)
+
     def test_stalledBodyClosedByIdleTimeout(self) -> None:
         """
         A response body that stops flowing is cut after --idle-timeout.

@@ -27,7 +27,7 @@ their pool are L{txproxy.upstream}.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Dict, List, Optional, Tuple, cast
+from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple, cast
 
 from twisted.internet import defer, error
 from twisted.internet.interfaces import IHalfCloseableProtocol, IReactorTime
@@ -94,7 +94,7 @@ from txproxy.http import (
     serializeResponseHead,
     serializeTrustedHead,
 )
-from txproxy.http import connectionTokens as _connectionTokensOf
+from txproxy.http._parser import _connectionTokens as _connectionTokensOf
 from txproxy.httppolicy import HTTPPolicy
 from txproxy.limits._decision import Decision
 from txproxy.relay import Relay, RelayedProtocol, fastSender, joinRelay
@@ -209,6 +209,8 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
     _start: Optional[float] = None
     _startWall = 0.0
     _head: Optional[RequestHead] = None
+    #: The Connection tokens of _head.
+    _headTokens: FrozenSet[bytes] = frozenset()
     _request: Optional[HTTPRequest] = None
     _ex: Optional[Exchange] = None
     _framing: Framing
@@ -226,6 +228,12 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
     _respProducer = False
     _observeRequest = False
     _observeResponse = False
+    #: Whether the class overrides allowRequest, rewriteRequest,
+    #: rewriteResponse (set per class by __init_subclass__: a hook that is
+    #: not overridden is not called).
+    _allowsRequest = False
+    _rewritesRequest = False
+    _rewritesResponse = False
     _inputPaused = False
     _ended: Optional[Callable[..., Any]] = None
     _factoryEnded: Any = staticmethod(ListenerFactory.exchangeEnded)
@@ -242,6 +250,12 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
     #: Cache answers being finished (pipelined hits run in a loop, not
     #: recursively).
     _hitDepth = 0
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._allowsRequest = cls.allowRequest is not HTTPProxyProtocol.allowRequest
+        cls._rewritesRequest = cls.rewriteRequest is not HTTPProxyProtocol.rewriteRequest
+        cls._rewritesResponse = cls.rewriteResponse is not HTTPProxyProtocol.rewriteResponse
 
     # -- hooks
 
@@ -370,7 +384,8 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
         """
         head = request.head
         keep = self._upgradeKeep(head)
-        headers, tokens, hasLength = _endToEnd(head.headers, keep)
+        # (The tokens _headReceived found, when this is its head.)
+        headers, tokens, hasLength = _endToEnd(head.headers, keep, self._headTokens if head is self._head else None)
         te = head.get(b"te") if b"te" in tokens else None
         if te is not None and b"trailers" in te.lower():
             # "TE: trailers" (a connection option, as RFC 9110 section
@@ -512,10 +527,15 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
     def _setTimer(self, seconds: float, kind: str) -> None:
         self._timerKind = kind
         timer = self._timer
-        if timer is not None and timer.active():
-            timer.reset(seconds)
-        else:
-            self._timer = self.factory.clock.callLater(seconds, self._timedOut)
+        if timer is not None:
+            # Pending unless something else cancelled it (_timedOut and
+            # _cancelTimer drop it): no active() call on the hot path.
+            try:
+                timer.reset(seconds)
+                return
+            except (error.AlreadyCalled, error.AlreadyCancelled):
+                pass
+        self._timer = self.factory.clock.callLater(seconds, self._timedOut)
 
     def _cancelTimer(self) -> None:
         self._timerKind = ""
@@ -558,21 +578,26 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
             else:
                 self._pipelined(data)
             return
+        armHead = False
         if state is KEEPALIVE:
-            self._state = HEAD
-            self._setTimer(self.factory.listener.headerTimeout, "head")
-            state = HEAD
+            self._state = state = HEAD
+            armHead = True
         if state is HEAD:
             reader = self._reader
             if reader is None:
                 end = findHeadEnd(data) if not data.startswith(b"\r\n") else -1
                 if end >= 0:
+                    # The whole head at once: no head timer (the keep-alive
+                    # one left from the last exchange cannot act outside
+                    # KEEPALIVE, and what comes next sets its own).
                     if end > self.factory.listener.maxHeadSize:
                         self._refuse(431, "request head too large")
                     else:
                         self._headReceived(data[:end], data[end:])
                     return
                 reader = self._reader = HeadReader(self.factory.listener.maxHeadSize)
+            if armHead:
+                self._setTimer(self.factory.listener.headerTimeout, "head")
             try:
                 head = reader.feed(data)
             except HTTPError as e:
@@ -611,6 +636,7 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
             self._refuse(e.status, e.reason)
             return
         self._head = head
+        tokens = self._headTokens = _connectionTokensOf(head.headers)
         self._input = rest
         if factory.tracer is not None:
             self._startSpan(head, headBytes)
@@ -627,7 +653,6 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
         except HTTPError as e:
             self._refuse(e.status, e.reason)
             return
-        tokens = _connectionTokensOf(head.headers)
         if head.version == _HTTP11:
             self._clientKeepAlive = b"close" not in tokens
         else:
@@ -676,7 +701,7 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
         if self._state != _WAIT:
             return
         self._request = request
-        if overrides(self, "allowRequest", HTTPProxyProtocol):
+        if self._allowsRequest:
             d = defer.maybeDeferred(self.allowRequest, request)
 
             def decided(allowed: Any) -> None:
@@ -703,7 +728,7 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
             self._failed(Failure())
             return
         span = self.span
-        rewrites = overrides(self, "rewriteRequest", HTTPProxyProtocol)
+        rewrites = self._rewritesRequest
         if span is not None:
             # The trace goes on upstream, with this request's span as parent.
             if span._replaces or rewrites or self.factory.cache is not None:
@@ -874,7 +899,7 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
             self._toClient = fastSender(self.transport)  # type: ignore[arg-type]
         head = self._outHead
         try:
-            if overrides(self, "rewriteRequest", HTTPProxyProtocol):
+            if self._rewritesRequest:
                 data = serializeRequestHead(head)
             else:
                 data = _serializeHead(head.method + b" " + head.target + b" HTTP/1.1\r\n", head.headers,
@@ -921,7 +946,8 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
                 else:
                     self._setTimer(action.seconds, action.kind)  # type: ignore[union-attr]
             elif kind is RequestSent:
-                self._requestSent(action.leftover)  # type: ignore[union-attr]
+                if self._reqProducer or action.leftover:  # type: ignore[union-attr]
+                    self._requestSent(action.leftover)  # type: ignore[union-attr]
             elif kind is ResponseDone:
                 if action.closeClient:  # type: ignore[union-attr]
                     self._clientKeepAlive = False
@@ -1010,10 +1036,12 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
         if kind == "close" or (kind == "chunked" and not action.chunked):
             # Close-delimited to the client.
             self._clientKeepAlive = False
-        out = self._clientResponseHead(resp, framing, action.chunked)
-        body = action.body
         ex = self._ex
         assert ex is not None
+        out = self._clientResponseHead(
+            resp, framing, action.chunked, ex.responseTokens if resp is action.head else None
+        )
+        body = action.body
         if body and not ex.observeResponse:
             self._toClient(out + body)
         else:
@@ -1026,8 +1054,9 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
                 self.transport.registerProducer(upstream.transport, True)  # type: ignore[attr-defined]
                 self._respProducer = True
 
-    def _clientResponseHead(self, resp: ResponseHead, framing: Any = None, chunked: bool = False) -> bytes:
-        headers, _, hadLength = _endToEnd(resp.headers)
+    def _clientResponseHead(self, resp: ResponseHead, framing: Any = None, chunked: bool = False,
+                            tokens: Optional[FrozenSet[bytes]] = None) -> bytes:
+        headers, _, hadLength = _endToEnd(resp.headers, (), tokens)
         kind = framing.kind if framing is not None else "none"
         if kind == "length":
             headers.append((b"Content-Length", b"%d" % framing.length))
@@ -1049,7 +1078,7 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
         elif head is not None and head.version != _HTTP11:
             headers.append((b"Connection", b"keep-alive"))
         headers.append((b"Via", resp.version[5:] + b" " + self.factory.pseudonym))
-        if self._request is not None and overrides(self, "rewriteResponse", HTTPProxyProtocol):
+        if self._request is not None and self._rewritesResponse:
             out = self.rewriteResponse(self._request, ResponseHead(_HTTP11, resp.status, resp.reason, tuple(headers)))
             return serializeResponseHead(out, validate=True)
         return _serializeHead(b"HTTP/1.1 %d %s\r\n" % (resp.status, resp.reason), headers)

@@ -41,6 +41,7 @@ __all__ = ["ReverseProxyProtocol", "ReverseProxyFactory", "forwardedHeaders"]
 
 _XF = frozenset((b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded"))
 _XF_AND_HOST = _XF | {b"host"}
+_FORWARDING_SIZES = frozenset(len(name) for name in _XF_AND_HOST | FORWARDING_FIELDS)
 # The authority of an absolute-form target, from just past its "://".
 _AUTHORITY = re.compile(rb"[^/?#]*")
 _DEFAULT_PORTS = {"http": 80, "https": 443, "h2c": 80, "h2": 443}
@@ -87,7 +88,13 @@ def forwardedHeaders(
     xhost: Optional[bytes] = None
     hostSeen = False
     names = _XF if hostField is None else _XF_AND_HOST
+    sizes = _FORWARDING_SIZES
     for name, value in headers:
+        if len(name) not in sizes:
+            # Comparing lengths first spares most names a lower() call (a
+            # spelling with "_" has the length of the one with "-").
+            kept.append((name, value))
+            continue
         lower = name.lower()
         if lower in names:
             if lower == b"host":
@@ -105,7 +112,7 @@ def forwardedHeaders(
                 elif lower == b"x-forwarded-host" and xhost is None:
                     xhost = value
             continue
-        if lower.replace(b"_", b"-") in FORWARDING_FIELDS:
+        if lower in FORWARDING_FIELDS or (b"_" in lower and lower.replace(b"_", b"-") in FORWARDING_FIELDS):
             if trusted and b"_" not in lower:
                 kept.append((name, value))
             continue

@@ -38,7 +38,7 @@ the timers, and split apart they would scatter the transitions the table
 keeps in one place.
 """
 
-from typing import Dict, List, Optional, Union
+from typing import Dict, FrozenSet, List, Optional, Union
 
 from txproxy.http import (
     ChunkedDecoder,
@@ -54,6 +54,7 @@ from txproxy.http import (
     responseFraming,
 )
 from txproxy.http._headers import endToEnd, serializeTrustedHead
+from txproxy.http._parser import _connectionTokens
 
 from ._state import (
     AWAITING_HEAD,
@@ -299,6 +300,8 @@ class Exchange:
     requestState: State = DECIDING
     responseState: State = AWAITING_HEAD
     response: Optional[ResponseHead] = None
+    #: The C{Connection} tokens of L{response}.
+    responseTokens: FrozenSet[bytes] = frozenset()
     interim = 0
     bytesUp = 0
     bytesDown = 0
@@ -622,9 +625,23 @@ class Exchange:
             self._badResponse(actions, e.reason)
             return
         self.response = resp
-        if not resp.keepAlive:
+        tokens = self.responseTokens = _connectionTokens(resp.headers)
+        if resp.version == _HTTP11:
+            if b"close" in tokens:
+                self.reusable = False
+        elif b"keep-alive" not in tokens or b"close" in tokens:
             self.reusable = False
         kind = framing.kind
+        if kind == "length" and len(rest) == framing.length:
+            # The usual small response: the whole body came with the head
+            # (no reader needed).
+            self._setResponse(RESPONDED)
+            self.bytesDown += len(rest)
+            actions.append(ResponseHeadReady(resp, framing, False, rest))
+            if rest and self.observeResponse:
+                self._observeResponse(rest, actions)
+            self._responded(actions)
+            return
         chunked = False
         reader: _Reader = None
         if kind == "chunked":

@@ -40,6 +40,8 @@ _HOP_BY_HOP_SIZES = frozenset(len(name) for name in HOP_BY_HOP)
 PROTECTED = frozenset([b"host"])
 _HOP_BY_HOP_CLOSE = HOP_BY_HOP | frozenset([b"close"])
 _HOP_BY_HOP_CLOSE_SIZES = frozenset(len(name) for name in _HOP_BY_HOP_CLOSE)
+#: The lengths of the names L{endToEnd} looks at.
+_END_TO_END_SIZES = _HOP_BY_HOP_SIZES | frozenset([len(b"content-length")])
 
 _STATUS_PHRASES = {
     100: b"Continue",
@@ -133,7 +135,7 @@ def removeHopByHop(
 
 
 def endToEnd(
-    headers: Iterable[Header], keep: Iterable[bytes] = ()
+    headers: Iterable[Header], keep: Iterable[bytes] = (), tokens: Optional[FrozenSet[bytes]] = None
 ) -> Tuple[List[Header], FrozenSet[bytes], bool]:
     """
     The proxy's per-message pass over received headers, in one loop: the
@@ -149,15 +151,26 @@ def endToEnd(
 
     @param headers: the received headers.
     @param keep: lower-case hop-by-hop names to keep (C{b"upgrade"}).
+    @param tokens: the C{Connection} tokens of C{headers}, when the caller
+        has them already (L{connectionTokens}); ignored when C{keep} has
+        C{b"connection"}.
     @return: C{(headers, tokens, hadContentLength)}; C{headers} is a new
         list the caller may append to.
     """
+    if tokens is not None and b"connection" not in keep:
+        return _endToEndKnowing(headers, keep, tokens)
     out = []
     connection: Optional[List[bytes]] = None
     hasLength = False
     hop = HOP_BY_HOP
+    sizes = _END_TO_END_SIZES
     for pair in headers:
-        lower = pair[0].lower()
+        name = pair[0]
+        # Comparing lengths first spares most names a lower() call.
+        if len(name) not in sizes:
+            out.append(pair)
+            continue
+        lower = name.lower()
         if lower in hop and lower not in keep:
             if lower == b"connection":
                 if connection is None:
@@ -171,10 +184,47 @@ def endToEnd(
     if connection is None:
         return out, _NO_TOKENS, hasLength
     tokens = frozenset(t.strip(b" \t").lower() for v in connection for t in v.split(b",") if t.strip(b" \t"))
-    remove = tokens - frozenset(keep) - PROTECTED
+    if tokens <= _HOP_BY_HOP_CLOSE:
+        # The usual options (close, keep-alive, upgrade): every hop-by-hop
+        # field is gone already, or kept on purpose.
+        return out, tokens, hasLength
+    remove = tokens - frozenset(keep) - PROTECTED - HOP_BY_HOP
     if remove:
-        out = [pair for pair in out if pair[0].lower() not in remove]
+        removeSizes = frozenset(len(name) for name in remove)
+        out = [pair for pair in out if len(pair[0]) not in removeSizes or pair[0].lower() not in remove]
         hasLength = hasLength and b"content-length" not in remove
+    return out, tokens, hasLength
+
+
+def _endToEndKnowing(
+    headers: Iterable[Header], keep: Iterable[bytes], tokens: FrozenSet[bytes]
+) -> Tuple[List[Header], FrozenSet[bytes], bool]:
+    """
+    L{endToEnd} when the C{Connection} tokens are known: one pass.
+    """
+    if tokens <= _HOP_BY_HOP_CLOSE:
+        remove = HOP_BY_HOP
+        sizes = _END_TO_END_SIZES
+    else:
+        remove = HOP_BY_HOP | (tokens - PROTECTED)
+        sizes = _END_TO_END_SIZES | frozenset(len(name) for name in remove)
+    if keep:
+        remove = remove - frozenset(keep)
+    out = []
+    hasLength = False
+    for pair in headers:
+        name = pair[0]
+        # Comparing lengths first spares most names a lower() call.
+        if len(name) not in sizes:
+            out.append(pair)
+            continue
+        lower = name.lower()
+        if lower == b"content-length":
+            if lower not in remove:
+                hasLength = True
+            continue
+        if lower not in remove:
+            out.append(pair)
     return out, tokens, hasLength
 
 
@@ -218,6 +268,9 @@ FORWARDING_FIELDS = frozenset(
         b"cf-connecting-ip",
     ]
 )
+#: The lengths of L{FORWARDING_FIELDS} names (a spelling with C{_} for
+#: C{-} has the same length).
+FORWARDING_SIZES = frozenset(len(name) for name in FORWARDING_FIELDS)
 
 
 def isForwardingField(lower: bytes) -> bool:
@@ -255,10 +308,12 @@ def replaceHeader(headers: Headers, name: bytes, value: bytes) -> Headers:
     @return: the new headers.
     """
     lower = name.lower()
+    size = len(lower)
     result = []
     done = False
     for pair in headers:
-        if pair[0].lower() == lower:
+        # Comparing lengths first spares most names a lower() call.
+        if len(pair[0]) == size and pair[0].lower() == lower:
             if not done:
                 result.append((name, value))
                 done = True
