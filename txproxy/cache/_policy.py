@@ -82,11 +82,13 @@ from txproxy.http import RequestHead, ResponseHead, connectionTokens
 
 __all__ = [
     "CACHE_NAME",
+    "Derived",
     "FORWARD",
     "FRESH",
     "HEURISTIC_STATUSES",
     "NOT_UPDATED",
     "UNDERSTOOD_STATUSES",
+    "derived",
     "REVALIDATE",
     "SURROGATE_CAPABILITY",
     "SURROGATE_FIELD",
@@ -325,6 +327,43 @@ class StoredResponse:
     responseTime: float
     initialAge: float
     bodyLength: int = 0
+    #: What the policy derives from C{head} alone (L{derived}), computed
+    #: once, on first use: a stored head never changes (a refresh makes a
+    #: new L{StoredResponse}).
+    _derived: Optional["Derived"] = attr.ib(default=None, init=False, eq=False, repr=False)
+
+
+@attr.s(frozen=True, slots=True, auto_attribs=True)
+class Derived:
+    """
+    What a hit needs of a stored head, computed once per stored response
+    (L{derived}) instead of on every hit.
+
+    @ivar cc: its directives (L{responseCacheControl}); never mutated.
+    @ivar lifetime: its freshness lifetime (L{freshnessLifetime}).
+    @ivar noCache: whether C{cc} has C{no-cache}.
+    @ivar served: its fields as served (L{servedHeaders} without C{Age}
+        and C{Cache-Status}).
+    """
+
+    cc: Dict[bytes, Optional[bytes]]
+    lifetime: float
+    noCache: bool
+    served: Tuple[Tuple[bytes, bytes], ...]
+
+
+def derived(stored: StoredResponse) -> Derived:
+    """
+    The L{Derived} of C{stored}, computed on first use and kept on it.
+    """
+    d = stored._derived
+    if d is None:
+        head = stored.head
+        cc = responseCacheControl(head)
+        d = Derived(cc, freshnessLifetime(head), b"no-cache" in cc,
+                    tuple((n, v) for n, v in head.headers if n != SURROGATE_FIELD))
+        object.__setattr__(stored, "_derived", d)
+    return d
 
 
 def initialAge(head: ResponseHead, requestTime: float, responseTime: float) -> float:
@@ -442,9 +481,9 @@ def lookup(request: RequestHead, stored: Optional[StoredResponse], now: float) -
         return Lookup(UNSATISFIABLE if onlyIfCached else FORWARD, detail="miss")
     head = stored.head
     age = ageOf(stored, now)
-    lifetime = freshnessLifetime(head)
-    ttl = lifetime - age
-    cc = responseCacheControl(head)
+    d = derived(stored)
+    ttl = d.lifetime - age
+    cc = d.cc
     revalidate = REVALIDATE if _hasValidators(head) else FORWARD
     if b"no-cache" in reqCC or b"no-cache" in cc:
         # Always revalidate (a no-cache request may not be answered from
@@ -492,10 +531,11 @@ def staleIfError(request: RequestHead, stored: StoredResponse, now: float) -> bo
     upstream failed or answered 500, 502, 503 or 504 (RFC 5861 section 4;
     the response's or the request's C{stale-if-error}).
     """
-    cc = responseCacheControl(stored.head)
+    d = derived(stored)
+    cc = d.cc
     if b"must-revalidate" in cc or b"proxy-revalidate" in cc or b"s-maxage" in cc or b"no-cache" in cc:
         return False
-    staleness = ageOf(stored, now) - freshnessLifetime(stored.head)
+    staleness = ageOf(stored, now) - d.lifetime
     if staleness <= 0:
         return True
     for directives in (requestCacheControl(request), cc):
