@@ -647,3 +647,13 @@ class DerivedTests(SynchronousTestCase):
         self.assertEqual(P.derived(old).lifetime, 60.0)
         head = P.updateHeaders(old.head, resp((b"Cache-Control", b"max-age=120"), status=304))
         self.assertEqual(P.derived(stored(head)).lifetime, 120.0)
+
+    def test_endToEndDerived(self) -> None:
+        """
+        The served fields as the core passes them on are derived too:
+        without Content-Length (noted); none when a Connection field could
+        name others.
+        """
+        d = P.derived(stored(resp((b"Content-Length", b"4"), (b"ETag", b'"a"'))))
+        self.assertEqual(d.endToEnd, (((b"Date", date(T0)), (b"ETag", b'"a"')), True))
+        self.assertIsNone(P.derived(stored(resp((b"Connection", b"x-a"), (b"X-A", b"1")))).endToEnd)

@@ -78,7 +78,7 @@ from txproxy.cache._fields import (
     varyKey,
     varyNames,
 )
-from txproxy.http import RequestHead, ResponseHead, connectionTokens
+from txproxy.http import RequestHead, ResponseHead, connectionTokens, endToEnd
 
 __all__ = [
     "CACHE_NAME",
@@ -344,12 +344,18 @@ class Derived:
     @ivar noCache: whether C{cc} has C{no-cache}.
     @ivar served: its fields as served (L{servedHeaders} without C{Age}
         and C{Cache-Status}).
+    @ivar endToEnd: C{served} as the HTTP core passes them to a client
+        (L{txproxy.http.endToEnd}: no hop-by-hop field, no
+        C{Content-Length}), and whether a C{Content-Length} was there; or
+        L{None} when C{served} has a C{Connection} field (its options
+        could name the fields a hit adds: the core filters each answer).
     """
 
     cc: Dict[bytes, Optional[bytes]]
     lifetime: float
     noCache: bool
     served: Tuple[Tuple[bytes, bytes], ...]
+    endToEnd: Optional[Tuple[Tuple[Tuple[bytes, bytes], ...], bool]]
 
 
 def derived(stored: StoredResponse) -> Derived:
@@ -360,8 +366,10 @@ def derived(stored: StoredResponse) -> Derived:
     if d is None:
         head = stored.head
         cc = responseCacheControl(head)
-        d = Derived(cc, freshnessLifetime(head), b"no-cache" in cc,
-                    tuple((n, v) for n, v in head.headers if n != SURROGATE_FIELD))
+        served = tuple((n, v) for n, v in head.headers if n != SURROGATE_FIELD)
+        passed, tokens, hadLength = endToEnd(served)
+        d = Derived(cc, freshnessLifetime(head), b"no-cache" in cc, served,
+                    None if tokens else (tuple(passed), hadLength))
         object.__setattr__(stored, "_derived", d)
     return d
 

@@ -129,11 +129,17 @@ class CacheRequest:
                 status = _HIT + b"%d" % int(ttl)
                 if self.collapsed:
                     status += b"; collapsed"
-                headers = d.served + ((b"Age", b"%d" % min(int(age), 2**31)), (b"Cache-Status", status))
+                added = ((b"Age", b"%d" % min(int(age), 2**31)), (b"Cache-Status", status))
                 head = stored.head
                 self.done = True
-                self.proto._answerFromCache(ResponseHead(head.version, head.status, head.reason, headers),
-                                            entry.body, True)
+                e2e = d.endToEnd
+                passed = None
+                if e2e is not None:
+                    # (What the core's filter would make of served + added:
+                    # neither added field is hop-by-hop.)
+                    passed = (list(e2e[0] + added), e2e[1])
+                self.proto._answerFromCache(ResponseHead(head.version, head.status, head.reason, d.served + added),
+                                            entry.body, True, passed)
                 return None
         proto = self.proto
         client = self.request.head
