@@ -31,7 +31,7 @@ import re
 import subprocess
 import sys
 import time
-from typing import Any, List
+from typing import List
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
