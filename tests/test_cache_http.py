@@ -20,7 +20,9 @@ from tests.test_h2_server import Client
 from txproxy import config
 from txproxy.cache import CacheService, HTTPCache, purgeKey
 from txproxy.cache._metrics import cacheMetricFamilies
+from txproxy.cache._request import isPlain
 from txproxy.errors import ConfigError
+from txproxy.http import RequestHead
 from txproxy.reverse import ReverseProxyFactory
 from txproxy.router import RouterService
 from txproxy.testing import (
@@ -341,6 +343,64 @@ class HitMissTests(CacheTestCase):
         _, client = self.request(host=b"nope.test")
         self.assertTrue(client.value().startswith(b"HTTP/1.1 404 "))
         self.assertEqual(field(client.value(), b"cache-status"), b"txproxy; fwd=bypass")
+
+
+class FastPathTests(CacheTestCase):
+    def test_isPlain(self) -> None:
+        """
+        A request is plain when none of its fields (any case) can change
+        the lookup or the served response.
+        """
+        plain = RequestHead(b"GET", b"/", b"HTTP/1.1", ((b"Host", b"a"), (b"Accept", b"*/*")))
+        self.assertTrue(isPlain(plain))
+        for name in (b"Cache-Control", b"PRAGMA", b"If-None-Match", b"if-modified-since", b"Range",
+                     b"If-Range", b"X-Original-URL", b"x-rewrite-url"):
+            self.assertFalse(isPlain(RequestHead(b"GET", b"/", b"HTTP/1.1", ((b"Host", b"a"), (name, b"x")))))
+
+    def test_sameAnswerBothPaths(self) -> None:
+        """
+        A plain request's hit (the fast path) is byte for byte the answer
+        the full lookup gives (a request with a field that changes
+        nothing, so not plain).
+        """
+        self.fill(b"/x", b"body", b"Cache-Control: max-age=60", b"ETag: \"e\"", b"X-Other: 1")
+        self.clock.advance(7)
+        _, fast = self.request(b"/x")
+        _, slow = self.request(b"/x", b"Pragma: something-else")
+        self.assertEqual(fast.value(), slow.value())
+        self.assertEqual(field(fast.value(), b"cache-status"), b"txproxy; hit; ttl=53")
+        self.assertEqual(field(fast.value(), b"age"), b"7")
+        self.assertEqual(self.cache.results["hit"], 2)
+        self.assertEqual(len(self.connector.attempts), 1)
+
+    def test_headFastPath(self) -> None:
+        """
+        A plain HEAD hit has the stored length and no body.
+        """
+        self.fill(b"/x", b"body")
+        _, client = self.request(b"/x", method=b"HEAD")
+        data = client.value()
+        self.assertTrue(data.endswith(b"\r\n\r\n"), data)
+        self.assertEqual(field(data, b"content-length"), b"4")
+        self.assertEqual(field(data, b"cache-status"), b"txproxy; hit; ttl=60")
+
+    def test_staleNotFast(self) -> None:
+        """
+        A plain request for a stale stored response still goes upstream.
+        """
+        self.fill(b"/x", b"body", b"Cache-Control: max-age=5")
+        self.clock.advance(6)
+        self.request(b"/x")
+        self.assertEqual(len(self.connector.attempts), 2)
+
+    def test_noCacheStoredNotFast(self) -> None:
+        """
+        A plain request for a stored no-cache response revalidates.
+        """
+        self.fill(b"/x", b"body", b"Cache-Control: no-cache, max-age=60", b"ETag: \"e\"")
+        self.request(b"/x")
+        self.assertEqual(len(self.connector.attempts), 2)
+        self.assertIn(b"If-None-Match: \"e\"", self.upstreamAnswers(response(b"", b"304 Not Modified")).value())
 
 
 class RevalidationTests(CacheTestCase):

@@ -602,3 +602,58 @@ class StatusAndRangeTests(SynchronousTestCase):
         for bad in (b"bytes=0-1,3-4", b"items=0-1", b"bytes=10-", b"bytes=5-2", b"bytes=x-1", b"bytes=-0"):
             self.assertIsNone(P.parseRange(bad, 10), bad)
         self.assertIsNone(P.parseRange(None, 10))
+
+
+class DerivedTests(SynchronousTestCase):
+    def test_derivedOnce(self) -> None:
+        """
+        What a hit needs of a stored head is computed on first use, then
+        kept: the same object each time, agreeing with the policy's own
+        functions.
+        """
+        head = resp((b"Cache-Control", b"max-age=60, no-cache"), (P.SURROGATE_FIELD, b"max-age=30"),
+                    (b"ETag", b'"a"'))
+        s = stored(head)
+        d = P.derived(s)
+        self.assertIs(P.derived(s), d)
+        self.assertEqual(d.cc, P.responseCacheControl(head))
+        self.assertEqual(d.lifetime, P.freshnessLifetime(head))
+        self.assertEqual(d.lifetime, 30.0)
+        self.assertFalse(d.noCache)
+        self.assertEqual(d.served, ((b"Date", date(T0)), (b"Cache-Control", b"max-age=60, no-cache"),
+                                    (b"ETag", b'"a"')))
+
+    def test_noCacheDerived(self) -> None:
+        """
+        C{no-cache} in the directives this cache follows is derived too.
+        """
+        self.assertTrue(P.derived(stored(resp((b"Cache-Control", b"no-cache, max-age=60")))).noCache)
+
+    def test_equalityIgnoresDerived(self) -> None:
+        """
+        A stored response with its derived data equals one without.
+        """
+        head = resp((b"Cache-Control", b"max-age=60"))
+        a, b = stored(head), stored(head)
+        P.derived(a)
+        self.assertEqual(a, b)
+        self.assertIsNone(b._derived)
+
+    def test_refreshDerivesAgain(self) -> None:
+        """
+        A refreshed head is a new stored response: derived anew.
+        """
+        old = stored(resp((b"Cache-Control", b"max-age=60")))
+        self.assertEqual(P.derived(old).lifetime, 60.0)
+        head = P.updateHeaders(old.head, resp((b"Cache-Control", b"max-age=120"), status=304))
+        self.assertEqual(P.derived(stored(head)).lifetime, 120.0)
+
+    def test_endToEndDerived(self) -> None:
+        """
+        The served fields as the core passes them on are derived too:
+        without Content-Length (noted); none when a Connection field could
+        name others.
+        """
+        d = P.derived(stored(resp((b"Content-Length", b"4"), (b"ETag", b'"a"'))))
+        self.assertEqual(d.endToEnd, (((b"Date", date(T0)), (b"ETag", b'"a"')), True))
+        self.assertIsNone(P.derived(stored(resp((b"Connection", b"x-a"), (b"X-A", b"1")))).endToEnd)

@@ -1055,8 +1055,19 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
                 self._respProducer = True
 
     def _clientResponseHead(self, resp: ResponseHead, framing: Any = None, chunked: bool = False,
-                            tokens: Optional[FrozenSet[bytes]] = None) -> bytes:
-        headers, _, hadLength = _endToEnd(resp.headers, (), tokens)
+                            tokens: Optional[FrozenSet[bytes]] = None,
+                            passed: Optional[Tuple[List[Tuple[bytes, bytes]], bool]] = None) -> bytes:
+        """
+        The serialized head for the client of C{resp}.
+
+        @param passed: C{resp}'s end-to-end fields (a new list) and whether
+            it had a C{Content-Length}, when the caller knows them (a cache
+            hit): what L{endToEnd} would return.
+        """
+        if passed is None:
+            headers, _, hadLength = _endToEnd(resp.headers, (), tokens)
+        else:
+            headers, hadLength = passed
         kind = framing.kind if framing is not None else "none"
         if kind == "length":
             headers.append((b"Content-Length", b"%d" % framing.length))
@@ -1137,10 +1148,13 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
 
     # -- answers from the cache
 
-    def _answerFromCache(self, resp: ResponseHead, body: bytes, finish: bool = True) -> None:
+    def _answerFromCache(self, resp: ResponseHead, body: bytes, finish: bool = True,
+                         passed: Optional[Tuple[List[Tuple[bytes, bytes]], bool]] = None) -> None:
         """
         Write a response the cache made (a hit: an exchange with no
         upstream), then, if C{finish}, end the exchange.
+
+        @param passed: see L{_clientResponseHead}.
         """
         if self._state is not WAIT and self._state is not EXCHANGE:
             return
@@ -1148,10 +1162,10 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
             self._toClient = fastSender(self.transport)  # type: ignore[arg-type]
         head = self._head
         if (head is not None and head.method == b"HEAD") or resp.status == 304 or resp.status == 204:
-            out = self._clientResponseHead(resp, NO_BODY)
+            out = self._clientResponseHead(resp, NO_BODY, passed=passed)
             body = b""
         else:
-            out = self._clientResponseHead(resp, Framing("length", len(body)))
+            out = self._clientResponseHead(resp, Framing("length", len(body)), passed=passed)
         self._toClient(out + body if len(body) < 65536 else out)
         if len(body) >= 65536:
             self._toClient(body)

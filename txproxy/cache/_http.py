@@ -53,7 +53,7 @@ from twisted.logger import Logger
 from txproxy.cache import _policy as P
 from txproxy.cache._entry import Entry, deserialize, serialize
 from txproxy.cache._memory import DEFAULT_MAX_OBJECT, MemoryStore
-from txproxy.cache._request import CacheRequest
+from txproxy.cache._request import CacheRequest, isPlain
 from txproxy.http import RequestHead
 
 __all__ = ["RESULTS", "CacheRequest", "HTTPCache", "loadTier"]
@@ -202,12 +202,15 @@ class HTTPCache:
         framing = proto._framing
         if (framing.kind != "none" and framing.length != 0) or proto._upgrading:
             return cr.bypass("body")
-        if b"no-store" in P.cacheControl(client.getAll(b"cache-control")):
-            return cr.bypass("request no-store")
-        if client.get(b"x-original-url") is not None or client.get(b"x-rewrite-url") is not None:
-            # An origin honouring them would answer for another URL than
-            # the key: never stored, never served from the cache.
-            return cr.bypass("x-original-url")
+        if isPlain(client):
+            cr.plain = True
+        else:
+            if b"no-store" in P.cacheControl(client.getAll(b"cache-control")):
+                return cr.bypass("request no-store")
+            if client.get(b"x-original-url") is not None or client.get(b"x-rewrite-url") is not None:
+                # An origin honouring them would answer for another URL
+                # than the key: never stored, never served from the cache.
+                return cr.bypass("x-original-url")
         entry, known = self.store.select(key, client)
         cr.known = known
         tier = self.tier

@@ -56,13 +56,11 @@ The choices this module makes where the RFCs leave room:
 from __future__ import annotations
 
 from typing import Dict, List, Optional, Tuple
-from urllib.parse import urljoin, urlsplit
 
 import attr
 
 from txproxy.cache._fields import (
     CACHE_NAME,
-    DEFAULT_PORTS,
     SURROGATE_CAPABILITY,
     SURROGATE_FIELD,
     SURROGATE_TOKEN,
@@ -78,15 +76,18 @@ from txproxy.cache._fields import (
     varyKey,
     varyNames,
 )
-from txproxy.http import RequestHead, ResponseHead, connectionTokens
+from txproxy.cache._invalidation import invalidationTargets, isUnsafe
+from txproxy.http import RequestHead, ResponseHead, connectionTokens, endToEnd
 
 __all__ = [
     "CACHE_NAME",
+    "Derived",
     "FORWARD",
     "FRESH",
     "HEURISTIC_STATUSES",
     "NOT_UPDATED",
     "UNDERSTOOD_STATUSES",
+    "derived",
     "REVALIDATE",
     "SURROGATE_CAPABILITY",
     "SURROGATE_FIELD",
@@ -182,7 +183,6 @@ UNDERSTOOD_STATUSES = frozenset(
     | set(range(500, 506))
 )
 
-_SAFE_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE"})
 
 # -- storing
 
@@ -325,6 +325,51 @@ class StoredResponse:
     responseTime: float
     initialAge: float
     bodyLength: int = 0
+    #: What the policy derives from C{head} alone (L{derived}), computed
+    #: once, on first use: a stored head never changes (a refresh makes a
+    #: new L{StoredResponse}).
+    _derived: Optional["Derived"] = attr.ib(default=None, init=False, eq=False, repr=False)
+
+
+@attr.s(frozen=True, slots=True, auto_attribs=True)
+class Derived:
+    """
+    What a hit needs of a stored head, computed once per stored response
+    (L{derived}) instead of on every hit.
+
+    @ivar cc: its directives (L{responseCacheControl}); never mutated.
+    @ivar lifetime: its freshness lifetime (L{freshnessLifetime}).
+    @ivar noCache: whether C{cc} has C{no-cache}.
+    @ivar served: its fields as served (L{servedHeaders} without C{Age}
+        and C{Cache-Status}).
+    @ivar endToEnd: C{served} as the HTTP core passes them to a client
+        (L{txproxy.http.endToEnd}: no hop-by-hop field, no
+        C{Content-Length}), and whether a C{Content-Length} was there; or
+        L{None} when C{served} has a C{Connection} field (its options
+        could name the fields a hit adds: the core filters each answer).
+    """
+
+    cc: Dict[bytes, Optional[bytes]]
+    lifetime: float
+    noCache: bool
+    served: Tuple[Tuple[bytes, bytes], ...]
+    endToEnd: Optional[Tuple[Tuple[Tuple[bytes, bytes], ...], bool]]
+
+
+def derived(stored: StoredResponse) -> Derived:
+    """
+    The L{Derived} of C{stored}, computed on first use and kept on it.
+    """
+    d = stored._derived
+    if d is None:
+        head = stored.head
+        cc = responseCacheControl(head)
+        served = tuple((n, v) for n, v in head.headers if n != SURROGATE_FIELD)
+        passed, tokens, hadLength = endToEnd(served)
+        d = Derived(cc, freshnessLifetime(head), b"no-cache" in cc, served,
+                    None if tokens else (tuple(passed), hadLength))
+        object.__setattr__(stored, "_derived", d)
+    return d
 
 
 def initialAge(head: ResponseHead, requestTime: float, responseTime: float) -> float:
@@ -442,9 +487,9 @@ def lookup(request: RequestHead, stored: Optional[StoredResponse], now: float) -
         return Lookup(UNSATISFIABLE if onlyIfCached else FORWARD, detail="miss")
     head = stored.head
     age = ageOf(stored, now)
-    lifetime = freshnessLifetime(head)
-    ttl = lifetime - age
-    cc = responseCacheControl(head)
+    d = derived(stored)
+    ttl = d.lifetime - age
+    cc = d.cc
     revalidate = REVALIDATE if _hasValidators(head) else FORWARD
     if b"no-cache" in reqCC or b"no-cache" in cc:
         # Always revalidate (a no-cache request may not be answered from
@@ -492,10 +537,11 @@ def staleIfError(request: RequestHead, stored: StoredResponse, now: float) -> bo
     upstream failed or answered 500, 502, 503 or 504 (RFC 5861 section 4;
     the response's or the request's C{stale-if-error}).
     """
-    cc = responseCacheControl(stored.head)
+    d = derived(stored)
+    cc = d.cc
     if b"must-revalidate" in cc or b"proxy-revalidate" in cc or b"s-maxage" in cc or b"no-cache" in cc:
         return False
-    staleness = ageOf(stored, now) - freshnessLifetime(stored.head)
+    staleness = ageOf(stored, now) - d.lifetime
     if staleness <= 0:
         return True
     for directives in (requestCacheControl(request), cc):
@@ -574,52 +620,3 @@ def servedHeaders(stored: ResponseHead, age: float, status: bytes) -> List[Tuple
     headers.append((b"Age", b"%d" % min(int(age), 2**31)))
     headers.append((b"Cache-Status", status))
     return headers
-
-
-def _sameOriginKey(requestKey: bytes, value: Optional[bytes]) -> Optional[bytes]:
-    """
-    The URL key of a C{Location}/C{Content-Location} value (absolute, or a
-    reference resolved against the request's URI) when it names the same
-    origin as C{requestKey}, else L{None}.
-    """
-    if not value:
-        return None
-    try:
-        base = requestKey.decode("ascii")
-        resolved = urlsplit(urljoin(base, value.strip().decode("ascii")))
-        origin = urlsplit(base)
-        port = resolved.port
-    except (UnicodeDecodeError, ValueError):
-        return None
-    scheme = resolved.scheme.lower()
-    if scheme not in DEFAULT_PORTS or not resolved.hostname:
-        return None
-    key = urlKey(scheme, resolved.hostname, port if port is not None else DEFAULT_PORTS[scheme],
-                 (resolved.path or "/").encode("ascii") + (b"?" + resolved.query.encode("ascii")
-                                                           if resolved.query else b""))
-    if urlsplit(key.decode("ascii")).netloc != origin.netloc or scheme != origin.scheme:
-        return None
-    return key
-
-
-def invalidationTargets(requestKey: bytes, method: bytes, response: ResponseHead) -> List[bytes]:
-    """
-    The URL keys an unsafe request's response invalidates (section 4.4):
-    its target and same-origin C{Location} and C{Content-Location}, when
-    the response is a non-error (2xx or 3xx) one.
-    """
-    if method in _SAFE_METHODS or not (200 <= response.status < 400):
-        return []
-    keys = [requestKey]
-    for name in (b"location", b"content-location"):
-        key = _sameOriginKey(requestKey, response.get(name))
-        if key is not None and key not in keys:
-            keys.append(key)
-    return keys
-
-
-def isUnsafe(method: bytes) -> bool:
-    """
-    Whether C{method} is unsafe (RFC 9110 section 9.2.1).
-    """
-    return method not in _SAFE_METHODS
