@@ -73,6 +73,14 @@ VALID_REQUESTS: List[Tuple[bytes, bytes, bytes, bytes, Tuple[Tuple[bytes, bytes]
         ((b"Host", b"[2001:db8::1]:443"),),
     ),
     (b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n", b"OPTIONS", b"*", b"HTTP/1.1", ((b"Host", b"a"),)),
+    (
+        b"GET / HTTP/1.1\r\nHost: 127.0.0.1:65535\r\n\r\n",
+        b"GET",
+        b"/",
+        b"HTTP/1.1",
+        ((b"Host", b"127.0.0.1:65535"),),
+    ),
+    (b"GET / HTTP/1.1\r\nHost: a:08080\r\n\r\n", b"GET", b"/", b"HTTP/1.1", ((b"Host", b"a:08080"),)),
     (b"GET / HTTP/1.0\r\n\r\n", b"GET", b"/", b"HTTP/1.0", ()),
     (b"get /x HTTP/1.0\r\nA: b\r\n\r\n", b"get", b"/x", b"HTTP/1.0", ((b"A", b"b"),)),
     (
@@ -176,6 +184,9 @@ MALFORMED_REQUESTS: List[Tuple[bytes, int, str]] = [
     (b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n", 400, "a space in Host"),
     (b"GET / HTTP/1.1\r\nHost: u@a\r\n\r\n", 400, "user info in Host"),
     (b"GET / HTTP/1.1\r\nHost: a:99999\r\n\r\n", 400, "port out of range in Host"),
+    (b"GET / HTTP/1.1\r\nHost: a:65536\r\n\r\n", 400, "port just out of range in Host"),
+    (b"GET / HTTP/1.1\r\nHost: a:00000\r\n\r\n", 400, "five-digit port zero in Host"),
+    (b"GET / HTTP/1.1\r\nHost: a:123456\r\n\r\n", 400, "six-digit port in Host"),
     (b"GET / HTTP/1.1\r\nHost: a:http\r\n\r\n", 400, "non-numeric port in Host"),
     (b"GET / HTTP/1.1\r\nHost: a,b\r\n\r\n", 400, "a comma in Host"),
     (b"GET / HTTP/1.1\r\nHost: [::1\r\n\r\n", 400, "unterminated IPv6 Host"),
@@ -688,6 +699,8 @@ class URITests(SynchronousTestCase):
         ]
         for target, expected in cases:
             self.assertEqual(parseAuthority(target), expected, target)
+            # Answers are kept: asking again gives the same.
+            self.assertEqual(parseAuthority(target), expected, target)
 
     def test_authorityInvalid(self) -> None:
         """
@@ -718,6 +731,8 @@ class URITests(SynchronousTestCase):
         ]:
             error = self.assertRaises(HTTPError, parseAuthority, target)
             self.assertEqual(error.status, 400, target)
+            # Errors are not kept: the second try is refused too.
+            self.assertRaises(HTTPError, parseAuthority, target)
 
     def test_hostHeader(self) -> None:
         """

@@ -254,7 +254,7 @@ class ForwardProxyProtocol(HTTPProxyProtocol):
     def _checkPort(self) -> None:
         tunnel = self._tunnel
         assert tunnel is not None
-        if self.client != tunnel.client:
+        if self.client is not tunnel.client and self.client != tunnel.client:
             # Authentication named the user.
             tunnel = self._tunnel = TunnelRequest(self.client, tunnel.target, tunnel.head)
         if tunnel.target.port not in self.factory.listener.connectPorts:

@@ -15,6 +15,7 @@ returned as given: destination policy must check the resolved address.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from typing import Sequence, Tuple
@@ -73,7 +74,7 @@ def _splitHostPort(value: bytes, requirePort: bool, defaultPort: int) -> Tuple[s
 
 
 _HOST_FAST = re.compile(
-    rb"[A-Za-z0-9_](?:[A-Za-z0-9_\-.]{0,251}[A-Za-z0-9_\-])?\.?(?::([0-9]{1,4}))?"
+    rb"[A-Za-z0-9_](?:[A-Za-z0-9_\-.]{0,251}[A-Za-z0-9_\-])?\.?(?::([0-9]{1,5}))?"
 )
 
 
@@ -86,9 +87,9 @@ def _checkHostValue(value: bytes) -> None:
     match = _HOST_FAST.fullmatch(value)
     if match is not None:
         port = match.group(1)
-        if port is None or port.strip(b"0"):
+        if port is None or (port.strip(b"0") and (len(port) < 5 or int(port) < 65536)):
             return
-    # IPv6 literals, 5-digit ports, port 0 and errors take the slow path.
+    # IPv6 literals, port 0, out-of-range ports and errors take the slow path.
     _splitHostPort(value, False, 0)
 
 
@@ -102,6 +103,14 @@ def parseAuthority(target: bytes) -> Tuple[str, int]:
         (user info, a missing or out-of-range port and an invalid host
         name included).
     """
+    return _parseAuthority(target)
+
+
+# A CONNECT target is checked when its head is parsed and split again when
+# the tunnel is dialled, and clients open many tunnels to the same few
+# hosts: the answers (never the errors) are kept, for at most 1,024 targets.
+@functools.lru_cache(maxsize=1024)
+def _parseAuthority(target: bytes) -> Tuple[str, int]:
     return _splitHostPort(target, True, 0)
 
 
