@@ -1,11 +1,11 @@
 """
 Builds txproxy.  The metadata is in setup.cfg; this file only adds the
 compiled build: on CPython, C{pip install .} compiles the modules named in
-C{txproxy/_compiled.py} with mypyc (about a minute on two cores; the wheel
-ships their C{.py} sources too, for C{TXPROXY_PURE=1}).  It builds the pure
-modules alone, saying so in one line, on PyPy, when C{TXPROXY_PURE=1} is
-set, for an editable install (C{pip install -e .}: development stays
-uncompiled), or when mypyc or the C compiler fails.
+C{txproxy/_compiled.py} with mypyc (30-50 s on two cores, half of it the C
+compiler; the wheel ships their C{.py} sources too, for C{TXPROXY_PURE=1}).
+It builds the pure modules alone, saying so in one line, on PyPy, when
+C{TXPROXY_PURE=1} is set, for an editable install (C{pip install -e .}:
+development stays uncompiled), or when mypyc or the C compiler fails.
 """
 
 from __future__ import annotations
