@@ -10,6 +10,12 @@ the event loop and syscalls are added to.
     python bench/bench_http_core.py --mode reverse --limiter all --instructions -n 1000
     python bench/bench_http_core.py --mode reverse --limiter memory --profile tottime
 
+The first line says whether the core runs compiled (mypyc) or pure: the
+benchmark imports the checkout's txproxy, so build the extensions in place
+(C{python setup.py build_ext --inplace}, in a copy of the checkout) and
+compare with C{TXPROXY_PURE=1}, which makes the same tree import the pure
+modules.
+
 Modes: C{forward} (an absolute-URI GET through the forward proxy) and
 C{reverse} (an origin-form GET routed by C{Host} to one backend, as
 C{bench/bench_http.py}'s reverse runs: C{--route '*=http://...'}).
@@ -69,6 +75,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from twisted.internet.defer import Deferred  # noqa: E402
 from twisted.internet.task import Clock  # noqa: E402
 
+from txproxy._compiled import buildDescription  # noqa: E402
 from txproxy.testing import FakeConnector, connect, forwardFactory  # noqa: E402
 
 FORWARD_REQUEST = (
@@ -426,8 +433,8 @@ def main() -> None:
     CLOCK["step"] = None if args.clock == "wall" else 1e-4
     REDIS_DELAY["requests"] = args.redis_delay
     CONNECTIONS["count"] = args.connections
-    print(f"# {platform.python_implementation()} {platform.python_version()}; thread CPU time per request, "
-          f"{args.rounds} interleaved rounds of {args.n} requests", flush=True)
+    print(f"# {platform.python_implementation()} {platform.python_version()}, txproxy {buildDescription()}; "
+          f"thread CPU time per request, {args.rounds} interleaved rounds of {args.n} requests", flush=True)
     limiters = LIMITERS if args.limiter == "all" else (args.limiter,)
     if args.instructions:
         counts = {limiter: instructions(args.mode, limiter, args.n) for limiter in limiters}

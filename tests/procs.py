@@ -19,7 +19,24 @@ import threading
 import time
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
+import txproxy
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+#: Where the txproxy under test comes from: the checkout, or the
+#: site-packages of an installed (compiled) build that scripts/test runs the
+#: suite against.  Child processes must import the same one.
+TXPROXY_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(txproxy.__file__)))
+
+
+def childPythonPath(existing: str = "") -> str:
+    """
+    The C{PYTHONPATH} for a child process: the checkout (for C{tests} and
+    the examples), after the installed txproxy when that is what runs here,
+    then C{existing}.
+    """
+    parts = [REPO] if TXPROXY_ROOT == REPO else [TXPROXY_ROOT, REPO]
+    return os.pathsep.join(parts + ([existing] if existing else []))
 
 
 def freePort(host: str = "127.0.0.1") -> int:
@@ -77,7 +94,7 @@ class Twistd:
 
     def start(self, wait: bool = True) -> "Twistd":
         env = dict(os.environ)
-        env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+        env["PYTHONPATH"] = childPythonPath(env.get("PYTHONPATH", ""))
         self.proc = subprocess.Popen(
             [twistdPath(), "-n", "--pidfile=", "txproxy", *self.args],
             cwd=self.cwd,
@@ -139,7 +156,7 @@ def runTxproxy(args: Sequence[str], timeout: float = 30.0) -> subprocess.Complet
     Run C{twistd -n txproxy ARGS} to completion (for start-up errors).
     """
     env = dict(os.environ)
-    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = childPythonPath(env.get("PYTHONPATH", ""))
     cwd = tempfile.mkdtemp(prefix="txproxy-test-")
     return subprocess.run(
         [twistdPath(), "-n", "--pidfile=", "txproxy", *args],

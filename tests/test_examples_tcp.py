@@ -18,7 +18,15 @@ from twisted.internet import error
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.procs import REPO, ThreadedServer, echoHandler, freePort, recvAll, waitForPort
+from tests.procs import (
+    REPO,
+    ThreadedServer,
+    childPythonPath,
+    echoHandler,
+    freePort,
+    recvAll,
+    waitForPort,
+)
 from tests.test_examples import loadExample
 from txproxy.config import parseCIDRs
 from txproxy.testing import FakeConnector, connect, listenerConfig
@@ -97,7 +105,7 @@ class CanaryRunTests(SynchronousTestCase):
         echo = ThreadedServer(echoHandler)
         self.addCleanup(echo.stop)
         port = freePort()
-        env = dict(os.environ, PYTHONPATH=REPO)
+        env = dict(os.environ, PYTHONPATH=childPythonPath())
         proc = subprocess.Popen(
             [sys.executable, os.path.join(REPO, "examples", "tcp_canary.py"),
              "--listen", f"tcp:{port}:interface=127.0.0.1", "--upstream", f"tcp:127.0.0.1:{echo.port}"],

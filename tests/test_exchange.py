@@ -136,7 +136,12 @@ def describe(action: Action) -> str:
         )
     if isinstance(action, Upgrade):
         return f"{name}({action.head.status}, rest={action.rest!r})"
-    fields = ", ".join(f"{slot}={getattr(action, slot)!r}" for slot in type(action).__slots__)
+    # The pure classes name their fields in __slots__; compiled with mypyc
+    # they are native classes, which list them in __mypyc_attrs__ instead.
+    names = getattr(type(action), "__slots__", None)
+    if names is None:
+        names = [n for n in type(action).__mypyc_attrs__ if n != "__dict__"]
+    fields = ", ".join(f"{slot}={getattr(action, slot)!r}" for slot in names)
     return f"{name}({fields})"
 
 

@@ -20,6 +20,7 @@ from typing import Any, Dict, List
 
 from twisted.trial.unittest import SynchronousTestCase
 
+import txproxy
 from tests.procs import (
     TestCA,
     ThreadedServer,
@@ -72,13 +73,16 @@ def sharedEcho() -> ThreadedServer:
 class TunnelTests(SynchronousTestCase):
     def test_runsOnEpoll(self) -> None:
         """
-        The proxy logs that it runs on the epoll reactor.
+        The proxy logs that it runs on the epoll reactor, and whether its
+        core is compiled: as the txproxy under test is (a twistd child
+        imports the same build).
         """
         proxy = sharedProxy()
         deadline = time.monotonic() + 5
         while "txproxy running on" not in proxy.stdout() and time.monotonic() < deadline:
             time.sleep(0.05)
-        self.assertIn("txproxy running on twisted.internet.epollreactor.EPollReactor", proxy.stdout())
+        build = "compiled (mypyc)" if txproxy.COMPILED else "pure Python"
+        self.assertIn(f"txproxy running on twisted.internet.epollreactor.EPollReactor, core {build}", proxy.stdout())
 
     def test_curlThroughProxyToTLS(self) -> None:
         """

@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.procs import REPO, TestCA, ThreadedServer, Twistd, freePort, waitForPort
+from tests.procs import REPO, TestCA, ThreadedServer, Twistd, childPythonPath, freePort, waitForPort
 
 
 def _readUntilClosed(sock: socket.socket) -> None:
@@ -41,7 +41,7 @@ class _Origin:
         self.port = port
         self.outPath = os.path.join(REPO, "_trial_temp_h2origin_%d.log" % port)
         env = dict(os.environ)
-        env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+        env["PYTHONPATH"] = childPythonPath(env.get("PYTHONPATH", ""))
         self._out = open(self.outPath, "wb")
         self.proc = subprocess.Popen([sys.executable, "-m", "tests.h2origin", str(port), *extra], cwd=REPO, env=env,
                                      stdout=self._out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)

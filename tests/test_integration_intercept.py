@@ -25,10 +25,10 @@ from cryptography.hazmat.primitives import serialization
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.procs import (
-    REPO,
     TestCA,
     ThreadedServer,
     Twistd,
+    childPythonPath,
     connectThrough,
     freePort,
     twistdPath,
@@ -345,7 +345,7 @@ class SubclassTests(_InterceptTestCase):
         with open(tac, "w") as f:
             f.write(_TAC.format(port=port, ca=self.caPath, upstreamCA=self.originCA.caPath))
         env = dict(os.environ)
-        env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+        env["PYTHONPATH"] = childPythonPath(env.get("PYTHONPATH", ""))
         out = open(os.path.join(self.dir, "tac.log"), "wb")
         self.addCleanup(out.close)
         proc = subprocess.Popen([twistdPath(), "-n", "--pidfile=", "-y", tac], cwd=self.dir, env=env, stdout=out, stderr=out,

@@ -33,7 +33,7 @@ from typing import Any, List, Tuple
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests import test_transparent_netns as _netns
-from tests.procs import REPO, Twistd, twistdPath
+from tests.procs import Twistd, childPythonPath, twistdPath
 from tests.test_transparent_netns import (
     _CLIENT4,
     _ECHO_PORT,
@@ -60,7 +60,7 @@ class _NamespacedTwistd(Twistd):
 
     def start(self, wait: bool = True) -> "Twistd":
         env = dict(os.environ)
-        env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+        env["PYTHONPATH"] = childPythonPath(env.get("PYTHONPATH", ""))
         self.proc = subprocess.Popen(
             ["ip", "netns", "exec", self.namespace, twistdPath(), "-n", "--pidfile=", "txproxy", *self.args],
             cwd=self.cwd,

@@ -12,9 +12,11 @@ from typing import Dict, List, Set, Tuple
 
 from twisted.trial.unittest import SynchronousTestCase
 
-import txproxy
+from tests.procs import REPO
 
-ROOT = os.path.dirname(os.path.abspath(txproxy.__file__))
+#: The package's source in the checkout (not an installed copy, which the
+#: compiled build's test run imports).
+ROOT = os.path.join(REPO, "txproxy")
 
 #: Modules allowed past the size limit say so with this phrase in their docstring.
 LONG_REASON = "Why this module is long:"

@@ -39,8 +39,9 @@ class VersionOptionTests(SynchronousTestCase):
     def test_versionPrintsAndExits0(self) -> None:
         """
         C{--version} prints C{txproxy VERSION (Twisted VERSION, IMPL
-        VERSION)} on standard output and exits with status 0, before any
-        other option is checked.
+        VERSION, BUILD)} on standard output and exits with status 0, before
+        any other option is checked; BUILD says whether the core runs
+        compiled.
         """
         from twisted import version as twistedVersion
 
@@ -51,7 +52,8 @@ class VersionOptionTests(SynchronousTestCase):
         self.assertEqual(
             out.getvalue(),
             f"txproxy {txproxy.__version__} (Twisted {twistedVersion.short()}, "
-            f"{platform.python_implementation()} {platform.python_version()})\n",
+            f"{platform.python_implementation()} {platform.python_version()}, "
+            f"{'compiled (mypyc)' if txproxy.COMPILED else 'pure Python'})\n",
         )
 
 

@@ -38,25 +38,27 @@ read, profiled and reviewed together.
 from __future__ import annotations
 
 from errno import EAGAIN, ENOBUFS, EWOULDBLOCK
-from typing import Any, Callable, Dict, List, Optional, Set, cast
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Dict, Optional, Set, cast
 from typing import Protocol as _Structural
 from weakref import WeakKeyDictionary
 
 from twisted.internet import defer, tcp
 from twisted.internet.interfaces import (
-    IConsumer,
     IDelayedCall,
-    IHalfCloseableProtocol,
-    IPushProducer,
     IReactorTime,
-    ITCPTransport,
     ITransport,
 )
 from twisted.internet.main import CONNECTION_DONE
-from twisted.internet.protocol import Protocol
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
-from zope.interface import implementer
+
+# The upstream side's protocol lives in a module of its own that is never
+# compiled: the modes and users subclass it (see txproxy._relayed).
+from txproxy._relayed import RelayedProtocol
+
+if TYPE_CHECKING:
+    # A class mypyc cannot build: casts name it as a string.
+    from txproxy._transport import _Transport
 
 __all__ = ["Relay", "RelayedProtocol", "fastSender", "joinRelay", "sendNow"]
 
@@ -183,7 +185,9 @@ class _IdleSweeper:
     (which costs a heap entry and a callLater per connection).
     """
 
-    _byClock: "WeakKeyDictionary[IReactorTime, Dict[float, _IdleSweeper]]" = WeakKeyDictionary()
+    _byClock: "ClassVar[WeakKeyDictionary[IReactorTime, Dict[float, _IdleSweeper]]]" = (
+        WeakKeyDictionary()
+    )
 
     @classmethod
     def forClock(cls, clock: IReactorTime, timeout: float) -> "_IdleSweeper":
@@ -224,72 +228,6 @@ class _IdleSweeper:
             relay._checkIdle(now)
         if self.relays:
             self._call = self.clock.callLater(self.tick, self._sweep)
-
-
-class _Transport(ITCPTransport, IConsumer, IPushProducer):
-    """
-    A connection's transport as txproxy uses it: also a consumer and a push
-    producer (as Twisted's connection transports are), which
-    C{Protocol.transport}'s type, L{ITransport}, does not say.  Only for
-    type annotations and casts: nothing declares it.
-    """
-
-
-@implementer(IHalfCloseableProtocol)
-class RelayedProtocol(Protocol):
-    """
-    The protocol for the upstream side of a relay.  Until L{joinRelay}
-    attaches it, it keeps whatever the upstream sends (a server that speaks
-    first), and whether the upstream half-closed or closed (which
-    L{joinRelay} replays); afterwards it reports end-of-input and loss to
-    the relay.
-
-    @ivar relay: the L{Relay}, once attached.
-    @ivar connected: a L{Deferred} that fired when the connection was made
-        (endpoints fire theirs too; this one is for callers that build the
-        protocol themselves).
-    """
-
-    relay: Optional["Relay"] = None
-    _pending: Optional[List[bytes]] = None
-    _readLost = False
-    _lostReason: Optional[Failure] = None
-    #: Called with this protocol from C{connectionMade}, once (set by
-    #: L{txproxy.connector.Connector.connect}).
-    onConnected: Optional[Callable[["RelayedProtocol"], None]] = None
-
-    def connectionMade(self) -> None:
-        callback = self.onConnected
-        if callback is not None:
-            self.onConnected = None
-            callback(self)
-
-    def dataReceived(self, data: bytes) -> None:
-        if self._pending is None:
-            self._pending = []
-        self._pending.append(data)
-
-    def readConnectionLost(self) -> None:
-        if self.relay is not None:
-            self.relay.upstreamReadLost()
-        else:
-            self._readLost = True
-
-    def writeConnectionLost(self) -> None:
-        pass
-
-    def connectionLost(self, reason: Failure = Failure(Exception())) -> None:
-        if self.relay is not None:
-            self.relay.upstreamLost(reason)
-        else:
-            self._lostReason = reason
-
-    def takePending(self) -> bytes:
-        """
-        Return and forget the bytes received before the relay was attached.
-        """
-        pending, self._pending = self._pending, None
-        return b"".join(pending) if pending else b""
 
 
 class Relay:
@@ -440,7 +378,7 @@ class Relay:
                 conn.bufferSize = RELAY_BUFFER_SIZE
         # Connection transports are consumers and push producers too, which
         # ITransport does not say.
-        client, upstream = cast(_Transport, self.client), cast(_Transport, self.upstream)
+        client, upstream = cast("_Transport", self.client), cast("_Transport", self.upstream)
         upstream.registerProducer(client, True)
         client.registerProducer(upstream, True)
         if fromClient:
@@ -548,7 +486,7 @@ class Relay:
             return
         # A registered producer keeps loseConnection waiting for it.
         try:
-            cast(_Transport, transport).unregisterProducer()
+            cast("_Transport", transport).unregisterProducer()
         except Exception:  # pragma: no cover - transports that lost it already
             pass
         conn = _idleTCP(conn)

@@ -38,7 +38,7 @@ the timers, and split apart they would scatter the transitions the table
 keeps in one place.
 """
 
-from typing import Dict, FrozenSet, List, Optional, Union
+from typing import Dict, Final, FrozenSet, List, Optional, Union
 
 from txproxy.http import (
     ChunkedDecoder,
@@ -99,6 +99,11 @@ _IDEMPOTENT = frozenset([b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 _Reader = Union[LengthReader, ChunkedReader, None]
+
+#: The readers' class default: a name rather than C{None} itself, which
+#: mypyc drops as the default of an attribute typed with a union of several
+#: classes and C{None} (compiled, the attribute would start unset).
+_NO_READER: Final = None
 
 
 class SendUpstream:
@@ -309,9 +314,9 @@ class Exchange:
     retried = False
     received = False
     timer: Optional[str] = None
-    _reqReader: _Reader = None
+    _reqReader: _Reader = _NO_READER
     _reqDecoder: Optional[ChunkedDecoder] = None
-    _respReader: _Reader = None
+    _respReader: _Reader = _NO_READER
     _respDecoder: Optional[ChunkedDecoder] = None
     _headReader: Optional[HeadReader] = None
     _mark = -1

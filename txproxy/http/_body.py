@@ -39,6 +39,7 @@ import re
 from typing import List, Optional, Tuple
 
 import attr
+from mypy_extensions import mypyc_attr
 
 from ._errors import HTTPError
 from ._parser import _HEADER_LINE, _HTTP10, _TCHAR, Headers, RequestHead, ResponseHead
@@ -55,6 +56,9 @@ _MAX_CONTENT_LENGTH_DIGITS = 18
 _MAX_CHUNK_SIZE = 2**63 - 1
 
 
+# Compiled with mypyc, an attrs class must stay a Python class (mypyc's own
+# attrs classes lose the generated __eq__, __repr__ and frozenness).
+@mypyc_attr(native_class=False)
 @attr.s(frozen=True, slots=True, auto_attribs=True)
 class Framing:
     """

@@ -5,7 +5,11 @@ The one exception the sans-IO HTTP core raises for bad input.
 
 from __future__ import annotations
 
+from mypy_extensions import mypyc_attr
 
+
+# Compiled with mypyc; other errors (H2DialError) subclass it in Python.
+@mypyc_attr(allow_interpreted_subclasses=True)
 class HTTPError(Exception):
     """
     Input that the HTTP core refuses.  The status says which response a

@@ -51,6 +51,7 @@ import re
 from typing import FrozenSet, Iterable, List, Optional, Sequence, Tuple
 
 import attr
+from mypy_extensions import mypyc_attr
 
 from ._errors import HTTPError
 from ._uri import _checkHostValue, parseAuthority
@@ -161,6 +162,9 @@ def _keepAlive(version: bytes, headers: Headers) -> bool:
     return b"keep-alive" in tokens and b"close" not in tokens
 
 
+# Compiled with mypyc, an attrs class must stay a Python class (mypyc's own
+# attrs classes lose the generated __eq__, __repr__ and frozenness).
+@mypyc_attr(native_class=False)
 @attr.s(frozen=True, slots=True, auto_attribs=True)
 class RequestHead:
     """
@@ -218,6 +222,9 @@ class RequestHead:
         return False
 
 
+# Compiled with mypyc, an attrs class must stay a Python class (mypyc's own
+# attrs classes lose the generated __eq__, __repr__ and frozenness).
+@mypyc_attr(native_class=False)
 @attr.s(frozen=True, slots=True, auto_attribs=True)
 class ResponseHead:
     """
@@ -411,7 +418,9 @@ def _badRequestLine(data: bytes, start: int) -> HTTPError:
     Explain why the request line at C{start} did not match.
     """
     eol = data.find(b"\n", start)
-    line = data[start:eol]
+    # No LF: up to the last byte, as data[start:-1] would be.  (Written out:
+    # mypyc's bytes slice fails when the end falls before the start.)
+    line = data[start : eol if eol >= 0 else max(len(data) - 1, start)]
     if not line.endswith(b"\r") or b"\r" in line[:-1]:
         return HTTPError(400, "Request line must end with CRLF")
     parts = line[:-1].split(b" ")
@@ -455,7 +464,9 @@ def _parseHeaders(data: bytes, start: int, status: int, maxHeaders: int) -> Head
     Parse and validate the header lines between C{start} and the final CRLF.
     """
     end = len(data) - 2
-    if data[-2:] != b"\r\n" or (end != start and data[end - 2:end] != b"\r\n"):
+    # (end < 2: data[end - 2:end] would be empty; mypyc's bytes slice fails
+    # when the end falls before the start.)
+    if data[-2:] != b"\r\n" or (end != start and (end < 2 or data[end - 2 : end] != b"\r\n")):
         raise HTTPError(status, "Message head must end with CRLFCRLF")
     headers = _HEADER_LINE.findall(data, start, end)
     if len(headers) != data.count(b"\n", start, end):

@@ -15,6 +15,7 @@ from twisted.application.service import MultiService, Service
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from txproxy._compiled import buildDescription
 from txproxy._loop import streamline
 from txproxy.accesslog import openAccessLog
 from txproxy.cache import CacheService
@@ -167,7 +168,7 @@ class ProxyService(MultiService):
         except StartupError as e:
             self._startupFailed(e)
         reactorName = type(self.reactor).__module__ + "." + type(self.reactor).__name__
-        log.info("txproxy running on {reactor}", reactor=reactorName)
+        log.info("txproxy running on {reactor}, core {build}", reactor=reactorName, build=buildDescription())
         import os
         import platform
 

@@ -16,6 +16,7 @@ from twisted.python import usage
 
 from txproxy import __version__
 from txproxy import config as _config
+from txproxy._compiled import buildDescription
 from txproxy.config._options import _LISTENER_OPTIONS, _PROCESS_OPTIONS
 from txproxy.errors import ConfigError
 from txproxy.runtime.endpoints import checkResources, checkSupported
@@ -171,7 +172,8 @@ class Options(usage.Options):
 def versionText() -> str:
     """
     The C{--version} line: C{txproxy VERSION (Twisted VERSION, IMPLEMENTATION
-    VERSION)}.
+    VERSION, BUILD)}, where BUILD is C{compiled (mypyc)} or C{pure Python}
+    (see L{txproxy._compiled}).
     """
     import platform
 
@@ -179,7 +181,8 @@ def versionText() -> str:
 
     return (
         f"txproxy {__version__} (Twisted {twistedVersion.short()}, "
-        f"{platform.python_implementation()} {platform.python_version()})"
+        f"{platform.python_implementation()} {platform.python_version()}, "
+        f"{buildDescription()})"
     )
 
 

@@ -43,20 +43,23 @@ Differences from Twisted's protocol, all deliberate:
 from __future__ import annotations
 
 import ssl
-from typing import Any, Callable, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, List, Optional
 
 from twisted.internet.interfaces import IHalfCloseableProtocol, IHandshakeListener
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from txproxy.relay import _Transport, fastSender
+from txproxy.relay import fastSender
 from txproxy.stream.clienthello import (
     UNRECOGNIZED_NAME_ALERT,
     ClientHelloError,
     ClientHelloReader,
     ServerNameError,
 )
+
+if TYPE_CHECKING:
+    from txproxy._transport import _Transport
 
 __all__ = ["TLSClientFactory", "TLSClientProtocol", "TLSServerFactory", "TLSServerProtocol"]
 
