@@ -43,6 +43,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 _RELAY = "txproxy/relay.py"
 _DIAL = "txproxy/_dial.py"
+_SLIM = "txproxy/_slim.py"
 _LOOP = "txproxy/_loop.py"
 _SERVICE = "txproxy/runtime/service.py"
 _WORKERS = "txproxy/runtime/workers.py"
@@ -76,6 +77,17 @@ PRIVATE_NAMES: List[Tuple[str, str, str]] = [
     ("twisted.internet.tcp.Connection", "logstr", _DIAL),
     # An accepted connection's listening port (transparent mode's loop check).
     ("twisted.internet.tcp.Server", "server", "txproxy/stream/tcp.py"),
+    # Slotted transports: the port's transport class (replaced by
+    # SlimServer), and the class defaults each slot starts from (a slot
+    # hides the base class's attribute of the same name).
+    ("twisted.internet.tcp.Port", "transport", _SLIM),
+    ("twisted.internet.tcp.Server", "_addressType", _SLIM),
+    ("twisted.internet.tcp.Connection", "bufferSize", _SLIM),
+    ("twisted.internet.tcp.Connection", "_shouldShutdown", _SLIM),
+    ("twisted.internet.tcp.Connection", "_aborting", _SLIM),
+    ("twisted.internet.tcp.Connection", "producerPaused", _SLIM),
+    ("twisted.internet.tcp.Connection", "streamingProducer", _SLIM),
+    ("twisted.internet.tcp.Connection", "offset", _SLIM),
     # The lean dispatch loop.
     ("twisted.internet.epollreactor.EPollReactor", "_poller", _LOOP),
     ("twisted.internet.epollreactor.EPollReactor", "_poller.poll", _LOOP),
@@ -230,6 +242,14 @@ class TwistedPrivateNamesTests(SynchronousTestCase):
         port = tcp.Port(0, Factory(), reactor=self.reactor)  # never listens
         server = tcp.Server(a, Protocol(), ("127.0.0.1", 1), port, 0, self.reactor)
         self.assertStillThere("twisted.internet.tcp.Server", server)
+
+    def test_tcpPort(self) -> None:
+        """
+        A listening port (L{tcp.Port}) still builds its connections with
+        its C{transport} class, which L{txproxy._slim.slimPort} replaces.
+        """
+        port = tcp.Port(0, Factory(), reactor=self.reactor)  # never listens
+        self.assertStillThere("twisted.internet.tcp.Port", port)
 
     def test_epollReactor(self) -> None:
         """

@@ -1226,8 +1226,13 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
             filterUp=filterUp,
             filterDown=filterDown,
             clientReadLost=self._clientReadLost,
-            onEnded=lambda relay: self._tunnelEnded(relay, status),
+            # (A bound method, not a closure, for the common 200: a tunnel
+            # holds it for its whole life.)
+            onEnded=self._tunnelEnded200 if status == 200 else lambda relay: self._tunnelEnded(relay, status),
         )
+
+    def _tunnelEnded200(self, relay: Relay) -> Optional[AccessRecord]:
+        return self._tunnelEnded(relay, 200)
 
     def _tunnelEnded(self, relay: Relay, status: int) -> Optional[AccessRecord]:
         self._bytesUp += relay.bytesUp

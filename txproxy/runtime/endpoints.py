@@ -20,6 +20,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from txproxy import config as _config
+from txproxy._slim import slimPort
 from txproxy.auth import Htpasswd
 from txproxy.config import ListenerConfig
 from txproxy.errors import ConfigError
@@ -169,6 +170,9 @@ class ListenerService(Service):
             detail = getattr(detail, "strerror", None) or str(detail) or type(e).__name__
             raise StartupError(f"cannot listen on {self.description}: {detail}")
         self.port = result
+        # Accepted connections without a per-connection __dict__ (before
+        # the reactor accepts any: this runs synchronously).
+        slimPort(result)
         listener = getattr(self.factory, "listener", None)
         tls = isTLSListener(self.description, getattr(listener, "certs", None))
         log.info("txproxy {mode} listening on {address}{tls}", mode=getattr(self.factory, "mode", ""),

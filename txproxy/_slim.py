@@ -1,0 +1,148 @@
+# -*- test-case-name: tests.test_slim -*-
+"""
+TCP transports without a per-connection attribute dictionary.
+
+Twisted's L{twisted.internet.tcp.Server} (and every L{tcp.Connection})
+keeps its state in the instance C{__dict__}: about 16 attributes at accept
+time, more as a connection is relayed (C{producer}, C{streamingProducer},
+C{bufferSize}) and closed.  On CPython 3.11+ an instance keeps its
+attributes in a compact array shared-key layout only while its class has
+seen fewer than 30 attribute names; Twisted's classes see more than that
+over a process's life (every listener, TLS, the close paths), so each
+transport soon carries a full dictionary of its own: about 1.3 KB for an
+idle connection, a quarter of an idle tunnel's memory (measured with
+C{bench/bench_idle_memory.py}).
+
+L{SlimServer} (accepted connections) and L{txproxy._dial.DirectClient}
+(dialled upstreams) declare C{__slots__} for every attribute Twisted's
+transport code sets on a connection during its life, so none of them goes
+to a dictionary; anything else (a rare path, such as C{abortConnection}
+replacing C{doRead}) still works, through the C{__dict__} the base classes
+keep.  Because a slot hides the base class's default of the same name,
+L{initSlots} gives every slot its default before Twisted's constructor
+runs; C{fileno} is a property over a slot because Twisted deletes it when
+a connection closes (reading it afterwards must give the base class's
+C{-1}, as without slots).
+
+L{slimPort} makes a listening port build L{SlimServer}s; the listener
+service calls it on every plain TCP port it opens.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Tuple
+
+from twisted.internet import tcp
+
+__all__ = ["TRANSPORT_SLOTS", "SlimServer", "initSlots", "slimPort"]
+
+#: Attributes Twisted's L{tcp.Connection} and its bases set on a connection
+#: during its life, and their defaults (the base classes' class attributes,
+#: or L{None} for those that have none); C{_fileno} backs C{fileno}.
+_DEFAULTS: Tuple[Tuple[str, Any], ...] = (
+    ("reactor", None),
+    ("_tempDataBuffer", None),
+    ("_tempDataLen", 0),
+    ("socket", None),
+    ("_fileno", None),
+    ("protocol", None),
+    ("connected", 0),
+    ("disconnected", 0),
+    ("disconnecting", 0),
+    ("_writeDisconnecting", False),
+    ("_writeDisconnected", False),
+    ("dataBuffer", b""),
+    ("offset", 0),
+    ("producer", None),
+    ("producerPaused", False),
+    ("streamingProducer", False),
+    ("bufferSize", tcp.Connection.bufferSize),
+    ("_shouldShutdown", True),
+    ("_aborting", False),
+)
+
+#: The slot names, for a class's C{__slots__}.
+TRANSPORT_SLOTS: Tuple[str, ...] = tuple(name for name, _ in _DEFAULTS)
+
+
+def initSlots(transport: Any) -> None:
+    """
+    Give every slot of L{TRANSPORT_SLOTS} its default (what the base class
+    would have answered), before the base constructor runs.
+    """
+    for name, value in _DEFAULTS:
+        setattr(transport, name, value)
+    transport._fileno = _closedFileno
+
+
+def _closedFileno() -> int:
+    """
+    What C{fileno()} answers once the socket is gone (as
+    L{twisted.internet.abstract.FileDescriptor.fileno} does).
+    """
+    return -1
+
+
+def _getFileno(self: Any) -> Callable[[], int]:
+    fileno = self._fileno
+    if fileno is None:
+        # The socket's own, looked up when asked (the reactor asks when it
+        # starts or stops watching the connection) rather than kept: a
+        # bound method per connection is 72 bytes.
+        return self.socket.fileno  # type: ignore[no-any-return]
+    return fileno  # type: ignore[no-any-return]
+
+
+def _setFileno(self: Any, value: Callable[[], int]) -> None:
+    owner: Any = getattr(value, "__self__", None)
+    if owner is not None and owner is self.socket and value == owner.fileno:
+        self._fileno = None
+    else:
+        self._fileno = value
+
+
+def _delFileno(self: Any) -> None:
+    self._fileno = _closedFileno
+
+
+#: C{fileno} of a slotted transport: Twisted sets it to the socket's
+#: C{fileno} (kept as L{None}: derived from the socket when read) and
+#: deletes it when the connection closes (then it answers C{-1}).
+filenoProperty = property(_getFileno, _setFileno, _delFileno)
+
+
+class SlimServer(tcp.Server):
+    """
+    An accepted TCP connection, as L{tcp.Server}, with its state in slots
+    (see the module docstring).
+    """
+
+    __slots__ = TRANSPORT_SLOTS + (
+        "server",
+        "client",
+        "sessionno",
+        "hostname",
+        "logstr",
+        "repstr",
+        "_addressType",
+    )
+
+    fileno = filenoProperty
+
+    def __init__(self, sock: Any, protocol: Any, client: Any, server: Any, sessionno: int, reactor: Any) -> None:
+        initSlots(self)
+        self._addressType = tcp.Server._addressType
+        tcp.Server.__init__(self, sock, protocol, client, server, sessionno, reactor)
+
+
+def slimPort(port: Any) -> bool:
+    """
+    Make C{port}, when it is a plain L{tcp.Port} that builds L{tcp.Server}s,
+    build L{SlimServer}s instead.
+
+    @return: whether it was changed.
+    """
+    if type(port) is tcp.Port and port.transport is tcp.Server:
+        port.transport = SlimServer
+        return True
+    return False
