@@ -93,6 +93,8 @@ PRIVATE_NAMES: List[Tuple[str, str, str]] = [
     ("twisted.internet.epollreactor.EPollReactor", "_poller.poll", _LOOP),
     ("twisted.internet.epollreactor.EPollReactor", "_selectables", _LOOP),
     ("twisted.internet.epollreactor.EPollReactor", "_reads", _LOOP),
+    ("twisted.internet.epollreactor.EPollReactor", "_writes", _LOOP),
+    ("twisted.internet.epollreactor.EPollReactor", "_poller.modify", _LOOP),
     ("twisted.internet.epollreactor.EPollReactor", "_doReadOrWrite", _LOOP),
     ("twisted.internet.epollreactor.EPollReactor", "_disconnectSelectable", _LOOP),
     ("twisted.internet.epollreactor.EPollReactor", "doIteration", _LOOP),

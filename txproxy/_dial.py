@@ -35,6 +35,7 @@ from twisted.internet import abstract, error, tcp
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.python.failure import Failure
 
+from txproxy._loop import readInsteadOfWrite
 from txproxy._slim import TRANSPORT_SLOTS, filenoProperty, initSlots
 
 __all__ = ["DirectClient", "dialTCP"]
@@ -129,8 +130,7 @@ class DirectClient(tcp.Connection):
         factory, self.factory = self.factory, None
         protocol = factory.buildProtocol(self.getPeer())
         self.connected = 1
-        self.startReading()
-        self.stopWriting()
+        readInsteadOfWrite(self)
         if protocol is None:
             self._closeSocket(True)
             self.stopReading()
