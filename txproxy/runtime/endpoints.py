@@ -28,6 +28,7 @@ from txproxy.intercept import Interceptor
 from txproxy.proxyaccept import HalfCloseableHAProxyFactory
 from txproxy.runtime.process import reusePortIfWorker
 from txproxy.tls import checkCABundle, isTLSListener, tlsServerEndpoint
+from txproxy.tuning import inheritFromListeningPort, socketOptions
 
 __all__ = [
     "ListenerService",
@@ -174,6 +175,13 @@ class ListenerService(Service):
         # the reactor accepts any: this runs synchronously).
         slimPort(result)
         listener = getattr(self.factory, "listener", None)
+        if listener is not None:
+            # TCP_NODELAY and SO_KEEPALIVE once here, inherited by every
+            # accepted socket, instead of once per connection.
+            try:
+                inheritFromListeningPort(result, socketOptions(listener))
+            except ValueError:
+                pass  # (a constant this platform lacks: the per-connection path reports it)
         tls = isTLSListener(self.description, getattr(listener, "certs", None))
         log.info("txproxy {mode} listening on {address}{tls}", mode=getattr(self.factory, "mode", ""),
                  address=self.description, tls=" (TLS)" if tls else "")
