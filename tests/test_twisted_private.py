@@ -44,6 +44,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 _RELAY = "txproxy/relay.py"
 _DIAL = "txproxy/_dial.py"
 _SLIM = "txproxy/_slim.py"
+_TUNING = "txproxy/tuning.py"
 _LOOP = "txproxy/_loop.py"
 _SERVICE = "txproxy/runtime/service.py"
 _WORKERS = "txproxy/runtime/workers.py"
@@ -81,6 +82,11 @@ PRIVATE_NAMES: List[Tuple[str, str, str]] = [
     # SlimServer), and the class defaults each slot starts from (a slot
     # hides the base class's attribute of the same name).
     ("twisted.internet.tcp.Port", "transport", _SLIM),
+    # Inherited socket options: the listening socket, how many connections
+    # the port accepted, and each accepted connection's number.
+    ("twisted.internet.tcp.Port", "socket", _TUNING),
+    ("twisted.internet.tcp.Port", "sessionno", _TUNING),
+    ("twisted.internet.tcp.Server", "sessionno", _TUNING),
     ("twisted.internet.tcp.Server", "_addressType", _SLIM),
     ("twisted.internet.tcp.Connection", "bufferSize", _SLIM),
     ("twisted.internet.tcp.Connection", "_shouldShutdown", _SLIM),
@@ -248,9 +254,13 @@ class TwistedPrivateNamesTests(SynchronousTestCase):
     def test_tcpPort(self) -> None:
         """
         A listening port (L{tcp.Port}) still builds its connections with
-        its C{transport} class, which L{txproxy._slim.slimPort} replaces.
+        its C{transport} class, which L{txproxy._slim.slimPort} replaces,
+        and still has the listening C{socket} and the count of accepted
+        connections that L{txproxy.tuning} reads.
         """
-        port = tcp.Port(0, Factory(), reactor=self.reactor)  # never listens
+        port = tcp.Port(0, Factory(), interface="127.0.0.1", reactor=self.reactor)
+        port.startListening()  # (a memory reactor: nothing is ever accepted)
+        self.addCleanup(port.socket.close)
         self.assertStillThere("twisted.internet.tcp.Port", port)
 
     def test_epollReactor(self) -> None:
