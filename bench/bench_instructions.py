@@ -54,6 +54,24 @@ def load(port: int, mode: str, echo: int, n: int) -> dict:
     return json.loads(lines[0]) if lines else {"error": p.stderr.decode()[-200:]}
 
 
+def openFiles(pid: int) -> int:
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return -1
+
+
+def settle(pid: int, base: int, limit: float = 60.0) -> None:
+    """
+    Wait (at most C{limit} seconds) until the proxy holds no more
+    descriptors than C{base}: every connection of the load is closed.
+    """
+    end = time.monotonic() + limit
+    while time.monotonic() < end and openFiles(pid) > base:
+        time.sleep(0.2)
+    time.sleep(0.5)
+
+
 def startProxy(prefix: List[str], python: str, mode: str, echo: int, tmp: str, timeout: float) -> "tuple[B.Server, int]":
     port = B.free_port()
     env = dict(os.environ, PYTHONPATH=B.REPO)
@@ -76,12 +94,13 @@ def instructions(python: str, mode: str, n: int, be: B.Backend, tmp: str) -> dic
     prefix = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}"]
     server, port = startProxy(prefix, python, mode, be.echo, tmp, 180)
     try:
-        load(port, mode, be.echo, 50)  # warm-up: first-use caches, imports
-        time.sleep(1)
         pid = valgrindPid(server)
+        base = openFiles(pid)
+        load(port, mode, be.echo, 50)  # warm-up: first-use caches, imports
+        settle(pid, base)
         subprocess.run(["callgrind_control", "-i", "on", str(pid)], check=True, capture_output=True, timeout=60)
         res = load(port, mode, be.echo, n)
-        time.sleep(2)  # the last closes
+        settle(pid, base, 300)  # the last closes
         subprocess.run(["callgrind_control", "-i", "off", str(pid)], check=True, capture_output=True, timeout=60)
         dump = subprocess.run(["callgrind_control", "-d", str(pid)], capture_output=True, timeout=120)
         time.sleep(1)
@@ -102,12 +121,14 @@ def syscalls(python: str, mode: str, n: int, be: B.Backend, tmp: str) -> dict:
     server, port = startProxy([], python, mode, be.echo, tmp, 30)
     out = os.path.join(tmp, f"strace.{mode}")
     try:
+        base = openFiles(server.pid)
         load(port, mode, be.echo, 50)
+        settle(server.pid, base)
         st = subprocess.Popen(["strace", "-c", "-f", "-p", str(server.pid), "-o", out],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(1.5)
         res = load(port, mode, be.echo, n)
-        time.sleep(2)
+        settle(server.pid, base)
         st.send_signal(signal.SIGINT)
         st.wait(30)
     finally:
