@@ -36,7 +36,7 @@ from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.python.failure import Failure
 
 from txproxy._loop import readInsteadOfWrite
-from txproxy._slim import TRANSPORT_SLOTS, filenoProperty, initSlots
+from txproxy._slim import TRANSPORT_SLOTS, initSlots, slotFileno
 
 __all__ = ["DirectClient", "dialTCP"]
 
@@ -55,7 +55,6 @@ class DirectClient(tcp.Connection):
     __slots__ = TRANSPORT_SLOTS + ("realAddress", "factory", "_addressType", "_timeoutCall", "_failed")
 
     logstr = "txproxy upstream"
-    fileno = filenoProperty
 
     def __init__(
         self,
@@ -207,6 +206,9 @@ class DirectClient(tcp.Connection):
 
     def __repr__(self) -> str:
         return f"<DirectClient to {self.realAddress[0]}:{self.realAddress[1]} at {id(self):x}>"
+
+
+slotFileno(DirectClient)
 
 
 def dialTCP(
