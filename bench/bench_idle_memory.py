@@ -106,7 +106,7 @@ def rssOnce(python: str, mode: str, n: int, be: B.Backend, warmup: float, tmp: s
     plain (growth from before the first hold) / N is reported too.
     """
     port = B.free_port()
-    env = dict(os.environ, PYTHONPATH=B.REPO)
+    env = pypyEnv(python, dict(os.environ, PYTHONPATH=B.REPO))
     server = B.Server(f"txproxy-{mode}", [python, "-m", "twisted", "txproxy"] + proxyArgs(mode, port, be.echo),
                       B.PROXY_CPU, tmp, env=env, cwd=B.REPO)
     holds: List[subprocess.Popen] = []
@@ -147,7 +147,11 @@ def child(mode: str, echo: int, frames: int) -> None:
     Run the proxy in this process with tracemalloc on; commands on stdin:
     C{base} and C{held N} (snapshot, print JSON), C{quit}.
     """
-    import tracemalloc
+    import platform
+
+    pypy = platform.python_implementation() == "PyPy"
+    if not pypy:
+        import tracemalloc
 
     from twisted.internet import reactor
 
@@ -174,6 +178,25 @@ def child(mode: str, echo: int, frames: int) -> None:
     def run(line: str) -> None:
         words = line.split()
         if not words:
+            return
+        if pypy and words[0] in ("base", "held"):
+            # PyPy: no tracemalloc; RSS as the load left it, then after a
+            # full collection, and the GC's own count of live object bytes.
+            rss = B.rss_kb(os.getpid())
+            gc.collect()
+            gc.collect()
+            stats = gc.get_stats()._s  # (the raw numbers: the attributes are formatted text)
+            now = {"rss_kb": rss, "rss_after_collect_kb": B.rss_kb(os.getpid()),
+                   "gc_arena": stats.total_arena_memory, "gc_raw": stats.total_rawmalloced_memory,
+                   "gc_total": stats.total_gc_memory}
+            if words[0] == "base":
+                state["pypy"] = now
+                print(json.dumps({"ok": True}), flush=True)
+                return
+            held = int(words[1])
+            base = state["pypy"]
+            out = {k: (now[k] - base[k]) * (1024 if k.startswith("rss") else 1) / held for k in now}
+            print(json.dumps({"pypy_per_conn": out, "base": base, "held_stats": now}), flush=True)
             return
         if words[0] == "base":
             gc.collect()
@@ -232,14 +255,27 @@ def child(mode: str, echo: int, frames: int) -> None:
             reactor.callFromThread(command, line)
         reactor.callFromThread(reactor.stop)
 
-    tracemalloc.start(frames)
+    if not pypy:
+        tracemalloc.start(frames)
     print(json.dumps({"port": port}), flush=True)
     threading.Thread(target=readCommands, daemon=True).start()
     reactor.run()
 
 
+def pypyEnv(python: str, env: Dict[str, str]) -> Dict[str, str]:
+    """
+    PyPy processes run with the nursery docs/performance.rst recommends
+    (C{PYPY_GC_NURSERY} in our own environment wins; empty: PyPy's default).
+    """
+    if python == PYTHONS["pypy"]:
+        env.setdefault("PYPY_GC_NURSERY", B.PYPY_NURSERY)
+        if not env["PYPY_GC_NURSERY"]:
+            del env["PYPY_GC_NURSERY"]
+    return env
+
+
 def tracemallocOnce(python: str, mode: str, n: int, be: B.Backend, warmup: float, tmp: str, frames: int) -> dict:
-    env = dict(os.environ, PYTHONPATH=B.REPO)
+    env = pypyEnv(python, dict(os.environ, PYTHONPATH=B.REPO))
     argv = B.pinned(B.PROXY_CPU) + [python, os.path.abspath(__file__), "--child", mode, "--echo", str(be.echo),
                                     "--frames", str(frames)]
     errlog = open(os.path.join(tmp, f"child-{mode}.log"), "wb")
@@ -294,6 +330,9 @@ def main() -> int:
     ap.add_argument("--frames", type=int, default=1, help="tracemalloc frames kept per allocation")
     ap.add_argument("--no-tracemalloc", action="store_true")
     ap.add_argument("--tracemalloc-only", action="store_true")
+    ap.add_argument("--pypy-gc", action="store_true",
+                    help="also run the proxy in-process on PyPy: RSS before and after a full collection, and"
+                         " the GC's live bytes, per connection")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--echo", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -313,7 +352,7 @@ def main() -> int:
     be = B.Backend(tmp)
     try:
         if not args.tracemalloc_only:
-            for name in [x for x in args.only.split(",") if x]:
+            for name in [x for x in args.only.split(",") if x in PYTHONS]:
                 python = PYTHONS[name]
                 why = B.txproxy_available(python)
                 if why:
@@ -341,6 +380,11 @@ def main() -> int:
             for mode in modes:
                 res = tracemallocOnce(PYTHONS["cpython"], mode, args.n, be, args.warmup, tmp, args.frames)
                 results["tracemalloc"][mode] = res
+        if args.pypy_gc:
+            results["pypy_gc"] = {}
+            for mode in modes:
+                res = tracemallocOnce(PYTHONS["pypy"], mode, args.n, be, args.warmup + args.pypy_warmup, tmp, 1)
+                results["pypy_gc"][mode] = res
     finally:
         be.stop()
         B.cleanup_temps()
@@ -366,6 +410,15 @@ def main() -> int:
         print("    objects per connection:")
         for o in res["objects"]:
             print(f"      {o['per_conn']:5.2f}  {o['type']}")
+    for mode, res in results.get("pypy_gc", {}).items():
+        per = res.get("pypy_per_conn")
+        if per is None:
+            print(f"  pypy/{mode:8s} in-process: {res}")
+            continue
+        print(f"  pypy/{mode:8s} in-process: RSS {per['rss_kb']:.0f} B/conn as left by the load,"
+              f" {per['rss_after_collect_kb']:.0f} after gc.collect(); GC live objects"
+              f" {per['gc_arena'] + per['gc_raw']:.0f} B/conn (arenas {per['gc_arena']:.0f},"
+              f" raw-malloced {per['gc_raw']:.0f})")
     path = B.write_json("bench_idle_memory", results)
     print(f"\nwrote {path}")
     return 0
