@@ -145,7 +145,7 @@ class SlimServerTests(SynchronousTestCase):
         transport.unregisterProducer()
         transport.abortConnection()
         transport.connectionLost(Failure(main.CONNECTION_DONE))
-        slots = set(SlimServer.__slots__) | {"fileno"}
+        slots = set(SlimServer.__slots__) | {"fileno", "logstr", "repstr"}  # (properties)
         self.assertEqual(_instanceNames(transport) - slots - _RARE, set())
 
     def test_abort(self) -> None:
@@ -159,6 +159,22 @@ class SlimServerTests(SynchronousTestCase):
         transport.connectionLost(Failure(main.CONNECTION_LOST))
         self.assertEqual(len(protocol.lost), 1)
         self.assertEqual(transport.fileno(), -1)
+
+    def test_logAndReprStrings(self) -> None:
+        """
+        C{logstr} and C{repr} are those of a L{tcp.Server}, built when
+        first read (also after the connection closed), and may be set.
+        """
+        slim, _, _ = self.accepted(SlimServer)
+        plain, _, _ = self.accepted(tcp.Server)
+        self.assertIsNone(slim._logstr)
+        slim.connectionLost(Failure(main.CONNECTION_DONE))
+        self.assertEqual(slim.logstr, plain.logstr)
+        self.assertEqual(slim.logPrefix(), plain.logPrefix())
+        self.assertEqual(repr(slim), repr(plain))
+        slim.repstr = "<set>"
+        slim.logstr = "set"
+        self.assertEqual((repr(slim), slim.logstr), ("<set>", "set"))
 
     def test_otherFileno(self) -> None:
         """

@@ -31,9 +31,10 @@ service calls it on every plain TCP port it opens.
 from __future__ import annotations
 
 from operator import attrgetter
-from typing import Any, Tuple
+from typing import Any, Optional, Tuple
 
 from twisted.internet import tcp
+from twisted.internet.address import IPv4Address, IPv6Address
 
 __all__ = ["TRANSPORT_SLOTS", "SlimServer", "initSlots", "slimPort", "slotFileno"]
 
@@ -63,6 +64,8 @@ _DEFAULTS: Tuple[Tuple[str, Any], ...] = (
 )
 
 _BUFFER_SIZE = tcp.Connection.bufferSize
+_IPV4 = IPv4Address
+_IPV6 = IPv6Address
 
 #: The slot names, for a class's C{__slots__}.
 TRANSPORT_SLOTS: Tuple[str, ...] = tuple(name for name, _ in _DEFAULTS)
@@ -123,6 +126,13 @@ class SlimServer(tcp.Server):
     """
     An accepted TCP connection, as L{tcp.Server}, with its state in slots
     (see the module docstring).
+
+    Its constructor does what L{tcp.Server}'s does, but for the two
+    strings Twisted builds for every connection, C{logstr} (the legacy log
+    context) and C{repstr} (C{repr}), which are built when first read
+    instead (C{tests/test_slim.py} compares every attribute with a
+    L{tcp.Server}'s, so a Twisted upgrade that changes the constructor
+    shows there).
     """
 
     __slots__ = TRANSPORT_SLOTS + (
@@ -130,15 +140,76 @@ class SlimServer(tcp.Server):
         "client",
         "sessionno",
         "hostname",
-        "logstr",
-        "repstr",
         "_addressType",
+        "_logstr",
+        "_repstr",
+        "_protocolClass",
     )
 
     def __init__(self, sock: Any, protocol: Any, client: Any, server: Any, sessionno: int, reactor: Any) -> None:
         initSlots(self)
-        self._addressType = tcp.Server._addressType
-        tcp.Server.__init__(self, sock, protocol, client, server, sessionno, reactor)
+        # FileDescriptor.__init__ and Connection.__init__:
+        if not reactor:
+            from twisted.internet import reactor as globalReactor
+
+            reactor = globalReactor
+        self.reactor = reactor
+        self._tempDataBuffer = []
+        self.socket = sock
+        sock.setblocking(False)
+        self.fileno = sock.fileno
+        self.protocol = protocol
+        # Server.__init__, but for the strings:
+        self._addressType = _IPV4 if len(client) == 2 else _IPV6
+        self.server = server
+        self.client = client
+        self.sessionno = sessionno
+        self.hostname = client[0]
+        self._logstr: Optional[str] = None
+        self._repstr: Optional[str] = None
+        self._protocolClass = protocol.__class__
+        self.startReading()
+        self.connected = 1
+
+    @property
+    def logstr(self) -> str:
+        """
+        C{"<log prefix>,<session number>,<client host>"}, as L{tcp.Server}
+        sets it; built when first read.  (Read only after the connection
+        closed, the prefix is the protocol class's name.)
+        """
+        logstr = self._logstr
+        if logstr is None:
+            try:
+                prefix = self._getLogPrefix(self.protocol)
+            except AttributeError:  # (closed: Twisted deleted the protocol)
+                prefix = self._protocolClass.__name__
+            logstr = self._logstr = f"{prefix},{self.sessionno},{self.hostname}"
+        return logstr
+
+    @logstr.setter
+    def logstr(self, value: str) -> None:
+        self._logstr = value
+
+    @property
+    def repstr(self) -> str:
+        """
+        C{"<ProtocolClass #session on port>"}, as L{tcp.Server} sets it
+        (built when read, unless set).
+        """
+        repstr = self._repstr
+        if repstr is not None:
+            return repstr
+        if self.server is None:
+            return object.__repr__(self)
+        return f"<{self._protocolClass.__name__} #{self.sessionno} on {self.server._realPortNumber}>"
+
+    @repstr.setter
+    def repstr(self, value: str) -> None:
+        self._repstr = value
+
+    def __repr__(self) -> str:
+        return self.repstr
 
 
 slotFileno(SlimServer)
