@@ -89,15 +89,18 @@ def valgrindPid(server: B.Server) -> int:
     return server.pid
 
 
-def instructions(python: str, mode: str, n: int, be: B.Backend, tmp: str) -> dict:
+def instructions(python: str, mode: str, n: int, be: B.Backend, tmp: str, warmup: int = 50) -> dict:
     out = os.path.join(tmp, f"callgrind.{mode}.out")
     prefix = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}"]
-    server, port = startProxy(prefix, python, mode, be.echo, tmp, 180)
+    if "pypy" in python:
+        prefix.append("--smc-check=all")  # (the JIT writes code)
+    server, port = startProxy(prefix, python, mode, be.echo, tmp, 300)
     try:
         pid = valgrindPid(server)
         base = openFiles(pid)
-        load(port, mode, be.echo, 50)  # warm-up: first-use caches, imports
-        settle(pid, base)
+        for _ in range(max(1, warmup // 2000)):
+            load(port, mode, be.echo, min(warmup, 2000))  # warm-up: first-use caches, imports, PyPy's JIT
+            settle(pid, base, 300)
         subprocess.run(["callgrind_control", "-i", "on", str(pid)], check=True, capture_output=True, timeout=60)
         res = load(port, mode, be.echo, n)
         settle(pid, base, 300)  # the last closes
@@ -153,6 +156,8 @@ def main() -> int:
     ap.add_argument("--modes", default="connect,tcp")
     ap.add_argument("--python", default="cpython", choices=sorted(PYTHONS))
     ap.add_argument("--n", type=int, default=500)
+    ap.add_argument("--warmup", type=int, default=None,
+                    help="connections before measuring (default 50; 4000 on PyPy, for its JIT)")
     args = ap.parse_args()
     B.build_tools()
     tmp = B.mktemp("instr")
@@ -161,8 +166,12 @@ def main() -> int:
     try:
         for what in args.what.split(","):
             for mode in args.modes.split(","):
-                fn = instructions if what == "instructions" else syscalls
-                res = fn(PYTHONS[args.python], mode, args.n, be, tmp)
+                python = PYTHONS[args.python]
+                if what == "instructions":
+                    warmup = args.warmup if args.warmup is not None else (4000 if args.python == "pypy" else 50)
+                    res = instructions(python, mode, args.n, be, tmp, warmup)
+                else:
+                    res = syscalls(python, mode, args.n, be, tmp)
                 results.setdefault(what, {})[mode] = res
                 if what == "instructions":
                     print(f"{args.python} {mode:8s} instructions/conn: {res['per_conn'] or 0:,.0f}"
