@@ -64,10 +64,19 @@ def openFiles(pid: int) -> int:
 def settle(pid: int, base: int, limit: float = 60.0) -> None:
     """
     Wait (at most C{limit} seconds) until the proxy holds no more
-    descriptors than C{base}: every connection of the load is closed.
+    descriptors than C{base} (every connection of the load is closed), or
+    their count has not changed for 5 seconds.
     """
     end = time.monotonic() + limit
-    while time.monotonic() < end and openFiles(pid) > base:
+    last, since = openFiles(pid), time.monotonic()
+    while time.monotonic() < end:
+        count = openFiles(pid)
+        if count <= base:
+            break
+        if count != last:
+            last, since = count, time.monotonic()
+        elif time.monotonic() - since > 5:
+            break  # (steady above the start: descriptors the proxy opened meanwhile)
         time.sleep(0.2)
     time.sleep(0.5)
 
