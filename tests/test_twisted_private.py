@@ -82,6 +82,9 @@ PRIVATE_NAMES: List[Tuple[str, str, str]] = [
     # SlimServer), and the class defaults each slot starts from (a slot
     # hides the base class's attribute of the same name).
     ("twisted.internet.tcp.Port", "transport", _SLIM),
+    # SlimServer builds Server's log and repr strings when read.
+    ("twisted.internet.abstract.FileDescriptor", "_getLogPrefix", _SLIM),
+    ("twisted.internet.tcp.Port", "_realPortNumber", _SLIM),
     # Inherited socket options: the listening socket, how many connections
     # the port accepted, and each accepted connection's number.
     ("twisted.internet.tcp.Port", "socket", _TUNING),
