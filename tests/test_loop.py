@@ -18,7 +18,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from txproxy._loop import streamline
+from txproxy._loop import readInsteadOfWrite, streamline
 
 
 @implementer(IHalfCloseableDescriptor)
@@ -132,3 +132,78 @@ class StreamlineTests(SynchronousTestCase):
         self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
         self.assertNotIn(bad, self.reactor.getReaders())
         self.reactor.removeReader(good)
+
+
+class ReadInsteadOfWriteTests(SynchronousTestCase):
+    """
+    L{readInsteadOfWrite} moves a descriptor from the write set to the read
+    set, in one poller call on a streamlined reactor.
+    """
+
+    def setUp(self) -> None:
+        self.reactor = EPollReactor()
+        self.addCleanup(self.reactor._poller.close)
+        self.a, self.b = socket.socketpair()
+        self.addCleanup(self.a.close)
+        self.addCleanup(self.b.close)
+        self.a.setblocking(False)
+
+    def countModifications(self) -> List[Any]:
+        calls: List[Any] = []
+        poller = self.reactor._poller
+
+        class Counting:
+            def __getattr__(self, name: str) -> Any:
+                method = getattr(poller, name)
+
+                def counted(*args: Any) -> Any:
+                    calls.append(name)
+                    return method(*args)
+
+                return counted
+
+        self.reactor._poller = Counting()  # type: ignore[assignment]
+        self.addCleanup(setattr, self.reactor, "_poller", poller)
+        return calls
+
+    def check(self, streamlined: bool, expectedCalls: List[str]) -> None:
+        if streamlined:
+            self.assertTrue(streamline(self.reactor))
+        reader = _Reader(self.reactor, self.a)
+        self.reactor.addWriter(reader)
+        calls = self.countModifications()
+        readInsteadOfWrite(reader)
+        self.assertEqual(calls, expectedCalls)
+        self.assertIn(reader, self.reactor.getReaders())
+        self.assertNotIn(reader, self.reactor.getWriters())
+        # The poller agrees: input is reported, writability is not.
+        self.b.send(b"hello")
+        self.reactor.doIteration(0)
+        self.assertEqual(reader.events, [b"hello"])
+        self.reactor.removeReader(reader)
+
+    def test_streamlined(self) -> None:
+        """
+        On a reactor with the lean loop: one modification.
+        """
+        self.check(True, ["modify"])
+
+    def test_plain(self) -> None:
+        """
+        On another reactor: C{startReading} and C{stopWriting}, as before.
+        """
+        self.check(False, ["modify", "modify"])
+
+    def test_alreadyReading(self) -> None:
+        """
+        A descriptor watched for both is left to C{startReading} and
+        C{stopWriting}.
+        """
+        streamline(self.reactor)
+        reader = _Reader(self.reactor, self.a)
+        self.reactor.addWriter(reader)
+        self.reactor.addReader(reader)
+        readInsteadOfWrite(reader)
+        self.assertIn(reader, self.reactor.getReaders())
+        self.assertNotIn(reader, self.reactor.getWriters())
+        self.reactor.removeReader(reader)

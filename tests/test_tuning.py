@@ -11,16 +11,18 @@ from __future__ import annotations
 import os
 import platform
 import socket
+import struct
 import sys
 import tempfile
 from typing import Any, Dict, List, Tuple
 
-from twisted.internet import defer
+from twisted.internet import defer, tcp
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from txproxy import tuning
 from txproxy.config import ListenerConfig, fromTOML, loadFile
 from txproxy.forward import ForwardProxyProtocol
 from txproxy.stream.tcp import TCPProxyFactory
@@ -29,6 +31,8 @@ from txproxy.tuning import (
     PYPY_JIT_PARAMS,
     PYPY_NURSERY,
     applySocketOptions,
+    inheritFromListeningPort,
+    optionsToSet,
     pypyNurseryHint,
     socketOf,
     socketOptions,
@@ -322,6 +326,172 @@ class LoopbackTests(TestCase):
             return defer.gatherResults([client.closed, factory.closed])
 
         return defer.gatherResults([factory.opened, connected]).addCallback(lambda results: check(results[0]))
+
+
+class ListeningSocket(RecordingSocket):
+    """
+    A listening socket double: records C{setsockopt}, and answers
+    C{TCP_INFO} with C{queued} connections waiting to be accepted (or
+    fails, when C{queued} is L{None}).
+    """
+
+    def __init__(self, queued: Any = 0, failing: Tuple[int, ...] = ()) -> None:
+        super().__init__(failing=failing)
+        self.queued = queued
+
+    def getsockopt(self, level: int, name: int, size: int) -> bytes:
+        if self.queued is None:
+            raise OSError(92, "Protocol not available")
+        return struct.pack("24xII", self.queued, 1024)
+
+
+NODELAY_OFF = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 0)
+KEEPALIVE_OFF = (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 0)
+IDLE = (socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPIDLE", 4), 60)
+
+
+class InheritedOptionsTests(SynchronousTestCase):
+    """
+    L{inheritFromListeningPort} sets C{TCP_NODELAY} and C{SO_KEEPALIVE} on
+    a listening socket, and L{optionsToSet} leaves them out for the
+    connections that inherit them.
+    """
+
+    def setUp(self) -> None:
+        # (The doubles stand for Linux sockets on any platform.)
+        self.patch(tuning, "_LINUX", True)
+        self.reactor = MemoryReactorClock()
+        self.port = tcp.Port(0, Factory(), reactor=self.reactor)  # never listens
+        self.port._realPortNumber = 1
+        self.listening = ListeningSocket(queued=2)
+        self.port.socket = self.listening
+
+    def accepted(self, sessionno: int) -> Any:
+        a, b = socket.socketpair()
+        self.addCleanup(a.close)
+        self.addCleanup(b.close)
+        return tcp.Server(a, Protocol(), ("127.0.0.1", 9), self.port, sessionno, self.reactor)
+
+    def test_listeningSocketGetsFlags(self) -> None:
+        """
+        The listening socket gets each inheritable flag, on or off as the
+        options say.
+        """
+        self.assertTrue(inheritFromListeningPort(self.port, (NODELAY, IDLE)))
+        self.assertEqual(self.listening.calls, [NODELAY, KEEPALIVE_OFF])
+
+    def test_inheritedLeftOut(self) -> None:
+        """
+        Connections established after the listening socket got the flags
+        (those beyond the ones queued then) get only the other options;
+        the default list leaves nothing to set.
+        """
+        inheritFromListeningPort(self.port, (NODELAY, KEEPALIVE, IDLE))
+        self.assertEqual(optionsToSet(self.accepted(2), (NODELAY, KEEPALIVE, IDLE)), (IDLE,))
+        inheritFromListeningPort(self.port, (NODELAY,))
+        self.assertEqual(optionsToSet(self.accepted(5), (NODELAY,)), ())
+
+    def test_queuedConnectionsSetOneByOne(self) -> None:
+        """
+        The connections already queued when the listening socket got the
+        flags get them (and the ones that must be off) one by one.
+        """
+        inheritFromListeningPort(self.port, (NODELAY,))
+        self.assertEqual(optionsToSet(self.accepted(0), (NODELAY,)), (NODELAY, KEEPALIVE_OFF))
+        self.assertEqual(optionsToSet(self.accepted(1), (NODELAY,)), (NODELAY, KEEPALIVE_OFF))
+        self.assertEqual(optionsToSet(self.accepted(2), (NODELAY,)), ())
+
+    def test_unknownQueueLength(self) -> None:
+        """
+        When the accept queue's length cannot be read, every connection the
+        queue could hold is set one by one.
+        """
+        self.listening.queued = None
+        inheritFromListeningPort(self.port, (NODELAY,))
+        self.assertEqual(optionsToSet(self.accepted(100), (NODELAY,)), (NODELAY, KEEPALIVE_OFF))
+
+    def test_reloadSetsListeningSocketAgain(self) -> None:
+        """
+        Options with other flags (a reload turned C{tcp_nodelay} off) set
+        the listening socket again; connections queued meanwhile get the
+        new flags one by one, later ones inherit them.
+        """
+        inheritFromListeningPort(self.port, (NODELAY,))
+        self.port.sessionno = 10
+        del self.listening.calls[:]
+        self.assertEqual(optionsToSet(self.accepted(9), ()), (NODELAY_OFF, KEEPALIVE_OFF))
+        self.assertEqual(self.listening.calls, [NODELAY_OFF, KEEPALIVE_OFF])
+        self.assertEqual(optionsToSet(self.accepted(12), (KEEPALIVE,)), ())
+        self.assertEqual(self.listening.calls, [NODELAY_OFF, KEEPALIVE_OFF, NODELAY_OFF, KEEPALIVE])
+
+    def test_listeningSocketRefuses(self) -> None:
+        """
+        A listening socket that refuses an option leaves every connection
+        to set its own.
+        """
+        self.listening.failing = (socket.SO_KEEPALIVE,)
+        self.assertFalse(inheritFromListeningPort(self.port, (NODELAY,)))
+        self.assertEqual(optionsToSet(self.accepted(50), (NODELAY,)), (NODELAY,))
+
+    def test_otherTransportsAndPorts(self) -> None:
+        """
+        Transports that are no accepted TCP connection of a prepared port,
+        and ports that are not plain TCP ports, keep the whole list.
+        """
+        self.assertEqual(optionsToSet(FakeTransport(("192.0.2.1", 1)), (NODELAY,)), (NODELAY,))
+        self.assertEqual(optionsToSet(self.accepted(7), (NODELAY,)), (NODELAY,))  # port not prepared
+
+        class MyPort(tcp.Port):
+            pass
+
+        self.assertFalse(inheritFromListeningPort(MyPort(0, Factory(), reactor=self.reactor), (NODELAY,)))
+        self.assertFalse(inheritFromListeningPort(object(), (NODELAY,)))
+
+
+class InheritedLoopbackTests(TestCase):
+    """
+    On a real listening port, an accepted socket inherits the flags and the
+    factory sets only the rest.
+    """
+
+    def test_inherited(self) -> defer.Deferred:
+        """
+        With C{keepalive} and C{keepalive_idle}, the factory sets only
+        C{TCP_KEEPIDLE} on the accepted socket; C{TCP_NODELAY} and
+        C{SO_KEEPALIVE} read back set all the same.
+        """
+        from twisted.internet import reactor
+        from twisted.internet.endpoints import TCP4ClientEndpoint
+
+        factory = forwardFactory(listener=tomlListener(keepalive=True, keepalive_idle=77), protocol=_Opened,
+                                 clock=reactor)
+        factory.opened = defer.Deferred()
+        factory.closed = defer.Deferred()
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.addCleanup(port.stopListening)
+        if not LINUX:
+            # Elsewhere every connection sets its own (LoopbackTests).
+            self.assertFalse(inheritFromListeningPort(port, socketOptions(factory.listener)))
+            return defer.succeed(None)
+        self.assertTrue(inheritFromListeningPort(port, socketOptions(factory.listener)))
+        client = _Client()
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+        connected = endpoint.connect(Factory.forProtocol(lambda: client))
+
+        def check(results: Any) -> defer.Deferred:
+            sock, _ = results
+            try:
+                server = factory.protocols.copy().pop().transport
+                self.assertEqual(optionsToSet(server, factory._socketOptions), (IDLE[:2] + (77,),))
+                self.assertEqual(sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE), 1)
+                self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), 1)
+                self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE), 77)
+            finally:
+                assert client.transport is not None
+                client.transport.loseConnection()
+            return defer.gatherResults([client.closed, factory.closed])
+
+        return defer.gatherResults([factory.opened, connected]).addCallback(check)
 
 
 class PyPyNurseryTests(SynchronousTestCase):

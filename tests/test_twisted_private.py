@@ -43,6 +43,8 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 _RELAY = "txproxy/relay.py"
 _DIAL = "txproxy/_dial.py"
+_SLIM = "txproxy/_slim.py"
+_TUNING = "txproxy/tuning.py"
 _LOOP = "txproxy/_loop.py"
 _SERVICE = "txproxy/runtime/service.py"
 _WORKERS = "txproxy/runtime/workers.py"
@@ -76,11 +78,32 @@ PRIVATE_NAMES: List[Tuple[str, str, str]] = [
     ("twisted.internet.tcp.Connection", "logstr", _DIAL),
     # An accepted connection's listening port (transparent mode's loop check).
     ("twisted.internet.tcp.Server", "server", "txproxy/stream/tcp.py"),
+    # Slotted transports: the port's transport class (replaced by
+    # SlimServer), and the class defaults each slot starts from (a slot
+    # hides the base class's attribute of the same name).
+    ("twisted.internet.tcp.Port", "transport", _SLIM),
+    # SlimServer builds Server's log and repr strings when read.
+    ("twisted.internet.abstract.FileDescriptor", "_getLogPrefix", _SLIM),
+    ("twisted.internet.tcp.Port", "_realPortNumber", _SLIM),
+    # Inherited socket options: the listening socket, how many connections
+    # the port accepted, and each accepted connection's number.
+    ("twisted.internet.tcp.Port", "socket", _TUNING),
+    ("twisted.internet.tcp.Port", "sessionno", _TUNING),
+    ("twisted.internet.tcp.Server", "sessionno", _TUNING),
+    ("twisted.internet.tcp.Server", "_addressType", _SLIM),
+    ("twisted.internet.tcp.Connection", "bufferSize", _SLIM),
+    ("twisted.internet.tcp.Connection", "_shouldShutdown", _SLIM),
+    ("twisted.internet.tcp.Connection", "_aborting", _SLIM),
+    ("twisted.internet.tcp.Connection", "producerPaused", _SLIM),
+    ("twisted.internet.tcp.Connection", "streamingProducer", _SLIM),
+    ("twisted.internet.tcp.Connection", "offset", _SLIM),
     # The lean dispatch loop.
     ("twisted.internet.epollreactor.EPollReactor", "_poller", _LOOP),
     ("twisted.internet.epollreactor.EPollReactor", "_poller.poll", _LOOP),
     ("twisted.internet.epollreactor.EPollReactor", "_selectables", _LOOP),
     ("twisted.internet.epollreactor.EPollReactor", "_reads", _LOOP),
+    ("twisted.internet.epollreactor.EPollReactor", "_writes", _LOOP),
+    ("twisted.internet.epollreactor.EPollReactor", "_poller.modify", _LOOP),
     ("twisted.internet.epollreactor.EPollReactor", "_doReadOrWrite", _LOOP),
     ("twisted.internet.epollreactor.EPollReactor", "_disconnectSelectable", _LOOP),
     ("twisted.internet.epollreactor.EPollReactor", "doIteration", _LOOP),
@@ -230,6 +253,18 @@ class TwistedPrivateNamesTests(SynchronousTestCase):
         port = tcp.Port(0, Factory(), reactor=self.reactor)  # never listens
         server = tcp.Server(a, Protocol(), ("127.0.0.1", 1), port, 0, self.reactor)
         self.assertStillThere("twisted.internet.tcp.Server", server)
+
+    def test_tcpPort(self) -> None:
+        """
+        A listening port (L{tcp.Port}) still builds its connections with
+        its C{transport} class, which L{txproxy._slim.slimPort} replaces,
+        and still has the listening C{socket} and the count of accepted
+        connections that L{txproxy.tuning} reads.
+        """
+        port = tcp.Port(0, Factory(), interface="127.0.0.1", reactor=self.reactor)
+        port.startListening()  # (a memory reactor: nothing is ever accepted)
+        self.addCleanup(port.socket.close)
+        self.assertStillThere("twisted.internet.tcp.Port", port)
 
     def test_epollReactor(self) -> None:
         """

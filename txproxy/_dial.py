@@ -35,6 +35,9 @@ from twisted.internet import abstract, error, tcp
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.python.failure import Failure
 
+from txproxy._loop import readInsteadOfWrite
+from txproxy._slim import TRANSPORT_SLOTS, initSlots, slotFileno
+
 __all__ = ["DirectClient", "dialTCP"]
 
 _PENDING = (EINPROGRESS, EWOULDBLOCK, EALREADY, EAGAIN)
@@ -49,9 +52,9 @@ class DirectClient(tcp.Connection):
     @ivar realAddress: the socket address dialled.
     """
 
+    __slots__ = TRANSPORT_SLOTS + ("realAddress", "factory", "_addressType", "_timeoutCall", "_failed")
+
     logstr = "txproxy upstream"
-    _timeoutCall: Any = None
-    _failed = False
 
     def __init__(
         self,
@@ -62,6 +65,11 @@ class DirectClient(tcp.Connection):
         timeout: Optional[float],
         bindAddress: Optional[Tuple[str, int]],
     ) -> None:
+        # No per-connection __dict__: every attribute lives in a slot
+        # (txproxy._slim), each given its default first.
+        initSlots(self)
+        self._timeoutCall: Any = None
+        self._failed = False
         if ":" in host:
             family = socket.AF_INET6
             self._addressType: Type[Union[IPv4Address, IPv6Address]] = IPv6Address
@@ -121,8 +129,7 @@ class DirectClient(tcp.Connection):
         factory, self.factory = self.factory, None
         protocol = factory.buildProtocol(self.getPeer())
         self.connected = 1
-        self.startReading()
-        self.stopWriting()
+        readInsteadOfWrite(self)
         if protocol is None:
             self._closeSocket(True)
             self.stopReading()
@@ -199,6 +206,9 @@ class DirectClient(tcp.Connection):
 
     def __repr__(self) -> str:
         return f"<DirectClient to {self.realAddress[0]}:{self.realAddress[1]} at {id(self):x}>"
+
+
+slotFileno(DirectClient)
 
 
 def dialTCP(

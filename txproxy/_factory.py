@@ -16,7 +16,7 @@ from txproxy._common import isIPLiteral
 from txproxy._hookcompat import Legacy, hookCaller
 from txproxy.accesslog import AccessRecord
 from txproxy.config import LOCALNET
-from txproxy.tuning import SocketOption, applySocketOptions, socketOptions
+from txproxy.tuning import SocketOption, applySocketOptions, optionsToSet, socketOptions
 
 __all__ = ["ListenerFactory", "endHookOf"]
 
@@ -106,8 +106,12 @@ class ListenerFactory(ServerFactory[Any]):
         if listener is not self._socketOptionsFor:
             self._socketOptions = socketOptions(listener)
             self._socketOptionsFor = listener
-        if self._socketOptions:
-            failed = applySocketOptions(proto.transport, self._socketOptions)
+        options = self._socketOptions
+        if options:
+            # Without the flags the socket inherited from the listening one.
+            options = optionsToSet(proto.transport, options)
+        if options:
+            failed = applySocketOptions(proto.transport, options)
             if failed is not None and not self._socketOptionsFailed:
                 self._socketOptionsFailed = True
                 log.warn(

@@ -20,6 +20,11 @@ handling of an exception raised by C{doRead}/C{doWrite} (logged, the
 descriptor disconnected).  The only visible difference: legacy log lines
 emitted from inside an event handler carry the system C{"-"} instead of the
 connection's prefix.  Other reactor classes are left alone.
+
+L{readInsteadOfWrite} is the other saving on such a reactor: a dialled
+connection that was watched for writability while connecting is watched for
+input instead with one C{epoll_ctl} call, where C{startReading()} +
+C{stopWriting()} cost two.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from typing import Any
 
 from twisted.logger import Logger
 
-__all__ = ["streamline"]
+__all__ = ["readInsteadOfWrite", "streamline"]
 
 log = Logger()
 
@@ -97,3 +102,29 @@ def streamline(reactor: Any) -> bool:
     reactor.doIteration = _leanDoPoll(reactor)  # type: ignore[method-assign]
     reactor._txproxyLoop = True  # type: ignore[attr-defined]  # our mark: installed once
     return True
+
+
+def readInsteadOfWrite(selectable: Any) -> None:
+    """
+    Stop watching C{selectable} for writability and watch it for input
+    instead: C{selectable.startReading(); selectable.stopWriting()}, in
+    one C{epoll_ctl} when its reactor has the lean loop (L{streamline}) and
+    the descriptor is watched for writing only; otherwise through those
+    two calls.
+    """
+    reactor = selectable.reactor
+    if getattr(reactor, "_txproxyLoop", False):
+        from select import EPOLLIN
+
+        fd = selectable.fileno()
+        writes = reactor._writes
+        reads = reactor._reads
+        if fd in writes and fd not in reads:
+            # What addReader + removeWriter do to the poller and the
+            # reactor's tables, as one modification.
+            reactor._poller.modify(fd, EPOLLIN)
+            writes.discard(fd)
+            reads.add(fd)
+            return
+    selectable.startReading()
+    selectable.stopWriting()

@@ -370,6 +370,10 @@ class ForwardProxyProtocol(HTTPProxyProtocol):
                 self.transport.abortConnection()  # type: ignore[attr-defined]
                 return
         self._startTunnel(upstream, b"", 200, filterUp, filterDown)
+        # Relaying: no hook is given the tunnel request any more (the
+        # access record is built from the head), so it is not kept for
+        # the tunnel's life.
+        self._tunnel = None
 
     # -- absolute-URI requests
 

@@ -433,8 +433,13 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
             self._streamMade(stream.conn.owner)
             return
         self.client = clientInfoFor(self.transport)
-        self._observeRequest = overrides(self, "requestBodyData", HTTPProxyProtocol)
-        self._observeResponse = overrides(self, "responseBodyData", HTTPProxyProtocol)
+        # Set on the instance only when true: every instance attribute
+        # costs memory for the connection's whole life (see
+        # bench/bench_idle_memory.py).
+        if overrides(self, "requestBodyData", HTTPProxyProtocol):
+            self._observeRequest = True
+        if overrides(self, "responseBodyData", HTTPProxyProtocol):
+            self._observeResponse = True
         factory = self.factory
         # Once per connection (each is one dict lookup, cached per class);
         # set on the instance only when something is overridden.
@@ -625,10 +630,16 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
                 return
         self._start = factory.clock.seconds()
         self._startWall = time.time()
-        self._bytesUp = self._bytesDown = 0
-        self._request = None
-        self._ex = None
-        self._upstreamAddress = ""
+        # What the last exchange left (reset only when set: see
+        # connectionMade).
+        if self._bytesUp or self._bytesDown:
+            self._bytesUp = self._bytesDown = 0
+        if self._request is not None:
+            self._request = None
+        if self._ex is not None:
+            self._ex = None
+        if self._upstreamAddress:
+            self._upstreamAddress = ""
         try:
             head = parseRequestHead(headBytes, factory.listener.maxHeaders)
         except HTTPError as e:
@@ -1213,7 +1224,8 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
     def _startTunnel(self, upstream: RelayedProtocol, fromUpstream: bytes = b"", status: int = 200,
                      filterUp: Any = None, filterDown: Any = None) -> Relay:
         self._setState(TUNNEL)
-        self._inputPaused = False  # the relay resumes and owns flow control
+        if self._inputPaused:
+            self._inputPaused = False  # the relay resumes and owns flow control
         self._cancelTimer()
         pending, self._input = self._input, b""
         return joinRelay(
@@ -1226,8 +1238,13 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
             filterUp=filterUp,
             filterDown=filterDown,
             clientReadLost=self._clientReadLost,
-            onEnded=lambda relay: self._tunnelEnded(relay, status),
+            # (A bound method, not a closure, for the common 200: a tunnel
+            # holds it for its whole life.)
+            onEnded=self._tunnelEnded200 if status == 200 else lambda relay: self._tunnelEnded(relay, status),
         )
+
+    def _tunnelEnded200(self, relay: Relay) -> Optional[AccessRecord]:
+        return self._tunnelEnded(relay, 200)
 
     def _tunnelEnded(self, relay: Relay, status: int) -> Optional[AccessRecord]:
         self._bytesUp += relay.bytesUp

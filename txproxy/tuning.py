@@ -15,6 +15,16 @@ Options go on the connection's own socket, found through the TLS and
 PROXY-protocol wrappers; C{unix:} connections and transports without a
 socket (test fakes) are left alone.
 
+On Linux an accepted TCP socket inherits C{TCP_NODELAY} and C{SO_KEEPALIVE}
+from its listening socket (copied when the connection is established), so
+L{inheritFromListeningPort} sets those two once on each listening port the
+listener services open, and L{optionsToSet} leaves them out of the
+per-connection list: with the default settings, an accepted connection
+costs no C{setsockopt} at all.  Connections that were already established
+when the listening socket got them (at most the port's backlog + 1, queued
+for C{accept}) still get them one by one, and a reload that changes them
+sets the listening socket again.
+
 On PyPy, the size of the garbage collector's nursery matters too (see
 L{PYPY_NURSERY}): L{withPyPyNursery} gives it to the worker processes
 txproxy starts, L{pypyNurseryHint} tells a process started without it.
@@ -24,13 +34,18 @@ L{tunePyPyJIT} sets the JIT parameters of L{PYPY_JIT_PARAMS}.
 from __future__ import annotations
 
 import socket
+import struct
+import sys
 from typing import Any, List, Mapping, MutableMapping, Optional, Tuple
+from weakref import WeakKeyDictionary
 
 __all__ = [
     "PYPY_NURSERY",
     "PYPY_JIT_PARAMS",
     "SocketOption",
     "applySocketOptions",
+    "inheritFromListeningPort",
+    "optionsToSet",
     "pypyNurseryHint",
     "socketOf",
     "socketOptions",
@@ -205,3 +220,156 @@ def applySocketOptions(transport: Any, options: Tuple[SocketOption, ...]) -> Opt
             if failed is None:
                 failed = e
     return failed
+
+
+#: The flags (C{(level, option)}) an accepted TCP socket inherits from its
+#: listening socket on Linux; each is 0 or 1.
+_INHERITABLE: Tuple[Tuple[int, int], ...] = (
+    (socket.IPPROTO_TCP, socket.TCP_NODELAY),
+    (socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+)
+
+
+class _PortOptions:
+    """
+    What one listening port's socket was given: the inheritable flags
+    (C{(level, option, value)} for each of L{_INHERITABLE}), from which
+    accepted connection (its session number) on every accepted socket has
+    them, and the per-connection rest of the last options list asked for.
+    """
+
+    __slots__ = ("flags", "firstSession", "forOptions", "rest")
+
+    def __init__(self, flags: Tuple[SocketOption, ...], firstSession: int) -> None:
+        self.flags = flags
+        self.firstSession = firstSession
+        self.forOptions: Optional[Tuple[SocketOption, ...]] = None
+        self.rest: Tuple[SocketOption, ...] = ()
+
+
+_ports: "WeakKeyDictionary[Any, _PortOptions]" = WeakKeyDictionary()
+
+#: Whether accepted sockets inherit the flags (Linux).
+_LINUX = sys.platform.startswith("linux")
+
+
+def _flags(options: Tuple[SocketOption, ...]) -> Tuple[SocketOption, ...]:
+    """
+    The inheritable flags as C{options} wants them: each of
+    L{_INHERITABLE}, 1 when C{options} sets it, else 0.
+    """
+    wanted = {(level, name) for level, name, value in options if value}
+    return tuple((level, name, 1 if (level, name) in wanted else 0) for level, name in _INHERITABLE)
+
+
+def _acceptQueueBound() -> int:
+    """
+    How many established connections a listening socket's accept queue can
+    hold at most: its backlog + 1, and Linux caps every backlog at
+    C{net.core.somaxconn} (the port's own backlog is not known for a
+    socket made elsewhere and adopted).
+    """
+    try:
+        with open("/proc/sys/net/core/somaxconn") as f:
+            return int(f.read().strip()) + 1
+    except (OSError, ValueError):
+        return 65536
+
+
+def _acceptQueueLength(sock: Any) -> int:
+    """
+    How many established connections wait in the accept queue of the
+    listening socket C{sock}: Linux reports it in C{TCP_INFO}'s
+    C{tcpi_unacked} for a listening socket; L{_acceptQueueBound} when that
+    cannot be read.
+    """
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 32)
+        return int(struct.unpack_from("I", info, 24)[0])
+    except (OSError, AttributeError, struct.error, TypeError):
+        return _acceptQueueBound()
+
+
+def _queued(port: Any) -> int:
+    """
+    The first session number of a connection the listening socket of
+    C{port} may establish from now on (read after its options were set):
+    connections established before wait in its accept queue, and are
+    accepted first.
+    """
+    return int(port.sessionno) + _acceptQueueLength(port.socket)
+
+
+def inheritFromListeningPort(port: Any, options: Tuple[SocketOption, ...]) -> bool:
+    """
+    On Linux, set the inheritable flags (C{TCP_NODELAY}, C{SO_KEEPALIVE})
+    of C{options} on the listening socket of C{port}, a plain
+    L{twisted.internet.tcp.Port} (anything else is left alone), so that
+    L{optionsToSet} can leave them out for its connections.
+
+    @return: whether the port's connections will inherit them.
+    """
+    from twisted.internet import tcp
+
+    if not _LINUX or type(port) is not tcp.Port:
+        return False
+    sock = getattr(port, "socket", None)
+    if sock is None or getattr(sock, "family", None) not in _INET:
+        return False
+    flags = _flags(options)
+    try:
+        for level, name, value in flags:
+            sock.setsockopt(level, name, value)
+    except OSError:
+        _ports.pop(port, None)
+        return False
+    _ports[port] = _PortOptions(flags, _queued(port))
+    return True
+
+
+def _acceptedConnection(transport: Any) -> Any:
+    """
+    The L{twisted.internet.tcp.Server} under C{transport} (through TLS and
+    PROXY-protocol wrappers), or L{None}.
+    """
+    from twisted.internet import tcp
+
+    for _ in range(_MAX_WRAPPERS):
+        if isinstance(transport, tcp.Server):
+            return transport
+        transport = getattr(transport, "transport", None)
+        if transport is None:
+            return None
+    return None
+
+
+def optionsToSet(transport: Any, options: Tuple[SocketOption, ...]) -> Tuple[SocketOption, ...]:
+    """
+    The options to set on the accepted connection C{transport}, for a
+    listener that wants C{options}: without the flags its socket inherited
+    from the listening socket (L{inheritFromListeningPort}); with them, and
+    any that must be off set to 0, for a connection that was established
+    before the listening socket had them.  A listener whose options
+    changed (a reload) has its listening socket set again.
+    """
+    conn = _acceptedConnection(transport)
+    if conn is None:
+        return options
+    port = getattr(conn, "server", None)
+    state = _ports.get(port) if port is not None else None
+    if state is None:
+        return options
+    if state.forOptions is not options:
+        flags = _flags(options)
+        if flags != state.flags:
+            # A reload changed them: the listening socket first; the
+            # connections it already established keep the old ones.
+            if not inheritFromListeningPort(port, options):
+                return options + tuple(f for f in flags if not f[2])
+            state = _ports[port]
+        state.forOptions = options
+        state.rest = tuple(o for o in options if (o[0], o[1]) not in _INHERITABLE)
+    if conn.sessionno >= state.firstSession:
+        return state.rest
+    # Established before the listening socket had the flags: each one.
+    return state.rest + state.flags

@@ -20,6 +20,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from txproxy import config as _config
+from txproxy._slim import slimPort
 from txproxy.auth import Htpasswd
 from txproxy.config import ListenerConfig
 from txproxy.errors import ConfigError
@@ -27,6 +28,7 @@ from txproxy.intercept import Interceptor
 from txproxy.proxyaccept import HalfCloseableHAProxyFactory
 from txproxy.runtime.process import reusePortIfWorker
 from txproxy.tls import checkCABundle, isTLSListener, tlsServerEndpoint
+from txproxy.tuning import inheritFromListeningPort, socketOptions
 
 __all__ = [
     "ListenerService",
@@ -169,7 +171,17 @@ class ListenerService(Service):
             detail = getattr(detail, "strerror", None) or str(detail) or type(e).__name__
             raise StartupError(f"cannot listen on {self.description}: {detail}")
         self.port = result
+        # Accepted connections without a per-connection __dict__ (before
+        # the reactor accepts any: this runs synchronously).
+        slimPort(result)
         listener = getattr(self.factory, "listener", None)
+        if listener is not None:
+            # TCP_NODELAY and SO_KEEPALIVE once here, inherited by every
+            # accepted socket, instead of once per connection.
+            try:
+                inheritFromListeningPort(result, socketOptions(listener))
+            except ValueError:
+                pass  # (a constant this platform lacks: the per-connection path reports it)
         tls = isTLSListener(self.description, getattr(listener, "certs", None))
         log.info("txproxy {mode} listening on {address}{tls}", mode=getattr(self.factory, "mode", ""),
                  address=self.description, tls=" (TLS)" if tls else "")
