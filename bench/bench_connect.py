@@ -46,8 +46,8 @@ def txproxy_cmd(python: str, port: int) -> list[str]:
 
 def start_txproxy(python: str):
     def start(tmp: str, port: int, **_):
-        env = dict(os.environ, PYTHONPATH=B.REPO)
-        return B.Server("txproxy", txproxy_cmd(python, port), B.PROXY_CPU, tmp, env=env, cwd=B.REPO)
+        env, cwd = B.txproxy_env(python, tmp)
+        return B.Server("txproxy", txproxy_cmd(python, port), B.PROXY_CPU, tmp, env=env, cwd=cwd)
     return start
 
 
@@ -116,6 +116,8 @@ PEERS = [
     B.Peer("direct", None, lambda: None, note="no proxy: client straight to the backend"),
     B.Peer("txproxy", start_txproxy(B.CPY), lambda: B.txproxy_available(B.CPY), python=B.CPY,
            note="CPython /tmp/venv"),
+    B.Peer("txproxy-compiled", start_txproxy(B.COMPILED), lambda: B.txproxy_available(B.COMPILED),
+           python=B.COMPILED, note="CPython, compiled build (.venv-compiled)"),
     B.Peer("txproxy-pypy", start_txproxy(B.PYPY), lambda: B.txproxy_available(B.PYPY), python=B.PYPY,
            warmup=8.0, note="PyPy /tmp/pypyvenv"),
     B.Peer("squid", start_squid, lambda: B.have("squid"), note="squid -N (one process)"),

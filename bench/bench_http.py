@@ -237,8 +237,8 @@ def start_txproxy(python: str, mode: str, extra: Callable[[Ctx, dict], list] = l
         if mode == "reverse":
             argv += ["--route", f"*=http://127.0.0.1:{ctx.origin}"]
         argv += extra(ctx, ports)
-        env = dict(os.environ, PYTHONPATH=B.REPO)
-        return B.Server("txproxy", argv, cpu, tmp, env=env, cwd=B.REPO)
+        env, cwd = B.txproxy_env(python, tmp)
+        return B.Server("txproxy", argv, cpu, tmp, env=env, cwd=cwd)
     return start
 
 
@@ -450,8 +450,12 @@ def build_groups(args) -> list[Group]:
     ])
 
     rev = [txv("txproxy", "txproxy", cpy, "reverse", tls=True, note="CPython, --mode reverse")]
+    if os.path.exists(B.COMPILED):
+        rev.append(txv("txproxy-compiled", "txproxy-compiled", B.COMPILED, "reverse", tls=True,
+                       note="CPython compiled build, --mode reverse"))
     if want_pypy:
         rev.append(txv("txproxy-pypy", "txproxy-pypy", pypy, "reverse", tls=True, note="PyPy, --mode reverse"))
+    rtxs = [v.peer for v in rev]
     rev += [
         Variant("haproxy", "haproxy", start_haproxy, lambda: B.have("haproxy"), tls=True,
                 note="nbthread 1, mode http, http-reuse always"),
@@ -464,7 +468,8 @@ def build_groups(args) -> list[Group]:
         Measure("reverse-http", "Reverse proxy, keep-alive HTTP (wrk -t1 -c50, Host: app.test)", "wrk-reverse"),
         Measure("reverse-https", "Reverse proxy, keep-alive HTTPS, TLS 1.3 (wrk -t1 -c50)", "wrk-https",
                 tls_only=True),
-    ], ratios=[(t, p, None) for t in txs for p in ("haproxy", "nginx", "twisted")], targets=[
+    ], ratios=[(t, p, None) for t in rtxs for p in ("haproxy", "nginx", "twisted")]
+       + ([("txproxy-compiled", "txproxy", None)] if "txproxy-compiled" in rtxs else []), targets=[
         ("plain >= 0.25x HAProxy", "reverse-http", "txproxy", "haproxy", 0.25),
         ("plain ~ 4x stock Twisted", "reverse-http", "txproxy", "twisted", 4.0),
         ("TLS >= 0.15x HAProxy", "reverse-https", "txproxy", "haproxy", 0.15),

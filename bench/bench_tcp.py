@@ -43,11 +43,11 @@ import benchlib as B  # noqa: E402
 
 def start_txproxy(python: str):
     def start(tmp: str, port: int, upstream: int):
-        env = dict(os.environ, PYTHONPATH=B.REPO)
+        env, cwd = B.txproxy_env(python, tmp)
         return B.Server("txproxy", [
             python, "-m", "twisted", "txproxy", "--mode", "tcp",
             "--listen", f"tcp:{port}:interface=127.0.0.1:backlog=1024",
-            "--upstream", f"tcp:127.0.0.1:{upstream}"], B.PROXY_CPU, tmp, env=env, cwd=B.REPO)
+            "--upstream", f"tcp:127.0.0.1:{upstream}"], B.PROXY_CPU, tmp, env=env, cwd=cwd)
     return start
 
 
@@ -90,6 +90,8 @@ PEERS = [
     B.Peer("direct", None, lambda: None, note="no relay"),
     B.Peer("txproxy", start_txproxy(B.CPY), lambda: B.txproxy_available(B.CPY), python=B.CPY,
            note="--mode tcp, CPython /tmp/venv"),
+    B.Peer("txproxy-compiled", start_txproxy(B.COMPILED), lambda: B.txproxy_available(B.COMPILED),
+           python=B.COMPILED, note="--mode tcp, CPython compiled build (.venv-compiled)"),
     B.Peer("txproxy-pypy", start_txproxy(B.PYPY), lambda: B.txproxy_available(B.PYPY), python=B.PYPY,
            warmup=8.0, note="--mode tcp, PyPy /tmp/pypyvenv"),
     B.Peer("haproxy", start_haproxy, lambda: B.have("haproxy"), note="mode tcp, nbthread 1"),

@@ -39,6 +39,11 @@ PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 
 CPY = "/tmp/venv/bin/python"
 PYPY = "/tmp/pypyvenv/bin/python"
+#: The compiled build (mypyc), as scripts/test installs it (`pip install .`,
+#: not editable); refresh it after changing the code:
+#:   .venv-compiled/bin/python -m pip install -q .
+COMPILED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        ".venv-compiled", "bin", "python")
 #: PyPy's minor-GC nursery for every PyPy process we start (see Server).
 PYPY_NURSERY = "32M"
 PEERVENV = "/tmp/peervenv/bin"
@@ -480,9 +485,28 @@ def have(cmd: str) -> Optional[str]:
     return None if shutil.which(cmd) or os.path.exists(cmd) else f"{cmd} not installed"
 
 
+def txproxy_env(python: str, tmp: str) -> tuple[dict, str]:
+    """
+    Environment and working directory for a txproxy process run by `python`:
+    the checkout itself (PYTHONPATH=REPO) except for the compiled build,
+    which must import its installed extensions, not the checkout's sources.
+    """
+    if python == COMPILED:
+        env = dict(os.environ)
+        env.pop("PYTHONPATH", None)
+        env.pop("TXPROXY_PURE", None)
+        return env, tmp
+    return dict(os.environ, PYTHONPATH=REPO), REPO
+
+
 def txproxy_available(python: str) -> Optional[str]:
     if not os.path.exists(python):
         return f"{python} missing"
+    if python == COMPILED:
+        p = subprocess.run([python, "-c", "import sys, txproxy, twisted.plugins.txproxy_plugin; "
+                            "sys.exit(not txproxy.COMPILED)"], capture_output=True, cwd="/", timeout=60,
+                           env=txproxy_env(python, "/")[0])
+        return "txproxy in .venv-compiled does not run compiled" if p.returncode else None
     if not os.path.exists(os.path.join(REPO, "twisted", "plugins", "txproxy_plugin.py")):
         return "twisted/plugins/txproxy_plugin.py not there yet"
     p = subprocess.run([python, "-c", "import txproxy, twisted.plugins.txproxy_plugin"],

@@ -64,11 +64,12 @@ if command -v pypy3 >/dev/null 2>&1; then
     if [ ! -x "$PYPYVENV/bin/python" ]; then
         pypy3 -m venv "$PYPYVENV"
     fi
-    if ! "$PYPYVENV/bin/python" -c "import twisted, OpenSSL, service_identity, txredisapi, attrs, prometheus_client, tomli, h2" 2>/dev/null; then
+    if ! "$PYPYVENV/bin/python" -c "import twisted, OpenSSL, service_identity, txredisapi, attrs, prometheus_client, tomli, h2, mypy_extensions, opentelemetry.proto" 2>/dev/null; then
         # cryptography<44 has PyPy 3.9 wheels; newer needs a Rust build; h2
         # 4.4 needs Python 3.10
         "$PYPYVENV/bin/pip" install -q --only-binary=cryptography twisted "cryptography<44" \
-            pyopenssl service-identity txredisapi attrs prometheus-client tomli "h2>=4.3,<4.4" || \
+            pyopenssl service-identity txredisapi attrs prometheus-client tomli "h2>=4.3,<4.4" \
+            mypy-extensions "opentelemetry-proto>=1.20,<2" || \
             echo "WARNING: PyPy venv dependencies failed; PyPy rows will be skipped" >&2
     fi
     if ! "$PYPYVENV/bin/python" -c "import bcrypt" 2>/dev/null; then
