@@ -64,12 +64,17 @@ if command -v pypy3 >/dev/null 2>&1; then
     if [ ! -x "$PYPYVENV/bin/python" ]; then
         pypy3 -m venv "$PYPYVENV"
     fi
-    if ! "$PYPYVENV/bin/python" -c "import twisted, OpenSSL, service_identity, txredisapi, attrs, prometheus_client, tomli, h2, mypy_extensions, opentelemetry.proto" 2>/dev/null; then
+    # (txproxy needs Twisted 26.4+, as setup.cfg says: older ones lack the
+    # generic factories its annotations subscript.)
+    if ! "$PYPYVENV/bin/python" -c "import twisted, OpenSSL, service_identity, txredisapi, attrs, prometheus_client, tomli, h2, mypy_extensions, opentelemetry.proto, sys; sys.exit(tuple(map(int, twisted.__version__.split('.')[:2])) < (26, 4))" 2>/dev/null; then
         # cryptography<44 has PyPy 3.9 wheels; newer needs a Rust build; h2
         # 4.4 needs Python 3.10
-        "$PYPYVENV/bin/pip" install -q --only-binary=cryptography twisted "cryptography<44" \
-            pyopenssl service-identity txredisapi attrs prometheus-client tomli "h2>=4.3,<4.4" \
-            mypy-extensions "opentelemetry-proto>=1.20,<2" || \
+        # (the same set as scripts/test's PyPy venv: pyOpenSSL<25.2 because
+        # newer needs cryptography 45+; txredisapi without its twisted[tls]).
+        { "$PYPYVENV/bin/pip" install -q --only-binary=cryptography,bcrypt "cryptography<44" "pyopenssl<25.2" \
+            "twisted>=26.4,<27" service-identity idna attrs prometheus-client tomli "h2>=4.3,<4.4" \
+            mypy-extensions "opentelemetry-proto>=1.20,<2" \
+          && "$PYPYVENV/bin/pip" install -q --no-deps txredisapi; } || \
             echo "WARNING: PyPy venv dependencies failed; PyPy rows will be skipped" >&2
     fi
     if ! "$PYPYVENV/bin/python" -c "import bcrypt" 2>/dev/null; then
