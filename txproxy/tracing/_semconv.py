@@ -33,10 +33,11 @@ Attributes (a span has those that apply):
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from txproxy.tls import isTLSTransport
-from txproxy.tracing._span import SPAN_KIND_SERVER, RecordingSpan, Span, Tracer
+from txproxy.tracing._otlp import attributeBlock
+from txproxy.tracing._span import AttributeBlock, RecordingSpan, Span, Tracer
 
 __all__ = ["startHTTPSpan", "startStreamSpan", "endSpan", "connectionAttributes", "KNOWN_METHODS"]
 
@@ -70,6 +71,22 @@ def _authority(value: bytes) -> Tuple[str, Optional[int]]:
     return result
 
 
+class ConnectionAttributes(Dict[str, Any]):
+    """
+    A connection's attributes (a dictionary), with C{block}: those of them
+    every request keeps (all but C{url.scheme}), encoded once.
+    """
+
+    _block: Optional[AttributeBlock] = None
+
+    @property
+    def block(self) -> AttributeBlock:
+        block = self._block
+        if block is None:
+            block = self._block = attributeBlock([item for item in self.items() if item[0] != "url.scheme"])
+        return block
+
+
 def connectionAttributes(client: Any, transport: Any, http: bool = False) -> Dict[str, Any]:
     """
     The attributes every span of one client connection shares: the client
@@ -77,7 +94,8 @@ def connectionAttributes(client: Any, transport: Any, http: bool = False) -> Dic
     C{url.scheme} its requests arrived with (C{https} on TLS).  Computed
     once per connection by the protocols.
     """
-    attributes: Dict[str, Any] = {"client.address": client.host}
+    attributes: Dict[str, Any] = ConnectionAttributes()
+    attributes["client.address"] = client.host
     if http:
         attributes["url.scheme"] = "https" if isTLSTransport(transport) else "http"
     getPeer = getattr(transport, "getPeer", None)
@@ -113,11 +131,22 @@ def startHTTPSpan(tracer: Tracer, head: Any, client: Any, transport: Any, h2: bo
     @param base: the connection's L{connectionAttributes}, when the caller
         keeps them (else computed).
     """
-    span = tracer.startSpan("", head.headers, SPAN_KIND_SERVER, start, raw is None or b"trace" in raw.lower())
+    span = tracer.startRequest(head.headers, start, raw is None or b"trace" in raw.lower())
     if not span.sampled:
         return span
     assert isinstance(span, RecordingSpan)
-    a = span.attributes = dict(base if base is not None else connectionAttributes(client, transport, True))
+    if base is None:
+        base = connectionAttributes(client, transport, True)
+    if base.__class__ is ConnectionAttributes and span._blocks is None and not span._attrs:
+        # The connection's attributes, encoded once (url.scheme is the
+        # request's).
+        span._blocks = [base.block]
+        a = span._attrs
+        scheme = base.get("url.scheme")
+        if scheme is not None:
+            a["url.scheme"] = scheme
+    else:
+        a = span.attributes = dict(base)
     method = head.method
     name = _METHODS.get(method)
     if name is None:
@@ -179,6 +208,29 @@ def startStreamSpan(tracer: Tracer, mode: str, client: Any, transport: Any, star
     return span
 
 
+_endBlocks: Dict[Tuple[Any, ...], AttributeBlock] = {}
+
+
+def _endBlock(key: Tuple[Any, ...]) -> AttributeBlock:
+    """
+    The block of a span's end attributes that its route, upstream,
+    listener and mode decide (kept for the next span with the same).
+    """
+    routeName, prefix, upstream, listener, mode = key
+    pairs: List[Tuple[str, Any]] = []
+    if routeName is not None:
+        pairs.append(("txproxy.route", routeName))
+        if prefix is not None:
+            pairs.append(("http.route", prefix))
+    if upstream:
+        pairs.append(("txproxy.upstream.address", upstream))
+    pairs += [("txproxy.listener", listener), ("txproxy.mode", mode)]
+    if len(_endBlocks) >= 1024:
+        _endBlocks.clear()
+    block = _endBlocks[key] = attributeBlock(pairs)
+    return block
+
+
 def endSpan(
     tracer: Tracer,
     span: Span,
@@ -207,22 +259,34 @@ def endSpan(
     if not span.sampled:
         return
     assert isinstance(span, RecordingSpan)
-    a = span.attributes
+    blocks = span._blocks
+    a = span._attrs
     if http:
         a["http.response.status_code"] = status
-    if route is not None:
-        a["txproxy.route"] = route.name
-        if http:
-            prefix = getattr(route, "prefix", "") or "/"
-            a["http.route"] = prefix
-            if span.name != "CONNECT":
-                span.name = f"{span.name} {prefix}"
-    if upstream:
-        a["txproxy.upstream.address"] = upstream
+    prefix = None
+    if route is not None and http:
+        prefix = getattr(route, "prefix", "") or "/"
+        if span.name != "CONNECT":
+            span.name = f"{span.name} {prefix}"
+    if blocks is not None:
+        # The route's, the upstream's and the listener's attributes, encoded
+        # once for all their spans.
+        key = (route.name if route is not None else None, prefix, upstream, listener, mode)
+        block = _endBlocks.get(key)
+        if block is None:
+            block = _endBlock(key)
+        blocks.append(block)
+    else:
+        if route is not None:
+            a["txproxy.route"] = route.name
+            if prefix is not None:
+                a["http.route"] = prefix
+        if upstream:
+            a["txproxy.upstream.address"] = upstream
+        a["txproxy.listener"] = listener
+        a["txproxy.mode"] = mode
     a["txproxy.bytes_up"] = bytesUp
     a["txproxy.bytes_down"] = bytesDown
-    a["txproxy.listener"] = listener
-    a["txproxy.mode"] = mode
     if status >= 500 or (reason and status >= 400):
         a["error.type"] = str(status)
         if reason:
