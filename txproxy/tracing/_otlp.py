@@ -120,15 +120,15 @@ def _keyField(key: str) -> bytes:
 
 def _spanAttribute(item: Tuple[str, Any]) -> bytes:
     """
-    One span attribute's KeyValue field; a C{str} or C{int} one is kept for
-    the next span that has it.  (Only those two types share the cache, so
+    One span attribute's KeyValue field; an C{int} one, or a C{str} one of
+    up to 256 characters, is kept for the next span that has it.  (Only those two types share the cache, so
     C{True} never finds the field of C{1}: the lookup checks the type
     first.)
     """
     value = item[1]
     field = _ld(_T9_LD, _keyField(item[0]) + _ld(_T2_LD, _anyValue(value)))
     cls = value.__class__
-    if cls is str or cls is int:
+    if cls is int or (cls is str and len(value) <= 256):
         if len(_fields) >= _CACHE_LIMIT:
             _fields.clear()
         _fields[item] = field

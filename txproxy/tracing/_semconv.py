@@ -137,25 +137,8 @@ def startHTTPSpan(tracer: Tracer, head: Any, client: Any, transport: Any, h2: bo
     assert isinstance(span, RecordingSpan)
     if base is None:
         base = connectionAttributes(client, transport, True)
-    if base.__class__ is ConnectionAttributes and span._blocks is None and not span._attrs:
-        # The connection's attributes, encoded once (url.scheme is the
-        # request's).
-        span._blocks = [base.block]
-        a = span._attrs
-        scheme = base.get("url.scheme")
-        if scheme is not None:
-            a["url.scheme"] = scheme
-    else:
-        a = span.attributes = dict(base)
     method = head.method
-    name = _METHODS.get(method)
-    if name is None:
-        span.name = "HTTP"
-        a["http.request.method"] = "_OTHER"
-        a["http.request.method_original"] = method.decode("latin-1")
-    else:
-        span.name = a["http.request.method"] = name
-    a["network.protocol.version"] = "2" if h2 else _VERSIONS.get(head.version) or head.version[5:].decode("latin-1")
+    scheme = base.get("url.scheme")
     # Host and User-Agent in one pass over the fields.
     authority: Optional[bytes] = None
     agent: Optional[bytes] = None
@@ -167,29 +150,124 @@ def startHTTPSpan(tracer: Tracer, head: Any, client: Any, transport: Any, h2: bo
         elif size == 10 and agent is None and field.lower() == _USER_AGENT:
             agent = value
     target = head.target
+    path: Optional[bytes] = None
     if method == b"CONNECT":
         authority = target
         # (A tunnel has no URL.)
-        a.pop("url.scheme", None)
+        scheme = None
     else:
         if target[:1] != b"/":
             # absolute-form (a forward proxy's request): scheme://authority/path
-            scheme, _, rest = target.partition(b"://")
+            schemeBytes, _, rest = target.partition(b"://")
             if rest:
-                a["url.scheme"] = scheme.decode("latin-1").lower()
+                scheme = schemeBytes.decode("latin-1").lower()
             slash = rest.find(b"/")
             if authority is None:
                 authority = rest[:slash] if slash >= 0 else rest
             target = rest[slash:] if slash >= 0 else b"/"
-        a["url.path"] = target.partition(b"?")[0].decode("latin-1")
+        path = target.partition(b"?")[0]
+    version = b"2" if h2 else head.version
+    name = _METHODS.get(method)
+    span.name = "HTTP" if name is None else name
+    if base.__class__ is ConnectionAttributes and span._blocks is None and not span._attrs:
+        # The attributes that repeat from request to request as encoded
+        # blocks (the connection's, the method's, the authority's, the user
+        # agent's): only the path is the request's own.
+        key = (method, version, scheme)
+        block = _requestBlocks.get(key)
+        if block is None:
+            block = _requestBlock(key)
+        blocks = span._blocks = [base.block, block]
+        a = span._attrs
+        if path is not None:
+            a["url.path"] = path.decode("latin-1")
+        if authority:
+            block = _authorityBlocks.get(authority)
+            if block is None:
+                block = _authorityBlock(authority)
+            if block is None:
+                a.update(_authorityPairs(authority))
+            else:
+                blocks.append(block)
+        if agent:
+            block = _agentBlocks.get(agent)
+            if block is None and len(agent) <= _BLOCK_VALUE_LIMIT:
+                block = _agentBlock(agent)
+            if block is None:
+                a["user_agent.original"] = agent.decode("latin-1")
+            else:
+                blocks.append(block)
+        return span
+    a = span.attributes = dict(base)
+    a.update(_requestPairs(method, version, scheme))
+    if scheme is None:
+        a.pop("url.scheme", None)
+    if path is not None:
+        a["url.path"] = path.decode("latin-1")
     if authority:
-        host, port = _authority(authority)
-        a["server.address"] = host
-        if port is not None:
-            a["server.port"] = port
+        a.update(_authorityPairs(authority))
     if agent:
         a["user_agent.original"] = agent.decode("latin-1")
     return span
+
+
+def _requestPairs(method: bytes, version: bytes, scheme: Optional[str]) -> List[Tuple[str, Any]]:
+    """
+    The attributes of a request's method, HTTP version (C{b"2"} for
+    HTTP/2) and URL scheme (L{None} for none).
+    """
+    name = _METHODS.get(method)
+    if name is None:
+        pairs: List[Tuple[str, Any]] = [("http.request.method", "_OTHER"),
+                                        ("http.request.method_original", method.decode("latin-1"))]
+    else:
+        pairs = [("http.request.method", name)]
+    pairs.append(("network.protocol.version",
+                  "2" if version == b"2" else _VERSIONS.get(version) or version[5:].decode("latin-1")))
+    if scheme is not None:
+        pairs.append(("url.scheme", scheme))
+    return pairs
+
+
+def _authorityPairs(authority: bytes) -> List[Tuple[str, Any]]:
+    host, port = _authority(authority)
+    pairs: List[Tuple[str, Any]] = [("server.address", host)]
+    if port is not None:
+        pairs.append(("server.port", port))
+    return pairs
+
+
+# Encoded blocks of attributes, by what decides them (bounded: cleared when
+# full).
+_BLOCKS_LIMIT = 1024
+#: Longer values (a client's, of any size) are not kept.
+_BLOCK_VALUE_LIMIT = 256
+_requestBlocks: Dict[Tuple[bytes, bytes, Optional[str]], AttributeBlock] = {}
+_authorityBlocks: Dict[bytes, AttributeBlock] = {}
+_agentBlocks: Dict[bytes, AttributeBlock] = {}
+
+
+def _requestBlock(key: Tuple[bytes, bytes, Optional[str]]) -> AttributeBlock:
+    if len(_requestBlocks) >= _BLOCKS_LIMIT:
+        _requestBlocks.clear()
+    block = _requestBlocks[key] = attributeBlock(_requestPairs(*key))
+    return block
+
+
+def _authorityBlock(authority: bytes) -> Optional[AttributeBlock]:
+    if len(authority) > _BLOCK_VALUE_LIMIT:
+        return None
+    if len(_authorityBlocks) >= _BLOCKS_LIMIT:
+        _authorityBlocks.clear()
+    block = _authorityBlocks[authority] = attributeBlock(_authorityPairs(authority))
+    return block
+
+
+def _agentBlock(agent: bytes) -> AttributeBlock:
+    if len(_agentBlocks) >= _BLOCKS_LIMIT:
+        _agentBlocks.clear()
+    block = _agentBlocks[agent] = attributeBlock([("user_agent.original", agent.decode("latin-1"))])
+    return block
 
 
 def startStreamSpan(tracer: Tracer, mode: str, client: Any, transport: Any, start: float) -> Span:
@@ -214,10 +292,11 @@ _endBlocks: Dict[Tuple[Any, ...], AttributeBlock] = {}
 def _endBlock(key: Tuple[Any, ...]) -> AttributeBlock:
     """
     The block of a span's end attributes that its route, upstream,
-    listener and mode decide (kept for the next span with the same).
+    listener, mode and status decide (kept for the next span with the
+    same).
     """
-    routeName, prefix, upstream, listener, mode = key
-    pairs: List[Tuple[str, Any]] = []
+    routeName, prefix, upstream, listener, mode, status = key
+    pairs: List[Tuple[str, Any]] = [] if status is None else [("http.response.status_code", status)]
     if routeName is not None:
         pairs.append(("txproxy.route", routeName))
         if prefix is not None:
@@ -261,7 +340,7 @@ def endSpan(
     assert isinstance(span, RecordingSpan)
     blocks = span._blocks
     a = span._attrs
-    if http:
+    if http and blocks is None:
         a["http.response.status_code"] = status
     prefix = None
     if route is not None and http:
@@ -271,7 +350,7 @@ def endSpan(
     if blocks is not None:
         # The route's, the upstream's and the listener's attributes, encoded
         # once for all their spans.
-        key = (route.name if route is not None else None, prefix, upstream, listener, mode)
+        key = (route.name if route is not None else None, prefix, upstream, listener, mode, status if http else None)
         block = _endBlocks.get(key)
         if block is None:
             block = _endBlock(key)
