@@ -96,9 +96,8 @@ class TraceParent:
         return b"00-" + self.traceId + b"-" + self.spanId + (b"-01" if self.flags & 1 else b"-00")
 
 
-#: Bytes that may appear in a version 00 C{traceparent} (lower-case hex
-#: digits and the dashes between fields).
-_TRACEPARENT_CHARS = b"0123456789abcdef-"
+#: The digits of a C{traceparent}'s fields (lower-case hex).
+_HEX_DIGITS = b"0123456789abcdef"
 #: Last hex digits of the flags field whose bit 0 (C{sampled}) is set.
 _ODD_DIGITS = frozenset(b"13579bdf")
 
@@ -119,11 +118,13 @@ def _validTraceparent(value: bytes) -> Optional[bytes]:
         if value[:2] == b"00" or value[55:56] != b"-":
             return None
         value = value[:55]
-    # Only hex digits and dashes, the dashes exactly at 2, 35 and 52.
-    if (value.translate(None, _TRACEPARENT_CHARS) or value[2] != 45 or value[35] != 45 or value[52] != 45
-            or value.count(b"-") != 3):
+    # Only hex digits and three dashes, at 2, 35 and 52; not version ff
+    # (102 is "f"); not all-zero ids (looked for only when there are
+    # sixteen zeros in a row).
+    if (value.translate(None, _HEX_DIGITS) != b"---" or value[2] != 45 or value[35] != 45 or value[52] != 45
+            or (value[0] == 102 and value[1] == 102)):
         return None
-    if value[:2] == b"ff" or value[3:35] == _ZERO_TRACE or value[36:52] == _ZERO_SPAN:
+    if _ZERO_SPAN in value and (value.startswith(_ZERO_TRACE, 3) or value.startswith(_ZERO_SPAN, 36)):
         return None
     return value
 

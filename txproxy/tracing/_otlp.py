@@ -208,14 +208,25 @@ def encodeSpan(span: Any) -> bytes:
         name,
         _V1[span.kind],
         times,
-        _encodedAttributes(span._attrs),
     ]
+    attributes = span._attrs
+    if len(attributes) > 4:
+        parts.append(_encodedAttributes(attributes))
+    elif attributes:
+        # (A few: the request's own, beside its encoded blocks.)
+        append = parts.append
+        fields = _fields
+        for item in attributes.items():
+            cls = item[1].__class__
+            known = fields.get(item) if cls is str or cls is int else None
+            append(known if known is not None else _spanAttribute(item))
     blocks = span._blocks
     if blocks:
         for block in blocks:
             parts.append(block.encoded)
-    if span.events:
-        for when, eventName, attributes in span.events:
+    events = span._events
+    if events:
+        for when, eventName, attributes in events:
             event = [_T1_F64 + _pack_Q(_nanos(when)), _ld(_T2_LD, eventName.encode("utf-8", "replace"))]
             event.extend(_attributes(_T3_LD, attributes))
             parts.append(_ld(_T11_LD, b"".join(event)))

@@ -74,27 +74,21 @@ def _authority(value: bytes) -> Tuple[str, Optional[int]]:
 class ConnectionAttributes(Dict[str, Any]):
     """
     A connection's attributes (a dictionary), with C{block}: those of them
-    every request keeps (all but C{url.scheme}), encoded once.
+    every request keeps (all but C{url.scheme}), encoded once when
+    L{connectionAttributes} made them.
     """
 
-    _block: Optional[AttributeBlock] = None
-
-    @property
-    def block(self) -> AttributeBlock:
-        block = self._block
-        if block is None:
-            block = self._block = attributeBlock([item for item in self.items() if item[0] != "url.scheme"])
-        return block
+    block: AttributeBlock
 
 
-def connectionAttributes(client: Any, transport: Any, http: bool = False) -> Dict[str, Any]:
+def connectionAttributes(client: Any, transport: Any, http: bool = False) -> ConnectionAttributes:
     """
     The attributes every span of one client connection shares: the client
     (as a PROXY header named it) and the socket's peer; with C{http}, the
     C{url.scheme} its requests arrived with (C{https} on TLS).  Computed
     once per connection by the protocols.
     """
-    attributes: Dict[str, Any] = ConnectionAttributes()
+    attributes = ConnectionAttributes()
     attributes["client.address"] = client.host
     if http:
         attributes["url.scheme"] = "https" if isTLSTransport(transport) else "http"
@@ -106,6 +100,7 @@ def connectionAttributes(client: Any, transport: Any, http: bool = False) -> Dic
         port = getattr(peer, "port", None)
         if port is not None:
             attributes["network.peer.port"] = port
+    attributes.block = attributeBlock([item for item in attributes.items() if item[0] != "url.scheme"])
     return attributes
 
 
@@ -374,4 +369,9 @@ def endSpan(
             span.setError(reason or f"status {status}")
     elif reason:
         a["txproxy.reason"] = reason
-    tracer.endSpan(span, end)
+    if span.end is None:
+        # (Tracer.endSpan, in place: ended once, queued for export.)
+        span.end = end
+        exporter = tracer.exporter
+        if exporter is not None:
+            exporter.add(span)

@@ -47,6 +47,7 @@ AttributeValue = Any
 _TRACEPARENT = b"traceparent"
 _TRACESTATE = b"tracestate"
 _TRACE_FIELDS = frozenset([_TRACEPARENT, _TRACESTATE])
+_TRACE_SIZES = frozenset([11, 10])
 _ZERO_TRACE = b"0" * 32
 _ZERO_SPAN = b"0" * 16
 _MASK64 = (1 << 64) - 1
@@ -220,8 +221,7 @@ class Span:
         if not self._replaces:
             # (The common case: the request came without trace fields.)
             return (*headers, (_TRACEPARENT, value))
-        out = [pair for pair in headers
-               if not ((len(pair[0]) == 11 or len(pair[0]) == 10) and pair[0].lower() in _TRACE_FIELDS)]
+        out = [pair for pair in headers if len(pair[0]) not in _TRACE_SIZES or pair[0].lower() not in _TRACE_FIELDS]
         out.append((_TRACEPARENT, value))
         if self.traceState:
             out.append((_TRACESTATE, self.traceState))
@@ -239,7 +239,7 @@ class RecordingSpan(Span):
     dictionary first, so the span reads and changes as one dictionary.
     """
 
-    __slots__ = ("name", "kind", "start", "end", "_attrs", "_blocks", "events", "statusCode", "statusMessage")
+    __slots__ = ("name", "kind", "start", "end", "_attrs", "_blocks", "_events", "statusCode", "statusMessage")
 
     sampled = True
 
@@ -267,9 +267,25 @@ class RecordingSpan(Span):
         #: Encoded attributes (no key of them in L{_attrs}), or L{None}
         #: once merged into L{_attrs}.
         self._blocks: Optional[List[AttributeBlock]] = None
-        self.events: List[Tuple[float, str, Dict[str, AttributeValue]]] = []
+        #: The events, or L{None} while there is none.
+        self._events: Optional[List[Tuple[float, str, Dict[str, AttributeValue]]]] = None
         self.statusCode = STATUS_UNSET
         self.statusMessage = ""
+
+    @property  # type: ignore[override]
+    def events(self) -> List[Tuple[float, str, Dict[str, AttributeValue]]]:
+        """
+        The events, C{(POSIX time, name, attributes)} tuples, in order (a
+        list: changes to it are the span's).
+        """
+        events = self._events
+        if events is None:
+            events = self._events = []
+        return events
+
+    @events.setter
+    def events(self, value: List[Tuple[float, str, Dict[str, AttributeValue]]]) -> None:
+        self._events = value
 
     @property  # type: ignore[override]
     def attributes(self) -> Dict[str, AttributeValue]:
@@ -301,7 +317,10 @@ class RecordingSpan(Span):
 
     def addEvent(self, name: str, attributes: Optional[Dict[str, AttributeValue]] = None,
                  when: Optional[float] = None) -> None:
-        self.events.append((time.time() if when is None else when, name, attributes or {}))
+        events = self._events
+        if events is None:
+            events = self._events = []
+        events.append((time.time() if when is None else when, name, attributes or {}))
 
     def setError(self, message: str) -> None:
         self.statusCode = STATUS_ERROR
@@ -517,7 +536,7 @@ def _newRecording(name: str, kind: int, start: float) -> Any:
     span.end = None
     span._attrs = {}
     span._blocks = None
-    span.events = []
+    span._events = None
     span.statusCode = STATUS_UNSET
     span.statusMessage = ""
     return span
