@@ -35,7 +35,31 @@ sample 1 whose exporter encodes every span to OTLP protobuf (the POST is
 a no-op), in alternating batches; prints CPU microseconds per request
 (process time, so other load on the machine matters less).
 
-  python bench/bench_tracing.py --micro [--requests 50000]
+  python bench/bench_tracing.py --micro [--requests 50000] [--variant all]
+
+Variants (--variant): off, sample0, sample1 (the default three: a request
+without trace fields), and with 'all' also off-parent, sample0-parent and
+sample1-parent: the same request carrying a valid traceparent (sampled flag
+clear for sample0-parent, set for sample1-parent), compared with
+off-parent.  --profile SORT cProfiles each variant instead.
+
+With --micro --instructions, each variant's instructions per request under
+valgrind's callgrind instead (a run of three rounds of -n requests minus a
+run of one, so start-up cancels out; nearly deterministic, unlike times on
+a shared machine; a few minutes per variant):
+
+  python bench/bench_tracing.py --micro --instructions -n 1000 [--variant all]
+
+With --part NAME (or all), one piece of a traced request's work alone, per
+call (process time, or with --instructions under callgrind): start0
+(sample 0, no traceparent: the span and its traceparent line), start0-parent
+(an incoming traceparent parsed and propagated), start1 (sample 1: the span
+and its start attributes), ended1 (start1, then the end attributes, the
+encoding and the queueing), encode (one span's encoding), batch (a span's
+share of encoding a 500-span request), sample1 (ended1 with a batch every
+500 spans).
+
+  python bench/bench_tracing.py --part all --instructions -n 2000
 
 With --post, instead: the CPU of sending one batch (a 213 kB body, about
 512 spans) to a local receiver (a Python http.server in another process),
@@ -479,14 +503,16 @@ def main() -> int:
         if args.instructions:
             counts = {v: instructions(v, args.n) for v in variants}
             for v, count in counts.items():
-                off = counts.get("off-parent" if v.endswith("-parent") else "off")
-                extra = f"  (+{count - off:,.0f}, {count / off - 1:+.1%} vs off)" if off and v != "off" else ""
+                baseline = "off-parent" if v.endswith("-parent") else "off"
+                off = counts.get(baseline)
+                extra = f"  (+{count - off:,.0f}, {count / off - 1:+.1%} vs {baseline})" if off and v != baseline else ""
                 print(f"{v:15s} {count:10,.0f} instructions/request{extra} ({impl})", flush=True)
             return 0
         res = micro(args.requests, variants)
         for v in variants:
-            off = res.get("off-parent" if v.endswith("-parent") else "off")
-            extra = f"  ({res[v] / off - 1:+.1%} vs off)" if off else ""
+            baseline = "off-parent" if v.endswith("-parent") else "off"
+            off = res.get(baseline)
+            extra = f"  ({res[v] / off - 1:+.1%} vs {baseline})" if off and v != baseline else ""
             print(f"{impl} {v:15s} {res[v]:7.2f} us/request{extra}")
         print(json.dumps(res))
         return 0

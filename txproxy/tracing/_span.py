@@ -463,11 +463,25 @@ class Tracer:
             block = self._block
         self._next = i + LINE_SIZE
         line = block[i:i + LINE_SIZE]
-        span = _newRecording("", SPAN_KIND_SERVER, start) if sampled else _new(Span)
+        span: Any
+        if sampled:
+            # (_newRecording, in place.)
+            span = _new(RecordingSpan)
+            span.name = ""
+            span.kind = SPAN_KIND_SERVER
+            span.start = start
+            span.end = None
+            span._attrs = {}
+            span._blocks = None
+            span._events = None
+            span.statusCode = STATUS_UNSET
+            span.statusMessage = ""
+        else:
+            span = _new(Span)
         span.parentId = span.traceState = None
         span._replaces = False
         span._field = line
-        return span
+        return span  # type: ignore[no-any-return]
 
     def _new(self, line: bytes, name: str, kind: int, start: Optional[float], replaces: bool) -> Span:
         """
