@@ -35,7 +35,31 @@ sample 1 whose exporter encodes every span to OTLP protobuf (the POST is
 a no-op), in alternating batches; prints CPU microseconds per request
 (process time, so other load on the machine matters less).
 
-  python bench/bench_tracing.py --micro [--requests 50000]
+  python bench/bench_tracing.py --micro [--requests 50000] [--variant all]
+
+Variants (--variant): off, sample0, sample1 (the default three: a request
+without trace fields), and with 'all' also off-parent, sample0-parent and
+sample1-parent: the same request carrying a valid traceparent (sampled flag
+clear for sample0-parent, set for sample1-parent), compared with
+off-parent.  --profile SORT cProfiles each variant instead.
+
+With --micro --instructions, each variant's instructions per request under
+valgrind's callgrind instead (a run of three rounds of -n requests minus a
+run of one, so start-up cancels out; nearly deterministic, unlike times on
+a shared machine; a few minutes per variant):
+
+  python bench/bench_tracing.py --micro --instructions -n 1000 [--variant all]
+
+With --part NAME (or all), one piece of a traced request's work alone, per
+call (process time, or with --instructions under callgrind): start0
+(sample 0, no traceparent: the span and its traceparent line), start0-parent
+(an incoming traceparent parsed and propagated), start1 (sample 1: the span
+and its start attributes), ended1 (start1, then the end attributes, the
+encoding and the queueing), encode (one span's encoding), batch (a span's
+share of encoding a 500-span request), sample1 (ended1 with a batch every
+500 spans).
+
+  python bench/bench_tracing.py --part all --instructions -n 2000
 
 With --post, instead: the CPU of sending one batch (a 213 kB body, about
 512 spans) to a local receiver (a Python http.server in another process),
@@ -85,61 +109,214 @@ s.serve_forever()
 
 # ---------------------------------------------------------------- --micro
 
-def micro(requests: int, batch: int = 500) -> Dict[str, float]:
-    from twisted.internet.task import Clock
+#: The request and response --micro proxies (what wrk sends, what nginx answers).
+REQUEST = b"GET /index.html HTTP/1.1\r\nHost: app.test\r\nUser-Agent: wrk\r\nAccept: */*\r\n\r\n"
+RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\nContent-Type: text/plain\r\n\r\nhello world\n"
+#: The same request carrying a W3C traceparent (sampled flag as the variant says).
+PARENTED = (b"GET /index.html HTTP/1.1\r\nHost: app.test\r\nUser-Agent: wrk\r\nAccept: */*\r\n"
+            b"traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-%s\r\n\r\n")
 
-    from txproxy.testing import FakeConnector, connect, reverseFactory
-    from txproxy.tracing import BatchExporter, Tracer
+#: --micro variants: (trace sample ratio or None for no tracer, request).
+VARIANTS: Dict[str, Any] = {
+    "off": (None, REQUEST),
+    "sample0": (0.0, REQUEST),
+    "sample1": (1.0, REQUEST),
+    # (The traced variants with a traceparent compare with this one.)
+    "off-parent": (None, PARENTED % b"00"),
+    "sample0-parent": (0.0, PARENTED % b"00"),
+    "sample1-parent": (1.0, PARENTED % b"01"),
+}
+#: Requests between two runs of the exporter's timer (a batch per run).
+BATCH = 500
 
-    posted = [0]
 
-    def post(body: bytes) -> Any:
+class MicroCase:
+    """
+    One --micro variant, connected and warmed up: a reverse proxy on fake
+    transports, a keep-alive client connection and its upstream connection.
+    The exporter's POST only counts the bytes (the batch is encoded).
+    """
+
+    def __init__(self, variant: str) -> None:
         from twisted.internet import defer
+        from twisted.internet.task import Clock
 
-        posted[0] += len(body)
-        return defer.succeed(None)
+        from txproxy.testing import FakeConnector, connect, reverseFactory
+        from txproxy.tracing import BatchExporter, Tracer
 
-    def make(variant: str) -> Any:
-        clock = Clock()
-        connector = FakeConnector(autoConnect=True)
+        self.variant = variant
+        self.posted = 0
+
+        def post(body: bytes) -> Any:
+            self.posted += len(body)
+            return defer.succeed(None)
+
+        ratio, self.request = VARIANTS[variant]
+        self.clock = clock = Clock()
+        self.connector = connector = FakeConnector(autoConnect=True)
         factory = reverseFactory({"*": "http://192.0.2.1:8080"}, connector=connector, clock=clock)
-        if variant == "sample0":
-            factory.tracer = Tracer(0.0, BatchExporter(post, clock))
-        elif variant == "sample1":
-            factory.tracer = Tracer(1.0, BatchExporter(post, clock, maxQueue=4096))
-        proto, client = connect(factory)
-        return factory, connector, clock, proto, client
+        if ratio is not None:
+            factory.tracer = Tracer(ratio, BatchExporter(post, clock, maxQueue=4096))
+        self.proto, self.client = connect(factory)
+        self.proto.dataReceived(self.request)
+        connector.attempts[-1].protocol.dataReceived(RESPONSE)
+        self.round(BATCH)
 
-    request = b"GET /index.html HTTP/1.1\r\nHost: app.test\r\nUser-Agent: wrk\r\nAccept: */*\r\n\r\n"
-    response = b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\nContent-Type: text/plain\r\n\r\nhello world\n"
-    setups = {v: make(v) for v in ("off", "sample0", "sample1")}
-    for _factory, connector, _clock, proto, _client in setups.values():
-        proto.dataReceived(request)
-        connector.attempts[-1].protocol.dataReceived(response)
-    spent = {v: 0.0 for v in setups}
-    done = {v: 0 for v in setups}
-    order = list(setups)
-    gc.collect()
-    while done["off"] < requests:
-        for v in order:
-            factory, connector, clock, proto, client = setups[v]
-            up = connector.attempts[-1].protocol
-            fromClient, fromUp = proto.dataReceived, up.dataReceived
-            t0 = time.process_time()
-            for _ in range(batch):
+    def round(self, n: int) -> None:
+        """
+        C{n} requests, the exporter's timer run every L{BATCH} of them.
+        """
+        upstream = self.connector.attempts[-1]
+        fromClient, fromUp = self.proto.dataReceived, upstream.protocol.dataReceived
+        request, response, advance = self.request, RESPONSE, self.clock.advance
+        done = 0
+        while done < n:
+            for _ in range(min(BATCH, n - done)):
                 fromClient(request)
                 fromUp(response)
             # The exporter's timer: batches are sent here, inside the timed
             # region (their cost is part of the requests').
-            clock.advance(1.0)
+            advance(1.0)
+            done += BATCH
+        self.client.clear()
+        upstream.transport.clear()
+
+
+def micro(requests: int, variants: List[str]) -> Dict[str, float]:
+    """
+    Process CPU microseconds per request of C{variants}, in alternating
+    batches of L{BATCH} requests.
+    """
+    cases = {v: MicroCase(v) for v in variants}
+    spent = {v: 0.0 for v in cases}
+    done = 0
+    order = list(cases)
+    gc.collect()
+    while done < requests:
+        for v in order:
+            t0 = time.process_time()
+            cases[v].round(BATCH)
             spent[v] += time.process_time() - t0
-            done[v] += batch
-            client.clear()
-            connector.attempts[-1].transport.clear()
+        done += BATCH
         order.reverse()
-    out = {v: spent[v] / done[v] * 1e6 for v in setups}
-    out["bytesPosted"] = float(posted[0])
+    out = {v: spent[v] / done * 1e6 for v in cases}
+    out["bytesPosted"] = float(sum(c.posted for c in cases.values()))
     return out
+
+
+def instructions(variant: str, n: int, part: str = "") -> float:
+    """
+    Instructions per request (or per call of a --part) under callgrind: a
+    run of three rounds minus a run of one, over the extra requests (start-up
+    and imports cancel out).
+    """
+    import re
+
+    def collected(rounds: int) -> int:
+        argv = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable,
+                os.path.abspath(__file__), "--rounds", str(rounds), "-n", str(n)]
+        argv += ["--part", part] if part else ["--micro", "--variant", variant]
+        out = subprocess.run(argv, capture_output=True, text=True, check=True)
+        match = re.search(r"Collected : (\d+)", out.stderr)
+        assert match, out.stderr[-2000:]
+        return int(match.group(1))
+
+    return (collected(3) - collected(1)) / (2 * n)
+
+
+# ---------------------------------------------------------------- --part
+
+def partCall(part: str) -> Any:
+    """
+    One piece of a traced request's work, as a function of no argument, for
+    --part (counted alone under callgrind, per call).
+    """
+    from twisted.internet import defer
+    from twisted.internet.task import Clock
+
+    from txproxy.http import parseRequestHead
+    from txproxy.testing import connect, reverseFactory
+    from txproxy.tracing import BatchExporter, Tracer, encodeSpans, endSpan, startHTTPSpan
+    from txproxy.tracing._otlp import encodeSpanField
+
+    clock = Clock()
+    sink = defer.succeed(None)
+    tracer0 = Tracer(0.0, BatchExporter(lambda body: sink, clock))
+    tracer1 = Tracer(1.0, BatchExporter(lambda body: sink, clock, maxQueue=1 << 30, batchSize=1 << 20))
+    raw = REQUEST
+    head = parseRequestHead(raw)
+    rawParent = PARENTED % b"00"
+    parented = parseRequestHead(rawParent)
+    proto, _ = connect(reverseFactory({"*": "http://192.0.2.1:8080"}))
+    client, transport = proto.client, proto.transport
+    from txproxy.tracing import connectionAttributes
+
+    base = connectionAttributes(client, transport, True)
+
+    class Route:
+        name = "*"
+        prefix = "/"
+
+    route = Route()
+
+    def start1() -> Any:
+        return startHTTPSpan(tracer1, head, client, transport, False, 1.7e9, raw, base)
+
+    def ended() -> Any:
+        span = start1()
+        endSpan(tracer1, span, 200, "", 80, 120, "192.0.2.1:8080", "tcp:8080", "reverse", 1.7e9 + 0.001, route)
+        return span
+
+    span = ended()
+    fields = [encodeSpanField(span)] * BATCH
+    exporter = tracer1.exporter
+
+    def flushEvery() -> None:
+        ended()
+        if len(exporter) >= BATCH:
+            exporter._send()
+
+    calls = {
+        # sample 0, no traceparent: the span (ids) and the traceparent line.
+        "start0": lambda: startHTTPSpan(tracer0, head, client, transport, False, 1.7e9, raw, base).traceField(),
+        # an incoming traceparent, parsed and propagated (the new field list).
+        "start0-parent": lambda: startHTTPSpan(tracer0, parented, client, transport, False, 1.7e9, rawParent,
+                                               base).propagate(parented.headers),
+        # sample 1: the span and its start attributes.
+        "start1": start1,
+        # ... and its end attributes, its encoding, queueing (no batch sent).
+        "ended1": ended,
+        # one span's share of a batch (encodeRequest of BATCH spans).
+        "batch": lambda: encodeRequestShare(),
+        # everything of sample 1 with a batch sent every BATCH spans.
+        "sample1": flushEvery,
+        "encode": lambda: encodeSpanField(span),
+        "encodeSpans": lambda: encodeSpans([span], exporter.resource),
+    }
+    from txproxy.tracing._otlp import encodeRequest
+
+    counter = [0]
+
+    def encodeRequestShare() -> None:
+        counter[0] += 1
+        if counter[0] % BATCH == 0:
+            encodeRequest(fields, exporter.resource, ("txproxy", "1"))
+
+    return calls[part]
+
+
+PARTS = ("start0", "start0-parent", "start1", "ended1", "encode", "batch", "sample1")
+
+
+def runPart(part: str, n: int, rounds: int) -> None:
+    call = partCall(part)
+    for _ in range(BATCH):
+        call()
+    gc.collect()
+    gc.freeze()
+    for _ in range(rounds):
+        for _ in range(n):
+            call()
 
 
 # ---------------------------------------------------------------- --post
@@ -266,6 +443,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--micro", action="store_true")
     parser.add_argument("--requests", type=int, default=50000)
+    parser.add_argument("--variant", default="main", choices=list(VARIANTS) + ["main", "all"],
+                        help="--micro: one variant, 'main' (off, sample0, sample1) or 'all'")
+    parser.add_argument("--instructions", action="store_true",
+                        help="--micro or --part: instructions per request (or call) under callgrind")
+    parser.add_argument("--part", choices=PARTS + ("all",), help="one piece of the traced request's work, alone")
+    parser.add_argument("-n", type=int, default=2000, help="--instructions: requests (calls) per round")
+    parser.add_argument("--rounds", type=int, default=0, help="(internal) rounds of -n, counted by callgrind")
+    parser.add_argument("--profile", metavar="SORT", help="--micro: cProfile each variant, sorted by SORT")
     parser.add_argument("--post", action="store_true")
     parser.add_argument("--posts", type=int, default=300)
     parser.add_argument("--cpython", default=sys.executable)
@@ -280,11 +465,61 @@ def main() -> int:
     args = parser.parse_args()
     if args.post:
         return posts(args.posts)
+    impl = f"{sys.implementation.name} {'.'.join(map(str, sys.version_info[:3]))}"
+    if args.part:
+        parts = PARTS if args.part == "all" else (args.part,)
+        if args.rounds:
+            runPart(parts[0], args.n, args.rounds)
+            return 0
+        for part in parts:
+            if args.instructions:
+                print(f"{part:14s} {instructions('', args.n, part):10,.0f} instructions/call ({impl})", flush=True)
+            else:
+                call = partCall(part)
+                for _ in range(BATCH):
+                    call()
+                t0 = time.process_time()
+                for _ in range(args.requests):
+                    call()
+                print(f"{part:14s} {(time.process_time() - t0) / args.requests * 1e6:8.2f} us/call ({impl})")
+        return 0
     if args.micro:
-        res = micro(args.requests)
-        off = res["off"]
-        for v in ("off", "sample0", "sample1"):
-            print(f"{sys.implementation.name} {v:8s} {res[v]:7.2f} us/request  ({res[v] / off - 1:+.1%} vs off)")
+        variants = (["off", "sample0", "sample1"] if args.variant == "main"
+                    else list(VARIANTS) if args.variant == "all" else [args.variant])
+        if args.rounds:
+            case = MicroCase(variants[0])
+            # (What exists now is never collected: a full collection that
+            # falls in one run and not in the other would be counted.)
+            gc.collect()
+            gc.freeze()
+            for _ in range(args.rounds):
+                case.round(args.n)
+            return 0
+        if args.profile:
+            import cProfile
+            import pstats
+
+            for v in variants:
+                case = MicroCase(v)
+                profile = cProfile.Profile()
+                profile.runcall(case.round, args.requests)
+                print(f"== {v}, {args.requests} requests")
+                pstats.Stats(profile).sort_stats(args.profile).print_stats(25)
+            return 0
+        if args.instructions:
+            counts = {v: instructions(v, args.n) for v in variants}
+            for v, count in counts.items():
+                baseline = "off-parent" if v.endswith("-parent") else "off"
+                off = counts.get(baseline)
+                extra = f"  (+{count - off:,.0f}, {count / off - 1:+.1%} vs {baseline})" if off and v != baseline else ""
+                print(f"{v:15s} {count:10,.0f} instructions/request{extra} ({impl})", flush=True)
+            return 0
+        res = micro(args.requests, variants)
+        for v in variants:
+            baseline = "off-parent" if v.endswith("-parent") else "off"
+            off = res.get(baseline)
+            extra = f"  ({res[v] / off - 1:+.1%} vs {baseline})" if off and v != baseline else ""
+            print(f"{impl} {v:15s} {res[v]:7.2f} us/request{extra}")
         print(json.dumps(res))
         return 0
     return real(args)

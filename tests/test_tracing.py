@@ -6,6 +6,7 @@ timer, timeout and drops, on a fake clock.
 
 from __future__ import annotations
 
+import re
 from typing import Any, List
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -25,6 +26,9 @@ from txproxy.tracing import (
     encodeSpans,
     tracingFor,
 )
+from txproxy.tracing._context import LINE_SIZE, TraceParent, idLines, parseTraceparent
+from txproxy.tracing._otlp import attributeBlock
+from txproxy.tracing._span import POOL_LINES, _forked
 
 TRACE = b"12345678901234567890123456789012"
 PARENT = b"1234567890123456"
@@ -428,3 +432,145 @@ class ServiceTests(SynchronousTestCase):
         self.assertNoResult(d)
         clock.advance(3.0)
         self.successResultOf(d)
+
+
+class IdPoolTests(SynchronousTestCase):
+    """
+    The pool of ready-made C{traceparent} lines new traces take their ids
+    from (L{idLines}).
+    """
+
+    def test_lines(self) -> None:
+        """
+        Each line is a valid version 00 C{traceparent} field with the flags
+        asked for; no two ids repeat.
+        """
+        block = idLines(64, b"01")
+        self.assertEqual(len(block), 64 * LINE_SIZE)
+        lines = [block[i:i + LINE_SIZE] for i in range(0, len(block), LINE_SIZE)]
+        for line in lines:
+            name, _, value = line.partition(b": ")
+            self.assertEqual(name, b"traceparent")
+            self.assertTrue(value.endswith(b"-01\r\n"), line)
+            self.assertEqual(parseTraceparent(value[:-2]), TraceParent(line[16:48], line[49:65], 1))
+        self.assertEqual(len({line[16:48] for line in lines}), 64)
+        self.assertEqual(len({line[49:65] for line in lines}), 64)
+
+    def test_zeroRunDrawnAgain(self) -> None:
+        """
+        A draw that would give an all-zero id (sixteen zero digits in a row)
+        is drawn again.
+        """
+        draws = [b"\x00" * 48, bytes(range(1, 49))]
+        block = idLines(2, b"00", urandom=lambda n: draws.pop(0)[:n])
+        self.assertEqual(draws, [])
+        self.assertEqual(block[16:48], bytes(range(1, 17)).hex().encode())
+        self.assertEqual(block[49:65], bytes(range(17, 25)).hex().encode())
+
+    def test_tracerSpans(self) -> None:
+        """
+        A tracer's new traces have distinct, valid ids from the pool, their
+        traceparent line their own; a sampled one's flag is set whatever
+        the ratio.
+        """
+        for ratio in (0.0, 0.5, 1.0):
+            tracer = Tracer(ratio)
+            spans = [tracer.startSpan("x") for _ in range(POOL_LINES + 10)]
+            self.assertEqual(len({s.traceId for s in spans}), len(spans))
+            self.assertEqual(len({s.spanId for s in spans}), len(spans))
+            for span in spans:
+                self.assertEqual(span.traceField(), b"traceparent: " + span.traceparent() + b"\r\n")
+                parsed = parseTraceparent(span.traceparent())
+                self.assertEqual(parsed, TraceParent(span.traceId, span.spanId, int(span.sampled)))
+                self.assertEqual(span.sampled, tracer.sampler.sampleNew(span.traceId))
+
+    def test_forkedChildDrawsAgain(self) -> None:
+        """
+        After a fork, the child does not reuse the ids its parent had drawn.
+        """
+        tracer = Tracer(0.0)
+        tracer.startSpan("x")
+        block = tracer._block
+        _forked()
+        span = tracer.startSpan("x")
+        self.assertNotEqual(tracer._block, block)
+        self.assertNotIn(span.traceId, block)
+
+
+class ParsingEquivalenceTests(SynchronousTestCase):
+    """
+    The slice-based C{traceparent} parser accepts exactly what the W3C
+    grammar (as a regular expression) does.
+    """
+
+    def test_mutations(self) -> None:
+        """
+        Every one-byte change, deletion and insertion of valid values
+        parses as the grammar says.
+        """
+        grammar = re.compile(rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+
+        def expected(value: bytes) -> Any:
+            value = value.strip(b" \t")
+            if len(value) < 55 or (len(value) > 55 and (value[:2] == b"00" or value[55:56] != b"-")):
+                return None
+            m = grammar.fullmatch(value, 0, 55)
+            if m is None or m.group(1) == b"ff" or m.group(2) == b"0" * 32 or m.group(3) == b"0" * 16:
+                return None
+            return TraceParent(m.group(2), m.group(3), int(m.group(4), 16) & 1)
+
+        bases = [b"00-" + TRACE + b"-" + PARENT + b"-01", b"cc-" + TRACE + b"-" + PARENT + b"-08-what"]
+        values = []
+        for base in bases:
+            values.append(base)
+            for i in range(len(base) + 1):
+                values.append(base[:i] + base[i + 1:])
+                for c in b"0aF-g \t":
+                    values.append(base[:i] + bytes([c]) + base[i + 1:])
+                    values.append(base[:i] + bytes([c]) + base[i:])
+        for value in values:
+            self.assertEqual(parseTraceparent(value), expected(value), value)
+
+
+class AttributeBlockTests(SynchronousTestCase):
+    """
+    Attributes kept encoded (L{AttributeBlock}s) read, change and encode
+    as one dictionary with the others.
+    """
+
+    def _span(self) -> Any:
+        span = Tracer(1.0).startSpan("x")
+        span.end = span.start
+        span._blocks = [attributeBlock([("a", "1"), ("n", 7)]), attributeBlock([("b", "2")])]
+        span._attrs["c"] = 3
+        return span
+
+    def _encoded(self, span: Any) -> Any:
+        [s] = _decode(encodeSpans([span], {})).resource_spans[0].scope_spans[0].spans
+        return sorted((a.key, a.value.string_value or a.value.int_value) for a in s.attributes)
+
+    def test_encoded(self) -> None:
+        """
+        A span with blocks encodes their attributes and its own.
+        """
+        self.assertEqual(self._encoded(self._span()), [("a", "1"), ("b", "2"), ("c", 3), ("n", 7)])
+
+    def test_read(self) -> None:
+        """
+        C{attributes} holds all of them, and changes to it are the span's.
+        """
+        span = self._span()
+        self.assertEqual(span.attributes, {"a": "1", "n": 7, "b": "2", "c": 3})
+        span.attributes["a"] = "changed"
+        del span.attributes["b"]
+        self.assertEqual(self._encoded(span), [("a", "changed"), ("c", 3), ("n", 7)])
+
+    def test_setAttributeOverrides(self) -> None:
+        """
+        Setting (or removing) an attribute a block holds replaces it: the
+        key is encoded once.
+        """
+        span = self._span()
+        span.setAttribute("a", "hook")
+        span.setAttribute("n", None)
+        self.assertEqual(self._encoded(span), [("a", "hook"), ("b", "2"), ("c", 3)])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any, List
 
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from twisted.internet import error
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
@@ -21,7 +22,7 @@ from txproxy.forward import ForwardProxyProtocol
 from txproxy.reverse import ReverseProxyProtocol
 from txproxy.stream.tcp import TCPProxyFactory, TCPProxyProtocol
 from txproxy.testing import FakeConnector, connect, forwardFactory, listenerConfig, reverseFactory
-from txproxy.tracing import STATUS_ERROR, Span, Tracer
+from txproxy.tracing import STATUS_ERROR, Span, Tracer, encodeSpans
 
 TRACE = b"4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT = b"00f067aa0ba902b7"
@@ -337,6 +338,45 @@ class HTTPSpanTests(TracingTestCase):
         self.assertEqual(seen, [TRACE.decode()])
         self.assertEqual(span.attributes["tenant.id"], "acme")
         self.assertEqual(span.attributes["route.name"], "users")
+
+    def test_hookOverridesEncodedAttributes(self) -> None:
+        """
+        An attribute txproxy keeps encoded (the connection's, the route's)
+        that a hook sets is exported once: the hook's value for one set at
+        the start, txproxy's for one it sets at the end (as for any
+        attribute); the others as txproxy set them.
+        """
+
+        class Hooked(ReverseProxyProtocol):
+            def spanStarted(self, span: Span) -> None:
+                span.setAttribute("client.address", "198.51.100.1")
+
+            def rewriteResponse(self, request: Any, head: Any) -> Any:
+                self.span.setAttribute("txproxy.mode", "custom")
+                return head
+
+        factory = self.reverse(protocol=Hooked)
+        proto, _ = self.get(factory)
+        self.connector.last.succeed()
+        self.respond()
+        proto.dataReceived(b"GET /api/b HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        self.respond()
+        plain, _ = self.get(self.reverse())
+        self.connector.last.succeed()
+        self.respond()
+        message = ExportTraceServiceRequest()
+        message.ParseFromString(encodeSpans(self.sink.spans, {}))
+        spans = message.resource_spans[0].scope_spans[0].spans
+        self.assertEqual(len(spans), 3)
+        for s, hooked in zip(spans, (True, True, False)):
+            keys = [a.key for a in s.attributes]
+            self.assertEqual(len(keys), len(set(keys)), keys)
+            attrs = {a.key: a.value.string_value for a in s.attributes}
+            self.assertEqual(attrs["client.address"], "198.51.100.1" if hooked else "203.0.113.9")
+            self.assertEqual(attrs["txproxy.mode"], "reverse")
+            self.assertEqual((attrs["txproxy.listener"], attrs["txproxy.route"], attrs["http.route"]),
+                             (self.sink.spans[0].attributes["txproxy.listener"], "a.test/api", "/api"))
+            self.assertEqual(attrs["network.peer.address"], "203.0.113.9")
 
     def test_hookNotCalledWhenOff(self) -> None:
         """

@@ -750,7 +750,7 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
             else:
                 # The common case: the field is appended as the head is
                 # serialized (no new head).
-                self._traceField = span.traceField()
+                self._traceField = span._field or span.traceField()
         if rewrites:
             d = defer.maybeDeferred(self.rewriteRequest, request, head)
             d.addCallback(lambda h: self._acquire(request, h)).addErrback(self._failed).addErrback(self._unexpected)

@@ -31,8 +31,10 @@ The rules (U{https://www.w3.org/TR/trace-context/}):
 
 from __future__ import annotations
 
+import os
 import random
 import re
+from binascii import hexlify
 from typing import Callable, Iterable, List, Optional, Sequence, Tuple
 
 import attr
@@ -46,13 +48,14 @@ __all__ = [
     "newTraceId",
     "newSpanId",
     "Sampler",
+    "idLines",
+    "LINE_SIZE",
 ]
 
 #: The most C{tracestate} members propagated (the spec's limit).
 MAX_TRACESTATE_MEMBERS = 32
 
 _OWS = b" \t"
-_TRACEPARENT = re.compile(rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 _ZERO_TRACE = b"0" * 32
 _ZERO_SPAN = b"0" * 16
 
@@ -93,29 +96,51 @@ class TraceParent:
         return b"00-" + self.traceId + b"-" + self.spanId + (b"-01" if self.flags & 1 else b"-00")
 
 
+#: The digits of a C{traceparent}'s fields (lower-case hex).
+_HEX_DIGITS = b"0123456789abcdef"
+#: Last hex digits of the flags field whose bit 0 (C{sampled}) is set.
+_ODD_DIGITS = frozenset(b"13579bdf")
+
+
+def _validTraceparent(value: bytes) -> Optional[bytes]:
+    """
+    The first 55 bytes of a valid C{traceparent} value (white space around
+    it removed), or L{None}: slices and one C{translate}, no regular
+    expression (this runs for every request that carries the field).
+    """
+    value = value.strip(_OWS)
+    size = len(value)
+    if size < 55:
+        return None
+    if size > 55:
+        # Version 00 has nothing after the flags; a future version may
+        # have more fields, each after a dash.
+        if value[:2] == b"00" or value[55:56] != b"-":
+            return None
+        value = value[:55]
+    # Only hex digits and three dashes, at 2, 35 and 52; not version ff
+    # (102 is "f"); not all-zero ids (looked for only when there are
+    # sixteen zeros in a row).
+    if (value.translate(None, _HEX_DIGITS) != b"---" or value[2] != 45 or value[35] != 45 or value[52] != 45
+            or (value[0] == 102 and value[1] == 102)):
+        return None
+    if _ZERO_SPAN in value and (value.startswith(_ZERO_TRACE, 3) or value.startswith(_ZERO_SPAN, 36)):
+        return None
+    return value
+
+
 def parseTraceparent(value: bytes) -> Optional[TraceParent]:
     """
     Parse one C{traceparent} field value.
 
     @return: the L{TraceParent}, or L{None} when the value is invalid.
     """
-    value = value.strip(_OWS)
-    size = len(value)
-    if size < 55:
-        return None
-    if size > 55 and (value[:2] == b"00" or value[55:56] != b"-"):
-        # Version 00 has nothing after the flags; a future version may
-        # have more fields, each after a dash.
-        return None
-    match = _TRACEPARENT.fullmatch(value, 0, 55)
-    if match is None:
-        return None
-    version, traceId, spanId, flags = match.groups()
-    if version == b"ff" or traceId == _ZERO_TRACE or spanId == _ZERO_SPAN:
+    valid = _validTraceparent(value)
+    if valid is None:
         return None
     # Of the flags, level 1 defines only "sampled"; a future version's other
     # bits are not ours to pass on.
-    return TraceParent(traceId, spanId, int(flags, 16) & 1)
+    return TraceParent(valid[3:35], valid[36:52], 1 if valid[54] in _ODD_DIGITS else 0)
 
 
 def parseTracestate(values: Iterable[bytes]) -> Optional[bytes]:
@@ -195,6 +220,43 @@ def newSpanId(randbits: Callable[[int], int] = _getrandbits) -> bytes:
     while not n:
         n = randbits(64)
     return b"%016x" % n
+
+
+#: The length of a C{traceparent} header line as L{idLines} makes them:
+#: C{traceparent: 00-<32 hex>-<16 hex>-<2 hex>} and CRLF.
+LINE_SIZE = 70
+#: Where the trace id, the span id and the flags are in such a line.
+TRACE_ID_AT = slice(16, 48)
+SPAN_ID_AT = slice(49, 65)
+_TEMPLATE = b"traceparent: 00-" + b"x" * 32 + b"-" + b"x" * 16 + b"-%s\r\n"
+_ZERO_RUN = b"0" * 16
+
+
+def idLines(count: int, flags: bytes = b"00", urandom: Callable[[int], bytes] = os.urandom) -> bytes:
+    """
+    C{count} C{traceparent} header lines (L{LINE_SIZE} bytes each, CRLF
+    included) with new random ids, none of them all zero, and C{flags}:
+    the ids of C{count} spans, drawn and formatted in one go (one
+    C{urandom} call, one C{hexlify}, 48 slice assignments), so that a
+    request takes its ids and its C{traceparent} line with one slice.
+
+    @param flags: the flags field, C{b"00"} or C{b"01"}.
+    """
+    template = _TEMPLATE % flags
+    while True:
+        digits = hexlify(urandom(24 * count))
+        block = bytearray(template * count)
+        # Column by column: digit c of every line's trace id, then of its
+        # span id.
+        for column in range(32):
+            block[16 + column::LINE_SIZE] = digits[column::48]
+        for column in range(16):
+            block[49 + column::LINE_SIZE] = digits[32 + column::48]
+        # Sixteen zero digits in a row anywhere (an all-zero span id, or
+        # part of an all-zero trace id; the fixed parts have no such run):
+        # drawn again, with a probability of about count * 2**-60.
+        if _ZERO_RUN not in block:
+            return bytes(block)
 
 
 def _always(traceId: bytes) -> bool:

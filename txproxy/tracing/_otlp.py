@@ -17,9 +17,9 @@ import struct
 from binascii import unhexlify
 from typing import Any, Dict, Iterable, List, Mapping, Sequence, Tuple
 
-from txproxy.tracing._span import Span
+from txproxy.tracing._span import AttributeBlock, Span
 
-__all__ = ["encodeSpans", "encodeSpanField", "encodeRequest", "CONTENT_TYPE"]
+__all__ = ["encodeSpans", "encodeSpanField", "encodeRequest", "attributeBlock", "CONTENT_TYPE"]
 
 #: The content type of OTLP/HTTP protobuf bodies.
 CONTENT_TYPE = b"application/x-protobuf"
@@ -36,6 +36,8 @@ _FLAG_IS_REMOTE = 0x200
 
 #: Varints of 0..127: one byte each.
 _V1 = [bytes((i,)) for i in range(128)]
+#: Varints of 128..16383 (two bytes each), by value (a span's length).
+_V2 = [b""] * 128 + [bytes(((i & 0x7F) | 0x80, i >> 7)) for i in range(128, 0x4000)]
 
 
 def _varint(n: int) -> bytes:
@@ -118,15 +120,15 @@ def _keyField(key: str) -> bytes:
 
 def _spanAttribute(item: Tuple[str, Any]) -> bytes:
     """
-    One span attribute's KeyValue field; a C{str} or C{int} one is kept for
-    the next span that has it.  (Only those two types share the cache, so
+    One span attribute's KeyValue field; an C{int} one, or a C{str} one of
+    up to 256 characters, is kept for the next span that has it.  (Only those two types share the cache, so
     C{True} never finds the field of C{1}: the lookup checks the type
     first.)
     """
     value = item[1]
     field = _ld(_T9_LD, _keyField(item[0]) + _ld(_T2_LD, _anyValue(value)))
     cls = value.__class__
-    if cls is str or cls is int:
+    if cls is int or (cls is str and len(value) <= 256):
         if len(_fields) >= _CACHE_LIMIT:
             _fields.clear()
         _fields[item] = field
@@ -137,39 +139,97 @@ def _attributes(tag: bytes, attributes: Mapping[str, Any]) -> List[bytes]:
     return [_ld(tag, _keyField(key) + _ld(_T2_LD, _anyValue(value))) for key, value in attributes.items()]
 
 
+#: Value classes whose (key, value) fields the cache holds (a bool or a
+#: float equal to a cached int must not find its field).
+_CACHED_CLASSES = frozenset([str, int])
+_fieldsGet = _fields.get
+_type = type
+
+
+def _encodedAttributes(attributes: Mapping[str, Any]) -> bytes:
+    """
+    The KeyValue fields of a span's attributes, joined: the fields of the
+    usual values come from the cache by C{map} (no Python loop).
+    """
+    items = attributes.items()
+    found = list(map(_fieldsGet, items))
+    if None in found or not _CACHED_CLASSES.issuperset(map(_type, attributes.values())):
+        # Something new (or a bool or a float): field by field.
+        fields = _fields
+        found = []
+        append = found.append
+        for item in items:
+            cls = item[1].__class__
+            field = fields.get(item) if cls is str or cls is int else None
+            append(field if field is not None else _spanAttribute(item))
+    return b"".join(found)  # type: ignore[arg-type]
+
+
+def attributeBlock(pairs: Sequence[Tuple[str, Any]]) -> AttributeBlock:
+    """
+    An L{AttributeBlock}: C{pairs} and their KeyValue fields, encoded now.
+    """
+    pairs = tuple(pairs)
+    return AttributeBlock(pairs, b"".join([_ld(_T9_LD, _keyField(key) + _ld(_T2_LD, _anyValue(value)))
+                                           for key, value in pairs]))
+
+
 def _nanos(seconds: float) -> int:
     # Microseconds are what a float of POSIX seconds holds exactly.
     return max(0, int(seconds * 1e6 + 0.5) * 1000)
 
 
-def encodeSpan(span: Span) -> bytes:
+def encodeSpan(span: Any) -> bytes:
     """
-    One encoded C{Span} message.
+    One encoded C{Span} message, of a L{RecordingSpan}.
     """
     name = _names.get(span.name)
     if name is None:
         if len(_names) >= _CACHE_LIMIT:
             _names.clear()
         name = _names[span.name] = _ld(_T5_LD, span.name.encode("utf-8", "replace")) + _T6_VAR
-    parts = [_TRACE_ID + unhexlify(span.traceId), _SPAN_ID + unhexlify(span.spanId)]
-    if span.traceState:
-        parts.append(_ld(_T3_LD, span.traceState))
+    field = span._field
     parentId = span.parentId
-    if parentId is not None:
-        parts.append(_PARENT_ID + unhexlify(parentId))
     start = span.start
-    end = span.end if span.end is not None else start
-    parts.append(name + _V1[span.kind] + _TIMES(0x39, _nanos(start), 0x41, _nanos(end)))
-    append = parts.append
-    fields = _fields
-    for item in span.attributes.items():
-        cls = item[1].__class__
-        field = fields.get(item) if cls is str or cls is int else None
-        append(field if field is not None else _spanAttribute(item))
-    for when, eventName, attributes in span.events:
-        event = [_T1_F64 + _pack_Q(_nanos(when)), _ld(_T2_LD, eventName.encode("utf-8", "replace"))]
-        event.extend(_attributes(_T3_LD, attributes))
-        parts.append(_ld(_T11_LD, b"".join(event)))
+    end = span.end
+    if end is None:
+        end = start
+    # (POSIX microseconds, as nanoseconds; never negative.)
+    startNanos = int(start * 1e6 + 0.5) * 1000
+    endNanos = int(end * 1e6 + 0.5) * 1000
+    times = _TIMES(0x39, startNanos if startNanos > 0 else 0, 0x41, endNanos if endNanos > 0 else 0)
+    parts = [
+        _TRACE_ID,
+        unhexlify(field[16:48]),
+        _SPAN_ID,
+        unhexlify(field[49:65]),
+        _ld(_T3_LD, span.traceState) if span.traceState else b"",
+        _PARENT_ID + unhexlify(parentId) if parentId is not None else b"",
+        name,
+        _V1[span.kind],
+        times,
+    ]
+    attributes = span._attrs
+    if len(attributes) > 4:
+        parts.append(_encodedAttributes(attributes))
+    elif attributes:
+        # (A few: the request's own, beside its encoded blocks.)
+        append = parts.append
+        fields = _fields
+        for item in attributes.items():
+            cls = item[1].__class__
+            known = fields.get(item) if cls is str or cls is int else None
+            append(known if known is not None else _spanAttribute(item))
+    blocks = span._blocks
+    if blocks:
+        for block in blocks:
+            parts.append(block.encoded)
+    events = span._events
+    if events:
+        for when, eventName, attributes in events:
+            event = [_T1_F64 + _pack_Q(_nanos(when)), _ld(_T2_LD, eventName.encode("utf-8", "replace"))]
+            event.extend(_attributes(_T3_LD, attributes))
+            parts.append(_ld(_T11_LD, b"".join(event)))
     if span.statusCode:
         status = _T3_VAR + _varint(span.statusCode)
         if span.statusMessage:
@@ -183,7 +243,12 @@ def encodeSpanField(span: Span) -> bytes:
     """
     One span as a field of C{ScopeSpans} (what L{encodeRequest} joins).
     """
-    return _ld(_T2_LD, encodeSpan(span))
+    body = encodeSpan(span)
+    n = len(body)
+    if 0x80 <= n < 0x4000:
+        # (The usual size: a two-byte length.)
+        return b"".join((_T2_LD, _V2[n], body))
+    return _ld(_T2_LD, body)
 
 
 def encodeRequest(

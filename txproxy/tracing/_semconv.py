@@ -33,10 +33,11 @@ Attributes (a span has those that apply):
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from txproxy.tls import isTLSTransport
-from txproxy.tracing._span import SPAN_KIND_SERVER, RecordingSpan, Span, Tracer
+from txproxy.tracing._otlp import attributeBlock
+from txproxy.tracing._span import AttributeBlock, RecordingSpan, Span, Tracer
 
 __all__ = ["startHTTPSpan", "startStreamSpan", "endSpan", "connectionAttributes", "KNOWN_METHODS"]
 
@@ -70,14 +71,25 @@ def _authority(value: bytes) -> Tuple[str, Optional[int]]:
     return result
 
 
-def connectionAttributes(client: Any, transport: Any, http: bool = False) -> Dict[str, Any]:
+class ConnectionAttributes(Dict[str, Any]):
+    """
+    A connection's attributes (a dictionary), with C{block}: those of them
+    every request keeps (all but C{url.scheme}), encoded once when
+    L{connectionAttributes} made them.
+    """
+
+    block: AttributeBlock
+
+
+def connectionAttributes(client: Any, transport: Any, http: bool = False) -> ConnectionAttributes:
     """
     The attributes every span of one client connection shares: the client
     (as a PROXY header named it) and the socket's peer; with C{http}, the
     C{url.scheme} its requests arrived with (C{https} on TLS).  Computed
     once per connection by the protocols.
     """
-    attributes: Dict[str, Any] = {"client.address": client.host}
+    attributes = ConnectionAttributes()
+    attributes["client.address"] = client.host
     if http:
         attributes["url.scheme"] = "https" if isTLSTransport(transport) else "http"
     getPeer = getattr(transport, "getPeer", None)
@@ -88,6 +100,7 @@ def connectionAttributes(client: Any, transport: Any, http: bool = False) -> Dic
         port = getattr(peer, "port", None)
         if port is not None:
             attributes["network.peer.port"] = port
+    attributes.block = attributeBlock([item for item in attributes.items() if item[0] != "url.scheme"])
     return attributes
 
 
@@ -113,20 +126,14 @@ def startHTTPSpan(tracer: Tracer, head: Any, client: Any, transport: Any, h2: bo
     @param base: the connection's L{connectionAttributes}, when the caller
         keeps them (else computed).
     """
-    span = tracer.startSpan("", head.headers, SPAN_KIND_SERVER, start, raw is None or b"trace" in raw.lower())
+    span = tracer.startRequest(head.headers, start, raw is None or b"trace" in raw.lower())
     if not span.sampled:
         return span
     assert isinstance(span, RecordingSpan)
-    a = span.attributes = dict(base if base is not None else connectionAttributes(client, transport, True))
+    if base is None:
+        base = connectionAttributes(client, transport, True)
     method = head.method
-    name = _METHODS.get(method)
-    if name is None:
-        span.name = "HTTP"
-        a["http.request.method"] = "_OTHER"
-        a["http.request.method_original"] = method.decode("latin-1")
-    else:
-        span.name = a["http.request.method"] = name
-    a["network.protocol.version"] = "2" if h2 else _VERSIONS.get(head.version) or head.version[5:].decode("latin-1")
+    scheme = base.get("url.scheme")
     # Host and User-Agent in one pass over the fields.
     authority: Optional[bytes] = None
     agent: Optional[bytes] = None
@@ -138,29 +145,124 @@ def startHTTPSpan(tracer: Tracer, head: Any, client: Any, transport: Any, h2: bo
         elif size == 10 and agent is None and field.lower() == _USER_AGENT:
             agent = value
     target = head.target
+    path: Optional[bytes] = None
     if method == b"CONNECT":
         authority = target
         # (A tunnel has no URL.)
-        a.pop("url.scheme", None)
+        scheme = None
     else:
         if target[:1] != b"/":
             # absolute-form (a forward proxy's request): scheme://authority/path
-            scheme, _, rest = target.partition(b"://")
+            schemeBytes, _, rest = target.partition(b"://")
             if rest:
-                a["url.scheme"] = scheme.decode("latin-1").lower()
+                scheme = schemeBytes.decode("latin-1").lower()
             slash = rest.find(b"/")
             if authority is None:
                 authority = rest[:slash] if slash >= 0 else rest
             target = rest[slash:] if slash >= 0 else b"/"
-        a["url.path"] = target.partition(b"?")[0].decode("latin-1")
+        path = target.partition(b"?")[0]
+    version = b"2" if h2 else head.version
+    name = _METHODS.get(method)
+    span.name = "HTTP" if name is None else name
+    if base.__class__ is ConnectionAttributes and span._blocks is None and not span._attrs:
+        # The attributes that repeat from request to request as encoded
+        # blocks (the connection's, the method's, the authority's, the user
+        # agent's): only the path is the request's own.
+        key = (method, version, scheme)
+        block = _requestBlocks.get(key)
+        if block is None:
+            block = _requestBlock(key)
+        blocks = span._blocks = [base.block, block]
+        a = span._attrs
+        if path is not None:
+            a["url.path"] = path.decode("latin-1")
+        if authority:
+            block = _authorityBlocks.get(authority)
+            if block is None:
+                block = _authorityBlock(authority)
+            if block is None:
+                a.update(_authorityPairs(authority))
+            else:
+                blocks.append(block)
+        if agent:
+            block = _agentBlocks.get(agent)
+            if block is None and len(agent) <= _BLOCK_VALUE_LIMIT:
+                block = _agentBlock(agent)
+            if block is None:
+                a["user_agent.original"] = agent.decode("latin-1")
+            else:
+                blocks.append(block)
+        return span
+    a = span.attributes = dict(base)
+    a.update(_requestPairs(method, version, scheme))
+    if scheme is None:
+        a.pop("url.scheme", None)
+    if path is not None:
+        a["url.path"] = path.decode("latin-1")
     if authority:
-        host, port = _authority(authority)
-        a["server.address"] = host
-        if port is not None:
-            a["server.port"] = port
+        a.update(_authorityPairs(authority))
     if agent:
         a["user_agent.original"] = agent.decode("latin-1")
     return span
+
+
+def _requestPairs(method: bytes, version: bytes, scheme: Optional[str]) -> List[Tuple[str, Any]]:
+    """
+    The attributes of a request's method, HTTP version (C{b"2"} for
+    HTTP/2) and URL scheme (L{None} for none).
+    """
+    name = _METHODS.get(method)
+    if name is None:
+        pairs: List[Tuple[str, Any]] = [("http.request.method", "_OTHER"),
+                                        ("http.request.method_original", method.decode("latin-1"))]
+    else:
+        pairs = [("http.request.method", name)]
+    pairs.append(("network.protocol.version",
+                  "2" if version == b"2" else _VERSIONS.get(version) or version[5:].decode("latin-1")))
+    if scheme is not None:
+        pairs.append(("url.scheme", scheme))
+    return pairs
+
+
+def _authorityPairs(authority: bytes) -> List[Tuple[str, Any]]:
+    host, port = _authority(authority)
+    pairs: List[Tuple[str, Any]] = [("server.address", host)]
+    if port is not None:
+        pairs.append(("server.port", port))
+    return pairs
+
+
+# Encoded blocks of attributes, by what decides them (bounded: cleared when
+# full).
+_BLOCKS_LIMIT = 1024
+#: Longer values (a client's, of any size) are not kept.
+_BLOCK_VALUE_LIMIT = 256
+_requestBlocks: Dict[Tuple[bytes, bytes, Optional[str]], AttributeBlock] = {}
+_authorityBlocks: Dict[bytes, AttributeBlock] = {}
+_agentBlocks: Dict[bytes, AttributeBlock] = {}
+
+
+def _requestBlock(key: Tuple[bytes, bytes, Optional[str]]) -> AttributeBlock:
+    if len(_requestBlocks) >= _BLOCKS_LIMIT:
+        _requestBlocks.clear()
+    block = _requestBlocks[key] = attributeBlock(_requestPairs(*key))
+    return block
+
+
+def _authorityBlock(authority: bytes) -> Optional[AttributeBlock]:
+    if len(authority) > _BLOCK_VALUE_LIMIT:
+        return None
+    if len(_authorityBlocks) >= _BLOCKS_LIMIT:
+        _authorityBlocks.clear()
+    block = _authorityBlocks[authority] = attributeBlock(_authorityPairs(authority))
+    return block
+
+
+def _agentBlock(agent: bytes) -> AttributeBlock:
+    if len(_agentBlocks) >= _BLOCKS_LIMIT:
+        _agentBlocks.clear()
+    block = _agentBlocks[agent] = attributeBlock([("user_agent.original", agent.decode("latin-1"))])
+    return block
 
 
 def startStreamSpan(tracer: Tracer, mode: str, client: Any, transport: Any, start: float) -> Span:
@@ -177,6 +279,30 @@ def startStreamSpan(tracer: Tracer, mode: str, client: Any, transport: Any, star
         if client.port:
             a["client.port"] = client.port
     return span
+
+
+_endBlocks: Dict[Tuple[Any, ...], AttributeBlock] = {}
+
+
+def _endBlock(key: Tuple[Any, ...]) -> AttributeBlock:
+    """
+    The block of a span's end attributes that its route, upstream,
+    listener, mode and status decide (kept for the next span with the
+    same).
+    """
+    routeName, prefix, upstream, listener, mode, status = key
+    pairs: List[Tuple[str, Any]] = [] if status is None else [("http.response.status_code", status)]
+    if routeName is not None:
+        pairs.append(("txproxy.route", routeName))
+        if prefix is not None:
+            pairs.append(("http.route", prefix))
+    if upstream:
+        pairs.append(("txproxy.upstream.address", upstream))
+    pairs += [("txproxy.listener", listener), ("txproxy.mode", mode)]
+    if len(_endBlocks) >= 1024:
+        _endBlocks.clear()
+    block = _endBlocks[key] = attributeBlock(pairs)
+    return block
 
 
 def endSpan(
@@ -207,22 +333,34 @@ def endSpan(
     if not span.sampled:
         return
     assert isinstance(span, RecordingSpan)
-    a = span.attributes
-    if http:
+    blocks = span._blocks
+    a = span._attrs
+    if http and blocks is None:
         a["http.response.status_code"] = status
-    if route is not None:
-        a["txproxy.route"] = route.name
-        if http:
-            prefix = getattr(route, "prefix", "") or "/"
-            a["http.route"] = prefix
-            if span.name != "CONNECT":
-                span.name = f"{span.name} {prefix}"
-    if upstream:
-        a["txproxy.upstream.address"] = upstream
+    prefix = None
+    if route is not None and http:
+        prefix = getattr(route, "prefix", "") or "/"
+        if span.name != "CONNECT":
+            span.name = f"{span.name} {prefix}"
+    if blocks is not None:
+        # The route's, the upstream's and the listener's attributes, encoded
+        # once for all their spans.
+        key = (route.name if route is not None else None, prefix, upstream, listener, mode, status if http else None)
+        block = _endBlocks.get(key)
+        if block is None:
+            block = _endBlock(key)
+        blocks.append(block)
+    else:
+        if route is not None:
+            a["txproxy.route"] = route.name
+            if prefix is not None:
+                a["http.route"] = prefix
+        if upstream:
+            a["txproxy.upstream.address"] = upstream
+        a["txproxy.listener"] = listener
+        a["txproxy.mode"] = mode
     a["txproxy.bytes_up"] = bytesUp
     a["txproxy.bytes_down"] = bytesDown
-    a["txproxy.listener"] = listener
-    a["txproxy.mode"] = mode
     if status >= 500 or (reason and status >= 400):
         a["error.type"] = str(status)
         if reason:
@@ -231,4 +369,9 @@ def endSpan(
             span.setError(reason or f"status {status}")
     elif reason:
         a["txproxy.reason"] = reason
-    tracer.endSpan(span, end)
+    if span.end is None:
+        # (Tracer.endSpan, in place: ended once, queued for export.)
+        span.end = end
+        exporter = tracer.exporter
+        if exporter is not None:
+            exporter.add(span)

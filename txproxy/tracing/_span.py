@@ -14,20 +14,23 @@ costs no attribute and is never queued.
 
 from __future__ import annotations
 
+import os
 import time
+import weakref
 from types import MappingProxyType
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from txproxy.tracing._context import (
+    LINE_SIZE,
     Sampler,
-    TraceParent,
-    _getrandbits,
-    contextFromHeaders,
+    _validTraceparent,
+    idLines,
     newSpanId,
     newTraceId,
+    parseTracestate,
 )
 
-__all__ = ["Span", "RecordingSpan", "Tracer", "SPAN_KIND_SERVER", "SPAN_KIND_CLIENT", "STATUS_ERROR"]
+__all__ = ["AttributeBlock", "Span", "RecordingSpan", "Tracer", "SPAN_KIND_SERVER", "SPAN_KIND_CLIENT", "STATUS_ERROR"]
 
 #: OpenTelemetry's SpanKind values (as OTLP numbers them).
 SPAN_KIND_INTERNAL = 1
@@ -43,9 +46,47 @@ AttributeValue = Any
 
 _TRACEPARENT = b"traceparent"
 _TRACESTATE = b"tracestate"
+_TRACE_FIELDS = frozenset([_TRACEPARENT, _TRACESTATE])
+_TRACE_SIZES = frozenset([11, 10])
 _ZERO_TRACE = b"0" * 32
 _ZERO_SPAN = b"0" * 16
 _MASK64 = (1 << 64) - 1
+#: Lines per draw of the id pool (see L{idLines}).
+POOL_LINES = 256
+_new = object.__new__
+_ODD = frozenset(b"13579bdf")
+#: Tracers whose id pools a forked child must not reuse.
+_tracers: "weakref.WeakSet[Tracer]" = weakref.WeakSet()
+
+
+def _forked() -> None:
+    for tracer in list(_tracers):
+        tracer._next = tracer._end
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked)
+
+
+class AttributeBlock:
+    """
+    Attributes encoded once for the spans that share them (a connection's,
+    a route's): C{pairs}, the C{(key, value)} pairs, and C{encoded}, their
+    OTLP C{KeyValue} fields (L{txproxy.tracing._otlp.attributeBlock}).
+    """
+
+    __slots__ = ("pairs", "encoded")
+
+    def __init__(self, pairs: Tuple[Tuple[str, AttributeValue], ...], encoded: bytes) -> None:
+        self.pairs = pairs
+        self.encoded = encoded
+
+
+def _fieldOf(traceId: bytes, spanId: bytes, sampled: bool) -> bytes:
+    """
+    The C{traceparent} header line of a span.
+    """
+    return b"".join((b"traceparent: 00-", traceId, b"-", spanId, b"-01\r\n" if sampled else b"-00\r\n"))
 
 
 class Span:
@@ -75,8 +116,9 @@ class Span:
     """
 
     # (Few slots: a span that is not recorded is made for every request at
-    # --trace-sample 0, and must cost next to nothing.)
-    __slots__ = ("traceId", "spanId", "parentId", "traceState", "_replaces", "_field")
+    # --trace-sample 0, and must cost next to nothing.  The ids are slices
+    # of the traceparent line, made when read.)
+    __slots__ = ("parentId", "traceState", "_replaces", "_field")
 
     sampled = False
     name = ""
@@ -96,14 +138,27 @@ class Span:
         traceState: Optional[bytes] = None,
         replaces: bool = True,
     ) -> None:
-        self.traceId = traceId
-        self.spanId = spanId
         self.parentId = parentId
         self.traceState = traceState
         #: Whether the request had trace fields of its own to replace.
         self._replaces = replaces
-        #: The traceparent header line, when made with the ids.
-        self._field: Optional[bytes] = None
+        #: The traceparent header line (CRLF included): the ids are its
+        #: slices.
+        self._field = _fieldOf(traceId, spanId, self.sampled)
+
+    @property
+    def traceId(self) -> bytes:
+        """
+        The trace id, 32 lower-case hex digits.
+        """
+        return self._field[16:48]
+
+    @property
+    def spanId(self) -> bytes:
+        """
+        This span's id, 16 lower-case hex digits.
+        """
+        return self._field[49:65]
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r} {self.traceIdText}/{self.spanIdText}>"
@@ -113,14 +168,14 @@ class Span:
         """
         The trace id as a string (what the access log carries).
         """
-        return self.traceId.decode("ascii")
+        return self._field[16:48].decode("ascii")
 
     @property
     def spanIdText(self) -> str:
         """
         This span's id as a string.
         """
-        return self.spanId.decode("ascii")
+        return self._field[49:65].decode("ascii")
 
     def setAttribute(self, key: str, value: AttributeValue) -> None:
         """
@@ -148,30 +203,28 @@ class Span:
         The C{traceparent} to send upstream: this trace, with this span as
         the parent.
         """
-        return b"00-" + self.traceId + b"-" + self.spanId + (b"-01" if self.sampled else b"-00")
+        return self._field[13:68]
 
     def traceField(self) -> bytes:
         """
         The C{traceparent} header line (C{traceparent: ...} and CRLF), for
         a request head serialized without trace fields of its own.
         """
-        field = self._field
-        if field is None:
-            field = self._field = b"traceparent: " + self.traceparent() + b"\r\n"
-        return field
+        return self._field
 
     def propagate(self, headers: Sequence[Tuple[bytes, bytes]]) -> Tuple[Tuple[bytes, bytes], ...]:
         """
         C{headers} with their C{traceparent} and C{tracestate} fields
         replaced by this span's: the request carries the trace on.
         """
+        value = self.traceparent()
         if not self._replaces:
             # (The common case: the request came without trace fields.)
-            return tuple(headers) + ((b"traceparent", self.traceparent()),)
-        out = [(n, v) for n, v in headers if not (len(n) in (10, 11) and n.lower() in (_TRACEPARENT, _TRACESTATE))]
-        out.append((b"traceparent", self.traceparent()))
+            return (*headers, (_TRACEPARENT, value))
+        out = [pair for pair in headers if len(pair[0]) not in _TRACE_SIZES or pair[0].lower() not in _TRACE_FIELDS]
+        out.append((_TRACEPARENT, value))
         if self.traceState:
-            out.append((b"tracestate", self.traceState))
+            out.append((_TRACESTATE, self.traceState))
         return tuple(out)
 
 
@@ -179,9 +232,14 @@ class RecordingSpan(Span):
     """
     A span that is recorded (its trace is sampled): it takes attributes and
     events and is exported once ended.
+
+    txproxy's own attributes that repeat from span to span (the
+    connection's, the route's) are kept as L{AttributeBlock}s, encoded
+    once; reading L{attributes} (or setting one) merges them into the
+    dictionary first, so the span reads and changes as one dictionary.
     """
 
-    __slots__ = ("name", "kind", "start", "end", "attributes", "events", "statusCode", "statusMessage")
+    __slots__ = ("name", "kind", "start", "end", "_attrs", "_blocks", "_events", "statusCode", "statusMessage")
 
     sampled = True
 
@@ -196,30 +254,73 @@ class RecordingSpan(Span):
         start: float,
         replaces: bool = True,
     ) -> None:
-        self.traceId = traceId
-        self.spanId = spanId
         self.parentId = parentId
         self.traceState = traceState
         self._replaces = replaces
-        self._field = None
+        self._field = _fieldOf(traceId, spanId, True)
         self.name = name
         self.kind = kind
         self.start = start
         self.end = None
-        self.attributes: Dict[str, AttributeValue] = {}
-        self.events: List[Tuple[float, str, Dict[str, AttributeValue]]] = []
+        #: The attributes not in L{_blocks}.
+        self._attrs: Dict[str, AttributeValue] = {}
+        #: Encoded attributes (no key of them in L{_attrs}), or L{None}
+        #: once merged into L{_attrs}.
+        self._blocks: Optional[List[AttributeBlock]] = None
+        #: The events, or L{None} while there is none.
+        self._events: Optional[List[Tuple[float, str, Dict[str, AttributeValue]]]] = None
         self.statusCode = STATUS_UNSET
         self.statusMessage = ""
 
+    @property  # type: ignore[override]
+    def events(self) -> List[Tuple[float, str, Dict[str, AttributeValue]]]:
+        """
+        The events, C{(POSIX time, name, attributes)} tuples, in order (a
+        list: changes to it are the span's).
+        """
+        events = self._events
+        if events is None:
+            events = self._events = []
+        return events
+
+    @events.setter
+    def events(self, value: List[Tuple[float, str, Dict[str, AttributeValue]]]) -> None:
+        self._events = value
+
+    @property  # type: ignore[override]
+    def attributes(self) -> Dict[str, AttributeValue]:
+        """
+        The attributes, by name (a dictionary: changes to it are the
+        span's).
+        """
+        blocks = self._blocks
+        if blocks is not None:
+            merged: Dict[str, AttributeValue] = {}
+            for block in blocks:
+                merged.update(block.pairs)
+            merged.update(self._attrs)
+            self._attrs = merged
+            self._blocks = None
+        return self._attrs
+
+    @attributes.setter
+    def attributes(self, value: Dict[str, AttributeValue]) -> None:
+        self._attrs = value
+        self._blocks = None
+
     def setAttribute(self, key: str, value: AttributeValue) -> None:
+        attributes = self._attrs if self._blocks is None else self.attributes
         if value is None:
-            self.attributes.pop(key, None)
+            attributes.pop(key, None)
         else:
-            self.attributes[key] = value
+            attributes[key] = value
 
     def addEvent(self, name: str, attributes: Optional[Dict[str, AttributeValue]] = None,
                  when: Optional[float] = None) -> None:
-        self.events.append((time.time() if when is None else when, name, attributes or {}))
+        events = self._events
+        if events is None:
+            events = self._events = []
+        events.append((time.time() if when is None else when, name, attributes or {}))
 
     def setError(self, message: str) -> None:
         self.statusCode = STATUS_ERROR
@@ -232,6 +333,11 @@ class Tracer:
     (parent-based; C{--trace-sample} for new traces) and hands recorded
     spans to the exporter.
 
+    Ids come from a pool of ready-made C{traceparent} lines (L{idLines}: one
+    C{os.urandom} call and one formatting pass per L{POOL_LINES} spans), so
+    a new trace's ids and header line are one slice; the pool is dropped in
+    a forked child.
+
     @ivar sampler: the L{Sampler}.
     @ivar exporter: what ended recorded spans go to (an object with
         C{add(span)}, such as L{txproxy.tracing.BatchExporter}), or L{None}.
@@ -242,12 +348,55 @@ class Tracer:
         sampleRatio: float = 1.0,
         exporter: Any = None,
         wallClock: Callable[[], float] = time.time,
-        randbits: Callable[[int], int] = _getrandbits,
+        randbits: Optional[Callable[[int], int]] = None,
     ) -> None:
-        self.sampler = Sampler(sampleRatio)
+        """
+        @param randbits: draws the ids of each span (C{randbits(192)}: the
+            trace id is the high 128 bits, the span id the low 64), in
+            place of the pool; for tests.
+        """
+        self.sampler = sampler = Sampler(sampleRatio)
         self.exporter = exporter
         self._wall = wallClock
         self._randbits = randbits
+        bound = sampler._bound
+        #: Every new trace recorded (ratio 1), none (ratio 0), or decided
+        #: on the trace id (None).
+        self._newSampled: Optional[bool] = True if bound >= 2**64 else False if bound <= 0 else None
+        # The pool's lines carry the flag most new traces get.
+        self._poolFlags = b"01" if self._newSampled else b"00"
+        self._block = b""
+        self._next = self._end = 0
+        _tracers.add(self)
+
+    def _refill(self) -> bytes:
+        self._block = block = idLines(POOL_LINES, self._poolFlags)
+        self._end = len(block)
+        return block
+
+    def _line(self) -> bytes:
+        """
+        A new C{traceparent} line: new random trace and span ids, the flags
+        of the pool.
+        """
+        randbits = self._randbits
+        if randbits is not None:
+            n = randbits(192)
+            high = n >> 64
+            low = n & _MASK64
+            if not low:
+                low = int(newSpanId(randbits), 16)
+            if not high:
+                high = int(newTraceId(randbits), 16)
+            return b"traceparent: 00-%032x-%016x-%s\r\n" % (high, low, self._poolFlags)
+        i = self._next
+        if i >= self._end:
+            block = self._refill()
+            i = 0
+        else:
+            block = self._block
+        self._next = i + LINE_SIZE
+        return block[i:i + LINE_SIZE]
 
     def startSpan(
         self,
@@ -269,44 +418,110 @@ class Tracer:
         @return: a L{RecordingSpan} when the trace is sampled, else a
             L{Span} (not recorded).
         """
-        parent: Optional[TraceParent] = None
-        state: Optional[bytes] = None
-        replaces = False
+        line = self._line()
         if headers is not None and scan:
+            # One pass: the trace fields, if any (names of 11 and 10
+            # bytes; others of those lengths are compared in lower case).
+            parents: Optional[List[bytes]] = None
+            states: Optional[List[bytes]] = None
             for header in headers:
-                size = len(header[0])
-                if size == 11 or size == 10:
-                    # A traceparent or tracestate (or another name of
-                    # that length): parse properly.
-                    parent, state = contextFromHeaders(headers)
-                    replaces = True
-                    break
-        # One draw for both ids (the span id is the low 64 bits).
-        n = self._randbits(192)
-        high = n >> 64
-        low = n & _MASK64
-        if not low:
-            low = int(newSpanId(self._randbits), 16)
-        if parent is None:
-            if not high:
-                high = int(newTraceId(self._randbits), 16)
+                field = header[0]
+                size = len(field)
+                if size == 11:
+                    if field.lower() == _TRACEPARENT:
+                        if parents is None:
+                            parents = [header[1]]
+                        else:
+                            parents.append(header[1])
+                elif size == 10 and field.lower() == _TRACESTATE:
+                    if states is None:
+                        states = [header[1]]
+                    else:
+                        states.append(header[1])
+            if parents is not None or states is not None:
+                valid = _validTraceparent(parents[0]) if parents is not None and len(parents) == 1 else None
+                if valid is not None:
+                    return self._continued(line, valid, parseTracestate(states) if states else None, name, kind,
+                                           start)
+                return self._new(line, name, kind, start, True)
+        return self._new(line, name, kind, start, False)
+
+    def startRequest(self, headers: Sequence[Tuple[bytes, bytes]], start: float, scan: bool) -> Span:
+        """
+        C{startSpan("", headers, SPAN_KIND_SERVER, start, scan)}, with the
+        common case (no trace fields to look for, ratio 0 or 1) in one
+        step: the HTTP core calls this for every request.
+        """
+        sampled = self._newSampled
+        if scan or sampled is None or self._randbits is not None:
+            return self.startSpan("", headers, SPAN_KIND_SERVER, start, scan)
+        i = self._next
+        if i >= self._end:
+            block = self._refill()
+            i = 0
+        else:
+            block = self._block
+        self._next = i + LINE_SIZE
+        line = block[i:i + LINE_SIZE]
+        span: Any
+        if sampled:
+            # (_newRecording, in place.)
+            span = _new(RecordingSpan)
+            span.name = ""
+            span.kind = SPAN_KIND_SERVER
+            span.start = start
+            span.end = None
+            span._attrs = {}
+            span._blocks = None
+            span._events = None
+            span.statusCode = STATUS_UNSET
+            span.statusMessage = ""
+        else:
+            span = _new(Span)
+        span.parentId = span.traceState = None
+        span._replaces = False
+        span._field = line
+        return span  # type: ignore[no-any-return]
+
+    def _new(self, line: bytes, name: str, kind: int, start: Optional[float], replaces: bool) -> Span:
+        """
+        The span of a new trace, its ids and C{traceparent} line in C{line}.
+        """
+        sampled = self._newSampled
+        if sampled is None:
             # The sampler's TraceIdRatioBased rule, on the trace id's low
-            # 64 bits as an int (what Sampler.sampleNew reads from the hex).
-            if (high & _MASK64) >= self.sampler._bound:
-                # The common unsampled case: one formatting operation makes
-                # the traceparent line the upstream request gets, and the
-                # ids are its slices.
-                field = b"traceparent: 00-%032x-%016x-00\r\n" % (high, low)
-                span = Span(field[16:48], field[49:65], None, None, False)
-                span._field = field
-                return span
-            return RecordingSpan(b"%032x" % high, b"%016x" % low, None, None, name, kind,
-                                 self._wall() if start is None else start, replaces)
-        spanId = b"%016x" % low
-        if parent.sampled:
-            return RecordingSpan(parent.traceId, spanId, parent.spanId, state, name, kind,
-                                 self._wall() if start is None else start, replaces)
-        return Span(parent.traceId, spanId, parent.spanId, state, replaces)
+            # 64 bits.
+            sampled = int(line[32:48], 16) < self.sampler._bound
+            if sampled:
+                line = line[:67] + b"1\r\n"
+        if not sampled:
+            span = _new(Span)
+            span.parentId = span.traceState = None
+        else:
+            span = _newRecording(name, kind, self._wall() if start is None else start)
+            span.parentId = span.traceState = None
+        span._replaces = replaces
+        span._field = line
+        return span
+
+    def _continued(self, line: bytes, parent: bytes, state: Optional[bytes], name: str, kind: int,
+                   start: Optional[float]) -> Span:
+        """
+        The span continuing the trace of a valid C{traceparent} (C{parent},
+        55 bytes), with this span's id from C{line}.
+        """
+        traceId = parent[3:35]
+        if parent[54] in _ODD:
+            span = _newRecording(name, kind, self._wall() if start is None else start)
+            flags = b"-01\r\n"
+        else:
+            span = _new(Span)
+            flags = b"-00\r\n"
+        span.parentId = parent[36:52]
+        span.traceState = state
+        span._replaces = True
+        span._field = b"".join((b"traceparent: 00-", traceId, b"-", line[49:65], flags))
+        return span  # type: ignore[no-any-return]
 
     def endSpan(self, span: Span, end: Optional[float] = None) -> None:
         """
@@ -321,3 +536,21 @@ class Tracer:
         span.end = self._wall() if end is None else end
         if self.exporter is not None:
             self.exporter.add(span)
+
+
+def _newRecording(name: str, kind: int, start: float) -> Any:
+    """
+    A L{RecordingSpan} without its ids (the caller sets them), made without
+    calling its C{__init__}.
+    """
+    span = _new(RecordingSpan)
+    span.name = name
+    span.kind = kind
+    span.start = start
+    span.end = None
+    span._attrs = {}
+    span._blocks = None
+    span._events = None
+    span.statusCode = STATUS_UNSET
+    span.statusMessage = ""
+    return span
