@@ -1317,6 +1317,23 @@ class UpstreamEndedTests(ExchangeTestCase):
         self.assertTimer(actions[0], "response", RESPONSE_SECONDS)
         self.assertEqual(summarize(d.responseData(OK))[0], b"hello")
 
+    def test_retryable(self) -> None:
+        """
+        C{retryable} says whether a request could be sent again on a fresh
+        connection: an idempotent method without a body, not yet retried.
+        """
+        self.assertTrue(self.driver(GET).ex.retryable)
+        self.assertTrue(self.driver(b"DELETE http://origin.test/ HTTP/1.1\r\nHost: origin.test\r\n\r\n").ex.retryable)
+        self.assertFalse(self.driver(POST).ex.retryable)
+        self.assertFalse(self.driver(b"POST http://origin.test/ HTTP/1.1\r\nHost: origin.test\r\n\r\n").ex.retryable)
+        self.assertFalse(
+            self.driver(b"PUT http://origin.test/ HTTP/1.1\r\nHost: origin.test\r\nContent-Length: 1\r\n\r\n").ex.retryable
+        )
+        d = self.driver(GET)
+        d.ready()
+        d.upstreamEnded(True)
+        self.assertFalse(d.ex.retryable)
+
     def test_retryOnlyOnce(self) -> None:
         """
         The second close before any byte fails with 502, even on a pooled

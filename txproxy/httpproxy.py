@@ -797,6 +797,15 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
                 if upstream.transport is not None:
                     upstream.transport.loseConnection()
                 continue
+            if not ex.retryable and upstream.closedByPeer():
+                # The server closed it (its keep-alive timeout) while the
+                # event loop was busy: a request that cannot be sent again
+                # must not be lost on it.  (A retryable one would be
+                # retried: no check, no cost.)
+                self._traceEvent("upstream.stale", {"txproxy.reason": "pooled connection closed by the server"})
+                if upstream.transport is not None:
+                    upstream.transport.abortConnection()  # type: ignore[attr-defined]
+                continue
             self._exchange(upstream, reused=True)
             return
         self._connectFresh(request, key)

@@ -370,6 +370,19 @@ class Exchange:
         actions.append(self.timeouts.actions[kind])
 
     @property
+    def retryable(self) -> bool:
+        """
+        Whether this request may still be sent again on a fresh connection
+        should a pooled one close before answering: an idempotent method,
+        no body (none was sent, none must be kept), and not retried yet
+        (RFC 9110 section 9.2.2; at most one retry).  The connection layer
+        checks a pooled connection before it sends a request that is not
+        retryable (L{txproxy.upstream.UpstreamHTTPProtocol.closedByPeer}):
+        such a request has no second chance.
+        """
+        return not self.retried and self.head.method in _IDEMPOTENT and self.framing.kind == "none"
+
+    @property
     def ended(self) -> bool:
         """
         Whether the exchange is over (responded, upgraded or failed).
@@ -764,13 +777,7 @@ class Exchange:
         if state is not AWAITING_HEAD and state is not RECEIVING_BODY:
             return actions
         if state is AWAITING_HEAD:
-            if (
-                not self.received
-                and reused
-                and not self.retried
-                and self.head.method in _IDEMPOTENT
-                and self.framing.kind == "none"
-            ):
+            if not self.received and reused and self.retryable:
                 self.retried = True
                 self.requestState = CONNECTING
                 self.timer = None
