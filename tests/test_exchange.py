@@ -58,6 +58,7 @@ from txproxy.exchange import (
     timerFor,
     transition,
 )
+from txproxy.exchange._exchange import parseKeepAliveTimeout
 from txproxy.exchange._state import REQUEST_TRANSITIONS, RESPONSE_TRANSITIONS
 from txproxy.http import ResponseHead, parseRequestHead, requestFraming
 
@@ -1552,3 +1553,45 @@ class TerminalActionTests(SynchronousTestCase):
                 self,
                 [terminal, SetTimer("connect", 1.0)],
             )
+
+
+class KeepAliveTimeoutTests(ExchangeTestCase):
+    """
+    The idle timeout a server announces in C{Keep-Alive: timeout=N}.
+    """
+
+    def test_parse(self) -> None:
+        """
+        C{timeout=N} is read from a C{Keep-Alive} field, in any case, among
+        other parameters, quoted or not; the first valid one counts.
+        """
+        cases = [
+            ([(b"Keep-Alive", b"timeout=5")], 5),
+            ([(b"keep-alive", b"max=100, TIMEOUT = 15")], 15),
+            ([(b"KEEP-ALIVE", b'timeout="7"')], 7),
+            ([(b"Keep-Alive", b"timeout=x"), (b"Keep-Alive", b"timeout=3")], 3),
+            ([(b"Keep-Alive", b"timeout=99999999999")], None),
+            ([(b"Keep-Alive", b"timeout=-1, max=5")], None),
+            ([(b"Keep-Alive", b"timeout")], None),
+            ([(b"Keep-Alive", b"max=5")], None),
+            ([(b"Keep-Alives", b"timeout=5"), (b"X-Keep-Alive", b"timeout=5")], None),
+            ([(b"Keep-Alive", b"timeout=100000000")], 86400),
+            ([], None),
+        ]
+        self.assertEqual([parseKeepAliveTimeout(h) for h, _ in cases], [expected for _, expected in cases])
+
+    def test_announced(self) -> None:
+        """
+        An HTTP/1.1 response with C{Connection: keep-alive} and
+        C{Keep-Alive: timeout=5} (as Node sends) gives the exchange's
+        C{keepAliveTimeout}; one without the C{Connection} token, or
+        closing, does not.
+        """
+        for fields, expected in [
+            (b"Connection: keep-alive\r\nKeep-Alive: timeout=5\r\n", 5),
+            (b"Keep-Alive: timeout=5\r\n", None),
+            (b"Connection: keep-alive, close\r\nKeep-Alive: timeout=5\r\n", None),
+            (b"Connection: keep-alive\r\n", None),
+        ]:
+            d, _ = self.respond(GET, [b"HTTP/1.1 200 OK\r\n" + fields + b"Content-Length: 2\r\n\r\nok"])
+            self.assertEqual(d.ex.keepAliveTimeout, expected, fields)

@@ -23,7 +23,7 @@ from txproxy.forward import ForwardProxyProtocol
 from txproxy.http import RequestHead, ResponseHead, replaceHeader
 from txproxy.httpproxy import HTTPRequest
 from txproxy.testing import FakeConnector, FakeTransport, connect, forwardFactory, listenerConfig
-from txproxy.upstream import closedUnseen
+from txproxy.upstream import closedUnseen, keepAliveLimit
 
 GET = b"GET http://origin.test/path?q=1 HTTP/1.1\r\nHost: origin.test\r\nProxy-Connection: keep-alive\r\nUser-Agent: t\r\n\r\n"
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Type: text/plain\r\n\r\nhello"
@@ -941,6 +941,46 @@ class StalePooledConnectionTests(ProxyTestCase):
         upstream.peerHalfClosed()
         self.assertEqual(len(self.connector.attempts), 1)
         self.assertEqual(_heads(client.value()), [b"HTTP/1.1 200 ", b"HTTP/1.1 502 "])
+
+    def test_keepAliveTimeoutHonoured(self) -> None:
+        """
+        A server that says C{Keep-Alive: timeout=5} (Node) gets its pooled
+        connection reused for 4 s of idleness, never later (it closes at
+        any moment after 5 s): then a fresh one is dialled and the stale
+        one closed.
+        """
+        proto, client, upstream = self.request()
+        self.respond(b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nContent-Length: 5\r\n\r\nhello")
+        self.clock.advance(3.9)
+        proto.dataReceived(PUT)
+        self.assertEqual(len(self.connector.attempts), 1)
+        self.respond(b"HTTP/1.1 201 Created\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nContent-Length: 2\r\n\r\nOK")
+        self.clock.advance(4.0)
+        proto.dataReceived(PUT)
+        self.assertEqual(len(self.connector.attempts), 2)
+        self.assertTrue(upstream.disconnecting)
+        self.assertEqual(upstream.value().count(b"PUT"), 1)
+        self.connector.last.succeed()
+        self.respond(CREATED)
+        self.assertEqual(_heads(client.value()), [b"HTTP/1.1 200 ", b"HTTP/1.1 201 ", b"HTTP/1.1 201 "])
+
+    def test_noKeepAliveTimeoutPoolBound(self) -> None:
+        """
+        Without the field, only the pool's own idle bound applies.
+        """
+        proto, client, upstream = self.request()
+        self.respond(OK)
+        self.clock.advance(20)
+        proto.dataReceived(PUT)
+        self.assertEqual(len(self.connector.attempts), 1)
+        self.assertIn(b"PUT /config", upstream.value())
+
+    def test_keepAliveLimit(self) -> None:
+        """
+        One second less than the server's timeout, half of it under two
+        seconds (a timeout of 0: never reused).
+        """
+        self.assertEqual([keepAliveLimit(t) for t in (0, 1, 2, 5, 75)], [0.0, 0.5, 1.0, 4.0, 74.0])
 
     def test_retriedDialFailingIs502(self) -> None:
         """

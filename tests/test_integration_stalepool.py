@@ -21,7 +21,7 @@ import socket
 import struct
 import threading
 import time
-from typing import Any, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 from twisted.trial.unittest import SynchronousTestCase
 

@@ -101,7 +101,7 @@ from txproxy.relay import Relay, RelayedProtocol, fastSender, joinRelay
 from txproxy.tls import verificationFailure
 from txproxy.tracing import connectionAttributes, startHTTPSpan
 from txproxy.tracing import endSpan as _endSpan
-from txproxy.upstream import HTTPRequest, UpstreamHTTPProtocol, UpstreamPool
+from txproxy.upstream import HTTPRequest, UpstreamHTTPProtocol, UpstreamPool, keepAliveLimit
 
 __all__ = [
     "HTTPRequest",
@@ -1138,6 +1138,9 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
                 # nothing resumes a producer once unregistered: a pooled
                 # connection must read, or its next request hangs.
                 transport.resumeProducing()  # type: ignore[attr-defined]
+                ex = self._ex
+                if ex is not None and ex.keepAliveTimeout is not None:
+                    upstream.idleLimit = keepAliveLimit(ex.keepAliveTimeout)
                 self.factory.pool.put(upstream)
             elif transport is not None:
                 if transport.producer is not None:  # type: ignore[attr-defined]

@@ -31,7 +31,7 @@ from txproxy.relay import RelayedProtocol
 if TYPE_CHECKING:  # pragma: no cover
     from txproxy.httpproxy import HTTPProxyProtocol
 
-__all__ = ["HTTPRequest", "UpstreamHTTPProtocol", "UpstreamPool"]
+__all__ = ["HTTPRequest", "UpstreamHTTPProtocol", "UpstreamPool", "closedUnseen", "keepAliveLimit"]
 
 log = Logger(namespace="txproxy.httpproxy")
 
@@ -125,12 +125,16 @@ class UpstreamHTTPProtocol(RelayedProtocol):
     @ivar key: the pool key (origin) this connection belongs to.
     @ivar requests: how many requests it has carried.
     @ivar idleSince: clock time it was returned to the pool.
+    @ivar idleLimit: seconds it may stay idle and still be reused: a little
+        less than the server said it keeps an idle connection (see
+        L{keepAliveLimit}), else unbounded (the pool's own bound applies).
     """
 
     owner: Optional["HTTPProxyProtocol"] = None  # (a type only: httpproxy imports this module)
     key = ""
     requests = 0
     idleSince = 0.0
+    idleLimit = float("inf")
     pool: Optional["UpstreamPool"] = None
     lost = False
     #: The peer as the access log shows it (C{host:port}), once known.
@@ -181,6 +185,16 @@ class UpstreamHTTPProtocol(RelayedProtocol):
             self.transport.loseConnection()
 
 
+def keepAliveLimit(timeout: int) -> float:
+    """
+    How long to reuse an idle connection whose server said (C{Keep-Alive:
+    timeout=N}) it keeps one open C{timeout} seconds: one second less (half
+    of it under two seconds), since the server counts from when it sent the
+    response and closes at any moment after.
+    """
+    return timeout - 1.0 if timeout >= 2 else timeout / 2.0
+
+
 class UpstreamPool:
     """
     Idle keep-alive connections to upstreams, keyed by origin.
@@ -216,12 +230,15 @@ class UpstreamPool:
         conns = self._idle.get(key)
         if not conns:
             return None
-        deadline = self.clock.seconds() - self.idleTimeout
+        now = self.clock.seconds()
+        deadline = now - self.idleTimeout
         while conns:
             proto = conns.pop()
             self._count -= 1
             proto.pool = None
-            if proto.lost or proto.idleSince < deadline:
+            if proto.lost or proto.idleSince < deadline or now - proto.idleSince >= proto.idleLimit:
+                # (Past the server's keep-alive timeout, or close to it: it
+                # may close the connection as the request arrives.)
                 if proto.transport is not None:
                     proto.transport.loseConnection()
                 continue
