@@ -199,3 +199,8 @@ class ScoringTests(SynchronousTestCase):
         self.assertEqual([f.id for f in s.groupFailures["vary"]], ["a", "b"])
         self.assertEqual(s.optionalPassed, 1)
         self.assertIn("a [vary] A -- Assertion no", s.text())
+        # Not counted, each with why: a group's under its group, the rest
+        # on their own (a setup failure there changes only the passes).
+        self.assertEqual([f.id for f in s.notCounted], ["b", "c"])
+        self.assertIn("(vary) b: B -- dependency_fail", s.text())
+        self.assertIn("other required tests not counted:\n  c [other] C -- setup_fail: Setup PUT failed", s.text())
