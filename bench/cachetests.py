@@ -169,6 +169,8 @@ class Score:
     @ivar requiredOther: required tests neither (dependency, setup or
         harness failures, retries, untested).
     @ivar failures: every required test failed, in suite order.
+    @ivar notCounted: every required test neither passed nor failed (with
+        its verdict and the suite's reason), in suite order.
     @ivar groupFailures: per L{GROUPS} name, the failures of its suites
         (dependency failures included: a Vary test not run is not a Vary
         test passed).
@@ -181,6 +183,7 @@ class Score:
     optionalFailed: int = 0
     failures: List[Failure] = field(default_factory=list)
     others: List[Tuple[str, str]] = field(default_factory=list)
+    notCounted: List[Failure] = field(default_factory=list)
     groupFailures: Dict[str, List[Failure]] = field(default_factory=dict)
 
     def text(self) -> str:
@@ -199,6 +202,14 @@ class Score:
             for f in failures:
                 if f not in self.failures:
                     lines.append(f"  ({group}) {f.id}: {f.name} -- {f.detail}")
+        grouped = [f for failures in self.groupFailures.values() for f in failures]
+        rest = [f for f in self.notCounted if f not in grouped]
+        if rest:
+            # (A setup failure outside the groups changes no group's count,
+            # only the passes: say which and why.)
+            lines.append("other required tests not counted:")
+            for f in rest:
+                lines.append(f"  {f.id} [{f.suite}] {f.name} -- {f.detail}")
         return "\n".join(lines)
 
 
@@ -230,6 +241,7 @@ def score(tests: Dict[str, Test], results: Dict[str, Any], includeCDN: bool = Tr
             else:
                 s.requiredOther += 1
                 s.others.append((test.id, verdict))
+                s.notCounted.append(failure)
         elif test.kind == "optimal":
             if verdict == PASS:
                 s.optionalPassed += 1

@@ -1359,3 +1359,72 @@ class HTTP2Tests(SynchronousTestCase):
         self.assertIn(third, client.ended)
         self.assertEqual(len(connector.attempts), 1)
         self.assertEqual(cache.results["hit"], 3)
+
+
+class StalePooledConnectionTests(CacheTestCase):
+    """
+    The cache's own upstream requests (revalidations) and the unsafe
+    requests that invalidate, on a pooled keep-alive connection the server
+    had just closed.
+    """
+
+    def keptAlive(self, *headers: bytes, body: bytes = b"body") -> FakeTransport:
+        """
+        A miss for /x answered on a keep-alive connection, now idle in the
+        pool; that connection.
+        """
+        self.request()
+        head = b"HTTP/1.1 200 OK\r\n" + b"".join(h + b"\r\n" for h in headers) + self.date() + b"\r\n"
+        upstream = self.upstreamAnswers(head + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        self.assertEqual(len(self.factory.pool), 1)
+        return upstream
+
+    def test_revalidationRetriedOnFreshConnection(self) -> None:
+        """
+        A conditional request the cache sends on a reused connection that
+        the server closes before answering is sent again, still
+        conditional, on a fresh connection; its 304 serves the stored body.
+        """
+        upstream = self.keptAlive(b"Cache-Control: max-age=10", b'ETag: "v1"')
+        self.clock.advance(11)
+        _, client = self.request()
+        self.assertEqual(len(self.connector.attempts), 1)
+        self.assertIn(b'If-None-Match: "v1"\r\n', upstream.value())
+        upstream.peerHalfClosed()
+        self.assertEqual(len(self.connector.attempts), 2)
+        sent = self.upstreamAnswers(b"HTTP/1.1 304 Not Modified\r\nCache-Control: max-age=100\r\n" + self.date() + b"\r\n\r\n")
+        self.assertIn(b'If-None-Match: "v1"\r\n', sent.value())
+        data = client.value()
+        self.assertTrue(data.startswith(b"HTTP/1.1 200 OK\r\n"), data)
+        self.assertTrue(data.endswith(b"\r\n\r\nbody"))
+        self.assertEqual(self.cache.results["revalidated"], 1)
+
+    def test_revalidationAfterResetRetried(self) -> None:
+        """
+        The same when the server resets the connection instead.
+        """
+        upstream = self.keptAlive(b"Cache-Control: max-age=10", b'ETag: "v1"')
+        self.clock.advance(11)
+        _, client = self.request()
+        upstream.peerClosed(error.ConnectionLost("Connection reset by peer"))
+        self.upstreamAnswers(b"HTTP/1.1 304 Not Modified\r\n" + self.date() + b"\r\n\r\n")
+        self.assertTrue(client.value().endswith(b"\r\n\r\nbody"))
+        self.assertEqual(self.records[-1].status, 200)
+
+    def test_invalidatingPostNotLostOnClosedConnection(self) -> None:
+        """
+        A C{POST} (with a body: never sent twice) does not go on a pooled
+        connection whose close the kernel already has: a fresh one carries
+        it, its 201 invalidates the stored response.
+        """
+        upstream = self.keptAlive(b"Cache-Control: max-age=60")
+        self.assertEqual(len(self.cache.store), 1)
+        upstream.peerClosedUnseen()
+        proto, client = connect(self.factory, ("203.0.113.9", 5000))
+        proto.dataReceived(b"POST /x HTTP/1.1\r\nHost: a.test\r\nContent-Length: 1\r\n\r\nz")
+        self.assertNotIn(b"POST", upstream.value())
+        self.assertEqual(len(self.connector.attempts), 2)
+        sent = self.upstreamAnswers(response(b"", b"201 Created"))
+        self.assertTrue(sent.value().startswith(b"POST /x HTTP/1.1\r\n"))
+        self.assertTrue(client.value().startswith(b"HTTP/1.1 201 Created\r\n"))
+        self.assertEqual(len(self.cache.store), 0)

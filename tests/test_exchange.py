@@ -58,6 +58,7 @@ from txproxy.exchange import (
     timerFor,
     transition,
 )
+from txproxy.exchange._exchange import parseKeepAliveTimeout
 from txproxy.exchange._state import REQUEST_TRANSITIONS, RESPONSE_TRANSITIONS
 from txproxy.http import ResponseHead, parseRequestHead, requestFraming
 
@@ -1317,6 +1318,23 @@ class UpstreamEndedTests(ExchangeTestCase):
         self.assertTimer(actions[0], "response", RESPONSE_SECONDS)
         self.assertEqual(summarize(d.responseData(OK))[0], b"hello")
 
+    def test_retryable(self) -> None:
+        """
+        C{retryable} says whether a request could be sent again on a fresh
+        connection: an idempotent method without a body, not yet retried.
+        """
+        self.assertTrue(self.driver(GET).ex.retryable)
+        self.assertTrue(self.driver(b"DELETE http://origin.test/ HTTP/1.1\r\nHost: origin.test\r\n\r\n").ex.retryable)
+        self.assertFalse(self.driver(POST).ex.retryable)
+        self.assertFalse(self.driver(b"POST http://origin.test/ HTTP/1.1\r\nHost: origin.test\r\n\r\n").ex.retryable)
+        self.assertFalse(
+            self.driver(b"PUT http://origin.test/ HTTP/1.1\r\nHost: origin.test\r\nContent-Length: 1\r\n\r\n").ex.retryable
+        )
+        d = self.driver(GET)
+        d.ready()
+        d.upstreamEnded(True)
+        self.assertFalse(d.ex.retryable)
+
     def test_retryOnlyOnce(self) -> None:
         """
         The second close before any byte fails with 502, even on a pooled
@@ -1535,3 +1553,45 @@ class TerminalActionTests(SynchronousTestCase):
                 self,
                 [terminal, SetTimer("connect", 1.0)],
             )
+
+
+class KeepAliveTimeoutTests(ExchangeTestCase):
+    """
+    The idle timeout a server announces in C{Keep-Alive: timeout=N}.
+    """
+
+    def test_parse(self) -> None:
+        """
+        C{timeout=N} is read from a C{Keep-Alive} field, in any case, among
+        other parameters, quoted or not; the first valid one counts.
+        """
+        cases = [
+            ([(b"Keep-Alive", b"timeout=5")], 5),
+            ([(b"keep-alive", b"max=100, TIMEOUT = 15")], 15),
+            ([(b"KEEP-ALIVE", b'timeout="7"')], 7),
+            ([(b"Keep-Alive", b"timeout=x"), (b"Keep-Alive", b"timeout=3")], 3),
+            ([(b"Keep-Alive", b"timeout=99999999999")], None),
+            ([(b"Keep-Alive", b"timeout=-1, max=5")], None),
+            ([(b"Keep-Alive", b"timeout")], None),
+            ([(b"Keep-Alive", b"max=5")], None),
+            ([(b"Keep-Alives", b"timeout=5"), (b"X-Keep-Alive", b"timeout=5")], None),
+            ([(b"Keep-Alive", b"timeout=100000000")], 86400),
+            ([], None),
+        ]
+        self.assertEqual([parseKeepAliveTimeout(h) for h, _ in cases], [expected for _, expected in cases])
+
+    def test_announced(self) -> None:
+        """
+        An HTTP/1.1 response with C{Connection: keep-alive} and
+        C{Keep-Alive: timeout=5} (as Node sends) gives the exchange's
+        C{keepAliveTimeout}; one without the C{Connection} token, or
+        closing, does not.
+        """
+        for fields, expected in [
+            (b"Connection: keep-alive\r\nKeep-Alive: timeout=5\r\n", 5),
+            (b"Keep-Alive: timeout=5\r\n", None),
+            (b"Connection: keep-alive, close\r\nKeep-Alive: timeout=5\r\n", None),
+            (b"Connection: keep-alive\r\n", None),
+        ]:
+            d, _ = self.respond(GET, [b"HTTP/1.1 200 OK\r\n" + fields + b"Content-Length: 2\r\n\r\nok"])
+            self.assertEqual(d.ex.keepAliveTimeout, expected, fields)

@@ -7,17 +7,23 @@ errors and hooks, on fake transports and a fake clock.
 
 from __future__ import annotations
 
+import errno
 import re
+import socket
 from typing import Any, List, Tuple
 
 from twisted.internet import defer, error
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.trial.unittest import SynchronousTestCase
 
 from txproxy.forward import ForwardProxyProtocol
 from txproxy.http import RequestHead, ResponseHead, replaceHeader
 from txproxy.httpproxy import HTTPRequest
 from txproxy.testing import FakeConnector, FakeTransport, connect, forwardFactory, listenerConfig
+from txproxy.upstream import closedUnseen, keepAliveLimit
 
 GET = b"GET http://origin.test/path?q=1 HTTP/1.1\r\nHost: origin.test\r\nProxy-Connection: keep-alive\r\nUser-Agent: t\r\n\r\n"
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Type: text/plain\r\n\r\nhello"
@@ -778,3 +784,287 @@ class ExchangeTimerTests(ProxyTestCase):
         self.assertStatus(client, 403)
         self.assertTrue(upstream.disconnecting)
         self.assertEqual(len(factory.pool), 0)
+
+
+PUT = b"PUT http://origin.test/config HTTP/1.1\r\nHost: origin.test\r\nContent-Length: 5\r\n\r\nabcde"
+CREATED = b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nOK"
+
+
+class StalePooledConnectionTests(ProxyTestCase):
+    """
+    A pooled keep-alive connection the server closed (its keep-alive
+    timeout, Node's 5 s) just before the proxy reuses it: an idempotent
+    request without a body is sent again once on a fresh connection; one
+    that cannot be sent again is never put on a connection whose close the
+    kernel already has.
+    """
+
+    def pooled(self) -> Tuple[Any, FakeTransport, FakeTransport]:
+        """
+        A first GET answered: its upstream connection is idle in the pool.
+        """
+        proto, client, upstream = self.request()
+        self.respond(OK)
+        self.assertEqual(len(self.proto_pool(proto)), 1)
+        return proto, client, upstream
+
+    def proto_pool(self, proto: Any) -> Any:
+        return proto.factory.pool
+
+    def test_finBeforeResponseRetried(self) -> None:
+        """
+        The server's FIN (a half-close) after the request was sent on a
+        reused connection, before any response byte: the C{GET} is sent
+        once more on a fresh connection and answered.
+        """
+        proto, client, upstream = self.pooled()
+        proto.dataReceived(GET)
+        self.assertEqual(upstream.value().count(b"GET /path"), 2)
+        upstream.peerHalfClosed()
+        self.assertEqual(len(self.connector.attempts), 2)
+        fresh = self.connector.last.succeed()
+        self.assertTrue(fresh.value().startswith(b"GET /path?q=1 HTTP/1.1\r\n"))
+        self.respond(OK)
+        self.assertEqual(_heads(client.value()), [b"HTTP/1.1 200 ", b"HTTP/1.1 200 "])
+
+    def test_resetBeforeResponseRetried(self) -> None:
+        """
+        A reset (C{ECONNRESET}, the server closed with our request unread)
+        instead of a FIN: retried the same way.
+        """
+        proto, client, upstream = self.pooled()
+        proto.dataReceived(GET)
+        upstream.peerClosed(error.ConnectionLost("Connection reset by peer"))
+        self.assertEqual(len(self.connector.attempts), 2)
+        self.connector.last.succeed()
+        self.respond(OK)
+        self.assertEqual(_heads(client.value()), [b"HTTP/1.1 200 ", b"HTTP/1.1 200 "])
+
+    def test_closedUnseenBodyRequestGoesFresh(self) -> None:
+        """
+        A C{PUT} with a body cannot be sent again: when the pooled
+        connection's FIN is already in the kernel (the event loop was busy),
+        that connection is dropped and the request goes on a fresh one, so
+        it is answered instead of C{502}.
+        """
+        proto, client, upstream = self.pooled()
+        upstream.peerClosedUnseen()
+        proto.dataReceived(PUT)
+        self.assertEqual(upstream.value().count(b"PUT"), 0)
+        self.assertTrue(upstream.aborted)
+        self.assertEqual(len(self.proto_pool(proto)), 0)
+        self.assertEqual(len(self.connector.attempts), 2)
+        fresh = self.connector.last.succeed()
+        self.assertTrue(fresh.value().startswith(b"PUT /config HTTP/1.1\r\n"))
+        self.assertTrue(fresh.value().endswith(b"\r\n\r\nabcde"))
+        self.respond(CREATED)
+        self.assertEqual(_heads(client.value()), [b"HTTP/1.1 200 ", b"HTTP/1.1 201 "])
+        self.assertEqual([r.status for r in self.records], [200, 201])
+
+    def test_resetUnseenPostGoesFresh(self) -> None:
+        """
+        The same for a reset the reactor has not reported, and a C{POST}
+        without a body (not idempotent: never sent twice).
+        """
+        proto, client, upstream = self.pooled()
+        upstream.peerClosedUnseen(reset=True)
+        proto.dataReceived(b"POST http://origin.test/p HTTP/1.1\r\nHost: origin.test\r\n\r\n")
+        self.assertNotIn(b"POST", upstream.value())
+        self.assertEqual(len(self.connector.attempts), 2)
+        self.assertIn(b"POST /p ", self.connector.last.succeed().value())
+        self.respond(OK)
+        self.assertEqual(_heads(client.value()), [b"HTTP/1.1 200 ", b"HTTP/1.1 200 "])
+
+    def test_unsolicitedBytesUnseenGoesFresh(self) -> None:
+        """
+        Bytes waiting on an idle plain connection (a server's C{408} before
+        it closes) would be read as the answer to the next request: that
+        connection is not reused for a request that cannot be retried.
+        """
+        proto, client, upstream = self.pooled()
+        upstream.peerClosedUnseen(data=b"HTTP/1.1 408 Request Timeout\r\n\r\n")
+        proto.dataReceived(PUT)
+        self.assertNotIn(b"PUT", upstream.value())
+        self.connector.last.succeed()
+        self.respond(CREATED)
+        self.assertEqual(_heads(client.value()), [b"HTTP/1.1 200 ", b"HTTP/1.1 201 "])
+
+    def test_openPooledConnectionReusedForBody(self) -> None:
+        """
+        A pooled connection that is still open (nothing in the kernel)
+        carries the C{PUT}: no new dial.
+        """
+        proto, client, upstream = self.pooled()
+        upstream.peerClosedUnseen()
+        upstream.socket.pending = None  # (EAGAIN: open and idle)
+        proto.dataReceived(PUT)
+        self.assertIn(b"PUT /config ", upstream.value())
+        self.assertEqual(len(self.connector.attempts), 1)
+        self.respond(CREATED)
+        self.assertEqual(_heads(client.value()), [b"HTTP/1.1 200 ", b"HTTP/1.1 201 "])
+
+    def test_retryableRequestNotChecked(self) -> None:
+        """
+        A C{GET} on such a connection is not checked (no system call on the
+        common path): it is sent, and retried once the close is reported.
+        """
+        proto, client, upstream = self.pooled()
+        upstream.peerClosedUnseen()
+        proto.dataReceived(GET)
+        self.assertEqual(upstream.value().count(b"GET /path"), 2)
+        upstream.peerHalfClosed()
+        self.assertEqual(len(self.connector.attempts), 2)
+        self.connector.last.succeed()
+        self.respond(OK)
+        self.assertEqual(_heads(client.value()), [b"HTTP/1.1 200 ", b"HTTP/1.1 200 "])
+
+    def test_closeWhileSendingBodyIs502NotRetried(self) -> None:
+        """
+        The close arriving while a reused connection still carries the
+        request body (part of it already sent): C{502}, and the request is
+        never sent again (RFC 9110 section 9.2.2).
+        """
+        proto, client, upstream = self.pooled()
+        proto.dataReceived(PUT[:-3])
+        self.assertTrue(upstream.value().endswith(b"ab"))
+        upstream.peerHalfClosed()
+        self.assertEqual(len(self.connector.attempts), 1)
+        self.assertEqual(_heads(client.value()), [b"HTTP/1.1 200 ", b"HTTP/1.1 502 "])
+
+    def test_closeAfterBodyRequestSentIs502NotRetried(self) -> None:
+        """
+        A C{PUT} whose whole body went on a connection that looked open,
+        closed before any response byte: C{502}, not sent twice.
+        """
+        proto, client, upstream = self.pooled()
+        proto.dataReceived(PUT)
+        upstream.peerHalfClosed()
+        self.assertEqual(len(self.connector.attempts), 1)
+        self.assertEqual(_heads(client.value()), [b"HTTP/1.1 200 ", b"HTTP/1.1 502 "])
+
+    def test_keepAliveTimeoutHonoured(self) -> None:
+        """
+        A server that says C{Keep-Alive: timeout=5} (Node) gets its pooled
+        connection reused for 4 s of idleness, never later (it closes at
+        any moment after 5 s): then a fresh one is dialled and the stale
+        one closed.
+        """
+        proto, client, upstream = self.request()
+        self.respond(b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nContent-Length: 5\r\n\r\nhello")
+        self.clock.advance(3.9)
+        proto.dataReceived(PUT)
+        self.assertEqual(len(self.connector.attempts), 1)
+        self.respond(b"HTTP/1.1 201 Created\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nContent-Length: 2\r\n\r\nOK")
+        self.clock.advance(4.0)
+        proto.dataReceived(PUT)
+        self.assertEqual(len(self.connector.attempts), 2)
+        self.assertTrue(upstream.disconnecting)
+        self.assertEqual(upstream.value().count(b"PUT"), 1)
+        self.connector.last.succeed()
+        self.respond(CREATED)
+        self.assertEqual(_heads(client.value()), [b"HTTP/1.1 200 ", b"HTTP/1.1 201 ", b"HTTP/1.1 201 "])
+
+    def test_noKeepAliveTimeoutPoolBound(self) -> None:
+        """
+        Without the field, only the pool's own idle bound applies.
+        """
+        proto, client, upstream = self.request()
+        self.respond(OK)
+        self.clock.advance(20)
+        proto.dataReceived(PUT)
+        self.assertEqual(len(self.connector.attempts), 1)
+        self.assertIn(b"PUT /config", upstream.value())
+
+    def test_keepAliveLimit(self) -> None:
+        """
+        One second less than the server's timeout, half of it under two
+        seconds (a timeout of 0: never reused).
+        """
+        self.assertEqual([keepAliveLimit(t) for t in (0, 1, 2, 5, 75)], [0.0, 0.5, 1.0, 4.0, 74.0])
+
+    def test_retriedDialFailingIs502(self) -> None:
+        """
+        The one retry's fresh dial refused: C{502} naming the refusal, and
+        no third attempt.
+        """
+        proto, client, upstream = self.pooled()
+        proto.dataReceived(GET)
+        upstream.peerHalfClosed()
+        self.connector.last.fail(error.ConnectionRefusedError())
+        self.assertEqual(len(self.connector.attempts), 2)
+        self.assertEqual(_heads(client.value()), [b"HTTP/1.1 200 ", b"HTTP/1.1 502 "])
+
+
+class _Sock:
+    def __init__(self, result: Any) -> None:
+        self.result = result
+        self.calls: List[Tuple[int, int]] = []
+
+    def recv(self, size: int, flags: int) -> bytes:
+        self.calls.append((size, flags))
+        if isinstance(self.result, BaseException):
+            raise self.result
+        return self.result
+
+
+class _Holder:
+    def __init__(self, sock: Any) -> None:
+        self.socket = sock
+
+
+class ClosedUnseenTests(SynchronousTestCase):
+    """
+    L{closedUnseen} peeks at the socket under a transport, without reading
+    or waiting.
+    """
+
+    def check(self, result: Any, tls: bool = False) -> bool:
+        sock = _Sock(result)
+        transport: Any = _Holder(sock)
+        wrapper = ProtocolWrapper(WrappingFactory(Factory()), Protocol())
+        wrapper.transport = transport
+        transport = wrapper
+        if tls:
+            outer = TLSMemoryBIOProtocol.__new__(TLSMemoryBIOProtocol)
+            outer.transport = transport
+            transport = outer
+        found = closedUnseen(transport)
+        self.assertEqual(sock.calls, [(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)])
+        return found
+
+    def test_openIdle(self) -> None:
+        """
+        Nothing to read (C{EAGAIN}): open.
+        """
+        self.assertFalse(self.check(BlockingIOError(errno.EAGAIN, "again")))
+        self.assertFalse(self.check(BlockingIOError(errno.EAGAIN, "again"), tls=True))
+
+    def test_fin(self) -> None:
+        """
+        End of file (the server's FIN): closed, under TLS too.
+        """
+        self.assertTrue(self.check(b""))
+        self.assertTrue(self.check(b"", tls=True))
+
+    def test_reset(self) -> None:
+        """
+        C{ECONNRESET} (or any other error): closed.
+        """
+        self.assertTrue(self.check(ConnectionResetError(errno.ECONNRESET, "reset")))
+        self.assertTrue(self.check(OSError(errno.ETIMEDOUT, "timed out"), tls=True))
+
+    def test_bytes(self) -> None:
+        """
+        Bytes on an idle plain connection: unusable; under TLS (a session
+        ticket, say) left to the TLS layer.
+        """
+        self.assertTrue(self.check(b"H"))
+        self.assertFalse(self.check(b"\x17", tls=True))
+
+    def test_noSocket(self) -> None:
+        """
+        A transport with no socket under it (a fake, a memory transport)
+        cannot be checked: taken as open.
+        """
+        self.assertFalse(closedUnseen(FakeTransport()))
+        self.assertFalse(closedUnseen(object()))

@@ -85,6 +85,8 @@ class CacheTestsTests(SynchronousTestCase):
                 "--mode", "reverse",
                 "--listen", f"tcp:{port}:interface=127.0.0.1",
                 "--route", f"*=http://127.0.0.1:{self.originPort}",
+                "--access-log", "access.log",
+                "--access-log-format", "json",
                 *CACHE_ARGS,
             ],
             port,
@@ -92,6 +94,25 @@ class CacheTestsTests(SynchronousTestCase):
         self.addCleanup(proxy.stop)
         self.proxy = proxy
         return port
+
+    def proxyErrors(self) -> List[str]:
+        """
+        The access-log lines of the requests the proxy itself answered with
+        a 5xx status (those with a reason: the origin's own 5xx, which the
+        suite asks for, have none), shortened to method, target, status,
+        upstream and reason.
+        """
+        path = os.path.join(self.proxy.cwd, "access.log")
+        found = []
+        with open(path) as f:
+            for line in f:
+                record = json.loads(line)
+                if record["status"] >= 500 and record["reason"]:
+                    found.append(
+                        f"  {record['time']} {record['method']} {record['target']} {record['status']}"
+                        f" upstream={record['upstream'] or '-'} reason={record['reason']}"
+                    )
+        return found
 
     def test_score(self) -> None:
         """
@@ -104,6 +125,11 @@ class CacheTestsTests(SynchronousTestCase):
         tests = cachetests.loadTests(self.suite)
         score = cachetests.score(tests, results)
         summary = f"cache-tests through txproxy {' '.join(CACHE_ARGS) or '(no cache)'}:\n{score.text()}"
+        errors = self.proxyErrors()
+        if errors:
+            # What the proxy itself answered 5xx, and why (a failing test's
+            # "status is 502" names no cause).
+            summary += "\nproxy 5xx answers (access log):\n" + "\n".join(errors)
         sys.stdout.write(summary + "\n")
         self.assertIsNone(self.proxy.proc.poll(), "the proxy exited during the run")
         # Every test the client knows of has a result (nothing lost).
@@ -173,3 +199,8 @@ class ScoringTests(SynchronousTestCase):
         self.assertEqual([f.id for f in s.groupFailures["vary"]], ["a", "b"])
         self.assertEqual(s.optionalPassed, 1)
         self.assertIn("a [vary] A -- Assertion no", s.text())
+        # Not counted, each with why: a group's under its group, the rest
+        # on their own (a setup failure there changes only the passes).
+        self.assertEqual([f.id for f in s.notCounted], ["b", "c"])
+        self.assertIn("(vary) b: B -- dependency_fail", s.text())
+        self.assertIn("other required tests not counted:\n  c [other] C -- setup_fail: Setup PUT failed", s.text())

@@ -279,6 +279,24 @@ class HTTPSpanTests(TracingTestCase):
         self.assertEqual(second.name, "GET /api")
         self.assertEqual(second.attributes["url.path"], "/api/b")
 
+    def test_stalePooledConnectionEvent(self) -> None:
+        """
+        A request with a body, for which a pooled connection is found
+        already closed by the upstream, has an C{upstream.stale} event
+        before the C{upstream.connected} of the fresh connection.
+        """
+        factory = self.reverse()
+        proto, client = self.get(factory)
+        upstream = self.connector.last.succeed()
+        self.respond()
+        upstream.peerClosedUnseen()
+        proto.dataReceived(b"POST /api/b HTTP/1.1\r\nHost: a.test\r\nContent-Length: 1\r\n\r\nz")
+        self.connector.last.succeed()
+        self.respond()
+        first, second = self.sink.spans
+        self.assertEqual([e[1] for e in second.events], ["upstream.stale", "upstream.connected"])
+        self.assertEqual(second.attributes["http.response.status_code"], 200)
+
     def test_refusalIsError(self) -> None:
         """
         A status txproxy produced (a 404: no route) carries error.type and

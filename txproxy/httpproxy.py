@@ -101,7 +101,7 @@ from txproxy.relay import Relay, RelayedProtocol, fastSender, joinRelay
 from txproxy.tls import verificationFailure
 from txproxy.tracing import connectionAttributes, startHTTPSpan
 from txproxy.tracing import endSpan as _endSpan
-from txproxy.upstream import HTTPRequest, UpstreamHTTPProtocol, UpstreamPool
+from txproxy.upstream import HTTPRequest, UpstreamHTTPProtocol, UpstreamPool, keepAliveLimit
 
 __all__ = [
     "HTTPRequest",
@@ -797,6 +797,15 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
                 if upstream.transport is not None:
                     upstream.transport.loseConnection()
                 continue
+            if not ex.retryable and upstream.closedByPeer():
+                # The server closed it (its keep-alive timeout) while the
+                # event loop was busy: a request that cannot be sent again
+                # must not be lost on it.  (A retryable one would be
+                # retried: no check, no cost.)
+                self._traceEvent("upstream.stale", {"txproxy.reason": "pooled connection closed by the server"})
+                if upstream.transport is not None:
+                    upstream.transport.abortConnection()  # type: ignore[attr-defined]
+                continue
             self._exchange(upstream, reused=True)
             return
         self._connectFresh(request, key)
@@ -1129,6 +1138,9 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
                 # nothing resumes a producer once unregistered: a pooled
                 # connection must read, or its next request hangs.
                 transport.resumeProducing()  # type: ignore[attr-defined]
+                ex = self._ex
+                if ex is not None and ex.keepAliveTimeout is not None:
+                    upstream.idleLimit = keepAliveLimit(ex.keepAliveTimeout)
                 self.factory.pool.put(upstream)
             elif transport is not None:
                 if transport.producer is not None:  # type: ignore[attr-defined]

@@ -8,6 +8,8 @@ The upstream side of the HTTP core: the request value hooks receive
 
 from __future__ import annotations
 
+import errno
+import socket
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 import attr
@@ -15,6 +17,8 @@ from twisted.internet import error
 from twisted.internet.interfaces import IHalfCloseableProtocol, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
+from twisted.protocols.policies import ProtocolWrapper
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -27,9 +31,50 @@ from txproxy.relay import RelayedProtocol
 if TYPE_CHECKING:  # pragma: no cover
     from txproxy.httpproxy import HTTPProxyProtocol
 
-__all__ = ["HTTPRequest", "UpstreamHTTPProtocol", "UpstreamPool"]
+__all__ = ["HTTPRequest", "UpstreamHTTPProtocol", "UpstreamPool", "closedUnseen", "keepAliveLimit"]
 
 log = Logger(namespace="txproxy.httpproxy")
+
+#: C{recv} flags that look at what the kernel holds for a socket without
+#: taking it or waiting (Twisted's sockets are non-blocking anyway).
+_PEEK = socket.MSG_PEEK | getattr(socket, "MSG_DONTWAIT", 0)
+#: C{recv} errors meaning "nothing to read yet".
+_AGAIN = frozenset([errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR])
+
+
+def closedUnseen(transport: Any) -> bool:
+    """
+    Whether the peer of the idle connection C{transport} has closed or
+    reset it (or, on plain TCP, sent bytes nobody asked for) as far as the
+    kernel knows, though the reactor has not reported it yet: one
+    non-blocking C{recv(MSG_PEEK)} on the socket under C{transport}
+    (looking through protocol wrappers and TLS).
+
+    A server that closes an idle keep-alive connection at its timeout
+    (Node's 5 s) does so at any moment, also while the event loop is busy
+    with other connections: the close then sits in the kernel until the
+    next poll, and a request sent meanwhile is lost.  For a request that
+    cannot be sent again this check is its only chance.
+
+    @return: C{True} when the connection cannot carry a request; C{False}
+        when it looks idle and open, or cannot be checked (no socket).
+    """
+    tls = False
+    while isinstance(transport, ProtocolWrapper):
+        tls = tls or isinstance(transport, TLSMemoryBIOProtocol)
+        transport = transport.transport
+    sock = getattr(transport, "socket", None)
+    if sock is None:
+        return False
+    try:
+        data = sock.recv(1, _PEEK)
+    except OSError as e:
+        # EAGAIN: open, nothing to read; ECONNRESET and the like: gone.
+        return e.errno not in _AGAIN
+    # b"": the peer's FIN.  Bytes on an idle plain connection: a response
+    # to nothing (a 408 before a close), never one to the next request.
+    # (Under TLS they may be a session ticket: left to the TLS layer.)
+    return not data or not tls
 
 
 @attr.s(frozen=True, slots=True, auto_attribs=True)
@@ -80,12 +125,16 @@ class UpstreamHTTPProtocol(RelayedProtocol):
     @ivar key: the pool key (origin) this connection belongs to.
     @ivar requests: how many requests it has carried.
     @ivar idleSince: clock time it was returned to the pool.
+    @ivar idleLimit: seconds it may stay idle and still be reused: a little
+        less than the server said it keeps an idle connection (see
+        L{keepAliveLimit}), else unbounded (the pool's own bound applies).
     """
 
     owner: Optional["HTTPProxyProtocol"] = None  # (a type only: httpproxy imports this module)
     key = ""
     requests = 0
     idleSince = 0.0
+    idleLimit = float("inf")
     pool: Optional["UpstreamPool"] = None
     lost = False
     #: The peer as the access log shows it (C{host:port}), once known.
@@ -120,11 +169,30 @@ class UpstreamHTTPProtocol(RelayedProtocol):
         elif self.owner is not None:
             self.owner._upstreamEnded(self, reason)
 
+    def closedByPeer(self) -> bool:
+        """
+        Whether this idle connection was closed or reset by the server
+        without the reactor having reported it yet (see L{closedUnseen}):
+        checked before a pooled connection carries a request that could not
+        be retried.
+        """
+        return self.transport is None or closedUnseen(self.transport)
+
     def _discard(self) -> None:
         if self.pool is not None:
             self.pool.remove(self)
         if self.transport is not None:
             self.transport.loseConnection()
+
+
+def keepAliveLimit(timeout: int) -> float:
+    """
+    How long to reuse an idle connection whose server said (C{Keep-Alive:
+    timeout=N}) it keeps one open C{timeout} seconds: one second less (half
+    of it under two seconds), since the server counts from when it sent the
+    response and closes at any moment after.
+    """
+    return timeout - 1.0 if timeout >= 2 else timeout / 2.0
 
 
 class UpstreamPool:
@@ -162,12 +230,15 @@ class UpstreamPool:
         conns = self._idle.get(key)
         if not conns:
             return None
-        deadline = self.clock.seconds() - self.idleTimeout
+        now = self.clock.seconds()
+        deadline = now - self.idleTimeout
         while conns:
             proto = conns.pop()
             self._count -= 1
             proto.pool = None
-            if proto.lost or proto.idleSince < deadline:
+            if proto.lost or proto.idleSince < deadline or now - proto.idleSince >= proto.idleLimit:
+                # (Past the server's keep-alive timeout, or close to it: it
+                # may close the connection as the request arrives.)
                 if proto.transport is not None:
                     proto.transport.loseConnection()
                 continue

@@ -38,7 +38,7 @@ the timers, and split apart they would scatter the transitions the table
 keeps in one place.
 """
 
-from typing import Dict, Final, FrozenSet, List, Optional, Union
+from typing import Dict, Final, FrozenSet, List, Optional, Sequence, Tuple, Union
 
 from txproxy.http import (
     ChunkedDecoder,
@@ -75,6 +75,7 @@ from ._state import (
 
 __all__ = [
     "Exchange",
+    "parseKeepAliveTimeout",
     "Timeouts",
     "SendUpstream",
     "SendDownstream",
@@ -97,6 +98,29 @@ DEFAULT_MAX_INTERIM = 10
 _HTTP11 = b"HTTP/1.1"
 _IDEMPOTENT = frozenset([b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"])
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_KEEP_ALIVE = b"keep-alive"
+#: Longest idle time a server's C{Keep-Alive: timeout=} is believed up to
+#: (seconds; a larger value changes nothing: the pool's own bound is less).
+_MAX_KEEP_ALIVE_HINT = 86400
+
+
+def parseKeepAliveTimeout(headers: Sequence[Tuple[bytes, bytes]]) -> Optional[int]:
+    """
+    The C{timeout} parameter of a response's C{Keep-Alive} field (RFC 2068
+    section 19.7.1.1, as Node, Apache and others send it: C{Keep-Alive:
+    timeout=5, max=100}): the seconds the server keeps an idle connection
+    open.  The first valid one counts; L{None} when there is none.
+    """
+    for name, value in headers:
+        if len(name) != 10 or name.lower() != _KEEP_ALIVE:
+            continue
+        for param in value.split(b","):
+            key, eq, number = param.partition(b"=")
+            if eq and key.strip().lower() == b"timeout":
+                number = number.strip().strip(b'"')
+                if number.isdigit() and len(number) <= 9:
+                    return min(int(number), _MAX_KEEP_ALIVE_HINT)
+    return None
 
 _Reader = Union[LengthReader, ChunkedReader, None]
 
@@ -298,6 +322,9 @@ class Exchange:
     @ivar bytesDown: response body bytes sent to the client.
     @ivar reusable: whether the upstream connection may be reused.
     @ivar timer: the kind of the timer that applies now, or L{None}.
+    @ivar keepAliveTimeout: the idle seconds the upstream said (in
+        C{Keep-Alive: timeout=N}, beside C{Connection: keep-alive}) it
+        keeps this connection open, or L{None}.
     """
 
     # No __slots__: the per-request state starts as these class defaults,
@@ -314,6 +341,7 @@ class Exchange:
     retried = False
     received = False
     timer: Optional[str] = None
+    keepAliveTimeout: Optional[int] = None
     _reqReader: _Reader = _NO_READER
     _reqDecoder: Optional[ChunkedDecoder] = None
     _respReader: _Reader = _NO_READER
@@ -368,6 +396,19 @@ class Exchange:
         if kind == "idle":
             self._mark = -1
         actions.append(self.timeouts.actions[kind])
+
+    @property
+    def retryable(self) -> bool:
+        """
+        Whether this request may still be sent again on a fresh connection
+        should a pooled one close before answering: an idempotent method,
+        no body (none was sent, none must be kept), and not retried yet
+        (RFC 9110 section 9.2.2; at most one retry).  The connection layer
+        checks a pooled connection before it sends a request that is not
+        retryable (L{txproxy.upstream.UpstreamHTTPProtocol.closedByPeer}):
+        such a request has no second chance.
+        """
+        return not self.retried and self.head.method in _IDEMPOTENT and self.framing.kind == "none"
 
     @property
     def ended(self) -> bool:
@@ -636,6 +677,9 @@ class Exchange:
                 self.reusable = False
         elif b"keep-alive" not in tokens or b"close" in tokens:
             self.reusable = False
+        if b"keep-alive" in tokens and self.reusable:
+            # (Only then: most servers send neither field.)
+            self.keepAliveTimeout = parseKeepAliveTimeout(resp.headers)
         kind = framing.kind
         if kind == "length" and len(rest) == framing.length:
             # The usual small response: the whole body came with the head
@@ -764,13 +808,7 @@ class Exchange:
         if state is not AWAITING_HEAD and state is not RECEIVING_BODY:
             return actions
         if state is AWAITING_HEAD:
-            if (
-                not self.received
-                and reused
-                and not self.retried
-                and self.head.method in _IDEMPOTENT
-                and self.framing.kind == "none"
-            ):
+            if not self.received and reused and self.retryable:
                 self.retried = True
                 self.requestState = CONNECTING
                 self.timer = None

@@ -5,7 +5,8 @@ A fake client transport: L{FakeTransport}.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Tuple
+import errno
+from typing import Any, Callable, Optional, Tuple, Union
 
 from twisted.internet import error
 from twisted.internet.address import IPv4Address, IPv6Address
@@ -18,6 +19,27 @@ from twisted.python.failure import Failure
 
 def _address(host: str, port: int) -> Any:
     return IPv6Address("TCP", host, port) if ":" in host else IPv4Address("TCP", host, port)
+
+
+class _PeekSocket:
+    """
+    The socket under a L{FakeTransport} whose peer closed, reset or wrote
+    while the reactor was busy elsewhere: only a non-blocking
+    C{recv(MSG_PEEK)} (what L{txproxy.upstream.closedUnseen} does) sees it.
+    """
+
+    def __init__(self, pending: Union[bytes, OSError, None]) -> None:
+        #: b"": a FIN; bytes: unread data; an OSError: what recv raises
+        #: (ECONNRESET after a reset); None: nothing (EAGAIN).
+        self.pending = pending
+
+    def recv(self, size: int, flags: int = 0) -> bytes:
+        pending = self.pending
+        if pending is None:
+            raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+        if isinstance(pending, OSError):
+            raise pending
+        return pending[:size]
 
 
 class FakeTransport(StringTransport):
@@ -41,6 +63,9 @@ class FakeTransport(StringTransport):
     writeClosed = False
     aborted = False
     closed = False
+    #: Like a TCP transport's socket, for what peeks at it; L{None} (not a
+    #: socket: nothing to see) until L{peerClosedUnseen}.
+    socket: Any = None
     #: Told the reason once C{connectionLost} has run (the attempt that
     #: made an upstream connection reports the loss to its client factory,
     #: as a reactor's connector does).
@@ -110,6 +135,19 @@ class FakeTransport(StringTransport):
             return
         self.disconnecting = True
         self._lose(reason or error.ConnectionDone())
+
+    def peerClosedUnseen(self, reset: bool = False, data: bytes = b"") -> None:
+        """
+        Simulate the peer closing (C{reset}: resetting) the connection, or
+        sending C{data}, while the reactor is busy elsewhere: the protocol
+        is told nothing yet (call L{peerHalfClosed} or L{peerClosed} for
+        the reactor's turn), but the kernel has it, which a non-blocking
+        C{recv(MSG_PEEK)} on C{socket} finds, as on a real socket.
+        """
+        pending: Union[bytes, OSError] = data
+        if reset:
+            pending = ConnectionResetError(errno.ECONNRESET, "Connection reset by peer")
+        self.socket = _PeekSocket(pending)
 
     def peerHalfClosed(self) -> None:
         """
