@@ -197,7 +197,16 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
     relay: Optional[Relay] = None
     span: Any = None
 
-    _state: State = HEAD
+    # No class default: CPython 3.11's attribute specialization gives up on
+    # a name whose class-level value is an instance of a Python class (a
+    # State), which made every read and write of the connection's state a
+    # generic lookup.  __new__ sets it, whatever a subclass's __init__ does.
+    _state: State
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> "HTTPProxyProtocol":
+        self = super().__new__(cls)
+        self._state = HEAD
+        return self
     _timer: Any = None
     _timerKind = ""
     _lease: Any = None
@@ -1682,6 +1691,16 @@ class HTTPProxyFactory(ListenerFactory):
         self.draining = False
         if listener.idleTimeout and listener.idleTimeout < self.keepAliveTimeout:
             self.keepAliveTimeout = listener.idleTimeout
+        # Read once or more per request: made instance attributes (keeping a
+        # subclass's class-level values), because CPython 3.11 reads a
+        # class attribute through an instance by a generic, unspecialized
+        # lookup.
+        self.pseudonym = self.pseudonym
+        self.maxResponseHeadSize = self.maxResponseHeadSize
+        self.maxInterim = self.maxInterim
+        self.keepAliveTimeout = self.keepAliveTimeout
+        self.cache = self.cache
+        self.tracer = self.tracer
 
     _directReactor: Any = None
     _bindAddress: Any = None

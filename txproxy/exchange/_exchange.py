@@ -328,9 +328,12 @@ class Exchange:
     """
 
     # No __slots__: the per-request state starts as these class defaults,
-    # so making an exchange stores only what the constructor is given.
-    requestState: State = DECIDING
-    responseState: State = AWAITING_HEAD
+    # so making an exchange stores only what the constructor is given.  The
+    # two states are set by the constructor instead: CPython 3.11 does not
+    # specialize reads of a name whose class-level value is an instance of a
+    # Python class (a State).
+    requestState: State
+    responseState: State
     response: Optional[ResponseHead] = None
     #: The C{Connection} tokens of L{response}.
     responseTokens: FrozenSet[bytes] = frozenset()
@@ -372,6 +375,10 @@ class Exchange:
         self.observeRequest = observeRequest
         self.observeResponse = observeResponse
         self._http11 = head.version == _HTTP11
+        self.requestState = DECIDING
+        self.responseState = AWAITING_HEAD
+        self.reusable = True
+        self._headReader = None
 
     # -- state and timers
 

@@ -379,3 +379,92 @@ def errorResponse(
     headers += tuple(extraHeaders)
     head = ResponseHead(b"HTTP/1.1", status, phrase, headers)
     return serializeResponseHead(head) + body
+
+
+_XF = frozenset((b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded"))
+_XF_AND_HOST = _XF | {b"host"}
+_FORWARDING_SIZES = frozenset(len(name) for name in _XF_AND_HOST | FORWARDING_FIELDS)
+
+
+def _forwardedNode(host: str) -> str:
+    # RFC 7239 section 6: IPv6 addresses are bracketed and quoted.
+    return f'"[{host}]"' if ":" in host else host
+
+
+def forwardedHeaders(
+    headers: Tuple[Tuple[bytes, bytes], ...],
+    clientHost: str,
+    scheme: str,
+    host: Optional[bytes],
+    trusted: bool,
+    hostField: Optional[bytes] = None,
+) -> Tuple[Tuple[bytes, bytes], ...]:
+    """
+    Set C{X-Forwarded-For}, C{X-Forwarded-Proto}, C{X-Forwarded-Host} and
+    C{Forwarded} for a request from C{clientHost}.
+
+    From a trusted client (C{--trusted-proxies}) the received
+    C{X-Forwarded-For} and C{Forwarded} chains are kept and extended, and
+    received C{X-Forwarded-Proto}/C{-Host} (and the rest of
+    L{FORWARDING_FIELDS}: C{X-Real-IP}, ...) are kept; from anyone else all
+    of them are replaced or dropped, so a client cannot forge its address.
+    A name that reads as one of them with C{_} taken for C{-}
+    (C{X_Forwarded_For}) is dropped from everyone.
+
+    @param host: the host the client asked for (C{X-Forwarded-Host} and
+        C{Forwarded: host=}), or L{None}.
+    @param hostField: when given, the value of the one C{Host} field the
+        result has, in the same pass: it takes the place of the first
+        C{Host} in C{headers} (any other is dropped), or comes first if
+        there was none.
+    """
+    kept: List[Tuple[bytes, bytes]] = []
+    xff: List[bytes] = []
+    fwd: List[bytes] = []
+    proto: Optional[bytes] = None
+    xhost: Optional[bytes] = None
+    hostSeen = False
+    names = _XF if hostField is None else _XF_AND_HOST
+    sizes = _FORWARDING_SIZES
+    for name, value in headers:
+        if len(name) not in sizes:
+            # Comparing lengths first spares most names a lower() call (a
+            # spelling with "_" has the length of the one with "-").
+            kept.append((name, value))
+            continue
+        lower = name.lower()
+        if lower in names:
+            if lower == b"host":
+                if not hostSeen:
+                    hostSeen = True
+                    kept.append((name, hostField))  # type: ignore[arg-type]
+                continue
+            if trusted:
+                if lower == b"x-forwarded-for":
+                    xff.append(value)
+                elif lower == b"forwarded":
+                    fwd.append(value)
+                elif lower == b"x-forwarded-proto" and proto is None:
+                    proto = value
+                elif lower == b"x-forwarded-host" and xhost is None:
+                    xhost = value
+            continue
+        if lower in FORWARDING_FIELDS or (b"_" in lower and lower.replace(b"_", b"-") in FORWARDING_FIELDS):
+            if trusted and b"_" not in lower:
+                kept.append((name, value))
+            continue
+        kept.append((name, value))
+    if hostField is not None and not hostSeen:
+        kept.insert(0, (b"Host", hostField))
+    client = clientHost.encode("latin-1")
+    xff.append(client)
+    kept.append((b"X-Forwarded-For", b", ".join(xff)))
+    kept.append((b"X-Forwarded-Proto", proto or scheme.encode()))
+    if xhost is not None or host:
+        kept.append((b"X-Forwarded-Host", xhost if xhost is not None else host))  # type: ignore[arg-type]
+    element = f"for={_forwardedNode(clientHost)};proto={scheme}".encode("latin-1")
+    if host and b'"' not in host:
+        element += b';host="' + host + b'"'
+    fwd.append(element)
+    kept.append((b"Forwarded", b", ".join(fwd)))
+    return tuple(kept)
