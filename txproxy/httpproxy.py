@@ -806,7 +806,7 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
                 if upstream.transport is not None:
                     upstream.transport.loseConnection()
                 continue
-            if not ex.retryable and upstream.closedByPeer():
+            if (ex.retried or not ex.resendable) and upstream.closedByPeer():
                 # The server closed it (its keep-alive timeout) while the
                 # event loop was busy: a request that cannot be sent again
                 # must not be lost on it.  (A retryable one would be

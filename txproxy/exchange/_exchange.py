@@ -322,6 +322,9 @@ class Exchange:
     @ivar bytesDown: response body bytes sent to the client.
     @ivar reusable: whether the upstream connection may be reused.
     @ivar timer: the kind of the timer that applies now, or L{None}.
+    @ivar resendable: the request may be sent again should a pooled
+        connection close before answering: an idempotent method and no
+        body (L{retryable} says whether it still may).
     @ivar keepAliveTimeout: the idle seconds the upstream said (in
         C{Keep-Alive: timeout=N}, beside C{Connection: keep-alive}) it
         keeps this connection open, or L{None}.
@@ -379,6 +382,7 @@ class Exchange:
         self.responseState = AWAITING_HEAD
         self.reusable = True
         self._headReader = None
+        self.resendable = head.method in _IDEMPOTENT and framing.kind == "none"
 
     # -- state and timers
 
@@ -415,7 +419,7 @@ class Exchange:
         retryable (L{txproxy.upstream.UpstreamHTTPProtocol.closedByPeer}):
         such a request has no second chance.
         """
-        return not self.retried and self.head.method in _IDEMPOTENT and self.framing.kind == "none"
+        return not self.retried and self.resendable
 
     @property
     def ended(self) -> bool:
@@ -642,7 +646,7 @@ class Exchange:
                 return
             status = resp.status
             if status >= 200:
-                self._finalHead(resp, rest, actions)
+                self._finalHead(resp, rest, actions, headBytes)
                 return
             if status == 101:
                 if self.upgrading:
@@ -671,7 +675,7 @@ class Exchange:
         headers.append((b"Via", resp.version[5:] + b" " + self.pseudonym))
         return serializeTrustedHead(b"HTTP/1.1 %d %s\r\n" % (resp.status, resp.reason), headers)
 
-    def _finalHead(self, resp: ResponseHead, rest: bytes, actions: List[Action]) -> None:
+    def _finalHead(self, resp: ResponseHead, rest: bytes, actions: List[Action], headBytes: bytes) -> None:
         try:
             framing = responseFraming(self.head.method, resp)
         except HTTPError as e:
@@ -684,8 +688,10 @@ class Exchange:
                 self.reusable = False
         elif b"keep-alive" not in tokens or b"close" in tokens:
             self.reusable = False
-        if b"keep-alive" in tokens and self.reusable:
-            # (Only then: most servers send neither field.)
+        if b"keep-alive" in tokens and self.reusable and b"\nkeep-alive:" in headBytes.lower():
+            # (Only then: most servers send neither field, and nginx sends
+            # "Connection: keep-alive" alone; one search of the head costs
+            # less than a pass over its fields.)
             self.keepAliveTimeout = parseKeepAliveTimeout(resp.headers)
         kind = framing.kind
         if kind == "length" and len(rest) == framing.length:
