@@ -85,7 +85,6 @@ from txproxy.http import (
     HTTPError,
     RequestHead,
     ResponseHead,
-    endToEnd,
     errorResponse,
     findHeadEnd,
     parseRequestHead,
@@ -94,6 +93,7 @@ from txproxy.http import (
     serializeResponseHead,
     serializeTrustedHead,
 )
+from txproxy.http._headers import clientResponseHeaders, upstreamRequestHeaders
 from txproxy.http._parser import _connectionTokens as _connectionTokensOf
 from txproxy.httppolicy import HTTPPolicy
 from txproxy.limits._decision import Decision
@@ -128,8 +128,7 @@ PIPELINE_LIMIT = 256 * 1024
 
 _HTTP11 = b"HTTP/1.1"
 _HOP = HOP_BY_HOP
-# One copy of each: txproxy.http has the rule and the serializer.
-_endToEnd = endToEnd
+# One copy: txproxy.http has the serializer.
 _serializeHead = serializeTrustedHead
 # Hop-by-hop fields dropped from a 101 (Upgrade and Connection stay).
 _UPGRADE_DROP = frozenset(HOP_BY_HOP - {b"upgrade", b"connection"})
@@ -392,28 +391,18 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
         origin-form target, C{Via} added.  Subclasses add their own fields.
         """
         head = request.head
-        keep = self._upgradeKeep(head)
-        # (The tokens _headReceived found, when this is its head.)
-        headers, tokens, hasLength = _endToEnd(head.headers, keep, self._headTokens if head is self._head else None)
-        te = head.get(b"te") if b"te" in tokens else None
-        if te is not None and b"trailers" in te.lower():
-            # "TE: trailers" (a connection option, as RFC 9110 section
-            # 10.1.4 wants it sent) says the client takes trailers: what
-            # gRPC servers ask for, and what an HTTP/2 backend (which gets
-            # it as is) or an HTTP/1.1 one (as a connection option) may
-            # send.  (txproxy.h2 lists TE for a stream that sent it.)
-            headers.append((b"TE", b"trailers"))
-            headers.append((b"Connection", b"upgrade, TE" if keep else b"TE"))
-        elif keep:
-            headers.append((b"Connection", b"upgrade"))
         framing = self._framing
-        if framing.kind == "chunked":
-            headers.append((b"Transfer-Encoding", b"chunked"))
-        elif framing.kind == "length":
-            assert framing.length is not None
-            headers.append((b"Content-Length", b"%d" % framing.length))
-        headers.append((b"Via", head.version[5:] + b" " + self.factory.pseudonym))
-        return RequestHead(head.method, request.path, _HTTP11, tuple(headers))
+        headers = upstreamRequestHeaders(
+            head.headers,
+            self._upgradeKeep(head),
+            # (The tokens _headReceived found, when this is its head.)
+            self._headTokens if head is self._head else None,
+            framing.kind,
+            framing.length,
+            head.version,
+            self.factory.pseudonym,
+        )
+        return RequestHead(head.method, request.path, _HTTP11, headers)
 
     def _upgradeKeep(self, head: RequestHead) -> Tuple[bytes, ...]:
         if self._upgrading:
@@ -1093,31 +1082,20 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
             it had a C{Content-Length}, when the caller knows them (a cache
             hit): what L{endToEnd} would return.
         """
-        if passed is None:
-            headers, _, hadLength = _endToEnd(resp.headers, (), tokens)
-        else:
-            headers, hadLength = passed
-        kind = framing.kind if framing is not None else "none"
-        if kind == "length":
-            headers.append((b"Content-Length", b"%d" % framing.length))
-        elif kind == "none" and hadLength:
-            # HEAD and 304 answers may announce the length they omit.
-            value = resp.get(b"content-length") or b""
-            first = value.split(b",")[0].strip()
-            if first.isdigit():
-                headers.append((b"Content-Length", first))
-        if chunked:
-            headers.append((b"Transfer-Encoding", b"chunked"))
-        elif kind == "chunked":
-            # Decoded for an HTTP/1.0 client: its trailers are dropped.
-            headers = [(n, v) for n, v in headers if n.lower() != b"trailer"]
         head = self._head
+        connection: Optional[bytes] = None
         if not self._clientKeepAlive or self.factory.draining:
             self._clientKeepAlive = False
-            headers.append((b"Connection", b"close"))
+            connection = b"close"
         elif head is not None and head.version != _HTTP11:
-            headers.append((b"Connection", b"keep-alive"))
-        headers.append((b"Via", resp.version[5:] + b" " + self.factory.pseudonym))
+            connection = b"keep-alive"
+        if framing is not None:
+            kind, length = framing.kind, framing.length
+        else:
+            kind, length = "none", None
+        headers = clientResponseHeaders(
+            resp, kind, length, chunked, tokens, passed, connection, self.factory.pseudonym
+        )
         if self._request is not None and self._rewritesResponse:
             out = self.rewriteResponse(self._request, ResponseHead(_HTTP11, resp.status, resp.reason, tuple(headers)))
             return serializeResponseHead(out, validate=True)

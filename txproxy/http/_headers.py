@@ -11,7 +11,7 @@ from __future__ import annotations
 from http import HTTPStatus
 from typing import FrozenSet, Iterable, List, Optional, Tuple
 
-from ._parser import _NO_TOKENS, Header, Headers, ResponseHead, _connectionTokens, serializeResponseHead
+from ._parser import _NO_TOKENS, Header, Headers, ResponseHead, _connectionTokens, _get, serializeResponseHead
 
 #: Fields a proxy removes before forwarding, whether or not C{Connection}
 #: lists them.  RFC 9110 section 7.6.1 names C{Proxy-Connection},
@@ -468,3 +468,93 @@ def forwardedHeaders(
     fwd.append(element)
     kept.append((b"Forwarded", b", ".join(fwd)))
     return tuple(kept)
+
+
+def upstreamRequestHeaders(
+    headers: Headers,
+    keep: Tuple[bytes, ...],
+    tokens: Optional[FrozenSet[bytes]],
+    framingKind: str,
+    framingLength: Optional[int],
+    version: bytes,
+    pseudonym: bytes,
+) -> Headers:
+    """
+    The fields of a request head as a proxy forwards it over HTTP/1.1: the
+    end-to-end fields of C{headers} (L{endToEnd}), C{TE: trailers} and the
+    C{Connection} options it needs (with C{Upgrade} when C{keep} has it),
+    the body framing's C{Transfer-Encoding} or C{Content-Length}, and
+    C{Via}.
+
+    @param tokens: the C{Connection} tokens of C{headers} when the caller
+        has them, or L{None}.
+    @param framingKind: the request body's framing (L{Framing.kind}), and
+        C{framingLength} its length for C{"length"}.
+    @param version: the received request's version (C{HTTP/1.1}), for
+        C{Via}.
+    """
+    out, tokens, _ = endToEnd(headers, keep, tokens)
+    te = _get(headers, b"te") if b"te" in tokens else None
+    if te is not None and b"trailers" in te.lower():
+        # "TE: trailers" (a connection option, as RFC 9110 section 10.1.4
+        # wants it sent) says the client takes trailers: what gRPC servers
+        # ask for, and what an HTTP/2 backend (which gets it as is) or an
+        # HTTP/1.1 one (as a connection option) may send.
+        out.append((b"TE", b"trailers"))
+        out.append((b"Connection", b"upgrade, TE" if keep else b"TE"))
+    elif keep:
+        out.append((b"Connection", b"upgrade"))
+    if framingKind == "chunked":
+        out.append((b"Transfer-Encoding", b"chunked"))
+    elif framingKind == "length":
+        out.append((b"Content-Length", b"%d" % (framingLength or 0)))
+    out.append((b"Via", version[5:] + b" " + pseudonym))
+    return tuple(out)
+
+
+def clientResponseHeaders(
+    resp: ResponseHead,
+    framingKind: str,
+    framingLength: Optional[int],
+    chunked: bool,
+    tokens: Optional[FrozenSet[bytes]],
+    passed: Optional[Tuple[List[Header], bool]],
+    connection: Optional[bytes],
+    pseudonym: bytes,
+) -> List[Header]:
+    """
+    The fields of a response head as a proxy sends it to an HTTP/1.x
+    client: the end-to-end fields of C{resp} (or C{passed}), the framing's
+    C{Content-Length} (or the received one of an answer without a body, a
+    C{HEAD} or C{304}), C{Transfer-Encoding: chunked} when the proxy
+    chunks, C{Connection: connection} when given, and C{Via}.
+
+    @param framingKind: how the body is relayed (L{Framing.kind}; C{"none"}
+        when no framing applies), and C{framingLength} its length.
+    @param chunked: the proxy chunks the body for the client.
+    @param tokens: C{resp}'s C{Connection} tokens when known, or L{None}.
+    @param passed: C{resp}'s end-to-end fields (a new list) and whether it
+        had a C{Content-Length}, when the caller knows them (a cache hit).
+    @return: a new list.
+    """
+    if passed is None:
+        headers, _, hadLength = endToEnd(resp.headers, (), tokens)
+    else:
+        headers, hadLength = passed
+    if framingKind == "length":
+        headers.append((b"Content-Length", b"%d" % (framingLength or 0)))
+    elif framingKind == "none" and hadLength:
+        # HEAD and 304 answers may announce the length they omit.
+        value = _get(resp.headers, b"content-length") or b""
+        first = value.split(b",")[0].strip()
+        if first.isdigit():
+            headers.append((b"Content-Length", first))
+    if chunked:
+        headers.append((b"Transfer-Encoding", b"chunked"))
+    elif framingKind == "chunked":
+        # Decoded for an HTTP/1.0 client: its trailers are dropped.
+        headers = [(n, v) for n, v in headers if n.lower() != b"trailer"]
+    if connection is not None:
+        headers.append((b"Connection", connection))
+    headers.append((b"Via", resp.version[5:] + b" " + pseudonym))
+    return headers
