@@ -5,7 +5,7 @@
 # proxy's CPU ticks (100 per second of one core) per round.
 #
 #   git worktree add --detach /tmp/old 80f10bf
-#   OLD=/tmp/old NEW=$PWD bench/ab_reverse.sh          # ROUNDS=5 ORDER="18102 18101" PY=...
+#   OLD=/tmp/old NEW=$PWD bench/ab_reverse.sh          # ROUNDS=5 ORDER="18102 18101" PY=... WARM=2 (s; 15 for PyPy)
 PY=${PY:-$PWD/.venv/bin/python}
 NEW=${NEW:-$PWD}
 ROUNDS=${ROUNDS:-5}
@@ -27,7 +27,7 @@ start ${OLD:?OLD=checkout} 18101; start $NEW 18102
 for i in $(seq 60); do curl -s -o /dev/null http://127.0.0.1:18101/ && curl -s -o /dev/null http://127.0.0.1:18102/ && break; sleep 0.5; done
 pidof_port() { ss -ltnpH "sport = :$1" | sed -n 's/.*pid=\([0-9]*\).*/\1/p' | head -1; }
 for p in 18101 18102; do pidof_port $p > $T/tw$p.pid; done
-for p in 18101 18102; do taskset -c 0 wrk -t1 -c50 -d2s -H "Host: app.test" http://127.0.0.1:$p/ > /dev/null; done
+for p in 18101 18102; do taskset -c 0 wrk -t1 -c50 -d${WARM:-2}s -H "Host: app.test" http://127.0.0.1:$p/ > /dev/null; done
 for r in $(seq $ROUNDS); do
   for p in ${ORDER:-18101 18102}; do
     c0=$(awk '{print $14+$15}' /proc/$(cat $T/tw$p.pid)/stat)
