@@ -688,10 +688,12 @@ class Exchange:
                 self.reusable = False
         elif b"keep-alive" not in tokens or b"close" in tokens:
             self.reusable = False
-        if b"keep-alive" in tokens and self.reusable and b"\nkeep-alive:" in headBytes.lower():
+        if b"keep-alive" in tokens and self.reusable and headBytes.lower().find(b"\nkeep-alive:") >= 0:
             # (Only then: most servers send neither field, and nginx sends
             # "Connection: keep-alive" alone; one search of the head costs
-            # less than a pass over its fields.)
+            # less than a pass over its fields.  find(), not "in": on
+            # CPython "bytes in bytes" first tries the operand as an
+            # integer and throws the TypeError away.)
             self.keepAliveTimeout = parseKeepAliveTimeout(resp.headers)
         kind = framing.kind
         if kind == "length" and len(rest) == framing.length:

@@ -463,7 +463,9 @@ def forwardedHeaders(
     if xhost is not None or host:
         kept.append((b"X-Forwarded-Host", xhost if xhost is not None else host))  # type: ignore[arg-type]
     element = f"for={_forwardedNode(clientHost)};proto={scheme}".encode("latin-1")
-    if host and b'"' not in host:
+    # (find(), not "in": on CPython, "bytes in bytes" first tries the
+    # operand as an integer and throws the TypeError away.)
+    if host and host.find(b'"') < 0:
         element += b';host="' + host + b'"'
     fwd.append(element)
     kept.append((b"Forwarded", b", ".join(fwd)))
