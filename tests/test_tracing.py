@@ -267,15 +267,6 @@ def _spans(n: int) -> List[Span]:
     return out
 
 
-class _Unprintable:
-    """
-    An attribute value the encoder cannot encode (it has no text).
-    """
-
-    def __str__(self) -> str:
-        raise ValueError("no text")
-
-
 class BatchExporterTests(SynchronousTestCase):
     """
     L{BatchExporter}: bounded queue, batches, timer, timeout, drops.
@@ -327,40 +318,6 @@ class BatchExporterTests(SynchronousTestCase):
         self.post.calls[0].callback(None)
         self.clock.advance(0)
         self.assertEqual(self.post.names(1), ["s4", "s5", "s6", "s7"])
-
-    def test_unencodableSpanDropped(self) -> None:
-        """
-        Spans are encoded when their batch is sent; one that cannot be (a
-        hook set a value of no OTLP type) is dropped, counted and logged,
-        and the rest of its batch goes.
-        """
-        spans = _spans(4)
-        spans[1].setAttribute("bad", _Unprintable())
-        for span in spans:
-            self.exporter.add(span)
-        self.assertEqual(self.exporter.dropped, 0)
-        self.clock.advance(0)
-        self.assertEqual(self.post.names(0), ["s0", "s2", "s3"])
-        self.assertEqual(self.exporter.dropped, 1)
-        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
-        self.post.calls[0].callback(None)
-        self.assertEqual(self.exporter.exported, 3)
-
-    def test_nothingEncodable(self) -> None:
-        """
-        A batch none of whose spans can be encoded sends nothing; the next
-        batch goes as usual.
-        """
-        spans = _spans(5)
-        for span in spans[:4]:
-            span.setAttribute("bad", _Unprintable())
-        for span in spans:
-            self.exporter.add(span)
-        self.clock.advance(0)
-        self.assertEqual(self.exporter.dropped, 4)
-        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 4)
-        self.clock.advance(1)
-        self.assertEqual(self.post.names(0), ["s4"])
 
     def test_queueBoundDrops(self) -> None:
         """

@@ -3,10 +3,10 @@
 Exporting spans: a bounded queue, batches on a timer, one OTLP/HTTP POST at
 a time from the reactor with a timeout.
 
-Nothing here can delay traffic: L{BatchExporter.add} is a length check and
-an append.  Spans are encoded when their batch is sent, all of it in one
-go (the encoder runs warm over hundreds of spans instead of cold once per
-request).  When the queue is full (the collector is slow, dead, or keeps
+Nothing here can delay traffic: L{BatchExporter.add} is a length check, the
+span's encoding and an append.  Spans are encoded as they end, so the queue
+holds one C{bytes} per span rather than the span's objects (less for the
+garbage collector to walk, and a size that is known).  When the queue is full (the collector is slow, dead, or keeps
 failing) the span is dropped and counted; a batch whose POST fails or times
 out is dropped and counted too.  Memory is bounded by the queue plus the one
 batch in flight.
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from typing import Any, Callable, Deque, Dict, List, Optional
+from typing import Any, Callable, Deque, Dict, Optional
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
@@ -137,7 +137,7 @@ class BatchExporter:
         if resource is None:
             resource = resourceAttributes(os.environ.get("OTEL_SERVICE_NAME") or "txproxy", __version__)
         self.resource = resource
-        self._queue: Deque[Span] = deque()
+        self._queue: Deque[bytes] = deque()
         self._timer: Any = None
         self._inFlight: Optional[defer.Deferred] = None
         self._failing = False
@@ -157,7 +157,13 @@ class BatchExporter:
         if len(queue) >= self.maxQueue or self._stopped:
             self.dropped += 1
             return
-        queue.append(span)
+        try:
+            queue.append(encodeSpanField(span))
+        except Exception:
+            # (An attribute value a hook set that cannot be encoded.)
+            self.dropped += 1
+            log.failure("tracing: could not encode span {span!r}", span=span)
+            return
         if self._timer is None and self._inFlight is None:
             delay = self.interval if len(queue) < self.batchSize else 0
             self._timer = self.clock.callLater(delay, self._send)
@@ -172,18 +178,7 @@ class BatchExporter:
         n = min(len(queue), self.batchSize)
         batch = [queue.popleft() for _ in range(n)]
         try:
-            # Spans are encoded here, a batch in one go: the encoder's code
-            # and caches stay warm over hundreds of spans, where encoding
-            # each as its request ends ran it cold every time.
-            fields = list(map(encodeSpanField, batch))
-        except Exception:
-            fields = self._encodeEach(batch)
-            n = len(fields)
-            if not n:
-                self._next()
-                return
-        try:
-            body = encodeRequest(fields, self.resource, ("txproxy", __version__))
+            body = encodeRequest(batch, self.resource, ("txproxy", __version__))
             d = self.post(body)
         except Exception:
             log.failure("tracing: could not send a batch of {n} spans", n=n)
@@ -194,20 +189,6 @@ class BatchExporter:
         self._inFlight = d
         d.addCallbacks(lambda _: self._sent(n), lambda f: self._failed(f, n))
         d.addErrback(lambda f: log.failure("tracing: unexpected error", f))
-
-    def _encodeEach(self, batch: List[Span]) -> List[bytes]:
-        """
-        The fields of the spans of C{batch} that can be encoded; the others
-        (an attribute value a hook set that cannot be) dropped and counted.
-        """
-        fields = []
-        for span in batch:
-            try:
-                fields.append(encodeSpanField(span))
-            except Exception:
-                self.dropped += 1
-                log.failure("tracing: could not encode span {span!r}", span=span)
-        return fields
 
     def _sent(self, n: int) -> None:
         self._inFlight = None
