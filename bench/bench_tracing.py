@@ -14,7 +14,11 @@ worker answering 12 bytes.  For each interpreter given (--cpython PATH,
             is a span, exported in batches to the receiver
 
 The collector is the origin nginx itself (``POST /v1/traces`` answered 200,
-body discarded: next to no CPU on core 0, where wrk runs); with
+body read and discarded, nothing decoded: next to no CPU on core 0, where
+wrk runs), so the proxy pays what it would pay a remote collector (the
+encoding, the POST and its socket writes) and the load generator is not
+slowed by a local decoder; decoding the protobuf is the integration
+tests' receiver's job, not the benchmark's.  With
 --python-receiver, a small Python OTLP/HTTP endpoint that counts batches
 and bytes instead (it competes with wrk for core 0, which lowers every
 rate and raises CPU per request of the traced variants).  Rounds
@@ -22,8 +26,18 @@ are interleaved (every variant once per round, order reversed on odd
 rounds); each measurement is SECONDS of wrk after a warm-up (longer for
 PyPy).  The table shows median req/s (min-max), the proxy's CPU per
 request (microseconds: its CPU time over requests served, much less
-sensitive to other load than req/s), p99 latency, and each variant's ratio
-to ``off`` (of medians, and the median of per-round paired ratios).
+sensitive to other load than req/s), split into user and system time
+(from /proc/PID/stat: tracing adds user time only), p99 latency, and
+each variant's ratio to ``off`` (of medians, and the median of per-round
+paired ratios).
+
+With --instructions (and no --micro or --part): the real CPython proxy
+under callgrind, one variant at a time, its instructions per request
+while serving wrk (zeroed after a warm-up, dumped after --seconds, at
+least 8): the same measure as --micro --instructions, on the real process
+(reactor, sockets' Python side, garbage collector, the POSTs included).
+
+  python bench/bench_tracing.py --instructions --cpython /work/main/.venv/bin/python
 
   python bench/bench_tracing.py --cpython /work/main/.venv/bin/python \\
       --pypy /work/main/.venv-pypy/bin/python [--seconds 5] [--repeats 5]
@@ -362,7 +376,10 @@ def real(args: argparse.Namespace) -> int:
     tmp = B.mktemp("tracing")
     servers: List[Any] = []
     results: Dict[str, List[Any]] = {}
+    split: Dict[str, List[Any]] = {}
     received = ""
+    if args.instructions:
+        return realInstructions(args)
     try:
         originPort = B.free_port()
         origin = B.start_and_wait(H.start_origin(tmp, originPort), originPort)
@@ -399,10 +416,18 @@ def real(args: argparse.Namespace) -> int:
 
         def measure(item: Any) -> None:
             name, server, port, label = item
+            u0, s0 = userSystem(server.pid)
             sample = B.measured(lambda: H.wrk(f"http://127.0.0.1:{port}/", args.seconds, host="app.test"),
                                 server.pid, None, "rps")
+            u1, s1 = userSystem(server.pid)
+            served = sample.extra.get("requests") or 0
+            if sample.value and served:
+                # The proxy's own user and system CPU over the requests wrk
+                # counted (microseconds per request).
+                split.setdefault(name, []).append(((u1 - u0) / served * 1e6, (s1 - s0) / served * 1e6))
             results.setdefault(name, []).append(sample)
-            B.log(f"  {name}: {sample.value or 0:.0f} req/s, cpu {sample.proxy_cpu or 0:.2f}")
+            B.log(f"  {name}: {sample.value or 0:.0f} req/s, cpu {sample.proxy_cpu or 0:.2f}"
+                  + (f" (user {split[name][-1][0]:.1f} + sys {split[name][-1][1]:.1f} us/req)" if name in split else ""))
 
         B.rounds(running, args, "tracing", measure)
         if args.python_receiver:
@@ -427,15 +452,92 @@ def real(args: argparse.Namespace) -> int:
         p99 = statistics.median([s.extra.get("p99_ms", 0) for s in results[name] if s.value]) if summary.get("n") else 0
         cpu = summary.get("cpu_per_unit")
         baseCpu = base.get("cpu_per_unit")
+        us = (f"{statistics.median(u for u, _ in split[name]):.1f} + {statistics.median(y for _, y in split[name]):.1f}"
+              if split.get(name) else "-")
+        summary["user_sys_us_per_request"] = split.get(name, [])
         rows.append([name, B.cell(summary, ".0f"),
-                     f"{cpu * 1e6:.1f}" if cpu else "-",
+                     f"{cpu * 1e6:.1f}" if cpu else "-", us,
                      f"{cpu / baseCpu - 1:+.1%}" if cpu and baseCpu and variant != "off" else "",
                      f"{p99:.2f}", ratio])
-    B.print_table(["variant", "req/s median (min-max)", "CPU us/req", "CPU vs off", "p99 ms", "req/s vs off"], rows)
+    B.print_table(["variant", "req/s median (min-max)", "CPU us/req", "user + sys", "CPU vs off", "p99 ms",
+                   "req/s vs off"], rows)
     print(received)
     path = B.write_json("tracing", {"summaries": summaries, "args": vars(args), "machine": B.machine_info(),
                                     "receiver": received})
     print(f"JSON: {path}")
+    return 0
+
+
+def userSystem(pid: int) -> Any:
+    """
+    The user and system CPU seconds of process C{pid} (not its children).
+    """
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def realInstructions(args: argparse.Namespace) -> int:
+    """
+    --instructions without --micro: the real proxy (twistd, CPython) under
+    callgrind, one variant at a time, serving ``wrk -c20`` for --seconds
+    after a warm-up; its instructions (user space only) between a zeroing
+    and a dump of callgrind's counters, over the requests wrk counted.
+    Nearly independent of other load on the machine (the rate is not).
+    """
+    import glob
+    import re
+    import socket
+
+    import bench_http as H
+    import benchlib as B
+
+    tmp = B.mktemp("tracing-instructions")
+    servers: List[Any] = []
+    counts: Dict[str, float] = {}
+    try:
+        originPort = B.free_port()
+        servers.append(B.start_and_wait(H.start_origin(tmp, originPort), originPort))
+        url = f"http://127.0.0.1:{originPort}/v1/traces"
+        for variant, extra in (("off", []), ("sample0", ["--trace-otlp", url, "--trace-sample", "0"]),
+                               ("sample1", ["--trace-otlp", url, "--trace-sample", "1"])):
+            port = B.free_port()
+            out = os.path.join(tmp, f"callgrind.{variant}")
+            argv = (["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}.%p"] + H.twistd(args.cpython)
+                    + ["--mode", "reverse", "--listen", f"tcp:{port}:interface=127.0.0.1:backlog=1024",
+                       "--route", f"*=http://127.0.0.1:{originPort}"] + extra)
+            server = B.Server(f"callgrind-{variant}", argv, B.PROXY_CPU, tmp,
+                              env=dict(os.environ, PYTHONPATH=B.REPO), cwd=B.REPO)
+            servers.append(server)
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", port), 1).close()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline or not server.alive():
+                        raise RuntimeError("proxy under callgrind did not start: " + server.log_tail())
+                    time.sleep(0.5)
+            H.wrk(f"http://127.0.0.1:{port}/", 5, conns=20, host="app.test")
+            subprocess.run(["callgrind_control", "--zero", str(server.pid)], check=True, capture_output=True)
+            res = H.wrk(f"http://127.0.0.1:{port}/", max(args.seconds, 8), conns=20, host="app.test")
+            subprocess.run(["callgrind_control", "--dump", str(server.pid)], check=True, capture_output=True)
+            time.sleep(1)
+            dumps = sorted(glob.glob(f"{out}.{server.pid}*"), key=os.path.getmtime)
+            with open(dumps[-1]) as f:
+                match = re.search(r"^(?:summary|totals): (\d+)", f.read(), re.M)
+            assert match and res.get("requests"), (res, dumps)
+            counts[variant] = int(match.group(1)) / res["requests"]
+            off = counts.get("off")
+            extra_ = f"  (+{counts[variant] - off:,.0f}, {counts[variant] / off - 1:+.1%} vs off)" if off and variant != "off" else ""
+            print(f"real {variant:8s} {counts[variant]:10,.0f} instructions/request over {res['requests']} requests"
+                  f"{extra_}", flush=True)
+            server.stop()
+            servers.remove(server)
+    finally:
+        for s in reversed(servers):
+            s.stop()
     return 0
 
 
@@ -446,7 +548,8 @@ def main() -> int:
     parser.add_argument("--variant", default="main", choices=list(VARIANTS) + ["main", "all"],
                         help="--micro: one variant, 'main' (off, sample0, sample1) or 'all'")
     parser.add_argument("--instructions", action="store_true",
-                        help="--micro or --part: instructions per request (or call) under callgrind")
+                        help="instructions per request (or call) under callgrind: with --micro or --part in "
+                             "process, else of the real proxy (CPython) serving wrk")
     parser.add_argument("--part", choices=PARTS + ("all",), help="one piece of the traced request's work, alone")
     parser.add_argument("-n", type=int, default=2000, help="--instructions: requests (calls) per round")
     parser.add_argument("--rounds", type=int, default=0, help="(internal) rounds of -n, counted by callgrind")

@@ -365,6 +365,9 @@ class Tracer:
         self._newSampled: Optional[bool] = True if bound >= 2**64 else False if bound <= 0 else None
         # The pool's lines carry the flag most new traces get.
         self._poolFlags = b"01" if self._newSampled else b"00"
+        #: Whether a request without trace fields gets an unrecorded span
+        #: from the pool with no further decision (ratio 0, no C{randbits}).
+        self._quickUnsampled = self._newSampled is False and randbits is None
         self._block = b""
         self._next = self._end = 0
         _tracers.add(self)
