@@ -680,6 +680,54 @@ class SerializeTests(SynchronousTestCase):
             self.assertRaises(ValueError, serializeResponseHead, head)
 
 
+class SerializeTrustedHeadTests(SynchronousTestCase):
+    """
+    Tests for L{txproxy.http._headers.serializeTrustedHead}, the serializer
+    of heads the proxy made or parsed itself.
+    """
+
+    def test_fields(self) -> None:
+        """
+        Each field is C{name: value} and CRLF, in order, then an empty line;
+        an empty value keeps its space.
+        """
+        self.assertEqual(
+            _headers.serializeTrustedHead(b"HTTP/1.1 200 OK\r\n", [(b"A", b"1"), (b"B", b""), (b"A", b"2")]),
+            b"HTTP/1.1 200 OK\r\nA: 1\r\nB: \r\nA: 2\r\n\r\n",
+        )
+
+    def test_noFields(self) -> None:
+        """
+        With no field, the first line is followed by the empty line only.
+        """
+        self.assertEqual(_headers.serializeTrustedHead(b"GET / HTTP/1.1\r\n", ()), b"GET / HTTP/1.1\r\n\r\n")
+
+    def test_extra(self) -> None:
+        """
+        C{extra} (serialized lines) comes after the fields, with or
+        without fields before it.
+        """
+        extra = b"traceparent: 00-x\r\n"
+        self.assertEqual(
+            _headers.serializeTrustedHead(b"GET / HTTP/1.1\r\n", ((b"Host", b"a"),), extra),
+            b"GET / HTTP/1.1\r\nHost: a\r\ntraceparent: 00-x\r\n\r\n",
+        )
+        self.assertEqual(
+            _headers.serializeTrustedHead(b"GET / HTTP/1.1\r\n", [], extra),
+            b"GET / HTTP/1.1\r\ntraceparent: 00-x\r\n\r\n",
+        )
+
+    def test_sameAsValidating(self) -> None:
+        """
+        For valid fields it writes what the validating serializer writes.
+        """
+        head = ResponseHead(b"HTTP/1.1", 404, b"Not Found", ((b"Content-Length", b"3"), (b"X-A", b"b c")))
+        self.assertEqual(
+            _headers.serializeTrustedHead(b"HTTP/1.1 404 Not Found\r\n", head.headers),
+            serializeResponseHead(head),
+        )
+
+
 class URITests(SynchronousTestCase):
     """
     Tests for L{parseAuthority}, L{parseHostHeader} and L{parseAbsoluteURI}.
