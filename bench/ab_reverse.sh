@@ -18,6 +18,10 @@
 #                  # the compiled install (NEW: a directory without txproxy in it) against a checkout
 #   OLD_ENV="VAR=x" NEW_ENV="VAR=y" ...        # environment settings for one side
 #
+# PyPy runs with PYPY_GC_NURSERY=32M (as docs/performance.rst recommends and
+# benchlib.py does); PYPY_GC_NURSERY= (empty) in the environment gives
+# PyPy's default.
+#
 # Prints one line per measurement (req/s, the proxy's CPU ticks: 100 per
 # second of one core), then the mean req/s of each side, the NEW/OLD ratio
 # of the means, and the median of the per-round ratios.
@@ -38,7 +42,7 @@ if ss -ltnH | grep -qE ":(18000|18101) "; then echo "ports busy"; exit 1; fi
 taskset -c 0 nginx -c $T/nginx.conf -p $T & NPID=$!
 sleep 0.5
 measure() { # label tree python env
-  (cd $2 && env $4 PYTHONPATH=$2 taskset -c 1 $(dirname $3)/twistd -n --pidfile= txproxy --mode reverse \
+  (cd $2 && env PYPY_GC_NURSERY=${PYPY_GC_NURSERY-32M} $4 PYTHONPATH=$2 taskset -c 1 $(dirname $3)/twistd -n --pidfile= txproxy --mode reverse \
      --listen tcp:18101:interface=127.0.0.1 --route "*=http://127.0.0.1:18000" > $T/tw.log 2>&1 & echo $! > $T/tw.pid)
   for i in $(seq 120); do curl -s -o /dev/null http://127.0.0.1:18101/ && break; sleep 0.25; done
   local pid

@@ -5,7 +5,11 @@ Cost of tracing (issue 16: sample 1.0 costs <= 10% of req/s, sample 0 <= 2%).
 Default (--real): real twistd processes, reverse proxy, keep-alive HTTP:
 ``wrk -t1 -c50`` (bench/http/wrk_report.lua) through txproxy to one nginx
 worker answering 12 bytes.  For each interpreter given (--cpython PATH,
---pypy PATH) three proxies run side by side, all pinned to core 1:
+--pypy PATH) three proxy variants, all pinned to core 1, each started
+afresh for every measurement (``--processes shared`` keeps one process
+per variant for all rounds instead, which measures those processes more
+than the variants: two processes of the same code differ by up to about
+10% for their whole life):
 
   off       no --trace-otlp
   sample0   --trace-otlp (local receiver) --trace-sample 0: every request
@@ -399,23 +403,48 @@ def real(args: argparse.Namespace) -> int:
         url = f"http://127.0.0.1:{rxPort}/v1/traces"
         running = []
         interpreters = [("cpython", args.cpython)] + ([("pypy", args.pypy)] if args.pypy else [])
+
+        def start(name: str, python: str, extra: List[str]) -> Any:
+            port = B.free_port()
+            argv = H.twistd(python) + ["--mode", "reverse", "--listen",
+                                       f"tcp:{port}:interface=127.0.0.1:backlog=1024",
+                                       "--route", f"*=http://127.0.0.1:{originPort}"] + extra
+            server = B.Server(name, argv, B.PROXY_CPU, tmp, env=dict(os.environ, PYTHONPATH=B.REPO), cwd=B.REPO)
+            servers.append(server)
+            B.start_and_wait(server, port)
+            return server, port
+
         for label, python in interpreters:
             for variant, extra in (("off", []), ("sample0", ["--trace-otlp", url, "--trace-sample", "0"]),
                                    ("sample1", ["--trace-otlp", url, "--trace-sample", "1"])):
-                port = B.free_port()
-                argv = H.twistd(python) + ["--mode", "reverse", "--listen",
-                                           f"tcp:{port}:interface=127.0.0.1:backlog=1024",
-                                           "--route", f"*=http://127.0.0.1:{originPort}"] + extra
-                server = B.Server(f"{label}-{variant}", argv, B.PROXY_CPU, tmp,
-                                  env=dict(os.environ, PYTHONPATH=B.REPO), cwd=B.REPO)
-                servers.append(server)
-                B.start_and_wait(server, port)
-                running.append((f"{label}-{variant}", server, port, label))
-        for _name, _server, port, label in running:
-            H.wrk(f"http://127.0.0.1:{port}/", args.warmup * (3 if label == "pypy" else 1), host="app.test")
+                name = f"{label}-{variant}"
+                if args.processes == "fresh":
+                    # Started in each round instead (see --processes).
+                    running.append((name, (python, extra), None, label))
+                else:
+                    server, port = start(name, python, extra)
+                    running.append((name, server, port, label))
+        if args.processes != "fresh":
+            for _name, _server, port, label in running:
+                H.wrk(f"http://127.0.0.1:{port}/", args.warmup * (3 if label == "pypy" else 1), host="app.test")
 
         def measure(item: Any) -> None:
             name, server, port, label = item
+            if port is None:
+                # A fresh process for this measurement: a process keeps a
+                # speed of its own (bench/README.md, ab_reverse.sh).
+                python, extra = server
+                server, port = start(name, python, extra)
+                H.wrk(f"http://127.0.0.1:{port}/", args.warmup * (3 if label == "pypy" else 1), host="app.test")
+                try:
+                    measureOn(name, server, port)
+                finally:
+                    server.stop()
+                    servers.remove(server)
+                return
+            measureOn(name, server, port)
+
+        def measureOn(name: str, server: Any, port: int) -> None:
             u0, s0 = userSystem(server.pid)
             sample = B.measured(lambda: H.wrk(f"http://127.0.0.1:{port}/", args.seconds, host="app.test"),
                                 server.pid, None, "rps")
@@ -561,6 +590,10 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--processes", choices=("fresh", "shared"), default="fresh",
+                        help="real mode: start each variant's proxy afresh for every measurement (default), or "
+                             "keep one process per variant for all rounds (a process keeps a speed of its own, "
+                             "up to about +-10%%: see bench/README.md, ab_reverse.sh)")
     parser.add_argument("--wait-quiet", type=float, default=10.0)
     parser.add_argument("--python-receiver", action="store_true",
                         help="collect with a Python http.server that counts batches and bytes (it shares "
