@@ -124,6 +124,26 @@ class ForwardingTests(ProxyTestCase):
         self.assertEqual(len(_heads(client.value())), 2)
         self.assertFalse(client.disconnecting)
 
+    def test_upstreamSenderKeptForTheConnection(self) -> None:
+        """
+        What writes to an upstream connection is made once, by the first
+        exchange on it, and the next exchange on the pooled connection
+        uses the same one (a new one per request, kept on the long-lived
+        client protocol, is garbage a generational collector must copy).
+        """
+        proto, client, upstream = self.request()
+        pooled = proto._upstream
+        sender = pooled.sender
+        self.assertIsNotNone(sender)
+        self.assertIs(proto._toUpstream, sender)
+        self.respond(OK)
+        proto.dataReceived(GET)
+        self.assertIs(proto._upstream, pooled)
+        self.assertIs(pooled.sender, sender)
+        self.assertIs(proto._toUpstream, sender)
+        self.respond(OK)
+        self.assertEqual(len(_heads(client.value())), 2)
+
     def test_poolSharedAcrossClients(self) -> None:
         """
         Another client connection to the same origin reuses the idle

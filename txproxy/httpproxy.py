@@ -928,7 +928,14 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
             return
         ex = self._ex
         assert ex is not None
-        toUpstream = self._toUpstream = fastSender(upstream.transport)  # type: ignore[arg-type]
+        toUpstream = upstream.sender
+        if toUpstream is None:
+            # One per upstream connection, kept for its life: a new closure
+            # per request, stored on this long-lived protocol, is what a
+            # generational collector must copy and promote (on PyPy, a third
+            # of a minor collection's cost under load; bench/README.md).
+            toUpstream = upstream.sender = fastSender(upstream.transport)  # type: ignore[arg-type]
+        self._toUpstream = toUpstream
         toUpstream(data)
         input_, self._input = self._input, b""
         if self.factory.metrics is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import errno
 import socket
-from typing import TYPE_CHECKING, Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
 
 import attr
 from twisted.internet import error
@@ -139,6 +139,9 @@ class UpstreamHTTPProtocol(RelayedProtocol):
     lost = False
     #: The peer as the access log shows it (C{host:port}), once known.
     address = ""
+    #: What writes to this connection (L{txproxy.relay.fastSender} of its
+    #: transport), made by the first exchange on it and kept for the next.
+    sender: Optional[Callable[[bytes], None]] = None
     #: The C{--deny-dest} set this connection's peer was last found outside
     #: of (L{txproxy.httpproxy.HTTPProxyProtocol._stillAllowed} checks a
     #: pooled connection again only when the set has changed: a reload).
