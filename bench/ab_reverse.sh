@@ -17,6 +17,9 @@
 #   NEW=/tmp/empty NEW_PY=.venv-compiled/bin/python OLD=/tmp/old bench/ab_reverse.sh
 #                  # the compiled install (NEW: a directory without txproxy in it) against a checkout
 #   OLD_ENV="VAR=x" NEW_ENV="VAR=y" ...        # environment settings for one side
+#   LOAD=h2c ...      # h2load -t1 -cC -m10 with prior knowledge (HTTP/2 from
+#                     # the clients, HTTP/1.1 to nginx) instead of wrk; LOAD=h1:
+#                     # h2load --h1 -cC -m1 (HTTP/1.1 keep-alive, as bench_h2.py)
 #
 # PyPy runs with PYPY_GC_NURSERY=32M (as docs/performance.rst recommends and
 # benchlib.py does); PYPY_GC_NURSERY= (empty) in the environment gives
@@ -41,18 +44,26 @@ NG
 if ss -ltnH | grep -qE ":(18000|18101) "; then echo "ports busy"; exit 1; fi
 taskset -c 0 nginx -c $T/nginx.conf -p $T & NPID=$!
 sleep 0.5
+load() { # seconds: one load run on core 0; prints its output
+  case ${LOAD:-wrk} in
+    wrk) taskset -c 0 wrk -t1 -c${C:-50} -d${1}s -H "Host: app.test" http://127.0.0.1:18101/ ;;
+    h2c) taskset -c 0 h2load -t1 -c${C:-50} -m10 -D $1 http://127.0.0.1:18101/ ;;
+    h1) taskset -c 0 h2load -t1 --h1 -c${C:-50} -m1 -D $1 http://127.0.0.1:18101/ ;;
+    *) echo "LOAD=$LOAD: wrk, h2c or h1" >&2; exit 2 ;;
+  esac
+}
 measure() { # label tree python env
   (cd $2 && env PYPY_GC_NURSERY=${PYPY_GC_NURSERY-32M} $4 PYTHONPATH=$2 taskset -c 1 $(dirname $3)/twistd -n --pidfile= txproxy --mode reverse \
      --listen tcp:18101:interface=127.0.0.1 --route "*=http://127.0.0.1:18000" > $T/tw.log 2>&1 & echo $! > $T/tw.pid)
   for i in $(seq 120); do curl -s -o /dev/null http://127.0.0.1:18101/ && break; sleep 0.25; done
   local pid
   pid=$(ss -ltnpH "sport = :18101" | sed -n 's/.*pid=\([0-9]*\).*/\1/p' | head -1)
-  taskset -c 0 wrk -t1 -c${C:-50} -d${WARM:-2}s -H "Host: app.test" http://127.0.0.1:18101/ > /dev/null
+  load ${WARM:-2} > /dev/null
   local c0 c1 out rps
   c0=$(awk '{print $14+$15}' /proc/$pid/stat)
-  out=$(taskset -c 0 wrk -t1 -c${C:-50} -d5s -H "Host: app.test" http://127.0.0.1:18101/)
+  out=$(load 5)
   c1=$(awk '{print $14+$15}' /proc/$pid/stat)
-  rps=$(echo "$out" | awk '/Requests\/sec/{print $2}')
+  rps=$(echo "$out" | awk '/Requests\/sec/{print $2} /^finished in/{print $4}')
   echo "round $r $1 req/s $rps cpu_ticks $((c1-c0))" | tee -a $T/results
   kill -9 $pid 2>/dev/null
   for i in $(seq 40); do ss -ltnH | grep -q ":18101 " || break; sleep 0.1; done

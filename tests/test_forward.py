@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import os
 import tempfile
+import weakref
 from typing import Any, List
 
 from twisted.internet import defer, error
@@ -18,6 +19,7 @@ from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.refcycles import assertFreed, collectorOff
 from txproxy.accesslog import AccessRecord
 from txproxy.forward import ForwardProxyProtocol
 from txproxy.hooks import Refuse, Target, TunnelRequest
@@ -812,6 +814,30 @@ class HookTests(ForwardTestCase):
         self.connector.last.fail(error.ConnectionRefusedError())
         self.connector.last.fail(error.ConnectionRefusedError())
         self.assertEqual(failures, [error.ConnectionRefusedError])
+
+    def test_closedTunnelFreedWithoutCollector(self) -> None:
+        """
+        A tunnel whose dial went to the second address after the first
+        refused is freed by reference counting once closed: the dial (one
+        attempt per address) leaves no reference cycle holding the client's
+        protocol.
+        """
+        with collectorOff():
+            proto, client = self.open()
+            proto.dataReceived(CONNECT)
+            self.connector.last.fail(error.ConnectionRefusedError())
+            self.assertEqual(self.connector.last.host, "192.0.2.11")
+            upstream = self.connector.last.succeed()
+            self.assertIn(b" 200 ", client.value())
+            client.peerClosed()
+            upstream.peerClosed()
+            self.assertEqual(len(self.log.records), 1)
+            # (As Twisted's TCP transports do once the connection is lost.)
+            client.protocol = upstream.protocol = None
+            del upstream
+            ref = weakref.ref(proto)
+            del proto, client
+            assertFreed(self, ref, "the closed tunnel's protocol")
 
 
 class DrainTests(ForwardTestCase):

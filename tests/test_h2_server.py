@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import weakref
 from typing import Any, Dict, List, Optional, Tuple
 
 import hpack
@@ -32,6 +33,7 @@ from hyperframe.frame import ContinuationFrame, Frame, HeadersFrame
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.refcycles import assertFreed, collectorOff
 from txproxy.h2._server import PREFACE, FloodGuard, _Connection, _NoDebug
 from txproxy.testing import FakeConnector, connect, forwardFactory, reverseFactory
 
@@ -649,6 +651,29 @@ class LifecycleTests(H2TestCase):
         client.read()
         self.assertIsNotNone(client.goaway)
         self.assertTrue(client.transport.closed)
+
+    def test_answeredStreamFreedWithoutCollector(self) -> None:
+        """
+        Once its stream is answered, the protocol that served it (and the
+        stream) are freed by reference counting: the stream no longer
+        refers to the protocol that refers to it, and the fresh upstream
+        dial left no cycle either (tests/refcycles.py says why it matters).
+        """
+        client = self.open()
+        with collectorOff():
+            sid = client.request(b"/")
+            conn = client.proto._h2conn
+            stream = conn.streams[sid]
+            streamRef = weakref.ref(stream)
+            protoRef = weakref.ref(stream.protocol)
+            respond(self.connector, 0, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            client.read()
+            self.assertEqual(client.bodies[sid], b"ok")
+            self.assertNotIn(sid, conn.streams)
+            self.assertIsNone(stream.protocol)
+            del stream
+            assertFreed(self, protoRef, "the stream's protocol")
+            assertFreed(self, streamRef, "the stream")
 
     def test_streamTimersApply(self) -> None:
         """

@@ -6,12 +6,14 @@ and failover, forwarded headers, statuses; on fake transports.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any, List, Tuple
 
 from twisted.internet import error
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.refcycles import assertFreed, collectorOff
 from txproxy import config
 from txproxy.reverse import ReverseProxyFactory, ReverseProxyProtocol, forwardedHeaders
 from txproxy.router import RouterService
@@ -482,8 +484,6 @@ class ConnectFailureTests(ReverseTestCase):
         for host in (b"a.test", b"b.test"):
             proto, client = connect(factory)
             proto._head = None
-            from txproxy.httpproxy import HTTPRequest
-            from txproxy.hooks import Target
             from txproxy.http import RequestHead
 
             head = RequestHead(b"GET", b"/", b"HTTP/1.1", ((b"Host", host),))
@@ -726,6 +726,26 @@ class ProxyProtocolSendTests(ReverseTestCase):
         second.succeed()
         self.respond()
         self.assertEqual(second.protocol.key, "http://192.0.2.2:2")
+
+    def test_retriedDialLeavesNoCycle(self) -> None:
+        """
+        A client connection whose request was retried on a second backend
+        is freed by reference counting once closed: the dial and its retry
+        leave no reference cycle holding the protocol.
+        """
+        factory = self.factory("a.test=http://192.0.2.1:1,http://192.0.2.2:2")
+        with collectorOff():
+            proto, client = self.get(factory)
+            self.connector.last.fail(error.ConnectionRefusedError())
+            self.connector.last.succeed()
+            self.respond()
+            self.assertIn(b"200 OK", client.value())
+            client.peerClosed()
+            # (As Twisted's TCP transports do once the connection is lost.)
+            client.protocol = None
+            ref = weakref.ref(proto)
+            del proto, client
+            assertFreed(self, ref, "the closed client protocol")
 
     def test_upgradeTunnelStartsWithHeader(self) -> None:
         """

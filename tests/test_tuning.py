@@ -28,6 +28,7 @@ from txproxy.forward import ForwardProxyProtocol
 from txproxy.stream.tcp import TCPProxyFactory
 from txproxy.testing import FakeConnector, FakeTransport, forwardFactory
 from txproxy.tuning import (
+    CPYTHON_GC_THRESHOLD,
     PYPY_JIT_PARAMS,
     PYPY_NURSERY,
     applySocketOptions,
@@ -36,6 +37,7 @@ from txproxy.tuning import (
     pypyNurseryHint,
     socketOf,
     socketOptions,
+    tuneCollector,
     tunePyPyJIT,
     withPyPyNursery,
 )
@@ -517,6 +519,82 @@ class PyPyNurseryTests(SynchronousTestCase):
         self.assertIn("PYPY_GC_NURSERY=32M", hint)
         self.assertIsNone(pypyNurseryHint({"PYPY_GC_NURSERY": "32M"}, "PyPy"))
         self.assertIsNone(pypyNurseryHint({}, "CPython"))
+
+
+class _FakeGC:
+    def __init__(self) -> None:
+        self.threshold = (700, 10, 10)
+
+    def get_threshold(self) -> Tuple[int, int, int]:
+        return self.threshold
+
+    def set_threshold(self, *threshold: int) -> None:
+        self.threshold = threshold
+
+
+class CollectorTests(SynchronousTestCase):
+    """
+    L{tuneCollector}.
+    """
+
+    def test_cpythonDefault(self) -> None:
+        """
+        On CPython the first threshold becomes L{CPYTHON_GC_THRESHOLD}; the
+        older generations keep theirs.
+        """
+        gc = _FakeGC()
+        self.assertEqual(tuneCollector({}, "CPython", gc), (10000, None))
+        self.assertEqual(gc.threshold, (CPYTHON_GC_THRESHOLD, 10, 10))
+
+    def test_fromEnvironment(self) -> None:
+        """
+        C{TXPROXY_GC_THRESHOLD} replaces it: 700 is Python's default, 0
+        turns the cyclic collector off.
+        """
+        for setting, expected in (("700", 700), (" 0 ", 0), ("50000", 50000)):
+            gc = _FakeGC()
+            self.assertEqual(tuneCollector({"TXPROXY_GC_THRESHOLD": setting}, "CPython", gc), (expected, None))
+            self.assertEqual(gc.threshold, (expected, 10, 10))
+
+    def test_badSettingRefused(self) -> None:
+        """
+        A setting that is not a whole number is reported in one line and
+        the threshold is left alone.
+        """
+        for setting in ("-1", "1e4", "lots"):
+            gc = _FakeGC()
+            threshold, refused = tuneCollector({"TXPROXY_GC_THRESHOLD": setting}, "CPython", gc)
+            self.assertIsNone(threshold)
+            assert refused is not None
+            self.assertIn("TXPROXY_GC_THRESHOLD", refused)
+            self.assertNotIn("\n", refused)
+            self.assertEqual(gc.threshold, (700, 10, 10))
+
+    def test_notCPython(self) -> None:
+        """
+        PyPy's collector is another design: nothing is done there.
+        """
+        gc = _FakeGC()
+        self.assertEqual(tuneCollector({"TXPROXY_GC_THRESHOLD": "5"}, "PyPy", gc), (None, None))
+        self.assertEqual(gc.threshold, (700, 10, 10))
+
+    def test_realModule(self) -> None:
+        """
+        Without a fake, this interpreter's own C{gc} module is set (and
+        restored here) on CPython; on PyPy, whose C{gc} has no thresholds,
+        it is not touched.
+        """
+        import gc
+
+        implementation = platform.python_implementation()
+        if implementation != "CPython":
+            self.assertEqual(tuneCollector({"TXPROXY_GC_THRESHOLD": "1234"}, implementation), (None, None))
+            return
+        saved = gc.get_threshold()
+        self.addCleanup(gc.set_threshold, *saved)
+        threshold, refused = tuneCollector({"TXPROXY_GC_THRESHOLD": "1234"}, "CPython")
+        self.assertEqual((threshold, refused), (1234, None))
+        self.assertEqual(gc.get_threshold()[0], 1234)
 
 
 class PyPyJITTests(SynchronousTestCase):

@@ -155,6 +155,33 @@ _UPSTREAM_FAILURES = (
 # The client side
 
 
+def _dialFirst(candidates: List[str], proto: Any, port: int, protocolFactory: Callable[[], Any], index: int) -> Any:
+    """
+    Connect to C{candidates[index]}, and on a connection error (not a
+    timeout) to the next, for L{HTTPProxyProtocol.dialTarget}.  (Module
+    functions, not nested closures: a closure calling itself again is a
+    reference cycle holding C{proto} until the cyclic collector runs.)
+    """
+    address = candidates[index]
+    d = connectProtocol(proto.factory.connector, address, port, protocolFactory())
+    return d.addCallbacks(
+        _dialled, _dialFailed, callbackArgs=(proto, address, port),
+        errbackArgs=(candidates, proto, port, protocolFactory, index),
+    )
+
+
+def _dialled(upstream: Any, proto: Any, address: str, port: int) -> Any:
+    proto._upstreamAddress = formatAddress(address, port)
+    return upstream
+
+
+def _dialFailed(f: Failure, candidates: List[str], proto: Any, port: int, protocolFactory: Callable[[], Any],
+                index: int) -> Any:
+    if index + 1 < len(candidates) and f.check(error.ConnectError) and not f.check(error.TimeoutError):
+        return _dialFirst(candidates, proto, port, protocolFactory, index + 1)
+    return f
+
+
 @implementer(IHalfCloseableProtocol)
 class HTTPProxyProtocol(HTTPPolicy, Protocol):
     """
@@ -877,26 +904,7 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
                 raise PolicyDenied(f"destination {target.host} is not allowed")
             return allowed[:3]
 
-        def dial(candidates: List[str]) -> Any:
-            def attempt(index: int) -> Any:
-                address = candidates[index]
-                proto = protocolFactory()
-                d = connectProtocol(factory.connector, address, target.port, proto)
-
-                def ok(p: Any) -> Any:
-                    self._upstreamAddress = formatAddress(address, target.port)
-                    return p
-
-                def failed(f: Failure) -> Any:
-                    if index + 1 < len(candidates) and f.check(error.ConnectError) and not f.check(error.TimeoutError):
-                        return attempt(index + 1)
-                    return f
-
-                return d.addCallbacks(ok, failed)
-
-            return attempt(0)
-
-        return d.addCallback(pick).addCallback(dial)
+        return d.addCallback(pick).addCallback(_dialFirst, self, target.port, protocolFactory, 0)
 
     # -- the exchange: the sans-IO Exchange decides, this carries it out
 

@@ -243,7 +243,7 @@ class Relay:
     @ivar onEnded: L{None}, or a callable given this relay once, when both
         sides are closed (before C{finished} fires); cheaper than
         C{finished}, which is why the modes use it.  Exceptions it raises
-        are not caught.
+        are not caught.  It is reset to L{None} as it is called.
     @ivar closeReason: why the relay ended early: C{"idle"}, C{"aborted"},
         or L{None} for a normal end.
     """
@@ -523,7 +523,9 @@ class Relay:
             sweeper, self._sweeper = self._sweeper, None
             if sweeper is not None:
                 sweeper.discard(self)
-            onEnded = self.onEnded
+            # Dropped as it is called (once): it is usually a bound method
+            # of the protocol that holds this relay, a reference cycle.
+            onEnded, self.onEnded = self.onEnded, None
             if onEnded is not None:
                 onEnded(self)
             if self._finished is not None:

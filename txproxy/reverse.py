@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from typing import Any, List, Optional, Set, Tuple
+from typing import Any, Optional, Set, Tuple
 
 from twisted.internet import defer, error
 from twisted.internet.interfaces import IStreamClientEndpoint
@@ -31,11 +31,11 @@ from txproxy.hooks import Refuse, Target
 from txproxy.http import RequestHead, parseAbsoluteURI, parseHostHeader, replaceHeader
 from txproxy.http._headers import forwardedHeaders
 from txproxy.httpproxy import HTTPProxyFactory, HTTPProxyProtocol
-from txproxy.upstream import HTTPRequest, UpstreamHTTPProtocol, _OneShotFactory
 from txproxy.limits._decision import ALLOWED, Decision
 from txproxy.proxyprotocol import headerFor
 from txproxy.router import endpointForBackend
 from txproxy.tls import hostMatchesNames, isTLSTransport, servedNames, wrapClientTLS
+from txproxy.upstream import HTTPRequest, UpstreamHTTPProtocol, _OneShotFactory
 
 __all__ = ["ReverseProxyProtocol", "ReverseProxyFactory", "forwardedHeaders"]
 
@@ -107,6 +107,80 @@ class _HeaderFirstEndpoint:
 
     def connect(self, protocolFactory: Any) -> defer.Deferred:
         return self._endpoint.connect(_HeaderFirstFactory(protocolFactory, self._header))  # type: ignore[no-any-return]
+
+
+class _BackendDial:
+    """
+    One L{ReverseProxyProtocol.connectUpstream}: a dial to the chosen
+    backend and, when it fails, one to another backend of the pool.
+
+    A class rather than nested closures: a closure that calls itself again
+    (the retry) is a reference cycle, which would keep the protocol and
+    everything it holds until the cyclic collector runs.  Here the only
+    cycles (C{result}'s canceller, C{inFlight}'s callbacks) are broken as
+    the dial ends.
+
+    @ivar result: fires with the connected protocol, or fails.
+    """
+
+    __slots__ = ("proto", "pool", "result", "inFlight", "cancelled")
+
+    def __init__(self, proto: "ReverseProxyProtocol", pool: Any) -> None:
+        self.proto = proto
+        self.pool = pool
+        self.inFlight: Optional[defer.Deferred] = None
+        self.cancelled = False
+        self.result: defer.Deferred = defer.Deferred(self._cancel)
+
+    def _cancel(self, result: defer.Deferred) -> None:
+        # An endpoint fails a cancelled connect with
+        # ConnectingCancelledError: not a backend failure, no retry.
+        self.cancelled = True
+        if self.inFlight is not None:
+            self.inFlight.cancel()
+
+    def attempt(self, backend: Any, retry: bool, key: Optional[str] = None) -> None:
+        d = self.inFlight = self.proto._dialBackend(backend)
+        d.addCallbacks(self._ok, self._failed, callbackArgs=(backend, key), errbackArgs=(backend, retry))
+
+    def _ok(self, upstream: UpstreamHTTPProtocol, backend: Any, key: Optional[str]) -> None:
+        self.inFlight = None
+        self.pool.reportConnectSuccess(backend)
+        if key is not None:
+            # A retry: pooled under the backend it reached (and that
+            # backend's PROXY setting), not the first choice's.
+            upstream.key = key
+        result = self.result
+        if not result.called:
+            self.result = _DIAL_DONE
+            result.callback(upstream)
+
+    def _failed(self, f: Failure, backend: Any, retry: bool) -> None:
+        self.inFlight = None
+        result = self.result
+        if result.called or self.cancelled or f.check(defer.CancelledError):
+            if not result.called and not self.cancelled:
+                self.result = _DIAL_DONE
+                result.errback(f)
+            return
+        self.pool.reportConnectFailure(backend)
+        if retry:
+            proto = self.proto
+            other = self.pool.pick(proto.client.host, exclude=(backend,))
+            if other is not None:
+                proto._traceEvent(
+                    "upstream.retry", {"txproxy.backend": str(backend.key), "error.type": type(f.value).__name__}
+                )
+                proto._setBackend(other)
+                self.attempt(other, False, proto._keyFor(other))
+                return
+        self.result = _DIAL_DONE
+        result.errback(f)
+
+
+#: What L{_BackendDial.result} becomes once fired (it no longer refers to
+#: the Deferred whose canceller refers to the dial).
+_DIAL_DONE: defer.Deferred = defer.succeed(None)
 
 
 class ReverseProxyProtocol(HTTPProxyProtocol):
@@ -375,52 +449,9 @@ class ReverseProxyProtocol(HTTPProxyProtocol):
     # -- connecting to backends
 
     def connectUpstream(self, request: HTTPRequest) -> "defer.Deferred[UpstreamHTTPProtocol]":
-        backend = self._backend
-        route = self._route
-        pool = route.pool
-        inFlight: List[defer.Deferred] = []
-        cancelled: List[bool] = []
-
-        def cancel(d: defer.Deferred) -> None:
-            # An endpoint fails a cancelled connect with
-            # ConnectingCancelledError: not a backend failure, no retry.
-            cancelled.append(True)
-            if inFlight:
-                inFlight[0].cancel()
-
-        result: defer.Deferred = defer.Deferred(cancel)
-
-        def attempt(backend: Any, retry: bool, key: Optional[str] = None) -> None:
-            d = self._dialBackend(backend)
-            inFlight[:] = [d]
-
-            def ok(proto: UpstreamHTTPProtocol) -> None:
-                pool.reportConnectSuccess(backend)
-                if key is not None:
-                    # A retry: pooled under the backend it reached (and
-                    # that backend's PROXY setting), not the first choice's.
-                    proto.key = key
-                if not result.called:
-                    result.callback(proto)
-
-            def failed(f: Failure) -> None:
-                if result.called or cancelled or f.check(defer.CancelledError):
-                    if not result.called and not cancelled:
-                        result.errback(f)
-                    return
-                pool.reportConnectFailure(backend)
-                if retry:
-                    other = pool.pick(self.client.host, exclude=(backend,))
-                    if other is not None:
-                        self._traceEvent("upstream.retry", {"txproxy.backend": str(backend.key), "error.type": type(f.value).__name__})
-                        self._setBackend(other)
-                        attempt(other, False, self._keyFor(other))
-                        return
-                result.errback(f)
-
-            d.addCallbacks(ok, failed)
-
-        attempt(backend, True)
+        dial = _BackendDial(self, self._route.pool)
+        result = dial.result  # (dial.result is dropped once it fires)
+        dial.attempt(self._backend, True)
         return result
 
     def _upstreamCA(self) -> Optional[str]:

@@ -208,12 +208,16 @@ class UpstreamPool:
 
     @ivar maxIdlePerKey: idle connections kept per origin (as many as the
         concurrent requests to one origin usually are: a smaller cap closes
-        and reopens connections under steady load).
+        and reopens connections under steady load).  1024: HTTP/2 clients
+        multiplex, so a few of them can have hundreds of requests to one
+        origin in flight (50 clients of 10 streams each: 500), each on an
+        HTTP/1.1 connection of its own; at 256, a quarter of those requests
+        dialled a new connection (bench/README.md, bench_h2.py).
     @ivar maxIdle: idle connections kept in total.
     @ivar idleTimeout: seconds an idle connection is kept.
     """
 
-    def __init__(self, clock: IReactorTime, maxIdlePerKey: int = 256, maxIdle: int = 4096, idleTimeout: float = 30.0) -> None:
+    def __init__(self, clock: IReactorTime, maxIdlePerKey: int = 1024, maxIdle: int = 4096, idleTimeout: float = 30.0) -> None:
         self.clock = clock
         self.maxIdlePerKey = maxIdlePerKey
         self.maxIdle = maxIdle

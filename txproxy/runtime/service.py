@@ -10,7 +10,6 @@ import sys
 from typing import Any, Dict, List, Optional
 
 import attr
-
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -42,7 +41,7 @@ from txproxy.runtime.workers import WorkerSupervisor
 from txproxy.stream.sni import SNIRouterFactory
 from txproxy.stream.tcp import TCPProxyFactory, TransparentFactory
 from txproxy.tracing import TracingCollector, tracingFor
-from txproxy.tuning import pypyNurseryHint, tunePyPyJIT
+from txproxy.tuning import pypyNurseryHint, tuneCollector, tunePyPyJIT
 
 __all__ = ["ProxyService", "ListenerService", "makeService", "serverEndpoint", "StartupError"]
 
@@ -179,6 +178,11 @@ class ProxyService(MultiService):
         params, refused = tunePyPyJIT(os.environ, implementation)
         if params is not None:
             log.info("PyPy JIT parameters: {params}", params=params)
+        elif refused is not None:
+            log.warn("{refused}", refused=refused)
+        threshold, refused = tuneCollector(os.environ, implementation)
+        if threshold is not None:
+            log.info("garbage collector: first threshold {threshold}", threshold=threshold)
         elif refused is not None:
             log.warn("{refused}", refused=refused)
         if self.streamlineReactor:
