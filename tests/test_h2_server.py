@@ -11,6 +11,7 @@ import hashlib
 import weakref
 from typing import Any, Dict, List, Optional, Tuple
 
+import attr
 import hpack
 import hpack.hpack
 import hpack.table
@@ -35,6 +36,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.refcycles import assertFreed, collectorOff
 from txproxy.h2._server import PREFACE, FloodGuard, _Connection, _NoDebug
+from txproxy.reverse import ReverseProxyProtocol
 from txproxy.testing import FakeConnector, connect, forwardFactory, reverseFactory
 
 
@@ -471,6 +473,86 @@ class ExchangeTests(H2TestCase):
         self.clock.advance(11)
         self.assertTrue(stream.closed)
         self.assertNotIn(sid, client.proto._h2conn.streams)
+
+
+class HeadAsValueTests(H2TestCase):
+    """
+    A stream hands its protocol the request head as a value, and takes the
+    response head as one: what the protocol would see and write as
+    HTTP/1.1 bytes, without writing and parsing them.
+    """
+
+    def test_overriddenDataReceivedSeesHTTP11(self) -> None:
+        """
+        A protocol class that overrides C{dataReceived} is given the
+        request as HTTP/1.1 bytes, as before.
+        """
+        seen: List[bytes] = []
+
+        class Watching(ReverseProxyProtocol):
+            def dataReceived(self, data: bytes) -> None:
+                if self._h2stream is not None:  # (not the connection's own bytes)
+                    seen.append(data)
+                super().dataReceived(data)
+
+        client = self.open(self.reverse(protocol=Watching))
+        sid = client.request(b"/w", extra=[(b"te", b"trailers"), (b"x-a", b"1")])
+        self.assertEqual(
+            seen,
+            [b"GET /w HTTP/1.1\r\nHost: a.test\r\nte: trailers\r\nx-a: 1\r\nConnection: close, te\r\n\r\n"],
+        )
+        self.assertTrue(self.upstreamSent().startswith(b"GET /w HTTP/1.1\r\n"))
+        respond(self.connector, 0, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        client.read()
+        self.assertEqual((client.status(sid), client.bodies[sid]), (200, b"ok"))
+
+    def test_tooManyFields(self) -> None:
+        """
+        C{--max-headers} applies to a stream's request as to an HTTP/1.1
+        head (the C{Host} and C{Connection} fields the translation adds
+        count): 431, nothing sent upstream.
+        """
+        client = self.open(self.reverse(max_headers="4"))
+        ok = client.request(b"/", extra=[(b"x-a", b"1"), (b"x-b", b"2")])
+        refused = client.request(b"/", extra=[(b"x-a", b"1"), (b"x-b", b"2"), (b"x-c", b"3")])
+        client.read()
+        self.assertEqual(client.status(refused), 431)
+        self.assertEqual(len(self.connector.attempts), 1)
+        respond(self.connector, 0, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        client.read()
+        self.assertEqual(client.status(ok), 200)
+
+    def test_rewriteResponseHook(self) -> None:
+        """
+        C{rewriteResponse} still sees and changes a stream's response head.
+        """
+
+        class Rewriting(ReverseProxyProtocol):
+            def rewriteResponse(self, request: Any, head: Any) -> Any:
+                return attr.evolve(head, headers=head.headers + ((b"X-Rewritten", b"yes"),))
+
+        client = self.open(self.reverse(protocol=Rewriting))
+        sid = client.request(b"/")
+        respond(self.connector, 0, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        client.read()
+        self.assertIn((b"x-rewritten", b"yes"), client.heads[sid])
+        self.assertEqual(client.bodies[sid], b"ok")
+
+    def test_bodyAfterHead(self) -> None:
+        """
+        A response whose body comes after its head, in pieces, ends when
+        its length is reached.
+        """
+        client = self.open()
+        sid = client.request(b"/")
+        attempt = respond(self.connector, 0, b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+        client.read()
+        self.assertEqual(client.bodies[sid], b"abc")
+        self.assertNotIn(sid, client.ended)
+        attempt.protocol.dataReceived(b"defghij")
+        client.read()
+        self.assertEqual(client.bodies[sid], b"abcdefghij")
+        self.assertIn(sid, client.ended)
 
 
 class ValidationTests(H2TestCase):

@@ -995,6 +995,53 @@ class MessageReaderTests(SynchronousTestCase):
             self.feedAll(make(), [data[i : i + 1] for i in range(len(data))], eof), expected
         )
 
+    def test_startResponseAsFeed(self) -> None:
+        """
+        L{MessageReader.startResponse} with a parsed head and the body bytes
+        (whole, or the body's first bytes with the rest fed after, split at
+        every position) gives the events L{MessageReader.feed} gives for the
+        serialized message: length, chunked with trailers, close-delimited,
+        bodiless (C{HEAD}, 204, 304), interim, and a tunnel.
+        """
+        cases = [
+            (b"GET", b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: b\r\n\r\n", b"hello", False),
+            (b"GET", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+             b"5\r\nhello\r\n0\r\nGrpc-Status: 0\r\n\r\n", False),
+            (b"GET", b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n", b"until the end", True),
+            (b"HEAD", b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\n", b"", False),
+            (b"GET", b"HTTP/1.1 204 No Content\r\n\r\n", b"", False),
+            (b"GET", b"HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\n\r\n", b"", False),
+            (b"GET", b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\n",
+             b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", False),
+            (b"CONNECT", b"HTTP/1.1 200 Connection established\r\n\r\n", b"tunnel bytes", True),
+        ]
+        for method, head, body, eof in cases:
+            expected = self.feedAll(MessageReader(True, method), [head + body], eof)
+            parsed = parseResponseHead(head)
+            for i in range(len(body) + 1):
+                reader = MessageReader(True, method)
+                events = reader.startResponse(parsed, body[:i])
+                events += reader.feed(body[i:]) if body[i:] else []
+                if eof:
+                    events += reader.eof()
+                self.assertEqual(_merge(events), expected, (head, i))
+                self.assertEqual(reader.tunnel, method == b"CONNECT")
+
+    def test_startResponseMidMessage(self) -> None:
+        """
+        A head given while a message is in progress, or to a request
+        reader, is a stream error, and the reader is spent.
+        """
+        parsed = parseResponseHead(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")
+        reader = MessageReader(True)
+        reader.startResponse(parsed, b"he")
+        self.assertRaises(StreamError, reader.startResponse, parsed, b"")
+        self.assertRaises(StreamError, reader.feed, b"llo")
+        partial = MessageReader(True)
+        partial.feed(b"HTTP/1.1 200 OK\r\n")
+        self.assertRaises(StreamError, partial.startResponse, parsed, b"")
+        self.assertRaises(StreamError, MessageReader(False).startResponse, parsed, b"")
+
     def test_chunkedRequestWithTrailers(self) -> None:
         """
         A chunked request becomes a head, the dechunked data, the trailers

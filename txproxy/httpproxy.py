@@ -276,6 +276,10 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
     _h2conn: Optional[H2ServerConnection] = None
     #: On the protocol serving one HTTP/2 stream: that stream (its transport).
     _h2stream: Any = None
+    #: Whether an HTTP/2 stream may hand this class its request head as a
+    #: value (L{_streamRequest}): unless C{dataReceived} is overridden,
+    #: which then sees the request as HTTP/1.1 bytes.
+    _takesStreamHeads = True
     #: False on a protocol over another's connection (an intercepted
     #: tunnel's decrypted side): that one counts the connection.
     _countsConnection = True
@@ -291,6 +295,7 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
         cls._allowsRequest = cls.allowRequest is not HTTPProxyProtocol.allowRequest
         cls._rewritesRequest = cls.rewriteRequest is not HTTPProxyProtocol.rewriteRequest
         cls._rewritesResponse = cls.rewriteResponse is not HTTPProxyProtocol.rewriteResponse
+        cls._takesStreamHeads = cls.dataReceived is HTTPProxyProtocol.dataReceived
 
     # -- hooks
 
@@ -645,9 +650,24 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
             self._h2conn.dataReceived(data)  # type: ignore[union-attr]
         # LINGER, CLOSED, CLOSING: discard.
 
-    def _headReceived(self, headBytes: bytes, rest: bytes) -> None:
+    def _streamRequest(self, head: RequestHead) -> None:
+        """
+        The request of the HTTP/2 stream this protocol serves, validated and
+        translated to HTTP/1.1 fields by the stream
+        (L{txproxy.h2._translate.requestFromH2}): what L{dataReceived} does
+        with a request head, without writing the head out and parsing it
+        back.
+        """
+        self._headReceived(None, b"", head)
+
+    def _headReceived(self, headBytes: Optional[bytes], rest: bytes, parsed: Optional[RequestHead] = None) -> None:
+        """
+        A request head: C{headBytes} as received (L{None} when not at hand),
+        to be parsed, unless C{parsed} is the head already parsed; C{rest}:
+        what came after it.
+        """
         factory = self.factory
-        if headBytes[:3] == b"PRI" and self._start is None and self._h2stream is None and factory.listener.http2:
+        if headBytes is not None and headBytes[:3] == b"PRI" and self._start is None and self._h2stream is None and factory.listener.http2:
             # (The first head of the connection: the preface's first line.)
             received = headBytes + rest
             if PREFACE.startswith(received[:24]) and len(received) >= 18:
@@ -665,12 +685,19 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
             self._ex = None
         if self._upstreamAddress:
             self._upstreamAddress = ""
-        try:
-            head = parseRequestHead(headBytes, factory.listener.maxHeaders)
-        except HTTPError as e:
+        if parsed is None:
+            try:
+                head = parseRequestHead(headBytes, factory.listener.maxHeaders)  # type: ignore[arg-type]
+            except HTTPError as e:
+                self._head = None
+                self._refuse(e.status, e.reason)
+                return
+        elif len(parsed.headers) > factory.listener.maxHeaders:
             self._head = None
-            self._refuse(e.status, e.reason)
+            self._refuse(431, "Too many header fields")
             return
+        else:
+            head = parsed
         self._head = head
         tokens = self._headTokens = _connectionTokensOf(head.headers)
         self._input = rest
@@ -1071,16 +1098,26 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
             self._clientKeepAlive = False
         ex = self._ex
         assert ex is not None
-        out = self._clientResponseHead(
+        headers = self._clientResponseFields(
             resp, framing, action.chunked, ex.responseTokens if resp is action.head else None
         )
         body = action.body
-        if body and not ex.observeResponse:
-            self._toClient(out + body)
+        if self._request is not None and self._rewritesResponse:
+            out = self._rewrittenHead(self._request, resp, headers)
+        elif self._h2stream is None:
+            out = _serializeHead(b"HTTP/1.1 %d %s\r\n" % (resp.status, resp.reason), headers)
         else:
-            self._toClient(out)
-            if body:
-                self._toClient(body)
+            # An HTTP/2 stream takes the head as a value (no HTTP/1.1 head
+            # written and parsed again).
+            self._h2stream.writeResponse(ResponseHead(_HTTP11, resp.status, resp.reason, headers), body)
+            out = b""
+        if out:
+            if body and not ex.observeResponse:
+                self._toClient(out + body)
+            else:
+                self._toClient(out)
+                if body:
+                    self._toClient(body)
         if ex.responseState is RECEIVING_BODY:
             upstream = self._upstream
             if upstream is not None and upstream.transport is not None and self.transport is not None:
@@ -1097,6 +1134,27 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
             it had a C{Content-Length}, when the caller knows them (a cache
             hit): what L{endToEnd} would return.
         """
+        headers = self._clientResponseFields(resp, framing, chunked, tokens, passed)
+        if self._request is not None and self._rewritesResponse:
+            return self._rewrittenHead(self._request, resp, headers)
+        return _serializeHead(b"HTTP/1.1 %d %s\r\n" % (resp.status, resp.reason), headers)
+
+    def _rewrittenHead(self, request: HTTPRequest, resp: ResponseHead, headers: List[Tuple[bytes, bytes]]) -> bytes:
+        """
+        The client's head of C{resp} (fields C{headers}) after the
+        C{rewriteResponse} hook, serialized.
+        """
+        out = self.rewriteResponse(request, ResponseHead(_HTTP11, resp.status, resp.reason, tuple(headers)))
+        return serializeResponseHead(out, validate=True)
+
+    def _clientResponseFields(self, resp: ResponseHead, framing: Any = None, chunked: bool = False,
+                              tokens: Optional[FrozenSet[bytes]] = None,
+                              passed: Optional[Tuple[List[Tuple[bytes, bytes]], bool]] = None
+                              ) -> List[Tuple[bytes, bytes]]:
+        """
+        The header fields of L{_clientResponseHead}'s head (before the
+        C{rewriteResponse} hook).
+        """
         head = self._head
         connection: Optional[bytes] = None
         if not self._clientKeepAlive or self.factory.draining:
@@ -1108,13 +1166,7 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
             kind, length = framing.kind, framing.length
         else:
             kind, length = "none", None
-        headers = clientResponseHeaders(
-            resp, kind, length, chunked, tokens, passed, connection, self.factory.pseudonym
-        )
-        if self._request is not None and self._rewritesResponse:
-            out = self.rewriteResponse(self._request, ResponseHead(_HTTP11, resp.status, resp.reason, tuple(headers)))
-            return serializeResponseHead(out, validate=True)
-        return _serializeHead(b"HTTP/1.1 %d %s\r\n" % (resp.status, resp.reason), headers)
+        return clientResponseHeaders(resp, kind, length, chunked, tokens, passed, connection, self.factory.pseudonym)
 
     def _finish(self, reusable: bool, status: Optional[int] = None) -> None:
         cacheReq = self._cacheReq
@@ -1496,7 +1548,7 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
     #: serialized instead of by a new head (L{_prepare}).
     _traceField: Optional[bytes] = None
 
-    def _startSpan(self, head: RequestHead, raw: bytes) -> None:
+    def _startSpan(self, head: RequestHead, raw: Optional[bytes]) -> None:
         base = self._spanBase
         if base is None:
             base = self._spanBase = connectionAttributes(self.client, self.transport, http=True)

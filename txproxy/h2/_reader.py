@@ -37,7 +37,7 @@ none): such a message is a L{StreamError}.
 
 from __future__ import annotations
 
-from typing import List, Optional, Union
+from typing import Any, List, Optional, Union
 
 import attr
 
@@ -47,6 +47,7 @@ from txproxy.http import (
     HeadReader,
     HTTPError,
     LengthReader,
+    ResponseHead,
     parseRequestHead,
     parseResponseHead,
     requestFraming,
@@ -238,6 +239,41 @@ class MessageReader:
         self._state = state
         return events
 
+    def startResponse(self, response: ResponseHead, body: bytes = b"") -> List[Event]:
+        """
+        Take a response head as a value (and the first bytes of its body):
+        what L{feed} does with the serialized head, without parsing it.
+
+        @param response: a head whose fields are known to be valid (made
+            by the proxy from a parsed one).
+        @param body: body bytes that follow the head.
+        @return: the events, as from L{feed}.
+        @raise StreamError: as L{feed}, and for a head in the middle of a
+            message.
+        """
+        if self._failed is not None:
+            raise self._failed
+        if not self._isResponse or self._state != _HEAD or self._headReader.bufferedSize:
+            raise self._fail("A response head in the middle of a message")
+        events: List[Event] = []
+        try:
+            state = self._startResponse(response, events)
+            if state == _LENGTH and len(body) == self._length.remaining:  # type: ignore[union-attr]
+                # The usual case: the whole body came with its head.
+                events.append(Data(body))
+                events.append(End())
+                self._length = None
+                state = _HEAD
+                body = b""
+            self._state = state
+            if body:
+                events.extend(self._feed(body))
+        except HTTPError as e:
+            raise self._fail(e.reason) from None
+        except StreamError as e:
+            raise self._fail(e.reason) from None
+        return events
+
     def _startMessage(self, data: bytes, events: List[Event]) -> int:
         """
         Parse a complete head, append its L{Head}, and set up the body.
@@ -245,27 +281,39 @@ class MessageReader:
         @return: the next state.
         """
         if self._isResponse:
-            response = parseResponseHead(data)
-            status = response.status
-            headers = h2ResponseHeaders(response)
-            if status < 200 and status != 101:
-                events.append(Head(headers, False, True))
-                return _HEAD
-            if status == 101 or (self._method == b"CONNECT" and status < 300):
-                events.append(Head(_withoutLength(headers), False))
-                self.tunnel = True
-                return _TUNNEL
-            framing = responseFraming(self._method, response)
-            errorStatus = 502
-        else:
-            request = parseRequestHead(data)
-            headers = h2RequestHeaders(request, self._scheme)
-            if request.method == b"CONNECT":
-                events.append(Head(headers, False))
-                self.tunnel = True
-                return _TUNNEL
-            framing = requestFraming(request)
-            errorStatus = 400
+            return self._startResponse(parseResponseHead(data), events)
+        request = parseRequestHead(data)
+        headers = h2RequestHeaders(request, self._scheme)
+        if request.method == b"CONNECT":
+            events.append(Head(headers, False))
+            self.tunnel = True
+            return _TUNNEL
+        return self._startBody(requestFraming(request), headers, 400, events)
+
+    def _startResponse(self, response: ResponseHead, events: List[Event]) -> int:
+        """
+        Append the L{Head} of C{response} and set up its body.
+
+        @return: the next state.
+        """
+        status = response.status
+        headers = h2ResponseHeaders(response)
+        if status < 200 and status != 101:
+            events.append(Head(headers, False, True))
+            return _HEAD
+        if status == 101 or (self._method == b"CONNECT" and status < 300):
+            events.append(Head(_withoutLength(headers), False))
+            self.tunnel = True
+            return _TUNNEL
+        return self._startBody(responseFraming(self._method, response), headers, 502, events)
+
+    def _startBody(self, framing: Any, headers: HeaderList, errorStatus: int, events: List[Event]) -> int:
+        """
+        Append the L{Head} (C{headers}) of a message whose body is framed
+        by C{framing}, and set up the body.
+
+        @return: the next state.
+        """
         kind = framing.kind
         if kind == "none" or framing.length == 0:
             events.append(Head(headers, True))

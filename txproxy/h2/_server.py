@@ -75,6 +75,7 @@ from txproxy.h2._translate import (
     lastChunk,
     requestFromH2,
 )
+from txproxy.http import RequestHead
 
 __all__ = ["PREFACE", "FloodGuard", "H2ServerConnection", "H2Stream"]
 
@@ -598,13 +599,20 @@ class H2Stream:
         proto._h2stream = self
         self.protocol = proto
         proto.makeConnection(self)
+        request = self.request
         # The stream is one request: "Connection: close" makes the protocol
         # close (end the stream) once it is answered, as HTTP/1.1 would.
-        head = self.request.head
         # "te: trailers", the only TE HTTP/2 allows, is passed on as the
         # connection option HTTP/1.1 makes of it.
-        close = b"Connection: close, te\r\n\r\n" if b"\r\nte: trailers\r\n" in head else b"Connection: close\r\n\r\n"
-        proto.dataReceived(head[:-2] + close)
+        if getattr(proto, "_takesStreamHeads", False):
+            # The head as a value: no HTTP/1.1 bytes written and parsed again.
+            connection = (b"Connection", b"close, te" if request.trailers else b"close")
+            proto._streamRequest(
+                RequestHead(request.method, request.target, b"HTTP/1.1", (*request.fields, connection))
+            )
+        else:
+            close = b"Connection: close, te\r\n\r\n" if request.trailers else b"Connection: close\r\n\r\n"
+            proto.dataReceived(request.head[:-2] + close)
         if self._clientEndPending and not self.closed:
             self._clientEndPending = False
             self.clientEnded()
@@ -691,9 +699,31 @@ class H2Stream:
         try:
             events: List[Any] = self.reader.feed(data)
         except StreamError as e:
-            log.warn("HTTP/2 stream {stream}: unreadable response: {reason}", stream=self.streamID, reason=e.reason)
-            self._resetStream(ErrorCodes.INTERNAL_ERROR, Failure(error.ConnectionLost(e.reason)))
+            self._unreadable(e)
             return
+        self._sendEvents(events)
+
+    def writeResponse(self, response: Any, body: bytes) -> None:
+        """
+        Take a response head as a value (a
+        L{txproxy.http.ResponseHead}, its fields valid) and the first bytes
+        of its body: as L{write} with them serialized, without parsing the
+        head again (the protocol's common path).
+        """
+        if self.closed or self.responseEnded:
+            return
+        try:
+            events: List[Any] = self.reader.startResponse(response, body)
+        except StreamError as e:
+            self._unreadable(e)
+            return
+        self._sendEvents(events)
+
+    def _unreadable(self, e: StreamError) -> None:
+        log.warn("HTTP/2 stream {stream}: unreadable response: {reason}", stream=self.streamID, reason=e.reason)
+        self._resetStream(ErrorCodes.INTERNAL_ERROR, Failure(error.ConnectionLost(e.reason)))
+
+    def _sendEvents(self, events: List[Any]) -> None:
         conn = self.conn
         last = len(events) - 1
         for index, event in enumerate(events):

@@ -143,6 +143,12 @@ class H1Request:
     contentLength: Optional[int]
     chunked: bool
     connect: bool
+    #: The request target and the header fields of C{head} (for a caller
+    #: that takes them as values rather than parsing C{head} again), and
+    #: whether the request said C{te: trailers}.
+    target: bytes = attr.ib(default=b"", eq=False)
+    fields: HeaderList = attr.ib(factory=list, eq=False)
+    trailers: bool = attr.ib(default=False, eq=False)
 
 
 def _checkLength(value: bytes, first: Optional[bytes]) -> bytes:
@@ -214,6 +220,7 @@ def requestFromH2(
     cookieAt = 0
     length: Optional[bytes] = None
     regular = False
+    trailers = False
     for name, value in headers:
         if name[:1] == b":":
             if regular:
@@ -257,6 +264,7 @@ def requestFromH2(
             if value.lower() != b"trailers":
                 raise StreamError("te field other than trailers")
             fields.append((name, value))
+            trailers = True
         else:
             raise StreamError(f"Connection-specific field {name.decode('ascii')}")
 
@@ -323,7 +331,7 @@ def requestFromH2(
     if chunked:
         fields.append((b"Transfer-Encoding", b"chunked"))
     head = serializeTrustedHead(method + b" " + target + b" HTTP/1.1\r\n", fields)
-    return H1Request(head, method, hostValue, contentLength, chunked, connect)
+    return H1Request(head, method, hostValue, contentLength, chunked, connect, target, fields, trailers)
 
 
 def responseFromH2(
