@@ -58,6 +58,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from txproxy.h2._hpack import cachingCodecs
 from txproxy.h2._stream import CONNECTION_DONE, SEND_BUFFER, H2StreamTransport, codeName
 from txproxy.http import HTTPError
 from txproxy.tls import verificationFailure
@@ -152,6 +153,7 @@ class H2ClientConnection(Protocol):
         self.reserved: Set[H2StreamTransport] = set()
         self._blocked: Dict[int, H2StreamTransport] = {}
         self._conn = _GracefulH2Connection(config=H2Configuration(client_side=True, header_encoding=None))
+        cachingCodecs(self._conn)
         self.ready: defer.Deferred = defer.Deferred(self._cancelReady)
 
     # -- capacity

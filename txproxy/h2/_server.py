@@ -64,6 +64,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from txproxy.h2._hpack import cachingCodecs
 from txproxy.h2._translate import (
     Data,
     End,
@@ -179,6 +180,10 @@ class _LenientStream(_LibStream):
 
 
 class _Connection(H2Connection):
+    def __init__(self, config: Any = None) -> None:
+        super().__init__(config=config)
+        cachingCodecs(self)
+
     def _begin_new_stream(self, stream_id: int, allowed_ids: Any) -> Any:
         stream = super()._begin_new_stream(stream_id, allowed_ids)
         stream.__class__ = _LenientStream
