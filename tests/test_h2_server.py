@@ -444,6 +444,26 @@ class ExchangeTests(H2TestCase):
         self.assertEqual(len(upstream.value().partition(b"\r\n\r\n")[2]), 60000)
         self.assertGreater(client.h2.local_flow_control_window(sid), 40000)
 
+    def test_smallResponseInAShortWindow(self) -> None:
+        """
+        A body of one frame's size that the client's stream window cannot
+        take whole: what fits is sent, the rest (with the end of the
+        stream) once the window opens.
+        """
+        client = self.open()
+        client.h2.update_settings({SettingCodes.INITIAL_WINDOW_SIZE: 5})
+        client.send()
+        sid = client.request()
+        respond(self.connector, 0, b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\nhello world\n")
+        client.read()
+        self.assertEqual(client.bodies[sid], b"hello")
+        self.assertNotIn(sid, client.ended)
+        for _ in range(5):
+            client.send()
+        self.assertEqual(client.bodies[sid], b"hello world\n")
+        self.assertIn(sid, client.ended)
+        self.assertNotIn(sid, client.resets)
+
     def test_responseEndWaitsForWindow(self) -> None:
         """
         The protocol closes the stream while its end still waits for the

@@ -52,7 +52,7 @@ from h2.events import (
     TrailersReceived,
     WindowUpdated,
 )
-from h2.exceptions import ProtocolError, StreamClosedError
+from h2.exceptions import FlowControlError, ProtocolError, StreamClosedError
 from h2.settings import SettingCodes, Settings
 from h2.stream import H2Stream as _LibStream
 from h2.stream import StreamInputs
@@ -793,6 +793,19 @@ class H2Stream:
         """
         h2 = self.conn.h2
         sid = self.streamID
+        if 0 < len(data) <= 16384:
+            # The usual case, one frame (no peer allows less than 16,384
+            # bytes in one) in open windows: send_data checks the windows
+            # itself, before it changes anything, so they are looked at
+            # once rather than twice.
+            try:
+                h2.send_data(sid, data, end_stream=end)
+                self._rest = b""
+                return b""
+            except FlowControlError:
+                pass  # (a window is short: what fits is sent below)
+            except (ProtocolError, StreamClosedError):
+                return b""
         try:
             window = h2.local_flow_control_window(sid)
         except (ProtocolError, StreamClosedError):
