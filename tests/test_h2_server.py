@@ -777,6 +777,27 @@ class LifecycleTests(H2TestCase):
             assertFreed(self, protoRef, "the stream's protocol")
             assertFreed(self, streamRef, "the stream")
 
+    def test_closedConnectionFreedWithoutCollector(self) -> None:
+        """
+        Once an HTTP/2 connection is closed, its protocol (and with it the
+        transport) is freed by reference counting: the connection's HTTP/2
+        state no longer refers back to it.
+        """
+        with collectorOff():
+            client = self.open()
+            sid = client.request(b"/")
+            respond(self.connector, 0, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            client.read()
+            self.assertEqual(client.bodies[sid], b"ok")
+            proto = client.proto
+            client.transport.peerClosed()
+            self.assertIsNone(proto._h2conn)
+            # (As Twisted's TCP transports do once the connection is lost.)
+            client.transport.protocol = None
+            ref = weakref.ref(proto)
+            del proto, client
+            assertFreed(self, ref, "the closed HTTP/2 connection's protocol")
+
     def test_streamTimersApply(self) -> None:
         """
         Each stream runs the HTTP/1.1 core's timers: a dial that never

@@ -1644,6 +1644,10 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
         h2conn = self._h2conn
         if h2conn is not None:
             h2conn.connectionLost(reason)
+            # It refers back to this protocol (its owner): a cycle, which
+            # would also keep the transport, TLS state and socket until the
+            # cyclic collector ran.
+            self._h2conn = None
         if self.relay is not None:
             self.relay.clientLost(reason)
         if self._pending is not None:
