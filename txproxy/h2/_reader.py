@@ -194,11 +194,7 @@ class MessageReader:
                     break
                 data = self._headReader.leftover
                 state = self._startMessage(head, events)
-                if state == _LENGTH and len(data) == self._length.remaining:  # type: ignore[union-attr]
-                    # The usual case: the whole body came with its head.
-                    events.append(Data(data))
-                    events.append(End())
-                    self._length = None
+                if state == _LENGTH and self._wholeBody(data, events):
                     state = _HEAD
                     break
             elif state == _LENGTH:
@@ -258,11 +254,7 @@ class MessageReader:
         events: List[Event] = []
         try:
             state = self._startResponse(response, events)
-            if state == _LENGTH and len(body) == self._length.remaining:  # type: ignore[union-attr]
-                # The usual case: the whole body came with its head.
-                events.append(Data(body))
-                events.append(End())
-                self._length = None
+            if state == _LENGTH and self._wholeBody(body, events):
                 state = _HEAD
                 body = b""
             self._state = state
@@ -273,6 +265,20 @@ class MessageReader:
         except StreamError as e:
             raise self._fail(e.reason) from None
         return events
+
+    def _wholeBody(self, data: bytes, events: List[Event]) -> bool:
+        """
+        The usual case of a C{Content-Length} body: C{data}, which followed
+        its head, is all of it.  Append its L{Data} and L{End} and say
+        C{True}; else say C{False}.
+        """
+        length = self._length
+        if length is None or len(data) != length.remaining:
+            return False
+        events.append(Data(data))
+        events.append(End())
+        self._length = None
+        return True
 
     def _startMessage(self, data: bytes, events: List[Event]) -> int:
         """
