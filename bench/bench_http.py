@@ -7,8 +7,10 @@ stock Twisted (twisted.web.proxy), side by side in one run.
 The origin for every test is one nginx worker on core 0 answering
 `return 200 "hello world\\n"` (keepalive_requests 10,000,000).  Every proxy
 runs on core 1 (taskset), wrk / ab and the origin on core 0.  Groups (each
-group's servers are started together, warmed up, measured round by round,
-interleaved, then stopped):
+group's peers are measured round by round, interleaved; every measurement
+starts its peer afresh on the same ports and warms it up first, since two
+processes of the same code differ by up to about 10% for their whole life;
+--processes shared keeps one process per peer for all rounds instead):
 
   forward   forward-ka   wrk -t1 -c50, absolute-URI requests (bench/http/wrk_report.lua)
             forward-new  ab -c50 -X proxy, a new client connection per request
@@ -563,6 +565,19 @@ class Running:
             self.res["tls"] = tls_version(self.ports["https"])
         self.ok = True
 
+    def restart(self, ctx: Ctx) -> None:
+        """
+        Replace the server with a fresh process on the same ports (see
+        --processes).
+        """
+        assert self.server is not None
+        self.server.stop()
+        self.server = B.start_and_wait(self.v.start(B.mktemp(self.v.name), self.ports, ctx), self.ports["http"],
+                                       timeout=40)
+        if self.v.tls and not B.wait_port(self.ports["https"], 10, self.server.proc):
+            raise RuntimeError(f"no TLS listener on {self.ports['https']}: {self.server.log_tail()}")
+        self.pid = self.server.pid
+
     def stop(self) -> None:
         if self.server is not None:
             if not self.server.alive():
@@ -607,14 +622,24 @@ def run_group(g: Group, ctx: Ctx, origin_pid: int, args, results: dict, backgrou
             mr = [r for r in running if r.v.tls or not m.tls_only]
             if not mr:
                 continue
-            for r in mr:
+            def warmUp(r: Running, m=m) -> None:
                 warm = 2.0 + r.v.warmup
                 B.log(f"[{g.name}/{m.name}/{r.name}] warm-up {warm:g}s")
                 w = load_fn(m.kind, r, ctx, warm)()
                 if "error" in w:
                     B.log(f"   warm-up error: {w['error'][:200]}")
 
+            if args.processes == "shared":
+                for r in mr:
+                    warmUp(r)
+
             def one(r: Running, m=m):
+                if args.processes == "fresh":
+                    # A fresh process for every measurement: a process keeps
+                    # a speed of its own, up to about 10% from another of the
+                    # same code (bench/README.md, ab_reverse.sh).
+                    r.restart(ctx)
+                    warmUp(r)
                 B.log(f"[{m.name}] {r.name} {args.seconds:g}s")
                 s = B.measured(load_fn(m.kind, r, ctx, args.seconds), r.pid, origin_pid, "rps")
                 if s.value is None:
@@ -746,6 +771,10 @@ def main() -> int:
     ap.add_argument("--pypy", action="store_true", help="add txproxy on PyPy (8 s of warm-up) to forward/reverse")
     ap.add_argument("--repeats", type=int)
     ap.add_argument("--seconds", type=float, help="length of one run (default 5)")
+    ap.add_argument("--processes", choices=("fresh", "shared"), default="fresh",
+                    help="start every peer afresh (on the same ports) for each measurement and warm it up "
+                         "(default), or keep one process per peer for all rounds (faster, but two processes of "
+                         "the same code differ by up to about 10%% for their whole life)")
     ap.add_argument("--nice", type=int, default=0)
     ap.add_argument("--wait-quiet", type=float, default=10.0,
                     help="before each round wait up to this many seconds for both cores < 15%% busy (default 10)")
