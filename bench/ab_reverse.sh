@@ -19,7 +19,9 @@
 #   OLD_ENV="VAR=x" NEW_ENV="VAR=y" ...        # environment settings for one side
 #   LOAD=h2c ...      # h2load -t1 -cC -m10 with prior knowledge (HTTP/2 from
 #                     # the clients, HTTP/1.1 to nginx) instead of wrk; LOAD=h1:
-#                     # h2load --h1 -cC -m1 (HTTP/1.1 keep-alive, as bench_h2.py)
+#                     # h2load --h1 -cC -m1 (HTTP/1.1 keep-alive, as bench_h2.py);
+#                     # LOAD=h2tls: h2load -m10 over TLS (ALPN h2, a P-256
+#                     # certificate made for the run, as bench_h2.py's h2-tls)
 #
 # PyPy runs with PYPY_GC_NURSERY=32M (as docs/performance.rst recommends and
 # benchlib.py does); PYPY_GC_NURSERY= (empty) in the environment gives
@@ -42,6 +44,12 @@ http { access_log off; keepalive_requests 10000000;
   server { listen 127.0.0.1:18000; location / { return 200 "hello world\n"; } } }
 NG
 if ss -ltnH | grep -qE ":(18000|18101) "; then echo "ports busy"; exit 1; fi
+LISTEN=tcp:18101:interface=127.0.0.1; SCHEME=http
+if [ "${LOAD:-wrk}" = h2tls ]; then
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout $T/key.pem -out $T/cert.pem \
+    -days 2 -subj /CN=app.test -addext "subjectAltName=DNS:app.test,IP:127.0.0.1" 2>/dev/null
+  LISTEN=ssl:18101:privateKey=$T/key.pem:certKey=$T/cert.pem:interface=127.0.0.1; SCHEME=https
+fi
 taskset -c 0 nginx -c $T/nginx.conf -p $T & NPID=$!
 sleep 0.5
 load() { # seconds: one load run on core 0; prints its output
@@ -49,13 +57,14 @@ load() { # seconds: one load run on core 0; prints its output
     wrk) taskset -c 0 wrk -t1 -c${C:-50} -d${1}s -H "Host: app.test" http://127.0.0.1:18101/ ;;
     h2c) taskset -c 0 h2load -t1 -c${C:-50} -m10 -D $1 http://127.0.0.1:18101/ ;;
     h1) taskset -c 0 h2load -t1 --h1 -c${C:-50} -m1 -D $1 http://127.0.0.1:18101/ ;;
-    *) echo "LOAD=$LOAD: wrk, h2c or h1" >&2; exit 2 ;;
+    h2tls) taskset -c 0 h2load -t1 -c${C:-50} -m10 -D $1 https://127.0.0.1:18101/ ;;
+    *) echo "LOAD=$LOAD: wrk, h2c, h2tls or h1" >&2; exit 2 ;;
   esac
 }
 measure() { # label tree python env
   (cd $2 && env PYPY_GC_NURSERY=${PYPY_GC_NURSERY-32M} $4 PYTHONPATH=$2 taskset -c 1 $(dirname $3)/twistd -n --pidfile= txproxy --mode reverse \
-     --listen tcp:18101:interface=127.0.0.1 --route "*=http://127.0.0.1:18000" > $T/tw.log 2>&1 & echo $! > $T/tw.pid)
-  for i in $(seq 120); do curl -s -o /dev/null http://127.0.0.1:18101/ && break; sleep 0.25; done
+     --listen $LISTEN --route "*=http://127.0.0.1:18000" > $T/tw.log 2>&1 & echo $! > $T/tw.pid)
+  for i in $(seq 120); do curl -sk -o /dev/null $SCHEME://127.0.0.1:18101/ && break; sleep 0.25; done
   local pid
   pid=$(ss -ltnpH "sport = :18101" | sed -n 's/.*pid=\([0-9]*\).*/\1/p' | head -1)
   load ${WARM:-2} > /dev/null

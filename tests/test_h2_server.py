@@ -37,6 +37,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from tests.refcycles import assertFreed, collectorOff
 from txproxy.h2._server import PREFACE, FloodGuard, _Connection, _NoDebug
 from txproxy.reverse import ReverseProxyProtocol
+from txproxy._loop import AfterEvents
 from txproxy.testing import FakeConnector, connect, forwardFactory, reverseFactory
 
 
@@ -869,6 +870,115 @@ class LifecycleTests(H2TestCase):
         for i in range(3):
             client.request(b"/%d" % i)
         self.assertEqual(len(factory.protocols), 1)
+
+
+class CoalescedWriteTests(H2TestCase):
+    """
+    With the lean loop's L{AfterEvents}, what the connection has to write
+    during a poll's dispatch leaves once, after the poll's events; outside
+    a dispatch, and before a close, it leaves at once.
+    """
+
+    def openBatched(self, factory: Any = None) -> Any:
+        client = self.open(factory)
+        after = AfterEvents()
+        client.proto._h2conn._after = after
+        client.transport.clear()
+        return client, after
+
+    def test_responsesOfOnePollInOneWrite(self) -> None:
+        """
+        Two streams answered by two upstream responses in one poll: nothing
+        is written until the poll's events are over, then both responses
+        in one write.
+        """
+        client, after = self.openBatched()
+        first = client.request(b"/1")
+        second = client.request(b"/2")
+        writes: List[bytes] = []
+        transport = client.transport
+        write = transport.write
+
+        def counting(data: bytes) -> None:
+            writes.append(data)
+            write(data)
+
+        transport.write = counting
+        client.proto._h2conn._write = counting
+        after.dispatching = True
+        respond(self.connector, 0, b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na")
+        respond(self.connector, 1, b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nb")
+        self.assertEqual(writes, [])
+        self.assertEqual(len(after.pending), 1)
+        after.run()
+        self.assertEqual(len(writes), 1)
+        client.read()
+        self.assertEqual((client.bodies[first], client.bodies[second]), (b"a", b"b"))
+        self.assertEqual(client.ended, [first, second])
+
+    def test_outsideDispatchAtOnce(self) -> None:
+        """
+        A response that arrives outside a poll's dispatch (a timer, a
+        reactor without the lean loop) is written at once.
+        """
+        client, after = self.openBatched()
+        sid = client.request()
+        respond(self.connector, 0, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        self.assertEqual(after.pending, [])
+        client.read()
+        self.assertEqual(client.bodies[sid], b"ok")
+
+    def test_requestsAnsweredInTheirOwnPoll(self) -> None:
+        """
+        The connection's own answers to the client's frames (here a
+        C{SETTINGS} acknowledgement) wait for the end of the poll too.
+        """
+        client, after = self.openBatched()
+        client.h2.update_settings({SettingCodes.INITIAL_WINDOW_SIZE: 1000})
+        after.dispatching = True
+        client.proto.dataReceived(client.h2.data_to_send())
+        self.assertEqual(client.transport.value(), b"")
+        after.run()
+        frames = list(parseFrames(client.transport.value()))
+        self.assertEqual([type(f).__name__ for f in frames], ["SettingsFrame"])
+        self.assertIn("ACK", frames[0].flags)
+
+    def test_closeWritesWhatIsPending(self) -> None:
+        """
+        A connection closed (here for a flood) while an answer waits for
+        the end of the poll writes that answer before its C{GOAWAY}, then
+        closes.
+        """
+        client, after = self.openBatched()
+        sid = client.request()
+        after.dispatching = True
+        respond(self.connector, 0, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        self.assertEqual(client.transport.value(), b"")
+        client.proto._h2conn.goAway(ErrorCodes.ENHANCE_YOUR_CALM, close=True)
+        client.read()
+        self.assertEqual(client.bodies[sid], b"ok")
+        self.assertIsNotNone(client.goaway)
+        self.assertTrue(client.transport.disconnecting)
+        after.run()
+        self.assertEqual(client.transport.value(), b"")
+
+    def test_lastStreamOfAClosingConnection(self) -> None:
+        """
+        The client half-closed: the answer to its last stream, given during
+        a poll's dispatch, closes the connection, and is written before the
+        close.
+        """
+        client, after = self.openBatched()
+        sid = client.request()
+        client.proto._h2conn.clientReadLost()
+        self.assertFalse(client.transport.disconnecting)
+        after.dispatching = True
+        respond(self.connector, 0, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        self.assertTrue(client.transport.disconnecting)
+        client.read()
+        self.assertEqual(client.bodies[sid], b"ok")
+        self.assertEqual(client.ended, [sid])
+        after.run()
 
 
 class ForwardTests(H2TestCase):

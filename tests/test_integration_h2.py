@@ -21,6 +21,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import threading
@@ -222,8 +223,15 @@ class H2Client:
     what a conforming client would not.
     """
 
-    def __init__(self, port: int, validate: bool = True, tls: bool = False) -> None:
+    def __init__(self, port: int, validate: bool = True, tls: bool = False, cafile: Optional[str] = None,
+                 serverName: str = "localhost") -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=_TIMEOUT)
+        if tls:
+            # Over TLS: ALPN h2, the certificate verified against cafile.
+            context = ssl.create_default_context(cafile=cafile)
+            context.set_alpn_protocols(["h2"])
+            self.sock = context.wrap_socket(self.sock, server_hostname=serverName)
+            assert self.sock.selected_alpn_protocol() == "h2"
         self.conn = H2Connection(H2Configuration(
             client_side=True, header_encoding=None,
             validate_outbound_headers=validate, normalize_outbound_headers=validate,
@@ -405,6 +413,27 @@ class TLSTests(_ProxyTestCase):
         [record] = self.accessLog(1)
         self.assertEqual((record["version"], record["status"], record["method"]), ("HTTP/2.0", 200, "GET"))
         self.assertEqual(record["bytesDown"], 100000)
+
+    def test_authorityCheckedPerStream(self) -> None:
+        """
+        On one HTTP/2 connection over TLS, every stream's C{:authority} is
+        checked against the served certificate: the names it covers get
+        their answer, another gets C{421}, and a covered one after it is
+        answered again (the check's per-connection memory follows the
+        value).
+        """
+        port, ca = self.tlsReverse()
+        client = H2Client(port, tls=True, cafile=ca.caPath)
+        self.addCleanup(client.close)
+        statuses = []
+        for authority in ("localhost", f"localhost:{port}", "other.test", "127.0.0.1", "localhost"):
+            sid = client.request(f"/{len(statuses)}", authority=authority, scheme="https")
+            self.assertTrue(client.pump(lambda: sid in client.ended), authority)
+            statuses.append((authority, client.status(sid)))
+        self.assertEqual(statuses, [("localhost", 200), (f"localhost:{port}", 200), ("other.test", 421),
+                                    ("127.0.0.1", 200), ("localhost", 200)])
+        self.assertEqual(client.resets, {})
+        self.assertIsNone(client.goaway)
 
     def test_http2OffIsHTTP11(self) -> None:
         """

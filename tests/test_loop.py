@@ -18,7 +18,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from txproxy._loop import readInsteadOfWrite, streamline
+from txproxy._loop import AfterEvents, afterEventsOf, readInsteadOfWrite, streamline
 
 
 @implementer(IHalfCloseableDescriptor)
@@ -132,6 +132,138 @@ class StreamlineTests(SynchronousTestCase):
         self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
         self.assertNotIn(bad, self.reactor.getReaders())
         self.reactor.removeReader(good)
+
+
+class AfterEventsTests(SynchronousTestCase):
+    """
+    L{AfterEvents}: calls made once a poll's events are all dispatched.
+    """
+
+    def setUp(self) -> None:
+        self.reactor = EPollReactor()
+        self.addCleanup(self.reactor._poller.close)
+
+    def _pair(self) -> Any:
+        a, b = socket.socketpair()
+        self.addCleanup(a.close)
+        self.addCleanup(b.close)
+        a.setblocking(False)
+        return a, b
+
+    def test_onlyWithTheLeanLoop(self) -> None:
+        """
+        A reactor has L{AfterEvents} once it has the lean loop; other
+        objects have none.
+        """
+        self.assertIsNone(afterEventsOf(self.reactor))
+        streamline(self.reactor)
+        self.assertIsInstance(afterEventsOf(self.reactor), AfterEvents)
+        self.assertIsNone(afterEventsOf(object()))
+
+    def test_refusedOutsideDispatch(self) -> None:
+        """
+        Outside a poll's dispatch, C{add} refuses and keeps nothing: the
+        caller does its work at once.
+        """
+        streamline(self.reactor)
+        after = afterEventsOf(self.reactor)
+        assert after is not None
+        calls: List[str] = []
+        self.assertFalse(after.add(lambda: calls.append("x")))
+        self.reactor.doIteration(0)
+        self.assertEqual(calls, [])
+        self.assertEqual(after.pending, [])
+
+    def test_afterEveryEventOfThePoll(self) -> None:
+        """
+        A call added while one descriptor's event is handled runs after the
+        events of every descriptor ready in the same poll, once, and
+        before C{doIteration} returns.
+        """
+        streamline(self.reactor)
+        after = afterEventsOf(self.reactor)
+        assert after is not None
+        log: List[Any] = []
+
+        class Adding(_Reader):
+            def doRead(self) -> Any:
+                result = super().doRead()
+                log.append(("read", self.events[-1]))
+                self.reactor_after.add(lambda: log.append("after"))
+                return result
+
+        readers = []
+        for label in (b"1", b"2"):
+            a, b = self._pair()
+            reader = Adding(self.reactor, a)
+            reader.reactor_after = after  # type: ignore[attr-defined]
+            self.reactor.addReader(reader)
+            readers.append(reader)
+            b.send(label)
+        self.reactor.doIteration(0)
+        self.assertEqual(sorted(log[:2]), [("read", b"1"), ("read", b"2")])
+        self.assertEqual(log[2:], ["after", "after"])
+        self.assertFalse(after.dispatching)
+        self.assertEqual(after.pending, [])
+        self.reactor.doIteration(0)
+        self.assertEqual(len(log), 4)
+        for reader in readers:
+            self.reactor.removeReader(reader)
+
+    def test_failingCallLoggedOthersRun(self) -> None:
+        """
+        A call that raises is logged; the calls after it are made, and the
+        next poll dispatches normally.
+        """
+        after = AfterEvents()
+        calls: List[str] = []
+        after.dispatching = True
+        after.add(lambda: 1 // 0)
+        after.add(lambda: calls.append("second"))
+        after.run()
+        self.assertEqual(calls, ["second"])
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        self.assertFalse(after.dispatching)
+        self.assertFalse(after.add(lambda: calls.append("late")))
+
+    def test_runsWhenDispatchRaises(self) -> None:
+        """
+        Even when dispatching raises past the per-event handling (here:
+        iterating over the poll's result), the calls added so far run and
+        the dispatch ends.
+        """
+        streamline(self.reactor)
+        after = afterEventsOf(self.reactor)
+        assert after is not None
+        calls: List[str] = []
+        poller = self.reactor._poller
+
+        class Events:
+            def __iter__(self) -> Any:
+                # A call added during the dispatch, which then fails.
+                after.add(lambda: calls.append("ran"))
+                raise TypeError("not events")
+
+        class Broken:
+            def poll(self, timeout: Any, n: int) -> Any:
+                return Events()
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(poller, name)
+
+        # The loop looked the poller's method up when it was built: build
+        # it again over the broken poller.
+        from txproxy import _loop
+
+        self.reactor._poller = Broken()
+        try:
+            doPoll = _loop._leanDoPoll(self.reactor, after)
+            after.dispatching = False
+            self.assertRaises(TypeError, doPoll, 0)
+        finally:
+            self.reactor._poller = poller
+        self.assertEqual(calls, ["ran"])
+        self.assertFalse(after.dispatching)
 
 
 class ReadInsteadOfWriteTests(SynchronousTestCase):

@@ -249,7 +249,16 @@ class ReverseProxyProtocol(HTTPProxyProtocol):
 
     def routeRequest(self, head: RequestHead) -> HTTPRequest:
         target = head.target
-        tls = self._isTLS()
+        # The connection's caches (scheme, last Host, certificate check):
+        # an HTTP/2 stream's protocol serves one request, so they live on
+        # the protocol that owns the connection.
+        cache = self
+        stream = self._h2stream
+        if stream is not None:
+            owner = stream.conn.owner
+            if isinstance(owner, ReverseProxyProtocol):
+                cache = owner
+        tls = cache._isTLS()
         scheme = "https" if tls else "http"
         defaultPort = 443 if tls else 80
         served = False
@@ -258,22 +267,22 @@ class ReverseProxyProtocol(HTTPProxyProtocol):
             hostValue = head.get(b"host")
             if hostValue is None:
                 host, port = "", defaultPort
-            elif hostValue == self._lastHostValue:
-                host, port = self._lastHost
-                served = self._lastHostServed
+            elif hostValue == cache._lastHostValue:
+                host, port = cache._lastHost
+                served = cache._lastHostServed
             else:
                 host, port = parseHostHeader(hostValue, defaultPort)
-                self._lastHostValue, self._lastHost, self._lastHostServed = hostValue, (host, port), False
+                cache._lastHostValue, cache._lastHost, cache._lastHostServed = hostValue, (host, port), False
         else:
             _, host, port, path = parseAbsoluteURI(target, ("http", "https"))
         if tls and host and not served:
             # The served certificate is settled once the handshake is over,
             # which it is by the time a request arrives.
-            names = self._tlsNames()
+            names = cache._tlsNames()
             if names is not None and not hostMatchesNames(host, names):
                 raise Refuse(421, f"{host} is not served on this connection")
-            if host == self._lastHost[0]:
-                self._lastHostServed = True
+            if host == cache._lastHost[0]:
+                cache._lastHostServed = True
         route = self.factory.router.routeFor(self.factory.listener.name, host, path.decode("latin-1"))
         if route is None:
             raise Refuse(404, f"no route for {host or 'this request'}")

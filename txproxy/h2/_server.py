@@ -64,6 +64,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from txproxy._loop import afterEventsOf
 from txproxy.h2._hpack import cachingCodecs
 from txproxy.h2._translate import (
     Data,
@@ -77,6 +78,7 @@ from txproxy.h2._translate import (
     requestFromH2,
 )
 from txproxy.http import RequestHead
+from txproxy.relay import fastSender
 
 __all__ = ["PREFACE", "FloodGuard", "H2ServerConnection", "H2Stream"]
 
@@ -248,7 +250,12 @@ class H2ServerConnection:
         self.owner = owner
         self.factory = owner.factory
         self.transport = owner.transport
+        #: Writes to the client: straight to the socket when it is plain
+        #: TCP with nothing buffered (L{txproxy.relay.fastSender}).
+        self._write = fastSender(self.transport)
         self.clock = self.factory.clock
+        #: The reactor's L{txproxy._loop.AfterEvents}, if it has them.
+        self._after = afterEventsOf(self.clock)
         listener = self.factory.listener
         self.maxStreams: int = listener.h2MaxStreams
         self.maxHeadSize: int = listener.maxHeadSize
@@ -352,14 +359,34 @@ class H2ServerConnection:
 
     def flush(self) -> None:
         """
-        Write what C{h2} has queued.
+        Write what C{h2} has queued: after the events of the reactor's
+        current poll when it has the lean loop
+        (L{txproxy._loop.AfterEvents}), so that every stream answered in
+        that poll (each response arrives on its own upstream connection)
+        leaves in one C{send} and, over TLS, one record; otherwise now.
         """
         # C{h2}'s buffer, looked at before asking for a copy of it: most
         # calls find it empty (tests.test_h2_server.InternalsTests).
+        if self.h2._data_to_send and not self._flushing:
+            after = self._after
+            if after is not None and after.add(self._flushLater):
+                self._flushing = True
+                return
+            self.flushNow()
+
+    def _flushLater(self) -> None:
+        self._flushing = False
+        self.flushNow()
+
+    def flushNow(self) -> None:
+        """
+        Write what C{h2} has queued, now (before a frame written by hand,
+        and before closing).
+        """
         if self.h2._data_to_send:
             data = self.h2.data_to_send()
             if not self.closed:
-                self.transport.write(data)
+                self._write(data)
 
     def _flood(self, kind: str) -> bool:
         if self.guard.count(kind, self.clock.seconds()):
@@ -397,14 +424,14 @@ class H2ServerConnection:
                     self.h2.close_connection(error_code=code, last_stream_id=self.h2.highest_inbound_stream_id)
                 except ProtocolError:
                     pass
-                self.flush()
+                self.flushNow()
             else:
                 # Graceful: written by hand, since C{h2}'s close_connection
                 # would end the connection's state machine and with it the
                 # open streams, which must be allowed to finish.
-                self.flush()
+                self.flushNow()
                 frame = GoAwayFrame(0, last_stream_id=self.h2.highest_inbound_stream_id, error_code=code)
-                self.transport.write(frame.serialize())
+                self._write(frame.serialize())
         if close:
             self._close(abort=code != 0)
         else:
@@ -413,6 +440,7 @@ class H2ServerConnection:
     def _close(self, abort: bool = False) -> None:
         if self.closed:
             return
+        self.flushNow()
         self.closed = True
         self._cancelTimer()
         self.owner._h2closing()
