@@ -7,6 +7,7 @@ and a fake clock, with python-hyper's C{h2} as the client.
 from __future__ import annotations
 
 import collections
+import functools
 import hashlib
 import weakref
 from typing import Any, Dict, List, Optional, Tuple
@@ -36,8 +37,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.refcycles import assertFreed, collectorOff
 from txproxy.h2._server import PREFACE, FloodGuard, _Connection, _NoDebug
-from txproxy.reverse import ReverseProxyProtocol
 from txproxy._loop import AfterEvents
+from txproxy.reverse import ReverseProxyProtocol
 from txproxy.testing import FakeConnector, connect, forwardFactory, reverseFactory
 
 
@@ -1013,6 +1014,127 @@ class ForwardTests(H2TestCase):
         client.h2.end_stream(sid)
         client.send()
         self.assertTrue(upstream.writeClosed)
+
+
+class FramingTests(SynchronousTestCase):
+    """
+    L{_Connection}'s own C{send_headers} and C{send_data} (frame bytes
+    written directly) against C{h2}'s: the same calls on two server
+    connections in the same state queue the same bytes, leave the same
+    windows and stream states, and raise the same errors.
+    """
+
+    def pair(self, windowSize: int = 65535, maxFrame: int = 16384) -> Any:
+        config = dict(client_side=False, header_encoding=None, validate_inbound_headers=False,
+                      normalize_inbound_headers=False, validate_outbound_headers=False,
+                      normalize_outbound_headers=False)
+        ours = _Connection(config=H2Configuration(**config))
+        theirs = H2Connection(config=H2Configuration(**config))
+        client = H2Connection(H2Configuration(client_side=True, header_encoding=None))
+        client.initiate_connection()
+        client.update_settings({SettingCodes.INITIAL_WINDOW_SIZE: windowSize, SettingCodes.MAX_FRAME_SIZE: maxFrame})
+        for sid in (1, 3, 5):
+            client.send_headers(sid, [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"a"),
+                                      (b":path", b"/%d" % sid)], end_stream=True)
+        data = client.data_to_send()
+        for conn in (ours, theirs):
+            conn.initiate_connection()
+            conn.receive_data(data)
+            conn.data_to_send()
+        return ours, theirs
+
+    def same(self, ours: Any, theirs: Any, call: str, *args: Any, **kw: Any) -> None:
+        results = []
+        for conn in (ours, theirs):
+            try:
+                getattr(conn, call)(*args, **kw)
+                results.append(None)
+            except Exception as e:  # the same class of error, from both
+                results.append(type(e))
+        self.assertEqual(results[0], results[1], (call, args))
+        self.assertEqual(ours.data_to_send(), theirs.data_to_send(), (call, args))
+        self.assertEqual(ours.outbound_flow_control_window, theirs.outbound_flow_control_window)
+        for sid in (1, 3, 5):
+            a, b = ours.streams.get(sid), theirs.streams.get(sid)
+            self.assertEqual(a is None, b is None)
+            if a is not None:
+                self.assertEqual(a.state_machine.state, b.state_machine.state, sid)
+                self.assertEqual(a.outbound_flow_control_window, b.outbound_flow_control_window, sid)
+
+    def test_responses(self) -> None:
+        """
+        Interim and final heads, DATA (bytes and a memoryview), END_STREAM
+        on DATA, on a head and on trailers; informational heads and
+        trailers without END_STREAM refused alike.
+        """
+        ours, theirs = self.pair()
+        head = [(b":status", b"200"), (b"content-type", b"text/plain"), (b"server", b"origin")]
+        self.same(ours, theirs, "send_headers", 1, [(b":status", b"103"), (b"link", b"</a>; rel=preload")])
+        self.same(ours, theirs, "send_headers", 1, [(b":status", b"100")], end_stream=True)
+        self.same(ours, theirs, "send_headers", 1, head)
+        self.same(ours, theirs, "send_data", 1, b"hello ")
+        self.same(ours, theirs, "send_data", 1, memoryview(b"world"))
+        self.same(ours, theirs, "send_data", 1, b"", end_stream=True)
+        self.same(ours, theirs, "send_data", 1, b"late")
+        self.same(ours, theirs, "send_headers", 3, [(b":status", b"204")], end_stream=True)
+        self.same(ours, theirs, "send_headers", 5, head)
+        self.same(ours, theirs, "send_data", 5, b"x" * 100)
+        self.same(ours, theirs, "send_headers", 5, [(b"grpc-status", b"0")])
+        self.same(ours, theirs, "send_headers", 5, [(b"grpc-status", b"0")], end_stream=True)
+        self.same(ours, theirs, "send_headers", 7, head)
+        self.same(ours, theirs, "send_data", 9, b"no such stream")
+
+    def test_windowsAndFrameSize(self) -> None:
+        """
+        DATA over a stream's window or the connection's is refused alike
+        and changes nothing; DATA over the peer's frame size is C{h2}'s.
+        """
+        ours, theirs = self.pair(windowSize=10)
+        self.same(ours, theirs, "send_headers", 1, [(b":status", b"200")])
+        self.same(ours, theirs, "send_data", 1, b"a" * 11)
+        self.same(ours, theirs, "send_data", 1, b"a" * 10)
+        self.same(ours, theirs, "send_data", 1, b"a")
+        self.same(ours, theirs, "send_data", 1, b"", end_stream=True)
+        ours, theirs = self.pair(windowSize=100000)
+        self.same(ours, theirs, "send_headers", 3, [(b":status", b"200")])
+        self.same(ours, theirs, "send_data", 3, b"b" * 16385)
+        for _ in range(3):
+            self.same(ours, theirs, "send_data", 3, b"c" * 16384)
+        self.same(ours, theirs, "send_data", 3, b"d" * 16384)  # past the connection's window
+        self.assertEqual(ours.outbound_flow_control_window, 65535 - 3 * 16384)
+
+    def test_continuation(self) -> None:
+        """
+        A header block over the peer's maximum frame size: HEADERS and
+        CONTINUATION frames, cut at the same places, END_STREAM on the
+        HEADERS frame and END_HEADERS on the last.
+        """
+        def exactly(blockSize: int) -> int:
+            # The value's size that makes the block exactly blockSize.
+            prefix = len(hpack.Encoder().encode([(b":status", b"200"), (b"x-big", b"z" * blockSize)], huffman=False))
+            return blockSize - (prefix - blockSize)
+
+        for size in (16300, 16384 * 2 - 20, exactly(16384 * 2), 16384 * 2 + 50):
+            ours, theirs = self.pair()
+            for conn in (ours, theirs):
+                # Without Huffman coding (pure Python, slow on 30 kB), on
+                # both sides alike: the block is the value's size plus a
+                # few bytes.
+                conn.encoder.encode = functools.partial(conn.encoder.encode, huffman=False)
+            big = [(b":status", b"200"), (b"x-big", b"z" * size)]
+            self.same(ours, theirs, "send_headers", 1, big)
+            self.same(ours, theirs, "send_headers", 3, big, end_stream=True)
+
+    def test_priorityAndPaddingAreH2s(self) -> None:
+        """
+        What the direct path does not do (priority on a head, padding) is
+        C{h2}'s, with its answers.
+        """
+        ours, theirs = self.pair()
+        self.same(ours, theirs, "send_headers", 1, [(b":status", b"200")], priority_weight=16)
+        self.same(ours, theirs, "send_headers", 1, [(b":status", b"200")])
+        self.same(ours, theirs, "send_data", 1, b"abc", pad_length=4)
+        self.same(ours, theirs, "send_data", 1, b"abc", end_stream=True, pad_length=2)
 
 
 class InternalsTests(SynchronousTestCase):

@@ -33,12 +33,13 @@ correct together.
 from __future__ import annotations
 
 import logging
+import struct
 from typing import Any, Dict, List, Optional, Tuple
 
 import hpack.hpack
 import hpack.table
 from h2.config import H2Configuration
-from h2.connection import H2Connection
+from h2.connection import ConnectionInputs, H2Connection
 from h2.errors import ErrorCodes
 from h2.events import (
     ConnectionTerminated,
@@ -180,11 +181,106 @@ class _LenientStream(_LibStream):
             raise ProtocolError("Trailers must have END_STREAM set.")
         return frames
 
+    def headerBytes(self, headers: Any, encoder: Any, end_stream: bool) -> bytes:
+        """
+        As L{send_headers}, but the frames as bytes: one C{HEADERS}, and
+        C{CONTINUATION} frames when the block is over the peer's maximum
+        frame size (outbound header validation must be off, as it is for
+        L{H2ServerConnection}).
+        """
+        input_ = StreamInputs.SEND_HEADERS
+        if is_informational_response(headers):
+            if end_stream:
+                raise ProtocolError("Cannot set END_STREAM on informational responses.")
+            input_ = StreamInputs.SEND_INFORMATIONAL_HEADERS
+        machine = self.state_machine
+        machine.process_input(input_)
+        block = encoder.encode(headers)
+        if end_stream:
+            machine.process_input(StreamInputs.SEND_END_STREAM)
+        if machine.trailers_sent and not end_stream:
+            raise ProtocolError("Trailers must have END_STREAM set.")
+        sid = self.stream_id
+        flags = _END_STREAM if end_stream else 0
+        size = self.max_outbound_frame_size
+        if len(block) <= size:
+            return _frame(_HEADERS, flags | _END_HEADERS, sid, block)
+        parts = [_frame(_HEADERS, flags, sid, block[:size])]
+        for start in range(size, len(block), size):
+            last = start + size >= len(block)
+            parts.append(_frame(_CONTINUATION, _END_HEADERS if last else 0, sid, block[start:start + size]))
+        return b"".join(parts)
+
+
+#: A frame's 9-byte head: the payload's length (24 bits, as a byte and a
+#: 16-bit half), type, flags, stream id (RFC 9113 §4.1).
+_FRAME_HEAD = struct.Struct(">BHBBL")
+_DATA, _HEADERS, _CONTINUATION = 0x0, 0x1, 0x9
+_END_STREAM, _END_HEADERS = 0x1, 0x4
+
+
+def _frame(kind: int, flags: int, streamID: int, payload: bytes) -> bytes:
+    n = len(payload)
+    return _FRAME_HEAD.pack(n >> 16, n & 0xFFFF, kind, flags, streamID) + payload
+
 
 class _Connection(H2Connection):
+    """
+    C{h2}'s connection, with its C{send_headers} and C{send_data} for a
+    stream that exists writing the frames' bytes directly, not through
+    frame objects serialized afterwards: the same state machines are
+    driven with the same inputs, the same windows counted, the same bytes
+    queued (tests.test_h2_server.FramingTests checks them against
+    C{h2}'s own).  Anything else (a new stream, priority, padding, a frame
+    over the peer's maximum, header validation switched on) is C{h2}'s.
+    """
+
     def __init__(self, config: Any = None) -> None:
         super().__init__(config=config)
         cachingCodecs(self)
+        self._ownFrames = not (self.config.validate_outbound_headers or self.config.normalize_outbound_headers)
+
+    def send_headers(  # type: ignore[override]
+        self,
+        stream_id: int,
+        headers: Any,
+        end_stream: bool = False,
+        priority_weight: Any = None,
+        priority_depends_on: Any = None,
+        priority_exclusive: Any = None,
+    ) -> None:
+        stream = self.streams.get(stream_id)
+        if (
+            stream is None
+            or not self._ownFrames
+            or priority_weight is not None
+            or priority_depends_on is not None
+            or priority_exclusive is not None
+        ):
+            super().send_headers(stream_id, headers, end_stream, priority_weight, priority_depends_on, priority_exclusive)
+            return
+        self.state_machine.process_input(ConnectionInputs.SEND_HEADERS)
+        self._data_to_send += stream.headerBytes(headers, self.encoder, end_stream)
+
+    def send_data(self, stream_id: int, data: Any, end_stream: bool = False, pad_length: Any = None) -> None:
+        stream = self.streams.get(stream_id)
+        size = len(data)
+        if stream is None or pad_length is not None or size > self.max_outbound_frame_size:
+            super().send_data(stream_id, data, end_stream, pad_length)
+            return
+        window = min(self.outbound_flow_control_window, stream.outbound_flow_control_window)
+        if size > window:
+            raise FlowControlError(f"Cannot send {size} bytes, flow control window is {window}")
+        self.state_machine.process_input(ConnectionInputs.SEND_DATA)
+        machine = stream.state_machine
+        machine.process_input(StreamInputs.SEND_DATA)
+        if end_stream:
+            machine.process_input(StreamInputs.SEND_END_STREAM)
+        if data.__class__ is not bytes:
+            data = bytes(data)
+        stream.outbound_flow_control_window -= size
+        self.outbound_flow_control_window -= size
+        self._data_to_send += _frame(_DATA, _END_STREAM if end_stream else 0, stream_id, data)
 
     def _begin_new_stream(self, stream_id: int, allowed_ids: Any) -> Any:
         stream = super()._begin_new_stream(stream_id, allowed_ids)
