@@ -31,12 +31,12 @@ from h2.events import (
 from h2.exceptions import ProtocolError
 from h2.settings import SettingCodes
 from h2.stream import H2Stream as LibStream
-from hyperframe.frame import ContinuationFrame, Frame, HeadersFrame
+from hyperframe.frame import ContinuationFrame, ExtensionFrame, Frame, HeadersFrame
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.refcycles import assertFreed, collectorOff
-from txproxy.h2._server import PREFACE, FloodGuard, _Connection, _NoDebug
+from txproxy.h2._server import PREFACE, FloodGuard, _AdvertisedSettings, _Connection, _NoDebug
 from txproxy._loop import AfterEvents
 from txproxy.reverse import ReverseProxyProtocol
 from txproxy.testing import FakeConnector, connect, forwardFactory, reverseFactory
@@ -1135,6 +1135,158 @@ class FramingTests(SynchronousTestCase):
         self.same(ours, theirs, "send_headers", 1, [(b":status", b"200")])
         self.same(ours, theirs, "send_data", 1, b"abc", pad_length=4)
         self.same(ours, theirs, "send_data", 1, b"abc", end_stream=True, pad_length=2)
+
+
+class ReceiveTests(SynchronousTestCase):
+    """
+    L{_Connection.receive_data} (request heads taken without C{h2}'s frame
+    buffer) against C{h2}'s: the same bytes, cut at every position, give
+    the same events, the same bytes to send, the same streams and the same
+    errors.
+    """
+
+    def connections(self, maxStreams: Optional[int] = None) -> Any:
+        config = dict(client_side=False, header_encoding=None, validate_inbound_headers=False,
+                      normalize_inbound_headers=False, validate_outbound_headers=False,
+                      normalize_outbound_headers=False)
+        made = []
+        for cls in (_Connection, H2Connection):
+            conn = cls(config=H2Configuration(**config))
+            if maxStreams is None:
+                conn.local_settings = _AdvertisedSettings(client=False, initial_values={})
+            else:
+                conn.local_settings.max_concurrent_streams = maxStreams
+            conn.initiate_connection()
+            conn.data_to_send()
+            made.append(conn)
+        return made
+
+    def outcome(self, conn: Any, chunks: List[bytes]) -> Any:
+        events: List[str] = []
+        error = None
+        for chunk in chunks:
+            try:
+                events += [repr(e) for e in conn.receive_data(chunk)]
+            except Exception as e:
+                error = (type(e), getattr(e, "error_code", None))
+                break
+        streams = {sid: (s.state_machine.state, s.inbound_flow_control_window) for sid, s in conn.streams.items()
+                   if not s.closed}
+        return events, error, conn.data_to_send(), streams, conn.highest_inbound_stream_id
+
+    def compare(self, data: bytes, maxStreams: Optional[int] = None, step: int = 1, direct: bool = True) -> None:
+        """
+        The client's preface (its own chunk, then C{data}), C{data} whole,
+        cut in two at every C{step}-th position, and byte by byte; and the
+        preface and C{data} in one chunk.  With C{direct}, C{data} must
+        have taken the direct path at least once.
+        """
+        cuts = [[data], [data[i:i + 1] for i in range(len(data))]]
+        cuts += [[data[:i], data[i:]] for i in range(1, len(data), step)]
+        taken: List[int] = []
+        for chunks in [[self.preface + data]] + [[self.preface] + c for c in cuts]:
+            ours, theirs = self.connections(maxStreams)
+            requestHead = ours._requestHead
+
+            def counted(*args: Any, requestHead: Any = requestHead) -> Any:
+                taken.append(args[0])
+                return requestHead(*args)
+
+            ours._requestHead = counted
+            self.assertEqual(self.outcome(ours, chunks), self.outcome(theirs, chunks), [len(c) for c in chunks])
+        self.assertEqual(bool(taken), direct)
+
+    def client(self) -> Any:
+        client = H2Connection(H2Configuration(client_side=True, header_encoding=None, validate_outbound_headers=False,
+                                              normalize_outbound_headers=False))
+        client.initiate_connection()
+        self.preface = client.data_to_send()
+        return client
+
+    def head(self, path: bytes) -> List[Tuple[bytes, bytes]]:
+        return [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"a.test"), (b":path", path),
+                (b"user-agent", b"test")]
+
+    def test_requests(self) -> None:
+        """
+        Request heads with and without END_STREAM, a body, a block cut
+        into CONTINUATION frames, priority, padding, window updates, a
+        ping and a reset, in one stream of bytes.
+        """
+        client = self.client()
+        client.send_headers(1, self.head(b"/a"), end_stream=True)
+        client.send_headers(3, self.head(b"/b"))
+        client.send_data(3, b"body", end_stream=True)
+        client.send_headers(5, self.head(b"/c"), end_stream=True, priority_weight=20)
+        client.send_headers(7, self.head(b"/d"), end_stream=True)
+        client.increment_flow_control_window(1000)
+        client.ping(b"12345678")
+        client.send_headers(9, self.head(b"/e"))
+        client.send_data(9, b"x", pad_length=3)
+        client.reset_stream(9)
+        client.send_headers(11, self.head(b"/f"), end_stream=True)
+        data = client.data_to_send()
+        # A block over one frame, by hand: HEADERS without END_HEADERS,
+        # then a CONTINUATION.
+        block = hpack.Encoder().encode(self.head(b"/g"))
+        half = len(block) // 2
+        data += (HeadersFrame(13, data=block[:half], flags=["END_STREAM"]).serialize()
+                 + ContinuationFrame(13, data=block[half:], flags=["END_HEADERS"]).serialize())
+        client.send_headers(15, self.head(b"/h"), end_stream=True)
+        data += client.data_to_send()
+        self.compare(data)
+        # Each kind of request head first, and after a direct one.
+        block = hpack.Encoder().encode(self.head(b"/i"))
+        first = HeadersFrame(1, data=block, flags=["END_HEADERS", "END_STREAM"]).serialize()
+        for frame, direct in ((HeadersFrame(3, data=block, flags=["END_HEADERS", "PADDED"], pad_length=4), False),
+                              (HeadersFrame(3, data=block, flags=["END_HEADERS", "PRIORITY", "END_STREAM"],
+                                            stream_weight=5), False),
+                              (HeadersFrame(3, data=block, flags=["END_STREAM"]), False),
+                              # (refused by h2's own stream set-up, as h2 would)
+                              (HeadersFrame(2, data=block, flags=["END_HEADERS"]), True),
+                              # Other frame types with the same flags bits.
+                              (ContinuationFrame(3, data=block, flags=["END_HEADERS"]), False),
+                              (ExtensionFrame(0xB, 3, flag_byte=0x5, body=block), False)):
+            self.compare(frame.serialize(), step=5, direct=direct)
+            self.compare(first + frame.serialize(), step=5)
+
+    def test_errors(self) -> None:
+        """
+        Request heads h2 refuses are refused alike: a stream id going
+        backwards, an even one, a block HPACK cannot decode, a head over
+        the stream limit when one is set.
+        """
+        client = self.client()
+        client.send_headers(5, self.head(b"/a"), end_stream=True)
+        start = client.data_to_send()
+        good = hpack.Encoder().encode(self.head(b"/b"))
+        for sid, block in ((3, good), (5, good), (4, good), (7, b"\xff\xff\xff\xff"), (7, b"\x8f")):
+            frame = HeadersFrame(sid, data=block, flags=["END_HEADERS", "END_STREAM"]).serialize()
+            self.compare(start + frame, step=7)
+        # Over the largest frame the connection takes.
+        frame = HeadersFrame(7, data=b"\x00" * 16385, flags=["END_HEADERS"]).serialize()
+        self.compare(start + frame, step=4001)
+        client = self.client()
+        for sid in (1, 3, 5):
+            client.send_headers(sid, self.head(b"/x"))
+        self.compare(client.data_to_send(), maxStreams=2, step=5)
+
+    def test_closedStreamsForgotten(self) -> None:
+        """
+        With no stream limit, the streams that closed are forgotten from
+        time to time (h2 forgets them at every new stream): the table stays
+        bounded by the open ones.
+        """
+        ours, _ = self.connections()
+        client = self.client()
+        ours.receive_data(self.preface)
+        for sid in range(1, 2000, 2):
+            client.send_headers(sid, self.head(b"/"), end_stream=True)
+            ours.receive_data(client.data_to_send())
+            ours.send_headers(sid, [(b":status", b"204")], end_stream=True)
+            ours.data_to_send()
+            self.assertLessEqual(len(ours.streams), 64)
+        self.assertEqual(ours.highest_inbound_stream_id, 1999)
 
 
 class InternalsTests(SynchronousTestCase):

@@ -39,7 +39,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import hpack.hpack
 import hpack.table
 from h2.config import H2Configuration
-from h2.connection import ConnectionInputs, H2Connection
+from h2.connection import AllowedStreamIDs, ConnectionInputs, H2Connection, _decode_headers
 from h2.errors import ErrorCodes
 from h2.events import (
     ConnectionTerminated,
@@ -53,7 +53,7 @@ from h2.events import (
     TrailersReceived,
     WindowUpdated,
 )
-from h2.exceptions import FlowControlError, ProtocolError, StreamClosedError
+from h2.exceptions import FlowControlError, ProtocolError, StreamClosedError, TooManyStreamsError
 from h2.settings import SettingCodes, Settings
 from h2.stream import H2Stream as _LibStream
 from h2.stream import StreamInputs
@@ -132,6 +132,10 @@ def _quietHPACK() -> None:
 _quietHPACK()
 
 
+#: What L{_AdvertisedSettings} tells C{h2} the stream limit is (none).
+_UNLIMITED = 2**31 - 1
+
+
 class _AdvertisedSettings(Settings):
     """
     Our local settings, as C{h2} sends them, except that C{h2} must not
@@ -142,7 +146,7 @@ class _AdvertisedSettings(Settings):
 
     @property  # type: ignore[misc]
     def max_concurrent_streams(self) -> int:
-        return 2**31 - 1
+        return _UNLIMITED
 
 
 class _LenientStream(_LibStream):
@@ -239,6 +243,69 @@ class _Connection(H2Connection):
         super().__init__(config=config)
         cachingCodecs(self)
         self._ownFrames = not (self.config.validate_outbound_headers or self.config.normalize_outbound_headers)
+
+    def receive_data(self, data: bytes) -> List[Any]:
+        """
+        C{h2}'s, with the common frame taken without C{h2}'s frame buffer:
+        a request head in one C{HEADERS} frame (C{END_HEADERS}, no padding,
+        no priority) opening a new stream, when nothing is buffered.  Its
+        block is decoded, the connection's and the new stream's state
+        machines are given the same inputs, and the same events come out,
+        in the same order as C{h2}'s frame by frame; at the first other
+        frame (or a partial one) the rest of the bytes go to C{h2}
+        (tests.test_h2_server.ReceiveTests compares the two, the bytes
+        split at every position).
+        """
+        buffer = self.incoming_buffer
+        if buffer._preamble_len or buffer._data or buffer._headers_buffer:
+            return super().receive_data(data)  # type: ignore[no-any-return]
+        events: List[Any] = []
+        at, size = 0, len(data)
+        limit = self.max_inbound_frame_size
+        try:
+            while size - at >= 9:
+                length = (data[at] << 16) | (data[at + 1] << 8) | data[at + 2]
+                end = at + 9 + length
+                flags = data[at + 4]
+                if data[at + 3] != _HEADERS or (flags | _END_STREAM) != _END_HEADERS | _END_STREAM or end > size or length > limit:
+                    break
+                sid = int.from_bytes(data[at + 5 : at + 9], "big") & 0x7FFFFFFF
+                if sid <= self.highest_inbound_stream_id:
+                    break
+                events.extend(self._requestHead(sid, data[at + 9 : end], bool(flags & _END_STREAM)))
+                at = end
+        except ProtocolError as e:
+            # As h2's receive_data: GOAWAY queued, then the error raised.
+            self._terminate_connection(e.error_code)
+            raise
+        if at < size:
+            events.extend(super().receive_data(data[at:] if at else data))
+        return events
+
+    #: Streams kept (open or closed) before closed ones are forgotten.
+    _forgetAt = 32
+
+    def _requestHead(self, sid: int, block: bytes, endStream: bool) -> List[Any]:
+        """
+        What C{h2}'s C{_receive_headers_frame} does for a new inbound
+        stream's C{HEADERS} frame.
+        """
+        limit = self.local_settings.max_concurrent_streams
+        streams = self.streams
+        if limit < _UNLIMITED or len(streams) >= self._forgetAt:
+            # h2 counts the open streams (and forgets the closed ones) for
+            # every new stream; with no limit to enforce, forgetting them
+            # now and then keeps the table as small.
+            count = self.open_inbound_streams
+            self._forgetAt = 2 * len(streams) + 32
+            if count + 1 > limit:
+                raise TooManyStreamsError(f"Max inbound streams is {limit}, {count} open")
+        headers = _decode_headers(self.decoder, block)
+        events: List[Any] = self.state_machine.process_input(ConnectionInputs.RECV_HEADERS)
+        stream = self._begin_new_stream(sid, AllowedStreamIDs.ODD)
+        frames, streamEvents = stream.receive_headers(headers, endStream, self.config.header_encoding)
+        self._prepare_for_sending(frames)
+        return events + streamEvents
 
     def send_headers(  # type: ignore[override]
         self,
