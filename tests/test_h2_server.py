@@ -497,6 +497,59 @@ class ExchangeTests(H2TestCase):
         self.assertNotIn(sid, client.proto._h2conn.streams)
 
 
+class StreamHookTests(H2TestCase):
+    """
+    A protocol subclass's hooks are called for every HTTP/2 stream (each
+    stream's protocol takes what its connection's owner worked out about
+    the class).
+    """
+
+    def test_subclassHooksPerStream(self) -> None:
+        seen: List[Any] = []
+
+        class Watch(ReverseProxyProtocol):
+            def requestBodyData(self, request: Any, data: bytes) -> None:
+                seen.append(("up", request.path, data))
+
+            def responseBodyData(self, request: Any, data: bytes) -> None:
+                seen.append(("down", request.path, data))
+
+            def exchangeEnded(self, record: Any) -> None:
+                seen.append(("ended", record.target, record.status))
+
+        client = self.open(reverseFactory({"*": "http://192.0.2.1:8080"}, connector=self.connector,
+                                          clock=self.clock, protocol=Watch))
+        first = client.request(b"/1", b"POST", extra=[(b"content-length", b"2")], body=b"hi")
+        second = client.request(b"/2")
+        respond(self.connector, 0, b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na")
+        respond(self.connector, 1, b"HTTP/1.1 404 Not Found\r\nContent-Length: 1\r\n\r\nb")
+        client.read()
+        self.assertEqual((client.status(first), client.status(second)), (200, 404))
+        self.assertEqual(seen, [("up", b"/1", b"hi"), ("down", b"/1", b"a"), ("ended", "http://a.test:80/1", 200),
+                                ("down", b"/2", b"b"), ("ended", "http://a.test:80/2", 404)])
+
+    def test_factoryHookPerStream(self) -> None:
+        """
+        A listener factory's C{exchangeEnded} override hears every stream.
+        """
+        factory = self.reverse()
+        seen: List[Any] = []
+
+        class Factory(type(factory)):  # type: ignore[misc]
+            def exchangeEnded(self, proto: Any, record: Any) -> None:
+                seen.append((type(proto).__name__, record.target))
+                super().exchangeEnded(proto, record)
+
+        factory.__class__ = Factory
+        client = self.open(factory)
+        client.request(b"/a")
+        client.request(b"/b")
+        respond(self.connector, 0, b"HTTP/1.1 204 No Content\r\n\r\n")
+        respond(self.connector, 1, b"HTTP/1.1 204 No Content\r\n\r\n")
+        self.assertEqual(seen, [("ReverseProxyProtocol", "http://a.test:80/a"),
+                                ("ReverseProxyProtocol", "http://a.test:80/b")])
+
+
 class HeadAsValueTests(H2TestCase):
     """
     A stream hands its protocol the request head as a value, and takes the
@@ -599,6 +652,21 @@ class ValidationTests(H2TestCase):
                                end_stream=True)
         client.send()
         self.assertStreamError(client, sid)
+
+    def test_authorityCheckedAfterAnother(self) -> None:
+        """
+        A valid C{:authority} repeated by the next streams, then an invalid
+        one: that stream is reset; the valid one is served again after it.
+        """
+        client = self.open()
+        client.request(authority=b"a.test")
+        client.request(authority=b"a.test")
+        self.assertEqual(len(self.connector.attempts), 2)
+        bad = client.request(authority=b"user@a.test")
+        client.read()
+        self.assertEqual(client.resets.get(bad), ErrorCodes.PROTOCOL_ERROR)
+        client.request(authority=b"a.test")
+        self.assertEqual(len(self.connector.attempts), 3)
 
     def test_authorityHostConflict(self) -> None:
         client = self.open()

@@ -33,7 +33,7 @@ from txproxy.h2._translate import (
     requestFromH2,
     responseFromH2,
 )
-from txproxy.http import ChunkedDecoder, parseRequestHead, parseResponseHead
+from txproxy.http import ChunkedDecoder, parseRequestHead, parseResponseHead, serializeTrustedHead
 
 Headers = List[Tuple[bytes, bytes]]
 
@@ -101,6 +101,32 @@ class RequestFromH2Tests(SynchronousTestCase):
         self.assertEqual(parsed.headers[0], (b"Host", request.authority))
         self.assertTrue(request.head.endswith(b"\r\n\r\n"))
         return request
+
+    def test_checkedAuthority(self) -> None:
+        """
+        An authority given as already C{checked} (an earlier request's on
+        the connection) is not checked again; any other still is, as is
+        C{Host} without one.
+        """
+        bad = [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"u@a.test"), (b":path", b"/")]
+        self.assertEqual(requestFromH2(bad, True, False, checked=b"u@a.test").authority, b"u@a.test")
+        self.assertRaises(StreamError, requestFromH2, bad, True, False, checked=b"a.test")
+        self.assertRaises(StreamError, requestFromH2, bad, True, False)
+        host = [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"), (b"host", b"a.test:99999")]
+        self.assertRaises(StreamError, requestFromH2, host, True, False, checked=b"a.test")
+        self.assertEqual(requestFromH2(host, True, False, checked=b"a.test:99999").authority, b"a.test:99999")
+
+    def test_headWhenAskedFor(self) -> None:
+        """
+        The HTTP/1.1 head is made when first asked for, from the target
+        and fields, and kept.
+        """
+        request = requestFromH2(GET, True, False)
+        self.assertIsNone(request._head)
+        head = request.head
+        self.assertEqual(head, serializeTrustedHead(b"GET " + request.target + b" HTTP/1.1\r\n", request.fields))
+        self.assertIs(request.head, head)
+        self.assertNotEqual(request, requestFromH2(GET, False, False))
 
     def test_originForm(self) -> None:
         """

@@ -513,12 +513,22 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
             admission.addCallback(answered)
             admission = waiting
         self._admission = admission
-        self._observeRequest = overrides(self, "requestBodyData", HTTPProxyProtocol)
-        self._observeResponse = overrides(self, "responseBodyData", HTTPProxyProtocol)
-        ended = self._endHook()
+        if owner.__class__ is self.__class__ and owner.factory is self.factory:
+            # Worked out once for the connection, by its owner (a protocol
+            # of the same class and factory).
+            if owner._observeRequest:
+                self._observeRequest = True
+            if owner._observeResponse:
+                self._observeResponse = True
+            ended = owner._ended
+            factoryEnded = owner._factoryEnded
+        else:
+            self._observeRequest = overrides(self, "requestBodyData", HTTPProxyProtocol)
+            self._observeResponse = overrides(self, "responseBodyData", HTTPProxyProtocol)
+            ended = self._endHook()
+            factoryEnded = endHookOf(self.factory)
         if ended is not None:
             self._ended = ended
-        factoryEnded = endHookOf(self.factory)
         if factoryEnded is not ListenerFactory.exchangeEnded:
             self._factoryEnded = factoryEnded
 

@@ -193,7 +193,13 @@ class _LenientStream(_LibStream):
         L{H2ServerConnection}).
         """
         input_ = StreamInputs.SEND_HEADERS
-        if is_informational_response(headers):
+        if headers.__class__ is list and headers and headers[0][0] == b":status":
+            # (h2's is_informational_response, for the usual head: the
+            # status first)
+            informational = headers[0][1][:1] == b"1"
+        else:
+            informational = is_informational_response(headers)
+        if informational:
             if end_stream:
                 raise ProtocolError("Cannot set END_STREAM on informational responses.")
             input_ = StreamInputs.SEND_INFORMATIONAL_HEADERS
@@ -206,7 +212,7 @@ class _LenientStream(_LibStream):
             raise ProtocolError("Trailers must have END_STREAM set.")
         sid = self.stream_id
         flags = _END_STREAM if end_stream else 0
-        size = self.max_outbound_frame_size
+        size: int = self.max_outbound_frame_size or 16384
         if len(block) <= size:
             return _frame(_HEADERS, flags | _END_HEADERS, sid, block)
         parts = [_frame(_HEADERS, flags, sid, block[:size])]
@@ -244,7 +250,7 @@ class _Connection(H2Connection):
         cachingCodecs(self)
         self._ownFrames = not (self.config.validate_outbound_headers or self.config.normalize_outbound_headers)
 
-    def receive_data(self, data: bytes) -> List[Any]:
+    def receive_data(self, data: Any) -> List[Any]:
         """
         C{h2}'s, with the common frame taken without C{h2}'s frame buffer:
         a request head in one C{HEADERS} frame (C{END_HEADERS}, no padding,
@@ -258,7 +264,7 @@ class _Connection(H2Connection):
         """
         buffer = self.incoming_buffer
         if buffer._preamble_len or buffer._data or buffer._headers_buffer:
-            return super().receive_data(data)  # type: ignore[no-any-return]
+            return super().receive_data(data)
         events: List[Any] = []
         at, size = 0, len(data)
         limit = self.max_inbound_frame_size
@@ -305,9 +311,9 @@ class _Connection(H2Connection):
         stream = self._begin_new_stream(sid, AllowedStreamIDs.ODD)
         frames, streamEvents = stream.receive_headers(headers, endStream, self.config.header_encoding)
         self._prepare_for_sending(frames)
-        return events + streamEvents
+        return events + list(streamEvents)
 
-    def send_headers(  # type: ignore[override]
+    def send_headers(
         self,
         stream_id: int,
         headers: Any,
@@ -327,7 +333,7 @@ class _Connection(H2Connection):
             super().send_headers(stream_id, headers, end_stream, priority_weight, priority_depends_on, priority_exclusive)
             return
         self.state_machine.process_input(ConnectionInputs.SEND_HEADERS)
-        self._data_to_send += stream.headerBytes(headers, self.encoder, end_stream)
+        self._data_to_send += stream.headerBytes(headers, self.encoder, end_stream)  # type: ignore[attr-defined]
 
     def send_data(self, stream_id: int, data: Any, end_stream: bool = False, pad_length: Any = None) -> None:
         stream = self.streams.get(stream_id)
@@ -437,6 +443,9 @@ class H2ServerConnection:
         self._timer: Any = None
         self._idleSince = 0.0
         self._flushing = False
+        #: The last C{:authority} (or C{Host}) a request's passed
+        #: L{requestFromH2}'s checks with: the next streams repeat it.
+        self._checkedAuthority: Optional[bytes] = None
         config = H2Configuration(
             client_side=False,
             header_encoding=None,
@@ -691,7 +700,7 @@ class H2ServerConnection:
             self._flood("refused")
             return
         try:
-            request = requestFromH2(event.headers, endStream, self.absoluteForm)
+            request = requestFromH2(event.headers, endStream, self.absoluteForm, self._checkedAuthority)
         except StreamError as e:
             log.info(
                 "HTTP/2 stream {stream} from {client} reset: {reason}",
@@ -701,6 +710,8 @@ class H2ServerConnection:
             )
             self._reset(sid, e.code)
             return
+        if not request.connect:
+            self._checkedAuthority = request.authority
         stream = H2Stream(self, sid, request, endStream)
         self.streams[sid] = stream
         stream.start()

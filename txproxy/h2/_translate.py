@@ -43,8 +43,6 @@ from __future__ import annotations
 
 from typing import Iterable, List, Optional, Sequence, Tuple
 
-import attr
-
 from txproxy.http import (
     HTTPError,
     parseAuthority,
@@ -121,12 +119,13 @@ _SPECIAL = dict.fromkeys(CONNECTION_SPECIFIC, _FORBIDDEN)
 _SPECIAL.update({b"te": _TE, b"host": _HOST, b"cookie": _COOKIE, b"content-length": _LENGTH})
 
 
-@attr.s(frozen=True, slots=True, auto_attribs=True)
 class H1Request:
     """
     An HTTP/2 request translated to HTTP/1.1.
 
-    @ivar head: the HTTP/1.1 request head, ending with C{b"\\r\\n\\r\\n"}.
+    @ivar head: the HTTP/1.1 request head, ending with C{b"\\r\\n\\n"}
+        (serialized when first asked for: a protocol that takes the head
+        as a value never needs it).
     @ivar method: the method.
     @ivar authority: C{:authority}, else the C{Host} field, else C{b""}.
     @ivar contentLength: the C{content-length} value, L{None} without one.
@@ -135,20 +134,65 @@ class H1Request:
         the stream did not end with the headers.
     @ivar connect: whether this is a C{CONNECT} request (RFC 9113 section
         8.5): after a 2xx answer the stream is a tunnel.
+    @ivar target: the request target of C{head}.
+    @ivar fields: the header fields of C{head} (for a caller that takes
+        them as values rather than parsing C{head} again).
+    @ivar trailers: whether the request said C{te: trailers}.
+
+    Two are equal when their head, method, authority, length, framing and
+    C{CONNECT}-ness are.
     """
 
-    head: bytes
-    method: bytes
-    authority: bytes
-    contentLength: Optional[int]
-    chunked: bool
-    connect: bool
-    #: The request target and the header fields of C{head} (for a caller
-    #: that takes them as values rather than parsing C{head} again), and
-    #: whether the request said C{te: trailers}.
-    target: bytes = attr.ib(default=b"", eq=False)
-    fields: HeaderList = attr.ib(factory=list, eq=False)
-    trailers: bool = attr.ib(default=False, eq=False)
+    __slots__ = ("_head", "method", "authority", "contentLength", "chunked", "connect", "target", "fields", "trailers")
+
+    def __init__(
+        self,
+        head: Optional[bytes],
+        method: bytes,
+        authority: bytes,
+        contentLength: Optional[int],
+        chunked: bool,
+        connect: bool,
+        target: bytes = b"",
+        fields: Optional[HeaderList] = None,
+        trailers: bool = False,
+    ) -> None:
+        self._head = head
+        self.method = method
+        self.authority = authority
+        self.contentLength = contentLength
+        self.chunked = chunked
+        self.connect = connect
+        self.target = target
+        self.fields: HeaderList = [] if fields is None else fields
+        self.trailers = trailers
+
+    @property
+    def head(self) -> bytes:
+        head = self._head
+        if head is None:
+            head = self._head = serializeTrustedHead(self.method + b" " + self.target + b" HTTP/1.1\r\n", self.fields)
+        return head
+
+    def _key(self) -> Tuple[object, ...]:
+        return (self.head, self.method, self.authority, self.contentLength, self.chunked, self.connect)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, H1Request):
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __ne__(self, other: object) -> bool:
+        result = self.__eq__(other)
+        return result if result is NotImplemented else not result
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return (
+            f"H1Request(head={self.head!r}, method={self.method!r}, authority={self.authority!r},"
+            f" contentLength={self.contentLength!r}, chunked={self.chunked!r}, connect={self.connect!r})"
+        )
 
 
 def _checkLength(value: bytes, first: Optional[bytes]) -> bytes:
@@ -187,7 +231,7 @@ def _checkHost(value: bytes, what: str, connect: bool) -> None:
 
 
 def requestFromH2(
-    headers: Iterable[Sequence[bytes]], endStream: bool, absoluteForm: bool
+    headers: Iterable[Sequence[bytes]], endStream: bool, absoluteForm: bool, checked: Optional[bytes] = None
 ) -> H1Request:
     """
     Validate an HTTP/2 request header list and translate it to HTTP/1.1.
@@ -209,6 +253,9 @@ def requestFromH2(
     @param endStream: whether the HEADERS frame ended the stream.
     @param absoluteForm: write the target as C{scheme://authority/path}
         (for a forward proxy) instead of origin-form.
+    @param checked: an authority known to pass the host checks (the
+        C{authority} of an earlier request on the connection that was not
+        C{CONNECT}): a request repeating it is not checked again.
     @return: the translation.
     @raise StreamError: for a malformed request.
     """
@@ -303,10 +350,12 @@ def requestFromH2(
         if authority is not None:
             if not authority:
                 raise StreamError("Empty :authority")
-            _checkHost(authority, ":authority", False)
+            if authority != checked:
+                _checkHost(authority, ":authority", False)
             hostValue = authority
         elif host:
-            _checkHost(host, "Host", False)
+            if host != checked:
+                _checkHost(host, "Host", False)
             hostValue = host
         else:
             hostValue = b""
@@ -330,8 +379,7 @@ def requestFromH2(
             del fields[cookieAt]
     if chunked:
         fields.append((b"Transfer-Encoding", b"chunked"))
-    head = serializeTrustedHead(method + b" " + target + b" HTTP/1.1\r\n", fields)
-    return H1Request(head, method, hostValue, contentLength, chunked, connect, target, fields, trailers)
+    return H1Request(None, method, hostValue, contentLength, chunked, connect, target, fields, trailers)
 
 
 def responseFromH2(
