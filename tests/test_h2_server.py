@@ -528,6 +528,28 @@ class StreamHookTests(H2TestCase):
         self.assertEqual(seen, [("up", b"/1", b"hi"), ("down", b"/1", b"a"), ("ended", "http://a.test:80/1", 200),
                                 ("down", b"/2", b"b"), ("ended", "http://a.test:80/2", 404)])
 
+    def test_peerAskedOnce(self) -> None:
+        """
+        Every stream's protocol is given the client's address, asked of
+        the connection's transport once.
+        """
+        client = self.open()
+        asked: List[Any] = []
+        getPeer = client.transport.getPeer
+
+        def counting() -> Any:
+            asked.append(1)
+            return getPeer()
+
+        client.transport.getPeer = counting
+        client.proto._h2conn._peer = None
+        client.request(b"/a")
+        client.request(b"/b")
+        streams = list(client.proto._h2conn.streams.values())
+        self.assertEqual([s.getPeer() for s in streams], [getPeer(), getPeer()])
+        self.assertEqual([s.protocol.client.host for s in streams], [self.peer[0]] * 2)
+        self.assertEqual(len(asked), 1)
+
     def test_factoryHookPerStream(self) -> None:
         """
         A listener factory's C{exchangeEnded} override hears every stream.
@@ -1229,12 +1251,20 @@ class ReceiveTests(SynchronousTestCase):
             made.append(conn)
         return made
 
+    def describe(self, event: Any) -> Any:
+        """
+        An event's class and attributes (its repr leaves some out).
+        """
+        names = ("stream_id", "headers", "stream_ended", "priority_updated", "data", "flow_controlled_length",
+                 "error_code", "delta", "changed_settings", "ping_data")
+        return (type(event).__name__,) + tuple(repr(getattr(event, name, None)) for name in names)
+
     def outcome(self, conn: Any, chunks: List[bytes]) -> Any:
-        events: List[str] = []
+        events: List[Any] = []
         error = None
         for chunk in chunks:
             try:
-                events += [repr(e) for e in conn.receive_data(chunk)]
+                events += [self.describe(e) for e in conn.receive_data(chunk)]
             except Exception as e:
                 error = (type(e), getattr(e, "error_code", None))
                 break
@@ -1301,8 +1331,17 @@ class ReceiveTests(SynchronousTestCase):
         data += (HeadersFrame(13, data=block[:half], flags=["END_STREAM"]).serialize()
                  + ContinuationFrame(13, data=block[half:], flags=["END_HEADERS"]).serialize())
         client.send_headers(15, self.head(b"/h"), end_stream=True)
+        # Trailers, and trailers without END_STREAM (refused).
+        client.send_headers(17, self.head(b"/t"))
+        client.send_data(17, b"abc")
+        client.send_headers(17, [(b"x-checksum", b"1")], end_stream=True)
         data += client.data_to_send()
         self.compare(data)
+        client = self.client()
+        client.send_headers(1, self.head(b"/u"))
+        tail = client.data_to_send() + HeadersFrame(1, data=hpack.Encoder().encode([(b"x-t", b"1")]),
+                                                    flags=["END_HEADERS"]).serialize()
+        self.compare(tail, step=3)
         # Each kind of request head first, and after a direct one.
         block = hpack.Encoder().encode(self.head(b"/i"))
         first = HeadersFrame(1, data=block, flags=["END_HEADERS", "END_STREAM"]).serialize()

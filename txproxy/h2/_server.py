@@ -162,6 +162,32 @@ class _LenientStream(_LibStream):
     def _track_content_length(self, length: int, end_stream: bool) -> None:
         pass
 
+    def receive_headers(self, headers: Any, end_stream: bool, header_encoding: Any) -> Any:
+        # C{h2}'s (4.3 and 4.4 alike), without the header processing a
+        # connection configured as L{H2ServerConnection}'s does not do (no
+        # normalizing, no validation, no decoding to text: the list as it
+        # came).  tests.test_h2_server.ReceiveTests compares the events.
+        config = self.config
+        if config.normalize_inbound_headers or config.validate_inbound_headers or isinstance(header_encoding, str):
+            return super().receive_headers(headers, end_stream, header_encoding)
+        if is_informational_response(headers):
+            if end_stream:
+                raise ProtocolError("Cannot set END_STREAM on informational responses")
+            input_ = StreamInputs.RECV_INFORMATIONAL_HEADERS
+        else:
+            input_ = StreamInputs.RECV_HEADERS
+        machine = self.state_machine
+        events = machine.process_input(input_)
+        event: Any = events[0]
+        if end_stream:
+            ended = machine.process_input(StreamInputs.RECV_END_STREAM)
+            event.stream_ended = ended[0]
+            events += ended
+        if isinstance(event, TrailersReceived) and not end_stream:
+            raise ProtocolError("Trailers must have END_STREAM set")
+        event.headers = list(headers)
+        return [], events
+
     def send_headers(self, headers: Any, encoder: Any, end_stream: bool = False) -> Any:
         # C{h2}'s (4.3 and 4.4 alike), without two passes over the header
         # list that a server sending bytes needs not: C{utf8_encode_headers}
@@ -545,6 +571,18 @@ class H2ServerConnection:
                 self._flushing = True
                 return
             self.flushNow()
+
+    _peer: Any = None
+
+    def peer(self) -> Any:
+        """
+        The client's address (asked of the transport once: every stream's
+        protocol is given it).
+        """
+        peer = self._peer
+        if peer is None:
+            peer = self._peer = self.transport.getPeer()
+        return peer
 
     def _flushLater(self) -> None:
         self._flushing = False
@@ -1226,7 +1264,7 @@ class H2Stream:
     # -- the rest of ITransport
 
     def getPeer(self) -> Any:
-        return self.conn.transport.getPeer()
+        return self.conn.peer()
 
     def getHost(self) -> Any:
         return self.conn.transport.getHost()
