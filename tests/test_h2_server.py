@@ -550,6 +550,28 @@ class StreamHookTests(H2TestCase):
         self.assertEqual([s.protocol.client.host for s in streams], [self.peer[0]] * 2)
         self.assertEqual(len(asked), 1)
 
+    def test_repeatedRequestTranslatedOnce(self) -> None:
+        """
+        A request whose header list repeats the previous one's shares its
+        translation; another list, or the same one ending differently, is
+        translated anew; an invalid list is refused every time.
+        """
+        client = self.open()
+        streams = client.proto._h2conn.streams
+        first = client.request(b"/same")
+        second = client.request(b"/same")
+        self.assertIs(streams[first].request, streams[second].request)
+        third = client.request(b"/other")
+        self.assertEqual(streams[third].request.target, b"/other")
+        fourth = client.request(b"/same", b"POST", body=b"x")
+        self.assertTrue(streams[fourth].request.chunked)
+        self.assertFalse(streams[first].request.chunked)
+        for _ in range(2):
+            bad = client.request(extra=[(b"connection", b"close")])
+            client.read()
+            self.assertEqual(client.resets.get(bad), ErrorCodes.PROTOCOL_ERROR)
+        self.assertEqual(len(self.connector.attempts), 4)
+
     def test_factoryHookPerStream(self) -> None:
         """
         A listener factory's C{exchangeEnded} override hears every stream.

@@ -598,6 +598,21 @@ class H2RequestHeadersTests(SynchronousTestCase):
             [(b":method", b"CONNECT"), (b":authority", b"a.example:443"), (b"user-agent", b"x")],
         )
 
+    def test_repeatedHeadSameList(self) -> None:
+        """
+        A head with the same status and fields as the previous one gets
+        the same list; another status or other fields get their own.
+        """
+        raw = b"HTTP/1.1 200 OK\r\nServer: x\r\nContent-Length: 2\r\n\r\n"
+        first = h2ResponseHeaders(parseResponseHead(raw))
+        self.assertIs(h2ResponseHeaders(parseResponseHead(raw)), first)
+        other = h2ResponseHeaders(parseResponseHead(raw.replace(b"200 OK", b"201 Created")))
+        self.assertEqual(other[0], (b":status", b"201"))
+        self.assertEqual(other[1:], first[1:])
+        changed = h2ResponseHeaders(parseResponseHead(raw.replace(b"Server: x", b"Server: y")))
+        self.assertEqual(changed[1], (b"server", b"y"))
+        self.assertEqual(first, [(b":status", b"200"), (b"server", b"x"), (b"content-length", b"2")])
+
     def test_acceptedByH2(self) -> None:
         """
         The C{h2} library sends the list as it is, and the other end's

@@ -23,7 +23,7 @@ LF or NUL, no surrounding whitespace.
 from __future__ import annotations
 
 import re
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from txproxy.http import RequestHead, ResponseHead
 
@@ -244,6 +244,10 @@ def h2RequestHeaders(head: RequestHead, scheme: bytes) -> HeaderList:
     return _convertFields(head.headers, _REQUEST_SPECIAL, out)
 
 
+#: The last response head translated: its fields, status and header list.
+_lastResponse: List[Any] = [None, 0, None]
+
+
 def h2ResponseHeaders(head: ResponseHead) -> HeaderList:
     """
     The HTTP/2 header list for an HTTP/1.1 response: C{:status}, then the
@@ -251,9 +255,18 @@ def h2ResponseHeaders(head: ResponseHead) -> HeaderList:
     those C{Connection} names (C{Content-Length} kept).
 
     @param head: a parsed response head.
-    @return: the header list.
+    @return: the header list.  A head with the same status and fields as
+        the previous call's gets the same list (a backend's responses
+        repeat theirs): callers must not change it.
     """
-    return _convertFields(head.headers, _RESPONSE_SPECIAL, [(b":status", b"%d" % (head.status,))])
+    fields = head.headers
+    status = head.status
+    last = _lastResponse
+    if last[1] == status and last[0] == fields:
+        return last[2]  # type: ignore[no-any-return]
+    out = _convertFields(fields, _RESPONSE_SPECIAL, [(b":status", b"%d" % (status,))])
+    last[0], last[1], last[2] = fields, status, out
+    return out
 
 
 def h2Trailers(fields: Iterable[Header]) -> HeaderList:

@@ -472,6 +472,8 @@ class H2ServerConnection:
         #: The last C{:authority} (or C{Host}) a request's passed
         #: L{requestFromH2}'s checks with: the next streams repeat it.
         self._checkedAuthority: Optional[bytes] = None
+        #: The last request's header list, END_STREAM, and translation.
+        self._lastRequest: Optional[Tuple[Any, bool, Any]] = None
         config = H2Configuration(
             client_side=False,
             header_encoding=None,
@@ -737,8 +739,17 @@ class H2ServerConnection:
             self._reset(sid, ErrorCodes.REFUSED_STREAM)
             self._flood("refused")
             return
+        headers = event.headers
+        last = self._lastRequest
         try:
-            request = requestFromH2(event.headers, endStream, self.absoluteForm, self._checkedAuthority)
+            if last is not None and last[1] is endStream and last[0] == headers:
+                # The same header list as the last request (a client's
+                # requests repeat theirs): the same translation, which its
+                # streams only read.
+                request = last[2]
+            else:
+                request = requestFromH2(headers, endStream, self.absoluteForm, self._checkedAuthority)
+                self._lastRequest = (headers, endStream, request)
         except StreamError as e:
             log.info(
                 "HTTP/2 stream {stream} from {client} reset: {reason}",
