@@ -1418,6 +1418,30 @@ class ReceiveTests(SynchronousTestCase):
         self.assertEqual(ours.highest_inbound_stream_id, 1999)
 
 
+class InformationalTests(SynchronousTestCase):
+    def test_asH2(self) -> None:
+        """
+        L{_informational} answers as h2's C{is_informational_response} for
+        byte header lists.
+        """
+        from h2.utilities import is_informational_response
+
+        from txproxy.h2._server import _informational
+
+        cases = [
+            [],
+            [(b":status", b"100")],
+            [(b":status", b"200")],
+            [(b":method", b"GET"), (b":status", b"103")],
+            [(b":method", b"GET"), (b"a", b"b"), (b":status", b"103")],
+            [(b"a", b"b")],
+            [(b":status", b"")],
+            [(b":path", b"/"), (b":method", b"GET")],
+        ]
+        for headers in cases:
+            self.assertEqual(_informational(headers), is_informational_response(headers), headers)
+
+
 class InternalsTests(SynchronousTestCase):
     """
     The library internals that L{txproxy.h2._server} relies on for speed.

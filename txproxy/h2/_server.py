@@ -149,6 +149,21 @@ class _AdvertisedSettings(Settings):
         return _UNLIMITED
 
 
+def _informational(headers: Any) -> bool:
+    """
+    h2's C{is_informational_response} for a header list of C{bytes} (what
+    a connection without header decoding receives): whether its
+    pseudo-header fields, read up to the first other field, include a
+    C{1xx} C{:status}.
+    """
+    for name, value in headers:
+        if name[:1] != b":":
+            return False
+        if name == b":status":
+            return value[:1] == b"1"  # type: ignore[no-any-return]
+    return False
+
+
 class _LenientStream(_LibStream):
     """
     C{h2}'s stream without its C{content-length} checks, which raise
@@ -170,7 +185,7 @@ class _LenientStream(_LibStream):
         config = self.config
         if config.normalize_inbound_headers or config.validate_inbound_headers or isinstance(header_encoding, str):
             return super().receive_headers(headers, end_stream, header_encoding)
-        if is_informational_response(headers):
+        if _informational(headers):
             if end_stream:
                 raise ProtocolError("Cannot set END_STREAM on informational responses")
             input_ = StreamInputs.RECV_INFORMATIONAL_HEADERS
