@@ -42,6 +42,13 @@ from txproxy.reverse import ReverseProxyProtocol
 from txproxy.testing import FakeConnector, connect, forwardFactory, reverseFactory
 
 
+#: H2ServerConnection's configuration of h2, for comparing with h2's own.
+SERVER_CONFIG: Dict[str, Any] = dict(
+    client_side=False, header_encoding=None, validate_inbound_headers=False, normalize_inbound_headers=False,
+    validate_outbound_headers=False, normalize_outbound_headers=False,
+)
+
+
 class Client:
     """
     An HTTP/2 client (C{h2}) talking to a proxy protocol over a
@@ -1137,11 +1144,8 @@ class FramingTests(SynchronousTestCase):
     """
 
     def pair(self, windowSize: int = 65535, maxFrame: int = 16384) -> Any:
-        config = dict(client_side=False, header_encoding=None, validate_inbound_headers=False,
-                      normalize_inbound_headers=False, validate_outbound_headers=False,
-                      normalize_outbound_headers=False)
-        ours = _Connection(config=H2Configuration(**config))
-        theirs = H2Connection(config=H2Configuration(**config))
+        ours = _Connection(config=H2Configuration(**SERVER_CONFIG))
+        theirs = H2Connection(config=H2Configuration(**SERVER_CONFIG))
         client = H2Connection(H2Configuration(client_side=True, header_encoding=None))
         client.initiate_connection()
         client.update_settings({SettingCodes.INITIAL_WINDOW_SIZE: windowSize, SettingCodes.MAX_FRAME_SIZE: maxFrame})
@@ -1258,12 +1262,9 @@ class ReceiveTests(SynchronousTestCase):
     """
 
     def connections(self, maxStreams: Optional[int] = None) -> Any:
-        config = dict(client_side=False, header_encoding=None, validate_inbound_headers=False,
-                      normalize_inbound_headers=False, validate_outbound_headers=False,
-                      normalize_outbound_headers=False)
         made = []
         for cls in (_Connection, H2Connection):
-            conn = cls(config=H2Configuration(**config))
+            conn = cls(config=H2Configuration(**SERVER_CONFIG))
             if maxStreams is None:
                 conn.local_settings = _AdvertisedSettings(client=False, initial_values={})
             else:

@@ -231,16 +231,10 @@ class _LenientStream(_LibStream):
         As L{send_headers}, but the frames as bytes: one C{HEADERS}, and
         C{CONTINUATION} frames when the block is over the peer's maximum
         frame size (outbound header validation must be off, as it is for
-        L{H2ServerConnection}).
+        L{H2ServerConnection}, and the fields C{bytes}).
         """
         input_ = StreamInputs.SEND_HEADERS
-        if headers.__class__ is list and headers and headers[0][0] == b":status":
-            # (h2's is_informational_response, for the usual head: the
-            # status first)
-            informational = headers[0][1][:1] == b"1"
-        else:
-            informational = is_informational_response(headers)
-        if informational:
+        if _informational(headers):
             if end_stream:
                 raise ProtocolError("Cannot set END_STREAM on informational responses.")
             input_ = StreamInputs.SEND_INFORMATIONAL_HEADERS
