@@ -107,6 +107,12 @@ PRIVATE_NAMES: List[Tuple[str, str, str]] = [
     ("twisted.internet.epollreactor.EPollReactor", "_doReadOrWrite", _LOOP),
     ("twisted.internet.epollreactor.EPollReactor", "_disconnectSelectable", _LOOP),
     ("twisted.internet.epollreactor.EPollReactor", "doIteration", _LOOP),
+    # Its read of a plain TCP connection (PyPy): what doRead does, into a
+    # buffer of the loop's.
+    ("twisted.internet.tcp.Connection", "doRead", _LOOP),
+    ("twisted.internet.tcp.Connection", "_dataReceived", _LOOP),
+    ("twisted.internet.tcp.Connection", "socket", _LOOP),
+    ("twisted.internet.tcp.Connection", "bufferSize", _LOOP),
     # The admin site's check for a client that went away.
     ("twisted.web.server.Request", "_disconnected", "txproxy/runtime/admin.py"),
     # Endpoint internals: wrapping (haproxy:), parsing, SO_REUSEPORT.
