@@ -6,11 +6,13 @@ body framing, body readers and header helpers.
 
 from __future__ import annotations
 
+import platform
 from typing import List, Sequence, Tuple
 
 from twisted.trial.unittest import SynchronousTestCase
 
 import txproxy.http
+from txproxy.http import _parser
 from txproxy.http import (
     CONTINUE_RESPONSE,
     ChunkedDecoder,
@@ -595,6 +597,91 @@ class ParseResponseHeadTests(SynchronousTestCase):
         raw = b"HTTP/1.1 200 OK\r\n" + b"X: y\r\n" * 3 + b"\r\n"
         error = self.assertRaises(HTTPError, parseResponseHead, raw, maxHeaders=2)
         self.assertEqual(error.status, 502)
+
+
+class ParseRequestHeadScannedTests(ParseRequestHeadTests):
+    """
+    L{ParseRequestHeadTests} with the header lines read by
+    L{_parser._scanHeaders} (PyPy's default), whatever the interpreter.
+    """
+
+    def setUp(self) -> None:
+        self.patch(_parser, "_SCAN_HEADERS", True)
+
+
+class ParseRequestHeadMatchedTests(ParseRequestHeadTests):
+    """
+    L{ParseRequestHeadTests} with the header lines read by the regular
+    expression (CPython's default), whatever the interpreter.
+    """
+
+    def setUp(self) -> None:
+        self.patch(_parser, "_SCAN_HEADERS", False)
+
+
+class ParseResponseHeadScannedTests(ParseResponseHeadTests):
+    """
+    L{ParseResponseHeadTests} with L{_parser._scanHeaders}.
+    """
+
+    def setUp(self) -> None:
+        self.patch(_parser, "_SCAN_HEADERS", True)
+
+
+class ParseResponseHeadMatchedTests(ParseResponseHeadTests):
+    """
+    L{ParseResponseHeadTests} with the regular expression.
+    """
+
+    def setUp(self) -> None:
+        self.patch(_parser, "_SCAN_HEADERS", False)
+
+
+class HeaderScanTests(SynchronousTestCase):
+    """
+    L{_parser._scanHeaders} (PyPy's reader of header lines) against the
+    regular expression it stands in for.
+    """
+
+    def test_defaultOnPyPyOnly(self) -> None:
+        """
+        The scan is the default on PyPy only.
+        """
+        self.assertEqual(_parser._SCAN_HEADERS, platform.python_implementation() == "PyPy")
+
+    def test_agreesWithTheExpression(self) -> None:
+        """
+        For header sections cut from valid heads and mutated at every
+        position (a byte replaced, inserted or removed, from a set of
+        delimiters, controls, obs-text and token bytes), the scan accepts
+        exactly what the expression's C{findall} matches line for line,
+        with the same fields.
+        """
+        heads = [raw for raw, *_ in VALID_REQUESTS] + [raw for raw, *_ in VALID_RESPONSES] + [
+            b"HTTP/1.1 200 OK\r\nX: \t a b \t\r\nEmpty:\r\nE2: \t \r\nV: \x80\xff x\r\n\r\n",
+        ]
+        specials = b"\r\n\t :\x00\x7f\x80\xffa!(\x01"
+        checked = accepted = 0
+        for head in heads:
+            start = head.index(b"\r\n") + 2
+            variants = [head]
+            for i in range(start, len(head)):
+                variants.append(head[:i] + head[i + 1 :])
+                for c in specials:
+                    variants.append(head[:i] + bytes([c]) + head[i + 1 :])
+                    variants.append(head[:i] + bytes([c]) + head[i:])
+            for data in variants:
+                end = len(data) - 2
+                if start > end or data[end:] != b"\r\n" or (end != start and data[end - 2 : end] != b"\r\n"):
+                    continue  # (_parseHeaders refuses these before either reads a line)
+                matched = _parser._HEADER_LINE.findall(data, start, end)
+                expected = matched if len(matched) == data.count(b"\n", start, end) else None
+                self.assertEqual(_parser._scanHeaders(data, start, end), expected, data)
+                checked += 1
+                accepted += expected is not None
+        # Enough of both kinds to mean something.
+        self.assertGreater(accepted, 300)
+        self.assertGreater(checked - accepted, 1000)
 
 
 class SerializeTests(SynchronousTestCase):
