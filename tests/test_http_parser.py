@@ -12,7 +12,7 @@ from typing import List, Sequence, Tuple
 from twisted.trial.unittest import SynchronousTestCase
 
 import txproxy.http
-from txproxy.http import _parser
+from txproxy.http import _parser, _uri
 from txproxy.http import (
     CONTINUE_RESPONSE,
     ChunkedDecoder,
@@ -682,6 +682,107 @@ class HeaderScanTests(SynchronousTestCase):
         # Enough of both kinds to mean something.
         self.assertGreater(accepted, 300)
         self.assertGreater(checked - accepted, 1000)
+
+
+class RequestLineScanTests(SynchronousTestCase):
+    """
+    L{_parser._scanRequestLine} (PyPy's reader of request lines) against
+    the regular expression it stands in for.
+    """
+
+    def test_agreesWithTheExpression(self) -> None:
+        """
+        For the valid request heads and every one-byte mutation of their
+        request lines (replaced, inserted, removed), from every start the
+        parser uses, the scan gives the expression's groups and end, or
+        L{None} where the expression does not match.
+        """
+        checked = accepted = 0
+        for head, *_ in VALID_REQUESTS + [(b"\r\n\r\nGET / HTTP/1.0\r\n\r\n",)]:
+            lineEnd = head.index(b"HTTP/") + 10
+            variants = [head]
+            for i in range(lineEnd):
+                variants.append(head[:i] + head[i + 1 :])
+                for c in b" \t\r\n/:\x00\x7f\x80aH1.":
+                    variants.append(head[:i] + bytes([c]) + head[i + 1 :])
+                    variants.append(head[:i] + bytes([c]) + head[i:])
+            for data in variants:
+                for start in {0, len(data) - len(data.lstrip(b"\r\n"))}:
+                    match = _parser._REQUEST_LINE.match(data, start)
+                    expected = None if match is None else (*match.groups(), match.end())
+                    self.assertEqual(_parser._scanRequestLine(data, start), expected, (data, start))
+                    checked += 1
+                    accepted += expected is not None
+        self.assertGreater(accepted, 200)
+        self.assertGreater(checked - accepted, 1000)
+
+
+class KnownLinesTests(SynchronousTestCase):
+    """
+    The status lines and C{Host} values found valid are remembered (a
+    dictionary lookup instead of a match), bounded, and only valid ones.
+    """
+
+    def setUp(self) -> None:
+        self.patch(_parser, "_STATUS_LINES", {})
+        self.patch(_uri, "_VALID_HOSTS", {})
+
+    def test_statusLineRemembered(self) -> None:
+        """
+        A valid status line is kept, whole through its CRLF, and a head
+        that starts with it parses the same, whatever follows.
+        """
+        first = parseResponseHead(b"HTTP/1.1 404 Not Found\r\nA: b\r\n\r\n")
+        self.assertEqual(_parser._STATUS_LINES, {b"HTTP/1.1 404 Not Found\r\n": (b"HTTP/1.1", 404, b"Not Found")})
+
+        class NotAsked:
+            def match(self, data: bytes) -> None:
+                raise AssertionError("matched again")
+
+        expression = _parser._STATUS_LINE
+        self.patch(_parser, "_STATUS_LINE", NotAsked())
+        again = parseResponseHead(b"HTTP/1.1 404 Not Found\r\nC: d\r\nE: f\r\n\r\n")
+        self.assertEqual((first.status, first.reason, first.headers), (404, b"Not Found", ((b"A", b"b"),)))
+        self.assertEqual((again.version, again.status, again.reason), (b"HTTP/1.1", 404, b"Not Found"))
+        self.assertEqual(again.headers, ((b"C", b"d"), (b"E", b"f")))
+        self.patch(_parser, "_STATUS_LINE", expression)
+        self.assertEqual(parseResponseHead(b"HTTP/1.1 204\r\n\r\n").reason, b"")
+        self.assertEqual(parseResponseHead(b"HTTP/1.1 204\r\n\r\n").reason, b"")
+
+    def test_knownLineStillChecksTheRest(self) -> None:
+        """
+        A remembered status line does not excuse what follows it.
+        """
+        parseResponseHead(b"HTTP/1.1 200 OK\r\n\r\n")
+        for raw in (b"HTTP/1.1 200 OK\r\n", b"HTTP/1.1 200 OK\r\nX\r\n\r\n", b"HTTP/1.1 200 OK\r\nA: \x00\r\n\r\n"):
+            self.assertEqual(self.assertRaises(HTTPError, parseResponseHead, raw).status, 502, raw)
+
+    def test_invalidNotRemembered(self) -> None:
+        """
+        Lines and values that fail are never kept, and fail every time.
+        """
+        for raw in (b"HTTP/1.1 600 No\r\n\r\n", b"HTTP/2.0 200 OK\r\n\r\n", b"HTTP/1.1 200 O\x00K\r\n\r\n"):
+            for _ in range(2):
+                self.assertEqual(self.assertRaises(HTTPError, parseResponseHead, raw).status, 502, raw)
+        self.assertEqual(_parser._STATUS_LINES, {})
+        for host in (b"a b", b"a:0", b"a:65536", b"[::1"):
+            for _ in range(2):
+                self.assertEqual(self.assertRaises(HTTPError, _uri._checkHostValue, host).status, 400, host)
+        self.assertEqual(_uri._VALID_HOSTS, {})
+        _uri._checkHostValue(b"[::1]:8080")
+        _uri._checkHostValue(b"example.com:65535")
+        self.assertEqual(set(_uri._VALID_HOSTS), {b"[::1]:8080", b"example.com:65535"})
+
+    def test_bounded(self) -> None:
+        """
+        Past its bound a table starts again, empty.
+        """
+        for code in range(200, 200 + _parser._KNOWN_LINES + 1):
+            parseResponseHead(b"HTTP/1.1 %d X\r\n\r\n" % code)
+        self.assertEqual(len(_parser._STATUS_LINES), 1)
+        for n in range(_uri._KNOWN_HOSTS + 1):
+            _uri._checkHostValue(b"h%d.example" % n)
+        self.assertEqual(len(_uri._VALID_HOSTS), 1)
 
 
 class SerializeTests(SynchronousTestCase):

@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import platform
 import re
-from typing import Any, FrozenSet, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple
 
 import attr
 from mypy_extensions import mypyc_attr
@@ -512,8 +512,44 @@ def _scanHeaders(data: bytes, start: int, end: int) -> Optional[List[Header]]:
     return headers
 
 
-#: Whether header lines are read by L{_scanHeaders} rather than the
-#: regular expression: on PyPy (see L{_scanHeaders}).
+def _scanRequestLine(data: bytes, start: int) -> Optional[Tuple[bytes, bytes, bytes, int]]:
+    """
+    What C{_REQUEST_LINE.match(data, start)} gives (its three groups and
+    where it ends), one byte at a time, for PyPy as L{_scanHeaders}; L{None}
+    when it does not match.
+    """
+    classes = _BYTE_CLASS
+    size = len(data)
+    i = start
+    while i < size and classes[data[i]] & 1:
+        i += 1
+    if i == start or i >= size or data[i] != 32:
+        return None
+    method = data[start:i]
+    i += 1
+    first = i
+    while i < size and 0x21 <= data[i] <= 0x7E:
+        i += 1
+    if i == first or i >= size or data[i] != 32:
+        return None
+    target = data[first:i]
+    i += 1
+    if (
+        i + 10 > size
+        or data[i : i + 5] != b"HTTP/"
+        or not 48 <= data[i + 5] <= 57
+        or data[i + 6] != 46  # "."
+        or not 48 <= data[i + 7] <= 57
+        or data[i + 8] != 13
+        or data[i + 9] != 10
+    ):
+        return None
+    return method, target, data[i : i + 8], i + 10
+
+
+#: Whether request lines and header lines are read by L{_scanRequestLine}
+#: and L{_scanHeaders} rather than the regular expressions: on PyPy (see
+#: L{_scanHeaders}).
 _SCAN_HEADERS = platform.python_implementation() == "PyPy"
 
 
@@ -560,15 +596,22 @@ def parseRequestHead(data: bytes, maxHeaders: int = DEFAULT_MAX_HEADERS) -> Requ
     if data[:1] == b"\r":
         while data.startswith(b"\r\n", start):
             start += 2
-    match = _REQUEST_LINE.match(data, start)
-    if match is None:
-        raise _badRequestLine(data, start)
-    method, target, version = match.groups()
+    if _SCAN_HEADERS:
+        line = _scanRequestLine(data, start)
+        if line is None:
+            raise _badRequestLine(data, start)
+        method, target, version, end = line
+    else:
+        match = _REQUEST_LINE.match(data, start)
+        if match is None:
+            raise _badRequestLine(data, start)
+        method, target, version = match.groups()
+        end = match.end()
     if version not in _VERSIONS:
         raise HTTPError(505, "HTTP version not supported")
-    if match.end() == len(data):
+    if end == len(data):
         raise HTTPError(400, "Message head must end with CRLFCRLF")
-    headers = _parseHeaders(data, match.end(), 400, maxHeaders)
+    headers = _parseHeaders(data, end, 400, maxHeaders)
 
     first = target[:1]
     if first != b"/":
@@ -596,6 +639,16 @@ def parseRequestHead(data: bytes, maxHeaders: int = DEFAULT_MAX_HEADERS) -> Requ
     return RequestHead(method, target, version, headers)
 
 
+#: Status lines found valid (each through its CRLF: the version, code and
+#: reason), at most L{_KNOWN_LINES} of them: an origin answers with a
+#: handful, and a dictionary lookup is cheaper than the match, much
+#: cheaper on PyPy, where the match allocates about 2.5 KB.  Only a line
+#: the expression accepted is ever kept, whole, so a line found here is
+#: one the expression accepts, with the same groups.
+_STATUS_LINES: Dict[bytes, Tuple[bytes, int, bytes]] = {}
+_KNOWN_LINES = 64
+
+
 def parseResponseHead(data: bytes, maxHeaders: int = DEFAULT_MAX_HEADERS) -> ResponseHead:
     """
     Parse a complete response head from an upstream server, strictly (see
@@ -608,19 +661,27 @@ def parseResponseHead(data: bytes, maxHeaders: int = DEFAULT_MAX_HEADERS) -> Res
     @raise HTTPError: C{502} for anything malformed or unsupported (the
         proxy answers its client with C{502 Bad Gateway}).
     """
-    match = _STATUS_LINE.match(data)
-    if match is None:
-        raise HTTPError(502, "Malformed status line from upstream")
-    version, status, reason = match.groups()
-    if version not in _VERSIONS:
-        raise HTTPError(502, "Unsupported HTTP version from upstream")
-    code = int(status)
-    if code < 100 or code > 599:
-        raise HTTPError(502, "Invalid status code from upstream")
-    if match.end() == len(data):
+    end = data.find(b"\r\n") + 2
+    known = _STATUS_LINES.get(data[:end]) if end > 1 else None
+    if known is None:
+        match = _STATUS_LINE.match(data)
+        if match is None:
+            raise HTTPError(502, "Malformed status line from upstream")
+        version, status, reason = match.groups()
+        if version not in _VERSIONS:
+            raise HTTPError(502, "Unsupported HTTP version from upstream")
+        code = int(status)
+        if code < 100 or code > 599:
+            raise HTTPError(502, "Invalid status code from upstream")
+        end = match.end()
+        known = (version, code, reason or b"")
+        if len(_STATUS_LINES) >= _KNOWN_LINES:
+            _STATUS_LINES.clear()
+        _STATUS_LINES[data[:end]] = known
+    if end == len(data):
         raise HTTPError(502, "Message head must end with CRLFCRLF")
-    headers = _parseHeaders(data, match.end(), 502, maxHeaders)
-    return ResponseHead(version, code, reason or b"", headers)
+    headers = _parseHeaders(data, end, 502, maxHeaders)
+    return ResponseHead(known[0], known[1], known[2], headers)
 
 
 def _serializeHeaders(headers: Headers) -> bytes:
