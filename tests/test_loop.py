@@ -535,3 +535,37 @@ class TCPReadTests(SynchronousTestCase):
             reactor.doIteration(0)
             conn.stopReading()
             self.assertEqual((calls, protocol.received), (expected, [b"z"]))
+
+    def test_largeReadsThenRecv(self) -> None:
+        """
+        After a read of 16 KiB or more a connection is read with C{recv}
+        (the received string handed on as it is, no copy out of the
+        buffer), until a read brings less than 4 KiB.
+        """
+        calls: List[str] = []
+        real = self.a
+
+        class Watched:
+            def fileno(self) -> int:
+                return real.fileno()
+
+            def recv(self, *args: Any) -> bytes:
+                calls.append("recv")
+                return real.recv(*args)
+
+            def recv_into(self, *args: Any) -> int:
+                calls.append("recv_into")
+                return real.recv_into(*args)
+
+        self.conn.socket = Watched()
+        big = b"x" * 20000
+        sent = 0
+        for chunk in (big, big, b"small", b"again"):
+            self.b.sendall(chunk)
+            sent += len(chunk)
+            for _ in range(10):
+                if sum(map(len, self.protocol.received)) == sent:
+                    break
+                self._iterate()
+        self.assertEqual(calls, ["recv_into", "recv", "recv", "recv_into"])
+        self.assertEqual(b"".join(self.protocol.received), big + big + b"smallagain")
