@@ -47,7 +47,7 @@ import errno
 import platform
 import sys
 from errno import EWOULDBLOCK
-from typing import Any, Callable, List, Optional, Set
+from typing import Any, Callable, Dict, List, Optional
 
 from twisted.logger import Logger
 
@@ -117,11 +117,10 @@ def afterEventsOf(reactor: Any) -> Optional[AfterEvents]:
 #: is smaller gets no more than that.
 _RECV_SIZE = 65536
 
-#: A read of at least this many bytes makes the next read of that
-#: connection a C{recv} (see L{_leanDoPoll}'s C{large}); one of fewer than
-#: L{_SMALL_READ} makes it read into the buffer again.
+#: A read of at least this many bytes makes the next L{_LARGE_RUN} reads
+#: of that connection Twisted's C{doRead} (see L{_leanDoPoll}'s C{large}).
 _LARGE_READ = 16384
-_SMALL_READ = 4096
+_LARGE_RUN = 64
 
 #: Whether L{streamline} reads TCP connections into its own buffer by
 #: default: on PyPy, where C{socket.recv(65536)} allocates its 64 KiB in
@@ -154,32 +153,27 @@ def _leanDoPoll(reactor: Any, after: AfterEvents, readIntoBuffer: bool) -> Any:
     buffer = bytearray(size)
     view = memoryview(buffer)
 
-    # Descriptors whose last read was large (a bulk transfer): read with
-    # recv, whose string is the data, rather than copied out of the buffer
-    # (a 64 KiB copy a read cost a quarter of PyPy's relay throughput).
-    # A small read puts a descriptor back; a descriptor number reused by
-    # a new connection costs that connection at most one such read.
-    large: Set[int] = set()
+    # Descriptors that had a large read (a bulk transfer), with how many
+    # more reads go through Twisted's doRead, whose recv string is the
+    # data, rather than being copied out of the buffer (copying every
+    # 64 KiB read cost PyPy's relay a quarter of its bulk throughput).
+    # Then one read into the buffer again decides.  A descriptor number
+    # reused by a new connection costs that connection at most that many
+    # reads of the old kind.
+    large: Dict[int, int] = {}
 
     def readInto(conn: Any, fd: int) -> Any:
         # tcp.Connection.doRead, receiving into the loop's buffer: the
         # same data, errors and result.
         wanted = conn.bufferSize
-        if wanted > size:
-            wanted = size
         try:
-            if fd in large:
-                data = conn.socket.recv(wanted)
-                if len(data) < _SMALL_READ:
-                    large.discard(fd)
-                return conn._dataReceived(data)
-            n = conn.socket.recv_into(buffer, wanted)
+            n = conn.socket.recv_into(buffer, wanted if wanted < size else size)
         except OSError as se:
             if se.args[0] == EWOULDBLOCK:
                 return None
             return connectionLost
         if n >= _LARGE_READ:
-            large.add(fd)
+            large[fd] = _LARGE_RUN
         return conn._dataReceived(view[:n].tobytes())
 
     def doPoll(timeout: Any) -> None:
@@ -206,10 +200,18 @@ def _leanDoPoll(reactor: Any, after: AfterEvents, readIntoBuffer: bool) -> Any:
                 if event == EPOLLIN and fd in reads:
                     # The common case, inlined: input to read.
                     try:
-                        if type(selectable).doRead is plainRead:
-                            why = readInto(selectable, fd)
-                        else:
+                        if type(selectable).doRead is not plainRead:
                             why = selectable.doRead()
+                        else:
+                            left = large.get(fd)
+                            if left is None:
+                                why = readInto(selectable, fd)
+                            else:
+                                if left > 1:
+                                    large[fd] = left - 1
+                                else:
+                                    del large[fd]
+                                why = selectable.doRead()
                     except BaseException:
                         why = sys.exc_info()[1]
                         log.failure("Unhandled error reading from {selectable!r}", selectable=selectable)
