@@ -359,6 +359,28 @@ class _Recorder(Protocol):
         self.lost.append(reason.type)
 
 
+class _Watched:
+    """
+    A socket that records which receive calls it was given (C{calls}),
+    passing them to C{sock}.
+    """
+
+    def __init__(self, sock: socket.socket, calls: List[str]) -> None:
+        self.sock = sock
+        self.calls = calls
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def recv(self, *args: Any) -> bytes:
+        self.calls.append("recv")
+        return self.sock.recv(*args)
+
+    def recv_into(self, *args: Any) -> int:
+        self.calls.append("recv_into")
+        return self.sock.recv_into(*args)
+
+
 class TCPReadTests(SynchronousTestCase):
     """
     The lean loop with C{readInto} (PyPy's default) reads a plain TCP
@@ -479,21 +501,7 @@ class TCPReadTests(SynchronousTestCase):
         little arrives: a minor collection every 500 reads).
         """
         calls: List[str] = []
-        real = self.a
-
-        class Watched:
-            def fileno(self) -> int:
-                return real.fileno()
-
-            def recv(self, *args: Any) -> bytes:
-                calls.append("recv")
-                return real.recv(*args)
-
-            def recv_into(self, *args: Any) -> int:
-                calls.append("recv_into")
-                return real.recv_into(*args)
-
-        self.conn.socket = Watched()
+        self.conn.socket = _Watched(self.a, calls)
         self.b.send(b"data")
         self._iterate()
         self.assertEqual((calls, self.protocol.received), (["recv_into"], [b"data"]))
@@ -512,22 +520,9 @@ class TCPReadTests(SynchronousTestCase):
             self.addCleanup(c.close)
             self.addCleanup(d.close)
             calls: List[str] = []
-
-            class Watched:
-                def fileno(self) -> int:
-                    return c.fileno()
-
-                def recv(self, *args: Any) -> bytes:
-                    calls.append("recv")
-                    return c.recv(*args)
-
-                def recv_into(self, *args: Any) -> int:
-                    calls.append("recv_into")
-                    return c.recv_into(*args)
-
             protocol = _Recorder()
             conn = tcp.Connection(c, protocol, reactor)
-            conn.socket = Watched()
+            conn.socket = _Watched(c, calls)
             protocol.makeConnection(conn)
             conn.startReading()
             d.send(b"z")
@@ -542,21 +537,7 @@ class TCPReadTests(SynchronousTestCase):
         the buffer); then a read into the buffer decides again.
         """
         calls: List[str] = []
-        real = self.a
-
-        class Watched:
-            def fileno(self) -> int:
-                return real.fileno()
-
-            def recv(self, *args: Any) -> bytes:
-                calls.append("recv")
-                return real.recv(*args)
-
-            def recv_into(self, *args: Any) -> int:
-                calls.append("recv_into")
-                return real.recv_into(*args)
-
-        self.conn.socket = Watched()
+        self.conn.socket = _Watched(self.a, calls)
         chunks = [b"x" * 20000] + [b"%d" % i for i in range(_loop._LARGE_RUN)] + [b"a", b"b"]
         sent = 0
         for chunk in chunks:

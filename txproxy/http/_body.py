@@ -42,7 +42,8 @@ import attr
 from mypy_extensions import mypyc_attr
 
 from ._errors import HTTPError
-from ._parser import _HEADER_LINE, _HTTP10, _TCHAR, Headers, RequestHead, ResponseHead
+from ._parser import _HEADER_LINE, _HTTP10, Headers, RequestHead, ResponseHead
+from ._scan import _TCHAR
 
 _CHUNK_SIZE_LINE = re.compile(
     rb"([0-9A-Fa-f]{1,16})"
