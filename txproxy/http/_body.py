@@ -43,7 +43,7 @@ from mypy_extensions import mypyc_attr
 
 from ._errors import HTTPError
 from ._parser import _HEADER_LINE, _HTTP10, Headers, RequestHead, ResponseHead
-from ._scan import _TCHAR
+from ._scan import _TCHAR, _TOKEN
 
 _CHUNK_SIZE_LINE = re.compile(
     rb"([0-9A-Fa-f]{1,16})"
@@ -52,7 +52,6 @@ _CHUNK_SIZE_LINE = re.compile(
     rb"|\"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*\"))?)*"
     rb"\r\n"
 )
-_TOKEN = re.compile(rb"[" + _TCHAR + rb"]+")
 _MAX_CONTENT_LENGTH_DIGITS = 18
 _MAX_CHUNK_SIZE = 2**63 - 1
 

@@ -55,7 +55,7 @@ import attr
 from mypy_extensions import mypyc_attr
 
 from ._errors import HTTPError
-from ._scan import _TCHAR, _TOKEN, _badHeaders, _badRequestLine, _scanHeaders, _scanRequestLine
+from ._scan import _TCHAR, _badHeaders, _badRequestLine, _scanHeaders, _scanRequestLine
 from ._uri import _checkHostValue, parseAuthority
 
 Header = Tuple[bytes, bytes]
