@@ -38,7 +38,9 @@ takes its 64 KiB from the garbage collector's nursery for every read, so a
 loaded proxy ran a minor collection every few hundred reads, each copying
 every object of the requests in flight.  The lean loop reads a plain TCP
 connection with C{recv_into} one buffer of its own instead and hands the
-protocol a C{bytes} copy of what arrived (L{READ_INTO}, L{streamline}).
+protocol a C{bytes} copy of what arrived (L{READ_INTO}, L{streamline});
+a connection that just had a large read (a bulk transfer) is read through
+Twisted's C{doRead} for a while, where the received string is the data.
 """
 
 from __future__ import annotations

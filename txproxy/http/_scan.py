@@ -28,7 +28,7 @@ _TOKEN = re.compile(rb"[" + _TCHAR + rb"]+")
 #: Per byte value: 1 for a token character (a header name's), 2 for a
 #: byte a header value may hold (HTAB, SP, VCHAR, obs-text), 3 for both.
 _BYTE_CLASS = bytes(
-    (1 if (48 <= b <= 57 or 65 <= b <= 90 or 97 <= b <= 122 or bytes([b]) in b"!#$%&'*+-.^_`|~") else 0)
+    (1 if _TOKEN.fullmatch(bytes([b])) else 0)
     | (2 if (b == 9 or 0x20 <= b <= 0x7E or b >= 0x80) else 0)
     for b in range(256)
 )
