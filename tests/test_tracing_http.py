@@ -206,6 +206,57 @@ class PropagationTests(TracingTestCase):
         [value] = _header(sent, b"traceparent")
         self.assertEqual(seen, [value])
 
+    def test_sampleZeroSpanMadeWhenRead(self) -> None:
+        """
+        At ratio 0 a request without trace fields keeps only its
+        traceparent line until C{self.span} is read (here by
+        C{allowRequest}): then an unrecorded L{Span} with those ids, the
+        ones sent upstream and logged; the next request gets a new trace.
+        """
+        seen: List[Any] = []
+
+        class Reading(ReverseProxyProtocol):
+            def allowRequest(self, request: Any) -> Any:
+                seen.append((self._span, self.span, self.span))
+                return super().allowRequest(request)
+
+        proto, client = self.get(self.reverse(ratio=0.0, protocol=Reading))
+        upstream = self.connector.last.succeed()
+        self.respond()
+        [(before, span, again)] = seen
+        self.assertIsNone(before)
+        self.assertIs(span, again)
+        self.assertIsInstance(span, Span)
+        self.assertFalse(span.sampled)
+        self.assertIsNone(span.parentId)
+        [value] = _header(upstream.value(), b"traceparent")
+        self.assertEqual(value, span.traceparent())
+        self.assertEqual((self.records[0].traceId, self.records[0].spanId), (span.traceIdText, span.spanIdText))
+        self.assertIsNone(proto.span)
+        proto.dataReceived(b"GET /api/b HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        self.respond()
+        self.assertNotEqual(seen[1][1].traceId, span.traceId)
+        self.assertEqual(self.sink.spans, [])
+
+    def test_sampleZeroLineUnusedByRefusal(self) -> None:
+        """
+        At ratio 0 a request refused before any upstream still logs its
+        ids, and no line is left for the connection's next request.
+        """
+
+        class Refusing(ReverseProxyProtocol):
+            def allowRequest(self, request: Any) -> Any:
+                return request.path != b"/api/no"
+
+        factory = self.reverse(ratio=0.0, protocol=Refusing)
+        proto, client = self.get(factory, path=b"/api/no")
+        self.assertIn(b" 403 ", client.value().split(b"\r\n")[0])
+        [record] = self.records
+        self.assertEqual((len(record.traceId), len(record.spanId)), (32, 16))
+        self.assertIsNone(proto._quickLine)
+        self.assertIsNone(proto._traceField)
+        self.assertIsNone(proto.span)
+
     def test_unsampledParentAtRatioOne(self) -> None:
         """
         An unsampled parent is obeyed at ratio 1: propagated with flag 00,
@@ -438,6 +489,32 @@ class H2SpanTests(TracingTestCase):
         sent = [a.transport.value() for a in self.connector.attempts]
         self.assertIn(b"00-" + TRACE + b"-" + byName["GET /api"].spanId + b"-01", sent[0])
         self.assertEqual([r.traceId for r in self.records].count(TRACE.decode()), 1)
+
+
+    def test_sampleZeroStreams(self) -> None:
+        """
+        At ratio 0, a stream without trace fields gets a new unsampled
+        trace (its line, no span made), and one with a sampled parent in
+        the fields is continued and recorded: the fields of a stream,
+        which has no raw head, are looked through instead.
+        """
+        factory = self.reverse(ratio=0.0)
+        proto, transport = connect(factory, ("203.0.113.9", 5000))
+        client = Client(proto, transport)
+        client.send()
+        client.request(b"/api/a", extra=[(b"traceparent", SAMPLED)])
+        client.request(b"/b")
+        respond(self.connector, 0, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        respond(self.connector, 1, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        client.read()
+        [span] = self.sink.spans
+        self.assertEqual((span.name, span.traceId), ("GET /api", TRACE))
+        sent = [_header(a.transport.value(), b"traceparent") for a in self.connector.attempts]
+        self.assertEqual(sent[0], [b"00-" + TRACE + b"-" + span.spanId + b"-01"])
+        [fresh] = sent[1]
+        self.assertTrue(fresh.endswith(b"-00"), fresh)
+        self.assertNotIn(TRACE, fresh)
+        self.assertEqual(sorted(r.traceId for r in self.records), sorted([TRACE.decode(), fresh[3:35].decode()]))
 
 
 class TunnelSpanTests(TracingTestCase):

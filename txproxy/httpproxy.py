@@ -100,6 +100,8 @@ from txproxy.limits._decision import Decision
 from txproxy.relay import Relay, RelayedProtocol, fastSender, joinRelay
 from txproxy.tls import verificationFailure
 from txproxy.tracing import connectionAttributes, startHTTPSpan
+from txproxy.tracing._context import LINE_SIZE
+from txproxy.tracing._span import hasTraceFields, unrecordedSpan
 from txproxy.tracing import endSpan as _endSpan
 from txproxy.upstream import HTTPRequest, UpstreamHTTPProtocol, UpstreamPool, keepAliveLimit
 
@@ -132,6 +134,8 @@ _HOP = HOP_BY_HOP
 _serializeHead = serializeTrustedHead
 # Hop-by-hop fields dropped from a 101 (Upgrade and Connection stay).
 _UPGRADE_DROP = frozenset(HOP_BY_HOP - {b"upgrade", b"connection"})
+#: The W3C trace context field an unrecorded span adds (L{HTTPProxyProtocol._prepare}).
+_TRACEPARENT = b"traceparent"
 
 
 #: Failures that mean "the upstream could not be reached" (upstreamFailed).
@@ -205,9 +209,6 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
     @ivar client: the L{ClientInfo} of this connection (C{user} is set once
         authenticated).
     @ivar relay: the L{Relay} once the connection became a tunnel.
-    @ivar span: with tracing on (C{--trace-otlp}), the
-        L{txproxy.tracing.Span} of the request in progress (from its head to
-        its access record), else L{None}.
     """
 
     #: The protocol built for each new upstream connection.
@@ -221,7 +222,13 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
     factory: "HTTPProxyFactory"
     client: ClientInfo
     relay: Optional[Relay] = None
-    span: Any = None
+    #: The request's span, once made (L{span} makes an unrecorded one from
+    #: L{_quickLine} when asked).
+    _span: Any = None
+    #: The C{traceparent} line of an unrecorded span not made yet: at
+    #: C{--trace-sample 0}, a request without trace fields gets only its
+    #: line (L{_startSpan}).
+    _quickLine: Optional[bytes] = None
 
     # No class default: CPython 3.11's attribute specialization gives up on
     # a name whose class-level value is an instance of a Python class (a
@@ -800,7 +807,7 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
         except Exception:
             self._failed(Failure())
             return
-        span = self.span
+        span = self._span
         rewrites = self._rewritesRequest
         if span is not None:
             # The trace goes on upstream, with this request's span as parent.
@@ -813,6 +820,12 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
                 # The common case: the field is appended as the head is
                 # serialized (no new head).
                 self._traceField = span._field or span.traceField()
+        elif self._quickLine is not None and (rewrites or self.factory.cache is not None):
+            # (An unrecorded span's line, set as it started: a hook or the
+            # cache must see the field in the head.)
+            head = RequestHead(head.method, head.target, head.version,
+                               (*head.headers, (_TRACEPARENT, self._quickLine[13:68])))
+            self._traceField = None
         if rewrites:
             d = defer.maybeDeferred(self.rewriteRequest, request, head)
             d.addCallback(lambda h: self._acquire(request, h)).addErrback(self._failed).addErrback(self._unexpected)
@@ -1495,12 +1508,16 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
             self._bytesUp += ex.bytesUp
             self._bytesDown += ex.bytesDown
             ex.bytesUp = ex.bytesDown = 0
-        span = self.span
+        span = self._span
+        ids: Optional[bytes] = None
         if span is not None:
-            self.span = None
+            self._span = None
             self._traceField = None
             if span.sampled:
                 self._endSpan(span, status, reason)
+        elif self._quickLine is not None:
+            ids = self._quickLine
+            self._quickLine = self._traceField = None
         if factory.accessLog is None and not self._wantsRecord():
             factory.requestsTotal += 1
             metrics = factory.metrics
@@ -1539,8 +1556,8 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
             mode=self.mode,
             listener=factory.listener.name,
             reason=reason,
-            traceId=span.traceIdText if span is not None else "",
-            spanId=span.spanIdText if span is not None else "",
+            traceId=span.traceIdText if span is not None else ids[16:48].decode("ascii") if ids else "",
+            spanId=span.spanIdText if span is not None else ids[49:65].decode("ascii") if ids else "",
         )
         self._factoryEnded(factory, self, record)
         hook = self._ended
@@ -1558,17 +1575,53 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
     #: serialized instead of by a new head (L{_prepare}).
     _traceField: Optional[bytes] = None
 
+    @property
+    def span(self) -> Any:
+        """
+        With tracing on (C{--trace-otlp}), the L{txproxy.tracing.Span} of
+        the request in progress (from its head to its access record), else
+        L{None}.
+        """
+        span = self._span
+        if span is None:
+            line = self._quickLine
+            if line is not None:
+                span = self._span = unrecordedSpan(line)
+                self._quickLine = None
+        return span
+
+    @span.setter
+    def span(self, value: Any) -> None:
+        self._span = value
+        self._quickLine = None
+
     def _startSpan(self, head: RequestHead, raw: Optional[bytes]) -> None:
-        base = self._spanBase
-        if base is None:
-            base = self._spanBase = connectionAttributes(self.client, self.transport, http=True)
-        span = self.span = startHTTPSpan(
-            self.factory.tracer, head, self.client, self.transport, self._h2stream is not None, self._startWall,
-            raw, base
-        )
+        tracer = self.factory.tracer
         hook = self._spanHook
         if hook is None:
             hook = self._spanHook = overrides(self, "spanStarted", HTTPProxyProtocol)
+        if tracer._quickUnsampled and not hook and (
+                raw.lower().find(b"trace") < 0 if raw else not hasTraceFields(head.headers)):
+            # --trace-sample 0 and no trace field (in the raw head when at
+            # hand; find, not "in": see startHTTPSpan): a new trace, not
+            # recorded, is only its traceparent line from the tracer's
+            # pool, appended to the upstream head as it is serialized; no
+            # Span is made unless self.span is read.
+            i = tracer._next
+            if i >= tracer._end:
+                block = tracer._refill()
+                i = 0
+            else:
+                block = tracer._block
+            tracer._next = i + LINE_SIZE
+            self._quickLine = self._traceField = block[i:i + LINE_SIZE]
+            return
+        base = self._spanBase
+        if base is None:
+            base = self._spanBase = connectionAttributes(self.client, self.transport, http=True)
+        span = self._span = startHTTPSpan(
+            tracer, head, self.client, self.transport, self._h2stream is not None, self._startWall, raw, base
+        )
         if hook:
             self.spanStarted(span)
 
@@ -1595,7 +1648,7 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
         """
         Add an event to this request's span, when tracing is on.
         """
-        span = self.span
+        span = self._span
         if span is not None:
             span.addEvent(name, attributes)
 
@@ -1672,10 +1725,11 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
             resp = ex.response if ex is not None else None
             self._log(resp.status if resp is not None else 499, "client closed")
             self._dropUpstream(abort=True)
-        if self.span is not None:
+        if self._span is not None:
             # Gone while its request was being decided or dialled.
-            span, self.span = self.span, None
+            span, self._span = self._span, None
             self._endSpan(span, 499, "client closed")
+        self._quickLine = None
         self._ex = None
         if self._lease is not None:
             self._lease.release()

@@ -36,11 +36,8 @@ from __future__ import annotations
 from typing import Any, Dict, List, Optional, Tuple
 
 from txproxy.tls import isTLSTransport
-from txproxy.tracing._context import LINE_SIZE
 from txproxy.tracing._otlp import attributeBlock
-from txproxy.tracing._span import AttributeBlock, RecordingSpan, Span, Tracer
-
-_new = object.__new__
+from txproxy.tracing._span import AttributeBlock, RecordingSpan, Span, Tracer, unrecordedSpan
 
 __all__ = ["startHTTPSpan", "startStreamSpan", "endSpan", "connectionAttributes", "KNOWN_METHODS"]
 
@@ -133,20 +130,9 @@ def startHTTPSpan(tracer: Tracer, head: Any, client: Any, transport: Any, h2: bo
     # int, and formats a TypeError to throw away, ~1.5k instructions.)
     scan = raw is None or raw.lower().find(b"trace") >= 0
     if not scan and tracer._quickUnsampled:
-        # Sample 0, no trace fields: the span of a new trace, not recorded
-        # (Tracer.startRequest in place: one call less per request).
-        i = tracer._next
-        if i >= tracer._end:
-            pool = tracer._refill()
-            i = 0
-        else:
-            pool = tracer._block
-        tracer._next = i + LINE_SIZE
-        quick: Span = _new(Span)
-        quick.parentId = quick.traceState = None
-        quick._replaces = False
-        quick._field = pool[i:i + LINE_SIZE]
-        return quick
+        # Sample 0, no trace fields: the span of a new trace, not recorded.
+        # (The HTTP core takes only the line in this case.)
+        return unrecordedSpan(tracer._line())
     span = tracer.startRequest(head.headers, start, scan)
     if not span.sampled:
         return span

@@ -30,7 +30,7 @@ from txproxy.tracing._context import (
     parseTracestate,
 )
 
-__all__ = ["AttributeBlock", "Span", "RecordingSpan", "Tracer", "SPAN_KIND_SERVER", "SPAN_KIND_CLIENT", "STATUS_ERROR"]
+__all__ = ["AttributeBlock", "Span", "RecordingSpan", "Tracer", "unrecordedSpan", "hasTraceFields", "SPAN_KIND_SERVER", "SPAN_KIND_CLIENT", "STATUS_ERROR"]
 
 #: OpenTelemetry's SpanKind values (as OTLP numbers them).
 SPAN_KIND_INTERNAL = 1
@@ -539,6 +539,30 @@ class Tracer:
         span.end = self._wall() if end is None else end
         if self.exporter is not None:
             self.exporter.add(span)
+
+
+def hasTraceFields(headers: Sequence[Tuple[bytes, bytes]]) -> bool:
+    """
+    Whether C{headers} (a request's fields, names in any case) hold a
+    C{traceparent} or C{tracestate} field.
+    """
+    for header in headers:
+        field = header[0]
+        if len(field) in _TRACE_SIZES and field.lower() in _TRACE_FIELDS:
+            return True
+    return False
+
+
+def unrecordedSpan(line: bytes) -> Span:
+    """
+    The unrecorded L{Span} of a new trace whose C{traceparent} header line
+    (L{LINE_SIZE} bytes, from a tracer's pool) is C{line}.
+    """
+    span = _new(Span)
+    span.parentId = span.traceState = None
+    span._replaces = False
+    span._field = line
+    return span
 
 
 def _newRecording(name: str, kind: int, start: float) -> Any:
