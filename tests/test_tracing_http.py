@@ -9,10 +9,11 @@ nothing changes.  Fake transports and clocks.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, List
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from twisted.internet import error
+from twisted.internet import defer, error
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -22,7 +23,19 @@ from txproxy.forward import ForwardProxyProtocol
 from txproxy.reverse import ReverseProxyProtocol
 from txproxy.stream.tcp import TCPProxyFactory, TCPProxyProtocol
 from txproxy.testing import FakeConnector, connect, forwardFactory, listenerConfig, reverseFactory
-from txproxy.tracing import STATUS_ERROR, Span, Tracer, encodeSpans
+from txproxy.http import parseRequestHead
+from txproxy.tracing import (
+    STATUS_ERROR,
+    BatchExporter,
+    Span,
+    Tracer,
+    connectionAttributes,
+    encodeHTTPSpan,
+    encodeSpans,
+    endSpan,
+    startHTTPSpan,
+)
+from txproxy.tracing._otlp import encodeSpanField
 
 TRACE = b"4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT = b"00f067aa0ba902b7"
@@ -626,3 +639,155 @@ class StreamSpanTests(TracingTestCase):
         self.connector.last.transport.peerClosed()
         [span] = self.sink.spans
         self.assertEqual(span.attributes["tenant.id"], "acme")
+
+
+class _Route:
+    def __init__(self, name: str, prefix: str) -> None:
+        self.name = name
+        self.prefix = prefix
+
+
+class QuickSpanTests(TracingTestCase):
+    """
+    At ratio 1, a request without trace fields keeps only its traceparent
+    line and its span is encoded from the request as it ends
+    (L{encodeHTTPSpan}): the same bytes as the span made, ended and
+    encoded; anything else (a hook, an event, an error) makes the span.
+    """
+
+    def test_sameBytesAsTheSpan(self) -> None:
+        """
+        For the same line and times, L{encodeHTTPSpan} gives byte for byte
+        what L{startHTTPSpan}, L{endSpan} and C{encodeSpanField} give, for
+        heads of several kinds, routes or none, HTTP/1.x and HTTP/2.
+        """
+        tracer = Tracer(1.0)
+        proto, _ = connect(self.reverse(), ("203.0.113.9", 5000))
+        base = connectionAttributes(proto.client, proto.transport, True)
+        heads = [
+            b"GET /api/users/7?x=1 HTTP/1.1\r\nHost: a.test\r\nUser-Agent: t/1\r\n\r\n",
+            b"POST /b HTTP/1.1\r\nhost: b.test:8443\r\ncontent-length: 0\r\n\r\n",
+            b"GET / HTTP/1.0\r\n\r\n",
+            b"GET http://c.test:81/x/y?q HTTP/1.0\r\n\r\n",
+            b"GET /u HTTP/1.1\r\nHost: a.test\r\nUser-Agent: " + b"u" * 300 + b"\r\n\r\n",
+            b"BREW /pot HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n",
+        ]
+        routes = [None, _Route("a.test/api", "/api"), _Route("*", "")]
+        checked = 0
+        for raw in heads:
+            head = parseRequestHead(raw)
+            for route in routes:
+                for h2 in (False, True):
+                    for status, up, down in ((200, 0, 5), (404, 1234567, 0), (304, 300, 70000)):
+                        line = tracer.quickLine()
+                        quick = encodeHTTPSpan(line, 1.7e9, 1.7e9 + 0.25, head, h2, base, route, "192.0.2.1:8080",
+                                               "tcp:8080", "reverse", status, up, down)
+                        span = startHTTPSpan(tracer, head, proto.client, proto.transport, h2, 1.7e9, None, base, line)
+                        endSpan(tracer, span, status, "", up, down, "192.0.2.1:8080", "tcp:8080", "reverse",
+                                1.7e9 + 0.25, route)
+                        if len(raw) > 300:
+                            # (A user agent too long to keep encoded: the
+                            # span is made.)
+                            self.assertIsNone(quick)
+                            continue
+                        self.assertEqual(quick, encodeSpanField(span), (raw, route, h2, status))
+                        checked += 1
+        self.assertEqual(checked, 5 * 3 * 2 * 3)
+
+    def test_connectNotEncodedDirectly(self) -> None:
+        """
+        A C{CONNECT} is not of the kind L{encodeHTTPSpan} encodes.
+        """
+        proto, _ = connect(self.reverse(), ("203.0.113.9", 5000))
+        base = connectionAttributes(proto.client, proto.transport, True)
+        head = parseRequestHead(b"CONNECT a.test:443 HTTP/1.1\r\nHost: a.test:443\r\n\r\n")
+        self.assertIsNone(encodeHTTPSpan(Tracer(1.0).quickLine(), 1.7e9, 1.7e9, head, False, base, None, "", "l",
+                                         "forward", 200, 0, 0))
+
+    def exported(self, protocol: Any = None, requests: int = 1, status: bytes = b"200 OK") -> Any:
+        """
+        Serve C{requests} requests on one connection at ratio 1 with a
+        L{BatchExporter}, and decode what it posts.
+        """
+        posted: List[bytes] = []
+
+        def post(body: bytes) -> Any:
+            posted.append(body)
+            return defer.succeed(None)
+
+        factory = self.reverse(protocol=protocol)
+        factory.tracer = Tracer(1.0, BatchExporter(post, self.clock))
+        proto, client = self.get(factory)
+        self.connector.last.succeed()
+        for i in range(requests):
+            if i:
+                proto.dataReceived(b"GET /api/b HTTP/1.1\r\nHost: a.test\r\n\r\n")
+            self.connector.last.protocol.dataReceived(b"HTTP/1.1 " + status + b"\r\nContent-Length: 2\r\n\r\nok")
+        self.clock.advance(1.0)
+        spans = []
+        for body in posted:
+            message = ExportTraceServiceRequest()
+            message.ParseFromString(body)
+            spans.extend(message.resource_spans[0].scope_spans[0].spans)
+        return proto, spans
+
+    def test_exportedWithoutSpan(self) -> None:
+        """
+        Requests at ratio 1 are exported with no Span made (but for the
+        first, whose new upstream connection is an event), with the ids
+        sent upstream, and the same fields as when a hook had each span
+        made as its request started.
+        """
+        import txproxy.httpproxy as module
+
+        made = []
+        real = module.startHTTPSpan
+
+        def counting(*args: Any, **kwargs: Any) -> Any:
+            made.append(args)
+            return real(*args, **kwargs)
+
+        self.patch(module, "startHTTPSpan", counting)
+
+        class Hooked(ReverseProxyProtocol):
+            def spanStarted(self, span: Span) -> None:
+                pass
+
+        proto, quick = self.exported(requests=3)
+        self.assertEqual(len(made), 1)
+        sent = self.connector.last.transport.value()
+        self.assertEqual(
+            re.findall(rb"\r\ntraceparent: 00-([0-9a-f]{32})-([0-9a-f]{16})-01\r\n", sent),
+            [(s.trace_id.hex().encode(), s.span_id.hex().encode()) for s in quick],
+        )
+        del made[:]
+        _, eager = self.exported(Hooked, requests=3)
+        self.assertEqual(len(made), 3)
+        self.assertEqual(len(quick), 3)
+
+        def stripped(span: Any) -> Any:
+            for name in ("trace_id", "span_id", "start_time_unix_nano", "end_time_unix_nano"):
+                span.ClearField(name)
+            for event in span.events:
+                event.ClearField("time_unix_nano")
+            return span
+
+        self.assertEqual([stripped(s) for s in quick], [stripped(s) for s in eager])
+        self.assertEqual([s.name for s in quick], ["GET /api"] * 3)
+        self.assertEqual([len(s.events) for s in quick], [1, 0, 0])
+
+    def test_eventMakesTheSpan(self) -> None:
+        """
+        An event (a new upstream connection) makes the span, which is
+        exported with it.
+        """
+        proto, [span] = self.exported()
+        self.assertEqual([e.name for e in span.events], ["upstream.connected"])
+
+    def test_errorMakesTheSpan(self) -> None:
+        """
+        A 5xx ends a span made for it: status ERROR and C{error.type}.
+        """
+        proto, [span] = self.exported(status=b"503 Service Unavailable")
+        self.assertEqual(span.status.code, STATUS_ERROR)
+        self.assertIn("error.type", [a.key for a in span.attributes])

@@ -99,7 +99,7 @@ from txproxy.httppolicy import HTTPPolicy
 from txproxy.limits._decision import Decision
 from txproxy.relay import Relay, RelayedProtocol, fastSender, joinRelay
 from txproxy.tls import verificationFailure
-from txproxy.tracing import connectionAttributes, startHTTPSpan
+from txproxy.tracing import connectionAttributes, encodeHTTPSpan, startHTTPSpan
 from txproxy.tracing._context import LINE_SIZE
 from txproxy.tracing._span import hasTraceFields, unrecordedSpan
 from txproxy.tracing import endSpan as _endSpan
@@ -1518,6 +1518,9 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
         elif self._quickLine is not None:
             ids = self._quickLine
             self._quickLine = self._traceField = None
+            if ids[67] == 49:
+                # (Sampled flag "1": recorded.)
+                self._endQuick(ids, status, reason)
         if factory.accessLog is None and not self._wantsRecord():
             factory.requestsTotal += 1
             metrics = factory.metrics
@@ -1586,8 +1589,8 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
         if span is None:
             line = self._quickLine
             if line is not None:
-                span = self._span = unrecordedSpan(line)
                 self._quickLine = None
+                span = self._span = self._spanOf(line)
         return span
 
     @span.setter
@@ -1600,13 +1603,14 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
         hook = self._spanHook
         if hook is None:
             hook = self._spanHook = overrides(self, "spanStarted", HTTPProxyProtocol)
-        if tracer._quickUnsampled and not hook and (
+        if tracer.quickLines and not hook and (
                 raw.lower().find(b"trace") < 0 if raw else not hasTraceFields(head.headers)):
-            # --trace-sample 0 and no trace field (in the raw head when at
-            # hand; find, not "in": see startHTTPSpan): a new trace, not
-            # recorded, is only its traceparent line from the tracer's
-            # pool, appended to the upstream head as it is serialized; no
-            # Span is made unless self.span is read.
+            # --trace-sample 0 or 1 and no trace field (in the raw head when
+            # at hand; find, not "in": see startHTTPSpan): a new trace is
+            # only its traceparent line from the tracer's pool, appended to
+            # the upstream head as it is serialized; no Span is made unless
+            # self.span is read (_spanOf).  At ratio 1 the request's span
+            # is encoded from the request as it ends (_endQuick).
             i = tracer._next
             if i >= tracer._end:
                 block = tracer._refill()
@@ -1615,15 +1619,59 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
                 block = tracer._block
             tracer._next = i + LINE_SIZE
             self._quickLine = self._traceField = block[i:i + LINE_SIZE]
+            if self._spanBase is None and tracer._newSampled:
+                # (While the transport can still name its peer: the span may
+                # be made as the connection closes.)
+                self._connectionSpanAttributes()
             return
-        base = self._spanBase
-        if base is None:
-            base = self._spanBase = connectionAttributes(self.client, self.transport, http=True)
+        base = self._spanBase or self._connectionSpanAttributes()
         span = self._span = startHTTPSpan(
             tracer, head, self.client, self.transport, self._h2stream is not None, self._startWall, raw, base
         )
         if hook:
             self.spanStarted(span)
+
+    def _connectionSpanAttributes(self) -> Dict[str, Any]:
+        """
+        The attributes every span of this connection shares (computed once).
+        """
+        base = self._spanBase = connectionAttributes(self.client, self.transport, http=True)
+        return base
+
+    def _spanOf(self, line: bytes) -> Any:
+        """
+        The span of this request, which kept only its C{traceparent} line
+        so far (L{_startSpan}): unrecorded, or recorded with its start
+        attributes.
+        """
+        if line[67] != 49:
+            return unrecordedSpan(line)
+        base = self._spanBase or self._connectionSpanAttributes()
+        return startHTTPSpan(self.factory.tracer, self._head, self.client, self.transport, self._h2stream is not None,
+                             self._startWall, None, base, line)
+
+    def _endQuick(self, line: bytes, status: int, reason: str) -> None:
+        """
+        End the recorded span of a request that kept only its
+        C{traceparent} line: encoded straight from the request when it is
+        of the common kind (L{txproxy.tracing.encodeHTTPSpan}), else made
+        and ended as any span.
+        """
+        factory = self.factory
+        exporter = factory.tracer.exporter
+        addEncoded = getattr(exporter, "addEncoded", None)
+        if addEncoded is not None and not reason and status < 500:
+            start = self._start
+            field = encodeHTTPSpan(
+                line, self._startWall, self._startWall + (factory.clock.seconds() - start if start is not None else 0.0),
+                self._head, self._h2stream is not None, self._spanBase or self._connectionSpanAttributes(),
+                self._traceRoute(), self._upstreamAddress,
+                factory.listener.name, self.mode, status, self._bytesUp, self._bytesDown
+            )
+            if field is not None:
+                addEncoded(field)
+                return
+        self._endSpan(self._spanOf(line), status, reason)
 
     def _endSpan(self, span: Any, status: int, reason: str) -> None:
         if not span.sampled:
@@ -1649,6 +1697,9 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
         Add an event to this request's span, when tracing is on.
         """
         span = self._span
+        if span is None and self._quickLine is not None and self._quickLine[67] == 49:
+            # (A recorded span that kept only its line: made to take it.)
+            span = self.span
         if span is not None:
             span.addEvent(name, attributes)
 

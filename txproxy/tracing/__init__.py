@@ -28,7 +28,7 @@ from txproxy.tracing._context import (
 )
 from txproxy.tracing._export import BatchExporter, PostFailed, agentPoster
 from txproxy.tracing._otlp import encodeSpans
-from txproxy.tracing._semconv import connectionAttributes, endSpan, startHTTPSpan, startStreamSpan
+from txproxy.tracing._semconv import connectionAttributes, encodeHTTPSpan, endSpan, startHTTPSpan, startStreamSpan
 from txproxy.tracing._service import TracingCollector, TracingService, tracingFor
 from txproxy.tracing._span import (
     SPAN_KIND_CLIENT,
@@ -57,6 +57,7 @@ __all__ = [
     "encodeSpans",
     "connectionAttributes",
     "endSpan",
+    "encodeHTTPSpan",
     "startHTTPSpan",
     "startStreamSpan",
     "TracingCollector",

@@ -164,6 +164,22 @@ class BatchExporter:
             self.dropped += 1
             log.failure("tracing: could not encode span {span!r}", span=span)
             return
+        self._queued(queue)
+
+    def addEncoded(self, field: bytes) -> None:
+        """
+        Queue an ended span already encoded as a C{ScopeSpans} field
+        (L{txproxy.tracing.encodeHTTPSpan}), or drop it, counted, when the
+        queue is full.
+        """
+        queue = self._queue
+        if len(queue) >= self.maxQueue or self._stopped:
+            self.dropped += 1
+            return
+        queue.append(field)
+        self._queued(queue)
+
+    def _queued(self, queue: Deque[bytes]) -> None:
         if self._timer is None and self._inFlight is None:
             delay = self.interval if len(queue) < self.batchSize else 0
             self._timer = self.clock.callLater(delay, self._send)

@@ -185,9 +185,7 @@ def encodeSpan(span: Any) -> bytes:
     """
     name = _names.get(span.name)
     if name is None:
-        if len(_names) >= _CACHE_LIMIT:
-            _names.clear()
-        name = _names[span.name] = _ld(_T5_LD, span.name.encode("utf-8", "replace")) + _T6_VAR
+        name = nameField(span.name)
     field = span._field
     parentId = span.parentId
     start = span.start
@@ -239,16 +237,35 @@ def encodeSpan(span: Any) -> bytes:
     return b"".join(parts)
 
 
-def encodeSpanField(span: Span) -> bytes:
+def nameField(name: str) -> bytes:
     """
-    One span as a field of C{ScopeSpans} (what L{encodeRequest} joins).
+    A span's encoded C{name} field and the tag of its C{kind} (the kind's
+    value follows).
     """
-    body = encodeSpan(span)
+    field = _names.get(name)
+    if field is None:
+        if len(_names) >= _CACHE_LIMIT:
+            _names.clear()
+        field = _names[name] = _ld(_T5_LD, name.encode("utf-8", "replace")) + _T6_VAR
+    return field
+
+
+def spanField(body: bytes) -> bytes:
+    """
+    An encoded C{Span} message as a field of C{ScopeSpans}.
+    """
     n = len(body)
     if 0x80 <= n < 0x4000:
         # (The usual size: a two-byte length.)
         return b"".join((_T2_LD, _V2[n], body))
     return _ld(_T2_LD, body)
+
+
+def encodeSpanField(span: Span) -> bytes:
+    """
+    One span as a field of C{ScopeSpans} (what L{encodeRequest} joins).
+    """
+    return spanField(encodeSpan(span))
 
 
 def encodeRequest(

@@ -33,13 +33,14 @@ Attributes (a span has those that apply):
 
 from __future__ import annotations
 
+from binascii import unhexlify
 from typing import Any, Dict, List, Optional, Tuple
 
 from txproxy.tls import isTLSTransport
-from txproxy.tracing._otlp import attributeBlock
-from txproxy.tracing._span import AttributeBlock, RecordingSpan, Span, Tracer, unrecordedSpan
+from txproxy.tracing._otlp import _FLAGS_ROOT, _SPAN_ID, _TIMES, _TRACE_ID, _spanAttribute, attributeBlock, nameField, spanField
+from txproxy.tracing._span import SPAN_KIND_SERVER, AttributeBlock, RecordingSpan, Span, Tracer, unrecordedSpan
 
-__all__ = ["startHTTPSpan", "startStreamSpan", "endSpan", "connectionAttributes", "KNOWN_METHODS"]
+__all__ = ["startHTTPSpan", "startStreamSpan", "endSpan", "encodeHTTPSpan", "connectionAttributes", "KNOWN_METHODS"]
 
 #: Methods named as such in C{http.request.method}; others are C{_OTHER}.
 KNOWN_METHODS = frozenset(
@@ -110,37 +111,15 @@ _HOST = b"host"
 _USER_AGENT = b"user-agent"
 
 
-def startHTTPSpan(tracer: Tracer, head: Any, client: Any, transport: Any, h2: bool, start: float,
-                  raw: Optional[bytes] = None, base: Optional[Dict[str, Any]] = None) -> Span:
+def _requestParts(head: Any, scheme: Optional[str]) -> Tuple[Optional[bytes], Optional[bytes], Optional[str],
+                                                          Optional[bytes]]:
     """
-    The SERVER span of one HTTP request (or C{CONNECT}), continuing the
-    trace of its head's C{traceparent}.
-
-    @param head: the L{txproxy.http.RequestHead} received.
-    @param client: the L{txproxy.hooks.ClientInfo}.
-    @param transport: the client connection's transport (for the peer).
-    @param h2: whether the request is an HTTP/2 stream.
-    @param start: POSIX seconds the head arrived.
-    @param raw: the head's bytes as received, when at hand: a head that does
-        not mention C{trace} anywhere is not searched field by field.
-    @param base: the connection's L{connectionAttributes}, when the caller
-        keeps them (else computed).
+    What a request's attributes are made of: its authority (C{Host}, the
+    C{CONNECT} target or an absolute-form target's), user agent, URL scheme
+    (C{scheme}, the connection's, unless the target names one; L{None} for
+    a C{CONNECT}) and path (no query; L{None} for a C{CONNECT}).
     """
-    # (find, not "in": bytes.__contains__ first tries its argument as an
-    # int, and formats a TypeError to throw away, ~1.5k instructions.)
-    scan = raw is None or raw.lower().find(b"trace") >= 0
-    if not scan and tracer._quickUnsampled:
-        # Sample 0, no trace fields: the span of a new trace, not recorded.
-        # (The HTTP core takes only the line in this case.)
-        return unrecordedSpan(tracer._line())
-    span = tracer.startRequest(head.headers, start, scan)
-    if not span.sampled:
-        return span
-    assert isinstance(span, RecordingSpan)
-    if base is None:
-        base = connectionAttributes(client, transport, True)
     method = head.method
-    scheme = base.get("url.scheme")
     # Host and User-Agent in one pass over the fields.
     authority: Optional[bytes] = None
     agent: Optional[bytes] = None
@@ -168,6 +147,50 @@ def startHTTPSpan(tracer: Tracer, head: Any, client: Any, transport: Any, h2: bo
                 authority = rest[:slash] if slash >= 0 else rest
             target = rest[slash:] if slash >= 0 else b"/"
         path = target.partition(b"?")[0]
+    return authority, agent, scheme, path
+
+
+def startHTTPSpan(tracer: Tracer, head: Any, client: Any, transport: Any, h2: bool, start: float,
+                  raw: Optional[bytes] = None, base: Optional[Dict[str, Any]] = None,
+                  line: Optional[bytes] = None) -> Span:
+    """
+    The SERVER span of one HTTP request (or C{CONNECT}), continuing the
+    trace of its head's C{traceparent}.
+
+    @param head: the L{txproxy.http.RequestHead} received.
+    @param client: the L{txproxy.hooks.ClientInfo}.
+    @param transport: the client connection's transport (for the peer).
+    @param h2: whether the request is an HTTP/2 stream.
+    @param start: POSIX seconds the head arrived.
+    @param raw: the head's bytes as received, when at hand: a head that does
+        not mention C{trace} anywhere is not searched field by field.
+    @param base: the connection's L{connectionAttributes}, when the caller
+        keeps them (else computed).
+    @param line: the C{traceparent} line the tracer's pool gave the request
+        (L{Tracer.quickLine}) when it was found to carry no trace fields: the
+        span is that new trace's root (recorded if the line's sampled flag
+        is set), and the head is not looked at for trace fields again.
+    """
+    if line is not None:
+        span = tracer.rootSpan(line, start)
+        if not span.sampled:
+            return span
+    # (find, not "in": bytes.__contains__ first tries its argument as an
+    # int, and formats a TypeError to throw away, ~1.5k instructions.)
+    else:
+        scan = raw is None or raw.lower().find(b"trace") >= 0
+        if not scan and tracer._quickUnsampled:
+            # Sample 0, no trace fields: the span of a new trace, not
+            # recorded.
+            return unrecordedSpan(tracer._line())
+        span = tracer.startRequest(head.headers, start, scan)
+        if not span.sampled:
+            return span
+    assert isinstance(span, RecordingSpan)
+    if base is None:
+        base = connectionAttributes(client, transport, True)
+    method = head.method
+    authority, agent, scheme, path = _requestParts(head, base.get("url.scheme"))
     version = b"2" if h2 else head.version
     name = _METHODS.get(method)
     span.name = "HTTP" if name is None else name
@@ -382,3 +405,119 @@ def endSpan(
         exporter = tracer.exporter
         if exporter is not None:
             exporter.add(span)
+
+
+# -- a recorded request's span encoded from the request, with no Span made
+
+#: Encoded pieces by what decides them (bounded like the blocks): a
+#: request's start attributes but its path, by (method, version, scheme,
+#: authority, user agent); its name and kind, and end attributes but the
+#: byte counts, by (method, route, prefix, upstream, listener, mode,
+#: status); the path's and the counts' fields by value.
+_startEncoded: Dict[Tuple[Any, ...], bytes] = {}
+_endEncoded: Dict[Tuple[Any, ...], Tuple[bytes, bytes]] = {}
+_pathFields: Dict[bytes, bytes] = {}
+_upFields: Dict[int, bytes] = {}
+_downFields: Dict[int, bytes] = {}
+
+
+def _bounded(cache: Dict[Any, Any], key: Any, value: Any) -> Any:
+    if len(cache) >= _BLOCKS_LIMIT:
+        cache.clear()
+    cache[key] = value
+    return value
+
+
+def _startEncodedFor(key: Tuple[Any, ...]) -> Optional[bytes]:
+    method, version, scheme, authority, agent = key
+    if (authority and len(authority) > _BLOCK_VALUE_LIMIT) or (agent and len(agent) > _BLOCK_VALUE_LIMIT):
+        # (Kept in the span's own attributes, not in blocks.)
+        return None
+    requestKey = (method, version, scheme)
+    parts = [(_requestBlocks.get(requestKey) or _requestBlock(requestKey)).encoded]
+    if authority:
+        parts.append((_authorityBlocks.get(authority) or _authorityBlock(authority)).encoded)  # type: ignore[union-attr]
+    if agent:
+        parts.append((_agentBlocks.get(agent) or _agentBlock(agent)).encoded)
+    return _bounded(_startEncoded, key, b"".join(parts))  # type: ignore[no-any-return]
+
+
+def _endEncodedFor(key: Tuple[Any, ...]) -> Tuple[bytes, bytes]:
+    method, routeName, prefix, upstream, listener, mode, status = key
+    name = _METHODS.get(method) or "HTTP"
+    if prefix is not None:
+        name = f"{name} {prefix}"
+    blockKey = (routeName, prefix, upstream, listener, mode, status)
+    block = _endBlocks.get(blockKey) or _endBlock(blockKey)
+    return _bounded(_endEncoded, key, (nameField(name) + bytes((SPAN_KIND_SERVER,)), block.encoded))  # type: ignore[no-any-return]
+
+
+def encodeHTTPSpan(
+    line: bytes,
+    start: float,
+    end: float,
+    head: Any,
+    h2: bool,
+    base: Any,
+    route: Any,
+    upstream: str,
+    listener: str,
+    mode: str,
+    status: int,
+    bytesUp: int,
+    bytesDown: int,
+) -> Optional[bytes]:
+    """
+    The encoded span (a C{ScopeSpans} field, as L{BatchExporter.add} queues
+    them) of a recorded HTTP request that started a new trace, made
+    straight from the request, its C{traceparent} line and how it ended:
+    the bytes that L{startHTTPSpan}, L{endSpan} and
+    L{txproxy.tracing._otlp.encodeSpanField} would give its span, without
+    making the span.  The HTTP core calls this for the common request (no
+    trace fields, no hook that saw the span, no event, no reason to
+    report); L{None} when the request is not of that kind (a C{CONNECT},
+    an authority or user agent too long to keep encoded, connection
+    attributes not from L{connectionAttributes}): the caller then makes the
+    span and ends it.
+
+    @param line: the request's C{traceparent} line (L{Tracer.quickLine}).
+    @param start: POSIX seconds the head arrived.
+    @param end: POSIX seconds it ended.
+    @param base: the connection's L{connectionAttributes}.
+    @param route: the matched L{txproxy.router.Route}, or L{None}.
+    """
+    method = head.method
+    if method == b"CONNECT" or base.__class__ is not ConnectionAttributes:
+        return None
+    authority, agent, scheme, path = _requestParts(head, base.get("url.scheme"))
+    key = (method, b"2" if h2 else head.version, scheme, authority, agent)
+    starting = _startEncoded.get(key)
+    if starting is None:
+        starting = _startEncodedFor(key)
+        if starting is None:
+            return None
+    if route is not None:
+        endKey: Tuple[Any, ...] = (method, route.name, getattr(route, "prefix", "") or "/", upstream, listener, mode,
+                                   status)
+    else:
+        endKey = (method, None, None, upstream, listener, mode, status)
+    ending = _endEncoded.get(endKey)
+    if ending is None:
+        ending = _endEncodedFor(endKey)
+    pathField = _pathFields.get(path)  # type: ignore[arg-type]
+    if pathField is None:
+        pathField = _bounded(_pathFields, path, _spanAttribute(("url.path", path.decode("latin-1"))))  # type: ignore[union-attr]
+    up = _upFields.get(bytesUp)
+    if up is None:
+        up = _bounded(_upFields, bytesUp, _spanAttribute(("txproxy.bytes_up", bytesUp)))
+    down = _downFields.get(bytesDown)
+    if down is None:
+        down = _bounded(_downFields, bytesDown, _spanAttribute(("txproxy.bytes_down", bytesDown)))
+    # (POSIX microseconds, as nanoseconds; never negative.)
+    startNanos = int(start * 1e6 + 0.5) * 1000
+    endNanos = int(end * 1e6 + 0.5) * 1000
+    return spanField(b"".join((
+        _TRACE_ID, unhexlify(line[16:48]), _SPAN_ID, unhexlify(line[49:65]), ending[0],
+        _TIMES(0x39, startNanos if startNanos > 0 else 0, 0x41, endNanos if endNanos > 0 else 0),
+        pathField, up, down, base.block.encoded, starting, ending[1], _FLAGS_ROOT,
+    )))

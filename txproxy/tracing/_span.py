@@ -368,6 +368,9 @@ class Tracer:
         #: Whether a request without trace fields gets an unrecorded span
         #: from the pool with no further decision (ratio 0, no C{randbits}).
         self._quickUnsampled = self._newSampled is False and randbits is None
+        #: Whether the pool's lines decide new traces (ratio 0 or 1, no
+        #: C{randbits}): L{quickLine}.
+        self.quickLines = self._newSampled is not None and randbits is None
         self._block = b""
         self._next = self._end = 0
         _tracers.add(self)
@@ -400,6 +403,27 @@ class Tracer:
             block = self._block
         self._next = i + LINE_SIZE
         return block[i:i + LINE_SIZE]
+
+    def quickLine(self) -> bytes:
+        """
+        The C{traceparent} line of a new trace at ratio 0 or 1 (when
+        L{quickLines}): its ids from the pool, its sampled flag set at
+        ratio 1.  A protocol may keep just this line for a request without
+        trace fields, and make its span with L{rootSpan} only if needed.
+        """
+        return self._line()
+
+    def rootSpan(self, line: bytes, start: float) -> Span:
+        """
+        The span of a new trace whose C{traceparent} line is C{line} (from
+        L{quickLine}): a L{RecordingSpan} (no name or attributes yet) when
+        its sampled flag is set, else an unrecorded L{Span}.
+        """
+        span: Any = _newRecording("", SPAN_KIND_SERVER, start) if line[67] == 49 else _new(Span)
+        span.parentId = span.traceState = None
+        span._replaces = False
+        span._field = line
+        return span  # type: ignore[no-any-return]
 
     def startSpan(
         self,
