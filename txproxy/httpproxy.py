@@ -1658,14 +1658,13 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
         and ended as any span.
         """
         factory = self.factory
-        exporter = factory.tracer.exporter
-        addEncoded = getattr(exporter, "addEncoded", None)
+        addEncoded = factory.tracer.addEncoded
         if addEncoded is not None and not reason and status < 500:
             start = self._start
             field = encodeHTTPSpan(
                 line, self._startWall, self._startWall + (factory.clock.seconds() - start if start is not None else 0.0),
                 self._head, self._h2stream is not None, self._spanBase or self._connectionSpanAttributes(),
-                self._traceRoute(), self._upstreamAddress,
+                self._route if self._request is not None else None, self._upstreamAddress,
                 factory.listener.name, self.mode, status, self._bytesUp, self._bytesDown
             )
             if field is not None:

@@ -177,7 +177,11 @@ class BatchExporter:
             self.dropped += 1
             return
         queue.append(field)
-        self._queued(queue)
+        # (_queued, in place: this runs for every recorded request.)
+        if self._timer is None and self._inFlight is None:
+            self._timer = self.clock.callLater(self.interval if len(queue) < self.batchSize else 0, self._send)
+        elif len(queue) == self.batchSize and self._inFlight is None:
+            self._timer.reset(0)
 
     def _queued(self, queue: Deque[bytes]) -> None:
         if self._timer is None and self._inFlight is None:

@@ -37,7 +37,18 @@ from binascii import unhexlify
 from typing import Any, Dict, List, Optional, Tuple
 
 from txproxy.tls import isTLSTransport
-from txproxy.tracing._otlp import _FLAGS_ROOT, _SPAN_ID, _TIMES, _TRACE_ID, _spanAttribute, attributeBlock, nameField, spanField
+from txproxy.tracing._otlp import (
+    _FLAGS_ROOT,
+    _SPAN_ID,
+    _T2_LD,
+    _TIMES,
+    _TRACE_ID,
+    _V2,
+    _spanAttribute,
+    attributeBlock,
+    nameField,
+    spanField,
+)
 from txproxy.tracing._span import SPAN_KIND_SERVER, AttributeBlock, RecordingSpan, Span, Tracer, unrecordedSpan
 
 __all__ = ["startHTTPSpan", "startStreamSpan", "endSpan", "encodeHTTPSpan", "connectionAttributes", "KNOWN_METHODS"]
@@ -516,8 +527,11 @@ def encodeHTTPSpan(
     # (POSIX microseconds, as nanoseconds; never negative.)
     startNanos = int(start * 1e6 + 0.5) * 1000
     endNanos = int(end * 1e6 + 0.5) * 1000
-    return spanField(b"".join((
+    body = b"".join((
         _TRACE_ID, unhexlify(line[16:48]), _SPAN_ID, unhexlify(line[49:65]), ending[0],
         _TIMES(0x39, startNanos if startNanos > 0 else 0, 0x41, endNanos if endNanos > 0 else 0),
         pathField, up, down, base.block.encoded, starting, ending[1], _FLAGS_ROOT,
-    )))
+    ))
+    n = len(body)
+    # (spanField, in place, for the usual size: a two-byte length.)
+    return b"".join((_T2_LD, _V2[n], body)) if 0x80 <= n < 0x4000 else spanField(body)

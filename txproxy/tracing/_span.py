@@ -356,6 +356,9 @@ class Tracer:
             place of the pool; for tests.
         """
         self.sampler = sampler = Sampler(sampleRatio)
+        #: The exporter's C{addEncoded} (an encoded span in), or L{None}
+        #: when it has none (set with L{exporter}).
+        self.addEncoded: Optional[Callable[[bytes], None]] = None
         self.exporter = exporter
         self._wall = wallClock
         self._randbits = randbits
@@ -374,6 +377,20 @@ class Tracer:
         self._block = b""
         self._next = self._end = 0
         _tracers.add(self)
+
+    @property
+    def exporter(self) -> Any:
+        """
+        What ended recorded spans go to (C{add(span)}; with
+        C{addEncoded(bytes)}, spans encoded by the HTTP core too), or
+        L{None}.
+        """
+        return self._exporter
+
+    @exporter.setter
+    def exporter(self, value: Any) -> None:
+        self._exporter = value
+        self.addEncoded = getattr(value, "addEncoded", None)
 
     def _refill(self) -> bytes:
         self._block = block = idLines(POOL_LINES, self._poolFlags)
