@@ -490,11 +490,31 @@ class IdPoolTests(SynchronousTestCase):
         """
         tracer = Tracer(0.0)
         tracer.startSpan("x")
-        block = tracer._block
+        pool = bytes(tracer._block) + bytes(tracer._buffer)
+        self.assertEqual(len(pool), POOL_LINES * LINE_SIZE)
         _forked()
         span = tracer.startSpan("x")
-        self.assertNotEqual(tracer._block, block)
-        self.assertNotIn(span.traceId, block)
+        self.assertNotIn(span.traceId, pool)
+        self.assertNotIn(span.spanId, pool)
+
+    def test_bothPoolForms(self) -> None:
+        """
+        The pool's two forms (a new block per draw, and one buffer drawn
+        into in place: each interpreter uses one) give valid, distinct
+        lines with the tracer's flags, past a draw, and the in-place one
+        keeps its buffer.
+        """
+        for ratio, flags in ((0.0, b"-00\r\n"), (1.0, b"-01\r\n")):
+            for take in (Tracer._quickLineSliced, Tracer._quickLineInPlace):
+                tracer = Tracer(ratio)
+                lines = [take(tracer) for _ in range(POOL_LINES * 2 + 3)]
+                self.assertEqual({type(line) for line in lines}, {bytes})
+                self.assertEqual(len({line[16:65] for line in lines}), len(lines))
+                for line in lines:
+                    self.assertTrue(line.startswith(b"traceparent: 00-") and line.endswith(flags), line)
+                    self.assertIsNotNone(parseTraceparent(line[13:68]))
+                if take is Tracer._quickLineInPlace:
+                    self.assertEqual(len(tracer._buffer), POOL_LINES * LINE_SIZE)
 
 
 class ParsingEquivalenceTests(SynchronousTestCase):

@@ -480,11 +480,11 @@ class H2SpanTests(TracingTestCase):
     HTTP/2 streams run the same protocol class: a span each.
     """
 
-    def test_spanPerStream(self) -> None:
+    def twoStreams(self, factory: Any) -> None:
         """
-        Two streams, two spans, each propagated upstream, HTTP version 2.
+        Two streams on one HTTP/2 connection, the first with a sampled
+        traceparent, each answered.
         """
-        factory = self.reverse()
         proto, transport = connect(factory, ("203.0.113.9", 5000))
         client = Client(proto, transport)
         client.send()
@@ -493,6 +493,13 @@ class H2SpanTests(TracingTestCase):
         respond(self.connector, 0, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
         respond(self.connector, 1, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
         client.read()
+
+    def test_spanPerStream(self) -> None:
+        """
+        Two streams, two spans, each propagated upstream, HTTP version 2.
+        """
+        factory = self.reverse()
+        self.twoStreams(factory)
         self.assertEqual(len(self.sink.spans), 2)
         byName = {s.name: s for s in self.sink.spans}
         self.assertEqual(set(byName), {"GET /api", "GET /"})
@@ -503,7 +510,6 @@ class H2SpanTests(TracingTestCase):
         self.assertIn(b"00-" + TRACE + b"-" + byName["GET /api"].spanId + b"-01", sent[0])
         self.assertEqual([r.traceId for r in self.records].count(TRACE.decode()), 1)
 
-
     def test_sampleZeroStreams(self) -> None:
         """
         At ratio 0, a stream without trace fields gets a new unsampled
@@ -512,14 +518,7 @@ class H2SpanTests(TracingTestCase):
         which has no raw head, are looked through instead.
         """
         factory = self.reverse(ratio=0.0)
-        proto, transport = connect(factory, ("203.0.113.9", 5000))
-        client = Client(proto, transport)
-        client.send()
-        client.request(b"/api/a", extra=[(b"traceparent", SAMPLED)])
-        client.request(b"/b")
-        respond(self.connector, 0, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-        respond(self.connector, 1, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-        client.read()
+        self.twoStreams(factory)
         [span] = self.sink.spans
         self.assertEqual((span.name, span.traceId), ("GET /api", TRACE))
         sent = [_header(a.transport.value(), b"traceparent") for a in self.connector.attempts]

@@ -100,7 +100,6 @@ from txproxy.limits._decision import Decision
 from txproxy.relay import Relay, RelayedProtocol, fastSender, joinRelay
 from txproxy.tls import verificationFailure
 from txproxy.tracing import connectionAttributes, encodeHTTPSpan, startHTTPSpan
-from txproxy.tracing._context import LINE_SIZE
 from txproxy.tracing._span import hasTraceFields, unrecordedSpan
 from txproxy.tracing import endSpan as _endSpan
 from txproxy.upstream import HTTPRequest, UpstreamHTTPProtocol, UpstreamPool, keepAliveLimit
@@ -1611,14 +1610,7 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
             # the upstream head as it is serialized; no Span is made unless
             # self.span is read (_spanOf).  At ratio 1 the request's span
             # is encoded from the request as it ends (_endQuick).
-            i = tracer._next
-            if i >= tracer._end:
-                block = tracer._refill()
-                i = 0
-            else:
-                block = tracer._block
-            tracer._next = i + LINE_SIZE
-            self._quickLine = self._traceField = block[i:i + LINE_SIZE]
+            self._quickLine = self._traceField = tracer.quickLine()
             if self._spanBase is None and tracer._newSampled:
                 # (While the transport can still name its peer: the span may
                 # be made as the connection closes.)

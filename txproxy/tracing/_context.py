@@ -49,6 +49,7 @@ __all__ = [
     "newSpanId",
     "Sampler",
     "idLines",
+    "fillIdLines",
     "LINE_SIZE",
 ]
 
@@ -242,10 +243,19 @@ def idLines(count: int, flags: bytes = b"00", urandom: Callable[[int], bytes] = 
 
     @param flags: the flags field, C{b"00"} or C{b"01"}.
     """
-    template = _TEMPLATE % flags
+    block = bytearray((_TEMPLATE % flags) * count)
+    fillIdLines(block, urandom)
+    return bytes(block)
+
+
+def fillIdLines(block: bytearray, urandom: Callable[[int], bytes] = os.urandom) -> None:
+    """
+    Draw new ids into C{block}, lines as L{idLines} makes them, in place
+    (their flags and the rest of each line kept).
+    """
+    count = len(block) // LINE_SIZE
     while True:
         digits = hexlify(urandom(24 * count))
-        block = bytearray(template * count)
         # Column by column: digit c of every line's trace id, then of its
         # span id.
         for column in range(32):
@@ -256,7 +266,7 @@ def idLines(count: int, flags: bytes = b"00", urandom: Callable[[int], bytes] = 
         # part of an all-zero trace id; the fixed parts have no such run):
         # drawn again, with a probability of about count * 2**-60.
         if _ZERO_RUN not in block:
-            return bytes(block)
+            return
 
 
 def _always(traceId: bytes) -> bool:

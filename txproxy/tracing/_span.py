@@ -15,15 +15,18 @@ costs no attribute and is never queued.
 from __future__ import annotations
 
 import os
+import platform
 import time
 import weakref
 from types import MappingProxyType
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from txproxy.tracing._context import (
+    _TEMPLATE,
     LINE_SIZE,
     Sampler,
     _validTraceparent,
+    fillIdLines,
     idLines,
     newSpanId,
     newTraceId,
@@ -55,6 +58,13 @@ _MASK64 = (1 << 64) - 1
 POOL_LINES = 256
 _new = object.__new__
 _ODD = frozenset(b"13579bdf")
+#: Whether the pool is one buffer drawn into in place (PyPy), rather than
+#: a new C{bytes} block per draw (CPython).  PyPy's JIT makes the slice of
+#: a block that stays the same object nearly free, and one that is
+#: replaced every 256 requests costs about 1 µs a request
+#: (C{bench/README.md}); on CPython the C{bytes} of a slice of a
+#: C{bytearray} would be one more copy.
+_IN_PLACE = platform.python_implementation() == "PyPy"
 #: Tracers whose id pools a forked child must not reuse.
 _tracers: "weakref.WeakSet[Tracer]" = weakref.WeakSet()
 
@@ -375,6 +385,8 @@ class Tracer:
         #: C{randbits}): L{quickLine}.
         self.quickLines = self._newSampled is not None and randbits is None
         self._block = b""
+        #: The pool drawn into in place (when _IN_PLACE).
+        self._buffer = bytearray()
         self._next = self._end = 0
         _tracers.add(self)
 
@@ -412,6 +424,9 @@ class Tracer:
             if not high:
                 high = int(newTraceId(randbits), 16)
             return b"traceparent: 00-%032x-%016x-%s\r\n" % (high, low, self._poolFlags)
+        return self.quickLine()
+
+    def _quickLineSliced(self) -> bytes:
         i = self._next
         if i >= self._end:
             block = self._refill()
@@ -421,14 +436,28 @@ class Tracer:
         self._next = i + LINE_SIZE
         return block[i:i + LINE_SIZE]
 
-    def quickLine(self) -> bytes:
+    def _quickLineInPlace(self) -> bytes:
+        i = self._next
+        buffer = self._buffer
+        if i >= self._end:
+            if not buffer:
+                buffer = self._buffer = bytearray((_TEMPLATE % self._poolFlags) * POOL_LINES)
+            fillIdLines(buffer)
+            self._end = len(buffer)
+            i = 0
+        self._next = i + LINE_SIZE
+        return bytes(buffer[i:i + LINE_SIZE])
+
+    _quickLineSliced.__doc__ = _quickLineInPlace.__doc__ = """
+        The next C{traceparent} line of the pool (one slice): a new trace,
+        its sampled flag set at ratio 1.  When L{quickLines} (ratio 0 or 1,
+        no C{randbits}) that line decides the trace, so a protocol may keep
+        just the line for a request without trace fields, and make its span
+        with L{rootSpan} only if needed.  (One of two forms, by
+        interpreter: see C{_IN_PLACE}.)
         """
-        The C{traceparent} line of a new trace at ratio 0 or 1 (when
-        L{quickLines}): its ids from the pool, its sampled flag set at
-        ratio 1.  A protocol may keep just this line for a request without
-        trace fields, and make its span with L{rootSpan} only if needed.
-        """
-        return self._line()
+
+    quickLine = _quickLineInPlace if _IN_PLACE else _quickLineSliced
 
     def rootSpan(self, line: bytes, start: float) -> Span:
         """
@@ -493,39 +522,13 @@ class Tracer:
     def startRequest(self, headers: Sequence[Tuple[bytes, bytes]], start: float, scan: bool) -> Span:
         """
         C{startSpan("", headers, SPAN_KIND_SERVER, start, scan)}, with the
-        common case (no trace fields to look for, ratio 0 or 1) in one
-        step: the HTTP core calls this for every request.
+        common case (no trace fields to look for, ratio 0 or 1) in fewer
+        steps.
         """
         sampled = self._newSampled
         if scan or sampled is None or self._randbits is not None:
             return self.startSpan("", headers, SPAN_KIND_SERVER, start, scan)
-        i = self._next
-        if i >= self._end:
-            block = self._refill()
-            i = 0
-        else:
-            block = self._block
-        self._next = i + LINE_SIZE
-        line = block[i:i + LINE_SIZE]
-        span: Any
-        if sampled:
-            # (_newRecording, in place.)
-            span = _new(RecordingSpan)
-            span.name = ""
-            span.kind = SPAN_KIND_SERVER
-            span.start = start
-            span.end = None
-            span._attrs = {}
-            span._blocks = None
-            span._events = None
-            span.statusCode = STATUS_UNSET
-            span.statusMessage = ""
-        else:
-            span = _new(Span)
-        span.parentId = span.traceState = None
-        span._replaces = False
-        span._field = line
-        return span  # type: ignore[no-any-return]
+        return self.rootSpan(self.quickLine(), start)
 
     def _new(self, line: bytes, name: str, kind: int, start: Optional[float], replaces: bool) -> Span:
         """
