@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import random
 import shutil
 import signal
 import socket
@@ -17,7 +18,7 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Set, Tuple
 
 import txproxy
 
@@ -39,15 +40,37 @@ def childPythonPath(existing: str = "") -> str:
     return os.pathsep.join(parts + ([existing] if existing else []))
 
 
+#: Where L{freePort} picks: below Linux's ephemeral range (32768-60999 by
+#: default), which the kernel hands out to every outgoing connection's
+#: source port and every bind to port 0, so a port picked there could be
+#: taken by a client socket before the process meant to listen on it does
+#: (a rare C{cannot listen} failure under C{trial -j2}).
+_PORTS = range(20000, 32000)
+#: Ports this process handed out already (never twice).
+_given: Set[int] = set()
+_random = random.Random()
+
+
 def freePort(host: str = "127.0.0.1") -> int:
     """
-    A TCP port nobody is listening on right now.
+    A TCP port nobody is listening on right now, outside the ephemeral
+    range, not handed out before by this process.
     """
-    s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-    s.bind((host, 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    for _ in range(1000):
+        port = _random.choice(_PORTS)
+        if port in _given:
+            continue
+        s = socket.socket(family)
+        try:
+            s.bind((host, port))
+        except OSError:
+            continue
+        finally:
+            s.close()
+        _given.add(port)
+        return port
+    raise RuntimeError(f"no free port in {_PORTS}")
 
 
 def twistdPath() -> str:

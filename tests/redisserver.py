@@ -25,6 +25,8 @@ import tempfile
 import time
 from typing import Any, List, Optional
 
+from tests.procs import freePort
+
 __all__ = ["RedisServer", "RedisServerError", "findRedisServer"]
 
 
@@ -48,15 +50,6 @@ def findRedisServer() -> str:
         "redis-server not found (looked at $TXPROXY_REDIS_SERVER, PATH and /usr/bin): "
         "install it (apt-get install redis-server); these tests are never skipped"
     )
-
-
-def _freePort() -> int:
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-    finally:
-        s.close()
 
 
 def _encode(args: List[Any]) -> bytes:
@@ -128,7 +121,7 @@ class RedisServer:
     def __init__(self) -> None:
         self.binary = findRedisServer()
         self.directory = tempfile.mkdtemp(prefix="txproxy-redis-")
-        self.port = _freePort()
+        self.port = freePort()
         self._process: Optional[subprocess.Popen] = None  # type: ignore[type-arg]
 
     @property
@@ -180,7 +173,7 @@ class RedisServer:
                 time.sleep(0.01)
             self._reap(signal.SIGKILL)
             if attempt == 0 and self._logSays("Address already in use"):
-                self.port = _freePort()
+                self.port = freePort()
         raise RedisServerError(
             f"redis-server did not start on 127.0.0.1:{self.port} ({last}); log:\n{self._log()}"
         )
