@@ -9,7 +9,9 @@ worker answering 12 bytes.  For each interpreter given (--cpython PATH,
 afresh for every measurement (``--processes shared`` keeps one process
 per variant for all rounds instead, which measures those processes more
 than the variants: two processes of the same code differ by up to about
-10% for their whole life):
+10% for their whole life; ``--processes toggle`` runs one process per
+interpreter and switches its tracer between wrk runs, through
+bench/tracing_toggle.py, so the variants share one process's speed):
 
   off       no --trace-otlp
   sample0   --trace-otlp (local receiver) --trace-sample 0: every request
@@ -94,6 +96,7 @@ import argparse
 import gc
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -414,7 +417,28 @@ def real(args: argparse.Namespace) -> int:
             B.start_and_wait(server, port)
             return server, port
 
+        toggled: Dict[str, Any] = {}
         for label, python in interpreters:
+            if args.processes == "toggle":
+                # One process per interpreter; the variant is switched
+                # between wrk runs (bench/tracing_toggle.py).
+                control = os.path.join(tmp, f"{label}.variant")
+                with open(control, "w") as f:
+                    f.write("sample1")
+                port = B.free_port()
+                argv = [python, os.path.join(B.REPO, "bench", "tracing_toggle.py"), control] + H.twistd(python)[1:]
+                argv += ["--mode", "reverse", "--listen", f"tcp:{port}:interface=127.0.0.1:backlog=1024",
+                         "--route", f"*=http://127.0.0.1:{originPort}", "--trace-otlp", url, "--trace-sample", "1"]
+                server = B.Server(f"{label}-toggle", argv, B.PROXY_CPU, tmp, env=dict(os.environ, PYTHONPATH=B.REPO),
+                                  cwd=B.REPO)
+                servers.append(server)
+                B.start_and_wait(server, port)
+                H.wrk(f"http://127.0.0.1:{port}/", args.warmup * (3 if label == "pypy" else 1), host="app.test")
+                for variant in ("off", "sample0", "sample1"):
+                    name = f"{label}-{variant}"
+                    toggled[name] = (control, variant)
+                    running.append((name, server, port, label))
+                continue
             for variant, extra in (("off", []), ("sample0", ["--trace-otlp", url, "--trace-sample", "0"]),
                                    ("sample1", ["--trace-otlp", url, "--trace-sample", "1"])):
                 name = f"{label}-{variant}"
@@ -424,7 +448,7 @@ def real(args: argparse.Namespace) -> int:
                 else:
                     server, port = start(name, python, extra)
                     running.append((name, server, port, label))
-        if args.processes != "fresh":
+        if args.processes == "shared":
             for _name, _server, port, label in running:
                 H.wrk(f"http://127.0.0.1:{port}/", args.warmup * (3 if label == "pypy" else 1), host="app.test")
 
@@ -442,6 +466,20 @@ def real(args: argparse.Namespace) -> int:
                     server.stop()
                     servers.remove(server)
                 return
+            if name in toggled:
+                control, variant = toggled[name]
+                with open(control, "w") as f:
+                    f.write(variant)
+                os.kill(server.pid, signal.SIGUSR1)
+                deadline = time.monotonic() + 10
+                while time.monotonic() < deadline:
+                    if os.path.exists(control + ".applied") and open(control + ".applied").read() == variant:
+                        break
+                    time.sleep(0.05)
+                else:
+                    raise RuntimeError(f"{name}: the proxy did not switch its tracer")
+                # (Warm the variant's path again: PyPy compiles it afresh.)
+                H.wrk(f"http://127.0.0.1:{port}/", 1.0 * (3 if label == "pypy" else 1), host="app.test")
             measureOn(name, server, port)
 
         def measureOn(name: str, server: Any, port: int) -> None:
@@ -590,10 +628,11 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--processes", choices=("fresh", "shared"), default="fresh",
+    parser.add_argument("--processes", choices=("fresh", "shared", "toggle"), default="fresh",
                         help="real mode: start each variant's proxy afresh for every measurement (default), or "
                              "keep one process per variant for all rounds (a process keeps a speed of its own, "
-                             "up to about +-10%%: see bench/README.md, ab_reverse.sh)")
+                             "up to about +-10%%: see bench/README.md, ab_reverse.sh), or one process per "
+                             "interpreter whose tracer is switched between wrk runs (toggle: bench/tracing_toggle.py)")
     parser.add_argument("--wait-quiet", type=float, default=10.0)
     parser.add_argument("--python-receiver", action="store_true",
                         help="collect with a Python http.server that counts batches and bytes (it shares "
