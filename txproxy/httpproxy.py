@@ -100,7 +100,7 @@ from txproxy.limits._decision import Decision
 from txproxy.relay import Relay, RelayedProtocol, fastSender, joinRelay
 from txproxy.tls import verificationFailure
 from txproxy.tracing import connectionAttributes, encodeHTTPSpan, startHTTPSpan
-from txproxy.tracing._span import hasTraceFields, unrecordedSpan
+from txproxy.tracing._span import hasTraceFields
 from txproxy.tracing import endSpan as _endSpan
 from txproxy.upstream import HTTPRequest, UpstreamHTTPProtocol, UpstreamPool, keepAliveLimit
 
@@ -224,9 +224,10 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
     #: The request's span, once made (L{span} makes an unrecorded one from
     #: L{_quickLine} when asked).
     _span: Any = None
-    #: The C{traceparent} line of an unrecorded span not made yet: at
-    #: C{--trace-sample 0}, a request without trace fields gets only its
-    #: line (L{_startSpan}).
+    #: The C{traceparent} line of a span not made yet: at
+    #: C{--trace-sample 0} or C{1}, a request without trace fields gets only
+    #: its line (L{_startSpan}); its sampled flag says whether it is
+    #: recorded.
     _quickLine: Optional[bytes] = None
 
     # No class default: CPython 3.11's attribute specialization gives up on
@@ -1636,8 +1637,6 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
         so far (L{_startSpan}): unrecorded, or recorded with its start
         attributes.
         """
-        if line[67] != 49:
-            return unrecordedSpan(line)
         base = self._spanBase or self._connectionSpanAttributes()
         return startHTTPSpan(self.factory.tracer, self._head, self.client, self.transport, self._h2stream is not None,
                              self._startWall, None, base, line)

@@ -49,7 +49,7 @@ from txproxy.tracing._otlp import (
     nameField,
     spanField,
 )
-from txproxy.tracing._span import SPAN_KIND_SERVER, AttributeBlock, RecordingSpan, Span, Tracer, unrecordedSpan
+from txproxy.tracing._span import SPAN_KIND_SERVER, AttributeBlock, RecordingSpan, Span, Tracer
 
 __all__ = ["startHTTPSpan", "startStreamSpan", "endSpan", "encodeHTTPSpan", "connectionAttributes", "KNOWN_METHODS"]
 
@@ -184,19 +184,13 @@ def startHTTPSpan(tracer: Tracer, head: Any, client: Any, transport: Any, h2: bo
     """
     if line is not None:
         span = tracer.rootSpan(line, start)
-        if not span.sampled:
-            return span
-    # (find, not "in": bytes.__contains__ first tries its argument as an
-    # int, and formats a TypeError to throw away, ~1.5k instructions.)
     else:
+        # (find, not "in": bytes.__contains__ first tries its argument as an
+        # int, and formats a TypeError to throw away, ~1.5k instructions.)
         scan = raw is None or raw.lower().find(b"trace") >= 0
-        if not scan and tracer._quickUnsampled:
-            # Sample 0, no trace fields: the span of a new trace, not
-            # recorded.
-            return unrecordedSpan(tracer._line())
         span = tracer.startRequest(head.headers, start, scan)
-        if not span.sampled:
-            return span
+    if not span.sampled:
+        return span
     assert isinstance(span, RecordingSpan)
     if base is None:
         base = connectionAttributes(client, transport, True)

@@ -33,7 +33,16 @@ from txproxy.tracing._context import (
     parseTracestate,
 )
 
-__all__ = ["AttributeBlock", "Span", "RecordingSpan", "Tracer", "unrecordedSpan", "hasTraceFields", "SPAN_KIND_SERVER", "SPAN_KIND_CLIENT", "STATUS_ERROR"]
+__all__ = [
+    "AttributeBlock",
+    "Span",
+    "RecordingSpan",
+    "Tracer",
+    "hasTraceFields",
+    "SPAN_KIND_SERVER",
+    "SPAN_KIND_CLIENT",
+    "STATUS_ERROR",
+]
 
 #: OpenTelemetry's SpanKind values (as OTLP numbers them).
 SPAN_KIND_INTERNAL = 1
@@ -378,9 +387,6 @@ class Tracer:
         self._newSampled: Optional[bool] = True if bound >= 2**64 else False if bound <= 0 else None
         # The pool's lines carry the flag most new traces get.
         self._poolFlags = b"01" if self._newSampled else b"00"
-        #: Whether a request without trace fields gets an unrecorded span
-        #: from the pool with no further decision (ratio 0, no C{randbits}).
-        self._quickUnsampled = self._newSampled is False and randbits is None
         #: Whether the pool's lines decide new traces (ratio 0 or 1, no
         #: C{randbits}): L{quickLine}.
         self.quickLines = self._newSampled is not None and randbits is None
@@ -595,18 +601,6 @@ def hasTraceFields(headers: Sequence[Tuple[bytes, bytes]]) -> bool:
         if len(field) in _TRACE_SIZES and field.lower() in _TRACE_FIELDS:
             return True
     return False
-
-
-def unrecordedSpan(line: bytes) -> Span:
-    """
-    The unrecorded L{Span} of a new trace whose C{traceparent} header line
-    (L{LINE_SIZE} bytes, from a tracer's pool) is C{line}.
-    """
-    span = _new(Span)
-    span.parentId = span.traceState = None
-    span._replaces = False
-    span._field = line
-    return span
 
 
 def _newRecording(name: str, kind: int, start: float) -> Any:
