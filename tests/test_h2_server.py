@@ -32,7 +32,9 @@ from h2.exceptions import ProtocolError
 from h2.settings import SettingCodes
 from h2.stream import H2Stream as LibStream
 from hyperframe.frame import ContinuationFrame, ExtensionFrame, Frame, HeadersFrame
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.refcycles import assertFreed, collectorOff
@@ -939,6 +941,32 @@ class LifecycleTests(H2TestCase):
         self.assertFalse(client.transport.closed)
         self.assertEqual(client.proto._h2conn.streams, {})
 
+    def test_streamTimersShareOneCall(self) -> None:
+        """
+        The timers of a connection's streams are one call on the clock
+        (L{txproxy._timers.TimerGroup}), however many streams wait; each
+        still fires at its time, and the call goes with the connection.
+        """
+        client = self.open(self.reverse(response_timeout="5"))
+        client.request(b"/0")
+        self.connector.attempts[0].succeed()
+        calls = len(self.clock.getDelayedCalls())
+        self.clock.advance(1)
+        later = [client.request(b"/%d" % (n,)) for n in range(1, 6)]
+        for attempt in self.connector.attempts[1:]:
+            attempt.succeed()
+        self.assertEqual(len(self.clock.getDelayedCalls()), calls)
+        self.assertEqual(len(client.proto._h2conn.timers), 6)
+        self.clock.advance(4)
+        client.read()
+        self.assertEqual([sid for sid in later if sid in client.heads], [])
+        self.clock.advance(1)
+        client.read()
+        self.assertEqual([client.status(sid) for sid in later], [504] * 5)
+        group = client.proto._h2conn.timers
+        client.proto.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual((len(group), group._call), (0, None))
+
     def test_drainSendsGoawayAndLetsStreamsFinish(self) -> None:
         factory = self.reverse()
         client = self.open(factory)
@@ -1133,6 +1161,93 @@ class ForwardTests(H2TestCase):
         client.h2.end_stream(sid)
         client.send()
         self.assertTrue(upstream.writeClosed)
+
+
+class WholeResponseTests(H2TestCase):
+    """
+    L{H2Stream.writeWholeResponse} (a whole response, the protocol's
+    common path) sends what L{H2Stream.writeResponse} sends for the same
+    response through the message reader: the same bytes, the same stream
+    state, the same frames after the client's window opens.
+    """
+
+    def _serve(self, method: bytes, status: int, fields: List[Tuple[bytes, bytes]], body: bytes, whole: bool,
+             interim: bool = False) -> Any:
+        from txproxy.http import ResponseHead
+
+        client = self.open()
+        sid = client.request(b"/", method=method)
+        client.read()
+        stream = client.proto._h2conn.streams[sid]
+        if interim:
+            stream.write(b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n")
+        if whole:
+            stream.writeWholeResponse(status, b"Reason", list(fields), body)
+        else:
+            stream.writeResponse(ResponseHead(b"HTTP/1.1", status, b"Reason", tuple(fields)), body)
+        first = client.transport.value()
+        state = (stream.headSent, stream.responseEnded, stream.queued, stream.endQueued, stream.closed,
+                 stream.producerPaused)
+        later = []
+        for _ in range(8):
+            client.read()  # acknowledges the DATA: the windows open
+            later.append(client.transport.value())
+        return (first, state, later, client.heads.get(sid), client.interim.get(sid), client.bodies.get(sid),
+                sid in client.ended, client.resets.get(sid))
+
+    def assertSame(self, method: bytes, status: int, fields: List[Tuple[bytes, bytes]], body: bytes,
+                   interim: bool = False) -> Any:
+        whole = self._serve(method, status, fields, body, True, interim)
+        read = self._serve(method, status, fields, body, False, interim)
+        self.assertEqual(whole, read, (method, status, fields, len(body)))
+        return whole
+
+    def test_sameAsReader(self) -> None:
+        """
+        Bodies in one frame, in two, and over the stream's window; no body;
+        answers that have none whatever they announce (C{204}, C{304},
+        C{HEAD}); after an interim response.
+        """
+        def length(n: int) -> List[Tuple[bytes, bytes]]:
+            return [(b"Content-Type", b"text/plain"), (b"Content-Length", b"%d" % n), (b"Via", b"1.1 txproxy")]
+
+        for size in (2, 0, 16384, 20000, 65535, 70000, 200000):
+            body = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+            result = self.assertSame(b"GET", 200, length(size), body)
+            self.assertEqual((result[5] or b"", result[6]), (body, True))
+        self.assertSame(b"GET", 404, length(9), b"not found")
+        self.assertSame(b"POST", 201, length(2), b"ok")
+        self.assertSame(b"GET", 204, [(b"Server", b"x")], b"")
+        self.assertSame(b"GET", 304, [(b"ETag", b'"a"'), (b"Content-Length", b"9")], b"")
+        self.assertSame(b"HEAD", 200, length(9), b"")
+        result = self.assertSame(b"GET", 200, length(2), b"ok", interim=True)
+        self.assertEqual(result[4], [[(b":status", b"103"), (b"link", b"</a>")]])
+
+    def test_commonPathReadsNothing(self) -> None:
+        """
+        The protocol hands a response with its whole body to
+        C{writeWholeResponse}, which makes no message reader; a chunked one
+        goes through the reader.
+        """
+        from txproxy.h2 import _server
+
+        made: List[Any] = []
+        real = _server.MessageReader
+
+        def counting(*args: Any) -> Any:
+            made.append(args)
+            return real(*args)
+
+        self.patch(_server, "MessageReader", counting)
+        client = self.open()
+        sid = client.request(b"/")
+        respond(self.connector, 0, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        client.read()
+        self.assertEqual((client.status(sid), client.bodies[sid], sid in client.ended, made), (200, b"ok", True, []))
+        sid = client.request(b"/")
+        respond(self.connector, 0, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n")
+        client.read()
+        self.assertEqual((client.status(sid), client.bodies[sid], sid in client.ended, len(made)), (200, b"ok", True, 1))
 
 
 class FramingTests(SynchronousTestCase):

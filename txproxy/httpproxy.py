@@ -283,6 +283,9 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
     _h2conn: Optional[H2ServerConnection] = None
     #: On the protocol serving one HTTP/2 stream: that stream (its transport).
     _h2stream: Any = None
+    #: On the protocol serving one HTTP/2 stream: its connection's
+    #: L{txproxy._timers.TimerGroup}, which runs this protocol's timer.
+    _timerGroup: Any = None
     #: Whether an HTTP/2 stream may hand this class its request head as a
     #: value (L{_streamRequest}): unless C{dataReceived} is overridden,
     #: which then sees the request as HTTP/1.1 bytes.
@@ -467,7 +470,10 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
     def connectionMade(self) -> None:
         stream = self._h2stream
         if stream is not None:
-            self._streamMade(stream.conn.owner)
+            conn = stream.conn
+            self._timerGroup = conn.timers
+            self._toClient = stream.write
+            self._streamMade(conn.owner)
             return
         self.client = clientInfoFor(self.transport)
         # Set on the instance only when true: every instance attribute
@@ -587,7 +593,11 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
                 return
             except (error.AlreadyCalled, error.AlreadyCancelled):
                 pass
-        self._timer = self.factory.clock.callLater(seconds, self._timedOut)
+        group = self._timerGroup
+        if group is None:
+            self._timer = self.factory.clock.callLater(seconds, self._timedOut)
+        else:
+            self._timer = group.callLater(seconds, self._timedOut)
 
     def _cancelTimer(self) -> None:
         self._timerKind = ""
@@ -1131,9 +1141,13 @@ class HTTPProxyProtocol(HTTPPolicy, Protocol):
             out = _serializeHead(b"HTTP/1.1 %d %s\r\n" % (resp.status, resp.reason), headers)
         else:
             # An HTTP/2 stream takes the head as a value (no HTTP/1.1 head
-            # written and parsed again).
-            self._h2stream.writeResponse(ResponseHead(_HTTP11, resp.status, resp.reason, headers), body)
+            # written and parsed again), and a whole body of known length
+            # (the usual answer) with it, as frames at once.
             out = b""
+            if kind == "length" and not action.chunked and len(body) == framing.length:
+                self._h2stream.writeWholeResponse(resp.status, resp.reason, headers, body)
+            else:
+                self._h2stream.writeResponse(ResponseHead(_HTTP11, resp.status, resp.reason, headers), body)
         if out:
             if body and not ex.observeResponse:
                 self._toClient(out + body)

@@ -269,6 +269,29 @@ def h2ResponseHeaders(head: ResponseHead) -> HeaderList:
     return out
 
 
+#: The last response field list translated by L{h2ResponseFields}: a copy
+#: of it, its status and header list.
+_lastFields: List[Any] = [None, 0, None]
+
+
+def h2ResponseFields(status: int, fields: List[Header]) -> HeaderList:
+    """
+    L{h2ResponseHeaders} of a head given as its status and a list of valid
+    fields (what the proxy made for the client), without a
+    L{ResponseHead} made of them.
+
+    @return: the header list.  A list equal to the previous call's, with
+        the same status, gets the same header list: callers must not
+        change it.
+    """
+    last = _lastFields
+    if last[1] == status and last[0] == fields:
+        return last[2]  # type: ignore[no-any-return]
+    out = _convertFields(fields, _RESPONSE_SPECIAL, [(b":status", b"%d" % (status,))])
+    last[0], last[1], last[2] = list(fields), status, out
+    return out
+
+
 def h2Trailers(fields: Iterable[Header]) -> HeaderList:
     """
     The HTTP/2 form of the trailer fields of a chunked HTTP/1.1 body: names

@@ -66,6 +66,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txproxy._loop import afterEventsOf
+from txproxy._timers import TimerGroup
 from txproxy.h2._hpack import cachingCodecs
 from txproxy.h2._translate import (
     Data,
@@ -75,10 +76,11 @@ from txproxy.h2._translate import (
     StreamError,
     Trailers,
     chunk,
+    h2ResponseFields,
     lastChunk,
     requestFromH2,
 )
-from txproxy.http import RequestHead
+from txproxy.http import RequestHead, ResponseHead
 from txproxy.relay import fastSender
 
 __all__ = ["PREFACE", "FloodGuard", "H2ServerConnection", "H2Stream"]
@@ -476,6 +478,9 @@ class H2ServerConnection:
         self.closed = False
         self.goingAway = False
         self._timer: Any = None
+        #: The timers of the protocols serving this connection's streams:
+        #: one clock call for all of them (L{txproxy._timers}).
+        self.timers = TimerGroup(self.clock)
         self._idleSince = 0.0
         self._flushing = False
         #: The last C{:authority} (or C{Host}) a request's passed
@@ -691,6 +696,7 @@ class H2ServerConnection:
         streams, self.streams = self.streams, {}
         for stream in streams.values():
             stream.connectionLost(reason)
+        self.timers.stop()
 
     # -- the idle timer: runs while no stream is open
 
@@ -854,8 +860,21 @@ class H2Stream:
         self.endQueued = False
         self.trailersQueued: Optional[List[Tuple[bytes, bytes]]] = None
         self.received = 0
-        self.reader = MessageReader(True, request.method, conn.maxHeadSize)
         self.protocol: Any = None
+
+    _reader: Optional[MessageReader] = None
+
+    @property
+    def reader(self) -> MessageReader:
+        """
+        The reader of the response the protocol writes as bytes, made when
+        first needed (a whole response given to L{writeWholeResponse}
+        needs none).
+        """
+        reader = self._reader
+        if reader is None:
+            reader = self._reader = MessageReader(True, self.request.method, self.conn.maxHeadSize)
+        return reader
 
     # -- the protocol
 
@@ -983,6 +1002,52 @@ class H2Stream:
             self._unreadable(e)
             return
         self._sendEvents(events)
+
+    def writeWholeResponse(self, status: int, reason: bytes, fields: List[Tuple[bytes, bytes]], body: bytes) -> None:
+        """
+        Take a whole response: its status and fields (valid, with one
+        C{Content-Length} that is C{len(body)}: what the protocol made for
+        the client) and all of its body.  As L{writeResponse}, but when the
+        stream has written nothing yet and the answer has the body it
+        announces (not C{1xx}, C{204}, C{304}, or an answer to C{HEAD} or
+        C{CONNECT}), it goes out as one C{HEADERS} and one C{DATA} frame
+        (as the windows allow) without the message reader's events: the
+        protocol's common path.  C{tests.test_h2_server.WholeResponseTests}
+        compares the two.
+        """
+        if self.closed or self.responseEnded:
+            return
+        method = self.request.method
+        if (
+            self._reader is not None
+            or status < 200
+            or status == 204
+            or status == 304
+            or method == b"HEAD"
+            or method == b"CONNECT"
+        ):
+            self.writeResponse(ResponseHead(b"HTTP/1.1", status, reason, fields), body)
+            return
+        conn = self.conn
+        end = not body
+        try:
+            conn.h2.send_headers(self.streamID, h2ResponseFields(status, fields), end_stream=end)
+        except (ProtocolError, StreamClosedError) as e:
+            self._resetStream(ErrorCodes.INTERNAL_ERROR, Failure(error.ConnectionLost(str(e))))
+            return
+        self.headSent = True
+        if end or not self._sendNow(body, True):
+            self._responseDone()
+        else:
+            # A window is short: the rest waits in the queue, and the end
+            # after it (as _sendEvents queues a body's last DATA).
+            rest = self._rest
+            self.queue.append(rest)
+            self.queued += len(rest)
+            self._checkHigh()
+            self.endQueued = True
+            self._drain()
+        conn.flush()
 
     def _unreadable(self, e: StreamError) -> None:
         log.warn("HTTP/2 stream {stream}: unreadable response: {reason}", stream=self.streamID, reason=e.reason)
