@@ -59,6 +59,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txproxy.h2._hpack import cachingCodecs
+from txproxy.h2._settings import CompactSettings
 from txproxy.h2._stream import CONNECTION_DONE, SEND_BUFFER, H2StreamTransport, codeName
 from txproxy.http import HTTPError
 from txproxy.tls import verificationFailure
@@ -91,6 +92,12 @@ class _GracefulH2Connection(H2Connection):
     not.  The C{GOAWAY} is still reported (C{ConnectionTerminated}) and
     L{H2ClientConnection} opens no stream after it.
     """
+
+    def __init__(self, config: Any = None) -> None:
+        super().__init__(config=config)
+        # The same settings without a deque per setting (txproxy.h2._settings).
+        self.local_settings = CompactSettings(client=self.config.client_side, initial_values=dict(self.local_settings))
+        self.remote_settings = CompactSettings(client=not self.config.client_side)
 
     def _receive_goaway_frame(self, frame: Any) -> Any:
         wasOpen = self.state_machine.state is ConnectionState.CLIENT_OPEN

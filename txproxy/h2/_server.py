@@ -54,7 +54,7 @@ from h2.events import (
     WindowUpdated,
 )
 from h2.exceptions import FlowControlError, ProtocolError, StreamClosedError, TooManyStreamsError
-from h2.settings import SettingCodes, Settings
+from h2.settings import SettingCodes
 from h2.stream import H2Stream as _LibStream
 from h2.stream import StreamInputs
 from h2.utilities import is_informational_response
@@ -68,6 +68,7 @@ from zope.interface import implementer
 from txproxy._loop import afterEventsOf
 from txproxy._timers import TimerGroup
 from txproxy.h2._hpack import cachingCodecs
+from txproxy.h2._settings import CompactSettings
 from txproxy.h2._translate import (
     Data,
     End,
@@ -138,7 +139,7 @@ _quietHPACK()
 _UNLIMITED = 2**31 - 1
 
 
-class _AdvertisedSettings(Settings):
+class _AdvertisedSettings(CompactSettings):
     """
     Our local settings, as C{h2} sends them, except that C{h2} must not
     enforce C{MAX_CONCURRENT_STREAMS} itself: it would make the stream over
@@ -284,6 +285,8 @@ class _Connection(H2Connection):
 
     def __init__(self, config: Any = None) -> None:
         super().__init__(config=config)
+        # (Made afresh, as h2 made it: nothing has been received yet.)
+        self.remote_settings = CompactSettings(client=not self.config.client_side)
         cachingCodecs(self)
         self._ownFrames = not (self.config.validate_outbound_headers or self.config.normalize_outbound_headers)
 
@@ -478,9 +481,6 @@ class H2ServerConnection:
         self.closed = False
         self.goingAway = False
         self._timer: Any = None
-        #: The timers of the protocols serving this connection's streams:
-        #: one clock call for all of them (L{txproxy._timers}).
-        self.timers = TimerGroup(self.clock)
         self._idleSince = 0.0
         self._flushing = False
         #: The last C{:authority} (or C{Host}) a request's passed
@@ -587,6 +587,20 @@ class H2ServerConnection:
                 self._flushing = True
                 return
             self.flushNow()
+
+    _timers: Optional[TimerGroup] = None
+
+    @property
+    def timers(self) -> TimerGroup:
+        """
+        The timers of the protocols serving this connection's streams: one
+        clock call for all of them (L{txproxy._timers}), made with the first
+        stream (an idle connection keeps no group).
+        """
+        timers = self._timers
+        if timers is None:
+            timers = self._timers = TimerGroup(self.clock)
+        return timers
 
     _peer: Any = None
 
@@ -696,7 +710,8 @@ class H2ServerConnection:
         streams, self.streams = self.streams, {}
         for stream in streams.values():
             stream.connectionLost(reason)
-        self.timers.stop()
+        if self._timers is not None:
+            self._timers.stop()
 
     # -- the idle timer: runs while no stream is open
 
