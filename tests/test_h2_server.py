@@ -1591,6 +1591,34 @@ class InternalsTests(SynchronousTestCase):
         self.assertEqual(hpack.Decoder().decode(encoder.encode([(b"a", b"b")]), raw=True), [(b"a", b"b")])
 
 
+    def test_openConnectionInputsChangeNothing(self) -> None:
+        """
+        L{txproxy.h2._server._Connection} skips the connection state
+        machine for RECV_HEADERS, SEND_HEADERS and SEND_DATA in
+        C{SERVER_OPEN}: in C{h2}'s table each leads back there, with no
+        event; in every other state the machine is asked, and an input it
+        refuses is still refused.
+        """
+        from h2.connection import ConnectionInputs, ConnectionState, H2ConnectionStateMachine
+
+        from txproxy.h2._server import _OPEN
+
+        self.assertIs(_OPEN, ConnectionState.SERVER_OPEN)
+        for input_ in (ConnectionInputs.RECV_HEADERS, ConnectionInputs.SEND_HEADERS, ConnectionInputs.SEND_DATA):
+            self.assertEqual(H2ConnectionStateMachine._transitions[(_OPEN, input_)], (None, _OPEN))
+        server = _Connection(H2Configuration(**SERVER_CONFIG))
+        client = H2Connection(H2Configuration(client_side=True, header_encoding=None))
+        client.initiate_connection()
+        client.send_headers(1, [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"a"),
+                                (b":path", b"/")], end_stream=True)
+        server.initiate_connection()
+        server.receive_data(client.data_to_send())
+        self.assertIn(1, server.streams)
+        server.close_connection()
+        self.assertIs(server.state_machine.state, ConnectionState.CLOSED)
+        self.assertRaises(ProtocolError, server.send_headers, 1, [(b":status", b"200")])
+        self.assertRaises(ProtocolError, server.send_data, 1, b"x")
+
     def test_streamSendHeadersInternals(self) -> None:
         """
         L{txproxy.h2._server._LenientStream.send_headers} rewrites C{h2}'s

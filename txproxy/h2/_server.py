@@ -39,7 +39,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import hpack.hpack
 import hpack.table
 from h2.config import H2Configuration
-from h2.connection import AllowedStreamIDs, ConnectionInputs, H2Connection, _decode_headers
+from h2.connection import AllowedStreamIDs, ConnectionInputs, ConnectionState, H2Connection, _decode_headers
 from h2.errors import ErrorCodes
 from h2.events import (
     ConnectionTerminated,
@@ -53,7 +53,13 @@ from h2.events import (
     TrailersReceived,
     WindowUpdated,
 )
-from h2.exceptions import FlowControlError, ProtocolError, StreamClosedError, TooManyStreamsError
+from h2.exceptions import (
+    FlowControlError,
+    ProtocolError,
+    StreamClosedError,
+    StreamIDTooLowError,
+    TooManyStreamsError,
+)
 from h2.settings import SettingCodes
 from h2.stream import H2Stream as _LibStream
 from h2.stream import StreamInputs
@@ -267,6 +273,13 @@ _DATA, _HEADERS, _CONTINUATION = 0x0, 0x1, 0x9
 _END_STREAM, _END_HEADERS = 0x1, 0x4
 
 
+#: The state of a server connection's state machine after the prefaces:
+#: there, C{h2}'s transitions for RECV_HEADERS, SEND_HEADERS and SEND_DATA
+#: lead back to it with no event (4.3 and 4.4 alike;
+#: tests.test_h2_server.InternalsTests checks the table).
+_OPEN = ConnectionState.SERVER_OPEN
+
+
 def _frame(kind: int, flags: int, streamID: int, payload: bytes) -> bytes:
     n = len(payload)
     return _FRAME_HEAD.pack(n >> 16, n & 0xFFFF, kind, flags, streamID) + payload
@@ -347,7 +360,10 @@ class _Connection(H2Connection):
             if count + 1 > limit:
                 raise TooManyStreamsError(f"Max inbound streams is {limit}, {count} open")
         headers = _decode_headers(self.decoder, block)
-        events: List[Any] = self.state_machine.process_input(ConnectionInputs.RECV_HEADERS)
+        machine = self.state_machine
+        # (In SERVER_OPEN, RECV_HEADERS, SEND_HEADERS and SEND_DATA change
+        # nothing and give no event: the lookup is skipped, see _OPEN.)
+        events: List[Any] = [] if machine.state is _OPEN else machine.process_input(ConnectionInputs.RECV_HEADERS)
         stream = self._begin_new_stream(sid, AllowedStreamIDs.ODD)
         frames, streamEvents = stream.receive_headers(headers, endStream, self.config.header_encoding)
         self._prepare_for_sending(frames)
@@ -372,7 +388,9 @@ class _Connection(H2Connection):
         ):
             super().send_headers(stream_id, headers, end_stream, priority_weight, priority_depends_on, priority_exclusive)
             return
-        self.state_machine.process_input(ConnectionInputs.SEND_HEADERS)
+        machine = self.state_machine
+        if machine.state is not _OPEN:
+            machine.process_input(ConnectionInputs.SEND_HEADERS)
         self._data_to_send += stream.headerBytes(headers, self.encoder, end_stream)  # type: ignore[attr-defined]
 
     def send_data(self, stream_id: int, data: Any, end_stream: bool = False, pad_length: Any = None) -> None:
@@ -384,7 +402,8 @@ class _Connection(H2Connection):
         window = min(self.outbound_flow_control_window, stream.outbound_flow_control_window)
         if size > window:
             raise FlowControlError(f"Cannot send {size} bytes, flow control window is {window}")
-        self.state_machine.process_input(ConnectionInputs.SEND_DATA)
+        if self.state_machine.state is not _OPEN:
+            self.state_machine.process_input(ConnectionInputs.SEND_DATA)
         machine = stream.state_machine
         machine.process_input(StreamInputs.SEND_DATA)
         if end_stream:
@@ -396,8 +415,26 @@ class _Connection(H2Connection):
         self._data_to_send += _frame(_DATA, _END_STREAM if end_stream else 0, stream_id, data)
 
     def _begin_new_stream(self, stream_id: int, allowed_ids: Any) -> Any:
-        stream = super()._begin_new_stream(stream_id, allowed_ids)
-        stream.__class__ = _LenientStream
+        # h2's (4.3 and 4.4 alike), making a _LenientStream (rather than
+        # h2's class, changed afterwards), without its three debug lines.
+        outbound = self._stream_id_is_outbound(stream_id)
+        highest = self.highest_outbound_stream_id if outbound else self.highest_inbound_stream_id
+        if stream_id <= highest:
+            raise StreamIDTooLowError(stream_id, highest)
+        if (stream_id % 2) != int(allowed_ids):
+            raise ProtocolError("Invalid stream ID for peer.")
+        stream = _LenientStream(
+            stream_id,
+            config=self.config,
+            inbound_window_size=self.local_settings.initial_window_size,
+            outbound_window_size=self.remote_settings.initial_window_size,
+        )
+        stream.max_outbound_frame_size = self.max_outbound_frame_size
+        self.streams[stream_id] = stream
+        if outbound:
+            self.highest_outbound_stream_id = stream_id
+        else:
+            self.highest_inbound_stream_id = stream_id
         return stream
 
 
