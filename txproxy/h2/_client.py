@@ -58,6 +58,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from txproxy.h2._closed import ClosedStreams
 from txproxy.h2._hpack import cachingCodecs
 from txproxy.h2._settings import CompactSettings
 from txproxy.h2._stream import CONNECTION_DONE, SEND_BUFFER, H2StreamTransport, codeName
@@ -84,7 +85,7 @@ class H2DialError(HTTPError, error.ConnectError):
         return self.reason
 
 
-class _GracefulH2Connection(H2Connection):
+class _GracefulH2Connection(ClosedStreams, H2Connection):
     """
     C{h2}'s connection, except that a C{GOAWAY} received does not end it:
     C{h2} refuses every frame after one as a protocol error, so the streams
@@ -98,6 +99,12 @@ class _GracefulH2Connection(H2Connection):
         # The same settings without a deque per setting (txproxy.h2._settings).
         self.local_settings = CompactSettings(client=self.config.client_side, initial_values=dict(self.local_settings))
         self.remote_settings = CompactSettings(client=not self.config.client_side)
+        # How closed streams ended, without a record per stream (txproxy.h2._closed).
+        self._keepClosedStreams()
+
+    def _begin_new_stream(self, stream_id: int, allowed_ids: Any) -> Any:
+        self._noteNewStream(stream_id)
+        return super()._begin_new_stream(stream_id, allowed_ids)
 
     def _receive_goaway_frame(self, frame: Any) -> Any:
         wasOpen = self.state_machine.state is ConnectionState.CLIENT_OPEN

@@ -73,6 +73,7 @@ from zope.interface import implementer
 
 from txproxy._loop import afterEventsOf
 from txproxy._timers import TimerGroup
+from txproxy.h2._closed import ClosedStreams
 from txproxy.h2._hpack import cachingCodecs
 from txproxy.h2._settings import CompactSettings
 from txproxy.h2._translate import (
@@ -285,7 +286,7 @@ def _frame(kind: int, flags: int, streamID: int, payload: bytes) -> bytes:
     return _FRAME_HEAD.pack(n >> 16, n & 0xFFFF, kind, flags, streamID) + payload
 
 
-class _Connection(H2Connection):
+class _Connection(ClosedStreams, H2Connection):
     """
     C{h2}'s connection, with its C{send_headers} and C{send_data} for a
     stream that exists writing the frames' bytes directly, not through
@@ -300,6 +301,7 @@ class _Connection(H2Connection):
         super().__init__(config=config)
         # (Made afresh, as h2 made it: nothing has been received yet.)
         self.remote_settings = CompactSettings(client=not self.config.client_side)
+        self._keepClosedStreams()
         cachingCodecs(self)
         self._ownFrames = not (self.config.validate_outbound_headers or self.config.normalize_outbound_headers)
 
@@ -423,6 +425,7 @@ class _Connection(H2Connection):
             raise StreamIDTooLowError(stream_id, highest)
         if (stream_id % 2) != int(allowed_ids):
             raise ProtocolError("Invalid stream ID for peer.")
+        self._noteNewStream(stream_id)
         stream = _LenientStream(
             stream_id,
             config=self.config,
