@@ -1591,6 +1591,20 @@ class InternalsTests(SynchronousTestCase):
         self.assertEqual(hpack.Decoder().decode(encoder.encode([(b"a", b"b")]), raw=True), [(b"a", b"b")])
 
 
+    def serverWithRequest(self, config: Any) -> Any:
+        """
+        A L{_Connection} with C{config} that received a client's preface
+        and a GET on stream 1 (END_STREAM), and that client (C{h2}'s).
+        """
+        server = _Connection(config)
+        client = H2Connection(H2Configuration(client_side=True, header_encoding=None))
+        client.initiate_connection()
+        client.send_headers(1, [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"a"),
+                                (b":path", b"/")], end_stream=True)
+        server.initiate_connection()
+        server.receive_data(client.data_to_send())
+        return server, client
+
     def test_openConnectionInputsChangeNothing(self) -> None:
         """
         L{txproxy.h2._server._Connection} skips the connection state
@@ -1606,13 +1620,7 @@ class InternalsTests(SynchronousTestCase):
         self.assertIs(_OPEN, ConnectionState.SERVER_OPEN)
         for input_ in (ConnectionInputs.RECV_HEADERS, ConnectionInputs.SEND_HEADERS, ConnectionInputs.SEND_DATA):
             self.assertEqual(H2ConnectionStateMachine._transitions[(_OPEN, input_)], (None, _OPEN))
-        server = _Connection(H2Configuration(**SERVER_CONFIG))
-        client = H2Connection(H2Configuration(client_side=True, header_encoding=None))
-        client.initiate_connection()
-        client.send_headers(1, [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"a"),
-                                (b":path", b"/")], end_stream=True)
-        server.initiate_connection()
-        server.receive_data(client.data_to_send())
+        server, _ = self.serverWithRequest(H2Configuration(**SERVER_CONFIG))
         self.assertIn(1, server.streams)
         server.close_connection()
         self.assertIs(server.state_machine.state, ConnectionState.CLOSED)
@@ -1628,13 +1636,7 @@ class InternalsTests(SynchronousTestCase):
         """
         for name in ("_build_headers_frames", "_build_hdr_validation_flags"):
             self.assertTrue(callable(getattr(LibStream, name)))
-        server = _Connection(H2Configuration(client_side=False, header_encoding=None))
-        client = H2Connection(H2Configuration(client_side=True, header_encoding=None))
-        client.initiate_connection()
-        client.send_headers(1, [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"a"),
-                                (b":path", b"/")], end_stream=True)
-        server.initiate_connection()
-        server.receive_data(client.data_to_send())
+        server, client = self.serverWithRequest(H2Configuration(client_side=False, header_encoding=None))
         self.assertFalse(server.streams[1].request_method)
         server.send_headers(1, [(b":status", b"103"), (b"link", b"</a>")])
         self.assertRaises(ProtocolError, server.send_headers, 1, [(b":status", b"100")], end_stream=True)
