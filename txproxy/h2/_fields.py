@@ -244,7 +244,8 @@ def h2RequestHeaders(head: RequestHead, scheme: bytes) -> HeaderList:
     return _convertFields(head.headers, _REQUEST_SPECIAL, out)
 
 
-#: The last response head translated: its fields, status and header list.
+#: The last response translated: its fields (a tuple, or a copy of a
+#: list), status and header list.
 _lastResponse: List[Any] = [None, 0, None]
 
 
@@ -255,40 +256,27 @@ def h2ResponseHeaders(head: ResponseHead) -> HeaderList:
     those C{Connection} names (C{Content-Length} kept).
 
     @param head: a parsed response head.
-    @return: the header list.  A head with the same status and fields as
-        the previous call's gets the same list (a backend's responses
-        repeat theirs): callers must not change it.
+    @return: the header list, as L{h2ResponseFields}.
     """
-    fields = head.headers
-    status = head.status
+    return h2ResponseFields(head.status, head.headers)
+
+
+def h2ResponseFields(status: int, fields: Sequence[Header]) -> HeaderList:
+    """
+    L{h2ResponseHeaders} of a head given as its status and its valid
+    fields (a head's tuple, or the list the proxy made for the client),
+    without a L{ResponseHead} made of them.
+
+    @return: the header list.  Fields equal to the previous call's (of the
+        same kind, tuple or list), with the same status, get the same
+        header list (a backend's responses repeat theirs): callers must
+        not change it.
+    """
     last = _lastResponse
     if last[1] == status and last[0] == fields:
         return last[2]  # type: ignore[no-any-return]
     out = _convertFields(fields, _RESPONSE_SPECIAL, [(b":status", b"%d" % (status,))])
-    last[0], last[1], last[2] = fields, status, out
-    return out
-
-
-#: The last response field list translated by L{h2ResponseFields}: a copy
-#: of it, its status and header list.
-_lastFields: List[Any] = [None, 0, None]
-
-
-def h2ResponseFields(status: int, fields: List[Header]) -> HeaderList:
-    """
-    L{h2ResponseHeaders} of a head given as its status and a list of valid
-    fields (what the proxy made for the client), without a
-    L{ResponseHead} made of them.
-
-    @return: the header list.  A list equal to the previous call's, with
-        the same status, gets the same header list: callers must not
-        change it.
-    """
-    last = _lastFields
-    if last[1] == status and last[0] == fields:
-        return last[2]  # type: ignore[no-any-return]
-    out = _convertFields(fields, _RESPONSE_SPECIAL, [(b":status", b"%d" % (status,))])
-    last[0], last[1], last[2] = list(fields), status, out
+    last[0], last[1], last[2] = fields if fields.__class__ is tuple else list(fields), status, out
     return out
 
 
